@@ -1,0 +1,109 @@
+"""The error tree of compound, split by whose fault it is.
+
+    CompoundError
+    ├── ConfigError          the operator's settings are wrong (start-up refuses)
+    ├── UserInputError       the caller sent something unusable (API: 400/422)
+    │   └── PlanInvalid      a plan failed validation; carries every error at once
+    ├── NotFound             no such thing, or not yours (API: 404)
+    ├── Conflict             the thing is in the wrong state for that (API: 409)
+    ├── BudgetExceeded       a call's worst case does not fit in what is left
+    ├── ModelOutputError     the model answered, but not with what was asked
+    └── ProviderError        the provider refused or failed (status, body)
+        └── NetworkRefused   a real network call was attempted where none is allowed
+
+Only api/ knows HTTP status codes; it maps these in one handler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+# Statuses a provider returns for a transient condition: retry, then fall back.
+TRANSIENT_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
+
+
+class CompoundError(Exception):
+    """Base of every error compound raises on purpose."""
+
+    code = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(CompoundError):
+    code = "config_error"
+
+
+class UserInputError(CompoundError):
+    code = "invalid_request"
+
+
+class PlanInvalid(UserInputError):
+    """A plan that does not validate. `errors` lists every problem, in words."""
+
+    code = "plan_invalid"
+
+    def __init__(self, errors: Sequence[str], raw: str | None = None) -> None:
+        self.errors = list(errors)
+        self.raw = raw
+        super().__init__("invalid plan: " + "; ".join(self.errors))
+
+
+class NotFound(CompoundError):
+    code = "not_found"
+
+
+class Conflict(CompoundError):
+    code = "conflict"
+
+
+class BudgetExceeded(CompoundError):
+    code = "budget_exceeded"
+
+    def __init__(self, message: str, *, needed_usd: float = 0.0, remaining_usd: float = 0.0):
+        super().__init__(message)
+        self.needed_usd = needed_usd
+        self.remaining_usd = remaining_usd
+
+
+class ModelOutputError(CompoundError):
+    """The model answered with something unusable (e.g. not a plan)."""
+
+    code = "model_output_invalid"
+
+    def __init__(self, message: str, body: str | None = None) -> None:
+        super().__init__(message)
+        self.body = body
+
+
+class ProviderError(CompoundError):
+    """A provider call failed. `status` is the HTTP status, or None for a connection
+    error or a timeout (both transient)."""
+
+    code = "provider_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        body: str | None = None,
+        model: str | None = None,
+        retry_after_s: float | None = None,
+        transient: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+        self.model = model
+        self.retry_after_s = retry_after_s
+        self.transient = (status is None or status in TRANSIENT_STATUSES) if transient is None else transient
+
+
+class NetworkRefused(ProviderError):
+    code = "network_refused"
+
+    def __init__(self, message: str, *, model: str | None = None) -> None:
+        super().__init__(message, model=model, transient=False)

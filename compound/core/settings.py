@@ -1,0 +1,185 @@
+"""Settings: environment variables prefixed COMPOUND_, plus an optional TOML file.
+
+The names of design.md section 8 are a contract; everything else here is an addition
+documented in docs/design.md. The TOML file (path in COMPOUND_CONFIG) holds the same
+keys in lower case, and a `[models."provider/name"]` table per model for overrides.
+Environment variables win over the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from compound.core.errors import ConfigError
+
+ModelList = Annotated[list[str], NoDecode]
+
+
+class ModelConfig(BaseModel):
+    """Per-model overrides from the config file."""
+
+    model_config = {"extra": "forbid"}
+
+    api_base: str | None = None
+    # Prices in USD per token; None means "take litellm's bundled price".
+    input_cost_per_token: float | None = Field(default=None, ge=0)
+    output_cost_per_token: float | None = Field(default=None, ge=0)
+    cache_read_input_token_cost: float | None = Field(default=None, ge=0)
+    cache_creation_input_token_cost: float | None = Field(default=None, ge=0)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+
+
+def _config_path() -> Path | None:
+    raw = os.environ.get("COMPOUND_CONFIG")
+    return Path(raw) if raw else None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COMPOUND_", extra="forbid")
+
+    # design.md section 8 (contract names)
+    database_url: str = "sqlite:///./compound.db"
+    planner_model: str = "anthropic/claude-haiku-4-5"
+    tier1_models: ModelList = ["anthropic/claude-haiku-4-5"]
+    tier2_models: ModelList = ["anthropic/claude-sonnet-4-5"]
+    tier3_models: ModelList = ["anthropic/claude-opus-4-5"]
+    synthesis_tier: int = Field(default=2, ge=1, le=3)
+    default_budget_usd: float = Field(default=1.0, gt=0)
+    max_concurrency: int = Field(default=16, ge=1)
+    max_subtasks: int = Field(default=20, ge=1)
+
+    # additions (docs/design.md, "Settings")
+    max_tokens: int = Field(default=1024, ge=1, description="max_tokens of a subtask call")
+    planner_max_tokens: int = Field(default=2048, ge=1)
+    synthesis_max_tokens: int = Field(default=2048, ge=1)
+    call_timeout_s: float = Field(default=120.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1, description="attempts per model on transient errors")
+    retry_initial_wait_s: float = Field(default=0.5, ge=0)
+    retry_max_wait_s: float = Field(default=30.0, ge=0)
+    user_daily_budget_usd: float | None = Field(default=None, gt=0)
+    max_prompt_chars: int = Field(default=20_000, ge=1)
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    rate_limit_per_minute: int = Field(default=60, ge=0, description="submissions per token; 0 = off")
+    open_symbiont_reads: bool = False
+    public_metrics: bool = True
+    sqlite_synchronous: str = Field(default="NORMAL", pattern="^(OFF|NORMAL|FULL|EXTRA)$")
+    log_level: str = "INFO"
+    log_json: bool | None = None  # None: JSON when stderr is not a terminal
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+
+    # provider secrets, read from the providers' own variables (never printed)
+    anthropic_api_key: SecretStr | None = Field(default=None, exclude=True)
+    openai_api_key: SecretStr | None = Field(default=None, exclude=True)
+
+    @field_validator("tier1_models", "tier2_models", "tier3_models", mode="before")
+    @classmethod
+    def _split_models(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",")]
+        if isinstance(value, list):
+            value = [str(v).strip() for v in value if str(v).strip()]
+            if not value:
+                raise ValueError("needs at least one model (comma-separated litellm model names)")
+        return value
+
+    @field_validator("sqlite_synchronous", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _provider_keys(self) -> Settings:
+        if self.anthropic_api_key is None and os.environ.get("ANTHROPIC_API_KEY"):
+            self.anthropic_api_key = SecretStr(os.environ["ANTHROPIC_API_KEY"])
+        if self.openai_api_key is None and os.environ.get("OPENAI_API_KEY"):
+            self.openai_api_key = SecretStr(os.environ["OPENAI_API_KEY"])
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_path()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    # helpers -------------------------------------------------------------------------
+
+    def tier_models(self, tier: int) -> list[str]:
+        return {1: self.tier1_models, 2: self.tier2_models, 3: self.tier3_models}[tier]
+
+    def all_models(self) -> list[str]:
+        seen: dict[str, None] = {self.planner_model: None}
+        for tier in (1, 2, 3):
+            for model in self.tier_models(tier):
+                seen[model] = None
+        return list(seen)
+
+    def model_config_for(self, model: str) -> ModelConfig:
+        return self.models.get(model) or ModelConfig()
+
+    def public_dict(self) -> dict[str, Any]:
+        """The effective settings with every secret masked (for `compound config show`)."""
+        data = self.model_dump(mode="json", exclude={"anthropic_api_key", "openai_api_key"})
+        data["database_url"] = mask_url(self.database_url)
+        for name in ("anthropic_api_key", "openai_api_key"):
+            secret = getattr(self, name)
+            data[name] = mask_secret(secret.get_secret_value()) if secret else None
+        for name in ("ANTHROPIC_BASE_URL", "ANTHROPIC_API_BASE", "OPENAI_BASE_URL", "OPENAI_API_BASE"):
+            if os.environ.get(name):
+                data[name.lower()] = mask_url(os.environ[name])
+        return data
+
+
+def mask_secret(value: str) -> str:
+    return "****" if len(value) < 12 else f"{value[:3]}****{value[-2:]}"
+
+
+def mask_url(url: str) -> str:
+    """Hide a password in a URL such as postgresql://user:pw@host/db."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    if ":" in creds:
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:****@{host}"
+    return url
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings, turning validation errors into one ConfigError that names each field."""
+    from pydantic import ValidationError
+
+    path = _config_path()
+    if path is not None and not path.is_file():
+        raise ConfigError(f"COMPOUND_CONFIG points to {path}, which is not a readable file")
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "settings"
+            problems.append(f"{loc}: {err['msg']}")
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from None
+    except (OSError, ValueError) as exc:  # e.g. malformed TOML
+        raise ConfigError(f"cannot read settings: {exc}") from None

@@ -1,0 +1,53 @@
+"""The one seam to models: a small protocol, and the shapes that cross it.
+
+The planner and the executor take an LLMClient as an argument and never import
+litellm. One `complete()` is one provider call (no retries inside): the executor
+retries, falls back and accounts each attempt on its own ledger row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, TypedDict
+
+
+class Message(TypedDict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens as the provider reported them. input_tokens excludes cache reads and
+    cache writes (Anthropic's convention; OpenAI's prompt_tokens is split to match)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    text: str
+    model: str
+    usage: Usage
+    cost_usd: float
+    latency_s: float = 0.0
+    finish_reason: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+class LLMClient(Protocol):
+    async def complete(
+        self,
+        *,
+        model: str,
+        messages: list[Message],
+        max_tokens: int,
+        json_schema: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> Completion:
+        """Send one call. Raises compound.core.errors.ProviderError on failure
+        (`transient` tells retryable from permanent)."""
+        ...

@@ -1,0 +1,134 @@
+"""Pure plan validation: takes whatever JSON arrived and either returns a PlanIn or
+raises PlanInvalid listing every problem at once, in words a person can act on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from compound.core.errors import PlanInvalid
+from compound.planner.plan import PlanIn, SubtaskIn
+
+MAX_DESCRIPTION_CHARS = 4000
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_plan(data: Any, *, max_subtasks: int, raw: str | None = None) -> PlanIn:
+    errors: list[str] = []
+    if isinstance(data, PlanIn):
+        data = data.model_dump()
+    if not isinstance(data, dict):
+        raise PlanInvalid(
+            [f"a plan must be a JSON object with a 'subtasks' list, got {_kind(data)}"], raw
+        )
+    reasoning = data.get("reasoning")
+    if reasoning is not None and not isinstance(reasoning, str):
+        errors.append(f"'reasoning' must be a string, got {_kind(reasoning)}")
+        reasoning = None
+    subtasks = data.get("subtasks")
+    if subtasks is None:
+        raise PlanInvalid(["the plan has no 'subtasks' list"], raw)
+    if not isinstance(subtasks, list):
+        raise PlanInvalid([f"'subtasks' must be a list, got {_kind(subtasks)}"], raw)
+    n = len(subtasks)
+    if n == 0:
+        errors.append("the plan has no subtasks; it needs at least 1")
+    if n > max_subtasks:
+        errors.append(f"the plan has {n} subtasks; at most {max_subtasks} are allowed")
+
+    clean: list[SubtaskIn] = []
+    deps_ok: list[list[int]] = []
+    for i, item in enumerate(subtasks):
+        if not isinstance(item, dict):
+            errors.append(f"subtask {i} must be an object, got {_kind(item)}")
+            deps_ok.append([])
+            continue
+        description = item.get("description")
+        if not isinstance(description, str):
+            errors.append(f"subtask {i} needs a 'description' string, got {_kind(description)}")
+            description = ""
+        elif not description.strip():
+            errors.append(f"subtask {i} has a blank description")
+        elif len(description) > MAX_DESCRIPTION_CHARS:
+            errors.append(
+                f"subtask {i} has a description of {len(description)} characters; "
+                f"at most {MAX_DESCRIPTION_CHARS} are allowed"
+            )
+        tier = item.get("tier_hint", 1)
+        if not _is_int(tier) or not 1 <= tier <= 3:
+            errors.append(f"subtask {i} has tier_hint {tier!r}; it must be 1, 2 or 3")
+            tier = 1
+        depends = item.get("depends_on", [])
+        good: list[int] = []
+        if depends is None:
+            depends = []
+        if not isinstance(depends, list):
+            errors.append(f"subtask {i} has depends_on {depends!r}; it must be a list of indices")
+            depends = []
+        for d in depends:
+            if not _is_int(d):
+                errors.append(f"subtask {i} depends on {d!r}, which is not a subtask index")
+            elif d == i:
+                errors.append(f"subtask {i} depends on itself")
+            elif not 0 <= d < n:
+                errors.append(
+                    f"subtask {i} depends on {d}, but the plan has {n} subtasks (indices 0 to {n - 1})"
+                )
+            elif d not in good:
+                good.append(d)
+        deps_ok.append(good)
+        clean.append(SubtaskIn(description=description.strip(), tier_hint=tier, depends_on=good))
+
+    cycle = find_cycle(deps_ok)
+    if cycle:
+        errors.append(
+            "the plan has a cycle: " + " -> ".join(str(i) for i in [*cycle, cycle[0]])
+            + " (each depends on the next)"
+        )
+    if errors:
+        raise PlanInvalid(errors, raw)
+    return PlanIn(reasoning=reasoning, subtasks=clean)
+
+
+def find_cycle(deps: list[list[int]]) -> list[int] | None:
+    """A cycle of dependencies as a list of indices, or None. Iterative DFS."""
+    white, grey, black = 0, 1, 2
+    color = [white] * len(deps)
+    for start in range(len(deps)):
+        if color[start] != white:
+            continue
+        stack: list[tuple[int, int]] = [(start, 0)]
+        path: list[int] = [start]
+        color[start] = grey
+        while stack:
+            node, pos = stack[-1]
+            if pos < len(deps[node]):
+                stack[-1] = (node, pos + 1)
+                nxt = deps[node][pos]
+                if color[nxt] == grey:
+                    return path[path.index(nxt) :]
+                if color[nxt] == white:
+                    color[nxt] = grey
+                    stack.append((nxt, 0))
+                    path.append(nxt)
+            else:
+                color[node] = black
+                stack.pop()
+                path.pop()
+    return None
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return f"a number ({value!r})"
+    if isinstance(value, str):
+        return f"a string ({value[:40]!r})"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__

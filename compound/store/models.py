@@ -1,0 +1,178 @@
+"""The tables. The store is the truth: every state change lands here before anyone
+is told (design.md section 1). Times are naive UTC datetimes in the database and
+ISO 8601 with a Z on the wire. Money is float USD."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, Text
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(8)}"
+
+
+class TaskStatus(StrEnum):
+    queued = "queued"
+    planning = "planning"
+    planned = "planned"
+    executing = "executing"
+    completed = "completed"
+    partial = "partial"
+    failed = "failed"
+    canceled = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_TASK
+
+
+TERMINAL_TASK = frozenset(
+    {TaskStatus.completed, TaskStatus.partial, TaskStatus.failed, TaskStatus.canceled}
+)
+
+
+class SubtaskStatus(StrEnum):
+    pending = "pending"
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+    skipped = "skipped"
+    canceled = "canceled"
+
+
+TERMINAL_SUBTASK = frozenset(
+    {SubtaskStatus.completed, SubtaskStatus.failed, SubtaskStatus.skipped, SubtaskStatus.canceled}
+)
+
+
+class CallKind(StrEnum):
+    planner = "planner"
+    subtask = "subtask"
+    synthesis = "synthesis"
+
+
+class CallStatus(StrEnum):
+    reserved = "reserved"  # sent (or about to be); outcome not known yet
+    ok = "ok"
+    error = "error"  # the provider answered with an error; cost as reported (usually 0)
+    lost = "lost"  # the process died while the call was in flight: counted at worst case
+    canceled = "canceled"  # canceled by us before an answer came
+
+
+class User(SQLModel, table=True):
+    id: str = Field(default_factory=lambda: new_id("u"), primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=200)
+    daily_budget_usd: float | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ApiToken(SQLModel, table=True):
+    __tablename__ = "api_token"
+
+    id: str = Field(default_factory=lambda: new_id("tok"), primary_key=True)
+    user_id: str = Field(foreign_key="user.id", index=True)
+    token_hash: str = Field(unique=True, index=True, max_length=128)  # sha256 hex
+    scopes: str = "submit,read"  # comma-separated: submit, read, admin
+    created_at: datetime = Field(default_factory=utcnow)
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class Task(SQLModel, table=True):
+    id: str = Field(default_factory=lambda: new_id("t"), primary_key=True)
+    user_id: str | None = Field(default=None, foreign_key="user.id", index=True)
+    prompt: str = Field(sa_column=Column(Text, nullable=False))
+    status: str = Field(default=TaskStatus.queued, index=True)
+    priority: int = 1
+    approve: bool = True  # False: stop at `planned` until approved
+    budget_usd: float
+    # A plan given by the user (PlanIn as JSON); None means "decompose the prompt".
+    plan_in: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    reasoning: str | None = Field(default=None, sa_column=Column(Text))
+    result: str | None = Field(default=None, sa_column=Column(Text))
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    total_cost_usd: float = 0.0  # sum of the task's ledger rows (settled + lost + reserved)
+    planner_model: str | None = None
+    prompt_versions: dict[str, str] | None = Field(default=None, sa_column=Column(JSON))
+    cancel_requested: bool = False
+    event_seq: int = 0  # last TaskEvent.seq written for this task
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    planned_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Subtask(SQLModel, table=True):
+    __table_args__ = (Index("ix_subtask_task_index", "task_id", "index", unique=True),)
+
+    id: str = Field(default_factory=lambda: new_id("s"), primary_key=True)
+    task_id: str = Field(foreign_key="task.id")
+    index: int
+    description: str = Field(sa_column=Column(Text, nullable=False))
+    tier_hint: int
+    tier_assigned: int | None = None
+    model: str | None = None  # the model that answered (or the primary, before a call)
+    models: list[str] | None = Field(default=None, sa_column=Column(JSON))  # primary first
+    depends_on: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default=SubtaskStatus.pending)
+    result: str | None = Field(default=None, sa_column=Column(Text))
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    attempts: int = 0
+    cost_usd: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+
+
+class LedgerEntry(SQLModel, table=True):
+    """One row per model call attempt: reserved before it is sent, settled after."""
+
+    __tablename__ = "ledger"
+    __table_args__ = (Index("ix_ledger_created", "created_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: str = Field(foreign_key="task.id", index=True)
+    user_id: str | None = Field(default=None, index=True)
+    kind: str  # CallKind
+    subtask_index: int | None = None
+    tier: int | None = None
+    model: str
+    attempt: int = 1
+    status: str = Field(default=CallStatus.reserved)
+    reserved_usd: float = 0.0
+    cost_usd: float = 0.0  # real cost once settled; the reservation while unsettled/lost
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    latency_ms: float | None = None
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow)
+    settled_at: datetime | None = None
+
+
+class TaskEvent(SQLModel, table=True):
+    """An append-only log of state changes, written in the same transaction as the
+    change itself: SSE replays it (Last-Event-ID = seq)."""
+
+    __tablename__ = "task_event"
+    __table_args__ = (Index("ix_task_event_task_seq", "task_id", "seq", unique=True),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: str = Field(foreign_key="task.id")
+    seq: int
+    kind: str  # "task" or "subtask"
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
