@@ -1,5 +1,5 @@
 """The tables. The store is the truth: every state change lands here before anyone
-is told (design.md section 1). Times are naive UTC datetimes in the database and
+is told (design.md section 1). Times are timezone-aware UTC datetimes (stored as UTC) and
 ISO 8601 with a Z on the wire. Money is float USD."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from sqlmodel import Field, SQLModel
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
+    return datetime.now(UTC)
 
 
 def new_id(prefix: str) -> str:
