@@ -51,3 +51,21 @@ class LLMClient(Protocol):
         """Send one call. Raises compound.core.errors.ProviderError on failure
         (`transient` tells retryable from permanent)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per token. cache_write applies to prompt-cache creation tokens."""
+
+    input: float
+    output: float
+    cache_read: float = 0.0
+    cache_write: float = 0.0
+
+    def cost(self, usage: Usage) -> float:
+        return (
+            usage.input_tokens * self.input
+            + usage.output_tokens * self.output
+            + usage.cache_read_tokens * self.cache_read
+            + usage.cache_write_tokens * self.cache_write
+        )

@@ -60,3 +60,82 @@ def get_subtasks(engine: Engine, task_id: str) -> list[Subtask]:
                 select(Subtask).where(Subtask.task_id == task_id).order_by(col(Subtask.index))
             )
         )
+
+
+def iso(value: Any) -> str | None:
+    """ISO 8601 in UTC with a Z, as the API speaks it."""
+    if value is None:
+        return None
+    from datetime import UTC
+
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return str(value.astimezone(UTC).isoformat().replace("+00:00", "Z"))
+
+
+def subtask_dict(s: Subtask) -> dict[str, Any]:
+    return {
+        "index": s.index,
+        "description": s.description,
+        "tier_hint": s.tier_hint,
+        "tier_assigned": s.tier_assigned,
+        "model": s.model,
+        "depends_on": list(s.depends_on),
+        "status": s.status,
+        "result": s.result,
+        "error": s.error,
+        "attempts": s.attempts,
+        "cost_usd": s.cost_usd,
+        "input_tokens": s.input_tokens,
+        "output_tokens": s.output_tokens,
+        "started_at": iso(s.started_at),
+        "completed_at": iso(s.completed_at),
+    }
+
+
+def task_snapshot(engine: Engine, task_id: str, *, user_id: str | None = None) -> dict[str, Any]:
+    """The progress snapshot of design.md section 5 (GET /v1/tasks/{id})."""
+    from sqlalchemy import func
+
+    from compound.store.models import CallKind, LedgerEntry
+
+    with Session(engine, expire_on_commit=False) as session:
+        task = session.get(Task, task_id)
+        if task is None or (user_id is not None and task.user_id != user_id):
+            raise NotFound(f"no task with id {task_id!r}")
+        subtasks = session.exec(
+            select(Subtask).where(Subtask.task_id == task_id).order_by(col(Subtask.index))
+        ).all()
+        planner_row = session.exec(
+            select(
+                func.coalesce(func.sum(LedgerEntry.cost_usd), 0.0),
+                func.coalesce(func.sum(LedgerEntry.input_tokens), 0),
+                func.coalesce(func.sum(LedgerEntry.output_tokens), 0),
+                func.count(),
+            ).where(LedgerEntry.task_id == task_id, LedgerEntry.kind == CallKind.planner)
+        ).one()
+    planner = None
+    if task.planner_model or planner_row[3]:
+        planner = {
+            "model": task.planner_model,
+            "cost_usd": float(planner_row[0]),
+            "input_tokens": int(planner_row[1]),
+            "output_tokens": int(planner_row[2]),
+        }
+    return {
+        "id": task.id,
+        "prompt": task.prompt,
+        "status": task.status,
+        "reasoning": task.reasoning,
+        "result": task.result,
+        "error": task.error,
+        "budget_usd": task.budget_usd,
+        "total_cost_usd": task.total_cost_usd,
+        "priority": task.priority,
+        "created_at": iso(task.created_at),
+        "planned_at": iso(task.planned_at),
+        "started_at": iso(task.started_at),
+        "completed_at": iso(task.completed_at),
+        "planner": planner,
+        "subtasks": [subtask_dict(s) for s in subtasks],
+    }
