@@ -93,7 +93,7 @@ class Task(SQLModel, table=True):
     user_id: str | None = Field(default=None, foreign_key="user.id", index=True)
     prompt: str = Field(sa_column=Column(Text, nullable=False))
     status: str = Field(default=TaskStatus.queued, index=True)
-    priority: int = 1
+    priority: int = 2  # 0 = most urgent .. 3 = least (apflow's convention)
     approve: bool = True  # False: stop at `planned` until approved
     budget_usd: float
     # A plan given by the user (PlanIn as JSON); None means "decompose the prompt".
@@ -101,7 +101,11 @@ class Task(SQLModel, table=True):
     reasoning: str | None = Field(default=None, sa_column=Column(Text))
     result: str | None = Field(default=None, sa_column=Column(Text))
     error: str | None = Field(default=None, sa_column=Column(Text))
-    total_cost_usd: float = 0.0  # sum of the task's ledger rows (settled + lost + reserved)
+    # Money: total_cost_usd = sum of the ledger's cost_usd (settled calls, lost calls at
+    # their worst case); reserved_usd = sum of open reservations (calls in flight).
+    # The budget holds while total_cost_usd + reserved_usd <= budget_usd.
+    total_cost_usd: float = 0.0
+    reserved_usd: float = 0.0
     planner_model: str | None = None
     prompt_versions: dict[str, str] | None = Field(default=None, sa_column=Column(JSON))
     cancel_requested: bool = False
@@ -152,7 +156,7 @@ class LedgerEntry(SQLModel, table=True):
     attempt: int = 1
     status: str = Field(default=CallStatus.reserved)
     reserved_usd: float = 0.0
-    cost_usd: float = 0.0  # real cost once settled; the reservation while unsettled/lost
+    cost_usd: float = 0.0  # real cost once settled; 0 while reserved; the reservation if lost
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0

@@ -18,7 +18,7 @@ def create_task(
     prompt: str,
     budget_usd: float,
     user_id: str | None = None,
-    priority: int = 1,
+    priority: int = 2,
     plan_in: dict[str, Any] | None = None,
     approve: bool = True,
 ) -> Task:
