@@ -1,0 +1,225 @@
+"""Benchmarks of the executor (issue 3): makespan against the critical path, and
+orchestration overhead per subtask, with every transition committed to SQLite.
+
+    .venv/bin/python bench/dag_bench.py [--write docs/benchmarks.md]
+
+Side by side in one run, on the same DAGs and the same simulated latencies:
+  eager     compound's Executor (store-backed, eager dispatch)
+  waves     a wave-barrier baseline (each wave waits for its slowest member), the
+            way LangGraph's supersteps run a DAG; in memory, nothing persisted
+Model calls are an in-process fake that sleeps the subtask's latency, so the numbers
+measure orchestration, not a network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from compound.core.settings import Settings  # noqa: E402
+from compound.llm.base import Completion, Message, Price, Usage  # noqa: E402
+from compound.planner.plan import PlanIn, waves  # noqa: E402
+from compound.store.db import create_all, make_engine  # noqa: E402
+from compound.store.models import TaskStatus  # noqa: E402
+from compound.store.tasks import create_task, get_task  # noqa: E402
+
+PRICE = Price(input=1e-6, output=5e-6)
+MODEL = "anthropic/claude-haiku-4-5"
+
+
+class SleepLLM:
+    """Answers at once after sleeping the latency written in the subtask's text
+    (`[ms=NNN]`); the synthesis call answers at once."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def complete(
+        self,
+        *,
+        model: str,
+        messages: list[Message],
+        max_tokens: int,
+        json_schema: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> Completion:
+        self.calls += 1
+        text = messages[-1]["content"]
+        ms = 0
+        if "compound's worker" in messages[0]["content"]:
+            start = text.find("[ms=")
+            if start >= 0:
+                ms = int(text[start + 4 : text.index("]", start)])
+        if ms:
+            await asyncio.sleep(ms / 1000)
+        usage = Usage(input_tokens=10, output_tokens=5)
+        return Completion(text="ok", model=model, usage=usage, cost_usd=PRICE.cost(usage))
+
+
+def make_plan(latencies_ms: list[int], deps: list[list[int]]) -> dict[str, Any]:
+    return {
+        "reasoning": "benchmark",
+        "subtasks": [
+            {"description": f"step {i} [ms={ms}]", "tier_hint": 1, "depends_on": d}
+            for i, (ms, d) in enumerate(zip(latencies_ms, deps, strict=True))
+        ],
+    }
+
+
+def critical_path_s(latencies_ms: list[int], deps: list[list[int]]) -> float:
+    finish: list[float] = []
+    for i, ms in enumerate(latencies_ms):  # plans here are in topological order
+        finish.append(max((finish[d] for d in deps[i]), default=0.0) + ms / 1000)
+    return max(finish)
+
+
+def skewed_dag() -> tuple[list[int], list[list[int]]]:
+    """One long root (400 ms) beside a chain of four 100 ms steps, then a join."""
+    lat = [400, 100, 100, 100, 100, 50]
+    deps: list[list[int]] = [[], [], [1], [2], [3], [0, 4]]
+    return lat, deps
+
+
+def fanout_dag(width: int = 50, seed: int = 7) -> tuple[list[int], list[list[int]]]:
+    """A root, `width` parallel steps of 20..300 ms, then a join."""
+    rng = random.Random(seed)
+    lat = [50] + [rng.randint(20, 300) for _ in range(width)] + [50]
+    deps = [[]] + [[0] for _ in range(width)] + [list(range(1, width + 1))]
+    return lat, deps
+
+
+def layered_dag(n: int, seed: int = 11) -> tuple[list[int], list[list[int]]]:
+    """n subtasks, each depending on up to two earlier ones (a random DAG)."""
+    rng = random.Random(seed)
+    deps: list[list[int]] = []
+    for i in range(n):
+        k = min(i, rng.choice((0, 1, 1, 2)))
+        deps.append(sorted(rng.sample(range(max(0, i - 20), i), k)) if k else [])
+    return [0] * n, deps
+
+
+async def run_eager(
+    latencies_ms: list[int], deps: list[list[int]], db: Path
+) -> tuple[float, int]:
+    from compound.executor.service import Executor
+
+    settings = Settings(
+        database_url=f"sqlite:///{db}",
+        max_subtasks=max(20, len(latencies_ms)),
+        max_concurrency=max(16, len(latencies_ms)),
+        planner_model=MODEL,
+        tier1_models=[MODEL],
+        tier2_models=[MODEL],
+        tier3_models=[MODEL],
+        default_budget_usd=1000.0,
+    )
+    engine = make_engine(settings.database_url)
+    create_all(engine)
+    client = SleepLLM()
+    executor = Executor(settings=settings, engine=engine, client=client, price_of=lambda _m: PRICE)
+    task = create_task(
+        engine, prompt="bench", budget_usd=1000.0, plan_in=make_plan(latencies_ms, deps)
+    )
+    t0 = time.perf_counter()
+    await executor.run_task(task.id)
+    elapsed = time.perf_counter() - t0
+    status = get_task(engine, task.id).status
+    engine.dispose()
+    if status != TaskStatus.completed:
+        raise SystemExit(f"benchmark task ended {status}")
+    return elapsed, client.calls
+
+
+async def run_waves(latencies_ms: list[int], deps: list[list[int]]) -> float:
+    """The wave-barrier baseline: all of a wave at once, the next wave after the last."""
+    plan = PlanIn.model_validate(make_plan(latencies_ms, deps))
+    client = SleepLLM()
+    t0 = time.perf_counter()
+    for wave in waves(plan):
+        await asyncio.gather(
+            *(
+                client.complete(
+                    model=MODEL,
+                    messages=[
+                        {"role": "system", "content": "You are compound's worker."},
+                        {"role": "user", "content": plan.subtasks[i].description},
+                    ],
+                    max_tokens=16,
+                )
+                for i in wave
+            )
+        )
+    return time.perf_counter() - t0
+
+
+async def main_async(write: Path | None, repeats: int) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="compound-bench-"))
+    lines: list[str] = []
+
+    lines.append("### Makespan against the critical path (simulated latencies)\n")
+    lines.append("| DAG | subtasks | critical path (s) | eager (s) | eager / CP | waves (s) | waves / CP |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for name, (lat, deps) in (("skewed", skewed_dag()), ("fan-out 50", fanout_dag())):
+        cp = critical_path_s(lat, deps)
+        eager = []
+        wave = []
+        for r in range(repeats):
+            eager.append((await run_eager(lat, deps, tmp / f"{name}-{r}.db"))[0])
+            wave.append(await run_waves(lat, deps))
+        e, w = statistics.median(eager), statistics.median(wave)
+        lines.append(
+            f"| {name} | {len(lat)} | {cp:.3f} | {e:.3f} | {e / cp:.3f} | {w:.3f} | {w / cp:.3f} |"
+        )
+        print(lines[-1], flush=True)
+
+    lines.append("\n### Orchestration overhead per subtask (zero-latency model, SQLite file, every transition committed)\n")
+    lines.append("| subtasks | wall (s) | model calls | overhead per subtask (ms) |")
+    lines.append("|---|---|---|---|")
+    for n in (10, 100, 1000):
+        lat, deps = layered_dag(n)
+        runs = []
+        calls = 0
+        for r in range(repeats):
+            elapsed, calls = await run_eager(lat, deps, tmp / f"overhead-{n}-{r}.db")
+            runs.append(elapsed)
+        wall = statistics.median(runs)
+        lines.append(f"| {n} | {wall:.3f} | {calls} | {wall / n * 1000:.3f} |")
+        print(lines[-1], flush=True)
+
+    header = (
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"median of {repeats} runs, with:\n\n    .venv/bin/python bench/dag_bench.py --write docs/benchmarks.md\n"
+    )
+    report = header + "\n" + "\n".join(lines) + "\n"
+    print(report)
+    if write is not None:
+        text = write.read_text() if write.exists() else "# Benchmarks\n"
+        marker = "<!-- dag_bench -->"
+        head = text.split(marker)[0].rstrip() + "\n\n"
+        write.write_text(head + marker + "\n## Executor: makespan and overhead\n\n" + report + marker + "\n" + (text.split(marker)[2] if text.count(marker) >= 2 else ""))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", type=Path, default=None, help="update this markdown file")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    asyncio.run(main_async(args.write, args.repeats))
+
+
+if __name__ == "__main__":
+    main()
