@@ -148,7 +148,7 @@ async def run_waves(latencies_ms: list[int], deps: list[list[int]]) -> float:
     plan = PlanIn.model_validate(make_plan(latencies_ms, deps))
     client = SleepLLM()
     t0 = time.perf_counter()
-    for wave in waves(plan):
+    for wave in waves(plan.deps()):
         await asyncio.gather(
             *(
                 client.complete(

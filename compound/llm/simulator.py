@@ -1,0 +1,319 @@
+"""An offline provider simulator speaking the Anthropic Messages API and the OpenAI
+Chat Completions API over real HTTP, with scriptable latency, usage, failures and
+answers. Bodies are built with the SDKs' own response types, so the wire format is
+right by construction. Tests, benchmarks and the README's tour run on it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+KINDS = {
+    "You are compound's planner.": "planner",
+    "You are compound's worker.": "worker",
+    "You are compound's synthesizer.": "synthesizer",
+}
+
+
+@dataclass
+class Failure:
+    """One scripted failure: an HTTP status (429, 500, 503, 529, 400, 401 ...) or
+    `status=0` for a hang of `hang_s` seconds (the client's timeout fires)."""
+
+    status: int
+    retry_after: float | None = None
+    hang_s: float = 0.0
+    model: str | None = None  # only for this model (None: any)
+    kind: str | None = None  # only for this prompt kind (None: any)
+
+
+@dataclass
+class Script:
+    """What the simulator does. Everything is optional; defaults answer at once."""
+
+    latency_s: float = 0.0
+    latency: Callable[[str, str, str], float] | None = None  # (model, kind, text) -> s
+    failures: list[Failure] = field(default_factory=list)
+    answers: dict[str, list[str]] = field(default_factory=dict)  # kind -> queued texts
+    max_subtasks: int = 6
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Script:
+        return cls(
+            latency_s=float(data.get("latency_s", 0.0)),
+            failures=[Failure(**f) for f in data.get("failures", [])],
+            answers={k: list(v) for k, v in data.get("answers", {}).items()},
+            max_subtasks=int(data.get("max_subtasks", 6)),
+        )
+
+
+def prompt_kind(system: str) -> str:
+    first = system.strip().splitlines()[0].strip() if system.strip() else ""
+    return KINDS.get(first, "other")
+
+
+def _tag(text: str, name: str) -> str:
+    m = re.search(rf"<{name}>(.*?)</{name}>", text, re.S)
+    return m.group(1).strip() if m else ""
+
+
+def _indexed(text: str, name: str) -> list[tuple[int, str]]:
+    return [
+        (int(i), body.strip())
+        for i, body in re.findall(rf'<{name} index="(\d+)"[^>]*>(.*?)</{name}>', text, re.S)
+    ]
+
+
+def plan_for(request: str, max_subtasks: int = 6) -> dict[str, Any]:
+    """A plausible plan from the request alone: its parts, then a joining step."""
+    parts = [p.strip(" .,\n") for p in re.split(r"\band\b|;|\.\s+|\n", request) if p.strip(" .,\n")]
+    parts = parts[: max(1, max_subtasks - 1)] or ["answer the request"]
+    subtasks: list[dict[str, Any]] = [
+        {"description": f"Work out: {p[:200]}", "tier_hint": 1 + (i % 2), "depends_on": []}
+        for i, p in enumerate(parts)
+    ]
+    if len(parts) > 1:
+        subtasks.append(
+            {
+                "description": "Combine the findings into one recommendation",
+                "tier_hint": 2,
+                "depends_on": list(range(len(parts))),
+            }
+        )
+    return {"reasoning": f"split into {len(parts)} independent parts and a joining step",
+            "subtasks": subtasks}
+
+
+def answer_for(kind: str, text: str, max_subtasks: int) -> str:
+    if kind == "planner":
+        return json.dumps(plan_for(_tag(text, "request") or text, max_subtasks))
+    if kind == "worker":
+        deps = _indexed(text, "dependency")
+        seen = f" (using results of {', '.join(str(i) for i, _ in deps)})" if deps else ""
+        return f"Result of subtask: {_tag(text, 'subtask')[:300]}{seen}"
+    if kind == "synthesizer":
+        results = _indexed(text, "result")
+        joined = "\n".join(f"- [{i}] {r[:200]}" for i, r in results)
+        return f"Final answer built from {len(results)} results:\n{joined}"
+    return f"echo: {text[:200]}"
+
+
+def _tokens(text: str) -> int:
+    return max(1, math.ceil(len(text.encode("utf-8")) / 4))
+
+
+class Simulator:
+    """The ASGI app plus its script and a log of what it received."""
+
+    def __init__(self, script: Script | None = None) -> None:
+        self.script = script or Script()
+        self.requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self.app = Starlette(
+            routes=[
+                Route("/v1/messages", self._anthropic, methods=["POST"]),
+                Route("/v1/chat/completions", self._openai, methods=["POST"]),
+                Route("/chat/completions", self._openai, methods=["POST"]),
+                Route("/healthz", self._health, methods=["GET"]),
+            ]
+        )
+
+    # scripting ---------------------------------------------------------------------
+
+    def fail(self, *failures: Failure) -> None:
+        with self._lock:
+            self.script.failures.extend(failures)
+
+    def answer(self, kind: str, *texts: str) -> None:
+        with self._lock:
+            self.script.answers.setdefault(kind, []).extend(texts)
+
+    def calls(self, kind: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            return [r for r in self.requests if kind is None or r["kind"] == kind]
+
+    # shared path -------------------------------------------------------------------
+
+    async def _health(self, _request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    async def _common(
+        self, wire: str, model: str, system: str, text: str, max_tokens: int, body: dict[str, Any]
+    ) -> tuple[str, str, int, int] | JSONResponse:
+        kind = prompt_kind(system)
+        with self._lock:
+            self.requests.append(
+                {"wire": wire, "model": model, "kind": kind, "system": system, "text": text,
+                 "body": body, "at": time.time()}
+            )
+            failure = None
+            for i, f in enumerate(self.script.failures):
+                if (f.model in (None, model)) and (f.kind in (None, kind)):
+                    failure = self.script.failures.pop(i)
+                    break
+            queued = self.script.answers.get(kind)
+            forced = queued.pop(0) if queued else None
+        delay = self.script.latency(model, kind, text) if self.script.latency else self.script.latency_s
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if failure is not None:
+            if failure.status == 0:
+                await asyncio.sleep(failure.hang_s or 3600)
+                failure = Failure(status=504)
+            return _error(wire, failure)
+        out = forced if forced is not None else answer_for(kind, text, self.script.max_subtasks)
+        in_tok = _tokens(system + text)
+        out_tok = _tokens(out)
+        if out_tok > max_tokens:
+            out = out.encode("utf-8")[: max_tokens * 4].decode("utf-8", "ignore")
+            out_tok = max_tokens
+        return out, kind, in_tok, out_tok
+
+    # Anthropic Messages ------------------------------------------------------------
+
+    async def _anthropic(self, request: Request) -> JSONResponse:
+        from anthropic.types import Message as AMessage
+
+        body = await _json(request)
+        if isinstance(body, JSONResponse):
+            return body
+        model = str(body.get("model", ""))
+        system = body.get("system") or ""
+        if isinstance(system, list):
+            system = "\n".join(b.get("text", "") for b in system if isinstance(b, dict))
+        text = "\n".join(_content_text(m.get("content")) for m in body.get("messages", []))
+        max_tokens = int(body.get("max_tokens") or 1024)
+        got = await self._common("anthropic", model, system, text, max_tokens, body)
+        if isinstance(got, JSONResponse):
+            return got
+        out, _kind, in_tok, out_tok = got
+        msg = AMessage(
+            id=f"msg_{uuid.uuid4().hex[:24]}",
+            type="message",
+            role="assistant",
+            model=model,
+            content=[{"type": "text", "text": out}],
+            stop_reason="max_tokens" if out_tok >= max_tokens else "end_turn",
+            stop_sequence=None,
+            usage={"input_tokens": in_tok, "output_tokens": out_tok,
+                   "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0},
+        )
+        return JSONResponse(msg.model_dump(mode="json", exclude_none=True))
+
+    # OpenAI Chat Completions -------------------------------------------------------
+
+    async def _openai(self, request: Request) -> JSONResponse:
+        from openai.types.chat import ChatCompletion
+
+        body = await _json(request)
+        if isinstance(body, JSONResponse):
+            return body
+        model = str(body.get("model", ""))
+        msgs = body.get("messages", [])
+        system = "\n".join(_content_text(m.get("content")) for m in msgs if m.get("role") in ("system", "developer"))
+        text = "\n".join(_content_text(m.get("content")) for m in msgs if m.get("role") not in ("system", "developer"))
+        max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 1024)
+        got = await self._common("openai", model, system, text, max_tokens, body)
+        if isinstance(got, JSONResponse):
+            return got
+        out, _kind, in_tok, out_tok = got
+        completion = ChatCompletion(
+            id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            object="chat.completion",
+            created=int(time.time()),
+            model=model,
+            choices=[{"index": 0, "finish_reason": "length" if out_tok >= max_tokens else "stop",
+                      "message": {"role": "assistant", "content": out}}],
+            usage={"prompt_tokens": in_tok, "completion_tokens": out_tok,
+                   "total_tokens": in_tok + out_tok,
+                   "prompt_tokens_details": {"cached_tokens": 0}},
+        )
+        return JSONResponse(completion.model_dump(mode="json", exclude_none=True))
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(b.get("text", "") for b in content if isinstance(b, dict))
+    return ""
+
+
+async def _json(request: Request) -> dict[str, Any] | JSONResponse:
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        return JSONResponse({"error": {"type": "invalid_request_error", "message": "body is not JSON"}}, 400)
+    if not isinstance(body, dict):
+        return JSONResponse({"error": {"type": "invalid_request_error", "message": "body must be an object"}}, 400)
+    return body
+
+
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 429: "rate_limit_error", 500: "api_error",
+                    503: "api_error", 504: "api_error", 529: "overloaded_error"}
+
+
+def _error(wire: str, f: Failure) -> JSONResponse:
+    headers = {"retry-after": str(f.retry_after)} if f.retry_after is not None else {}
+    message = f"simulated error {f.status}"
+    if wire == "anthropic":
+        body: dict[str, Any] = {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(f.status, "api_error"), "message": message}}
+    else:
+        body = {"error": {"message": message, "type": "server_error" if f.status >= 500 else "invalid_request_error",
+                          "param": None, "code": str(f.status)}}
+    return JSONResponse(body, status_code=f.status, headers=headers)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class SimulatorThread:
+    """A simulator served by uvicorn in a background thread (tests, benchmarks)."""
+
+    def __init__(self, script: Script | None = None, *, port: int | None = None) -> None:
+        import uvicorn
+
+        self.sim = Simulator(script)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(self.sim.app, host="127.0.0.1", port=self.port,
+                                log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> SimulatorThread:
+        self.thread.start()
+        deadline = time.time() + 10
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("simulator did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=5)
+
+
+def run_simulator(host: str, port: int, script: Script | None = None) -> None:
+    import uvicorn
+
+    uvicorn.run(Simulator(script).app, host=host, port=port, log_level="warning")

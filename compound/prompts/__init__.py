@@ -1,0 +1,78 @@
+"""Prompt templates as files (decompose, subtask, synthesize) and `render()`.
+
+A template has a `---system---` part and a `---user---` part with `$name`
+placeholders (string.Template: JSON braces need no escaping). Text from users and
+models is escaped so it cannot close the tags that mark it as data."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cache
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from compound.llm.base import Message
+
+NAMES = ("decompose", "subtask", "synthesize")
+_DIR = Path(__file__).parent
+
+
+@cache
+def _source(name: str) -> bytes:
+    if name not in NAMES:
+        raise KeyError(f"no prompt named {name!r}")
+    return (_DIR / f"{name}.md").read_bytes()
+
+
+@cache
+def _parts(name: str) -> tuple[Template, Template]:
+    text = _source(name).decode("utf-8")
+    _, rest = text.split("---system---\n", 1)
+    system, user = rest.split("---user---\n", 1)
+    return Template(system.strip()), Template(user.strip())
+
+
+def escape(text: str) -> str:
+    """Keep data from closing or opening our tags: angle brackets become entities."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def versions() -> dict[str, str]:
+    """name -> first 12 hex digits of the sha256 of the template file."""
+    return {name: hashlib.sha256(_source(name)).hexdigest()[:12] for name in NAMES}
+
+
+def render(name: str, **values: Any) -> list[Message]:
+    system, user = _parts(name)
+    if name == "decompose":
+        fill = {"request": escape(values["request"]), "max_subtasks": str(values["max_subtasks"])}
+    elif name == "subtask":
+        deps = values.get("dependencies") or []
+        fill = {
+            "request": escape(values["request"]),
+            "description": escape(values["description"]),
+            "dependencies": "\n".join(
+                f'<dependency index="{i}">\n{escape(result)}\n</dependency>' for i, result in deps
+            ),
+        }
+    elif name == "synthesize":
+        results = values.get("results") or []
+        missing = values.get("missing") or []
+        fill = {
+            "request": escape(values["request"]),
+            "results": "\n".join(
+                f'<result index="{i}" subtask="{escape(desc)[:200]}">\n{escape(res)}\n</result>'
+                for i, desc, res in results
+            ),
+            "missing": "\n".join(
+                f'<missing index="{i}">{escape(desc)[:200]}: {escape(reason)}</missing>'
+                for i, desc, reason in missing
+            ),
+        }
+    else:  # pragma: no cover - _source refuses unknown names first
+        raise KeyError(name)
+    return [
+        {"role": "system", "content": system.safe_substitute(fill)},
+        {"role": "user", "content": user.safe_substitute(fill)},
+    ]
