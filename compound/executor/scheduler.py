@@ -75,7 +75,16 @@ async def run_dag(deps: Sequence[Sequence[int]], statuses: Sequence[str], run_on
     children = dependents(deps)
     state = list(statuses)
     waiting = [sum(1 for d in set(ds) if state[d] != COMPLETED) for ds in deps]
-    running: dict[asyncio.Task[str | None], int] = {}
+    running: dict[int, asyncio.Task[None]] = {}
+    finished: asyncio.Queue[tuple[int, str | None, BaseException | None]] = asyncio.Queue()
+
+    async def one(i: int) -> None:
+        try:
+            finished.put_nowait((i, await run_one(i), None))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # surfaced by the loop below
+            finished.put_nowait((i, None, exc))
 
     def skip_down(root: int, reason: str) -> None:
         # reason: "failed", or "was skipped (budget exhausted)"; the root cause is what
@@ -93,7 +102,7 @@ async def run_dag(deps: Sequence[Sequence[int]], statuses: Sequence[str], run_on
 
     def launch(i: int) -> None:
         state[i] = "running"
-        running[asyncio.ensure_future(run_one(i))] = i
+        running[i] = asyncio.ensure_future(one(i))
 
     for i, s in enumerate(state):
         if s not in (PENDING, COMPLETED):
@@ -103,24 +112,24 @@ async def run_dag(deps: Sequence[Sequence[int]], statuses: Sequence[str], run_on
             launch(i)
     try:
         while running:
-            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            for fut in done:
-                i = running.pop(fut)
-                reason = fut.result()
-                if reason is None:
-                    state[i] = COMPLETED
-                    for c in children[i]:
-                        waiting[c] -= 1
-                        if waiting[c] == 0 and state[c] == PENDING:
-                            launch(c)
-                else:
-                    state[i] = "ended"
-                    skip_down(i, reason)
+            i, reason, error = await finished.get()
+            running.pop(i, None)
+            if error is not None:
+                raise error
+            if reason is None:
+                state[i] = COMPLETED
+                for c in children[i]:
+                    waiting[c] -= 1
+                    if waiting[c] == 0 and state[c] == PENDING:
+                        launch(c)
+            else:
+                state[i] = "ended"
+                skip_down(i, reason)
     finally:
-        for fut in running:
+        for fut in running.values():
             fut.cancel()
         if running:
-            await asyncio.gather(*running, return_exceptions=True)
+            await asyncio.gather(*running.values(), return_exceptions=True)
 
 
 def _reason_for(status: str) -> str:

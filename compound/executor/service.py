@@ -25,6 +25,7 @@ from compound.planner.router import route
 from compound.planner.validate import validate_plan
 from compound.prompts import render, versions
 from compound.store import runs
+from compound.store.fastwrite import FastWriter
 from compound.store.models import (
     TERMINAL_TASK,
     CallKind,
@@ -71,6 +72,8 @@ class Executor:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._done: dict[str, asyncio.Event] = {}
         self._versions = versions()
+        self.writer = FastWriter(engine)
+        self._daily: dict[str, float | None] = {}
 
     # lifecycle ----------------------------------------------------------------------
 
@@ -89,6 +92,7 @@ class Executor:
             t.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        self.writer.close()
 
     def submit(self, task_id: str) -> None:
         """Run the task in the background (no-op when it already runs here)."""
@@ -271,19 +275,19 @@ class Executor:
                 sub.status = SubtaskStatus.skipped
                 sub.error = f"skipped: budget exhausted ({exc.message})"
                 budget_skips.append(i)
-                runs.subtask_transition(self.engine, st.id, sub, finished=True)
+                runs.subtask_transition(self.writer, st.id, sub, finished=True)
                 return "was skipped (budget exhausted)"
             except ProviderError as exc:
                 sub.status = SubtaskStatus.failed
                 sub.error = exc.message
-                runs.subtask_transition(self.engine, st.id, sub, finished=True)
+                runs.subtask_transition(self.writer, st.id, sub, finished=True)
                 return "failed"
 
         def skip(i: int, reason: str) -> None:
             sub = subs[i]
             sub.status = SubtaskStatus.skipped
             sub.error = reason
-            runs.subtask_transition(self.engine, st.id, sub, finished=True)
+            runs.subtask_transition(self.writer, st.id, sub, finished=True)
 
         await run_dag([s.depends_on for s in subs], [s.status for s in subs], run_one, skip)
         await self._synthesize(st, subs, budget_skips)
@@ -338,8 +342,10 @@ class Executor:
         """Reserve → send → settle, retried on transient errors with backoff (Retry-After
         wins when longer), then the next model of the list. Raises BudgetExceeded when a
         call's worst case does not fit, ProviderError when every model failed."""
-        daily = runs.user_daily_budget(self.engine, st.user_id, self.settings.user_daily_budget_usd) \
-            if st.user_id is not None or self.settings.user_daily_budget_usd is not None else None
+        if st.id not in self._daily:
+            self._daily[st.id] = runs.user_daily_budget(self.engine, st.user_id,
+                                                        self.settings.user_daily_budget_usd)
+        daily = self._daily[st.id]
         attempt = sub.attempts if sub is not None else 0
         last: ProviderError | None = None
         backoff = wait_exponential_jitter(initial=self.settings.retry_initial_wait_s,
@@ -387,7 +393,7 @@ class Executor:
             if sem is not None:
                 await sem.acquire()
             try:
-                res = runs.reserve(self.engine, st.id, user_id=st.user_id, kind=kind, subtask=sub,
+                res = self._reserve(st.id, user_id=st.user_id, kind=kind, subtask=sub,
                                    tier=tier, model=model, attempt=attempt, amount=amount,
                                    daily_budget=daily)
                 if res is None:
@@ -414,7 +420,7 @@ class Executor:
                     # An error answer is not billed; a timed-out call may have been: count
                     # it at its worst case, as a crash would.
                     cost = amount if timed_out else 0.0
-                    runs.settle(self.engine, st.id, res,
+                    runs.settle(self.writer, st.id, res,
                                 status=CallStatus.lost if timed_out else CallStatus.error,
                                 cost=cost, latency_ms=(time.perf_counter() - started) * 1000,
                                 error=err.message[:500], subtask=sub)
@@ -422,7 +428,7 @@ class Executor:
                     raise err from None
                 u = out.usage
                 complete_with = out.text if (sub is not None and kind == CallKind.subtask) else None
-                runs.settle(self.engine, st.id, res, status=CallStatus.ok, cost=out.cost_usd,
+                runs.settle(self.writer, st.id, res, status=CallStatus.ok, cost=out.cost_usd,
                             input_tokens=u.input_tokens, output_tokens=u.output_tokens,
                             cache_read=u.cache_read_tokens, cache_write=u.cache_write_tokens,
                             latency_ms=out.latency_s * 1000 or (time.perf_counter() - started) * 1000,
@@ -442,6 +448,16 @@ class Executor:
                                 output_tokens=out, cost_usd=cost, latency_s=latency)
             except Exception:  # an observer must never break a run
                 log.exception("observer failed")
+
+    def _reserve(self, task_id: str, **kw: Any) -> runs.Reservation | None:
+        try:
+            return runs.reserve(self.writer, task_id, **kw)
+        except runs._DailyExceeded as exc:
+            raise BudgetExceeded(
+                f"the user's daily budget of ${kw['daily_budget']:g} is spent (${exc.spent:.6f} "
+                f"today); a {kw['kind']} call to {kw['model']} may cost up to ${kw['amount']:.6f}",
+                needed_usd=kw["amount"], remaining_usd=max(0.0, kw["daily_budget"] - exc.spent),
+            ) from None
 
     def _left(self, task_id: str) -> float:
         st = runs.load(self.engine, task_id)

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
+from compound.store.fastwrite import FastWriter
 from compound.store.models import (
     TERMINAL_SUBTASK,
     CallStatus,
@@ -157,7 +158,7 @@ def save_plan(engine: Engine, task_id: str, *, reasoning: str | None, plan_in: d
                 for s in subs
             ])
         conn.execute(update(T).where(T.c.id == task_id).values(
-            reasoning=reasoning, plan_in=plan_in, prompt_versions=prompt_versions,
+            reasoning=reasoning, plan_in=None, prompt_versions=prompt_versions,
             status=planned_status, planned_at=utcnow()))
         total = conn.execute(select(T.c.total_cost_usd).where(T.c.id == task_id)).scalar_one()
         _event(conn, task_id, "task", {"status": planned_status, "error": None, "total_cost_usd": total})
@@ -168,19 +169,20 @@ def set_planner_model(engine: Engine, task_id: str, model: str) -> None:
         conn.execute(update(T).where(T.c.id == task_id).values(planner_model=model))
 
 
-def subtask_transition(engine: Engine, task_id: str, sub: SubState, *, started: bool = False,
+def subtask_transition(w: FastWriter, task_id: str, sub: SubState, *, started: bool = False,
                        finished: bool = False) -> None:
     """Write a subtask's status/result/error (from the mirror) and its event."""
-    values: dict[str, Any] = {"status": sub.status, "result": sub.result, "error": sub.error,
-                              "model": sub.model, "attempts": sub.attempts}
-    now = utcnow()
-    if started:
-        values["started_at"] = now
-    if finished:
-        values["completed_at"] = now
-    with engine.begin() as conn:
-        conn.execute(update(S).where(S.c.task_id == task_id, S.c.index == sub.index).values(**values))
-        _event(conn, task_id, "subtask", sub.event(with_result=finished))
+    now = w.now()
+    with w.tx() as cur:
+        w.run(cur, "UPDATE subtask SET status=:st, result=:res, error=:err, model=:model, "
+                   "attempts=:att, started_at=COALESCE(started_at, :started), "
+                   "completed_at=:completed WHERE task_id=:t AND \"index\"=:i",
+              {"st": sub.status, "res": sub.result, "err": sub.error, "model": sub.model,
+               "att": sub.attempts, "started": now if started else None,
+               "completed": now if finished else None, "t": task_id, "i": sub.index})
+        seq = w.run(cur, "UPDATE task SET event_seq=event_seq+1, updated_at=:now WHERE id=:t "
+                         "RETURNING event_seq", {"now": now, "t": task_id}).fetchone()[0]
+        w.event(cur, task_id, seq, "subtask", sub.event(with_result=finished), now)
 
 
 def spent_today(conn: Connection, user_id: str) -> float:
@@ -207,72 +209,89 @@ class Reservation:
     amount: float
 
 
-def reserve(engine: Engine, task_id: str, *, user_id: str | None, kind: str, subtask: SubState | None,
-            tier: int | None, model: str, attempt: int, amount: float,
+def reserve(w: FastWriter, task_id: str, *, user_id: str | None, kind: str,
+            subtask: SubState | None, tier: int | None, model: str, attempt: int, amount: float,
             daily_budget: float | None) -> Reservation | None:
     """Reserve `amount` against the task's budget (and the user's day), insert the
-    ledger row, and (for a subtask) count the attempt and mark it running. None when
-    it does not fit."""
-    with engine.begin() as conn:
-        ok = conn.execute(
-            update(T).where(T.c.id == task_id,
-                            T.c.total_cost_usd + T.c.reserved_usd + amount <= T.c.budget_usd + EPS)
-            .values(reserved_usd=T.c.reserved_usd + amount)
-        ).rowcount
-        if not ok:
+    ledger row, and (for a subtask) count the attempt and mark it running, in one
+    transaction. None when it does not fit."""
+    now = w.now()
+    ev = 1 if subtask is not None else 0
+    with w.tx() as cur:
+        row = w.run(cur, "UPDATE task SET reserved_usd=reserved_usd+:r, event_seq=event_seq+:ev, "
+                         "updated_at=:now WHERE id=:t AND total_cost_usd+reserved_usd+:r <= budget_usd+:eps "
+                         "RETURNING event_seq",
+                    {"r": amount, "ev": ev, "now": now, "t": task_id, "eps": EPS}).fetchone()
+        if row is None:
             return None
         if daily_budget is not None and user_id is not None:
-            if spent_today(conn, user_id) + amount > daily_budget + EPS:
-                conn.rollback()
-                return None
-        ledger_id = conn.execute(insert(L).values(
-            task_id=task_id, user_id=user_id, kind=kind,
-            subtask_index=subtask.index if subtask else None, tier=tier, model=model,
-            attempt=attempt, status=CallStatus.reserved, reserved_usd=amount, cost_usd=0.0,
-            input_tokens=0, output_tokens=0, cache_read_tokens=0, cache_write_tokens=0,
-            created_at=utcnow(),
-        ).returning(L.c.id)).scalar_one()
+            spent = w.run(cur, "SELECT COALESCE(SUM(CASE WHEN status='reserved' THEN reserved_usd "
+                               "ELSE cost_usd END), 0) FROM ledger WHERE user_id=:u AND created_at >= :day",
+                          {"u": user_id, "day": _midnight(w)}).fetchone()[0]
+            if float(spent) + amount > daily_budget + EPS:
+                raise _DailyExceeded(float(spent))
+        ledger_id = w.run(cur, "INSERT INTO ledger (task_id, user_id, kind, subtask_index, tier, model, "
+                               "attempt, status, reserved_usd, cost_usd, input_tokens, output_tokens, "
+                               "cache_read_tokens, cache_write_tokens, created_at) VALUES (:t, :u, :kind, "
+                               ":si, :tier, :model, :att, 'reserved', :r, 0, 0, 0, 0, 0, :now) RETURNING id",
+                          {"t": task_id, "u": user_id, "kind": kind,
+                           "si": subtask.index if subtask else None, "tier": tier, "model": model,
+                           "att": attempt, "r": amount, "now": now}).fetchone()[0]
         if subtask is not None:
-            first = subtask.status != SubtaskStatus.running
             subtask.status = SubtaskStatus.running
             subtask.attempts = attempt
             subtask.model = model
-            values: dict[str, Any] = {"status": subtask.status, "attempts": attempt, "model": model}
-            if first:
-                values["started_at"] = utcnow()
-            conn.execute(update(S).where(S.c.task_id == task_id, S.c.index == subtask.index).values(**values))
-            _event(conn, task_id, "subtask", subtask.event())
+            w.run(cur, "UPDATE subtask SET status='running', attempts=:att, model=:model, "
+                       "started_at=COALESCE(started_at, :now) WHERE task_id=:t AND \"index\"=:i",
+                  {"att": attempt, "model": model, "now": now, "t": task_id, "i": subtask.index})
+            w.event(cur, task_id, row[0], "subtask", subtask.event(), now)
     return Reservation(int(ledger_id), amount)
 
 
-def settle(engine: Engine, task_id: str, res: Reservation, *, status: str, cost: float,
+class _DailyExceeded(Exception):
+    def __init__(self, spent: float) -> None:
+        super().__init__(spent)
+        self.spent = spent
+
+
+def _midnight(w: FastWriter) -> Any:
+    now = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+    return now.strftime("%Y-%m-%d %H:%M:%S.%f") if w.sqlite else now
+
+
+def settle(w: FastWriter, task_id: str, res: Reservation, *, status: str, cost: float,
            input_tokens: int = 0, output_tokens: int = 0, cache_read: int = 0, cache_write: int = 0,
            latency_ms: float | None = None, error: str | None = None,
            subtask: SubState | None = None, complete_with: str | None = None) -> None:
     """Settle a reservation to its real cost; with `complete_with`, also complete the
     subtask with that result in the same transaction."""
-    with engine.begin() as conn:
-        conn.execute(update(L).where(L.c.id == res.ledger_id).values(
-            status=status, cost_usd=cost, input_tokens=input_tokens, output_tokens=output_tokens,
-            cache_read_tokens=cache_read, cache_write_tokens=cache_write, latency_ms=latency_ms,
-            error=error, settled_at=utcnow()))
-        conn.execute(update(T).where(T.c.id == task_id).values(
-            reserved_usd=T.c.reserved_usd - res.amount, total_cost_usd=T.c.total_cost_usd + cost))
+    now = w.now()
+    done = subtask is not None and complete_with is not None
+    with w.tx() as cur:
+        w.run(cur, "UPDATE ledger SET status=:st, cost_usd=:c, input_tokens=:i, output_tokens=:o, "
+                   "cache_read_tokens=:cr, cache_write_tokens=:cw, latency_ms=:lat, error=:err, "
+                   "settled_at=:now WHERE id=:id",
+              {"st": status, "c": cost, "i": input_tokens, "o": output_tokens, "cr": cache_read,
+               "cw": cache_write, "lat": latency_ms, "err": error, "now": now, "id": res.ledger_id})
+        seq = w.run(cur, "UPDATE task SET reserved_usd=reserved_usd-:r, total_cost_usd=total_cost_usd+:c, "
+                         "event_seq=event_seq+:ev, updated_at=:now WHERE id=:t RETURNING event_seq",
+                    {"r": res.amount, "c": cost, "ev": 1 if done else 0, "now": now,
+                     "t": task_id}).fetchone()[0]
         if subtask is not None:
             subtask.cost_usd += cost
             subtask.input_tokens += input_tokens + cache_read + cache_write
             subtask.output_tokens += output_tokens
-            values: dict[str, Any] = {"cost_usd": subtask.cost_usd, "input_tokens": subtask.input_tokens,
-                                      "output_tokens": subtask.output_tokens}
-            if complete_with is not None:
+            if done:
                 subtask.status = SubtaskStatus.completed
                 subtask.result = complete_with
                 subtask.error = None
-                values.update(status=subtask.status, result=complete_with, error=None,
-                              completed_at=utcnow())
-            conn.execute(update(S).where(S.c.task_id == task_id, S.c.index == subtask.index).values(**values))
-            if complete_with is not None:
-                _event(conn, task_id, "subtask", subtask.event(with_result=True))
+            w.run(cur, "UPDATE subtask SET cost_usd=:c, input_tokens=:i, output_tokens=:o, status=:st, "
+                       "result=:res, error=:err, completed_at=:done WHERE task_id=:t AND \"index\"=:idx",
+                  {"c": subtask.cost_usd, "i": subtask.input_tokens, "o": subtask.output_tokens,
+                   "st": subtask.status, "res": subtask.result, "err": subtask.error,
+                   "done": now if done else None, "t": task_id, "idx": subtask.index})
+            if done:
+                w.event(cur, task_id, seq, "subtask", subtask.event(with_result=True), now)
 
 
 def recover(engine: Engine, task_id: str) -> int:
