@@ -151,6 +151,12 @@ def to_provider_error(exc: BaseException, model: str) -> ProviderError:
         status = int(status) if status is not None else None
     except (TypeError, ValueError):
         status = None
+    response = getattr(exc, "response", None)
+    real = getattr(response, "status_code", None)
+    if "overloaded_error" in str(exc):
+        status = 529  # litellm folds Anthropic's 529 into 500
+    elif isinstance(real, int) and real >= 400:
+        status = real
     timeout = isinstance(exc, litellm.Timeout) or "timeout" in type(exc).__name__.lower()
     connection = isinstance(exc, litellm.APIConnectionError) and status in (None, 500)
     if timeout:
