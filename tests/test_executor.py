@@ -1,0 +1,306 @@
+"""The executor against a fake at the LLM seam: eager order, overlap, prompts, exact
+accounting, failures, budgets, retries, fallbacks, cancel and resume."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from compound.core.settings import Settings
+from compound.executor.budget import worst_case_usd
+from compound.executor.service import Executor
+from compound.llm.base import Message, Price
+from compound.llm.simulator import answer_for, prompt_kind
+from compound.prompts import render
+from compound.store.models import LedgerEntry, Subtask, Task
+from compound.store.tasks import create_task, task_snapshot
+from tests.fixtures.fakes import FakeLLM, transient
+
+PRICE = Price(input=1e-6, output=5e-6)
+
+
+def kind_answer(model: str, messages: list[Message]) -> str:
+    return answer_for(prompt_kind(messages[0]["content"]), messages[-1]["content"], 6)
+
+
+def plan(*subtasks: tuple[str, list[int]], tier: int = 1) -> dict[str, Any]:
+    return {"reasoning": "test", "subtasks": [
+        {"description": d, "tier_hint": tier, "depends_on": deps} for d, deps in subtasks]}
+
+
+def settings(**kw: Any) -> Settings:
+    base: dict[str, Any] = {"tier1_models": ["anthropic/claude-haiku-4-5"],
+                            "tier2_models": ["anthropic/claude-sonnet-4-5"],
+                            "retry_initial_wait_s": 0.5, "retry_max_wait_s": 8}
+    base.update(kw)
+    return Settings(**base)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def executor(engine: Engine, fake: FakeLLM, sleep: Recorder | None = None, **kw: Any) -> Executor:
+    return Executor(settings=settings(**kw), engine=engine, client=fake, price_of=lambda _m: PRICE,
+                    sleep=sleep or Recorder())
+
+
+def ledger(engine: Engine, task_id: str) -> list[LedgerEntry]:
+    with Session(engine) as s:
+        return list(s.exec(select(LedgerEntry).where(LedgerEntry.task_id == task_id)).scalars())  # type: ignore[call-overload]
+
+
+def worker_calls(fake: FakeLLM) -> dict[str, Any]:
+    out = {}
+    for c in fake.calls:
+        if prompt_kind(c.messages[0]["content"]) == "worker":
+            text = c.messages[-1]["content"]
+            out[text.split("<subtask>\n", 1)[1].split("\n</subtask>", 1)[0]] = c
+    return out
+
+
+async def test_a_planned_task_runs_to_completion_with_exact_accounting(any_engine: Engine) -> None:
+    fake = FakeLLM(answer=kind_answer)
+    ex = executor(any_engine, fake)
+    task = create_task(any_engine, prompt="find a and find b and compare", budget_usd=1.0)
+    await ex.run_task(task.id)
+    snap = task_snapshot(any_engine, task.id)
+    assert snap["status"] == "completed"
+    assert snap["result"].startswith("Final answer built from 4 results")
+    assert [s["status"] for s in snap["subtasks"]] == ["completed"] * 4
+    assert snap["planner"]["model"] == "anthropic/claude-haiku-4-5"
+    rows = ledger(any_engine, task.id)
+    assert [r.kind for r in rows].count("planner") == 1 and [r.kind for r in rows].count("synthesis") == 1
+    assert all(r.status == "ok" for r in rows)
+    assert snap["total_cost_usd"] == pytest.approx(sum(r.cost_usd for r in rows), abs=1e-12)
+    # each call's cost is the reported usage x price
+    assert sum(r.cost_usd for r in rows) == pytest.approx(
+        sum(PRICE.input * r.input_tokens + PRICE.output * r.output_tokens for r in rows), abs=1e-12)
+    assert sum(s["cost_usd"] for s in snap["subtasks"]) + snap["planner"]["cost_usd"] < snap["total_cost_usd"]
+    with Session(any_engine) as s:
+        t = s.get(Task, task.id)
+        assert t is not None and t.reserved_usd == pytest.approx(0.0, abs=1e-12)
+        assert set(t.prompt_versions or {}) == {"decompose", "subtask", "synthesize"}
+
+
+async def test_dependents_wait_and_independents_overlap(engine: Engine) -> None:
+    fake = FakeLLM(answer=kind_answer, latency=lambda _m, msgs: 0.05 if "worker" in msgs[0]["content"] else 0)
+    ex = executor(engine, fake)
+    task = create_task(engine, prompt="p", budget_usd=1.0,
+                       plan_in=plan(("A", []), ("B", []), ("C", [0]), ("D", [1, 2])))
+    await ex.run_task(task.id)
+    calls = worker_calls(fake)
+    a, b, c, d = calls["A"], calls["B"], calls["C"], calls["D"]
+    assert a.started < b.ended and b.started < a.ended  # A and B overlap
+    assert c.started >= a.ended  # C after its dependency
+    assert d.started >= max(b.ended, c.ended)
+    # a dependent's prompt carries its dependencies' results, as data
+    assert '<dependency index="0">\nResult of subtask: A' in c.messages[-1]["content"]
+    assert '<dependency index="1">' in d.messages[-1]["content"] and '<dependency index="2">' in d.messages[-1]["content"]
+    synth = [x for x in fake.calls if prompt_kind(x.messages[0]["content"]) == "synthesizer"][0]
+    for letter in "ABCD":
+        assert f"Result of subtask: {letter}" in synth.messages[-1]["content"]
+
+
+async def test_a_failure_skips_dependents_and_the_rest_goes_on(engine: Engine) -> None:
+    def answer(model: str, msgs: list[Message]) -> Any:
+        if "<subtask>\nB\n" in msgs[-1]["content"]:
+            return transient(400)
+        return kind_answer(model, msgs)
+
+    fake = FakeLLM(answer=answer)
+    ex = executor(engine, fake)
+    task = create_task(engine, prompt="p", budget_usd=1.0,
+                       plan_in=plan(("A", []), ("B", []), ("C", [1]), ("D", [2]), ("E", [0])))
+    await ex.run_task(task.id)
+    snap = task_snapshot(engine, task.id)
+    st = {s["description"]: s for s in snap["subtasks"]}
+    assert snap["status"] == "partial"
+    assert st["A"]["status"] == st["E"]["status"] == "completed"
+    assert st["B"]["status"] == "failed" and st["B"]["attempts"] == 1  # 400 is permanent: no retry
+    assert st["C"]["status"] == "skipped" and st["C"]["error"] == "skipped: dependency 1 failed"
+    assert st["D"]["error"] == "skipped: dependency 2 was skipped (dependency 1 failed)"
+    assert "C" not in worker_calls(fake) and "D" not in worker_calls(fake)
+    assert snap["result"] is not None
+
+
+async def test_nothing_completed_means_failed(engine: Engine) -> None:
+    fake = FakeLLM(answer=lambda m, msgs: transient(401) if "worker" in msgs[0]["content"] else kind_answer(m, msgs))
+    ex = executor(engine, fake)
+    task = create_task(engine, prompt="p", budget_usd=1.0, plan_in=plan(("A", []), ("B", [0])))
+    await ex.run_task(task.id)
+    snap = task_snapshot(engine, task.id)
+    assert snap["status"] == "failed" and "no subtask completed" in snap["error"]
+
+
+async def test_transient_errors_are_retried_with_backoff_and_retry_after(engine: Engine) -> None:
+    slow = transient(429)
+    slow.retry_after_s = 7.0
+    fake = FakeLLM(answer=kind_answer, queue=[slow, transient(503), transient(529)])
+    sleep = Recorder()
+    ex = executor(engine, fake, sleep)
+    task = create_task(engine, prompt="p", budget_usd=1.0, plan_in=plan(("A", [])))
+    await ex.run_task(task.id)
+    snap = task_snapshot(engine, task.id)
+    assert snap["status"] == "completed"
+    assert snap["subtasks"][0]["attempts"] == 4
+    assert len(sleep.waits) == 3 and sleep.waits[0] >= 7.0  # Retry-After wins when longer
+    rows = [r for r in ledger(engine, task.id) if r.kind == "subtask"]
+    assert [r.status for r in rows] == ["error", "error", "error", "ok"]
+    assert [r.attempt for r in rows] == [1, 2, 3, 4]
+
+
+async def test_a_fallback_model_answers_when_the_primary_keeps_failing(engine: Engine) -> None:
+    def answer(model: str, msgs: list[Message]) -> Any:
+        if model == "anthropic/claude-haiku-4-5" and "worker" in msgs[0]["content"]:
+            return transient(503, model)
+        return kind_answer(model, msgs)
+
+    fake = FakeLLM(answer=answer)
+    ex = executor(engine, fake, tier1_models=["anthropic/claude-haiku-4-5", "openai/gpt-4.1-mini"], max_attempts=3)
+    task = create_task(engine, prompt="p", budget_usd=1.0, plan_in=plan(("A", [])))
+    await ex.run_task(task.id)
+    snap = task_snapshot(engine, task.id)
+    sub = snap["subtasks"][0]
+    assert snap["status"] == "completed"
+    assert sub["model"] == "openai/gpt-4.1-mini" and sub["attempts"] == 4
+    assert [r.model for r in ledger(engine, task.id) if r.kind == "subtask"] == \
+        ["anthropic/claude-haiku-4-5"] * 3 + ["openai/gpt-4.1-mini"]
+
+
+def _worst_cases(prompt: str, p: dict[str, Any], max_tokens: int) -> list[float]:
+    return [worst_case_usd(render("subtask", request=prompt, description=s["description"], dependencies=[]),
+                           max_tokens, PRICE) for s in p["subtasks"]]
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 1.0, 3.0])
+async def test_budgets_are_never_exceeded(engine: Engine, fraction: float) -> None:
+    p = plan(("A", []), ("B", []), ("C", []), ("D", [0, 1, 2]))
+    independent = sum(_worst_cases("p", p, 1024)[:3])
+    budget = max(1e-9, independent * fraction)
+    # A, B and C are in flight together, so their worst cases are reserved together
+    fake = FakeLLM(answer=kind_answer, latency=lambda _m, msgs: 0.05 if "worker" in msgs[0]["content"] else 0)
+    ex = executor(engine, fake)
+    task = create_task(engine, prompt="p", budget_usd=budget, plan_in=p)
+    await ex.run_task(task.id)
+    snap = task_snapshot(engine, task.id)
+    rows = ledger(engine, task.id)
+    assert snap["total_cost_usd"] <= budget + 1e-12
+    assert snap["total_cost_usd"] == pytest.approx(sum(r.cost_usd for r in rows), abs=1e-12)
+    skipped = [s for s in snap["subtasks"] if s["status"] == "skipped"]
+    if fraction < 1.0:
+        assert skipped and all("budget" in s["error"] for s in skipped)
+        assert "budget" in snap["error"]
+        assert snap["status"] in ("partial", "failed")
+    if fraction == 0.0:
+        assert snap["status"] == "failed" and not rows
+    if fraction >= 3.0:
+        assert snap["status"] == "completed"
+
+
+async def test_a_task_that_cannot_plan_within_its_budget_fails_saying_so(engine: Engine) -> None:
+    fake = FakeLLM(answer=kind_answer)
+    ex = executor(engine, fake)
+    task = create_task(engine, prompt="p", budget_usd=0.0001)
+    await ex.run_task(task.id)
+    snap = task_snapshot(engine, task.id)
+    assert snap["status"] == "failed" and "could not plan within the budget of $0.0001" in snap["error"]
+    assert fake.calls == []
+
+
+async def test_cancel_mid_run_stops_further_calls(engine: Engine) -> None:
+    fake = FakeLLM(answer=kind_answer, latency=lambda _m, msgs: 0.2 if "worker" in msgs[0]["content"] else 0)
+    ex = executor(engine, fake)
+    task = create_task(engine, prompt="p", budget_usd=1.0,
+                       plan_in=plan(("A", []), ("B", [0]), ("C", [1])))
+    ex.submit(task.id)
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if worker_calls(fake):
+            break
+    await ex.cancel(task.id)
+    n = len(fake.calls)
+    await asyncio.sleep(0.3)
+    assert len(fake.calls) == n == 1
+    snap = task_snapshot(engine, task.id)
+    assert snap["status"] == "canceled"
+    assert [s["status"] for s in snap["subtasks"]] == ["canceled"] * 3
+    rows = ledger(engine, task.id)
+    assert [r.status for r in rows] == ["canceled"]
+    assert snap["total_cost_usd"] == pytest.approx(rows[0].cost_usd) and rows[0].cost_usd > 0
+    from compound.core.errors import Conflict
+
+    with pytest.raises(Conflict):
+        await ex.cancel(task.id)
+
+
+async def test_resume_never_calls_a_completed_subtask_again(any_engine: Engine) -> None:
+    fake = FakeLLM(answer=kind_answer)
+    ex = executor(any_engine, fake)
+    task = create_task(any_engine, prompt="p", budget_usd=1.0,
+                       plan_in=plan(("A", []), ("B", []), ("C", [0, 1])))
+    # The state a crash leaves: A completed, B in flight with an open reservation, C pending.
+    await ex.run_task(task.id)  # run it, then rewind it by hand to a crashed state
+    with Session(any_engine) as s:
+        subs = {x.index: x for x in s.exec(select(Subtask).where(Subtask.task_id == task.id)).scalars()}  # type: ignore[call-overload]
+        subs[1].status, subs[1].result = "running", None
+        subs[2].status, subs[2].result = "pending", None
+        t = s.get(Task, task.id)
+        assert t is not None
+        t.status, t.result, t.completed_at = "executing", None, None
+        s.add(LedgerEntry(task_id=task.id, kind="subtask", subtask_index=1, model="m", status="reserved",
+                          reserved_usd=0.01))
+        t.reserved_usd = 0.01
+        s.commit()
+    before = len(fake.calls)
+    ex2 = executor(any_engine, fake)
+    assert task.id in await ex2.start()
+    await ex2.wait(task.id, timeout=10)
+    new = [c for c in fake.calls[before:]]
+    subjects = [c.messages[-1]["content"] for c in new if "worker" in c.messages[0]["content"]]
+    assert len(subjects) == 2 and not any("<subtask>\nA\n" in x for x in subjects)
+    snap = task_snapshot(any_engine, task.id)
+    assert snap["status"] == "completed"
+    rows = ledger(any_engine, task.id)
+    assert [r.status for r in rows].count("lost") == 1
+    assert snap["total_cost_usd"] == pytest.approx(sum(r.cost_usd for r in rows), abs=1e-12)
+    await ex2.stop()
+
+
+async def test_held_for_approval_then_approved(engine: Engine) -> None:
+    fake = FakeLLM(answer=kind_answer)
+    ex = executor(engine, fake)
+    task = create_task(engine, prompt="a and b", budget_usd=1.0, approve=False)
+    await ex.run_task(task.id)
+    assert task_snapshot(engine, task.id)["status"] == "planned"
+    assert len(fake.calls) == 1
+    await ex.approve(task.id)
+    assert await ex.wait(task.id, timeout=10) == "completed"
+
+
+async def test_events_record_every_transition_in_order(engine: Engine) -> None:
+    from compound.store.models import TaskEvent
+
+    fake = FakeLLM(answer=kind_answer)
+    ex = executor(engine, fake)
+    task = create_task(engine, prompt="p", budget_usd=1.0, plan_in=plan(("A", []), ("B", [0])))
+    await ex.run_task(task.id)
+    with Session(engine) as s:
+        events = list(s.exec(select(TaskEvent).where(TaskEvent.task_id == task.id).order_by(TaskEvent.seq)).scalars())  # type: ignore[call-overload]
+        count = s.exec(select(func.count()).select_from(TaskEvent)).one()  # type: ignore[call-overload]
+    assert [e.seq for e in events] == list(range(1, len(events) + 1)) and count[0] == len(events)
+    task_states = [e.data["status"] for e in events if e.kind == "task"]
+    assert task_states == ["queued", "planning", "planned", "executing", "completed"]
+    sub_a = [e.data["status"] for e in events if e.kind == "subtask" and e.data["index"] == 0]
+    assert sub_a == ["running", "completed"]
+    assert json.dumps(events[-1].data)
