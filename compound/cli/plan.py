@@ -1,9 +1,73 @@
-"""CLI commands (filled in by the issue that owns them)."""
+"""`compound plan "request"`: decompose only, and show the plan as a tree by waves,
+its critical path and its worst-case cost."""
 
 from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    return None
+    @app.command()
+    def plan(
+        request: str = typer.Argument(..., help="what you want done"),
+        as_json: bool = typer.Option(False, "--json", help="print the plan (PlanIn) as JSON only"),
+    ) -> None:
+        """Decompose a request into a plan without running it."""
+        from compound.cli.common import settings_or_exit
+        from compound.core.errors import ConfigError, PlanInvalid, ProviderError
+        from compound.llm import build_client
+        from compound.llm.pricing import check_prices, price_of
+        from compound.planner.decompose import decompose
+        from compound.planner.estimate import estimate_cost
+
+        settings = settings_or_exit()
+        try:
+            check_prices(settings)
+        except ConfigError as exc:
+            typer.echo(f"error: {exc.message}", err=True)
+            raise typer.Exit(2) from None
+        client = build_client(settings)
+        spent: list[float] = []
+
+        async def call(messages: Any, schema: Any) -> Any:
+            out = await client.complete(model=settings.planner_model, messages=messages,
+                                        max_tokens=settings.planner_max_tokens, json_schema=schema,
+                                        timeout_s=settings.call_timeout_s)
+            spent.append(out.cost_usd)
+            return out
+
+        try:
+            result = asyncio.run(decompose(call, request, max_subtasks=settings.max_subtasks))
+        except PlanInvalid as exc:
+            typer.echo("error: the planner gave no valid plan:\n" + "\n".join(f"  - {e}" for e in exc.errors), err=True)
+            raise typer.Exit(1) from None
+        except ProviderError as exc:
+            typer.echo(f"error: the planner model failed: {exc.message}", err=True)
+            raise typer.Exit(1) from None
+        if as_json:
+            typer.echo(json.dumps(result.model_dump(mode="json"), indent=2))
+            return
+        from rich.console import Console
+        from rich.tree import Tree
+
+        from compound.planner.plan import critical_path, waves
+        from compound.planner.router import route
+
+        routes = route(result, settings)
+        deps = result.deps()
+        tree = Tree(f"[bold]plan[/bold]: {result.reasoning or ''}")
+        for w, members in enumerate(waves(deps)):
+            branch = tree.add(f"wave {w}")
+            for i in members:
+                s = result.subtasks[i]
+                after = f"  (after {', '.join(map(str, s.depends_on))})" if s.depends_on else ""
+                branch.add(f"[{i}] tier {routes[i].tier_assigned} {routes[i].models[0]}: {s.description}{after}")
+        console = Console()
+        console.print(tree)
+        console.print(f"critical path: {' -> '.join(map(str, critical_path(deps)))}")
+        worst = estimate_cost(result, settings, lambda m: price_of(m, settings), request=request)
+        console.print(f"estimated worst-case cost: ${worst:.6f}; planning cost: ${sum(spent):.6f}")

@@ -1,4 +1,4 @@
-"""CLI commands (filled in by the issue that owns them)."""
+"""`compound serve`: the API, the dashboard and the in-process executor."""
 
 from __future__ import annotations
 
@@ -6,4 +6,25 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    return None
+    @app.command()
+    def serve(
+        host: str = typer.Option("127.0.0.1", help="interface to listen on"),
+        port: int = typer.Option(8000, help="port to listen on"),
+    ) -> None:
+        """Run the HTTP API (with the dashboard and the executor) on SQLite by default."""
+        import uvicorn
+
+        from compound.api.app import create_app
+        from compound.cli.common import settings_or_exit
+        from compound.llm.pricing import check_prices
+
+        settings = settings_or_exit()
+        from compound.core.errors import ConfigError
+
+        try:
+            check_prices(settings)
+        except ConfigError as exc:
+            typer.echo(f"error: {exc.message}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(f"compound serving on http://{host}:{port} (store: {settings.public_dict()['database_url']})", err=True)
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")

@@ -1,0 +1,86 @@
+"""The app factory. Nothing happens at import: settings, the engine, the LLM client
+and the executor are made in create_app/lifespan and hung on app.state."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from sqlalchemy.engine import Engine
+
+from compound.core.settings import Settings, load_settings
+from compound.llm.base import LLMClient
+
+DESCRIPTION = """compound turns one natural-language request into a DAG of tiered subtasks,
+runs it eagerly under a hard budget, and accounts every token and cent.
+
+Every route but `/healthz` (and `/metrics`, unless configured) needs
+`Authorization: Bearer <token>`; create tokens with `compound tokens create --user NAME`.
+Errors are JSON: `{"error": {"code": "...", "message": "..."}}`."""
+
+
+def create_app(settings: Settings | None = None, *, client: LLMClient | None = None,
+               engine: Engine | None = None, observers: list[Any] | None = None) -> FastAPI:
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from compound.core.logging import configure_logging
+        from compound.executor.service import Executor
+        from compound.llm.pricing import check_prices
+        from compound.store.db import create_all, make_engine
+
+        configure_logging(settings.log_level, settings.log_json)
+        check_prices(settings)
+        own_engine = engine is None
+        eng = engine or make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+        create_all(eng)
+        llm = client
+        if llm is None:
+            from compound.llm import build_client
+
+            llm = build_client(settings)
+            warm = getattr(llm, "warm", None)
+            if warm is not None:
+                await warm()
+        obs = list(observers or [])
+        metrics = getattr(app.state, "metrics", None)
+        if metrics is not None:
+            obs.append(metrics)
+        executor = Executor(settings=settings, engine=eng, client=llm, observers=obs)
+        app.state.engine = eng
+        app.state.executor = executor
+        await executor.start()
+        try:
+            yield
+        finally:
+            await executor.stop()
+            if own_engine:
+                eng.dispose()
+
+    app = FastAPI(title="compound", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    from compound.api.ratelimit import RateLimiter
+
+    app.state.ratelimit = RateLimiter(settings.rate_limit_per_minute)
+
+    from compound.api import errors, routes_symbiont, routes_tasks
+
+    errors.install(app)
+    app.add_middleware(errors.BodyLimit, limit=settings.max_body_bytes)
+    app.include_router(routes_tasks.router)
+    app.include_router(routes_symbiont.router)
+    try:
+        from compound.api.live import install as install_live
+    except ImportError:  # the live routes are optional at this layer
+        install_live = None
+    if install_live is not None:
+        install_live(app)
+
+    @app.get("/healthz", tags=["ops"], summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

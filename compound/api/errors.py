@@ -1,0 +1,152 @@
+"""The one place that maps compound's errors to HTTP: JSON {"error": {"code",
+"message"}} with the right status, never a stack trace, never a secret."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from compound.core.errors import (
+    BudgetExceeded,
+    CompoundError,
+    ConfigError,
+    Conflict,
+    NotFound,
+    PlanInvalid,
+    ProviderError,
+    UserInputError,
+)
+from compound.core.logging import get_logger, redact_text
+
+log = get_logger("compound.api")
+
+STATUS = [
+    (PlanInvalid, 422),
+    (UserInputError, 422),
+    (NotFound, 404),
+    (Conflict, 409),
+    (BudgetExceeded, 402),
+    (ProviderError, 502),
+    (ConfigError, 500),
+]
+HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+              405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
+              415: "unsupported_media_type", 422: "invalid_request", 429: "rate_limited"}
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": redact_text(message), **extra}}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api(_r: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message), exc.status, headers=exc.headers)
+
+    @app.exception_handler(CompoundError)
+    async def _compound(_r: Request, exc: CompoundError) -> JSONResponse:
+        status = next((s for cls, s in STATUS if isinstance(exc, cls)), 500)
+        extra: dict[str, Any] = {}
+        if isinstance(exc, PlanInvalid):
+            extra["errors"] = exc.errors
+        if status == 500:
+            log.error("internal error", error=type(exc).__name__)
+            return JSONResponse(error_body("internal_error", "the server could not do that"), 500)
+        return JSONResponse(error_body(exc.code, exc.message, **extra), status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_r: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            if err.get("type") == "json_invalid":
+                problems.append("body: not valid JSON")
+                continue
+            msg = str(err.get("msg", "invalid"))
+            problems.append(f"{_loc(tuple(err.get('loc', ())))}: {msg}")
+        message = "; ".join(problems[:20]) or "invalid request"
+        return JSONResponse(error_body("invalid_request", message[:2000]), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(exc.status_code, "error")
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        return JSONResponse(error_body(code, detail), exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _any(_r: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", error=type(exc).__name__)
+        return JSONResponse(error_body("internal_error", "the server could not do that"), 500)
+
+
+class BodyLimit:
+    """Refuse request bodies over `limit` bytes with 413, by Content-Length or as they
+    stream in (a pure ASGI middleware: nothing is buffered beyond the limit)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.limit
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await self._reject(send)
+                    return
+        seen = 0
+        started = False
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        body = json.dumps(error_body("payload_too_large",
+                                     f"the request body is larger than {self.limit} bytes")).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass

@@ -1,0 +1,82 @@
+"""The Symbiont-style routes (seed 004) with their response shapes, behind tokens
+(the seed left progress and the recent list open; here that is a setting)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials
+
+from compound.api.auth import bearer, owner_filter, principal_from
+from compound.api.errors import ApiError
+from compound.api.routes_tasks import submit_task
+from compound.api.schemas import (
+    CompoundTaskRequest,
+    CompoundTaskResponse,
+    TaskCreate,
+    TaskProgressResponse,
+    TaskSummary,
+)
+from compound.store.queries import list_tasks
+from compound.store.tasks import task_snapshot
+
+router = APIRouter(tags=["compound tasks (Symbiont-style)"])
+Creds = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def _reader(request: Request, creds: HTTPAuthorizationCredentials | None) -> str | None:
+    """The owner filter for a read: open reads (a setting) need no token."""
+    if creds is None and request.app.state.settings.open_symbiont_reads:
+        return None
+    principal = principal_from(request, creds.credentials if creds else None)
+    if "read" not in principal.scopes and not principal.is_admin:
+        raise ApiError(403, "forbidden", "this token lacks the 'read' scope")
+    return owner_filter(principal)
+
+
+@router.post("/task/compound", response_model=CompoundTaskResponse,
+             summary="Submit a compound task; answers once it is planned, with its subtask count")
+async def create_compound_task(request: Request, body: CompoundTaskRequest, creds: Creds) -> Any:
+    token = creds.credentials if creds else body.token
+    principal = principal_from(request, token)
+    if "submit" not in principal.scopes and not principal.is_admin:
+        raise ApiError(403, "forbidden", "this token lacks the 'submit' scope")
+    task = submit_task(request, principal, TaskCreate(prompt=body.prompt))
+    try:
+        await request.app.state.executor.wait_planned(task.id, timeout=120)
+    except TimeoutError:
+        pass  # still planning: answer with what there is; progress can be polled
+    snap = task_snapshot(request.app.state.engine, task.id)
+    return {"id": snap["id"], "status": snap["status"], "subtask_count": len(snap["subtasks"])}
+
+
+@router.get("/task/{task_id}/progress", response_model=TaskProgressResponse,
+            summary="A compound task's progress with every subtask")
+async def task_progress(request: Request, task_id: str, creds: Creds) -> Any:
+    snap = task_snapshot(request.app.state.engine, task_id, user_id=_reader(request, creds))
+    return {
+        "id": snap["id"], "prompt": snap["prompt"], "status": snap["status"],
+        "reasoning": snap["reasoning"] or "",
+        "subtasks": [
+            {"id": f"{snap['id']}:{s['index']}", "index": s["index"], "description": s["description"],
+             "tier_hint": s["tier_hint"], "tier_assigned": s["tier_assigned"], "model": s["model"],
+             "depends_on": s["depends_on"], "status": s["status"], "result": s["result"],
+             "cost": s["cost_usd"], "started_at": s["started_at"], "completed_at": s["completed_at"]}
+            for s in snap["subtasks"]
+        ],
+        "created_at": snap["created_at"] or "", "planned_at": snap["planned_at"] or "",
+        "completed_at": snap["completed_at"], "total_cost": snap["total_cost_usd"],
+    }
+
+
+@router.get("/tasks/recent", response_model=list[TaskSummary], summary="Recent compound tasks, newest first")
+async def recent_tasks(request: Request, creds: Creds,
+                       limit: Annotated[int, Query(ge=1, le=100)] = 20) -> Any:
+    tasks, _ = list_tasks(request.app.state.engine, user_id=_reader(request, creds), limit=limit)
+    return [
+        {"id": t["id"], "prompt": t["prompt"], "status": t["status"], "subtask_count": t["subtasks_total"],
+         "completed_count": t["subtasks_done"], "total_cost": t["total_cost_usd"],
+         "created_at": t["created_at"] or "", "completed_at": t["completed_at"]}
+        for t in tasks
+    ]

@@ -1,0 +1,110 @@
+"""/v1 routes: submit, read, list, cancel, approve tasks; validate plans."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+
+from compound.api.auth import ReadPrincipal, SubmitPrincipal, owner_filter
+from compound.api.errors import ApiError
+from compound.api.schemas import PlanValidateIn, PlanValidateOut, TaskCreate, TaskList, TaskOut
+from compound.core.errors import PlanInvalid, UserInputError
+from compound.planner.plan import critical_path, waves
+from compound.planner.validate import validate_plan
+from compound.store.models import TaskStatus
+from compound.store.queries import list_tasks
+from compound.store.tasks import create_task, get_task, task_snapshot
+
+router = APIRouter(prefix="/v1", tags=["tasks"])
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing, invalid or revoked token"},
+    404: {"description": "no such task, or not yours"},
+    422: {"description": "a field is invalid; the message names it"},
+}
+
+
+def submit_task(request: Request, principal: Any, body: TaskCreate) -> Any:
+    """Validate, rate-limit, store and hand a new task to the executor."""
+    settings = request.app.state.settings
+    if len(body.prompt) > settings.max_prompt_chars:
+        raise UserInputError(f"prompt: {len(body.prompt)} characters; at most {settings.max_prompt_chars} are accepted")
+    if not body.prompt.strip():
+        raise UserInputError("prompt: must not be blank")
+    wait = request.app.state.ratelimit.check(principal.token_id)
+    if wait is not None:
+        raise ApiError(429, "rate_limited",
+                       f"more than {settings.rate_limit_per_minute} submissions a minute with this token; "
+                       f"retry in {int(wait)} s", {"Retry-After": str(int(wait))})
+    plan_in = None
+    if body.plan is not None:
+        plan_in = validate_plan(body.plan, max_subtasks=settings.max_subtasks).model_dump(mode="json")
+    task = create_task(request.app.state.engine, prompt=body.prompt,
+                       budget_usd=body.budget_usd or settings.default_budget_usd,
+                       user_id=principal.user_id, priority=body.priority, plan_in=plan_in,
+                       approve=body.approve)
+    request.app.state.executor.submit(task.id)
+    return task
+
+
+@router.post("/tasks", status_code=202, response_model=TaskOut, responses={**ERRORS, 413: {"description": "body too large"}, 429: {"description": "rate limited"}},
+             summary="Submit a request; planning and execution happen behind the 202")
+async def post_task(request: Request, body: TaskCreate, principal: SubmitPrincipal) -> Any:
+    task = submit_task(request, principal, body)
+    return task_snapshot(request.app.state.engine, task.id)
+
+
+@router.get("/tasks/{task_id}", response_model=TaskOut, responses=ERRORS,
+            summary="A task's progress: status, plan, each subtask's state, result and cost")
+async def get_one(request: Request, task_id: str, principal: ReadPrincipal) -> Any:
+    return task_snapshot(request.app.state.engine, task_id, user_id=owner_filter(principal))
+
+
+@router.get("/tasks", response_model=TaskList, responses=ERRORS, summary="Recent tasks, newest first")
+async def get_many(
+    request: Request,
+    principal: ReadPrincipal,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    status: Annotated[str | None, Query(description="only tasks in this status")] = None,
+    cursor: Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page")] = None,
+) -> Any:
+    if status is not None and status not in {s.value for s in TaskStatus}:
+        raise UserInputError(f"status: {status!r} is not one of {', '.join(s.value for s in TaskStatus)}")
+    tasks, next_cursor = list_tasks(request.app.state.engine, user_id=owner_filter(principal),
+                                    limit=limit, status=status, cursor=cursor)
+    return {"tasks": tasks, "next_cursor": next_cursor}
+
+
+@router.post("/tasks/{task_id}/cancel", response_model=TaskOut, responses={**ERRORS, 409: {"description": "already finished"}},
+             summary="Stop in-flight calls and cancel the rest")
+async def cancel(request: Request, task_id: str, principal: SubmitPrincipal) -> Any:
+    engine = request.app.state.engine
+    get_task(engine, task_id, user_id=owner_filter(principal))
+    await request.app.state.executor.cancel(task_id)
+    return task_snapshot(engine, task_id)
+
+
+@router.post("/tasks/{task_id}/approve", response_model=TaskOut, responses={**ERRORS, 409: {"description": "not waiting for approval"}},
+             summary="Start a task held at `planned`")
+async def approve(request: Request, task_id: str, principal: SubmitPrincipal) -> Any:
+    engine = request.app.state.engine
+    get_task(engine, task_id, user_id=owner_filter(principal))
+    await request.app.state.executor.approve(task_id)
+    return task_snapshot(engine, task_id)
+
+
+@router.post("/plans/validate", response_model=PlanValidateOut, responses=ERRORS,
+             summary="Check a plan: every error, its waves, critical path and worst-case cost")
+async def validate(request: Request, body: PlanValidateIn, principal: ReadPrincipal) -> Any:
+    settings = request.app.state.settings
+    try:
+        plan = validate_plan(body.plan, max_subtasks=settings.max_subtasks)
+    except PlanInvalid as exc:
+        return {"valid": False, "errors": exc.errors, "waves": [], "critical_path": [],
+                "estimated_cost_usd": None}
+    from compound.planner.estimate import estimate_cost
+
+    deps = plan.deps()
+    cost = estimate_cost(plan, settings, request.app.state.executor.price_of)
+    return {"valid": True, "errors": [], "waves": waves(deps), "critical_path": critical_path(deps),
+            "estimated_cost_usd": cost}

@@ -1,0 +1,52 @@
+"""Shared CLI helpers: settings with a clear error, an engine, a client for the API."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import typer
+
+from compound.core.errors import ConfigError
+from compound.core.settings import Settings, load_settings
+
+
+def settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+
+
+def engine_for(settings: Settings) -> Any:
+    from compound.store.db import create_all, make_engine
+
+    engine = make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    create_all(engine)
+    return engine
+
+
+def api_request(method: str, url: str, path: str, **kw: Any) -> Any:
+    """Call a running server with the token from COMPOUND_TOKEN; exit with a clear
+    message on a connection error or an error answer."""
+    import httpx
+
+    token = os.environ.get("COMPOUND_TOKEN")
+    if not token:
+        typer.echo("error: set COMPOUND_TOKEN to a token from `compound tokens create`", err=True)
+        raise typer.Exit(2)
+    try:
+        response = httpx.request(method, url.rstrip("/") + path, headers={"Authorization": f"Bearer {token}"},
+                                 timeout=30, **kw)
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: cannot reach {url}: {type(exc).__name__}", err=True)
+        raise typer.Exit(1) from None
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:200]
+        typer.echo(f"error: {response.status_code}: {message}", err=True)
+        raise typer.Exit(1)
+    return response.json()

@@ -1,0 +1,98 @@
+"""Users and API tokens. A token is shown once; only its sha256 is stored."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from compound.core.errors import NotFound, UserInputError
+from compound.store.models import ApiToken, User, utcnow
+
+SCOPES = ("submit", "read", "admin")
+TOKEN_PREFIX = "cpd_"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the token's user and scopes."""
+
+    user_id: str
+    user_name: str
+    scopes: frozenset[str]
+    token_id: str
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.scopes
+
+
+def get_or_create_user(engine: Engine, name: str) -> User:
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise UserInputError("a user name needs 1 to 200 characters")
+    with Session(engine, expire_on_commit=False) as s:
+        user = s.exec(select(User).where(User.name == name)).first()
+        if user is None:
+            user = User(name=name)
+            s.add(user)
+            s.commit()
+        return user
+
+
+def create_token(engine: Engine, user_name: str, scopes: list[str] | None = None) -> tuple[ApiToken, str]:
+    """A new random token (256 bits) for the user (created if new). Returns the row
+    and the token itself, which is never stored."""
+    wanted = sorted(set(scopes or ["submit", "read"]))
+    bad = [s for s in wanted if s not in SCOPES]
+    if bad:
+        raise UserInputError(f"unknown scope(s) {', '.join(bad)}; choose from {', '.join(SCOPES)}")
+    user = get_or_create_user(engine, user_name)
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    row = ApiToken(user_id=user.id, token_hash=hash_token(token), scopes=",".join(wanted))
+    with Session(engine, expire_on_commit=False) as s:
+        s.add(row)
+        s.commit()
+    return row, token
+
+
+def list_tokens(engine: Engine) -> list[tuple[ApiToken, str]]:
+    with Session(engine, expire_on_commit=False) as s:
+        rows = s.exec(select(ApiToken, User.name).join(User, col(User.id) == col(ApiToken.user_id))
+                      .order_by(col(ApiToken.created_at))).all()
+        return [(t, n) for t, n in rows]
+
+
+def revoke_token(engine: Engine, token_id: str) -> ApiToken:
+    with Session(engine, expire_on_commit=False) as s:
+        row = s.get(ApiToken, token_id)
+        if row is None:
+            raise NotFound(f"no token with id {token_id!r}")
+        if row.revoked_at is None:
+            row.revoked_at = utcnow()
+            s.add(row)
+            s.commit()
+        return row
+
+
+def principal_for_token(engine: Engine, token: str) -> Principal | None:
+    """The principal of a live token, or None. The lookup is by hash (the hash is
+    not secret), and the hashes are compared again in constant time."""
+    digest = hash_token(token)
+    with Session(engine) as s:
+        found = s.exec(select(ApiToken, User.name).join(User, col(User.id) == col(ApiToken.user_id))
+                       .where(ApiToken.token_hash == digest)).first()
+    if found is None:
+        return None
+    row, name = found
+    if row.revoked_at is not None or not secrets.compare_digest(row.token_hash, digest):
+        return None
+    return Principal(user_id=row.user_id, user_name=name,
+                     scopes=frozenset(s for s in row.scopes.split(",") if s), token_id=row.id)
