@@ -50,6 +50,14 @@ class Script:
     failures: list[Failure] = field(default_factory=list)
     answers: dict[str, list[str]] = field(default_factory=dict)  # kind -> queued texts
     max_subtasks: int = 6
+    # [substring, seconds]: the first rule whose substring is in the request text wins
+    latency_rules: list[tuple[str, float]] = field(default_factory=list)
+
+    def latency_for(self, model: str, kind: str, text: str) -> float:
+        for needle, seconds in self.latency_rules:
+            if needle in text:
+                return seconds
+        return self.latency(model, kind, text) if self.latency else self.latency_s
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Script:
@@ -58,6 +66,7 @@ class Script:
             failures=[Failure(**f) for f in data.get("failures", [])],
             answers={k: list(v) for k, v in data.get("answers", {}).items()},
             max_subtasks=int(data.get("max_subtasks", 6)),
+            latency_rules=[(str(a), float(b)) for a, b in data.get("latency_rules", [])],
         )
 
 
@@ -129,6 +138,7 @@ class Simulator:
                 Route("/v1/chat/completions", self._openai, methods=["POST"]),
                 Route("/chat/completions", self._openai, methods=["POST"]),
                 Route("/healthz", self._health, methods=["GET"]),
+                Route("/_sim/requests", self._log, methods=["GET"]),
             ]
         )
 
@@ -147,6 +157,12 @@ class Simulator:
             return [r for r in self.requests if kind is None or r["kind"] == kind]
 
     # shared path -------------------------------------------------------------------
+
+    async def _log(self, _request: Request) -> JSONResponse:
+        """What the simulator was asked (tests of a simulator in another process)."""
+        with self._lock:
+            rows = [{k: r[k] for k in ("wire", "model", "kind", "text", "at")} for r in self.requests]
+        return JSONResponse(rows)
 
     async def _health(self, _request: Request) -> JSONResponse:
         return JSONResponse({"ok": True})
@@ -167,7 +183,7 @@ class Simulator:
                     break
             queued = self.script.answers.get(kind)
             forced = queued.pop(0) if queued else None
-        delay = self.script.latency(model, kind, text) if self.script.latency else self.script.latency_s
+        delay = self.script.latency_for(model, kind, text)
         if delay > 0:
             await asyncio.sleep(delay)
         if failure is not None:

@@ -1,0 +1,146 @@
+"""`compound serve` as a real process: submit over HTTP and see the task complete;
+then the crash test: SIGKILL the server while subtasks are in flight, start it again
+on the same database, and check the task completes without calling a completed
+subtask again and with its cost equal to its ledger."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+from sqlmodel import Session
+
+from compound.llm.simulator import free_port
+from compound.store.db import make_engine
+from compound.store.models import LedgerEntry, Task
+
+pytestmark = pytest.mark.slow
+COMPOUND = [sys.executable, "-m", "compound.cli.__main__"]
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not come up")
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    sim_port = free_port()
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps({"latency_rules": [["quick", 0.2], ["slow", 2.5]]}))
+    base = f"http://127.0.0.1:{sim_port}"
+    e = {**os.environ, "COMPOUND_DATABASE_URL": f"sqlite:///{tmp_path / 'c.db'}",
+         "ANTHROPIC_BASE_URL": base, "OPENAI_BASE_URL": base + "/v1", "ANTHROPIC_API_KEY": "sim-key",
+         "COMPOUND_RETRY_INITIAL_WAIT_S": "0", "COMPOUND_RETRY_MAX_WAIT_S": "0", "COMPOUND_SIM_URL": base}
+    sim = subprocess.Popen([*COMPOUND, "sim", "--port", str(sim_port), "--script", str(script)], env=e,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_http(base + "/healthz")
+    token = subprocess.run([*COMPOUND, "tokens", "create", "--user", "u"], env=e, capture_output=True,
+                           text=True, check=True).stdout.strip()
+    e["COMPOUND_TOKEN"] = token
+    yield e
+    sim.kill()
+    sim.wait()
+
+
+def start_server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([*COMPOUND, "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_http(f"http://127.0.0.1:{port}/healthz")
+    return proc
+
+
+def get(port: int, env: dict[str, str], path: str) -> dict:  # type: ignore[type-arg]
+    r = httpx.get(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {env['COMPOUND_TOKEN']}"})
+    return r.json()  # type: ignore[no-any-return]
+
+
+def wait_status(port: int, env: dict[str, str], task_id: str, timeout: float = 30) -> dict:  # type: ignore[type-arg]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        snap = get(port, env, f"/v1/tasks/{task_id}")
+        if snap["status"] in ("completed", "partial", "failed", "canceled"):
+            return snap
+        time.sleep(0.1)
+    raise AssertionError(f"task still {snap['status']}")
+
+
+def test_serve_submit_complete(env: dict[str, str]) -> None:
+    port = free_port()
+    server = start_server(env, port)
+    try:
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/tasks", json={"prompt": "a quick look and a quick check"},
+                       headers={"Authorization": f"Bearer {env['COMPOUND_TOKEN']}"})
+        assert r.status_code == 202
+        snap = wait_status(port, env, r.json()["id"])
+        assert snap["status"] == "completed" and snap["result"]
+        out = subprocess.run([*COMPOUND, "tasks", "list", "--json", "--url", f"http://127.0.0.1:{port}"],
+                             env=env, capture_output=True, text=True, check=True).stdout
+        assert json.loads(out)["tasks"][0]["id"] == snap["id"]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=15)
+
+
+def test_crash_resume(env: dict[str, str]) -> None:
+    plan = {"subtasks": [
+        {"description": "quick one", "tier_hint": 1, "depends_on": []},
+        {"description": "quick two", "tier_hint": 1, "depends_on": []},
+        {"description": "slow three", "tier_hint": 1, "depends_on": [0]},
+        {"description": "slow four", "tier_hint": 2, "depends_on": [1]},
+        {"description": "quick join", "tier_hint": 2, "depends_on": [2, 3]}]}
+    port = free_port()
+    server = start_server(env, port)
+    r = httpx.post(f"http://127.0.0.1:{port}/v1/tasks", json={"prompt": "crash me", "plan": plan},
+                   headers={"Authorization": f"Bearer {env['COMPOUND_TOKEN']}"})
+    task_id = r.json()["id"]
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        st = [s["status"] for s in get(port, env, f"/v1/tasks/{task_id}")["subtasks"]]
+        if st[:4] == ["completed", "completed", "running", "running"]:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"never reached the crash point: {st}")
+    server.send_signal(signal.SIGKILL)
+    server.wait()
+
+    server = start_server(env, port)
+    try:
+        snap = wait_status(port, env, task_id)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=15)
+    assert snap["status"] == "completed"
+    calls = httpx.get(env["COMPOUND_SIM_URL"] + "/_sim/requests").json()
+    worker = [c["text"] for c in calls if c["kind"] == "worker"]
+    count = {d: sum(f"<subtask>\n{d}\n</subtask>" in t for t in worker) for d in
+             ("quick one", "quick two", "slow three", "slow four", "quick join")}
+    assert count == {"quick one": 1, "quick two": 1, "slow three": 2, "slow four": 2, "quick join": 1}
+    engine = make_engine(env["COMPOUND_DATABASE_URL"])
+    with Session(engine) as s:
+        rows = list(s.exec(select(LedgerEntry).where(LedgerEntry.task_id == task_id)).scalars())  # type: ignore[call-overload]
+        task = s.get(Task, task_id)
+    engine.dispose()
+    assert task is not None
+    assert sorted(r.status for r in rows).count("lost") == 2
+    lost = [r for r in rows if r.status == "lost"]
+    assert all(r.cost_usd == r.reserved_usd > 0 for r in lost)
+    assert task.total_cost_usd == pytest.approx(sum(r.cost_usd for r in rows), abs=1e-12)
+    assert task.total_cost_usd <= task.budget_usd
