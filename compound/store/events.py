@@ -28,3 +28,13 @@ def append_event(session: Session, task_id: str, kind: str, data: dict[str, Any]
     seq = int(row[0])
     session.add(TaskEvent(task_id=task_id, seq=seq, kind=kind, data=data))
     return seq
+
+
+def events_after(engine: Any, task_id: str, seq: int, limit: int = 500) -> list[TaskEvent]:
+    """The task's events with seq > `seq`, in order (SSE replay and tail)."""
+    from sqlmodel import col, select
+
+    with Session(engine) as session:
+        return list(session.exec(
+            select(TaskEvent).where(TaskEvent.task_id == task_id, col(TaskEvent.seq) > seq)
+            .order_by(col(TaskEvent.seq)).limit(limit)))

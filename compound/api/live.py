@@ -1,0 +1,121 @@
+"""Live progress and money: SSE per task, /v1/costs, /dashboard, /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, FastAPI, Header, Query, Request
+from fastapi.responses import HTMLResponse, Response
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from sse_starlette import EventSourceResponse
+
+from compound.api.auth import ReadPrincipal, bearer, owner_filter, principal_from
+from compound.api.metrics import MetricsObserver, TaskCollector
+from compound.core.errors import UserInputError
+from compound.store.costs import costs, spend_summary
+from compound.store.events import events_after
+from compound.store.models import TERMINAL_TASK, utcnow
+from compound.store.tasks import get_task
+from compound.store.runs import user_daily_budget
+
+router = APIRouter(tags=["live"])
+STATIC = Path(__file__).parent / "static"
+POLL_S = 0.05
+
+
+@router.get("/v1/tasks/{task_id}/events", summary="Server-Sent Events: one per state change, until the task ends",
+            responses={200: {"content": {"text/event-stream": {}}, "description":
+                             "events `task` and `subtask` with id = sequence number; resume with Last-Event-ID"}})
+async def task_events(request: Request, task_id: str, principal: ReadPrincipal,
+                      last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None) -> Any:
+    engine = request.app.state.engine
+    get_task(engine, task_id, user_id=owner_filter(principal))
+    try:
+        after = int(last_event_id) if last_event_id else 0
+    except ValueError:
+        raise UserInputError("Last-Event-ID: must be the integer id of an event") from None
+
+    async def stream() -> Any:
+        seq = after
+        while True:
+            rows = events_after(engine, task_id, seq)
+            for ev in rows:
+                seq = ev.seq
+                yield {"id": str(ev.seq), "event": ev.kind, "data": json.dumps(ev.data)}
+                if ev.kind == "task" and ev.data.get("status") in TERMINAL_TASK:
+                    return
+            if not rows:
+                if await request.is_disconnected():
+                    return
+                await asyncio.sleep(POLL_S)
+
+    return EventSourceResponse(stream(), ping=15)
+
+
+def _when(value: str | None, default: datetime, *, end: bool = False) -> datetime:
+    if value is None:
+        return default
+    try:
+        if len(value) == 10:
+            d = date.fromisoformat(value)
+            at = datetime.combine(d + timedelta(days=1) if end else d, time(), tzinfo=UTC)
+            return at
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise UserInputError(f"{'until' if end else 'since'}: {value!r} is not an ISO date or date-time") from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+@router.get("/v1/costs", summary="Spend from the ledger, with totals and groups")
+async def get_costs(
+    request: Request,
+    principal: ReadPrincipal,
+    since: Annotated[str | None, Query(description="ISO date or date-time (UTC); default 30 days ago")] = None,
+    until: Annotated[str | None, Query(description="ISO date (inclusive) or date-time (exclusive); default now")] = None,
+    group_by: Annotated[Literal["day", "model", "tier", "user"] | None, Query()] = None,
+) -> dict[str, Any]:
+    now = utcnow()
+    start = _when(since, now - timedelta(days=30))
+    stop = _when(until, now + timedelta(seconds=1), end=True)
+    if stop <= start:
+        raise UserInputError("until: must be after since")
+    out = costs(request.app.state.engine, since=start, until=stop, group_by=group_by,
+                user_id=owner_filter(principal))
+    return {"since": start.isoformat().replace("+00:00", "Z"), "until": stop.isoformat().replace("+00:00", "Z"),
+            "group_by": group_by, **out}
+
+
+@router.get("/v1/costs/summary", summary="Spend today, this week and this month, and the daily budget")
+async def get_summary(request: Request, principal: ReadPrincipal) -> dict[str, Any]:
+    engine = request.app.state.engine
+    out: dict[str, Any] = spend_summary(engine, user_id=owner_filter(principal))
+    out["daily_budget_usd"] = user_daily_budget(engine, principal.user_id,
+                                                request.app.state.settings.user_daily_budget_usd)
+    out["user"] = principal.user_name
+    return out
+
+
+@router.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
+async def dashboard() -> HTMLResponse:
+    return HTMLResponse((STATIC / "dashboard.html").read_text(encoding="utf-8"))
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    if not request.app.state.settings.public_metrics:
+        creds = await bearer(request)
+        principal_from(request, creds.credentials if creds else None)
+    return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def install(app: FastAPI) -> None:
+    registry = CollectorRegistry()
+    app.state.metrics_registry = registry
+    app.state.metrics = MetricsObserver(registry)
+    registry.register(TaskCollector(app))
+    app.include_router(router)

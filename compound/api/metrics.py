@@ -1,0 +1,57 @@
+"""Prometheus metrics: a registry per app, a CallObserver fed by the executor, and
+task counts by status read from the store at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+
+class MetricsObserver:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.calls = Counter("compound_model_calls", "Model calls by model, kind and outcome",
+                             ["model", "kind", "status"], registry=registry)
+        self.tokens = Counter("compound_tokens", "Tokens by model and direction", ["model", "direction"],
+                              registry=registry)
+        self.cost = Counter("compound_cost_usd", "Money spent, by model (USD)", ["model"], registry=registry)
+        self.latency = Histogram("compound_call_latency_seconds", "Model call latency", ["model"],
+                                 registry=registry,
+                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+        self.in_flight = Gauge("compound_calls_in_flight", "Model calls in flight", registry=registry)
+
+    def call_started(self, *, model: str, kind: str) -> None:
+        self.in_flight.inc()
+
+    def call_finished(self, *, model: str, kind: str, tier: int | None, status: str, input_tokens: int,
+                      output_tokens: int, cost_usd: float, latency_s: float) -> None:
+        self.in_flight.dec()
+        self.calls.labels(model, kind, status).inc()
+        self.tokens.labels(model, "input").inc(input_tokens)
+        self.tokens.labels(model, "output").inc(output_tokens)
+        self.cost.labels(model).inc(cost_usd)
+        self.latency.labels(model).observe(latency_s)
+
+
+class TaskCollector(Collector):
+    """compound_tasks{status}: counted in SQL at scrape time."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from sqlalchemy import func, select
+
+        from compound.store.models import Task
+
+        family = GaugeMetricFamily("compound_tasks", "Tasks by status", labels=["status"])
+        engine = getattr(self.app.state, "engine", None)
+        if engine is not None:
+            t = Task.__table__  # type: ignore[attr-defined]
+            with engine.connect() as conn:
+                for status, n in conn.execute(select(t.c.status, func.count()).group_by(t.c.status)):
+                    family.add_metric([status], n)
+        yield family
