@@ -5,13 +5,13 @@ so a restart resumes what was running and a completed subtask is never called ag
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
-from tenacity.wait import wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from compound.core.errors import BudgetExceeded, Conflict, NotFound, PlanInvalid, ProviderError
 from compound.core.logging import get_logger
@@ -348,41 +348,54 @@ class Executor:
         daily = self._daily[st.id]
         attempt = sub.attempts if sub is not None else 0
         last: ProviderError | None = None
-        backoff = wait_exponential_jitter(initial=self.settings.retry_initial_wait_s,
-                                          max=self.settings.retry_max_wait_s)
-
-        def wait(state: RetryCallState) -> float:
-            base = backoff(state)
-            exc = state.outcome.exception() if state.outcome else None
-            after = getattr(exc, "retry_after_s", None) or 0.0
-            return max(base, min(after, max(self.settings.retry_max_wait_s, after)))
-
         for model in models:
             mt = self.settings.model_config_for(model).max_tokens or max_tokens
-            price = self.price_of(model)
-            amount = worst_case_usd(messages, mt, price)
-            retrying = AsyncRetrying(
-                retry=retry_if_exception(lambda e: isinstance(e, ProviderError) and bool(e.transient)),
-                stop=stop_after_attempt(self.settings.max_attempts),
-                wait=wait,
-                sleep=self.sleep,
-                reraise=True,
-            )
+            amount = worst_case_usd(messages, mt, self.price_of(model))
+
+            async def once() -> Completion:
+                nonlocal attempt
+                attempt += 1
+                return await self._attempt(st, kind=kind, sub=sub, tier=tier, model=model,
+                                           attempt=attempt, amount=amount, daily=daily,
+                                           messages=messages, max_tokens=mt, json_schema=json_schema)
+
+            # The first attempt goes straight out: tenacity's machinery costs ~85 µs a
+            # call, so it is only set up once a call has failed transiently.
             try:
-                async for attempt_state in retrying:
-                    with attempt_state:
-                        attempt += 1
-                        return await self._attempt(st, kind=kind, sub=sub, tier=tier, model=model,
-                                                   attempt=attempt, amount=amount, daily=daily,
-                                                   messages=messages, max_tokens=mt,
-                                                   json_schema=json_schema)
+                return await once()
             except ProviderError as exc:
                 last = exc
                 if not exc.transient:
                     raise
-                log.warning("model exhausted its retries; falling back", model=model, kind=kind)
+            if self.settings.max_attempts > 1:
+                await self.sleep(self._wait_s(1, last))
+                retrying = AsyncRetrying(
+                    retry=retry_if_exception(lambda e: isinstance(e, ProviderError) and bool(e.transient)),
+                    stop=stop_after_attempt(self.settings.max_attempts - 1),
+                    wait=lambda state: self._wait_s(state.attempt_number + 1,
+                                                    state.outcome.exception() if state.outcome else None),
+                    sleep=self.sleep,
+                    reraise=True,
+                )
+                try:
+                    async for attempt_state in retrying:
+                        with attempt_state:
+                            return await once()
+                except ProviderError as exc:
+                    last = exc
+                    if not exc.transient:
+                        raise
+            log.warning("model exhausted its retries; falling back", model=model, kind=kind)
         assert last is not None
         raise last
+
+    def _wait_s(self, failures: int, exc: BaseException | None) -> float:
+        """Exponential backoff with jitter after the n-th failure; a provider's
+        Retry-After wins when longer (capped at max(RETRY_MAX_WAIT_S, 120 s))."""
+        initial = self.settings.retry_initial_wait_s
+        backoff = min(self.settings.retry_max_wait_s, initial * 2 ** (failures - 1)) + random.uniform(0, initial)
+        after = getattr(exc, "retry_after_s", None) or 0.0
+        return max(backoff, min(after, max(self.settings.retry_max_wait_s, 120.0)))
 
     async def _attempt(self, st: runs.TaskState, *, kind: str, sub: runs.SubState | None,
                        tier: int | None, model: str, attempt: int, amount: float,
