@@ -11,9 +11,16 @@ from compound.core.errors import ConfigError
 from compound.core.settings import Settings, load_settings
 
 
-def settings_or_exit() -> Settings:
+def settings_or_exit(*, priced: bool = False) -> Settings:
+    """Settings, or a clear message and exit 2. With `priced`, every configured model
+    must have a known price too (the run commands need it)."""
     try:
-        return load_settings()
+        settings = load_settings()
+        if priced:
+            from compound.llm.pricing import check_prices
+
+            check_prices(settings)
+        return settings
     except ConfigError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from None

@@ -18,18 +18,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Decompose a request into a plan without running it."""
         from compound.cli.common import settings_or_exit
-        from compound.core.errors import ConfigError, PlanInvalid, ProviderError
+        from compound.core.errors import PlanInvalid, ProviderError
         from compound.llm import build_client
-        from compound.llm.pricing import check_prices, price_of
+        from compound.llm.pricing import price_of
         from compound.planner.decompose import decompose
         from compound.planner.estimate import estimate_cost
 
-        settings = settings_or_exit()
-        try:
-            check_prices(settings)
-        except ConfigError as exc:
-            typer.echo(f"error: {exc.message}", err=True)
-            raise typer.Exit(2) from None
+        settings = settings_or_exit(priced=True)
         client = build_client(settings)
         spent: list[float] = []
 

@@ -20,22 +20,17 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run one task in this process against the configured models."""
         from compound.cli.common import engine_for, settings_or_exit
-        from compound.core.errors import ConfigError, PlanInvalid
+        from compound.core.errors import PlanInvalid
         from compound.llm import build_client
-        from compound.llm.pricing import check_prices
         from compound.planner.validate import validate_plan
         from compound.store.tasks import create_task
 
-        settings = settings_or_exit()
+        settings = settings_or_exit(priced=True)
         try:
-            check_prices(settings)
             plan_in = None
             if plan is not None:
                 plan_in = validate_plan(json.loads(plan.read_text()),
                                         max_subtasks=settings.max_subtasks).model_dump(mode="json")
-        except ConfigError as exc:
-            typer.echo(f"error: {exc.message}", err=True)
-            raise typer.Exit(2) from None
         except PlanInvalid as exc:
             typer.echo("error: the plan is invalid:\n" + "\n".join(f"  - {e}" for e in exc.errors), err=True)
             raise typer.Exit(1) from None

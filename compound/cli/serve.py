@@ -16,15 +16,7 @@ def register(app: typer.Typer) -> None:
 
         from compound.api.app import create_app
         from compound.cli.common import settings_or_exit
-        from compound.llm.pricing import check_prices
 
-        settings = settings_or_exit()
-        from compound.core.errors import ConfigError
-
-        try:
-            check_prices(settings)
-        except ConfigError as exc:
-            typer.echo(f"error: {exc.message}", err=True)
-            raise typer.Exit(2) from None
+        settings = settings_or_exit(priced=True)
         typer.echo(f"compound serving on http://{host}:{port} (store: {settings.public_dict()['database_url']})", err=True)
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")

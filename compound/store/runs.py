@@ -294,22 +294,29 @@ def settle(w: FastWriter, task_id: str, res: Reservation, *, status: str, cost: 
                 w.event(cur, task_id, seq, "subtask", subtask.event(with_result=True), now)
 
 
+def _close_open_rows(conn: Connection, task_id: str, status: str, why: str) -> int:
+    """Settle every open reservation of the task at its worst case (the provider may
+    have billed it) and move the money from reserved to spent. Returns rows closed."""
+    rows = conn.execute(select(L.c.id, L.c.reserved_usd).where(
+        L.c.task_id == task_id, L.c.status == CallStatus.reserved)).all()
+    for ledger_id, amount in rows:
+        conn.execute(update(L).where(L.c.id == ledger_id).values(
+            status=status, cost_usd=amount, settled_at=utcnow(), error=why))
+    spent = sum(float(r[1]) for r in rows)
+    conn.execute(update(T).where(T.c.id == task_id).values(
+        reserved_usd=0.0, total_cost_usd=T.c.total_cost_usd + spent))
+    return len(rows)
+
+
 def recover(engine: Engine, task_id: str) -> int:
-    """After a crash: every open reservation becomes `lost` at its worst case (it may
-    have been billed), and running subtasks go back to pending. Returns rows lost."""
+    """After a crash: every open reservation becomes `lost` at its worst case, and
+    running subtasks go back to pending. Returns rows lost."""
     with engine.begin() as conn:
-        rows = conn.execute(select(L.c.id, L.c.reserved_usd).where(
-            L.c.task_id == task_id, L.c.status == CallStatus.reserved)).all()
-        for ledger_id, amount in rows:
-            conn.execute(update(L).where(L.c.id == ledger_id).values(
-                status=CallStatus.lost, cost_usd=amount, settled_at=utcnow(),
-                error="the process stopped while this call was in flight; counted at its worst case"))
-        lost = sum(float(r[1]) for r in rows)
-        conn.execute(update(T).where(T.c.id == task_id).values(
-            reserved_usd=0.0, total_cost_usd=T.c.total_cost_usd + lost))
+        n = _close_open_rows(conn, task_id, CallStatus.lost,
+                             "the process stopped while this call was in flight; counted at its worst case")
         conn.execute(update(S).where(S.c.task_id == task_id, S.c.status == SubtaskStatus.running)
                      .values(status=SubtaskStatus.pending))
-    return len(rows)
+    return n
 
 
 def request_cancel(engine: Engine, task_id: str) -> str | None:
@@ -331,15 +338,7 @@ def cancel_open(engine: Engine, task_id: str, subs: list[SubState]) -> None:
     reservation (we cannot know whether the provider billed a call we abandoned)."""
     terminal = {s.value for s in TERMINAL_SUBTASK}
     with engine.begin() as conn:
-        rows = conn.execute(select(L.c.id, L.c.reserved_usd).where(
-            L.c.task_id == task_id, L.c.status == CallStatus.reserved)).all()
-        for ledger_id, amount in rows:
-            conn.execute(update(L).where(L.c.id == ledger_id).values(
-                status=CallStatus.canceled, cost_usd=amount, settled_at=utcnow(),
-                error="canceled while in flight; counted at its worst case"))
-        lost = sum(float(r[1]) for r in rows)
-        conn.execute(update(T).where(T.c.id == task_id).values(
-            reserved_usd=0.0, total_cost_usd=T.c.total_cost_usd + lost))
+        _close_open_rows(conn, task_id, CallStatus.canceled, "canceled while in flight; counted at its worst case")
         for s in subs:
             if s.status not in terminal:
                 s.status = SubtaskStatus.canceled
