@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import operator
 import os
 import platform
 import random
@@ -23,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
@@ -130,6 +131,10 @@ async def run_eager(
     create_all(engine)
     client = SleepLLM()
     executor = Executor(settings=settings, engine=engine, client=client, price_of=lambda _m: PRICE)
+    # A server's executor is long-lived: warm its connections and caches first.
+    warm = create_task(engine, prompt="warm", budget_usd=1.0, plan_in=make_plan([0], [[]]))
+    await executor.run_task(warm.id)
+    client.calls = 0
     task = create_task(
         engine, prompt="bench", budget_usd=1000.0, plan_in=make_plan(latencies_ms, deps)
     )
@@ -137,6 +142,7 @@ async def run_eager(
     await executor.run_task(task.id)
     elapsed = time.perf_counter() - t0
     status = get_task(engine, task.id).status
+    await executor.stop()
     engine.dispose()
     if status != TaskStatus.completed:
         raise SystemExit(f"benchmark task ended {status}")
@@ -165,38 +171,95 @@ async def run_waves(latencies_ms: list[int], deps: list[list[int]]) -> float:
     return time.perf_counter() - t0
 
 
+class State(TypedDict):
+    """LangGraph's state for the comparison: the finished node ids."""
+
+    done: Annotated[list[int], operator.add]
+
+
+def langgraph_version() -> str | None:
+    try:
+        import importlib.metadata
+
+        import langgraph  # noqa: F401
+
+        return importlib.metadata.version("langgraph")
+    except ImportError:
+        return None
+
+
+async def run_langgraph(latencies_ms: list[int], deps: list[list[int]]) -> float:
+    """The same DAG as a LangGraph StateGraph: a node per subtask, a join edge from its
+    dependencies, the same sleeps. Nothing persisted (no checkpointer)."""
+    from langgraph.graph import END, START, StateGraph
+
+    graph = StateGraph(State)
+    has_children = {d for ds in deps for d in ds}
+
+    def node(i: int, ms: int) -> Any:
+        async def run(_state: State) -> dict[str, list[int]]:
+            if ms:
+                await asyncio.sleep(ms / 1000)
+            return {"done": [i]}
+        return run
+
+    for i, ms in enumerate(latencies_ms):
+        graph.add_node(f"n{i}", node(i, ms))
+    for i, ds in enumerate(deps):
+        if not ds:
+            graph.add_edge(START, f"n{i}")
+        elif len(ds) == 1:
+            graph.add_edge(f"n{ds[0]}", f"n{i}")
+        else:
+            graph.add_edge([f"n{d}" for d in ds], f"n{i}")
+        if i not in has_children:
+            graph.add_edge(f"n{i}", END)
+    app = graph.compile()
+    t0 = time.perf_counter()
+    out = await app.ainvoke({"done": []}, {"recursion_limit": 10 * len(deps) + 10})
+    elapsed = time.perf_counter() - t0
+    assert sorted(out["done"]) == list(range(len(deps)))
+    return elapsed
+
+
 async def main_async(write: Path | None, repeats: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="compound-bench-"))
     lines: list[str] = []
 
+    lg = langgraph_version()
     lines.append("### Makespan against the critical path (simulated latencies)\n")
-    lines.append("| DAG | subtasks | critical path (s) | eager (s) | eager / CP | waves (s) | waves / CP |")
+    lines.append("| DAG | subtasks | critical path (s) | compound (s) | compound / CP | wave barrier / CP | "
+                 + (f"LangGraph {lg} / CP |" if lg else "LangGraph |"))
     lines.append("|---|---|---|---|---|---|---|")
     for name, (lat, deps) in (("skewed", skewed_dag()), ("fan-out 50", fanout_dag())):
         cp = critical_path_s(lat, deps)
-        eager = []
-        wave = []
+        eager, wave, graph = [], [], []
         for r in range(repeats):
             eager.append((await run_eager(lat, deps, tmp / f"{name}-{r}.db"))[0])
             wave.append(await run_waves(lat, deps))
+            if lg:
+                graph.append(await run_langgraph(lat, deps))
         e, w = statistics.median(eager), statistics.median(wave)
-        lines.append(
-            f"| {name} | {len(lat)} | {cp:.3f} | {e:.3f} | {e / cp:.3f} | {w:.3f} | {w / cp:.3f} |"
-        )
+        g = f"{statistics.median(graph) / cp:.3f}" if graph else "not installed"
+        lines.append(f"| {name} | {len(lat)} | {cp:.3f} | {e:.3f} | {e / cp:.3f} | {w / cp:.3f} | {g} |")
         print(lines[-1], flush=True)
 
     lines.append("\n### Orchestration overhead per subtask (zero-latency model, SQLite file, every transition committed)\n")
-    lines.append("| subtasks | wall (s) | model calls | overhead per subtask (ms) |")
-    lines.append("|---|---|---|---|")
+    lines.append("| subtasks | compound wall (s) | model calls | compound ms per subtask | "
+                 "LangGraph ms per node (in memory) |")
+    lines.append("|---|---|---|---|---|")
     for n in (10, 100, 1000):
         lat, deps = layered_dag(n)
-        runs = []
+        runs, graph = [], []
         calls = 0
         for r in range(repeats):
             elapsed, calls = await run_eager(lat, deps, tmp / f"overhead-{n}-{r}.db")
             runs.append(elapsed)
+            if lg:
+                graph.append(await run_langgraph(lat, deps))
         wall = statistics.median(runs)
-        lines.append(f"| {n} | {wall:.3f} | {calls} | {wall / n * 1000:.3f} |")
+        g = f"{statistics.median(graph) / n * 1000:.3f}" if graph else "not installed"
+        lines.append(f"| {n} | {wall:.3f} | {calls} | {wall / n * 1000:.3f} | {g} |")
         print(lines[-1], flush=True)
 
     header = (

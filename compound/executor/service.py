@@ -110,7 +110,7 @@ class Executor:
         except Exception as exc:  # never lose a task silently: record why it stopped
             log.exception("task crashed", task_id=task_id)
             try:
-                runs.set_status(self.engine, task_id, TaskStatus.failed,
+                runs.set_status(self.writer, task_id, TaskStatus.failed,
                                 error=f"internal error: {type(exc).__name__}")
             except Exception:  # pragma: no cover - the store itself is gone
                 log.exception("could not record the failure", task_id=task_id)
@@ -179,7 +179,7 @@ class Executor:
         if st is None or st.status in TERMINAL_TASK:
             return
         runs.cancel_open(self.engine, task_id, st.subtasks)
-        runs.set_status(self.engine, task_id, TaskStatus.canceled, error="canceled by request")
+        runs.set_status(self.writer, task_id, TaskStatus.canceled, error="canceled by request")
 
     # one task -------------------------------------------------------------------------
 
@@ -192,9 +192,10 @@ class Executor:
         if st.cancel_requested:
             await self._finish_canceled(task_id)
             return
-        runs.recover(self.engine, task_id)  # a previous process's open calls are lost
-        st = runs.load(self.engine, task_id)
-        assert st is not None
+        if st.status != TaskStatus.queued:  # a queued task has never sent a call
+            runs.recover(self.engine, task_id)  # a previous process's open calls are lost
+            st = runs.load(self.engine, task_id)
+            assert st is not None
         try:
             if not st.subtasks:
                 if not await self._plan(st):
@@ -203,7 +204,7 @@ class Executor:
                 assert st is not None
             if not st.approve:
                 if st.status != TaskStatus.planned:
-                    runs.set_status(self.engine, task_id, TaskStatus.planned)
+                    runs.set_status(self.writer, task_id, TaskStatus.planned)
                 return
             await self._execute(st)
         except asyncio.CancelledError:
@@ -215,7 +216,7 @@ class Executor:
             raise
 
     async def _plan(self, st: runs.TaskState) -> bool:
-        runs.set_status(self.engine, st.id, TaskStatus.planning)
+        runs.set_status(self.writer, st.id, TaskStatus.planning)
         try:
             if st.plan_in is not None:
                 plan = validate_plan(st.plan_in, max_subtasks=self.settings.max_subtasks)
@@ -233,14 +234,14 @@ class Executor:
 
                 plan = await decompose(call, st.prompt, max_subtasks=self.settings.max_subtasks)
         except BudgetExceeded as exc:
-            runs.set_status(self.engine, st.id, TaskStatus.failed,
+            runs.set_status(self.writer, st.id, TaskStatus.failed,
                             error=f"could not plan within the budget of ${st.budget_usd:g}: {exc.message}")
             return False
         except PlanInvalid as exc:
-            runs.set_status(self.engine, st.id, TaskStatus.failed, error=f"could not plan: {exc.message}")
+            runs.set_status(self.writer, st.id, TaskStatus.failed, error=f"could not plan: {exc.message}")
             return False
         except ProviderError as exc:
-            runs.set_status(self.engine, st.id, TaskStatus.failed,
+            runs.set_status(self.writer, st.id, TaskStatus.failed,
                             error=f"could not plan: the planner model failed: {exc.message}")
             return False
         subs = [
@@ -257,7 +258,7 @@ class Executor:
 
     async def _execute(self, st: runs.TaskState) -> None:
         if st.status != TaskStatus.executing:
-            runs.set_status(self.engine, st.id, TaskStatus.executing)
+            runs.set_status(self.writer, st.id, TaskStatus.executing)
         subs = st.subtasks
         budget_skips: list[int] = []
 
@@ -302,7 +303,7 @@ class Executor:
                            "budget" in (s.error or "") for s in subs) else None)
         if not done:
             errors = "; ".join(f"subtask {i}: {why}" for i, _, why in missing[:5])
-            runs.set_status(self.engine, st.id, TaskStatus.failed,
+            runs.set_status(self.writer, st.id, TaskStatus.failed,
                             error=budget_note or f"no subtask completed: {errors}")
             return
         tier = self.settings.synthesis_tier
@@ -316,14 +317,14 @@ class Executor:
         except (BudgetExceeded, ProviderError) as exc:
             joined = "\n\n".join(f"[{s.index}] {s.result}" for s in done)
             why = "budget" if isinstance(exc, BudgetExceeded) else "provider error"
-            runs.set_status(self.engine, st.id, TaskStatus.partial, result=joined,
+            runs.set_status(self.writer, st.id, TaskStatus.partial, result=joined,
                             error=f"synthesis not run ({why}): {exc.message}; the result joins the subtask results")
             return
         if missing:
-            runs.set_status(self.engine, st.id, TaskStatus.partial, result=answer.text,
+            runs.set_status(self.writer, st.id, TaskStatus.partial, result=answer.text,
                             error=budget_note or f"{len(missing)} of {len(subs)} subtasks did not complete")
         else:
-            runs.set_status(self.engine, st.id, TaskStatus.completed, result=answer.text)
+            runs.set_status(self.writer, st.id, TaskStatus.completed, result=answer.text)
 
     # one model call, with budget, retries and fallbacks -----------------------------
 

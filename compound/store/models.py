@@ -144,11 +144,13 @@ class LedgerEntry(SQLModel, table=True):
     """One row per model call attempt: reserved before it is sent, settled after."""
 
     __tablename__ = "ledger"
-    __table_args__ = (Index("ix_ledger_created", "created_at"),)
+    # Few indexes on purpose: each one costs every call a page write. (user_id,
+    # created_at) serves daily budgets and a user's costs; task_id a task's rows.
+    __table_args__ = (Index("ix_ledger_user_created", "user_id", "created_at"),)
 
     id: int | None = Field(default=None, primary_key=True)
     task_id: str = Field(foreign_key="task.id", index=True)
-    user_id: str | None = Field(default=None, index=True)
+    user_id: str | None = None
     kind: str  # CallKind
     subtask_index: int | None = None
     tier: int | None = None
@@ -172,11 +174,11 @@ class TaskEvent(SQLModel, table=True):
     change itself: SSE replays it (Last-Event-ID = seq)."""
 
     __tablename__ = "task_event"
-    __table_args__ = (Index("ix_task_event_task_seq", "task_id", "seq", unique=True),)
+    # One b-tree keyed by (task_id, seq): SQLite stores it WITHOUT ROWID.
+    __table_args__ = {"sqlite_with_rowid": False}
 
-    id: int | None = Field(default=None, primary_key=True)
-    task_id: str = Field(foreign_key="task.id")
-    seq: int
+    task_id: str = Field(foreign_key="task.id", primary_key=True)
+    seq: int = Field(primary_key=True)
     kind: str  # "task" or "subtask"
     data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)

@@ -124,25 +124,29 @@ def unfinished_task_ids(engine: Engine) -> list[str]:
     return [r[0] for r in rows]
 
 
-def set_status(engine: Engine, task_id: str, status: str, *, error: str | None = None,
-               result: str | None = None, **values: Any) -> None:
-    now = utcnow()
-    fields: dict[str, Any] = {"status": status, **values}
+def set_status(w: FastWriter, task_id: str, status: str, *, error: str | None = None,
+               result: str | None = None) -> None:
+    """A task's status (with error/result and timestamps) and its event, in one transaction."""
+    now = w.now()
+    sets = ["status=:st", "event_seq=event_seq+1", "updated_at=:now"]
     if error is not None:
-        fields["error"] = error
+        sets.append("error=:err")
     if result is not None:
-        fields["result"] = result
-    if status == TaskStatus.executing and "started_at" not in fields:
-        fields["started_at"] = now
-    if status in (TaskStatus.completed, TaskStatus.partial, TaskStatus.failed, TaskStatus.canceled):
-        fields["completed_at"] = now
-    with engine.begin() as conn:
-        conn.execute(update(T).where(T.c.id == task_id).values(**fields))
-        total = conn.execute(select(T.c.total_cost_usd).where(T.c.id == task_id)).scalar_one()
+        sets.append("result=:res")
+    if status == TaskStatus.executing:
+        sets.append("started_at=COALESCE(started_at, :now)")
+    if status in TERMINAL:
+        sets.append("completed_at=:now")
+    with w.tx() as cur:
+        seq, total = w.run(cur, f"UPDATE task SET {', '.join(sets)} WHERE id=:t RETURNING event_seq, total_cost_usd",
+                           {"st": status, "now": now, "err": error, "res": result, "t": task_id}).fetchone()
         data: dict[str, Any] = {"status": status, "error": error, "total_cost_usd": total}
         if result is not None:
             data["result"] = result
-        _event(conn, task_id, "task", data)
+        w.event(cur, task_id, seq, "task", data, now)
+
+
+TERMINAL = frozenset({TaskStatus.completed, TaskStatus.partial, TaskStatus.failed, TaskStatus.canceled})
 
 
 def save_plan(engine: Engine, task_id: str, *, reasoning: str | None, plan_in: dict[str, Any],
