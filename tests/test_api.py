@@ -119,6 +119,8 @@ async def test_revoked_tokens_stop_working_and_scopes_are_enforced(api: Api) -> 
         ({"prompt": "x", "budget_usd": "lots"}, "budget_usd"),
         ({"prompt": "x", "priority": 9}, "priority"),
         ({"prompt": "x", "surprise": 1}, "surprise"),
+        ({"prompt": "nul \u0000 byte"}, "NUL"),
+        ({"prompt": "x", "plan": {"subtasks": [{"description": "a\u0000", "depends_on": []}]}}, "NUL"),
         ({"prompt": "x", "plan": {"subtasks": [{"description": "a", "depends_on": [0]}]}}, "depends on itself"),
     ],
 )

@@ -304,3 +304,32 @@ async def test_events_record_every_transition_in_order(engine: Engine) -> None:
     sub_a = [e.data["status"] for e in events if e.kind == "subtask" and e.data["index"] == 0]
     assert sub_a == ["running", "completed"]
     assert json.dumps(events[-1].data)
+
+
+async def test_a_users_daily_budget_caps_all_their_tasks(engine: Engine) -> None:
+    from compound.llm.base import Completion, Usage
+    from compound.store.models import User
+
+    with Session(engine, expire_on_commit=False) as s:
+        user = User(name="thrifty")
+        s.add(user)
+        s.commit()
+    p = plan(("A", []))
+    one_call = _worst_cases("p", p, 1024)[0]
+
+    def dear(model: str, messages: list[Message]) -> Completion:  # each call really costs half a worst case
+        return Completion(text=kind_answer(model, messages), model=model, usage=Usage(10, 10),
+                          cost_usd=one_call / 2)
+
+    daily = one_call * 2.2
+    ex = executor(engine, FakeLLM(answer=dear), user_daily_budget_usd=daily)
+    snaps = []
+    for _ in range(4):
+        task = create_task(engine, prompt="p", budget_usd=1.0, plan_in=p, user_id=user.id)
+        await ex.run_task(task.id)
+        snaps.append(task_snapshot(engine, task.id))
+    spent = sum(r.cost_usd for t in snaps for r in ledger(engine, t["id"]))
+    assert spent <= daily + 1e-12  # every task had $1 of its own: the day's cap held
+    assert snaps[0]["subtasks"][0]["status"] == "completed"
+    last = snaps[-1]
+    assert last["status"] == "failed" and "daily budget" in last["subtasks"][0]["error"]

@@ -93,6 +93,18 @@ def test_serve_submit_complete(env: dict[str, str]) -> None:
         out = subprocess.run([*COMPOUND, "tasks", "list", "--json", "--url", f"http://127.0.0.1:{port}"],
                              env=env, capture_output=True, text=True, check=True).stdout
         assert json.loads(out)["tasks"][0]["id"] == snap["id"]
+        url = ["--url", f"http://127.0.0.1:{port}"]
+        shown = subprocess.run([*COMPOUND, "tasks", "show", snap["id"], "--json", *url], env=env,
+                               capture_output=True, text=True, check=True).stdout
+        assert json.loads(shown)["total_cost_usd"] == snap["total_cost_usd"]
+        watched = subprocess.run([*COMPOUND, "tasks", "watch", snap["id"], *url], env=env,
+                                 capture_output=True, text=True, check=True).stdout
+        assert "cost by model" in watched and "completed" in watched
+        late = subprocess.run([*COMPOUND, "tasks", "cancel", snap["id"], *url], env=env, capture_output=True, text=True)
+        assert late.returncode == 1 and "409" in late.stderr
+        nokey = subprocess.run([*COMPOUND, "tasks", "list", *url], env={**env, "COMPOUND_TOKEN": "cpd_wrong"},
+                               capture_output=True, text=True)
+        assert nokey.returncode == 1 and "401" in nokey.stderr
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=15)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -31,6 +32,8 @@ def submit_task(request: Request, principal: Any, body: TaskCreate) -> Any:
         raise UserInputError(f"prompt: {len(body.prompt)} characters; at most {settings.max_prompt_chars} are accepted")
     if not body.prompt.strip():
         raise UserInputError("prompt: must not be blank")
+    if "\x00" in body.prompt or (body.plan is not None and "\\u0000" in json.dumps(body.plan)):
+        raise UserInputError("prompt: must not contain NUL characters (\\u0000)")
     wait = request.app.state.ratelimit.check(principal.token_id)
     if wait is not None:
         raise ApiError(429, "rate_limited",
