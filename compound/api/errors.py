@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -38,6 +39,29 @@ STATUS = [
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
               405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
               415: "unsupported_media_type", 422: "invalid_request", 429: "rate_limited"}
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    error: ErrorDetail
+
+
+def _err(description: str) -> dict[str, Any]:
+    return {"model": ErrorOut, "description": description}
+
+
+# Documented on every authenticated route.
+COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _err("missing, invalid or revoked token"),
+    403: _err("the token lacks the scope this needs"),
+    404: _err("no such task, or not yours"),
+    413: _err("request body too large"),
+    422: _err("a field, the query or the body is invalid; the message names it"),
+}
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -85,6 +109,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and "parsing the body" in str(exc.detail):
+            # a body that is not even text (bad UTF-8): the same answer as bad JSON
+            return JSONResponse(error_body("invalid_request", "body: not valid JSON"), 422)
         code = HTTP_CODES.get(exc.status_code, "error")
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         return JSONResponse(error_body(code, detail), exc.status_code, headers=getattr(exc, "headers", None))

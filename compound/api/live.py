@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sse_starlette import EventSourceResponse
 
+from compound.api.errors import COMMON_RESPONSES
 from compound.api.auth import ReadPrincipal, bearer, owner_filter, principal_from
 from compound.api.metrics import MetricsObserver, TaskCollector
 from compound.core.errors import UserInputError
@@ -23,7 +24,7 @@ from compound.store.models import TERMINAL_TASK, utcnow
 from compound.store.tasks import get_task
 from compound.store.runs import user_daily_budget
 
-router = APIRouter(tags=["live"])
+router = APIRouter(tags=["live"], responses=COMMON_RESPONSES)
 STATIC = Path(__file__).parent / "static"
 POLL_S = 0.05
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials
 
 from compound.api.auth import bearer, owner_filter, principal_from
-from compound.api.errors import ApiError
+from compound.api.errors import COMMON_RESPONSES, ApiError
 from compound.api.routes_tasks import submit_task
 from compound.api.schemas import (
     CompoundTaskRequest,
@@ -21,7 +21,7 @@ from compound.api.schemas import (
 from compound.store.queries import list_tasks
 from compound.store.tasks import task_snapshot
 
-router = APIRouter(tags=["compound tasks (Symbiont-style)"])
+router = APIRouter(tags=["compound tasks (Symbiont-style)"], responses=COMMON_RESPONSES)
 Creds = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
@@ -35,7 +35,7 @@ def _reader(request: Request, creds: HTTPAuthorizationCredentials | None) -> str
     return owner_filter(principal)
 
 
-@router.post("/task/compound", response_model=CompoundTaskResponse,
+@router.post("/task/compound", response_model=CompoundTaskResponse, responses={429: {"description": "rate limited"}},
              summary="Submit a compound task; answers once it is planned, with its subtask count")
 async def create_compound_task(request: Request, body: CompoundTaskRequest, creds: Creds) -> Any:
     token = creds.credentials if creds else body.token

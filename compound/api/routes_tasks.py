@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from compound.api.auth import ReadPrincipal, SubmitPrincipal, owner_filter
-from compound.api.errors import ApiError
+from compound.api.errors import COMMON_RESPONSES, ApiError
 from compound.api.schemas import PlanValidateIn, PlanValidateOut, TaskCreate, TaskList, TaskOut
 from compound.core.errors import PlanInvalid, UserInputError
 from compound.planner.plan import critical_path, waves
@@ -17,12 +17,7 @@ from compound.store.models import TaskStatus
 from compound.store.queries import list_tasks
 from compound.store.tasks import create_task, get_task, task_snapshot
 
-router = APIRouter(prefix="/v1", tags=["tasks"])
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "missing, invalid or revoked token"},
-    404: {"description": "no such task, or not yours"},
-    422: {"description": "a field is invalid; the message names it"},
-}
+router = APIRouter(prefix="/v1", tags=["tasks"], responses=COMMON_RESPONSES)
 
 
 def submit_task(request: Request, principal: Any, body: TaskCreate) -> Any:
@@ -50,35 +45,33 @@ def submit_task(request: Request, principal: Any, body: TaskCreate) -> Any:
     return task
 
 
-@router.post("/tasks", status_code=202, response_model=TaskOut, responses={**ERRORS, 413: {"description": "body too large"}, 429: {"description": "rate limited"}},
+@router.post("/tasks", status_code=202, response_model=TaskOut, responses={429: {"description": "rate limited; see Retry-After"}},
              summary="Submit a request; planning and execution happen behind the 202")
 async def post_task(request: Request, body: TaskCreate, principal: SubmitPrincipal) -> Any:
     task = submit_task(request, principal, body)
     return task_snapshot(request.app.state.engine, task.id)
 
 
-@router.get("/tasks/{task_id}", response_model=TaskOut, responses=ERRORS,
+@router.get("/tasks/{task_id}", response_model=TaskOut, 
             summary="A task's progress: status, plan, each subtask's state, result and cost")
 async def get_one(request: Request, task_id: str, principal: ReadPrincipal) -> Any:
     return task_snapshot(request.app.state.engine, task_id, user_id=owner_filter(principal))
 
 
-@router.get("/tasks", response_model=TaskList, responses=ERRORS, summary="Recent tasks, newest first")
+@router.get("/tasks", response_model=TaskList,  summary="Recent tasks, newest first")
 async def get_many(
     request: Request,
     principal: ReadPrincipal,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    status: Annotated[str | None, Query(description="only tasks in this status")] = None,
+    status: Annotated[TaskStatus | None, Query(description="only tasks in this status")] = None,
     cursor: Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page")] = None,
 ) -> Any:
-    if status is not None and status not in {s.value for s in TaskStatus}:
-        raise UserInputError(f"status: {status!r} is not one of {', '.join(s.value for s in TaskStatus)}")
     tasks, next_cursor = list_tasks(request.app.state.engine, user_id=owner_filter(principal),
-                                    limit=limit, status=status, cursor=cursor)
+                                    limit=limit, status=status.value if status else None, cursor=cursor)
     return {"tasks": tasks, "next_cursor": next_cursor}
 
 
-@router.post("/tasks/{task_id}/cancel", response_model=TaskOut, responses={**ERRORS, 409: {"description": "already finished"}},
+@router.post("/tasks/{task_id}/cancel", response_model=TaskOut, responses={409: {"description": "already finished"}},
              summary="Stop in-flight calls and cancel the rest")
 async def cancel(request: Request, task_id: str, principal: SubmitPrincipal) -> Any:
     engine = request.app.state.engine
@@ -87,7 +80,7 @@ async def cancel(request: Request, task_id: str, principal: SubmitPrincipal) -> 
     return task_snapshot(engine, task_id)
 
 
-@router.post("/tasks/{task_id}/approve", response_model=TaskOut, responses={**ERRORS, 409: {"description": "not waiting for approval"}},
+@router.post("/tasks/{task_id}/approve", response_model=TaskOut, responses={409: {"description": "not waiting for approval"}},
              summary="Start a task held at `planned`")
 async def approve(request: Request, task_id: str, principal: SubmitPrincipal) -> Any:
     engine = request.app.state.engine
@@ -96,7 +89,7 @@ async def approve(request: Request, task_id: str, principal: SubmitPrincipal) ->
     return task_snapshot(engine, task_id)
 
 
-@router.post("/plans/validate", response_model=PlanValidateOut, responses=ERRORS,
+@router.post("/plans/validate", response_model=PlanValidateOut, 
              summary="Check a plan: every error, its waves, critical path and worst-case cost")
 async def validate(request: Request, body: PlanValidateIn, principal: ReadPrincipal) -> Any:
     settings = request.app.state.settings
