@@ -137,7 +137,7 @@ async def test_an_invalid_plan_lists_every_error(api: Api) -> None:
     assert len(r.json()["error"]["errors"]) >= 3
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b"[1,2]", b"null", b'{"prompt": "x",}'])
+@pytest.mark.parametrize("raw", [b"{not json", b"[1,2]", b"null", b'{"prompt": "x",}', b"\xff\xfe\x0bdS9"])
 async def test_bad_json_is_422(api: Api, raw: bytes) -> None:
     r = await api.http.post("/v1/tasks", content=raw,
                             headers={**api.auth(api.alice), "Content-Type": "application/json"})
