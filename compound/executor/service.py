@@ -73,12 +73,14 @@ class Executor:
         self._done: dict[str, asyncio.Event] = {}
         self._versions = versions()
         self.writer = FastWriter(engine)
+        self._checkpointer: asyncio.Task[None] | None = None
         self._daily: dict[str, float | None] = {}
 
     # lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> list[str]:
         """Resume every task that was not terminal when the last process stopped."""
+        self._ensure_checkpointer()
         ids = await asyncio.to_thread(runs.unfinished_task_ids, self.engine)
         for task_id in ids:
             self.submit(task_id)
@@ -86,7 +88,28 @@ class Executor:
             log.info("resuming tasks", count=len(ids))
         return ids
 
+    def _ensure_checkpointer(self) -> None:
+        if self.writer.sqlite and self._checkpointer is None:
+            self._checkpointer = asyncio.get_running_loop().create_task(self._checkpoint_loop())
+
+    async def _checkpoint_loop(self, every_s: float = 0.5) -> None:
+        from compound.store.fastwrite import checkpoint
+
+        seen = 0
+        while True:
+            await asyncio.sleep(every_s)
+            if self.writer.commits != seen:
+                seen = self.writer.commits
+                try:
+                    await asyncio.to_thread(checkpoint, self.engine)
+                except Exception:  # a busy database: the next round will do it
+                    log.warning("checkpoint failed; will retry")
+
     async def stop(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            await asyncio.gather(self._checkpointer, return_exceptions=True)
+            self._checkpointer = None
         tasks = list(self._running.values())
         for t in tasks:
             t.cancel()
@@ -184,6 +207,7 @@ class Executor:
     # one task -------------------------------------------------------------------------
 
     async def run_task(self, task_id: str) -> None:
+        self._ensure_checkpointer()
         st = runs.load(self.engine, task_id)
         if st is None:
             raise NotFound(f"no task with id {task_id!r}")
