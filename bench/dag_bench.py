@@ -30,12 +30,12 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compound.core.settings import Settings  # noqa: E402
-from compound.llm.base import Completion, Message, Price, Usage  # noqa: E402
-from compound.planner.plan import PlanIn, waves  # noqa: E402
-from compound.store.db import create_all, make_engine  # noqa: E402
-from compound.store.models import TaskStatus  # noqa: E402
-from compound.store.tasks import create_task, get_task  # noqa: E402
+from compound.core.settings import Settings
+from compound.llm.base import Completion, Message, Price, Usage
+from compound.planner.plan import PlanIn, waves
+from compound.store.db import create_all, make_engine
+from compound.store.models import TaskStatus
+from compound.store.tasks import create_task, get_task
 
 PRICE = Price(input=1e-6, output=5e-6)
 MODEL = "anthropic/claude-haiku-4-5"

@@ -108,8 +108,8 @@ def test_prompts_delimit_data_and_escape_it() -> None:
 
 
 def test_router_and_estimate() -> None:
-    from compound.planner.plan import PlanIn
     from compound.llm.pricing import price_of
+    from compound.planner.plan import PlanIn
 
     settings = Settings(tier1_models=["anthropic/claude-haiku-4-5", "openai/gpt-4.1-mini"])
     plan = PlanIn.model_validate(json.loads(GOOD))

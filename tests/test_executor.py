@@ -107,7 +107,7 @@ async def test_dependents_wait_and_independents_overlap(engine: Engine) -> None:
     # a dependent's prompt carries its dependencies' results, as data
     assert '<dependency index="0">\nResult of subtask: A' in c.messages[-1]["content"]
     assert '<dependency index="1">' in d.messages[-1]["content"] and '<dependency index="2">' in d.messages[-1]["content"]
-    synth = [x for x in fake.calls if prompt_kind(x.messages[0]["content"]) == "synthesizer"][0]
+    synth = next(x for x in fake.calls if prompt_kind(x.messages[0]["content"]) == "synthesizer")
     for letter in "ABCD":
         assert f"Result of subtask: {letter}" in synth.messages[-1]["content"]
 
@@ -266,7 +266,7 @@ async def test_resume_never_calls_a_completed_subtask_again(any_engine: Engine) 
     ex2 = executor(any_engine, fake)
     assert task.id in await ex2.start()
     await ex2.wait(task.id, timeout=10)
-    new = [c for c in fake.calls[before:]]
+    new = list(fake.calls[before:])
     subjects = [c.messages[-1]["content"] for c in new if "worker" in c.messages[0]["content"]]
     assert len(subjects) == 2 and not any("<subtask>\nA\n" in x for x in subjects)
     snap = task_snapshot(any_engine, task.id)

@@ -99,7 +99,7 @@ def _groups(out: dict[str, Any]) -> dict[str, tuple[float, int, int, int]]:
 def test_costs_group_in_sql(any_engine: Engine) -> None:
     u1, _ = _ledger(any_engine)
     since, until = datetime(2026, 11, 1, tzinfo=utcnow().tzinfo), datetime(2026, 12, 1, tzinfo=utcnow().tzinfo)
-    everyone = dict(since=since, until=until, user_id=None)
+    everyone = {"since": since, "until": until, "user_id": None}
     assert _groups(costs(any_engine, group_by="day", **everyone)) == {
         "2026-11-20": (0.003, 2, 300, 30), "2026-11-21": (0.030, 2, 700, 70), "2026-11-22": (0.005, 1, 50, 5)}
     assert _groups(costs(any_engine, group_by="model", **everyone)) == {

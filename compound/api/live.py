@@ -14,15 +14,15 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sse_starlette import EventSourceResponse
 
-from compound.api.errors import COMMON_RESPONSES
 from compound.api.auth import ReadPrincipal, bearer, owner_filter, principal_from
+from compound.api.errors import COMMON_RESPONSES
 from compound.api.metrics import MetricsObserver, TaskCollector
 from compound.core.errors import UserInputError
 from compound.store.costs import costs, spend_summary
 from compound.store.events import events_after
 from compound.store.models import TERMINAL_TASK, utcnow
-from compound.store.tasks import get_task
 from compound.store.runs import user_daily_budget
+from compound.store.tasks import get_task
 
 router = APIRouter(tags=["live"], responses=COMMON_RESPONSES)
 STATIC = Path(__file__).parent / "static"
@@ -77,7 +77,9 @@ async def get_costs(
     request: Request,
     principal: ReadPrincipal,
     since: Annotated[str | None, Query(description="ISO date or date-time (UTC); default 30 days ago")] = None,
-    until: Annotated[str | None, Query(description="ISO date (inclusive) or date-time (exclusive); default now")] = None,
+    until: Annotated[
+        str | None, Query(description="ISO date (inclusive) or date-time (exclusive); default now")
+    ] = None,
     group_by: Annotated[Literal["day", "model", "tier", "user"] | None, Query()] = None,
 ) -> dict[str, Any]:
     now = utcnow()

@@ -23,10 +23,10 @@ class MetricsObserver:
                                  buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
         self.in_flight = Gauge("compound_calls_in_flight", "Model calls in flight", registry=registry)
 
-    def call_started(self, *, model: str, kind: str) -> None:
+    def call_started(self, *, model: str, kind: str) -> None:  # noqa: ARG002 (the protocol's shape)
         self.in_flight.inc()
 
-    def call_finished(self, *, model: str, kind: str, tier: int | None, status: str, input_tokens: int,
+    def call_finished(self, *, model: str, kind: str, tier: int | None, status: str, input_tokens: int,  # noqa: ARG002
                       output_tokens: int, cost_usd: float, latency_s: float) -> None:
         self.in_flight.dec()
         self.calls.labels(model, kind, status).inc()

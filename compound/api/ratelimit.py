@@ -8,7 +8,7 @@ from collections import defaultdict, deque
 
 
 class RateLimiter:
-    def __init__(self, per_minute: int, *, clock: "callable[[], float] | None" = None) -> None:  # type: ignore[valid-type]
+    def __init__(self, per_minute: int, *, clock: callable[[], float] | None = None) -> None:  # type: ignore[valid-type]
         self.per_minute = per_minute
         self.clock = clock or time.monotonic
         self._hits: dict[str, deque[float]] = defaultdict(deque)

@@ -45,14 +45,15 @@ def submit_task(request: Request, principal: Any, body: TaskCreate) -> Any:
     return task
 
 
-@router.post("/tasks", status_code=202, response_model=TaskOut, responses={429: {"description": "rate limited; see Retry-After"}},
+@router.post("/tasks", status_code=202, response_model=TaskOut,
+             responses={429: {"description": "rate limited; see Retry-After"}},
              summary="Submit a request; planning and execution happen behind the 202")
 async def post_task(request: Request, body: TaskCreate, principal: SubmitPrincipal) -> Any:
     task = submit_task(request, principal, body)
     return task_snapshot(request.app.state.engine, task.id)
 
 
-@router.get("/tasks/{task_id}", response_model=TaskOut, 
+@router.get("/tasks/{task_id}", response_model=TaskOut,
             summary="A task's progress: status, plan, each subtask's state, result and cost")
 async def get_one(request: Request, task_id: str, principal: ReadPrincipal) -> Any:
     return task_snapshot(request.app.state.engine, task_id, user_id=owner_filter(principal))
@@ -80,7 +81,8 @@ async def cancel(request: Request, task_id: str, principal: SubmitPrincipal) -> 
     return task_snapshot(engine, task_id)
 
 
-@router.post("/tasks/{task_id}/approve", response_model=TaskOut, responses={409: {"description": "not waiting for approval"}},
+@router.post("/tasks/{task_id}/approve", response_model=TaskOut,
+             responses={409: {"description": "not waiting for approval"}},
              summary="Start a task held at `planned`")
 async def approve(request: Request, task_id: str, principal: SubmitPrincipal) -> Any:
     engine = request.app.state.engine
@@ -89,9 +91,9 @@ async def approve(request: Request, task_id: str, principal: SubmitPrincipal) ->
     return task_snapshot(engine, task_id)
 
 
-@router.post("/plans/validate", response_model=PlanValidateOut, 
+@router.post("/plans/validate", response_model=PlanValidateOut,
              summary="Check a plan: every error, its waves, critical path and worst-case cost")
-async def validate(request: Request, body: PlanValidateIn, principal: ReadPrincipal) -> Any:
+async def validate(request: Request, body: PlanValidateIn, _: ReadPrincipal) -> Any:
     settings = request.app.state.settings
     try:
         plan = validate_plan(body.plan, max_subtasks=settings.max_subtasks)

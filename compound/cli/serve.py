@@ -18,5 +18,6 @@ def register(app: typer.Typer) -> None:
         from compound.cli.common import settings_or_exit
 
         settings = settings_or_exit(priced=True)
-        typer.echo(f"compound serving on http://{host}:{port} (store: {settings.public_dict()['database_url']})", err=True)
+        store = settings.public_dict()["database_url"]
+        typer.echo(f"compound serving on http://{host}:{port} (store: {store})", err=True)
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")

@@ -276,7 +276,7 @@ class Executor:
             for r in route(plan, self.settings)
         ]
         runs.save_plan(self.engine, st.id, reasoning=plan.reasoning,
-                       plan_in=plan.model_dump(mode="json"), subs=subs,
+                       subs=subs,
                        prompt_versions=self._versions, planned_status=TaskStatus.planned)
         return True
 
@@ -377,7 +377,7 @@ class Executor:
             mt = self.settings.model_config_for(model).max_tokens or max_tokens
             amount = worst_case_usd(messages, mt, self.price_of(model))
 
-            async def once() -> Completion:
+            async def once(model: str = model, mt: int = mt, amount: float = amount) -> Completion:
                 nonlocal attempt
                 attempt += 1
                 return await self._attempt(st, kind=kind, sub=sub, tier=tier, model=model,

@@ -14,11 +14,11 @@ os.environ.setdefault("LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS", "True")
 os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
 os.environ.setdefault("DISABLE_AIOHTTP_TRANSPORT", "True")
 
-from compound.core.errors import TRANSIENT_STATUSES, NetworkRefused, ProviderError  # noqa: E402
-from compound.core.logging import redact_text  # noqa: E402
-from compound.core.settings import Settings  # noqa: E402
-from compound.llm.base import Completion, Message, Price, Usage  # noqa: E402
-from compound.llm.pricing import price_of  # noqa: E402
+from compound.core.errors import TRANSIENT_STATUSES, NetworkRefused, ProviderError
+from compound.core.logging import redact_text
+from compound.core.settings import Settings
+from compound.llm.base import Completion, Message, Price, Usage
+from compound.llm.pricing import price_of
 
 _BASE_ENV = {
     "anthropic": ("ANTHROPIC_API_BASE", "ANTHROPIC_BASE_URL"),
@@ -112,7 +112,7 @@ class LiteLLMClient:
         except Exception as exc:  # litellm raises its own tree; map it once, here
             raise to_provider_error(exc, model) from None
         latency = time.perf_counter() - started
-        usage = usage_of(response, provider_of(model))
+        usage = usage_of(response)
         choice = response.choices[0]
         text = choice.message.content or ""
         return Completion(
@@ -125,7 +125,7 @@ class LiteLLMClient:
         )
 
 
-def usage_of(response: Any, provider: str) -> Usage:
+def usage_of(response: Any) -> Usage:
     """Tokens as the provider reported them, split so input excludes cache tokens."""
     u = getattr(response, "usage", None)
     if u is None:

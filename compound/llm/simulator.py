@@ -288,7 +288,8 @@ def _error(wire: str, f: Failure) -> JSONResponse:
     headers = {"retry-after": str(f.retry_after)} if f.retry_after is not None else {}
     message = f"simulated error {f.status}"
     if wire == "anthropic":
-        body: dict[str, Any] = {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(f.status, "api_error"), "message": message}}
+        kind = _ANTHROPIC_TYPES.get(f.status, "api_error")
+        body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
     else:
         body = {"error": {"message": message, "type": "server_error" if f.status >= 500 else "invalid_request_error",
                           "param": None, "code": str(f.status)}}

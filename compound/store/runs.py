@@ -149,8 +149,10 @@ def set_status(w: FastWriter, task_id: str, status: str, *, error: str | None = 
 TERMINAL = frozenset({TaskStatus.completed, TaskStatus.partial, TaskStatus.failed, TaskStatus.canceled})
 
 
-def save_plan(engine: Engine, task_id: str, *, reasoning: str | None, plan_in: dict[str, Any],
-              subs: list[SubState], prompt_versions: dict[str, str], planned_status: str) -> None:
+def save_plan(engine: Engine, task_id: str, *, reasoning: str | None, subs: list[SubState],
+              prompt_versions: dict[str, str], planned_status: str) -> None:
+    """Insert the subtasks and mark the task planned. The plan's JSON is cleared from the
+    task row: the subtask rows are the plan, and a narrow row keeps hot UPDATEs small."""
     with engine.begin() as conn:
         if subs:
             conn.execute(insert(S), [
