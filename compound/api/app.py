@@ -72,12 +72,9 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
     app.add_middleware(errors.BodyLimit, limit=settings.max_body_bytes)
     app.include_router(routes_tasks.router)
     app.include_router(routes_symbiont.router)
-    try:
-        from compound.api.live import install as install_live
-    except ImportError:  # the live routes are optional at this layer
-        install_live = None
-    if install_live is not None:
-        install_live(app)
+    from compound.api.live import install as install_live
+
+    install_live(app)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness")
     async def healthz() -> dict[str, str]:

@@ -419,8 +419,8 @@ class Executor:
         Retry-After wins when longer (capped at max(RETRY_MAX_WAIT_S, 120 s))."""
         initial = self.settings.retry_initial_wait_s
         backoff = min(self.settings.retry_max_wait_s, initial * 2 ** (failures - 1)) + random.uniform(0, initial)
-        after = getattr(exc, "retry_after_s", None) or 0.0
-        return max(backoff, min(after, max(self.settings.retry_max_wait_s, 120.0)))
+        after = float(getattr(exc, "retry_after_s", None) or 0.0)
+        return float(max(backoff, min(after, max(self.settings.retry_max_wait_s, 120.0))))
 
     async def _attempt(self, st: runs.TaskState, *, kind: str, sub: runs.SubState | None,
                        tier: int | None, model: str, attempt: int, amount: float,

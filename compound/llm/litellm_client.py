@@ -144,7 +144,7 @@ def usage_of(response: Any) -> Usage:
 
 
 def to_provider_error(exc: BaseException, model: str) -> ProviderError:
-    import litellm
+    from litellm.exceptions import APIConnectionError, Timeout
 
     status = getattr(exc, "status_code", None)
     try:
@@ -157,8 +157,8 @@ def to_provider_error(exc: BaseException, model: str) -> ProviderError:
         status = 529  # litellm folds Anthropic's 529 into 500
     elif isinstance(real, int) and real >= 400:
         status = real
-    timeout = isinstance(exc, litellm.Timeout) or "timeout" in type(exc).__name__.lower()
-    connection = isinstance(exc, litellm.APIConnectionError) and status in (None, 500)
+    timeout = isinstance(exc, Timeout) or "timeout" in type(exc).__name__.lower()
+    connection = isinstance(exc, APIConnectionError) and status in (None, 500)
     if timeout:
         status = status if status not in (None, 500) else 408
     transient = timeout or connection or status is None or status in TRANSIENT_STATUSES or (

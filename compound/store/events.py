@@ -19,11 +19,10 @@ from compound.store.models import Task, TaskEvent, utcnow
 
 def append_event(session: Session, task_id: str, kind: str, data: dict[str, Any]) -> int:
     """Add the next event of a task to the session (caller commits). Returns its seq."""
+    t = Task.__table__  # type: ignore[attr-defined]
     row = session.execute(
-        update(Task)
-        .where(Task.id == task_id)  # type: ignore[arg-type]
-        .values(event_seq=Task.event_seq + 1, updated_at=utcnow())
-        .returning(Task.event_seq)
+        update(t).where(t.c.id == task_id).values(event_seq=t.c.event_seq + 1, updated_at=utcnow())
+        .returning(t.c.event_seq)
     ).one()
     seq = int(row[0])
     session.add(TaskEvent(task_id=task_id, seq=seq, kind=kind, data=data))
