@@ -333,3 +333,67 @@ async def test_a_users_daily_budget_caps_all_their_tasks(engine: Engine) -> None
     assert snaps[0]["subtasks"][0]["status"] == "completed"
     last = snaps[-1]
     assert last["status"] == "failed" and "daily budget" in last["subtasks"][0]["error"]
+
+
+class InFlight:
+    """Counts concurrent calls, overall and per model."""
+
+    def __init__(self, slow: float = 0.02) -> None:
+        self.slow = slow  # seconds a call named "block" takes
+        self.now: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+        self.total = 0
+        self.peak_total = 0
+        self.order: list[str] = []
+
+    async def __call__(self, model: str, messages: list[Message]) -> str:
+        if "worker" not in messages[0]["content"]:
+            return kind_answer(model, messages)
+        self.now[model] = self.now.get(model, 0) + 1
+        self.total += 1
+        self.peak[model] = max(self.peak.get(model, 0), self.now[model])
+        self.peak_total = max(self.peak_total, self.total)
+        name = messages[-1]["content"].split("<subtask>\n", 1)[1].split("\n", 1)[0]
+        self.order.append(name)
+        await asyncio.sleep(self.slow if name == "block" else 0.02)
+        self.now[model] -= 1
+        self.total -= 1
+        return "ok"
+
+
+async def test_calls_in_flight_are_bounded_across_tasks_and_per_model(engine: Engine) -> None:
+    from compound.core.settings import ModelConfig
+
+    counter = InFlight()
+    ex = executor(engine, FakeLLM(answer=counter), max_concurrency=3,
+                  tier2_models=["anthropic/claude-sonnet-4-5"],
+                  models={"anthropic/claude-sonnet-4-5": ModelConfig(max_concurrency=1)})
+    wide = plan(*[(f"s{i}", []) for i in range(6)])
+    dear = {"subtasks": [{"description": f"d{i}", "tier_hint": 2, "depends_on": []} for i in range(4)]}
+    tasks = [create_task(engine, prompt="p", budget_usd=5.0, plan_in=wide) for _ in range(2)]
+    tasks.append(create_task(engine, prompt="p", budget_usd=5.0, plan_in=dear))
+    for t in tasks:
+        ex.submit(t.id)
+    for t in tasks:
+        assert await ex.wait(t.id, timeout=20) == "completed"
+    assert counter.peak_total == 3
+    assert counter.peak["anthropic/claude-sonnet-4-5"] == 1
+
+
+async def test_free_slots_go_to_the_most_urgent_task_first(engine: Engine) -> None:
+    counter = InFlight(slow=0.5)  # both others queue up while "block" holds the only slot
+    ex = executor(engine, FakeLLM(answer=counter), max_concurrency=1)
+    blocker = create_task(engine, prompt="p", budget_usd=5.0, plan_in=plan(("block", [])), priority=2)
+    ex.submit(blocker.id)
+    for _ in range(100):
+        await asyncio.sleep(0.005)
+        if counter.order:
+            break
+    low = create_task(engine, prompt="p", budget_usd=5.0, plan_in=plan(("low", [])), priority=3)
+    high = create_task(engine, prompt="p", budget_usd=5.0, plan_in=plan(("high", [])), priority=0)
+    ex.submit(low.id)
+    await asyncio.sleep(0.05)
+    ex.submit(high.id)
+    for t in (blocker, low, high):
+        await ex.wait(t.id, timeout=10)
+    assert counter.order == ["block", "high", "low"]

@@ -133,6 +133,7 @@ class Executor:
         except Exception as exc:  # never lose a task silently: record why it stopped
             log.exception("task crashed", task_id=task_id)
             try:
+                runs.recover(self.engine, task_id)  # its open calls count at their worst case
                 runs.set_status(self.writer, task_id, TaskStatus.failed,
                                 error=f"internal error: {type(exc).__name__}")
             except Exception:  # pragma: no cover - the store itself is gone
