@@ -74,6 +74,7 @@ class Executor:
         self._versions = versions()
         self.writer = FastWriter(engine)
         self._checkpointer: asyncio.Task[None] | None = None
+        self._pending_reserves: list[tuple[str, dict[str, Any], asyncio.Future[Any]]] = []
         self._daily: dict[str, float | None] = {}
 
     # lifecycle ----------------------------------------------------------------------
@@ -432,7 +433,7 @@ class Executor:
             if sem is not None:
                 await sem.acquire()
             try:
-                res = self._reserve(st.id, user_id=st.user_id, kind=kind, subtask=sub,
+                res = await self._reserve(st.id, user_id=st.user_id, kind=kind, subtask=sub,
                                    tier=tier, model=model, attempt=attempt, amount=amount,
                                    daily_budget=daily)
                 if res is None:
@@ -488,15 +489,39 @@ class Executor:
             except Exception:  # an observer must never break a run
                 log.exception("observer failed")
 
-    def _reserve(self, task_id: str, **kw: Any) -> runs.Reservation | None:
-        try:
-            return runs.reserve(self.writer, task_id, **kw)
-        except runs._DailyExceeded as exc:
+    async def _reserve(self, task_id: str, **kw: Any) -> runs.Reservation | None:
+        """Reserve a call's worst case. Reservations asked for in the same turn of the
+        event loop (a fan-out becoming ready at once) share one transaction."""
+        fut: asyncio.Future[runs.Reservation | runs.DailyRefusal | None] = \
+            asyncio.get_running_loop().create_future()
+        self._pending_reserves.append((task_id, kw, fut))
+        if len(self._pending_reserves) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_reserves)
+        got = await fut
+        if isinstance(got, runs.DailyRefusal):
             raise BudgetExceeded(
-                f"the user's daily budget of ${kw['daily_budget']:g} is spent (${exc.spent:.6f} "
+                f"the user's daily budget of ${kw['daily_budget']:g} is spent (${got.spent:.6f} "
                 f"today); a {kw['kind']} call to {kw['model']} may cost up to ${kw['amount']:.6f}",
-                needed_usd=kw["amount"], remaining_usd=max(0.0, kw["daily_budget"] - exc.spent),
-            ) from None
+                needed_usd=kw["amount"], remaining_usd=max(0.0, kw["daily_budget"] - got.spent),
+            )
+        return got
+
+    def _flush_reserves(self) -> None:
+        batch, self._pending_reserves = self._pending_reserves, []
+        live = [(t, kw, fut) for t, kw, fut in batch if not fut.cancelled()]
+        results: list[runs.Reservation | runs.DailyRefusal | None] = []
+        try:
+            with self.writer.tx() as cur:
+                for task_id, kw, _ in live:
+                    results.append(runs.reserve_in(self.writer, cur, task_id, **kw))
+        except Exception as exc:  # the store failed: every caller hears it
+            for _, _, fut in live:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for (_, _, fut), result in zip(live, results, strict=True):
+            if not fut.done():
+                fut.set_result(result)
 
     def _left(self, task_id: str) -> float:
         st = runs.load(self.engine, task_id)

@@ -215,49 +215,56 @@ class Reservation:
     amount: float
 
 
-def reserve(w: FastWriter, task_id: str, *, user_id: str | None, kind: str,
-            subtask: SubState | None, tier: int | None, model: str, attempt: int, amount: float,
-            daily_budget: float | None) -> Reservation | None:
-    """Reserve `amount` against the task's budget (and the user's day), insert the
-    ledger row, and (for a subtask) count the attempt and mark it running, in one
-    transaction. None when it does not fit."""
-    now = w.now()
-    ev = 1 if subtask is not None else 0
+@dataclass
+class DailyRefusal:
+    """The user's daily budget has no room for the call: `spent` today already."""
+
+    spent: float
+
+
+def reserve(w: FastWriter, task_id: str, **kw: Any) -> Reservation | DailyRefusal | None:
+    """One reservation in its own transaction (see reserve_in)."""
     with w.tx() as cur:
-        row = w.run(cur, "UPDATE task SET reserved_usd=reserved_usd+:r, event_seq=event_seq+:ev, "
-                         "updated_at=:now WHERE id=:t AND total_cost_usd+reserved_usd+:r <= budget_usd+:eps "
-                         "RETURNING event_seq",
-                    {"r": amount, "ev": ev, "now": now, "t": task_id, "eps": EPS}).fetchone()
-        if row is None:
-            return None
-        if daily_budget is not None and user_id is not None:
-            spent = w.run(cur, "SELECT COALESCE(SUM(CASE WHEN status='reserved' THEN reserved_usd "
-                               "ELSE cost_usd END), 0) FROM ledger WHERE user_id=:u AND created_at >= :day",
-                          {"u": user_id, "day": _midnight(w)}).fetchone()[0]
-            if float(spent) + amount > daily_budget + EPS:
-                raise _DailyExceeded(float(spent))
-        ledger_id = w.run(cur, "INSERT INTO ledger (task_id, user_id, kind, subtask_index, tier, model, "
-                               "attempt, status, reserved_usd, cost_usd, input_tokens, output_tokens, "
-                               "cache_read_tokens, cache_write_tokens, created_at) VALUES (:t, :u, :kind, "
-                               ":si, :tier, :model, :att, 'reserved', :r, 0, 0, 0, 0, 0, :now) RETURNING id",
-                          {"t": task_id, "u": user_id, "kind": kind,
-                           "si": subtask.index if subtask else None, "tier": tier, "model": model,
-                           "att": attempt, "r": amount, "now": now}).fetchone()[0]
-        if subtask is not None:
-            subtask.status = SubtaskStatus.running
-            subtask.attempts = attempt
-            subtask.model = model
-            w.run(cur, "UPDATE subtask SET status='running', attempts=:att, model=:model, "
-                       "started_at=COALESCE(started_at, :now) WHERE task_id=:t AND \"index\"=:i",
-                  {"att": attempt, "model": model, "now": now, "t": task_id, "i": subtask.index})
-            w.event(cur, task_id, row[0], "subtask", subtask.event(), now)
+        return reserve_in(w, cur, task_id, **kw)
+
+
+def reserve_in(w: FastWriter, cur: Any, task_id: str, *, user_id: str | None, kind: str,
+               subtask: SubState | None, tier: int | None, model: str, attempt: int, amount: float,
+               daily_budget: float | None) -> Reservation | DailyRefusal | None:
+    """Reserve `amount` against the task's budget (and the user's day), insert the
+    ledger row, and (for a subtask) count the attempt and mark it running, inside the
+    caller's transaction. None when the task's budget has no room; nothing is written
+    unless the reservation is made."""
+    now = w.now()
+    if daily_budget is not None and user_id is not None:
+        spent = float(w.run(cur, "SELECT COALESCE(SUM(CASE WHEN status='reserved' THEN reserved_usd "
+                                 "ELSE cost_usd END), 0) FROM ledger WHERE user_id=:u AND created_at >= :day",
+                            {"u": user_id, "day": _midnight(w)}).fetchone()[0])
+        if spent + amount > daily_budget + EPS:
+            return DailyRefusal(spent)
+    ev = 1 if subtask is not None else 0
+    row = w.run(cur, "UPDATE task SET reserved_usd=reserved_usd+:r, event_seq=event_seq+:ev, "
+                     "updated_at=:now WHERE id=:t AND total_cost_usd+reserved_usd+:r <= budget_usd+:eps "
+                     "RETURNING event_seq",
+                {"r": amount, "ev": ev, "now": now, "t": task_id, "eps": EPS}).fetchone()
+    if row is None:
+        return None
+    ledger_id = w.run(cur, "INSERT INTO ledger (task_id, user_id, kind, subtask_index, tier, model, "
+                           "attempt, status, reserved_usd, cost_usd, input_tokens, output_tokens, "
+                           "cache_read_tokens, cache_write_tokens, created_at) VALUES (:t, :u, :kind, "
+                           ":si, :tier, :model, :att, 'reserved', :r, 0, 0, 0, 0, 0, :now) RETURNING id",
+                      {"t": task_id, "u": user_id, "kind": kind,
+                       "si": subtask.index if subtask else None, "tier": tier, "model": model,
+                       "att": attempt, "r": amount, "now": now}).fetchone()[0]
+    if subtask is not None:
+        subtask.status = SubtaskStatus.running
+        subtask.attempts = attempt
+        subtask.model = model
+        w.run(cur, "UPDATE subtask SET status='running', attempts=:att, model=:model, "
+                   "started_at=COALESCE(started_at, :now) WHERE task_id=:t AND \"index\"=:i",
+              {"att": attempt, "model": model, "now": now, "t": task_id, "i": subtask.index})
+        w.event(cur, task_id, row[0], "subtask", subtask.event(), now)
     return Reservation(int(ledger_id), amount)
-
-
-class _DailyExceeded(Exception):
-    def __init__(self, spent: float) -> None:
-        super().__init__(spent)
-        self.spent = spent
 
 
 def _midnight(w: FastWriter) -> Any:
