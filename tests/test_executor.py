@@ -397,3 +397,18 @@ async def test_free_slots_go_to_the_most_urgent_task_first(engine: Engine) -> No
     for t in (blocker, low, high):
         await ex.wait(t.id, timeout=10)
     assert counter.order == ["block", "high", "low"]
+
+
+async def test_a_fan_out_reserves_in_one_commit(engine: Engine) -> None:
+    async def commits_for(width: int) -> int:
+        ex = executor(engine, FakeLLM(answer=kind_answer))
+        p = plan(("root", []), *[(f"leaf {i}", [0]) for i in range(width)])
+        task = create_task(engine, prompt="p", budget_usd=5.0, plan_in=p)
+        await ex.run_task(task.id)
+        assert task_snapshot(engine, task.id)["status"] == "completed"
+        n = ex.writer.commits
+        await ex.stop()
+        return n
+
+    # each extra leaf adds its own settle commit, but no reserve commit of its own
+    assert await commits_for(10) - await commits_for(5) == 5
