@@ -224,10 +224,10 @@ class Executor:
             assert st is not None
         try:
             if not st.subtasks:
-                if not await self._plan(st):
+                subs = await self._plan(st)
+                if subs is None:
                     return
-                st = runs.load(self.engine, task_id)
-                assert st is not None
+                st.subtasks, st.status = subs, TaskStatus.planned
             if not st.approve:
                 if st.status != TaskStatus.planned:
                     runs.set_status(self.writer, task_id, TaskStatus.planned)
@@ -241,7 +241,7 @@ class Executor:
                 await asyncio.shield(self._finish_canceled(task_id))
             raise
 
-    async def _plan(self, st: runs.TaskState) -> bool:
+    async def _plan(self, st: runs.TaskState) -> list[runs.SubState] | None:
         runs.set_status(self.writer, st.id, TaskStatus.planning)
         try:
             if st.plan_in is not None:
@@ -262,14 +262,14 @@ class Executor:
         except BudgetExceeded as exc:
             runs.set_status(self.writer, st.id, TaskStatus.failed,
                             error=f"could not plan within the budget of ${st.budget_usd:g}: {exc.message}")
-            return False
+            return None
         except PlanInvalid as exc:
             runs.set_status(self.writer, st.id, TaskStatus.failed, error=f"could not plan: {exc.message}")
-            return False
+            return None
         except ProviderError as exc:
             runs.set_status(self.writer, st.id, TaskStatus.failed,
                             error=f"could not plan: the planner model failed: {exc.message}")
-            return False
+            return None
         subs = [
             runs.SubState(index=r.index, description=plan.subtasks[r.index].description,
                           tier_hint=r.tier_hint, tier_assigned=r.tier_assigned, models=r.models,
@@ -277,10 +277,10 @@ class Executor:
                           status=SubtaskStatus.pending, model=r.models[0])
             for r in route(plan, self.settings)
         ]
-        runs.save_plan(self.engine, st.id, reasoning=plan.reasoning,
+        runs.save_plan(self.writer, st.id, reasoning=plan.reasoning,
                        subs=subs,
                        prompt_versions=self._versions, planned_status=TaskStatus.planned)
-        return True
+        return subs
 
     async def _execute(self, st: runs.TaskState) -> None:
         if st.status != TaskStatus.executing:

@@ -149,25 +149,28 @@ def set_status(w: FastWriter, task_id: str, status: str, *, error: str | None = 
 TERMINAL = frozenset({TaskStatus.completed, TaskStatus.partial, TaskStatus.failed, TaskStatus.canceled})
 
 
-def save_plan(engine: Engine, task_id: str, *, reasoning: str | None, subs: list[SubState],
+def save_plan(w: FastWriter, task_id: str, *, reasoning: str | None, subs: list[SubState],
               prompt_versions: dict[str, str], planned_status: str) -> None:
-    """Insert the subtasks and mark the task planned. The plan's JSON is cleared from the
-    task row: the subtask rows are the plan, and a narrow row keeps hot UPDATEs small."""
-    with engine.begin() as conn:
-        if subs:
-            conn.execute(insert(S), [
-                {"id": f"s_{task_id[2:]}_{s.index}", "task_id": task_id, "index": s.index,
-                 "description": s.description, "tier_hint": s.tier_hint,
-                 "tier_assigned": s.tier_assigned, "models": s.models, "model": s.model,
-                 "depends_on": s.depends_on, "status": s.status, "attempts": 0,
-                 "cost_usd": 0.0, "input_tokens": 0, "output_tokens": 0}
-                for s in subs
-            ])
-        conn.execute(update(T).where(T.c.id == task_id).values(
-            reasoning=reasoning, plan_in=None, prompt_versions=prompt_versions,
-            status=planned_status, planned_at=utcnow()))
-        total = conn.execute(select(T.c.total_cost_usd).where(T.c.id == task_id)).scalar_one()
-        _event(conn, task_id, "task", {"status": planned_status, "error": None, "total_cost_usd": total})
+    """Insert the subtasks and mark the task planned, in one transaction. The plan's
+    JSON is cleared from the task row: the subtask rows are the plan, and a narrow row
+    keeps hot UPDATEs small."""
+    now = w.now()
+    rows = [{"id": f"s_{task_id[2:]}_{s.index}", "t": task_id, "i": s.index, "d": s.description,
+             "th": s.tier_hint, "ta": s.tier_assigned, "ms": w.dumps(s.models), "m": s.model,
+             "deps": w.dumps(s.depends_on), "st": s.status} for s in subs]
+    with w.tx() as cur:
+        if rows:
+            cur.executemany(w.sql(
+                "INSERT INTO subtask (id, task_id, \"index\", description, tier_hint, tier_assigned, models, "
+                "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens) VALUES "
+                "(:id, :t, :i, :d, :th, :ta, {json:ms}, :m, {json:deps}, :st, 0, 0, 0, 0)"), rows)
+        seq, total = w.run(cur, "UPDATE task SET reasoning=:r, plan_in=NULL, prompt_versions={json:pv}, "
+                                "status=:st, planned_at=:now, event_seq=event_seq+1, updated_at=:now "
+                                "WHERE id=:t RETURNING event_seq, total_cost_usd",
+                           {"r": reasoning, "pv": w.dumps(prompt_versions), "st": planned_status,
+                            "now": now, "t": task_id}).fetchone()
+        w.event(cur, task_id, seq, "task", {"status": planned_status, "error": None, "total_cost_usd": total},
+                now)
 
 
 def set_planner_model(engine: Engine, task_id: str, model: str) -> None:
