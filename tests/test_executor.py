@@ -412,3 +412,18 @@ async def test_a_fan_out_reserves_in_one_commit(engine: Engine) -> None:
 
     # each extra leaf adds its own settle commit, but no reserve commit of its own
     assert await commits_for(10) - await commits_for(5) == 5
+
+
+async def test_a_call_that_times_out_is_retried_and_counted_at_its_worst_case(engine: Engine) -> None:
+    fake = FakeLLM(answer=kind_answer, latency=lambda _m, msgs: 5.0 if "worker" in msgs[0]["content"] else 0)
+    ex = executor(engine, fake, call_timeout_s=0.05, max_attempts=2)
+    task = create_task(engine, prompt="p", budget_usd=1.0, plan_in=plan(("A", [])))
+    await ex.run_task(task.id)
+    snap = task_snapshot(engine, task.id)
+    sub = snap["subtasks"][0]
+    assert sub["status"] == "failed" and sub["attempts"] == 2 and "no answer within 0.05s" in sub["error"]
+    rows = [r for r in ledger(engine, task.id) if r.kind == "subtask"]
+    assert [r.status for r in rows] == ["lost", "lost"]
+    assert all(r.cost_usd == r.reserved_usd > 0 for r in rows)
+    assert snap["total_cost_usd"] == pytest.approx(sum(r.cost_usd for r in ledger(engine, task.id)), abs=1e-12)
+    assert snap["prompt_versions"] and set(snap["prompt_versions"]) == {"decompose", "subtask", "synthesize"}

@@ -59,6 +59,8 @@ class TaskOut(BaseModel):
     budget_usd: float
     total_cost_usd: float
     priority: int
+    prompt_versions: dict[str, str] | None = Field(
+        default=None, description="sha256 prefixes of the prompt files the task ran with")
     created_at: str | None
     planned_at: str | None
     started_at: str | None
