@@ -120,12 +120,16 @@ async def test_revoked_tokens_stop_working_and_scopes_are_enforced(api: Api) -> 
         ({"prompt": "x", "priority": 9}, "priority"),
         ({"prompt": "x", "surprise": 1}, "surprise"),
         ({"prompt": "nul \u0000 byte"}, "NUL"),
+        ({"prompt": "lone \ud800 surrogate"}, "prompt"),
+        ({"prompt": "x", "plan": {"subtasks": [{"description": "a\udfff", "depends_on": []}]}}, "surrogate"),
         ({"prompt": "x", "plan": {"subtasks": [{"description": "a\u0000", "depends_on": []}]}}, "NUL"),
         ({"prompt": "x", "plan": {"subtasks": [{"description": "a", "depends_on": [0]}]}}, "depends on itself"),
     ],
 )
 async def test_bad_fields_are_422_naming_the_field(api: Api, body: dict, field: str) -> None:  # type: ignore[type-arg]
-    r = await api.http.post("/v1/tasks", json=body, headers=api.auth(api.alice))
+    # json.dumps escapes lone surrogates as \ud800, as a hostile client would send them
+    r = await api.http.post("/v1/tasks", content=json.dumps(body),
+                            headers={**api.auth(api.alice), "Content-Type": "application/json"})
     assert r.status_code == 422, r.text
     assert field in r.json()["error"]["message"]
 

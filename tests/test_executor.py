@@ -427,3 +427,15 @@ async def test_a_call_that_times_out_is_retried_and_counted_at_its_worst_case(en
     assert all(r.cost_usd == r.reserved_usd > 0 for r in rows)
     assert snap["total_cost_usd"] == pytest.approx(sum(r.cost_usd for r in ledger(engine, task.id)), abs=1e-12)
     assert snap["prompt_versions"] and set(snap["prompt_versions"]) == {"decompose", "subtask", "synthesize"}
+
+
+async def test_model_output_that_is_not_clean_text_is_stored_safely(any_engine: Engine) -> None:
+    def answer(model: str, msgs: list[Message]) -> str:
+        return "bad \x00 and \ud800 bytes" if "worker" in msgs[0]["content"] else kind_answer(model, msgs)
+
+    ex = executor(any_engine, FakeLLM(answer=answer))
+    task = create_task(any_engine, prompt="p", budget_usd=1.0, plan_in=plan(("A", [])))
+    await ex.run_task(task.id)
+    snap = task_snapshot(any_engine, task.id)
+    assert snap["status"] == "completed"
+    assert snap["subtasks"][0]["result"] == "bad \ufffd and ? bytes"

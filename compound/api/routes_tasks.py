@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -12,7 +11,7 @@ from compound.api.errors import COMMON_RESPONSES, ApiError
 from compound.api.schemas import PlanValidateIn, PlanValidateOut, TaskCreate, TaskList, TaskOut
 from compound.core.errors import PlanInvalid, UserInputError
 from compound.planner.plan import critical_path, waves
-from compound.planner.validate import validate_plan
+from compound.planner.validate import is_clean_text, validate_plan
 from compound.store.models import TaskStatus
 from compound.store.queries import list_tasks
 from compound.store.tasks import create_task, get_task, task_snapshot
@@ -27,8 +26,8 @@ def submit_task(request: Request, principal: Any, body: TaskCreate) -> Any:
         raise UserInputError(f"prompt: {len(body.prompt)} characters; at most {settings.max_prompt_chars} are accepted")
     if not body.prompt.strip():
         raise UserInputError("prompt: must not be blank")
-    if "\x00" in body.prompt or (body.plan is not None and "\\u0000" in json.dumps(body.plan)):
-        raise UserInputError("prompt: must not contain NUL characters (\\u0000)")
+    if not is_clean_text(body.prompt):
+        raise UserInputError("prompt: contains a NUL character or a lone surrogate; send plain UTF-8 text")
     wait = request.app.state.ratelimit.check(principal.token_id)
     if wait is not None:
         raise ApiError(429, "rate_limited",

@@ -5,6 +5,7 @@ so a restart resumes what was running and a completed subtask is never called ag
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,7 +23,7 @@ from compound.executor.scheduler import PriorityLimiter, run_dag
 from compound.llm.base import Completion, LLMClient, Message, Price
 from compound.planner.plan import PlanIn
 from compound.planner.router import route
-from compound.planner.validate import validate_plan
+from compound.planner.validate import is_clean_text, validate_plan
 from compound.prompts import render, versions
 from compound.store import runs
 from compound.store.fastwrite import FastWriter
@@ -466,6 +467,9 @@ class Executor:
                                 error=err.message[:500], subtask=sub)
                     self._observe(model, kind, tier, "error", 0, 0, cost, time.perf_counter() - started)
                     raise err from None
+                if not is_clean_text(out.text):  # a model's NUL or lone surrogate must not break the store
+                    out = dataclasses.replace(out, text=out.text.replace("\x00", "\ufffd")
+                                              .encode("utf-8", "replace").decode("utf-8"))
                 u = out.usage
                 complete_with = out.text if (sub is not None and kind == CallKind.subtask) else None
                 runs.settle(self.writer, st.id, res, status=CallStatus.ok, cost=out.cost_usd,

@@ -27,6 +27,9 @@ def validate_plan(data: Any, *, max_subtasks: int, raw: str | None = None) -> Pl
     if reasoning is not None and not isinstance(reasoning, str):
         errors.append(f"'reasoning' must be a string, got {_kind(reasoning)}")
         reasoning = None
+    elif reasoning is not None and not is_clean_text(reasoning):
+        errors.append("'reasoning' contains a NUL character or a lone surrogate; send plain UTF-8 text")
+        reasoning = None
     subtasks = data.get("subtasks")
     if subtasks is None:
         raise PlanInvalid(["the plan has no 'subtasks' list"], raw)
@@ -51,6 +54,9 @@ def validate_plan(data: Any, *, max_subtasks: int, raw: str | None = None) -> Pl
             description = ""
         elif not description.strip():
             errors.append(f"subtask {i} has a blank description")
+        elif not is_clean_text(description):
+            errors.append(f"subtask {i}'s description contains a NUL character or a lone surrogate; "
+                          "send plain UTF-8 text")
         elif len(description) > MAX_DESCRIPTION_CHARS:
             errors.append(
                 f"subtask {i} has a description of {len(description)} characters; "
@@ -58,18 +64,18 @@ def validate_plan(data: Any, *, max_subtasks: int, raw: str | None = None) -> Pl
             )
         tier = item.get("tier_hint", 1)
         if not _is_int(tier) or not 1 <= tier <= 3:
-            errors.append(f"subtask {i} has tier_hint {tier!r}; it must be 1, 2 or 3")
+            errors.append(f"subtask {i} has tier_hint {_show(tier)}; it must be 1, 2 or 3")
             tier = 1
         depends = item.get("depends_on", [])
         good: list[int] = []
         if depends is None:
             depends = []
         if not isinstance(depends, list):
-            errors.append(f"subtask {i} has depends_on {depends!r}; it must be a list of indices")
+            errors.append(f"subtask {i} has depends_on {_show(depends)}; it must be a list of indices")
             depends = []
         for d in depends:
             if not _is_int(d):
-                errors.append(f"subtask {i} depends on {d!r}, which is not a subtask index")
+                errors.append(f"subtask {i} depends on {_show(d)}, which is not a subtask index")
             elif d == i:
                 errors.append(f"subtask {i} depends on itself")
             elif not 0 <= d < n:
@@ -90,6 +96,23 @@ def validate_plan(data: Any, *, max_subtasks: int, raw: str | None = None) -> Pl
     if errors:
         raise PlanInvalid(errors, raw)
     return PlanIn(reasoning=reasoning, subtasks=clean)
+
+
+def is_clean_text(text: str) -> bool:
+    """Text every store can hold: no NUL (PostgreSQL refuses it) and valid UTF-8 (no
+    lone surrogates, which JSON's \\ud800 escapes can smuggle in)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def find_cycle(deps: list[list[int]]) -> list[int] | None:

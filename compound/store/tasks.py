@@ -49,7 +49,7 @@ def get_task(engine: Engine, task_id: str, *, user_id: str | None = None) -> Tas
     with Session(engine, expire_on_commit=False) as session:
         task = session.get(Task, task_id)
         if task is None or (user_id is not None and task.user_id != user_id):
-            raise NotFound(f"no task with id {task_id!r}")
+            raise NotFound(f"no task with id {task_id[:80]!r}")
         return task
 
 
@@ -102,7 +102,7 @@ def task_snapshot(engine: Engine, task_id: str, *, user_id: str | None = None) -
     with Session(engine, expire_on_commit=False) as session:
         task = session.get(Task, task_id)
         if task is None or (user_id is not None and task.user_id != user_id):
-            raise NotFound(f"no task with id {task_id!r}")
+            raise NotFound(f"no task with id {task_id[:80]!r}")
         subtasks = session.exec(
             select(Subtask).where(Subtask.task_id == task_id).order_by(col(Subtask.index))
         ).all()
