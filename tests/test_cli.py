@@ -104,3 +104,13 @@ def test_db_upgrade_builds_the_same_tables_as_the_models(cli_env: str, tmp_path:
         insp = inspect(e)
         return {t: sorted(c["name"] for c in insp.get_columns(t)) for t in insp.get_table_names() if t != "alembic_version"}
     assert shape(migrated) == shape(direct)
+
+
+@pytest.mark.parametrize("url", ["nonsense://x", "sqlite:////nonexistent/dir/x.db",
+                                 "postgresql://nobody:secretpw@127.0.0.1:1/db"])
+def test_a_store_that_cannot_open_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("COMPOUND_DATABASE_URL", url)
+    for args in (["tokens", "list"], ["serve", "--port", "1"]):
+        out = runner.invoke(app, args)
+        assert out.exit_code == 2 and "cannot open the store" in out.output, out.output
+        assert "Traceback" not in out.output and "secretpw" not in out.output

@@ -27,10 +27,20 @@ def settings_or_exit(*, priced: bool = False) -> Settings:
 
 
 def engine_for(settings: Settings) -> Any:
+    """The store, tables created; a clear message and exit 2 when it cannot be opened."""
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
+    from compound.core.settings import mask_url
     from compound.store.db import create_all, make_engine
 
-    engine = make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
-    create_all(engine)
+    try:
+        engine = make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+        create_all(engine)
+    except (ArgumentError, NoSuchModuleError, OperationalError, ValueError) as exc:
+        why = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        typer.echo(f"error: cannot open the store at {mask_url(settings.database_url)} "
+                   f"(COMPOUND_DATABASE_URL): {why}", err=True)
+        raise typer.Exit(2) from None
     return engine
 
 

@@ -15,9 +15,10 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from compound.api.app import create_app
-        from compound.cli.common import settings_or_exit
+        from compound.cli.common import engine_for, settings_or_exit
 
         settings = settings_or_exit(priced=True)
+        engine_for(settings).dispose()  # refuse at once, with a message, if the store cannot be opened
         store = settings.public_dict()["database_url"]
         typer.echo(f"compound serving on http://{host}:{port} (store: {store})", err=True)
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
