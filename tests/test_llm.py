@@ -120,3 +120,13 @@ def test_overrides_win_and_unknown_models_are_refused() -> None:
         check_prices(Settings(tier2_models=["openai/mystery-a", "openai/mystery-b"]))
     assert "mystery-a" in info2.value.message and "mystery-b" in info2.value.message
     check_prices(Settings())  # the defaults are all priced
+
+
+async def test_a_server_that_refuses_json_schema_is_asked_again_without_it(sim: Simulator,
+                                                                          sim_client: LiteLLMClient) -> None:
+    sim.fail(Failure(400, kind="planner"))
+    out = await sim_client.complete(model="openai/gpt-4.1-mini", max_tokens=500, json_schema={"type": "object"},
+                                    messages=msgs("planner", "<request>a and b</request>"))
+    calls = sim.calls("planner")
+    assert len(calls) == 2 and "response_format" in calls[0]["body"] and "response_format" not in calls[1]["body"]
+    assert out.text.startswith("{")

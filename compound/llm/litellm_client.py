@@ -110,7 +110,16 @@ class LiteLLMClient:
         try:
             response = await litellm.acompletion(**kwargs)
         except Exception as exc:  # litellm raises its own tree; map it once, here
-            raise to_provider_error(exc, model) from None
+            error = to_provider_error(exc, model)
+            if "response_format" not in kwargs or error.status != 400:
+                raise error from None
+            # Some OpenAI-compatible servers refuse json_schema output: ask again without
+            # it (the prompt describes the JSON anyway). A 400 is not billed.
+            del kwargs["response_format"]
+            try:
+                response = await litellm.acompletion(**kwargs)
+            except Exception as exc2:
+                raise to_provider_error(exc2, model) from None
         latency = time.perf_counter() - started
         usage = usage_of(response)
         choice = response.choices[0]
