@@ -130,3 +130,12 @@ async def test_a_server_that_refuses_json_schema_is_asked_again_without_it(sim: 
     calls = sim.calls("planner")
     assert len(calls) == 2 and "response_format" in calls[0]["body"] and "response_format" not in calls[1]["body"]
     assert out.text.startswith("{")
+
+
+async def test_no_key_for_a_public_endpoint_fails_fast_and_says_which(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COMPOUND_ALLOW_REMOTE_MODELS", "true")
+    client = LiteLLMClient(Settings())
+    for model, var in (("anthropic/claude-haiku-4-5", "ANTHROPIC_API_KEY"), ("openai/gpt-4.1-mini", "OPENAI_API_KEY")):
+        with pytest.raises(ProviderError) as info:
+            await client.complete(model=model, messages=msgs("worker", "x"), max_tokens=5)
+        assert var in info.value.message and info.value.transient is False

@@ -24,6 +24,7 @@ _BASE_ENV = {
     "anthropic": ("ANTHROPIC_API_BASE", "ANTHROPIC_BASE_URL"),
     "openai": ("OPENAI_BASE_URL", "OPENAI_API_BASE"),
 }
+_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 413, 422})
 
@@ -101,6 +102,10 @@ class LiteLLMClient:
         key = self._api_key(model, base)
         if key:
             kwargs["api_key"] = key
+        elif provider_of(model) in _KEY_ENV:
+            name = _KEY_ENV[provider_of(model)]
+            raise ProviderError(f"no API key for {model}: set {name} (or point the provider's base URL "
+                                "at a local server)", status=401, model=model, transient=False)
         if json_schema is not None and provider_of(model) == "openai":
             kwargs["response_format"] = {
                 "type": "json_schema",
