@@ -513,11 +513,23 @@ class Executor:
     def _flush_reserves(self) -> None:
         batch, self._pending_reserves = self._pending_reserves, []
         live = [(t, kw, fut) for t, kw, fut in batch if not fut.cancelled()]
-        results: list[runs.Reservation | runs.DailyRefusal | None] = []
+        results: list[runs.Reservation | runs.DailyRefusal | None] = [None] * len(live)
+        groups: dict[str, list[int]] = {}
+        for k, (task_id, kw, _) in enumerate(live):
+            bulk = kw["subtask"] is not None and (kw["daily_budget"] is None or kw["user_id"] is None)
+            groups.setdefault(task_id if bulk else f"\0{k}", []).append(k)
         try:
             with self.writer.tx() as cur:
-                for task_id, kw, _ in live:
-                    results.append(runs.reserve_in(self.writer, cur, task_id, **kw))
+                for members in groups.values():
+                    task_id = live[members[0]][0]
+                    if len(members) > 1:
+                        many = runs.reserve_many(self.writer, cur, task_id, [live[k][1] for k in members])
+                        if many is not None:
+                            for k, res in zip(members, many, strict=True):
+                                results[k] = res
+                            continue
+                    for k in members:  # one at a time: some may fit where all did not
+                        results[k] = runs.reserve_in(self.writer, cur, task_id, **live[k][1])
         except Exception as exc:  # the store failed: every caller hears it
             for _, _, fut in live:
                 if not fut.done():

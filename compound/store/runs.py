@@ -270,6 +270,40 @@ def reserve_in(w: FastWriter, cur: Any, task_id: str, *, user_id: str | None, ki
     return Reservation(int(ledger_id), amount)
 
 
+def reserve_many(w: FastWriter, cur: Any, task_id: str, calls: list[dict[str, Any]]) -> list[Reservation] | None:
+    """Several subtask calls of one task that became ready together, reserved with one
+    budget check (all or none: None when they do not all fit, and nothing is written).
+    No daily budget may apply to them."""
+    now = w.now()
+    total = sum(c["amount"] for c in calls)
+    row = w.run(cur, "UPDATE task SET reserved_usd=reserved_usd+:r, event_seq=event_seq+:n, updated_at=:now "
+                     "WHERE id=:t AND total_cost_usd+reserved_usd+:r <= budget_usd+:eps RETURNING event_seq",
+                {"r": total, "n": len(calls), "now": now, "t": task_id, "eps": EPS}).fetchone()
+    if row is None:
+        return None
+    first_seq = int(row[0]) - len(calls) + 1
+    out: list[Reservation] = []
+    subs, events = [], []
+    for k, c in enumerate(calls):
+        sub: SubState = c["subtask"]
+        ledger_id = w.run(cur, "INSERT INTO ledger (task_id, user_id, kind, subtask_index, tier, model, "
+                               "attempt, status, reserved_usd, cost_usd, input_tokens, output_tokens, "
+                               "cache_read_tokens, cache_write_tokens, created_at) VALUES (:t, :u, :kind, "
+                               ":si, :tier, :model, :att, 'reserved', :r, 0, 0, 0, 0, 0, :now) RETURNING id",
+                          {"t": task_id, "u": c["user_id"], "kind": c["kind"], "si": sub.index, "tier": c["tier"],
+                           "model": c["model"], "att": c["attempt"], "r": c["amount"], "now": now}).fetchone()[0]
+        sub.status, sub.attempts, sub.model = SubtaskStatus.running, c["attempt"], c["model"]
+        subs.append({"att": c["attempt"], "model": c["model"], "now": now, "t": task_id, "i": sub.index})
+        events.append({"t": task_id, "seq": first_seq + k, "kind": "subtask", "data": w.dumps(sub.event()),
+                       "now": now})
+        out.append(Reservation(int(ledger_id), c["amount"]))
+    cur.executemany(w.sql("UPDATE subtask SET status='running', attempts=:att, model=:model, "
+                          "started_at=COALESCE(started_at, :now) WHERE task_id=:t AND \"index\"=:i"), subs)
+    cur.executemany(w.sql("INSERT INTO task_event (task_id, seq, kind, data, created_at) "
+                          "VALUES (:t, :seq, :kind, {json:data}, :now)"), events)
+    return out
+
+
 def _midnight(w: FastWriter) -> Any:
     now = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
     return now.strftime("%Y-%m-%d %H:%M:%S.%f") if w.sqlite else now
