@@ -21,7 +21,7 @@ from compound.store.tasks import create_task, task_snapshot
 
 async def test_a_task_runs_over_http_with_exact_costs(sim: Simulator, sim_settings: Settings,
                                                       sim_client: LiteLLMClient) -> None:
-    sim.script.latency = lambda _m, kind, _t: 0.15 if kind == "worker" else 0.0
+    sim.script.latency = lambda _m, kind, _t: 0.5 if kind == "worker" else 0.0
     engine = make_engine(sim_settings.database_url)
     create_all(engine)
     ex = Executor(settings=sim_settings, engine=engine, client=sim_client)
@@ -34,7 +34,7 @@ async def test_a_task_runs_over_http_with_exact_costs(sim: Simulator, sim_settin
     # the three independent subtasks overlapped in time at the provider
     workers = sim.calls("worker")
     first3 = sorted(w["at"] for w in workers[:3])
-    assert first3[-1] - first3[0] < 0.15
+    assert first3[-1] - first3[0] < 0.5  # the third arrived before the first could answer
     # the joining subtask's request carried the three results
     assert all(f'<dependency index="{i}">' in workers[-1]["text"] for i in range(3))
     assert "Final answer built from 4 results" in snap["result"]

@@ -124,8 +124,11 @@ def test_crash_resume(env: dict[str, str]) -> None:
     task_id = r.json()["id"]
     deadline = time.time() + 20
     while time.time() < deadline:
+        # the crash point: 0 and 1 done, and 2 and 3 sent (the provider has them)
         st = [s["status"] for s in get(port, env, f"/v1/tasks/{task_id}")["subtasks"]]
-        if st[:4] == ["completed", "completed", "running", "running"]:
+        sent = [c["text"] for c in httpx.get(env["COMPOUND_SIM_URL"] + "/_sim/requests").json()]
+        in_flight = all(any(f"<subtask>\n{d}\n" in t for t in sent) for d in ("slow three", "slow four"))
+        if st[:4] == ["completed", "completed", "running", "running"] and in_flight:
             break
         time.sleep(0.05)
     else:
