@@ -306,7 +306,8 @@ async def test_events_record_every_transition_in_order(engine: Engine) -> None:
     assert json.dumps(events[-1].data)
 
 
-async def test_a_users_daily_budget_caps_all_their_tasks(engine: Engine) -> None:
+async def test_a_users_daily_budget_caps_all_their_tasks(any_engine: Engine) -> None:
+    engine = any_engine
     from compound.llm.base import Completion, Usage
     from compound.store.models import User
 

@@ -240,6 +240,8 @@ def reserve_in(w: FastWriter, cur: Any, task_id: str, *, user_id: str | None, ki
     unless the reservation is made."""
     now = w.now()
     if daily_budget is not None and user_id is not None:
+        if not w.sqlite:  # serialize one user's reservations across processes (SQLite already does)
+            w.run(cur, 'SELECT id FROM "user" WHERE id=:u FOR UPDATE', {"u": user_id})
         spent = float(w.run(cur, "SELECT COALESCE(SUM(CASE WHEN status='reserved' THEN reserved_usd "
                                  "ELSE cost_usd END), 0) FROM ledger WHERE user_id=:u AND created_at >= :day",
                             {"u": user_id, "day": _midnight(w)}).fetchone()[0])
