@@ -139,3 +139,12 @@ async def test_no_key_for_a_public_endpoint_fails_fast_and_says_which(monkeypatc
         with pytest.raises(ProviderError) as info:
             await client.complete(model=model, messages=msgs("worker", "x"), max_tokens=5)
         assert var in info.value.message and info.value.transient is False
+
+
+async def test_unprefixed_model_names_reach_their_provider(sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", sim.url)  # type: ignore[attr-defined]
+    monkeypatch.setenv("OPENAI_BASE_URL", sim.url + "/v1")  # type: ignore[attr-defined]
+    client = LiteLLMClient(Settings())
+    for model, wire in (("claude-haiku-4-5", "anthropic"), ("gpt-4.1-mini", "openai")):
+        await client.complete(model=model, messages=msgs("worker", "<subtask>x</subtask>"), max_tokens=10)
+        assert sim.calls("worker")[-1]["wire"] == wire

@@ -30,7 +30,14 @@ PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 413, 422})
 
 
 def provider_of(model: str) -> str:
-    return model.split("/", 1)[0] if "/" in model else "openai"
+    """`anthropic/claude-...` -> anthropic; an unprefixed known name (`claude-haiku-4-5`)
+    -> the provider litellm's map gives it; anything else -> openai (litellm's default)."""
+    if "/" in model:
+        return model.split("/", 1)[0]
+    import litellm
+
+    entry = litellm.model_cost.get(model) or {}
+    return str(entry.get("litellm_provider") or "openai")
 
 
 def remote_allowed() -> bool:
