@@ -4,7 +4,6 @@ graph arithmetic over it: waves and the critical path."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -121,8 +120,3 @@ def _longest_from_roots(deps: Sequence[Sequence[int]], weight: Callable[[int], f
         start = max((finish[d] for d in deps[i]), default=0.0)
         finish[i] = start + weight(i)
     return finish
-
-
-def plan_summary(plan: PlanIn) -> dict[str, Any]:
-    deps = plan.deps()
-    return {"waves": waves(deps), "critical_path": critical_path(deps)}

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import SQLModel, create_engine
 
 from compound.store import models  # noqa: F401  (registers the tables)
 
@@ -37,9 +35,3 @@ def make_engine(url: str, *, sqlite_synchronous: str = "NORMAL") -> Engine:
 def create_all(engine: Engine) -> None:
     """Create the tables directly (tests and benchmarks); services run migrations."""
     SQLModel.metadata.create_all(engine)
-
-
-@contextmanager
-def session_scope(engine: Engine) -> Iterator[Session]:
-    with Session(engine, expire_on_commit=False) as session:
-        yield session

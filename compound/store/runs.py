@@ -4,10 +4,9 @@ and appends its event together, so nothing is visible before it is durable."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from compound.store.fastwrite import FastWriter
@@ -192,16 +191,6 @@ def subtask_transition(w: FastWriter, task_id: str, sub: SubState, *, started: b
         seq = w.run(cur, "UPDATE task SET event_seq=event_seq+1, updated_at=:now WHERE id=:t "
                          "RETURNING event_seq", {"now": now, "t": task_id}).fetchone()[0]
         w.event(cur, task_id, seq, "subtask", sub.event(with_result=finished), now)
-
-
-def spent_today(conn: Connection, user_id: str) -> float:
-    midnight = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
-    row = conn.execute(
-        select(func.coalesce(func.sum(L.c.cost_usd), 0.0),
-               func.coalesce(func.sum(L.c.reserved_usd).filter(L.c.status == CallStatus.reserved), 0.0))
-        .where(L.c.user_id == user_id, L.c.created_at >= midnight)
-    ).one()
-    return float(row[0]) + float(row[1])
 
 
 def user_daily_budget(engine: Engine, user_id: str | None, default: float | None) -> float | None:
@@ -398,7 +387,3 @@ def cancel_open(engine: Engine, task_id: str, subs: list[SubState]) -> None:
                 conn.execute(update(S).where(S.c.task_id == task_id, S.c.index == s.index)
                              .values(status=s.status, error=s.error, completed_at=utcnow()))
                 _event(conn, task_id, "subtask", s.event())
-
-
-def older_than(days: int) -> datetime:
-    return utcnow() - timedelta(days=days)
