@@ -243,6 +243,11 @@ async def test_healthz_and_docs(api: Api) -> None:
                  "/task/compound", "/task/{task_id}/progress", "/tasks/recent"):
         assert path in spec["paths"], path
     assert (await api.http.get("/docs")).status_code == 200
+    # every route documents its shapes with an example
+    schemas = spec["components"]["schemas"]
+    for name in ("TaskCreate", "TaskOut", "TaskList", "PlanValidateIn", "PlanValidateOut", "CompoundTaskRequest",
+                 "CompoundTaskResponse", "TaskProgressResponse", "TaskSummary", "CostsOut", "SpendSummary"):
+        assert schemas[name].get("examples"), name
 
 
 async def test_no_secret_reaches_a_response_or_a_log(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,6 +17,7 @@ from sse_starlette import EventSourceResponse
 from compound.api.auth import ReadPrincipal, bearer, owner_filter, principal_from
 from compound.api.errors import COMMON_RESPONSES
 from compound.api.metrics import MetricsObserver, TaskCollector
+from compound.api.schemas import CostsOut, SpendSummary
 from compound.core.errors import UserInputError
 from compound.store.costs import costs, spend_summary
 from compound.store.events import events_after
@@ -72,7 +73,7 @@ def _when(value: str | None, default: datetime, *, end: bool = False) -> datetim
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
-@router.get("/v1/costs", summary="Spend from the ledger, with totals and groups")
+@router.get("/v1/costs", summary="Spend from the ledger, with totals and groups", response_model=CostsOut)
 async def get_costs(
     request: Request,
     principal: ReadPrincipal,
@@ -93,7 +94,8 @@ async def get_costs(
             "group_by": group_by, **out}
 
 
-@router.get("/v1/costs/summary", summary="Spend today, this week and this month, and the daily budget")
+@router.get("/v1/costs/summary", summary="Spend today, this week and this month, and the daily budget",
+            response_model=SpendSummary)
 async def get_summary(request: Request, principal: ReadPrincipal) -> dict[str, Any]:
     engine = request.app.state.engine
     out: dict[str, Any] = spend_summary(engine, user_id=owner_filter(principal))

@@ -49,7 +49,27 @@ class SubtaskOut(BaseModel):
     completed_at: str | None
 
 
+SUBTASK_EXAMPLE: dict[str, Any] = {
+    "index": 0, "description": "Summarise the pros of SQLite", "tier_hint": 1, "tier_assigned": 1,
+    "model": "anthropic/claude-haiku-4-5", "depends_on": [], "status": "completed",
+    "result": "SQLite is embedded, zero-config ...", "error": None, "attempts": 1, "cost_usd": 0.0011,
+    "input_tokens": 300, "output_tokens": 150, "started_at": "2026-11-22T10:00:01Z",
+    "completed_at": "2026-11-22T10:00:03Z"}
+TASK_EXAMPLE: dict[str, Any] = {
+    "id": "t_3f2a9c0d1e4b5a6c", "prompt": "Compare SQLite and PostgreSQL for a small team",
+    "status": "executing", "reasoning": "Two independent summaries, then a comparison.", "result": None,
+    "error": None, "budget_usd": 0.5, "total_cost_usd": 0.0123, "priority": 2,
+    "prompt_versions": {"decompose": "d06875606c1f", "subtask": "99b2209402a7", "synthesize": "8eae2a77e60f"},
+    "created_at": "2026-11-22T10:00:00Z", "planned_at": "2026-11-22T10:00:01Z",
+    "started_at": "2026-11-22T10:00:01Z", "completed_at": None,
+    "planner": {"model": "anthropic/claude-haiku-4-5", "cost_usd": 0.0004, "input_tokens": 812,
+                "output_tokens": 240},
+    "subtasks": [SUBTASK_EXAMPLE]}
+
+
 class TaskOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [TASK_EXAMPLE]})  # type: ignore[list-item]
+
     id: str
     prompt: str
     status: str
@@ -83,6 +103,12 @@ class TaskSummaryOut(BaseModel):
 
 
 class TaskList(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"tasks": [{
+        "id": "t_3f2a9c0d1e4b5a6c", "prompt": "Compare SQLite and PostgreSQL", "status": "completed",
+        "priority": 2, "subtasks_total": 3, "subtasks_done": 3, "total_cost_usd": 0.0123, "budget_usd": 0.5,
+        "created_at": "2026-11-22T10:00:00Z", "completed_at": "2026-11-22T10:00:09Z"}],
+        "next_cursor": "WyIyMDI2LTExLTIyVDEwOjAwOjAwKzAwOjAwIiwgInRfM2YyYSJd"}]})
+
     tasks: list[TaskSummaryOut]
     next_cursor: str | None
 
@@ -93,6 +119,11 @@ class PlanValidateIn(BaseModel):
 
 
 class PlanValidateOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"valid": True, "errors": [], "waves": [[0, 1], [2]], "critical_path": [0, 2], "estimated_cost_usd": 0.1883},
+        {"valid": False, "errors": ["subtask 1 depends on 7, but the plan has 3 subtasks (indices 0 to 2)"],
+         "waves": [], "critical_path": [], "estimated_cost_usd": None}]})
+
     valid: bool
     errors: list[str]
     waves: list[list[int]]
@@ -109,6 +140,9 @@ class CompoundTaskRequest(BaseModel):
 
 
 class CompoundTaskResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"id": "t_3f2a9c0d1e4b5a6c", "status": "planned", "subtask_count": 3}]})
+
     id: str
     status: str
     subtask_count: int
@@ -130,6 +164,16 @@ class SubtaskSnapshot(BaseModel):
 
 
 class TaskProgressResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "t_3f2a9c0d1e4b5a6c", "prompt": "Search for patterns and summarize", "status": "executing",
+        "reasoning": "Two searches, then a summary.", "subtasks": [{
+            "id": "t_3f2a9c0d1e4b5a6c:0", "index": 0, "description": "Search the logs for errors", "tier_hint": 1,
+            "tier_assigned": 1, "model": "anthropic/claude-haiku-4-5", "depends_on": [], "status": "completed",
+            "result": "...", "cost": 0.0011, "started_at": "2026-11-22T10:00:01Z",
+            "completed_at": "2026-11-22T10:00:03Z"}],
+        "created_at": "2026-11-22T10:00:00Z", "planned_at": "2026-11-22T10:00:01Z", "completed_at": None,
+        "total_cost": 0.0015}]})
+
     id: str
     prompt: str
     status: str
@@ -142,6 +186,11 @@ class TaskProgressResponse(BaseModel):
 
 
 class TaskSummary(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "t_3f2a9c0d1e4b5a6c", "prompt": "Search for patterns and summarize", "status": "completed",
+        "subtask_count": 3, "completed_count": 3, "total_cost": 0.0123, "created_at": "2026-11-22T10:00:00Z",
+        "completed_at": "2026-11-22T10:00:09Z"}]})
+
     id: str
     prompt: str
     status: str
@@ -150,3 +199,39 @@ class TaskSummary(BaseModel):
     total_cost: float
     created_at: str
     completed_at: str | None
+
+
+class CostGroup(BaseModel):
+    key: str
+    cost_usd: float
+    calls: int
+    input_tokens: int
+    output_tokens: int
+
+
+class CostsOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "since": "2026-10-24T00:00:00Z", "until": "2026-11-23T00:00:00Z", "group_by": "model",
+        "total_usd": 0.0412, "calls": 31, "input_tokens": 20480, "output_tokens": 5120,
+        "groups": [{"key": "anthropic/claude-haiku-4-5", "cost_usd": 0.0093, "calls": 22,
+                    "input_tokens": 15000, "output_tokens": 3000}]}]})
+
+    since: str
+    until: str
+    group_by: str | None
+    total_usd: float
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    groups: list[CostGroup]
+
+
+class SpendSummary(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "user": "alice", "today_usd": 0.012, "week_usd": 0.2, "month_usd": 1.4, "daily_budget_usd": 5.0}]})
+
+    user: str
+    today_usd: float
+    week_usd: float
+    month_usd: float
+    daily_budget_usd: float | None
