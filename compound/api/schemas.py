@@ -68,7 +68,7 @@ TASK_EXAMPLE: dict[str, Any] = {
 
 
 class TaskOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [TASK_EXAMPLE]})  # type: ignore[list-item]
+    model_config = ConfigDict(json_schema_extra={"examples": [TASK_EXAMPLE]})
 
     id: str
     prompt: str
