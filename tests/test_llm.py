@@ -148,3 +148,11 @@ async def test_unprefixed_model_names_reach_their_provider(sim: Simulator, monke
     for model, wire in (("claude-haiku-4-5", "anthropic"), ("gpt-4.1-mini", "openai")):
         await client.complete(model=model, messages=msgs("worker", "<subtask>x</subtask>"), max_tokens=10)
         assert sim.calls("worker")[-1]["wire"] == wire
+
+
+def test_the_key_in_use_is_scrubbed_from_provider_errors() -> None:
+    from compound.llm.litellm_client import to_provider_error
+
+    key = "gw-0123456789abcdef"  # a gateway key no pattern knows
+    err = to_provider_error(RuntimeError(f"401 invalid key {key} for route"), "openai/x", secrets=(key,))
+    assert key not in err.message and key not in (err.body or "") and "[redacted]" in err.message

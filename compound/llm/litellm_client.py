@@ -122,7 +122,7 @@ class LiteLLMClient:
         try:
             response = await litellm.acompletion(**kwargs)
         except Exception as exc:  # litellm raises its own tree; map it once, here
-            error = to_provider_error(exc, model)
+            error = to_provider_error(exc, model, secrets=(key,))
             if "response_format" not in kwargs or error.status != 400:
                 raise error from None
             # Some OpenAI-compatible servers refuse json_schema output: ask again without
@@ -131,7 +131,7 @@ class LiteLLMClient:
             try:
                 response = await litellm.acompletion(**kwargs)
             except Exception as exc2:
-                raise to_provider_error(exc2, model) from None
+                raise to_provider_error(exc2, model, secrets=(key,)) from None
         latency = time.perf_counter() - started
         usage = usage_of(response)
         choice = response.choices[0]
@@ -164,7 +164,7 @@ def usage_of(response: Any) -> Usage:
                  cache_write_tokens=cache_write)
 
 
-def to_provider_error(exc: BaseException, model: str) -> ProviderError:
+def to_provider_error(exc: BaseException, model: str, *, secrets: tuple[str | None, ...] = ()) -> ProviderError:
     from litellm.exceptions import APIConnectionError, Timeout
 
     status = getattr(exc, "status_code", None)
@@ -187,7 +187,11 @@ def to_provider_error(exc: BaseException, model: str) -> ProviderError:
     )
     if status in PERMANENT_STATUSES:
         transient = False
-    message = redact_text(str(getattr(exc, "message", None) or exc))[:500]
+    message = str(getattr(exc, "message", None) or exc)
+    for secret in secrets:  # the key in use, whatever its shape, never leaves in an error
+        if secret and len(secret) >= 4:
+            message = message.replace(secret, "[redacted]")
+    message = redact_text(message)[:500]
     return ProviderError(
         f"{model}: {type(exc).__name__} ({status or 'no status'}): {message}",
         status=status,
