@@ -71,7 +71,6 @@ class Executor:
         self.limiter = PriorityLimiter(settings.max_concurrency)
         self._model_limits: dict[str, asyncio.Semaphore] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
-        self._done: dict[str, asyncio.Event] = {}
         self._versions = versions()
         self.writer = FastWriter(engine)
         self._checkpointer: asyncio.Task[None] | None = None
@@ -143,13 +142,6 @@ class Executor:
         finally:
             if self._running.get(task_id) is asyncio.current_task():
                 self._running.pop(task_id, None)
-            self._event(task_id).set()
-
-    def _event(self, task_id: str) -> asyncio.Event:
-        ev = self._done.get(task_id)
-        if ev is None:
-            ev = self._done[task_id] = asyncio.Event()
-        return ev
 
     async def wait(self, task_id: str, timeout: float | None = None) -> str:
         """Until the task is terminal; returns its status."""
@@ -210,6 +202,14 @@ class Executor:
     # one task -------------------------------------------------------------------------
 
     async def run_task(self, task_id: str) -> None:
+        """Take the task from whatever state the store has it in to a terminal state (or
+        to `planned`, when it waits for approval)."""
+        try:
+            await self._run_task(task_id)
+        finally:
+            self._daily.pop(task_id, None)
+
+    async def _run_task(self, task_id: str) -> None:
         self._ensure_checkpointer()
         st = runs.load(self.engine, task_id)
         if st is None:
