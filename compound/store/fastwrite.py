@@ -15,6 +15,8 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 _PARAM = re.compile(r"(?<![:\w]):(\w+)")
+INSERT_EVENT = ("INSERT INTO task_event (task_id, seq, kind, data, created_at) "
+                "VALUES (:t, :seq, :kind, {json:data}, :now)")
 
 
 class FastWriter:
@@ -75,8 +77,7 @@ class FastWriter:
         return cur
 
     def event(self, cur: Any, task_id: str, seq: int, kind: str, data: dict[str, Any], now: Any) -> None:
-        self.run(cur, "INSERT INTO task_event (task_id, seq, kind, data, created_at) "
-                      "VALUES (:t, :seq, :kind, {json:data}, :now)",
+        self.run(cur, INSERT_EVENT,
                  {"t": task_id, "seq": seq, "kind": kind, "data": self.dumps(data), "now": now})
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from compound.store.fastwrite import FastWriter
+from compound.store.fastwrite import INSERT_EVENT, FastWriter
 from compound.store.models import (
     TERMINAL_SUBTASK,
     CallStatus,
@@ -29,6 +29,21 @@ L = LedgerEntry.__table__  # type: ignore[attr-defined]
 E = TaskEvent.__table__  # type: ignore[attr-defined]
 U = User.__table__  # type: ignore[attr-defined]
 EPS = 1e-12
+# The statements a reservation runs (FastWriter dialect: :name params). The budget
+# check and the reservation are one UPDATE: it changes no row when `r` does not fit.
+RESERVE_ON_TASK = (
+    "UPDATE task SET reserved_usd=reserved_usd+:r, event_seq=event_seq+:n, updated_at=:now "
+    "WHERE id=:t AND total_cost_usd+reserved_usd+:r <= budget_usd+:eps RETURNING event_seq"
+)
+INSERT_RESERVED = (
+    "INSERT INTO ledger (task_id, user_id, kind, subtask_index, tier, model, attempt, status, reserved_usd, "
+    "cost_usd, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, created_at) VALUES (:t, :u, "
+    ":kind, :si, :tier, :model, :att, 'reserved', :r, 0, 0, 0, 0, 0, :now) RETURNING id"
+)
+MARK_RUNNING = (
+    "UPDATE subtask SET status='running', attempts=:att, model=:model, started_at=COALESCE(started_at, :now) "
+    'WHERE task_id=:t AND "index"=:i'
+)
 
 
 def _event(conn: Connection, task_id: str, kind: str, data: dict[str, Any]) -> int:
@@ -237,16 +252,10 @@ def reserve_in(w: FastWriter, cur: Any, task_id: str, *, user_id: str | None, ki
         if spent + amount > daily_budget + EPS:
             return DailyRefusal(spent)
     ev = 1 if subtask is not None else 0
-    row = w.run(cur, "UPDATE task SET reserved_usd=reserved_usd+:r, event_seq=event_seq+:ev, "
-                     "updated_at=:now WHERE id=:t AND total_cost_usd+reserved_usd+:r <= budget_usd+:eps "
-                     "RETURNING event_seq",
-                {"r": amount, "ev": ev, "now": now, "t": task_id, "eps": EPS}).fetchone()
+    row = w.run(cur, RESERVE_ON_TASK, {"r": amount, "n": ev, "now": now, "t": task_id, "eps": EPS}).fetchone()
     if row is None:
         return None
-    ledger_id = w.run(cur, "INSERT INTO ledger (task_id, user_id, kind, subtask_index, tier, model, "
-                           "attempt, status, reserved_usd, cost_usd, input_tokens, output_tokens, "
-                           "cache_read_tokens, cache_write_tokens, created_at) VALUES (:t, :u, :kind, "
-                           ":si, :tier, :model, :att, 'reserved', :r, 0, 0, 0, 0, 0, :now) RETURNING id",
+    ledger_id = w.run(cur, INSERT_RESERVED,
                       {"t": task_id, "u": user_id, "kind": kind,
                        "si": subtask.index if subtask else None, "tier": tier, "model": model,
                        "att": attempt, "r": amount, "now": now}).fetchone()[0]
@@ -254,8 +263,7 @@ def reserve_in(w: FastWriter, cur: Any, task_id: str, *, user_id: str | None, ki
         subtask.status = SubtaskStatus.running
         subtask.attempts = attempt
         subtask.model = model
-        w.run(cur, "UPDATE subtask SET status='running', attempts=:att, model=:model, "
-                   "started_at=COALESCE(started_at, :now) WHERE task_id=:t AND \"index\"=:i",
+        w.run(cur, MARK_RUNNING,
               {"att": attempt, "model": model, "now": now, "t": task_id, "i": subtask.index})
         w.event(cur, task_id, row[0], "subtask", subtask.event(), now)
     return Reservation(int(ledger_id), amount)
@@ -267,9 +275,7 @@ def reserve_many(w: FastWriter, cur: Any, task_id: str, calls: list[dict[str, An
     No daily budget may apply to them."""
     now = w.now()
     total = sum(c["amount"] for c in calls)
-    row = w.run(cur, "UPDATE task SET reserved_usd=reserved_usd+:r, event_seq=event_seq+:n, updated_at=:now "
-                     "WHERE id=:t AND total_cost_usd+reserved_usd+:r <= budget_usd+:eps RETURNING event_seq",
-                {"r": total, "n": len(calls), "now": now, "t": task_id, "eps": EPS}).fetchone()
+    row = w.run(cur, RESERVE_ON_TASK, {"r": total, "n": len(calls), "now": now, "t": task_id, "eps": EPS}).fetchone()
     if row is None:
         return None
     first_seq = int(row[0]) - len(calls) + 1
@@ -277,10 +283,7 @@ def reserve_many(w: FastWriter, cur: Any, task_id: str, calls: list[dict[str, An
     subs, events = [], []
     for k, c in enumerate(calls):
         sub: SubState = c["subtask"]
-        ledger_id = w.run(cur, "INSERT INTO ledger (task_id, user_id, kind, subtask_index, tier, model, "
-                               "attempt, status, reserved_usd, cost_usd, input_tokens, output_tokens, "
-                               "cache_read_tokens, cache_write_tokens, created_at) VALUES (:t, :u, :kind, "
-                               ":si, :tier, :model, :att, 'reserved', :r, 0, 0, 0, 0, 0, :now) RETURNING id",
+        ledger_id = w.run(cur, INSERT_RESERVED,
                           {"t": task_id, "u": c["user_id"], "kind": c["kind"], "si": sub.index, "tier": c["tier"],
                            "model": c["model"], "att": c["attempt"], "r": c["amount"], "now": now}).fetchone()[0]
         sub.status, sub.attempts, sub.model = SubtaskStatus.running, c["attempt"], c["model"]
@@ -288,10 +291,8 @@ def reserve_many(w: FastWriter, cur: Any, task_id: str, calls: list[dict[str, An
         events.append({"t": task_id, "seq": first_seq + k, "kind": "subtask", "data": w.dumps(sub.event()),
                        "now": now})
         out.append(Reservation(int(ledger_id), c["amount"]))
-    cur.executemany(w.sql("UPDATE subtask SET status='running', attempts=:att, model=:model, "
-                          "started_at=COALESCE(started_at, :now) WHERE task_id=:t AND \"index\"=:i"), subs)
-    cur.executemany(w.sql("INSERT INTO task_event (task_id, seq, kind, data, created_at) "
-                          "VALUES (:t, :seq, :kind, {json:data}, :now)"), events)
+    cur.executemany(w.sql(MARK_RUNNING), subs)
+    cur.executemany(w.sql(INSERT_EVENT), events)
     return out
 
 
