@@ -9,7 +9,8 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from compound.api.errors import ApiError
-from compound.store.users import Principal, hash_token, principal_for_token
+from compound.store.base import Principal, RunStore
+from compound.store.sqlrun import hash_token
 
 __all__ = ["AdminPrincipal", "Principal", "ReadPrincipal", "SubmitPrincipal", "hash_token"]
 
@@ -17,20 +18,21 @@ bearer = HTTPBearer(auto_error=False, description="a token from `compound tokens
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
-def principal_from(request: Request, token: str | None) -> Principal:
+async def principal_from(request: Request, token: str | None) -> Principal:
     if not token:
         raise ApiError(401, "unauthorized", "missing bearer token: send 'Authorization: Bearer <token>'",
                        CHALLENGE)
-    principal = principal_for_token(request.app.state.engine, token)
+    store: RunStore = request.app.state.store
+    principal = await store.principal_for_token(token)
     if principal is None:
         raise ApiError(401, "unauthorized", "invalid or revoked token", CHALLENGE)
     return principal
 
 
 def _need(scope: str):  # type: ignore[no-untyped-def]
-    def dep(request: Request,
-            creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
-        principal = principal_from(request, creds.credentials if creds else None)
+    async def dep(request: Request,
+                  creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
+        principal = await principal_from(request, creds.credentials if creds else None)
         if scope not in principal.scopes and not principal.is_admin:
             raise ApiError(403, "forbidden", f"this token lacks the '{scope}' scope")
         return principal
