@@ -11,14 +11,14 @@ import pytest
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from compound.core.settings import Settings
 from compound.core.money import worst_case_usd
+from compound.core.settings import Settings
 from compound.executor.service import Executor
 from compound.llm.base import Message, Price
 from compound.llm.simulator import answer_for, prompt_kind
 from compound.prompts import render
-from compound.store.models import LedgerEntry, Subtask, Task
 from compound.store.base import RunStore
+from compound.store.models import LedgerEntry, Subtask, Task
 from tests.fixtures.fakes import FakeLLM, transient
 
 PRICE = Price(input=1e-6, output=5e-6)

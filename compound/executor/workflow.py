@@ -126,7 +126,8 @@ class Workflow:
                    if s.index not in results]
         if not done:
             errors = "; ".join(f"subtask {i}: {why}" for i, _, why in missing[:5])
-            await self.store.set_status(st.id, TaskStatus.failed, error=budget_note or f"no subtask completed: {errors}")
+            await self.store.set_status(st.id, TaskStatus.failed,
+                                        error=budget_note or f"no subtask completed: {errors}")
             return
         tier = self.settings.synthesis_tier
         messages = render("synthesize", request=st.prompt,
