@@ -258,6 +258,10 @@ class RunStore(abc.ABC):
     `NotFound` (compound.core.errors) for a task that does not exist, or, with
     `user_id`, belongs to another user."""
 
+    # True when writes commit in the order they were asked for (SQLite's one writer),
+    # so a caller may go on before a write commits when a later awaited write covers it.
+    ordered_writes = False
+
     def __init__(self, url: str) -> None:
         self.url = url
         self.hub = EventHub()

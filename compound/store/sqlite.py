@@ -264,6 +264,8 @@ class _Writer:
 
 
 class SqliteRunStore(RunStore):
+    ordered_writes = True  # one writer thread, FIFO
+
     def __init__(self, url: str, *, synchronous: str = "NORMAL", readers: int = 2) -> None:
         super().__init__(url)
         self.path = url.split("///", 1)[1] if "///" in url else ":memory:"
