@@ -76,7 +76,7 @@ def follow_events(url: str, path: str) -> Iterator[dict[str, Any]]:
 
     token = os.environ.get("COMPOUND_TOKEN", "")
     last: str | None = None
-    while True:
+    for _ in range(10):  # reconnects after a dropped connection, then give up
         headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
         if last is not None:
             headers["Last-Event-ID"] = last
@@ -105,3 +105,5 @@ def follow_events(url: str, path: str) -> Iterator[dict[str, Any]]:
             if last is None:
                 typer.echo(f"error: cannot reach {url}", err=True)
                 raise typer.Exit(1) from None
+    typer.echo(f"error: lost the event stream of {url} ten times; giving up", err=True)
+    raise typer.Exit(1)
