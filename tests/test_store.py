@@ -262,3 +262,11 @@ async def test_a_listener_hears_another_processes_events(pg_url: str) -> None:
         task = await writer.create_task(prompt="p", budget_usd=1.0)
         ev = await asyncio.wait_for(got.get(), 10)
         assert (ev.task_id, ev.seq, ev.data["status"]) == (task.id, 1, "queued")
+
+
+async def test_a_sqlite_store_that_cannot_be_written_says_so(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from compound.store.db import StoreUnavailable
+
+    store = open_store(f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}")
+    with pytest.raises(StoreUnavailable, match="missing-dir"):
+        await store.open()

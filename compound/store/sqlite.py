@@ -186,6 +186,8 @@ class _Writer:
         self.thread = threading.Thread(target=self._main, name="compound-sqlite-writer", daemon=True)
         self.checkpointer = threading.Thread(target=self._checkpoints, name="compound-sqlite-checkpoint", daemon=True)
         self._stopped = threading.Event()
+        self.ready = threading.Event()  # the writer's connection is open (or `error` says why not)
+        self.error: sqlite3.Error | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -208,7 +210,10 @@ class _Writer:
     def _checkpoints(self) -> None:
         """Copy the WAL back into the database every 0.5 s while there are new commits
         (SQLite's PASSIVE checkpoint: it never blocks the writer or the readers)."""
-        conn = connect(self.path, synchronous=self.synchronous)
+        try:
+            conn = connect(self.path, synchronous=self.synchronous)
+        except sqlite3.Error:  # the writer reports the store as unavailable
+            return
         seen = 0
         try:
             while not self._stopped.wait(0.5):
@@ -220,9 +225,15 @@ class _Writer:
             conn.close()
 
     def _main(self) -> None:
-        conn = connect(self.path, synchronous=self.synchronous)
-        # Checkpoints (which fsync) run on the checkpointer thread, never in a commit.
-        conn.execute("PRAGMA wal_autocheckpoint=0")
+        try:
+            conn = connect(self.path, synchronous=self.synchronous)
+            # Checkpoints (which fsync) run on the checkpointer thread, never in a commit.
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+        except sqlite3.Error as exc:
+            self.error = exc
+            return
+        finally:
+            self.ready.set()
         try:
             while True:
                 batch = [self.queue.get()]
@@ -298,11 +309,21 @@ class SqliteRunStore(RunStore):
     async def open(self) -> None:
         if self._writer is not None:
             return
-        from compound.store.db import create_all
+        from sqlalchemy.exc import OperationalError
 
-        await asyncio.to_thread(create_all, self.engine)
-        self._writer = _Writer(self, self.path, self.synchronous)
-        self._writer.start(asyncio.get_running_loop())
+        from compound.store.db import StoreUnavailable, create_all
+
+        try:
+            await asyncio.to_thread(create_all, self.engine)
+        except OperationalError as exc:
+            raise StoreUnavailable(f"cannot open {self.path}: {exc.orig}") from None
+        writer = _Writer(self, self.path, self.synchronous)
+        writer.start(asyncio.get_running_loop())
+        await asyncio.to_thread(writer.ready.wait)
+        if writer.error is not None:
+            writer.stop()
+            raise StoreUnavailable(f"cannot open {self.path} for writing: {writer.error}")
+        self._writer = writer
 
     async def close(self) -> None:
         if self._writer is not None:
