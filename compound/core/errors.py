@@ -9,6 +9,7 @@
     ├── BudgetExceeded       a call's worst case does not fit in what is left
     ├── ModelOutputError     the model answered, but not with what was asked
     └── ProviderError        the provider refused or failed (status, body)
+        ├── ProviderTimeout  no answer within our timeout (not a provider's 408 answer)
         └── NetworkRefused   a real network call was attempted where none is allowed
 
 Only api/ knows HTTP status codes; it maps these in one handler.
@@ -100,6 +101,15 @@ class ProviderError(CompoundError):
         self.model = model
         self.retry_after_s = retry_after_s
         self.transient = (status is None or status in TRANSIENT_STATUSES) if transient is None else transient
+
+
+class ProviderTimeout(ProviderError):
+    """Our client gave up waiting (no status): transient, and possibly billed."""
+
+    code = "provider_timeout"
+
+    def __init__(self, message: str, *, model: str | None = None) -> None:
+        super().__init__(message, model=model, transient=True)
 
 
 class NetworkRefused(ProviderError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -32,6 +32,8 @@ class ModelConfig(BaseModel):
     model_config = {"extra": "forbid"}
 
     api_base: str | None = None
+    # Which adapter serves the model; None: by provider (docs/design.md, "LLM seam").
+    adapter: Literal["anthropic", "openai", "litellm"] | None = None
     # Prices in USD per token; None means "take litellm's bundled price".
     input_cost_per_token: float | None = Field(default=None, ge=0)
     output_cost_per_token: float | None = Field(default=None, ge=0)

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
-from compound.core.errors import BudgetExceeded, Conflict, NotFound, PlanInvalid, ProviderError
+from compound.core.errors import BudgetExceeded, Conflict, NotFound, PlanInvalid, ProviderError, ProviderTimeout
 from compound.core.logging import get_logger
 from compound.core.settings import Settings
 from compound.executor.budget import worst_case_usd
@@ -457,7 +457,7 @@ class Executor:
                     err = exc if isinstance(exc, ProviderError) else ProviderError(
                         f"{model}: no answer within {self.settings.call_timeout_s}s", status=408,
                         model=model, transient=True)
-                    timed_out = err.status == 408
+                    timed_out = err.status == 408 or isinstance(err, ProviderTimeout)
                     # An error answer is not billed; a timed-out call may have been: count
                     # it at its worst case, as a crash would.
                     cost = amount if timed_out else 0.0

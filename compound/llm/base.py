@@ -7,13 +7,17 @@ retries, falls back and accounts each attempt on its own ledger row.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypedDict
+from typing import Any, Literal, NotRequired, Protocol, TypedDict
 
 
 class Message(TypedDict):
     role: Literal["system", "user", "assistant"]
     content: str
+    # The prompt up to and including this message is shared by later calls: an adapter
+    # whose provider caches on request (Anthropic) marks it; the others ignore it.
+    cache: NotRequired[bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,17 @@ class Completion:
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """A piece of the answer's text, as the provider streamed it."""
+
+    text: str
+
+
+# What `stream()` yields: Deltas, then exactly one Completion (usage and cost) last.
+StreamEvent = Delta | Completion
+
+
 class LLMClient(Protocol):
     async def complete(
         self,
@@ -50,6 +65,19 @@ class LLMClient(Protocol):
     ) -> Completion:
         """Send one call. Raises compound.core.errors.ProviderError on failure
         (`transient` tells retryable from permanent)."""
+        ...
+
+    def stream(
+        self,
+        *,
+        model: str,
+        messages: list[Message],
+        max_tokens: int,
+        json_schema: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[StreamEvent]:
+        """The same call, streamed: text Deltas as they arrive, then one Completion
+        (whole text, usage, cost). Errors as for `complete()`, raised from iteration."""
         ...
 
 
