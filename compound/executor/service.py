@@ -20,6 +20,7 @@ from compound.core.settings import Settings
 from compound.executor.budget import worst_case_usd
 from compound.executor.hooks import CallObserver
 from compound.executor.scheduler import PriorityLimiter, run_dag
+from compound.llm import collect
 from compound.llm.base import Completion, LLMClient, Message, Price
 from compound.planner.plan import PlanIn
 from compound.planner.router import route
@@ -67,6 +68,9 @@ class Executor:
         else:
             self.price_of = price_of
         self.observers = list(observers)
+        # (task id, text) per streamed piece of a synthesis answer; set by a front door
+        # that streams answers. None: the synthesis call is not streamed.
+        self.on_synthesis_delta: Callable[[str, str], object] | None = None
         self.sleep = sleep
         self.limiter = PriorityLimiter(settings.max_concurrency)
         self._model_limits: dict[str, asyncio.Semaphore] = {}
@@ -448,9 +452,15 @@ class Executor:
                 started = time.perf_counter()
                 try:
                     async with asyncio.timeout(self.settings.call_timeout_s):
-                        out = await self.client.complete(model=model, messages=messages,
-                                                         max_tokens=max_tokens, json_schema=json_schema,
-                                                         timeout_s=self.settings.call_timeout_s)
+                        hook = self.on_synthesis_delta if kind == CallKind.synthesis else None
+                        if hook is None:
+                            out = await self.client.complete(model=model, messages=messages,
+                                                             max_tokens=max_tokens, json_schema=json_schema,
+                                                             timeout_s=self.settings.call_timeout_s)
+                        else:
+                            out = await collect(self.client.stream(
+                                model=model, messages=messages, max_tokens=max_tokens, json_schema=json_schema,
+                                timeout_s=self.settings.call_timeout_s), lambda text: hook(st.id, text))
                 except asyncio.CancelledError:
                     raise  # cancel_open()/recover() settle the open row at its reservation
                 except (ProviderError, TimeoutError) as exc:

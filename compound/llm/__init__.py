@@ -29,4 +29,6 @@ async def collect(events: AsyncIterator[StreamEvent], on_delta: Callable[[str], 
             return event
         if on_delta is not None:
             on_delta(event.text)
-    raise RuntimeError("the stream ended without a Completion")
+    from compound.core.errors import ProviderError
+
+    raise ProviderError("the stream ended before its usage came (the answer was cut off)", transient=True)

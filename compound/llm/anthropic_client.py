@@ -3,8 +3,10 @@ its own HTTP stack), plain and streamed, with the shared prefix marked for promp
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from compound.core.settings import Settings
@@ -13,6 +15,11 @@ from compound.llm.base import Completion, Delta, Message, StreamEvent, Usage
 from compound.llm.errors import sdk_error
 
 _EPHEMERAL = {"type": "ephemeral"}
+# A cache entry lives 5 minutes from its last read (Anthropic's default TTL).
+CACHE_TTL_S = 300.0
+# A prefix shorter than this cannot reach the smallest minimum cacheable length (1,024
+# tokens; a token is at least one byte), so its calls never wait for each other.
+MIN_CACHEABLE_BYTES = 1024
 
 
 def to_anthropic(messages: list[Message]) -> tuple[str | list[dict[str, Any]] | None, list[dict[str, Any]]]:
@@ -55,14 +62,58 @@ def usage_of(u: Any) -> Usage:
     )
 
 
+def prefix_key(model: str, messages: list[Message]) -> str | None:
+    """A digest of the prompt up to its last cache marker; None when there is none or
+    it is too short to be cached."""
+    marked = max((i + 1 for i, m in enumerate(messages) if m.get("cache")), default=0)
+    if not marked:
+        return None
+    digest = hashlib.blake2b(model.encode(), digest_size=16)
+    size = 0
+    for m in messages[:marked]:
+        data = m["content"].encode()
+        size += len(data)
+        digest.update(m["role"].encode() + b"\0" + data + b"\0")
+    return digest.hexdigest() if size >= MIN_CACHEABLE_BYTES else None
+
+
 class AnthropicClient(SDKAdapter[Any]):
     """LLMClient over AsyncAnthropic. One provider call per `complete()`; no retries inside.
-    The JSON schema is not sent: the planner's prompt states the shape (docs/design.md)."""
+    The JSON schema is not sent: the planner's prompt states the shape (docs/design.md).
+
+    Prompt caching: a cache entry is readable only once the call writing it has begun
+    to answer, so calls sharing a new prefix (a task's first wave of subtasks) would
+    each write it. The first goes alone, streamed; the others wait for its first event
+    (the prefix is then cached) and read it. Prefixes known to be warm go at once."""
 
     provider = "anthropic"
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
+        self._writing: dict[str, asyncio.Event] = {}  # prefix -> set when its writer began answering
+        self._warm: dict[str, float] = {}  # prefix -> when its cache entry expires (monotonic)
+
+    async def _turn(self, key: str) -> asyncio.Event | None:
+        """Wait until this prefix is cached; an Event when this call is to write it."""
+        if self._warm.get(key, 0.0) > time.monotonic():
+            self._warm[key] = time.monotonic() + CACHE_TTL_S  # a read refreshes the entry
+            return None
+        writing = self._writing.get(key)
+        if writing is not None:
+            await writing.wait()
+            return None
+        gate = self._writing[key] = asyncio.Event()
+        return gate
+
+    def _written(self, key: str, gate: asyncio.Event, *, warm: bool = True) -> None:
+        gate.set()
+        self._writing.pop(key, None)
+        if not warm:  # the writer failed before answering: the others go, and write
+            return
+        now = time.monotonic()
+        self._warm[key] = now + CACHE_TTL_S
+        if len(self._warm) > 4096:  # a long-running server: forget expired prefixes
+            self._warm = {k: t for k, t in self._warm.items() if t > now}
 
     def _make(self, base: str, key: str) -> Any:
         import anthropic
@@ -92,6 +143,18 @@ class AnthropicClient(SDKAdapter[Any]):
         json_schema: dict[str, Any] | None = None,  # noqa: ARG002  (the prompt states the shape)
         timeout_s: float | None = None,
     ) -> Completion:
+        prefix = prefix_key(model, messages)
+        gate = await self._turn(prefix) if prefix is not None else None
+        if gate is not None:  # this call writes the prefix: stream it to release the others early
+            assert prefix is not None
+            try:
+                async for event in self._events(model, messages, max_tokens, timeout_s,
+                                                on_start=lambda: self._written(prefix, gate)):
+                    if isinstance(event, Completion):
+                        return event
+            finally:
+                if not gate.is_set():
+                    self._written(prefix, gate, warm=False)
         client, kwargs, key = self._request(model, messages, max_tokens, timeout_s)
         started = time.perf_counter()
         try:
@@ -112,6 +175,23 @@ class AnthropicClient(SDKAdapter[Any]):
         json_schema: dict[str, Any] | None = None,  # noqa: ARG002  (the prompt states the shape)
         timeout_s: float | None = None,
     ) -> AsyncIterator[StreamEvent]:
+        prefix = prefix_key(model, messages)
+        gate = await self._turn(prefix) if prefix is not None else None
+        if gate is None:
+            async for event in self._events(model, messages, max_tokens, timeout_s):
+                yield event
+            return
+        assert prefix is not None
+        try:
+            async for event in self._events(model, messages, max_tokens, timeout_s,
+                                            on_start=lambda: self._written(prefix, gate)):
+                yield event
+        finally:
+            if not gate.is_set():
+                self._written(prefix, gate, warm=False)
+
+    async def _events(self, model: str, messages: list[Message], max_tokens: int, timeout_s: float | None,
+                      on_start: Callable[[], None] | None = None) -> AsyncIterator[StreamEvent]:
         client, kwargs, key = self._request(model, messages, max_tokens, timeout_s)
         started = time.perf_counter()
         parts: list[str] = []
@@ -129,6 +209,8 @@ class AnthropicClient(SDKAdapter[Any]):
                             yield Delta(event.delta.text)
                     elif kind == "message_start":
                         start_usage = event.message.usage
+                        if on_start is not None:
+                            on_start()  # the prompt is read: its cache entry exists now
                     elif kind == "message_delta":
                         final_usage = event.usage
                         stop = event.delta.stop_reason

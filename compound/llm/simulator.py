@@ -145,7 +145,8 @@ class Simulator:
     def __init__(self, script: Script | None = None) -> None:
         self.script = script or Script()
         self.requests: list[dict[str, Any]] = []
-        self.cache: dict[tuple[str, str], float] = {}  # (model, prefix digest) -> expiry
+        # (model, prefix digest) -> (readable from, expires at), monotonic seconds
+        self.cache: dict[tuple[str, str], tuple[float, float]] = {}
         self._lock = threading.Lock()
         self.app = Starlette(
             routes=[
@@ -191,8 +192,10 @@ class Simulator:
 
     async def _common(
         self, wire: str, model: str, system: str, text: str, max_tokens: int, body: dict[str, Any],
-        *, refusal: Failure | None = None,
-    ) -> tuple[str, str, int, int] | JSONResponse:
+        *, refusal: Failure | None = None, prefixes: list[str] | None = None,
+    ) -> tuple[str, int, int, tuple[int, int]] | JSONResponse:
+        """Log, then a scripted failure or the answer: (text, input tokens, output
+        tokens, (cache read, cache write)), after the scripted latency."""
         kind = prompt_kind(system)
         with self._lock:
             self.requests.append(
@@ -209,6 +212,9 @@ class Simulator:
             queued = self.script.answers.get(kind) if failure is None else None
             forced = queued.pop(0) if queued else None
         delay = self.script.latency_for(model, kind, text)
+        in_tok = _tokens(system + text)
+        # Decided on arrival: a prefix still being written by a call in flight is a miss.
+        cached = self._cached(model, prefixes, in_tok, delay) if prefixes and failure is None else (0, 0)
         if delay > 0:
             await asyncio.sleep(delay)
         if failure is not None:
@@ -217,28 +223,32 @@ class Simulator:
                 failure = Failure(status=504)
             return _error(wire, failure)
         out = forced if forced is not None else answer_for(kind, text, self.script.max_subtasks)
-        in_tok = _tokens(system + text)
         out_tok = _tokens(out)
         if out_tok > max_tokens:
             out = out.encode("utf-8")[: max_tokens * 4].decode("utf-8", "ignore")
             out_tok = max_tokens
-        return out, kind, in_tok, out_tok
+        return out, in_tok, out_tok, cached
 
-    def _cached(self, model: str, prefixes: list[str], in_tok: int) -> tuple[int, int]:
+    def _cached(self, model: str, prefixes: list[str], in_tok: int, delay: float) -> tuple[int, int]:
         """(cache_read, cache_write) tokens for the breakpoints' prefixes, Anthropic's way:
-        the longest prefix in cache is read, the rest up to the last breakpoint written."""
+        the longest prefix in cache is read, the rest up to the last breakpoint written.
+        A written entry is readable once this answer begins (after `delay`)."""
         sizes = [min(in_tok, _tokens(p)) for p in prefixes]
         now = time.monotonic()
         read = 0
         with self._lock:
             keys = [(model, hashlib.sha256(p.encode("utf-8")).hexdigest()) for p in prefixes]
             for key, size in reversed(list(zip(keys, sizes, strict=True))):
-                if self.cache.get(key, 0.0) > now:
+                ready, expiry = self.cache.get(key, (0.0, 0.0))
+                if ready <= now < expiry:
                     read = size
                     break
             cacheable = [(k, n) for k, n in zip(keys, sizes, strict=True) if n >= self.script.cache_min_tokens]
             for key, _n in cacheable:
-                self.cache[key] = now + self.script.cache_ttl_s  # written or refreshed
+                ready, expiry = self.cache.get(key, (now + delay, 0.0))
+                if expiry <= now:  # absent or expired: written by this call
+                    ready = now + delay
+                self.cache[key] = (ready, max(ready, now) + self.script.cache_ttl_s)
         longest = max((n for _k, n in cacheable), default=0)
         if longest < read:
             longest = read
@@ -264,13 +274,12 @@ class Simulator:
                        else [{"type": "text", "text": _content_text(content)}])
         text = "\n".join(_content_text(m.get("content")) for m in body.get("messages", []))
         max_tokens = int(body.get("max_tokens") or 1024)
-        got = await self._common("anthropic", model, system, text, max_tokens, body)
-        if isinstance(got, JSONResponse):
-            return got
-        out, _kind, in_tok, out_tok = got
         prefixes = ["\n".join(str(b.get("text", "")) for b in blocks[: i + 1])
                     for i, b in enumerate(blocks) if b.get("cache_control")]
-        read, write = self._cached(model, prefixes, in_tok) if prefixes else (0, 0)
+        got = await self._common("anthropic", model, system, text, max_tokens, body, prefixes=prefixes)
+        if isinstance(got, JSONResponse):
+            return got
+        out, in_tok, out_tok, (read, write) = got
         usage = {"input_tokens": in_tok - read - write, "output_tokens": out_tok,
                  "cache_read_input_tokens": read, "cache_creation_input_tokens": write}
         stop = "max_tokens" if out_tok >= max_tokens else "end_turn"
@@ -308,7 +317,7 @@ class Simulator:
         got = await self._common("openai", model, system, text, max_tokens, body, refusal=refusal)
         if isinstance(got, JSONResponse):
             return got
-        out, _kind, in_tok, out_tok = got
+        out, in_tok, out_tok, _cached = got
         usage = {"prompt_tokens": in_tok, "completion_tokens": out_tok, "total_tokens": in_tok + out_tok,
                  "prompt_tokens_details": {"cached_tokens": 0}}
         stop = "length" if out_tok >= max_tokens else "stop"
