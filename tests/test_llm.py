@@ -281,3 +281,17 @@ def test_the_key_in_use_is_scrubbed_from_provider_errors() -> None:
     key = "gw-0123456789abcdef"  # a gateway key no pattern knows
     err = to_provider_error(RuntimeError(f"401 invalid key {key} for route"), "openai/x", secrets=(key,))
     assert key not in err.message and key not in (err.body or "") and "[redacted]" in err.message
+
+
+def test_the_price_map_is_litellms_own_read_without_importing_it() -> None:
+    import subprocess
+    import sys
+
+    from compound.llm.pricing import cost_map
+
+    assert cost_map() == litellm.model_cost
+    code = ("import sys; from compound.core.settings import Settings; from compound.llm import build_client; "
+            "from compound.llm.pricing import check_prices; s = Settings(); check_prices(s); "
+            "build_client(s).complete; print('litellm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # SDK-served models never import litellm

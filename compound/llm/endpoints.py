@@ -28,9 +28,9 @@ def provider_of(model: str) -> str:
     -> the provider litellm's map gives it; anything else -> openai (litellm's default)."""
     if "/" in model:
         return model.split("/", 1)[0]
-    from compound.llm.litellm_client import litellm_module  # sets litellm's env traps first
+    from compound.llm.pricing import cost_map
 
-    entry = litellm_module().model_cost.get(model) or {}
+    entry = cost_map().get(model) or {}
     return str(entry.get("litellm_provider") or "openai")
 
 

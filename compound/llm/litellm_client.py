@@ -23,12 +23,6 @@ from compound.llm.pricing import price_of
 __all__ = ["LiteLLMClient", "provider_of", "remote_allowed", "to_provider_error", "usage_of"]
 
 
-def litellm_module() -> Any:
-    import litellm
-
-    return litellm
-
-
 class LiteLLMClient:
     """LLMClient over litellm. One provider call per `complete()`; no retries inside."""
 

@@ -43,7 +43,9 @@ class ClientRegistry:
         return adapter
 
     async def warm(self) -> None:
-        await self.adapters["litellm"].warm()
+        """Import litellm at start only when a configured model is served by it."""
+        if any(self.adapter_name(m) == "litellm" for m in self.settings.all_models()):
+            await self.adapters["litellm"].warm()
 
     async def aclose(self) -> None:
         await self.adapters["anthropic"].aclose()
