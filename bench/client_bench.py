@@ -64,15 +64,22 @@ def start_simulator() -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("the simulator did not start")
 
 
-async def run(call: Call, calls: int, concurrency: int) -> tuple[float, float]:
-    """(CPU ms per call, wall s) for `calls` calls, `concurrency` in flight."""
+ERRORS: dict[str, int] = {}
+
+
+async def run(call: Call, calls: int, concurrency: int, name: str = "") -> tuple[float, float]:
+    """(CPU ms per call, wall s) for `calls` calls, `concurrency` in flight. A failed
+    call (a loaded machine can starve the simulator) is counted, and reported."""
     left = calls
 
     async def worker() -> None:
         nonlocal left
         while left > 0:
             left -= 1
-            await call()
+            try:
+                await call()
+            except Exception:
+                ERRORS[name] = ERRORS.get(name, 0) + 1
 
     cpu0, wall0 = time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -125,19 +132,20 @@ async def main_async(calls: int, concurrency: int, rounds: int, write: Path | No
         wall: dict[str, list[float]] = {k: [] for k in table}
         for r in range(rounds):
             for name, call in table.items():
-                c, w = await run(call, calls, concurrency)
+                c, w = await run(call, calls, concurrency, name)
                 cpu[name].append(c)
                 wall[name].append(w)
                 print(f"round {r + 1} {name}: {c:.3f} ms CPU per call, {w:.2f} s wall", flush=True)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-    lines = [f"| variant | CPU ms per call | wall s for {calls} calls | CPU / bare SDK |", "|---|---|---|---|"]
+    lines = [f"| variant | CPU ms per call | wall s for {calls} calls | CPU / bare SDK | failed calls |",
+             "|---|---|---|---|---|"]
     for name in table:
         provider = name.split(" / ")[0]
         c, w = statistics.median(cpu[name]), statistics.median(wall[name])
         base = statistics.median(cpu[f"{provider} / bare SDK"])
-        lines.append(f"| {name} | {c:.3f} | {w:.2f} | {c / base:.2f} |")
+        lines.append(f"| {name} | {c:.3f} | {w:.2f} | {c / base:.2f} | {ERRORS.get(name, 0)} |")
     header = (
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}: {calls} calls at concurrency "

@@ -69,7 +69,8 @@ class Executor:
             self.price_of = price_of
         self.observers = list(observers)
         # (task id, text) per streamed piece of a synthesis answer; set by a front door
-        # that streams answers. None: the synthesis call is not streamed.
+        # that streams answers. None: the synthesis call is not streamed. A retried or
+        # fallen-back call streams again from its start.
         self.on_synthesis_delta: Callable[[str, str], object] | None = None
         self.sleep = sleep
         self.limiter = PriorityLimiter(settings.max_concurrency)
