@@ -295,3 +295,31 @@ def test_the_price_map_is_litellms_own_read_without_importing_it() -> None:
             "build_client(s).complete; print('litellm' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"  # SDK-served models never import litellm
+
+
+@pytest.mark.parametrize(("cls", "kind"), [
+    ("anthropic.APITimeoutError", "timeout"), ("openai.APITimeoutError", "timeout"),
+    ("anthropic.APIConnectionError", "transient"), ("openai.APIConnectionError", "transient"),
+    ("anthropic.RateLimitError", "status"), ("openai.InternalServerError", "status"),
+    ("anthropic.APIResponseValidationError", "permanent"), ("openai.APIResponseValidationError", "permanent"),
+    ("builtins.ValueError", "permanent"),
+])
+def test_the_error_table_by_exception_class(cls: str, kind: str) -> None:
+    import importlib
+
+    from compound.llm.errors import kind_of
+
+    module, name = cls.rsplit(".", 1)
+    exc_type = getattr(importlib.import_module(module), name)
+    assert kind_of(exc_type.__new__(exc_type)) == kind
+
+
+@pytest.mark.parametrize(("status", "transient"), [
+    (None, True), (408, True), (409, True), (425, True), (429, True), (500, True), (502, True), (529, True),
+    (599, True), (400, False), (401, False), (402, False), (403, False), (404, False), (413, False),
+    (418, False), (422, False),
+])
+def test_the_error_table_by_status(status: int | None, transient: bool) -> None:
+    from compound.llm.errors import transient_status
+
+    assert transient_status(status) is transient

@@ -24,11 +24,14 @@ def build_client(settings: Settings) -> LLMClient:
 
 async def collect(events: AsyncIterator[StreamEvent], on_delta: Callable[[str], object] | None = None) -> Completion:
     """Drain a stream: each Delta's text to `on_delta`, the final Completion returned."""
-    async for event in events:
+    final: Completion | None = None
+    async for event in events:  # to the end, so the stream closes itself
         if isinstance(event, Completion):
-            return event
-        if on_delta is not None:
+            final = event
+        elif on_delta is not None:
             on_delta(event.text)
+    if final is not None:
+        return final
     from compound.core.errors import ProviderError
 
     raise ProviderError("the stream ended before its usage came (the answer was cut off)", transient=True)

@@ -148,10 +148,10 @@ class AnthropicClient(SDKAdapter[Any]):
         if gate is not None:  # this call writes the prefix: stream it to release the others early
             assert prefix is not None
             try:
-                async for event in self._events(model, messages, max_tokens, timeout_s,
-                                                on_start=lambda: self._written(prefix, gate)):
-                    if isinstance(event, Completion):
-                        return event
+                from compound.llm import collect
+
+                return await collect(self._events(model, messages, max_tokens, timeout_s,
+                                                  on_start=lambda: self._written(prefix, gate)))
             finally:
                 if not gate.is_set():
                     self._written(prefix, gate, warm=False)
