@@ -440,6 +440,11 @@ def _error(wire: str, f: Failure) -> JSONResponse:
     return JSONResponse(body, status_code=f.status, headers=headers)
 
 
+# Idle connections stay open as long as a provider keeps them (uvicorn's 5 s default
+# races a loaded client reusing a connection the server is closing: a spurious error).
+KEEP_ALIVE_S = 75
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -456,7 +461,7 @@ class SimulatorThread:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(self.sim.app, host="127.0.0.1", port=self.port,
-                                log_level="warning", lifespan="off")
+                                log_level="warning", lifespan="off", timeout_keep_alive=KEEP_ALIVE_S)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -477,4 +482,4 @@ class SimulatorThread:
 def run_simulator(host: str, port: int, script: Script | None = None) -> None:
     import uvicorn
 
-    uvicorn.run(Simulator(script).app, host=host, port=port, log_level="warning")
+    uvicorn.run(Simulator(script).app, host=host, port=port, log_level="warning", timeout_keep_alive=KEEP_ALIVE_S)
