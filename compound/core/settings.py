@@ -137,6 +137,22 @@ class Settings(BaseSettings):
     def model_config_for(self, model: str) -> ModelConfig:
         return self.models.get(model) or ModelConfig()
 
+    def models_without_access(self) -> list[tuple[str, str]]:
+        """(model, variable) for each configured model with neither a provider key nor a
+        base URL: every call to it will fail (the server warns at start)."""
+        out = []
+        for model in self.all_models():
+            provider = model.split("/", 1)[0].upper() if "/" in model else "OPENAI"
+            key = f"{provider}_API_KEY"
+            have_key = bool(os.environ.get(key)) or (
+                provider == "ANTHROPIC" and self.anthropic_api_key is not None) or (
+                provider == "OPENAI" and self.openai_api_key is not None)
+            have_base = bool(self.model_config_for(model).api_base) or any(
+                os.environ.get(f"{provider}_{suffix}") for suffix in ("BASE_URL", "API_BASE"))
+            if not have_key and not have_base:
+                out.append((model, key))
+        return out
+
     def public_dict(self) -> dict[str, Any]:
         """The effective settings with every secret masked (for `compound config show`)."""
         data = self.model_dump(mode="json", exclude={"anthropic_api_key", "openai_api_key"})
