@@ -124,3 +124,44 @@ async def test_docs_load_no_third_party_asset(api: Api) -> None:
         src = next(part.split('"')[0] for part in html.split('"/docs-assets/')[1:] if part.startswith(asset))
         r = await api.http.get(f"/docs-assets/{src}")
         assert r.status_code == 200 and len(r.content) > 1000
+
+
+async def test_one_log_line_per_task_state_change(api: Api, sim) -> None:  # type: ignore[no-untyped-def]
+    from structlog.testing import capture_logs
+
+    from compound.llm.simulator import Failure
+
+    with capture_logs() as logs:
+        ok = await api.http.post("/v1/tasks", json={"prompt": "p", "plan": PLAN}, headers=api.auth(api.alice))
+        await api.wait(ok.json()["id"], api.alice)
+        sim.fail(*[Failure(status=401)] * 20)
+        bad = await api.http.post("/v1/tasks", json={"prompt": "q", "plan": PLAN}, headers=api.auth(api.alice))
+        await api.wait(bad.json()["id"], api.alice)
+    lines = [e for e in logs if e["event"] == "task status"]
+    mine = [e["status"] for e in lines if e["task_id"] == ok.json()["id"]]
+    assert mine == ["planning", "planned", "executing", "completed"], mine
+    failed = [e for e in lines if e["task_id"] == bad.json()["id"] and e["status"] in ("failed", "partial")]
+    assert failed and failed[-1]["error"] and failed[-1]["log_level"] == "warning"
+
+
+async def test_a_model_without_key_or_base_url_is_a_warning_at_start(monkeypatch: pytest.MonkeyPatch,
+                                                                    sqlite_url: str) -> None:
+    from structlog.testing import capture_logs
+
+    from compound.api.app import create_app
+    from compound.core.settings import Settings
+    from tests.fixtures.fakes import FakeLLM
+
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "ANTHROPIC_API_BASE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setattr("compound.core.logging.configure_logging", lambda *a, **k: None)  # keep capture_logs
+    settings = Settings(database_url=sqlite_url, planner_model="openai/gpt-4.1-mini",
+                        tier1_models=["openai/gpt-4.1-mini"], tier2_models=["anthropic/claude-sonnet-4-5"],
+                        tier3_models=["openai/gpt-4.1"])
+    app = create_app(settings, client=FakeLLM())
+    with capture_logs() as logs:
+        async with app.router.lifespan_context(app):
+            pass
+    warned = [e for e in logs if e.get("log_level") == "warning" and "provider key" in e["event"]]
+    assert [(e["model"], e["set"]) for e in warned] == [("anthropic/claude-sonnet-4-5", "ANTHROPIC_API_KEY")]
