@@ -87,12 +87,18 @@ class Settings(BaseSettings):
     @classmethod
     def _split_models(cls, value: Any) -> Any:
         if isinstance(value, str):
-            value = [part.strip() for part in value.split(",")]
+            value = _list_from_text(value)
         if isinstance(value, list):
             value = [str(v).strip() for v in value if str(v).strip()]
             if not value:
                 raise ValueError("needs at least one model (comma-separated litellm model names)")
         return value
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _sqlalchemy_scheme(cls, value: str) -> str:
+        # Heroku-style postgres:// is SQLAlchemy's postgresql://
+        return "postgresql://" + value[len("postgres://"):] if value.startswith("postgres://") else value
 
     @field_validator("sqlite_synchronous", mode="before")
     @classmethod
@@ -164,6 +170,22 @@ class Settings(BaseSettings):
             if os.environ.get(name):
                 data[name.lower()] = mask_url(os.environ[name])
         return data
+
+
+def _list_from_text(text: str) -> list[str]:
+    """A list-valued variable: `a,b` or a JSON array `["a", "b"]`."""
+    if text.strip().startswith("["):
+        import json
+
+        try:
+            items = json.loads(text)
+        except ValueError:
+            raise ValueError("starts with '[' but is not a JSON array of model names; "
+                             'write a,b or ["a","b"]') from None
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ValueError('a JSON list must hold model names only: ["a","b"]')
+        return [i.strip() for i in items]
+    return [part.strip() for part in text.split(",")]
 
 
 def mask_secret(value: str) -> str:
