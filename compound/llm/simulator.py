@@ -52,6 +52,9 @@ class Script:
     max_subtasks: int = 6
     # [substring, seconds]: the first rule whose substring is in the request text wins
     latency_rules: list[tuple[str, float]] = field(default_factory=list)
+    # substring -> event: a request whose text has the substring waits until the event
+    # is set (tests release a call when they have seen it in flight: state, not time)
+    holds: dict[str, threading.Event] = field(default_factory=dict)
 
     def latency_for(self, model: str, kind: str, text: str) -> float:
         for needle, seconds in self.latency_rules:
@@ -186,6 +189,9 @@ class Simulator:
         delay = self.script.latency_for(model, kind, text)
         if delay > 0:
             await asyncio.sleep(delay)
+        for needle, released in list(self.script.holds.items()):
+            while needle in text and not released.is_set():
+                await asyncio.sleep(0.01)
         if failure is not None:
             if failure.status == 0:
                 await asyncio.sleep(failure.hang_s or 3600)
