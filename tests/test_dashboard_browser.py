@@ -22,7 +22,7 @@ from compound.llm.litellm_client import LiteLLMClient
 from compound.llm.simulator import Simulator, free_port
 from compound.store.users import create_token
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]  # Chromium on a loaded machine
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
