@@ -64,3 +64,29 @@ def test_a_missing_psycopg_is_a_clear_message(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.setenv("COMPOUND_DATABASE_URL", "postgresql://u@127.0.0.1/db")
     r = runner.invoke(app, ["tokens", "list"])
     assert r.exit_code == 2 and "compound[postgres]" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize(("latency", "latency_ms", "data", "want"), [
+    (1.5, 0, {}, 1.5),
+    (None, 250, {}, 0.25),
+    (None, 0, {"latency_s": 2.0}, 2.0),
+    (0.5, 0, {"latency_s": 2.0}, 0.5),
+    (None, 0, {}, 0.0),
+])
+def test_sim_latency_options(latency: float | None, latency_ms: int, data: dict, want: float) -> None:  # type: ignore[type-arg]
+    from compound.cli.sim import script_for
+
+    assert script_for(latency=latency, latency_ms=latency_ms, data=data).latency_s == want
+
+
+def test_the_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    example = Path(__file__).parent.parent / "docs" / "compound.example.toml"
+    monkeypatch.setenv("COMPOUND_CONFIG", str(example))
+    s = load_settings()
+    assert s.tier1_models and s.default_budget_usd > 0
+    assert s.model_config_for("openai/my-local-model").input_cost_per_token == 0.0
+    from compound.cli.common import check_models
+    from compound.llm.pricing import check_prices
+
+    check_models(s)
+    check_prices(s)

@@ -111,7 +111,9 @@ async def _run(settings: Any, engine: Any, client: Any, task_id: str, *, live: b
     loop.add_signal_handler(signal.SIGINT, on_sigint)
     try:
         executor.submit(task_id)
-        if live:
+        from rich.console import Console
+
+        if live and Console().is_terminal:  # piped: no redraws, the final tree once
             from rich.live import Live
 
             from compound.cli.live import render_snapshot
@@ -122,6 +124,10 @@ async def _run(settings: Any, engine: Any, client: Any, task_id: str, *, live: b
                     view.update(render_snapshot(task_snapshot(engine, task_id)))
                 view.update(render_snapshot(task_snapshot(engine, task_id)))
         await executor.wait(task_id)
+        if live and not Console().is_terminal:
+            from compound.cli.live import render_snapshot
+
+            Console().print(render_snapshot(task_snapshot(engine, task_id)))
         if interrupts:
             await asyncio.gather(*interrupts)
         await executor.stop()

@@ -31,11 +31,21 @@ def _watch(url: str, task_id: str, interval: float, *, held: bool = False) -> di
 
     console = _console()
     data = api_request("GET", url, f"/v1/tasks/{task_id}")
-    with Live(render_snapshot(data), console=console, refresh_per_second=8, transient=False) as live:
-        while data["status"] not in TERMINAL_TASK and not (held and data["status"] == "planned"):
+
+    def going(d: dict[str, Any]) -> bool:
+        return d["status"] not in TERMINAL_TASK and not (held and d["status"] == "planned")
+
+    if console.is_terminal:
+        with Live(render_snapshot(data), console=console, refresh_per_second=8) as live:
+            while going(data):
+                time.sleep(interval)
+                data = api_request("GET", url, f"/v1/tasks/{task_id}")
+                live.update(render_snapshot(data))
+    else:  # piped: no redraws, the final tree once
+        while going(data):
             time.sleep(interval)
             data = api_request("GET", url, f"/v1/tasks/{task_id}")
-            live.update(render_snapshot(data))
+        console.print(render_snapshot(data))
     if held and data["status"] == "planned":
         console.print(f"waiting for approval: compound tasks approve {task_id}", markup=False)
         return data
@@ -99,16 +109,23 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(data, indent=2))
             return
-        table = Table("id", "status", "done", "cost $", "created", "prompt", expand=False)
-        table.columns[0].no_wrap = True  # ids are copied from here: never cut
-        table.columns[0].min_width = 19
-        table.columns[5].no_wrap = True
-        table.columns[5].overflow = "ellipsis"
+        from rich import box
+
+        console = _console()
+        wide = console.width >= 100  # the creation time only where it fits
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=False)
+        columns = (("id", 18), ("status", 9), ("done", 5), ("cost $", 8)) + ((("created", 19),) if wide else ())
+        for name, width in columns:
+            table.add_column(name, no_wrap=True, min_width=width)  # ids are copied from here: never cut
+        table.add_column("prompt", no_wrap=True, overflow="ellipsis")
+        room = max(8, console.width - sum(w for _, w in columns) - 3 * len(columns) - 2)
         for t in data["tasks"]:
-            table.add_row(Text(t["id"]), t["status"], f"{t['subtasks_done']}/{t['subtasks_total']}",
-                          f"{t['total_cost_usd']:.6f}", (t["created_at"] or "")[:19].replace("T", " "),
-                          Text(clip(t["prompt"], 200)))
-        _console().print(table)
+            cells = [Text(t["id"]), t["status"], f"{t['subtasks_done']}/{t['subtasks_total']}",
+                     f"{t['total_cost_usd']:.6f}"]
+            if wide:
+                cells.append((t["created_at"] or "")[:19].replace("T", " "))
+            table.add_row(*cells, Text(clip(t["prompt"], min(200, room)), overflow="ellipsis"))
+        console.print(table)
 
     @tasks.command("show")
     def show(task_id: str, url: str = URL, as_json: bool = typer.Option(False, "--json")) -> None:
