@@ -155,7 +155,7 @@ async def test_a_model_without_key_or_base_url_is_a_warning_at_start(monkeypatch
     for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "ANTHROPIC_API_BASE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    monkeypatch.setattr("compound.core.logging.configure_logging", lambda *a, **k: None)  # keep capture_logs
+    monkeypatch.setattr("compound.core.logging.configure_logging", lambda *_a, **_k: None)  # keep capture_logs
     settings = Settings(database_url=sqlite_url, planner_model="openai/gpt-4.1-mini",
                         tier1_models=["openai/gpt-4.1-mini"], tier2_models=["anthropic/claude-sonnet-4-5"],
                         tier3_models=["openai/gpt-4.1"])

@@ -5,6 +5,7 @@ stopped); a second Ctrl-C exits at once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -96,10 +97,8 @@ async def _run(settings: Any, engine: Any, client: Any, task_id: str, *, live: b
     interrupts: list[asyncio.Task[None]] = []
 
     async def cancel() -> None:
-        try:
+        with contextlib.suppress(Conflict):  # it ended meanwhile
             await executor.cancel(task_id)
-        except Conflict:  # it ended meanwhile
-            pass
 
     def on_sigint() -> None:
         if interrupts:  # the second Ctrl-C: leave now

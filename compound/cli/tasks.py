@@ -30,7 +30,7 @@ def _watch(url: str, task_id: str, interval: float, *, held: bool = False) -> di
     from compound.store.models import TERMINAL_TASK
 
     console = _console()
-    data = api_request("GET", url, f"/v1/tasks/{task_id}")
+    data: dict[str, Any] = api_request("GET", url, f"/v1/tasks/{task_id}")
 
     def going(d: dict[str, Any]) -> bool:
         return d["status"] not in TERMINAL_TASK and not (held and d["status"] == "planned")
