@@ -40,8 +40,9 @@ def server(sim: Simulator, sim_settings: Settings) -> Iterator[tuple[str, str]]:
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started and time.monotonic() < deadline:
+    deadline = time.monotonic() + 150  # generous: the machine may be loaded
+    while not srv.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
         time.sleep(0.05)
     token = create_token(app.state.engine, "dana")[1]
     yield f"http://127.0.0.1:{port}", token

@@ -26,7 +26,8 @@ def clip(text: str, width: int) -> str:
 def held_usd(snap: dict[str, Any]) -> float:
     """What a canceled or failed task was charged beyond its finished calls: calls in
     flight when it stopped, counted at their worst case (their outcome is unknown)."""
-    done = sum(float(s["cost_usd"]) for s in snap["subtasks"]) + float((snap.get("planner") or {}).get("cost_usd") or 0.0)
+    planner = float((snap.get("planner") or {}).get("cost_usd") or 0.0)
+    done = sum(float(s["cost_usd"]) for s in snap["subtasks"]) + planner
     return max(0.0, float(snap["total_cost_usd"]) - done)
 
 
