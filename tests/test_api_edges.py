@@ -21,7 +21,7 @@ async def test_compound_task_accepts_a_budget_and_refuses_unknown_fields(api: Ap
     r = await api.http.post("/task/compound", json={"prompt": "p", "budget_usd": 0.25},
                             headers=api.auth(api.alice))
     assert r.status_code == 200, r.text
-    task = (await api.http.get(f"/v1/tasks/{r.json()['id']}", headers=api.auth(api.alice))).json()
+    task = await api.wait(r.json()["id"], api.alice)  # no call left in flight at teardown
     assert task["budget_usd"] == 0.25
     r = await api.http.post("/task/compound", json={"prompt": "p", "budget": 0.25}, headers=api.auth(api.alice))
     assert r.status_code == 422 and "budget" in r.json()["error"]["message"]
