@@ -34,6 +34,11 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
 
         configure_logging(settings.log_level, settings.log_json)
         check_prices(settings)
+        from compound.core.logging import get_logger
+
+        for model, key in settings.models_without_access():
+            get_logger("compound.api").warning(
+                "model has no provider key and no base URL; its calls will fail", model=model, set=key)
         own_engine = engine is None
         eng = engine or make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
         create_all(eng)
@@ -60,8 +65,10 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
             if own_engine:
                 eng.dispose()
 
-    app = FastAPI(title="compound", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="compound", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     app.state.settings = settings
+    _offline_docs(app)
     from compound.api.ratelimit import RateLimiter
 
     app.state.ratelimit = RateLimiter(settings.rate_limit_per_minute)
@@ -70,6 +77,7 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
 
     errors.install(app)
     app.add_middleware(errors.BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(errors.Options, routes=app.router.routes)
     app.include_router(routes_tasks.router)
     app.include_router(routes_symbiont.router)
     from compound.api.live import install as install_live
@@ -81,3 +89,20 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
         return {"status": "ok"}
 
     return app
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the assets of the swagger-ui-bundle package (no CDN)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="compound API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")

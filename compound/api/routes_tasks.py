@@ -64,7 +64,9 @@ async def get_many(
     principal: ReadPrincipal,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     status: Annotated[TaskStatus | None, Query(description="only tasks in this status")] = None,
-    cursor: Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page")] = None,
+    cursor: Annotated[str | None, Query(max_length=500, description=(
+        "next_cursor of the previous page; empty means the first page; a value this server did not give "
+        "out is refused with 422"))] = None,
 ) -> Any:
     tasks, next_cursor = list_tasks(request.app.state.engine, user_id=owner_filter(principal),
                                     limit=limit, status=status.value if status else None, cursor=cursor)
@@ -91,11 +93,12 @@ async def approve(request: Request, task_id: str, principal: SubmitPrincipal) ->
 
 
 @router.post("/plans/validate", response_model=PlanValidateOut,
-             summary="Check a plan: every error, its waves, critical path and worst-case cost")
+             summary="Check a plan: every error, its waves, critical path and worst-case cost",
+             description="The body is `{\"plan\": PlanIn}` or the bare PlanIn (the output of `compound plan --json`).")
 async def validate(request: Request, body: PlanValidateIn, _: ReadPrincipal) -> Any:
     settings = request.app.state.settings
     try:
-        plan = validate_plan(body.plan, max_subtasks=settings.max_subtasks)
+        plan = validate_plan(body.the_plan(), max_subtasks=settings.max_subtasks)
     except PlanInvalid as exc:
         return {"valid": False, "errors": exc.errors, "waves": [], "critical_path": [],
                 "estimated_cost_usd": None}

@@ -1,21 +1,31 @@
 """`compound run "request"`: one task in-process with a live tree, then the answer
-and a cost table per model and tier."""
+and a cost table per model and tier. Ctrl-C cancels the task (in-flight calls are
+stopped); a second Ctrl-C exits at once."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
+import sys
 from pathlib import Path
+from typing import Any
 
 import typer
+
+LOCAL_USER = "local"
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def run(
         request: str = typer.Argument(..., help="what you want done"),
-        budget: float | None = typer.Option(None, "--budget", min=0.0, help="hard cap in USD"),
+        budget: float | None = typer.Option(None, "--budget", help="hard cap in USD (more than 0)"),
         plan: Path | None = typer.Option(None, "--plan", help="a PlanIn JSON file to run instead of planning"),
+        user: str | None = typer.Option(None, "--user", envvar="COMPOUND_USER", help=(
+            "the task's owner; default: the user of COMPOUND_TOKEN, else 'local'")),
         as_json: bool = typer.Option(False, "--json", help="print the final snapshot as JSON"),
     ) -> None:
         """Run one task in this process against the configured models."""
@@ -25,6 +35,9 @@ def register(app: typer.Typer) -> None:
         from compound.planner.validate import validate_plan
         from compound.store.tasks import create_task
 
+        if budget is not None and budget <= 0:
+            typer.echo("error: --budget must be more than 0 (it is a hard cap in USD)", err=True)
+            raise typer.Exit(2)
         settings = settings_or_exit(priced=True)
         try:
             plan_in = None
@@ -38,41 +51,85 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"error: cannot read the plan: {exc}", err=True)
             raise typer.Exit(1) from None
         engine = engine_for(settings)
-        task = create_task(engine, prompt=request, budget_usd=budget or settings.default_budget_usd,
-                           plan_in=plan_in)
-        snap = asyncio.run(_run(settings, engine, build_client(settings), task.id, live=not as_json))
+        owner = owner_id(engine, user)
+        task = create_task(engine, prompt=request,
+                           budget_usd=budget if budget is not None else settings.default_budget_usd,
+                           plan_in=plan_in, user_id=owner)
+        typer.echo(f"task {task.id}", err=True)
+        snap, interrupted = asyncio.run(_run(settings, engine, build_client(settings), task.id, live=not as_json))
         if as_json:
             typer.echo(json.dumps(snap, indent=2))
         else:
             from rich.console import Console
 
             from compound.cli.live import cost_table
+            from compound.cli.output import print_answer, print_outcome
 
             console = Console()
             console.print(cost_table(snap))
-            if snap.get("error"):
-                console.print(f"[yellow]{snap['error']}[/yellow]")
-            console.print(snap.get("result") or "")
+            print_outcome(console, snap)
+            print_answer(console, snap.get("result"))
+        if interrupted:
+            raise typer.Exit(130)
         raise typer.Exit(0 if snap["status"] == "completed" else 1)
 
 
-async def _run(settings, engine, client, task_id: str, *, live: bool):  # type: ignore[no-untyped-def]
+def owner_id(engine: Any, name: str | None) -> str:
+    """Who a `compound run` task belongs to: --user (or COMPOUND_USER), else the user of
+    COMPOUND_TOKEN when it is a live token of this store, else the user 'local'."""
+    from compound.store.users import get_or_create_user, principal_for_token
+
+    if name is None and os.environ.get("COMPOUND_TOKEN"):
+        principal = principal_for_token(engine, os.environ["COMPOUND_TOKEN"])
+        if principal is not None:
+            return principal.user_id
+    return get_or_create_user(engine, name or LOCAL_USER).id
+
+
+async def _run(settings: Any, engine: Any, client: Any, task_id: str, *, live: bool) -> tuple[dict[str, Any], bool]:
+    from compound.core.errors import Conflict
     from compound.executor.service import Executor
     from compound.store.models import TERMINAL_TASK
     from compound.store.tasks import task_snapshot
 
     executor = Executor(settings=settings, engine=engine, client=client)
-    executor.submit(task_id)
-    if live:
-        from rich.live import Live
+    loop = asyncio.get_running_loop()
+    interrupts: list[asyncio.Task[None]] = []
 
-        from compound.cli.live import render_snapshot
+    async def cancel() -> None:
+        with contextlib.suppress(Conflict):  # it ended meanwhile
+            await executor.cancel(task_id)
 
-        with Live(render_snapshot(task_snapshot(engine, task_id)), refresh_per_second=8) as view:
-            while task_snapshot(engine, task_id)["status"] not in TERMINAL_TASK:
-                await asyncio.sleep(0.2)
+    def on_sigint() -> None:
+        if interrupts:  # the second Ctrl-C: leave now
+            os._exit(130)
+        sys.stderr.write("\ncanceling the task (in-flight calls are stopped); Ctrl-C again to exit at once\n")
+        sys.stderr.flush()
+        interrupts.append(loop.create_task(cancel()))
+
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    try:
+        executor.submit(task_id)
+        from rich.console import Console
+
+        if live and Console().is_terminal:  # piped: no redraws, the final tree once
+            from rich.live import Live
+
+            from compound.cli.live import render_snapshot
+
+            with Live(render_snapshot(task_snapshot(engine, task_id)), refresh_per_second=8) as view:
+                while task_snapshot(engine, task_id)["status"] not in TERMINAL_TASK:
+                    await asyncio.sleep(0.2)
+                    view.update(render_snapshot(task_snapshot(engine, task_id)))
                 view.update(render_snapshot(task_snapshot(engine, task_id)))
-            view.update(render_snapshot(task_snapshot(engine, task_id)))
-    await executor.wait(task_id)
-    await executor.stop()
-    return task_snapshot(engine, task_id)
+        await executor.wait(task_id)
+        if live and not Console().is_terminal:
+            from compound.cli.live import render_snapshot
+
+            Console().print(render_snapshot(task_snapshot(engine, task_id)))
+        if interrupts:
+            await asyncio.gather(*interrupts)
+        await executor.stop()
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+    return task_snapshot(engine, task_id), bool(interrupts)

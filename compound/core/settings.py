@@ -89,12 +89,18 @@ class Settings(BaseSettings):
     @classmethod
     def _split_models(cls, value: Any) -> Any:
         if isinstance(value, str):
-            value = [part.strip() for part in value.split(",")]
+            value = _list_from_text(value)
         if isinstance(value, list):
             value = [str(v).strip() for v in value if str(v).strip()]
             if not value:
                 raise ValueError("needs at least one model (comma-separated litellm model names)")
         return value
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _sqlalchemy_scheme(cls, value: str) -> str:
+        # Heroku-style postgres:// is SQLAlchemy's postgresql://
+        return "postgresql://" + value[len("postgres://"):] if value.startswith("postgres://") else value
 
     @field_validator("sqlite_synchronous", mode="before")
     @classmethod
@@ -139,6 +145,22 @@ class Settings(BaseSettings):
     def model_config_for(self, model: str) -> ModelConfig:
         return self.models.get(model) or ModelConfig()
 
+    def models_without_access(self) -> list[tuple[str, str]]:
+        """(model, variable) for each configured model with neither a provider key nor a
+        base URL: every call to it will fail (the server warns at start)."""
+        out = []
+        for model in self.all_models():
+            provider = model.split("/", 1)[0].upper() if "/" in model else "OPENAI"
+            key = f"{provider}_API_KEY"
+            have_key = bool(os.environ.get(key)) or (
+                provider == "ANTHROPIC" and self.anthropic_api_key is not None) or (
+                provider == "OPENAI" and self.openai_api_key is not None)
+            have_base = bool(self.model_config_for(model).api_base) or any(
+                os.environ.get(f"{provider}_{suffix}") for suffix in ("BASE_URL", "API_BASE"))
+            if not have_key and not have_base:
+                out.append((model, key))
+        return out
+
     def public_dict(self) -> dict[str, Any]:
         """The effective settings with every secret masked (for `compound config show`)."""
         data = self.model_dump(mode="json", exclude={"anthropic_api_key", "openai_api_key"})
@@ -150,6 +172,22 @@ class Settings(BaseSettings):
             if os.environ.get(name):
                 data[name.lower()] = mask_url(os.environ[name])
         return data
+
+
+def _list_from_text(text: str) -> list[str]:
+    """A list-valued variable: `a,b` or a JSON array `["a", "b"]`."""
+    if text.strip().startswith("["):
+        import json
+
+        try:
+            items = json.loads(text)
+        except ValueError:
+            raise ValueError("starts with '[' but is not a JSON array of model names; "
+                             'write a,b or ["a","b"]') from None
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ValueError('a JSON list must hold model names only: ["a","b"]')
+        return [i.strip() for i in items]
+    return [part.strip() for part in text.split(",")]
 
 
 def mask_secret(value: str) -> str:

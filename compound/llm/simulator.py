@@ -63,6 +63,9 @@ class Script:
     # response_format type -> the status the OpenAI wire answers it with, its body
     # naming response_format (llama-cpp-python answers json_schema with a 500).
     refuse_formats: dict[str, int] = field(default_factory=dict)
+    # substring -> event: a request whose text has the substring waits until the event
+    # is set (tests release a call when they have seen it in flight: state, not time)
+    holds: dict[str, threading.Event] = field(default_factory=dict)
 
     def latency_for(self, model: str, kind: str, text: str) -> float:
         for needle, seconds in self.latency_rules:
@@ -217,6 +220,9 @@ class Simulator:
         cached = self._cached(model, prefixes, in_tok, delay) if prefixes and failure is None else (0, 0)
         if delay > 0:
             await asyncio.sleep(delay)
+        for needle, released in list(self.script.holds.items()):
+            while needle in text and not released.is_set():
+                await asyncio.sleep(0.01)
         if failure is not None:
             if failure.status == 0:
                 await asyncio.sleep(failure.hang_s or 3600)

@@ -8,10 +8,20 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel, create_engine
 
+from compound.core.errors import ConfigError
 from compound.store import models  # noqa: F401  (registers the tables)
 
 
+def normalise_url(url: str) -> str:
+    """The SQLAlchemy URL for `url`: postgres:// and postgresql:// use psycopg 3."""
+    for scheme in ("postgres://", "postgresql://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme):]
+    return url
+
+
 def make_engine(url: str, *, sqlite_synchronous: str = "NORMAL") -> Engine:
+    url = normalise_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=False
@@ -27,9 +37,11 @@ def make_engine(url: str, *, sqlite_synchronous: str = "NORMAL") -> Engine:
             cur.close()
 
         return engine
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    try:
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    except ImportError as exc:
+        raise ConfigError(f"COMPOUND_DATABASE_URL is PostgreSQL but its driver is missing ({exc.name or exc}): "
+                          "pip install 'compound[postgres]' (psycopg 3)") from None
 
 
 def create_all(engine: Engine) -> None:

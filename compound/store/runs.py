@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
+from compound.core.logging import get_logger
 from compound.store.fastwrite import INSERT_EVENT, FastWriter
 from compound.store.models import (
     TERMINAL_SUBTASK,
@@ -29,6 +30,21 @@ L = LedgerEntry.__table__  # type: ignore[attr-defined]
 E = TaskEvent.__table__  # type: ignore[attr-defined]
 U = User.__table__  # type: ignore[attr-defined]
 EPS = 1e-12
+log = get_logger("compound.task")
+
+
+def log_status(task_id: str, status: str, *, error: str | None = None, total: float | None = None,
+               subtasks: int | None = None) -> None:
+    """One structured log line per task state change (written after the change is durable)."""
+    status = str(getattr(status, "value", status))
+    fields: dict[str, Any] = {"task_id": task_id, "status": status}
+    if total is not None:
+        fields["cost_usd"] = round(float(total), 9)
+    if subtasks is not None:
+        fields["subtasks"] = subtasks
+    if error:
+        fields["error"] = error[:500]
+    (log.warning if status in ("failed", "partial") else log.info)("task status", **fields)
 # The statements a reservation runs (FastWriter dialect: :name params). The budget
 # check and the reservation are one UPDATE: it changes no row when `r` does not fit.
 RESERVE_ON_TASK = (
@@ -158,6 +174,7 @@ def set_status(w: FastWriter, task_id: str, status: str, *, error: str | None = 
         if result is not None:
             data["result"] = result
         w.event(cur, task_id, seq, "task", data, now)
+    log_status(task_id, status, error=error, total=total)
 
 
 TERMINAL = frozenset({TaskStatus.completed, TaskStatus.partial, TaskStatus.failed, TaskStatus.canceled})
@@ -185,6 +202,7 @@ def save_plan(w: FastWriter, task_id: str, *, reasoning: str | None, subs: list[
                             "now": now, "t": task_id}).fetchone()
         w.event(cur, task_id, seq, "task", {"status": planned_status, "error": None, "total_cost_usd": total},
                 now)
+    log_status(task_id, planned_status, total=total, subtasks=len(subs))
 
 
 def set_planner_model(engine: Engine, task_id: str, model: str) -> None:
