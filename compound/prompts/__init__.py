@@ -7,6 +7,7 @@ models is escaped so it cannot close the tags that mark it as data."""
 from __future__ import annotations
 
 import hashlib
+import re
 from functools import cache
 from pathlib import Path
 from string import Template
@@ -15,6 +16,7 @@ from typing import Any
 from compound.llm.base import Message
 
 NAMES = ("decompose", "subtask", "synthesize")
+_ROLE = re.compile(r"[^a-z_]")
 _DIR = Path(__file__).parent
 
 
@@ -38,6 +40,18 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def context_block(context: list[dict[str, str]] | None) -> str:
+    """Earlier messages of a conversation as tagged, escaped data (empty when none)."""
+    if not context:
+        return ""
+    lines = "\n".join(
+        f'<message role="{_ROLE.sub("", str(m.get("role", "user")))[:20]}">\n'
+        f'{escape(str(m.get("content", "")))}\n</message>'
+        for m in context
+    )
+    return f"<context>\n{lines}\n</context>"
+
+
 def versions() -> dict[str, str]:
     """name -> first 12 hex digits of the sha256 of the template file."""
     return {name: hashlib.sha256(_source(name)).hexdigest()[:12] for name in NAMES}
@@ -46,7 +60,8 @@ def versions() -> dict[str, str]:
 def render(name: str, **values: Any) -> list[Message]:
     system, user = _parts(name)
     if name == "decompose":
-        fill = {"request": escape(values["request"]), "max_subtasks": str(values["max_subtasks"])}
+        fill = {"request": escape(values["request"]), "max_subtasks": str(values["max_subtasks"]),
+                "context": context_block(values.get("context"))}
     elif name == "subtask":
         deps = values.get("dependencies") or []
         fill = {
@@ -61,6 +76,7 @@ def render(name: str, **values: Any) -> list[Message]:
         missing = values.get("missing") or []
         fill = {
             "request": escape(values["request"]),
+            "context": context_block(values.get("context")),
             "results": "\n".join(
                 f'<result index="{i}" subtask="{escape(desc)[:200]}">\n{escape(res)}\n</result>'
                 for i, desc, res in results
@@ -74,5 +90,5 @@ def render(name: str, **values: Any) -> list[Message]:
         raise KeyError(name)
     return [
         {"role": "system", "content": system.safe_substitute(fill)},
-        {"role": "user", "content": user.safe_substitute(fill)},
+        {"role": "user", "content": user.safe_substitute(fill).strip()},
     ]
