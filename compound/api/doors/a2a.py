@@ -280,7 +280,8 @@ class _ContextBuilder(DefaultServerCallContextBuilder):
 
     def build(self, request: Request) -> ServerCallContext:
         context = super().build(request)
-        context.state.pop("headers", None)  # the bearer token stays out of the context
+        headers = context.state.get("headers") or {}
+        headers.pop("authorization", None)  # the bearer token stays out of the context
         context.state["principal"] = request.scope.get(PRINCIPAL)
         return context
 
