@@ -21,7 +21,7 @@ from compound.store.events import events_after
 from compound.store.models import TERMINAL_TASK, TaskStatus
 from compound.store.queries import list_tasks
 from compound.store.tasks import get_task, task_snapshot
-from compound.store.users import Principal, principal_for_token
+from compound.store.users import Principal, get_or_create_user, principal_for_token
 
 POLL_S = 0.05  # until the store pushes events (the async RunStore), a watch polls
 
@@ -83,6 +83,12 @@ class Door:
         if principal is None:
             raise DoorAuthError(401, "invalid or revoked token")
         return principal
+
+    def local_principal(self, name: str = "local") -> Principal:
+        """The user of a desktop host on the local store (`compound mcp` without a token)."""
+        user = get_or_create_user(self.state.engine, name)
+        return Principal(user_id=user.id, user_name=user.name, scopes=frozenset({"submit", "read"}),
+                         token_id=f"local:{name}")
 
     @staticmethod
     def require(principal: Principal, scope: str) -> None:
