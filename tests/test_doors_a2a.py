@@ -125,7 +125,7 @@ async def test_budget_too_small_is_an_invalid_params_error(served) -> None:  # t
 
 
 async def test_cancel_reports_canceled(served, sim) -> None:  # type: ignore[no-untyped-def]
-    sim.script.latency = lambda model, kind, text: 60.0 if kind == "worker" else 0.0
+    sim.script.latency = lambda _m, kind, _t: 60.0 if kind == "worker" else 0.0
     async with a2a(served, served.alice) as client:
         req = message(ONE_STEP)
         req.configuration.return_immediately = True

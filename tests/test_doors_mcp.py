@@ -128,7 +128,7 @@ async def test_budget_too_small_and_read_only_tokens_are_tool_errors(served) -> 
 
 
 async def test_cancel_reports_canceled(served, sim) -> None:  # type: ignore[no-untyped-def]
-    sim.script.latency = lambda model, kind, text: 60.0 if kind == "worker" else 0.0
+    sim.script.latency = lambda _m, kind, _t: 60.0 if kind == "worker" else 0.0
     async with mcp_http(served, served.alice) as session:
         task = await call(session, "submit_task", {"prompt": ONE_STEP})
         await served.wait_for(lambda: sim.calls("worker"), "the subtask at the provider")

@@ -22,8 +22,8 @@ from a2a.utils.errors import (
 )
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from google.protobuf.json_format import MessageToDict
-from google.protobuf.struct_pb2 import Struct
+from google.protobuf.json_format import MessageToDict  # type: ignore[import-untyped]
+from google.protobuf.struct_pb2 import Struct  # type: ignore[import-untyped]
 
 from compound.api.doors.engine import Door, DoorAuthError, Event, bearer_token_of
 from compound.api.errors import ApiError
@@ -37,7 +37,7 @@ PRINCIPAL = "compound.principal"
 router = APIRouter(tags=["a2a"])
 
 # compound's task status -> A2A's task state
-STATES: dict[str, int] = {
+STATES: dict[str, Any] = {
     TaskStatus.queued: pb.TASK_STATE_SUBMITTED,
     TaskStatus.planning: pb.TASK_STATE_WORKING,
     TaskStatus.planned: pb.TASK_STATE_WORKING,
@@ -108,7 +108,7 @@ def answer_artifact(snapshot: dict[str, Any]) -> pb.Artifact:
 
 
 def status_of(snapshot: dict[str, Any]) -> pb.TaskStatus:
-    status = pb.TaskStatus(state=STATES.get(snapshot["status"], pb.TASK_STATE_WORKING))  # type: ignore[arg-type]
+    status = pb.TaskStatus(state=STATES.get(snapshot["status"], pb.TASK_STATE_WORKING))
     note = snapshot.get("error")
     if note:
         status.message.CopyFrom(_text_message(snapshot["id"], note))
@@ -211,14 +211,14 @@ class CompoundAgent(RequestHandler):
         d = ev.data
         if ev.kind == "subtask":
             text = f"subtask {d.get('index')} {d.get('status')}"
-            state = pb.TASK_STATE_WORKING
+            state: Any = pb.TASK_STATE_WORKING
         else:
             text = f"task {d.get('status')}"
             state = STATES.get(str(d.get("status")), pb.TASK_STATE_WORKING)
-        meta = {"compound": {"seq": ev.seq, "kind": ev.kind,
+        meta: dict[str, Any] = {"compound": {"seq": ev.seq, "kind": ev.kind,
                              **{k: d[k] for k in ("status", "index", "cost_usd", "total_cost_usd") if k in d}}}
         return pb.TaskStatusUpdateEvent(task_id=task_id, context_id=task_id,
-                                        status=pb.TaskStatus(state=state,  # type: ignore[arg-type]
+                                        status=pb.TaskStatus(state=state,
                                                              message=_text_message(task_id, text)),
                                         metadata=_struct(meta))
 
@@ -238,11 +238,11 @@ class CompoundAgent(RequestHandler):
         principal = self.principal(context)
 
         async def listing() -> tuple[list[dict[str, Any]], str | None]:
-            return self.door.list(principal, limit=params.page_size or 20, cursor=params.page_token or None)
+            return self.door.recent(principal, limit=params.page_size or 20, cursor=params.page_token or None)
 
         rows, cursor = await self._call(listing)
         tasks = [pb.Task(id=r["id"], context_id=r["id"],
-                         status=pb.TaskStatus(state=STATES.get(r["status"], pb.TASK_STATE_WORKING)),  # type: ignore[arg-type]
+                         status=pb.TaskStatus(state=STATES.get(r["status"], pb.TASK_STATE_WORKING)),
                          metadata=_struct({"compound": {"status": r["status"], "cost_usd": r["total_cost_usd"]}}))
                  for r in rows]
         return pb.ListTasksResponse(tasks=tasks, next_page_token=cursor or "", page_size=len(tasks))
@@ -259,19 +259,20 @@ class CompoundAgent(RequestHandler):
         async for item in self._follow(snap["id"]):
             yield item
 
-    async def on_create_task_push_notification_config(self, params: Any, context: ServerCallContext) -> NoReturn:
+    # No push notifications and no extended card: the SDK's own "not supported" errors.
+    async def on_create_task_push_notification_config(self, *_: Any) -> NoReturn:
         raise PushNotificationNotSupportedError
 
-    async def on_get_task_push_notification_config(self, params: Any, context: ServerCallContext) -> NoReturn:
+    async def on_get_task_push_notification_config(self, *_: Any) -> NoReturn:
         raise PushNotificationNotSupportedError
 
-    async def on_list_task_push_notification_configs(self, params: Any, context: ServerCallContext) -> NoReturn:
+    async def on_list_task_push_notification_configs(self, *_: Any) -> NoReturn:
         raise PushNotificationNotSupportedError
 
-    async def on_delete_task_push_notification_config(self, params: Any, context: ServerCallContext) -> NoReturn:
+    async def on_delete_task_push_notification_config(self, *_: Any) -> NoReturn:
         raise PushNotificationNotSupportedError
 
-    async def on_get_extended_agent_card(self, params: Any, context: ServerCallContext) -> NoReturn:
+    async def on_get_extended_agent_card(self, *_: Any) -> NoReturn:
         raise ExtendedAgentCardNotConfiguredError
 
 

@@ -141,7 +141,7 @@ class Door:
         """The snapshot of a task the caller already owns (after submit or a wait)."""
         return task_snapshot(self.state.engine, task_id)
 
-    def list(self, principal: Principal, *, limit: int = 20, status: str | None = None,
+    def recent(self, principal: Principal, *, limit: int = 20, status: str | None = None,
              cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
         self.require(principal, "read")
         if status is not None and status not in set(TaskStatus):

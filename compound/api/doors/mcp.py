@@ -72,7 +72,7 @@ class LocalTasks:
         return self.door.snapshot(self.principal, task_id)
 
     async def list(self, *, limit: int, status: str | None, cursor: str | None) -> dict[str, Any]:
-        tasks, next_cursor = self.door.list(self.principal, limit=limit, status=status, cursor=cursor)
+        tasks, next_cursor = self.door.recent(self.principal, limit=limit, status=status, cursor=cursor)
         return {"tasks": tasks, "next_cursor": next_cursor}
 
     async def cancel(self, task_id: str) -> dict[str, Any]:

@@ -54,7 +54,7 @@ class ChatRequest(BaseModel):
 
 
 class OpenAIError(Exception):
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",  # noqa: A002
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
                  code: str | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
