@@ -161,7 +161,8 @@ class RemoteTasks:
 
 def build_server(tasks_for: Callable[[Context], Tasks]) -> MCPServer:
     """The MCP server and its tools; `tasks_for(ctx)` gives the caller's Tasks."""
-    server: MCPServer = MCPServer(name="compound", instructions=INSTRUCTIONS, version="0.1.0")
+    # WARNING: the SDK calls logging.basicConfig with this level (INFO would chatter on stderr)
+    server: MCPServer = MCPServer(name="compound", instructions=INSTRUCTIONS, version="0.1.0", log_level="WARNING")
 
     async def guarded(call: Any) -> Any:
         try:

@@ -212,9 +212,26 @@ def model_card() -> dict[str, Any]:
     return {"id": MODEL, "object": "model", "created": 0, "owned_by": "compound"}
 
 
+def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema with its (non-recursive) $defs put in place, for openapi_extra."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)  # type: ignore[no-any-return]
+
+
 @router.post("/v1/chat/completions", summary="Chat Completions: the conversation's last user message becomes a task",
              openapi_extra={"requestBody": {"content": {"application/json": {
-                 "schema": ChatRequest.model_json_schema()}}, "required": True}})
+                 "schema": inline_schema(ChatRequest.model_json_schema())}}, "required": True}})
 async def chat_completions(request: Request) -> Response:
     door = Door(request.app.state)
     try:
