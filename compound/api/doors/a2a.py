@@ -20,7 +20,7 @@ from a2a.utils.errors import (
     TaskNotCancelableError,
     TaskNotFoundError,
 )
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from google.protobuf.json_format import MessageToDict  # type: ignore[import-untyped]
 from google.protobuf.struct_pb2 import Struct  # type: ignore[import-untyped]
@@ -34,7 +34,6 @@ from compound.store.users import Principal
 RPC_PATH = "/a2a"
 CARD_PATH = "/.well-known/agent-card.json"
 PRINCIPAL = "compound.principal"
-router = APIRouter(tags=["a2a"])
 
 # compound's task status -> A2A's task state
 STATES: dict[str, Any] = {
@@ -292,23 +291,23 @@ def unauthorized(request_id: Any, message: str) -> JSONResponse:
                         401, headers={"WWW-Authenticate": "Bearer"})
 
 
-@router.get(CARD_PATH, summary="The A2A agent card (public; it declares the bearer auth /a2a needs)")
 async def card(request: Request) -> Response:
     return JSONResponse(MessageToDict(agent_card(str(request.base_url))))
 
 
-@router.post(RPC_PATH, summary="A2A JSON-RPC: SendMessage, SendStreamingMessage, GetTask, CancelTask (and 0.3 names)")
 async def rpc(request: Request) -> Response:
     try:
         principal = Door(request.app.state).authenticate(bearer_token_of(request.headers.get("authorization")))
     except DoorAuthError as exc:
         return unauthorized(None, exc.message)
     request.scope[PRINCIPAL] = principal
-    dispatcher: JsonRpcDispatcher = request.app.state.a2a_dispatcher
-    return await dispatcher.handle_requests(request)
+    return await dispatcher(request.app).handle_requests(request)
 
 
-def install(app: FastAPI) -> None:
-    app.state.a2a_dispatcher = JsonRpcDispatcher(CompoundAgent(lambda: Door(app.state)),
-                                                 context_builder=_ContextBuilder(), enable_v0_3_compat=True)
-    app.include_router(router)
+def dispatcher(app: FastAPI) -> JsonRpcDispatcher:
+    """The app's JSON-RPC dispatcher, made on first use."""
+    found: JsonRpcDispatcher | None = getattr(app.state, "a2a_dispatcher", None)
+    if found is None:
+        found = app.state.a2a_dispatcher = JsonRpcDispatcher(
+            CompoundAgent(lambda: Door(app.state)), context_builder=_ContextBuilder(), enable_v0_3_compat=True)
+    return found

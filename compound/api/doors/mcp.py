@@ -12,7 +12,6 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
-from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from compound.api.doors.engine import Door, DoorAuthError, bearer_token_of
@@ -272,14 +271,12 @@ def _http_tasks(app: FastAPI) -> Callable[[Context], Tasks]:
     return tasks_for
 
 
-def install(app: FastAPI) -> MCPServer:
-    """Mount the MCP server at /mcp; the app's lifespan runs its session manager."""
+def http_app(app: FastAPI) -> tuple[ASGIApp, MCPServer]:
+    """The /mcp endpoint (the bearer gate before the SDK's streamable HTTP handler) and
+    its server, whose session manager must run while it serves."""
     server = build_server(_http_tasks(app))
     # Stateless: each POST stands alone (any worker can serve it); bearer auth, not the
     # Host header, is what keeps other sites out.
     server.streamable_http_app(stateless_http=True,
                                transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
-    gate = BearerGate(StreamableHTTPASGIApp(server.session_manager), lambda: Door(app.state))
-    app.router.routes.append(Route(PATH, endpoint=gate, methods=["GET", "POST", "DELETE"]))
-    app.state.mcp_server = server
-    return server
+    return BearerGate(StreamableHTTPASGIApp(server.session_manager), lambda: Door(app.state)), server
