@@ -58,8 +58,11 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
         app.state.engine = eng
         app.state.executor = executor
         await executor.start()
+        from compound.api import doors
+
         try:
-            yield
+            async with doors.running(app):
+                yield
         finally:
             await executor.stop()
             if own_engine:
@@ -83,6 +86,9 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
     from compound.api.live import install as install_live
 
     install_live(app)
+    from compound.api import doors
+
+    doors.install(app)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness")
     async def healthz() -> dict[str, str]:

@@ -21,14 +21,21 @@ router = APIRouter(prefix="/v1", tags=["tasks"], responses=COMMON_RESPONSES)
 
 def submit_task(request: Request, principal: Any, body: TaskCreate) -> Any:
     """Validate, rate-limit, store and hand a new task to the executor."""
-    settings = request.app.state.settings
+    return submit_to(request.app.state, principal, body)
+
+
+def submit_to(state: Any, principal: Any, body: TaskCreate, *, context: list[dict[str, str]] | None = None,
+              answer_max_tokens: int | None = None) -> Any:
+    """submit_task on the app's state (the front doors call this too): `context` is a
+    conversation's earlier messages, `answer_max_tokens` bounds the synthesis call."""
+    settings = state.settings
     if len(body.prompt) > settings.max_prompt_chars:
         raise UserInputError(f"prompt: {len(body.prompt)} characters; at most {settings.max_prompt_chars} are accepted")
     if not body.prompt.strip():
         raise UserInputError("prompt: must not be blank")
     if not is_clean_text(body.prompt):
         raise UserInputError("prompt: contains a NUL character or a lone surrogate; send plain UTF-8 text")
-    wait = request.app.state.ratelimit.check(principal.token_id)
+    wait = state.ratelimit.check(principal.token_id)
     if wait is not None:
         raise ApiError(429, "rate_limited",
                        f"more than {settings.rate_limit_per_minute} submissions a minute with this token; "
@@ -36,11 +43,11 @@ def submit_task(request: Request, principal: Any, body: TaskCreate) -> Any:
     plan_in = None
     if body.plan is not None:
         plan_in = validate_plan(body.plan, max_subtasks=settings.max_subtasks).model_dump(mode="json")
-    task = create_task(request.app.state.engine, prompt=body.prompt,
+    task = create_task(state.engine, prompt=body.prompt,
                        budget_usd=body.budget_usd or settings.default_budget_usd,
                        user_id=principal.user_id, priority=body.priority, plan_in=plan_in,
-                       approve=body.approve)
-    request.app.state.executor.submit(task.id)
+                       approve=body.approve, context=context, answer_max_tokens=answer_max_tokens)
+    state.executor.submit(task.id)
     return task
 
 

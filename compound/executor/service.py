@@ -264,7 +264,8 @@ class Executor:
                                             max_tokens=self.settings.planner_max_tokens,
                                             json_schema=schema)
 
-                plan = await decompose(call, st.prompt, max_subtasks=self.settings.max_subtasks)
+                plan = await decompose(call, st.prompt, max_subtasks=self.settings.max_subtasks,
+                                       context=st.context)
         except BudgetExceeded as exc:
             runs.set_status(self.writer, st.id, TaskStatus.failed,
                             error=f"could not plan within the budget of ${st.budget_usd:g}: {exc.message}")
@@ -339,13 +340,16 @@ class Executor:
                             error=budget_note or f"no subtask completed: {errors}")
             return
         tier = self.settings.synthesis_tier
-        messages = render("synthesize", request=st.prompt,
+        messages = render("synthesize", request=st.prompt, context=st.context,
                           results=[(s.index, s.description, s.result or "") for s in done],
                           missing=missing)
+        max_tokens = self.settings.synthesis_max_tokens
+        if st.answer_max_tokens is not None:  # a chat client's max_tokens bounds the answer
+            max_tokens = min(max_tokens, st.answer_max_tokens)
         try:
             answer = await self._call(st, kind=CallKind.synthesis, sub=None, tier=tier,
                                       models=self.settings.tier_models(tier), messages=messages,
-                                      max_tokens=self.settings.synthesis_max_tokens)
+                                      max_tokens=max_tokens)
         except (BudgetExceeded, ProviderError) as exc:
             joined = "\n\n".join(f"[{s.index}] {s.result}" for s in done)
             why = "budget" if isinstance(exc, BudgetExceeded) else "provider error"

@@ -109,9 +109,11 @@ def repair_messages(messages: list[Message], bad_answer: str, errors: list[str])
     ]
 
 
-async def decompose(call: CallFn, request: str, *, max_subtasks: int) -> PlanIn:
-    """One planner call; on an invalid answer exactly one repair call; then PlanInvalid."""
-    messages = render("decompose", request=request, max_subtasks=max_subtasks)
+async def decompose(call: CallFn, request: str, *, max_subtasks: int,
+                    context: list[dict[str, str]] | None = None) -> PlanIn:
+    """One planner call; on an invalid answer exactly one repair call; then PlanInvalid.
+    `context`: earlier messages of a conversation, given to the planner as data."""
+    messages = render("decompose", request=request, max_subtasks=max_subtasks, context=context)
     first = await call(messages, PLAN_JSON_SCHEMA)
     try:
         return _check(first.text, max_subtasks)

@@ -17,6 +17,7 @@ from typing import Any
 from compound.llm.base import Message
 
 NAMES = ("decompose", "subtask", "synthesize")
+_ROLE = re.compile(r"[^a-z_]")
 _DIR = Path(__file__).parent
 
 
@@ -45,6 +46,18 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def context_block(context: list[dict[str, str]] | None) -> str:
+    """Earlier messages of a conversation as tagged, escaped data (empty when none)."""
+    if not context:
+        return ""
+    lines = "\n".join(
+        f'<message role="{_ROLE.sub("", str(m.get("role", "user")))[:20]}">\n'
+        f'{escape(str(m.get("content", "")))}\n</message>'
+        for m in context
+    )
+    return f"<context>\n{lines}\n</context>"
+
+
 def versions() -> dict[str, str]:
     """name -> first 12 hex digits of the sha256 of the template file."""
     return {name: hashlib.sha256(_source(name)).hexdigest()[:12] for name in NAMES}
@@ -54,7 +67,8 @@ def render(name: str, **values: Any) -> list[Message]:
     """The messages of a prompt. A subtask's request comes first, alone and marked
     `cache`, so every subtask call of a task shares that prefix byte for byte."""
     if name == "decompose":
-        fill = {"request": escape(values["request"]), "max_subtasks": str(values["max_subtasks"])}
+        fill = {"request": escape(values["request"]), "max_subtasks": str(values["max_subtasks"]),
+                "context": context_block(values.get("context"))}
     elif name == "subtask":
         deps = values.get("dependencies") or []
         fill = {
@@ -69,6 +83,7 @@ def render(name: str, **values: Any) -> list[Message]:
         missing = values.get("missing") or []
         fill = {
             "request": escape(values["request"]),
+            "context": context_block(values.get("context")),
             "results": "\n".join(
                 f'<result index="{i}" subtask="{escape(desc)[:200]}">\n{escape(res)}\n</result>'
                 for i, desc, res in results

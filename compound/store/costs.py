@@ -67,3 +67,12 @@ def spend_summary(engine: Engine, *, user_id: str | None) -> dict[str, float]:
         out[name] = costs(engine, since=since, until=now + timedelta(seconds=1), group_by=None,
                           user_id=user_id)["total_usd"]
     return out
+
+
+def task_tokens(engine: Engine, task_id: str) -> tuple[int, int]:
+    """(input, output) tokens of every call the task made: planner, subtasks, synthesis."""
+    q = select(func.coalesce(func.sum(L.c.input_tokens), 0), func.coalesce(func.sum(L.c.output_tokens), 0)) \
+        .where(L.c.task_id == task_id)
+    with engine.connect() as conn:
+        row = conn.execute(q).one()
+    return int(row[0]), int(row[1])

@@ -119,6 +119,8 @@ class TaskState:
     reserved_usd: float
     cancel_requested: bool
     subtasks: list[SubState]
+    context: list[dict[str, str]] | None = None
+    answer_max_tokens: int | None = None
 
 
 def load(engine: Engine, task_id: str) -> TaskState | None:
@@ -132,6 +134,7 @@ def load(engine: Engine, task_id: str) -> TaskState | None:
         priority=row["priority"], approve=bool(row["approve"]), budget_usd=row["budget_usd"],
         plan_in=row["plan_in"], reasoning=row["reasoning"], total_cost_usd=row["total_cost_usd"],
         reserved_usd=row["reserved_usd"], cancel_requested=bool(row["cancel_requested"]),
+        context=row["context"], answer_max_tokens=row["answer_max_tokens"],
         subtasks=[
             SubState(
                 index=s["index"], description=s["description"], tier_hint=s["tier_hint"],

@@ -21,6 +21,8 @@ def create_task(
     priority: int = 2,
     plan_in: dict[str, Any] | None = None,
     approve: bool = True,
+    context: list[dict[str, str]] | None = None,
+    answer_max_tokens: int | None = None,
 ) -> Task:
     """Insert a queued task (and its first event) and commit. The plan, if given, must
     already be validated."""
@@ -31,6 +33,8 @@ def create_task(
         priority=priority,
         plan_in=plan_in,
         approve=approve,
+        context=context,
+        answer_max_tokens=answer_max_tokens,
         status=TaskStatus.queued,
     )
     with Session(engine, expire_on_commit=False) as session:
