@@ -244,6 +244,7 @@ class Executor:
 
     async def _plan(self, st: runs.TaskState) -> list[runs.SubState] | None:
         runs.set_status(self.writer, st.id, TaskStatus.planning)
+        warnings: list[str] = []
         try:
             if st.plan_in is not None:
                 plan = validate_plan(st.plan_in, max_subtasks=self.settings.max_subtasks)
@@ -259,7 +260,8 @@ class Executor:
                                             max_tokens=self.settings.planner_max_tokens,
                                             json_schema=schema)
 
-                plan = await decompose(call, st.prompt, max_subtasks=self.settings.max_subtasks)
+                plan = await decompose(call, st.prompt, max_subtasks=self.settings.max_subtasks,
+                                       warnings=warnings)
         except BudgetExceeded as exc:
             runs.set_status(self.writer, st.id, TaskStatus.failed,
                             error=f"could not plan within the budget of ${st.budget_usd:g}: {exc.message}")
@@ -280,7 +282,8 @@ class Executor:
         ]
         runs.save_plan(self.writer, st.id, reasoning=plan.reasoning,
                        subs=subs,
-                       prompt_versions=self._versions, planned_status=TaskStatus.planned)
+                       prompt_versions=self._versions, planned_status=TaskStatus.planned,
+                       warnings=warnings)
         return subs
 
     async def _execute(self, st: runs.TaskState) -> None:
