@@ -94,7 +94,8 @@ _EDGE = re.compile(r"\(\s*(\d+|START)\s*,\s*(\d+|END)\s*\)")
 def parse_worfbench_answer(text: str) -> Graph:
     """`Node:\\n1: ...\\n2: ...\\nEdge: (START,1) (1,2) ... (n,END)` as a Graph. Edges to
     START and END are dropped (the scorer adds them back from roots and leaves)."""
-    node_part, _, edge_part = text.partition("Edge")
+    cut = text.rfind("Edge")
+    node_part, edge_part = (text, "") if cut < 0 else (text[:cut], text[cut:])
     nodes = [m.strip() for m in _NODE.findall(node_part)]
     edges = []
     for a, b in _EDGE.findall(edge_part):
@@ -139,6 +140,8 @@ def _teval(data: Any) -> list[Item]:
     items = []
     for key, row in data.items():
         steps = row["ground_truth"]
+        if isinstance(steps, str):  # T-Eval stores it as JSON text in some releases
+            steps = json.loads(steps)
         index = {step["id"]: i for i, step in enumerate(steps)}
         nodes = [_step_text(str(s["name"]), s.get("args")) for s in steps]
         edges = [(index[p], i) for i, s in enumerate(steps) for p in s.get("prev", []) if p in index and index[p] != i]

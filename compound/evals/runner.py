@@ -192,7 +192,9 @@ class EvalRun:
         )
         if item.expect is not None:
             result.checks = check_expect(item.expect, descriptions, deps, tiers)
-        if item.gold is not None:
+        if item.gold is not None and not subs:  # no plan: nothing of the gold was found
+            result.node_f1 = result.edge_f1 = result.chain_f1 = result.graph_f1 = 0.0
+        elif item.gold is not None:
             pred = Graph.from_deps(descriptions, deps)
             scores = score(pred, item.gold, self.matcher.matrix(pred.nodes, item.gold.nodes), self.matcher.threshold)
             result.node_f1, result.edge_f1 = scores.node.f1, scores.edge.f1
@@ -250,11 +252,10 @@ def _mean(values: list[float]) -> float | None:
 def summarize(results: list[ItemResult], *, matcher: str, dataset: str, fmt: str,
               settings: Settings, judge_model: str | None) -> dict[str, Any]:
     n = len(results)
-    graded = [r for r in results if r.node_f1 is not None or (not r.valid and fmt != "own")]
+    graded = [r for r in results if r.node_f1 is not None]
 
     def f1(name: str) -> float | None:
-        # an item with a gold graph but no valid plan scores 0 on every graph measure
-        return _mean([getattr(r, name) or 0.0 for r in graded]) if graded else None
+        return _mean([float(getattr(r, name)) for r in graded]) if graded else None
 
     cost = sum(r.cost_usd for r in results)
     strong = sum(r.strong_tier_cost_usd for r in results)
