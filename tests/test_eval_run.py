@@ -129,7 +129,7 @@ async def test_gold_graph_scores_through_the_pipeline() -> None:
 
 async def test_an_item_without_a_plan_scores_zero_and_counts_as_invalid() -> None:
     items = load(FIX / "taskbench_data.json", "taskbench")
-    fake = FakeLLM(answer=lambda m, msgs: "no plan" if prompt_kind(msgs[0]["content"]) == "planner" else "x")
+    fake = FakeLLM(answer=lambda _m, msgs: "no plan" if prompt_kind(msgs[0]["content"]) == "planner" else "x")
     run = EvalRun(settings=settings(), client=fake, matcher=LexicalMatcher(), price_of=price_of)
     results = await run.run(items)
     assert [r.valid for r in results] == [False, False]

@@ -95,7 +95,8 @@ def _client(settings: Any, *, record: Path | None, replay: Path | None, judge: s
               "tier3": settings.tier3_models, "synthesis_tier": settings.synthesis_tier, "judge": judge}
     if replay is not None:
         client = ReplayClient(replay)
-        differ = {k: (v, header[k]) for k, v in client.header.items() if k in header and header[k] != v and k != "judge"}
+        differ = {k: (v, header[k]) for k, v in client.header.items()
+                  if k in header and header[k] != v and k != "judge"}
         if differ:
             named = "; ".join(f"{k}: recorded {a}, configured {b}" for k, (a, b) in differ.items())
             raise UserInputError(f"the recording {replay} was made with other models ({named}); "

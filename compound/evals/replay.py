@@ -73,8 +73,9 @@ class ReplayClient:
                 raise UserInputError(f"{path} line {n} is not a recorded answer") from None
         self._used: dict[str, int] = defaultdict(int)
 
-    async def complete(self, *, model: str, messages: list[Message], max_tokens: int,
-                       json_schema: dict[str, Any] | None = None, timeout_s: float | None = None) -> Completion:
+    async def complete(self, *, model: str, messages: list[Message], max_tokens: int,  # noqa: ARG002
+                       json_schema: dict[str, Any] | None = None,  # noqa: ARG002
+                       timeout_s: float | None = None) -> Completion:  # noqa: ARG002
         key = call_key(model, messages)
         rows = self.answers.get(key)
         if not rows:

@@ -113,8 +113,8 @@ def _plots(out: Path, results: list[ItemResult]) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.scatter([r.cost_usd for r in results], [quality(r) for r in results], label="routed", s=14)
-    ax.scatter([r.strong_tier_cost_usd for r in results], [quality(r) for r in results], label="same calls, strongest tier",
-               s=14, marker="x")
+    ax.scatter([r.strong_tier_cost_usd for r in results], [quality(r) for r in results],
+               label="same calls, strongest tier", s=14, marker="x")
     ax.set_xlabel("cost per item (USD)")
     ax.set_ylabel("quality")
     ax.set_title("cost against quality")

@@ -196,7 +196,9 @@ class EvalRun:
             result.node_f1 = result.edge_f1 = result.chain_f1 = result.graph_f1 = 0.0
         elif item.gold is not None:
             pred = Graph.from_deps(descriptions, deps)
-            scores = score(pred, item.gold, self.matcher.matrix(pred.nodes, item.gold.nodes), self.matcher.threshold)
+            # off the event loop: an embedding model is seconds of CPU the other items should not wait on
+            matrix = await asyncio.to_thread(self.matcher.matrix, pred.nodes, item.gold.nodes)
+            scores = score(pred, item.gold, matrix, self.matcher.threshold)
             result.node_f1, result.edge_f1 = scores.node.f1, scores.edge.f1
             result.chain_f1, result.graph_f1 = scores.chain.f1, scores.graph.f1
         if self.judge_model and snap.get("result"):

