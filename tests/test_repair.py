@@ -129,3 +129,15 @@ async def test_the_fixes_are_saved_as_warnings_in_the_snapshot_and_the_cli_tree(
     assert "warning: subtask 1 depended on 3" in console.export_text()
     untouched = create_task(any_engine, prompt="x", budget_usd=1.0)
     assert task_snapshot(any_engine, untouched.id)["warnings"] == []
+
+
+async def test_warnings_in_the_http_snapshot(api: Any, sim: Any) -> None:
+    broken = json.dumps(_plan([], [1, 0, 0]))
+    sim.answer("planner", broken, broken, broken)  # the same answer again if a loaded machine times a call out
+    r = await api.http.post("/v1/tasks", json={"prompt": "a then b"}, headers=api.auth(api.alice))
+    assert r.status_code == 202
+    snap = await api.wait(r.json()["id"], api.alice, timeout=60)
+    assert snap["status"] == "completed"
+    assert [s["depends_on"] for s in snap["subtasks"]] == [[], [0]]
+    assert snap["warnings"] == ["subtask 1 depended on itself; that dependency was dropped",
+                                "subtask 1 listed dependency 0 twice; the duplicate was dropped"]
