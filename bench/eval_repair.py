@@ -42,7 +42,7 @@ def broken(plan: dict[str, Any], fault: str) -> str:
     elif fault == "range":
         subs[0]["depends_on"].append(n + 2)
     elif fault == "self+range+dup":
-        subs[-1]["depends_on"] += [n - 1, n + 5] + subs[-1]["depends_on"][:1]
+        subs[-1]["depends_on"] += [n - 1, n + 5, *subs[-1]["depends_on"][:1]]
         subs[0]["depends_on"].append(0)
     elif fault == "cycle":
         subs.append({"description": "Check the result", "tier_hint": 1, "depends_on": [0]})
