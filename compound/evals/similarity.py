@@ -4,6 +4,7 @@ matcher by default, a sentence-embedding model when its optional extra is instal
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any, Protocol
 
 from compound.core.errors import ConfigError
@@ -70,8 +71,13 @@ class EmbeddingMatcher:
     def __init__(self, threshold: float = 0.6) -> None:
         self.threshold = threshold
         self._model: Any = None
+        self._lock = threading.Lock()  # items score in worker threads: load the model once
 
     def _load(self) -> Any:
+        with self._lock:
+            return self._load_locked()
+
+    def _load_locked(self) -> Any:
         if self._model is None:
             import os
 
