@@ -69,7 +69,7 @@ TASK_EXAMPLE: dict[str, Any] = {
     "status": "executing", "reasoning": "Two independent summaries, then a comparison.", "result": None,
     "error": None, "budget_usd": 0.5, "total_cost_usd": 0.0123, "priority": 2,
     "prompt_versions": {"decompose": "d06875606c1f", "subtask": "99b2209402a7", "synthesize": "8eae2a77e60f"},
-    "created_at": "2026-11-22T10:00:00Z", "planned_at": "2026-11-22T10:00:01Z",
+    "warnings": [], "created_at": "2026-11-22T10:00:00Z", "planned_at": "2026-11-22T10:00:01Z",
     "started_at": "2026-11-22T10:00:01Z", "completed_at": None,
     "planner": {"model": "anthropic/claude-haiku-4-5", "cost_usd": 0.0004, "input_tokens": 812,
                 "output_tokens": 240},
@@ -90,6 +90,8 @@ class TaskOut(BaseModel):
     priority: int
     prompt_versions: dict[str, str] | None = Field(
         default=None, description="sha256 prefixes of the prompt files the task ran with")
+    warnings: list[str] = Field(
+        default_factory=list, description="what the planner's plan needed fixing without a model")
     created_at: str | None
     planned_at: str | None
     started_at: str | None

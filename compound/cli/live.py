@@ -41,6 +41,8 @@ def render_snapshot(snap: dict[str, Any]) -> Tree:
         node = tree.add(line)
         if s.get("error"):
             node.add(Text(clip(s["error"], 160), style="red"))
+    for warning in snap.get("warnings") or []:  # plan fixes made without a model
+        tree.add(Text(f"warning: {warning}", style="yellow"))
     return tree
 
 

@@ -249,6 +249,7 @@ class Executor:
 
     async def _plan(self, st: runs.TaskState) -> list[runs.SubState] | None:
         runs.set_status(self.writer, st.id, TaskStatus.planning)
+        warnings: list[str] = []
         try:
             if st.plan_in is not None:
                 plan = validate_plan(st.plan_in, max_subtasks=self.settings.max_subtasks)
@@ -265,7 +266,7 @@ class Executor:
                                             json_schema=schema)
 
                 plan = await decompose(call, st.prompt, max_subtasks=self.settings.max_subtasks,
-                                       context=st.context)
+                                       context=st.context, warnings=warnings)
         except BudgetExceeded as exc:
             runs.set_status(self.writer, st.id, TaskStatus.failed,
                             error=f"could not plan within the budget of ${st.budget_usd:g}: {exc.message}")
@@ -286,7 +287,8 @@ class Executor:
         ]
         runs.save_plan(self.writer, st.id, reasoning=plan.reasoning,
                        subs=subs,
-                       prompt_versions=self._versions, planned_status=TaskStatus.planned)
+                       prompt_versions=self._versions, planned_status=TaskStatus.planned,
+                       warnings=warnings)
         return subs
 
     async def _execute(self, st: runs.TaskState) -> None:

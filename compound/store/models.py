@@ -112,6 +112,8 @@ class Task(SQLModel, table=True):
     reserved_usd: float = 0.0
     planner_model: str | None = None
     prompt_versions: dict[str, str] | None = Field(default=None, sa_column=Column(JSON))
+    # What the planner's plan needed fixing without a model (planner/repair.py), in words.
+    warnings: list[str] | None = Field(default=None, sa_column=Column(JSON))
     cancel_requested: bool = False
     event_seq: int = 0  # last TaskEvent.seq written for this task
     created_at: datetime = Field(default_factory=utcnow, index=True)

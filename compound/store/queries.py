@@ -62,3 +62,13 @@ def list_tasks(engine: Engine, *, user_id: str | None, limit: int = 20, status: 
     ]
     next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None
     return out, next_cursor
+
+
+def ledger_rows(engine: Engine, task_id: str) -> list[dict[str, Any]]:
+    """A task's ledger, oldest first, as plain dicts (the evals price them again)."""
+    from compound.store.models import LedgerEntry
+
+    ledger = LedgerEntry.__table__  # type: ignore[attr-defined]
+    with engine.connect() as conn:
+        rows = conn.execute(select(ledger).where(ledger.c.task_id == task_id).order_by(ledger.c.id))
+        return [dict(r) for r in rows.mappings()]

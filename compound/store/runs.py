@@ -184,7 +184,8 @@ TERMINAL = frozenset({TaskStatus.completed, TaskStatus.partial, TaskStatus.faile
 
 
 def save_plan(w: FastWriter, task_id: str, *, reasoning: str | None, subs: list[SubState],
-              prompt_versions: dict[str, str], planned_status: str) -> None:
+              prompt_versions: dict[str, str], planned_status: str,
+              warnings: list[str] | None = None) -> None:
     """Insert the subtasks and mark the task planned, in one transaction. The plan's
     JSON is cleared from the task row: the subtask rows are the plan, and a narrow row
     keeps hot UPDATEs small."""
@@ -199,10 +200,11 @@ def save_plan(w: FastWriter, task_id: str, *, reasoning: str | None, subs: list[
                 "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens) VALUES "
                 "(:id, :t, :i, :d, :th, :ta, {json:ms}, :m, {json:deps}, :st, 0, 0, 0, 0)"), rows)
         seq, total = w.run(cur, "UPDATE task SET reasoning=:r, plan_in=NULL, prompt_versions={json:pv}, "
+                                "warnings={json:wn}, "
                                 "status=:st, planned_at=:now, event_seq=event_seq+1, updated_at=:now "
                                 "WHERE id=:t RETURNING event_seq, total_cost_usd",
                            {"r": reasoning, "pv": w.dumps(prompt_versions), "st": planned_status,
-                            "now": now, "t": task_id}).fetchone()
+                            "wn": w.dumps(warnings or None), "now": now, "t": task_id}).fetchone()
         w.event(cur, task_id, seq, "task", {"status": planned_status, "error": None, "total_cost_usd": total},
                 now)
     log_status(task_id, planned_status, total=total, subtasks=len(subs))

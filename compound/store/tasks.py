@@ -137,6 +137,7 @@ def task_snapshot(engine: Engine, task_id: str, *, user_id: str | None = None) -
         "total_cost_usd": task.total_cost_usd,
         "priority": task.priority,
         "prompt_versions": task.prompt_versions,
+        "warnings": list(task.warnings or []),
         "created_at": iso(task.created_at),
         "planned_at": iso(task.planned_at),
         "started_at": iso(task.started_at),
