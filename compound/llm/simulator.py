@@ -131,6 +131,9 @@ class Simulator:
     def __init__(self, script: Script | None = None) -> None:
         self.script = script or Script()
         self.requests: list[dict[str, Any]] = []
+        # calls being answered now, and the most at once, per model (tests of caps)
+        self.in_flight: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
         self._lock = threading.Lock()
         self.app = Starlette(
             routes=[
@@ -139,6 +142,7 @@ class Simulator:
                 Route("/chat/completions", self._openai, methods=["POST"]),
                 Route("/healthz", self._health, methods=["GET"]),
                 Route("/_sim/requests", self._log, methods=["GET"]),
+                Route("/_sim/stats", self._stats, methods=["GET"]),
             ]
         )
 
@@ -164,6 +168,11 @@ class Simulator:
             rows = [{k: r[k] for k in ("wire", "model", "kind", "text", "at")} for r in self.requests]
         return JSONResponse(rows)
 
+    async def _stats(self, _request: Request) -> JSONResponse:
+        """Calls in flight now and the peak, per model (a cap on concurrency is checked here)."""
+        with self._lock:
+            return JSONResponse({"in_flight": dict(self.in_flight), "peak": dict(self.peak)})
+
     async def _health(self, _request: Request) -> JSONResponse:
         return JSONResponse({"ok": True})
 
@@ -183,13 +192,19 @@ class Simulator:
                     break
             queued = self.script.answers.get(kind)
             forced = queued.pop(0) if queued else None
-        delay = self.script.latency_for(model, kind, text)
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if failure is not None:
-            if failure.status == 0:
+            self.in_flight[model] = self.in_flight.get(model, 0) + 1
+            self.peak[model] = max(self.peak.get(model, 0), self.in_flight[model])
+        try:
+            delay = self.script.latency_for(model, kind, text)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if failure is not None and failure.status == 0:
                 await asyncio.sleep(failure.hang_s or 3600)
                 failure = Failure(status=504)
+        finally:
+            with self._lock:
+                self.in_flight[model] -= 1
+        if failure is not None:
             return _error(wire, failure)
         out = forced if forced is not None else answer_for(kind, text, self.script.max_subtasks)
         in_tok = _tokens(system + text)
