@@ -40,7 +40,7 @@ def plan(name: str) -> dict[str, Any]:
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def throughput(c: Cluster, api: int, n: int, tag: str) -> float:

@@ -168,7 +168,7 @@ def test_kill_worker_mid_task(cluster_factory: Any) -> None:
         mine = victim_tasks()
         if not mine:
             return []
-        sent = {d for d in worker_calls(c)}
+        sent = set(worker_calls(c))
         running = c.sql("SELECT task_id, description FROM subtask WHERE status = 'running' AND task_id = ANY(:t)",
                         t=mine)
         return [tid for tid, desc in running if desc in sent and desc.startswith("slow")]

@@ -118,7 +118,7 @@ async def test_model_slots_cap_holds_across_processes(pg_url: str) -> None:
 @pytest.mark.postgres
 async def test_a_dead_workers_model_slot_frees_itself(pg_url: str) -> None:
     model = f"test/model-{uuid.uuid4().hex[:8]}"
-    dead, live = (PgModelSlots(pg_url, lambda m: 1) for _ in range(2))
+    dead, live = (PgModelSlots(pg_url, lambda _m: 1) for _ in range(2))
     held = dead.limit_for(model)
     assert held is not None
     await held.acquire()
