@@ -42,19 +42,26 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
         own_engine = engine is None
         eng = engine or make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
         create_all(eng)
-        llm = client
-        if llm is None:
-            from compound.llm import build_client
+        executor: Any
+        if settings.execution == "queue":
+            # Queue mode: this process stores, enqueues and reads; `compound worker`s run tasks.
+            from compound.worker.backend import QueueBackend
 
-            llm = build_client(settings)
-            warm = getattr(llm, "warm", None)
-            if warm is not None:
-                await warm()
-        obs = list(observers or [])
-        metrics = getattr(app.state, "metrics", None)
-        if metrics is not None:
-            obs.append(metrics)
-        executor = Executor(settings=settings, engine=eng, client=llm, observers=obs)
+            executor = QueueBackend(settings=settings, engine=eng)
+        else:
+            llm = client
+            if llm is None:
+                from compound.llm import build_client
+
+                llm = build_client(settings)
+                warm = getattr(llm, "warm", None)
+                if warm is not None:
+                    await warm()
+            obs = list(observers or [])
+            metrics = getattr(app.state, "metrics", None)
+            if metrics is not None:
+                obs.append(metrics)
+            executor = Executor(settings=settings, engine=eng, client=llm, observers=obs)
         app.state.engine = eng
         app.state.executor = executor
         await executor.start()

@@ -21,9 +21,9 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from compound.cli import config, db, eval, mcp, plan, run, serve, sim, tasks, tokens
+    from compound.cli import config, db, eval, mcp, plan, run, serve, sim, tasks, tokens, worker
 
-    for module in (config, db, eval, mcp, plan, run, serve, sim, tasks, tokens):
+    for module in (config, db, eval, mcp, plan, run, serve, sim, tasks, tokens, worker):
         module.register(app)
 
 

@@ -81,6 +81,15 @@ class Settings(BaseSettings):
     log_json: bool | None = None  # None: JSON when stderr is not a terminal
     models: dict[str, ModelConfig] = Field(default_factory=dict)
 
+    # scale-out (design.md section 7, docs/deploy.md)
+    execution: Literal["inprocess", "queue"] = "inprocess"
+    dbos_system_database_url: str | None = Field(
+        default=None, description="DBOS's system tables; None: the store's database (schema `dbos`)")
+    queue_concurrency: int | None = Field(default=None, ge=1, description="tasks running at once, all workers")
+    worker_concurrency: int = Field(default=8, ge=1, description="tasks running at once in one worker")
+    queue_polling_interval_s: float = Field(default=0.01, gt=0, le=60)
+    dead_worker_check_s: float = Field(default=2.0, gt=0, le=300, description="how often a worker looks for dead ones")
+
     # provider secrets, read from the providers' own variables (never printed)
     anthropic_api_key: SecretStr | None = Field(default=None, exclude=True)
     openai_api_key: SecretStr | None = Field(default=None, exclude=True)
@@ -142,6 +151,10 @@ class Settings(BaseSettings):
                 seen[model] = None
         return list(seen)
 
+    def system_database_url(self) -> str:
+        """Where DBOS keeps its queues and workflow states (queue mode)."""
+        return self.dbos_system_database_url or self.database_url
+
     def model_config_for(self, model: str) -> ModelConfig:
         return self.models.get(model) or ModelConfig()
 
@@ -165,6 +178,8 @@ class Settings(BaseSettings):
         """The effective settings with every secret masked (for `compound config show`)."""
         data = self.model_dump(mode="json", exclude={"anthropic_api_key", "openai_api_key"})
         data["database_url"] = mask_url(self.database_url)
+        if self.dbos_system_database_url:
+            data["dbos_system_database_url"] = mask_url(self.dbos_system_database_url)
         for name in ("anthropic_api_key", "openai_api_key"):
             secret = getattr(self, name)
             data[name] = mask_secret(secret.get_secret_value()) if secret else None

@@ -9,7 +9,7 @@ import dataclasses
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.engine import Engine
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
@@ -40,6 +40,20 @@ log = get_logger("compound.executor")
 Sleep = Callable[[float], Awaitable[None]]
 
 
+class ModelLimit(Protocol):
+    """One model's cap on calls in flight: asyncio.Semaphore, or a cluster-wide one."""
+
+    async def acquire(self) -> bool: ...
+    def release(self) -> None: ...
+
+
+class ModelSlots(Protocol):
+    """Where per-model caps come from when they must hold beyond this process
+    (compound.store.pg_slots); None from limit_for means the model has no cap."""
+
+    def limit_for(self, model: str) -> ModelLimit | None: ...
+
+
 class _Canceled(Exception):
     """The task was canceled while we were waiting on something."""
 
@@ -57,8 +71,10 @@ class Executor:
         price_of: Callable[[str], Price] | None = None,
         observers: Sequence[CallObserver] = (),
         sleep: Sleep = asyncio.sleep,
+        model_slots: ModelSlots | None = None,
     ) -> None:
         self.settings = settings
+        self.model_slots = model_slots
         self.engine = engine
         self.client = client
         if price_of is None:
@@ -81,6 +97,7 @@ class Executor:
         self._checkpointer: asyncio.Task[None] | None = None
         self._pending_reserves: list[tuple[str, dict[str, Any], asyncio.Future[Any]]] = []
         self._daily: dict[str, float | None] = {}
+        self._stopping = False
 
     # lifecycle ----------------------------------------------------------------------
 
@@ -112,6 +129,7 @@ class Executor:
                     log.warning("checkpoint failed; will retry")
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._checkpointer is not None:
             self._checkpointer.cancel()
             await asyncio.gather(self._checkpointer, return_exceptions=True)
@@ -147,6 +165,32 @@ class Executor:
         finally:
             if self._running.get(task_id) is asyncio.current_task():
                 self._running.pop(task_id, None)
+
+    async def run_here(self, task_id: str) -> None:
+        """Run the task as submit() does and return when it stops (a queue worker's
+        entry point): cancel() reaches it, and a cancel is an ordinary end, not an error."""
+        self.submit(task_id)
+        task = self._running.get(task_id)
+        if task is None:
+            return
+        try:
+            await task
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if self._stopping or (me is not None and me.cancelling()):
+                raise  # this worker is stopping: the task stays for another to resume
+            # else cancel() stopped the task and finished it as canceled
+
+    def is_running(self, task_id: str) -> bool:
+        running = self._running.get(task_id)
+        return running is not None and not running.done()
+
+    async def abandon(self, task_id: str) -> None:
+        """Stop this process's run of a task that ended elsewhere (canceled by an API)."""
+        running = self._running.get(task_id)
+        if running is not None and not running.done():
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
 
     async def wait(self, task_id: str, timeout: float | None = None) -> str:
         """Until the task is terminal; returns its status."""
@@ -366,7 +410,9 @@ class Executor:
 
     # one model call, with budget, retries and fallbacks -----------------------------
 
-    def _model_limit(self, model: str) -> asyncio.Semaphore | None:
+    def _model_limit(self, model: str) -> ModelLimit | None:
+        if self.model_slots is not None:
+            return self.model_slots.limit_for(model)
         limit = self.settings.model_config_for(model).max_concurrency
         if limit is None:
             return None

@@ -150,6 +150,9 @@ class Simulator:
         self.requests: list[dict[str, Any]] = []
         # (model, prefix digest) -> (readable from, expires at), monotonic seconds
         self.cache: dict[tuple[str, str], tuple[float, float]] = {}
+        # calls being answered now, and the most at once, per model (tests of caps)
+        self.in_flight: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
         self._lock = threading.Lock()
         self.app = Starlette(
             routes=[
@@ -158,6 +161,7 @@ class Simulator:
                 Route("/chat/completions", self._openai, methods=["POST"]),
                 Route("/healthz", self._health, methods=["GET"]),
                 Route("/_sim/requests", self._log, methods=["GET"]),
+                Route("/_sim/stats", self._stats, methods=["GET"]),
             ]
         )
 
@@ -182,6 +186,11 @@ class Simulator:
         with self._lock:
             rows = [{k: r[k] for k in ("wire", "model", "kind", "text", "at")} for r in self.requests]
         return JSONResponse(rows)
+
+    async def _stats(self, _request: Request) -> JSONResponse:
+        """Calls in flight now and the peak, per model (a cap on concurrency is checked here)."""
+        with self._lock:
+            return JSONResponse({"in_flight": dict(self.in_flight), "peak": dict(self.peak)})
 
     async def _health(self, _request: Request) -> JSONResponse:
         return JSONResponse({"ok": True})
@@ -214,19 +223,25 @@ class Simulator:
                     break
             queued = self.script.answers.get(kind) if failure is None else None
             forced = queued.pop(0) if queued else None
+            self.in_flight[model] = self.in_flight.get(model, 0) + 1
+            self.peak[model] = max(self.peak.get(model, 0), self.in_flight[model])
         delay = self.script.latency_for(model, kind, text)
         in_tok = _tokens(system + text)
         # Decided on arrival: a prefix still being written by a call in flight is a miss.
         cached = self._cached(model, prefixes, in_tok, delay) if prefixes and failure is None else (0, 0)
-        if delay > 0:
-            await asyncio.sleep(delay)
-        for needle, released in list(self.script.holds.items()):
-            while needle in text and not released.is_set():
-                await asyncio.sleep(0.01)
-        if failure is not None:
-            if failure.status == 0:
+        try:
+            if delay > 0:
+                await asyncio.sleep(delay)
+            for needle, released in list(self.script.holds.items()):
+                while needle in text and not released.is_set():
+                    await asyncio.sleep(0.01)
+            if failure is not None and failure.status == 0:
                 await asyncio.sleep(failure.hang_s or 3600)
                 failure = Failure(status=504)
+        finally:
+            with self._lock:
+                self.in_flight[model] -= 1
+        if failure is not None:
             return _error(wire, failure)
         out = forced if forced is not None else answer_for(kind, text, self.script.max_subtasks)
         out_tok = _tokens(out)
