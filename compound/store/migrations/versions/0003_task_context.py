@@ -1,14 +1,14 @@
 """task context and answer_max_tokens (the chat door)
 
-Revision ID: 0002_task_context
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-11-23 14:20:00
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0002_task_context'
-down_revision = '0001'
+revision = '0003'
+down_revision = '0002'
 branch_labels = None
 depends_on = None
 
