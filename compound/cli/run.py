@@ -39,6 +39,9 @@ def register(app: typer.Typer) -> None:
             typer.echo("error: --budget must be more than 0 (it is a hard cap in USD)", err=True)
             raise typer.Exit(2)
         settings = settings_or_exit(priced=True)
+        from compound.core.logging import configure_logging
+
+        configure_logging(settings.log_level, settings.log_json)  # task logs go to stderr, never stdout
         try:
             plan_in = None
             if plan is not None:
