@@ -151,7 +151,7 @@ async def main_async(calls: int, concurrency: int, rounds: int, write: Path | No
         f"{os.cpu_count()} cores, Python {platform.python_version()}: {calls} calls at concurrency "
         f"{concurrency} per variant, variants interleaved, median of {rounds} rounds, the simulator in "
         f"another process, with:\n\n    .venv/bin/python bench/client_bench.py --calls {calls} "
-        f"--concurrency {concurrency} --rounds {rounds} --write docs/benchmarks.md\n"
+        f"--concurrency {concurrency} --rounds {rounds}{'' if litellm else ' --no-litellm'} --write docs/benchmarks.md\n"
     )
     report = header + "\n" + "\n".join(lines) + "\n"
     print(report)
@@ -165,7 +165,7 @@ def replace_section(path: Path, marker: str, title: str, body: str) -> None:
     section = f"{marker}\n{title}\n\n{body}{marker}\n"
     if text.count(marker) >= 2:
         head, _old, tail = text.split(marker, 2)
-        text = head + section + tail.lstrip("\n")
+        text = head + section + "\n" + tail.lstrip("\n")
         path.write_text(text)
     else:
         path.write_text(text.rstrip() + "\n\n" + section)
