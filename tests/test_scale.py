@@ -168,12 +168,14 @@ def test_kill_worker_mid_task(cluster_factory: Any) -> None:
         mine = victim_tasks()
         if not mine:
             return []
+        running = c.sql("SELECT task_id, description FROM subtask WHERE status = 'running' "
+                        "AND description LIKE 'slow%' AND task_id = ANY(:t)", t=mine)
+        if not running:
+            return []
         sent = set(worker_calls(c))
-        running = c.sql("SELECT task_id, description FROM subtask WHERE status = 'running' AND task_id = ANY(:t)",
-                        t=mine)
-        return [tid for tid, desc in running if desc in sent and desc.startswith("slow")]
+        return [tid for tid, desc in running if desc in sent]
 
-    wait_until(in_flight_on_victim, timeout=120, what="slow calls in flight on the first worker")
+    wait_until(in_flight_on_victim, timeout=120, what="slow calls in flight on the first worker", every=0.2)
     completed_before = {desc for (desc,) in c.sql("SELECT description FROM subtask WHERE status = 'completed'")}
     orphans = victim_tasks()
     os.kill(victim.pid, signal.SIGKILL)
@@ -200,4 +202,25 @@ def test_kill_worker_mid_task(cluster_factory: Any) -> None:
         assert n == ok + lost, desc  # the repeats are the lost in-flight calls, at their worst case
     assert sum(lost for _, _, _, lost in ledger) >= 1
     assert set(orphans) <= set(ids)
+    check_money(c, ids)
+
+
+def test_global_task_cap_holds_across_workers(cluster_factory: Any) -> None:
+    """COMPOUND_QUEUE_CONCURRENCY caps the tasks running at once, all workers together.
+    Each task is one subtask then its synthesis (one call in flight at a time), all on
+    one model: the simulator's peak of calls in flight is the peak of tasks running."""
+    haiku = "anthropic/claude-haiku-4-5"
+    c: Cluster = cluster_factory(
+        script={"latency_s": 0.5},
+        env={"COMPOUND_QUEUE_CONCURRENCY": "2", "COMPOUND_WORKER_CONCURRENCY": "2",
+             "COMPOUND_TIER1_MODELS": haiku, "COMPOUND_TIER2_MODELS": haiku})
+    c.start_workers(2)
+    api = c.start_api()
+    c.wait_workers_ready(2)
+    one = {"subtasks": [{"description": "the only step", "tier_hint": 1, "depends_on": []}]}
+    ids = [c.submit(api, {"prompt": f"capped {i}", "plan": one})["id"] for i in range(8)]
+    done = c.wait_terminal(api, ids, timeout=240)
+    assert {s["status"] for s in done.values()} == {"completed"}
+    # Each worker alone may run 2: without the global cap 4 could run at once.
+    assert c.sim_stats()["peak"][haiku.split("/", 1)[1]] == 2
     check_money(c, ids)
