@@ -211,6 +211,7 @@ def test_replay_refuses_other_models(monkeypatch: pytest.MonkeyPatch) -> None:
     (["--record", "a.jsonl", "--replay", "b.jsonl"], "exclude each other"),
     (["--format", "xml"], "unknown format 'xml'"),
     (["--matcher", "psychic"], "unknown matcher 'psychic'"),
+    (["--judge", "openai/who-knows"], "openai/who-knows"),
 ])
 def test_eval_usage_errors(args: list[str], message: str) -> None:
     out = runner.invoke(app, ["eval", str(OWN), *args])

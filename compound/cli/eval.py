@@ -47,6 +47,8 @@ def register(app: typer.Typer) -> None:
             path = _dataset_path(dataset)
             items = load(path, fmt)[:limit] if limit else load(path, fmt)
             match = matcher_named(matcher)
+            if judge:
+                price_of(judge, settings)  # an unpriced judge is refused now, not after the whole run
             client = _client(settings, record=record, replay=replay, judge=judge)
         except CompoundError as exc:
             typer.echo(f"error: {exc.message}", err=True)
