@@ -21,7 +21,7 @@ ONE_STEP = "Explain quicksort"  # the simulator plans it as one subtask
 @asynccontextmanager
 async def a2a(served, token: str | None, *, streaming: bool = False) -> AsyncIterator[Client]:  # type: ignore[no-untyped-def]
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with httpx.AsyncClient(headers=headers, timeout=30) as http:
+    async with httpx.AsyncClient(headers=headers, timeout=120) as http:
         client = await create_client(served.url, ClientConfig(httpx_client=http, streaming=streaming))
         yield client
 
@@ -74,7 +74,7 @@ async def test_stream_sends_status_updates_then_the_artifact(served) -> None:  #
 
 
 async def test_v03_method_names_answer_too(served) -> None:  # type: ignore[no-untyped-def]
-    async with httpx.AsyncClient(base_url=served.url, timeout=30,
+    async with httpx.AsyncClient(base_url=served.url, timeout=120,
                                  headers={"Authorization": f"Bearer {served.alice}"}) as http:
         r = await http.post("/a2a", json={"jsonrpc": "2.0", "id": 1, "method": "message/send", "params": {
             "message": {"kind": "message", "messageId": "m1", "role": "user",
@@ -139,3 +139,16 @@ async def test_cancel_reports_canceled(served, sim) -> None:  # type: ignore[no-
         assert json.loads(json.dumps(dict(got.metadata["compound"])))["status"] == "canceled"
         with pytest.raises(A2AError):  # a finished task cannot be canceled again
             await client.cancel_task(pb.CancelTaskRequest(id=task.id))
+
+
+async def test_v03_message_stream_sends_sse_events(served) -> None:  # type: ignore[no-untyped-def]
+    body = {"jsonrpc": "2.0", "id": 9, "method": "message/stream", "params": {
+        "message": {"kind": "message", "messageId": "m9", "role": "user", "parts": [{"kind": "text", "text": ONE_STEP}]}}}
+    async with httpx.AsyncClient(base_url=served.url, timeout=120,
+                                 headers={"Authorization": f"Bearer {served.alice}"}) as http, \
+            http.stream("POST", "/a2a", json=body) as r:
+        events = [json.loads(line[5:]) async for line in r.aiter_lines() if line.startswith("data:")]
+    results = [e["result"] for e in events]
+    assert results[0]["kind"] == "task"
+    assert any(x.get("kind") == "artifact-update" for x in results)
+    assert results[-1]["kind"] == "status-update" and results[-1]["status"]["state"] == "completed"

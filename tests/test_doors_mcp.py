@@ -28,7 +28,7 @@ TOOLS = {"submit_task", "get_task", "list_tasks", "cancel_task", "approve_task",
 @asynccontextmanager
 async def mcp_http(served, token: str | None) -> AsyncIterator[ClientSession]:  # type: ignore[no-untyped-def]
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=60)) as http, \
+    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=120)) as http, \
             streamable_http_client(served.url + "/mcp", http_client=http) as (read, write), \
             ClientSession(read, write) as session:
         await session.initialize()

@@ -95,7 +95,7 @@ async def test_streaming_sends_chunks_then_done(served) -> None:  # type: ignore
 
 
 async def test_stream_progress_is_sse_comments(served) -> None:  # type: ignore[no-untyped-def]
-    async with httpx.AsyncClient(base_url=served.url, timeout=30) as http, http.stream(
+    async with httpx.AsyncClient(base_url=served.url, timeout=120) as http, http.stream(
             "POST", "/v1/chat/completions", headers={"Authorization": f"Bearer {served.alice}"},
             json={"model": "compound", "messages": [{"role": "user", "content": PROMPT}], "stream": True}) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
