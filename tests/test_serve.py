@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 COMPOUND = [sys.executable, "-m", "compound.cli.__main__"]
 
 
-def wait_http(url: str, timeout: float = 120) -> None:  # generous: a loaded machine starts slowly
+def wait_http(url: str, timeout: float = 30) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
