@@ -20,6 +20,15 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _logs_to_stderr() -> None:
+    """Every command logs to stderr, never into stdout (`--json` output, `compound mcp`'s
+    stdio stream). `serve`, `worker` and `run` reconfigure with their settings' level."""
+    from compound.core.logging import configure_logging
+
+    configure_logging(os.environ.get("COMPOUND_LOG_LEVEL", "INFO"))
+
+
 def _register() -> None:
     from compound.cli import config, db, eval, mcp, plan, run, serve, sim, tasks, tokens, worker
 
