@@ -19,4 +19,5 @@ pytest_plugins = [
     "tests.fixtures.sim",
     "tests.fixtures.fakes",
     "tests.fixtures.api",
+    "tests.fixtures.served",
 ]

@@ -50,7 +50,7 @@ async def test_symbiont_routes_answer_their_shapes(api: Api) -> None:
     await api.app.state.executor.wait(created["id"], timeout=20)
     prog = (await api.http.get(f"/task/{created['id']}/progress", headers=api.auth(api.alice))).json()
     assert set(prog) == {"id", "prompt", "status", "reasoning", "subtasks", "created_at", "planned_at",
-                         "completed_at", "total_cost"}
+                         "completed_at", "total_cost", "result", "error"}
     assert set(prog["subtasks"][0]) == {"id", "index", "description", "tier_hint", "tier_assigned", "model",
                                         "depends_on", "status", "result", "cost", "started_at", "completed_at"}
     recent = (await api.http.get("/tasks/recent?limit=5", headers=api.auth(api.alice))).json()
@@ -66,7 +66,7 @@ async def test_symbiont_routes_answer_their_shapes(api: Api) -> None:
 
 async def test_open_symbiont_reads_is_a_setting(api: Api) -> None:
     api.app.state.settings = api.app.state.settings.model_copy(update={"open_symbiont_reads": True})
-    assert (await api.http.get("/tasks/recent")).status_code == 200
+    assert (await api.http.get("/tasks/recent")).status_code == 401  # never open (issue 15, item 3)
     assert (await api.http.get("/v1/tasks")).status_code == 401
 
 

@@ -34,34 +34,51 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
 
         configure_logging(settings.log_level, settings.log_json)
         check_prices(settings)
+        from compound.core.logging import get_logger
+
+        for model, key in settings.models_without_access():
+            get_logger("compound.api").warning(
+                "model has no provider key and no base URL; its calls will fail", model=model, set=key)
         own_store = store is None
         runs = store or open_store(settings.database_url, **store_options(settings))
         await runs.open()  # creates missing tables
-        llm = client
-        if llm is None:
-            from compound.llm import build_client
+        executor: Any
+        if settings.execution == "queue":
+            # Queue mode: this process stores, enqueues and reads; `compound worker`s run tasks.
+            from compound.worker.backend import QueueBackend
 
-            llm = build_client(settings)
-            warm = getattr(llm, "warm", None)
-            if warm is not None:
-                await warm()
-        obs = list(observers or [])
-        metrics = getattr(app.state, "metrics", None)
-        if metrics is not None:
-            obs.append(metrics)
-        executor = Executor(settings=settings, store=runs, client=llm, observers=obs)
+            executor = QueueBackend(settings=settings, store=runs)
+        else:
+            llm = client
+            if llm is None:
+                from compound.llm import build_client
+
+                llm = build_client(settings)
+                warm = getattr(llm, "warm", None)
+                if warm is not None:
+                    await warm()
+            obs = list(observers or [])
+            metrics = getattr(app.state, "metrics", None)
+            if metrics is not None:
+                obs.append(metrics)
+            executor = Executor(settings=settings, store=runs, client=llm, observers=obs)
         app.state.store = runs
         app.state.executor = executor
         await executor.start()
+        from compound.api import doors
+
         try:
-            yield
+            async with doors.running(app):
+                yield
         finally:
             await executor.stop()
             if own_store:
                 await runs.close()
 
-    app = FastAPI(title="compound", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="compound", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     app.state.settings = settings
+    _offline_docs(app)
     from compound.api.ratelimit import RateLimiter
 
     app.state.ratelimit = RateLimiter(settings.rate_limit_per_minute)
@@ -70,14 +87,35 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
 
     errors.install(app)
     app.add_middleware(errors.BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(errors.Options, routes=app.router.routes)
     app.include_router(routes_tasks.router)
     app.include_router(routes_symbiont.router)
     from compound.api.live import install as install_live
 
     install_live(app)
+    from compound.api import doors
+
+    doors.install(app)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     return app
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the assets of the swagger-ui-bundle package (no CDN)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="compound API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")

@@ -96,11 +96,16 @@ def install(app: FastAPI) -> None:
         return JSONResponse(error_body(exc.code, exc.message, **extra), status)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_r: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
         for err in exc.errors():
             if err.get("type") == "json_invalid":
                 problems.append("body: not valid JSON")
+                continue
+            if err.get("type") == "model_attributes_type" and _loc(tuple(err.get("loc", ()))) == "body" \
+                    and "json" not in request.headers.get("content-type", ""):
+                # FastAPI reads a body without a JSON content type as raw bytes
+                problems.append("body: send it with 'Content-Type: application/json'")
                 continue
             msg = str(err.get("msg", "invalid"))
             problems.append(f"{_loc(tuple(err.get('loc', ())))}: {msg}")
@@ -143,19 +148,25 @@ class BodyLimit:
                     await self._reject(send)
                     return
         seen = 0
-        started = False
+        started = over = False
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, over
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
+                    over = True
                     raise _TooLarge
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if over:  # the app caught _TooLarge as a body it could not parse: answer 413 instead
+                if message["type"] == "http.response.start" and not started:
+                    started = True
+                    await self._reject(send)
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
@@ -177,3 +188,24 @@ class BodyLimit:
 
 class _TooLarge(Exception):
     pass
+
+
+class Options:
+    """OPTIONS on any route's path answers 204 with an Allow header naming every method
+    the path serves (Starlette alone names only the first matching route's)."""
+
+    def __init__(self, app: ASGIApp, routes: list[Any]) -> None:
+        self.app, self.routes = app, routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "OPTIONS":
+            from starlette.routing import Match
+
+            methods = {method for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+                       if any(route.matches({**scope, "method": method})[0] == Match.FULL for route in self.routes)}
+            if methods:
+                allow = ", ".join(sorted(methods | {"OPTIONS"}))
+                await send({"type": "http.response.start", "status": 204, "headers": [(b"allow", allow.encode())]})
+                await send({"type": "http.response.body", "body": b""})
+                return
+        await self.app(scope, receive, send)

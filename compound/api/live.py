@@ -29,13 +29,12 @@ STATIC = Path(__file__).parent / "static"
             responses={200: {"content": {"text/event-stream": {}}, "description":
                              "events `task` and `subtask` with id = sequence number; resume with Last-Event-ID"}})
 async def task_events(request: Request, task_id: str, principal: ReadPrincipal,
-                      last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None) -> Any:
+                      last_event_id: Annotated[str | None, Header(
+                          alias="Last-Event-ID", description="resume after this event id; empty or `null` "
+                          "replays from the start; any other non-integer is a 422")] = None) -> Any:
     store = store_of(request)
     head = await store.head(task_id, user_id=owner_filter(principal))
-    try:
-        after = int(last_event_id) if last_event_id else 0
-    except ValueError:
-        raise UserInputError("Last-Event-ID: must be the integer id of an event") from None
+    after = _event_id(last_event_id)
     if head.status in TERMINAL_TASK and after >= head.event_seq:
         # Reconnecting at or past the last event: nothing more will come. 204 tells an
         # EventSource to stop reconnecting.
@@ -53,8 +52,20 @@ async def task_events(request: Request, task_id: str, principal: ReadPrincipal,
     return EventSourceResponse(stream(), ping=15)
 
 
+def _event_id(value: str | None) -> int:
+    """Last-Event-ID: an id this server sent; absent, empty or a client's placeholder
+    (`null`, `undefined`) replays from the start; anything else is a 422."""
+    value = (value or "").strip()
+    if value in ("", "null", "undefined"):
+        return 0
+    try:
+        return max(0, int(value))
+    except ValueError:
+        raise UserInputError("Last-Event-ID: must be the integer id of an event") from None
+
+
 def _when(value: str | None, default: datetime, *, end: bool = False) -> datetime:
-    if value is None:
+    if not value:  # absent or empty (`?until=`): the default
         return default
     try:
         if len(value) == 10:

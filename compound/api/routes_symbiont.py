@@ -1,5 +1,7 @@
-"""The Symbiont-style routes (seed 004) with their response shapes, behind tokens
-(the seed left progress and the recent list open; here that is a setting)."""
+"""The Symbiont-style routes (seed 004) with their response shapes, behind tokens.
+The seed left progress open; with COMPOUND_OPEN_SYMBIONT_READS a client without a
+token may read one task's progress by its id (the id is the secret). The recent list
+always needs a token, and no token is ever the admin view."""
 
 from __future__ import annotations
 
@@ -24,9 +26,10 @@ router = APIRouter(tags=["compound tasks (Symbiont-style)"], responses=COMMON_RE
 Creds = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
-async def _reader(request: Request, creds: HTTPAuthorizationCredentials | None) -> str | None:
-    """The owner filter for a read: open reads (a setting) need no token."""
-    if creds is None and request.app.state.settings.open_symbiont_reads:
+async def _reader(request: Request, creds: HTTPAuthorizationCredentials | None, *, by_id: bool = False) -> str | None:
+    """The owner filter for a read. Open reads (a setting) let a client without a token
+    read one task by id only; with a token it is always that user's view."""
+    if by_id and creds is None and request.app.state.settings.open_symbiont_reads:
         return None
     principal = await principal_from(request, creds.credentials if creds else None)
     if "read" not in principal.scopes and not principal.is_admin:
@@ -41,7 +44,7 @@ async def create_compound_task(request: Request, body: CompoundTaskRequest, cred
     principal = await principal_from(request, token)
     if "submit" not in principal.scopes and not principal.is_admin:
         raise ApiError(403, "forbidden", "this token lacks the 'submit' scope")
-    task = await submit_task(request, principal, TaskCreate(prompt=body.prompt))
+    task = await submit_task(request, principal, TaskCreate(prompt=body.prompt, budget_usd=body.budget_usd))
     with contextlib.suppress(TimeoutError):  # still planning: answer with what there is
         await request.app.state.executor.wait_planned(task.id, timeout=120)
     snap = await store_of(request).snapshot(task.id)
@@ -51,7 +54,7 @@ async def create_compound_task(request: Request, body: CompoundTaskRequest, cred
 @router.get("/task/{task_id}/progress", response_model=TaskProgressResponse,
             summary="A compound task's progress with every subtask")
 async def task_progress(request: Request, task_id: str, creds: Creds) -> Any:
-    snap = await store_of(request).snapshot(task_id, user_id=await _reader(request, creds))
+    snap = await store_of(request).snapshot(task_id, user_id=await _reader(request, creds, by_id=True))
     return {
         "id": snap["id"], "prompt": snap["prompt"], "status": snap["status"],
         "reasoning": snap["reasoning"] or "",
@@ -64,6 +67,7 @@ async def task_progress(request: Request, task_id: str, creds: Creds) -> Any:
         ],
         "created_at": snap["created_at"] or "", "planned_at": snap["planned_at"] or "",
         "completed_at": snap["completed_at"], "total_cost": snap["total_cost_usd"],
+        "result": snap["result"], "error": snap["error"],
     }
 
 

@@ -25,14 +25,21 @@ def store_of(request: Request) -> RunStore:
 
 async def submit_task(request: Request, principal: Any, body: TaskCreate) -> TaskState:
     """Validate, rate-limit, store and hand a new task to the executor."""
-    settings = request.app.state.settings
+    return await submit_to(request.app.state, principal, body)
+
+
+async def submit_to(state: Any, principal: Any, body: TaskCreate, *, context: list[dict[str, str]] | None = None,
+                    answer_max_tokens: int | None = None) -> TaskState:
+    """submit_task on the app's state (the front doors call this too): `context` is a
+    conversation's earlier messages, `answer_max_tokens` bounds the synthesis call."""
+    settings = state.settings
     if len(body.prompt) > settings.max_prompt_chars:
         raise UserInputError(f"prompt: {len(body.prompt)} characters; at most {settings.max_prompt_chars} are accepted")
     if not body.prompt.strip():
         raise UserInputError("prompt: must not be blank")
     if not is_clean_text(body.prompt):
         raise UserInputError("prompt: contains a NUL character or a lone surrogate; send plain UTF-8 text")
-    wait = request.app.state.ratelimit.check(principal.token_id)
+    wait = state.ratelimit.check(principal.token_id)
     if wait is not None:
         raise ApiError(429, "rate_limited",
                        f"more than {settings.rate_limit_per_minute} submissions a minute with this token; "
@@ -40,11 +47,11 @@ async def submit_task(request: Request, principal: Any, body: TaskCreate) -> Tas
     plan_in = None
     if body.plan is not None:
         plan_in = validate_plan(body.plan, max_subtasks=settings.max_subtasks).model_dump(mode="json")
-    task = await store_of(request).create_task(prompt=body.prompt,
-                       budget_usd=body.budget_usd or settings.default_budget_usd,
-                       user_id=principal.user_id, priority=body.priority, plan_in=plan_in,
-                       approve=body.approve)
-    request.app.state.executor.submit(task.id)
+    task: TaskState = await state.store.create_task(
+        prompt=body.prompt, budget_usd=body.budget_usd or settings.default_budget_usd, user_id=principal.user_id,
+        priority=body.priority, plan_in=plan_in, approve=body.approve, context=context,
+        answer_max_tokens=answer_max_tokens)
+    state.executor.submit(task.id)
     return task
 
 
@@ -68,7 +75,9 @@ async def get_many(
     principal: ReadPrincipal,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     status: Annotated[TaskStatus | None, Query(description="only tasks in this status")] = None,
-    cursor: Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page")] = None,
+    cursor: Annotated[str | None, Query(max_length=500, description=(
+        "next_cursor of the previous page; empty means the first page; a value this server did not give "
+        "out is refused with 422"))] = None,
 ) -> Any:
     tasks, next_cursor = await store_of(request).list_tasks(user_id=owner_filter(principal), limit=limit,
                                                             status=status.value if status else None, cursor=cursor)
@@ -95,11 +104,12 @@ async def approve(request: Request, task_id: str, principal: SubmitPrincipal) ->
 
 
 @router.post("/plans/validate", response_model=PlanValidateOut,
-             summary="Check a plan: every error, its waves, critical path and worst-case cost")
+             summary="Check a plan: every error, its waves, critical path and worst-case cost",
+             description="The body is `{\"plan\": PlanIn}` or the bare PlanIn (the output of `compound plan --json`).")
 async def validate(request: Request, body: PlanValidateIn, _: ReadPrincipal) -> Any:
     settings = request.app.state.settings
     try:
-        plan = validate_plan(body.plan, max_subtasks=settings.max_subtasks)
+        plan = validate_plan(body.the_plan(), max_subtasks=settings.max_subtasks)
     except PlanInvalid as exc:
         return {"valid": False, "errors": exc.errors, "waves": [], "critical_path": [],
                 "estimated_cost_usd": None}

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from compound.planner.plan import PlanIn
 
 EXAMPLE_PLAN = PlanIn.model_config["json_schema_extra"]["example"]  # type: ignore[index]
+
+
+def round_money(value: float) -> float:
+    """USD as sent: 10 significant digits, so sums of float costs carry no noise
+    (0.007474000000000001 -> 0.007474). Stored values keep full precision."""
+    return float(f"{value:.10g}")
+
+
+Money = Annotated[float, PlainSerializer(round_money, return_type=float)]
 
 
 class TaskCreate(BaseModel):
@@ -26,7 +35,7 @@ class TaskCreate(BaseModel):
 
 class PlannerInfo(BaseModel):
     model: str | None
-    cost_usd: float
+    cost_usd: Money
     input_tokens: int
     output_tokens: int
 
@@ -42,7 +51,7 @@ class SubtaskOut(BaseModel):
     result: str | None
     error: str | None
     attempts: int
-    cost_usd: float
+    cost_usd: Money
     input_tokens: int
     output_tokens: int
     started_at: str | None
@@ -60,7 +69,7 @@ TASK_EXAMPLE: dict[str, Any] = {
     "status": "executing", "reasoning": "Two independent summaries, then a comparison.", "result": None,
     "error": None, "budget_usd": 0.5, "total_cost_usd": 0.0123, "priority": 2,
     "prompt_versions": {"decompose": "d06875606c1f", "subtask": "99b2209402a7", "synthesize": "8eae2a77e60f"},
-    "created_at": "2026-11-22T10:00:00Z", "planned_at": "2026-11-22T10:00:01Z",
+    "warnings": [], "created_at": "2026-11-22T10:00:00Z", "planned_at": "2026-11-22T10:00:01Z",
     "started_at": "2026-11-22T10:00:01Z", "completed_at": None,
     "planner": {"model": "anthropic/claude-haiku-4-5", "cost_usd": 0.0004, "input_tokens": 812,
                 "output_tokens": 240},
@@ -76,11 +85,13 @@ class TaskOut(BaseModel):
     reasoning: str | None
     result: str | None
     error: str | None
-    budget_usd: float
-    total_cost_usd: float
+    budget_usd: Money
+    total_cost_usd: Money
     priority: int
     prompt_versions: dict[str, str] | None = Field(
         default=None, description="sha256 prefixes of the prompt files the task ran with")
+    warnings: list[str] = Field(
+        default_factory=list, description="what the planner's plan needed fixing without a model")
     created_at: str | None
     planned_at: str | None
     started_at: str | None
@@ -96,8 +107,8 @@ class TaskSummaryOut(BaseModel):
     priority: int
     subtasks_total: int
     subtasks_done: int
-    total_cost_usd: float
-    budget_usd: float
+    total_cost_usd: Money
+    budget_usd: Money
     created_at: str | None
     completed_at: str | None
 
@@ -114,8 +125,13 @@ class TaskList(BaseModel):
 
 
 class PlanValidateIn(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"plan": EXAMPLE_PLAN}]})
-    plan: Any
+    """`{"plan": PlanIn}`, or the bare PlanIn itself (the output of `compound plan --json`)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{"plan": EXAMPLE_PLAN}, EXAMPLE_PLAN]})
+    plan: Any = None
+
+    def the_plan(self) -> Any:
+        return self.plan if self.plan is not None or not self.model_extra else self.model_extra
 
 
 class PlanValidateOut(BaseModel):
@@ -128,15 +144,19 @@ class PlanValidateOut(BaseModel):
     errors: list[str]
     waves: list[list[int]]
     critical_path: list[int]
-    estimated_cost_usd: float | None
+    estimated_cost_usd: Money | None
 
 
 # Symbiont-style shapes (seed 004)
 
 class CompoundTaskRequest(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"prompt": "Search for patterns and summarize"}]})
+    """Unknown fields are refused, as on POST /v1/tasks (one rule for every body)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"prompt": "Search for patterns and summarize"}, {"prompt": "Compare two options", "budget_usd": 0.25}]})
     prompt: str = Field(min_length=1, description="The user's request to decompose and execute")
     token: str | None = Field(default=None, description="Auth token (alternative to Bearer header)")
+    budget_usd: float | None = Field(default=None, gt=0, le=10_000, description="hard cap in USD")
 
 
 class CompoundTaskResponse(BaseModel):
@@ -158,7 +178,7 @@ class SubtaskSnapshot(BaseModel):
     depends_on: list[int]
     status: str
     result: str | None
-    cost: float | None
+    cost: Money | None
     started_at: str | None
     completed_at: str | None
 
@@ -172,7 +192,7 @@ class TaskProgressResponse(BaseModel):
             "result": "...", "cost": 0.0011, "started_at": "2026-11-22T10:00:01Z",
             "completed_at": "2026-11-22T10:00:03Z"}],
         "created_at": "2026-11-22T10:00:00Z", "planned_at": "2026-11-22T10:00:01Z", "completed_at": None,
-        "total_cost": 0.0015}]})
+        "total_cost": 0.0015, "result": None, "error": None}]})
 
     id: str
     prompt: str
@@ -182,7 +202,9 @@ class TaskProgressResponse(BaseModel):
     created_at: str
     planned_at: str
     completed_at: str | None
-    total_cost: float
+    total_cost: Money
+    result: str | None = Field(default=None, description="the final answer once the task has one")
+    error: str | None = Field(default=None, description="why the task failed, was canceled or is partial")
 
 
 class TaskSummary(BaseModel):
@@ -196,14 +218,14 @@ class TaskSummary(BaseModel):
     status: str
     subtask_count: int
     completed_count: int
-    total_cost: float
+    total_cost: Money
     created_at: str
     completed_at: str | None
 
 
 class CostGroup(BaseModel):
     key: str
-    cost_usd: float
+    cost_usd: Money
     calls: int
     input_tokens: int
     output_tokens: int
@@ -219,7 +241,7 @@ class CostsOut(BaseModel):
     since: str
     until: str
     group_by: str | None
-    total_usd: float
+    total_usd: Money
     calls: int
     input_tokens: int
     output_tokens: int
@@ -231,7 +253,7 @@ class SpendSummary(BaseModel):
         "user": "alice", "today_usd": 0.012, "week_usd": 0.2, "month_usd": 1.4, "daily_budget_usd": 5.0}]})
 
     user: str
-    today_usd: float
-    week_usd: float
-    month_usd: float
-    daily_budget_usd: float | None
+    today_usd: Money
+    week_usd: Money
+    month_usd: Money
+    daily_budget_usd: Money | None

@@ -20,10 +20,19 @@ app = typer.Typer(
 )
 
 
-def _register() -> None:
-    from compound.cli import config, db, plan, run, serve, sim, tasks, tokens
+@app.callback()
+def _logs_to_stderr() -> None:
+    """Every command logs to stderr, never into stdout (`--json` output, `compound mcp`'s
+    stdio stream). `serve`, `worker` and `run` reconfigure with their settings' level."""
+    from compound.core.logging import configure_logging
 
-    for module in (config, db, plan, run, serve, sim, tasks, tokens):
+    configure_logging(os.environ.get("COMPOUND_LOG_LEVEL", "INFO"))
+
+
+def _register() -> None:
+    from compound.cli import config, db, eval, mcp, plan, run, serve, sim, tasks, tokens, worker
+
+    for module in (config, db, eval, mcp, plan, run, serve, sim, tasks, tokens, worker):
         module.register(app)
 
 

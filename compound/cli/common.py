@@ -20,11 +20,41 @@ def settings_or_exit(*, priced: bool = False) -> Settings:
         if priced:
             from compound.llm.pricing import check_prices
 
+            check_models(settings)
             check_prices(settings)
         return settings
     except ConfigError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from None
+
+
+def check_models(settings: Settings) -> None:
+    """A configured model litellm does not know (and the config file does not price) is
+    reported as unknown, with the closest known names, before any pricing message."""
+    import difflib
+
+    import litellm
+
+    table: dict[str, Any] = litellm.model_cost
+    known = set(table)
+    for name, entry in table.items():
+        provider = entry.get("litellm_provider") if isinstance(entry, dict) else None
+        if provider and "/" not in name:
+            known.add(f"{provider}/{name}")
+    problems = []
+    for model in settings.all_models():
+        cfg = settings.model_config_for(model)
+        bare = model.split("/", 1)[1] if "/" in model else model
+        if model in known or bare in table or cfg.input_cost_per_token is not None:
+            continue
+        close = difflib.get_close_matches(model, known, n=3, cutoff=0.75)
+        where = ", ".join(f for f in ("planner_model", "tier1_models", "tier2_models", "tier3_models")
+                          if model in ([getattr(settings, f)] if f == "planner_model" else getattr(settings, f)))
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        problems.append(f"unknown model {model!r} (in {where}){hint}")
+    if problems:
+        raise ConfigError("; ".join(problems) + " (a model of your own needs input_cost_per_token and "
+                          'output_cost_per_token under [models."<name>"] in COMPOUND_CONFIG)')
 
 
 def engine_for(settings: Settings) -> Any:
@@ -35,6 +65,9 @@ def engine_for(settings: Settings) -> Any:
 
     try:
         return admin_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from None
     except StoreUnavailable as exc:
         typer.echo(f"error: cannot open the store at {mask_url(settings.database_url)} "
                    f"(COMPOUND_DATABASE_URL): {exc.message}", err=True)

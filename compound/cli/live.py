@@ -12,6 +12,8 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from compound.cli.output import clip
+
 COLOURS = {"pending": "dim", "running": "yellow", "completed": "green", "failed": "red",
            "skipped": "magenta", "canceled": "red", "queued": "dim", "planning": "cyan",
            "planned": "cyan", "executing": "yellow", "partial": "yellow"}
@@ -35,10 +37,12 @@ def render_snapshot(snap: dict[str, Any]) -> Tree:
         line = Text.assemble(
             (f"[{s['index']}] ", "bold"), (f"{s['status']:<9}", COLOURS.get(s["status"], "")),
             f" t{s['tier_assigned']} {s['model'] or '-'}  {_elapsed(s['started_at'], s['completed_at']):>6}"
-            f"  ${s['cost_usd']:.6f}  {s['description'][:50]}{deps}")
+            f"  ${s['cost_usd']:.6f}  {clip(s['description'], 50)}{deps}")
         node = tree.add(line)
         if s.get("error"):
-            node.add(Text(s["error"][:120], style="red"))
+            node.add(Text(clip(s["error"], 160), style="red"))
+    for warning in snap.get("warnings") or []:  # plan fixes made without a model
+        tree.add(Text(f"warning: {warning}", style="yellow"))
     return tree
 
 
@@ -60,7 +64,7 @@ def cost_table(snap: dict[str, Any]) -> Group:
     for title, data in (("by model", by_model), ("by tier", by_tier)):
         t = Table("", "calls", "input tokens", "output tokens", "cost $", title=f"cost {title}")
         for key, (n, i, o, c) in sorted(data.items()):
-            t.add_row(key, str(int(n)), str(int(i)), str(int(o)), f"{c:.6f}")
+            t.add_row(Text(key), str(int(n)), str(int(i)), str(int(o)), f"{c:.6f}")
         tables.append(t)
     synth = snap["total_cost_usd"] - sum(v[3] for v in by_model.values())
     return Group(*tables, Text(f"synthesis and lost/canceled calls: ${max(0.0, synth):.6f}; "

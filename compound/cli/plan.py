@@ -1,5 +1,5 @@
 """`compound plan "request"`: decompose only, and show the plan as a tree by waves,
-its critical path and its worst-case cost."""
+its critical path, its likely cost and its worst-case cost."""
 
 from __future__ import annotations
 
@@ -8,6 +8,32 @@ import json
 from typing import Any
 
 import typer
+
+TYPICAL_ANSWER_TOKENS = 400  # a typical answer; the worst case assumes max_tokens
+
+
+def likely_cost(plan: Any, settings: Any, price_of: Any, *, request: str = "") -> float:
+    """The plan's cost if every answer has a typical length and a token is ~4 bytes
+    (the worst case assumes max_tokens and 1 byte a token)."""
+    from compound.planner.router import route
+    from compound.prompts import render
+
+    answer = "x" * (TYPICAL_ANSWER_TOKENS * 4)
+
+    def one(messages: Any, model: str) -> float:
+        price = price_of(model)
+        tokens_in = sum(len(m["content"].encode("utf-8")) for m in messages) / 4
+        return float(tokens_in * price.input + TYPICAL_ANSWER_TOKENS * price.output)
+
+    total, results = 0.0, []
+    for r in route(plan, settings):
+        sub = plan.subtasks[r.index]
+        msgs = render("subtask", request=request, description=sub.description,
+                      dependencies=[(d, answer) for d in sub.depends_on])
+        total += one(msgs, r.models[0])
+        results.append((r.index, sub.description, answer))
+    synth = render("synthesize", request=request, results=results)
+    return total + one(synth, settings.tier_models(settings.synthesis_tier)[0])
 
 
 def register(app: typer.Typer) -> None:
@@ -47,6 +73,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(result.model_dump(mode="json"), indent=2))
             return
         from rich.console import Console
+        from rich.text import Text
         from rich.tree import Tree
 
         from compound.planner.plan import critical_path, waves
@@ -54,15 +81,18 @@ def register(app: typer.Typer) -> None:
 
         routes = route(result, settings)
         deps = result.deps()
-        tree = Tree(f"[bold]plan[/bold]: {result.reasoning or ''}")
+        tree = Tree(Text.assemble(("plan", "bold"), f": {result.reasoning or ''}"))
         for w, members in enumerate(waves(deps)):
-            branch = tree.add(f"wave {w}")
+            branch = tree.add(Text(f"wave {w}"))
             for i in members:
                 s = result.subtasks[i]
                 after = f"  (after {', '.join(map(str, s.depends_on))})" if s.depends_on else ""
-                branch.add(f"[{i}] tier {routes[i].tier_assigned} {routes[i].models[0]}: {s.description}{after}")
+                branch.add(Text(f"[{i}] tier {routes[i].tier_assigned} {routes[i].models[0]}: {s.description}{after}"))
         console = Console()
         console.print(tree)
-        console.print(f"critical path: {' -> '.join(map(str, critical_path(deps)))}")
+        console.print(Text(f"critical path: {' -> '.join(map(str, critical_path(deps)))}"))
         worst = estimate_cost(result, settings, lambda m: price_of(m, settings), request=request)
-        console.print(f"estimated worst-case cost: ${worst:.6f}; planning cost: ${sum(spent):.6f}")
+        likely = likely_cost(result, settings, lambda m: price_of(m, settings), request=request)
+        console.print(Text(f"likely cost: ${likely:.6f} (answers of ~{TYPICAL_ANSWER_TOKENS} tokens); "
+                           f"worst case: ${worst:.6f} (every answer at max_tokens, the most the budget "
+                           f"holds back); planning cost: ${sum(spent):.6f}"))

@@ -18,7 +18,17 @@ def register(app: typer.Typer) -> None:
         from compound.cli.common import engine_for, settings_or_exit
 
         settings = settings_or_exit(priced=True)
+        if settings.execution == "queue":
+            from compound.core.errors import ConfigError
+            from compound.worker.names import check_queue_settings
+
+            try:
+                check_queue_settings(settings)
+            except ConfigError as exc:
+                typer.echo(f"error: {exc.message}", err=True)
+                raise typer.Exit(2) from None
         engine_for(settings).dispose()  # refuse at once, with a message, if the store cannot be opened
         store = settings.public_dict()["database_url"]
-        typer.echo(f"compound serving on http://{host}:{port} (store: {store})", err=True)
+        typer.echo(f"compound serving on http://{host}:{port} (store: {store}, execution: {settings.execution})",
+                   err=True)
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")

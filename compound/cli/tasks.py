@@ -1,26 +1,106 @@
-"""`compound tasks list | show | cancel | watch` against a running server."""
+"""`compound tasks submit | list | show | result | watch | cancel | approve` against a
+running server (token from COMPOUND_TOKEN)."""
 
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
+from typing import Any
 
 import typer
 
 URL = typer.Option("http://127.0.0.1:8000", "--url", envvar="COMPOUND_URL", help="the server")
 
 
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def _watch(url: str, task_id: str, interval: float, *, held: bool = False) -> dict[str, Any]:
+    """A live tree of the task until it ends (or, when `held`, until it is planned and
+    waits for approval), then its costs, error and answer."""
+    from rich.live import Live
+
+    from compound.cli.common import api_request
+    from compound.cli.live import cost_table, render_snapshot
+    from compound.cli.output import print_answer, print_outcome
+    from compound.store.models import TERMINAL_TASK
+
+    console = _console()
+    data: dict[str, Any] = api_request("GET", url, f"/v1/tasks/{task_id}")
+
+    def going(d: dict[str, Any]) -> bool:
+        return d["status"] not in TERMINAL_TASK and not (held and d["status"] == "planned")
+
+    if console.is_terminal:
+        with Live(render_snapshot(data), console=console, refresh_per_second=8) as live:
+            while going(data):
+                time.sleep(interval)
+                data = api_request("GET", url, f"/v1/tasks/{task_id}")
+                live.update(render_snapshot(data))
+    else:  # piped: no redraws, the final tree once
+        while going(data):
+            time.sleep(interval)
+            data = api_request("GET", url, f"/v1/tasks/{task_id}")
+        console.print(render_snapshot(data))
+    if held and data["status"] == "planned":
+        console.print(f"waiting for approval: compound tasks approve {task_id}", markup=False)
+        return data
+    console.print(cost_table(data))
+    print_outcome(console, data)
+    print_answer(console, data.get("result"))
+    return data
+
+
 def register(app: typer.Typer) -> None:
     tasks = typer.Typer(help="Talk to a running server (token from COMPOUND_TOKEN).", no_args_is_help=True)
     app.add_typer(tasks, name="tasks")
+
+    @tasks.command("submit")
+    def submit(
+        request: str = typer.Argument(..., help="what you want done"),
+        url: str = URL,
+        budget: float | None = typer.Option(None, "--budget", help="hard cap in USD (more than 0)"),
+        plan: Path | None = typer.Option(None, "--plan", help="a PlanIn JSON file to run instead of planning"),
+        hold: bool = typer.Option(False, "--hold", help="stop at `planned` until `compound tasks approve`"),
+        watch: bool = typer.Option(False, "--watch", help="follow it live, then print the answer"),
+        interval: float = typer.Option(0.5, min=0.05, help="seconds between polls with --watch"),
+    ) -> None:
+        """Submit a request; print its id (stdout), or follow it with --watch."""
+        from compound.cli.common import api_request
+
+        body: dict[str, Any] = {"prompt": request, "approve": not hold}
+        if budget is not None:
+            if budget <= 0:
+                typer.echo("error: --budget must be more than 0", err=True)
+                raise typer.Exit(2)
+            body["budget_usd"] = budget
+        if plan is not None:
+            try:
+                body["plan"] = json.loads(plan.read_text())
+            except (OSError, ValueError) as exc:
+                typer.echo(f"error: cannot read the plan: {exc}", err=True)
+                raise typer.Exit(1) from None
+        data = api_request("POST", url, "/v1/tasks", json=body)
+        if not watch:
+            typer.echo(data["id"])
+            return
+        typer.echo(f"submitted {data['id']}", err=True)
+        final = _watch(url, data["id"], interval, held=hold)
+        raise typer.Exit(0 if final["status"] in ("completed", "planned") else 1)
 
     @tasks.command("list")
     def list_(url: str = URL, limit: int = typer.Option(20, min=1, max=100),
               status: str | None = typer.Option(None), as_json: bool = typer.Option(False, "--json")) -> None:
         """Recent tasks, newest first."""
-        from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         from compound.cli.common import api_request
+        from compound.cli.output import clip
 
         params: dict[str, str | int] = {"limit": limit}
         if status:
@@ -29,56 +109,78 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(data, indent=2))
             return
-        table = Table("id", "status", "subtasks", "cost $", "created", "prompt")
+        from rich import box
+
+        console = _console()
+        wide = console.width >= 100  # the creation time only where it fits
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=False)
+        columns = (("id", 18), ("status", 9), ("done", 5), ("cost $", 8)) + ((("created", 19),) if wide else ())
+        for name, width in columns:
+            table.add_column(name, no_wrap=True, min_width=width)  # ids are copied from here: never cut
+        table.add_column("prompt", no_wrap=True, overflow="ellipsis")
+        room = max(8, console.width - sum(w for _, w in columns) - 3 * len(columns) - 2)
         for t in data["tasks"]:
-            table.add_row(t["id"], t["status"], f"{t['subtasks_done']}/{t['subtasks_total']}",
-                          f"{t['total_cost_usd']:.6f}", t["created_at"] or "", t["prompt"][:60])
-        Console().print(table)
+            cells = [Text(t["id"]), t["status"], f"{t['subtasks_done']}/{t['subtasks_total']}",
+                     f"{t['total_cost_usd']:.6f}"]
+            if wide:
+                cells.append((t["created_at"] or "")[:19].replace("T", " "))
+            table.add_row(*cells, Text(clip(t["prompt"], min(200, room)), overflow="ellipsis"))
+        console.print(table)
 
     @tasks.command("show")
     def show(task_id: str, url: str = URL, as_json: bool = typer.Option(False, "--json")) -> None:
-        """One task: its subtasks, result and cost."""
+        """One task: its subtasks, error, cost and answer."""
         from compound.cli.common import api_request
         from compound.cli.live import render_snapshot
+        from compound.cli.output import print_answer, print_outcome
 
         data = api_request("GET", url, f"/v1/tasks/{task_id}")
         if as_json:
             typer.echo(json.dumps(data, indent=2))
             return
-        from rich.console import Console
+        console = _console()
+        console.print(render_snapshot(data))
+        print_outcome(console, data)
+        print_answer(console, data.get("result"))
 
-        Console().print(render_snapshot(data))
-        if data.get("result"):
-            Console().print(data["result"])
+    @tasks.command("result")
+    def result(task_id: str, url: str = URL) -> None:
+        """Only the answer: Markdown in a terminal, the raw text when piped."""
+        from compound.cli.common import api_request
+        from compound.cli.output import print_answer
+
+        data = api_request("GET", url, f"/v1/tasks/{task_id}")
+        if not data.get("result"):
+            why = f": {data['error']}" if data.get("error") else ""
+            typer.echo(f"error: task {task_id} is {data['status']} and has no answer yet{why}", err=True)
+            raise typer.Exit(1)
+        print_answer(_console(), data["result"])
+        if data["status"] != "completed":
+            typer.echo(f"note: the task is {data['status']}; this answer is partial", err=True)
 
     @tasks.command("cancel")
     def cancel(task_id: str, url: str = URL) -> None:
-        """Cancel a running task."""
+        """Cancel a running task (in-flight calls are stopped)."""
         from compound.cli.common import api_request
+        from compound.cli.output import held_usd
 
         data = api_request("POST", url, f"/v1/tasks/{task_id}/cancel")
-        typer.echo(f"{data['id']} {data['status']} (cost so far ${data['total_cost_usd']:.6f})")
+        line = f"{data['id']} {data['status']} (cost so far ${data['total_cost_usd']:.6f}"
+        held = held_usd(data)
+        if held > 0:
+            line += f", of which ${held:.6f} is held for calls canceled in flight, counted at their worst case"
+        typer.echo(line + ")")
+
+    @tasks.command("approve")
+    def approve(task_id: str, url: str = URL) -> None:
+        """Start a task held at `planned` (submitted with --hold)."""
+        from compound.cli.common import api_request
+
+        data = api_request("POST", url, f"/v1/tasks/{task_id}/approve")
+        typer.echo(f"{data['id']} approved ({data['status']})")
 
     @tasks.command("watch")
-    def watch(task_id: str, url: str = URL) -> None:
-        """A live tree of the task's subtasks until it ends, then its cost table. Follows
-        the task's event stream (SSE) and redraws on each event."""
-        from rich.console import Console
-        from rich.live import Live
-
-        from compound.cli.common import api_request, follow_events
-        from compound.cli.live import cost_table, render_snapshot
-        from compound.store.models import TERMINAL_TASK
-
-        console = Console()
-        data = api_request("GET", url, f"/v1/tasks/{task_id}")
-        with Live(render_snapshot(data), console=console, refresh_per_second=8) as live:
-            if data["status"] not in TERMINAL_TASK:
-                for _ in follow_events(url, f"/v1/tasks/{task_id}/events"):
-                    data = api_request("GET", url, f"/v1/tasks/{task_id}")
-                    live.update(render_snapshot(data))
-                data = api_request("GET", url, f"/v1/tasks/{task_id}")
-                live.update(render_snapshot(data))
-        console.print(cost_table(data))
-        if data.get("result"):
-            console.print(data["result"])
+    def watch(task_id: str, url: str = URL, interval: float = typer.Option(0.5, min=0.05)) -> None:
+        """A live tree of the task's subtasks until it ends, then its costs, error and answer."""
+        final = _watch(url, task_id, interval)
+        raise typer.Exit(0 if final["status"] in ("completed", "planned") else 1)

@@ -11,6 +11,7 @@
     └── ProviderError        the provider refused or failed (status, body)
         ├── CallTimedOut     no answer within our own timeout (not a provider's 408)
         ├── FallbackExhausted every model of a fallback chain failed; keeps each error
+        ├── ProviderTimeout  no answer within our timeout (not a provider's 408 answer)
         └── NetworkRefused   a real network call was attempted where none is allowed
 
 Only api/ knows HTTP status codes; it maps these in one handler.
@@ -119,6 +120,13 @@ class FallbackExhausted(ProviderError):
                  for e in self.errors]
         super().__init__("every model failed: " + "; ".join(named), status=last.status, model=last.model,
                          transient=False)
+class ProviderTimeout(ProviderError):
+    """Our client gave up waiting (no status): transient, and possibly billed."""
+
+    code = "provider_timeout"
+
+    def __init__(self, message: str, *, model: str | None = None) -> None:
+        super().__init__(message, model=model, transient=True)
 
 
 class NetworkRefused(ProviderError):

@@ -54,7 +54,13 @@ def input_token_bound(messages: Sequence[Mapping[str, object]]) -> int:
 
 
 def worst_case_usd(messages: Sequence[Mapping[str, object]], max_tokens: int, price: Price) -> float:
-    """Most a call can cost: every input token at the dearest input rate (a cache
-    write may cost more than plain input) and max_tokens of output."""
-    input_rate = max(price.input, price.cache_write, price.cache_read)
-    return input_token_bound(messages) * input_rate + max_tokens * price.output
+    """Most a call can cost: max_tokens of output, and its input at the plain input
+    rate except the prefix marked for caching (up to the last message marked `cache`,
+    with the call's framing), which a cache write may bill at a dearer rate."""
+    marked = max((i + 1 for i, m in enumerate(messages) if m.get("cache")), default=0)
+    if not marked:
+        return input_token_bound(messages) * price.input + max_tokens * price.output
+    prefix = input_token_bound(messages[:marked])
+    rest = input_token_bound(messages[marked:]) - PER_CALL_OVERHEAD_TOKENS
+    dearest = max(price.input, price.cache_write, price.cache_read)
+    return prefix * dearest + rest * price.input + max_tokens * price.output

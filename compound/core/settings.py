@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -32,6 +32,8 @@ class ModelConfig(BaseModel):
     model_config = {"extra": "forbid"}
 
     api_base: str | None = None
+    # Which adapter serves the model; None: by provider (docs/design.md, "LLM seam").
+    adapter: Literal["anthropic", "openai", "litellm"] | None = None
     # Prices in USD per token; None means "take litellm's bundled price".
     input_cost_per_token: float | None = Field(default=None, ge=0)
     output_cost_per_token: float | None = Field(default=None, ge=0)
@@ -79,6 +81,15 @@ class Settings(BaseSettings):
     log_json: bool | None = None  # None: JSON when stderr is not a terminal
     models: dict[str, ModelConfig] = Field(default_factory=dict)
 
+    # scale-out (design.md section 7, docs/deploy.md)
+    execution: Literal["inprocess", "queue"] = "inprocess"
+    dbos_system_database_url: str | None = Field(
+        default=None, description="DBOS's system tables; None: the store's database (schema `dbos`)")
+    queue_concurrency: int | None = Field(default=None, ge=1, description="tasks running at once, all workers")
+    worker_concurrency: int = Field(default=8, ge=1, description="tasks running at once in one worker")
+    queue_polling_interval_s: float = Field(default=0.01, gt=0, le=60)
+    dead_worker_check_s: float = Field(default=2.0, gt=0, le=300, description="how often a worker looks for dead ones")
+
     # provider secrets, read from the providers' own variables (never printed)
     anthropic_api_key: SecretStr | None = Field(default=None, exclude=True)
     openai_api_key: SecretStr | None = Field(default=None, exclude=True)
@@ -87,12 +98,18 @@ class Settings(BaseSettings):
     @classmethod
     def _split_models(cls, value: Any) -> Any:
         if isinstance(value, str):
-            value = [part.strip() for part in value.split(",")]
+            value = _list_from_text(value)
         if isinstance(value, list):
             value = [str(v).strip() for v in value if str(v).strip()]
             if not value:
                 raise ValueError("needs at least one model (comma-separated litellm model names)")
         return value
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _sqlalchemy_scheme(cls, value: str) -> str:
+        # Heroku-style postgres:// is SQLAlchemy's postgresql://
+        return "postgresql://" + value[len("postgres://"):] if value.startswith("postgres://") else value
 
     @field_validator("sqlite_synchronous", mode="before")
     @classmethod
@@ -134,13 +151,35 @@ class Settings(BaseSettings):
                 seen[model] = None
         return list(seen)
 
+    def system_database_url(self) -> str:
+        """Where DBOS keeps its queues and workflow states (queue mode)."""
+        return self.dbos_system_database_url or self.database_url
+
     def model_config_for(self, model: str) -> ModelConfig:
         return self.models.get(model) or ModelConfig()
+
+    def models_without_access(self) -> list[tuple[str, str]]:
+        """(model, variable) for each configured model with neither a provider key nor a
+        base URL: every call to it will fail (the server warns at start)."""
+        out = []
+        for model in self.all_models():
+            provider = model.split("/", 1)[0].upper() if "/" in model else "OPENAI"
+            key = f"{provider}_API_KEY"
+            have_key = bool(os.environ.get(key)) or (
+                provider == "ANTHROPIC" and self.anthropic_api_key is not None) or (
+                provider == "OPENAI" and self.openai_api_key is not None)
+            have_base = bool(self.model_config_for(model).api_base) or any(
+                os.environ.get(f"{provider}_{suffix}") for suffix in ("BASE_URL", "API_BASE"))
+            if not have_key and not have_base:
+                out.append((model, key))
+        return out
 
     def public_dict(self) -> dict[str, Any]:
         """The effective settings with every secret masked (for `compound config show`)."""
         data = self.model_dump(mode="json", exclude={"anthropic_api_key", "openai_api_key"})
         data["database_url"] = mask_url(self.database_url)
+        if self.dbos_system_database_url:
+            data["dbos_system_database_url"] = mask_url(self.dbos_system_database_url)
         for name in ("anthropic_api_key", "openai_api_key"):
             secret = getattr(self, name)
             data[name] = mask_secret(secret.get_secret_value()) if secret else None
@@ -148,6 +187,22 @@ class Settings(BaseSettings):
             if os.environ.get(name):
                 data[name.lower()] = mask_url(os.environ[name])
         return data
+
+
+def _list_from_text(text: str) -> list[str]:
+    """A list-valued variable: `a,b` or a JSON array `["a", "b"]`."""
+    if text.strip().startswith("["):
+        import json
+
+        try:
+            items = json.loads(text)
+        except ValueError:
+            raise ValueError("starts with '[' but is not a JSON array of model names; "
+                             'write a,b or ["a","b"]') from None
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ValueError('a JSON list must hold model names only: ["a","b"]')
+        return [i.strip() for i in items]
+    return [part.strip() for part in text.split(",")]
 
 
 def mask_secret(value: str) -> str:

@@ -4,7 +4,7 @@ raises FallbackExhausted holding every model's error.
 
 How an attempt that failed is booked (the ledger's status and cost):
   a provider's error answer (any status, 408 included)  error, $0 (not billed)
-  our own timeout (CallTimedOut)                        lost, its worst case (may be billed)
+  our own timeout (CallTimedOut, ProviderTimeout)       lost, its worst case (may be billed)
   canceled while in flight                              closed by cancel_open at its worst case
 """
 
@@ -15,17 +15,18 @@ import dataclasses
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
-from compound.core.errors import BudgetExceeded, CallTimedOut, FallbackExhausted, ProviderError
+from compound.core.errors import BudgetExceeded, CallTimedOut, FallbackExhausted, ProviderError, ProviderTimeout
 from compound.core.logging import get_logger
 from compound.core.money import Price, worst_case_usd
 from compound.core.settings import Settings
 from compound.executor.hooks import CallObserver
 from compound.executor.scheduler import PriorityLimiter
 from compound.llm.base import Completion, LLMClient, Message
+from compound.llm import collect
 from compound.planner.validate import is_clean_text
 from compound.store.base import (
     BudgetRefusal,
@@ -41,6 +42,20 @@ from compound.store.models import CallKind, CallStatus
 
 log = get_logger("compound.executor")
 Sleep = Callable[[float], Awaitable[None]]
+
+
+class ModelLimit(Protocol):
+    """One model's cap on calls in flight: asyncio.Semaphore, or a cluster-wide one."""
+
+    async def acquire(self) -> bool: ...
+    def release(self) -> None: ...
+
+
+class ModelSlots(Protocol):
+    """Where per-model caps come from when they must hold beyond this process
+    (compound.store.pg_slots); None from limit_for means the model has no cap."""
+
+    def limit_for(self, model: str) -> ModelLimit | None: ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -62,8 +77,14 @@ class ModelCalls:
     with every attempt reserved before it is sent and settled after."""
 
     def __init__(self, *, settings: Settings, store: RunStore, client: LLMClient,
-                 price_of: Callable[[str], Price], observers: Sequence[CallObserver], sleep: Sleep) -> None:
+                 price_of: Callable[[str], Price], observers: Sequence[CallObserver], sleep: Sleep,
+                 model_slots: ModelSlots | None = None) -> None:
         self.settings = settings
+        self.model_slots = model_slots
+        # (task id, text) per streamed piece of a synthesis answer; set by a front door
+        # that streams answers. None: the synthesis call is not streamed. A retried or
+        # fallen-back call streams again from its start.
+        self.on_synthesis_delta: Callable[[str, str], object] | None = None
         self.store = store
         self.client = client
         self.price_of = price_of
@@ -135,7 +156,9 @@ class ModelCalls:
         after = float(getattr(exc, "retry_after_s", None) or 0.0)
         return float(max(backoff, min(after, max(self.settings.retry_max_wait_s, 120.0))))
 
-    def _model_limit(self, model: str) -> asyncio.Semaphore | None:
+    def _model_limit(self, model: str) -> ModelLimit | None:
+        if self.model_slots is not None:
+            return self.model_slots.limit_for(model)
         limit = self.settings.model_config_for(model).max_concurrency
         if limit is None:
             return None
@@ -167,14 +190,20 @@ class ModelCalls:
         timeout = self.settings.call_timeout_s
         try:
             async with asyncio.timeout(timeout):
-                out = await self.client.complete(model=model, messages=spec.messages, max_tokens=max_tokens,
-                                                 json_schema=spec.json_schema, timeout_s=timeout)
+                hook = self.on_synthesis_delta if spec.kind == CallKind.synthesis else None
+                if hook is None:
+                    out = await self.client.complete(model=model, messages=spec.messages, max_tokens=max_tokens,
+                                                     json_schema=spec.json_schema, timeout_s=timeout)
+                else:
+                    out = await collect(self.client.stream(
+                        model=model, messages=spec.messages, max_tokens=max_tokens, json_schema=spec.json_schema,
+                        timeout_s=timeout), lambda text: hook(st.id, text))
         except asyncio.CancelledError:
             raise  # cancel_open()/recover() settle the open row at its reservation
         except (ProviderError, TimeoutError) as exc:
             # A provider's error answer is not billed; our timeout may have been.
             err = exc if isinstance(exc, ProviderError) else CallTimedOut(model, timeout)
-            lost = isinstance(err, CallTimedOut)
+            lost = isinstance(err, (CallTimedOut, ProviderTimeout))
             cost = res.amount if lost else 0.0
             elapsed = time.perf_counter() - started
             await self.store.settle(st.id, res, spec.subtask, Settlement(

@@ -14,7 +14,7 @@ from compound.core.errors import Conflict, NotFound
 from compound.core.logging import get_logger
 from compound.core.money import Price
 from compound.core.settings import Settings
-from compound.executor.calls import ModelCalls, Sleep
+from compound.executor.calls import ModelCalls, ModelSlots, Sleep
 from compound.executor.hooks import CallObserver
 from compound.executor.workflow import Workflow
 from compound.llm.base import LLMClient
@@ -39,6 +39,7 @@ class Executor:
         price_of: Callable[[str], Price] | None = None,
         observers: Sequence[CallObserver] = (),
         sleep: Sleep = asyncio.sleep,
+        model_slots: ModelSlots | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -50,9 +51,20 @@ class Executor:
         else:
             self.price_of = price_of
         self.calls = ModelCalls(settings=settings, store=store, client=client, price_of=self.price_of,
-                                observers=observers, sleep=sleep)
+                                observers=observers, sleep=sleep, model_slots=model_slots)
         self.workflow = Workflow(settings=settings, store=store, calls=self.calls, versions=versions())
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._stopping = False
+
+    @property
+    def on_synthesis_delta(self) -> Callable[[str, str], object] | None:
+        """(task id, text) per streamed piece of a synthesis answer; set by a front door
+        that streams answers. None: the synthesis call is not streamed."""
+        return self.calls.on_synthesis_delta
+
+    @on_synthesis_delta.setter
+    def on_synthesis_delta(self, hook: Callable[[str, str], object] | None) -> None:
+        self.calls.on_synthesis_delta = hook
 
     async def start(self) -> list[str]:
         """Resume every task that was not terminal when the last process stopped."""
@@ -65,6 +77,7 @@ class Executor:
 
     async def stop(self) -> None:
         """Stop running tasks (the next start resumes them)."""
+        self._stopping = True
         tasks = list(self._running.values())
         for t in tasks:
             t.cancel()
@@ -94,6 +107,32 @@ class Executor:
         finally:
             if self._running.get(task_id) is asyncio.current_task():
                 self._running.pop(task_id, None)
+
+    async def run_here(self, task_id: str) -> None:
+        """Run the task as submit() does and return when it stops (a queue worker's
+        entry point): cancel() reaches it, and a cancel is an ordinary end, not an error."""
+        self.submit(task_id)
+        task = self._running.get(task_id)
+        if task is None:
+            return
+        try:
+            await task
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if self._stopping or (me is not None and me.cancelling()):
+                raise  # this worker is stopping: the task stays for another to resume
+            # else cancel() stopped the task and finished it as canceled
+
+    def is_running(self, task_id: str) -> bool:
+        running = self._running.get(task_id)
+        return running is not None and not running.done()
+
+    async def abandon(self, task_id: str) -> None:
+        """Stop this process's run of a task that ended elsewhere (canceled by an API)."""
+        running = self._running.get(task_id)
+        if running is not None and not running.done():
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
 
     async def wait(self, task_id: str, timeout: float | None = None) -> str:
         """Until the task is terminal; returns its status."""

@@ -7,17 +7,21 @@ retries, falls back and accounts each attempt on its own ledger row.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypedDict
+from typing import Any, Literal, NotRequired, Protocol, TypedDict
 
 from compound.core.money import Price, Usage
 
-__all__ = ["Completion", "LLMClient", "Message", "Price", "Usage"]
+__all__ = ["Completion", "Delta", "LLMClient", "Message", "Price", "StreamEvent", "Usage"]
 
 
 class Message(TypedDict):
     role: Literal["system", "user", "assistant"]
     content: str
+    # The prompt up to and including this message is shared by later calls: an adapter
+    # whose provider caches on request (Anthropic) marks it; the others ignore it.
+    cache: NotRequired[bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +32,17 @@ class Completion:
     cost_usd: float
     latency_s: float = 0.0
     finish_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """A piece of the answer's text, as the provider streamed it."""
+
+    text: str
+
+
+# What `stream()` yields: Deltas, then exactly one Completion (usage and cost) last.
+StreamEvent = Delta | Completion
 
 
 class LLMClient(Protocol):
@@ -42,4 +57,17 @@ class LLMClient(Protocol):
     ) -> Completion:
         """Send one call. Raises compound.core.errors.ProviderError on failure
         (`transient` tells retryable from permanent)."""
+        ...
+
+    def stream(
+        self,
+        *,
+        model: str,
+        messages: list[Message],
+        max_tokens: int,
+        json_schema: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[StreamEvent]:
+        """The same call, streamed: text Deltas as they arrive, then one Completion
+        (whole text, usage, cost). Errors as for `complete()`, raised from iteration."""
         ...

@@ -1,47 +1,26 @@
-"""The litellm adapter: one `acompletion` call per `complete()`, usage and cost out,
-provider errors mapped to ProviderError. Base URLs: a per-model `api_base` from the
-config, else the providers' own variables, else the provider's public endpoint."""
+"""The litellm adapter, for every provider without an SDK adapter (Gemini, Bedrock,
+Vertex, Mistral, Groq, ...): one `acompletion` per `complete()`, streamed or not."""
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlparse
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS", "True")
 os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
 os.environ.setdefault("DISABLE_AIOHTTP_TRANSPORT", "True")
 
-from compound.core.errors import TRANSIENT_STATUSES, NetworkRefused, ProviderError
-from compound.core.logging import redact_text
+from compound.core.errors import ProviderError, ProviderTimeout
 from compound.core.settings import Settings
-from compound.llm.base import Completion, Message, Price, Usage
+from compound.llm.base import Completion, Delta, Message, Price, StreamEvent, Usage
+from compound.llm.endpoints import api_base, endpoint, provider_of, remote_allowed
+from compound.llm.errors import retry_after, scrub, transient_status
 from compound.llm.pricing import price_of
 
-_BASE_ENV = {
-    "anthropic": ("ANTHROPIC_API_BASE", "ANTHROPIC_BASE_URL"),
-    "openai": ("OPENAI_BASE_URL", "OPENAI_API_BASE"),
-}
-_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
-_LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
-PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 413, 422})
-
-
-def provider_of(model: str) -> str:
-    """`anthropic/claude-...` -> anthropic; an unprefixed known name (`claude-haiku-4-5`)
-    -> the provider litellm's map gives it; anything else -> openai (litellm's default)."""
-    if "/" in model:
-        return model.split("/", 1)[0]
-    import litellm
-
-    entry = litellm.model_cost.get(model) or {}
-    return str(entry.get("litellm_provider") or "openai")
-
-
-def remote_allowed() -> bool:
-    return os.environ.get("COMPOUND_ALLOW_REMOTE_MODELS", "true").lower() not in ("0", "false", "no")
+__all__ = ["LiteLLMClient", "provider_of", "remote_allowed", "to_provider_error", "usage_of"]
 
 
 class LiteLLMClient:
@@ -52,23 +31,7 @@ class LiteLLMClient:
         self._prices: dict[str, Price] = {}
 
     def api_base(self, model: str) -> str | None:
-        configured = self.settings.model_config_for(model).api_base
-        if configured:
-            return configured
-        for name in _BASE_ENV.get(provider_of(model), ()):
-            if os.environ.get(name):
-                return os.environ[name]
-        return None
-
-    def _api_key(self, model: str, base: str | None) -> str | None:
-        provider = provider_of(model)
-        secret = {"anthropic": self.settings.anthropic_api_key,
-                  "openai": self.settings.openai_api_key}.get(provider)
-        if secret is not None:
-            return secret.get_secret_value()
-        if base and _is_loopback(base):
-            return "sim"  # a local server needs no key; litellm insists on one
-        return None
+        return api_base(model, self.settings)
 
     def price(self, model: str) -> Price:
         if model not in self._prices:
@@ -77,6 +40,47 @@ class LiteLLMClient:
 
     async def warm(self) -> None:
         import litellm  # noqa: F401  (the import costs seconds; pay it at start)
+
+    def _kwargs(self, model: str, messages: list[Message], max_tokens: int,
+                json_schema: dict[str, Any] | None, timeout_s: float | None) -> dict[str, Any]:
+        ep = endpoint(model, self.settings)
+        ep.check()  # the offline guard; a missing key for anthropic/openai
+        kwargs: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+            "max_tokens": max_tokens,
+            "timeout": timeout_s or self.settings.call_timeout_s,
+            "num_retries": 0,
+        }
+        if ep.base:
+            kwargs["api_base"] = ep.base
+        if ep.key:
+            kwargs["api_key"] = ep.key
+        if json_schema is not None and ep.provider == "openai":
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "plan", "schema": json_schema},
+            }
+        return kwargs
+
+    async def _send(self, model: str, kwargs: dict[str, Any]) -> Any:
+        import litellm
+
+        litellm.suppress_debug_info = True
+        secrets = (kwargs.get("api_key"),)
+        try:
+            return await litellm.acompletion(**kwargs)
+        except Exception as exc:  # litellm raises its own tree; map it once, here
+            error = to_provider_error(exc, model, secrets=secrets)
+            if "response_format" not in kwargs or error.status != 400:
+                raise error from None
+        # Some OpenAI-compatible servers refuse json_schema output: ask again without
+        # it (the prompt describes the JSON anyway). A 400 is not billed.
+        del kwargs["response_format"]
+        try:
+            return await litellm.acompletion(**kwargs)
+        except Exception as exc2:
+            raise to_provider_error(exc2, model, secrets=secrets) from None
 
     async def complete(
         self,
@@ -87,51 +91,9 @@ class LiteLLMClient:
         json_schema: dict[str, Any] | None = None,
         timeout_s: float | None = None,
     ) -> Completion:
-        import litellm
-
-        litellm.suppress_debug_info = True
-        base = self.api_base(model)
-        if not remote_allowed() and not (base and _is_loopback(base)):
-            raise NetworkRefused(
-                f"refusing a network call to {model} at {base or 'its public endpoint'}: "
-                "COMPOUND_ALLOW_REMOTE_MODELS is false",
-                model=model,
-            )
-        kwargs: dict[str, Any] = {
-            "model": model,
-            "messages": list(messages),
-            "max_tokens": max_tokens,
-            "timeout": timeout_s or self.settings.call_timeout_s,
-            "num_retries": 0,
-        }
-        if base:
-            kwargs["api_base"] = base
-        key = self._api_key(model, base)
-        if key:
-            kwargs["api_key"] = key
-        elif provider_of(model) in _KEY_ENV:
-            name = _KEY_ENV[provider_of(model)]
-            raise ProviderError(f"no API key for {model}: set {name} (or point the provider's base URL "
-                                "at a local server)", status=401, model=model, transient=False)
-        if json_schema is not None and provider_of(model) == "openai":
-            kwargs["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "plan", "schema": json_schema},
-            }
+        kwargs = self._kwargs(model, messages, max_tokens, json_schema, timeout_s)
         started = time.perf_counter()
-        try:
-            response = await litellm.acompletion(**kwargs)
-        except Exception as exc:  # litellm raises its own tree; map it once, here
-            error = to_provider_error(exc, model, secrets=(key,))
-            if "response_format" not in kwargs or error.status != 400:
-                raise error from None
-            # Some OpenAI-compatible servers refuse json_schema output: ask again without
-            # it (the prompt describes the JSON anyway). A 400 is not billed.
-            del kwargs["response_format"]
-            try:
-                response = await litellm.acompletion(**kwargs)
-            except Exception as exc2:
-                raise to_provider_error(exc2, model, secrets=(key,)) from None
+        response = await self._send(model, kwargs)
         latency = time.perf_counter() - started
         usage = usage_of(response)
         choice = response.choices[0]
@@ -144,6 +106,39 @@ class LiteLLMClient:
             latency_s=latency,
             finish_reason=getattr(choice, "finish_reason", None),
         )
+
+    async def stream(
+        self,
+        *,
+        model: str,
+        messages: list[Message],
+        max_tokens: int,
+        json_schema: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[StreamEvent]:
+        kwargs = self._kwargs(model, messages, max_tokens, json_schema, timeout_s)
+        kwargs["stream"] = True
+        kwargs["stream_options"] = {"include_usage": True}
+        started = time.perf_counter()
+        chunks = await self._send(model, kwargs)
+        parts: list[str] = []
+        usage = Usage()
+        stop: str | None = None
+        try:
+            async for chunk in chunks:
+                if getattr(chunk, "usage", None) is not None:
+                    usage = usage_of(chunk)
+                for choice in chunk.choices or ():
+                    text = getattr(choice.delta, "content", None)
+                    if text:
+                        parts.append(text)
+                        yield Delta(text)
+                    if choice.finish_reason:
+                        stop = choice.finish_reason
+        except Exception as exc:
+            raise to_provider_error(exc, model, secrets=(kwargs.get("api_key"),)) from None
+        yield Completion(text="".join(parts), model=model, usage=usage, cost_usd=self.price(model).cost(usage),
+                         latency_s=time.perf_counter() - started, finish_reason=stop)
 
 
 def usage_of(response: Any) -> Usage:
@@ -165,6 +160,7 @@ def usage_of(response: Any) -> Usage:
 
 
 def to_provider_error(exc: BaseException, model: str, *, secrets: tuple[str | None, ...] = ()) -> ProviderError:
+    """litellm's exception tree to a ProviderError; statuses by the shared table."""
     from litellm.exceptions import APIConnectionError, Timeout
 
     status = getattr(exc, "status_code", None)
@@ -178,46 +174,18 @@ def to_provider_error(exc: BaseException, model: str, *, secrets: tuple[str | No
         status = 529  # litellm folds Anthropic's 529 into 500
     elif isinstance(real, int) and real >= 400:
         status = real
-    timeout = isinstance(exc, Timeout) or "timeout" in type(exc).__name__.lower()
+    if isinstance(exc, Timeout) or "timeout" in type(exc).__name__.lower():
+        return ProviderTimeout(f"{model}: no answer within the call's timeout ({type(exc).__name__})",
+                               model=model)
     connection = isinstance(exc, APIConnectionError) and status in (None, 500)
-    if timeout:
-        status = status if status not in (None, 500) else 408
-    transient = timeout or connection or status is None or status in TRANSIENT_STATUSES or (
-        status >= 500 if status else False
-    )
-    if status in PERMANENT_STATUSES:
-        transient = False
-    message = str(getattr(exc, "message", None) or exc)
-    for secret in secrets:  # the key in use, whatever its shape, never leaves in an error
-        if secret and len(secret) >= 4:
-            message = message.replace(secret, "[redacted]")
-    message = redact_text(message)[:500]
+    transient = connection or transient_status(status)
+    message = scrub(str(getattr(exc, "message", None) or exc), secrets)
+    headers: Any = getattr(response, "headers", None) or getattr(exc, "litellm_response_headers", None)
     return ProviderError(
         f"{model}: {type(exc).__name__} ({status or 'no status'}): {message}",
         status=status,
         body=message,
         model=model,
-        retry_after_s=_retry_after(exc),
+        retry_after_s=retry_after(headers),
         transient=transient,
     )
-
-
-def _retry_after(exc: BaseException) -> float | None:
-    headers: Any = None
-    response = getattr(exc, "response", None)
-    if response is not None:
-        headers = getattr(response, "headers", None)
-    if not headers:
-        headers = getattr(exc, "litellm_response_headers", None)
-    if not headers:
-        return None
-    try:
-        value = headers.get("retry-after") or headers.get("Retry-After")
-        return float(value) if value is not None else None
-    except (TypeError, ValueError, AttributeError):
-        return None
-
-
-def _is_loopback(url: str) -> bool:
-    host = urlparse(url).hostname or ""
-    return host in _LOOPBACK or host.startswith("127.")

@@ -1,9 +1,18 @@
 """Prices per model: litellm's bundled cost map (read locally), overridden per model
-by the config file. A model with no known price is refused at start."""
+by the config file. A model with no known price is refused at start.
+
+The map is read from litellm's package data without importing litellm (its import
+costs seconds and ~100 MB): a process whose models are all on the SDK adapters never
+imports it. The file is the one litellm loads with LITELLM_LOCAL_MODEL_COST_MAP=True,
+finalised as litellm does (aliases expanded); tests compare it with litellm's own."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from compound.core.errors import ConfigError
@@ -13,10 +22,41 @@ from compound.llm.base import Price
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
-def _bundled(model: str) -> dict[str, Any] | None:
-    import litellm
+@cache
+def cost_map() -> dict[str, Any]:
+    """litellm's bundled price map, read from its package directory."""
+    spec = importlib.util.find_spec("litellm")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        path = Path(location) / "model_prices_and_context_window_backup.json"
+        if path.is_file():
+            return _finalised(json.loads(path.read_bytes()))
+    import litellm  # a layout we do not know: let litellm load it
 
-    table: dict[str, Any] = litellm.model_cost
+    return dict(litellm.model_cost)
+
+
+def _finalised(table: dict[str, Any]) -> dict[str, Any]:
+    """What litellm does to the file on load: drop its reserved keys, expand `aliases`
+    (an alias never replaces a canonical entry; the first claim wins)."""
+    table.pop("fallback_generalizations", None)
+    added: dict[str, Any] = {}
+    for entry in table.values():
+        aliases = entry.get("aliases") if isinstance(entry, dict) else None
+        if not isinstance(aliases, list):
+            continue
+        for alias in aliases:
+            if alias not in table and alias not in added:
+                added[alias] = entry
+    for entry in table.values():
+        if isinstance(entry, dict):
+            entry.pop("aliases", None)
+    table.update(added)
+    return table
+
+
+def _bundled(model: str) -> dict[str, Any] | None:
+    table = cost_map()
     entry = table.get(model)
     if entry is None and "/" in model:
         entry = table.get(model.split("/", 1)[1])

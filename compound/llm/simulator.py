@@ -6,6 +6,7 @@ right by construction. Tests, benchmarks and the README's tour run on it."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import re
@@ -13,13 +14,13 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 KINDS = {
@@ -39,6 +40,8 @@ class Failure:
     hang_s: float = 0.0
     model: str | None = None  # only for this model (None: any)
     kind: str | None = None  # only for this prompt kind (None: any)
+    message: str | None = None  # the error body's message (default: "simulated error N")
+    headers: dict[str, str] = field(default_factory=dict)  # extra response headers
 
 
 @dataclass
@@ -52,6 +55,17 @@ class Script:
     max_subtasks: int = 6
     # [substring, seconds]: the first rule whose substring is in the request text wins
     latency_rules: list[tuple[str, float]] = field(default_factory=list)
+    # Prompt caching as Anthropic does it: a prefix up to a cache_control breakpoint,
+    # seen before within the TTL (refreshed on each read), is read from cache; a new
+    # one is written; a prefix shorter than the minimum is not cached at all.
+    cache_ttl_s: float = 300.0
+    cache_min_tokens: int = 1024
+    # response_format type -> the status the OpenAI wire answers it with, its body
+    # naming response_format (llama-cpp-python answers json_schema with a 500).
+    refuse_formats: dict[str, int] = field(default_factory=dict)
+    # substring -> event: a request whose text has the substring waits until the event
+    # is set (tests release a call when they have seen it in flight: state, not time)
+    holds: dict[str, threading.Event] = field(default_factory=dict)
 
     def latency_for(self, model: str, kind: str, text: str) -> float:
         for needle, seconds in self.latency_rules:
@@ -67,6 +81,9 @@ class Script:
             answers={k: list(v) for k, v in data.get("answers", {}).items()},
             max_subtasks=int(data.get("max_subtasks", 6)),
             latency_rules=[(str(a), float(b)) for a, b in data.get("latency_rules", [])],
+            cache_ttl_s=float(data.get("cache_ttl_s", 300.0)),
+            cache_min_tokens=int(data.get("cache_min_tokens", 1024)),
+            refuse_formats={str(k): int(v) for k, v in data.get("refuse_formats", {}).items()},
         )
 
 
@@ -131,6 +148,11 @@ class Simulator:
     def __init__(self, script: Script | None = None) -> None:
         self.script = script or Script()
         self.requests: list[dict[str, Any]] = []
+        # (model, prefix digest) -> (readable from, expires at), monotonic seconds
+        self.cache: dict[tuple[str, str], tuple[float, float]] = {}
+        # calls being answered now, and the most at once, per model (tests of caps)
+        self.in_flight: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
         self._lock = threading.Lock()
         self.app = Starlette(
             routes=[
@@ -139,6 +161,7 @@ class Simulator:
                 Route("/chat/completions", self._openai, methods=["POST"]),
                 Route("/healthz", self._health, methods=["GET"]),
                 Route("/_sim/requests", self._log, methods=["GET"]),
+                Route("/_sim/stats", self._stats, methods=["GET"]),
             ]
         )
 
@@ -164,77 +187,143 @@ class Simulator:
             rows = [{k: r[k] for k in ("wire", "model", "kind", "text", "at")} for r in self.requests]
         return JSONResponse(rows)
 
+    async def _stats(self, _request: Request) -> JSONResponse:
+        """Calls in flight now and the peak, per model (a cap on concurrency is checked here)."""
+        with self._lock:
+            return JSONResponse({"in_flight": dict(self.in_flight), "peak": dict(self.peak)})
+
     async def _health(self, _request: Request) -> JSONResponse:
         return JSONResponse({"ok": True})
 
+    def reset(self) -> None:
+        """A fresh script, log and cache (tests share one simulator)."""
+        with self._lock:
+            self.script = Script()
+            self.requests.clear()
+            self.cache.clear()
+
     async def _common(
-        self, wire: str, model: str, system: str, text: str, max_tokens: int, body: dict[str, Any]
-    ) -> tuple[str, str, int, int] | JSONResponse:
+        self, wire: str, model: str, system: str, text: str, max_tokens: int, body: dict[str, Any],
+        *, refusal: Failure | None = None, prefixes: list[str] | None = None,
+    ) -> tuple[str, int, int, tuple[int, int]] | JSONResponse:
+        """Log, then a scripted failure or the answer: (text, input tokens, output
+        tokens, (cache read, cache write)), after the scripted latency."""
         kind = prompt_kind(system)
         with self._lock:
             self.requests.append(
                 {"wire": wire, "model": model, "kind": kind, "system": system, "text": text,
                  "body": body, "at": time.time()}
             )
-            failure = None
+            failure = refusal
             for i, f in enumerate(self.script.failures):
+                if failure is not None:
+                    break
                 if (f.model in (None, model)) and (f.kind in (None, kind)):
                     failure = self.script.failures.pop(i)
                     break
-            queued = self.script.answers.get(kind)
+            queued = self.script.answers.get(kind) if failure is None else None
             forced = queued.pop(0) if queued else None
+            self.in_flight[model] = self.in_flight.get(model, 0) + 1
+            self.peak[model] = max(self.peak.get(model, 0), self.in_flight[model])
         delay = self.script.latency_for(model, kind, text)
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if failure is not None:
-            if failure.status == 0:
+        in_tok = _tokens(system + text)
+        # Decided on arrival: a prefix still being written by a call in flight is a miss.
+        cached = self._cached(model, prefixes, in_tok, delay) if prefixes and failure is None else (0, 0)
+        try:
+            if delay > 0:
+                await asyncio.sleep(delay)
+            for needle, released in list(self.script.holds.items()):
+                while needle in text and not released.is_set():
+                    await asyncio.sleep(0.01)
+            if failure is not None and failure.status == 0:
                 await asyncio.sleep(failure.hang_s or 3600)
                 failure = Failure(status=504)
+        finally:
+            with self._lock:
+                self.in_flight[model] -= 1
+        if failure is not None:
             return _error(wire, failure)
         out = forced if forced is not None else answer_for(kind, text, self.script.max_subtasks)
-        in_tok = _tokens(system + text)
         out_tok = _tokens(out)
         if out_tok > max_tokens:
             out = out.encode("utf-8")[: max_tokens * 4].decode("utf-8", "ignore")
             out_tok = max_tokens
-        return out, kind, in_tok, out_tok
+        return out, in_tok, out_tok, cached
+
+    def _cached(self, model: str, prefixes: list[str], in_tok: int, delay: float) -> tuple[int, int]:
+        """(cache_read, cache_write) tokens for the breakpoints' prefixes, Anthropic's way:
+        the longest prefix in cache is read, the rest up to the last breakpoint written.
+        A written entry is readable once this answer begins (after `delay`)."""
+        sizes = [min(in_tok, _tokens(p)) for p in prefixes]
+        now = time.monotonic()
+        read = 0
+        with self._lock:
+            keys = [(model, hashlib.sha256(p.encode("utf-8")).hexdigest()) for p in prefixes]
+            for key, size in reversed(list(zip(keys, sizes, strict=True))):
+                ready, expiry = self.cache.get(key, (0.0, 0.0))
+                if ready <= now < expiry:
+                    read = size
+                    break
+            cacheable = [(k, n) for k, n in zip(keys, sizes, strict=True) if n >= self.script.cache_min_tokens]
+            for key, _n in cacheable:
+                ready, expiry = self.cache.get(key, (now + delay, 0.0))
+                if expiry <= now:  # absent or expired: written by this call
+                    ready = now + delay
+                self.cache[key] = (ready, max(ready, now) + self.script.cache_ttl_s)
+        longest = max((n for _k, n in cacheable), default=0)
+        if longest < read:
+            longest = read
+        return read, longest - read
 
     # Anthropic Messages ------------------------------------------------------------
 
-    async def _anthropic(self, request: Request) -> JSONResponse:
-        from anthropic.types import Message as AMessage
-
+    async def _anthropic(self, request: Request) -> Response:
         body = await _json(request)
         if isinstance(body, JSONResponse):
             return body
         model = str(body.get("model", ""))
         system = body.get("system") or ""
+        blocks: list[dict[str, Any]] = []  # every text block in order (the prompt's prefix order)
         if isinstance(system, list):
-            system = "\n".join(b.get("text", "") for b in system if isinstance(b, dict))
+            blocks += [b for b in system if isinstance(b, dict)]
+            system = "\n".join(b.get("text", "") for b in blocks)
+        elif system:
+            blocks.append({"type": "text", "text": system})
+        for m in body.get("messages", []):
+            content = m.get("content")
+            blocks += ([b for b in content if isinstance(b, dict)] if isinstance(content, list)
+                       else [{"type": "text", "text": _content_text(content)}])
         text = "\n".join(_content_text(m.get("content")) for m in body.get("messages", []))
         max_tokens = int(body.get("max_tokens") or 1024)
-        got = await self._common("anthropic", model, system, text, max_tokens, body)
+        prefixes = ["\n".join(str(b.get("text", "")) for b in blocks[: i + 1])
+                    for i, b in enumerate(blocks) if b.get("cache_control")]
+        got = await self._common("anthropic", model, system, text, max_tokens, body, prefixes=prefixes)
         if isinstance(got, JSONResponse):
             return got
-        out, _kind, in_tok, out_tok = got
+        out, in_tok, out_tok, (read, write) = got
+        usage = {"input_tokens": in_tok - read - write, "output_tokens": out_tok,
+                 "cache_read_input_tokens": read, "cache_creation_input_tokens": write}
+        stop = "max_tokens" if out_tok >= max_tokens else "end_turn"
+        msg_id = f"msg_{uuid.uuid4().hex[:24]}"
+        if body.get("stream"):
+            return _sse(_anthropic_events(msg_id, model, out, usage, stop), anthropic=True)
+        from anthropic.types import Message as AMessage
+
         msg = AMessage(
-            id=f"msg_{uuid.uuid4().hex[:24]}",
+            id=msg_id,
             type="message",
             role="assistant",
             model=model,
             content=[{"type": "text", "text": out}],
-            stop_reason="max_tokens" if out_tok >= max_tokens else "end_turn",
+            stop_reason=stop,
             stop_sequence=None,
-            usage={"input_tokens": in_tok, "output_tokens": out_tok,
-                   "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0},
+            usage=usage,
         )
         return JSONResponse(msg.model_dump(mode="json", exclude_none=True))
 
     # OpenAI Chat Completions -------------------------------------------------------
 
-    async def _openai(self, request: Request) -> JSONResponse:
-        from openai.types.chat import ChatCompletion
-
+    async def _openai(self, request: Request) -> Response:
         body = await _json(request)
         if isinstance(body, JSONResponse):
             return body
@@ -243,22 +332,97 @@ class Simulator:
         system = "\n".join(_content_text(m.get("content")) for m in msgs if m.get("role") in ("system", "developer"))
         text = "\n".join(_content_text(m.get("content")) for m in msgs if m.get("role") not in ("system", "developer"))
         max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 1024)
-        got = await self._common("openai", model, system, text, max_tokens, body)
+        fmt = body.get("response_format")
+        refused = self.script.refuse_formats.get(fmt.get("type", "")) if isinstance(fmt, dict) else None
+        refusal = Failure(refused, message=_FORMAT_REFUSAL) if refused else None
+        got = await self._common("openai", model, system, text, max_tokens, body, refusal=refusal)
         if isinstance(got, JSONResponse):
             return got
-        out, _kind, in_tok, out_tok = got
+        out, in_tok, out_tok, _cached = got
+        usage = {"prompt_tokens": in_tok, "completion_tokens": out_tok, "total_tokens": in_tok + out_tok,
+                 "prompt_tokens_details": {"cached_tokens": 0}}
+        stop = "length" if out_tok >= max_tokens else "stop"
+        chat_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        if body.get("stream"):
+            with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return _sse(_openai_chunks(chat_id, model, out, usage if with_usage else None, stop), anthropic=False)
+        from openai.types.chat import ChatCompletion
+
         completion = ChatCompletion(
-            id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            id=chat_id,
             object="chat.completion",
             created=int(time.time()),
             model=model,
-            choices=[{"index": 0, "finish_reason": "length" if out_tok >= max_tokens else "stop",
-                      "message": {"role": "assistant", "content": out}}],
-            usage={"prompt_tokens": in_tok, "completion_tokens": out_tok,
-                   "total_tokens": in_tok + out_tok,
-                   "prompt_tokens_details": {"cached_tokens": 0}},
+            choices=[{"index": 0, "finish_reason": stop, "message": {"role": "assistant", "content": out}}],
+            usage=usage,
         )
         return JSONResponse(completion.model_dump(mode="json", exclude_none=True))
+
+
+# What llama-cpp-python's server says when it cannot take a json_schema response_format.
+_FORMAT_REFUSAL = ("1 validation error for CreateChatCompletionRequest\nresponse_format\n  "
+                   "Input should be a valid dictionary or instance of ResponseFormat")
+_PIECE = 24  # characters per streamed delta
+
+
+def _pieces(text: str) -> list[str]:
+    return [text[i : i + _PIECE] for i in range(0, len(text), _PIECE)] or [""]
+
+
+def _anthropic_events(msg_id: str, model: str, out: str, usage: dict[str, int],
+                      stop: str) -> list[tuple[str, dict[str, Any]]]:
+    """The Messages API's streaming events: usage on message_start, output tokens
+    (cumulative) on message_delta."""
+    start_usage = {**usage, "output_tokens": 1}
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("message_start", {"type": "message_start", "message": {
+            "id": msg_id, "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": start_usage}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0,
+                                 "content_block": {"type": "text", "text": ""}}),
+        ("ping", {"type": "ping"}),
+    ]
+    events += [("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                        "delta": {"type": "text_delta", "text": piece}}) for piece in _pieces(out)]
+    events += [
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
+                           "usage": {"output_tokens": usage["output_tokens"]}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    return events
+
+
+def _openai_chunks(chat_id: str, model: str, out: str, usage: dict[str, Any] | None,
+                   stop: str) -> list[tuple[str, dict[str, Any]]]:
+    """Chat Completions chunks; with stream_options.include_usage a last chunk with no
+    choices carries the usage (and every other chunk has usage null)."""
+    created = int(time.time())
+
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> tuple[str, dict[str, Any]]:
+        data = {"id": chat_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": choices, **extra}
+        if usage is not None:
+            data.setdefault("usage", None)
+        return "", data
+
+    chunks = [chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])]
+    chunks += [chunk([{"index": 0, "delta": {"content": p}, "finish_reason": None}]) for p in _pieces(out)]
+    chunks.append(chunk([{"index": 0, "delta": {}, "finish_reason": stop}]))
+    if usage is not None:
+        chunks.append(chunk([], usage=usage))
+    return chunks
+
+
+def _sse(events: list[tuple[str, dict[str, Any]]], *, anthropic: bool) -> StreamingResponse:
+    async def body() -> AsyncIterator[bytes]:
+        for name, data in events:
+            head = f"event: {name}\n" if name else ""
+            yield f"{head}data: {json.dumps(data)}\n\n".encode()
+        if not anthropic:
+            yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(body(), media_type="text/event-stream")
 
 
 def _content_text(content: Any) -> str:
@@ -286,7 +450,8 @@ _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 4
 
 def _error(wire: str, f: Failure) -> JSONResponse:
     headers = {"retry-after": str(f.retry_after)} if f.retry_after is not None else {}
-    message = f"simulated error {f.status}"
+    headers.update(f.headers)
+    message = f.message or f"simulated error {f.status}"
     if wire == "anthropic":
         kind = _ANTHROPIC_TYPES.get(f.status, "api_error")
         body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
@@ -294,6 +459,11 @@ def _error(wire: str, f: Failure) -> JSONResponse:
         body = {"error": {"message": message, "type": "server_error" if f.status >= 500 else "invalid_request_error",
                           "param": None, "code": str(f.status)}}
     return JSONResponse(body, status_code=f.status, headers=headers)
+
+
+# Idle connections stay open as long as a provider keeps them (uvicorn's 5 s default
+# races a loaded client reusing a connection the server is closing: a spurious error).
+KEEP_ALIVE_S = 75
 
 
 def free_port() -> int:
@@ -312,7 +482,7 @@ class SimulatorThread:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(self.sim.app, host="127.0.0.1", port=self.port,
-                                log_level="warning", lifespan="off")
+                                log_level="warning", lifespan="off", timeout_keep_alive=KEEP_ALIVE_S)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -333,4 +503,4 @@ class SimulatorThread:
 def run_simulator(host: str, port: int, script: Script | None = None) -> None:
     import uvicorn
 
-    uvicorn.run(Simulator(script).app, host=host, port=port, log_level="warning")
+    uvicorn.run(Simulator(script).app, host=host, port=port, log_level="warning", timeout_keep_alive=KEEP_ALIVE_S)

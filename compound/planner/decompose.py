@@ -11,6 +11,7 @@ from typing import Any
 from compound.core.errors import PlanInvalid
 from compound.llm.base import Completion, Message
 from compound.planner.plan import PlanIn
+from compound.planner.repair import repair_plan
 from compound.planner.validate import validate_plan
 from compound.prompts import render
 
@@ -91,8 +92,14 @@ def _first_object(text: str) -> str | None:
     return None
 
 
-def _check(text: str, max_subtasks: int) -> PlanIn:
-    return validate_plan(parse_plan_text(text), max_subtasks=max_subtasks, raw=text)
+def _check(text: str, max_subtasks: int, warnings: list[str] | None = None) -> PlanIn:
+    """Parse, fix what needs no model (planner/repair.py), validate. The fixes are
+    appended to `warnings` only when the plan then validates."""
+    data, fixes = repair_plan(parse_plan_text(text))
+    plan = validate_plan(data, max_subtasks=max_subtasks, raw=text)
+    if warnings is not None:
+        warnings.extend(fixes)
+    return plan
 
 
 def repair_messages(messages: list[Message], bad_answer: str, errors: list[str]) -> list[Message]:
@@ -109,17 +116,21 @@ def repair_messages(messages: list[Message], bad_answer: str, errors: list[str])
     ]
 
 
-async def decompose(call: CallFn, request: str, *, max_subtasks: int) -> PlanIn:
-    """One planner call; on an invalid answer exactly one repair call; then PlanInvalid."""
-    messages = render("decompose", request=request, max_subtasks=max_subtasks)
+async def decompose(call: CallFn, request: str, *, max_subtasks: int,
+                    context: list[dict[str, str]] | None = None,
+                    warnings: list[str] | None = None) -> PlanIn:
+    """One planner call; what can be fixed without a model is fixed (each fix appended
+    to `warnings`); on what remains invalid exactly one repair call; then PlanInvalid.
+    `context`: earlier messages of a conversation, given to the planner as data."""
+    messages = render("decompose", request=request, max_subtasks=max_subtasks, context=context)
     first = await call(messages, PLAN_JSON_SCHEMA)
     try:
-        return _check(first.text, max_subtasks)
+        return _check(first.text, max_subtasks, warnings)
     except PlanInvalid as exc:
         errors = exc.errors
     second = await call(repair_messages(messages, first.text, errors), PLAN_JSON_SCHEMA)
     try:
-        return _check(second.text, max_subtasks)
+        return _check(second.text, max_subtasks, warnings)
     except PlanInvalid as exc:
         raise PlanInvalid(
             [f"the planner's answer was invalid twice (one repair tried): {e}" for e in exc.errors],

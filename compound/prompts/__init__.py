@@ -1,12 +1,14 @@
 """Prompt templates as files (decompose, subtask, synthesize) and `render()`.
 
-A template has a `---system---` part and a `---user---` part with `$name`
-placeholders (string.Template: JSON braces need no escaping). Text from users and
-models is escaped so it cannot close the tags that mark it as data."""
+A template is a list of parts, each opened by a `---system---` or `---user---` line
+(`---user cache---` marks the end of a prefix shared by a task's calls, for prompt
+caching), with `$name` placeholders (string.Template: JSON braces need no escaping).
+Text from users and models is escaped so it cannot close the tags that mark it as data."""
 
 from __future__ import annotations
 
 import hashlib
+import re
 from functools import cache
 from pathlib import Path
 from string import Template
@@ -15,6 +17,7 @@ from typing import Any
 from compound.llm.base import Message
 
 NAMES = ("decompose", "subtask", "synthesize")
+_ROLE = re.compile(r"[^a-z_]")
 _DIR = Path(__file__).parent
 
 
@@ -25,17 +28,34 @@ def _source(name: str) -> bytes:
     return (_DIR / f"{name}.md").read_bytes()
 
 
+_HEAD = re.compile(r"^---(system|user|assistant)( cache)?---$", re.M)
+
+
 @cache
-def _parts(name: str) -> tuple[Template, Template]:
+def _parts(name: str) -> tuple[tuple[str, bool, Template], ...]:
+    """(role, cache marker, template) of each part, in order."""
     text = _source(name).decode("utf-8")
-    _, rest = text.split("---system---\n", 1)
-    system, user = rest.split("---user---\n", 1)
-    return Template(system.strip()), Template(user.strip())
+    heads = list(_HEAD.finditer(text))
+    ends = [h.start() for h in heads[1:]] + [len(text)]
+    return tuple((h.group(1), bool(h.group(2)), Template(text[h.end() : end].strip()))
+                 for h, end in zip(heads, ends, strict=True))
 
 
 def escape(text: str) -> str:
     """Keep data from closing or opening our tags: angle brackets become entities."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def context_block(context: list[dict[str, str]] | None) -> str:
+    """Earlier messages of a conversation as tagged, escaped data (empty when none)."""
+    if not context:
+        return ""
+    lines = "\n".join(
+        f'<message role="{_ROLE.sub("", str(m.get("role", "user")))[:20]}">\n'
+        f'{escape(str(m.get("content", "")))}\n</message>'
+        for m in context
+    )
+    return f"<context>\n{lines}\n</context>"
 
 
 def versions() -> dict[str, str]:
@@ -44,9 +64,11 @@ def versions() -> dict[str, str]:
 
 
 def render(name: str, **values: Any) -> list[Message]:
-    system, user = _parts(name)
+    """The messages of a prompt. A subtask's request comes first, alone and marked
+    `cache`, so every subtask call of a task shares that prefix byte for byte."""
     if name == "decompose":
-        fill = {"request": escape(values["request"]), "max_subtasks": str(values["max_subtasks"])}
+        fill = {"request": escape(values["request"]), "max_subtasks": str(values["max_subtasks"]),
+                "context": context_block(values.get("context"))}
     elif name == "subtask":
         deps = values.get("dependencies") or []
         fill = {
@@ -61,6 +83,7 @@ def render(name: str, **values: Any) -> list[Message]:
         missing = values.get("missing") or []
         fill = {
             "request": escape(values["request"]),
+            "context": context_block(values.get("context")),
             "results": "\n".join(
                 f'<result index="{i}" subtask="{escape(desc)[:200]}">\n{escape(res)}\n</result>'
                 for i, desc, res in results
@@ -72,7 +95,13 @@ def render(name: str, **values: Any) -> list[Message]:
         }
     else:  # pragma: no cover - _source refuses unknown names first
         raise KeyError(name)
-    return [
-        {"role": "system", "content": system.safe_substitute(fill)},
-        {"role": "user", "content": user.safe_substitute(fill)},
-    ]
+    messages: list[Message] = []
+    for role, marked, template in _parts(name):
+        content = template.safe_substitute(fill).strip()
+        if not content:
+            continue
+        message: Message = {"role": role, "content": content}  # type: ignore[typeddict-item]
+        if marked:
+            message["cache"] = True
+        messages.append(message)
+    return messages

@@ -9,7 +9,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlmodel import SQLModel, create_engine
 
-from compound.core.errors import CompoundError
+from compound.core.errors import CompoundError, ConfigError
 from compound.store import models  # noqa: F401  (registers the tables)
 
 
@@ -19,7 +19,16 @@ class StoreUnavailable(CompoundError):
     code = "store_unavailable"
 
 
+def normalise_url(url: str) -> str:
+    """The SQLAlchemy URL for `url`: postgres:// and postgresql:// use psycopg 3."""
+    for scheme in ("postgres://", "postgresql://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme):]
+    return url
+
+
 def make_engine(url: str, *, sqlite_synchronous: str = "NORMAL") -> Engine:
+    url = normalise_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=False
@@ -35,9 +44,11 @@ def make_engine(url: str, *, sqlite_synchronous: str = "NORMAL") -> Engine:
             cur.close()
 
         return engine
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    try:
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    except ImportError as exc:
+        raise ConfigError(f"COMPOUND_DATABASE_URL is PostgreSQL but its driver is missing ({exc.name or exc}): "
+                          "pip install 'compound[postgres]' (psycopg 3)") from None
 
 
 def create_all(engine: Engine) -> None:

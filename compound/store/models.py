@@ -94,6 +94,10 @@ class Task(SQLModel, table=True):
     budget_usd: float
     # A plan given by the user (PlanIn as JSON); None means "decompose the prompt".
     plan_in: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    # Earlier messages of a conversation ([{"role", "content"}], the chat door): data
+    # the planner and the synthesis see beside the request. None: no conversation.
+    context: list[dict[str, str]] | None = Field(default=None, sa_column=Column(JSON))
+    answer_max_tokens: int | None = None  # bounds the synthesis call (a chat client's max_tokens)
     reasoning: str | None = Field(default=None, sa_column=Column(Text))
     result: str | None = Field(default=None, sa_column=Column(Text))
     error: str | None = Field(default=None, sa_column=Column(Text))
@@ -104,6 +108,8 @@ class Task(SQLModel, table=True):
     reserved_usd: float = 0.0
     planner_model: str | None = None
     prompt_versions: dict[str, str] | None = Field(default=None, sa_column=Column(JSON))
+    # What the planner's plan needed fixing without a model (planner/repair.py), in words.
+    warnings: list[str] | None = Field(default=None, sa_column=Column(JSON))
     cancel_requested: bool = False
     event_seq: int = 0  # last TaskEvent.seq written for this task
     created_at: datetime = Field(default_factory=utcnow, index=True)

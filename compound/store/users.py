@@ -12,7 +12,7 @@ from compound.core.errors import NotFound, UserInputError
 from compound.store.models import ApiToken, User, utcnow
 from compound.store.sqlrun import hash_token
 
-__all__ = ["SCOPES", "create_token", "get_or_create_user", "hash_token", "list_tokens", "revoke_token"]
+__all__ = ["SCOPES", "create_token", "get_or_create_user", "hash_token", "list_tokens", "lookup_token", "revoke_token"]
 
 SCOPES = ("submit", "read", "admin")
 TOKEN_PREFIX = "cpd_"
@@ -64,3 +64,12 @@ def revoke_token(engine: Engine, token_id: str) -> ApiToken:
             s.add(row)
             s.commit()
         return row
+
+
+def lookup_token(engine: Engine, token: str) -> str | None:
+    """The user id of a live (not revoked) token, else None (`compound run`'s owner)."""
+    with Session(engine, expire_on_commit=False) as s:
+        row = s.exec(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).first()
+        if row is None or row.revoked_at is not None:
+            return None
+        return row.user_id

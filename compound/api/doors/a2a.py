@@ -1,0 +1,313 @@
+"""The A2A door: an agent card at /.well-known/agent-card.json and JSON-RPC at /a2a
+(A2A 1.0 methods, and the 0.3 names message/send, message/stream, tasks/get, tasks/cancel),
+mapped onto compound's tasks. Bearer auth, declared in the card, guards /a2a."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any, NoReturn
+
+from a2a.server.context import ServerCallContext
+from a2a.server.request_handlers.request_handler import RequestHandler
+from a2a.server.routes.common import DefaultServerCallContextBuilder
+from a2a.server.routes.jsonrpc_dispatcher import JsonRpcDispatcher
+from a2a.types import a2a_pb2 as pb
+from a2a.utils.errors import (
+    ExtendedAgentCardNotConfiguredError,
+    InvalidParamsError,
+    InvalidRequestError,
+    PushNotificationNotSupportedError,
+    TaskNotCancelableError,
+    TaskNotFoundError,
+)
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from google.protobuf.json_format import MessageToDict  # type: ignore[import-untyped]
+from google.protobuf.struct_pb2 import Struct  # type: ignore[import-untyped]
+
+from compound.api.doors.engine import Door, DoorAuthError, Event, bearer_token_of
+from compound.api.errors import ApiError
+from compound.core.errors import BudgetExceeded, Conflict, NotFound, UserInputError
+from compound.store.models import TaskStatus
+from compound.store.users import Principal
+
+RPC_PATH = "/a2a"
+CARD_PATH = "/.well-known/agent-card.json"
+PRINCIPAL = "compound.principal"
+
+# compound's task status -> A2A's task state
+STATES: dict[str, Any] = {
+    TaskStatus.queued: pb.TASK_STATE_SUBMITTED,
+    TaskStatus.planning: pb.TASK_STATE_WORKING,
+    TaskStatus.planned: pb.TASK_STATE_WORKING,
+    TaskStatus.executing: pb.TASK_STATE_WORKING,
+    TaskStatus.completed: pb.TASK_STATE_COMPLETED,
+    TaskStatus.partial: pb.TASK_STATE_COMPLETED,  # an answer, with what is missing in its status message
+    TaskStatus.failed: pb.TASK_STATE_FAILED,
+    TaskStatus.canceled: pb.TASK_STATE_CANCELED,
+}
+# compound's errors -> A2A's (JSON-RPC) errors; the first match wins
+ERRORS: list[tuple[type[Exception], type[Exception]]] = [
+    (NotFound, TaskNotFoundError),
+    (Conflict, TaskNotCancelableError),
+    (BudgetExceeded, InvalidParamsError),
+    (UserInputError, InvalidParamsError),
+]
+
+
+def a2a_error(exc: Exception) -> Exception:
+    if isinstance(exc, DoorAuthError | ApiError):
+        return InvalidRequestError(message=exc.message)
+    for cls, target in ERRORS:
+        if isinstance(exc, cls):
+            return target(message=getattr(exc, "message", str(exc)))  # type: ignore[call-arg]
+    return exc
+
+
+def agent_card(base_url: str) -> pb.AgentCard:
+    card = pb.AgentCard(
+        name="compound",
+        description="Turns one natural-language request into a DAG of tiered subtasks, runs it under a hard "
+                    "budget and answers with one synthesized result.",
+        version="0.1.0",
+        supported_interfaces=[pb.AgentInterface(url=base_url.rstrip("/") + RPC_PATH, protocol_binding="JSONRPC",
+                                                protocol_version="1.0")],
+        capabilities=pb.AgentCapabilities(streaming=True, push_notifications=False),
+        default_input_modes=["text/plain"],
+        default_output_modes=["text/plain"],
+        skills=[pb.AgentSkill(
+            id="compound-task", name="Plan and answer a request",
+            description="Plans the request as subtasks on cheap to strong models, runs them in parallel under "
+                        "a budget (message metadata budget_usd, priority 0-3) and synthesizes one answer.",
+            tags=["planning", "research", "writing", "budget"],
+            examples=["Compare SQLite and PostgreSQL for a small team and recommend one"],
+            input_modes=["text/plain"], output_modes=["text/plain"])],
+    )
+    card.security_schemes["bearer"].http_auth_security_scheme.CopyFrom(pb.HTTPAuthSecurityScheme(
+        scheme="Bearer", bearer_format="compound token",
+        description="a token from `compound tokens create`"))
+    req = card.security_requirements.add()
+    req.schemes["bearer"].SetInParent()
+    return card
+
+
+def _struct(data: dict[str, Any]) -> Struct:
+    s = Struct()
+    s.update(data)
+    return s
+
+
+def _text_message(task_id: str, text: str) -> pb.Message:
+    return pb.Message(message_id=f"{task_id}-status", context_id=task_id, task_id=task_id, role=pb.ROLE_AGENT,
+                      parts=[pb.Part(text=text)])
+
+
+def answer_artifact(snapshot: dict[str, Any]) -> pb.Artifact:
+    return pb.Artifact(artifact_id=f"{snapshot['id']}-answer", name="answer", parts=[pb.Part(text=snapshot["result"])])
+
+
+def status_of(snapshot: dict[str, Any]) -> pb.TaskStatus:
+    status = pb.TaskStatus(state=STATES.get(snapshot["status"], pb.TASK_STATE_WORKING))
+    note = snapshot.get("error")
+    if note:
+        status.message.CopyFrom(_text_message(snapshot["id"], note))
+    return status
+
+
+def compound_meta(snapshot: dict[str, Any]) -> dict[str, Any]:
+    return {"compound": {"status": snapshot["status"], "cost_usd": snapshot["total_cost_usd"],
+                         "budget_usd": snapshot["budget_usd"], "error": snapshot.get("error")}}
+
+
+def task_of(snapshot: dict[str, Any]) -> pb.Task:
+    """A compound task as an A2A Task: the context id is the task id (compound keeps no
+    conversations), the answer is the artifact "answer", the cost is in metadata.compound."""
+    task = pb.Task(id=snapshot["id"], context_id=snapshot["id"], status=status_of(snapshot),
+                   metadata=_struct(compound_meta(snapshot)))
+    if snapshot.get("result"):
+        task.artifacts.append(answer_artifact(snapshot))
+    return task
+
+
+def request_of(params: pb.SendMessageRequest) -> tuple[str, float | None, int | None]:
+    """The prompt (the message's text parts) and budget/priority from the message's or
+    the request's metadata."""
+    texts = [p.text for p in params.message.parts if p.text]
+    if not texts:
+        raise InvalidParamsError(message="message.parts: needs a text part (the request)")
+    meta: dict[str, Any] = {}
+    for source in (params.metadata, params.message.metadata):
+        meta.update(MessageToDict(source))
+    budget = meta.get("budget_usd")
+    priority = meta.get("priority")
+    if budget is not None and (not isinstance(budget, int | float) or not 0 < budget <= 10_000):
+        raise InvalidParamsError(message=f"metadata.budget_usd: {budget!r} is not a number of USD above 0 "
+                                 "and at most 10000")
+    if priority is not None and priority not in (0, 1, 2, 3):
+        raise InvalidParamsError(message=f"metadata.priority: {priority!r} is not 0, 1, 2 or 3")
+    return "\n".join(texts), (float(budget) if budget is not None else None), \
+        (int(priority) if priority is not None else None)
+
+
+class CompoundAgent(RequestHandler):
+    """A2A's request handler over the engine door: no task store of its own."""
+
+    def __init__(self, door: Callable[[], Door]) -> None:
+        self._door = door
+
+    @property
+    def door(self) -> Door:
+        return self._door()
+
+    @staticmethod
+    def principal(context: ServerCallContext) -> Principal:
+        principal = context.state.get("principal")
+        if not isinstance(principal, Principal):  # the route refuses first; never reached
+            raise InvalidRequestError(message="missing bearer token")
+        return principal
+
+    async def _call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
+        try:
+            return await fn()
+        except (DoorAuthError, ApiError, NotFound, Conflict, UserInputError, BudgetExceeded) as exc:
+            raise a2a_error(exc) from None
+
+    async def _submit(self, params: pb.SendMessageRequest, context: ServerCallContext) -> dict[str, Any]:
+        prompt, budget, priority = request_of(params)
+        principal = self.principal(context)
+        return await self._call(lambda: self.door.submit(principal, prompt=prompt, budget_usd=budget,  # type: ignore[no-any-return]
+                                                         priority=priority))
+
+    async def on_message_send(self, params: pb.SendMessageRequest, context: ServerCallContext) -> pb.Task:
+        snap = await self._submit(params, context)
+        if params.configuration.return_immediately:
+            return task_of(snap)
+        return task_of(await self.door.wait(snap["id"]))
+
+    async def on_message_send_stream(self, params: pb.SendMessageRequest,
+                                     context: ServerCallContext) -> AsyncGenerator[Any]:
+        snap = await self._submit(params, context)
+        yield task_of(snap)
+        async for item in self._follow(snap["id"]):
+            yield item
+
+    async def _follow(self, task_id: str, after: int = 0) -> AsyncGenerator[Any]:
+        """Status updates as the DAG runs; at the end the answer artifact, then the final status."""
+        door = self.door
+        async for ev in door.events(task_id, after):
+            if ev.terminal:
+                final = door.read(task_id)
+                if final.get("result"):
+                    yield pb.TaskArtifactUpdateEvent(task_id=task_id, context_id=task_id,
+                                                     artifact=answer_artifact(final), last_chunk=True)
+                yield pb.TaskStatusUpdateEvent(task_id=task_id, context_id=task_id, status=status_of(final),
+                                               metadata=_struct(compound_meta(final)))
+                return
+            yield self._update(task_id, ev)
+
+    @staticmethod
+    def _update(task_id: str, ev: Event) -> pb.TaskStatusUpdateEvent:
+        d = ev.data
+        if ev.kind == "subtask":
+            text = f"subtask {d.get('index')} {d.get('status')}"
+            state: Any = pb.TASK_STATE_WORKING
+        else:
+            text = f"task {d.get('status')}"
+            state = STATES.get(str(d.get("status")), pb.TASK_STATE_WORKING)
+        meta: dict[str, Any] = {"compound": {"seq": ev.seq, "kind": ev.kind,
+                             **{k: d[k] for k in ("status", "index", "cost_usd", "total_cost_usd") if k in d}}}
+        return pb.TaskStatusUpdateEvent(task_id=task_id, context_id=task_id,
+                                        status=pb.TaskStatus(state=state,
+                                                             message=_text_message(task_id, text)),
+                                        metadata=_struct(meta))
+
+    async def on_get_task(self, params: pb.GetTaskRequest, context: ServerCallContext) -> pb.Task | None:
+        principal = self.principal(context)
+
+        async def read() -> dict[str, Any]:
+            return self.door.snapshot(principal, params.id)
+
+        return task_of(await self._call(read))
+
+    async def on_cancel_task(self, params: pb.CancelTaskRequest, context: ServerCallContext) -> pb.Task | None:
+        principal = self.principal(context)
+        return task_of(await self._call(lambda: self.door.cancel(principal, params.id)))
+
+    async def on_list_tasks(self, params: pb.ListTasksRequest, context: ServerCallContext) -> pb.ListTasksResponse:
+        principal = self.principal(context)
+
+        async def listing() -> tuple[list[dict[str, Any]], str | None]:
+            return self.door.recent(principal, limit=params.page_size or 20, cursor=params.page_token or None)
+
+        rows, cursor = await self._call(listing)
+        tasks = [pb.Task(id=r["id"], context_id=r["id"],
+                         status=pb.TaskStatus(state=STATES.get(r["status"], pb.TASK_STATE_WORKING)),
+                         metadata=_struct({"compound": {"status": r["status"], "cost_usd": r["total_cost_usd"]}}))
+                 for r in rows]
+        return pb.ListTasksResponse(tasks=tasks, next_page_token=cursor or "", page_size=len(tasks))
+
+    async def on_subscribe_to_task(self, params: pb.SubscribeToTaskRequest,
+                                   context: ServerCallContext) -> AsyncGenerator[Any]:
+        principal = self.principal(context)
+
+        async def read() -> dict[str, Any]:
+            return self.door.snapshot(principal, params.id)
+
+        snap = await self._call(read)
+        yield task_of(snap)
+        async for item in self._follow(snap["id"]):
+            yield item
+
+    # No push notifications and no extended card: the SDK's own "not supported" errors.
+    async def on_create_task_push_notification_config(self, *_: Any) -> NoReturn:
+        raise PushNotificationNotSupportedError
+
+    async def on_get_task_push_notification_config(self, *_: Any) -> NoReturn:
+        raise PushNotificationNotSupportedError
+
+    async def on_list_task_push_notification_configs(self, *_: Any) -> NoReturn:
+        raise PushNotificationNotSupportedError
+
+    async def on_delete_task_push_notification_config(self, *_: Any) -> NoReturn:
+        raise PushNotificationNotSupportedError
+
+    async def on_get_extended_agent_card(self, *_: Any) -> NoReturn:
+        raise ExtendedAgentCardNotConfiguredError
+
+
+class _ContextBuilder(DefaultServerCallContextBuilder):
+    """The A2A call context, carrying the principal the route authenticated."""
+
+    def build(self, request: Request) -> ServerCallContext:
+        context = super().build(request)
+        headers = context.state.get("headers") or {}
+        headers.pop("authorization", None)  # the bearer token stays out of the context
+        context.state["principal"] = request.scope.get(PRINCIPAL)
+        return context
+
+
+def unauthorized(request_id: Any, message: str) -> JSONResponse:
+    return JSONResponse({"jsonrpc": "2.0", "id": request_id, "error": {"code": -32600, "message": message}},
+                        401, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def card(request: Request) -> Response:
+    return JSONResponse(MessageToDict(agent_card(str(request.base_url))))
+
+
+async def rpc(request: Request) -> Response:
+    try:
+        principal = Door(request.app.state).authenticate(bearer_token_of(request.headers.get("authorization")))
+    except DoorAuthError as exc:
+        return unauthorized(None, exc.message)
+    request.scope[PRINCIPAL] = principal
+    return await dispatcher(request.app).handle_requests(request)
+
+
+def dispatcher(app: FastAPI) -> JsonRpcDispatcher:
+    """The app's JSON-RPC dispatcher, made on first use."""
+    found: JsonRpcDispatcher | None = getattr(app.state, "a2a_dispatcher", None)
+    if found is None:
+        found = app.state.a2a_dispatcher = JsonRpcDispatcher(
+            CompoundAgent(lambda: Door(app.state)), context_builder=_ContextBuilder(), enable_v0_3_compat=True)
+    return found

@@ -1,0 +1,215 @@
+"""The one way the front doors (chat completions, MCP, A2A) reach the engine: submit,
+read, list, cancel, approve, wait for and watch tasks. Re-point this module, not the doors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from compound.api.routes_tasks import submit_to
+from compound.api.schemas import TaskCreate
+from compound.core.errors import BudgetExceeded, UserInputError
+from compound.core.money import worst_case_usd
+from compound.planner.estimate import estimate_cost
+from compound.planner.plan import critical_path, waves
+from compound.planner.validate import is_clean_text, validate_plan
+from compound.prompts import render
+from compound.store.costs import task_tokens
+from compound.store.events import events_after
+from compound.store.models import TERMINAL_TASK, TaskStatus
+from compound.store.queries import list_tasks
+from compound.store.tasks import get_task, task_snapshot
+from compound.store.users import Principal, get_or_create_user, principal_for_token
+
+POLL_S = 0.05  # until the store pushes events (the async RunStore), a watch polls
+
+
+class DoorAuthError(Exception):
+    """Who is calling could not be told (401) or may not do this (403). Each door maps
+    it to its own protocol's shape."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def bearer_token_of(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header value."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    kind: str  # "task" or "subtask" (store/events.py has the data shapes)
+    data: dict[str, Any]
+
+    @property
+    def terminal(self) -> bool:
+        return self.kind == "task" and self.data.get("status") in TERMINAL_TASK
+
+
+def failure(snapshot: dict[str, Any]) -> str | None:
+    """Why a finished task has no answer: "canceled", "budget" or "failed"; None when it
+    has one (completed or partial). "budget" reads the executor's own wording of a
+    budget stop ("could not plan within the budget", "budget of $x exhausted")."""
+    status = snapshot["status"]
+    if status == TaskStatus.canceled:
+        return "canceled"
+    if status == TaskStatus.failed:
+        return "budget" if "budget" in (snapshot.get("error") or "") else "failed"
+    return None
+
+
+class Door:
+    """The engine as the doors see it, over the app's state (settings, store, executor)."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    @property
+    def settings(self) -> Any:
+        return self.state.settings
+
+    # who is calling ------------------------------------------------------------------
+
+    def authenticate(self, token: str | None) -> Principal:
+        if not token:
+            raise DoorAuthError(401, "missing bearer token: send 'Authorization: Bearer <token>'")
+        principal = principal_for_token(self.state.engine, token)
+        if principal is None:
+            raise DoorAuthError(401, "invalid or revoked token")
+        return principal
+
+    def local_principal(self, name: str = "local") -> Principal:
+        """The user of a desktop host on the local store (`compound mcp` without a token)."""
+        user = get_or_create_user(self.state.engine, name)
+        return Principal(user_id=user.id, user_name=user.name, scopes=frozenset({"submit", "read"}),
+                         token_id=f"local:{name}")
+
+    @staticmethod
+    def require(principal: Principal, scope: str) -> None:
+        if scope not in principal.scopes and not principal.is_admin:
+            raise DoorAuthError(403, f"this token lacks the '{scope}' scope")
+
+    @staticmethod
+    def owner(principal: Principal) -> str | None:
+        return None if principal.is_admin else principal.user_id
+
+    # tasks ---------------------------------------------------------------------------
+
+    async def submit(self, principal: Principal, *, prompt: str, budget_usd: float | None = None,
+                     priority: int | None = None, context: list[dict[str, str]] | None = None,
+                     answer_max_tokens: int | None = None, plan: dict[str, Any] | None = None,
+                     approve: bool = True) -> dict[str, Any]:
+        """Store and start a task; its snapshot. Without a plan, a budget that cannot pay
+        for the planner's call is refused here (BudgetExceeded) instead of failing later."""
+        self.require(principal, "submit")
+        budget = budget_usd or self.settings.default_budget_usd
+        self._check_context(context)
+        body = TaskCreate(prompt=prompt, budget_usd=budget, priority=2 if priority is None else priority,
+                          plan=plan, approve=approve)
+        if plan is None and prompt.strip():
+            needed = self.planner_worst_case(prompt, context)
+            if needed > budget:
+                raise BudgetExceeded(
+                    f"a budget of ${budget:g} cannot pay for planning this request: the planner's call may "
+                    f"cost up to ${needed:.6f}; raise the budget", needed_usd=needed, remaining_usd=budget)
+        task = submit_to(self.state, principal, body, context=context, answer_max_tokens=answer_max_tokens)
+        return self.read(task.id)
+
+    def _check_context(self, context: list[dict[str, str]] | None) -> None:
+        if not context:
+            return
+        chars = sum(len(m["content"]) for m in context)
+        limit = self.settings.max_prompt_chars
+        if chars > limit:
+            raise UserInputError(f"messages: the earlier messages hold {chars} characters; at most {limit} "
+                                 "are accepted as context")
+        if not all(is_clean_text(m["content"]) for m in context):
+            raise UserInputError("messages: a message contains a NUL character or a lone surrogate")
+
+    def snapshot(self, principal: Principal, task_id: str) -> dict[str, Any]:
+        """The task's snapshot; another user's task is NotFound."""
+        self.require(principal, "read")
+        return task_snapshot(self.state.engine, task_id, user_id=self.owner(principal))
+
+    def read(self, task_id: str) -> dict[str, Any]:
+        """The snapshot of a task the caller already owns (after submit or a wait)."""
+        return task_snapshot(self.state.engine, task_id)
+
+    def recent(self, principal: Principal, *, limit: int = 20, status: str | None = None,
+             cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        self.require(principal, "read")
+        if status is not None and status not in set(TaskStatus):
+            raise UserInputError(f"status: {status[:40]!r} is not one of {', '.join(TaskStatus)}")
+        return list_tasks(self.state.engine, user_id=self.owner(principal), limit=max(1, min(limit, 100)),
+                          status=status, cursor=cursor)
+
+    async def cancel(self, principal: Principal, task_id: str) -> dict[str, Any]:
+        self.require(principal, "submit")
+        get_task(self.state.engine, task_id, user_id=self.owner(principal))
+        await self.state.executor.cancel(task_id)
+        return self.read(task_id)
+
+    async def approve(self, principal: Principal, task_id: str) -> dict[str, Any]:
+        self.require(principal, "submit")
+        get_task(self.state.engine, task_id, user_id=self.owner(principal))
+        await self.state.executor.approve(task_id)
+        return self.read(task_id)
+
+    async def wait(self, task_id: str) -> dict[str, Any]:
+        """Until the task is terminal; its snapshot then."""
+        await self.state.executor.wait(task_id)
+        return self.read(task_id)
+
+    async def wait_planned(self, task_id: str) -> dict[str, Any]:
+        await self.state.executor.wait_planned(task_id)
+        return self.read(task_id)
+
+    async def events(self, task_id: str, after: int = 0) -> AsyncIterator[Event]:
+        """The task's events after seq `after`, as they happen, ending with the terminal one."""
+        seq = after
+        while True:
+            rows = events_after(self.state.engine, task_id, seq)
+            for row in rows:
+                seq = row.seq
+                ev = Event(row.seq, row.kind, dict(row.data))
+                yield ev
+                if ev.terminal:
+                    return
+            if not rows:
+                if self.read_status(task_id) in TERMINAL_TASK and not events_after(self.state.engine, task_id, seq):
+                    return
+                await asyncio.sleep(POLL_S)
+
+    def read_status(self, task_id: str) -> str:
+        return str(get_task(self.state.engine, task_id).status)
+
+    def tokens(self, task_id: str) -> tuple[int, int]:
+        """(input, output) tokens of all the task's calls."""
+        return task_tokens(self.state.engine, task_id)
+
+    # plans and money -------------------------------------------------------------------
+
+    def validate(self, plan: dict[str, Any]) -> dict[str, Any]:
+        from compound.core.errors import PlanInvalid
+
+        try:
+            valid = validate_plan(plan, max_subtasks=self.settings.max_subtasks)
+        except PlanInvalid as exc:
+            return {"valid": False, "errors": exc.errors, "waves": [], "critical_path": [],
+                    "estimated_cost_usd": None}
+        deps = valid.deps()
+        return {"valid": True, "errors": [], "waves": waves(deps), "critical_path": critical_path(deps),
+                "estimated_cost_usd": estimate_cost(valid, self.settings, self.state.executor.price_of)}
+
+    def planner_worst_case(self, prompt: str, context: list[dict[str, str]] | None = None) -> float:
+        """The most the planner's call for this request may cost (what it reserves)."""
+        model = self.settings.planner_model
+        max_tokens = self.settings.model_config_for(model).max_tokens or self.settings.planner_max_tokens
+        messages = render("decompose", request=prompt, max_subtasks=self.settings.max_subtasks, context=context)
+        return worst_case_usd(messages, max_tokens, self.state.executor.price_of(model))

@@ -1,0 +1,297 @@
+"""The OpenAI-compatible door: POST /v1/chat/completions with model "compound" and
+GET /v1/models. Errors answer in OpenAI's shape {"error": {"message", "type", "code"}}."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from compound.api.doors.engine import Door, DoorAuthError, bearer_token_of, failure
+from compound.api.errors import ApiError
+from compound.core.errors import BudgetExceeded, CompoundError, Conflict, NotFound, UserInputError
+from compound.core.logging import get_logger, redact_text
+
+log = get_logger("compound.api.openai")
+MODEL = "compound"
+TASK_HEADER = "X-Compound-Task-Id"
+router = APIRouter(tags=["openai"])
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+
+
+class ChatRequest(BaseModel):
+    """What compound reads of a Chat Completions request; other fields (temperature,
+    tools ...) are accepted and ignored: compound picks its own models."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1, le=1)
+    metadata: dict[str, str] | None = None
+    # compound's own fields (the openai SDK sends them with extra_body=...)
+    budget_usd: float | None = Field(default=None, gt=0, le=10_000)
+    priority: int | None = Field(default=None, ge=0, le=3)
+
+
+class OpenAIError(Exception):
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": redact_text(self.message), "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
+        if self.status == 401:
+            headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+        return JSONResponse(self.body(), self.status, headers=headers)
+
+
+# compound's errors in OpenAI's words: (class, status, type, code); the first match wins
+ERRORS: list[tuple[type[Exception], int, str, str]] = [
+    (BudgetExceeded, 402, "insufficient_budget", "budget_too_small"),
+    (UserInputError, 400, "invalid_request_error", "invalid_request"),
+    (NotFound, 404, "invalid_request_error", "not_found"),
+    (Conflict, 409, "invalid_request_error", "conflict"),
+]
+# a finished task without an answer: failure(snapshot) -> (status, type, code)
+FAILURES = {
+    "budget": (402, "insufficient_budget", "budget_exhausted"),
+    "canceled": (409, "task_canceled", "canceled"),
+    "failed": (502, "task_failed", "task_failed"),
+}
+
+
+def openai_error(exc: Exception) -> OpenAIError:
+    if isinstance(exc, OpenAIError):
+        return exc
+    if isinstance(exc, DoorAuthError):
+        if exc.status == 401:
+            return OpenAIError(401, exc.message, code="invalid_api_key")
+        return OpenAIError(exc.status, exc.message, type="permission_error", code="insufficient_scope")
+    if isinstance(exc, ApiError):
+        kind = "rate_limit_error" if exc.status == 429 else "invalid_request_error"
+        return OpenAIError(exc.status, exc.message, type=kind, code=exc.code)
+    for cls, status, kind, code in ERRORS:
+        if isinstance(exc, cls):
+            return OpenAIError(status, getattr(exc, "message", str(exc)), type=kind, code=code)
+    log.error("unexpected error in the chat door", error=type(exc).__name__)
+    return OpenAIError(500, "the server could not do that", type="server_error", code="internal_error")
+
+
+def task_error(snapshot: dict[str, Any]) -> OpenAIError | None:
+    why = failure(snapshot)
+    if why is None:
+        return None
+    status, kind, code = FAILURES[why]
+    return OpenAIError(status, f"task {snapshot['id']} {snapshot['status']}: {snapshot.get('error') or why}",
+                       type=kind, code=code)
+
+
+def bearer_token(request: Request) -> str | None:
+    return bearer_token_of(request.headers.get("authorization"))
+
+
+def text_of(message: ChatMessage, where: str) -> str:
+    if message.content is None:
+        return ""
+    if isinstance(message.content, str):
+        return message.content
+    parts = []
+    for i, part in enumerate(message.content):
+        if part.type != "text" or part.text is None:
+            raise OpenAIError(400, f"{where}.content[{i}]: only text parts are supported (got {part.type[:40]!r})",
+                              param=f"{where}.content")
+        parts.append(part.text)
+    return "\n".join(parts)
+
+
+def split_messages(messages: list[ChatMessage]) -> tuple[str, list[dict[str, str]]]:
+    """The last user message is the request; every other message is context."""
+    last = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
+    if last is None:
+        raise OpenAIError(400, "messages: needs a user message (the last one is the request)", param="messages")
+    prompt = text_of(messages[last], f"messages[{last}]")
+    context = [{"role": m.role, "content": text_of(m, f"messages[{i}]")}
+               for i, m in enumerate(messages) if i != last]
+    return prompt, context
+
+
+def budget_and_priority(body: ChatRequest) -> tuple[float | None, int | None]:
+    """Body fields first, then metadata (strings, as OpenAI's metadata is), else None
+    (the settings' default budget, priority 2)."""
+    budget, priority = body.budget_usd, body.priority
+    meta = body.metadata or {}
+    if budget is None and "budget_usd" in meta:
+        try:
+            budget = float(meta["budget_usd"])
+        except ValueError:
+            budget = -1.0
+        if not 0 < budget <= 10_000:
+            raise OpenAIError(400, f"metadata.budget_usd: {meta['budget_usd'][:40]!r} is not a number of USD "
+                              "above 0 and at most 10000", param="metadata.budget_usd")
+    if priority is None and "priority" in meta:
+        if meta["priority"] not in ("0", "1", "2", "3"):
+            raise OpenAIError(400, f"metadata.priority: {meta['priority'][:40]!r} is not 0, 1, 2 or 3",
+                              param="metadata.priority")
+        priority = int(meta["priority"])
+    return budget, priority
+
+
+async def parse(request: Request) -> ChatRequest:
+    try:
+        raw = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise OpenAIError(400, "body: not valid JSON") from None
+    try:
+        body = ChatRequest.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        raise OpenAIError(400, f"{loc}: {err.get('msg', 'invalid')}", param=loc) from None
+    if body.model != MODEL:
+        raise OpenAIError(404, f"the model {body.model[:80]!r} does not exist; this server offers {MODEL!r}",
+                          code="model_not_found", param="model")
+    return body
+
+
+def usage(door: Door, task_id: str) -> dict[str, int]:
+    inp, out = door.tokens(task_id)
+    return {"prompt_tokens": inp, "completion_tokens": out, "total_tokens": inp + out}
+
+
+def compound_fields(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """The extra `compound` object of a response: the task, its status and its cost."""
+    return {"task_id": snapshot["id"], "status": snapshot["status"], "cost_usd": snapshot["total_cost_usd"],
+            "budget_usd": snapshot["budget_usd"], "error": snapshot.get("error")}
+
+
+@router.get("/v1/models", summary="The one model this server offers: compound")
+async def models(request: Request) -> Response:
+    try:
+        Door(request.app.state).authenticate(bearer_token(request))
+    except DoorAuthError as exc:
+        return openai_error(exc).response()
+    return JSONResponse({"object": "list", "data": [model_card()]})
+
+
+@router.get("/v1/models/{model}", summary="The compound model")
+async def model(request: Request, model: str) -> Response:
+    try:
+        Door(request.app.state).authenticate(bearer_token(request))
+    except DoorAuthError as exc:
+        return openai_error(exc).response()
+    if model != MODEL:
+        return OpenAIError(404, f"the model {model[:80]!r} does not exist", code="model_not_found").response()
+    return JSONResponse(model_card())
+
+
+def model_card() -> dict[str, Any]:
+    return {"id": MODEL, "object": "model", "created": 0, "owned_by": "compound"}
+
+
+def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema with its (non-recursive) $defs put in place, for openapi_extra."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)  # type: ignore[no-any-return]
+
+
+@router.post("/v1/chat/completions", summary="Chat Completions: the conversation's last user message becomes a task",
+             openapi_extra={"requestBody": {"content": {"application/json": {
+                 "schema": inline_schema(ChatRequest.model_json_schema())}}, "required": True}})
+async def chat_completions(request: Request) -> Response:
+    door = Door(request.app.state)
+    try:
+        principal = door.authenticate(bearer_token(request))
+        door.require(principal, "submit")
+        body = await parse(request)
+        prompt, context = split_messages(body.messages)
+        budget, priority = budget_and_priority(body)
+        snap = await door.submit(principal, prompt=prompt, budget_usd=budget, priority=priority,
+                                 context=context or None,
+                                 answer_max_tokens=body.max_completion_tokens or body.max_tokens)
+    except (OpenAIError, DoorAuthError, ApiError, CompoundError) as exc:
+        return openai_error(exc).response()
+    headers = {TASK_HEADER: snap["id"]}
+    if body.stream:
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        return StreamingResponse(stream(door, snap["id"], include_usage=include_usage),
+                                 media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"})
+    final = await door.wait(snap["id"])
+    err = task_error(final)
+    if err is not None:
+        return err.response(headers)
+    return JSONResponse({
+        "id": final["id"], "object": "chat.completion", "created": int(time.time()), "model": MODEL,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": final["result"] or ""},
+                     "finish_reason": "stop", "logprobs": None}],
+        "usage": usage(door, final["id"]),
+        "compound": compound_fields(final),
+    }, headers=headers)
+
+
+async def stream(door: Door, task_id: str, *, include_usage: bool) -> AsyncIterator[str]:
+    """Chat Completions chunks: a role chunk, progress as SSE comments (`: compound
+    {...}`, which clients ignore), the answer as content, a finish chunk, [DONE]."""
+    created = int(time.time())
+
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
+        data = {"id": task_id, "object": "chat.completion.chunk", "created": created, "model": MODEL,
+                "choices": choices, **extra}
+        return f"data: {json.dumps(data)}\n\n"
+
+    yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+    async for ev in door.events(task_id):
+        yield f": compound {json.dumps(progress(ev.kind, ev.data))}\n\n"
+    final = door.read(task_id)
+    err = task_error(final)
+    if err is not None:
+        yield f"data: {json.dumps(err.body())}\n\n"
+        yield "data: [DONE]\n\n"
+        return
+    # The answer is written by the synthesis before the task ends; it goes out whole
+    # (streaming the synthesis call token by token waits for LLMClient.stream()).
+    yield chunk([{"index": 0, "delta": {"content": final["result"] or ""}, "finish_reason": None}])
+    yield chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}], compound=compound_fields(final))
+    if include_usage:
+        yield chunk([], usage=usage(door, task_id))
+    yield "data: [DONE]\n\n"
+
+
+def progress(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    """An event, small: no results (the answer comes as content)."""
+    keep = ("status", "index", "model", "cost_usd", "total_cost_usd", "error")
+    return {"kind": kind, **{k: data[k] for k in keep if k in data}}

@@ -1,0 +1,90 @@
+"""Record and replay model answers: LLMClient wrappers keyed by the model and a hash of
+the messages, so an eval runs offline and deterministically from a recording."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from compound.core.errors import ProviderError, UserInputError
+from compound.llm.base import Completion, LLMClient, Message, Usage
+
+
+def call_key(model: str, messages: list[Message]) -> str:
+    body = json.dumps([model, [[m["role"], m["content"]] for m in messages]], ensure_ascii=False)
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def _row(key: str, out: Completion) -> dict[str, Any]:
+    u = out.usage
+    return {"key": key, "model": out.model, "text": out.text, "cost_usd": out.cost_usd,
+            "finish_reason": out.finish_reason,
+            "usage": [u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens]}
+
+
+class RecordingClient:
+    """Passes every call to `inner` and appends its answer to a JSON-lines file, after
+    a first line describing the run (`header`: the configured models)."""
+
+    def __init__(self, inner: LLMClient, path: Path, *, header: dict[str, Any]) -> None:
+        self.inner = inner
+        self.path = path
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"header": header}, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    async def complete(self, *, model: str, messages: list[Message], max_tokens: int,
+                       json_schema: dict[str, Any] | None = None, timeout_s: float | None = None) -> Completion:
+        out = await self.inner.complete(model=model, messages=messages, max_tokens=max_tokens,
+                                        json_schema=json_schema, timeout_s=timeout_s)
+        line = json.dumps(_row(call_key(model, messages), out), ensure_ascii=False) + "\n"
+        with self._lock, self.path.open("a", encoding="utf-8") as f:
+            f.write(line)
+        return out
+
+
+class ReplayClient:
+    """Answers from a recording. The same call recorded n times answers its n answers
+    in order, then the last again. A call never recorded is a permanent ProviderError
+    naming the model (the run is not the one recorded)."""
+
+    def __init__(self, path: Path) -> None:
+        self.answers: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.header: dict[str, Any] = {}
+        self.misses = 0
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise UserInputError(f"cannot read the recording {path}: {exc.strerror or exc}") from None
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if "header" in row:
+                    self.header = dict(row["header"])
+                else:
+                    self.answers[str(row["key"])].append(row)
+            except (ValueError, KeyError, TypeError):
+                raise UserInputError(f"{path} line {n} is not a recorded answer") from None
+        self._used: dict[str, int] = defaultdict(int)
+
+    async def complete(self, *, model: str, messages: list[Message], max_tokens: int,  # noqa: ARG002
+                       json_schema: dict[str, Any] | None = None,  # noqa: ARG002
+                       timeout_s: float | None = None) -> Completion:  # noqa: ARG002
+        key = call_key(model, messages)
+        rows = self.answers.get(key)
+        if not rows:
+            self.misses += 1
+            raise ProviderError(f"{model}: no recorded answer for this call (key {key[:12]}); "
+                                "the recording was made with other models, prompts or requests",
+                                status=404, model=model, transient=False)
+        row = rows[min(self._used[key], len(rows) - 1)]
+        self._used[key] += 1
+        u = row["usage"]
+        return Completion(text=row["text"], model=row["model"], usage=Usage(*u), cost_usd=float(row["cost_usd"]),
+                          finish_reason=row.get("finish_reason"))

@@ -1,0 +1,80 @@
+"""Cross-process signals on PostgreSQL LISTEN/NOTIFY: `publish` a payload on a channel,
+a `Listener` calls back on it in every process that listens. Narrow on purpose: it
+is meant to fold into the async RunStore's own subscribe() later."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sqlalchemy import make_url, text
+from sqlalchemy.engine import Engine
+
+from compound.core.logging import get_logger
+
+log = get_logger("compound.store.pg_notify")
+
+CANCEL = "compound_cancel"  # payload: a task id
+SLOT_FREE = "compound_slot_free"  # payload: a model name
+
+
+def libpq_url(url: str) -> str:
+    """The SQLAlchemy URL of the store as a URL psycopg connects with (options kept)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def publish(engine: Engine, channel: str, payload: str) -> None:
+    """NOTIFY every listener (delivered when this short transaction commits)."""
+    with engine.begin() as conn:
+        conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": channel, "p": payload})
+
+
+class Listener:
+    """One connection LISTENing on some channels, calling `handlers[channel](payload)` on
+    this event loop; it reconnects after a lost connection (signals sent meanwhile are
+    lost, so every user also has a slower fallback: the store flag, a retry timer)."""
+
+    def __init__(self, url: str, handlers: Mapping[str, Callable[[str], Any]]) -> None:
+        self.url = libpq_url(url)
+        self.handlers = dict(handlers)
+        self._task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        await asyncio.wait_for(self.ready.wait(), timeout=30)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        import psycopg
+
+        delay = 0.1
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                    for channel in self.handlers:
+                        await conn.execute(f'LISTEN "{channel}"')
+                    self.ready.set()
+                    delay = 0.1
+                    async for note in conn.notifies():
+                        handler = self.handlers.get(note.channel)
+                        if handler is None:
+                            continue
+                        try:
+                            handler(note.payload)
+                        except Exception:  # one bad handler must not stop the others
+                            log.exception("notification handler failed", channel=note.channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("listener connection lost; reconnecting", error=type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)

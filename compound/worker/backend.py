@@ -1,0 +1,126 @@
+"""The API process's side of queue mode: it stores tasks (the routes do), enqueues them
+with DBOS's client and reads the store; cancel and approve reach a task wherever it
+runs. Same surface as the Executor's that the routes use (submit, cancel, approve,
+wait_planned, price_of)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from compound.core.errors import Conflict, NotFound
+from compound.core.logging import get_logger
+from compound.core.settings import Settings
+from compound.llm.base import Price
+from compound.store import pg_notify, runs
+from compound.store.fastwrite import FastWriter
+from compound.store.models import TERMINAL_TASK, TaskStatus
+from compound.worker import names
+
+log = get_logger("compound.worker.backend")
+
+# How long a cancel waits for the worker running the task to stop it, so the answer
+# usually shows `canceled`; past it the answer shows the task as it is (the flag stays).
+CANCEL_WAIT_S = 10.0
+
+
+class QueueBackend:
+    def __init__(self, *, settings: Settings, engine: Engine,
+                 price_of: Callable[[str], Price] | None = None) -> None:
+        names.check_queue_settings(settings)
+        self.settings = settings
+        self.engine = engine
+        if price_of is None:
+            from compound.llm.pricing import price_of as _price_of
+
+            self.price_of: Callable[[str], Price] = lambda m: _price_of(m, settings)
+        else:
+            self.price_of = price_of
+        self.client: Any = None
+        self.writer = FastWriter(engine)
+
+    async def start(self) -> list[str]:
+        """Create DBOS's system tables if needed, connect, and enqueue any stored task that
+        never reached the queue (a crash between the store's commit and the enqueue)."""
+        from dbos import DBOS, DBOSClient
+
+        url = self.settings.system_database_url()
+        await asyncio.to_thread(DBOS.migrate, url)
+        self.client = await asyncio.to_thread(lambda: DBOSClient(system_database_url=url,
+                                                                 application_name=names.APP_NAME))
+        ids = await asyncio.to_thread(runs.unfinished_task_ids, self.engine)
+        queued = [t for t in ids if (st := runs.load(self.engine, t)) is not None and st.status == TaskStatus.queued]
+        for task_id in queued:  # the workflow id is the task id: DBOS ignores a second enqueue
+            await asyncio.to_thread(self._enqueue, task_id)
+        return queued
+
+    async def stop(self) -> None:
+        if self.client is not None:
+            await asyncio.to_thread(self.client.destroy)
+            self.client = None
+        self.writer.close()
+
+    def _enqueue(self, workflow_id: str, task_id: str | None = None) -> None:
+        self.client.enqueue(names.enqueue_options(workflow_id), task_id or workflow_id)
+
+    def submit(self, task_id: str) -> None:
+        self._enqueue(task_id)
+
+    async def approve(self, task_id: str) -> None:
+        st = runs.load(self.engine, task_id)
+        if st is None:
+            raise NotFound(f"no task with id {task_id!r}")
+        if st.status != TaskStatus.planned or st.approve:
+            raise Conflict(f"task {task_id} is {st.status}; only a planned task waiting for approval can be approved")
+        runs.set_approved(self.engine, task_id)
+        await asyncio.to_thread(self._enqueue, names.approve_workflow_id(task_id), task_id)
+
+    async def cancel(self, task_id: str) -> None:
+        status = runs.request_cancel(self.engine, task_id)
+        if status is None:
+            raise NotFound(f"no task with id {task_id!r}")
+        if status in TERMINAL_TASK:
+            raise Conflict(f"task {task_id} is already {status}; only a running task can be canceled")
+        st = runs.load(self.engine, task_id)
+        assert st is not None
+        if st.status == TaskStatus.queued or (st.status == TaskStatus.planned and not st.approve):
+            # Runs nowhere: finish it here. A worker that takes it later sees it canceled;
+            # one that took it this very moment hears the signal below.
+            runs.cancel_open(self.engine, task_id, st.subtasks)
+            runs.set_status(self.writer, task_id, TaskStatus.canceled, error="canceled by request")
+            await asyncio.to_thread(pg_notify.publish, self.engine, pg_notify.CANCEL, task_id)
+            return
+        await asyncio.to_thread(pg_notify.publish, self.engine, pg_notify.CANCEL, task_id)
+        try:
+            await self._wait_for(task_id, lambda s: s.status in TERMINAL_TASK, CANCEL_WAIT_S)
+        except TimeoutError:
+            log.warning("cancel requested; the task has not stopped yet", task_id=task_id)
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> str:
+        return await self._wait_for(task_id, lambda st: st.status in TERMINAL_TASK, timeout)
+
+    async def wait_planned(self, task_id: str, timeout: float | None = None) -> str:
+        return await self._wait_for(
+            task_id,
+            lambda st: st.status in TERMINAL_TASK or st.status in (TaskStatus.planned, TaskStatus.executing),
+            timeout,
+        )
+
+    async def _wait_for(self, task_id: str, done: Callable[[runs.TaskState], bool],
+                        timeout: float | None) -> str:
+        # Polls the store, as the Executor's own waits do today; the async RunStore's
+        # subscribe() will replace both.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            st = await asyncio.to_thread(runs.load, self.engine, task_id)
+            if st is None:
+                raise NotFound(f"no task with id {task_id!r}")
+            if done(st):
+                return st.status
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"task {task_id} still {st.status} after {timeout}s")
+            await asyncio.sleep(0.05)

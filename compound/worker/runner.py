@@ -1,0 +1,181 @@
+"""`compound worker`: takes whole tasks from the DBOS queue and runs each with the same
+Executor as `compound serve` (its DAG runs here with asyncio). It hears cancels by
+NOTIFY, shares per-model caps with every other worker (store.pg_slots), and resumes
+the tasks of workers that died (DBOS recovery, once liveness says they are gone)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from compound.core.errors import Conflict, NotFound
+from compound.core.logging import get_logger
+from compound.core.settings import Settings
+from compound.executor.service import Executor
+from compound.llm.base import LLMClient
+from compound.store import pg_notify
+from compound.store.pg_slots import PgModelSlots
+from compound.worker import names
+from compound.worker.liveness import Liveness
+
+log = get_logger("compound.worker")
+
+_current: Executor | None = None  # the executor the registered workflow runs tasks with
+_registered = False
+
+
+def register_workflow() -> None:
+    """Register the one workflow with DBOS (once per process). It holds no steps: the
+    store is the truth, and a recovered workflow just calls the idempotent run again."""
+    global _registered
+    if _registered:
+        return
+    from dbos import DBOS
+
+    @DBOS.workflow(name=names.WORKFLOW)
+    async def compound_run_task(task_id: str) -> None:
+        if _current is None:  # pragma: no cover - launch() happens after the executor exists
+            raise RuntimeError("no executor in this worker")
+        await _current.run_here(task_id)
+
+    _registered = True
+
+
+class Worker:
+    def __init__(self, *, settings: Settings, engine: Engine, client: LLMClient,
+                 observers: list[Any] | None = None) -> None:
+        names.check_queue_settings(settings)
+        self.settings = settings
+        self.engine = engine
+        def limits(model: str) -> int | None:
+            return settings.model_config_for(model).max_concurrency
+
+        self.slots = PgModelSlots(settings.database_url, limits) if any(
+            settings.model_config_for(m).max_concurrency for m in settings.all_models()) else None
+        self.executor = Executor(settings=settings, engine=engine, client=client,
+                                 observers=observers or (), model_slots=self.slots)
+        self.liveness = Liveness(settings.database_url)
+        handlers: dict[str, Any] = {pg_notify.CANCEL: self._on_cancel}
+        if self.slots is not None:
+            handlers[pg_notify.SLOT_FREE] = self.slots.released
+        self.listener = pg_notify.Listener(settings.database_url, handlers)
+        self.executor_id = ""
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        global _current
+        from dbos import DBOS
+
+        await self.listener.start()
+        for _ in range(5):  # a clash of lock keys is all but impossible; a new id settles it
+            self.executor_id = f"worker-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            if await self.liveness.claim(self.executor_id):
+                break
+        else:
+            raise RuntimeError("could not claim a liveness lock")
+        _current = self.executor
+        register_workflow()
+        DBOS(config={
+            "name": names.APP_NAME,
+            "system_database_url": self.settings.system_database_url(),
+            "executor_id": self.executor_id,
+            "application_version": names.APP_VERSION,
+            "log_level": "WARNING",
+        })
+        DBOS.launch()  # called on this loop: DBOS runs our async workflows on it
+        # DBOS keeps a queue's limits in its system tables; every worker writes the same
+        # settings, the last one started wins (docs/deploy.md).
+        await DBOS.register_queue_async(
+            names.QUEUE, global_concurrency=self.settings.queue_concurrency,
+            worker_concurrency=self.settings.worker_concurrency,
+            polling_interval_sec=self.settings.queue_polling_interval_s, on_conflict="always_update")
+        self._spawn(self._reap_loop())
+        log.info("worker started", executor_id=self.executor_id,
+                 worker_concurrency=self.settings.worker_concurrency)
+
+    async def stop(self) -> None:
+        from dbos import DBOS
+
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.executor.stop()  # running tasks stay PENDING in DBOS, for another worker
+        await asyncio.to_thread(DBOS.destroy, destroy_registry=False)
+        await self.listener.stop()
+        if self.slots is not None:
+            await self.slots.close()
+        await self.liveness.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # cancels ------------------------------------------------------------------------
+
+    def _on_cancel(self, task_id: str) -> None:
+        if self.executor.is_running(task_id):
+            self._spawn(self._cancel_here(task_id))
+
+    async def _cancel_here(self, task_id: str) -> None:
+        try:
+            await self.executor.cancel(task_id)
+        except (Conflict, NotFound):
+            # An API process finished it as canceled while we were taking it: stop our run.
+            await self.executor.abandon(task_id)
+
+    # dead workers -------------------------------------------------------------------
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.dead_worker_check_s)
+            if not await self.liveness.alive():
+                # Our lock went with our session: the others may already be resuming our
+                # tasks. Stop at once rather than run a task twice.
+                log.error("lost the liveness session; exiting so no task runs twice")
+                os._exit(70)
+            try:
+                await self.reap_once()
+            except Exception:  # the database blinked: next round
+                log.exception("dead-worker check failed")
+
+    async def reap_once(self) -> list[str]:
+        """Hand the PENDING workflows of every dead worker back to the queue; returns the
+        dead executor ids. Idempotent across workers: DBOS re-enqueues a workflow only
+        while it is still PENDING on the dead executor."""
+        from dbos import DBOS
+
+        pending = await asyncio.to_thread(DBOS.list_workflows, status="PENDING", queue_name=names.QUEUE,
+                                          load_input=False, load_output=False)
+        others = {w.executor_id for w in pending if w.executor_id and w.executor_id != self.executor_id}
+        dead = [e for e in sorted(others) if await self.liveness.is_dead(e)]
+        if dead:
+            handles = await asyncio.to_thread(DBOS._recover_pending_workflows, dead)
+            log.warning("resuming the tasks of dead workers", workers=dead, tasks=len(handles))
+        return dead
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
+    """The process: build, start, run until `stop` is set, stop."""
+    from compound.llm import build_client
+    from compound.store.db import create_all, make_engine
+
+    engine = make_engine(settings.database_url)
+    await asyncio.to_thread(create_all, engine)
+    client = build_client(settings)
+    warm = getattr(client, "warm", None)
+    if warm is not None:
+        await warm()
+    worker = Worker(settings=settings, engine=engine, client=client)
+    await worker.start()
+    try:
+        await stop.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await worker.stop()
+        engine.dispose()

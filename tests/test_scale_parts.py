@@ -1,0 +1,167 @@
+"""The parts of queue mode, in one process: settings checks, the NOTIFY listener, the
+advisory-lock liveness and model slots on PostgreSQL, and the executor's worker hooks."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from compound.core.errors import ConfigError
+from compound.core.settings import Settings, load_settings
+from compound.store import pg_notify
+from compound.store.db import make_engine
+from compound.store.pg_slots import PgModelSlots
+from compound.store.tasks import create_task, task_snapshot
+from compound.worker.liveness import Liveness
+from compound.worker.names import check_queue_settings
+from tests.fixtures.fakes import FakeLLM
+from tests.test_executor import executor, kind_answer, plan, worker_calls
+
+PG = "postgresql+psycopg://u@h/db"
+
+
+@pytest.mark.parametrize(("kw", "problem"), [
+    ({"database_url": PG}, None),
+    ({"database_url": PG, "dbos_system_database_url": PG + "_sys"}, None),
+    ({"database_url": "sqlite:///c.db"}, "COMPOUND_DATABASE_URL"),
+    ({"database_url": PG, "dbos_system_database_url": "sqlite:///d.db"}, "COMPOUND_DBOS_SYSTEM_DATABASE_URL"),
+    ({"database_url": PG, "queue_concurrency": 4, "worker_concurrency": 8}, "COMPOUND_WORKER_CONCURRENCY"),
+])
+def test_queue_settings_checked(kw: dict[str, Any], problem: str | None) -> None:
+    settings = Settings(execution="queue", **kw)
+    if problem is None:
+        check_queue_settings(settings)
+    else:
+        with pytest.raises(ConfigError, match=problem):
+            check_queue_settings(settings)
+
+
+def test_execution_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().execution == "inprocess"
+    monkeypatch.setenv("COMPOUND_EXECUTION", "queue")
+    s = load_settings()
+    assert s.execution == "queue" and s.system_database_url() == s.database_url
+    monkeypatch.setenv("COMPOUND_EXECUTION", "cluster")
+    with pytest.raises(ConfigError, match="execution"):
+        load_settings()
+
+
+@pytest.mark.postgres
+async def test_notify_reaches_a_listener(pg_url: str) -> None:
+    got: asyncio.Queue[str] = asyncio.Queue()
+    listener = pg_notify.Listener(pg_url, {pg_notify.CANCEL: got.put_nowait})
+    await listener.start()
+    engine = make_engine(pg_url)
+    try:
+        payload = f"t_{uuid.uuid4().hex}"
+        await asyncio.to_thread(pg_notify.publish, engine, pg_notify.CANCEL, payload)
+        while (seen := await asyncio.wait_for(got.get(), timeout=30)) != payload:
+            pass  # another test's signal on the same database
+        assert seen == payload
+    finally:
+        await listener.stop()
+        engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_liveness_sees_a_dead_worker(pg_url: str) -> None:
+    me, other = Liveness(pg_url), Liveness(pg_url)
+    wid = f"worker-test-{uuid.uuid4().hex}"
+    try:
+        assert await other.claim(wid)
+        assert not await me.claim(wid)  # an id already held is refused
+        assert not await me.is_dead(wid)
+        assert await other.alive()
+        await other.close()  # the process died: its session, and lock, are gone
+        deadline = asyncio.get_running_loop().time() + 30
+        while not await me.is_dead(wid):  # the server ends the session a moment after the socket closes
+            assert asyncio.get_running_loop().time() < deadline, "the dead session's lock was never freed"
+            await asyncio.sleep(0.05)
+        assert await me.is_dead(wid)  # probing does not keep the lock
+    finally:
+        await me.close()
+        await other.close()
+
+
+@pytest.mark.postgres
+async def test_model_slots_cap_holds_across_processes(pg_url: str) -> None:
+    """Two PgModelSlots stand for two workers: together they never exceed the cap, and
+    the cap is reached (the demand is higher)."""
+    model = f"test/model-{uuid.uuid4().hex[:8]}"
+    cap = 2
+    workers = [PgModelSlots(pg_url, lambda m: cap if m == model else None) for _ in range(2)]
+    assert workers[0].limit_for("other/model") is None
+    now = peak = 0
+
+    async def call(slots: PgModelSlots) -> None:
+        nonlocal now, peak
+        limit = slots.limit_for(model)
+        assert limit is not None
+        await limit.acquire()
+        try:
+            now += 1
+            peak = max(peak, now)
+            await asyncio.sleep(0.05)
+            now -= 1
+        finally:
+            limit.release()
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(call(workers[i % 2]) for i in range(12))), timeout=60)
+        assert peak == cap
+    finally:
+        for w in workers:
+            await w.close()
+
+
+@pytest.mark.postgres
+async def test_a_dead_workers_model_slot_frees_itself(pg_url: str) -> None:
+    model = f"test/model-{uuid.uuid4().hex[:8]}"
+    dead, live = (PgModelSlots(pg_url, lambda _m: 1) for _ in range(2))
+    held = dead.limit_for(model)
+    assert held is not None
+    await held.acquire()
+    waiting = asyncio.ensure_future(live.limit_for(model).acquire())  # type: ignore[union-attr]
+    await asyncio.sleep(0.3)
+    assert not waiting.done()  # the one slot is taken by the other worker
+    conn, _ = held._held.pop()
+    await conn.close()  # the holder dies without releasing
+    assert await asyncio.wait_for(waiting, timeout=30)
+    live.limit_for(model).release()  # type: ignore[union-attr]
+    await live.close()
+    await dead.close()
+
+
+async def test_run_here_returns_when_the_task_is_canceled(engine: Engine) -> None:
+    """The worker's entry point: cancel() (from a NOTIFY) ends it normally; the task is canceled."""
+    fake = FakeLLM(answer=kind_answer, latency=lambda _m, msgs: 5.0 if "worker" in msgs[0]["content"] else 0)
+    ex = executor(engine, fake)
+    task = create_task(engine, prompt="p", budget_usd=1.0, plan_in=plan(("A", []), ("B", [0])))
+    run = asyncio.ensure_future(ex.run_here(task.id))
+    while not worker_calls(fake):
+        await asyncio.sleep(0.01)
+    assert ex.is_running(task.id)
+    await ex.cancel(task.id)
+    await asyncio.wait_for(run, timeout=10)  # returned, not raised
+    assert task_snapshot(engine, task.id)["status"] == "canceled"
+    assert not ex.is_running(task.id)
+    await ex.stop()
+
+
+async def test_run_here_leaves_the_task_when_the_worker_stops(engine: Engine) -> None:
+    """A stopping worker leaves its task unfinished (DBOS keeps the workflow PENDING for
+    another worker): run_here raises CancelledError instead of returning."""
+    fake = FakeLLM(answer=kind_answer, latency=lambda _m, msgs: 5.0 if "worker" in msgs[0]["content"] else 0)
+    ex = executor(engine, fake)
+    task = create_task(engine, prompt="p", budget_usd=1.0, plan_in=plan(("A", []),))
+    run = asyncio.ensure_future(ex.run_here(task.id))
+    while not worker_calls(fake):
+        await asyncio.sleep(0.01)
+    await ex.stop()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert task_snapshot(engine, task.id)["status"] == "executing"
