@@ -46,6 +46,7 @@ class Workflow:
 
     async def _plan(self, st: TaskState, daily: float | None) -> list[SubState] | None:
         await self.store.set_status(st.id, TaskStatus.planning)
+        warnings: list[str] = []
         try:
             if st.plan_in is not None:
                 plan = validate_plan(st.plan_in, max_subtasks=self.settings.max_subtasks)
@@ -60,7 +61,8 @@ class Workflow:
                         kind=CallKind.planner, subtask=None, tier=None, models=[model], messages=messages,
                         max_tokens=self.settings.planner_max_tokens, json_schema=schema), daily=daily)
 
-                plan = await decompose(call, st.prompt, max_subtasks=self.settings.max_subtasks)
+                plan = await decompose(call, st.prompt, max_subtasks=self.settings.max_subtasks,
+                                       context=st.context, warnings=warnings)
         except BudgetExceeded as exc:
             await self.store.set_status(st.id, TaskStatus.failed,
                                         error=f"could not plan within the budget of ${st.budget_usd:g}: {exc.message}")
@@ -80,7 +82,7 @@ class Workflow:
             for r in route(plan, self.settings)
         ]
         await self.store.save_plan(st.id, reasoning=plan.reasoning, subtasks=subs, prompt_versions=self.versions,
-                                   status=TaskStatus.planned)
+                                   status=TaskStatus.planned, warnings=warnings)
         return subs
 
     async def _execute(self, st: TaskState, subs: list[SubState], daily: float | None) -> None:
@@ -131,12 +133,15 @@ class Workflow:
                                         error=budget_note or f"no subtask completed: {errors}")
             return
         tier = self.settings.synthesis_tier
-        messages = render("synthesize", request=st.prompt,
+        messages = render("synthesize", request=st.prompt, context=st.context,
                           results=[(s.index, s.description, results[s.index]) for s in done], missing=missing)
+        max_tokens = self.settings.synthesis_max_tokens
+        if st.answer_max_tokens is not None:  # a chat client's max_tokens bounds the answer
+            max_tokens = min(max_tokens, st.answer_max_tokens)
         try:
             answer = await self.calls.call(st, CallSpec(
                 kind=CallKind.synthesis, subtask=None, tier=tier, models=self.settings.tier_models(tier),
-                messages=messages, max_tokens=self.settings.synthesis_max_tokens), daily=daily)
+                messages=messages, max_tokens=max_tokens), daily=daily)
         except (BudgetExceeded, ProviderError) as exc:
             joined = "\n\n".join(f"[{s.index}] {results[s.index]}" for s in done)
             why = "budget" if isinstance(exc, BudgetExceeded) else "provider error"

@@ -22,7 +22,25 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any
 
+from compound.core.logging import get_logger
 from compound.store.models import TERMINAL_TASK
+
+task_log = get_logger("compound.task")
+
+
+def log_status(task_id: str, status: str, *, error: str | None = None, total: float | None = None,
+               subtasks: int | None = None) -> None:
+    """One structured log line per task state change, written by the store once the
+    change is committed (both dialects call this, after their write)."""
+    status = str(getattr(status, "value", status))
+    fields: dict[str, Any] = {"task_id": task_id, "status": status}
+    if total is not None:
+        fields["cost_usd"] = round(float(total), 9)
+    if subtasks is not None:
+        fields["subtasks"] = subtasks
+    if error:
+        fields["error"] = error[:500]
+    (task_log.warning if status in ("failed", "partial") else task_log.info)("task status", **fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +96,9 @@ class TaskState:
     cancel_requested: bool
     event_seq: int
     subtasks: list[SubState] = field(default_factory=list)
+    # A conversation's earlier messages (the chat door) and a bound on the answer.
+    context: list[dict[str, str]] | None = None
+    answer_max_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,7 +337,8 @@ class RunStore(abc.ABC):
     @abc.abstractmethod
     async def create_task(self, *, prompt: str, budget_usd: float, user_id: str | None = None,
                           priority: int = 2, plan_in: dict[str, Any] | None = None,
-                          approve: bool = True) -> TaskState:
+                          approve: bool = True, context: list[dict[str, str]] | None = None,
+                          answer_max_tokens: int | None = None) -> TaskState:
         """Insert a queued task and its first event. The plan must be validated."""
 
     @abc.abstractmethod
@@ -329,7 +351,7 @@ class RunStore(abc.ABC):
 
     @abc.abstractmethod
     async def save_plan(self, task_id: str, *, reasoning: str | None, subtasks: Sequence[SubState],
-                        prompt_versions: dict[str, str], status: str) -> None:
+                        prompt_versions: dict[str, str], status: str, warnings: Sequence[str] = ()) -> None:
         """Insert the subtasks and move the task to `status` (planned), together."""
 
     @abc.abstractmethod

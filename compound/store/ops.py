@@ -38,9 +38,9 @@ EPS = 1e-12  # float slack in budget checks
 SUB_COLS = ('"index", description, tier_hint, tier_assigned, models, depends_on, status, model, result, '
             "error, attempts, cost_usd, input_tokens, output_tokens")
 TASK_COLS = ("id, user_id, prompt, status, priority, approve, budget_usd, plan_in, reasoning, "
-             "total_cost_usd, reserved_usd, cancel_requested, event_seq")
+             "total_cost_usd, reserved_usd, cancel_requested, event_seq, context, answer_max_tokens")
 SNAP_TASK_COLS = ("id, user_id, prompt, status, reasoning, result, error, budget_usd, total_cost_usd, priority, "
-                  "prompt_versions, created_at, planned_at, started_at, completed_at, planner_model, event_seq")
+                  "prompt_versions, created_at, planned_at, started_at, completed_at, planner_model, event_seq, warnings")
 SNAP_SUB_COLS = ('"index", description, tier_hint, tier_assigned, model, depends_on, status, result, error, '
                  "attempts, cost_usd, input_tokens, output_tokens, started_at, completed_at")
 
@@ -123,15 +123,19 @@ def _events(d: Dialect, task_id: str, items: Sequence[tuple[str, dict[str, Any]]
 
 
 def create_task(d: Dialect, task_id: str, *, prompt: str, budget_usd: float, user_id: str | None,
-                priority: int, plan_in: dict[str, Any] | None, approve: bool) -> Op:
+                priority: int, plan_in: dict[str, Any] | None, approve: bool,
+                context: list[dict[str, str]] | None = None, answer_max_tokens: int | None = None) -> Op:
     now = d.now()
     yield ("exec", "INSERT_TASK", {"id": task_id, "u": user_id, "p": prompt, "st": TaskStatus.queued.value,
                                    "pr": priority, "ap": approve, "b": budget_usd,
-                                   "plan": None if plan_in is None else d.json(plan_in), "now": now})
+                                   "plan": None if plan_in is None else d.json(plan_in),
+                                   "ctx": None if context is None else d.json(context), "amt": answer_max_tokens,
+                                   "now": now})
     yield from _events(d, task_id, [("task", {"status": TaskStatus.queued.value, "error": None})], now)
     return TaskState(id=task_id, user_id=user_id, prompt=prompt, status=TaskStatus.queued, priority=priority,
                      approve=approve, budget_usd=budget_usd, plan_in=plan_in, reasoning=None, total_cost_usd=0.0,
-                     reserved_usd=0.0, cancel_requested=False, event_seq=1)
+                     reserved_usd=0.0, cancel_requested=False, event_seq=1, context=context,
+                     answer_max_tokens=answer_max_tokens)
 
 
 def set_status(d: Dialect, task_id: str, status: str, *, error: str | None, result: str | None) -> Op:
@@ -142,7 +146,7 @@ def set_status(d: Dialect, task_id: str, status: str, *, error: str | None, resu
     data: dict[str, Any] = {"status": status, "error": error}
     if result is not None:
         data["result"] = result
-    yield from _events(d, task_id, [("task", data)], now)
+    return (yield from _events(d, task_id, [("task", data)], now))
 
 
 def set_planner_model(d: Dialect, task_id: str, model: str) -> Op:
@@ -150,7 +154,7 @@ def set_planner_model(d: Dialect, task_id: str, model: str) -> Op:
 
 
 def save_plan(d: Dialect, task_id: str, *, reasoning: str | None, subtasks: Sequence[SubState],
-              prompt_versions: dict[str, str], status: str) -> Op:
+              prompt_versions: dict[str, str], status: str, warnings: Sequence[str] = ()) -> Op:
     """The subtask rows are the plan: the plan's JSON is cleared from the task row, and
     a narrow row keeps hot UPDATEs small."""
     now = d.now()
@@ -160,8 +164,8 @@ def save_plan(d: Dialect, task_id: str, *, reasoning: str | None, subtasks: Sequ
     if rows:
         yield ("many", "INSERT_SUBTASK", rows)
     yield ("exec", "SAVE_PLAN", {"r": reasoning, "pv": d.json(prompt_versions), "st": status, "now": now,
-                                 "t": task_id})
-    yield from _events(d, task_id, [("task", {"status": status, "error": None})], now)
+                                 "wn": d.json(list(warnings)) if warnings else None, "t": task_id})
+    return (yield from _events(d, task_id, [("task", {"status": status, "error": None})], now))
 
 
 def end_subtask(d: Dialect, task_id: str, index: int, *, status: str, error: str | None) -> Op:
@@ -310,6 +314,7 @@ def load(d: Dialect, task_id: str) -> Op:
     return TaskState(id=row[0], user_id=row[1], prompt=row[2], status=row[3], priority=row[4], approve=bool(row[5]),
                      budget_usd=row[6], plan_in=d.loads(row[7]), reasoning=row[8], total_cost_usd=row[9],
                      reserved_usd=row[10], cancel_requested=bool(row[11]), event_seq=row[12],
+                     context=d.loads(row[13]), answer_max_tokens=row[14],
                      subtasks=[sub_state(d, s) for s in subs])
 
 
@@ -361,7 +366,7 @@ def snapshot(d: Dialect, task_id: str, user_id: str | None) -> Op:
         "id": t[0], "prompt": t[2], "status": t[3], "reasoning": t[4], "result": t[5], "error": t[6],
         "budget_usd": t[7], "total_cost_usd": t[8], "priority": t[9], "prompt_versions": d.loads(t[10]),
         "created_at": iso(d.dt(t[11])), "planned_at": iso(d.dt(t[12])), "started_at": iso(d.dt(t[13])),
-        "completed_at": iso(d.dt(t[14])), "planner": planner,
+        "completed_at": iso(d.dt(t[14])), "planner": planner, "warnings": list(d.loads(t[17]) or []),
         "subtasks": [
             {"index": s[0], "description": s[1], "tier_hint": s[2], "tier_assigned": s[3], "model": s[4],
              "depends_on": list(d.loads(s[5]) or []), "status": s[6], "result": s[7], "error": s[8],

@@ -35,6 +35,7 @@ from compound.store.base import (
     SubState,
     TaskHead,
     TaskState,
+    log_status,
 )
 from compound.store.sqlrun import ReadQueries, check_token, hash_token, new_task_id
 
@@ -47,8 +48,9 @@ SQL: dict[str, str] = {
     "INSERT_EVENT": "INSERT INTO task_event (task_id, seq, kind, data, created_at) "
                     "VALUES (%(t)s, %(seq)s, %(kind)s, %(data)s, %(now)s)",
     "INSERT_TASK": "INSERT INTO task (id, user_id, prompt, status, priority, approve, budget_usd, plan_in, "
+                   "context, answer_max_tokens, "
                    "total_cost_usd, reserved_usd, cancel_requested, event_seq, created_at, updated_at) VALUES "
-                   "(%(id)s, %(u)s, %(p)s, %(st)s, %(pr)s, %(ap)s, %(b)s, %(plan)s, 0, 0, false, 0, %(now)s, %(now)s)",
+                   "(%(id)s, %(u)s, %(p)s, %(st)s, %(pr)s, %(ap)s, %(b)s, %(plan)s, %(ctx)s, %(amt)s, 0, 0, false, 0, %(now)s, %(now)s)",
     "SET_STATUS": "UPDATE task SET status=%(st)s, error=COALESCE(%(err)s, error), result=COALESCE(%(res)s, result), "
                   "started_at=CASE WHEN %(exec)s THEN COALESCE(started_at, %(now)s) ELSE started_at END, "
                   "completed_at=CASE WHEN %(term)s THEN %(now)s ELSE completed_at END, updated_at=%(now)s "
@@ -57,7 +59,7 @@ SQL: dict[str, str] = {
     "INSERT_SUBTASK": 'INSERT INTO subtask (id, task_id, "index", description, tier_hint, tier_assigned, models, '
                       "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens) VALUES "
                       "(%(id)s, %(t)s, %(i)s, %(d)s, %(th)s, %(ta)s, %(ms)s, %(m)s, %(deps)s, %(st)s, 0, 0, 0, 0)",
-    "SAVE_PLAN": "UPDATE task SET reasoning=%(r)s, plan_in=NULL, prompt_versions=%(pv)s, status=%(st)s, "
+    "SAVE_PLAN": "UPDATE task SET reasoning=%(r)s, plan_in=NULL, prompt_versions=%(pv)s, warnings=%(wn)s, status=%(st)s, "
                  "planned_at=%(now)s, updated_at=%(now)s WHERE id=%(t)s",
     "END_SUBTASK": "UPDATE subtask SET status=%(st)s, error=%(err)s, completed_at=%(now)s "
                    f'WHERE task_id=%(t)s AND "index"=%(i)s RETURNING {SUB}',
@@ -280,24 +282,28 @@ class PostgresRunStore(RunStore):
 
     async def create_task(self, *, prompt: str, budget_usd: float, user_id: str | None = None,
                           priority: int = 2, plan_in: dict[str, Any] | None = None,
-                          approve: bool = True) -> TaskState:
+                          approve: bool = True, context: list[dict[str, str]] | None = None,
+                          answer_max_tokens: int | None = None) -> TaskState:
         task_id = new_task_id()
         out: TaskState = await self._write(lambda: ops.create_task(
             D, task_id, prompt=prompt, budget_usd=budget_usd, user_id=user_id, priority=priority,
-            plan_in=plan_in, approve=approve))
+            plan_in=plan_in, approve=approve, context=context, answer_max_tokens=answer_max_tokens))
         return out
 
     async def set_status(self, task_id: str, status: str, *, error: str | None = None,
                          result: str | None = None) -> None:
-        await self._write(lambda: ops.set_status(D, task_id, status, error=error, result=result))
+        total = await self._write(lambda: ops.set_status(D, task_id, status, error=error, result=result))
+        log_status(task_id, status, error=error, total=total)
 
     async def set_planner_model(self, task_id: str, model: str) -> None:
         await self._write(lambda: ops.set_planner_model(D, task_id, model))
 
     async def save_plan(self, task_id: str, *, reasoning: str | None, subtasks: Sequence[SubState],
-                        prompt_versions: dict[str, str], status: str) -> None:
-        await self._write(lambda: ops.save_plan(D, task_id, reasoning=reasoning, subtasks=subtasks,
-                                                prompt_versions=prompt_versions, status=status))
+                        prompt_versions: dict[str, str], status: str, warnings: Sequence[str] = ()) -> None:
+        total = await self._write(lambda: ops.save_plan(D, task_id, reasoning=reasoning, subtasks=subtasks,
+                                                        prompt_versions=prompt_versions, status=status,
+                                                        warnings=warnings))
+        log_status(task_id, status, total=total, subtasks=len(subtasks))
 
     async def end_subtask(self, task_id: str, index: int, *, status: str, error: str | None) -> SubState:
         out: SubState = await self._write(lambda: ops.end_subtask(D, task_id, index, status=status, error=error))

@@ -33,6 +33,7 @@ from compound.store.base import (
     SubState,
     TaskHead,
     TaskState,
+    log_status,
 )
 from compound.store.sqlrun import ReadQueries, check_token, hash_token, new_task_id
 
@@ -43,8 +44,9 @@ SQL: dict[str, str] = {
     "INSERT_EVENT": "INSERT INTO task_event (task_id, seq, kind, data, created_at) "
                     "VALUES (:t, :seq, :kind, :data, :now)",
     "INSERT_TASK": "INSERT INTO task (id, user_id, prompt, status, priority, approve, budget_usd, plan_in, "
+                   "context, answer_max_tokens, "
                    "total_cost_usd, reserved_usd, cancel_requested, event_seq, created_at, updated_at) VALUES "
-                   "(:id, :u, :p, :st, :pr, :ap, :b, :plan, 0, 0, 0, 0, :now, :now)",
+                   "(:id, :u, :p, :st, :pr, :ap, :b, :plan, :ctx, :amt, 0, 0, 0, 0, :now, :now)",
     "SET_STATUS": "UPDATE task SET status=:st, error=COALESCE(:err, error), result=COALESCE(:res, result), "
                   "started_at=CASE WHEN :exec THEN COALESCE(started_at, :now) ELSE started_at END, "
                   "completed_at=CASE WHEN :term THEN :now ELSE completed_at END, updated_at=:now WHERE id=:t",
@@ -52,7 +54,7 @@ SQL: dict[str, str] = {
     "INSERT_SUBTASK": 'INSERT INTO subtask (id, task_id, "index", description, tier_hint, tier_assigned, models, '
                       "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens) VALUES "
                       "(:id, :t, :i, :d, :th, :ta, :ms, :m, :deps, :st, 0, 0, 0, 0)",
-    "SAVE_PLAN": "UPDATE task SET reasoning=:r, plan_in=NULL, prompt_versions=:pv, status=:st, planned_at=:now, "
+    "SAVE_PLAN": "UPDATE task SET reasoning=:r, plan_in=NULL, prompt_versions=:pv, warnings=:wn, status=:st, planned_at=:now, "
                  "updated_at=:now WHERE id=:t",
     "END_SUBTASK": "UPDATE subtask SET status=:st, error=:err, completed_at=:now "
                    f'WHERE task_id=:t AND "index"=:i RETURNING {ops.SUB_COLS}',
@@ -393,24 +395,28 @@ class SqliteRunStore(RunStore):
 
     async def create_task(self, *, prompt: str, budget_usd: float, user_id: str | None = None,
                           priority: int = 2, plan_in: dict[str, Any] | None = None,
-                          approve: bool = True) -> TaskState:
+                          approve: bool = True, context: list[dict[str, str]] | None = None,
+                          answer_max_tokens: int | None = None) -> TaskState:
         task_id = new_task_id()
         out: TaskState = await self._write(lambda: ops.create_task(
             D, task_id, prompt=prompt, budget_usd=budget_usd, user_id=user_id, priority=priority,
-            plan_in=plan_in, approve=approve))
+            plan_in=plan_in, approve=approve, context=context, answer_max_tokens=answer_max_tokens))
         return out
 
     async def set_status(self, task_id: str, status: str, *, error: str | None = None,
                          result: str | None = None) -> None:
-        await self._write(lambda: ops.set_status(D, task_id, status, error=error, result=result))
+        total = await self._write(lambda: ops.set_status(D, task_id, status, error=error, result=result))
+        log_status(task_id, status, error=error, total=total)
 
     async def set_planner_model(self, task_id: str, model: str) -> None:
         await self._write(lambda: ops.set_planner_model(D, task_id, model))
 
     async def save_plan(self, task_id: str, *, reasoning: str | None, subtasks: Sequence[SubState],
-                        prompt_versions: dict[str, str], status: str) -> None:
-        await self._write(lambda: ops.save_plan(D, task_id, reasoning=reasoning, subtasks=subtasks,
-                                                prompt_versions=prompt_versions, status=status))
+                        prompt_versions: dict[str, str], status: str, warnings: Sequence[str] = ()) -> None:
+        total = await self._write(lambda: ops.save_plan(D, task_id, reasoning=reasoning, subtasks=subtasks,
+                                                        prompt_versions=prompt_versions, status=status,
+                                                        warnings=warnings))
+        log_status(task_id, status, total=total, subtasks=len(subtasks))
 
     async def end_subtask(self, task_id: str, index: int, *, status: str, error: str | None) -> SubState:
         out: SubState = await self._write(lambda: ops.end_subtask(D, task_id, index, status=status, error=error))
