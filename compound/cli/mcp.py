@@ -51,7 +51,7 @@ async def _local(settings: Any, token: str | None) -> None:
     async with app.router.lifespan_context(app):
         door = Door(app.state)
         try:
-            principal = door.authenticate(token) if token else door.local_principal()
+            principal = await door.authenticate(token) if token else await door.local_principal()
         except DoorAuthError as exc:
             typer.echo(f"error: COMPOUND_TOKEN: {exc.message}", err=True)
             raise typer.Exit(2) from None

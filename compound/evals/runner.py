@@ -143,40 +143,36 @@ class EvalRun:
 
     async def run(self, items: list[Item]) -> list[ItemResult]:
         from compound.executor.service import Executor
-        from compound.store.db import create_all, make_engine
+        from compound.store import open_store
 
         with tempfile.TemporaryDirectory(prefix="compound-eval-") as tmp:
             # A store of its own: an eval never writes into the user's task list.
-            engine = make_engine(f"sqlite:///{Path(tmp) / 'eval.db'}")
-            create_all(engine)
-            executor = Executor(settings=self.settings, engine=engine, client=self.client,
-                                price_of=self.price_of)
-            gate = asyncio.Semaphore(max(1, self.concurrency))
+            async with open_store(f"sqlite:///{Path(tmp) / 'eval.db'}") as store:
+                executor = Executor(settings=self.settings, store=store, client=self.client,
+                                    price_of=self.price_of)
+                gate = asyncio.Semaphore(max(1, self.concurrency))
 
-            async def one(item: Item) -> ItemResult:
-                async with gate:
-                    result = await self._item(executor, engine, item)
-                if self.on_done is not None:
-                    self.on_done(result)
-                return result
+                async def one(item: Item) -> ItemResult:
+                    async with gate:
+                        result = await self._item(executor, store, item)
+                    if self.on_done is not None:
+                        self.on_done(result)
+                    return result
 
-            try:
-                return list(await asyncio.gather(*(one(i) for i in items)))
-            finally:
-                await executor.stop()
-                engine.dispose()
+                try:
+                    return list(await asyncio.gather(*(one(i) for i in items)))
+                finally:
+                    await executor.stop()
 
-    async def _item(self, executor: Any, engine: Any, item: Item) -> ItemResult:
-        from compound.store.tasks import create_task, task_snapshot
-
-        task = create_task(engine, prompt=item.request, budget_usd=self.settings.default_budget_usd)
+    async def _item(self, executor: Any, store: Any, item: Item) -> ItemResult:
+        task = await store.create_task(prompt=item.request, budget_usd=self.settings.default_budget_usd)
         await executor.run_task(task.id)
-        snap = task_snapshot(engine, task.id)
+        snap = await store.snapshot(task.id)
         subs = snap["subtasks"]
         descriptions = [s["description"] for s in subs]
         deps = [list(s["depends_on"]) for s in subs]
         tiers = [int(s["tier_assigned"] or s["tier_hint"]) for s in subs]
-        rows = _ledger(engine, task.id)
+        rows = await store.ledger_rows(task.id)
         planner_answers = sum(1 for r in rows if r["kind"] == "planner" and r["status"] == "ok")
         strong = self.price_of(self.strong_model)
         result = ItemResult(
@@ -228,12 +224,6 @@ class EvalRun:
             verdicts.append(parse_verdict(out.text))
         verdict, votes = combine(verdicts[0], verdicts[1])
         return Judgement(verdict=verdict, direct_cost_usd=direct.cost_usd, judge_cost_usd=cost, votes=votes)
-
-
-def _ledger(engine: Any, task_id: str) -> list[dict[str, Any]]:
-    from compound.store.queries import ledger_rows
-
-    return ledger_rows(engine, task_id)
 
 
 def _strong_cost(row: dict[str, Any], strong: Price) -> float:

@@ -412,6 +412,14 @@ class RunStore(abc.ABC):
     # route-facing reads ----------------------------------------------------------------
 
     @abc.abstractmethod
+    async def task_tokens(self, task_id: str) -> tuple[int, int]:
+        """(input, output) tokens of every call the task made (the chat door's usage)."""
+
+    @abc.abstractmethod
+    async def ledger_rows(self, task_id: str) -> list[dict[str, Any]]:
+        """A task's ledger, oldest first, as plain dicts (the evals price them again)."""
+
+    @abc.abstractmethod
     async def head(self, task_id: str, *, user_id: str | None = None) -> TaskHead:
         """Id, owner, status and event seq; NotFound (another user's task too)."""
 

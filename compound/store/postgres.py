@@ -360,6 +360,14 @@ class PostgresRunStore(RunStore):
         out: dict[str, Any] = await self._read(lambda: ops.snapshot(D, task_id, user_id))
         return out
 
+    async def task_tokens(self, task_id: str) -> tuple[int, int]:
+        row = (await self._core(self.queries.task_tokens(task_id)))[0]
+        return int(row[0]), int(row[1])
+
+    async def ledger_rows(self, task_id: str) -> list[dict[str, Any]]:
+        stmt, names = self.queries.ledger_rows(task_id)
+        return [dict(zip(names, r, strict=True)) for r in await self._core(stmt)]
+
     async def list_tasks(self, *, user_id: str | None, limit: int = 20, status: str | None = None,
                          cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
         stmt = self.queries.list_tasks(user_id=user_id, limit=limit, status=status, cursor=cursor)

@@ -135,6 +135,18 @@ class ReadQueries:
         return total, q.group_by(key).order_by(key)
 
     @staticmethod
+    def task_tokens(task_id: str) -> Select[Any]:
+        """(input, output) tokens of every call of the task: planner, subtasks, synthesis."""
+        return select(func.coalesce(func.sum(L.c.input_tokens), 0),
+                      func.coalesce(func.sum(L.c.output_tokens), 0)).where(L.c.task_id == task_id)
+
+    @staticmethod
+    def ledger_rows(task_id: str) -> tuple[Select[Any], list[str]]:
+        """A task's ledger, oldest first, and its column names."""
+        names = [c.name for c in L.columns]
+        return select(*L.columns).where(L.c.task_id == task_id).order_by(L.c.id), names
+
+    @staticmethod
     def costs_shape(total: list[Any], groups: list[Any]) -> dict[str, Any]:
         t = total[0]
         return {"total_usd": float(t[0]), "calls": int(t[1]), "input_tokens": int(t[2]),

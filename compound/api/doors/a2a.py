@@ -196,7 +196,7 @@ class CompoundAgent(RequestHandler):
         door = self.door
         async for ev in door.events(task_id, after):
             if ev.terminal:
-                final = door.read(task_id)
+                final = await door.read(task_id)
                 if final.get("result"):
                     yield pb.TaskArtifactUpdateEvent(task_id=task_id, context_id=task_id,
                                                      artifact=answer_artifact(final), last_chunk=True)
@@ -225,7 +225,7 @@ class CompoundAgent(RequestHandler):
         principal = self.principal(context)
 
         async def read() -> dict[str, Any]:
-            return self.door.snapshot(principal, params.id)
+            return await self.door.snapshot(principal, params.id)
 
         return task_of(await self._call(read))
 
@@ -237,7 +237,7 @@ class CompoundAgent(RequestHandler):
         principal = self.principal(context)
 
         async def listing() -> tuple[list[dict[str, Any]], str | None]:
-            return self.door.recent(principal, limit=params.page_size or 20, cursor=params.page_token or None)
+            return await self.door.recent(principal, limit=params.page_size or 20, cursor=params.page_token or None)
 
         rows, cursor = await self._call(listing)
         tasks = [pb.Task(id=r["id"], context_id=r["id"],
@@ -251,7 +251,7 @@ class CompoundAgent(RequestHandler):
         principal = self.principal(context)
 
         async def read() -> dict[str, Any]:
-            return self.door.snapshot(principal, params.id)
+            return await self.door.snapshot(principal, params.id)
 
         snap = await self._call(read)
         yield task_of(snap)
@@ -297,7 +297,7 @@ async def card(request: Request) -> Response:
 
 async def rpc(request: Request) -> Response:
     try:
-        principal = Door(request.app.state).authenticate(bearer_token_of(request.headers.get("authorization")))
+        principal = await Door(request.app.state).authenticate(bearer_token_of(request.headers.get("authorization")))
     except DoorAuthError as exc:
         return unauthorized(None, exc.message)
     request.scope[PRINCIPAL] = principal

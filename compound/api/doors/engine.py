@@ -16,14 +16,8 @@ from compound.planner.estimate import estimate_cost
 from compound.planner.plan import critical_path, waves
 from compound.planner.validate import is_clean_text, validate_plan
 from compound.prompts import render
-from compound.store.costs import task_tokens
-from compound.store.events import events_after
+from compound.store.base import Principal, RunStore
 from compound.store.models import TERMINAL_TASK, TaskStatus
-from compound.store.queries import list_tasks
-from compound.store.tasks import get_task, task_snapshot
-from compound.store.users import Principal, get_or_create_user, principal_for_token
-
-POLL_S = 0.05  # until the store pushes events (the async RunStore), a watch polls
 
 
 class DoorAuthError(Exception):
@@ -44,7 +38,7 @@ def bearer_token_of(authorization: str | None) -> str | None:
 @dataclass(frozen=True)
 class Event:
     seq: int
-    kind: str  # "task" or "subtask" (store/events.py has the data shapes)
+    kind: str  # "task" or "subtask" (store/ops.py has the data shapes)
     data: dict[str, Any]
 
     @property
@@ -74,19 +68,26 @@ class Door:
     def settings(self) -> Any:
         return self.state.settings
 
+    @property
+    def store(self) -> RunStore:
+        store: RunStore = self.state.store
+        return store
+
     # who is calling ------------------------------------------------------------------
 
-    def authenticate(self, token: str | None) -> Principal:
+    async def authenticate(self, token: str | None) -> Principal:
         if not token:
             raise DoorAuthError(401, "missing bearer token: send 'Authorization: Bearer <token>'")
-        principal = principal_for_token(self.state.engine, token)
+        principal = await self.store.principal_for_token(token)
         if principal is None:
             raise DoorAuthError(401, "invalid or revoked token")
         return principal
 
-    def local_principal(self, name: str = "local") -> Principal:
+    async def local_principal(self, name: str = "local") -> Principal:
         """The user of a desktop host on the local store (`compound mcp` without a token)."""
-        user = get_or_create_user(self.state.engine, name)
+        from compound.store.users import get_or_create_user
+
+        user = await asyncio.to_thread(get_or_create_user, self.store.engine, name)
         return Principal(user_id=user.id, user_name=user.name, scopes=frozenset({"submit", "read"}),
                          token_id=f"local:{name}")
 
@@ -118,8 +119,8 @@ class Door:
                 raise BudgetExceeded(
                     f"a budget of ${budget:g} cannot pay for planning this request: the planner's call may "
                     f"cost up to ${needed:.6f}; raise the budget", needed_usd=needed, remaining_usd=budget)
-        task = submit_to(self.state, principal, body, context=context, answer_max_tokens=answer_max_tokens)
-        return self.read(task.id)
+        task = await submit_to(self.state, principal, body, context=context, answer_max_tokens=answer_max_tokens)
+        return await self.read(task.id)
 
     def _check_context(self, context: list[dict[str, str]] | None) -> None:
         if not context:
@@ -132,66 +133,62 @@ class Door:
         if not all(is_clean_text(m["content"]) for m in context):
             raise UserInputError("messages: a message contains a NUL character or a lone surrogate")
 
-    def snapshot(self, principal: Principal, task_id: str) -> dict[str, Any]:
+    async def snapshot(self, principal: Principal, task_id: str) -> dict[str, Any]:
         """The task's snapshot; another user's task is NotFound."""
         self.require(principal, "read")
-        return task_snapshot(self.state.engine, task_id, user_id=self.owner(principal))
+        return await self.store.snapshot(task_id, user_id=self.owner(principal))
 
-    def read(self, task_id: str) -> dict[str, Any]:
+    async def read(self, task_id: str) -> dict[str, Any]:
         """The snapshot of a task the caller already owns (after submit or a wait)."""
-        return task_snapshot(self.state.engine, task_id)
+        return await self.store.snapshot(task_id)
 
-    def recent(self, principal: Principal, *, limit: int = 20, status: str | None = None,
+    async def recent(self, principal: Principal, *, limit: int = 20, status: str | None = None,
              cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
         self.require(principal, "read")
         if status is not None and status not in set(TaskStatus):
             raise UserInputError(f"status: {status[:40]!r} is not one of {', '.join(TaskStatus)}")
-        return list_tasks(self.state.engine, user_id=self.owner(principal), limit=max(1, min(limit, 100)),
-                          status=status, cursor=cursor)
+        return await self.store.list_tasks(user_id=self.owner(principal), limit=max(1, min(limit, 100)),
+                                           status=status, cursor=cursor)
 
     async def cancel(self, principal: Principal, task_id: str) -> dict[str, Any]:
         self.require(principal, "submit")
-        get_task(self.state.engine, task_id, user_id=self.owner(principal))
+        await self.store.head(task_id, user_id=self.owner(principal))
         await self.state.executor.cancel(task_id)
-        return self.read(task_id)
+        return await self.read(task_id)
 
     async def approve(self, principal: Principal, task_id: str) -> dict[str, Any]:
         self.require(principal, "submit")
-        get_task(self.state.engine, task_id, user_id=self.owner(principal))
+        await self.store.head(task_id, user_id=self.owner(principal))
         await self.state.executor.approve(task_id)
-        return self.read(task_id)
+        return await self.read(task_id)
 
     async def wait(self, task_id: str) -> dict[str, Any]:
         """Until the task is terminal; its snapshot then."""
         await self.state.executor.wait(task_id)
-        return self.read(task_id)
+        return await self.read(task_id)
 
     async def wait_planned(self, task_id: str) -> dict[str, Any]:
         await self.state.executor.wait_planned(task_id)
-        return self.read(task_id)
+        return await self.read(task_id)
 
     async def events(self, task_id: str, after: int = 0) -> AsyncIterator[Event]:
         """The task's events after seq `after`, as they happen, ending with the terminal one."""
-        seq = after
-        while True:
-            rows = events_after(self.state.engine, task_id, seq)
-            for row in rows:
-                seq = row.seq
+        async with self.store.subscribe(task_id, after=after) as sub:
+            if (await self.store.head(task_id)).status in TERMINAL_TASK and not await self.store.events_after(
+                    task_id, after, limit=1):
+                return  # ended, and nothing left to replay
+            async for row in sub:
                 ev = Event(row.seq, row.kind, dict(row.data))
                 yield ev
                 if ev.terminal:
                     return
-            if not rows:
-                if self.read_status(task_id) in TERMINAL_TASK and not events_after(self.state.engine, task_id, seq):
-                    return
-                await asyncio.sleep(POLL_S)
 
-    def read_status(self, task_id: str) -> str:
-        return str(get_task(self.state.engine, task_id).status)
+    async def read_status(self, task_id: str) -> str:
+        return (await self.store.head(task_id)).status
 
-    def tokens(self, task_id: str) -> tuple[int, int]:
+    async def tokens(self, task_id: str) -> tuple[int, int]:
         """(input, output) tokens of all the task's calls."""
-        return task_tokens(self.state.engine, task_id)
+        return await self.store.task_tokens(task_id)
 
     # plans and money -------------------------------------------------------------------
 

@@ -68,10 +68,10 @@ class LocalTasks:
                                       plan=plan, approve=approve)
 
     async def get(self, task_id: str) -> dict[str, Any]:
-        return self.door.snapshot(self.principal, task_id)
+        return await self.door.snapshot(self.principal, task_id)
 
     async def list(self, *, limit: int, status: str | None, cursor: str | None) -> dict[str, Any]:
-        tasks, next_cursor = self.door.recent(self.principal, limit=limit, status=status, cursor=cursor)
+        tasks, next_cursor = await self.door.recent(self.principal, limit=limit, status=status, cursor=cursor)
         return {"tasks": tasks, "next_cursor": next_cursor}
 
     async def cancel(self, task_id: str) -> dict[str, Any]:
@@ -248,7 +248,7 @@ class BearerGate:
         if scope["type"] == "http":
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
             try:
-                scope[PRINCIPAL] = self.door().authenticate(bearer_token_of(headers.get("authorization")))
+                scope[PRINCIPAL] = await self.door().authenticate(bearer_token_of(headers.get("authorization")))
             except DoorAuthError as exc:
                 body = json.dumps({"error": "invalid_token", "error_description": exc.message}).encode()
                 await send({"type": "http.response.start", "status": 401, "headers": [

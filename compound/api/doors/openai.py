@@ -177,8 +177,8 @@ async def parse(request: Request) -> ChatRequest:
     return body
 
 
-def usage(door: Door, task_id: str) -> dict[str, int]:
-    inp, out = door.tokens(task_id)
+async def usage(door: Door, task_id: str) -> dict[str, int]:
+    inp, out = await door.tokens(task_id)
     return {"prompt_tokens": inp, "completion_tokens": out, "total_tokens": inp + out}
 
 
@@ -191,7 +191,7 @@ def compound_fields(snapshot: dict[str, Any]) -> dict[str, Any]:
 @router.get("/v1/models", summary="The one model this server offers: compound")
 async def models(request: Request) -> Response:
     try:
-        Door(request.app.state).authenticate(bearer_token(request))
+        await Door(request.app.state).authenticate(bearer_token(request))
     except DoorAuthError as exc:
         return openai_error(exc).response()
     return JSONResponse({"object": "list", "data": [model_card()]})
@@ -200,7 +200,7 @@ async def models(request: Request) -> Response:
 @router.get("/v1/models/{model}", summary="The compound model")
 async def model(request: Request, model: str) -> Response:
     try:
-        Door(request.app.state).authenticate(bearer_token(request))
+        await Door(request.app.state).authenticate(bearer_token(request))
     except DoorAuthError as exc:
         return openai_error(exc).response()
     if model != MODEL:
@@ -235,7 +235,7 @@ def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
 async def chat_completions(request: Request) -> Response:
     door = Door(request.app.state)
     try:
-        principal = door.authenticate(bearer_token(request))
+        principal = await door.authenticate(bearer_token(request))
         door.require(principal, "submit")
         body = await parse(request)
         prompt, context = split_messages(body.messages)
@@ -258,7 +258,7 @@ async def chat_completions(request: Request) -> Response:
         "id": final["id"], "object": "chat.completion", "created": int(time.time()), "model": MODEL,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": final["result"] or ""},
                      "finish_reason": "stop", "logprobs": None}],
-        "usage": usage(door, final["id"]),
+        "usage": await usage(door, final["id"]),
         "compound": compound_fields(final),
     }, headers=headers)
 
@@ -276,7 +276,7 @@ async def stream(door: Door, task_id: str, *, include_usage: bool) -> AsyncItera
     yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
     async for ev in door.events(task_id):
         yield f": compound {json.dumps(progress(ev.kind, ev.data))}\n\n"
-    final = door.read(task_id)
+    final = await door.read(task_id)
     err = task_error(final)
     if err is not None:
         yield f"data: {json.dumps(err.body())}\n\n"
@@ -287,7 +287,7 @@ async def stream(door: Door, task_id: str, *, include_usage: bool) -> AsyncItera
     yield chunk([{"index": 0, "delta": {"content": final["result"] or ""}, "finish_reason": None}])
     yield chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}], compound=compound_fields(final))
     if include_usage:
-        yield chunk([], usage=usage(door, task_id))
+        yield chunk([], usage=await usage(door, task_id))
     yield "data: [DONE]\n\n"
 
 
