@@ -20,14 +20,13 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import select
-from sqlmodel import Session
 
 from compound.core.settings import ModelConfig, Settings
 from compound.llm import LLMClient, build_client
@@ -78,25 +77,20 @@ def plan(deps: list[list[int]]) -> dict[str, Any]:
 
 async def run_task(url: str, db: Path, deps: list[list[int]], cached: bool) -> dict[str, float]:
     from compound.executor.service import Executor
-    from compound.store.db import create_all, make_engine
-    from compound.store.models import LedgerEntry
-    from compound.store.tasks import create_task
+    from compound.store import open_store
 
     settings = Settings(database_url=f"sqlite:///{db}", planner_model=MODEL, tier1_models=[MODEL],
                         tier2_models=[MODEL], tier3_models=[MODEL], max_concurrency=32,
                         models={MODEL: ModelConfig(api_base=url)}, max_prompt_chars=100_000)
-    engine = make_engine(settings.database_url)
-    create_all(engine)
     client = build_client(settings)
-    executor = Executor(settings=settings, engine=engine, client=client if cached else NoCache(client))
-    task = create_task(engine, prompt=request_text(REQUEST_TOKENS), budget_usd=100.0, plan_in=plan(deps))
-    t0 = time.perf_counter()
-    await executor.run_task(task.id)
-    wall = time.perf_counter() - t0
-    await executor.stop()
-    with Session(engine) as s:
-        rows = list(s.exec(select(LedgerEntry).where(LedgerEntry.task_id == task.id)).scalars())  # type: ignore[call-overload]
-    engine.dispose()
+    async with open_store(settings.database_url) as store:
+        executor = Executor(settings=settings, store=store, client=client if cached else NoCache(client))
+        task = await store.create_task(prompt=request_text(REQUEST_TOKENS), budget_usd=100.0, plan_in=plan(deps))
+        t0 = time.perf_counter()
+        await executor.run_task(task.id)
+        wall = time.perf_counter() - t0
+        await executor.stop()
+        rows = [SimpleNamespace(**r) for r in await store.ledger_rows(task.id)]
     p = price_of(MODEL, settings)
     subs = [r for r in rows if r.kind == "subtask"]
     assert len(subs) == len(deps) and all(r.status == "ok" for r in rows), [(r.kind, r.status) for r in rows]

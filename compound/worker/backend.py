@@ -6,18 +6,15 @@ wait_planned, price_of)."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy.engine import Engine
-
 from compound.core.errors import Conflict, NotFound
 from compound.core.logging import get_logger
+from compound.core.money import Price
 from compound.core.settings import Settings
-from compound.llm.base import Price
-from compound.store import pg_notify, runs
-from compound.store.fastwrite import FastWriter
+from compound.store import pg_notify
+from compound.store.base import RunStore
 from compound.store.models import TERMINAL_TASK, TaskStatus
 from compound.worker import names
 
@@ -26,14 +23,15 @@ log = get_logger("compound.worker.backend")
 # How long a cancel waits for the worker running the task to stop it, so the answer
 # usually shows `canceled`; past it the answer shows the task as it is (the flag stays).
 CANCEL_WAIT_S = 10.0
+PLANNED_OR_LATER = frozenset({TaskStatus.planned, TaskStatus.executing}) | TERMINAL_TASK
 
 
 class QueueBackend:
-    def __init__(self, *, settings: Settings, engine: Engine,
+    def __init__(self, *, settings: Settings, store: RunStore,
                  price_of: Callable[[str], Price] | None = None) -> None:
         names.check_queue_settings(settings)
         self.settings = settings
-        self.engine = engine
+        self.store = store
         if price_of is None:
             from compound.llm.pricing import price_of as _price_of
 
@@ -41,7 +39,6 @@ class QueueBackend:
         else:
             self.price_of = price_of
         self.client: Any = None
-        self.writer = FastWriter(engine)
 
     async def start(self) -> list[str]:
         """Create DBOS's system tables if needed, connect, and enqueue any stored task that
@@ -52,8 +49,8 @@ class QueueBackend:
         await asyncio.to_thread(DBOS.migrate, url)
         self.client = await asyncio.to_thread(lambda: DBOSClient(system_database_url=url,
                                                                  application_name=names.APP_NAME))
-        ids = await asyncio.to_thread(runs.unfinished_task_ids, self.engine)
-        queued = [t for t in ids if (st := runs.load(self.engine, t)) is not None and st.status == TaskStatus.queued]
+        queued = [t for t in await self.store.unfinished_task_ids()
+                  if (await self.store.head(t)).status == TaskStatus.queued]
         for task_id in queued:  # the workflow id is the task id: DBOS ignores a second enqueue
             await asyncio.to_thread(self._enqueue, task_id)
         return queued
@@ -62,7 +59,6 @@ class QueueBackend:
         if self.client is not None:
             await asyncio.to_thread(self.client.destroy)
             self.client = None
-        self.writer.close()
 
     def _enqueue(self, workflow_id: str, task_id: str | None = None) -> None:
         self.client.enqueue(names.enqueue_options(workflow_id), task_id or workflow_id)
@@ -71,56 +67,53 @@ class QueueBackend:
         self._enqueue(task_id)
 
     async def approve(self, task_id: str) -> None:
-        st = runs.load(self.engine, task_id)
+        st = await self.store.load(task_id)
         if st is None:
             raise NotFound(f"no task with id {task_id!r}")
         if st.status != TaskStatus.planned or st.approve:
             raise Conflict(f"task {task_id} is {st.status}; only a planned task waiting for approval can be approved")
-        runs.set_approved(self.engine, task_id)
+        await self.store.set_approved(task_id)
         await asyncio.to_thread(self._enqueue, names.approve_workflow_id(task_id), task_id)
 
     async def cancel(self, task_id: str) -> None:
-        status = runs.request_cancel(self.engine, task_id)
+        status = await self.store.request_cancel(task_id)
         if status is None:
             raise NotFound(f"no task with id {task_id!r}")
         if status in TERMINAL_TASK:
             raise Conflict(f"task {task_id} is already {status}; only a running task can be canceled")
-        st = runs.load(self.engine, task_id)
+        st = await self.store.load(task_id)
         assert st is not None
         if st.status == TaskStatus.queued or (st.status == TaskStatus.planned and not st.approve):
             # Runs nowhere: finish it here. A worker that takes it later sees it canceled;
             # one that took it this very moment hears the signal below.
-            runs.cancel_open(self.engine, task_id, st.subtasks)
-            runs.set_status(self.writer, task_id, TaskStatus.canceled, error="canceled by request")
-            await asyncio.to_thread(pg_notify.publish, self.engine, pg_notify.CANCEL, task_id)
+            await self.store.cancel_open(task_id)
+            await self.store.set_status(task_id, TaskStatus.canceled, error="canceled by request")
+            await asyncio.to_thread(pg_notify.publish, self.store.engine, pg_notify.CANCEL, task_id)
             return
-        await asyncio.to_thread(pg_notify.publish, self.engine, pg_notify.CANCEL, task_id)
+        await asyncio.to_thread(pg_notify.publish, self.store.engine, pg_notify.CANCEL, task_id)
         try:
-            await self._wait_for(task_id, lambda s: s.status in TERMINAL_TASK, CANCEL_WAIT_S)
+            await self._wait_for(task_id, TERMINAL_TASK, CANCEL_WAIT_S)
         except TimeoutError:
             log.warning("cancel requested; the task has not stopped yet", task_id=task_id)
 
     async def wait(self, task_id: str, timeout: float | None = None) -> str:
-        return await self._wait_for(task_id, lambda st: st.status in TERMINAL_TASK, timeout)
+        return await self._wait_for(task_id, TERMINAL_TASK, timeout)
 
     async def wait_planned(self, task_id: str, timeout: float | None = None) -> str:
-        return await self._wait_for(
-            task_id,
-            lambda st: st.status in TERMINAL_TASK or st.status in (TaskStatus.planned, TaskStatus.executing),
-            timeout,
-        )
+        return await self._wait_for(task_id, PLANNED_OR_LATER, timeout)
 
-    async def _wait_for(self, task_id: str, done: Callable[[runs.TaskState], bool],
-                        timeout: float | None) -> str:
-        # Polls the store, as the Executor's own waits do today; the async RunStore's
-        # subscribe() will replace both.
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            st = await asyncio.to_thread(runs.load, self.engine, task_id)
-            if st is None:
-                raise NotFound(f"no task with id {task_id!r}")
-            if done(st):
-                return st.status
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"task {task_id} still {st.status} after {timeout}s")
-            await asyncio.sleep(0.05)
+    async def _wait_for(self, task_id: str, statuses: frozenset[str], timeout: float | None) -> str:
+        """Subscribe first, then read once; then only the pushed events (a worker's
+        writes reach this process by the store's NOTIFY)."""
+        async with self.store.subscribe(task_id) as sub:
+            status = (await self.store.head(task_id)).status
+            if status in statuses:
+                return status
+            try:
+                async with asyncio.timeout(timeout):
+                    async for ev in sub:
+                        if ev.kind == "task" and ev.data["status"] in statuses:
+                            return str(ev.data["status"])
+            except TimeoutError:
+                raise TimeoutError(f"task {task_id} not {'/'.join(sorted(statuses))} after {timeout}s") from None
+        raise AssertionError("unreachable: a subscription does not end")  # pragma: no cover

@@ -11,14 +11,13 @@ import os
 import uuid
 from typing import Any
 
-from sqlalchemy.engine import Engine
-
 from compound.core.errors import Conflict, NotFound
 from compound.core.logging import get_logger
 from compound.core.settings import Settings
 from compound.executor.service import Executor
 from compound.llm.base import LLMClient
 from compound.store import pg_notify
+from compound.store.base import RunStore
 from compound.store.pg_slots import PgModelSlots
 from compound.worker import names
 from compound.worker.liveness import Liveness
@@ -47,17 +46,17 @@ def register_workflow() -> None:
 
 
 class Worker:
-    def __init__(self, *, settings: Settings, engine: Engine, client: LLMClient,
+    def __init__(self, *, settings: Settings, store: RunStore, client: LLMClient,
                  observers: list[Any] | None = None) -> None:
         names.check_queue_settings(settings)
         self.settings = settings
-        self.engine = engine
+        self.store = store
         def limits(model: str) -> int | None:
             return settings.model_config_for(model).max_concurrency
 
         self.slots = PgModelSlots(settings.database_url, limits) if any(
             settings.model_config_for(m).max_concurrency for m in settings.all_models()) else None
-        self.executor = Executor(settings=settings, engine=engine, client=client,
+        self.executor = Executor(settings=settings, store=store, client=client,
                                  observers=observers or (), model_slots=self.slots)
         self.liveness = Liveness(settings.database_url)
         handlers: dict[str, Any] = {pg_notify.CANCEL: self._on_cancel}
@@ -163,19 +162,17 @@ class Worker:
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     """The process: build, start, run until `stop` is set, stop."""
     from compound.llm import build_client
-    from compound.store.db import create_all, make_engine
+    from compound.store import open_store, store_options
 
-    engine = make_engine(settings.database_url)
-    await asyncio.to_thread(create_all, engine)
-    client = build_client(settings)
-    warm = getattr(client, "warm", None)
-    if warm is not None:
-        await warm()
-    worker = Worker(settings=settings, engine=engine, client=client)
-    await worker.start()
-    try:
-        await stop.wait()
-    finally:
-        with contextlib.suppress(Exception):
-            await worker.stop()
-        engine.dispose()
+    async with open_store(settings.database_url, **store_options(settings)) as store:
+        client = build_client(settings)
+        warm = getattr(client, "warm", None)
+        if warm is not None:
+            await warm()
+        worker = Worker(settings=settings, store=store, client=client)
+        await worker.start()
+        try:
+            await stop.wait()
+        finally:
+            with contextlib.suppress(Exception):
+                await worker.stop()
