@@ -27,7 +27,6 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
 from compound.core.settings import ModelConfig, Settings
 from compound.llm import LLMClient, build_client
 from compound.llm.base import Completion, Message, StreamEvent

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from compound.store.queries import list_tasks
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -22,7 +23,6 @@ from compound.cli.output import clip, print_outcome
 from compound.core.settings import Settings
 from compound.llm.litellm_client import LiteLLMClient
 from compound.llm.simulator import Simulator, free_port
-from compound.store.queries import list_tasks
 from compound.store.users import create_token, get_or_create_user
 
 _register()

@@ -184,8 +184,9 @@ async def test_stdio_runs_in_process_on_the_local_store(served, sim_settings, tm
         assert done["status"] == "completed" and done["result"]
         assert [t["id"] for t in (await call(session, "list_tasks", {}))["tasks"]] == [done["id"]]
     # it ran on the local store, not the served one
-    from compound.store.db import make_engine
     from compound.store.tasks import get_task
+
+    from compound.store.db import make_engine
 
     local = make_engine(f"sqlite:///{tmp_path / 'local.db'}")
     try:

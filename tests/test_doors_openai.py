@@ -9,9 +9,9 @@ import json
 import httpx
 import openai
 import pytest
+from compound.store.queries import list_tasks
 
 from compound.store.models import TaskStatus
-from compound.store.queries import list_tasks
 from compound.store.users import principal_for_token
 
 PROMPT = "Compare SQLite and PostgreSQL for a small team and recommend one"

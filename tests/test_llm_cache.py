@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from compound.core.settings import Settings
 from compound.core.money import PER_CALL_OVERHEAD_TOKENS, input_token_bound, worst_case_usd
+from compound.core.settings import Settings
 from compound.llm import LLMClient, collect
 from compound.llm.base import Message, Price
 from compound.llm.pricing import price_of

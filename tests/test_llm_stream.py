@@ -4,6 +4,7 @@ answer's pieces as they arrive, and the ledger accounts the streamed call as any
 from __future__ import annotations
 
 import pytest
+from compound.store.tasks import create_task, task_snapshot
 from sqlalchemy import select
 from sqlmodel import Session
 
@@ -14,7 +15,6 @@ from compound.llm.pricing import price_of
 from compound.llm.simulator import Simulator
 from compound.store.db import create_all, make_engine
 from compound.store.models import LedgerEntry
-from compound.store.tasks import create_task, task_snapshot
 
 
 async def test_the_synthesis_call_streams_to_the_hook(sim: Simulator, sim_settings: Settings,

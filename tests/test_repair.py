@@ -105,10 +105,10 @@ async def test_what_cannot_be_fixed_still_fails_after_one_repair() -> None:
 
 
 async def test_the_fixes_are_saved_as_warnings_in_the_snapshot_and_the_cli_tree(any_engine: Any) -> None:
+    from compound.store.tasks import create_task, task_snapshot
     from rich.console import Console
 
     from compound.cli.live import render_snapshot
-    from compound.store.tasks import create_task, task_snapshot
     from tests.test_executor import executor, kind_answer
 
     broken = json.dumps(_plan([0], [0, 3]))

@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import pytest
+from compound.store.tasks import create_task, task_snapshot
 from sqlalchemy.engine import Engine
 
 from compound.core.errors import ConfigError
@@ -15,7 +16,6 @@ from compound.core.settings import Settings, load_settings
 from compound.store import pg_notify
 from compound.store.db import make_engine
 from compound.store.pg_slots import PgModelSlots
-from compound.store.tasks import create_task, task_snapshot
 from compound.worker.liveness import Liveness
 from compound.worker.names import check_queue_settings
 from tests.fixtures.fakes import FakeLLM

@@ -33,9 +33,9 @@ def check_models(settings: Settings) -> None:
     reported as unknown, with the closest known names, before any pricing message."""
     import difflib
 
-    import litellm
+    from compound.llm.pricing import cost_map
 
-    table: dict[str, Any] = litellm.model_cost
+    table: dict[str, Any] = cost_map()
     known = set(table)
     for name, entry in table.items():
         provider = entry.get("litellm_provider") if isinstance(entry, dict) else None

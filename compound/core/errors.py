@@ -120,6 +120,8 @@ class FallbackExhausted(ProviderError):
                  for e in self.errors]
         super().__init__("every model failed: " + "; ".join(named), status=last.status, model=last.model,
                          transient=False)
+
+
 class ProviderTimeout(ProviderError):
     """Our client gave up waiting (no status): transient, and possibly billed."""
 

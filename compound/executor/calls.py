@@ -25,8 +25,8 @@ from compound.core.money import Price, worst_case_usd
 from compound.core.settings import Settings
 from compound.executor.hooks import CallObserver
 from compound.executor.scheduler import PriorityLimiter
-from compound.llm.base import Completion, LLMClient, Message
 from compound.llm import collect
+from compound.llm.base import Completion, LLMClient, Message
 from compound.planner.validate import is_clean_text
 from compound.store.base import (
     BudgetRefusal,

@@ -40,7 +40,8 @@ SUB_COLS = ('"index", description, tier_hint, tier_assigned, models, depends_on,
 TASK_COLS = ("id, user_id, prompt, status, priority, approve, budget_usd, plan_in, reasoning, "
              "total_cost_usd, reserved_usd, cancel_requested, event_seq, context, answer_max_tokens")
 SNAP_TASK_COLS = ("id, user_id, prompt, status, reasoning, result, error, budget_usd, total_cost_usd, priority, "
-                  "prompt_versions, created_at, planned_at, started_at, completed_at, planner_model, event_seq, warnings")
+                  "prompt_versions, created_at, planned_at, started_at, completed_at, planner_model, event_seq, "
+                  "warnings")
 SNAP_SUB_COLS = ('"index", description, tier_hint, tier_assigned, model, depends_on, status, result, error, '
                  "attempts, cost_usd, input_tokens, output_tokens, started_at, completed_at")
 

@@ -54,7 +54,8 @@ SQL: dict[str, str] = {
     "INSERT_SUBTASK": 'INSERT INTO subtask (id, task_id, "index", description, tier_hint, tier_assigned, models, '
                       "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens) VALUES "
                       "(:id, :t, :i, :d, :th, :ta, :ms, :m, :deps, :st, 0, 0, 0, 0)",
-    "SAVE_PLAN": "UPDATE task SET reasoning=:r, plan_in=NULL, prompt_versions=:pv, warnings=:wn, status=:st, planned_at=:now, "
+    "SAVE_PLAN": "UPDATE task SET reasoning=:r, plan_in=NULL, prompt_versions=:pv, warnings=:wn, status=:st, "
+                 "planned_at=:now, "
                  "updated_at=:now WHERE id=:t",
     "END_SUBTASK": "UPDATE subtask SET status=:st, error=:err, completed_at=:now "
                    f'WHERE task_id=:t AND "index"=:i RETURNING {ops.SUB_COLS}',

@@ -28,8 +28,8 @@ from google.protobuf.struct_pb2 import Struct  # type: ignore[import-untyped]
 from compound.api.doors.engine import Door, DoorAuthError, Event, bearer_token_of
 from compound.api.errors import ApiError
 from compound.core.errors import BudgetExceeded, Conflict, NotFound, UserInputError
+from compound.store.base import Principal
 from compound.store.models import TaskStatus
-from compound.store.users import Principal
 
 RPC_PATH = "/a2a"
 CARD_PATH = "/.well-known/agent-card.json"

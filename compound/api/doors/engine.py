@@ -118,7 +118,7 @@ class Door:
             if needed > budget:
                 raise BudgetExceeded(
                     f"a budget of ${budget:g} cannot pay for planning this request: the planner's call may "
-                    f"cost up to ${needed:.6f}; raise the budget", needed_usd=needed, remaining_usd=budget)
+                    f"cost up to ${needed:.6f}; raise the budget")
         task = await submit_to(self.state, principal, body, context=context, answer_max_tokens=answer_max_tokens)
         return await self.read(task.id)
 

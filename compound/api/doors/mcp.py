@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from compound.api.doors.engine import Door, DoorAuthError, bearer_token_of
 from compound.api.errors import ApiError
 from compound.core.errors import BudgetExceeded, CompoundError, Conflict, NotFound, UserInputError
-from compound.store.users import Principal
+from compound.store.base import Principal
 
 PATH = "/mcp"
 PRINCIPAL = "compound.principal"
