@@ -104,8 +104,7 @@ async def test_what_cannot_be_fixed_still_fails_after_one_repair() -> None:
     assert not any("itself" in e for e in exc.value.errors)
 
 
-async def test_the_fixes_are_saved_as_warnings_in_the_snapshot_and_the_cli_tree(any_engine: Any) -> None:
-    from compound.store.tasks import create_task, task_snapshot
+async def test_the_fixes_are_saved_as_warnings_in_the_snapshot_and_the_cli_tree(any_store: Any) -> None:
     from rich.console import Console
 
     from compound.cli.live import render_snapshot
@@ -117,9 +116,9 @@ async def test_the_fixes_are_saved_as_warnings_in_the_snapshot_and_the_cli_tree(
         return broken if "planner" in messages[0]["content"] else kind_answer(model, messages)
 
     fake = FakeLLM(answer=answer)
-    task = create_task(any_engine, prompt="a then b", budget_usd=1.0)
-    await executor(any_engine, fake).run_task(task.id)
-    snap = task_snapshot(any_engine, task.id)
+    task = await any_store.create_task(prompt="a then b", budget_usd=1.0)
+    await executor(any_store, fake).run_task(task.id)
+    snap = await any_store.snapshot(task.id)
     assert snap["status"] == "completed"
     assert [s["depends_on"] for s in snap["subtasks"]] == [[], [0]]
     assert snap["warnings"] == ["subtask 0 depended on itself; that dependency was dropped",
@@ -127,8 +126,8 @@ async def test_the_fixes_are_saved_as_warnings_in_the_snapshot_and_the_cli_tree(
     console = Console(width=200, record=True)
     console.print(render_snapshot(snap))
     assert "warning: subtask 1 depended on 3" in console.export_text()
-    untouched = create_task(any_engine, prompt="x", budget_usd=1.0)
-    assert task_snapshot(any_engine, untouched.id)["warnings"] == []
+    untouched = await any_store.create_task(prompt="x", budget_usd=1.0)
+    assert (await any_store.snapshot(untouched.id))["warnings"] == []
 
 
 async def test_warnings_in_the_http_snapshot(api: Any, sim: Any) -> None:

@@ -8,12 +8,12 @@ import uuid
 from typing import Any
 
 import pytest
-from compound.store.tasks import create_task, task_snapshot
 from sqlalchemy.engine import Engine
 
 from compound.core.errors import ConfigError
 from compound.core.settings import Settings, load_settings
 from compound.store import pg_notify
+from compound.store.base import RunStore
 from compound.store.db import make_engine
 from compound.store.pg_slots import PgModelSlots
 from compound.worker.liveness import Liveness
@@ -136,32 +136,32 @@ async def test_a_dead_workers_model_slot_frees_itself(pg_url: str) -> None:
     await dead.close()
 
 
-async def test_run_here_returns_when_the_task_is_canceled(engine: Engine) -> None:
+async def test_run_here_returns_when_the_task_is_canceled(store: RunStore) -> None:
     """The worker's entry point: cancel() (from a NOTIFY) ends it normally; the task is canceled."""
     fake = FakeLLM(answer=kind_answer, latency=lambda _m, msgs: 5.0 if "worker" in msgs[0]["content"] else 0)
-    ex = executor(engine, fake)
-    task = create_task(engine, prompt="p", budget_usd=1.0, plan_in=plan(("A", []), ("B", [0])))
+    ex = executor(store, fake)
+    task = await store.create_task(prompt="p", budget_usd=1.0, plan_in=plan(("A", []), ("B", [0])))
     run = asyncio.ensure_future(ex.run_here(task.id))
     while not worker_calls(fake):
         await asyncio.sleep(0.01)
     assert ex.is_running(task.id)
     await ex.cancel(task.id)
     await asyncio.wait_for(run, timeout=10)  # returned, not raised
-    assert task_snapshot(engine, task.id)["status"] == "canceled"
+    assert (await store.snapshot(task.id))["status"] == "canceled"
     assert not ex.is_running(task.id)
     await ex.stop()
 
 
-async def test_run_here_leaves_the_task_when_the_worker_stops(engine: Engine) -> None:
+async def test_run_here_leaves_the_task_when_the_worker_stops(store: RunStore) -> None:
     """A stopping worker leaves its task unfinished (DBOS keeps the workflow PENDING for
     another worker): run_here raises CancelledError instead of returning."""
     fake = FakeLLM(answer=kind_answer, latency=lambda _m, msgs: 5.0 if "worker" in msgs[0]["content"] else 0)
-    ex = executor(engine, fake)
-    task = create_task(engine, prompt="p", budget_usd=1.0, plan_in=plan(("A", []),))
+    ex = executor(store, fake)
+    task = await store.create_task(prompt="p", budget_usd=1.0, plan_in=plan(("A", []),))
     run = asyncio.ensure_future(ex.run_here(task.id))
     while not worker_calls(fake):
         await asyncio.sleep(0.01)
     await ex.stop()
     with pytest.raises(asyncio.CancelledError):
         await run
-    assert task_snapshot(engine, task.id)["status"] == "executing"
+    assert (await store.snapshot(task.id))["status"] == "executing"
