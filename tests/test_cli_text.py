@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from compound.store.queries import list_tasks
 from rich.console import Console
+from sqlmodel import Session, col, select
 from typer.testing import CliRunner
 
 from compound.api.app import create_app
@@ -23,6 +23,7 @@ from compound.cli.output import clip, print_outcome
 from compound.core.settings import Settings
 from compound.llm.litellm_client import LiteLLMClient
 from compound.llm.simulator import Simulator, free_port
+from compound.store.models import Task
 from compound.store.users import create_token, get_or_create_user
 
 _register()
@@ -45,13 +46,20 @@ def served(sim: Simulator, sim_settings: Settings, monkeypatch: pytest.MonkeyPat
     while not srv.started:
         assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
         time.sleep(0.02)
-    token = create_token(api.state.engine, "dana")[1]
+    token = create_token(api.state.store.engine, "dana")[1]
     url = f"http://127.0.0.1:{port}"
     monkeypatch.setenv("COMPOUND_URL", url)
     monkeypatch.setenv("COMPOUND_TOKEN", token)
     yield url, token, api
     srv.should_exit = True
     thread.join(timeout=10)
+
+
+def list_tasks(engine: object, *, user_id: str) -> tuple[list[dict[str, str]], None]:
+    """The user's tasks, newest first (the store's listing, read synchronously)."""
+    with Session(engine) as s:  # type: ignore[arg-type]
+        rows = s.exec(select(Task).where(Task.user_id == user_id).order_by(col(Task.created_at).desc())).all()
+        return [{"id": t.id, "prompt": t.prompt} for t in rows], None
 
 
 def _plan(tmp_path: Path) -> Path:
@@ -137,7 +145,7 @@ def test_run_with_hostile_text_belongs_to_a_user(served: tuple[str, str, object]
                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                  sim_settings: Settings) -> None:
     _url, _token, api = served
-    engine = api.state.engine  # type: ignore[attr-defined]
+    engine = api.state.store.engine  # type: ignore[attr-defined]
     monkeypatch.setenv("COMPOUND_DATABASE_URL", sim_settings.database_url)
     monkeypatch.setenv("ANTHROPIC_BASE_URL", sim.url)  # type: ignore[attr-defined]
     monkeypatch.setenv("OPENAI_BASE_URL", sim.url + "/v1")  # type: ignore[attr-defined]

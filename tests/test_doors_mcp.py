@@ -81,7 +81,7 @@ async def test_plans_approval_and_estimates(served) -> None:  # type: ignore[no-
         cost = await call(session, "estimate_cost", {"plan": PLAN})
         assert cost["estimated_cost_usd"] == checked["estimated_cost_usd"] > 0
         held = await call(session, "submit_task", {"prompt": "run my plan", "plan": PLAN, "approve": False})
-        await served.wait_for(lambda: served.app.state.executor and _status(served, held["id"]) == "planned",
+        await served.wait_for(lambda: _is(served, held["id"], "planned"),
                               "the task planned")
         await call(session, "approve_task", {"task_id": held["id"]})
         await served.wait(held["id"])
@@ -89,10 +89,8 @@ async def test_plans_approval_and_estimates(served) -> None:  # type: ignore[no-
         assert (await error_of(session, "approve_task", {"task_id": held["id"]})).startswith("conflict:")
 
 
-def _status(served, task_id: str) -> str:  # type: ignore[no-untyped-def]
-    from compound.store.tasks import get_task
-
-    return str(get_task(served.app.state.engine, task_id).status)
+async def _is(served, task_id: str, status: str) -> bool:  # type: ignore[no-untyped-def]
+    return bool((await served.app.state.store.head(task_id)).status == status)
 
 
 @pytest.mark.parametrize("token", [None, "cpd_wrong"])
@@ -184,12 +182,7 @@ async def test_stdio_runs_in_process_on_the_local_store(served, sim_settings, tm
         assert done["status"] == "completed" and done["result"]
         assert [t["id"] for t in (await call(session, "list_tasks", {}))["tasks"]] == [done["id"]]
     # it ran on the local store, not the served one
-    from compound.store.tasks import get_task
+    from compound.store import open_store
 
-    from compound.store.db import make_engine
-
-    local = make_engine(f"sqlite:///{tmp_path / 'local.db'}")
-    try:
-        assert get_task(local, done["id"]).status == "completed"
-    finally:
-        local.dispose()
+    async with open_store(f"sqlite:///{tmp_path / 'local.db'}") as local:
+        assert (await local.head(done["id"])).status == "completed"

@@ -9,10 +9,8 @@ import json
 import httpx
 import openai
 import pytest
-from compound.store.queries import list_tasks
 
 from compound.store.models import TaskStatus
-from compound.store.users import principal_for_token
 
 PROMPT = "Compare SQLite and PostgreSQL for a small team and recommend one"
 
@@ -42,7 +40,7 @@ async def test_completion_answers_with_usage_cost_and_task_id(served, sim) -> No
     done = raw.parse()
     task_id = raw.headers["x-compound-task-id"]
     assert done.id == task_id
-    snap = served.app.state.engine and (await _snapshot(served, task_id))
+    snap = await _snapshot(served, task_id)
     assert snap["status"] == TaskStatus.completed
     assert done.choices[0].message.content == snap["result"]
     assert done.choices[0].message.content.startswith("Final answer built from")
@@ -178,8 +176,9 @@ async def test_budget_too_small_to_plan_is_402_and_no_task(served) -> None:  # t
     assert exc.value.status_code == 402
     body = exc.value.body
     assert body["code"] == "budget_too_small" and "raise the budget" in body["message"]  # type: ignore[index]
-    principal = principal_for_token(served.app.state.engine, served.alice)
-    assert list_tasks(served.app.state.engine, user_id=principal.user_id)[0] == []  # type: ignore[union-attr]
+    store = served.app.state.store
+    principal = await store.principal_for_token(served.alice)
+    assert (await store.list_tasks(user_id=principal.user_id))[0] == []
 
 
 async def test_budget_exhausted_after_planning_is_402(served, sim) -> None:  # type: ignore[no-untyped-def]
@@ -203,11 +202,11 @@ ONE_STEP = "Explain quicksort"  # the simulator plans it as one subtask
 
 async def _running_task(served, sim, token: str) -> str:  # type: ignore[no-untyped-def]
     """The caller's task, once its one subtask's call is at the provider."""
-    engine = served.app.state.engine
-    principal = principal_for_token(engine, token)
+    store = served.app.state.store
+    principal = await store.principal_for_token(token)
 
-    def running() -> str | None:
-        rows = list_tasks(engine, user_id=principal.user_id)[0]  # type: ignore[union-attr]
+    async def running() -> str | None:
+        rows = (await store.list_tasks(user_id=principal.user_id))[0]
         return rows[0]["id"] if rows and sim.calls("worker") else None
 
     return await served.wait_for(running, "a subtask at the provider")  # type: ignore[no-any-return]

@@ -8,7 +8,6 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy.engine import Engine
 
 from compound.core.errors import ConfigError
 from compound.core.settings import Settings, load_settings
