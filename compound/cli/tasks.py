@@ -4,7 +4,7 @@ running server (token from COMPOUND_TOKEN)."""
 from __future__ import annotations
 
 import json
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +19,13 @@ def _console() -> Any:
     return Console()
 
 
-def _watch(url: str, task_id: str, interval: float, *, held: bool = False) -> dict[str, Any]:
+def _watch(url: str, task_id: str, *, held: bool = False) -> dict[str, Any]:
     """A live tree of the task until it ends (or, when `held`, until it is planned and
-    waits for approval), then its costs, error and answer."""
+    waits for approval), then its costs, error and answer. Redrawn per event of the
+    task's stream."""
     from rich.live import Live
 
-    from compound.cli.common import api_request
+    from compound.cli.common import api_request, follow_events
     from compound.cli.live import cost_table, render_snapshot
     from compound.cli.output import print_answer, print_outcome
     from compound.store.models import TERMINAL_TASK
@@ -35,16 +36,26 @@ def _watch(url: str, task_id: str, interval: float, *, held: bool = False) -> di
     def going(d: dict[str, Any]) -> bool:
         return d["status"] not in TERMINAL_TASK and not (held and d["status"] == "planned")
 
+    def updates() -> Iterator[dict[str, Any]]:
+        """A fresh snapshot per event of the task's stream (SSE: nothing is read while
+        nothing changes), and the last one once it ends (or, when held, is planned)."""
+        if not going(data):
+            return
+        for ev in follow_events(url, f"/v1/tasks/{task_id}/events"):
+            d = ev.get("data") or {}
+            if ev.get("event") == "task" and (d.get("status") in TERMINAL_TASK
+                                              or (held and d.get("status") == "planned")):
+                break
+            yield api_request("GET", url, f"/v1/tasks/{task_id}")
+        yield api_request("GET", url, f"/v1/tasks/{task_id}")
+
     if console.is_terminal:
         with Live(render_snapshot(data), console=console, refresh_per_second=8) as live:
-            while going(data):
-                time.sleep(interval)
-                data = api_request("GET", url, f"/v1/tasks/{task_id}")
+            for data in updates():
                 live.update(render_snapshot(data))
     else:  # piped: no redraws, the final tree once
-        while going(data):
-            time.sleep(interval)
-            data = api_request("GET", url, f"/v1/tasks/{task_id}")
+        snaps = list(updates())
+        data = snaps[-1] if snaps else data
         console.print(render_snapshot(data))
     if held and data["status"] == "planned":
         console.print(f"waiting for approval: compound tasks approve {task_id}", markup=False)
@@ -67,7 +78,8 @@ def register(app: typer.Typer) -> None:
         plan: Path | None = typer.Option(None, "--plan", help="a PlanIn JSON file to run instead of planning"),
         hold: bool = typer.Option(False, "--hold", help="stop at `planned` until `compound tasks approve`"),
         watch: bool = typer.Option(False, "--watch", help="follow it live, then print the answer"),
-        interval: float = typer.Option(0.5, min=0.05, help="seconds between polls with --watch"),
+        interval: float = typer.Option(0.5, min=0.05, hidden=True,  # noqa: ARG001  (scripts pass it)
+                                       help="unused: --watch follows the task's event stream"),
     ) -> None:
         """Submit a request; print its id (stdout), or follow it with --watch."""
         from compound.cli.common import api_request
@@ -89,7 +101,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(data["id"])
             return
         typer.echo(f"submitted {data['id']}", err=True)
-        final = _watch(url, data["id"], interval, held=hold)
+        final = _watch(url, data["id"], held=hold)
         raise typer.Exit(0 if final["status"] in ("completed", "planned") else 1)
 
     @tasks.command("list")
@@ -180,7 +192,8 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"{data['id']} approved ({data['status']})")
 
     @tasks.command("watch")
-    def watch(task_id: str, url: str = URL, interval: float = typer.Option(0.5, min=0.05)) -> None:
+    def watch(task_id: str, url: str = URL, interval: float = typer.Option(  # noqa: ARG001  (scripts pass it)
+            0.5, min=0.05, hidden=True, help="unused: the tree follows the task's event stream")) -> None:
         """A live tree of the task's subtasks until it ends, then its costs, error and answer."""
-        final = _watch(url, task_id, interval)
+        final = _watch(url, task_id)
         raise typer.Exit(0 if final["status"] in ("completed", "planned") else 1)
