@@ -66,12 +66,27 @@ async def test_notify_reaches_a_listener(pg_url: str) -> None:
         engine.dispose()
 
 
+def _live_workers(url: str) -> list[str]:
+    from sqlalchemy import text
+
+    from compound.worker.liveness import LIVE_WORKERS_SQL
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [r[0] for r in conn.execute(text(LIVE_WORKERS_SQL))]
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.postgres
 async def test_liveness_sees_a_dead_worker(pg_url: str) -> None:
     me, other = Liveness(pg_url), Liveness(pg_url)
     wid = f"worker-test-{uuid.uuid4().hex}"
     try:
         assert await other.claim(wid)
+        live = await asyncio.to_thread(_live_workers, pg_url)
+        assert wid in live  # pg_stat_activity names the lock's holder
         assert not await me.claim(wid)  # an id already held is refused
         assert not await me.is_dead(wid)
         assert await other.alive()

@@ -23,11 +23,12 @@ from compound.llm.simulator import free_port
 from compound.store.db import make_engine
 from compound.store.models import LedgerEntry, Task
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # real processes: slow on a loaded machine
+# Real processes on a possibly loaded machine: generous deadlines, all waits on state.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 COMPOUND = [sys.executable, "-m", "compound.cli.__main__"]
 
 
-def wait_http(url: str, timeout: float = 90) -> None:  # generous: a loaded machine imports litellm slowly
+def wait_http(url: str, timeout: float = 180) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:

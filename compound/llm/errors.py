@@ -3,6 +3,7 @@ the SDKs' exception classes first, then HTTP statuses; Retry-After parsed; keys 
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
@@ -19,12 +20,14 @@ PERMANENT_STATUSES = frozenset({400, 401, 402, 403, 404, 413, 422})
 
 def _sdk_classes() -> list[tuple[type[BaseException], Kind]]:
     """(exception class, kind) in match order: subclasses before their bases.
-    `status` means "decide by the HTTP status the exception carries"."""
-    import anthropic
-    import openai
-
+    `status` means "decide by the HTTP status the exception carries". Only the SDKs
+    already imported: an exception cannot come from one that is not (and importing
+    one here would stall the event loop)."""
     rows: list[tuple[type[BaseException], Kind]] = []
-    for sdk in (anthropic, openai):
+    for name in ("anthropic", "openai"):
+        sdk: Any = sys.modules.get(name)
+        if sdk is None:
+            continue
         rows += [
             (sdk.APITimeoutError, "timeout"),  # our deadline passed: no answer came
             (sdk.APIConnectionError, "transient"),  # refused, reset, DNS: no answer came
@@ -32,9 +35,6 @@ def _sdk_classes() -> list[tuple[type[BaseException], Kind]]:
             (sdk.APIResponseValidationError, "permanent"),  # a 2xx body of the wrong shape
         ]
     return rows
-
-
-_CLASSES: list[tuple[type[BaseException], Kind]] | None = None
 
 
 def transient_status(status: int | None) -> bool:
@@ -48,10 +48,7 @@ def transient_status(status: int | None) -> bool:
 
 
 def kind_of(exc: BaseException) -> Kind:
-    global _CLASSES
-    if _CLASSES is None:
-        _CLASSES = _sdk_classes()
-    for cls, kind in _CLASSES:
+    for cls, kind in _sdk_classes():
         if isinstance(exc, cls):
             return kind
     return "permanent"  # a bug or an unknown failure: retrying would repeat it

@@ -3,6 +3,8 @@ Vertex, Mistral, Groq, ...): one `acompletion` per `complete()`, streamed or not
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import os
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +25,20 @@ from compound.llm.pricing import price_of
 __all__ = ["LiteLLMClient", "provider_of", "remote_allowed", "to_provider_error", "usage_of"]
 
 
+_litellm: Any = None
+
+
+async def litellm_module() -> Any:
+    """litellm, imported on first use in a worker thread: the import takes seconds and
+    must not stall the event loop of a server that is already answering."""
+    global _litellm
+    if _litellm is None:
+        module: Any = await asyncio.to_thread(importlib.import_module, "litellm")
+        module.suppress_debug_info = True
+        _litellm = module
+    return _litellm
+
+
 class LiteLLMClient:
     """LLMClient over litellm. One provider call per `complete()`; no retries inside."""
 
@@ -39,7 +55,7 @@ class LiteLLMClient:
         return self._prices[model]
 
     async def warm(self) -> None:
-        import litellm  # noqa: F401  (the import costs seconds; pay it at start)
+        await litellm_module()  # the import costs seconds; pay it at start
 
     def _kwargs(self, model: str, messages: list[Message], max_tokens: int,
                 json_schema: dict[str, Any] | None, timeout_s: float | None) -> dict[str, Any]:
@@ -64,9 +80,7 @@ class LiteLLMClient:
         return kwargs
 
     async def _send(self, model: str, kwargs: dict[str, Any]) -> Any:
-        import litellm
-
-        litellm.suppress_debug_info = True
+        litellm = await litellm_module()
         secrets = (kwargs.get("api_key"),)
         try:
             return await litellm.acompletion(**kwargs)

@@ -15,7 +15,9 @@ LOCK_CLASS = 0x636D7064  # 'cmpd': the first key of every worker's lock
 # Who lives, for operators and tests: the sessions holding a worker's lock.
 LIVE_WORKERS_SQL = (
     "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-    f"WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.classid = {LOCK_CLASS}")
+    f"WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.classid = {LOCK_CLASS} "
+    # pg_locks spans the server; advisory locks (and so workers) belong to one database
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())")
 
 
 def executor_key(executor_id: str) -> int:
