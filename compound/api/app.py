@@ -3,6 +3,8 @@ and the executor are made in create_app/lifespan and hung on app.state."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -52,10 +54,19 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
         executor = Executor(settings=settings, engine=eng, client=llm, observers=obs)
         app.state.engine = eng
         app.state.executor = executor
+        from compound.api.auth import TokenCache
+
+        tokens = TokenCache(eng, ttl_s=settings.token_cache_s, flush_s=settings.token_last_used_flush_s)
+        app.state.tokens = tokens
+        flusher = asyncio.create_task(tokens.run(), name="token-last-used")
         await executor.start()
         try:
             yield
         finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            await tokens.flush()
             await executor.stop()
             if own_engine:
                 eng.dispose()

@@ -3,34 +3,131 @@ submit / read / admin; a user sees only their own tasks unless admin."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.engine import Engine
 
 from compound.api.errors import ApiError
-from compound.store.users import Principal, hash_token, principal_for_token
+from compound.core.logging import get_logger
+from compound.store.users import Principal, hash_token, principal_for_digest, record_last_used
 
-__all__ = ["AdminPrincipal", "Principal", "ReadPrincipal", "SubmitPrincipal", "hash_token"]
+__all__ = ["AdminPrincipal", "Principal", "ReadPrincipal", "SubmitPrincipal", "TokenCache", "hash_token"]
 
 bearer = HTTPBearer(auto_error=False, description="a token from `compound tokens create`")
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
+log = get_logger(__name__)
 
 
-def principal_from(request: Request, token: str | None) -> Principal:
-    if not token:
-        raise ApiError(401, "unauthorized", "missing bearer token: send 'Authorization: Bearer <token>'",
-                       CHALLENGE)
-    principal = principal_for_token(request.app.state.engine, token)
+class TokenCache:
+    """Principals by token hash, kept in memory for `ttl_s` (at most 1 s, so a token
+    revoked by any process stops working within 1 s), and each token's last use,
+    written in one batch every `flush_s` rather than once per request.
+
+    An unknown or revoked hash is remembered too (as None), so a client retrying a
+    bad token costs one lookup a second, not one per request."""
+
+    def __init__(self, engine: Engine, *, ttl_s: float = 1.0, flush_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic, max_entries: int = 10_000) -> None:
+        self.engine, self.ttl_s, self.flush_s = engine, ttl_s, flush_s
+        self.clock, self.max_entries = clock, max_entries
+        self._entries: dict[str, tuple[float, Principal | None]] = {}
+        self._used: dict[str, datetime] = {}
+
+    def cached(self, digest: str) -> tuple[bool, Principal | None]:
+        """(True, principal) for a fresh entry; (False, None) when it must be looked up."""
+        entry = self._entries.get(digest)
+        if entry is None:
+            return False, None
+        if entry[0] <= self.clock():
+            del self._entries[digest]
+            return False, None
+        return True, entry[1]
+
+    def _keep(self, digest: str, principal: Principal | None) -> None:
+        if len(self._entries) >= self.max_entries:
+            now = self.clock()
+            self._entries = {d: e for d, e in self._entries.items() if e[0] > now}
+            while len(self._entries) >= self.max_entries:  # all fresh: drop the oldest
+                del self._entries[next(iter(self._entries))]
+        self._entries[digest] = (self.clock() + self.ttl_s, principal)
+
+    def _used_now(self, principal: Principal | None) -> Principal | None:
+        if principal is not None:
+            self._used[principal.token_id] = datetime.now(UTC)
+        return principal
+
+    def lookup(self, token: str) -> Principal | None:
+        """The token's principal (a miss reads the store on this thread)."""
+        digest = hash_token(token)
+        hit, principal = self.cached(digest)
+        if not hit:
+            principal = principal_for_digest(self.engine, digest)
+            self._keep(digest, principal)
+        return self._used_now(principal)
+
+    async def alookup(self, token: str) -> Principal | None:
+        """The token's principal (a miss reads the store off the event loop)."""
+        digest = hash_token(token)
+        hit, principal = self.cached(digest)
+        if not hit:
+            principal = await asyncio.to_thread(principal_for_digest, self.engine, digest)
+            self._keep(digest, principal)
+        return self._used_now(principal)
+
+    def pending(self) -> dict[str, datetime]:
+        """Last uses not written yet (token id -> when)."""
+        return dict(self._used)
+
+    async def flush(self) -> None:
+        """Write the last uses gathered since the previous flush, off the event loop."""
+        used, self._used = self._used, {}
+        if not used:
+            return
+        try:
+            await asyncio.to_thread(record_last_used, self.engine, used)
+        except BaseException:
+            for token_id, at in used.items():  # keep them for the next flush
+                self._used.setdefault(token_id, at)
+            raise
+
+    async def run(self) -> None:
+        """Flush every `flush_s` until canceled (the app flushes once more on shutdown)."""
+        while True:
+            await asyncio.sleep(self.flush_s)
+            try:
+                await self.flush()
+            except Exception as exc:  # the store may be busy: keep serving, try next time
+                log.warning("token_last_used_flush_failed", error=type(exc).__name__)
+
+
+def _missing() -> ApiError:
+    return ApiError(401, "unauthorized", "missing bearer token: send 'Authorization: Bearer <token>'", CHALLENGE)
+
+
+def _checked(principal: Principal | None) -> Principal:
     if principal is None:
         raise ApiError(401, "unauthorized", "invalid or revoked token", CHALLENGE)
     return principal
 
 
+def principal_from(request: Request, token: str | None) -> Principal:
+    if not token:
+        raise _missing()
+    return _checked(request.app.state.tokens.lookup(token))
+
+
 def _need(scope: str):  # type: ignore[no-untyped-def]
-    def dep(request: Request,
-            creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
-        principal = principal_from(request, creds.credentials if creds else None)
+    async def dep(request: Request,
+                  creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
+        if creds is None or not creds.credentials:
+            raise _missing()
+        principal = _checked(await request.app.state.tokens.alookup(creds.credentials))
         if scope not in principal.scopes and not principal.is_admin:
             raise ApiError(403, "forbidden", f"this token lacks the '{scope}' scope")
         return principal

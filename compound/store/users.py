@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 
+from sqlalchemy import bindparam, or_, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -83,9 +85,13 @@ def revoke_token(engine: Engine, token_id: str) -> ApiToken:
 
 
 def principal_for_token(engine: Engine, token: str) -> Principal | None:
-    """The principal of a live token, or None. The lookup is by hash (the hash is
-    not secret), and the hashes are compared again in constant time."""
-    digest = hash_token(token)
+    """The principal of a live token, or None."""
+    return principal_for_digest(engine, hash_token(token))
+
+
+def principal_for_digest(engine: Engine, digest: str) -> Principal | None:
+    """The principal of a live token given its sha256, or None. The lookup is by hash
+    (the hash is not secret), and the hashes are compared again in constant time."""
     with Session(engine) as s:
         found = s.exec(select(ApiToken, User.name).join(User, col(User.id) == col(ApiToken.user_id))
                        .where(ApiToken.token_hash == digest)).first()
@@ -96,3 +102,16 @@ def principal_for_token(engine: Engine, token: str) -> Principal | None:
         return None
     return Principal(user_id=row.user_id, user_name=name,
                      scopes=frozenset(s for s in row.scopes.split(",") if s), token_id=row.id)
+
+
+def record_last_used(engine: Engine, used: dict[str, datetime]) -> None:
+    """Write each token's last use (token id -> when) in one transaction; a later time
+    already stored (by another process) is kept."""
+    if not used:
+        return
+    t = ApiToken.__table__  # type: ignore[attr-defined]
+    stmt = (update(t).where(t.c.id == bindparam("tid"))
+            .where(or_(t.c.last_used_at.is_(None), t.c.last_used_at < bindparam("at")))
+            .values(last_used_at=bindparam("at")))
+    with engine.begin() as conn:
+        conn.execute(stmt, [{"tid": tid, "at": at} for tid, at in used.items()])

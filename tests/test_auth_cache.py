@@ -1,0 +1,133 @@
+"""Authentication served from memory: a revoked token stops within the cache's TTL
+(at most 1 s, driven here by a fake clock), and last uses are written in batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from typer.testing import CliRunner
+
+from compound.api.auth import TokenCache
+from compound.core.errors import ConfigError
+from compound.core.settings import load_settings
+from compound.store.users import create_token, list_tokens, record_last_used, revoke_token
+from tests.fixtures.api import Api
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@contextmanager
+def statements(engine: Engine) -> Iterator[list[str]]:
+    """Every SQL statement the engine runs inside the block."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def test_a_revoked_token_stops_working_once_its_entry_expires(engine: Engine) -> None:
+    clock = FakeClock()
+    cache = TokenCache(engine, ttl_s=1.0, clock=clock)
+    row, token = create_token(engine, "ann")
+    assert cache.lookup(token) is not None
+    revoke_token(engine, row.id)
+    clock.now += 0.999  # still inside the window the design allows
+    assert cache.lookup(token) is not None
+    clock.now += 0.001  # 1 s after the lookup was cached: read again, and refused
+    assert cache.lookup(token) is None
+
+
+def test_hits_read_nothing_and_bad_tokens_are_remembered(engine: Engine) -> None:
+    clock = FakeClock()
+    cache = TokenCache(engine, ttl_s=1.0, clock=clock)
+    _, token = create_token(engine, "ann")
+    with statements(engine) as seen:
+        for _ in range(50):
+            assert cache.lookup(token) is not None
+            assert cache.lookup("cpd_not-a-token") is None
+    assert len(seen) == 2  # one lookup each, then memory
+    clock.now += 1.0
+    with statements(engine) as seen:
+        cache.lookup(token)
+    assert len(seen) == 1
+
+
+def test_the_cache_stays_bounded(engine: Engine) -> None:
+    cache = TokenCache(engine, ttl_s=1.0, clock=FakeClock(), max_entries=10)
+    for i in range(100):
+        cache.lookup(f"cpd_bad{i}")
+    assert len(cache._entries) <= 10
+
+
+async def test_async_lookup_matches(engine: Engine) -> None:
+    cache = TokenCache(engine, ttl_s=1.0, clock=FakeClock())
+    _, token = create_token(engine, "ann", ["read"])
+    principal = await cache.alookup(token)
+    assert principal is not None and principal.scopes == frozenset({"read"})
+    assert await cache.alookup("cpd_nope") is None
+
+
+async def test_last_use_is_written_in_one_batch_on_flush(engine: Engine) -> None:
+    cache = TokenCache(engine, clock=FakeClock())
+    (ann, a), (bea, b), (cid, _) = (create_token(engine, n) for n in ("ann", "bea", "cid"))
+    with statements(engine) as seen:
+        for _ in range(20):
+            cache.lookup(a)
+            await cache.alookup(b)
+    assert not [s for s in seen if s.lstrip().upper().startswith("UPDATE")]  # no write per request
+    assert set(cache.pending()) == {ann.id, bea.id}
+    with statements(engine) as seen:
+        await cache.flush()
+    assert len([s for s in seen if s.lstrip().upper().startswith("UPDATE")]) == 1
+    assert cache.pending() == {}
+    used = {row.id: row.last_used_at for row, _ in list_tokens(engine)}
+    assert used[ann.id] is not None and used[bea.id] is not None and used[cid.id] is None
+
+
+def test_a_later_use_stored_by_another_process_is_kept(engine: Engine) -> None:
+    row, _ = create_token(engine, "ann")
+    later = datetime(2030, 1, 1, tzinfo=UTC)
+    record_last_used(engine, {row.id: later})
+    record_last_used(engine, {row.id: later - timedelta(hours=1)})
+    stored = next(r.last_used_at for r, _ in list_tokens(engine) if r.id == row.id)
+    assert stored is not None and stored.replace(tzinfo=UTC) == later
+
+
+async def test_tokens_list_shows_last_use_after_a_flush(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    from compound.cli import _register, app
+
+    assert (await api.http.get("/v1/tasks", headers=api.auth(api.alice))).status_code == 200
+    await api.app.state.tokens.flush()
+    _register()
+    monkeypatch.setenv("COMPOUND_DATABASE_URL", api.app.state.settings.database_url)
+    out = CliRunner().invoke(app, ["tokens", "list"], env={"COLUMNS": "300"})
+    assert out.exit_code == 0, out.output
+    lines = {line.split("│")[2].strip(): line for line in out.stdout.splitlines() if line.count("│") > 5}
+    today = datetime.now(UTC).date().isoformat()
+    assert lines["alice"].split("│")[5].strip().startswith(today[:4])  # last used: a date
+    assert lines["bob"].split("│")[5].strip() == ""  # never used
+
+
+@pytest.mark.parametrize("value", ["1.5", "-1"])
+def test_the_cache_window_cannot_exceed_one_second(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COMPOUND_TOKEN_CACHE_S", value)
+    with pytest.raises(ConfigError, match="token_cache_s"):
+        load_settings()
