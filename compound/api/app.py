@@ -59,6 +59,9 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
         tokens = TokenCache(eng, ttl_s=settings.token_cache_s, flush_s=settings.token_last_used_flush_s)
         app.state.tokens = tokens
         flusher = asyncio.create_task(tokens.run(), name="token-last-used")
+        from compound.api.snapshots import SnapshotCache, engine_loader
+
+        app.state.snapshots = SnapshotCache(engine_loader(eng))
         await executor.start()
         try:
             yield

@@ -1,0 +1,142 @@
+"""GET /v1/tasks/{id}: the snapshot serialized once, ETag = the task's event sequence,
+If-None-Match answering 304, and the parameters of the long-poll."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from compound.api.routes_tasks import read_wait
+from compound.api.schemas import TaskOut
+from compound.api.snapshots import consistent, etag_matches, version_of
+from compound.core.errors import UserInputError
+from compound.store.tasks import get_task, task_snapshot
+from tests.fixtures.api import Api
+
+PLAN = {"reasoning": "two then one", "subtasks": [
+    {"description": "first", "tier_hint": 1, "depends_on": []},
+    {"description": "second", "tier_hint": 2, "depends_on": []},
+    {"description": "join", "tier_hint": 2, "depends_on": [0, 1]}]}
+
+
+@pytest.mark.parametrize(("header", "etag", "matches"), [
+    ('"7"', '"7"', True),
+    ('W/"7"', '"7"', True),
+    ('"6", "7"', '"7"', True),
+    ("*", '"7"', True),
+    ('"6"', '"7"', False),
+    ('"70"', '"7"', False),
+    ("7", '"7"', False),  # an ETag is quoted
+    ("", '"7"', False),
+])
+def test_if_none_match(header: str, etag: str, matches: bool) -> None:
+    assert etag_matches(header, etag) is matches
+
+
+@pytest.mark.parametrize(("header", "version"), [
+    ('"7"', 7), ('W/"12"', 12), ('"x", "3"', 3), ("*", None), (None, None), ('"-1"', None),
+    ('"99999999999999999999"', None),
+])
+def test_the_version_a_client_holds(header: str | None, version: int | None) -> None:
+    assert version_of(header) == version
+
+
+@pytest.mark.parametrize(("query", "out"), [
+    ({}, (None, None)),
+    ({"wait": "0.5"}, (0.5, None)),
+    ({"wait": "30", "since": "4"}, (30.0, 4)),
+    ({"since": "0"}, (None, 0)),
+])
+def test_wait_and_since(query: dict[str, str], out: tuple[float | None, int | None]) -> None:
+    assert read_wait(query) == out
+
+
+@pytest.mark.parametrize(("query", "name"), [
+    ({"wait": "0"}, "wait"), ({"wait": "-1"}, "wait"), ({"wait": "30.5"}, "wait"), ({"wait": "soon"}, "wait"),
+    ({"wait": "nan"}, "wait"), ({"wait": "inf"}, "wait"), ({"wait": ""}, "wait"),
+    ({"since": "-1"}, "since"), ({"since": "1.5"}, "since"), ({"since": "x"}, "since"),
+])
+def test_bad_wait_and_since_are_refused(query: dict[str, str], name: str) -> None:
+    with pytest.raises(UserInputError, match=f"^{name}: "):
+        read_wait(query)
+
+
+def test_the_etag_names_the_body_read_between_two_equal_sequences() -> None:
+    seqs = iter([3, 4, 4])  # the task moved while the body was read: read once more
+    bodies = iter([{"v": "old"}, {"v": "new"}])
+    assert consistent(lambda: next(seqs), lambda: next(bodies)) == (4, {"v": "new"}, True)
+    moving = iter(range(10))
+    seq, _, settled = consistent(lambda: next(moving), lambda: {}, tries=2)
+    assert (seq, settled) == (0, False)  # never newer than the body
+
+
+async def finished(api: Api) -> str:
+    r = await api.http.post("/v1/tasks", json={"prompt": "p", "plan": PLAN}, headers=api.auth(api.alice))
+    task_id = str(r.json()["id"])
+    await api.app.state.executor.wait(task_id, timeout=20)
+    return task_id
+
+
+async def test_etag_is_the_event_sequence_and_if_none_match_answers_304(api: Api) -> None:
+    task_id = await finished(api)
+    r = await api.http.get(f"/v1/tasks/{task_id}", headers=api.auth(api.alice))
+    assert r.status_code == 200
+    seq = get_task(api.app.state.engine, task_id).event_seq
+    assert seq > 1 and r.headers["etag"] == f'"{seq}"'
+    for header in (f'"{seq}"', f'W/"{seq}"', f'"1", "{seq}"', "*"):
+        again = await api.http.get(f"/v1/tasks/{task_id}", headers={**api.auth(api.alice), "If-None-Match": header})
+        assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == f'"{seq}"'
+    stale = await api.http.get(f"/v1/tasks/{task_id}", headers={**api.auth(api.alice), "If-None-Match": '"1"'})
+    assert stale.status_code == 200 and stale.content == r.content
+
+
+async def test_the_body_is_the_snapshot_in_the_documented_shape(api: Api) -> None:
+    task_id = await finished(api)
+    r = await api.http.get(f"/v1/tasks/{task_id}", headers=api.auth(api.alice))
+    assert r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert body == task_snapshot(api.app.state.engine, task_id)
+    assert TaskOut.model_validate(body).model_dump(mode="json") == body
+    assert json.loads(r.content) == body and body["status"] == "completed"
+
+
+async def test_a_finished_task_is_read_from_the_store_once(api: Api) -> None:
+    task_id = await finished(api)
+    cache = api.app.state.snapshots
+    await api.http.get(f"/v1/tasks/{task_id}", headers=api.auth(api.alice))
+    loads = cache.loads
+    for _ in range(5):
+        assert (await api.http.get(f"/v1/tasks/{task_id}", headers=api.auth(api.alice))).status_code == 200
+    assert cache.loads == loads
+
+
+async def test_another_users_task_is_404_whatever_the_headers(api: Api) -> None:
+    task_id = await finished(api)
+    mine = await api.http.get(f"/v1/tasks/{task_id}", headers=api.auth(api.alice))
+    unknown = await api.http.get("/v1/tasks/t_nope", headers=api.auth(api.bob))
+    for extra in ({}, {"If-None-Match": mine.headers["etag"]}, {"If-None-Match": "*"}):
+        r = await api.http.get(f"/v1/tasks/{task_id}?wait=1", headers={**api.auth(api.bob), **extra})
+        assert r.status_code == 404 and "etag" not in r.headers
+        assert r.json()["error"]["code"] == unknown.json()["error"]["code"] == "not_found"
+    assert (await api.http.get(f"/v1/tasks/{task_id}", headers=api.auth(api.admin))).status_code == 200
+
+
+@pytest.mark.parametrize("query", ["wait=0", "wait=31", "wait=soon", "since=-2", "wait=1&since=x"])
+async def test_bad_wait_values_are_422(api: Api, query: str) -> None:
+    task_id = await finished(api)
+    r = await api.http.get(f"/v1/tasks/{task_id}?{query}", headers=api.auth(api.alice))
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+    assert r.json()["error"]["message"].startswith(query.split("&")[-1].split("=")[0] + ": ")
+
+
+async def test_auth_on_the_fast_route_matches_the_others(api: Api) -> None:
+    task_id = await finished(api)
+    url = f"/v1/tasks/{task_id}"
+    assert (await api.http.get(url)).status_code == 401
+    assert (await api.http.get(url, headers={"Authorization": f"Basic {api.alice}"})).status_code == 401
+    assert (await api.http.get(url, headers={"Authorization": "Bearer cpd_wrong"})).status_code == 401
+    r = await api.http.get(url, headers={"Authorization": "Bearer"})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert (await api.http.get(url, headers={"Authorization": f"bearer {api.alice}"})).status_code == 200
+    assert (await api.http.get(url, headers=api.auth(api.reader))).status_code == 404  # carol's read scope: not hers
