@@ -97,7 +97,7 @@ async def test_401_without_a_valid_token(api: Api, header: str | None) -> None:
 async def test_revoked_tokens_stop_working_and_scopes_are_enforced(api: Api) -> None:
     r = await api.http.post("/v1/tasks", json={"prompt": "x"}, headers=api.auth(api.reader))
     assert r.status_code == 403
-    engine = api.app.state.engine
+    engine = api.app.state.store.engine
     with Session(engine) as s:
         row = s.exec(select(ApiToken).where(ApiToken.token_hash == hash_token(api.bob))).one()
     revoke_token(engine, row.id)

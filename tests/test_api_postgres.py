@@ -18,7 +18,7 @@ async def test_submit_stream_and_costs_on_postgres(pg_url: str, sim_settings: Se
     settings = sim_settings.model_copy(update={"database_url": pg_url})
     app = create_app(settings, client=LiteLLMClient(settings))
     async with app.router.lifespan_context(app):
-        token = create_token(app.state.engine, "pg-user")[1]
+        token = create_token(app.state.store.engine, "pg-user")[1]
         auth = {"Authorization": f"Bearer {token}"}
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
             r = await http.post("/v1/tasks", json={"prompt": "look up a and look up b"}, headers=auth)

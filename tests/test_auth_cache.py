@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from compound.api.auth import TokenCache
 from compound.core.errors import ConfigError
 from compound.core.settings import load_settings
+from compound.store.base import RunStore
 from compound.store.users import create_token, list_tokens, record_last_used, revoke_token
 from tests.fixtures.api import Api
 
@@ -43,56 +44,51 @@ def statements(engine: Engine) -> Iterator[list[str]]:
         event.remove(engine, "before_cursor_execute", record)
 
 
-def test_a_revoked_token_stops_working_once_its_entry_expires(engine: Engine) -> None:
+async def test_a_revoked_token_stops_working_once_its_entry_expires(any_store: RunStore) -> None:
     clock = FakeClock()
-    cache = TokenCache(engine, ttl_s=1.0, clock=clock)
-    row, token = create_token(engine, "ann")
-    assert cache.lookup(token) is not None
-    revoke_token(engine, row.id)
+    cache = TokenCache(any_store, ttl_s=1.0, clock=clock)
+    row, token = create_token(any_store.engine, "ann")
+    assert await cache.lookup(token) is not None
+    revoke_token(any_store.engine, row.id)
     clock.now += 0.999  # still inside the window the design allows
-    assert cache.lookup(token) is not None
+    assert await cache.lookup(token) is not None
     clock.now += 0.001  # 1 s after the lookup was cached: read again, and refused
-    assert cache.lookup(token) is None
+    assert await cache.lookup(token) is None
 
 
-def test_hits_read_nothing_and_bad_tokens_are_remembered(engine: Engine) -> None:
+async def test_hits_read_nothing_and_bad_tokens_are_remembered(store: RunStore) -> None:
     clock = FakeClock()
-    cache = TokenCache(engine, ttl_s=1.0, clock=clock)
-    _, token = create_token(engine, "ann")
-    with statements(engine) as seen:
-        for _ in range(50):
-            assert cache.lookup(token) is not None
-            assert cache.lookup("cpd_not-a-token") is None
-    assert len(seen) == 2  # one lookup each, then memory
+    cache = TokenCache(store, ttl_s=1.0, clock=clock)
+    _, token = create_token(store.engine, "ann", ["read"])
+    reads = store.stats.reads
+    for _ in range(50):
+        principal = await cache.lookup(token)
+        assert principal is not None and principal.scopes == frozenset({"read"})
+        assert await cache.lookup("cpd_not-a-token") is None
+    assert store.stats.reads - reads == 2  # one lookup each, then memory
     clock.now += 1.0
-    with statements(engine) as seen:
-        cache.lookup(token)
-    assert len(seen) == 1
+    await cache.lookup(token)
+    assert store.stats.reads - reads == 3
 
 
-def test_the_cache_stays_bounded(engine: Engine) -> None:
-    cache = TokenCache(engine, ttl_s=1.0, clock=FakeClock(), max_entries=10)
+async def test_the_cache_stays_bounded(store: RunStore) -> None:
+    cache = TokenCache(store, ttl_s=1.0, clock=FakeClock(), max_entries=10)
     for i in range(100):
-        cache.lookup(f"cpd_bad{i}")
+        await cache.lookup(f"cpd_bad{i}")
     assert len(cache._entries) <= 10
 
 
-async def test_async_lookup_matches(engine: Engine) -> None:
-    cache = TokenCache(engine, ttl_s=1.0, clock=FakeClock())
-    _, token = create_token(engine, "ann", ["read"])
-    principal = await cache.alookup(token)
-    assert principal is not None and principal.scopes == frozenset({"read"})
-    assert await cache.alookup("cpd_nope") is None
-
-
-async def test_last_use_is_written_in_one_batch_on_flush(engine: Engine) -> None:
-    cache = TokenCache(engine, clock=FakeClock())
+async def test_last_use_is_written_in_one_batch_on_flush(any_store: RunStore) -> None:
+    engine = any_store.engine
+    cache = TokenCache(any_store, clock=FakeClock())
     (ann, a), (bea, b), (cid, _) = (create_token(engine, n) for n in ("ann", "bea", "cid"))
+    writes = any_store.stats.writes
     with statements(engine) as seen:
         for _ in range(20):
-            cache.lookup(a)
-            await cache.alookup(b)
+            await cache.lookup(a)
+            await cache.lookup(b)
     assert not [s for s in seen if s.lstrip().upper().startswith("UPDATE")]  # no write per request
+    assert any_store.stats.writes == writes
     assert set(cache.pending()) == {ann.id, bea.id}
     with statements(engine) as seen:
         await cache.flush()

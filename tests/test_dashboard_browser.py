@@ -39,7 +39,7 @@ def server(sim: Simulator, sim_settings: Settings) -> Iterator[tuple[str, str]]:
     deadline = time.time() + 20
     while not srv.started and time.time() < deadline:
         time.sleep(0.05)
-    token = create_token(app.state.engine, "dana")[1]
+    token = create_token(app.state.store.engine, "dana")[1]
     yield f"http://127.0.0.1:{port}", token
     srv.should_exit = True
     thread.join(timeout=10)

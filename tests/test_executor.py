@@ -9,17 +9,16 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from compound.core.settings import Settings
-from compound.executor.budget import worst_case_usd
+from compound.core.money import worst_case_usd
 from compound.executor.service import Executor
 from compound.llm.base import Message, Price
 from compound.llm.simulator import answer_for, prompt_kind
 from compound.prompts import render
 from compound.store.models import LedgerEntry, Subtask, Task
-from compound.store.tasks import create_task, task_snapshot
+from compound.store.base import RunStore
 from tests.fixtures.fakes import FakeLLM, transient
 
 PRICE = Price(input=1e-6, output=5e-6)
@@ -50,13 +49,13 @@ class Recorder:
         self.waits.append(seconds)
 
 
-def executor(engine: Engine, fake: FakeLLM, sleep: Recorder | None = None, **kw: Any) -> Executor:
-    return Executor(settings=settings(**kw), engine=engine, client=fake, price_of=lambda _m: PRICE,
+def executor(store: RunStore, fake: FakeLLM, sleep: Recorder | None = None, **kw: Any) -> Executor:
+    return Executor(settings=settings(**kw), store=store, client=fake, price_of=lambda _m: PRICE,
                     sleep=sleep or Recorder())
 
 
-def ledger(engine: Engine, task_id: str) -> list[LedgerEntry]:
-    with Session(engine) as s:
+def ledger(store: RunStore, task_id: str) -> list[LedgerEntry]:
+    with Session(store.engine) as s:
         return list(s.exec(select(LedgerEntry).where(LedgerEntry.task_id == task_id)).scalars())  # type: ignore[call-overload]
 
 
@@ -69,17 +68,17 @@ def worker_calls(fake: FakeLLM) -> dict[str, Any]:
     return out
 
 
-async def test_a_planned_task_runs_to_completion_with_exact_accounting(any_engine: Engine) -> None:
+async def test_a_planned_task_runs_to_completion_with_exact_accounting(any_store: RunStore) -> None:
     fake = FakeLLM(answer=kind_answer)
-    ex = executor(any_engine, fake)
-    task = create_task(any_engine, prompt="find a and find b and compare", budget_usd=1.0)
+    ex = executor(any_store, fake)
+    task = await any_store.create_task(prompt="find a and find b and compare", budget_usd=1.0)
     await ex.run_task(task.id)
-    snap = task_snapshot(any_engine, task.id)
+    snap = await any_store.snapshot(task.id)
     assert snap["status"] == "completed"
     assert snap["result"].startswith("Final answer built from 4 results")
     assert [s["status"] for s in snap["subtasks"]] == ["completed"] * 4
     assert snap["planner"]["model"] == "anthropic/claude-haiku-4-5"
-    rows = ledger(any_engine, task.id)
+    rows = ledger(any_store, task.id)
     assert [r.kind for r in rows].count("planner") == 1 and [r.kind for r in rows].count("synthesis") == 1
     assert all(r.status == "ok" for r in rows)
     assert snap["total_cost_usd"] == pytest.approx(sum(r.cost_usd for r in rows), abs=1e-12)
@@ -87,16 +86,16 @@ async def test_a_planned_task_runs_to_completion_with_exact_accounting(any_engin
     assert sum(r.cost_usd for r in rows) == pytest.approx(
         sum(PRICE.input * r.input_tokens + PRICE.output * r.output_tokens for r in rows), abs=1e-12)
     assert sum(s["cost_usd"] for s in snap["subtasks"]) + snap["planner"]["cost_usd"] < snap["total_cost_usd"]
-    with Session(any_engine) as s:
+    with Session(any_store.engine) as s:
         t = s.get(Task, task.id)
         assert t is not None and t.reserved_usd == pytest.approx(0.0, abs=1e-12)
         assert set(t.prompt_versions or {}) == {"decompose", "subtask", "synthesize"}
 
 
-async def test_dependents_wait_and_independents_overlap(engine: Engine) -> None:
+async def test_dependents_wait_and_independents_overlap(store: RunStore) -> None:
     fake = FakeLLM(answer=kind_answer, latency=lambda _m, msgs: 0.05 if "worker" in msgs[0]["content"] else 0)
-    ex = executor(engine, fake)
-    task = create_task(engine, prompt="p", budget_usd=1.0,
+    ex = executor(store, fake)
+    task = await store.create_task(prompt="p", budget_usd=1.0,
                        plan_in=plan(("A", []), ("B", []), ("C", [0]), ("D", [1, 2])))
     await ex.run_task(task.id)
     calls = worker_calls(fake)
@@ -112,18 +111,18 @@ async def test_dependents_wait_and_independents_overlap(engine: Engine) -> None:
         assert f"Result of subtask: {letter}" in synth.messages[-1]["content"]
 
 
-async def test_a_failure_skips_dependents_and_the_rest_goes_on(engine: Engine) -> None:
+async def test_a_failure_skips_dependents_and_the_rest_goes_on(store: RunStore) -> None:
     def answer(model: str, msgs: list[Message]) -> Any:
         if "<subtask>\nB\n" in msgs[-1]["content"]:
             return transient(400)
         return kind_answer(model, msgs)
 
     fake = FakeLLM(answer=answer)
-    ex = executor(engine, fake)
-    task = create_task(engine, prompt="p", budget_usd=1.0,
+    ex = executor(store, fake)
+    task = await store.create_task(prompt="p", budget_usd=1.0,
                        plan_in=plan(("A", []), ("B", []), ("C", [1]), ("D", [2]), ("E", [0])))
     await ex.run_task(task.id)
-    snap = task_snapshot(engine, task.id)
+    snap = await store.snapshot(task.id)
     st = {s["description"]: s for s in snap["subtasks"]}
     assert snap["status"] == "partial"
     assert st["A"]["status"] == st["E"]["status"] == "completed"
@@ -134,47 +133,47 @@ async def test_a_failure_skips_dependents_and_the_rest_goes_on(engine: Engine) -
     assert snap["result"] is not None
 
 
-async def test_nothing_completed_means_failed(engine: Engine) -> None:
+async def test_nothing_completed_means_failed(store: RunStore) -> None:
     fake = FakeLLM(answer=lambda m, msgs: transient(401) if "worker" in msgs[0]["content"] else kind_answer(m, msgs))
-    ex = executor(engine, fake)
-    task = create_task(engine, prompt="p", budget_usd=1.0, plan_in=plan(("A", []), ("B", [0])))
+    ex = executor(store, fake)
+    task = await store.create_task(prompt="p", budget_usd=1.0, plan_in=plan(("A", []), ("B", [0])))
     await ex.run_task(task.id)
-    snap = task_snapshot(engine, task.id)
+    snap = await store.snapshot(task.id)
     assert snap["status"] == "failed" and "no subtask completed" in snap["error"]
 
 
-async def test_transient_errors_are_retried_with_backoff_and_retry_after(engine: Engine) -> None:
+async def test_transient_errors_are_retried_with_backoff_and_retry_after(store: RunStore) -> None:
     slow = transient(429)
     slow.retry_after_s = 7.0
     fake = FakeLLM(answer=kind_answer, queue=[slow, transient(503), transient(529)])
     sleep = Recorder()
-    ex = executor(engine, fake, sleep)
-    task = create_task(engine, prompt="p", budget_usd=1.0, plan_in=plan(("A", [])))
+    ex = executor(store, fake, sleep)
+    task = await store.create_task(prompt="p", budget_usd=1.0, plan_in=plan(("A", [])))
     await ex.run_task(task.id)
-    snap = task_snapshot(engine, task.id)
+    snap = await store.snapshot(task.id)
     assert snap["status"] == "completed"
     assert snap["subtasks"][0]["attempts"] == 4
     assert len(sleep.waits) == 3 and sleep.waits[0] >= 7.0  # Retry-After wins when longer
-    rows = [r for r in ledger(engine, task.id) if r.kind == "subtask"]
+    rows = [r for r in ledger(store, task.id) if r.kind == "subtask"]
     assert [r.status for r in rows] == ["error", "error", "error", "ok"]
     assert [r.attempt for r in rows] == [1, 2, 3, 4]
 
 
-async def test_a_fallback_model_answers_when_the_primary_keeps_failing(engine: Engine) -> None:
+async def test_a_fallback_model_answers_when_the_primary_keeps_failing(store: RunStore) -> None:
     def answer(model: str, msgs: list[Message]) -> Any:
         if model == "anthropic/claude-haiku-4-5" and "worker" in msgs[0]["content"]:
             return transient(503, model)
         return kind_answer(model, msgs)
 
     fake = FakeLLM(answer=answer)
-    ex = executor(engine, fake, tier1_models=["anthropic/claude-haiku-4-5", "openai/gpt-4.1-mini"], max_attempts=3)
-    task = create_task(engine, prompt="p", budget_usd=1.0, plan_in=plan(("A", [])))
+    ex = executor(store, fake, tier1_models=["anthropic/claude-haiku-4-5", "openai/gpt-4.1-mini"], max_attempts=3)
+    task = await store.create_task(prompt="p", budget_usd=1.0, plan_in=plan(("A", [])))
     await ex.run_task(task.id)
-    snap = task_snapshot(engine, task.id)
+    snap = await store.snapshot(task.id)
     sub = snap["subtasks"][0]
     assert snap["status"] == "completed"
     assert sub["model"] == "openai/gpt-4.1-mini" and sub["attempts"] == 4
-    assert [r.model for r in ledger(engine, task.id) if r.kind == "subtask"] == \
+    assert [r.model for r in ledger(store, task.id) if r.kind == "subtask"] == \
         ["anthropic/claude-haiku-4-5"] * 3 + ["openai/gpt-4.1-mini"]
 
 
@@ -184,17 +183,17 @@ def _worst_cases(prompt: str, p: dict[str, Any], max_tokens: int) -> list[float]
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.5, 1.0, 3.0])
-async def test_budgets_are_never_exceeded(engine: Engine, fraction: float) -> None:
+async def test_budgets_are_never_exceeded(store: RunStore, fraction: float) -> None:
     p = plan(("A", []), ("B", []), ("C", []), ("D", [0, 1, 2]))
     independent = sum(_worst_cases("p", p, 1024)[:3])
     budget = max(1e-9, independent * fraction)
     # A, B and C are in flight together, so their worst cases are reserved together
     fake = FakeLLM(answer=kind_answer, latency=lambda _m, msgs: 0.05 if "worker" in msgs[0]["content"] else 0)
-    ex = executor(engine, fake)
-    task = create_task(engine, prompt="p", budget_usd=budget, plan_in=p)
+    ex = executor(store, fake)
+    task = await store.create_task(prompt="p", budget_usd=budget, plan_in=p)
     await ex.run_task(task.id)
-    snap = task_snapshot(engine, task.id)
-    rows = ledger(engine, task.id)
+    snap = await store.snapshot(task.id)
+    rows = ledger(store, task.id)
     assert snap["total_cost_usd"] <= budget + 1e-12
     assert snap["total_cost_usd"] == pytest.approx(sum(r.cost_usd for r in rows), abs=1e-12)
     skipped = [s for s in snap["subtasks"] if s["status"] == "skipped"]
@@ -208,20 +207,20 @@ async def test_budgets_are_never_exceeded(engine: Engine, fraction: float) -> No
         assert snap["status"] == "completed"
 
 
-async def test_a_task_that_cannot_plan_within_its_budget_fails_saying_so(engine: Engine) -> None:
+async def test_a_task_that_cannot_plan_within_its_budget_fails_saying_so(store: RunStore) -> None:
     fake = FakeLLM(answer=kind_answer)
-    ex = executor(engine, fake)
-    task = create_task(engine, prompt="p", budget_usd=0.0001)
+    ex = executor(store, fake)
+    task = await store.create_task(prompt="p", budget_usd=0.0001)
     await ex.run_task(task.id)
-    snap = task_snapshot(engine, task.id)
+    snap = await store.snapshot(task.id)
     assert snap["status"] == "failed" and "could not plan within the budget of $0.0001" in snap["error"]
     assert fake.calls == []
 
 
-async def test_cancel_mid_run_stops_further_calls(engine: Engine) -> None:
+async def test_cancel_mid_run_stops_further_calls(store: RunStore) -> None:
     fake = FakeLLM(answer=kind_answer, latency=lambda _m, msgs: 0.2 if "worker" in msgs[0]["content"] else 0)
-    ex = executor(engine, fake)
-    task = create_task(engine, prompt="p", budget_usd=1.0,
+    ex = executor(store, fake)
+    task = await store.create_task(prompt="p", budget_usd=1.0,
                        plan_in=plan(("A", []), ("B", [0]), ("C", [1])))
     ex.submit(task.id)
     for _ in range(100):
@@ -232,10 +231,10 @@ async def test_cancel_mid_run_stops_further_calls(engine: Engine) -> None:
     n = len(fake.calls)
     await asyncio.sleep(0.3)
     assert len(fake.calls) == n == 1
-    snap = task_snapshot(engine, task.id)
+    snap = await store.snapshot(task.id)
     assert snap["status"] == "canceled"
     assert [s["status"] for s in snap["subtasks"]] == ["canceled"] * 3
-    rows = ledger(engine, task.id)
+    rows = ledger(store, task.id)
     assert [r.status for r in rows] == ["canceled"]
     assert snap["total_cost_usd"] == pytest.approx(rows[0].cost_usd) and rows[0].cost_usd > 0
     from compound.core.errors import Conflict
@@ -244,14 +243,14 @@ async def test_cancel_mid_run_stops_further_calls(engine: Engine) -> None:
         await ex.cancel(task.id)
 
 
-async def test_resume_never_calls_a_completed_subtask_again(any_engine: Engine) -> None:
+async def test_resume_never_calls_a_completed_subtask_again(any_store: RunStore) -> None:
     fake = FakeLLM(answer=kind_answer)
-    ex = executor(any_engine, fake)
-    task = create_task(any_engine, prompt="p", budget_usd=1.0,
+    ex = executor(any_store, fake)
+    task = await any_store.create_task(prompt="p", budget_usd=1.0,
                        plan_in=plan(("A", []), ("B", []), ("C", [0, 1])))
     # The state a crash leaves: A completed, B in flight with an open reservation, C pending.
     await ex.run_task(task.id)  # run it, then rewind it by hand to a crashed state
-    with Session(any_engine) as s:
+    with Session(any_store.engine) as s:
         subs = {x.index: x for x in s.exec(select(Subtask).where(Subtask.task_id == task.id)).scalars()}  # type: ignore[call-overload]
         subs[1].status, subs[1].result = "running", None
         subs[2].status, subs[2].result = "pending", None
@@ -263,39 +262,39 @@ async def test_resume_never_calls_a_completed_subtask_again(any_engine: Engine) 
         t.reserved_usd = 0.01
         s.commit()
     before = len(fake.calls)
-    ex2 = executor(any_engine, fake)
+    ex2 = executor(any_store, fake)
     assert task.id in await ex2.start()
     await ex2.wait(task.id, timeout=10)
     new = list(fake.calls[before:])
     subjects = [c.messages[-1]["content"] for c in new if "worker" in c.messages[0]["content"]]
     assert len(subjects) == 2 and not any("<subtask>\nA\n" in x for x in subjects)
-    snap = task_snapshot(any_engine, task.id)
+    snap = await any_store.snapshot(task.id)
     assert snap["status"] == "completed"
-    rows = ledger(any_engine, task.id)
+    rows = ledger(any_store, task.id)
     assert [r.status for r in rows].count("lost") == 1
     assert snap["total_cost_usd"] == pytest.approx(sum(r.cost_usd for r in rows), abs=1e-12)
     await ex2.stop()
 
 
-async def test_held_for_approval_then_approved(engine: Engine) -> None:
+async def test_held_for_approval_then_approved(store: RunStore) -> None:
     fake = FakeLLM(answer=kind_answer)
-    ex = executor(engine, fake)
-    task = create_task(engine, prompt="a and b", budget_usd=1.0, approve=False)
+    ex = executor(store, fake)
+    task = await store.create_task(prompt="a and b", budget_usd=1.0, approve=False)
     await ex.run_task(task.id)
-    assert task_snapshot(engine, task.id)["status"] == "planned"
+    assert (await store.snapshot(task.id))["status"] == "planned"
     assert len(fake.calls) == 1
     await ex.approve(task.id)
     assert await ex.wait(task.id, timeout=10) == "completed"
 
 
-async def test_events_record_every_transition_in_order(engine: Engine) -> None:
+async def test_events_record_every_transition_in_order(store: RunStore) -> None:
     from compound.store.models import TaskEvent
 
     fake = FakeLLM(answer=kind_answer)
-    ex = executor(engine, fake)
-    task = create_task(engine, prompt="p", budget_usd=1.0, plan_in=plan(("A", []), ("B", [0])))
+    ex = executor(store, fake)
+    task = await store.create_task(prompt="p", budget_usd=1.0, plan_in=plan(("A", []), ("B", [0])))
     await ex.run_task(task.id)
-    with Session(engine) as s:
+    with Session(store.engine) as s:
         events = list(s.exec(select(TaskEvent).where(TaskEvent.task_id == task.id).order_by(TaskEvent.seq)).scalars())  # type: ignore[call-overload]
         count = s.exec(select(func.count()).select_from(TaskEvent)).one()  # type: ignore[call-overload]
     assert [e.seq for e in events] == list(range(1, len(events) + 1)) and count[0] == len(events)
@@ -306,12 +305,12 @@ async def test_events_record_every_transition_in_order(engine: Engine) -> None:
     assert json.dumps(events[-1].data)
 
 
-async def test_a_users_daily_budget_caps_all_their_tasks(any_engine: Engine) -> None:
-    engine = any_engine
+async def test_a_users_daily_budget_caps_all_their_tasks(any_store: RunStore) -> None:
+    store = any_store
     from compound.llm.base import Completion, Usage
     from compound.store.models import User
 
-    with Session(engine, expire_on_commit=False) as s:
+    with Session(store.engine, expire_on_commit=False) as s:
         user = User(name="thrifty")
         s.add(user)
         s.commit()
@@ -323,13 +322,13 @@ async def test_a_users_daily_budget_caps_all_their_tasks(any_engine: Engine) -> 
                           cost_usd=one_call / 2)
 
     daily = one_call * 2.2
-    ex = executor(engine, FakeLLM(answer=dear), user_daily_budget_usd=daily)
+    ex = executor(store, FakeLLM(answer=dear), user_daily_budget_usd=daily)
     snaps = []
     for _ in range(4):
-        task = create_task(engine, prompt="p", budget_usd=1.0, plan_in=p, user_id=user.id)
+        task = await store.create_task(prompt="p", budget_usd=1.0, plan_in=p, user_id=user.id)
         await ex.run_task(task.id)
-        snaps.append(task_snapshot(engine, task.id))
-    spent = sum(r.cost_usd for t in snaps for r in ledger(engine, t["id"]))
+        snaps.append(await store.snapshot(task.id))
+    spent = sum(r.cost_usd for t in snaps for r in ledger(store, t["id"]))
     assert spent <= daily + 1e-12  # every task had $1 of its own: the day's cap held
     assert snaps[0]["subtasks"][0]["status"] == "completed"
     last = snaps[-1]
@@ -362,17 +361,17 @@ class InFlight:
         return "ok"
 
 
-async def test_calls_in_flight_are_bounded_across_tasks_and_per_model(engine: Engine) -> None:
+async def test_calls_in_flight_are_bounded_across_tasks_and_per_model(store: RunStore) -> None:
     from compound.core.settings import ModelConfig
 
     counter = InFlight()
-    ex = executor(engine, FakeLLM(answer=counter), max_concurrency=3,
+    ex = executor(store, FakeLLM(answer=counter), max_concurrency=3,
                   tier2_models=["anthropic/claude-sonnet-4-5"],
                   models={"anthropic/claude-sonnet-4-5": ModelConfig(max_concurrency=1)})
     wide = plan(*[(f"s{i}", []) for i in range(6)])
     dear = {"subtasks": [{"description": f"d{i}", "tier_hint": 2, "depends_on": []} for i in range(4)]}
-    tasks = [create_task(engine, prompt="p", budget_usd=5.0, plan_in=wide) for _ in range(2)]
-    tasks.append(create_task(engine, prompt="p", budget_usd=5.0, plan_in=dear))
+    tasks = [await store.create_task(prompt="p", budget_usd=5.0, plan_in=wide) for _ in range(2)]
+    tasks.append(await store.create_task(prompt="p", budget_usd=5.0, plan_in=dear))
     for t in tasks:
         ex.submit(t.id)
     for t in tasks:
@@ -381,17 +380,17 @@ async def test_calls_in_flight_are_bounded_across_tasks_and_per_model(engine: En
     assert counter.peak["anthropic/claude-sonnet-4-5"] == 1
 
 
-async def test_free_slots_go_to_the_most_urgent_task_first(engine: Engine) -> None:
+async def test_free_slots_go_to_the_most_urgent_task_first(store: RunStore) -> None:
     counter = InFlight(slow=0.5)  # both others queue up while "block" holds the only slot
-    ex = executor(engine, FakeLLM(answer=counter), max_concurrency=1)
-    blocker = create_task(engine, prompt="p", budget_usd=5.0, plan_in=plan(("block", [])), priority=2)
+    ex = executor(store, FakeLLM(answer=counter), max_concurrency=1)
+    blocker = await store.create_task(prompt="p", budget_usd=5.0, plan_in=plan(("block", [])), priority=2)
     ex.submit(blocker.id)
     for _ in range(100):
         await asyncio.sleep(0.005)
         if counter.order:
             break
-    low = create_task(engine, prompt="p", budget_usd=5.0, plan_in=plan(("low", [])), priority=3)
-    high = create_task(engine, prompt="p", budget_usd=5.0, plan_in=plan(("high", [])), priority=0)
+    low = await store.create_task(prompt="p", budget_usd=5.0, plan_in=plan(("low", [])), priority=3)
+    high = await store.create_task(prompt="p", budget_usd=5.0, plan_in=plan(("high", [])), priority=0)
     ex.submit(low.id)
     await asyncio.sleep(0.05)
     ex.submit(high.id)
@@ -400,43 +399,46 @@ async def test_free_slots_go_to_the_most_urgent_task_first(engine: Engine) -> No
     assert counter.order == ["block", "high", "low"]
 
 
-async def test_a_fan_out_reserves_in_one_commit(engine: Engine) -> None:
-    async def commits_for(width: int) -> int:
-        ex = executor(engine, FakeLLM(answer=kind_answer))
-        p = plan(("root", []), *[(f"leaf {i}", [0]) for i in range(width)])
-        task = create_task(engine, prompt="p", budget_usd=5.0, plan_in=p)
-        await ex.run_task(task.id)
-        assert task_snapshot(engine, task.id)["status"] == "completed"
-        n = ex.writer.commits
-        await ex.stop()
-        return n
+async def test_a_fan_out_reserves_in_one_commit(store: RunStore) -> None:
+    batches: list[int] = []
+    reserve = store.reserve
 
-    # each extra leaf adds its own settle commit, but no reserve commit of its own
-    assert await commits_for(10) - await commits_for(5) == 5
+    async def counting(requests: Any) -> Any:
+        batches.append(len(requests))
+        return await reserve(requests)
 
-
-async def test_a_call_that_times_out_is_retried_and_counted_at_its_worst_case(engine: Engine) -> None:
-    fake = FakeLLM(answer=kind_answer, latency=lambda _m, msgs: 5.0 if "worker" in msgs[0]["content"] else 0)
-    ex = executor(engine, fake, call_timeout_s=0.05, max_attempts=2)
-    task = create_task(engine, prompt="p", budget_usd=1.0, plan_in=plan(("A", [])))
+    store.reserve = counting  # type: ignore[method-assign]
+    ex = executor(store, FakeLLM(answer=kind_answer))
+    p = plan(("root", []), *[(f"leaf {i}", [0]) for i in range(10)])
+    task = await store.create_task(prompt="p", budget_usd=5.0, plan_in=p)
     await ex.run_task(task.id)
-    snap = task_snapshot(engine, task.id)
+    assert (await store.snapshot(task.id))["status"] == "completed"
+    # root, then the ten leaves together (one transaction), then the synthesis
+    assert batches == [1, 10, 1]
+
+
+async def test_a_call_that_times_out_is_retried_and_counted_at_its_worst_case(store: RunStore) -> None:
+    fake = FakeLLM(answer=kind_answer, latency=lambda _m, msgs: 5.0 if "worker" in msgs[0]["content"] else 0)
+    ex = executor(store, fake, call_timeout_s=0.05, max_attempts=2)
+    task = await store.create_task(prompt="p", budget_usd=1.0, plan_in=plan(("A", [])))
+    await ex.run_task(task.id)
+    snap = await store.snapshot(task.id)
     sub = snap["subtasks"][0]
     assert sub["status"] == "failed" and sub["attempts"] == 2 and "no answer within 0.05s" in sub["error"]
-    rows = [r for r in ledger(engine, task.id) if r.kind == "subtask"]
+    rows = [r for r in ledger(store, task.id) if r.kind == "subtask"]
     assert [r.status for r in rows] == ["lost", "lost"]
     assert all(r.cost_usd == r.reserved_usd > 0 for r in rows)
-    assert snap["total_cost_usd"] == pytest.approx(sum(r.cost_usd for r in ledger(engine, task.id)), abs=1e-12)
+    assert snap["total_cost_usd"] == pytest.approx(sum(r.cost_usd for r in ledger(store, task.id)), abs=1e-12)
     assert snap["prompt_versions"] and set(snap["prompt_versions"]) == {"decompose", "subtask", "synthesize"}
 
 
-async def test_model_output_that_is_not_clean_text_is_stored_safely(any_engine: Engine) -> None:
+async def test_model_output_that_is_not_clean_text_is_stored_safely(any_store: RunStore) -> None:
     def answer(model: str, msgs: list[Message]) -> str:
         return "bad \x00 and \ud800 bytes" if "worker" in msgs[0]["content"] else kind_answer(model, msgs)
 
-    ex = executor(any_engine, FakeLLM(answer=answer))
-    task = create_task(any_engine, prompt="p", budget_usd=1.0, plan_in=plan(("A", [])))
+    ex = executor(any_store, FakeLLM(answer=answer))
+    task = await any_store.create_task(prompt="p", budget_usd=1.0, plan_in=plan(("A", [])))
     await ex.run_task(task.id)
-    snap = task_snapshot(any_engine, task.id)
+    snap = await any_store.snapshot(task.id)
     assert snap["status"] == "completed"
     assert snap["subtasks"][0]["result"] == "bad \ufffd and ? bytes"

@@ -16,8 +16,7 @@ from compound.core.settings import Settings
 from compound.executor.service import Executor
 from compound.llm.base import Message, Price
 from compound.llm.simulator import answer_for, prompt_kind
-from compound.store.db import create_all, make_engine
-from compound.store.tasks import create_task, task_snapshot
+from compound.store import open_store
 from tests.fixtures.fakes import FakeLLM
 
 
@@ -47,16 +46,14 @@ async def _run(deps: list[list[int]], failing: set[int], seed: int) -> None:
         return f"r{i}"
 
     with tempfile.TemporaryDirectory() as tmp:
-        engine = make_engine(f"sqlite:///{Path(tmp) / 'p.db'}")
-        create_all(engine)
-        ex = Executor(settings=Settings(max_subtasks=50), engine=engine, client=FakeLLM(answer=answer),
-                      price_of=lambda _m: Price(1e-6, 5e-6))
-        plan = {"subtasks": [{"description": f"step {i}", "tier_hint": 1 + i % 3, "depends_on": d}
-                             for i, d in enumerate(deps)]}
-        task = create_task(engine, prompt="p", budget_usd=10.0, plan_in=plan)
-        await ex.run_task(task.id)
-        snap = task_snapshot(engine, task.id)
-        engine.dispose()
+        async with open_store(f"sqlite:///{Path(tmp) / 'p.db'}") as store:
+            ex = Executor(settings=Settings(max_subtasks=50), store=store, client=FakeLLM(answer=answer),
+                          price_of=lambda _m: Price(1e-6, 5e-6))
+            plan = {"subtasks": [{"description": f"step {i}", "tier_hint": 1 + i % 3, "depends_on": d}
+                                 for i, d in enumerate(deps)]}
+            task = await store.create_task(prompt="p", budget_usd=10.0, plan_in=plan)
+            await ex.run_task(task.id)
+            snap = await store.snapshot(task.id)
 
     starts = [i for kind, i in order if kind == "start"]
     assert len(starts) == len(set(starts)), "a subtask ran twice"

@@ -14,21 +14,21 @@ from compound.executor.service import Executor
 from compound.llm.litellm_client import LiteLLMClient
 from compound.llm.pricing import price_of
 from compound.llm.simulator import Failure, Simulator
-from compound.store.db import create_all, make_engine
+from compound.store import open_store
 from compound.store.models import LedgerEntry
-from compound.store.tasks import create_task, task_snapshot
 
 
 async def test_a_task_runs_over_http_with_exact_costs(sim: Simulator, sim_settings: Settings,
                                                       sim_client: LiteLLMClient) -> None:
     sim.script.latency = lambda _m, kind, _t: 0.5 if kind == "worker" else 0.0
-    engine = make_engine(sim_settings.database_url)
-    create_all(engine)
-    ex = Executor(settings=sim_settings, engine=engine, client=sim_client)
-    task = create_task(engine, prompt="survey the options and compare prices and check reviews",
-                       budget_usd=1.0)
+    store = open_store(sim_settings.database_url)
+    await store.open()
+    engine = store.engine
+    ex = Executor(settings=sim_settings, store=store, client=sim_client)
+    task = await store.create_task(prompt="survey the options and compare prices and check reviews",
+                                   budget_usd=1.0)
     await ex.run_task(task.id)
-    snap = task_snapshot(engine, task.id)
+    snap = await store.snapshot(task.id)
     assert snap["status"] == "completed", snap["error"]
     assert len(snap["subtasks"]) == 4
     # the three independent subtasks overlapped in time at the provider
@@ -45,25 +45,25 @@ async def test_a_task_runs_over_http_with_exact_costs(sim: Simulator, sim_settin
         p = price_of(r.model, sim_settings)
         assert r.cost_usd == pytest.approx(r.input_tokens * p.input + r.output_tokens * p.output, abs=1e-12)
     assert snap["total_cost_usd"] == pytest.approx(sum(r.cost_usd for r in rows), abs=1e-12)
-    engine.dispose()
+    await store.close()
 
 
 async def test_retries_and_fallback_over_http(sim: Simulator, sim_settings: Settings,
                                               sim_client: LiteLLMClient) -> None:
     settings = sim_settings.model_copy(update={"max_attempts": 2})
-    engine = make_engine(settings.database_url)
-    create_all(engine)
+    store = open_store(settings.database_url)
+    await store.open()
     sim.fail(Failure(529, kind="worker", model="claude-haiku-4-5"),
              Failure(503, kind="worker", model="claude-haiku-4-5"))
-    ex = Executor(settings=settings, engine=engine, client=sim_client)
+    ex = Executor(settings=settings, store=store, client=sim_client)
     plan = {"subtasks": [{"description": "only step", "tier_hint": 1, "depends_on": []}]}
-    task = create_task(engine, prompt="p", budget_usd=1.0, plan_in=plan)
+    task = await store.create_task(prompt="p", budget_usd=1.0, plan_in=plan)
     t0 = time.perf_counter()
     await ex.run_task(task.id)
-    snap = task_snapshot(engine, task.id)
+    snap = await store.snapshot(task.id)
     sub = snap["subtasks"][0]
     assert snap["status"] == "completed"
     assert sub["model"] == "openai/gpt-4.1-mini" and sub["attempts"] == 3
     assert [c["model"] for c in sim.calls("worker")] == ["claude-haiku-4-5", "claude-haiku-4-5", "gpt-4.1-mini"]
     assert time.perf_counter() - t0 < 5
-    engine.dispose()
+    await store.close()

@@ -9,12 +9,10 @@ from typing import Any
 
 import pytest
 from rich.console import Console
-from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from compound.store.costs import costs
+from compound.store.base import RunStore
 from compound.store.models import LedgerEntry, User, utcnow
-from compound.store.tasks import create_task
 from tests.fixtures.api import Api
 
 PLAN = {"subtasks": [{"description": "a", "tier_hint": 1, "depends_on": []},
@@ -67,13 +65,14 @@ async def test_sse_is_authenticated_and_private(api: Api) -> None:
     await api.wait(task_id, api.alice)
 
 
-def _ledger(engine: Engine) -> tuple[User, User]:
+async def _ledger(store: RunStore) -> tuple[User, User]:
+    engine = store.engine
     with Session(engine, expire_on_commit=False) as s:
         u1, u2 = User(name="ann"), User(name="ben")
         s.add_all([u1, u2])
         s.commit()
-    t1 = create_task(engine, prompt="x", budget_usd=9, user_id=u1.id)
-    t2 = create_task(engine, prompt="y", budget_usd=9, user_id=u2.id)
+    t1 = await store.create_task(prompt="x", budget_usd=9, user_id=u1.id)
+    t2 = await store.create_task(prompt="y", budget_usd=9, user_id=u2.id)
     day1 = datetime(2026, 11, 20, 10, tzinfo=utcnow().tzinfo)
     day2 = day1 + timedelta(days=1)
     rows = [  # task, user, kind, tier, model, cost, in, out, when
@@ -96,21 +95,21 @@ def _groups(out: dict[str, Any]) -> dict[str, tuple[float, int, int, int]]:
             for g in out["groups"]}
 
 
-def test_costs_group_in_sql(any_engine: Engine) -> None:
-    u1, _ = _ledger(any_engine)
+async def test_costs_group_in_sql(any_store: RunStore) -> None:
+    u1, _ = await _ledger(any_store)
     since, until = datetime(2026, 11, 1, tzinfo=utcnow().tzinfo), datetime(2026, 12, 1, tzinfo=utcnow().tzinfo)
     everyone = {"since": since, "until": until, "user_id": None}
-    assert _groups(costs(any_engine, group_by="day", **everyone)) == {
+    assert _groups(await any_store.costs(group_by="day", **everyone)) == {
         "2026-11-20": (0.003, 2, 300, 30), "2026-11-21": (0.030, 2, 700, 70), "2026-11-22": (0.005, 1, 50, 5)}
-    assert _groups(costs(any_engine, group_by="model", **everyone)) == {
+    assert _groups(await any_store.costs(group_by="model", **everyone)) == {
         "m-cheap": (0.003, 2, 300, 30), "m-mid": (0.035, 3, 750, 75)}
-    assert _groups(costs(any_engine, group_by="tier", **everyone)) == {
+    assert _groups(await any_store.costs(group_by="tier", **everyone)) == {
         "planner": (0.001, 1, 100, 10), "tier 1": (0.002, 1, 200, 20), "tier 2": (0.035, 3, 750, 75)}
-    assert _groups(costs(any_engine, group_by="user", **everyone)) == {
+    assert _groups(await any_store.costs(group_by="user", **everyone)) == {
         "ann": (0.013, 3, 600, 60), "ben": (0.025, 2, 450, 45)}
-    mine = costs(any_engine, group_by="model", since=since, until=until, user_id=u1.id)
+    mine = await any_store.costs(group_by="model", since=since, until=until, user_id=u1.id)
     assert mine["total_usd"] == pytest.approx(0.013) and mine["calls"] == 3
-    window = costs(any_engine, group_by=None, user_id=None, since=datetime(2026, 11, 21, tzinfo=utcnow().tzinfo),
+    window = await any_store.costs(group_by=None, user_id=None, since=datetime(2026, 11, 21, tzinfo=utcnow().tzinfo),
                    until=datetime(2026, 11, 22, tzinfo=utcnow().tzinfo))
     assert window["total_usd"] == pytest.approx(0.030) and window["calls"] == 2
 
@@ -150,7 +149,7 @@ async def test_metrics_expose_cost_and_tokens_after_a_task(api: Api) -> None:
 def _synthesis_tokens(api: Api, task_id: str) -> int:
     from sqlmodel import select
 
-    with Session(api.app.state.engine) as s:
+    with Session(api.app.state.store.engine) as s:
         rows = s.exec(select(LedgerEntry).where(LedgerEntry.task_id == task_id, LedgerEntry.kind != "subtask")).all()
     return sum(r.input_tokens for r in rows)
 

@@ -3,15 +3,15 @@ If-None-Match answering 304, and the parameters of the long-poll."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 
 from compound.api.routes_tasks import read_wait
 from compound.api.schemas import TaskOut
-from compound.api.snapshots import consistent, etag_matches, version_of
+from compound.api.snapshots import etag_matches, version_of
 from compound.core.errors import UserInputError
-from compound.store.tasks import get_task, task_snapshot
 from tests.fixtures.api import Api
 
 PLAN = {"reasoning": "two then one", "subtasks": [
@@ -62,15 +62,6 @@ def test_bad_wait_and_since_are_refused(query: dict[str, str], name: str) -> Non
         read_wait(query)
 
 
-def test_the_etag_names_the_body_read_between_two_equal_sequences() -> None:
-    seqs = iter([3, 4, 4])  # the task moved while the body was read: read once more
-    bodies = iter([{"v": "old"}, {"v": "new"}])
-    assert consistent(lambda: next(seqs), lambda: next(bodies)) == (4, {"v": "new"}, True)
-    moving = iter(range(10))
-    seq, _, settled = consistent(lambda: next(moving), lambda: {}, tries=2)
-    assert (seq, settled) == (0, False)  # never newer than the body
-
-
 async def finished(api: Api) -> str:
     r = await api.http.post("/v1/tasks", json={"prompt": "p", "plan": PLAN}, headers=api.auth(api.alice))
     task_id = str(r.json()["id"])
@@ -82,7 +73,7 @@ async def test_etag_is_the_event_sequence_and_if_none_match_answers_304(api: Api
     task_id = await finished(api)
     r = await api.http.get(f"/v1/tasks/{task_id}", headers=api.auth(api.alice))
     assert r.status_code == 200
-    seq = get_task(api.app.state.engine, task_id).event_seq
+    seq = (await api.app.state.store.head(task_id)).event_seq
     assert seq > 1 and r.headers["etag"] == f'"{seq}"'
     for header in (f'"{seq}"', f'W/"{seq}"', f'"1", "{seq}"', "*"):
         again = await api.http.get(f"/v1/tasks/{task_id}", headers={**api.auth(api.alice), "If-None-Match": header})
@@ -96,7 +87,7 @@ async def test_the_body_is_the_snapshot_in_the_documented_shape(api: Api) -> Non
     r = await api.http.get(f"/v1/tasks/{task_id}", headers=api.auth(api.alice))
     assert r.headers["content-type"] == "application/json"
     body = r.json()
-    assert body == task_snapshot(api.app.state.engine, task_id)
+    assert body == await api.app.state.store.snapshot(task_id)
     assert TaskOut.model_validate(body).model_dump(mode="json") == body
     assert json.loads(r.content) == body and body["status"] == "completed"
 
@@ -140,3 +131,62 @@ async def test_auth_on_the_fast_route_matches_the_others(api: Api) -> None:
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
     assert (await api.http.get(url, headers={"Authorization": f"bearer {api.alice}"})).status_code == 200
     assert (await api.http.get(url, headers=api.auth(api.reader))).status_code == 404  # carol's read scope: not hers
+
+
+async def held(api: Api) -> tuple[str, str]:
+    """A task waiting for approval at `planned` (it changes only when approved), and its ETag."""
+    r = await api.http.post("/v1/tasks", json={"prompt": "p", "plan": PLAN, "approve": False},
+                            headers=api.auth(api.alice))
+    task_id = str(r.json()["id"])
+    async with asyncio.timeout(20):
+        while True:
+            got = await api.http.get(f"/v1/tasks/{task_id}", headers=api.auth(api.alice))
+            if got.json()["status"] == "planned":
+                return task_id, got.headers["etag"]
+            async with api.app.state.store.subscribe(task_id, after=int(got.headers["etag"].strip('"'))) as sub:
+                await anext(sub)
+
+
+def listeners(api: Api, task_id: str) -> set[object]:
+    """The queues subscribed to the task's events in the store's hub."""
+    return set(api.app.state.store.hub._subs.get(task_id, ()))
+
+
+async def test_a_long_poll_answers_when_the_task_changes(api: Api) -> None:
+    task_id, etag = await held(api)
+    before = listeners(api, task_id)  # the snapshot cache's own (and any of the executor's)
+    headers = {**api.auth(api.alice), "If-None-Match": etag}
+    poll = asyncio.create_task(api.http.get(f"/v1/tasks/{task_id}?wait=30", headers=headers))
+    async with asyncio.timeout(10):
+        while not listeners(api, task_id) - before:  # the long-poll has subscribed
+            await asyncio.sleep(0.005)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not poll.done()  # subscribed, and nothing has changed
+    assert (await api.http.post(f"/v1/tasks/{task_id}/approve", headers=api.auth(api.alice))).status_code == 200
+    async with asyncio.timeout(10):
+        r = await poll
+    assert r.status_code == 200 and int(r.headers["etag"].strip('"')) > int(etag.strip('"'))
+    assert r.json()["status"] != "planned"
+    await api.app.state.executor.wait(task_id, timeout=20)  # let it end before the app stops
+
+
+async def test_a_long_poll_that_times_out_answers_unchanged(api: Api) -> None:
+    task_id, etag = await held(api)
+    r = await api.http.get(f"/v1/tasks/{task_id}?wait=0.05", headers={**api.auth(api.alice), "If-None-Match": etag})
+    assert r.status_code == 304 and r.headers["etag"] == etag
+    seq = etag.strip('"')
+    r = await api.http.get(f"/v1/tasks/{task_id}?wait=0.05&since={seq}", headers=api.auth(api.alice))
+    assert r.status_code == 200 and r.headers["etag"] == etag and r.json()["status"] == "planned"
+    assert len(listeners(api, task_id)) == 1  # the long-polls' subscriptions are gone; the cache's stays
+
+
+async def test_a_long_poll_behind_or_on_a_finished_task_answers_at_once(api: Api) -> None:
+    task_id, etag = await held(api)
+    async with asyncio.timeout(10):  # a wait of 30 s would trip this
+        r = await api.http.get(f"/v1/tasks/{task_id}?wait=30&since=0", headers=api.auth(api.alice))
+        assert r.status_code == 200 and r.headers["etag"] == etag
+        done = await finished(api)
+        last = (await api.http.get(f"/v1/tasks/{done}", headers=api.auth(api.alice))).headers["etag"]
+        r = await api.http.get(f"/v1/tasks/{done}?wait=30", headers={**api.auth(api.alice), "If-None-Match": last})
+        assert r.status_code == 304

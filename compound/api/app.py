@@ -1,4 +1,4 @@
-"""The app factory. Nothing happens at import: settings, the engine, the LLM client
+"""The app factory. Nothing happens at import: settings, the store, the LLM client
 and the executor are made in create_app/lifespan and hung on app.state."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from sqlalchemy.engine import Engine
 
 from compound.core.settings import Settings, load_settings
 from compound.llm.base import LLMClient
+from compound.store.base import RunStore
 
 DESCRIPTION = """compound turns one natural-language request into a DAG of tiered subtasks,
 runs it eagerly under a hard budget, and accounts every token and cent.
@@ -24,7 +24,7 @@ Errors are JSON: `{"error": {"code": "...", "message": "..."}}`."""
 
 
 def create_app(settings: Settings | None = None, *, client: LLMClient | None = None,
-               engine: Engine | None = None, observers: list[Any] | None = None) -> FastAPI:
+               store: RunStore | None = None, observers: list[Any] | None = None) -> FastAPI:
     settings = settings or load_settings()
 
     @asynccontextmanager
@@ -32,13 +32,13 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
         from compound.core.logging import configure_logging
         from compound.executor.service import Executor
         from compound.llm.pricing import check_prices
-        from compound.store.db import create_all, make_engine
+        from compound.store import open_store
 
         configure_logging(settings.log_level, settings.log_json)
         check_prices(settings)
-        own_engine = engine is None
-        eng = engine or make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
-        create_all(eng)
+        own_store = store is None
+        runs = store or open_store(settings.database_url, **store_options(settings))
+        await runs.open()  # creates missing tables
         llm = client
         if llm is None:
             from compound.llm import build_client
@@ -51,17 +51,17 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
         metrics = getattr(app.state, "metrics", None)
         if metrics is not None:
             obs.append(metrics)
-        executor = Executor(settings=settings, engine=eng, client=llm, observers=obs)
-        app.state.engine = eng
+        executor = Executor(settings=settings, store=runs, client=llm, observers=obs)
+        app.state.store = runs
         app.state.executor = executor
         from compound.api.auth import TokenCache
 
-        tokens = TokenCache(eng, ttl_s=settings.token_cache_s, flush_s=settings.token_last_used_flush_s)
+        tokens = TokenCache(runs, ttl_s=settings.token_cache_s, flush_s=settings.token_last_used_flush_s)
         app.state.tokens = tokens
         flusher = asyncio.create_task(tokens.run(), name="token-last-used")
-        from compound.api.snapshots import SnapshotCache, engine_loader
+        from compound.api.snapshots import SnapshotCache
 
-        app.state.snapshots = SnapshotCache(engine_loader(eng))
+        app.state.snapshots = SnapshotCache(runs)
         await executor.start()
         try:
             yield
@@ -71,8 +71,8 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
                 await flusher
             await tokens.flush()
             await executor.stop()
-            if own_engine:
-                eng.dispose()
+            if own_store:
+                await runs.close()
 
     app = FastAPI(title="compound", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
@@ -95,3 +95,10 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
         return {"status": "ok"}
 
     return app
+
+
+def store_options(settings: Settings) -> dict[str, Any]:
+    """open_store's options from the settings (per database)."""
+    if settings.database_url.startswith("sqlite"):
+        return {"synchronous": settings.sqlite_synchronous}
+    return {}

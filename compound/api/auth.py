@@ -11,11 +11,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.engine import Engine
 
 from compound.api.errors import ApiError
 from compound.core.logging import get_logger
-from compound.store.users import Principal, hash_token, principal_for_digest, record_last_used
+from compound.store.base import Principal, RunStore
+from compound.store.sqlrun import hash_token
+from compound.store.users import record_last_used
 
 __all__ = ["AdminPrincipal", "Principal", "ReadPrincipal", "SubmitPrincipal", "TokenCache", "hash_token"]
 
@@ -32,9 +33,9 @@ class TokenCache:
     An unknown or revoked hash is remembered too (as None), so a client retrying a
     bad token costs one lookup a second, not one per request."""
 
-    def __init__(self, engine: Engine, *, ttl_s: float = 1.0, flush_s: float = 10.0,
+    def __init__(self, store: RunStore, *, ttl_s: float = 1.0, flush_s: float = 10.0,
                  clock: Callable[[], float] = time.monotonic, max_entries: int = 10_000) -> None:
-        self.engine, self.ttl_s, self.flush_s = engine, ttl_s, flush_s
+        self.store, self.ttl_s, self.flush_s = store, ttl_s, flush_s
         self.clock, self.max_entries = clock, max_entries
         self._entries: dict[str, tuple[float, Principal | None]] = {}
         self._used: dict[str, datetime] = {}
@@ -62,21 +63,12 @@ class TokenCache:
             self._used[principal.token_id] = datetime.now(UTC)
         return principal
 
-    def lookup(self, token: str) -> Principal | None:
-        """The token's principal (a miss reads the store on this thread)."""
+    async def lookup(self, token: str) -> Principal | None:
+        """The token's principal: from memory, or read from the store (off the loop)."""
         digest = hash_token(token)
         hit, principal = self.cached(digest)
         if not hit:
-            principal = principal_for_digest(self.engine, digest)
-            self._keep(digest, principal)
-        return self._used_now(principal)
-
-    async def alookup(self, token: str) -> Principal | None:
-        """The token's principal (a miss reads the store off the event loop)."""
-        digest = hash_token(token)
-        hit, principal = self.cached(digest)
-        if not hit:
-            principal = await asyncio.to_thread(principal_for_digest, self.engine, digest)
+            principal = await self.store.principal_for_token(token)
             self._keep(digest, principal)
         return self._used_now(principal)
 
@@ -89,8 +81,8 @@ class TokenCache:
         used, self._used = self._used, {}
         if not used:
             return
-        try:
-            await asyncio.to_thread(record_last_used, self.engine, used)
+        try:  # the admin engine, on a worker thread: a batch every flush_s, never per request
+            await asyncio.to_thread(record_last_used, self.store.engine, used)
         except BaseException:
             for token_id, at in used.items():  # keep them for the next flush
                 self._used.setdefault(token_id, at)
@@ -116,17 +108,17 @@ def _checked(principal: Principal | None) -> Principal:
     return principal
 
 
-def principal_from(request: Request, token: str | None) -> Principal:
+async def principal_from(request: Request, token: str | None) -> Principal:
     if not token:
         raise _missing()
-    return _checked(request.app.state.tokens.lookup(token))
+    return _checked(await request.app.state.tokens.lookup(token))
 
 
 async def authorize(request: Request, token: str | None, scope: str) -> Principal:
     """The caller's principal if the token is live and has `scope` (admin has all)."""
     if not token:
         raise _missing()
-    principal = _checked(await request.app.state.tokens.alookup(token))
+    principal = _checked(await request.app.state.tokens.lookup(token))
     if scope not in principal.scopes and not principal.is_admin:
         raise ApiError(403, "forbidden", f"this token lacks the '{scope}' scope")
     return principal

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -19,15 +18,11 @@ from compound.api.errors import COMMON_RESPONSES
 from compound.api.metrics import MetricsObserver, TaskCollector
 from compound.api.schemas import CostsOut, SpendSummary
 from compound.core.errors import UserInputError
-from compound.store.costs import costs, spend_summary
-from compound.store.events import events_after
+from compound.api.routes_tasks import store_of
 from compound.store.models import TERMINAL_TASK, utcnow
-from compound.store.runs import user_daily_budget
-from compound.store.tasks import get_task
 
 router = APIRouter(tags=["live"], responses=COMMON_RESPONSES)
 STATIC = Path(__file__).parent / "static"
-POLL_S = 0.05
 
 
 @router.get("/v1/tasks/{task_id}/events", summary="Server-Sent Events: one per state change, until the task ends",
@@ -35,26 +30,25 @@ POLL_S = 0.05
                              "events `task` and `subtask` with id = sequence number; resume with Last-Event-ID"}})
 async def task_events(request: Request, task_id: str, principal: ReadPrincipal,
                       last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None) -> Any:
-    engine = request.app.state.engine
-    get_task(engine, task_id, user_id=owner_filter(principal))
+    store = store_of(request)
+    head = await store.head(task_id, user_id=owner_filter(principal))
     try:
         after = int(last_event_id) if last_event_id else 0
     except ValueError:
         raise UserInputError("Last-Event-ID: must be the integer id of an event") from None
+    if head.status in TERMINAL_TASK and after >= head.event_seq:
+        # Reconnecting at or past the last event: nothing more will come. 204 tells an
+        # EventSource to stop reconnecting.
+        return Response(status_code=204)
 
     async def stream() -> Any:
-        seq = after
-        while True:
-            rows = events_after(engine, task_id, seq)
-            for ev in rows:
-                seq = ev.seq
+        # Replays the events past `after`, then waits on pushed events: no reads while
+        # nothing changes. sse-starlette ends this when the client goes away.
+        async with store.subscribe(task_id, after=after) as sub:
+            async for ev in sub:
                 yield {"id": str(ev.seq), "event": ev.kind, "data": json.dumps(ev.data)}
-                if ev.kind == "task" and ev.data.get("status") in TERMINAL_TASK:
+                if ev.terminal:
                     return
-            if not rows:
-                if await request.is_disconnected():
-                    return
-                await asyncio.sleep(POLL_S)
 
     return EventSourceResponse(stream(), ping=15)
 
@@ -88,8 +82,7 @@ async def get_costs(
     stop = _when(until, now + timedelta(seconds=1), end=True)
     if stop <= start:
         raise UserInputError("until: must be after since")
-    out = costs(request.app.state.engine, since=start, until=stop, group_by=group_by,
-                user_id=owner_filter(principal))
+    out = await store_of(request).costs(since=start, until=stop, group_by=group_by, user_id=owner_filter(principal))
     return {"since": start.isoformat().replace("+00:00", "Z"), "until": stop.isoformat().replace("+00:00", "Z"),
             "group_by": group_by, **out}
 
@@ -97,10 +90,10 @@ async def get_costs(
 @router.get("/v1/costs/summary", summary="Spend today, this week and this month, and the daily budget",
             response_model=SpendSummary)
 async def get_summary(request: Request, principal: ReadPrincipal) -> dict[str, Any]:
-    engine = request.app.state.engine
-    out: dict[str, Any] = spend_summary(engine, user_id=owner_filter(principal))
-    out["daily_budget_usd"] = user_daily_budget(engine, principal.user_id,
-                                                request.app.state.settings.user_daily_budget_usd)
+    store = store_of(request)
+    out: dict[str, Any] = await store.spend_summary(user_id=owner_filter(principal))
+    out["daily_budget_usd"] = await store.user_daily_budget(principal.user_id,
+                                                            request.app.state.settings.user_daily_budget_usd)
     out["user"] = principal.user_name
     return out
 
@@ -114,7 +107,8 @@ async def dashboard() -> HTMLResponse:
 async def metrics(request: Request) -> Response:
     if not request.app.state.settings.public_metrics:
         creds = await bearer(request)
-        principal_from(request, creds.credentials if creds else None)
+        await principal_from(request, creds.credentials if creds else None)
+    request.app.state.task_counts.counts = await store_of(request).task_counts()
     return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -122,5 +116,6 @@ def install(app: FastAPI) -> None:
     registry = CollectorRegistry()
     app.state.metrics_registry = registry
     app.state.metrics = MetricsObserver(registry)
-    registry.register(TaskCollector(app))
+    app.state.task_counts = TaskCollector()
+    registry.register(app.state.task_counts)
     app.include_router(router)

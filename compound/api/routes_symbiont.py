@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 
 from compound.api.auth import bearer, owner_filter, principal_from
 from compound.api.errors import COMMON_RESPONSES, ApiError
-from compound.api.routes_tasks import submit_task
+from compound.api.routes_tasks import store_of, submit_task
 from compound.api.schemas import (
     CompoundTaskRequest,
     CompoundTaskResponse,
@@ -19,18 +19,16 @@ from compound.api.schemas import (
     TaskProgressResponse,
     TaskSummary,
 )
-from compound.store.queries import list_tasks
-from compound.store.tasks import task_snapshot
 
 router = APIRouter(tags=["compound tasks (Symbiont-style)"], responses=COMMON_RESPONSES)
 Creds = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
-def _reader(request: Request, creds: HTTPAuthorizationCredentials | None) -> str | None:
+async def _reader(request: Request, creds: HTTPAuthorizationCredentials | None) -> str | None:
     """The owner filter for a read: open reads (a setting) need no token."""
     if creds is None and request.app.state.settings.open_symbiont_reads:
         return None
-    principal = principal_from(request, creds.credentials if creds else None)
+    principal = await principal_from(request, creds.credentials if creds else None)
     if "read" not in principal.scopes and not principal.is_admin:
         raise ApiError(403, "forbidden", "this token lacks the 'read' scope")
     return owner_filter(principal)
@@ -40,20 +38,20 @@ def _reader(request: Request, creds: HTTPAuthorizationCredentials | None) -> str
              summary="Submit a compound task; answers once it is planned, with its subtask count")
 async def create_compound_task(request: Request, body: CompoundTaskRequest, creds: Creds) -> Any:
     token = creds.credentials if creds else body.token
-    principal = principal_from(request, token)
+    principal = await principal_from(request, token)
     if "submit" not in principal.scopes and not principal.is_admin:
         raise ApiError(403, "forbidden", "this token lacks the 'submit' scope")
-    task = submit_task(request, principal, TaskCreate(prompt=body.prompt))
+    task = await submit_task(request, principal, TaskCreate(prompt=body.prompt))
     with contextlib.suppress(TimeoutError):  # still planning: answer with what there is
         await request.app.state.executor.wait_planned(task.id, timeout=120)
-    snap = task_snapshot(request.app.state.engine, task.id)
+    snap = await store_of(request).snapshot(task.id)
     return {"id": snap["id"], "status": snap["status"], "subtask_count": len(snap["subtasks"])}
 
 
 @router.get("/task/{task_id}/progress", response_model=TaskProgressResponse,
             summary="A compound task's progress with every subtask")
 async def task_progress(request: Request, task_id: str, creds: Creds) -> Any:
-    snap = task_snapshot(request.app.state.engine, task_id, user_id=_reader(request, creds))
+    snap = await store_of(request).snapshot(task_id, user_id=await _reader(request, creds))
     return {
         "id": snap["id"], "prompt": snap["prompt"], "status": snap["status"],
         "reasoning": snap["reasoning"] or "",
@@ -72,7 +70,7 @@ async def task_progress(request: Request, task_id: str, creds: Creds) -> Any:
 @router.get("/tasks/recent", response_model=list[TaskSummary], summary="Recent compound tasks, newest first")
 async def recent_tasks(request: Request, creds: Creds,
                        limit: Annotated[int, Query(ge=1, le=100)] = 20) -> Any:
-    tasks, _ = list_tasks(request.app.state.engine, user_id=_reader(request, creds), limit=limit)
+    tasks, _ = await store_of(request).list_tasks(user_id=await _reader(request, creds), limit=limit)
     return [
         {"id": t["id"], "prompt": t["prompt"], "status": t["status"], "subtask_count": t["subtasks_total"],
          "completed_count": t["subtasks_done"], "total_cost": t["total_cost_usd"],

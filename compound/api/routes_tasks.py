@@ -23,14 +23,18 @@ from compound.api.snapshots import Snapshot, etag_matches, version_of
 from compound.core.errors import NotFound, PlanInvalid, UserInputError
 from compound.planner.plan import critical_path, waves
 from compound.planner.validate import is_clean_text, validate_plan
+from compound.store.base import RunStore, TaskState
 from compound.store.models import TaskStatus
-from compound.store.queries import list_tasks
-from compound.store.tasks import create_task, get_task, task_snapshot
 
 router = APIRouter(prefix="/v1", tags=["tasks"], responses=COMMON_RESPONSES)
 
 
-def submit_task(request: Request, principal: Any, body: TaskCreate) -> Any:
+def store_of(request: Request) -> RunStore:
+    store: RunStore = request.app.state.store
+    return store
+
+
+async def submit_task(request: Request, principal: Any, body: TaskCreate) -> TaskState:
     """Validate, rate-limit, store and hand a new task to the executor."""
     settings = request.app.state.settings
     if len(body.prompt) > settings.max_prompt_chars:
@@ -47,7 +51,7 @@ def submit_task(request: Request, principal: Any, body: TaskCreate) -> Any:
     plan_in = None
     if body.plan is not None:
         plan_in = validate_plan(body.plan, max_subtasks=settings.max_subtasks).model_dump(mode="json")
-    task = create_task(request.app.state.engine, prompt=body.prompt,
+    task = await store_of(request).create_task(prompt=body.prompt,
                        budget_usd=body.budget_usd or settings.default_budget_usd,
                        user_id=principal.user_id, priority=body.priority, plan_in=plan_in,
                        approve=body.approve)
@@ -59,8 +63,8 @@ def submit_task(request: Request, principal: Any, body: TaskCreate) -> Any:
              responses={429: {"description": "rate limited; see Retry-After"}},
              summary="Submit a request; planning and execution happen behind the 202")
 async def post_task(request: Request, body: TaskCreate, principal: SubmitPrincipal) -> Any:
-    task = submit_task(request, principal, body)
-    return task_snapshot(request.app.state.engine, task.id)
+    task = await submit_task(request, principal, body)
+    return await store_of(request).snapshot(task.id)
 
 
 def _query_param(name: str, kind: str, description: str) -> dict[str, Any]:
@@ -113,7 +117,7 @@ async def get_one(request: Request, task_id: str) -> Response:
     snap = await _owned_snapshot(request, task_id, principal)
     held = since if since is not None else version_of(if_none_match)
     if wait is not None and held is not None and held == snap.seq and not snap.terminal:
-        snap = await request.app.state.snapshot_waiter(task_id, after=held, timeout=wait)
+        snap = await request.app.state.snapshots.changed(task_id, after=held, timeout=wait)
     headers = {"ETag": snap.etag}
     if if_none_match is not None and etag_matches(if_none_match, snap.etag):
         return Response(status_code=304, headers=headers)
@@ -136,28 +140,28 @@ async def get_many(
     status: Annotated[TaskStatus | None, Query(description="only tasks in this status")] = None,
     cursor: Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page")] = None,
 ) -> Any:
-    tasks, next_cursor = list_tasks(request.app.state.engine, user_id=owner_filter(principal),
-                                    limit=limit, status=status.value if status else None, cursor=cursor)
+    tasks, next_cursor = await store_of(request).list_tasks(user_id=owner_filter(principal), limit=limit,
+                                                            status=status.value if status else None, cursor=cursor)
     return {"tasks": tasks, "next_cursor": next_cursor}
 
 
 @router.post("/tasks/{task_id}/cancel", response_model=TaskOut, responses={409: {"description": "already finished"}},
              summary="Stop in-flight calls and cancel the rest")
 async def cancel(request: Request, task_id: str, principal: SubmitPrincipal) -> Any:
-    engine = request.app.state.engine
-    get_task(engine, task_id, user_id=owner_filter(principal))
+    store = store_of(request)
+    await store.head(task_id, user_id=owner_filter(principal))
     await request.app.state.executor.cancel(task_id)
-    return task_snapshot(engine, task_id)
+    return await store.snapshot(task_id)
 
 
 @router.post("/tasks/{task_id}/approve", response_model=TaskOut,
              responses={409: {"description": "not waiting for approval"}},
              summary="Start a task held at `planned`")
 async def approve(request: Request, task_id: str, principal: SubmitPrincipal) -> Any:
-    engine = request.app.state.engine
-    get_task(engine, task_id, user_id=owner_filter(principal))
+    store = store_of(request)
+    await store.head(task_id, user_id=owner_filter(principal))
     await request.app.state.executor.approve(task_id)
-    return task_snapshot(engine, task_id)
+    return await store.snapshot(task_id)
 
 
 @router.post("/plans/validate", response_model=PlanValidateOut,

@@ -4,12 +4,13 @@ event sequence (the ETag), and kept in memory until an event says they changed."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
+from compound.store.base import Event, RunStore
 from compound.store.models import TERMINAL_TASK
 
 
@@ -53,113 +54,86 @@ def version_of(if_none_match: str | None) -> int | None:
     return None
 
 
-class _Changed(asyncio.Queue[Any]):
-    """A subscriber that only remembers that an event came (holds nothing)."""
+class _Changed(asyncio.Queue[Event]):
+    """A subscriber on the store's hub that only remembers that an event came."""
 
     changed = False
 
-    def put_nowait(self, item: Any) -> None:  # noqa: ARG002 (the hub hands the event in)
+    def put_nowait(self, item: Event) -> None:  # noqa: ARG002 (the hub hands the event in)
         self.changed = True
-
-
-class Hub(Protocol):
-    """What the cache needs of the store's event hub (store/base.py EventHub)."""
-
-    def add(self, task_id: str, queue: asyncio.Queue[Any]) -> None: ...
-    def discard(self, task_id: str, queue: asyncio.Queue[Any]) -> None: ...
 
 
 @dataclass
 class _Entry:
     snapshot: Snapshot
-    marker: _Changed | None  # None: the task ended, the snapshot is final
+    marker: _Changed
 
 
 class SnapshotCache:
-    """Serialized snapshots by task id. A finished task's snapshot is final; a running
-    task's is kept only while a subscription on the store's event hub has seen no
-    event for it (the hub hears this process's commits and, on PostgreSQL, other
-    processes' through LISTEN/NOTIFY). Without a hub only finished tasks are kept.
-    Least recently used entries go first past `max_entries`."""
+    """Serialized snapshots by task id, each kept while no event of its task has come
+    through the store's hub since it was read (the hub hears this process's commits
+    and, on PostgreSQL, other processes' through LISTEN/NOTIFY). The least recently
+    read entries go first past `max_entries`. Money settled between two events (a
+    call's cost) shows with the next event, as the ETag says: a snapshot is its
+    task as of that event."""
 
-    def __init__(self, load: Callable[[str], Awaitable[Snapshot]], *, hub: Hub | None = None,
-                 max_entries: int = 2000) -> None:
-        self.load, self.hub, self.max_entries = load, hub, max_entries
+    def __init__(self, store: RunStore, *, max_entries: int = 2000) -> None:
+        self.store, self.max_entries = store, max_entries
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self.loads = 0  # store reads made (tests, benchmarks)
 
     def _drop(self, task_id: str) -> None:
         entry = self._entries.pop(task_id, None)
-        if entry is not None and entry.marker is not None and self.hub is not None:
-            self.hub.discard(task_id, entry.marker)
+        if entry is not None:
+            self.store.hub.discard(task_id, entry.marker)
+
+    async def _load(self, task_id: str, *, tries: int = 3) -> Snapshot:
+        # The body is read between two reads of the sequence; when they agree the ETag
+        # names exactly this body. A task that keeps moving gets the first sequence:
+        # an ETag older than its body is safe (the client just reads again), a newer
+        # one would hide a change from it.
+        self.loads += 1
+        head = await self.store.head(task_id)
+        first, seq = head.event_seq, head.event_seq
+        for _ in range(tries):
+            body = await self.store.snapshot(task_id)
+            after = (await self.store.head(task_id)).event_seq
+            if after == seq:
+                break
+            seq = after
+        else:
+            seq = first
+        return Snapshot(task_id, head.user_id, seq, str(body["status"]), encode(body))
 
     async def get(self, task_id: str) -> Snapshot:
         """The task's current snapshot; the store's NotFound when there is none."""
         entry = self._entries.get(task_id)
         if entry is not None:
-            if entry.marker is None or not entry.marker.changed:
+            if not entry.marker.changed:
                 self._entries.move_to_end(task_id)
                 return entry.snapshot
             self._drop(task_id)
-        marker = None
-        if self.hub is not None:  # listen before reading: an event in between is not missed
-            marker = _Changed()
-            self.hub.add(task_id, marker)
+        marker = _Changed()
+        self.store.hub.add(task_id, marker)  # before reading: an event in between is not missed
         try:
-            self.loads += 1
-            snap = await self.load(task_id)
+            snap = await self._load(task_id)
         except BaseException:
-            if marker is not None and self.hub is not None:
-                self.hub.discard(task_id, marker)
+            self.store.hub.discard(task_id, marker)
             raise
-        if snap.terminal and marker is not None and self.hub is not None:
-            self.hub.discard(task_id, marker)
-            marker = None
-        if marker is None and not snap.terminal:
-            return snap  # nothing would tell us it changed: not kept
-        self._drop(task_id)
+        self._drop(task_id)  # a concurrent read may have stored one meanwhile
         self._entries[task_id] = _Entry(snap, marker)
         while len(self._entries) > self.max_entries:
             self._drop(next(iter(self._entries)))
         return snap
 
+    async def changed(self, task_id: str, *, after: int, timeout: float) -> Snapshot:
+        """The snapshot once the task has an event past `after`, or after `timeout`
+        seconds: a subscription on its events, no reads while nothing happens."""
+        async with self.store.subscribe(task_id, after=after) as sub:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await anext(sub)
+        return await self.get(task_id)
+
     def __len__(self) -> int:
         return len(self._entries)
-
-
-def consistent(read_seq: Callable[[], int], read_body: Callable[[], dict[str, Any]],
-               *, tries: int = 3) -> tuple[int, dict[str, Any], bool]:
-    """(seq, body, settled): the body read between two reads of the sequence that
-    agree, so the ETag names exactly this body. When the task keeps changing, the
-    first sequence is returned with settled False (an older ETag than the body is
-    safe: the client just reads again)."""
-    first = read_seq()
-    seq = first
-    for _ in range(tries):
-        body = read_body()
-        after = read_seq()
-        if after == seq:
-            return seq, body, True
-        seq = after
-    return first, body, False
-
-
-def engine_loader(engine: Any) -> Callable[[str], Awaitable[Snapshot]]:
-    """Snapshots read with the synchronous engine, off the event loop."""
-    from compound.store.tasks import get_task, task_snapshot
-
-    def read(task_id: str) -> Snapshot:
-        owner: list[str | None] = []
-
-        def seq() -> int:
-            task = get_task(engine, task_id)
-            owner.append(task.user_id)
-            return task.event_seq
-
-        at, body, _ = consistent(seq, lambda: task_snapshot(engine, task_id))
-        return Snapshot(task_id, owner[0], at, str(body["status"]), encode(body))
-
-    async def load(task_id: str) -> Snapshot:
-        return await asyncio.to_thread(read, task_id)
-
-    return load

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import typer
@@ -67,3 +68,44 @@ def api_request(method: str, url: str, path: str, **kw: Any) -> Any:
         typer.echo(f"error: {response.status_code}: {message}", err=True)
         raise typer.Exit(1)
     return response.json()
+
+
+def follow_events(url: str, path: str) -> Iterator[dict[str, Any]]:
+    """The events of an SSE stream of a running server until it ends (the server
+    closes it after the task's terminal event), resuming with Last-Event-ID when the
+    connection drops."""
+    import json
+
+    import httpx
+
+    token = os.environ.get("COMPOUND_TOKEN", "")
+    last: str | None = None
+    while True:
+        headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+        if last is not None:
+            headers["Last-Event-ID"] = last
+        try:
+            with httpx.stream("GET", url.rstrip("/") + path, headers=headers,
+                              timeout=httpx.Timeout(30, read=None)) as response:
+                if response.status_code == 204:
+                    return
+                if response.status_code >= 400:
+                    typer.echo(f"error: {response.status_code}: cannot follow the task's events", err=True)
+                    raise typer.Exit(1)
+                event: dict[str, Any] = {}
+                for line in response.iter_lines():
+                    if not line:
+                        if "data" in event:
+                            yield event
+                        event = {}
+                    elif line.startswith("id:"):
+                        last = event["id"] = line[3:].strip()
+                    elif line.startswith("event:"):
+                        event["event"] = line[6:].strip()
+                    elif line.startswith("data:"):
+                        event["data"] = json.loads(line[5:].strip())
+            return
+        except httpx.TransportError:
+            if last is None:
+                typer.echo(f"error: cannot reach {url}", err=True)
+                raise typer.Exit(1) from None

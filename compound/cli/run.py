@@ -6,8 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
+
+from compound.core.settings import Settings
+from compound.llm.base import LLMClient
 
 
 def register(app: typer.Typer) -> None:
@@ -23,7 +27,6 @@ def register(app: typer.Typer) -> None:
         from compound.core.errors import PlanInvalid
         from compound.llm import build_client
         from compound.planner.validate import validate_plan
-        from compound.store.tasks import create_task
 
         settings = settings_or_exit(priced=True)
         try:
@@ -37,10 +40,9 @@ def register(app: typer.Typer) -> None:
         except (OSError, ValueError) as exc:
             typer.echo(f"error: cannot read the plan: {exc}", err=True)
             raise typer.Exit(1) from None
-        engine = engine_for(settings)
-        task = create_task(engine, prompt=request, budget_usd=budget or settings.default_budget_usd,
-                           plan_in=plan_in)
-        snap = asyncio.run(_run(settings, engine, build_client(settings), task.id, live=not as_json))
+        engine_for(settings).dispose()  # refuse at once, with a message, if the store cannot be opened
+        snap = asyncio.run(_run(settings, build_client(settings), request=request,
+                                budget=budget or settings.default_budget_usd, plan_in=plan_in, live=not as_json))
         if as_json:
             typer.echo(json.dumps(snap, indent=2))
         else:
@@ -56,23 +58,28 @@ def register(app: typer.Typer) -> None:
         raise typer.Exit(0 if snap["status"] == "completed" else 1)
 
 
-async def _run(settings, engine, client, task_id: str, *, live: bool):  # type: ignore[no-untyped-def]
+async def _run(settings: Settings, client: LLMClient, *, request: str, budget: float,
+               plan_in: dict[str, Any] | None, live: bool) -> dict[str, Any]:
+    from compound.api.app import store_options
     from compound.executor.service import Executor
-    from compound.store.models import TERMINAL_TASK
-    from compound.store.tasks import task_snapshot
+    from compound.store import open_store
 
-    executor = Executor(settings=settings, engine=engine, client=client)
-    executor.submit(task_id)
-    if live:
-        from rich.live import Live
+    async with open_store(settings.database_url, **store_options(settings)) as store:
+        task = await store.create_task(prompt=request, budget_usd=budget, plan_in=plan_in)
+        executor = Executor(settings=settings, store=store, client=client)
+        async with store.subscribe(task.id, after=0) as events:
+            executor.submit(task.id)
+            if live:
+                from rich.live import Live
 
-        from compound.cli.live import render_snapshot
+                from compound.cli.live import render_snapshot
 
-        with Live(render_snapshot(task_snapshot(engine, task_id)), refresh_per_second=8) as view:
-            while task_snapshot(engine, task_id)["status"] not in TERMINAL_TASK:
-                await asyncio.sleep(0.2)
-                view.update(render_snapshot(task_snapshot(engine, task_id)))
-            view.update(render_snapshot(task_snapshot(engine, task_id)))
-    await executor.wait(task_id)
-    await executor.stop()
-    return task_snapshot(engine, task_id)
+                # Redrawn on each committed event; nothing is read while nothing changes.
+                with Live(render_snapshot(await store.snapshot(task.id)), refresh_per_second=8) as view:
+                    async for ev in events:
+                        view.update(render_snapshot(await store.snapshot(task.id)))
+                        if ev.terminal:
+                            break
+        await executor.wait(task.id)
+        await executor.stop()
+        return await store.snapshot(task.id)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import typer
 
@@ -61,20 +60,23 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"{data['id']} {data['status']} (cost so far ${data['total_cost_usd']:.6f})")
 
     @tasks.command("watch")
-    def watch(task_id: str, url: str = URL, interval: float = typer.Option(0.5, min=0.05)) -> None:
-        """A live tree of the task's subtasks until it ends, then its cost table."""
+    def watch(task_id: str, url: str = URL) -> None:
+        """A live tree of the task's subtasks until it ends, then its cost table. Follows
+        the task's event stream (SSE) and redraws on each event."""
         from rich.console import Console
         from rich.live import Live
 
-        from compound.cli.common import api_request
+        from compound.cli.common import api_request, follow_events
         from compound.cli.live import cost_table, render_snapshot
         from compound.store.models import TERMINAL_TASK
 
         console = Console()
         data = api_request("GET", url, f"/v1/tasks/{task_id}")
         with Live(render_snapshot(data), console=console, refresh_per_second=8) as live:
-            while data["status"] not in TERMINAL_TASK:
-                time.sleep(interval)
+            if data["status"] not in TERMINAL_TASK:
+                for _ in follow_events(url, f"/v1/tasks/{task_id}/events"):
+                    data = api_request("GET", url, f"/v1/tasks/{task_id}")
+                    live.update(render_snapshot(data))
                 data = api_request("GET", url, f"/v1/tasks/{task_id}")
                 live.update(render_snapshot(data))
         console.print(cost_table(data))

@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from compound.cli.common import engine_for, settings_or_exit
-        from compound.store.tasks import iso
+        from compound.store.ops import iso
         from compound.store.users import list_tokens
 
         table = Table("id", "user", "scopes", "created", "last used", "revoked")

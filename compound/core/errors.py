@@ -9,6 +9,8 @@
     ├── BudgetExceeded       a call's worst case does not fit in what is left
     ├── ModelOutputError     the model answered, but not with what was asked
     └── ProviderError        the provider refused or failed (status, body)
+        ├── CallTimedOut     no answer within our own timeout (not a provider's 408)
+        ├── FallbackExhausted every model of a fallback chain failed; keeps each error
         └── NetworkRefused   a real network call was attempted where none is allowed
 
 Only api/ knows HTTP status codes; it maps these in one handler.
@@ -62,20 +64,11 @@ class Conflict(CompoundError):
 class BudgetExceeded(CompoundError):
     code = "budget_exceeded"
 
-    def __init__(self, message: str, *, needed_usd: float = 0.0, remaining_usd: float = 0.0):
-        super().__init__(message)
-        self.needed_usd = needed_usd
-        self.remaining_usd = remaining_usd
-
 
 class ModelOutputError(CompoundError):
     """The model answered with something unusable (e.g. not a plan)."""
 
     code = "model_output_invalid"
-
-    def __init__(self, message: str, body: str | None = None) -> None:
-        super().__init__(message)
-        self.body = body
 
 
 class ProviderError(CompoundError):
@@ -100,6 +93,30 @@ class ProviderError(CompoundError):
         self.model = model
         self.retry_after_s = retry_after_s
         self.transient = (status is None or status in TRANSIENT_STATUSES) if transient is None else transient
+
+
+class CallTimedOut(ProviderError):
+    """Our own deadline passed with no answer. Unlike a provider's 408 answer, the
+    provider may have done (and billed) the work: it is booked at its worst case."""
+
+    code = "call_timed_out"
+
+    def __init__(self, model: str, timeout_s: float) -> None:
+        super().__init__(f"{model}: no answer within {timeout_s:g}s (our timeout)", model=model, transient=True)
+        self.timeout_s = timeout_s
+
+
+class FallbackExhausted(ProviderError):
+    """Every model of a fallback chain failed. `errors` keeps each model's last
+    error, in the order tried; the message names them all."""
+
+    code = "provider_error"
+
+    def __init__(self, errors: Sequence[ProviderError]) -> None:
+        self.errors = list(errors)
+        last = self.errors[-1]
+        super().__init__("every model failed: " + "; ".join(e.message for e in self.errors),
+                         status=last.status, model=last.model, transient=False)
 
 
 class NetworkRefused(ProviderError):

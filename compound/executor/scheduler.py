@@ -2,7 +2,7 @@
 
 `run_dag` starts a subtask the moment all of its dependencies completed (no wave
 barrier) and, when one ends without a result, skips its transitive dependents with
-a reason naming the root cause. It knows nothing of models or the store."""
+a typed cause (Ended) naming the root. It knows nothing of models or the store."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import heapq
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from enum import StrEnum
 
 from compound.planner.plan import dependents
 
@@ -25,10 +27,6 @@ class PriorityLimiter:
         self._free = slots
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
-
-    @property
-    def in_use(self) -> int:
-        return -self._free if self._free < 0 else 0
 
     async def acquire(self, priority: int = 2) -> None:
         if self._free > 0 and not self._waiters:
@@ -60,10 +58,37 @@ class PriorityLimiter:
             self.release()
 
 
-# run_one(index) -> None when the subtask completed, else a short reason
-# ("failed", "was skipped (budget exhausted)") used in its dependents' skip message.
-RunOne = Callable[[int], Awaitable[str | None]]
-Skip = Callable[[int, str], None]
+class Cause(StrEnum):
+    """Why a subtask ended without a result: the root cause its dependents quote."""
+
+    failed = "failed"  # its calls failed
+    budget = "budget exhausted"  # its call did not fit what was left of the budget
+    canceled = "was canceled"
+    earlier = "earlier"  # found skipped when the task resumed (the cause was not kept)
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """A subtask's end without a result, as a value carried to its dependents:
+    `cause` began at subtask `root`; `skipped` when this one never ran."""
+
+    cause: Cause
+    root: int
+    skipped: bool
+
+    def why_dependent(self, index: int) -> str:
+        """What a dependent of subtask `index` (which ended so) says of it."""
+        if not self.skipped:
+            return f"dependency {index} {self.cause.value}"
+        if self.cause in (Cause.budget, Cause.earlier):
+            return f"dependency {index} was skipped ({self.cause.value})"
+        return f"dependency {index} was skipped (dependency {self.root} {self.cause.value})"
+
+
+# run_one(index) -> None when the subtask completed, else how it ended.
+RunOne = Callable[[int], Awaitable[Ended | None]]
+# skip(index, ended, reason): a dependent will not run; `reason` is its error in words.
+Skip = Callable[[int, Ended, str], Awaitable[None]]
 
 
 async def run_dag(deps: Sequence[Sequence[int]], statuses: Sequence[str], run_one: RunOne,
@@ -75,7 +100,7 @@ async def run_dag(deps: Sequence[Sequence[int]], statuses: Sequence[str], run_on
     state = list(statuses)
     waiting = [sum(1 for d in set(ds) if state[d] != COMPLETED) for ds in deps]
     running: dict[int, asyncio.Task[None]] = {}
-    finished: asyncio.Queue[tuple[int, str | None, BaseException | None]] = asyncio.Queue()
+    finished: asyncio.Queue[tuple[int, Ended | None, BaseException | None]] = asyncio.Queue()
 
     async def one(i: int) -> None:
         try:
@@ -85,19 +110,16 @@ async def run_dag(deps: Sequence[Sequence[int]], statuses: Sequence[str], run_on
         except BaseException as exc:  # surfaced by the loop below
             finished.put_nowait((i, None, exc))
 
-    def skip_down(root: int, reason: str) -> None:
-        # reason: "failed", or "was skipped (budget exhausted)"; the root cause is what
-        # the grandchildren quote: "budget exhausted", or "dependency 1 failed".
-        cause = reason[reason.index("(") + 1 : reason.rindex(")")] if "(" in reason else (
-            f"dependency {root} {reason}")
-        stack = [(c, f"dependency {root} {reason}") for c in children[root]]
+    async def skip_down(root: int, ended: Ended) -> None:
+        stack = [(c, root, ended) for c in children[root]]
         while stack:
-            i, why = stack.pop()
+            i, parent, how = stack.pop()
             if state[i] != PENDING:
                 continue
             state[i] = "skipped"
-            skip(i, f"skipped: {why}")
-            stack.extend((c, f"dependency {i} was skipped ({cause})") for c in children[i])
+            mine = Ended(how.cause, how.root, skipped=True)
+            await skip(i, mine, f"skipped: {how.why_dependent(parent)}")
+            stack.extend((c, i, mine) for c in children[i])
 
     def launch(i: int) -> None:
         state[i] = "running"
@@ -105,17 +127,17 @@ async def run_dag(deps: Sequence[Sequence[int]], statuses: Sequence[str], run_on
 
     for i, s in enumerate(state):
         if s not in (PENDING, COMPLETED):
-            skip_down(i, _reason_for(s))
+            await skip_down(i, _ended_for(s, i))
     for i, s in enumerate(state):
         if s == PENDING and waiting[i] == 0:
             launch(i)
     try:
         while running:
-            i, reason, error = await finished.get()
+            i, ended, error = await finished.get()
             running.pop(i, None)
             if error is not None:
                 raise error
-            if reason is None:
+            if ended is None:
                 state[i] = COMPLETED
                 for c in children[i]:
                     waiting[c] -= 1
@@ -123,7 +145,7 @@ async def run_dag(deps: Sequence[Sequence[int]], statuses: Sequence[str], run_on
                         launch(c)
             else:
                 state[i] = "ended"
-                skip_down(i, reason)
+                await skip_down(i, ended)
     finally:
         for fut in running.values():
             fut.cancel()
@@ -131,5 +153,10 @@ async def run_dag(deps: Sequence[Sequence[int]], statuses: Sequence[str], run_on
             await asyncio.gather(*running.values(), return_exceptions=True)
 
 
-def _reason_for(status: str) -> str:
-    return {"failed": "failed", "canceled": "was canceled"}.get(status, "was skipped (earlier)")
+def _ended_for(status: str, index: int) -> Ended:
+    """How a subtask found ended when a task resumes ended (its cause is not stored)."""
+    if status == "failed":
+        return Ended(Cause.failed, index, skipped=False)
+    if status == "canceled":
+        return Ended(Cause.canceled, index, skipped=False)
+    return Ended(Cause.earlier, index, skipped=True)

@@ -7,24 +7,17 @@ retries, falls back and accounts each attempt on its own ledger row.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypedDict
+
+from compound.core.money import Price, Usage
+
+__all__ = ["Completion", "LLMClient", "Message", "Price", "Usage"]
 
 
 class Message(TypedDict):
     role: Literal["system", "user", "assistant"]
     content: str
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Tokens as the provider reported them. input_tokens excludes cache reads and
-    cache writes (Anthropic's convention; OpenAI's prompt_tokens is split to match)."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +28,6 @@ class Completion:
     cost_usd: float
     latency_s: float = 0.0
     finish_reason: str | None = None
-    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 class LLMClient(Protocol):
@@ -51,21 +43,3 @@ class LLMClient(Protocol):
         """Send one call. Raises compound.core.errors.ProviderError on failure
         (`transient` tells retryable from permanent)."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class Price:
-    """USD per token. cache_write applies to prompt-cache creation tokens."""
-
-    input: float
-    output: float
-    cache_read: float = 0.0
-    cache_write: float = 0.0
-
-    def cost(self, usage: Usage) -> float:
-        return (
-            usage.input_tokens * self.input
-            + usage.output_tokens * self.output
-            + usage.cache_read_tokens * self.cache_read
-            + usage.cache_write_tokens * self.cache_write
-        )

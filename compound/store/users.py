@@ -1,10 +1,9 @@
-"""Users and API tokens. A token is shown once; only its sha256 is stored."""
+"""Users and API tokens (admin commands, synchronous). A token is shown once; only its
+sha256 is stored. Requests authenticate through RunStore.principal_for_token."""
 
 from __future__ import annotations
 
-import hashlib
 import secrets
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import bindparam, or_, update
@@ -13,27 +12,13 @@ from sqlmodel import Session, col, select
 
 from compound.core.errors import NotFound, UserInputError
 from compound.store.models import ApiToken, User, utcnow
+from compound.store.sqlrun import hash_token
+
+__all__ = ["SCOPES", "create_token", "get_or_create_user", "hash_token", "list_tokens", "record_last_used",
+           "revoke_token"]
 
 SCOPES = ("submit", "read", "admin")
 TOKEN_PREFIX = "cpd_"
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: the token's user and scopes."""
-
-    user_id: str
-    user_name: str
-    scopes: frozenset[str]
-    token_id: str
-
-    @property
-    def is_admin(self) -> bool:
-        return "admin" in self.scopes
 
 
 def get_or_create_user(engine: Engine, name: str) -> User:
@@ -82,26 +67,6 @@ def revoke_token(engine: Engine, token_id: str) -> ApiToken:
             s.add(row)
             s.commit()
         return row
-
-
-def principal_for_token(engine: Engine, token: str) -> Principal | None:
-    """The principal of a live token, or None."""
-    return principal_for_digest(engine, hash_token(token))
-
-
-def principal_for_digest(engine: Engine, digest: str) -> Principal | None:
-    """The principal of a live token given its sha256, or None. The lookup is by hash
-    (the hash is not secret), and the hashes are compared again in constant time."""
-    with Session(engine) as s:
-        found = s.exec(select(ApiToken, User.name).join(User, col(User.id) == col(ApiToken.user_id))
-                       .where(ApiToken.token_hash == digest)).first()
-    if found is None:
-        return None
-    row, name = found
-    if row.revoked_at is not None or not secrets.compare_digest(row.token_hash, digest):
-        return None
-    return Principal(user_id=row.user_id, user_name=name,
-                     scopes=frozenset(s for s in row.scopes.split(",") if s), token_id=row.id)
 
 
 def record_last_used(engine: Engine, used: dict[str, datetime]) -> None:

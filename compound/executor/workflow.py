@@ -1,0 +1,148 @@
+"""One task's workflow: plan → run the DAG eagerly → synthesize, from and to the store.
+Model calls go through ModelCalls; skip and failure causes travel as typed values
+(scheduler.Ended), never as reason strings parsed later."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from compound.core.errors import BudgetExceeded, PlanInvalid, ProviderError
+from compound.core.settings import Settings
+from compound.executor.calls import CallSpec, ModelCalls
+from compound.executor.scheduler import Cause, Ended, run_dag
+from compound.llm.base import Completion, Message
+from compound.planner.router import route
+from compound.planner.validate import validate_plan
+from compound.prompts import render
+from compound.store.base import RunStore, SubState, TaskState
+from compound.store.models import CallKind, SubtaskStatus, TaskStatus
+
+
+class Workflow:
+    def __init__(self, *, settings: Settings, store: RunStore, calls: ModelCalls, versions: dict[str, str]) -> None:
+        self.settings = settings
+        self.store = store
+        self.calls = calls
+        self.versions = versions
+
+    async def run(self, st: TaskState) -> None:
+        """Take a loaded, recovered task on to a terminal state (or to `planned`, when
+        it waits for approval)."""
+        daily = await self.store.user_daily_budget(st.user_id, self.settings.user_daily_budget_usd)
+        subs = st.subtasks
+        status = st.status
+        if not subs:
+            planned = await self._plan(st, daily)
+            if planned is None:
+                return
+            subs, status = planned, TaskStatus.planned
+        if not st.approve:
+            if status != TaskStatus.planned:
+                await self.store.set_status(st.id, TaskStatus.planned)
+            return
+        if status != TaskStatus.executing:
+            await self.store.set_status(st.id, TaskStatus.executing)
+        await self._execute(st, subs, daily)
+
+    async def _plan(self, st: TaskState, daily: float | None) -> list[SubState] | None:
+        await self.store.set_status(st.id, TaskStatus.planning)
+        try:
+            if st.plan_in is not None:
+                plan = validate_plan(st.plan_in, max_subtasks=self.settings.max_subtasks)
+            else:
+                from compound.planner.decompose import decompose
+
+                model = self.settings.planner_model
+                await self.store.set_planner_model(st.id, model)
+
+                async def call(messages: list[Message], schema: dict[str, Any] | None) -> Completion:
+                    return await self.calls.call(st, CallSpec(
+                        kind=CallKind.planner, subtask=None, tier=None, models=[model], messages=messages,
+                        max_tokens=self.settings.planner_max_tokens, json_schema=schema), daily=daily)
+
+                plan = await decompose(call, st.prompt, max_subtasks=self.settings.max_subtasks)
+        except BudgetExceeded as exc:
+            await self.store.set_status(st.id, TaskStatus.failed,
+                                        error=f"could not plan within the budget of ${st.budget_usd:g}: {exc.message}")
+            return None
+        except PlanInvalid as exc:
+            await self.store.set_status(st.id, TaskStatus.failed, error=f"could not plan: {exc.message}")
+            return None
+        except ProviderError as exc:
+            await self.store.set_status(st.id, TaskStatus.failed,
+                                        error=f"could not plan: the planner model failed: {exc.message}")
+            return None
+        subs = [
+            SubState(index=r.index, description=plan.subtasks[r.index].description, tier_hint=r.tier_hint,
+                     tier_assigned=r.tier_assigned, models=r.models,
+                     depends_on=list(plan.subtasks[r.index].depends_on), status=SubtaskStatus.pending,
+                     model=r.models[0])
+            for r in route(plan, self.settings)
+        ]
+        await self.store.save_plan(st.id, reasoning=plan.reasoning, subtasks=subs, prompt_versions=self.versions,
+                                   status=TaskStatus.planned)
+        return subs
+
+    async def _execute(self, st: TaskState, subs: list[SubState], daily: float | None) -> None:
+        results = {s.index: s.result or "" for s in subs if s.status == SubtaskStatus.completed}
+        final = {s.index: s for s in subs}
+        ended: dict[int, Ended] = {}
+
+        async def end(i: int, how: Ended, status: str, error: str) -> Ended:
+            ended[i] = how
+            final[i] = await self.store.end_subtask(st.id, i, status=status, error=error)
+            return how
+
+        async def run_one(i: int) -> Ended | None:
+            sub = subs[i]
+            messages = render("subtask", request=st.prompt, description=sub.description,
+                              dependencies=[(d, results.get(d, "")) for d in sub.depends_on])
+            try:
+                out = await self.calls.call(st, CallSpec(
+                    kind=CallKind.subtask, subtask=i, tier=sub.tier_assigned,
+                    models=sub.models or self.settings.tier_models(sub.tier_assigned), messages=messages,
+                    max_tokens=self.settings.max_tokens, attempts_before=sub.attempts), daily=daily)
+            except BudgetExceeded as exc:
+                return await end(i, Ended(Cause.budget, i, skipped=True), SubtaskStatus.skipped,
+                                 f"skipped: budget exhausted ({exc.message})")
+            except ProviderError as exc:
+                return await end(i, Ended(Cause.failed, i, skipped=False), SubtaskStatus.failed, exc.message)
+            results[i] = out.text
+            return None
+
+        async def skip(i: int, how: Ended, reason: str) -> None:
+            await end(i, how, SubtaskStatus.skipped, reason)
+
+        await run_dag([s.depends_on for s in subs], [s.status for s in subs], run_one, skip)
+        roots = sum(1 for i, e in ended.items() if e.cause is Cause.budget and e.root == i)
+        budget_note = (f"budget of ${st.budget_usd:g} exhausted: {roots} subtask(s) skipped for budget"
+                       if roots else None)
+        await self._synthesize(st, subs, results, final, budget_note, daily)
+
+    async def _synthesize(self, st: TaskState, subs: list[SubState], results: dict[int, str],
+                          final: dict[int, SubState], budget_note: str | None, daily: float | None) -> None:
+        done = [s for s in subs if s.index in results]
+        missing = [(s.index, s.description, final[s.index].error or final[s.index].status) for s in subs
+                   if s.index not in results]
+        if not done:
+            errors = "; ".join(f"subtask {i}: {why}" for i, _, why in missing[:5])
+            await self.store.set_status(st.id, TaskStatus.failed, error=budget_note or f"no subtask completed: {errors}")
+            return
+        tier = self.settings.synthesis_tier
+        messages = render("synthesize", request=st.prompt,
+                          results=[(s.index, s.description, results[s.index]) for s in done], missing=missing)
+        try:
+            answer = await self.calls.call(st, CallSpec(
+                kind=CallKind.synthesis, subtask=None, tier=tier, models=self.settings.tier_models(tier),
+                messages=messages, max_tokens=self.settings.synthesis_max_tokens), daily=daily)
+        except (BudgetExceeded, ProviderError) as exc:
+            joined = "\n\n".join(f"[{s.index}] {results[s.index]}" for s in done)
+            why = "budget" if isinstance(exc, BudgetExceeded) else "provider error"
+            await self.store.set_status(st.id, TaskStatus.partial, result=joined, error=(
+                f"synthesis not run ({why}): {exc.message}; the result joins the subtask results"))
+            return
+        if missing:
+            await self.store.set_status(st.id, TaskStatus.partial, result=answer.text,
+                                        error=budget_note or f"{len(missing)} of {len(subs)} subtasks did not complete")
+        else:
+            await self.store.set_status(st.id, TaskStatus.completed, result=answer.text)

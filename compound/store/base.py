@@ -1,0 +1,394 @@
+"""The RunStore seam: everything about a task's life, async, behind one interface.
+
+The executor, the API routes, the CLI and the live streams use a RunStore and never an
+Engine. One implementation per database (store/sqlite.py, store/postgres.py), chosen
+by URL in `open_store`. A write commits its state change and the event that tells the
+world about it together; the store then publishes the event to subscribers. The store
+never mutates the caller's objects: a write returns the new state instead.
+
+Event data shapes (the contract between the executor, SSE and the dashboard):
+  kind "task":    {"status", "error", "total_cost_usd", "result"?: str}
+  kind "subtask": {"index", "status", "model", "tier_assigned", "attempts",
+                   "cost_usd", "input_tokens", "output_tokens", "error", "result"?: str}
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+from compound.store.models import TERMINAL_TASK
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One committed state change of a task; `seq` is its id within the task (SSE id)."""
+
+    task_id: str
+    seq: int
+    kind: str  # "task" | "subtask"
+    data: dict[str, Any]
+
+    @property
+    def terminal(self) -> bool:
+        """The task's last event: a task event with a terminal status."""
+        return self.kind == "task" and self.data.get("status") in TERMINAL_TASK
+
+
+@dataclass(frozen=True, slots=True)
+class SubState:
+    """A subtask as the executor sees it (a value: the store returns new ones)."""
+
+    index: int
+    description: str
+    tier_hint: int
+    tier_assigned: int
+    models: list[str]
+    depends_on: list[int]
+    status: str
+    model: str | None = None
+    result: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    cost_usd: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskState:
+    """A task and its subtasks as the executor sees it."""
+
+    id: str
+    user_id: str | None
+    prompt: str
+    status: str
+    priority: int
+    approve: bool
+    budget_usd: float
+    plan_in: dict[str, Any] | None
+    reasoning: str | None
+    total_cost_usd: float
+    reserved_usd: float
+    cancel_requested: bool
+    event_seq: int
+    subtasks: list[SubState] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskHead:
+    """The few columns a route needs to authorize and version a task."""
+
+    id: str
+    user_id: str | None
+    status: str
+    event_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveRequest:
+    """One call's worst case to reserve before it is sent. With `subtask`, the
+    reservation also counts the attempt and marks the subtask running."""
+
+    task_id: str
+    user_id: str | None
+    kind: str  # CallKind
+    subtask: int | None
+    tier: int | None
+    model: str
+    attempt: int
+    amount: float
+    daily_budget: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    ledger_id: int
+    amount: float
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetRefusal:
+    """The task's budget has no room for the call: `left` of it is unreserved."""
+
+    left: float
+
+
+@dataclass(frozen=True, slots=True)
+class DailyRefusal:
+    """The user's daily budget has no room for the call: `spent` today already."""
+
+    spent: float
+
+
+ReserveOutcome = Reservation | BudgetRefusal | DailyRefusal
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """How a reserved call ended. `status` is a CallStatus; `complete_with` completes
+    the subtask with that result in the same transaction."""
+
+    status: str
+    cost_usd: float
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    latency_ms: float | None = None
+    error: str | None = None
+    complete_with: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the token's user and scopes."""
+
+    user_id: str
+    user_name: str
+    scopes: frozenset[str]
+    token_id: str
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.scopes
+
+
+@dataclass
+class StoreStats:
+    """Counters for tests and benchmarks: reads and writes asked of the store, and
+    transactions committed (a group commit covers many writes)."""
+
+    reads: int = 0
+    writes: int = 0
+    commits: int = 0
+
+
+class Subscription:
+    """New events of one task, in seq order, as the store commits them. Made by
+    RunStore.subscribe; use as `async with store.subscribe(t, after=n) as sub:
+    async for ev in sub`. With `after`, the events already committed past it are
+    replayed first, so nothing falls between a read and the subscription. A gap
+    (possible when commits of another process arrive out of order) is filled by one
+    read; nothing is read while nothing happens."""
+
+    def __init__(self, store: RunStore, task_id: str, *, after: int | None) -> None:
+        self.store = store
+        self.task_id = task_id
+        self.last = after
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._pending: list[Event] = []
+
+    async def __aenter__(self) -> Subscription:
+        self.store.hub.add(self.task_id, self.queue)
+        if self.last is not None:
+            self._pending = await self.store.events_after(self.task_id, self.last)
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self.store.hub.discard(self.task_id, self.queue)
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self
+
+    async def __anext__(self) -> Event:
+        while True:
+            if self._pending:
+                ev = self._pending.pop(0)
+            else:
+                ev = await self.queue.get()
+            if self.last is not None:
+                if ev.seq <= self.last:
+                    continue  # replayed already, or published twice (local and NOTIFY)
+                if ev.seq > self.last + 1:  # a gap: read what fell in it, then go on
+                    missed = await self.store.events_after(self.task_id, self.last)
+                    if missed:
+                        self._pending = [e for e in missed if e.seq <= ev.seq] + [
+                            e for e in self._pending if e.seq > ev.seq]
+                        if not any(e.seq == ev.seq for e in missed):
+                            self._pending.append(ev)
+                        continue
+            self.last = ev.seq
+            return ev
+
+
+class EventHub:
+    """In-process fan-out of committed events to the queues of subscribers."""
+
+    def __init__(self) -> None:
+        self._subs: dict[str, set[asyncio.Queue[Event]]] = {}
+
+    def add(self, task_id: str, queue: asyncio.Queue[Event]) -> None:
+        self._subs.setdefault(task_id, set()).add(queue)
+
+    def discard(self, task_id: str, queue: asyncio.Queue[Event]) -> None:
+        subs = self._subs.get(task_id)
+        if subs is not None:
+            subs.discard(queue)
+            if not subs:
+                del self._subs[task_id]
+
+    def watched(self, task_id: str) -> bool:
+        return task_id in self._subs
+
+    def publish(self, events: Sequence[Event]) -> None:
+        for ev in events:
+            for q in self._subs.get(ev.task_id, ()):
+                q.put_nowait(ev)
+
+
+class RunStore(abc.ABC):
+    """A task's whole life in the store. Every method is a coroutine that never
+    blocks the event loop. Writes return values; they never change their arguments.
+    `NotFound` (compound.core.errors) for a task that does not exist, or, with
+    `user_id`, belongs to another user."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.hub = EventHub()
+        self.stats = StoreStats()
+
+    @property
+    @abc.abstractmethod
+    def engine(self) -> Any:
+        """A synchronous SQLAlchemy Engine on the same database, for admin commands
+        (users, tokens) and tests. Never used on the executor's or a route's path."""
+
+    # life of the store ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect, create missing tables, start the writer / listener."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish pending writes and disconnect."""
+
+    async def __aenter__(self) -> RunStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    # subscriptions --------------------------------------------------------------------
+
+    def subscribe(self, task_id: str, *, after: int | None = None) -> Subscription:
+        """New events of the task as they commit (in this process and, on PostgreSQL,
+        in every process on the database). With `after`, replay events past it first."""
+        return Subscription(self, task_id, after=after)
+
+    # a task's life: writes -------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_task(self, *, prompt: str, budget_usd: float, user_id: str | None = None,
+                          priority: int = 2, plan_in: dict[str, Any] | None = None,
+                          approve: bool = True) -> TaskState:
+        """Insert a queued task and its first event. The plan must be validated."""
+
+    @abc.abstractmethod
+    async def set_status(self, task_id: str, status: str, *, error: str | None = None,
+                         result: str | None = None) -> None:
+        """The task's status (error/result, timestamps) and its event."""
+
+    @abc.abstractmethod
+    async def set_planner_model(self, task_id: str, model: str) -> None: ...
+
+    @abc.abstractmethod
+    async def save_plan(self, task_id: str, *, reasoning: str | None, subtasks: Sequence[SubState],
+                        prompt_versions: dict[str, str], status: str) -> None:
+        """Insert the subtasks and move the task to `status` (planned), together."""
+
+    @abc.abstractmethod
+    async def end_subtask(self, task_id: str, index: int, *, status: str, error: str | None) -> SubState:
+        """A subtask ends without a result (failed, skipped); returns its new state."""
+
+    @abc.abstractmethod
+    async def reserve(self, requests: Sequence[ReserveRequest]) -> list[ReserveOutcome]:
+        """Reserve each call's worst case against its task's budget (and its user's
+        day), in one transaction. Subtask calls of one task asked for together (a
+        fan-out) share one budget check, all or none; when all do not fit they are
+        tried one by one. A refusal writes nothing."""
+
+    @abc.abstractmethod
+    async def settle(self, task_id: str, reservation: Reservation, subtask: int | None,
+                     outcome: Settlement) -> SubState | None:
+        """Settle a reservation to its real cost (and complete the subtask with
+        `outcome.complete_with`). Returns the subtask's new state when there is one."""
+
+    @abc.abstractmethod
+    async def recover(self, task_id: str) -> int:
+        """After a crash: open reservations become `lost` at their worst case and
+        running subtasks go back to pending. Returns the rows lost."""
+
+    @abc.abstractmethod
+    async def request_cancel(self, task_id: str) -> str | None:
+        """Flag the task for cancel; returns its status (None when it does not exist)."""
+
+    @abc.abstractmethod
+    async def cancel_open(self, task_id: str) -> None:
+        """Cancel every unfinished subtask (with events); open calls count at their
+        reservation (a call we abandoned may have been billed)."""
+
+    @abc.abstractmethod
+    async def set_approved(self, task_id: str) -> None: ...
+
+    # a task's life: reads --------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def load(self, task_id: str) -> TaskState | None:
+        """The task and its subtasks (the executor's view), or None."""
+
+    @abc.abstractmethod
+    async def unfinished_task_ids(self) -> list[str]:
+        """Tasks not in a terminal status, most urgent and oldest first."""
+
+    @abc.abstractmethod
+    async def budget_left(self, task_id: str) -> float:
+        """The task's budget not spent nor reserved."""
+
+    @abc.abstractmethod
+    async def user_daily_budget(self, user_id: str | None, default: float | None) -> float | None: ...
+
+    @abc.abstractmethod
+    async def events_after(self, task_id: str, seq: int, limit: int = 500) -> list[Event]:
+        """The task's events with seq > `seq`, in order."""
+
+    # route-facing reads ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def head(self, task_id: str, *, user_id: str | None = None) -> TaskHead:
+        """Id, owner, status and event seq; NotFound (another user's task too)."""
+
+    @abc.abstractmethod
+    async def snapshot(self, task_id: str, *, user_id: str | None = None) -> dict[str, Any]:
+        """The progress snapshot of design.md section 5 (GET /v1/tasks/{id})."""
+
+    @abc.abstractmethod
+    async def list_tasks(self, *, user_id: str | None, limit: int = 20, status: str | None = None,
+                         cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """Task summaries, newest first (user_id None: everyone's) and the next cursor."""
+
+    @abc.abstractmethod
+    async def costs(self, *, since: datetime, until: datetime, group_by: str | None,
+                    user_id: str | None) -> dict[str, Any]:
+        """Spend from the ledger: totals and groups by day, model, tier or user."""
+
+    @abc.abstractmethod
+    async def spend_summary(self, *, user_id: str | None) -> dict[str, float]:
+        """Spend today, this week and this month."""
+
+    @abc.abstractmethod
+    async def task_counts(self) -> dict[str, int]:
+        """Tasks by status (metrics)."""
+
+    @abc.abstractmethod
+    async def principal_for_token(self, token: str) -> Principal | None:
+        """The principal of a live (unrevoked) token, or None."""

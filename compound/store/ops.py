@@ -1,0 +1,390 @@
+"""A task's transitions, written once for every database (sans-I/O).
+
+Each operation is a generator: it yields statements by name (("one" | "all" | "many" |
+"exec", name, params)) and Events to publish, and is sent each statement's rows back.
+A driver runs it inside one transaction: store/sqlite.py on its writer thread,
+store/postgres.py on a pooled async connection. The SQL text of each name lives in
+the driver's module, written for its database (`Dialect.sql`); no text is rewritten.
+The event sequence is advanced in one place: `_events`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, Protocol
+
+from compound.core.errors import NotFound
+from compound.store.base import (
+    BudgetRefusal,
+    DailyRefusal,
+    Event,
+    Principal,
+    Reservation,
+    ReserveOutcome,
+    ReserveRequest,
+    Settlement,
+    SubState,
+    TaskHead,
+    TaskState,
+)
+from compound.store.models import TERMINAL_SUBTASK, TERMINAL_TASK, CallKind, CallStatus, SubtaskStatus, TaskStatus
+
+Stmt = tuple[Literal["one", "all", "many", "exec"], str, Any]
+Op = Generator[Stmt | Event, Any, Any]
+EPS = 1e-12  # float slack in budget checks
+
+# Columns read back as a SubState / TaskState / snapshot, in this order.
+SUB_COLS = ('"index", description, tier_hint, tier_assigned, models, depends_on, status, model, result, '
+            "error, attempts, cost_usd, input_tokens, output_tokens")
+TASK_COLS = ("id, user_id, prompt, status, priority, approve, budget_usd, plan_in, reasoning, "
+             "total_cost_usd, reserved_usd, cancel_requested, event_seq")
+SNAP_TASK_COLS = ("id, user_id, prompt, status, reasoning, result, error, budget_usd, total_cost_usd, priority, "
+                  "prompt_versions, created_at, planned_at, started_at, completed_at, planner_model, event_seq")
+SNAP_SUB_COLS = ('"index", description, tier_hint, tier_assigned, model, depends_on, status, result, error, '
+                 "attempts, cost_usd, input_tokens, output_tokens, started_at, completed_at")
+
+
+class Dialect(Protocol):
+    """What an operation needs to know of a database: its statements and how its
+    driver takes and gives JSON and times."""
+
+    sql: Mapping[str, str]
+
+    def now(self) -> Any:
+        """The current time as this driver stores it (UTC)."""
+
+    def json(self, value: Any) -> Any:
+        """A parameter for a JSON column."""
+
+    def loads(self, value: Any) -> Any:
+        """A JSON column's value as read."""
+
+    def dt(self, value: Any) -> datetime | None:
+        """A timestamp column's value as read, as an aware UTC datetime."""
+
+    def at(self, value: datetime) -> Any:
+        """A datetime as a parameter compared against timestamp columns."""
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a Z, as the API speaks it."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_dt(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    out = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return out if out.tzinfo is not None else out.replace(tzinfo=UTC)
+
+
+def sub_state(d: Dialect, row: Sequence[Any]) -> SubState:
+    return SubState(index=row[0], description=row[1], tier_hint=row[2], tier_assigned=row[3] or row[2],
+                    models=list(d.loads(row[4]) or []), depends_on=list(d.loads(row[5]) or []), status=row[6],
+                    model=row[7], result=row[8], error=row[9], attempts=row[10], cost_usd=row[11],
+                    input_tokens=row[12], output_tokens=row[13])
+
+
+def sub_event(s: SubState, *, with_result: bool = False) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "index": s.index, "status": s.status, "model": s.model, "tier_assigned": s.tier_assigned,
+        "attempts": s.attempts, "cost_usd": s.cost_usd, "input_tokens": s.input_tokens,
+        "output_tokens": s.output_tokens, "error": s.error,
+    }
+    if with_result and s.result is not None:
+        data["result"] = s.result
+    return data
+
+
+def _events(d: Dialect, task_id: str, items: Sequence[tuple[str, dict[str, Any]]], now: Any) -> Op:
+    """Append events to the task's log: the one place event_seq advances. Task events
+    get the task's total cost as committed. Returns the task's total cost."""
+    seq, total = yield ("one", "NEXT_SEQ", {"t": task_id, "n": len(items), "now": now})
+    first = int(seq) - len(items) + 1
+    rows, events = [], []
+    for k, (kind, data) in enumerate(items):
+        if kind == "task":
+            data = {**data, "total_cost_usd": total}
+        rows.append({"t": task_id, "seq": first + k, "kind": kind, "data": d.json(data), "now": now})
+        events.append(Event(task_id, first + k, kind, data))
+    yield ("many", "INSERT_EVENT", rows)
+    for ev in events:
+        yield ev
+    return float(total)
+
+
+# writes ---------------------------------------------------------------------------------
+
+
+def create_task(d: Dialect, task_id: str, *, prompt: str, budget_usd: float, user_id: str | None,
+                priority: int, plan_in: dict[str, Any] | None, approve: bool) -> Op:
+    now = d.now()
+    yield ("exec", "INSERT_TASK", {"id": task_id, "u": user_id, "p": prompt, "st": TaskStatus.queued.value,
+                                   "pr": priority, "ap": approve, "b": budget_usd,
+                                   "plan": None if plan_in is None else d.json(plan_in), "now": now})
+    yield from _events(d, task_id, [("task", {"status": TaskStatus.queued.value, "error": None})], now)
+    return TaskState(id=task_id, user_id=user_id, prompt=prompt, status=TaskStatus.queued, priority=priority,
+                     approve=approve, budget_usd=budget_usd, plan_in=plan_in, reasoning=None, total_cost_usd=0.0,
+                     reserved_usd=0.0, cancel_requested=False, event_seq=1)
+
+
+def set_status(d: Dialect, task_id: str, status: str, *, error: str | None, result: str | None) -> Op:
+    now = d.now()
+    yield ("exec", "SET_STATUS", {"st": status, "err": error, "res": result,
+                                  "exec": status == TaskStatus.executing, "term": status in TERMINAL_TASK,
+                                  "now": now, "t": task_id})
+    data: dict[str, Any] = {"status": status, "error": error}
+    if result is not None:
+        data["result"] = result
+    yield from _events(d, task_id, [("task", data)], now)
+
+
+def set_planner_model(d: Dialect, task_id: str, model: str) -> Op:
+    yield ("exec", "SET_PLANNER_MODEL", {"m": model, "t": task_id})
+
+
+def save_plan(d: Dialect, task_id: str, *, reasoning: str | None, subtasks: Sequence[SubState],
+              prompt_versions: dict[str, str], status: str) -> Op:
+    """The subtask rows are the plan: the plan's JSON is cleared from the task row, and
+    a narrow row keeps hot UPDATEs small."""
+    now = d.now()
+    rows = [{"id": f"s_{task_id[2:]}_{s.index}", "t": task_id, "i": s.index, "d": s.description,
+             "th": s.tier_hint, "ta": s.tier_assigned, "ms": d.json(s.models), "m": s.model,
+             "deps": d.json(s.depends_on), "st": s.status} for s in subtasks]
+    if rows:
+        yield ("many", "INSERT_SUBTASK", rows)
+    yield ("exec", "SAVE_PLAN", {"r": reasoning, "pv": d.json(prompt_versions), "st": status, "now": now,
+                                 "t": task_id})
+    yield from _events(d, task_id, [("task", {"status": status, "error": None})], now)
+
+
+def end_subtask(d: Dialect, task_id: str, index: int, *, status: str, error: str | None) -> Op:
+    now = d.now()
+    row = yield ("one", "END_SUBTASK", {"st": status, "err": error, "now": now, "t": task_id, "i": index})
+    if row is None:
+        raise NotFound(f"no subtask {index} in task {task_id!r}")
+    sub = sub_state(d, row)
+    yield from _events(d, task_id, [("subtask", sub_event(sub))], now)
+    return sub
+
+
+def reserve(d: Dialect, requests: Sequence[ReserveRequest], *, lock_users: bool) -> Op:
+    """See RunStore.reserve. `lock_users`: serialize one user's reservations across
+    processes by locking the user's row (SQLite's single writer already does)."""
+    now = d.now()
+    out: list[ReserveOutcome | None] = [None] * len(requests)
+    groups: dict[str, list[int]] = {}
+    for k, r in enumerate(requests):
+        bulk = r.subtask is not None and (r.daily_budget is None or r.user_id is None)
+        groups.setdefault(r.task_id if bulk else f"\0{k}", []).append(k)
+    for key in sorted(groups):  # one lock order for every transaction
+        members = groups[key]
+        if len(members) > 1:
+            got = yield from _reserve_many(d, [requests[k] for k in members], now)
+            if got is not None:
+                for k, res in zip(members, got, strict=True):
+                    out[k] = res
+                continue
+        for k in members:  # one at a time: some may fit where all did not
+            out[k] = yield from _reserve_one(d, requests[k], now, lock_users=lock_users)
+    return out
+
+
+def _reserve_one(d: Dialect, r: ReserveRequest, now: Any, *, lock_users: bool) -> Op:
+    if r.daily_budget is not None and r.user_id is not None:
+        if lock_users:
+            yield ("one", "LOCK_USER", {"u": r.user_id})
+        (spent,) = yield ("one", "DAILY_SPENT", {"u": r.user_id, "day": d.at(_midnight())})
+        if float(spent) + r.amount > r.daily_budget + EPS:
+            return DailyRefusal(float(spent))
+    row = yield ("one", "RESERVE_ON_TASK", {"r": r.amount, "now": now, "t": r.task_id, "eps": EPS})
+    if row is None:
+        left = yield ("one", "BUDGET_LEFT", {"t": r.task_id})
+        return BudgetRefusal(max(0.0, float(left[0])) if left else 0.0)
+    return (yield from _book(d, [r], now))[0]
+
+
+def _reserve_many(d: Dialect, rs: Sequence[ReserveRequest], now: Any) -> Op:
+    total = sum(r.amount for r in rs)
+    row = yield ("one", "RESERVE_ON_TASK", {"r": total, "now": now, "t": rs[0].task_id, "eps": EPS})
+    if row is None:
+        return None
+    return (yield from _book(d, rs, now))
+
+
+def _book(d: Dialect, rs: Sequence[ReserveRequest], now: Any) -> Op:
+    """The ledger rows of reservations the task's budget took, and (for subtasks) the
+    attempt counted and the subtask running, with its events."""
+    out, events = [], []
+    for r in rs:
+        (ledger_id,) = yield ("one", "INSERT_RESERVED", {
+            "t": r.task_id, "u": r.user_id, "kind": r.kind, "si": r.subtask, "tier": r.tier, "model": r.model,
+            "att": r.attempt, "r": r.amount, "now": now})
+        out.append(Reservation(int(ledger_id), r.amount))
+        if r.subtask is not None:
+            row = yield ("one", "MARK_RUNNING", {"att": r.attempt, "model": r.model, "now": now, "t": r.task_id,
+                                                 "i": r.subtask})
+            events.append(("subtask", sub_event(sub_state(d, row))))
+    if events:
+        yield from _events(d, rs[0].task_id, events, now)
+    return out
+
+
+def _midnight() -> datetime:
+    return datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def settle(d: Dialect, task_id: str, res: Reservation, subtask: int | None, o: Settlement) -> Op:
+    now = d.now()
+    done = subtask is not None and o.complete_with is not None
+    yield ("exec", "SETTLE_LEDGER", {"st": o.status, "c": o.cost_usd, "i": o.input_tokens, "o": o.output_tokens,
+                                     "cr": o.cache_read_tokens, "cw": o.cache_write_tokens, "lat": o.latency_ms,
+                                     "err": o.error, "now": now, "id": res.ledger_id})
+    yield ("exec", "SETTLE_TASK", {"r": res.amount, "c": o.cost_usd, "now": now, "t": task_id})
+    if subtask is None:
+        return None
+    row = yield ("one", "SETTLE_SUBTASK", {
+        "c": o.cost_usd, "i": o.input_tokens + o.cache_read_tokens + o.cache_write_tokens, "o": o.output_tokens,
+        "done": done, "res": o.complete_with, "now": now, "t": task_id, "idx": subtask})
+    sub = sub_state(d, row)
+    if done:
+        yield from _events(d, task_id, [("subtask", sub_event(sub, with_result=True))], now)
+    return sub
+
+
+def _close_open_rows(d: Dialect, task_id: str, status: str, why: str, now: Any) -> Op:
+    """Settle every open reservation at its worst case (the provider may have billed
+    it) and move the money from reserved to spent. Returns the rows closed."""
+    rows = yield ("all", "OPEN_ROWS", {"t": task_id, "st": CallStatus.reserved.value})
+    if rows:
+        yield ("many", "CLOSE_ROW", [{"st": status, "now": now, "err": why, "id": r[0]} for r in rows])
+    spent = sum(float(r[1]) for r in rows)
+    yield ("exec", "MOVE_RESERVED", {"spent": spent, "now": now, "t": task_id})
+    return len(rows)
+
+
+def recover(d: Dialect, task_id: str) -> Op:
+    now = d.now()
+    n = yield from _close_open_rows(d, task_id, CallStatus.lost.value,
+                                    "the process stopped while this call was in flight; counted at its worst case",
+                                    now)
+    yield ("exec", "RESET_RUNNING", {"t": task_id, "running": SubtaskStatus.running.value,
+                                     "pending": SubtaskStatus.pending.value})
+    return n
+
+
+def request_cancel(d: Dialect, task_id: str) -> Op:
+    row = yield ("one", "REQUEST_CANCEL", {"t": task_id})
+    return None if row is None else row[0]
+
+
+def cancel_open(d: Dialect, task_id: str) -> Op:
+    now = d.now()
+    yield from _close_open_rows(d, task_id, CallStatus.canceled.value,
+                                "canceled while in flight; counted at its worst case", now)
+    rows = yield ("all", "CANCEL_SUBTASKS", {"t": task_id, "st": SubtaskStatus.canceled.value, "err": "canceled",
+                                             "now": now, "terminal": [s.value for s in TERMINAL_SUBTASK]})
+    subs = sorted((sub_state(d, r) for r in rows), key=lambda s: s.index)
+    if subs:
+        yield from _events(d, task_id, [("subtask", sub_event(s)) for s in subs], now)
+
+
+def set_approved(d: Dialect, task_id: str) -> Op:
+    yield ("exec", "SET_APPROVED", {"t": task_id})
+
+
+# reads ----------------------------------------------------------------------------------
+
+
+def load(d: Dialect, task_id: str) -> Op:
+    row = yield ("one", "LOAD_TASK", {"t": task_id})
+    if row is None:
+        return None
+    subs = yield ("all", "LOAD_SUBTASKS", {"t": task_id})
+    return TaskState(id=row[0], user_id=row[1], prompt=row[2], status=row[3], priority=row[4], approve=bool(row[5]),
+                     budget_usd=row[6], plan_in=d.loads(row[7]), reasoning=row[8], total_cost_usd=row[9],
+                     reserved_usd=row[10], cancel_requested=bool(row[11]), event_seq=row[12],
+                     subtasks=[sub_state(d, s) for s in subs])
+
+
+def unfinished_task_ids(d: Dialect) -> Op:
+    rows = yield ("all", "UNFINISHED", {"terminal": [s.value for s in TERMINAL_TASK]})
+    return [r[0] for r in rows]
+
+
+def budget_left(d: Dialect, task_id: str) -> Op:
+    row = yield ("one", "BUDGET_LEFT", {"t": task_id})
+    return 0.0 if row is None else max(0.0, float(row[0]))
+
+
+def user_daily_budget(d: Dialect, user_id: str | None, default: float | None) -> Op:
+    if user_id is None:
+        return default
+    row = yield ("one", "USER_DAILY_BUDGET", {"u": user_id})
+    return row[0] if row is not None and row[0] is not None else default
+
+
+def events_after(d: Dialect, task_id: str, seq: int, limit: int) -> Op:
+    rows = yield ("all", "EVENTS_AFTER", {"t": task_id, "s": seq, "n": limit})
+    return [Event(task_id, int(r[0]), r[1], d.loads(r[2])) for r in rows]
+
+
+def _not_found(task_id: str) -> NotFound:
+    return NotFound(f"no task with id {task_id[:80]!r}")
+
+
+def head(d: Dialect, task_id: str, user_id: str | None) -> Op:
+    row = yield ("one", "HEAD", {"t": task_id})
+    if row is None or (user_id is not None and row[1] != user_id):
+        raise _not_found(task_id)
+    return TaskHead(id=row[0], user_id=row[1], status=row[2], event_seq=int(row[3]))
+
+
+def snapshot(d: Dialect, task_id: str, user_id: str | None) -> Op:
+    """The task, its subtasks and its planner's spend: three statements in one read."""
+    t = yield ("one", "SNAP_TASK", {"t": task_id})
+    if t is None or (user_id is not None and t[1] != user_id):
+        raise _not_found(task_id)
+    subs = yield ("all", "SNAP_SUBTASKS", {"t": task_id})
+    p = yield ("one", "SNAP_PLANNER", {"t": task_id, "kind": CallKind.planner.value})
+    planner = None
+    if t[15] or p[3]:
+        planner = {"model": t[15], "cost_usd": float(p[0]), "input_tokens": int(p[1]),
+                   "output_tokens": int(p[2])}
+    return {
+        "id": t[0], "prompt": t[2], "status": t[3], "reasoning": t[4], "result": t[5], "error": t[6],
+        "budget_usd": t[7], "total_cost_usd": t[8], "priority": t[9], "prompt_versions": d.loads(t[10]),
+        "created_at": iso(d.dt(t[11])), "planned_at": iso(d.dt(t[12])), "started_at": iso(d.dt(t[13])),
+        "completed_at": iso(d.dt(t[14])), "planner": planner,
+        "subtasks": [
+            {"index": s[0], "description": s[1], "tier_hint": s[2], "tier_assigned": s[3], "model": s[4],
+             "depends_on": list(d.loads(s[5]) or []), "status": s[6], "result": s[7], "error": s[8],
+             "attempts": s[9], "cost_usd": s[10], "input_tokens": s[11], "output_tokens": s[12],
+             "started_at": iso(d.dt(s[13])), "completed_at": iso(d.dt(s[14]))}
+            for s in subs
+        ],
+    }
+
+
+def task_counts(d: Dialect) -> Op:
+    rows = yield ("all", "TASK_COUNTS", {})
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def principal_for_token(d: Dialect, digest: str) -> Op:
+    """The lookup is by hash (not secret); the caller compares again in constant time."""
+    row = yield ("one", "TOKEN", {"h": digest})
+    if row is None or row[4] is not None:
+        return None
+    return row[2], Principal(user_id=row[1], user_name=row[5],
+                             scopes=frozenset(s for s in row[3].split(",") if s), token_id=row[0])
+
+
+def period_starts(now: datetime) -> dict[str, datetime]:
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return {"today_usd": day, "week_usd": day - timedelta(days=day.weekday()), "month_usd": day.replace(day=1)}

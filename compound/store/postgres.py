@@ -1,0 +1,385 @@
+"""The RunStore on PostgreSQL: psycopg's async pool, and LISTEN/NOTIFY across processes.
+
+Each write is one transaction on a pooled connection; it sends `pg_notify` with the
+task id and the range of event seqs it wrote, delivered at commit. A dedicated
+connection LISTENs, and for a task someone here subscribes to, reads the new events
+and publishes them (a write of this process is published directly, and its own
+notification is ignored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg import AsyncConnection, AsyncCursor
+from psycopg.types.json import Json
+from psycopg_pool import AsyncConnectionPool
+from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg
+from sqlalchemy.engine import Engine
+
+from compound.core.logging import get_logger
+from compound.store import ops
+from compound.store.base import (
+    Event,
+    Principal,
+    Reservation,
+    ReserveOutcome,
+    ReserveRequest,
+    RunStore,
+    Settlement,
+    SubState,
+    TaskHead,
+    TaskState,
+)
+from compound.store.sqlrun import ReadQueries, check_token, hash_token, new_task_id
+
+log = get_logger("compound.store")
+CHANNEL = "compound_events"
+SUB = ops.SUB_COLS
+SQL: dict[str, str] = {
+    "NEXT_SEQ": "UPDATE task SET event_seq=event_seq+%(n)s, updated_at=%(now)s WHERE id=%(t)s "
+                "RETURNING event_seq, total_cost_usd",
+    "INSERT_EVENT": "INSERT INTO task_event (task_id, seq, kind, data, created_at) "
+                    "VALUES (%(t)s, %(seq)s, %(kind)s, %(data)s, %(now)s)",
+    "INSERT_TASK": "INSERT INTO task (id, user_id, prompt, status, priority, approve, budget_usd, plan_in, "
+                   "total_cost_usd, reserved_usd, cancel_requested, event_seq, created_at, updated_at) VALUES "
+                   "(%(id)s, %(u)s, %(p)s, %(st)s, %(pr)s, %(ap)s, %(b)s, %(plan)s, 0, 0, false, 0, %(now)s, %(now)s)",
+    "SET_STATUS": "UPDATE task SET status=%(st)s, error=COALESCE(%(err)s, error), result=COALESCE(%(res)s, result), "
+                  "started_at=CASE WHEN %(exec)s THEN COALESCE(started_at, %(now)s) ELSE started_at END, "
+                  "completed_at=CASE WHEN %(term)s THEN %(now)s ELSE completed_at END, updated_at=%(now)s "
+                  "WHERE id=%(t)s",
+    "SET_PLANNER_MODEL": "UPDATE task SET planner_model=%(m)s WHERE id=%(t)s",
+    "INSERT_SUBTASK": 'INSERT INTO subtask (id, task_id, "index", description, tier_hint, tier_assigned, models, '
+                      "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens) VALUES "
+                      "(%(id)s, %(t)s, %(i)s, %(d)s, %(th)s, %(ta)s, %(ms)s, %(m)s, %(deps)s, %(st)s, 0, 0, 0, 0)",
+    "SAVE_PLAN": "UPDATE task SET reasoning=%(r)s, plan_in=NULL, prompt_versions=%(pv)s, status=%(st)s, "
+                 "planned_at=%(now)s, updated_at=%(now)s WHERE id=%(t)s",
+    "END_SUBTASK": "UPDATE subtask SET status=%(st)s, error=%(err)s, completed_at=%(now)s "
+                   f'WHERE task_id=%(t)s AND "index"=%(i)s RETURNING {SUB}',
+    "LOCK_USER": 'SELECT id FROM "user" WHERE id=%(u)s FOR UPDATE',
+    "DAILY_SPENT": "SELECT COALESCE(SUM(CASE WHEN status='reserved' THEN reserved_usd ELSE cost_usd END), 0) "
+                   "FROM ledger WHERE user_id=%(u)s AND created_at >= %(day)s",
+    # The budget check and the reservation are one UPDATE: no row changes when it does not fit.
+    "RESERVE_ON_TASK": "UPDATE task SET reserved_usd=reserved_usd+%(r)s, updated_at=%(now)s "
+                       "WHERE id=%(t)s AND total_cost_usd+reserved_usd+%(r)s <= budget_usd+%(eps)s RETURNING id",
+    "BUDGET_LEFT": "SELECT budget_usd-total_cost_usd-reserved_usd FROM task WHERE id=%(t)s",
+    "INSERT_RESERVED": "INSERT INTO ledger (task_id, user_id, kind, subtask_index, tier, model, attempt, status, "
+                       "reserved_usd, cost_usd, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
+                       "created_at) VALUES (%(t)s, %(u)s, %(kind)s, %(si)s, %(tier)s, %(model)s, %(att)s, 'reserved', "
+                       "%(r)s, 0, 0, 0, 0, 0, %(now)s) RETURNING id",
+    "MARK_RUNNING": "UPDATE subtask SET status='running', attempts=%(att)s, model=%(model)s, "
+                    f'started_at=COALESCE(started_at, %(now)s) WHERE task_id=%(t)s AND "index"=%(i)s RETURNING {SUB}',
+    "SETTLE_LEDGER": "UPDATE ledger SET status=%(st)s, cost_usd=%(c)s, input_tokens=%(i)s, output_tokens=%(o)s, "
+                     "cache_read_tokens=%(cr)s, cache_write_tokens=%(cw)s, latency_ms=%(lat)s, error=%(err)s, "
+                     "settled_at=%(now)s WHERE id=%(id)s",
+    "SETTLE_TASK": "UPDATE task SET reserved_usd=reserved_usd-%(r)s, total_cost_usd=total_cost_usd+%(c)s, "
+                   "updated_at=%(now)s WHERE id=%(t)s",
+    "SETTLE_SUBTASK": "UPDATE subtask SET cost_usd=cost_usd+%(c)s, input_tokens=input_tokens+%(i)s, "
+                      "output_tokens=output_tokens+%(o)s, "
+                      "status=CASE WHEN %(done)s THEN 'completed' ELSE status END, "
+                      "result=CASE WHEN %(done)s THEN %(res)s::text ELSE result END, "
+                      "error=CASE WHEN %(done)s THEN NULL ELSE error END, "
+                      "completed_at=CASE WHEN %(done)s THEN %(now)s ELSE completed_at END "
+                      f'WHERE task_id=%(t)s AND "index"=%(idx)s RETURNING {SUB}',
+    "OPEN_ROWS": "SELECT id, reserved_usd FROM ledger WHERE task_id=%(t)s AND status=%(st)s",
+    "CLOSE_ROW": "UPDATE ledger SET status=%(st)s, cost_usd=reserved_usd, settled_at=%(now)s, error=%(err)s "
+                 "WHERE id=%(id)s",
+    "MOVE_RESERVED": "UPDATE task SET reserved_usd=0, total_cost_usd=total_cost_usd+%(spent)s, updated_at=%(now)s "
+                     "WHERE id=%(t)s",
+    "RESET_RUNNING": "UPDATE subtask SET status=%(pending)s WHERE task_id=%(t)s AND status=%(running)s",
+    "REQUEST_CANCEL": "UPDATE task SET cancel_requested=true WHERE id=%(t)s RETURNING status",
+    "CANCEL_SUBTASKS": "UPDATE subtask SET status=%(st)s, error=%(err)s, completed_at=%(now)s "
+                       f"WHERE task_id=%(t)s AND status <> ALL(%(terminal)s) RETURNING {SUB}",
+    "SET_APPROVED": "UPDATE task SET approve=true WHERE id=%(t)s",
+    "LOAD_TASK": f"SELECT {ops.TASK_COLS} FROM task WHERE id=%(t)s",
+    "LOAD_SUBTASKS": f'SELECT {SUB} FROM subtask WHERE task_id=%(t)s ORDER BY "index"',
+    "UNFINISHED": "SELECT id FROM task WHERE status <> ALL(%(terminal)s) ORDER BY priority, created_at",
+    "USER_DAILY_BUDGET": 'SELECT daily_budget_usd FROM "user" WHERE id=%(u)s',
+    "EVENTS_AFTER": "SELECT seq, kind, data FROM task_event WHERE task_id=%(t)s AND seq>%(s)s ORDER BY seq "
+                    "LIMIT %(n)s",
+    "HEAD": "SELECT id, user_id, status, event_seq FROM task WHERE id=%(t)s",
+    "SNAP_TASK": f"SELECT {ops.SNAP_TASK_COLS} FROM task WHERE id=%(t)s",
+    "SNAP_SUBTASKS": f'SELECT {ops.SNAP_SUB_COLS} FROM subtask WHERE task_id=%(t)s ORDER BY "index"',
+    "SNAP_PLANNER": "SELECT COALESCE(SUM(cost_usd), 0), COALESCE(SUM(input_tokens), 0), "
+                    "COALESCE(SUM(output_tokens), 0), COUNT(*) FROM ledger WHERE task_id=%(t)s AND kind=%(kind)s",
+    "TASK_COUNTS": "SELECT status, COUNT(*) FROM task GROUP BY status",
+    "TOKEN": 'SELECT k.id, k.user_id, k.token_hash, k.scopes, k.revoked_at, u.name FROM api_token k '
+             'JOIN "user" u ON u.id = k.user_id WHERE k.token_hash=%(h)s',
+}
+
+
+class PostgresDialect:
+    sql = SQL
+
+    @staticmethod
+    def now() -> datetime:
+        return naive_utc(datetime.now(UTC))
+
+    @staticmethod
+    def json(value: Any) -> Json:
+        return Json(value)
+
+    @staticmethod
+    def loads(value: Any) -> Any:
+        if isinstance(value, str | bytes):
+            import json
+
+            return json.loads(value)
+        return value
+
+    @staticmethod
+    def dt(value: Any) -> datetime | None:
+        return ops.parse_dt(value)
+
+    @staticmethod
+    def at(value: datetime) -> datetime:
+        return naive_utc(value)
+
+
+def naive_utc(value: datetime) -> datetime:
+    """Timestamps are stored as naive UTC (`timestamp without time zone`)."""
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
+D = PostgresDialect()
+Factory = Callable[[], ops.Op]
+
+
+async def run(cur: AsyncCursor[Any], op: ops.Op, events: list[Event]) -> Any:
+    """Drive one operation on a cursor (inside the caller's transaction)."""
+    try:
+        req = next(op)
+        while True:
+            if isinstance(req, Event):
+                events.append(req)
+                req = op.send(None)
+                continue
+            mode, name, params = req
+            sql = SQL[name]
+            if mode == "many":
+                await cur.executemany(sql, params)
+                got: Any = None
+            else:
+                await cur.execute(sql, params)
+                got = (await cur.fetchone()) if mode == "one" else (await cur.fetchall()) if mode == "all" else None
+            req = op.send(got)
+    except StopIteration as stop:
+        return stop.value
+
+
+def conninfo(url: str) -> str:
+    """A libpq URI from a SQLAlchemy-style URL (postgresql+psycopg://...)."""
+    scheme, rest = url.split("://", 1)
+    return "postgresql://" + rest if scheme.startswith("postgres") else url
+
+
+class PostgresRunStore(RunStore):
+    def __init__(self, url: str, *, pool_size: int = 10, listen: bool = True) -> None:
+        super().__init__(url)
+        self.pool = AsyncConnectionPool(conninfo(url), min_size=1, max_size=pool_size, open=False)
+        self.listen = listen
+        self.origin = uuid.uuid4().hex[:12]  # this store's notifications, ignored by its own listener
+        self._listener: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+        self._engine: Engine | None = None
+        self._pg = pg_psycopg.dialect()
+        self._opened = False
+        self.queries = ReadQueries("postgresql")
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            from compound.store.db import make_engine
+
+            self._engine = make_engine(self.url)
+        return self._engine
+
+    async def open(self) -> None:
+        if self._opened:
+            return
+        self._opened = True
+        from compound.store.db import create_all
+
+        await asyncio.to_thread(create_all, self.engine)
+        await self.pool.open(wait=True)
+        if self.listen:
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+            await self._listening.wait()
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        await self.pool.close()
+        if self._engine is not None:
+            self._engine.dispose()
+
+    async def _listen(self) -> None:
+        """LISTEN on a dedicated connection; reconnect (and re-read what subscribers
+        may have missed, by the Subscription's gap fill) when it drops."""
+        while True:
+            try:
+                async with await AsyncConnection.connect(conninfo(self.url), autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    self._listening.set()
+                    async for note in conn.notifies():
+                        await self._notified(note.payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("event listener lost its connection; reconnecting")
+                self._listening.set()
+                await asyncio.sleep(0.5)
+
+    async def _notified(self, payload: str) -> None:
+        try:
+            origin, task_id, first, last = payload.rsplit(":", 3)
+            lo, hi = int(first), int(last)
+        except ValueError:
+            return
+        if origin == self.origin or not self.hub.watched(task_id):
+            return
+        self.hub.publish(await self.events_after(task_id, lo - 1, limit=hi - lo + 1))
+
+    # running operations --------------------------------------------------------------
+
+    async def _write(self, factory: Factory) -> Any:
+        self.stats.writes += 1
+        events: list[Event] = []
+        async with self.pool.connection() as conn:
+            async with conn.transaction(), conn.cursor() as cur:
+                value = await run(cur, factory(), events)
+                for task_id, (lo, hi) in _ranges(events).items():
+                    await cur.execute("SELECT pg_notify(%(c)s, %(p)s)",
+                                      {"c": CHANNEL, "p": f"{self.origin}:{task_id}:{lo}:{hi}"})
+            self.stats.commits += 1
+        self.hub.publish(events)
+        return value
+
+    async def _read(self, factory: Factory) -> Any:
+        self.stats.reads += 1
+        async with self.pool.connection() as conn:
+            async with conn.transaction(), conn.cursor() as cur:
+                return await run(cur, factory(), [])
+
+    async def _core(self, stmt: Any) -> list[Any]:
+        """A SQLAlchemy Core read compiled for psycopg, run on the pool."""
+        self.stats.reads += 1
+        compiled = stmt.compile(dialect=self._pg)
+        async with self.pool.connection() as conn, conn.cursor() as cur:
+            await cur.execute(str(compiled), compiled.params)
+            return list(await cur.fetchall())
+
+    # writes ---------------------------------------------------------------------------
+
+    async def create_task(self, *, prompt: str, budget_usd: float, user_id: str | None = None,
+                          priority: int = 2, plan_in: dict[str, Any] | None = None,
+                          approve: bool = True) -> TaskState:
+        task_id = new_task_id()
+        out: TaskState = await self._write(lambda: ops.create_task(
+            D, task_id, prompt=prompt, budget_usd=budget_usd, user_id=user_id, priority=priority,
+            plan_in=plan_in, approve=approve))
+        return out
+
+    async def set_status(self, task_id: str, status: str, *, error: str | None = None,
+                         result: str | None = None) -> None:
+        await self._write(lambda: ops.set_status(D, task_id, status, error=error, result=result))
+
+    async def set_planner_model(self, task_id: str, model: str) -> None:
+        await self._write(lambda: ops.set_planner_model(D, task_id, model))
+
+    async def save_plan(self, task_id: str, *, reasoning: str | None, subtasks: Sequence[SubState],
+                        prompt_versions: dict[str, str], status: str) -> None:
+        await self._write(lambda: ops.save_plan(D, task_id, reasoning=reasoning, subtasks=subtasks,
+                                                prompt_versions=prompt_versions, status=status))
+
+    async def end_subtask(self, task_id: str, index: int, *, status: str, error: str | None) -> SubState:
+        out: SubState = await self._write(lambda: ops.end_subtask(D, task_id, index, status=status, error=error))
+        return out
+
+    async def reserve(self, requests: Sequence[ReserveRequest]) -> list[ReserveOutcome]:
+        out: list[ReserveOutcome] = await self._write(lambda: ops.reserve(D, requests, lock_users=True))
+        return out
+
+    async def settle(self, task_id: str, reservation: Reservation, subtask: int | None,
+                     outcome: Settlement) -> SubState | None:
+        out: SubState | None = await self._write(lambda: ops.settle(D, task_id, reservation, subtask, outcome))
+        return out
+
+    async def recover(self, task_id: str) -> int:
+        return int(await self._write(lambda: ops.recover(D, task_id)))
+
+    async def request_cancel(self, task_id: str) -> str | None:
+        out: str | None = await self._write(lambda: ops.request_cancel(D, task_id))
+        return out
+
+    async def cancel_open(self, task_id: str) -> None:
+        await self._write(lambda: ops.cancel_open(D, task_id))
+
+    async def set_approved(self, task_id: str) -> None:
+        await self._write(lambda: ops.set_approved(D, task_id))
+
+    # reads ----------------------------------------------------------------------------
+
+    async def load(self, task_id: str) -> TaskState | None:
+        out: TaskState | None = await self._read(lambda: ops.load(D, task_id))
+        return out
+
+    async def unfinished_task_ids(self) -> list[str]:
+        out: list[str] = await self._read(lambda: ops.unfinished_task_ids(D))
+        return out
+
+    async def budget_left(self, task_id: str) -> float:
+        return float(await self._read(lambda: ops.budget_left(D, task_id)))
+
+    async def user_daily_budget(self, user_id: str | None, default: float | None) -> float | None:
+        out: float | None = await self._read(lambda: ops.user_daily_budget(D, user_id, default))
+        return out
+
+    async def events_after(self, task_id: str, seq: int, limit: int = 500) -> list[Event]:
+        out: list[Event] = await self._read(lambda: ops.events_after(D, task_id, seq, limit))
+        return out
+
+    async def head(self, task_id: str, *, user_id: str | None = None) -> TaskHead:
+        out: TaskHead = await self._read(lambda: ops.head(D, task_id, user_id))
+        return out
+
+    async def snapshot(self, task_id: str, *, user_id: str | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = await self._read(lambda: ops.snapshot(D, task_id, user_id))
+        return out
+
+    async def list_tasks(self, *, user_id: str | None, limit: int = 20, status: str | None = None,
+                         cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        stmt = self.queries.list_tasks(user_id=user_id, limit=limit, status=status, cursor=cursor)
+        return self.queries.list_page(await self._core(stmt), limit)
+
+    async def costs(self, *, since: datetime, until: datetime, group_by: str | None,
+                    user_id: str | None) -> dict[str, Any]:
+        total, groups = self.queries.costs(since=since, until=until, group_by=group_by, user_id=user_id)
+        return self.queries.costs_shape(await self._core(total), await self._core(groups) if groups is not None
+                                        else [])
+
+    async def spend_summary(self, *, user_id: str | None) -> dict[str, float]:
+        return await self.queries.spend_summary(self, user_id=user_id)
+
+    async def task_counts(self) -> dict[str, int]:
+        out: dict[str, int] = await self._read(lambda: ops.task_counts(D))
+        return out
+
+    async def principal_for_token(self, token: str) -> Principal | None:
+        return check_token(token, await self._read(lambda: ops.principal_for_token(D, hash_token(token))))
+
+
+def _ranges(events: Sequence[Event]) -> dict[str, tuple[int, int]]:
+    out: dict[str, tuple[int, int]] = {}
+    for ev in events:
+        lo, hi = out.get(ev.task_id, (ev.seq, ev.seq))
+        out[ev.task_id] = (min(lo, ev.seq), max(hi, ev.seq))
+    return out

@@ -1,0 +1,456 @@
+"""The RunStore on SQLite: one writer thread that group-commits, readers off the loop.
+
+Writes go to a queue; the writer thread takes every write waiting, runs them in one
+transaction (group commit: one commit for a burst of transitions), then hands results
+and events back to the event loop. Reads run on a small thread pool, each thread with
+its own connection (WAL: readers never wait for the writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from compound.store import ops
+from compound.store.base import (
+    Event,
+    Principal,
+    Reservation,
+    ReserveOutcome,
+    ReserveRequest,
+    RunStore,
+    Settlement,
+    SubState,
+    TaskHead,
+    TaskState,
+)
+from compound.store.sqlrun import ReadQueries, check_token, hash_token, new_task_id
+
+TERMINAL = "('completed','partial','failed','canceled')"
+SQL: dict[str, str] = {
+    "NEXT_SEQ": "UPDATE task SET event_seq=event_seq+:n, updated_at=:now WHERE id=:t "
+                "RETURNING event_seq, total_cost_usd",
+    "INSERT_EVENT": "INSERT INTO task_event (task_id, seq, kind, data, created_at) VALUES (:t, :seq, :kind, :data, :now)",
+    "INSERT_TASK": "INSERT INTO task (id, user_id, prompt, status, priority, approve, budget_usd, plan_in, "
+                   "total_cost_usd, reserved_usd, cancel_requested, event_seq, created_at, updated_at) VALUES "
+                   "(:id, :u, :p, :st, :pr, :ap, :b, :plan, 0, 0, 0, 0, :now, :now)",
+    "SET_STATUS": "UPDATE task SET status=:st, error=COALESCE(:err, error), result=COALESCE(:res, result), "
+                  "started_at=CASE WHEN :exec THEN COALESCE(started_at, :now) ELSE started_at END, "
+                  "completed_at=CASE WHEN :term THEN :now ELSE completed_at END, updated_at=:now WHERE id=:t",
+    "SET_PLANNER_MODEL": "UPDATE task SET planner_model=:m WHERE id=:t",
+    "INSERT_SUBTASK": 'INSERT INTO subtask (id, task_id, "index", description, tier_hint, tier_assigned, models, '
+                      "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens) VALUES "
+                      "(:id, :t, :i, :d, :th, :ta, :ms, :m, :deps, :st, 0, 0, 0, 0)",
+    "SAVE_PLAN": "UPDATE task SET reasoning=:r, plan_in=NULL, prompt_versions=:pv, status=:st, planned_at=:now, "
+                 "updated_at=:now WHERE id=:t",
+    "END_SUBTASK": "UPDATE subtask SET status=:st, error=:err, completed_at=:now "
+                   f'WHERE task_id=:t AND "index"=:i RETURNING {ops.SUB_COLS}',
+    "LOCK_USER": "SELECT 1",
+    "DAILY_SPENT": "SELECT COALESCE(SUM(CASE WHEN status='reserved' THEN reserved_usd ELSE cost_usd END), 0) "
+                   "FROM ledger WHERE user_id=:u AND created_at >= :day",
+    # The budget check and the reservation are one UPDATE: no row changes when it does not fit.
+    "RESERVE_ON_TASK": "UPDATE task SET reserved_usd=reserved_usd+:r, updated_at=:now "
+                       "WHERE id=:t AND total_cost_usd+reserved_usd+:r <= budget_usd+:eps RETURNING id",
+    "BUDGET_LEFT": "SELECT budget_usd-total_cost_usd-reserved_usd FROM task WHERE id=:t",
+    "INSERT_RESERVED": "INSERT INTO ledger (task_id, user_id, kind, subtask_index, tier, model, attempt, status, "
+                       "reserved_usd, cost_usd, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
+                       "created_at) VALUES (:t, :u, :kind, :si, :tier, :model, :att, 'reserved', :r, 0, 0, 0, 0, 0, "
+                       ":now) RETURNING id",
+    "MARK_RUNNING": "UPDATE subtask SET status='running', attempts=:att, model=:model, "
+                    f'started_at=COALESCE(started_at, :now) WHERE task_id=:t AND "index"=:i RETURNING {ops.SUB_COLS}',
+    "SETTLE_LEDGER": "UPDATE ledger SET status=:st, cost_usd=:c, input_tokens=:i, output_tokens=:o, "
+                     "cache_read_tokens=:cr, cache_write_tokens=:cw, latency_ms=:lat, error=:err, settled_at=:now "
+                     "WHERE id=:id",
+    "SETTLE_TASK": "UPDATE task SET reserved_usd=reserved_usd-:r, total_cost_usd=total_cost_usd+:c, "
+                   "updated_at=:now WHERE id=:t",
+    "SETTLE_SUBTASK": "UPDATE subtask SET cost_usd=cost_usd+:c, input_tokens=input_tokens+:i, "
+                      "output_tokens=output_tokens+:o, status=CASE WHEN :done THEN 'completed' ELSE status END, "
+                      "result=CASE WHEN :done THEN :res ELSE result END, "
+                      "error=CASE WHEN :done THEN NULL ELSE error END, "
+                      "completed_at=CASE WHEN :done THEN :now ELSE completed_at END "
+                      f'WHERE task_id=:t AND "index"=:idx RETURNING {ops.SUB_COLS}',
+    "OPEN_ROWS": "SELECT id, reserved_usd FROM ledger WHERE task_id=:t AND status=:st",
+    "CLOSE_ROW": "UPDATE ledger SET status=:st, cost_usd=reserved_usd, settled_at=:now, error=:err WHERE id=:id",
+    "MOVE_RESERVED": "UPDATE task SET reserved_usd=0, total_cost_usd=total_cost_usd+:spent, updated_at=:now "
+                     "WHERE id=:t",
+    "RESET_RUNNING": "UPDATE subtask SET status=:pending WHERE task_id=:t AND status=:running",
+    "REQUEST_CANCEL": "UPDATE task SET cancel_requested=1 WHERE id=:t RETURNING status",
+    "CANCEL_SUBTASKS": "UPDATE subtask SET status=:st, error=:err, completed_at=:now WHERE task_id=:t AND status "
+                       f"NOT IN ('completed','failed','skipped','canceled') RETURNING {ops.SUB_COLS}",
+    "SET_APPROVED": "UPDATE task SET approve=1 WHERE id=:t",
+    "LOAD_TASK": f"SELECT {ops.TASK_COLS} FROM task WHERE id=:t",
+    "LOAD_SUBTASKS": f'SELECT {ops.SUB_COLS} FROM subtask WHERE task_id=:t ORDER BY "index"',
+    "UNFINISHED": f"SELECT id FROM task WHERE status NOT IN {TERMINAL} ORDER BY priority, created_at",
+    "USER_DAILY_BUDGET": 'SELECT daily_budget_usd FROM "user" WHERE id=:u',
+    "EVENTS_AFTER": "SELECT seq, kind, data FROM task_event WHERE task_id=:t AND seq>:s ORDER BY seq LIMIT :n",
+    "HEAD": "SELECT id, user_id, status, event_seq FROM task WHERE id=:t",
+    "SNAP_TASK": f"SELECT {ops.SNAP_TASK_COLS} FROM task WHERE id=:t",
+    "SNAP_SUBTASKS": f'SELECT {ops.SNAP_SUB_COLS} FROM subtask WHERE task_id=:t ORDER BY "index"',
+    "SNAP_PLANNER": "SELECT COALESCE(SUM(cost_usd), 0), COALESCE(SUM(input_tokens), 0), "
+                    "COALESCE(SUM(output_tokens), 0), COUNT(*) FROM ledger WHERE task_id=:t AND kind=:kind",
+    "TASK_COUNTS": "SELECT status, COUNT(*) FROM task GROUP BY status",
+    "TOKEN": 'SELECT k.id, k.user_id, k.token_hash, k.scopes, k.revoked_at, u.name FROM api_token k '
+             'JOIN "user" u ON u.id = k.user_id WHERE k.token_hash=:h',
+}
+
+
+class SqliteDialect:
+    sql = SQL
+
+    @staticmethod
+    def now() -> str:
+        return sqlite_time(datetime.now(UTC))
+
+    @staticmethod
+    def json(value: Any) -> str:
+        return json.dumps(value, separators=(",", ":"))
+
+    @staticmethod
+    def loads(value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str | bytes) else value
+
+    @staticmethod
+    def dt(value: Any) -> datetime | None:
+        return ops.parse_dt(value)
+
+    @staticmethod
+    def at(value: datetime) -> str:
+        return sqlite_time(value)
+
+
+def sqlite_time(value: datetime) -> str:
+    """SQLAlchemy's SQLite DATETIME storage format (naive UTC), so every reader agrees."""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+D = SqliteDialect()
+
+
+def run(cur: sqlite3.Cursor, op: ops.Op, events: list[Event]) -> Any:
+    """Drive one operation on a cursor (inside the caller's transaction)."""
+    try:
+        req = next(op)
+        while True:
+            if isinstance(req, Event):
+                events.append(req)
+                req = op.send(None)
+                continue
+            mode, name, params = req
+            sql = SQL[name]
+            if mode == "many":
+                cur.executemany(sql, params)
+                got: Any = None
+            else:
+                cur.execute(sql, params)
+                got = cur.fetchone() if mode == "one" else cur.fetchall() if mode == "all" else None
+            req = op.send(got)
+    except StopIteration as stop:
+        return stop.value
+
+
+def connect(path: str, *, synchronous: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+Factory = Callable[[], ops.Op]
+_STOP = object()
+
+
+class _Writer:
+    """The one writer: a thread that runs every queued write of a burst in one
+    transaction. A failing write is retried alone so it fails alone."""
+
+    MAX_BATCH = 512
+
+    def __init__(self, store: SqliteRunStore, path: str, synchronous: str) -> None:
+        self.store = store
+        self.path = path
+        self.synchronous = synchronous
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._main, name="compound-sqlite-writer", daemon=True)
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.thread.start()
+
+    def submit(self, factory: Factory) -> asyncio.Future[Any]:
+        assert self.loop is not None, "the store is not open"
+        fut: asyncio.Future[Any] = self.loop.create_future()
+        self.queue.put((factory, fut))
+        return fut
+
+    def stop(self) -> None:
+        self.queue.put(_STOP)
+        self.thread.join()
+
+    def _main(self) -> None:
+        conn = connect(self.path, synchronous=self.synchronous)
+        # Checkpoints (which fsync) run on this thread between bursts, not in a commit.
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        dirty = 0
+        try:
+            while True:
+                try:
+                    item = self.queue.get(timeout=0.5 if dirty else None)
+                except queue.Empty:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    dirty = 0
+                    continue
+                batch = [item]
+                while len(batch) < self.MAX_BATCH:
+                    try:
+                        batch.append(self.queue.get_nowait())
+                    except queue.Empty:
+                        break
+                stop = any(b is _STOP for b in batch)
+                work = [b for b in batch if b is not _STOP]
+                if work:
+                    self._commit(conn, work)
+                    dirty += len(work)
+                    if dirty > 2000:  # a long burst: keep the WAL short
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                        dirty = 0
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, work: list[tuple[Factory, asyncio.Future[Any]]]) -> None:
+        events: list[Event] = []
+        results: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        cur = conn.cursor()
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            for factory, fut in work:
+                results.append((fut, True, run(cur, factory(), events)))
+            cur.execute("COMMIT")
+            self.store.stats.commits += 1
+        except Exception:
+            cur.execute("ROLLBACK") if conn.in_transaction else None
+            events, results = [], []
+            for factory, fut in work:  # alone, each in its own transaction
+                mine: list[Event] = []
+                try:
+                    cur.execute("BEGIN IMMEDIATE")
+                    value = run(cur, factory(), mine)
+                    cur.execute("COMMIT")
+                    self.store.stats.commits += 1
+                    events.extend(mine)
+                    results.append((fut, True, value))
+                except Exception as exc:
+                    if conn.in_transaction:
+                        cur.execute("ROLLBACK")
+                    results.append((fut, False, exc))
+        finally:
+            cur.close()
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self.store.delivered, events, results)
+
+
+class SqliteRunStore(RunStore):
+    def __init__(self, url: str, *, synchronous: str = "NORMAL", readers: int = 2) -> None:
+        super().__init__(url)
+        self.path = url.split("///", 1)[1] if "///" in url else ":memory:"
+        self.synchronous = synchronous
+        self._engine: Engine | None = None
+        self._writer: _Writer | None = None
+        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="compound-sqlite-reader")
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self.queries = ReadQueries("sqlite")
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            from compound.store.db import make_engine
+
+            self._engine = make_engine(self.url, sqlite_synchronous=self.synchronous)
+        return self._engine
+
+    async def open(self) -> None:
+        if self._writer is not None:
+            return
+        from compound.store.db import create_all
+
+        await asyncio.to_thread(create_all, self.engine)
+        self._writer = _Writer(self, self.path, self.synchronous)
+        self._writer.start(asyncio.get_running_loop())
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.stop)
+            self._writer = None
+        self._readers.shutdown(wait=True)
+        with self._conns_lock:
+            for c in self._conns:
+                c.close()
+            self._conns.clear()
+        if self._engine is not None:
+            self._engine.dispose()
+
+    def delivered(self, events: list[Event], results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+        """On the loop, after a commit: tell subscribers, then the writers."""
+        self.hub.publish(events)
+        for fut, ok, value in results:
+            if fut.done():
+                continue
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+    async def _write(self, factory: Factory) -> Any:
+        if self._writer is None:
+            raise RuntimeError("the store is not open: await store.open() first")
+        self.stats.writes += 1
+        return await self._writer.submit(factory)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, synchronous=self.synchronous)
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    def _read_sync(self, factory: Factory) -> Any:
+        conn = self._conn()
+        cur = conn.cursor()
+        try:
+            cur.execute("BEGIN")  # one consistent snapshot for the statements of a read
+            try:
+                return run(cur, factory(), [])
+            finally:
+                cur.execute("COMMIT")
+        finally:
+            cur.close()
+
+    async def _read(self, factory: Factory) -> Any:
+        self.stats.reads += 1
+        return await asyncio.get_running_loop().run_in_executor(self._readers, self._read_sync, factory)
+
+    async def _core(self, stmt: Any) -> list[Any]:
+        """A SQLAlchemy Core read (listings and costs), off the loop."""
+        self.stats.reads += 1
+
+        def go() -> list[Any]:
+            with self.engine.connect() as conn:
+                return list(conn.execute(stmt).all())
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, go)
+
+    # writes ---------------------------------------------------------------------------
+
+    async def create_task(self, *, prompt: str, budget_usd: float, user_id: str | None = None,
+                          priority: int = 2, plan_in: dict[str, Any] | None = None,
+                          approve: bool = True) -> TaskState:
+        task_id = new_task_id()
+        out: TaskState = await self._write(lambda: ops.create_task(
+            D, task_id, prompt=prompt, budget_usd=budget_usd, user_id=user_id, priority=priority,
+            plan_in=plan_in, approve=approve))
+        return out
+
+    async def set_status(self, task_id: str, status: str, *, error: str | None = None,
+                         result: str | None = None) -> None:
+        await self._write(lambda: ops.set_status(D, task_id, status, error=error, result=result))
+
+    async def set_planner_model(self, task_id: str, model: str) -> None:
+        await self._write(lambda: ops.set_planner_model(D, task_id, model))
+
+    async def save_plan(self, task_id: str, *, reasoning: str | None, subtasks: Sequence[SubState],
+                        prompt_versions: dict[str, str], status: str) -> None:
+        await self._write(lambda: ops.save_plan(D, task_id, reasoning=reasoning, subtasks=subtasks,
+                                                prompt_versions=prompt_versions, status=status))
+
+    async def end_subtask(self, task_id: str, index: int, *, status: str, error: str | None) -> SubState:
+        out: SubState = await self._write(lambda: ops.end_subtask(D, task_id, index, status=status, error=error))
+        return out
+
+    async def reserve(self, requests: Sequence[ReserveRequest]) -> list[ReserveOutcome]:
+        out: list[ReserveOutcome] = await self._write(lambda: ops.reserve(D, requests, lock_users=False))
+        return out
+
+    async def settle(self, task_id: str, reservation: Reservation, subtask: int | None,
+                     outcome: Settlement) -> SubState | None:
+        out: SubState | None = await self._write(lambda: ops.settle(D, task_id, reservation, subtask, outcome))
+        return out
+
+    async def recover(self, task_id: str) -> int:
+        return int(await self._write(lambda: ops.recover(D, task_id)))
+
+    async def request_cancel(self, task_id: str) -> str | None:
+        out: str | None = await self._write(lambda: ops.request_cancel(D, task_id))
+        return out
+
+    async def cancel_open(self, task_id: str) -> None:
+        await self._write(lambda: ops.cancel_open(D, task_id))
+
+    async def set_approved(self, task_id: str) -> None:
+        await self._write(lambda: ops.set_approved(D, task_id))
+
+    # reads ----------------------------------------------------------------------------
+
+    async def load(self, task_id: str) -> TaskState | None:
+        out: TaskState | None = await self._read(lambda: ops.load(D, task_id))
+        return out
+
+    async def unfinished_task_ids(self) -> list[str]:
+        out: list[str] = await self._read(lambda: ops.unfinished_task_ids(D))
+        return out
+
+    async def budget_left(self, task_id: str) -> float:
+        return float(await self._read(lambda: ops.budget_left(D, task_id)))
+
+    async def user_daily_budget(self, user_id: str | None, default: float | None) -> float | None:
+        out: float | None = await self._read(lambda: ops.user_daily_budget(D, user_id, default))
+        return out
+
+    async def events_after(self, task_id: str, seq: int, limit: int = 500) -> list[Event]:
+        out: list[Event] = await self._read(lambda: ops.events_after(D, task_id, seq, limit))
+        return out
+
+    async def head(self, task_id: str, *, user_id: str | None = None) -> TaskHead:
+        out: TaskHead = await self._read(lambda: ops.head(D, task_id, user_id))
+        return out
+
+    async def snapshot(self, task_id: str, *, user_id: str | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = await self._read(lambda: ops.snapshot(D, task_id, user_id))
+        return out
+
+    async def list_tasks(self, *, user_id: str | None, limit: int = 20, status: str | None = None,
+                         cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        stmt = self.queries.list_tasks(user_id=user_id, limit=limit, status=status, cursor=cursor)
+        return self.queries.list_page(await self._core(stmt), limit)
+
+    async def costs(self, *, since: datetime, until: datetime, group_by: str | None,
+                    user_id: str | None) -> dict[str, Any]:
+        total, groups = self.queries.costs(since=since, until=until, group_by=group_by, user_id=user_id)
+        return self.queries.costs_shape(await self._core(total), await self._core(groups) if groups is not None
+                                        else [])
+
+    async def spend_summary(self, *, user_id: str | None) -> dict[str, float]:
+        return await self.queries.spend_summary(self, user_id=user_id)
+
+    async def task_counts(self) -> dict[str, int]:
+        out: dict[str, int] = await self._read(lambda: ops.task_counts(D))
+        return out
+
+    async def principal_for_token(self, token: str) -> Principal | None:
+        return check_token(token, await self._read(lambda: ops.principal_for_token(D, hash_token(token))))
