@@ -10,8 +10,9 @@ import pytest
 
 from compound.api.routes_tasks import read_wait
 from compound.api.schemas import TaskOut
-from compound.api.snapshots import etag_matches, version_of
-from compound.core.errors import UserInputError
+from compound.api.snapshots import SnapshotCache, etag_matches, version_of
+from compound.core.errors import NotFound, UserInputError
+from compound.store.base import RunStore
 from tests.fixtures.api import Api
 
 PLAN = {"reasoning": "two then one", "subtasks": [
@@ -190,3 +191,22 @@ async def test_a_long_poll_behind_or_on_a_finished_task_answers_at_once(api: Api
         last = (await api.http.get(f"/v1/tasks/{done}", headers=api.auth(api.alice))).headers["etag"]
         r = await api.http.get(f"/v1/tasks/{done}?wait=30", headers={**api.auth(api.alice), "If-None-Match": last})
         assert r.status_code == 304
+
+
+async def test_the_cache_keeps_a_snapshot_until_its_task_has_an_event(any_store: RunStore) -> None:
+    cache = SnapshotCache(any_store, max_entries=2)
+    task = await any_store.create_task(prompt="p", budget_usd=1.0)
+    first = await cache.get(task.id)
+    assert (first.seq, first.status, cache.loads) == (1, "queued", 1)
+    assert await cache.get(task.id) is first and cache.loads == 1  # from memory
+    await any_store.set_status(task.id, "planning")
+    second = await cache.get(task.id)
+    assert (second.seq, second.status, cache.loads) == (2, "planning", 2)
+    assert json.loads(second.body) == await any_store.snapshot(task.id)
+    others = [await any_store.create_task(prompt=f"o{i}", budget_usd=1.0) for i in range(2)]
+    for other in others:
+        await cache.get(other.id)
+    assert len(cache) == 2 and not any_store.hub.watched(task.id)  # evicted, and its listener gone
+    with pytest.raises(NotFound):
+        await cache.get("t_missing")
+    assert not any_store.hub.watched("t_missing")
