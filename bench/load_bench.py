@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -103,9 +104,19 @@ async def drive(url: str, token: str, *, tasks: int, subtasks: int, poll_s: floa
         start = time.monotonic()
         gate = asyncio.Semaphore(32)
 
+        async def call(method: str, path: str, **kw: Any) -> httpx.Response | None:
+            """The response, or None after recording a transport error."""
+            try:
+                return await http.request(method, path, **kw)
+            except httpx.HTTPError as exc:
+                errors.append(f"{method} {path}: {type(exc).__name__} {exc}"[:200])
+                return None
+
         async def submit(i: int) -> str | None:
             async with gate:
-                r = await http.post("/v1/tasks", json={"prompt": prompt(i, subtasks), "budget_usd": 5.0})
+                r = await call("POST", "/v1/tasks", json={"prompt": prompt(i, subtasks), "budget_usd": 5.0})
+            if r is None:
+                return None
             if r.status_code != 202:
                 errors.append(f"POST {r.status_code}: {r.text[:200]}")
                 return None
@@ -115,8 +126,11 @@ async def drive(url: str, token: str, *, tasks: int, subtasks: int, poll_s: floa
             nonlocal polls
             await asyncio.sleep(random.random() * poll_s)  # spread the polls over the second
             while time.monotonic() - start < timeout_s:
-                r = await http.get(f"/v1/tasks/{task_id}")
+                r = await call("GET", f"/v1/tasks/{task_id}")
                 polls += 1
+                if r is None:
+                    await asyncio.sleep(poll_s)
+                    continue
                 if r.status_code != 200:
                     errors.append(f"GET {r.status_code}: {r.text[:200]}")
                     return
@@ -185,6 +199,9 @@ def run(*, tasks: int, subtasks: int, latency_ms: int, concurrency: int, poll_s:
                 calls = model_calls(server.url)
                 rss = server.peak_rss_mb()
             result = LoadResult(tasks, subtasks, wall, calls, statuses, errors, polls, health, rss)
+            if errors:
+                log = (tmp / "serve.log").read_text(errors="replace")[-3000:]
+                print(f"server log tail:\n{log}", file=sys.stderr)
             print(f"{tasks} tasks: {wall:.1f} s, {calls} calls, {statuses}, {len(errors)} errors, "
                   f"healthz p99 {result.health(0.99):.1f} ms, peak RSS {rss:.0f} MB", file=sys.stderr)
             result.sdk_calls_per_s = asyncio.run(sdk_floor(sim.url, calls=calls, concurrency=concurrency))

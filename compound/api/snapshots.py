@@ -87,25 +87,13 @@ class SnapshotCache:
         if entry is not None:
             self.store.hub.discard(task_id, entry.marker)
 
-    async def _load(self, task_id: str, *, tries: int = 3) -> Snapshot:
-        # The body is read between two reads of the sequence; when they agree the ETag
-        # names exactly this body. A task that keeps moving gets the first sequence:
-        # an ETag older than its body is safe (the client just reads again), a newer
-        # one would hide a change from it.
+    async def _load(self, task_id: str) -> Snapshot:
         self.loads += 1
-        head = await self.store.head(task_id)
-        first, seq = head.event_seq, head.event_seq
-        for _ in range(tries):
-            body = await self.store.snapshot(task_id)
-            after = (await self.store.head(task_id)).event_seq
-            if after == seq:
-                break
-            seq = after
-        else:
-            seq = first
-        return Snapshot(task_id, head.user_id, seq, str(body["status"]), encode(body))
+        head = await self.store.head(task_id)  # the sequence first: never newer than the body
+        body = await self.store.snapshot(task_id)
+        return Snapshot(task_id, head.user_id, head.event_seq, str(body["status"]), encode(body))
 
-    async def get(self, task_id: str) -> Snapshot:
+    async def get(self, task_id: str, *, tries: int = 3) -> Snapshot:
         """The task's current snapshot; the store's NotFound when there is none."""
         entry = self._entries.get(task_id)
         if entry is not None:
@@ -113,13 +101,20 @@ class SnapshotCache:
                 self._entries.move_to_end(task_id)
                 return entry.snapshot
             self._drop(task_id)
-        marker = _Changed()
-        self.store.hub.add(task_id, marker)  # before reading: an event in between is not missed
-        try:
-            snap = await self._load(task_id)
-        except BaseException:
+        for attempt in range(tries):
+            marker = _Changed()
+            self.store.hub.add(task_id, marker)  # before reading: an event in between is seen
+            try:
+                snap = await self._load(task_id)
+            except BaseException:
+                self.store.hub.discard(task_id, marker)
+                raise
+            # No event while reading: the sequence names exactly this body. Otherwise read
+            # again; a task that keeps moving keeps the (older, so safe) sequence and a
+            # marked entry, read afresh next time.
+            if not marker.changed or attempt == tries - 1:
+                break
             self.store.hub.discard(task_id, marker)
-            raise
         self._drop(task_id)  # a concurrent read may have stored one meanwhile
         self._entries[task_id] = _Entry(snap, marker)
         while len(self._entries) > self.max_entries:
