@@ -33,9 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from compound.core.settings import Settings
 from compound.llm.base import Completion, Message, Price, Usage
 from compound.planner.plan import PlanIn, waves
-from compound.store.db import create_all, make_engine
+from compound.store import open_store
 from compound.store.models import TaskStatus
-from compound.store.tasks import create_task, get_task
 
 PRICE = Price(input=1e-6, output=5e-6)
 MODEL = "anthropic/claude-haiku-4-5"
@@ -127,23 +126,19 @@ async def run_eager(
         tier3_models=[MODEL],
         default_budget_usd=1000.0,
     )
-    engine = make_engine(settings.database_url)
-    create_all(engine)
     client = SleepLLM()
-    executor = Executor(settings=settings, engine=engine, client=client, price_of=lambda _m: PRICE)
-    # A server's executor is long-lived: warm its connections and caches first.
-    warm = create_task(engine, prompt="warm", budget_usd=1.0, plan_in=make_plan([0], [[]]))
-    await executor.run_task(warm.id)
-    client.calls = 0
-    task = create_task(
-        engine, prompt="bench", budget_usd=1000.0, plan_in=make_plan(latencies_ms, deps)
-    )
-    t0 = time.perf_counter()
-    await executor.run_task(task.id)
-    elapsed = time.perf_counter() - t0
-    status = get_task(engine, task.id).status
-    await executor.stop()
-    engine.dispose()
+    async with open_store(settings.database_url) as store:
+        executor = Executor(settings=settings, store=store, client=client, price_of=lambda _m: PRICE)
+        # A server's executor is long-lived: warm its connections and caches first.
+        warm = await store.create_task(prompt="warm", budget_usd=1.0, plan_in=make_plan([0], [[]]))
+        await executor.run_task(warm.id)
+        client.calls = 0
+        task = await store.create_task(prompt="bench", budget_usd=1000.0, plan_in=make_plan(latencies_ms, deps))
+        t0 = time.perf_counter()
+        await executor.run_task(task.id)
+        elapsed = time.perf_counter() - t0
+        status = (await store.head(task.id)).status
+        await executor.stop()
     if status != TaskStatus.completed:
         raise SystemExit(f"benchmark task ended {status}")
     return elapsed, client.calls

@@ -58,7 +58,10 @@ def test_dashboard_shows_costs_and_live_task(server: tuple[str, str]) -> None:
         time.sleep(0.05)
     plan = {"subtasks": [{"description": "slow step one", "tier_hint": 1, "depends_on": []},
                          {"description": "slow step two", "tier_hint": 2, "depends_on": [0]}]}
-    running = httpx.post(f"{url}/v1/tasks", headers=auth, json={"prompt": "watch me", "plan": plan}).json()
+    # Held for approval until the dashboard shows it (approved below): the live view is
+    # seen before the task runs, however slow the browser is to start.
+    running = httpx.post(f"{url}/v1/tasks", headers=auth,
+                         json={"prompt": "watch me", "plan": plan, "approve": False}).json()
 
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
@@ -75,6 +78,7 @@ def test_dashboard_shows_costs_and_live_task(server: tuple[str, str]) -> None:
         page.wait_for_selector('#dag g.node[data-index="0"]', state="attached")
         first_status = page.get_attribute('#dag g.node[data-index="1"]', "data-status")
         assert first_status in ("pending", "running")
+        assert httpx.post(f"{url}/v1/tasks/{running['id']}/approve", headers=auth).status_code == 200
         page.wait_for_selector('#dag g.node[data-index="1"][data-status="completed"]', state="attached", timeout=20000)
         page.wait_for_selector('#task-status[data-status="completed"]', state="attached", timeout=20000)
         page.click('#dag g.node[data-index="1"]')

@@ -11,14 +11,14 @@ import pytest
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from compound.core.settings import Settings
 from compound.core.money import worst_case_usd
+from compound.core.settings import Settings
 from compound.executor.service import Executor
 from compound.llm.base import Message, Price
 from compound.llm.simulator import answer_for, prompt_kind
 from compound.prompts import render
-from compound.store.models import LedgerEntry, Subtask, Task
 from compound.store.base import RunStore
+from compound.store.models import LedgerEntry, Subtask, Task
 from tests.fixtures.fakes import FakeLLM, transient
 
 PRICE = Price(input=1e-6, output=5e-6)
@@ -442,3 +442,56 @@ async def test_model_output_that_is_not_clean_text_is_stored_safely(any_store: R
     snap = await any_store.snapshot(task.id)
     assert snap["status"] == "completed"
     assert snap["subtasks"][0]["result"] == "bad \ufffd and ? bytes"
+
+
+async def test_a_providers_408_answer_is_an_error_at_no_cost(store: RunStore) -> None:
+    """A 408 is the provider's answer (not billed), unlike our own timeout: two of them
+    leave the budget whole, so the third attempt still fits where worst cases would not."""
+    answers = [transient(408), transient(408)]
+
+    def answer(model: str, msgs: list[Message]) -> Any:
+        if "worker" in msgs[0]["content"] and answers:
+            return answers.pop(0)
+        return kind_answer(model, msgs)
+
+    p = plan(("A", []))
+    one_call = _worst_cases("p", p, 1024)[0]
+    ex = executor(store, FakeLLM(answer=answer), max_attempts=3)
+    task = await store.create_task(prompt="p", budget_usd=one_call * 1.5, plan_in=p)
+    await ex.run_task(task.id)
+    snap = await store.snapshot(task.id)
+    assert snap["subtasks"][0]["status"] == "completed" and snap["subtasks"][0]["attempts"] == 3
+    rows = [r for r in ledger(store, task.id) if r.kind == "subtask"]
+    assert [(r.status, r.cost_usd) for r in rows[:2]] == [("error", 0.0), ("error", 0.0)]
+    assert rows[2].status == "ok" and rows[2].cost_usd > 0
+    assert snap["total_cost_usd"] == pytest.approx(sum(r.cost_usd for r in ledger(store, task.id)), abs=1e-12)
+
+
+async def test_a_fallback_chain_that_fails_names_every_models_error(store: RunStore) -> None:
+    def answer(model: str, msgs: list[Message]) -> Any:
+        if "worker" in msgs[0]["content"]:
+            return transient(503 if "haiku" in model else 500, model)
+        return kind_answer(model, msgs)
+
+    ex = executor(store, FakeLLM(answer=answer), tier1_models=["anthropic/claude-haiku-4-5", "openai/gpt-4.1-mini"],
+                  max_attempts=2)
+    task = await store.create_task(prompt="p", budget_usd=1.0, plan_in=plan(("A", []), ("B", [])))
+    await ex.run_task(task.id)
+    snap = await store.snapshot(task.id)
+    for sub in snap["subtasks"]:
+        assert sub["status"] == "failed" and sub["attempts"] == 4
+        assert sub["error"] == ("every model failed: anthropic/claude-haiku-4-5: simulated 503; "
+                                "openai/gpt-4.1-mini: simulated 500")
+    assert snap["status"] == "failed" and "every model failed" in snap["error"]
+
+
+async def test_a_single_models_failure_is_its_own_error(store: RunStore) -> None:
+    from compound.core.errors import FallbackExhausted, ProviderError
+
+    err = ProviderError("m: boom", model="m", status=400)
+    assert FallbackExhausted([err, transient(503, "n")]).errors[0] is err
+    fake = FakeLLM(answer=lambda m, msgs: err if "worker" in msgs[0]["content"] else kind_answer(m, msgs))
+    ex = executor(store, fake)
+    task = await store.create_task(prompt="p", budget_usd=1.0, plan_in=plan(("A", [])))
+    await ex.run_task(task.id)
+    assert (await store.snapshot(task.id))["subtasks"][0]["error"] == "m: boom"

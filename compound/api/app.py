@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
         from compound.core.logging import configure_logging
         from compound.executor.service import Executor
         from compound.llm.pricing import check_prices
-        from compound.store import open_store
+        from compound.store import open_store, store_options
 
         configure_logging(settings.log_level, settings.log_json)
         check_prices(settings)
@@ -95,10 +95,3 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
         return {"status": "ok"}
 
     return app
-
-
-def store_options(settings: Settings) -> dict[str, Any]:
-    """open_store's options from the settings (per database)."""
-    if settings.database_url.startswith("sqlite"):
-        return {"synchronous": settings.sqlite_synchronous}
-    return {}

@@ -16,9 +16,9 @@ from sse_starlette import EventSourceResponse
 from compound.api.auth import ReadPrincipal, bearer, owner_filter, principal_from
 from compound.api.errors import COMMON_RESPONSES
 from compound.api.metrics import MetricsObserver, TaskCollector
+from compound.api.routes_tasks import store_of
 from compound.api.schemas import CostsOut, SpendSummary
 from compound.core.errors import UserInputError
-from compound.api.routes_tasks import store_of
 from compound.store.models import TERMINAL_TASK, utcnow
 
 router = APIRouter(tags=["live"], responses=COMMON_RESPONSES)

@@ -4,6 +4,7 @@ task counts by status read from the store at scrape time (by the /metrics route)
 from __future__ import annotations
 
 from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector

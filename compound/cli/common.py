@@ -28,21 +28,17 @@ def settings_or_exit(*, priced: bool = False) -> Settings:
 
 
 def engine_for(settings: Settings) -> Any:
-    """The store, tables created; a clear message and exit 2 when it cannot be opened."""
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
-
+    """The store's admin engine, tables created; a clear message and exit 2 when it
+    cannot be opened."""
     from compound.core.settings import mask_url
-    from compound.store.db import create_all, make_engine
+    from compound.store.db import StoreUnavailable, admin_engine
 
     try:
-        engine = make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
-        create_all(engine)
-    except (ArgumentError, NoSuchModuleError, OperationalError, ValueError) as exc:
-        why = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        return admin_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    except StoreUnavailable as exc:
         typer.echo(f"error: cannot open the store at {mask_url(settings.database_url)} "
-                   f"(COMPOUND_DATABASE_URL): {why}", err=True)
+                   f"(COMPOUND_DATABASE_URL): {exc.message}", err=True)
         raise typer.Exit(2) from None
-    return engine
 
 
 def api_request(method: str, url: str, path: str, **kw: Any) -> Any:
@@ -80,7 +76,7 @@ def follow_events(url: str, path: str) -> Iterator[dict[str, Any]]:
 
     token = os.environ.get("COMPOUND_TOKEN", "")
     last: str | None = None
-    while True:
+    for _ in range(10):  # reconnects after a dropped connection, then give up
         headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
         if last is not None:
             headers["Last-Event-ID"] = last
@@ -109,3 +105,5 @@ def follow_events(url: str, path: str) -> Iterator[dict[str, Any]]:
             if last is None:
                 typer.echo(f"error: cannot reach {url}", err=True)
                 raise typer.Exit(1) from None
+    typer.echo(f"error: lost the event stream of {url} ten times; giving up", err=True)
+    raise typer.Exit(1)

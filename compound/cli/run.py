@@ -60,9 +60,8 @@ def register(app: typer.Typer) -> None:
 
 async def _run(settings: Settings, client: LLMClient, *, request: str, budget: float,
                plan_in: dict[str, Any] | None, live: bool) -> dict[str, Any]:
-    from compound.api.app import store_options
     from compound.executor.service import Executor
-    from compound.store import open_store
+    from compound.store import open_store, store_options
 
     async with open_store(settings.database_url, **store_options(settings)) as store:
         task = await store.create_task(prompt=request, budget_usd=budget, plan_in=plan_in)

@@ -115,8 +115,10 @@ class FallbackExhausted(ProviderError):
     def __init__(self, errors: Sequence[ProviderError]) -> None:
         self.errors = list(errors)
         last = self.errors[-1]
-        super().__init__("every model failed: " + "; ".join(e.message for e in self.errors),
-                         status=last.status, model=last.model, transient=False)
+        named = [e.message if not e.model or e.message.startswith(e.model) else f"{e.model}: {e.message}"
+                 for e in self.errors]
+        super().__init__("every model failed: " + "; ".join(named), status=last.status, model=last.model,
+                         transient=False)
 
 
 class NetworkRefused(ProviderError):

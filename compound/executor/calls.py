@@ -73,6 +73,8 @@ class ModelCalls:
         self._model_limits: dict[str, asyncio.Semaphore] = {}
         self._pending: list[tuple[ReserveRequest, asyncio.Future[ReserveOutcome]]] = []
         self._flushing: set[asyncio.Task[None]] = set()
+        self._unsettled: dict[str, set[asyncio.Future[Any]]] = {}
+        self._failed: dict[str, BaseException] = {}
 
     async def call(self, st: TaskState, spec: CallSpec, *, daily: float | None) -> Completion:
         """Raises BudgetExceeded when a call's worst case does not fit; the model's
@@ -183,13 +185,44 @@ class ModelCalls:
                                       .encode("utf-8", "replace").decode("utf-8"))
         u = out.usage
         elapsed = time.perf_counter() - started
-        await self.store.settle(st.id, res, spec.subtask, Settlement(
+        settle = self.store.settle(st.id, res, spec.subtask, Settlement(
             status=CallStatus.ok, cost_usd=out.cost_usd, input_tokens=u.input_tokens, output_tokens=u.output_tokens,
             cache_read_tokens=u.cache_read_tokens, cache_write_tokens=u.cache_write_tokens,
             latency_ms=out.latency_s * 1000 or elapsed * 1000,
             complete_with=out.text if spec.kind == CallKind.subtask and spec.subtask is not None else None))
+        if self.store.ordered_writes and spec.kind == CallKind.subtask:
+            # Pipelined: the store commits writes in the order asked, so a dependent's
+            # reservation (awaited before its call is sent) commits after this; the
+            # task's end waits for it in drain().
+            self._settling(st.id, settle)
+        else:
+            await settle
         self._observe(model, spec, "ok", u.input_tokens, u.output_tokens, out.cost_usd, elapsed)
         return out
+
+    def _settling(self, task_id: str, settle: Awaitable[Any]) -> None:
+        fut = asyncio.ensure_future(settle)
+        pending = self._unsettled.setdefault(task_id, set())
+        pending.add(fut)
+
+        def done(f: asyncio.Future[Any]) -> None:
+            pending.discard(f)
+            if not pending and self._unsettled.get(task_id) is pending:
+                del self._unsettled[task_id]
+            if not f.cancelled() and f.exception() is not None:
+                self._failed.setdefault(task_id, f.exception())  # type: ignore[arg-type]
+
+        fut.add_done_callback(done)
+
+    async def drain(self, task_id: str) -> None:
+        """Until every pipelined settlement of the task committed; raises the first
+        that failed (the task then fails: its accounting could not be written)."""
+        pending = self._unsettled.get(task_id)
+        if pending:
+            await asyncio.gather(*list(pending), return_exceptions=True)
+        failed = self._failed.pop(task_id, None)
+        if failed is not None:
+            raise failed
 
     def _observe(self, model: str, spec: CallSpec, status: str, inp: int, out: int, cost: float,
                  latency: float) -> None:

@@ -114,6 +114,7 @@ class Workflow:
             await end(i, how, SubtaskStatus.skipped, reason)
 
         await run_dag([s.depends_on for s in subs], [s.status for s in subs], run_one, skip)
+        await self.calls.drain(st.id)  # every subtask's settlement committed before the task ends
         roots = sum(1 for i, e in ended.items() if e.cause is Cause.budget and e.root == i)
         budget_note = (f"budget of ${st.budget_usd:g} exhausted: {roots} subtask(s) skipped for budget"
                        if roots else None)
@@ -126,7 +127,8 @@ class Workflow:
                    if s.index not in results]
         if not done:
             errors = "; ".join(f"subtask {i}: {why}" for i, _, why in missing[:5])
-            await self.store.set_status(st.id, TaskStatus.failed, error=budget_note or f"no subtask completed: {errors}")
+            await self.store.set_status(st.id, TaskStatus.failed,
+                                        error=budget_note or f"no subtask completed: {errors}")
             return
         tier = self.settings.synthesis_tier
         messages = render("synthesize", request=st.prompt,

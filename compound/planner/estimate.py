@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from compound.core.settings import Settings
 from compound.core.money import worst_case_usd
+from compound.core.settings import Settings
 from compound.llm.base import Price
 from compound.planner.plan import PlanIn
 from compound.planner.router import route

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compound.store.base import RunStore
+
+if TYPE_CHECKING:
+    from compound.core.settings import Settings
 
 
 def open_store(url: str, **options: Any) -> RunStore:
@@ -22,3 +25,10 @@ def open_store(url: str, **options: Any) -> RunStore:
 
     raise ConfigError(f"COMPOUND_DATABASE_URL: no store for {url.split(':', 1)[0]!r}; "
                       "use sqlite:///path or postgresql://...")
+
+
+def store_options(settings: Settings) -> dict[str, Any]:
+    """open_store's options from the settings (per database)."""
+    if settings.database_url.startswith("sqlite"):
+        return {"synchronous": settings.sqlite_synchronous}
+    return {}

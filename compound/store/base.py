@@ -182,17 +182,18 @@ class Subscription:
         self.task_id = task_id
         self.last = after
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.idle = False  # waiting for the next event, reading nothing
         self._pending: list[Event] = []
 
     async def __aenter__(self) -> Subscription:
-        self.store.hub.add(self.task_id, self.queue)
+        self.store.hub.add(self.task_id, self)
         if self.last is not None:
             self._pending = await self.store.events_after(self.task_id, self.last)
         return self
 
     async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None,
                         tb: TracebackType | None) -> None:
-        self.store.hub.discard(self.task_id, self.queue)
+        self.store.hub.discard(self.task_id, self)
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self
@@ -202,7 +203,11 @@ class Subscription:
             if self._pending:
                 ev = self._pending.pop(0)
             else:
-                ev = await self.queue.get()
+                self.idle = True
+                try:
+                    ev = await self.queue.get()
+                finally:
+                    self.idle = False
             if self.last is not None:
                 if ev.seq <= self.last:
                     continue  # replayed already, or published twice (local and NOTIFY)
@@ -219,28 +224,32 @@ class Subscription:
 
 
 class EventHub:
-    """In-process fan-out of committed events to the queues of subscribers."""
+    """In-process fan-out of committed events to the subscriptions of each task."""
 
     def __init__(self) -> None:
-        self._subs: dict[str, set[asyncio.Queue[Event]]] = {}
+        self._subs: dict[str, set[Subscription]] = {}
 
-    def add(self, task_id: str, queue: asyncio.Queue[Event]) -> None:
-        self._subs.setdefault(task_id, set()).add(queue)
+    def add(self, task_id: str, sub: Subscription) -> None:
+        self._subs.setdefault(task_id, set()).add(sub)
 
-    def discard(self, task_id: str, queue: asyncio.Queue[Event]) -> None:
+    def discard(self, task_id: str, sub: Subscription) -> None:
         subs = self._subs.get(task_id)
         if subs is not None:
-            subs.discard(queue)
+            subs.discard(sub)
             if not subs:
                 del self._subs[task_id]
 
     def watched(self, task_id: str) -> bool:
         return task_id in self._subs
 
+    def idle(self) -> int:
+        """Subscriptions waiting for an event now (tests and diagnostics)."""
+        return sum(1 for subs in self._subs.values() for s in subs if s.idle)
+
     def publish(self, events: Sequence[Event]) -> None:
         for ev in events:
-            for q in self._subs.get(ev.task_id, ()):
-                q.put_nowait(ev)
+            for s in self._subs.get(ev.task_id, ()):
+                s.queue.put_nowait(ev)
 
 
 class RunStore(abc.ABC):
@@ -248,6 +257,10 @@ class RunStore(abc.ABC):
     blocks the event loop. Writes return values; they never change their arguments.
     `NotFound` (compound.core.errors) for a task that does not exist, or, with
     `user_id`, belongs to another user."""
+
+    # True when writes commit in the order they were asked for (SQLite's one writer),
+    # so a caller may go on before a write commits when a later awaited write covers it.
+    ordered_writes = False
 
     def __init__(self, url: str) -> None:
         self.url = url

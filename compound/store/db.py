@@ -6,9 +6,17 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlmodel import SQLModel, create_engine
 
+from compound.core.errors import CompoundError
 from compound.store import models  # noqa: F401  (registers the tables)
+
+
+class StoreUnavailable(CompoundError):
+    """The store at the configured URL cannot be opened (the message says why)."""
+
+    code = "store_unavailable"
 
 
 def make_engine(url: str, *, sqlite_synchronous: str = "NORMAL") -> Engine:
@@ -35,3 +43,14 @@ def make_engine(url: str, *, sqlite_synchronous: str = "NORMAL") -> Engine:
 def create_all(engine: Engine) -> None:
     """Create the tables directly (tests and benchmarks); services run migrations."""
     SQLModel.metadata.create_all(engine)
+
+
+def admin_engine(url: str, *, sqlite_synchronous: str = "NORMAL") -> Engine:
+    """An engine for admin commands, tables created; StoreUnavailable when it cannot
+    be opened (a bad URL, a missing driver, no server)."""
+    try:
+        engine = make_engine(url, sqlite_synchronous=sqlite_synchronous)
+        create_all(engine)
+    except (ArgumentError, NoSuchModuleError, OperationalError, ValueError) as exc:
+        raise StoreUnavailable(str(getattr(exc, "orig", None) or exc).splitlines()[0]) from None
+    return engine

@@ -31,10 +31,6 @@ class TaskStatus(StrEnum):
     failed = "failed"
     canceled = "canceled"
 
-    @property
-    def terminal(self) -> bool:
-        return self in TERMINAL_TASK
-
 
 TERMINAL_TASK = frozenset(
     {TaskStatus.completed, TaskStatus.partial, TaskStatus.failed, TaskStatus.canceled}

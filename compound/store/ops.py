@@ -49,7 +49,9 @@ class Dialect(Protocol):
     """What an operation needs to know of a database: its statements and how its
     driver takes and gives JSON and times."""
 
-    sql: Mapping[str, str]
+    @property
+    def sql(self) -> Mapping[str, str]:
+        """The statement of each name, for this database."""
 
     def now(self) -> Any:
         """The current time as this driver stores it (UTC)."""
@@ -113,8 +115,7 @@ def _events(d: Dialect, task_id: str, items: Sequence[tuple[str, dict[str, Any]]
         rows.append({"t": task_id, "seq": first + k, "kind": kind, "data": d.json(data), "now": now})
         events.append(Event(task_id, first + k, kind, data))
     yield ("many", "INSERT_EVENT", rows)
-    for ev in events:
-        yield ev
+    yield from events
     return float(total)
 
 

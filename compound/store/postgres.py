@@ -187,7 +187,7 @@ class PostgresRunStore(RunStore):
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
         self._engine: Engine | None = None
-        self._pg = pg_psycopg.dialect()
+        self._pg = pg_psycopg.dialect()  # type: ignore[no-untyped-call]
         self._opened = False
         self.queries = ReadQueries("postgresql")
 
@@ -265,9 +265,8 @@ class PostgresRunStore(RunStore):
 
     async def _read(self, factory: Factory) -> Any:
         self.stats.reads += 1
-        async with self.pool.connection() as conn:
-            async with conn.transaction(), conn.cursor() as cur:
-                return await run(cur, factory(), [])
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            return await run(cur, factory(), [])
 
     async def _core(self, stmt: Any) -> list[Any]:
         """A SQLAlchemy Core read compiled for psycopg, run on the pool."""

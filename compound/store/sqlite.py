@@ -39,7 +39,8 @@ TERMINAL = "('completed','partial','failed','canceled')"
 SQL: dict[str, str] = {
     "NEXT_SEQ": "UPDATE task SET event_seq=event_seq+:n, updated_at=:now WHERE id=:t "
                 "RETURNING event_seq, total_cost_usd",
-    "INSERT_EVENT": "INSERT INTO task_event (task_id, seq, kind, data, created_at) VALUES (:t, :seq, :kind, :data, :now)",
+    "INSERT_EVENT": "INSERT INTO task_event (task_id, seq, kind, data, created_at) "
+                    "VALUES (:t, :seq, :kind, :data, :now)",
     "INSERT_TASK": "INSERT INTO task (id, user_id, prompt, status, priority, approve, budget_usd, plan_in, "
                    "total_cost_usd, reserved_usd, cancel_requested, event_seq, created_at, updated_at) VALUES "
                    "(:id, :u, :p, :st, :pr, :ap, :b, :plan, 0, 0, 0, 0, :now, :now)",
@@ -263,6 +264,8 @@ class _Writer:
 
 
 class SqliteRunStore(RunStore):
+    ordered_writes = True  # one writer thread, FIFO
+
     def __init__(self, url: str, *, synchronous: str = "NORMAL", readers: int = 2) -> None:
         super().__init__(url)
         self.path = url.split("///", 1)[1] if "///" in url else ":memory:"
