@@ -10,7 +10,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from compound.store.base import Event, RunStore
+from compound.store.base import Event, RunStore, Subscription
 from compound.store.models import TERMINAL_TASK
 
 
@@ -54,13 +54,26 @@ def version_of(if_none_match: str | None) -> int | None:
     return None
 
 
-class _Changed(asyncio.Queue[Event]):
-    """A subscriber on the store's hub that only remembers that an event came."""
+class _Flag(asyncio.Queue[Event]):
+    """A queue that keeps no event, only that one came."""
 
     changed = False
 
     def put_nowait(self, item: Event) -> None:  # noqa: ARG002 (the hub hands the event in)
         self.changed = True
+
+
+class _Changed(Subscription):
+    """A subscription on the store's hub that only remembers that an event came."""
+
+    def __init__(self, store: RunStore, task_id: str) -> None:
+        super().__init__(store, task_id, after=None)
+        self.flag = _Flag()
+        self.queue = self.flag
+
+    @property
+    def changed(self) -> bool:
+        return self.flag.changed
 
 
 @dataclass
@@ -102,7 +115,7 @@ class SnapshotCache:
                 return entry.snapshot
             self._drop(task_id)
         for attempt in range(tries):
-            marker = _Changed()
+            marker = _Changed(self.store, task_id)
             self.store.hub.add(task_id, marker)  # before reading: an event in between is seen
             try:
                 snap = await self._load(task_id)
