@@ -99,7 +99,9 @@ async def drive(url: str, token: str, *, tasks: int, subtasks: int, poll_s: floa
     errors: list[str] = []
     statuses: dict[str, int] = {}
     polls = 0
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    # Idle connections are dropped before uvicorn's 5 s keep-alive closes them: with equal
+    # timeouts a request can go out on a connection the server is closing.
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=2.0)
     async with httpx.AsyncClient(base_url=url, headers=auth, timeout=60, limits=limits) as http:
         start = time.monotonic()
         gate = asyncio.Semaphore(32)
