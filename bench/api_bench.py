@@ -120,7 +120,15 @@ def report(results: dict[str, list[WrkResult]], *, body_bytes: int, rounds: int,
     rps, _, p99, errs = med["compound"]
     ok = rps >= 0.5 * base_rps and p99 <= 2 * base_p99 and errs == 0
     lines += ["", f"Target (>= 0.5x bare dict's requests/s, p99 <= 2x, no errors): "
-                  f"{'met' if ok else 'NOT met'}."]
+                  f"{'met' if ok else 'NOT met'}.",
+              "",
+              "What the route does per request: the bearer token's hash is looked up in memory "
+              "(`TokenCache`, entries live at most 1 s), the task's snapshot comes from memory as JSON "
+              "bytes serialized once (`SnapshotCache`, dropped at the task's next event), and the token, "
+              "`wait`/`since` and If-None-Match are read without FastAPI's dependency solver (which cost "
+              "more than the rest of the request: 160 to 64 µs per request in-process). Before this "
+              "(three SQL reads on the event loop, pydantic validation of the response) it served 0.11x "
+              "bare's requests/s at 5.3x its p99 in the same harness."]
     return "\n".join(lines) + "\n", ok
 
 

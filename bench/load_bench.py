@@ -9,7 +9,8 @@ concurrency against the same simulator, in the same run).
 Targets: 300 tasks x 10 subtasks at 50 ms latency: all complete, no HTTP error,
 /healthz p99 <= 20 ms; 1,000 tasks x 10 subtasks: peak RSS of the server <= 500 MB.
 /healthz is probed every 50 ms from another process (its own connection), so the
-bench's own client load does not delay the probe.
+bench's own client load does not delay the probe; an idle bare FastAPI app's /healthz
+is probed the same way at the same time, to show what the machine alone adds.
 """
 
 from __future__ import annotations
@@ -33,7 +34,17 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.servers import base_env, compound_server, create_token, machine, simulator, write_section
+from bench.servers import (
+    BIN,
+    base_env,
+    compound_server,
+    create_token,
+    free_port,
+    machine,
+    running,
+    simulator,
+    write_section,
+)
 
 TERMINAL = {"completed", "partial", "failed", "canceled"}
 PARTS = ["the history of {i}", "the costs of {i}", "the risks of {i}", "the people behind {i}",
@@ -79,16 +90,17 @@ class LoadResult:
     health_ms: list[float]
     peak_rss_mb: float
     sdk_calls_per_s: float = 0.0
-    notes: list[str] = field(default_factory=list)
+    idle_health_ms: list[float] = field(default_factory=list)
 
     @property
     def calls_per_s(self) -> float:
         return self.calls / self.wall_s if self.wall_s else 0.0
 
-    def health(self, q: float) -> float:
-        if not self.health_ms:
+    def health(self, q: float, *, idle: bool = False) -> float:
+        seen = self.idle_health_ms if idle else self.health_ms
+        if not seen:
             return float("nan")
-        ordered = sorted(self.health_ms)
+        ordered = sorted(seen)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
@@ -184,23 +196,31 @@ def run(*, tasks: int, subtasks: int, latency_ms: int, concurrency: int, poll_s:
             env = base_env(tmp, sim.url, COMPOUND_MAX_CONCURRENCY=str(concurrency),
                            COMPOUND_MAX_SUBTASKS=str(max(20, subtasks)))
             token = create_token(env)
-            with compound_server(tmp, env) as server:
+            bare_port = free_port()
+            with compound_server(tmp, env) as server, running(
+                    [str(BIN / "python"), "-m", "uvicorn", "--log-level", "warning", "--port", str(bare_port),
+                     "bench.bare_app:app"], url=f"http://127.0.0.1:{bare_port}", env=env) as idle:
                 ctx = multiprocessing.get_context("fork")
                 stop = ctx.Event()
-                mine, theirs = ctx.Pipe()
-                prober = ctx.Process(target=probe, args=(server.url, stop, theirs), daemon=True)
-                prober.start()
+                probes = []
+                for url in (server.url, idle.url):
+                    mine, theirs = ctx.Pipe()
+                    prober = ctx.Process(target=probe, args=(url, stop, theirs), daemon=True)
+                    prober.start()
+                    probes.append((prober, mine))
                 try:
                     wall, statuses, errors, polls = asyncio.run(
                         drive(server.url, token, tasks=tasks, subtasks=subtasks, poll_s=poll_s,
                               timeout_s=timeout_s))
                 finally:
                     stop.set()
-                    health = mine.recv() if mine.poll(30) else []
-                    prober.join(10)
+                    health, idle_health = ([] if not mine.poll(30) else mine.recv() for _, mine in probes)
+                    for prober, _ in probes:
+                        prober.join(10)
                 calls = model_calls(server.url)
                 rss = server.peak_rss_mb()
-            result = LoadResult(tasks, subtasks, wall, calls, statuses, errors, polls, health, rss)
+            result = LoadResult(tasks, subtasks, wall, calls, statuses, errors, polls, health, rss,
+                                idle_health_ms=idle_health)
             if errors:
                 log = (tmp / "serve.log").read_text(errors="replace")[-3000:]
                 print(f"server log tail:\n{log}", file=sys.stderr)
@@ -222,17 +242,23 @@ def report(results: list[LoadResult], *, latency_ms: int, concurrency: int, poll
         f"    {command}",
         "",
         "| tasks x subtasks | wall (s) | statuses | HTTP errors | polls | /healthz p50 / p99 / max (ms) "
-        "| peak RSS (MB) | model calls | calls/s | SDK floor calls/s | compound / floor |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| idle bare app's /healthz p50 / p99 (ms) | peak RSS (MB) | model calls | calls/s | SDK floor calls/s "
+        "| compound / floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(r.statuses.items()))
         lines.append(
             f"| {r.tasks} x {r.subtasks} | {r.wall_s:.1f} | {statuses} | {len(r.http_errors)} | {r.polls} | "
             f"{r.health(0.5):.1f} / {r.health(0.99):.1f} / {max(r.health_ms or [float('nan')]):.1f} | "
+            f"{r.health(0.5, idle=True):.1f} / {r.health(0.99, idle=True):.1f} | "
             f"{r.peak_rss_mb:.0f} | {r.calls} | {r.calls_per_s:.0f} | {r.sdk_calls_per_s:.0f} | "
             f"{r.calls_per_s / r.sdk_calls_per_s if r.sdk_calls_per_s else float('nan'):.2f} |")
-    lines.append("")
+    lines += ["", "calls/s is the server's model calls (planner, subtasks, synthesis: from its /metrics) "
+              "over the wall time from the first submission to the last task seen finished; the SDK floor is "
+              "AsyncAnthropic making as many calls, as many at a time, to the same simulator right after. "
+              "The idle bare app's /healthz shows what the machine's own scheduling adds to any probe "
+              "(it shares 2 cores with the server, the simulator, the client and other work).", ""]
     for r in results:
         done = r.statuses.get("completed", 0) == r.tasks and not r.http_errors
         checks = [f"all {r.tasks} completed with no HTTP error: {'yes' if done else 'NO'}"]
