@@ -113,7 +113,9 @@ def layered_dag(n: int, seed: int = 11) -> tuple[list[int], list[list[int]]]:
 
 async def run_eager(
     latencies_ms: list[int], deps: list[list[int]], db: Path
-) -> tuple[float, int]:
+) -> tuple[float, int, float]:
+    """Wall seconds, model calls, and CPU seconds of the process (every thread: the
+    loop, the store's writer and readers) for one task."""
     from compound.executor.service import Executor
 
     settings = Settings(
@@ -134,14 +136,14 @@ async def run_eager(
         await executor.run_task(warm.id)
         client.calls = 0
         task = await store.create_task(prompt="bench", budget_usd=1000.0, plan_in=make_plan(latencies_ms, deps))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         await executor.run_task(task.id)
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
         status = (await store.head(task.id)).status
         await executor.stop()
     if status != TaskStatus.completed:
         raise SystemExit(f"benchmark task ended {status}")
-    return elapsed, client.calls
+    return elapsed, client.calls, cpu
 
 
 async def run_waves(latencies_ms: list[int], deps: list[list[int]]) -> float:
@@ -220,6 +222,7 @@ async def run_langgraph(latencies_ms: list[int], deps: list[list[int]]) -> float
 async def main_async(write: Path | None, repeats: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="compound-bench-"))
     lines: list[str] = []
+    load = os.getloadavg()[0]  # this machine is shared: say how busy it was
 
     lg = langgraph_version()
     lines.append("### Makespan against the critical path (simulated latencies)\n")
@@ -241,26 +244,28 @@ async def main_async(write: Path | None, repeats: int) -> None:
 
     lines.append("\n### Orchestration overhead per subtask (zero-latency model, SQLite file, every transition committed)\n")
     lines.append("| subtasks | compound wall (s) | model calls | compound ms per subtask | "
-                 "LangGraph ms per node (in memory) |")
-    lines.append("|---|---|---|---|---|")
+                 "compound CPU ms per subtask | LangGraph ms per node (in memory) |")
+    lines.append("|---|---|---|---|---|---|")
     for n in (10, 100, 1000):
         lat, deps = layered_dag(n)
-        runs, graph = [], []
+        runs, cpus, graph = [], [], []
         calls = 0
         for r in range(repeats):
-            elapsed, calls = await run_eager(lat, deps, tmp / f"overhead-{n}-{r}.db")
+            elapsed, calls, cpu = await run_eager(lat, deps, tmp / f"overhead-{n}-{r}.db")
             runs.append(elapsed)
+            cpus.append(cpu)
             if lg:
                 graph.append(await run_langgraph(lat, deps))
         wall = statistics.median(runs)
         g = f"{statistics.median(graph) / n * 1000:.3f}" if graph else "not installed"
-        lines.append(f"| {n} | {wall:.3f} | {calls} | {wall / n * 1000:.3f} | {g} |")
+        cpu = statistics.median(cpus)
+        lines.append(f"| {n} | {wall:.3f} | {calls} | {wall / n * 1000:.3f} | {cpu / n * 1000:.3f} | {g} |")
         print(lines[-1], flush=True)
 
     header = (
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"median of {repeats} runs, with:\n\n    .venv/bin/python bench/dag_bench.py --write docs/benchmarks.md\n"
+        f"load average {load:.1f} at the start, median of {repeats} runs, with:\n\n    .venv/bin/python bench/dag_bench.py --repeats {repeats} --write docs/benchmarks.md\n"
     )
     report = header + "\n" + "\n".join(lines) + "\n"
     print(report)

@@ -241,3 +241,32 @@ async def test_task_ids_are_unique(store: RunStore) -> None:
     with Session(store.engine) as s:
         assert len(s.exec(select(Task)).all()) == 50
         assert len(s.exec(select(TaskEvent)).all()) == 50
+
+
+async def test_a_listener_hears_every_tasks_events(any_store: RunStore) -> None:
+    heard: list[tuple[str, int]] = []
+    stop = any_store.hub.listen(lambda events: heard.extend((e.task_id, e.seq) for e in events))
+    a = await any_store.create_task(prompt="a", budget_usd=1.0)
+    b = await any_store.create_task(prompt="b", budget_usd=1.0)
+    await any_store.set_status(a.id, TaskStatus.planning)
+    stop()
+    await any_store.set_status(b.id, TaskStatus.planning)
+    assert heard == [(a.id, 1), (b.id, 1), (a.id, 2)]
+
+
+@pytest.mark.postgres
+async def test_a_listener_hears_another_processes_events(pg_url: str) -> None:
+    async with open_store(pg_url) as writer, open_store(pg_url) as watcher:
+        got: asyncio.Queue[Event] = asyncio.Queue()
+        watcher.hub.listen(lambda events: [got.put_nowait(e) for e in events])
+        task = await writer.create_task(prompt="p", budget_usd=1.0)
+        ev = await asyncio.wait_for(got.get(), 10)
+        assert (ev.task_id, ev.seq, ev.data["status"]) == (task.id, 1, "queued")
+
+
+async def test_a_sqlite_store_that_cannot_be_written_says_so(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from compound.store.db import StoreUnavailable
+
+    store = open_store(f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}")
+    with pytest.raises(StoreUnavailable, match="missing-dir"):
+        await store.open()

@@ -98,6 +98,8 @@ class ModelCalls:
                 if not exc.transient:
                     break
             log.warning("model exhausted its retries; falling back", model=model, kind=spec.kind)
+        if not errors:
+            raise ProviderError(f"no model to call for this {spec.kind} call", transient=False)
         if len(errors) == 1:
             raise errors[0]
         raise FallbackExhausted(errors)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -228,6 +228,14 @@ class EventHub:
 
     def __init__(self) -> None:
         self._subs: dict[str, set[Subscription]] = {}
+        self._listeners: list[Callable[[Sequence[Event]], None]] = []
+
+    def listen(self, callback: Callable[[Sequence[Event]], None]) -> Callable[[], None]:
+        """Call `callback` with every batch of committed events of every task (e.g. a
+        cache of snapshots kept current). Returns the function that stops it. The
+        callback runs on the event loop and must not block."""
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback)
 
     def add(self, task_id: str, sub: Subscription) -> None:
         self._subs.setdefault(task_id, set()).add(sub)
@@ -240,16 +248,21 @@ class EventHub:
                 del self._subs[task_id]
 
     def watched(self, task_id: str) -> bool:
-        return task_id in self._subs
+        """Someone here wants this task's events (a subscription, or a listener to all)."""
+        return task_id in self._subs or bool(self._listeners)
 
     def idle(self) -> int:
         """Subscriptions waiting for an event now (tests and diagnostics)."""
         return sum(1 for subs in self._subs.values() for s in subs if s.idle)
 
     def publish(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
         for ev in events:
             for s in self._subs.get(ev.task_id, ()):
                 s.queue.put_nowait(ev)
+        for callback in list(self._listeners):
+            callback(events)
 
 
 class RunStore(abc.ABC):

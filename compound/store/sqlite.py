@@ -9,6 +9,7 @@ its own connection (WAL: readers never wait for the writer).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
 import sqlite3
@@ -183,11 +184,16 @@ class _Writer:
         self.synchronous = synchronous
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._main, name="compound-sqlite-writer", daemon=True)
+        self.checkpointer = threading.Thread(target=self._checkpoints, name="compound-sqlite-checkpoint", daemon=True)
+        self._stopped = threading.Event()
+        self.ready = threading.Event()  # the writer's connection is open (or `error` says why not)
+        self.error: sqlite3.Error | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.thread.start()
+        self.checkpointer.start()
 
     def submit(self, factory: Factory) -> asyncio.Future[Any]:
         assert self.loop is not None, "the store is not open"
@@ -198,21 +204,39 @@ class _Writer:
     def stop(self) -> None:
         self.queue.put(_STOP)
         self.thread.join()
+        self._stopped.set()
+        self.checkpointer.join()
+
+    def _checkpoints(self) -> None:
+        """Copy the WAL back into the database every 0.5 s while there are new commits
+        (SQLite's PASSIVE checkpoint: it never blocks the writer or the readers)."""
+        try:
+            conn = connect(self.path, synchronous=self.synchronous)
+        except sqlite3.Error:  # the writer reports the store as unavailable
+            return
+        seen = 0
+        try:
+            while not self._stopped.wait(0.5):
+                if self.store.stats.commits != seen:
+                    seen = self.store.stats.commits
+                    with contextlib.suppress(sqlite3.OperationalError):  # busy: the next round does it
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
 
     def _main(self) -> None:
-        conn = connect(self.path, synchronous=self.synchronous)
-        # Checkpoints (which fsync) run on this thread between bursts, not in a commit.
-        conn.execute("PRAGMA wal_autocheckpoint=0")
-        dirty = 0
+        try:
+            conn = connect(self.path, synchronous=self.synchronous)
+            # Checkpoints (which fsync) run on the checkpointer thread, never in a commit.
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+        except sqlite3.Error as exc:
+            self.error = exc
+            return
+        finally:
+            self.ready.set()
         try:
             while True:
-                try:
-                    item = self.queue.get(timeout=0.5 if dirty else None)
-                except queue.Empty:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                    dirty = 0
-                    continue
-                batch = [item]
+                batch = [self.queue.get()]
                 while len(batch) < self.MAX_BATCH:
                     try:
                         batch.append(self.queue.get_nowait())
@@ -222,10 +246,6 @@ class _Writer:
                 work = [b for b in batch if b is not _STOP]
                 if work:
                     self._commit(conn, work)
-                    dirty += len(work)
-                    if dirty > 2000:  # a long burst: keep the WAL short
-                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                        dirty = 0
                 if stop:
                     return
         finally:
@@ -289,11 +309,21 @@ class SqliteRunStore(RunStore):
     async def open(self) -> None:
         if self._writer is not None:
             return
-        from compound.store.db import create_all
+        from sqlalchemy.exc import OperationalError
 
-        await asyncio.to_thread(create_all, self.engine)
-        self._writer = _Writer(self, self.path, self.synchronous)
-        self._writer.start(asyncio.get_running_loop())
+        from compound.store.db import StoreUnavailable, create_all
+
+        try:
+            await asyncio.to_thread(create_all, self.engine)
+        except OperationalError as exc:
+            raise StoreUnavailable(f"cannot open {self.path}: {exc.orig}") from None
+        writer = _Writer(self, self.path, self.synchronous)
+        writer.start(asyncio.get_running_loop())
+        await asyncio.to_thread(writer.ready.wait)
+        if writer.error is not None:
+            writer.stop()
+            raise StoreUnavailable(f"cannot open {self.path} for writing: {writer.error}")
+        self._writer = writer
 
     async def close(self) -> None:
         if self._writer is not None:
