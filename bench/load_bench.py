@@ -290,7 +290,9 @@ def main() -> None:
                   command=command)
     print(text)
     if args.write:
-        write_section(args.write, "load_bench", "Load: many tasks through one server", text)
+        name = "load_bench" + "".join(f"_{n}" for n in args.tasks if args.tasks != [300, 1000])
+        write_section(args.write, name, f"Load: {' and '.join(map(str, args.tasks))} tasks through one server",
+                      text)
 
 
 if __name__ == "__main__":
