@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -69,6 +70,16 @@ async def test_hits_read_nothing_and_bad_tokens_are_remembered(store: RunStore) 
     clock.now += 1.0
     await cache.lookup(token)
     assert store.stats.reads - reads == 3
+
+
+async def test_requests_that_miss_together_share_one_read(store: RunStore) -> None:
+    clock = FakeClock()
+    cache = TokenCache(store, ttl_s=1.0, clock=clock)
+    _, token = create_token(store.engine, "ann")
+    reads = store.stats.reads
+    found = await asyncio.gather(*(cache.lookup(token) for _ in range(20)))
+    assert all(p is not None and p.user_name == "ann" for p in found)
+    assert store.stats.reads - reads == 1 and not cache._reads
 
 
 async def test_the_cache_stays_bounded(store: RunStore) -> None:

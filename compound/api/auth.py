@@ -39,6 +39,7 @@ class TokenCache:
         self.clock, self.max_entries = clock, max_entries
         self._entries: dict[str, tuple[float, Principal | None]] = {}
         self._used: dict[str, datetime] = {}
+        self._reads: dict[str, asyncio.Future[Principal | None]] = {}
 
     def cached(self, digest: str) -> tuple[bool, Principal | None]:
         """(True, principal) for a fresh entry; (False, None) when it must be looked up."""
@@ -64,13 +65,25 @@ class TokenCache:
         return principal
 
     async def lookup(self, token: str) -> Principal | None:
-        """The token's principal: from memory, or read from the store (off the loop)."""
+        """The token's principal: from memory, or read from the store (off the loop).
+        Requests that miss together share one read: when an entry expires under load,
+        the store sees one lookup, not one per request in flight."""
         digest = hash_token(token)
         hit, principal = self.cached(digest)
         if not hit:
+            read = self._reads.get(digest)
+            if read is None:
+                read = self._reads[digest] = asyncio.ensure_future(self._read(token, digest))
+            principal = await asyncio.shield(read)  # one caller canceled does not cancel the others'
+        return self._used_now(principal)
+
+    async def _read(self, token: str, digest: str) -> Principal | None:
+        try:
             principal = await self.store.principal_for_token(token)
             self._keep(digest, principal)
-        return self._used_now(principal)
+            return principal
+        finally:
+            del self._reads[digest]
 
     def pending(self) -> dict[str, datetime]:
         """Last uses not written yet (token id -> when)."""
