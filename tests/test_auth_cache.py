@@ -82,6 +82,26 @@ async def test_requests_that_miss_together_share_one_read(store: RunStore) -> No
     assert store.stats.reads - reads == 1 and not cache._reads
 
 
+async def test_a_busy_token_is_read_again_before_its_entry_expires(store: RunStore) -> None:
+    clock = FakeClock()
+    cache = TokenCache(store, ttl_s=1.0, clock=clock)
+    row, token = create_token(store.engine, "ann")
+    await cache.lookup(token)
+    reads = store.stats.reads
+    clock.now += 0.4
+    await cache.lookup(token)
+    assert store.stats.reads == reads and not cache._reads  # young: memory only
+    clock.now += 0.2
+    assert await cache.lookup(token) is not None  # answered at once, and a read started
+    await asyncio.gather(*cache._reads.values())
+    assert store.stats.reads == reads + 1
+    revoke_token(store.engine, row.id)
+    clock.now += 0.9  # 1.5 s after the first read, 0.9 s after the refresh: still the refresh's answer
+    assert await cache.lookup(token) is not None
+    await asyncio.gather(*cache._reads.values())  # the refresh that started now sees the revocation
+    assert await cache.lookup(token) is None
+
+
 async def test_the_cache_stays_bounded(store: RunStore) -> None:
     cache = TokenCache(store, ttl_s=1.0, clock=FakeClock(), max_entries=10)
     for i in range(100):

@@ -31,56 +31,66 @@ class TokenCache:
     written in one batch every `flush_s` rather than once per request.
 
     An unknown or revoked hash is remembered too (as None), so a client retrying a
-    bad token costs one lookup a second, not one per request."""
+    bad token costs one lookup a second, not one per request. An entry past half its
+    life is read again in the background while it still answers, so a busy token's
+    requests never wait for the store; requests that miss together share one read.
+    An entry's life counts from the moment its read began."""
 
     def __init__(self, store: RunStore, *, ttl_s: float = 1.0, flush_s: float = 10.0,
                  clock: Callable[[], float] = time.monotonic, max_entries: int = 10_000) -> None:
         self.store, self.ttl_s, self.flush_s = store, ttl_s, flush_s
         self.clock, self.max_entries = clock, max_entries
-        self._entries: dict[str, tuple[float, Principal | None]] = {}
+        self._entries: dict[str, tuple[float, Principal | None]] = {}  # digest -> (read at, principal)
         self._used: dict[str, datetime] = {}
         self._reads: dict[str, asyncio.Future[Principal | None]] = {}
 
     def cached(self, digest: str) -> tuple[bool, Principal | None]:
-        """(True, principal) for a fresh entry; (False, None) when it must be looked up."""
+        """(True, principal) for a live entry; (False, None) when it must be looked up."""
         entry = self._entries.get(digest)
         if entry is None:
             return False, None
-        if entry[0] <= self.clock():
+        if self.clock() - entry[0] >= self.ttl_s:
             del self._entries[digest]
             return False, None
         return True, entry[1]
 
-    def _keep(self, digest: str, principal: Principal | None) -> None:
+    def _keep(self, digest: str, principal: Principal | None, read_at: float) -> None:
         if len(self._entries) >= self.max_entries:
             now = self.clock()
-            self._entries = {d: e for d, e in self._entries.items() if e[0] > now}
-            while len(self._entries) >= self.max_entries:  # all fresh: drop the oldest
+            self._entries = {d: e for d, e in self._entries.items() if now - e[0] < self.ttl_s}
+            while len(self._entries) >= self.max_entries:  # all live: drop the oldest
                 del self._entries[next(iter(self._entries))]
-        self._entries[digest] = (self.clock() + self.ttl_s, principal)
+        self._entries[digest] = (read_at, principal)
 
     def _used_now(self, principal: Principal | None) -> Principal | None:
         if principal is not None:
             self._used[principal.token_id] = datetime.now(UTC)
         return principal
 
+    def _start_read(self, token: str, digest: str) -> asyncio.Future[Principal | None]:
+        read = self._reads.get(digest)
+        if read is None:
+            read = self._reads[digest] = asyncio.ensure_future(self._read(token, digest))
+            read.add_done_callback(_consume)
+        return read
+
     async def lookup(self, token: str) -> Principal | None:
-        """The token's principal: from memory, or read from the store (off the loop).
-        Requests that miss together share one read: when an entry expires under load,
-        the store sees one lookup, not one per request in flight."""
+        """The token's principal: from memory, or read from the store (off the loop)."""
         digest = hash_token(token)
         hit, principal = self.cached(digest)
-        if not hit:
-            read = self._reads.get(digest)
-            if read is None:
-                read = self._reads[digest] = asyncio.ensure_future(self._read(token, digest))
-            principal = await asyncio.shield(read)  # one caller canceled does not cancel the others'
+        if hit:
+            if self.clock() - self._entries[digest][0] >= self.ttl_s / 2:
+                self._start_read(token, digest)  # refresh ahead; this request does not wait
+        else:
+            # shielded: one caller canceled does not cancel the read the others wait for
+            principal = await asyncio.shield(self._start_read(token, digest))
         return self._used_now(principal)
 
     async def _read(self, token: str, digest: str) -> Principal | None:
         try:
+            read_at = self.clock()
             principal = await self.store.principal_for_token(token)
-            self._keep(digest, principal)
+            self._keep(digest, principal, read_at)
             return principal
         finally:
             del self._reads[digest]
@@ -109,6 +119,13 @@ class TokenCache:
                 await self.flush()
             except Exception as exc:  # the store may be busy: keep serving, try next time
                 log.warning("token_last_used_flush_failed", error=type(exc).__name__)
+
+
+def _consume(read: asyncio.Future[Principal | None]) -> None:
+    """A background refresh that failed is retried by the next request; its error is
+    not left unretrieved."""
+    if not read.cancelled():
+        read.exception()
 
 
 def _missing() -> ApiError:
