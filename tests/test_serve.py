@@ -23,7 +23,7 @@ from compound.llm.simulator import free_port
 from compound.store.db import make_engine
 from compound.store.models import LedgerEntry, Task
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # real processes: slow on a loaded machine
 COMPOUND = [sys.executable, "-m", "compound.cli.__main__"]
 
 
