@@ -210,3 +210,13 @@ async def test_the_cache_keeps_a_snapshot_until_its_task_has_an_event(any_store:
     with pytest.raises(NotFound):
         await cache.get("t_missing")
     assert not any_store.hub.watched("t_missing")
+
+
+async def test_a_cache_that_cannot_hear_every_writer_keeps_nothing(store: RunStore) -> None:
+    cache = SnapshotCache(store, keep=False)
+    task = await store.create_task(prompt="p", budget_usd=1.0)
+    assert (await cache.get(task.id)).seq == 1
+    with store.engine.begin() as conn:  # another process's write: no event reaches this hub
+        conn.exec_driver_sql("UPDATE task SET status='planning', event_seq=2 WHERE id=?", (task.id,))
+    again = await cache.get(task.id)
+    assert (again.seq, again.status, cache.loads, len(cache)) == (2, "planning", 2, 0)

@@ -61,7 +61,9 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
         flusher = asyncio.create_task(tokens.run(), name="token-last-used")
         from compound.api.snapshots import SnapshotCache
 
-        app.state.snapshots = SnapshotCache(runs)
+        # Tasks run by other processes are heard by PostgreSQL's LISTEN/NOTIFY only.
+        hears_all = runs.url.startswith("postgres") or getattr(settings, "execution", "inline") != "queue"
+        app.state.snapshots = SnapshotCache(runs, keep=hears_all)
         await executor.start()
         try:
             yield

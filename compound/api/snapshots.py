@@ -90,8 +90,10 @@ class SnapshotCache:
     call's cost) shows with the next event, as the ETag says: a snapshot is its
     task as of that event."""
 
-    def __init__(self, store: RunStore, *, max_entries: int = 2000) -> None:
-        self.store, self.max_entries = store, max_entries
+    def __init__(self, store: RunStore, *, max_entries: int = 2000, keep: bool = True) -> None:
+        # keep=False when some writer's events never reach this hub (tasks run by other
+        # processes on SQLite): every read then goes to the store.
+        self.store, self.max_entries, self.keep = store, max_entries, keep
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self.loads = 0  # store reads made (tests, benchmarks)
 
@@ -108,6 +110,8 @@ class SnapshotCache:
 
     async def get(self, task_id: str, *, tries: int = 3) -> Snapshot:
         """The task's current snapshot; the store's NotFound when there is none."""
+        if not self.keep:
+            return await self._load(task_id)
         entry = self._entries.get(task_id)
         if entry is not None:
             if not entry.marker.changed:
