@@ -3,6 +3,8 @@ and the executor are made in create_app/lifespan and hung on app.state."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -64,6 +66,16 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
             executor = Executor(settings=settings, store=runs, client=llm, observers=obs)
         app.state.store = runs
         app.state.executor = executor
+        from compound.api.auth import TokenCache
+
+        tokens = TokenCache(runs, ttl_s=settings.token_cache_s, flush_s=settings.token_last_used_flush_s)
+        app.state.tokens = tokens
+        flusher = asyncio.create_task(tokens.run(), name="token-last-used")
+        from compound.api.snapshots import SnapshotCache
+
+        # Tasks run by other processes are heard by PostgreSQL's LISTEN/NOTIFY only.
+        hears_all = runs.url.startswith("postgres") or getattr(settings, "execution", "inline") != "queue"
+        app.state.snapshots = SnapshotCache(runs, keep=hears_all)
         await executor.start()
         from compound.api import doors
 
@@ -71,6 +83,10 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
             async with doors.running(app):
                 yield
         finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            await tokens.flush()
             await executor.stop()
             if own_store:
                 await runs.close()

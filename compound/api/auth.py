@@ -3,39 +3,172 @@ submit / read / admin; a user sees only their own tasks unless admin."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from compound.api.errors import ApiError
+from compound.core.logging import get_logger
 from compound.store.base import Principal, RunStore
 from compound.store.sqlrun import hash_token
+from compound.store.users import record_last_used
 
-__all__ = ["AdminPrincipal", "Principal", "ReadPrincipal", "SubmitPrincipal", "hash_token"]
+__all__ = ["AdminPrincipal", "Principal", "ReadPrincipal", "SubmitPrincipal", "TokenCache", "hash_token"]
 
 bearer = HTTPBearer(auto_error=False, description="a token from `compound tokens create`")
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
+log = get_logger(__name__)
 
 
-async def principal_from(request: Request, token: str | None) -> Principal:
-    if not token:
-        raise ApiError(401, "unauthorized", "missing bearer token: send 'Authorization: Bearer <token>'",
-                       CHALLENGE)
-    store: RunStore = request.app.state.store
-    principal = await store.principal_for_token(token)
+class TokenCache:
+    """Principals by token hash, kept in memory for `ttl_s` (at most 1 s, so a token
+    revoked by any process stops working within 1 s), and each token's last use,
+    written in one batch every `flush_s` rather than once per request.
+
+    An unknown or revoked hash is remembered too (as None), so a client retrying a
+    bad token costs one lookup a second, not one per request. An entry past half its
+    life is read again in the background while it still answers, so a busy token's
+    requests never wait for the store; requests that miss together share one read.
+    An entry's life counts from the moment its read began."""
+
+    def __init__(self, store: RunStore, *, ttl_s: float = 1.0, flush_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic, max_entries: int = 10_000) -> None:
+        self.store, self.ttl_s, self.flush_s = store, ttl_s, flush_s
+        self.clock, self.max_entries = clock, max_entries
+        self._entries: dict[str, tuple[float, Principal | None]] = {}  # digest -> (read at, principal)
+        self._used: dict[str, datetime] = {}
+        self._reads: dict[str, asyncio.Future[Principal | None]] = {}
+
+    def cached(self, digest: str) -> tuple[bool, Principal | None]:
+        """(True, principal) for a live entry; (False, None) when it must be looked up."""
+        entry = self._entries.get(digest)
+        if entry is None:
+            return False, None
+        if self.clock() - entry[0] >= self.ttl_s:
+            del self._entries[digest]
+            return False, None
+        return True, entry[1]
+
+    def _keep(self, digest: str, principal: Principal | None, read_at: float) -> None:
+        if len(self._entries) >= self.max_entries:
+            now = self.clock()
+            self._entries = {d: e for d, e in self._entries.items() if now - e[0] < self.ttl_s}
+            while len(self._entries) >= self.max_entries:  # all live: drop the oldest
+                del self._entries[next(iter(self._entries))]
+        self._entries[digest] = (read_at, principal)
+
+    def _used_now(self, principal: Principal | None) -> Principal | None:
+        if principal is not None:
+            self._used[principal.token_id] = datetime.now(UTC)
+        return principal
+
+    def _start_read(self, token: str, digest: str) -> asyncio.Future[Principal | None]:
+        read = self._reads.get(digest)
+        if read is None:
+            read = self._reads[digest] = asyncio.ensure_future(self._read(token, digest))
+            read.add_done_callback(_consume)
+        return read
+
+    async def lookup(self, token: str) -> Principal | None:
+        """The token's principal: from memory, or read from the store (off the loop)."""
+        digest = hash_token(token)
+        hit, principal = self.cached(digest)
+        if hit:
+            if self.clock() - self._entries[digest][0] >= self.ttl_s / 2:
+                self._start_read(token, digest)  # refresh ahead; this request does not wait
+        else:
+            # shielded: one caller canceled does not cancel the read the others wait for
+            principal = await asyncio.shield(self._start_read(token, digest))
+        return self._used_now(principal)
+
+    async def _read(self, token: str, digest: str) -> Principal | None:
+        try:
+            read_at = self.clock()
+            principal = await self.store.principal_for_token(token)
+            self._keep(digest, principal, read_at)
+            return principal
+        finally:
+            del self._reads[digest]
+
+    def pending(self) -> dict[str, datetime]:
+        """Last uses not written yet (token id -> when)."""
+        return dict(self._used)
+
+    async def flush(self) -> None:
+        """Write the last uses gathered since the previous flush, off the event loop."""
+        used, self._used = self._used, {}
+        if not used:
+            return
+        try:  # the admin engine, on a worker thread: a batch every flush_s, never per request
+            await asyncio.to_thread(record_last_used, self.store.engine, used)
+        except BaseException:
+            for token_id, at in used.items():  # keep them for the next flush
+                self._used.setdefault(token_id, at)
+            raise
+
+    async def run(self) -> None:
+        """Flush every `flush_s` until canceled (the app flushes once more on shutdown)."""
+        while True:
+            await asyncio.sleep(self.flush_s)
+            try:
+                await self.flush()
+            except Exception as exc:  # the store may be busy: keep serving, try next time
+                log.warning("token_last_used_flush_failed", error=type(exc).__name__)
+
+
+def _consume(read: asyncio.Future[Principal | None]) -> None:
+    """A background refresh that failed is retried by the next request; its error is
+    not left unretrieved."""
+    if not read.cancelled():
+        read.exception()
+
+
+def _missing() -> ApiError:
+    return ApiError(401, "unauthorized", "missing bearer token: send 'Authorization: Bearer <token>'", CHALLENGE)
+
+
+def _checked(principal: Principal | None) -> Principal:
     if principal is None:
         raise ApiError(401, "unauthorized", "invalid or revoked token", CHALLENGE)
     return principal
 
 
+async def principal_from(request: Request, token: str | None) -> Principal:
+    if not token:
+        raise _missing()
+    return _checked(await request.app.state.tokens.lookup(token))
+
+
+async def authorize(request: Request, token: str | None, scope: str) -> Principal:
+    """The caller's principal if the token is live and has `scope` (admin has all)."""
+    if not token:
+        raise _missing()
+    principal = _checked(await request.app.state.tokens.lookup(token))
+    if scope not in principal.scopes and not principal.is_admin:
+        raise ApiError(403, "forbidden", f"this token lacks the '{scope}' scope")
+    return principal
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an `Authorization: Bearer ...` header, as HTTPBearer reads it."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+# For a route that skips FastAPI's dependency solver (its hot read path): the same
+# security requirement, documented by hand.
+BEARER_SECURITY: list[dict[str, list[str]]] = [{"HTTPBearer": []}]
+
+
 def _need(scope: str):  # type: ignore[no-untyped-def]
     async def dep(request: Request,
                   creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
-        principal = await principal_from(request, creds.credentials if creds else None)
-        if scope not in principal.scopes and not principal.is_admin:
-            raise ApiError(403, "forbidden", f"this token lacks the '{scope}' scope")
-        return principal
+        return await authorize(request, creds.credentials if creds else None, scope)
 
     return dep
 

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
-from compound.api.auth import ReadPrincipal, SubmitPrincipal, owner_filter
+from compound.api.auth import (
+    BEARER_SECURITY,
+    Principal,
+    ReadPrincipal,
+    SubmitPrincipal,
+    authorize,
+    bearer_token,
+    owner_filter,
+)
 from compound.api.errors import COMMON_RESPONSES, ApiError
 from compound.api.schemas import PlanValidateIn, PlanValidateOut, TaskCreate, TaskList, TaskOut
-from compound.core.errors import PlanInvalid, UserInputError
+from compound.api.snapshots import Snapshot, etag_matches, version_of
+from compound.core.errors import NotFound, PlanInvalid, UserInputError
 from compound.planner.plan import critical_path, waves
 from compound.planner.validate import is_clean_text, validate_plan
 from compound.store.base import RunStore, TaskState
@@ -63,10 +74,69 @@ async def post_task(request: Request, body: TaskCreate, principal: SubmitPrincip
     return await store_of(request).snapshot(task.id)
 
 
+def _query_param(name: str, kind: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": {"type": kind, **({"exclusiveMinimum": 0, "maximum": 30} if name == "wait" else {"minimum": 0})}}
+
+
+GET_ONE_PARAMS = [
+    _query_param("wait", "number", "long-poll: answer as soon as the task changes after the version the "
+                 "client holds (If-None-Match, or `since`), else after this many seconds (0 < wait <= 30)"),
+    _query_param("since", "integer", "the event sequence the client holds (its ETag without quotes); "
+                 "an alternative to If-None-Match for `wait`"),
+    {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "an ETag of this task: 304 while the task is unchanged"},
+]
+
+
+def read_wait(query: Mapping[str, str]) -> tuple[float | None, int | None]:
+    """`wait` and `since` from a query string, or UserInputError naming the bad one."""
+    wait = since = None
+    if "wait" in query:
+        try:
+            wait = float(query["wait"])
+        except ValueError:
+            wait = math.nan
+        if not 0 < wait <= 30:  # NaN fails too
+            raise UserInputError(f"wait: {query['wait'][:40]!r} is not a number of seconds in (0, 30]")
+    if "since" in query:
+        raw = query["since"]
+        if not (raw.isdigit() and len(raw) < 19):
+            raise UserInputError(f"since: {raw[:40]!r} is not an event sequence (an integer >= 0)")
+        since = int(raw)
+    return wait, since
+
+
+# The hot read path: auth and parameters are read here rather than by FastAPI's
+# dependency solver (which cost more than the rest of the request), and the body is
+# the snapshot serialized once, not validated per request; the schema, parameters and
+# security below document it all the same.
 @router.get("/tasks/{task_id}", response_model=TaskOut,
+            responses={200: {"headers": {"ETag": {"description": "the task's event sequence, quoted",
+                                                  "schema": {"type": "string"}}}},
+                       304: {"description": "unchanged since the ETag sent in If-None-Match"}},
+            openapi_extra={"parameters": GET_ONE_PARAMS, "security": BEARER_SECURITY},
             summary="A task's progress: status, plan, each subtask's state, result and cost")
-async def get_one(request: Request, task_id: str, principal: ReadPrincipal) -> Any:
-    return await store_of(request).snapshot(task_id, user_id=owner_filter(principal))
+async def get_one(request: Request, task_id: str) -> Response:
+    principal = await authorize(request, bearer_token(request), "read")
+    wait, since = read_wait(request.query_params)
+    if_none_match = request.headers.get("if-none-match")
+    snap = await _owned_snapshot(request, task_id, principal)
+    held = since if since is not None else version_of(if_none_match)
+    if wait is not None and held is not None and held == snap.seq and not snap.terminal:
+        snap = await request.app.state.snapshots.changed(task_id, after=held, timeout=wait)
+    headers = {"ETag": snap.etag}
+    if if_none_match is not None and etag_matches(if_none_match, snap.etag):
+        return Response(status_code=304, headers=headers)
+    return Response(snap.body, media_type="application/json", headers=headers)
+
+
+async def _owned_snapshot(request: Request, task_id: str, principal: Principal) -> Snapshot:
+    snap: Snapshot = await request.app.state.snapshots.get(task_id)
+    owner = owner_filter(principal)
+    if owner is not None and snap.user_id != owner:
+        raise NotFound(f"no task with id {task_id[:80]!r}")  # exactly as an unknown id
+    return snap
 
 
 @router.get("/tasks", response_model=TaskList,  summary="Recent tasks, newest first")

@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     rate_limit_per_minute: int = Field(default=60, ge=0, description="submissions per token; 0 = off")
     open_symbiont_reads: bool = False
+    token_cache_s: float = Field(default=1.0, ge=0, le=1.0, description="how long a token lookup is reused")
+    token_last_used_flush_s: float = Field(default=10.0, gt=0, description="how often last_used_at is written")
     public_metrics: bool = True
     sqlite_synchronous: str = Field(default="NORMAL", pattern="^(OFF|NORMAL|FULL|EXTRA)$")
     log_level: str = "INFO"

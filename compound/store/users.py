@@ -4,7 +4,9 @@ sha256 is stored. Requests authenticate through RunStore.principal_for_token."""
 from __future__ import annotations
 
 import secrets
+from datetime import datetime
 
+from sqlalchemy import bindparam, or_, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -12,7 +14,8 @@ from compound.core.errors import NotFound, UserInputError
 from compound.store.models import ApiToken, User, utcnow
 from compound.store.sqlrun import hash_token
 
-__all__ = ["SCOPES", "create_token", "get_or_create_user", "hash_token", "list_tokens", "lookup_token", "revoke_token"]
+__all__ = ["SCOPES", "create_token", "get_or_create_user", "hash_token", "list_tokens", "lookup_token",
+           "record_last_used", "revoke_token"]
 
 SCOPES = ("submit", "read", "admin")
 TOKEN_PREFIX = "cpd_"
@@ -73,3 +76,16 @@ def lookup_token(engine: Engine, token: str) -> str | None:
         if row is None or row.revoked_at is not None:
             return None
         return row.user_id
+
+
+def record_last_used(engine: Engine, used: dict[str, datetime]) -> None:
+    """Write each token's last use (token id -> when) in one transaction; a later time
+    already stored (by another process) is kept."""
+    if not used:
+        return
+    t = ApiToken.__table__  # type: ignore[attr-defined]
+    stmt = (update(t).where(t.c.id == bindparam("tid"))
+            .where(or_(t.c.last_used_at.is_(None), t.c.last_used_at < bindparam("at")))
+            .values(last_used_at=bindparam("at")))
+    with engine.begin() as conn:
+        conn.execute(stmt, [{"tid": tid, "at": at} for tid, at in used.items()])

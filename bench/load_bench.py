@@ -1,0 +1,299 @@
+"""Many tasks through one `compound serve` against the provider simulator (issue 10):
+every task completes with no HTTP error while each is polled about once a second,
+GET /healthz stays fast, peak memory stays bounded, and model calls/s is set beside
+the provider SDK's floor (AsyncAnthropic making as many calls at the same
+concurrency against the same simulator, in the same run).
+
+    .venv/bin/python bench/load_bench.py [--write docs/benchmarks.md]
+
+Targets: 300 tasks x 10 subtasks at 50 ms latency: all complete, no HTTP error,
+/healthz p99 <= 20 ms; 1,000 tasks x 10 subtasks: peak RSS of the server <= 500 MB.
+/healthz is probed every 50 ms from another process (its own connection), so the
+bench's own client load does not delay the probe; an idle bare FastAPI app's /healthz
+is probed the same way at the same time, to show what the machine alone adds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import multiprocessing
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event as MpEvent
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.servers import (
+    BIN,
+    base_env,
+    compound_server,
+    create_token,
+    free_port,
+    machine,
+    running,
+    simulator,
+    write_section,
+)
+
+TERMINAL = {"completed", "partial", "failed", "canceled"}
+PARTS = ["the history of {i}", "the costs of {i}", "the risks of {i}", "the people behind {i}",
+         "the tools for {i}", "the rules about {i}", "the data on {i}", "the future of {i}",
+         "the critics of {i}", "the alternatives to {i}", "the numbers of {i}"]
+
+
+def prompt(i: int, subtasks: int) -> str:
+    """A request the simulator's planner splits into subtasks - 1 parts and a join."""
+    return "Look into " + " and ".join(p.format(i=f"topic {i}") for p in PARTS[: subtasks - 1])
+
+
+def probe(url: str, stop: MpEvent, out: Connection, every_s: float = 0.05) -> None:
+    """GET /healthz every `every_s` on one keep-alive connection; send back each
+    latency in ms (inf for a failure)."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    seen: list[float] = []
+    while not stop.is_set():
+        start = time.perf_counter()
+        try:
+            conn.request("GET", "/healthz")
+            resp = conn.getresponse()
+            resp.read()
+            seen.append((time.perf_counter() - start) * 1000 if resp.status == 200 else float("inf"))
+        except (OSError, http.client.HTTPException):
+            seen.append(float("inf"))
+            conn.close()
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        time.sleep(max(0.0, every_s - (time.perf_counter() - start)))
+    out.send(seen)
+
+
+@dataclass
+class LoadResult:
+    tasks: int
+    subtasks: int
+    wall_s: float
+    calls: int
+    statuses: dict[str, int]
+    http_errors: list[str]
+    polls: int
+    health_ms: list[float]
+    peak_rss_mb: float
+    sdk_calls_per_s: float = 0.0
+    idle_health_ms: list[float] = field(default_factory=list)
+
+    @property
+    def calls_per_s(self) -> float:
+        return self.calls / self.wall_s if self.wall_s else 0.0
+
+    def health(self, q: float, *, idle: bool = False) -> float:
+        seen = self.idle_health_ms if idle else self.health_ms
+        if not seen:
+            return float("nan")
+        ordered = sorted(seen)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def drive(url: str, token: str, *, tasks: int, subtasks: int, poll_s: float,
+                timeout_s: float) -> tuple[float, dict[str, int], list[str], int]:
+    """Submit every task, then poll each about every `poll_s` until it ends."""
+    auth = {"Authorization": f"Bearer {token}"}
+    errors: list[str] = []
+    statuses: dict[str, int] = {}
+    polls = 0
+    # Idle connections are dropped before uvicorn's 5 s keep-alive closes them: with equal
+    # timeouts a request can go out on a connection the server is closing.
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=2.0)
+    async with httpx.AsyncClient(base_url=url, headers=auth, timeout=60, limits=limits) as http:
+        start = time.monotonic()
+        gate = asyncio.Semaphore(32)
+
+        async def call(method: str, path: str, **kw: Any) -> httpx.Response | None:
+            """The response, or None after recording a transport error."""
+            try:
+                return await http.request(method, path, **kw)
+            except httpx.HTTPError as exc:
+                errors.append(f"{method} {path}: {type(exc).__name__} {exc}"[:200])
+                return None
+
+        async def submit(i: int) -> str | None:
+            async with gate:
+                r = await call("POST", "/v1/tasks", json={"prompt": prompt(i, subtasks), "budget_usd": 5.0})
+            if r is None:
+                return None
+            if r.status_code != 202:
+                errors.append(f"POST {r.status_code}: {r.text[:200]}")
+                return None
+            return str(r.json()["id"])
+
+        async def follow(task_id: str) -> None:
+            nonlocal polls
+            await asyncio.sleep(random.random() * poll_s)  # spread the polls over the second
+            while time.monotonic() - start < timeout_s:
+                r = await call("GET", f"/v1/tasks/{task_id}")
+                polls += 1
+                if r is None:
+                    await asyncio.sleep(poll_s)
+                    continue
+                if r.status_code != 200:
+                    errors.append(f"GET {r.status_code}: {r.text[:200]}")
+                    return
+                status = r.json()["status"]
+                if status in TERMINAL:
+                    statuses[status] = statuses.get(status, 0) + 1
+                    return
+                await asyncio.sleep(poll_s)
+            statuses["unfinished"] = statuses.get("unfinished", 0) + 1
+
+        ids = await asyncio.gather(*(submit(i) for i in range(tasks)))
+        await asyncio.gather(*(follow(t) for t in ids if t is not None))
+        wall = time.monotonic() - start
+    return wall, statuses, errors, polls
+
+
+def model_calls(url: str) -> int:
+    """Model calls the server made, from its /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("compound_model_calls_total{")))
+
+
+async def sdk_floor(sim_url: str, *, calls: int, concurrency: int) -> float:
+    """Calls/s of AsyncAnthropic making `calls` worker calls, `concurrency` at a time."""
+    from anthropic import AsyncAnthropic
+
+    client = AsyncAnthropic(base_url=sim_url, api_key="sim", max_retries=0)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with gate:
+            await client.messages.create(
+                model="claude-haiku-4-5", max_tokens=256, system="You are compound's worker.",
+                messages=[{"role": "user", "content": f"<subtask>step {i}</subtask>"}])
+
+    start = time.monotonic()
+    await asyncio.gather(*(one(i) for i in range(calls)))
+    wall = time.monotonic() - start
+    await client.close()
+    return calls / wall
+
+
+def run(*, tasks: int, subtasks: int, latency_ms: int, concurrency: int, poll_s: float,
+        timeout_s: float) -> LoadResult:
+    with tempfile.TemporaryDirectory(prefix="load_bench_") as tmp_name:
+        tmp = Path(tmp_name)
+        with simulator(tmp, latency_ms=latency_ms, script={"max_subtasks": subtasks}) as sim:
+            env = base_env(tmp, sim.url, COMPOUND_MAX_CONCURRENCY=str(concurrency),
+                           COMPOUND_MAX_SUBTASKS=str(max(20, subtasks)))
+            token = create_token(env)
+            bare_port = free_port()
+            with compound_server(tmp, env) as server, running(
+                    [str(BIN / "python"), "-m", "uvicorn", "--log-level", "warning", "--port", str(bare_port),
+                     "bench.bare_app:app"], url=f"http://127.0.0.1:{bare_port}", env=env) as idle:
+                ctx = multiprocessing.get_context("fork")
+                stop = ctx.Event()
+                probes = []
+                for url in (server.url, idle.url):
+                    mine, theirs = ctx.Pipe()
+                    prober = ctx.Process(target=probe, args=(url, stop, theirs), daemon=True)
+                    prober.start()
+                    probes.append((prober, mine))
+                try:
+                    wall, statuses, errors, polls = asyncio.run(
+                        drive(server.url, token, tasks=tasks, subtasks=subtasks, poll_s=poll_s,
+                              timeout_s=timeout_s))
+                finally:
+                    stop.set()
+                    health, idle_health = ([] if not mine.poll(30) else mine.recv() for _, mine in probes)
+                    for prober, _ in probes:
+                        prober.join(10)
+                calls = model_calls(server.url)
+                rss = server.peak_rss_mb()
+            result = LoadResult(tasks, subtasks, wall, calls, statuses, errors, polls, health, rss,
+                                idle_health_ms=idle_health)
+            if errors:
+                log = (tmp / "serve.log").read_text(errors="replace")[-3000:]
+                print(f"server log tail:\n{log}", file=sys.stderr)
+            print(f"{tasks} tasks: {wall:.1f} s, {calls} calls, {statuses}, {len(errors)} errors, "
+                  f"healthz p99 {result.health(0.99):.1f} ms, peak RSS {rss:.0f} MB", file=sys.stderr)
+            result.sdk_calls_per_s = asyncio.run(sdk_floor(sim.url, calls=calls, concurrency=concurrency))
+            print(f"SDK floor: {result.sdk_calls_per_s:.0f} calls/s", file=sys.stderr)
+        return result
+
+
+def report(results: list[LoadResult], *, latency_ms: int, concurrency: int, poll_s: float,
+           command: str) -> str:
+    lines = [
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}: one `compound serve` (SQLite file) "
+        f"and the simulator (`compound sim`, {latency_ms} ms a call) in their own processes, "
+        f"COMPOUND_MAX_CONCURRENCY={concurrency}, each task polled every {poll_s:g} s "
+        "(GET /v1/tasks/{id}), /healthz probed every 50 ms from another process, with:",
+        "",
+        f"    {command}",
+        "",
+        "| tasks x subtasks | wall (s) | statuses | HTTP errors | polls | /healthz p50 / p99 / max (ms) "
+        "| idle bare app's /healthz p50 / p99 (ms) | peak RSS (MB) | model calls | calls/s | SDK floor calls/s "
+        "| compound / floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        statuses = ", ".join(f"{k} {v}" for k, v in sorted(r.statuses.items()))
+        lines.append(
+            f"| {r.tasks} x {r.subtasks} | {r.wall_s:.1f} | {statuses} | {len(r.http_errors)} | {r.polls} | "
+            f"{r.health(0.5):.1f} / {r.health(0.99):.1f} / {max(r.health_ms or [float('nan')]):.1f} | "
+            f"{r.health(0.5, idle=True):.1f} / {r.health(0.99, idle=True):.1f} | "
+            f"{r.peak_rss_mb:.0f} | {r.calls} | {r.calls_per_s:.0f} | {r.sdk_calls_per_s:.0f} | "
+            f"{r.calls_per_s / r.sdk_calls_per_s if r.sdk_calls_per_s else float('nan'):.2f} |")
+    lines += ["", "calls/s is the server's model calls (planner, subtasks, synthesis: from its /metrics) "
+              "over the wall time from the first submission to the last task seen finished; the SDK floor is "
+              "AsyncAnthropic making as many calls, as many at a time, to the same simulator right after. "
+              "The idle bare app's /healthz shows what the machine's own scheduling adds to any probe "
+              "(it shares 2 cores with the server, the simulator, the client and other work).", ""]
+    for r in results:
+        done = r.statuses.get("completed", 0) == r.tasks and not r.http_errors
+        checks = [f"all {r.tasks} completed with no HTTP error: {'yes' if done else 'NO'}"]
+        if r.tasks <= 300:
+            checks.append(f"/healthz p99 <= 20 ms: {'yes' if r.health(0.99) <= 20 else 'NO'}")
+        else:
+            checks.append(f"peak RSS <= 500 MB: {'yes' if r.peak_rss_mb <= 500 else 'NO'}")
+        lines.append(f"- {r.tasks} x {r.subtasks}: " + "; ".join(checks) + ".")
+        for err in r.http_errors[:3]:
+            lines.append(f"  - e.g. {err}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", type=Path, default=None, help="update this markdown file")
+    parser.add_argument("--tasks", type=int, nargs="+", default=[300, 1000])
+    parser.add_argument("--subtasks", type=int, default=10)
+    parser.add_argument("--latency-ms", type=int, default=50)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--poll-s", type=float, default=1.0)
+    parser.add_argument("--timeout-s", type=float, default=900.0)
+    args = parser.parse_args()
+    results = [run(tasks=n, subtasks=args.subtasks, latency_ms=args.latency_ms, concurrency=args.concurrency,
+                   poll_s=args.poll_s, timeout_s=args.timeout_s) for n in args.tasks]
+    command = ".venv/bin/python bench/load_bench.py" + "".join(
+        f" {a}" for a in sys.argv[1:] if a != "--write" and not a.endswith(".md")) + " --write docs/benchmarks.md"
+    text = report(results, latency_ms=args.latency_ms, concurrency=args.concurrency, poll_s=args.poll_s,
+                  command=command)
+    print(text)
+    if args.write:
+        name = "load_bench" + "".join(f"_{n}" for n in args.tasks if args.tasks != [300, 1000])
+        write_section(args.write, name, f"Load: {' and '.join(map(str, args.tasks))} tasks through one server",
+                      text)
+
+
+if __name__ == "__main__":
+    main()

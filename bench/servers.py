@@ -1,0 +1,179 @@
+"""Processes the HTTP benchmarks drive: the provider simulator, `compound serve` on a
+fresh SQLite file, a bare FastAPI app, and wrk; plus the docs/benchmarks.md writer."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, *, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+@dataclass
+class Proc:
+    popen: subprocess.Popen[bytes]
+    url: str
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def peak_rss_mb(self) -> float:
+        """The process's peak resident set (Linux VmHWM)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+
+@contextmanager
+def running(args: list[str], *, url: str, env: dict[str, str], health: str = "/healthz",
+            log: Path | None = None) -> Iterator[Proc]:
+    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
+    popen = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        wait_http(url + health)
+        yield Proc(popen, url)
+    finally:
+        popen.send_signal(signal.SIGINT)
+        try:
+            popen.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait()
+        if log:
+            out.close()  # type: ignore[union-attr]
+
+
+def base_env(tmp: Path, sim_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOUND_")}
+    env.update({
+        "COMPOUND_DATABASE_URL": f"sqlite:///{tmp / 'compound.db'}",
+        "ANTHROPIC_BASE_URL": sim_url, "ANTHROPIC_API_KEY": "sim",
+        "OPENAI_BASE_URL": sim_url + "/v1", "OPENAI_API_KEY": "sim",
+        "COMPOUND_LOG_LEVEL": "WARNING", "COMPOUND_RATE_LIMIT_PER_MINUTE": "0",
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MODE": "PRODUCTION",
+    })
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def simulator(tmp: Path, *, latency_ms: int = 0, script: dict[str, Any] | None = None) -> Iterator[Proc]:
+    port = free_port()
+    args = [str(BIN / "compound"), "sim", "--port", str(port), "--latency-ms", str(latency_ms)]
+    if script is not None:
+        path = tmp / "sim.json"
+        path.write_text(json.dumps(script))
+        args += ["--script", str(path)]
+    with running(args, url=f"http://127.0.0.1:{port}", env=dict(os.environ), log=tmp / "sim.log") as proc:
+        yield proc
+
+
+@contextmanager
+def compound_server(tmp: Path, env: dict[str, str]) -> Iterator[Proc]:
+    port = free_port()
+    with running([str(BIN / "compound"), "serve", "--port", str(port)], url=f"http://127.0.0.1:{port}",
+                 env=env, log=tmp / "serve.log") as proc:
+        yield proc
+
+
+def create_token(env: dict[str, str], user: str = "bench") -> str:
+    out = subprocess.run([str(BIN / "compound"), "tokens", "create", "--user", user],
+                         env=env, capture_output=True, check=True, cwd=ROOT)
+    return out.stdout.decode().strip()
+
+
+@dataclass
+class WrkResult:
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    errors: int
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text.strip())
+    if not m:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_wrk(out: str) -> WrkResult:
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return WrkResult(rps, p50, p99, int(non2xx.group(1)) if non2xx else 0,
+                     sum(int(g) for g in errs.groups()) if errs else 0)
+
+
+def wrk(url: str, *, connections: int, seconds: int, threads: int = 2,
+        headers: dict[str, str] | None = None) -> WrkResult:
+    exe = shutil.which("wrk")
+    if exe is None:
+        raise SystemExit("wrk is not installed (Debian: apt-get install -y wrk)")
+    args = [exe, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    for k, v in (headers or {}).items():
+        args += ["-H", f"{k}: {v}"]
+    out = subprocess.run([*args, url], capture_output=True, check=True, text=True).stdout
+    return parse_wrk(out)
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def write_section(path: Path, name: str, title: str, body: str) -> None:
+    """Put `body` under `title` between `<!-- name -->` markers, replacing a previous
+    run's section or appending a new one; the rest of the file is kept."""
+    marker = f"<!-- {name} -->"
+    section = f"{marker}\n## {title}\n\n{body.rstrip()}\n{marker}\n"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if text.count(marker) >= 2:
+        head, _, rest = text.partition(marker)
+        _, _, tail = rest.partition(marker)
+        text = head + section.rstrip("\n") + tail
+    else:
+        text = text.rstrip() + "\n\n" + section
+    path.write_text(text)
