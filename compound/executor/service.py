@@ -136,27 +136,12 @@ class Executor:
 
     async def wait(self, task_id: str, timeout: float | None = None) -> str:
         """Until the task is terminal; returns its status."""
-        return await self._wait_for(task_id, TERMINAL_TASK, timeout)
+        return await self.store.wait_for_status(task_id, TERMINAL_TASK, timeout)
 
     async def wait_planned(self, task_id: str, timeout: float | None = None) -> str:
         """Until the task has a plan (or ended without one); returns its status."""
-        return await self._wait_for(task_id, PLANNED_OR_LATER, timeout)
+        return await self.store.wait_for_status(task_id, PLANNED_OR_LATER, timeout)
 
-    async def _wait_for(self, task_id: str, statuses: frozenset[str], timeout: float | None) -> str:
-        """Subscribe first, then read the status once: a change between the two is in
-        the subscription. Then nothing is read until an event comes."""
-        async with self.store.subscribe(task_id) as sub:
-            status = (await self.store.head(task_id)).status
-            if status in statuses:
-                return status
-            try:
-                async with asyncio.timeout(timeout):
-                    async for ev in sub:
-                        if ev.kind == "task" and ev.data["status"] in statuses:
-                            return str(ev.data["status"])
-            except TimeoutError:
-                raise TimeoutError(f"task {task_id} not {'/'.join(sorted(statuses))} after {timeout}s") from None
-        raise AssertionError("unreachable: a subscription does not end")  # pragma: no cover
 
     async def cancel(self, task_id: str) -> None:
         status = await self.store.request_cancel(task_id)

@@ -332,6 +332,23 @@ class RunStore(abc.ABC):
         in every process on the database). With `after`, replay events past it first."""
         return Subscription(self, task_id, after=after)
 
+    async def wait_for_status(self, task_id: str, statuses: frozenset[str], timeout: float | None) -> str:
+        """Until the task is in one of `statuses`; returns it. Subscribes first, then
+        reads the status once (a change between the two is in the subscription); then
+        nothing is read until an event comes. TimeoutError after `timeout` seconds."""
+        async with self.subscribe(task_id) as sub:
+            status = (await self.head(task_id)).status
+            if status in statuses:
+                return status
+            try:
+                async with asyncio.timeout(timeout):
+                    async for ev in sub:
+                        if ev.kind == "task" and ev.data["status"] in statuses:
+                            return str(ev.data["status"])
+            except TimeoutError:
+                raise TimeoutError(f"task {task_id} not {'/'.join(sorted(statuses))} after {timeout}s") from None
+        raise AssertionError("unreachable: a subscription does not end")  # pragma: no cover
+
     # a task's life: writes -------------------------------------------------------------
 
     @abc.abstractmethod

@@ -92,28 +92,12 @@ class QueueBackend:
             return
         await asyncio.to_thread(pg_notify.publish, self.store.engine, pg_notify.CANCEL, task_id)
         try:
-            await self._wait_for(task_id, TERMINAL_TASK, CANCEL_WAIT_S)
+            await self.store.wait_for_status(task_id, TERMINAL_TASK, CANCEL_WAIT_S)
         except TimeoutError:
             log.warning("cancel requested; the task has not stopped yet", task_id=task_id)
 
     async def wait(self, task_id: str, timeout: float | None = None) -> str:
-        return await self._wait_for(task_id, TERMINAL_TASK, timeout)
+        return await self.store.wait_for_status(task_id, TERMINAL_TASK, timeout)
 
     async def wait_planned(self, task_id: str, timeout: float | None = None) -> str:
-        return await self._wait_for(task_id, PLANNED_OR_LATER, timeout)
-
-    async def _wait_for(self, task_id: str, statuses: frozenset[str], timeout: float | None) -> str:
-        """Subscribe first, then read once; then only the pushed events (a worker's
-        writes reach this process by the store's NOTIFY)."""
-        async with self.store.subscribe(task_id) as sub:
-            status = (await self.store.head(task_id)).status
-            if status in statuses:
-                return status
-            try:
-                async with asyncio.timeout(timeout):
-                    async for ev in sub:
-                        if ev.kind == "task" and ev.data["status"] in statuses:
-                            return str(ev.data["status"])
-            except TimeoutError:
-                raise TimeoutError(f"task {task_id} not {'/'.join(sorted(statuses))} after {timeout}s") from None
-        raise AssertionError("unreachable: a subscription does not end")  # pragma: no cover
+        return await self.store.wait_for_status(task_id, PLANNED_OR_LATER, timeout)
