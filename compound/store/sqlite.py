@@ -14,7 +14,7 @@ import json
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -24,18 +24,9 @@ from sqlalchemy.engine import Engine
 from compound.store import ops
 from compound.store.base import (
     Event,
-    Principal,
-    Reservation,
-    ReserveOutcome,
-    ReserveRequest,
-    RunStore,
-    Settlement,
-    SubState,
-    TaskHead,
-    TaskState,
-    log_status,
 )
-from compound.store.sqlrun import ReadQueries, check_token, hash_token, new_task_id
+from compound.store.opsstore import OpsRunStore
+from compound.store.sqlrun import ReadQueries
 
 TERMINAL = "('completed','partial','failed','canceled')"
 SQL: dict[str, str] = {
@@ -286,8 +277,10 @@ class _Writer:
         self.loop.call_soon_threadsafe(self.store.delivered, events, results)
 
 
-class SqliteRunStore(RunStore):
+class SqliteRunStore(OpsRunStore):
     ordered_writes = True  # one writer thread, FIFO
+    dialect = D
+    lock_users = False  # SQLite serializes every write already
 
     def __init__(self, url: str, *, synchronous: str = "NORMAL", readers: int = 2) -> None:
         super().__init__(url)
@@ -391,114 +384,3 @@ class SqliteRunStore(RunStore):
                 return list(conn.execute(stmt).all())
 
         return await asyncio.get_running_loop().run_in_executor(self._readers, go)
-
-    # writes ---------------------------------------------------------------------------
-
-    async def create_task(self, *, prompt: str, budget_usd: float, user_id: str | None = None,
-                          priority: int = 2, plan_in: dict[str, Any] | None = None,
-                          approve: bool = True, context: list[dict[str, str]] | None = None,
-                          answer_max_tokens: int | None = None) -> TaskState:
-        task_id = new_task_id()
-        out: TaskState = await self._write(lambda: ops.create_task(
-            D, task_id, prompt=prompt, budget_usd=budget_usd, user_id=user_id, priority=priority,
-            plan_in=plan_in, approve=approve, context=context, answer_max_tokens=answer_max_tokens))
-        return out
-
-    async def set_status(self, task_id: str, status: str, *, error: str | None = None,
-                         result: str | None = None) -> None:
-        total = await self._write(lambda: ops.set_status(D, task_id, status, error=error, result=result))
-        log_status(task_id, status, error=error, total=total)
-
-    async def set_planner_model(self, task_id: str, model: str) -> None:
-        await self._write(lambda: ops.set_planner_model(D, task_id, model))
-
-    async def save_plan(self, task_id: str, *, reasoning: str | None, subtasks: Sequence[SubState],
-                        prompt_versions: dict[str, str], status: str, warnings: Sequence[str] = ()) -> None:
-        total = await self._write(lambda: ops.save_plan(D, task_id, reasoning=reasoning, subtasks=subtasks,
-                                                        prompt_versions=prompt_versions, status=status,
-                                                        warnings=warnings))
-        log_status(task_id, status, total=total, subtasks=len(subtasks))
-
-    async def end_subtask(self, task_id: str, index: int, *, status: str, error: str | None) -> SubState:
-        out: SubState = await self._write(lambda: ops.end_subtask(D, task_id, index, status=status, error=error))
-        return out
-
-    async def reserve(self, requests: Sequence[ReserveRequest]) -> list[ReserveOutcome]:
-        out: list[ReserveOutcome] = await self._write(lambda: ops.reserve(D, requests, lock_users=False))
-        return out
-
-    async def settle(self, task_id: str, reservation: Reservation, subtask: int | None,
-                     outcome: Settlement) -> SubState | None:
-        out: SubState | None = await self._write(lambda: ops.settle(D, task_id, reservation, subtask, outcome))
-        return out
-
-    async def recover(self, task_id: str) -> int:
-        return int(await self._write(lambda: ops.recover(D, task_id)))
-
-    async def request_cancel(self, task_id: str) -> str | None:
-        out: str | None = await self._write(lambda: ops.request_cancel(D, task_id))
-        return out
-
-    async def cancel_open(self, task_id: str) -> None:
-        await self._write(lambda: ops.cancel_open(D, task_id))
-
-    async def set_approved(self, task_id: str) -> None:
-        await self._write(lambda: ops.set_approved(D, task_id))
-
-    # reads ----------------------------------------------------------------------------
-
-    async def load(self, task_id: str) -> TaskState | None:
-        out: TaskState | None = await self._read(lambda: ops.load(D, task_id))
-        return out
-
-    async def unfinished_task_ids(self) -> list[str]:
-        out: list[str] = await self._read(lambda: ops.unfinished_task_ids(D))
-        return out
-
-    async def budget_left(self, task_id: str) -> float:
-        return float(await self._read(lambda: ops.budget_left(D, task_id)))
-
-    async def user_daily_budget(self, user_id: str | None, default: float | None) -> float | None:
-        out: float | None = await self._read(lambda: ops.user_daily_budget(D, user_id, default))
-        return out
-
-    async def events_after(self, task_id: str, seq: int, limit: int = 500) -> list[Event]:
-        out: list[Event] = await self._read(lambda: ops.events_after(D, task_id, seq, limit))
-        return out
-
-    async def head(self, task_id: str, *, user_id: str | None = None) -> TaskHead:
-        out: TaskHead = await self._read(lambda: ops.head(D, task_id, user_id))
-        return out
-
-    async def snapshot(self, task_id: str, *, user_id: str | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = await self._read(lambda: ops.snapshot(D, task_id, user_id))
-        return out
-
-    async def task_tokens(self, task_id: str) -> tuple[int, int]:
-        row = (await self._core(self.queries.task_tokens(task_id)))[0]
-        return int(row[0]), int(row[1])
-
-    async def ledger_rows(self, task_id: str) -> list[dict[str, Any]]:
-        stmt, names = self.queries.ledger_rows(task_id)
-        return [dict(zip(names, r, strict=True)) for r in await self._core(stmt)]
-
-    async def list_tasks(self, *, user_id: str | None, limit: int = 20, status: str | None = None,
-                         cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
-        stmt = self.queries.list_tasks(user_id=user_id, limit=limit, status=status, cursor=cursor)
-        return self.queries.list_page(await self._core(stmt), limit)
-
-    async def costs(self, *, since: datetime, until: datetime, group_by: str | None,
-                    user_id: str | None) -> dict[str, Any]:
-        total, groups = self.queries.costs(since=since, until=until, group_by=group_by, user_id=user_id)
-        return self.queries.costs_shape(await self._core(total), await self._core(groups) if groups is not None
-                                        else [])
-
-    async def spend_summary(self, *, user_id: str | None) -> dict[str, float]:
-        return await self.queries.spend_summary(self, user_id=user_id)
-
-    async def task_counts(self) -> dict[str, int]:
-        out: dict[str, int] = await self._read(lambda: ops.task_counts(D))
-        return out
-
-    async def principal_for_token(self, token: str) -> Principal | None:
-        return check_token(token, await self._read(lambda: ops.principal_for_token(D, hash_token(token))))

@@ -1,0 +1,158 @@
+"""What the two RunStores share: each method of the seam is one of store/ops.py's
+operations, run by the implementation's `_write` (its writer) or `_read` (off the loop)
+in its own dialect. An implementation gives `dialect`, `lock_users`, `queries`, `_write`,
+`_read` and `_core`."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from compound.store import ops
+from compound.store.base import (
+    Event,
+    Principal,
+    Reservation,
+    ReserveOutcome,
+    ReserveRequest,
+    RunStore,
+    Settlement,
+    SubState,
+    TaskHead,
+    TaskState,
+    log_status,
+)
+from compound.store.sqlrun import ReadQueries, check_token, hash_token, new_task_id
+
+
+class OpsRunStore(RunStore):
+    """The seam's methods over ops.py, for any SQL implementation."""
+
+    dialect: Any
+    lock_users: bool  # serialize one user's reservations with SELECT ... FOR UPDATE
+    queries: ReadQueries
+
+    @abc.abstractmethod
+    async def _write(self, factory: Callable[[], ops.Op]) -> Any: ...
+
+    @abc.abstractmethod
+    async def _read(self, factory: Callable[[], ops.Op]) -> Any: ...
+
+    @abc.abstractmethod
+    async def _core(self, stmt: Any) -> list[Any]: ...
+
+    # writes ---------------------------------------------------------------------------
+
+    async def create_task(self, *, prompt: str, budget_usd: float, user_id: str | None = None,
+                          priority: int = 2, plan_in: dict[str, Any] | None = None,
+                          approve: bool = True, context: list[dict[str, str]] | None = None,
+                          answer_max_tokens: int | None = None) -> TaskState:
+        task_id = new_task_id()
+        out: TaskState = await self._write(lambda: ops.create_task(
+            self.dialect, task_id, prompt=prompt, budget_usd=budget_usd, user_id=user_id, priority=priority,
+            plan_in=plan_in, approve=approve, context=context, answer_max_tokens=answer_max_tokens))
+        return out
+
+    async def set_status(self, task_id: str, status: str, *, error: str | None = None,
+                         result: str | None = None) -> None:
+        total = await self._write(lambda: ops.set_status(self.dialect, task_id, status, error=error, result=result))
+        log_status(task_id, status, error=error, total=total)
+
+    async def set_planner_model(self, task_id: str, model: str) -> None:
+        await self._write(lambda: ops.set_planner_model(self.dialect, task_id, model))
+
+    async def save_plan(self, task_id: str, *, reasoning: str | None, subtasks: Sequence[SubState],
+                        prompt_versions: dict[str, str], status: str, warnings: Sequence[str] = ()) -> None:
+        total = await self._write(lambda: ops.save_plan(self.dialect, task_id, reasoning=reasoning, subtasks=subtasks,
+                                                        prompt_versions=prompt_versions, status=status,
+                                                        warnings=warnings))
+        log_status(task_id, status, total=total, subtasks=len(subtasks))
+
+    async def end_subtask(self, task_id: str, index: int, *, status: str, error: str | None) -> SubState:
+        out: SubState = await self._write(
+            lambda: ops.end_subtask(self.dialect, task_id, index, status=status, error=error))
+        return out
+
+    async def reserve(self, requests: Sequence[ReserveRequest]) -> list[ReserveOutcome]:
+        out: list[ReserveOutcome] = await self._write(
+            lambda: ops.reserve(self.dialect, requests, lock_users=self.lock_users))
+        return out
+
+    async def settle(self, task_id: str, reservation: Reservation, subtask: int | None,
+                     outcome: Settlement) -> SubState | None:
+        out: SubState | None = await self._write(
+            lambda: ops.settle(self.dialect, task_id, reservation, subtask, outcome))
+        return out
+
+    async def recover(self, task_id: str) -> int:
+        return int(await self._write(lambda: ops.recover(self.dialect, task_id)))
+
+    async def request_cancel(self, task_id: str) -> str | None:
+        out: str | None = await self._write(lambda: ops.request_cancel(self.dialect, task_id))
+        return out
+
+    async def cancel_open(self, task_id: str) -> None:
+        await self._write(lambda: ops.cancel_open(self.dialect, task_id))
+
+    async def set_approved(self, task_id: str) -> None:
+        await self._write(lambda: ops.set_approved(self.dialect, task_id))
+
+    # reads ----------------------------------------------------------------------------
+
+    async def load(self, task_id: str) -> TaskState | None:
+        out: TaskState | None = await self._read(lambda: ops.load(self.dialect, task_id))
+        return out
+
+    async def unfinished_task_ids(self) -> list[str]:
+        out: list[str] = await self._read(lambda: ops.unfinished_task_ids(self.dialect))
+        return out
+
+    async def budget_left(self, task_id: str) -> float:
+        return float(await self._read(lambda: ops.budget_left(self.dialect, task_id)))
+
+    async def user_daily_budget(self, user_id: str | None, default: float | None) -> float | None:
+        out: float | None = await self._read(lambda: ops.user_daily_budget(self.dialect, user_id, default))
+        return out
+
+    async def events_after(self, task_id: str, seq: int, limit: int = 500) -> list[Event]:
+        out: list[Event] = await self._read(lambda: ops.events_after(self.dialect, task_id, seq, limit))
+        return out
+
+    async def head(self, task_id: str, *, user_id: str | None = None) -> TaskHead:
+        out: TaskHead = await self._read(lambda: ops.head(self.dialect, task_id, user_id))
+        return out
+
+    async def snapshot(self, task_id: str, *, user_id: str | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = await self._read(lambda: ops.snapshot(self.dialect, task_id, user_id))
+        return out
+
+    async def task_tokens(self, task_id: str) -> tuple[int, int]:
+        row = (await self._core(self.queries.task_tokens(task_id)))[0]
+        return int(row[0]), int(row[1])
+
+    async def ledger_rows(self, task_id: str) -> list[dict[str, Any]]:
+        stmt, names = self.queries.ledger_rows(task_id)
+        return [dict(zip(names, r, strict=True)) for r in await self._core(stmt)]
+
+    async def list_tasks(self, *, user_id: str | None, limit: int = 20, status: str | None = None,
+                         cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        stmt = self.queries.list_tasks(user_id=user_id, limit=limit, status=status, cursor=cursor)
+        return self.queries.list_page(await self._core(stmt), limit)
+
+    async def costs(self, *, since: datetime, until: datetime, group_by: str | None,
+                    user_id: str | None) -> dict[str, Any]:
+        total, groups = self.queries.costs(since=since, until=until, group_by=group_by, user_id=user_id)
+        return self.queries.costs_shape(await self._core(total), await self._core(groups) if groups is not None
+                                        else [])
+
+    async def spend_summary(self, *, user_id: str | None) -> dict[str, float]:
+        return await self.queries.spend_summary(self, user_id=user_id)
+
+    async def task_counts(self) -> dict[str, int]:
+        out: dict[str, int] = await self._read(lambda: ops.task_counts(self.dialect))
+        return out
+
+    async def principal_for_token(self, token: str) -> Principal | None:
+        return check_token(token, await self._read(lambda: ops.principal_for_token(self.dialect, hash_token(token))))
