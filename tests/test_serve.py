@@ -51,19 +51,26 @@ def env(tmp_path: Path) -> Iterator[dict[str, str]]:
          "COMPOUND_RETRY_INITIAL_WAIT_S": "0", "COMPOUND_RETRY_MAX_WAIT_S": "0", "COMPOUND_SIM_URL": base}
     sim = subprocess.Popen([*COMPOUND, "sim", "--port", str(sim_port), "--script", str(script)], env=e,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_http(base + "/healthz")
-    token = subprocess.run([*COMPOUND, "tokens", "create", "--user", "u"], env=e, capture_output=True,
-                           text=True, check=True).stdout.strip()
-    e["COMPOUND_TOKEN"] = token
-    yield e
-    sim.kill()
-    sim.wait()
+    try:  # the simulator never outlives the test, whatever fails
+        wait_http(base + "/healthz")
+        token = subprocess.run([*COMPOUND, "tokens", "create", "--user", "u"], env=e, capture_output=True,
+                               text=True, check=True).stdout.strip()
+        e["COMPOUND_TOKEN"] = token
+        yield e
+    finally:
+        sim.kill()
+        sim.wait()
 
 
 def start_server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([*COMPOUND, "serve", "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_http(f"http://127.0.0.1:{port}/healthz")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+    except BaseException:  # a server that did not come up is not left running
+        proc.kill()
+        proc.wait()
+        raise
     return proc
 
 
