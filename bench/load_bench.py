@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
+import json
 import multiprocessing
+import os
 import random
 import sys
 import tempfile
@@ -91,6 +93,13 @@ class LoadResult:
     peak_rss_mb: float
     sdk_calls_per_s: float = 0.0
     idle_health_ms: list[float] = field(default_factory=list)
+    server_cpu_s: float = 0.0  # the server's CPU over the run (start-up excluded)
+    sim_cpu_s: float = 0.0  # the simulator's CPU while compound ran
+    sdk_cpu_s: float = 0.0  # the bare SDK client's CPU for the same number of calls
+    sdk_sim_cpu_s: float = 0.0  # the simulator's CPU while the SDK ran
+
+    def cpu_ms_per_call(self, cpu_s: float) -> float:
+        return cpu_s * 1000 / self.calls if self.calls else float("nan")
 
     @property
     def calls_per_s(self) -> float:
@@ -168,8 +177,9 @@ def model_calls(url: str) -> int:
                    if line.startswith("compound_model_calls_total{")))
 
 
-async def sdk_floor(sim_url: str, *, calls: int, concurrency: int) -> float:
-    """Calls/s of AsyncAnthropic making `calls` worker calls, `concurrency` at a time."""
+async def sdk_floor(sim_url: str, *, calls: int, concurrency: int) -> tuple[float, float]:
+    """Calls/s of AsyncAnthropic making `calls` worker calls, `concurrency` at a time, and
+    the CPU seconds this process spent on them."""
     from anthropic import AsyncAnthropic
 
     client = AsyncAnthropic(base_url=sim_url, api_key="sim", max_retries=0)
@@ -181,11 +191,11 @@ async def sdk_floor(sim_url: str, *, calls: int, concurrency: int) -> float:
                 model="claude-haiku-4-5", max_tokens=256, system="You are compound's worker.",
                 messages=[{"role": "user", "content": f"<subtask>step {i}</subtask>"}])
 
-    start = time.monotonic()
+    start, cpu = time.monotonic(), time.process_time()
     await asyncio.gather(*(one(i) for i in range(calls)))
-    wall = time.monotonic() - start
+    wall, cpu = time.monotonic() - start, time.process_time() - cpu
     await client.close()
-    return calls / wall
+    return calls / wall, cpu
 
 
 def run(*, tasks: int, subtasks: int, latency_ms: int, concurrency: int, poll_s: float,
@@ -208,6 +218,7 @@ def run(*, tasks: int, subtasks: int, latency_ms: int, concurrency: int, poll_s:
                     prober = ctx.Process(target=probe, args=(url, stop, theirs), daemon=True)
                     prober.start()
                     probes.append((prober, mine))
+                server_cpu, sim_cpu = server.cpu_s(), sim.cpu_s()
                 try:
                     wall, statuses, errors, polls = asyncio.run(
                         drive(server.url, token, tasks=tasks, subtasks=subtasks, poll_s=poll_s,
@@ -217,17 +228,26 @@ def run(*, tasks: int, subtasks: int, latency_ms: int, concurrency: int, poll_s:
                     health, idle_health = ([] if not mine.poll(30) else mine.recv() for _, mine in probes)
                     for prober, _ in probes:
                         prober.join(10)
+                server_cpu, sim_cpu = server.cpu_s() - server_cpu, sim.cpu_s() - sim_cpu
                 calls = model_calls(server.url)
                 rss = server.peak_rss_mb()
             result = LoadResult(tasks, subtasks, wall, calls, statuses, errors, polls, health, rss,
-                                idle_health_ms=idle_health)
+                                idle_health_ms=idle_health, server_cpu_s=server_cpu, sim_cpu_s=sim_cpu)
+            if os.environ.get("LOAD_BENCH_DUMP"):
+                Path(os.environ["LOAD_BENCH_DUMP"]).write_text(json.dumps({"health": health, "idle": idle_health}))
             if errors:
                 log = (tmp / "serve.log").read_text(errors="replace")[-3000:]
                 print(f"server log tail:\n{log}", file=sys.stderr)
             print(f"{tasks} tasks: {wall:.1f} s, {calls} calls, {statuses}, {len(errors)} errors, "
                   f"healthz p99 {result.health(0.99):.1f} ms, peak RSS {rss:.0f} MB", file=sys.stderr)
-            result.sdk_calls_per_s = asyncio.run(sdk_floor(sim.url, calls=calls, concurrency=concurrency))
-            print(f"SDK floor: {result.sdk_calls_per_s:.0f} calls/s", file=sys.stderr)
+            sim_cpu = sim.cpu_s()
+            result.sdk_calls_per_s, result.sdk_cpu_s = asyncio.run(
+                sdk_floor(sim.url, calls=calls, concurrency=concurrency))
+            result.sdk_sim_cpu_s = sim.cpu_s() - sim_cpu
+            print(f"SDK floor: {result.sdk_calls_per_s:.0f} calls/s; CPU ms per call: server "
+                  f"{result.cpu_ms_per_call(result.server_cpu_s):.2f}, bare SDK {result.cpu_ms_per_call(result.sdk_cpu_s):.2f}; "
+                  f"simulator {result.cpu_ms_per_call(result.sim_cpu_s):.2f} / {result.cpu_ms_per_call(result.sdk_sim_cpu_s):.2f}",
+                  file=sys.stderr)
         return result
 
 

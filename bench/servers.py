@@ -53,6 +53,11 @@ class Proc:
     def pid(self) -> int:
         return self.popen.pid
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the process has used so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def peak_rss_mb(self) -> float:
         """The process's peak resident set (Linux VmHWM)."""
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
