@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     planner_max_tokens: int = Field(default=2048, ge=1)
     synthesis_max_tokens: int = Field(default=2048, ge=1)
     call_timeout_s: float = Field(default=120.0, gt=0)
+    http_transport: Literal["auto", "aiohttp", "httpx"] = Field(
+        default="auto", description="the provider SDKs' HTTP stack; auto: aiohttp unless a proxy variable is set")
     max_attempts: int = Field(default=5, ge=1, description="attempts per model on transient errors")
     retry_initial_wait_s: float = Field(default=0.5, ge=0)
     retry_max_wait_s: float = Field(default=30.0, ge=0)

@@ -3,7 +3,8 @@ with its connection pool sized to COMPOUND_MAX_CONCURRENCY, endpoints and prices
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+import os
+from typing import Any, Generic, Literal, TypeVar
 
 from compound.core.settings import Settings
 from compound.llm.base import Price
@@ -11,6 +12,17 @@ from compound.llm.endpoints import PUBLIC_BASE, Endpoint, endpoint
 from compound.llm.pricing import price_of
 
 C = TypeVar("C")
+
+PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy")
+
+
+def http_transport(settings: Settings) -> Literal["aiohttp", "httpx"]:
+    """The SDKs' HTTP stack: `auto` is aiohttp (the SDKs' `DefaultAioHttpClient`, about
+    half the CPU per call of their httpx default under concurrency: docs/benchmarks.md)
+    unless a proxy variable is set, which only the httpx stack reads."""
+    if settings.http_transport != "auto":
+        return settings.http_transport
+    return "httpx" if any(os.environ.get(name) for name in PROXY_VARIABLES) else "aiohttp"
 
 
 class SDKAdapter(Generic[C]):
@@ -52,9 +64,15 @@ class SDKAdapter(Generic[C]):
             price = self._prices[model] = price_of(model, self.settings)
         return price
 
-    def pool_limits(self, limits_type: Any) -> Any:
+    def http_client(self, sdk: Any, limits_type: Any) -> Any:
+        """The SDK's own HTTP client (its defaults, its HTTP stack: anthropic rides on
+        httpx2, openai on httpx), on the transport `http_transport` picks, its pool sized to
+        COMPOUND_MAX_CONCURRENCY."""
         n = self.settings.max_concurrency
-        return limits_type(max_connections=n, max_keepalive_connections=n)
+        limits = limits_type(max_connections=n, max_keepalive_connections=n)
+        if http_transport(self.settings) == "aiohttp":
+            return sdk.DefaultAioHttpClient(limits=limits)
+        return sdk.DefaultAsyncHttpxClient(limits=limits)
 
     async def aclose(self) -> None:
         for client in self._clients.values():

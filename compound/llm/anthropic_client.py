@@ -119,8 +119,7 @@ class AnthropicClient(SDKAdapter[Any]):
         import anthropic
         from anthropic._constants import DEFAULT_CONNECTION_LIMITS
 
-        # The SDK's own default client (its HTTP stack and socket options), pool resized.
-        http = anthropic.DefaultAsyncHttpxClient(limits=self.pool_limits(type(DEFAULT_CONNECTION_LIMITS)))
+        http = self.http_client(anthropic, type(DEFAULT_CONNECTION_LIMITS))
         return anthropic.AsyncAnthropic(api_key=key, base_url=base, max_retries=0,
                                         timeout=self.settings.call_timeout_s, http_client=http)
 

@@ -58,7 +58,7 @@ class OpenAIClient(SDKAdapter[Any]):
         import httpx
         import openai
 
-        http = openai.DefaultAsyncHttpxClient(limits=self.pool_limits(httpx.Limits))
+        http = self.http_client(openai, httpx.Limits)
         return openai.AsyncOpenAI(api_key=key, base_url=base, max_retries=0,
                                   timeout=self.settings.call_timeout_s, http_client=http)
 
