@@ -11,8 +11,10 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from compound.core.heap import settle_heap
 from compound.core.settings import Settings, load_settings
 from compound.llm.base import LLMClient
+from compound.llm.offloop import CallLoopClient
 from compound.store.base import RunStore
 
 DESCRIPTION = """compound turns one natural-language request into a DAG of tiered subtasks,
@@ -42,6 +44,7 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
             get_logger("compound.api").warning(
                 "model has no provider key and no base URL; its calls will fail", model=model, set=key)
         own_store = store is None
+        own_llm: CallLoopClient | None = None
         runs = store or open_store(settings.database_url, **store_options(settings))
         await runs.open()  # creates missing tables
         executor: Any
@@ -55,10 +58,9 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
             if llm is None:
                 from compound.llm import build_client
 
-                llm = build_client(settings)
-                warm = getattr(llm, "warm", None)
-                if warm is not None:
-                    await warm()
+                # The SDKs' work runs on a loop of its own, so the HTTP loop stays quick.
+                llm = own_llm = CallLoopClient(build_client(settings))
+                await own_llm.warm()
             obs = list(observers or [])
             metrics = getattr(app.state, "metrics", None)
             if metrics is not None:
@@ -81,6 +83,7 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
 
         try:
             async with doors.running(app):
+                settle_heap()  # start-up is over
                 yield
         finally:
             flusher.cancel()
@@ -88,6 +91,8 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
                 await flusher
             await tokens.flush()
             await executor.stop()
+            if own_llm is not None:
+                await own_llm.aclose()
             if own_store:
                 await runs.close()
 

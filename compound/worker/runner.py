@@ -161,6 +161,7 @@ class Worker:
 
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     """The process: build, start, run until `stop` is set, stop."""
+    from compound.core.heap import settle_heap
     from compound.llm import build_client
     from compound.store import open_store, store_options
 
@@ -171,8 +172,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
             await warm()
         worker = Worker(settings=settings, store=store, client=client)
         await worker.start()
+        settle_heap()  # start-up is over
         try:
             await stop.wait()
         finally:
             with contextlib.suppress(Exception):
                 await worker.stop()
+            with contextlib.suppress(Exception):
+                await client.aclose()  # type: ignore[attr-defined]
