@@ -68,8 +68,21 @@ async def test_stream_sends_status_updates_then_the_artifact(served) -> None:  #
     texts = [u.status.message.parts[0].text for u in updates if u.status.message.parts]
     assert any(t.startswith("subtask") and t.endswith("completed") for t in texts)
     assert {u.status.state for u in updates[:-1]} <= {pb.TASK_STATE_SUBMITTED, pb.TASK_STATE_WORKING}
-    artifact = [r.artifact_update for r in events if r.HasField("artifact_update")]
-    assert len(artifact) == 1 and artifact[0].artifact.parts[0].text.startswith("Final answer built from")
+    # the answer artifact arrives in chunks as the synthesis streams: the first starts it,
+    # the others append, the last says so; joined, they are the task's result
+    chunks = [r.artifact_update for r in events if r.HasField("artifact_update")]
+    assert len(chunks) > 2
+    assert [c.append for c in chunks] == [False] + [True] * (len(chunks) - 1)
+    assert [c.last_chunk for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert {c.artifact.artifact_id for c in chunks} == {f"{events[0].task.id}-answer"}
+    text = "".join(p.text for c in chunks for p in c.artifact.parts)
+    assert text.startswith("Final answer built from")
+    async with httpx.AsyncClient(base_url=served.url, headers={"Authorization": f"Bearer {served.alice}"}) as http:
+        snap = (await http.get(f"/v1/tasks/{events[0].task.id}")).json()
+    assert text == snap["result"]
+    # the artifact's chunks come before the final status
+    last_chunk = max(i for i, r in enumerate(events) if r.HasField("artifact_update"))
+    assert kinds[last_chunk + 1:] == ["status_update"]
     assert kinds[-1] == "status_update" and updates[-1].status.state == pb.TASK_STATE_COMPLETED
 
 

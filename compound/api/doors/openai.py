@@ -357,7 +357,7 @@ async def stream(door: Door, task_id: str, *, include_usage: bool) -> AsyncItera
     rest = answer.rest(final["result"] or "") if err is None else None
     if err is None and rest is None:
         err = OpenAIError(502, f"task {task_id} {final['status']}, but the answer streamed so far is not the "
-                          "start of its result (the answer's call failed midway and was answered again); "
+                          "start of its result (the answer's call failed midway); "
                           f"read the whole answer at GET /v1/tasks/{task_id}",
                           type="stream_interrupted", code="stream_interrupted")
     if err is not None:
