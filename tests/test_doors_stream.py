@@ -61,6 +61,18 @@ def sim_client(cutting: CutStreams) -> LLMClient:  # the served app's client
     return cutting  # type: ignore[return-value]
 
 
+@contextlib.contextmanager
+def held(sim: Simulator, needle: str) -> Iterator[threading.Event]:
+    """Requests whose text has `needle` wait at the simulator until the event is set (at
+    the latest when the block ends)."""
+    release = threading.Event()
+    sim.script.holds[needle] = release
+    try:
+        yield release
+    finally:
+        release.set()
+
+
 def chat(served, token: str) -> openai.AsyncOpenAI:  # type: ignore[no-untyped-def]
     return openai.AsyncOpenAI(base_url=served.url + "/v1", api_key=token, max_retries=0)
 
@@ -69,15 +81,19 @@ async def snapshot(served, task_id: str) -> dict[str, Any]:  # type: ignore[no-u
     return await served.app.state.store.snapshot(task_id)  # type: ignore[no-any-return]
 
 
-async def streamed(served, prompt: str = PROMPT) -> tuple[str, list[str], str | None]:  # type: ignore[no-untyped-def]
-    """(task id, the content deltas, the error's code if the stream ended in one)."""
-    stream = await chat(served, served.alice).chat.completions.create(
-        model="compound", messages=[{"role": "user", "content": prompt}], stream=True)
+async def streamed(served, sim: Simulator) -> tuple[str, list[str], str | None]:  # type: ignore[no-untyped-def]
+    """(task id, the content deltas, the error's code if the stream ended in one). The
+    task's calls wait at the simulator until the first chunk is here: the door listens
+    to the answer before it sends that, so no piece can come before."""
+    with held(sim, PROMPT) as release:
+        stream = await chat(served, served.alice).chat.completions.create(
+            model="compound", messages=[{"role": "user", "content": PROMPT}], stream=True)
+        first = await stream.__anext__()
+        release.set()
     deltas: list[str] = []
-    task_id = ""
+    task_id = first.id
     try:
         async for ch in stream:
-            task_id = ch.id
             if ch.choices and ch.choices[0].delta.content:
                 deltas.append(ch.choices[0].delta.content)
     except openai.APIError as exc:
@@ -86,7 +102,7 @@ async def streamed(served, prompt: str = PROMPT) -> tuple[str, list[str], str | 
 
 
 async def test_the_answer_streams_as_many_content_deltas(served, sim: Simulator) -> None:  # type: ignore[no-untyped-def]
-    task_id, deltas, error = await streamed(served)
+    task_id, deltas, error = await streamed(served, sim)
     snap = await snapshot(served, task_id)
     assert error is None and snap["status"] == TaskStatus.completed
     assert "".join(deltas) == snap["result"]
@@ -96,7 +112,7 @@ async def test_the_answer_streams_as_many_content_deltas(served, sim: Simulator)
 
 async def test_a_model_nul_is_cleaned_in_the_deltas_as_in_the_result(served, sim: Simulator) -> None:  # type: ignore[no-untyped-def]
     sim.answer("synthesizer", "before\x00after " + "x" * 60)
-    task_id, deltas, error = await streamed(served)
+    task_id, deltas, error = await streamed(served, sim)
     snap = await snapshot(served, task_id)
     assert error is None and snap["result"].startswith("before\ufffdafter")
     assert "".join(deltas) == snap["result"] and len(deltas) > 1
@@ -105,7 +121,7 @@ async def test_a_model_nul_is_cleaned_in_the_deltas_as_in_the_result(served, sim
 async def test_a_retried_answer_that_repeats_itself_streams_whole(served, cutting: CutStreams,  # type: ignore[no-untyped-def]
                                                                   sim: Simulator) -> None:
     cutting.cuts.append((2, True))  # the first attempt dies after 2 pieces; the retry says the same
-    task_id, deltas, error = await streamed(served)
+    task_id, deltas, error = await streamed(served, sim)
     snap = await snapshot(served, task_id)
     assert len(sim.calls("synthesizer")) == 2
     assert error is None and snap["status"] == TaskStatus.completed
@@ -118,7 +134,7 @@ async def test_a_retried_answer_that_differs_ends_the_chat_stream_in_an_error(  
     first, second = "First attempt: " + "a" * 80, "Second attempt: " + "b" * 80
     sim.answer("synthesizer", first, second)
     cutting.cuts.append((2, True))
-    task_id, deltas, error = await streamed(served)
+    task_id, deltas, error = await streamed(served, sim)
     snap = await snapshot(served, task_id)
     assert snap["status"] == TaskStatus.completed and snap["result"] == second
     # what went out cannot be taken back: the client is told, not given a wrong answer
@@ -127,20 +143,26 @@ async def test_a_retried_answer_that_differs_ends_the_chat_stream_in_an_error(  
 
 
 async def test_a_synthesis_that_fails_midway_ends_the_chat_stream_in_an_error(  # type: ignore[no-untyped-def]
-        served, cutting: CutStreams) -> None:
+        served, cutting: CutStreams, sim: Simulator) -> None:
     cutting.cuts.append((2, False))  # permanent: no retry; the task is partial, the subtasks joined
-    task_id, deltas, error = await streamed(served)
+    task_id, deltas, error = await streamed(served, sim)
     snap = await snapshot(served, task_id)
     assert snap["status"] == TaskStatus.partial and "synthesis not run" in snap["error"]
     assert len(deltas) == 2 and not snap["result"].startswith("".join(deltas))
     assert error == "stream_interrupted"
 
 
-async def a2a_stream(served, text: str) -> list[Any]:  # type: ignore[no-untyped-def]
+async def a2a_stream(served, sim: Simulator) -> list[Any]:  # type: ignore[no-untyped-def]
+    """The events of an A2A stream; the task's calls wait until its first event is here."""
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {served.alice}"}, timeout=120) as http:
         client = await create_client(served.url, ClientConfig(httpx_client=http, streaming=True))
-        msg = pb.Message(message_id="m-1", role=pb.ROLE_USER, parts=[pb.Part(text=text)])
-        return [r async for r in client.send_message(pb.SendMessageRequest(message=msg))]
+        msg = pb.Message(message_id="m-1", role=pb.ROLE_USER, parts=[pb.Part(text=PROMPT)])
+        events = []
+        with held(sim, PROMPT) as release:
+            async for r in client.send_message(pb.SendMessageRequest(message=msg)):
+                events.append(r)
+                release.set()
+        return events
 
 
 def artifact_text(events: list[Any]) -> str:
@@ -159,7 +181,7 @@ async def test_a2a_replaces_the_artifact_when_a_retry_differs(served, cutting: C
     first, second = "First attempt: " + "a" * 80, "Second attempt: " + "b" * 80
     sim.answer("synthesizer", first, second)
     cutting.cuts.append((2, True))
-    events = await a2a_stream(served, PROMPT)
+    events = await a2a_stream(served, sim)
     chunks = [r.artifact_update for r in events if r.HasField("artifact_update")]
     assert ["".join(p.text for p in c.artifact.parts) for c in chunks] == [first[:PIECE], first[PIECE:2 * PIECE],
                                                                            second]
@@ -167,15 +189,7 @@ async def test_a2a_replaces_the_artifact_when_a_retry_differs(served, cutting: C
     assert artifact_text(events) == second == (await snapshot(served, events[0].task.id))["result"]
 
 
-@contextlib.contextmanager
-def held(sim: Simulator, needle: str) -> Iterator[None]:
-    """Requests whose text has `needle` wait at the simulator until the block ends."""
-    release = threading.Event()
-    sim.script.holds[needle] = release
-    try:
-        yield
-    finally:
-        release.set()
+
 
 
 async def wait_status(served, task_id: str, status: str) -> None:  # type: ignore[no-untyped-def]

@@ -188,28 +188,31 @@ class CompoundAgent(RequestHandler):
     async def on_message_send_stream(self, params: pb.SendMessageRequest,
                                      context: ServerCallContext) -> AsyncGenerator[Any]:
         snap = await self._submit(params, context)
-        yield task_of(snap)
-        async for item in self._follow(snap["id"]):
+        async for item in self._follow(snap["id"], first=task_of(snap)):
             yield item
 
-    async def _follow(self, task_id: str, after: int = 0) -> AsyncGenerator[Any]:
-        """Status updates as the DAG runs; the answer artifact in chunks as the synthesis
-        call streams it (append=True after the first); at the end the rest of the answer
-        with last_chunk=True (or the whole answer, append=False, replacing what was sent
-        when that is not the start of the answer), then the final status."""
+    async def _follow(self, task_id: str, after: int = 0, *, first: pb.Task | None = None) -> AsyncGenerator[Any]:
+        """`first` (sent once the answer is listened to), status updates as the DAG runs;
+        the answer artifact in chunks as the synthesis call streams it (append=True after
+        the first); at the end the rest of the answer with last_chunk=True (or the whole
+        answer, append=False, replacing what was sent when that is not the start of the
+        answer), then the final status."""
         door = self.door
         answer = AnswerText()
         ended = streamed = False
-        async for item in door.follow(task_id, after):
-            if isinstance(item, AnswerPiece):
-                new = answer.piece(item)
-                if new:
-                    yield self._chunk(task_id, new, append=streamed, last=False)
-                    streamed = True
-            elif item.terminal:
-                ended = True
-            else:
-                yield self._update(task_id, item)
+        async with door.following(task_id, after) as items:
+            if first is not None:
+                yield first
+            async for item in items:
+                if isinstance(item, AnswerPiece):
+                    new = answer.piece(item)
+                    if new:
+                        yield self._chunk(task_id, new, append=streamed, last=False)
+                        streamed = True
+                elif item.terminal:
+                    ended = True
+                else:
+                    yield self._update(task_id, item)
         if not ended:
             return
         final = await door.read(task_id)
@@ -277,8 +280,7 @@ class CompoundAgent(RequestHandler):
             return await self.door.snapshot(principal, params.id)
 
         snap = await self._call(read)
-        yield task_of(snap)
-        async for item in self._follow(snap["id"]):
+        async for item in self._follow(snap["id"], first=task_of(snap)):
             yield item
 
     # No push notifications and no extended card: the SDK's own "not supported" errors.

@@ -4,7 +4,8 @@ read, list, cancel, approve, wait for and watch tasks. Re-point this module, not
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -216,7 +217,7 @@ class Door:
         await self.state.executor.wait_planned(task_id)
         return await self.read(task_id)
 
-    async def events(self, task_id: str, after: int = 0) -> AsyncIterator[Event]:
+    async def events(self, task_id: str, after: int = 0) -> AsyncGenerator[Event, None]:
         """The task's events after seq `after`, as they happen, ending with the terminal one."""
         async with self.store.subscribe(task_id, after=after) as sub:
             if (await self.store.head(task_id)).status in TERMINAL_TASK and not await self.store.events_after(
@@ -228,14 +229,17 @@ class Door:
                 if ev.terminal:
                     return
 
-    async def follow(self, task_id: str, after: int = 0) -> AsyncIterator[Event | AnswerPiece]:
+    @asynccontextmanager
+    async def following(self, task_id: str, after: int = 0) -> AsyncIterator[AsyncIterator[Event | AnswerPiece]]:
         """events(), with the pieces of the task's answer as the synthesis call streams
-        them (executor/answers.py). None come in queue mode: the executor runs in another
-        process, and its answer is read from the store when the task ends."""
+        them (executor/answers.py), listened to from the moment this is entered (a door
+        enters before it sends its first byte, so its client cannot miss a piece). None
+        come in queue mode: the executor runs in another process, and its answer is read
+        from the store when the task ends."""
         answers = getattr(self.state.executor, "answers", None)
         if answers is None:
-            async for ev in self.events(task_id, after):
-                yield ev
+            async with aclosing(self.events(task_id, after)) as events:
+                yield events
             return
         queue: asyncio.Queue[Event | AnswerPiece | BaseException | None] = asyncio.Queue()
 
@@ -247,16 +251,25 @@ class Door:
             except Exception as exc:  # e.g. the store failed: the reader hears it
                 queue.put_nowait(exc)
 
+        async def items() -> AsyncIterator[Event | AnswerPiece]:
+            while (item := await queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+
         with answers.listen(task_id, queue.put_nowait):
             pumping = asyncio.get_running_loop().create_task(pump())
             try:
-                while (item := await queue.get()) is not None:
-                    if isinstance(item, BaseException):
-                        raise item
-                    yield item
+                yield items()
             finally:
                 pumping.cancel()
                 await asyncio.gather(pumping, return_exceptions=True)
+
+    async def follow(self, task_id: str, after: int = 0) -> AsyncIterator[Event | AnswerPiece]:
+        """following() as one iterator."""
+        async with self.following(task_id, after) as items:
+            async for item in items:
+                yield item
 
     async def cancel_abandoned(self, principal: Principal, task_id: str) -> bool:
         """Cancel a task whose client went away before its answer (as

@@ -343,15 +343,16 @@ async def stream(door: Door, task_id: str, *, include_usage: bool) -> AsyncItera
     def content(text: str) -> str:
         return chunk([{"index": 0, "delta": {"content": text}, "finish_reason": None}])
 
-    yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
     answer = AnswerText()
-    async for item in door.follow(task_id):
-        if isinstance(item, AnswerPiece):
-            new = answer.piece(item)
-            if new:
-                yield content(new)
-        else:
-            yield f": compound {json.dumps(progress(item.kind, item.data))}\n\n"
+    async with door.following(task_id) as items:  # listening before the first byte goes out
+        yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        async for item in items:
+            if isinstance(item, AnswerPiece):
+                new = answer.piece(item)
+                if new:
+                    yield content(new)
+            else:
+                yield f": compound {json.dumps(progress(item.kind, item.data))}\n\n"
     final = await door.read(task_id)
     err = task_error(final)
     rest = answer.rest(final["result"] or "") if err is None else None
