@@ -288,16 +288,16 @@ async def wait_or_abandon(door: Door, task_id: str, request: Request,
     watching = asyncio.ensure_future(until_disconnected(request.receive))
     try:
         await asyncio.wait({waiting, watching}, return_when=asyncio.FIRST_COMPLETED)
+        if not waiting.done() and watching.exception() is None:  # the client left first
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+            await abandoned()
+            return None
+        return await waiting  # the task ended (or the watch itself failed: wait on)
     finally:
         for t in (waiting, watching):
             t.cancel()
         await asyncio.gather(waiting, watching, return_exceptions=True)
-    if waiting.done() and not waiting.cancelled() and waiting.exception() is None:
-        return waiting.result()
-    if watching.done() and not watching.cancelled() and watching.exception() is None:
-        await abandoned()
-        return None
-    return waiting.result()  # the wait failed: its error
 
 
 class TaskStream(StreamingResponse):
