@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -59,17 +60,34 @@ async def test_send_waits_for_the_answer_artifact(served) -> None:  # type: igno
     assert snap["result"] == answer and snap["priority"] == 1
 
 
-async def test_stream_sends_status_updates_then_the_artifact(served) -> None:  # type: ignore[no-untyped-def]
+async def test_stream_sends_status_updates_then_the_artifact(served, sim) -> None:  # type: ignore[no-untyped-def]
+    release = sim.script.holds[PROMPT] = threading.Event()  # the calls wait for the first event
+    events = []
     async with a2a(served, served.alice, streaming=True) as client:
-        events = [r async for r in client.send_message(message(PROMPT))]
+        async for r in client.send_message(message(PROMPT)):
+            events.append(r)
+            release.set()
     kinds = [r.WhichOneof("payload") for r in events]
     assert kinds[0] == "task"
     updates = [r.status_update for r in events if r.HasField("status_update")]
     texts = [u.status.message.parts[0].text for u in updates if u.status.message.parts]
     assert any(t.startswith("subtask") and t.endswith("completed") for t in texts)
     assert {u.status.state for u in updates[:-1]} <= {pb.TASK_STATE_SUBMITTED, pb.TASK_STATE_WORKING}
-    artifact = [r.artifact_update for r in events if r.HasField("artifact_update")]
-    assert len(artifact) == 1 and artifact[0].artifact.parts[0].text.startswith("Final answer built from")
+    # the answer artifact arrives in chunks as the synthesis streams: the first starts it,
+    # the others append, the last says so; joined, they are the task's result
+    chunks = [r.artifact_update for r in events if r.HasField("artifact_update")]
+    assert len(chunks) > 2
+    assert [c.append for c in chunks] == [False] + [True] * (len(chunks) - 1)
+    assert [c.last_chunk for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert {c.artifact.artifact_id for c in chunks} == {f"{events[0].task.id}-answer"}
+    text = "".join(p.text for c in chunks for p in c.artifact.parts)
+    assert text.startswith("Final answer built from")
+    async with httpx.AsyncClient(base_url=served.url, headers={"Authorization": f"Bearer {served.alice}"}) as http:
+        snap = (await http.get(f"/v1/tasks/{events[0].task.id}")).json()
+    assert text == snap["result"]
+    # the artifact's chunks come before the final status
+    last_chunk = max(i for i, r in enumerate(events) if r.HasField("artifact_update"))
+    assert kinds[last_chunk + 1:] == ["status_update"]
     assert kinds[-1] == "status_update" and updates[-1].status.state == pb.TASK_STATE_COMPLETED
 
 
@@ -141,14 +159,27 @@ async def test_cancel_reports_canceled(served, sim) -> None:  # type: ignore[no-
             await client.cancel_task(pb.CancelTaskRequest(id=task.id))
 
 
-async def test_v03_message_stream_sends_sse_events(served) -> None:  # type: ignore[no-untyped-def]
+async def test_v03_message_stream_sends_sse_events(served, sim) -> None:  # type: ignore[no-untyped-def]
     body = {"jsonrpc": "2.0", "id": 9, "method": "message/stream", "params": {
         "message": {"kind": "message", "messageId": "m9", "role": "user", "parts": [{"kind": "text", "text": ONE_STEP}]}}}
+    release = sim.script.holds[ONE_STEP] = threading.Event()  # the calls wait for the first event
+    events = []
     async with httpx.AsyncClient(base_url=served.url, timeout=120,
                                  headers={"Authorization": f"Bearer {served.alice}"}) as http, \
             http.stream("POST", "/a2a", json=body) as r:
-        events = [json.loads(line[5:]) async for line in r.aiter_lines() if line.startswith("data:")]
+        async for line in r.aiter_lines():
+            if line.startswith("data:"):
+                events.append(json.loads(line[5:]))
+                release.set()
     results = [e["result"] for e in events]
     assert results[0]["kind"] == "task"
-    assert any(x.get("kind") == "artifact-update" for x in results)
+    # 0.3's artifact-update events carry the chunks too: append after the first, lastChunk at the end
+    chunks = [x for x in results if x.get("kind") == "artifact-update"]
+    assert len(chunks) > 1, chunks
+    assert [bool(c.get("append")) for c in chunks] == [False] + [True] * (len(chunks) - 1)
+    assert [bool(c.get("lastChunk")) for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    text = "".join(p["text"] for c in chunks for p in c["artifact"]["parts"])
+    async with httpx.AsyncClient(base_url=served.url, headers={"Authorization": f"Bearer {served.alice}"}) as http:
+        snap = (await http.get(f"/v1/tasks/{results[0]['id']}")).json()
+    assert text == snap["result"] and text.startswith("Final answer built from")
     assert results[-1]["kind"] == "status-update" and results[-1]["status"]["state"] == "completed"

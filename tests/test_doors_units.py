@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from compound.api.doors import a2a
-from compound.api.doors.engine import bearer_token_of, failure
+from compound.api.doors.engine import AnswerText, Door, Event, bearer_token_of, failure
 from compound.api.doors.openai import (
     ChatRequest,
     OpenAIError,
@@ -15,6 +15,7 @@ from compound.api.doors.openai import (
     split_messages,
 )
 from compound.core.errors import BudgetExceeded, Conflict, NotFound, PlanInvalid
+from compound.executor.answers import AnswerPiece, AnswerStreams
 from compound.prompts import context_block, render
 from compound.store.models import TaskStatus
 
@@ -121,3 +122,72 @@ def test_every_task_status_has_an_a2a_state() -> None:
 ])
 def test_bearer_token_of(header, token) -> None:  # type: ignore[no-untyped-def]
     assert bearer_token_of(header) == token
+
+
+@pytest.mark.parametrize(("pieces", "answer", "sent", "rest"), [
+    ([(1, "ab"), (1, "cd")], "abcd", ["ab", "cd"], ""),
+    ([(1, "ab"), (1, "cd")], "abcdef", ["ab", "cd"], "ef"),
+    ([], "abc", [], "abc"),  # nothing streamed (queue mode): the answer whole at the end
+    ([(1, ""), (1, "a")], "ab", ["a"], "b"),
+    ([(2, "ab"), (2, "c")], "abc", ["ab", "c"], ""),  # attempt 1 failed before any text
+    # a retry that repeats what was sent goes on from where it passes it
+    ([(1, "ab"), (2, "a"), (2, "bc"), (2, "d")], "abcd", ["ab", "c", "d"], ""),
+    # a retry that differs: nothing more goes out, and the client cannot be made whole
+    ([(1, "ab"), (2, "xy"), (2, "z")], "xyz", ["ab"], None),
+    ([(1, "ab"), (2, "ax"), (2, "bc")], "axbc", ["ab"], None),
+    # a third attempt back in step with what was sent
+    ([(1, "ab"), (2, "xy"), (3, "abc")], "abcd", ["ab", "c"], "d"),
+    # the synthesis failed after its text began: the result is something else
+    ([(1, "Final ans")], "[0] joined results", ["Final ans"], None),
+])
+def test_answer_text_sends_only_what_extends_what_was_sent(pieces, answer, sent, rest) -> None:  # type: ignore[no-untyped-def]
+    text = AnswerText()
+    out = [new for attempt, piece in pieces if (new := text.piece(AnswerPiece(attempt, piece)))]
+    assert out == sent
+    assert text.rest(answer) == rest
+    if rest is not None:
+        assert "".join(out) + rest == answer
+
+
+def test_answer_streams_fan_out_and_catch_up() -> None:
+    streams = AnswerStreams()
+    early: list[AnswerPiece] = []
+    late: list[AnswerPiece] = []
+
+    def broken(_piece: AnswerPiece) -> None:
+        raise RuntimeError("a listener that fails")
+
+    with streams.listen("t1", early.append), streams.listen("t1", broken):
+        streams.begin("t1", 1)
+        streams.delta("t1", 1, "ab")
+        streams.delta("t2", 1, "other task")
+        streams.delta("t1", 1, "cd")
+        with streams.listen("t1", late.append):  # mid-answer: the attempt's text so far, then live
+            streams.delta("t1", 1, "ef")
+            streams.end("t1", 1)
+            streams.begin("t1", 2)
+            streams.delta("t1", 2, "xy")
+        assert streams.listening("t1") == 2
+    assert streams.listening("t1") == 0
+    assert early == [AnswerPiece(1, "ab"), AnswerPiece(1, "cd"), AnswerPiece(1, "ef"), AnswerPiece(2, "xy")]
+    assert late == [AnswerPiece(1, "abcd"), AnswerPiece(1, "ef"), AnswerPiece(2, "xy")]
+    caught: list[AnswerPiece] = []
+    with streams.listen("t1", caught.append):  # attempt 2 is still streaming
+        pass
+    assert caught == [AnswerPiece(2, "xy")]
+    streams.end("t1", 2)
+    with streams.listen("t1", caught.append):  # nothing streaming: no catch-up
+        pass
+    assert caught == [AnswerPiece(2, "xy")]
+
+
+async def test_follow_without_an_executor_here_gives_events_only(store) -> None:  # type: ignore[no-untyped-def]
+    """Queue mode: the API has no executor of its own, so no pieces: the answer is read
+    from the store at the end and sent in one piece."""
+    from types import SimpleNamespace
+
+    task = await store.create_task(prompt="p", budget_usd=1.0)
+    await store.set_status(task.id, TaskStatus.completed, result="the answer")
+    door = Door(SimpleNamespace(executor=SimpleNamespace(), store=store))
+    items = [item async for item in door.follow(task.id)]
+    assert items and all(isinstance(item, Event) for item in items) and items[-1].terminal

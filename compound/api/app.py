@@ -65,7 +65,8 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
             metrics = getattr(app.state, "metrics", None)
             if metrics is not None:
                 obs.append(metrics)
-            executor = Executor(settings=settings, store=runs, client=llm, observers=obs)
+            # The synthesis call streams, so the doors can send answers as they are written.
+            executor = Executor(settings=settings, store=runs, client=llm, observers=obs, stream_answers=True)
         app.state.store = runs
         app.state.executor = executor
         from compound.api.auth import TokenCache

@@ -23,6 +23,7 @@ from compound.core.errors import BudgetExceeded, CallTimedOut, FallbackExhausted
 from compound.core.logging import get_logger
 from compound.core.money import Price, worst_case_usd
 from compound.core.settings import Settings
+from compound.executor.answers import AnswerStreams
 from compound.executor.hooks import CallObserver
 from compound.executor.scheduler import PriorityLimiter
 from compound.llm import collect
@@ -42,6 +43,14 @@ from compound.store.models import CallKind, CallStatus
 
 log = get_logger("compound.executor")
 Sleep = Callable[[float], Awaitable[None]]
+
+
+def clean_text(text: str) -> str:
+    """A model's text safe for the store: NUL and lone surrogates replaced, character
+    by character (so cleaning the pieces of a text and joining them gives the same)."""
+    if is_clean_text(text):
+        return text
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
 class ModelLimit(Protocol):
@@ -81,10 +90,10 @@ class ModelCalls:
                  model_slots: ModelSlots | None = None) -> None:
         self.settings = settings
         self.model_slots = model_slots
-        # (task id, text) per streamed piece of a synthesis answer; set by a front door
-        # that streams answers. None: the synthesis call is not streamed. A retried or
-        # fallen-back call streams again from its start.
-        self.on_synthesis_delta: Callable[[str, str], object] | None = None
+        # Where a streamed synthesis answer's pieces go (executor/answers.py); None: the
+        # synthesis call is not streamed. A retried or fallen-back call streams again
+        # from its start, as a new attempt.
+        self.answers: AnswerStreams | None = None
         self.store = store
         self.client = client
         self.price_of = price_of
@@ -177,27 +186,34 @@ class ModelCalls:
                 res = await self._reserve(ReserveRequest(
                     task_id=st.id, user_id=st.user_id, kind=spec.kind, subtask=spec.subtask, tier=spec.tier,
                     model=model, attempt=attempt, amount=amount, daily_budget=daily))
-                return await self._send(st, spec, res, model=model, max_tokens=max_tokens)
+                return await self._send(st, spec, res, model=model, max_tokens=max_tokens, attempt=attempt)
             finally:
                 if sem is not None:
                     sem.release()
 
     async def _send(self, st: TaskState, spec: CallSpec, res: Reservation, *, model: str,
-                    max_tokens: int) -> Completion:
+                    max_tokens: int, attempt: int = 1) -> Completion:
         for o in self.observers:
             o.call_started(model=model, kind=spec.kind)
         started = time.perf_counter()
         timeout = self.settings.call_timeout_s
         try:
             async with asyncio.timeout(timeout):
-                hook = self.on_synthesis_delta if spec.kind == CallKind.synthesis else None
-                if hook is None:
+                answers = self.answers if spec.kind == CallKind.synthesis else None
+                if answers is None:
                     out = await self.client.complete(model=model, messages=spec.messages, max_tokens=max_tokens,
                                                      json_schema=spec.json_schema, timeout_s=timeout)
                 else:
-                    out = await collect(self.client.stream(
-                        model=model, messages=spec.messages, max_tokens=max_tokens, json_schema=spec.json_schema,
-                        timeout_s=timeout), lambda text: hook(st.id, text))
+                    answers.begin(st.id, attempt)
+                    try:
+                        # each piece cleaned as the whole text is below, so the pieces
+                        # join to exactly the stored answer
+                        out = await collect(self.client.stream(
+                            model=model, messages=spec.messages, max_tokens=max_tokens,
+                            json_schema=spec.json_schema, timeout_s=timeout),
+                            lambda text: answers.delta(st.id, attempt, clean_text(text)))
+                    finally:
+                        answers.end(st.id, attempt)
         except asyncio.CancelledError:
             raise  # cancel_open()/recover() settle the open row at its reservation
         except (ProviderError, TimeoutError) as exc:
@@ -212,8 +228,7 @@ class ModelCalls:
             self._observe(model, spec, "error", 0, 0, cost, elapsed)
             raise err from None
         if not is_clean_text(out.text):  # a model's NUL or lone surrogate must not break the store
-            out = dataclasses.replace(out, text=out.text.replace("\x00", "\ufffd")
-                                      .encode("utf-8", "replace").decode("utf-8"))
+            out = dataclasses.replace(out, text=clean_text(out.text))
         u = out.usage
         elapsed = time.perf_counter() - started
         settle = self.store.settle(st.id, res, spec.subtask, Settlement(

@@ -14,6 +14,7 @@ from compound.core.errors import Conflict, NotFound
 from compound.core.logging import get_logger
 from compound.core.money import Price
 from compound.core.settings import Settings
+from compound.executor.answers import AnswerStreams
 from compound.executor.calls import ModelCalls, ModelSlots, Sleep
 from compound.executor.hooks import CallObserver
 from compound.executor.workflow import Workflow
@@ -40,6 +41,7 @@ class Executor:
         observers: Sequence[CallObserver] = (),
         sleep: Sleep = asyncio.sleep,
         model_slots: ModelSlots | None = None,
+        stream_answers: bool = False,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -52,19 +54,19 @@ class Executor:
             self.price_of = price_of
         self.calls = ModelCalls(settings=settings, store=store, client=client, price_of=self.price_of,
                                 observers=observers, sleep=sleep, model_slots=model_slots)
+        self._answers = AnswerStreams()
+        if stream_answers:
+            self.calls.answers = self._answers
         self.workflow = Workflow(settings=settings, store=store, calls=self.calls, versions=versions())
         self._running: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
 
     @property
-    def on_synthesis_delta(self) -> Callable[[str, str], object] | None:
-        """(task id, text) per streamed piece of a synthesis answer; set by a front door
-        that streams answers. None: the synthesis call is not streamed."""
-        return self.calls.on_synthesis_delta
-
-    @on_synthesis_delta.setter
-    def on_synthesis_delta(self, hook: Callable[[str, str], object] | None) -> None:
-        self.calls.on_synthesis_delta = hook
+    def answers(self) -> AnswerStreams:
+        """The streamed synthesis answers, per task (executor/answers.py): the front doors
+        listen here. Only when the executor was made with stream_answers=True is the
+        synthesis call streamed; otherwise no piece ever comes."""
+        return self._answers
 
     async def start(self) -> list[str]:
         """Resume every task that was not terminal when the last process stopped."""

@@ -25,9 +25,10 @@ from fastapi.responses import JSONResponse, Response
 from google.protobuf.json_format import MessageToDict  # type: ignore[import-untyped]
 from google.protobuf.struct_pb2 import Struct  # type: ignore[import-untyped]
 
-from compound.api.doors.engine import Door, DoorAuthError, Event, bearer_token_of
+from compound.api.doors.engine import AnswerText, Door, DoorAuthError, Event, bearer_token_of
 from compound.api.errors import ApiError
 from compound.core.errors import BudgetExceeded, Conflict, NotFound, UserInputError
+from compound.executor.answers import AnswerPiece
 from compound.store.base import Principal
 from compound.store.models import TaskStatus
 
@@ -187,23 +188,48 @@ class CompoundAgent(RequestHandler):
     async def on_message_send_stream(self, params: pb.SendMessageRequest,
                                      context: ServerCallContext) -> AsyncGenerator[Any]:
         snap = await self._submit(params, context)
-        yield task_of(snap)
-        async for item in self._follow(snap["id"]):
+        async for item in self._follow(snap["id"], first=task_of(snap)):
             yield item
 
-    async def _follow(self, task_id: str, after: int = 0) -> AsyncGenerator[Any]:
-        """Status updates as the DAG runs; at the end the answer artifact, then the final status."""
+    async def _follow(self, task_id: str, after: int = 0, *, first: pb.Task | None = None) -> AsyncGenerator[Any]:
+        """`first` (sent once the answer is listened to), status updates as the DAG runs;
+        the answer artifact in chunks as the synthesis call streams it (append=True after
+        the first); at the end the rest of the answer with last_chunk=True (or the whole
+        answer, append=False, replacing what was sent when that is not the start of the
+        answer), then the final status."""
         door = self.door
-        async for ev in door.events(task_id, after):
-            if ev.terminal:
-                final = await door.read(task_id)
-                if final.get("result"):
-                    yield pb.TaskArtifactUpdateEvent(task_id=task_id, context_id=task_id,
-                                                     artifact=answer_artifact(final), last_chunk=True)
-                yield pb.TaskStatusUpdateEvent(task_id=task_id, context_id=task_id, status=status_of(final),
-                                               metadata=_struct(compound_meta(final)))
-                return
-            yield self._update(task_id, ev)
+        answer = AnswerText()
+        ended = streamed = False
+        async with door.following(task_id, after) as items:
+            if first is not None:
+                yield first
+            async for item in items:
+                if isinstance(item, AnswerPiece):
+                    new = answer.piece(item)
+                    if new:
+                        yield self._chunk(task_id, new, append=streamed, last=False)
+                        streamed = True
+                elif item.terminal:
+                    ended = True
+                else:
+                    yield self._update(task_id, item)
+        if not ended:
+            return
+        final = await door.read(task_id)
+        result = final.get("result") or ""
+        rest = answer.rest(result)
+        if streamed and rest is not None:
+            yield self._chunk(task_id, rest, append=True, last=True)
+        elif result or streamed:  # nothing streamed, or what was is not the answer: all of it, replacing
+            yield self._chunk(task_id, result, append=False, last=True)
+        yield pb.TaskStatusUpdateEvent(task_id=task_id, context_id=task_id, status=status_of(final),
+                                       metadata=_struct(compound_meta(final)))
+
+    @staticmethod
+    def _chunk(task_id: str, text: str, *, append: bool, last: bool) -> pb.TaskArtifactUpdateEvent:
+        return pb.TaskArtifactUpdateEvent(task_id=task_id, context_id=task_id, append=append, last_chunk=last,
+                                          artifact=pb.Artifact(artifact_id=f"{task_id}-answer", name="answer",
+                                                               parts=[pb.Part(text=text)]))
 
     @staticmethod
     def _update(task_id: str, ev: Event) -> pb.TaskStatusUpdateEvent:
@@ -254,8 +280,7 @@ class CompoundAgent(RequestHandler):
             return await self.door.snapshot(principal, params.id)
 
         snap = await self._call(read)
-        yield task_of(snap)
-        async for item in self._follow(snap["id"]):
+        async for item in self._follow(snap["id"], first=task_of(snap)):
             yield item
 
     # No push notifications and no extended card: the SDK's own "not supported" errors.

@@ -4,14 +4,16 @@ read, list, cancel, approve, wait for and watch tasks. Re-point this module, not
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from compound.api.routes_tasks import submit_to
 from compound.api.schemas import TaskCreate
-from compound.core.errors import BudgetExceeded, UserInputError
+from compound.core.errors import BudgetExceeded, Conflict, NotFound, UserInputError
 from compound.core.money import worst_case_usd
+from compound.executor.answers import AnswerPiece
 from compound.planner.estimate import estimate_cost
 from compound.planner.plan import critical_path, waves
 from compound.planner.validate import is_clean_text, validate_plan
@@ -56,6 +58,50 @@ def failure(snapshot: dict[str, Any]) -> str | None:
     if status == TaskStatus.failed:
         return "budget" if "budget" in (snapshot.get("error") or "") else "failed"
     return None
+
+
+class AnswerText:
+    """What of a streamed answer a client that only appends may be sent: text that
+    extends what it already has. Pieces of one synthesis attempt go out as they come; a
+    retried attempt (the text starts over) goes out only from where it passes what was
+    sent, and only while it begins with it. At the end, `rest(answer)` is what is left to
+    send, or None when the text sent is not the start of the answer (an attempt failed
+    after its text began and the answer differs): the client cannot be made whole."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self._sent_len = 0
+        self._attempt: int | None = None
+        self._current: list[str] = []
+        self._in_step = True  # the current attempt's text is exactly what was sent
+
+    @property
+    def text(self) -> str:
+        return "".join(self.sent)
+
+    def piece(self, p: AnswerPiece) -> str:
+        """The new text to send for this piece ("" for none)."""
+        if p.attempt != self._attempt:
+            self._attempt, self._current = p.attempt, []
+            self._in_step = self._sent_len == 0
+        self._current.append(p.text)
+        if self._in_step:
+            self.sent.append(p.text)
+            self._sent_len += len(p.text)
+            return p.text
+        current = "".join(self._current)
+        if len(current) <= self._sent_len:
+            return ""
+        sent = self.text
+        if not current.startswith(sent):
+            return ""
+        new = current[self._sent_len:]
+        self.sent, self._sent_len, self._in_step = [current], len(current), True
+        return new
+
+    def rest(self, answer: str) -> str | None:
+        sent = self.text
+        return answer[len(sent):] if answer.startswith(sent) else None
 
 
 class Door:
@@ -171,7 +217,7 @@ class Door:
         await self.state.executor.wait_planned(task_id)
         return await self.read(task_id)
 
-    async def events(self, task_id: str, after: int = 0) -> AsyncIterator[Event]:
+    async def events(self, task_id: str, after: int = 0) -> AsyncGenerator[Event, None]:
         """The task's events after seq `after`, as they happen, ending with the terminal one."""
         async with self.store.subscribe(task_id, after=after) as sub:
             if (await self.store.head(task_id)).status in TERMINAL_TASK and not await self.store.events_after(
@@ -182,6 +228,57 @@ class Door:
                 yield ev
                 if ev.terminal:
                     return
+
+    @asynccontextmanager
+    async def following(self, task_id: str, after: int = 0) -> AsyncIterator[AsyncIterator[Event | AnswerPiece]]:
+        """events(), with the pieces of the task's answer as the synthesis call streams
+        them (executor/answers.py), listened to from the moment this is entered (a door
+        enters before it sends its first byte, so its client cannot miss a piece). None
+        come in queue mode: the executor runs in another process, and its answer is read
+        from the store when the task ends."""
+        answers = getattr(self.state.executor, "answers", None)
+        if answers is None:
+            async with aclosing(self.events(task_id, after)) as events:
+                yield events
+            return
+        queue: asyncio.Queue[Event | AnswerPiece | BaseException | None] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for ev in self.events(task_id, after):
+                    queue.put_nowait(ev)
+                queue.put_nowait(None)
+            except Exception as exc:  # e.g. the store failed: the reader hears it
+                queue.put_nowait(exc)
+
+        async def items() -> AsyncIterator[Event | AnswerPiece]:
+            while (item := await queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+
+        with answers.listen(task_id, queue.put_nowait):
+            pumping = asyncio.get_running_loop().create_task(pump())
+            try:
+                yield items()
+            finally:
+                pumping.cancel()
+                await asyncio.gather(pumping, return_exceptions=True)
+
+    async def follow(self, task_id: str, after: int = 0) -> AsyncIterator[Event | AnswerPiece]:
+        """following() as one iterator."""
+        async with self.following(task_id, after) as items:
+            async for item in items:
+                yield item
+
+    async def cancel_abandoned(self, principal: Principal, task_id: str) -> bool:
+        """Cancel a task whose client went away before its answer (as
+        POST /v1/tasks/{id}/cancel does); False when it had already ended."""
+        try:
+            await self.cancel(principal, task_id)
+        except (Conflict, NotFound):
+            return False
+        return True
 
     async def read_status(self, task_id: str) -> str:
         return (await self.store.head(task_id)).status

@@ -3,19 +3,22 @@ GET /v1/models. Errors answer in OpenAI's shape {"error": {"message", "type", "c
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.types import Receive, Scope, Send
 
-from compound.api.doors.engine import Door, DoorAuthError, bearer_token_of, failure
+from compound.api.doors.engine import AnswerText, Door, DoorAuthError, bearer_token_of, failure
 from compound.api.errors import ApiError
 from compound.core.errors import BudgetExceeded, CompoundError, Conflict, NotFound, UserInputError
 from compound.core.logging import get_logger, redact_text
+from compound.executor.answers import AnswerPiece
 
 log = get_logger("compound.api.openai")
 MODEL = "compound"
@@ -246,11 +249,19 @@ async def chat_completions(request: Request) -> Response:
     except (OpenAIError, DoorAuthError, ApiError, CompoundError) as exc:
         return openai_error(exc).response()
     headers = {TASK_HEADER: snap["id"]}
+    task_id = snap["id"]
+
+    async def abandoned() -> None:
+        if await door.cancel_abandoned(principal, task_id):
+            log.info("chat client went away before the answer; task canceled", task_id=task_id)
+
     if body.stream:
         include_usage = bool((body.stream_options or {}).get("include_usage"))
-        return StreamingResponse(stream(door, snap["id"], include_usage=include_usage),
-                                 media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"})
-    final = await door.wait(snap["id"])
+        return TaskStream(stream(door, task_id, include_usage=include_usage), on_abandon=abandoned,
+                          media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"})
+    final = await wait_or_abandon(door, task_id, request, abandoned)
+    if final is None:  # the client is gone: nobody reads this
+        return Response(status_code=499)
     err = task_error(final)
     if err is not None:
         return err.response(headers)
@@ -263,9 +274,65 @@ async def chat_completions(request: Request) -> Response:
     }, headers=headers)
 
 
+async def until_disconnected(receive: Receive) -> None:
+    """Until the client closes the connection (the request's body was read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def wait_or_abandon(door: Door, task_id: str, request: Request,
+                          abandoned: Callable[[], Awaitable[None]]) -> dict[str, Any] | None:
+    """The finished task's snapshot; None when the client disconnected first (then
+    `abandoned()` has run)."""
+    waiting = asyncio.ensure_future(door.wait(task_id))
+    watching = asyncio.ensure_future(until_disconnected(request.receive))
+    try:
+        await asyncio.wait({waiting, watching}, return_when=asyncio.FIRST_COMPLETED)
+        if not waiting.done() and watching.exception() is None:  # the client left first
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+            await abandoned()
+            return None
+        return await waiting  # the task ended (or the watch itself failed: wait on)
+    finally:
+        for t in (waiting, watching):
+            t.cancel()
+        await asyncio.gather(waiting, watching, return_exceptions=True)
+
+
+class TaskStream(StreamingResponse):
+    """A streamed answer whose client going away before the end runs `on_abandon` (the
+    chat door cancels the task). It listens for the disconnect itself, whatever ASGI
+    version the server speaks: a client can leave while nothing is being sent."""
+
+    def __init__(self, content: AsyncIterator[str], *, on_abandon: Callable[[], Awaitable[None]],
+                 **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.on_abandon = on_abandon
+
+    async def __call__(self, _scope: Scope, receive: Receive, send: Send) -> None:
+        streaming = asyncio.ensure_future(self.stream_response(send))
+        watching = asyncio.ensure_future(until_disconnected(receive))
+        try:
+            await asyncio.wait({streaming, watching}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (streaming, watching):
+                t.cancel()
+            await asyncio.gather(streaming, watching, return_exceptions=True)
+        if streaming.done() and not streaming.cancelled():
+            exc = streaming.exception()
+            if exc is None:
+                return  # sent to the end
+            if not isinstance(exc, OSError):
+                raise exc
+        await self.on_abandon()
+
+
 async def stream(door: Door, task_id: str, *, include_usage: bool) -> AsyncIterator[str]:
     """Chat Completions chunks: a role chunk, progress as SSE comments (`: compound
-    {...}`, which clients ignore), the answer as content, a finish chunk, [DONE]."""
+    {...}`, which clients ignore), the answer as content deltas as the synthesis call
+    streams it (AnswerText: only text that extends what was sent), the rest of the
+    answer when the task ends, a finish chunk, [DONE]."""
     created = int(time.time())
 
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
@@ -273,18 +340,33 @@ async def stream(door: Door, task_id: str, *, include_usage: bool) -> AsyncItera
                 "choices": choices, **extra}
         return f"data: {json.dumps(data)}\n\n"
 
-    yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-    async for ev in door.events(task_id):
-        yield f": compound {json.dumps(progress(ev.kind, ev.data))}\n\n"
+    def content(text: str) -> str:
+        return chunk([{"index": 0, "delta": {"content": text}, "finish_reason": None}])
+
+    answer = AnswerText()
+    async with door.following(task_id) as items:  # listening before the first byte goes out
+        yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        async for item in items:
+            if isinstance(item, AnswerPiece):
+                new = answer.piece(item)
+                if new:
+                    yield content(new)
+            else:
+                yield f": compound {json.dumps(progress(item.kind, item.data))}\n\n"
     final = await door.read(task_id)
     err = task_error(final)
+    rest = answer.rest(final["result"] or "") if err is None else None
+    if err is None and rest is None:
+        err = OpenAIError(502, f"task {task_id} {final['status']}, but the answer streamed so far is not the "
+                          "start of its result (the answer's call failed midway); "
+                          f"read the whole answer at GET /v1/tasks/{task_id}",
+                          type="stream_interrupted", code="stream_interrupted")
     if err is not None:
         yield f"data: {json.dumps(err.body())}\n\n"
         yield "data: [DONE]\n\n"
         return
-    # The answer is written by the synthesis before the task ends; it goes out whole
-    # (streaming the synthesis call token by token waits for LLMClient.stream()).
-    yield chunk([{"index": 0, "delta": {"content": final["result"] or ""}, "finish_reason": None}])
+    if rest:
+        yield content(rest)
     yield chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}], compound=compound_fields(final))
     if include_usage:
         yield chunk([], usage=await usage(door, task_id))

@@ -1,0 +1,77 @@
+"""Streamed synthesis answers, fanned out: any number of listeners per task (the front
+doors' streams), each told every piece of text as the synthesis call streams it.
+
+A synthesis call that is retried or falls back to the next model streams again from
+its start: every piece carries its attempt's number, and a new number means the text
+starts over. What a listener may forward to a client that can only append is its own
+business (compound.api.doors.engine.AnswerText)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from compound.core.logging import get_logger
+
+log = get_logger("compound.executor")
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerPiece:
+    attempt: int  # the synthesis attempt (1, 2 ...) this text belongs to
+    text: str
+
+
+Listener = Callable[[AnswerPiece], object]
+
+
+class AnswerStreams:
+    """Per task: its listeners, and the text of the synthesis attempt streaming now (so
+    a listener that comes in mid-answer first gets the attempt's text so far as one
+    piece). Listeners are called in the event loop's thread, synchronously: they must
+    be cheap (put on a queue) and must not raise."""
+
+    def __init__(self) -> None:
+        self._listeners: dict[str, list[Listener]] = {}
+        self._current: dict[str, tuple[int, list[str]]] = {}
+
+    @contextmanager
+    def listen(self, task_id: str, listener: Listener) -> Iterator[None]:
+        current = self._current.get(task_id)
+        if current is not None and current[1]:
+            listener(AnswerPiece(current[0], "".join(current[1])))
+        self._listeners.setdefault(task_id, []).append(listener)
+        try:
+            yield
+        finally:
+            listeners = self._listeners.get(task_id, [])
+            if listener in listeners:
+                listeners.remove(listener)
+            if not listeners:
+                self._listeners.pop(task_id, None)
+
+    def listening(self, task_id: str) -> int:
+        """How many listeners the task has now."""
+        return len(self._listeners.get(task_id, ()))
+
+    def begin(self, task_id: str, attempt: int) -> None:
+        """A synthesis attempt starts streaming (its text starts over)."""
+        self._current[task_id] = (attempt, [])
+
+    def delta(self, task_id: str, attempt: int, text: str) -> None:
+        current = self._current.get(task_id)
+        if current is not None and current[0] == attempt:
+            current[1].append(text)
+        piece = AnswerPiece(attempt, text)
+        for listener in list(self._listeners.get(task_id, ())):
+            try:
+                listener(piece)
+            except Exception:  # a listener must never break the call
+                log.exception("answer listener failed", task_id=task_id)
+
+    def end(self, task_id: str, attempt: int) -> None:
+        """The attempt ended (answered or failed): nothing of it is kept."""
+        current = self._current.get(task_id)
+        if current is not None and current[0] == attempt:
+            del self._current[task_id]
