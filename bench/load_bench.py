@@ -11,6 +11,7 @@ Targets: 300 tasks x 10 subtasks at 50 ms latency: all complete, no HTTP error,
 /healthz is probed every 50 ms from another process (its own connection), so the
 bench's own client load does not delay the probe; an idle bare FastAPI app's /healthz
 is probed the same way at the same time, to show what the machine alone adds.
+LOAD_BENCH_DUMP=<file> writes every probe's latency there (JSON), to see when the slow ones came.
 """
 
 from __future__ import annotations
@@ -81,6 +82,15 @@ def probe(url: str, stop: MpEvent, out: Connection, every_s: float = 0.05) -> No
 
 
 @dataclass
+class Floor:
+    """The bare SDK making the same number of calls at the same concurrency."""
+
+    calls_per_s: float
+    cpu_s: float  # the SDK client's process
+    sim_cpu_s: float  # the simulator meanwhile
+
+
+@dataclass
 class LoadResult:
     tasks: int
     subtasks: int
@@ -91,12 +101,10 @@ class LoadResult:
     polls: int
     health_ms: list[float]
     peak_rss_mb: float
-    sdk_calls_per_s: float = 0.0
     idle_health_ms: list[float] = field(default_factory=list)
     server_cpu_s: float = 0.0  # the server's CPU over the run (start-up excluded)
     sim_cpu_s: float = 0.0  # the simulator's CPU while compound ran
-    sdk_cpu_s: float = 0.0  # the bare SDK client's CPU for the same number of calls
-    sdk_sim_cpu_s: float = 0.0  # the simulator's CPU while the SDK ran
+    floors: dict[str, Floor] = field(default_factory=dict)  # by the SDK's HTTP stack
 
     def cpu_ms_per_call(self, cpu_s: float) -> float:
         return cpu_s * 1000 / self.calls if self.calls else float("nan")
@@ -177,12 +185,15 @@ def model_calls(url: str) -> int:
                    if line.startswith("compound_model_calls_total{")))
 
 
-async def sdk_floor(sim_url: str, *, calls: int, concurrency: int) -> tuple[float, float]:
-    """Calls/s of AsyncAnthropic making `calls` worker calls, `concurrency` at a time, and
+async def sdk_floor(sim_url: str, *, calls: int, concurrency: int, http: str) -> tuple[float, float]:
+    """Calls/s of AsyncAnthropic making `calls` worker calls, `concurrency` at a time, on
+    the SDK's default HTTP client (`httpx`) or its `aiohttp` one (compound's default), and
     the CPU seconds this process spent on them."""
-    from anthropic import AsyncAnthropic
+    import anthropic
 
-    client = AsyncAnthropic(base_url=sim_url, api_key="sim", max_retries=0)
+    client = anthropic.AsyncAnthropic(
+        base_url=sim_url, api_key="sim", max_retries=0,
+        **({"http_client": anthropic.DefaultAioHttpClient()} if http == "aiohttp" else {}))
     gate = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> None:
@@ -240,13 +251,13 @@ def run(*, tasks: int, subtasks: int, latency_ms: int, concurrency: int, poll_s:
                 print(f"server log tail:\n{log}", file=sys.stderr)
             print(f"{tasks} tasks: {wall:.1f} s, {calls} calls, {statuses}, {len(errors)} errors, "
                   f"healthz p99 {result.health(0.99):.1f} ms, peak RSS {rss:.0f} MB", file=sys.stderr)
-            sim_cpu = sim.cpu_s()
-            result.sdk_calls_per_s, result.sdk_cpu_s = asyncio.run(
-                sdk_floor(sim.url, calls=calls, concurrency=concurrency))
-            result.sdk_sim_cpu_s = sim.cpu_s() - sim_cpu
-            print(f"SDK floor: {result.sdk_calls_per_s:.0f} calls/s; CPU ms per call: server "
-                  f"{result.cpu_ms_per_call(result.server_cpu_s):.2f}, bare SDK {result.cpu_ms_per_call(result.sdk_cpu_s):.2f}; "
-                  f"simulator {result.cpu_ms_per_call(result.sim_cpu_s):.2f} / {result.cpu_ms_per_call(result.sdk_sim_cpu_s):.2f}",
+            for http in ("httpx", "aiohttp"):
+                sim_cpu = sim.cpu_s()
+                rate, cpu = asyncio.run(sdk_floor(sim.url, calls=calls, concurrency=concurrency, http=http))
+                result.floors[http] = Floor(rate, cpu, sim.cpu_s() - sim_cpu)
+            print("SDK floor calls/s: " + ", ".join(f"{k} {f.calls_per_s:.0f}" for k, f in result.floors.items())
+                  + f"; CPU ms per call: server {result.cpu_ms_per_call(result.server_cpu_s):.2f}, bare SDK "
+                  + ", ".join(f"{k} {result.cpu_ms_per_call(f.cpu_s):.2f}" for k, f in result.floors.items()),
                   file=sys.stderr)
         return result
 
@@ -262,21 +273,29 @@ def report(results: list[LoadResult], *, latency_ms: int, concurrency: int, poll
         f"    {command}",
         "",
         "| tasks x subtasks | wall (s) | statuses | HTTP errors | polls | /healthz p50 / p99 / max (ms) "
-        "| idle bare app's /healthz p50 / p99 (ms) | peak RSS (MB) | model calls | calls/s | SDK floor calls/s "
-        "| compound / floor |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| idle bare app's /healthz p50 / p99 (ms) | peak RSS (MB) | model calls | calls/s "
+        "| SDK floor calls/s: httpx / aiohttp | compound / floor: httpx / aiohttp "
+        "| CPU ms per call: server / SDK httpx / SDK aiohttp |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(r.statuses.items()))
+        floors = [r.floors.get(k) for k in ("httpx", "aiohttp")]
         lines.append(
             f"| {r.tasks} x {r.subtasks} | {r.wall_s:.1f} | {statuses} | {len(r.http_errors)} | {r.polls} | "
             f"{r.health(0.5):.1f} / {r.health(0.99):.1f} / {max(r.health_ms or [float('nan')]):.1f} | "
             f"{r.health(0.5, idle=True):.1f} / {r.health(0.99, idle=True):.1f} | "
-            f"{r.peak_rss_mb:.0f} | {r.calls} | {r.calls_per_s:.0f} | {r.sdk_calls_per_s:.0f} | "
-            f"{r.calls_per_s / r.sdk_calls_per_s if r.sdk_calls_per_s else float('nan'):.2f} |")
+            f"{r.peak_rss_mb:.0f} | {r.calls} | {r.calls_per_s:.0f} | "
+            + " / ".join(f"{f.calls_per_s:.0f}" if f else "-" for f in floors) + " | "
+            + " / ".join(f"{r.calls_per_s / f.calls_per_s:.2f}" if f else "-" for f in floors) + " | "
+            + " / ".join(f"{r.cpu_ms_per_call(c):.2f}" for c in [r.server_cpu_s, *(f.cpu_s for f in floors if f)])
+            + " |")
     lines += ["", "calls/s is the server's model calls (planner, subtasks, synthesis: from its /metrics) "
               "over the wall time from the first submission to the last task seen finished; the SDK floor is "
-              "AsyncAnthropic making as many calls, as many at a time, to the same simulator right after. "
+              "AsyncAnthropic making as many calls, as many at a time, to the same simulator right after, on "
+              "the SDK's default HTTP client (httpx) and on its aiohttp client (the one compound uses). CPU "
+              "per call is the server process's CPU over the run (serving the polls and probes included) and "
+              "the bare SDK's process CPU, over the calls. "
               "The idle bare app's /healthz shows what the machine's own scheduling adds to any probe "
               "(it shares 2 cores with the server, the simulator, the client and other work).", ""]
     for r in results:
