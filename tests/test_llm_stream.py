@@ -1,4 +1,4 @@
-"""The synthesis call streamed through the executor: a front door's hook sees the
+"""The synthesis call streamed through the executor while a front door listens: every listener sees the
 answer's pieces as they arrive, and the ledger accounts the streamed call as any other."""
 
 from __future__ import annotations
@@ -40,4 +40,18 @@ async def test_the_synthesis_call_streams_to_the_hook(sim: Simulator, sim_settin
         assert row["status"] == "ok" and row["output_tokens"] > 0
         assert row["cost_usd"] == pytest.approx(row["input_tokens"] * p.input + row["output_tokens"] * p.output,
                                                 abs=1e-12)
+        await ex.stop()
+
+
+async def test_with_no_listener_the_synthesis_call_is_not_streamed(sim: Simulator, sim_settings: Settings,
+                                                                   sim_client: LLMClient) -> None:
+    async with open_store(sim_settings.database_url) as store:
+        ex = Executor(settings=sim_settings, store=store, client=sim_client, stream_answers=True)
+        plan = {"subtasks": [{"description": "find a", "tier_hint": 1, "depends_on": []}]}
+        task = await store.create_task(prompt="find a", budget_usd=1.0, plan_in=plan)
+        await ex.run_task(task.id)
+        snap = await store.snapshot(task.id)
+        assert snap["status"] == "completed", snap["error"]
+        synth = sim.calls("synthesizer")
+        assert len(synth) == 1 and not synth[0]["body"].get("stream")  # nobody listened: one plain call
         await ex.stop()

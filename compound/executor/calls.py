@@ -199,8 +199,10 @@ class ModelCalls:
         timeout = self.settings.call_timeout_s
         try:
             async with asyncio.timeout(timeout):
+                # Streamed only when someone listens as it starts (a door's client): a
+                # listener that comes later gets the rest of the answer at the task's end.
                 answers = self.answers if spec.kind == CallKind.synthesis else None
-                if answers is None:
+                if answers is None or not answers.listening(st.id):
                     out = await self.client.complete(model=model, messages=spec.messages, max_tokens=max_tokens,
                                                      json_schema=spec.json_schema, timeout_s=timeout)
                 else:
