@@ -9,7 +9,8 @@ process's CPU time over the run / N. Variants run interleaved, `--rounds` times 
 and the median is reported (the machine is shared and noisy).
   compound   build_client(settings).complete(...): the registry and the SDK adapter
   bare SDK   AsyncAnthropic.messages.create / AsyncOpenAI.chat.completions.create with
-             the same connection pool, the same request, nothing else
+             the same connection pool, the same request, nothing else, on each of the
+             SDK's HTTP clients: aiohttp (what compound uses by default) and httpx
   litellm    compound's litellm adapter forced onto the same model (the old path)
 """
 
@@ -86,7 +87,8 @@ async def run(call: Call, calls: int, concurrency: int, name: str = "") -> tuple
     return (time.process_time() - cpu0) / calls * 1000, time.perf_counter() - wall0
 
 
-def variants(url: str, concurrency: int) -> dict[str, Call]:
+def variants(url: str, concurrency: int) -> tuple[dict[str, Call], list[Any]]:
+    """The calls to time, and the clients to close at the end."""
     import anthropic
     import httpx
     import openai
@@ -101,29 +103,36 @@ def variants(url: str, concurrency: int) -> dict[str, Call]:
     forced = {m: c.model_copy(update={"adapter": "litellm"}) for m, c in settings.models.items()}
     via_litellm = build_client(settings.model_copy(update={"models": forced}))
     limits = type(DEFAULT_CONNECTION_LIMITS)(max_connections=concurrency, max_keepalive_connections=concurrency)
-    bare_a = anthropic.AsyncAnthropic(api_key="sim", base_url=url, max_retries=0, timeout=120,
-                                      http_client=anthropic.DefaultAsyncHttpxClient(limits=limits))
     olimits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    bare_o = openai.AsyncOpenAI(api_key="sim", base_url=url + "/v1", max_retries=0, timeout=120,
-                                http_client=openai.DefaultAsyncHttpxClient(limits=olimits))
+    bare_a = {http: anthropic.AsyncAnthropic(api_key="sim", base_url=url, max_retries=0, timeout=120,
+                                             http_client=make(limits=limits))
+              for http, make in (("httpx", anthropic.DefaultAsyncHttpxClient),
+                                 ("aiohttp", anthropic.DefaultAioHttpClient))}
+    bare_o = {http: openai.AsyncOpenAI(api_key="sim", base_url=url + "/v1", max_retries=0, timeout=120,
+                                       http_client=make(limits=olimits))
+              for http, make in (("httpx", openai.DefaultAsyncHttpxClient),
+                                 ("aiohttp", openai.DefaultAioHttpClient))}
     user = [{"role": "user", "content": USER}]
     chat = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": USER}]
-    return {
+    table: dict[str, Call] = {
         "anthropic / compound": lambda: compound.complete(model=ANTHROPIC, messages=MESSAGES, max_tokens=256),
-        "anthropic / bare SDK": lambda: bare_a.messages.create(model="claude-haiku-4-5", system=SYSTEM,
-                                                               messages=user, max_tokens=256),  # type: ignore[arg-type]
-        "anthropic / litellm": lambda: via_litellm.complete(model=ANTHROPIC, messages=MESSAGES, max_tokens=256),
         "openai / compound": lambda: compound.complete(model=OPENAI, messages=MESSAGES, max_tokens=256),
-        "openai / bare SDK": lambda: bare_o.chat.completions.create(model="gpt-4.1-mini", messages=chat,  # type: ignore[arg-type]
-                                                                    max_tokens=256),
+        "anthropic / litellm": lambda: via_litellm.complete(model=ANTHROPIC, messages=MESSAGES, max_tokens=256),
         "openai / litellm": lambda: via_litellm.complete(model=OPENAI, messages=MESSAGES, max_tokens=256),
     }
+    for http in ("aiohttp", "httpx"):
+        a, o = bare_a[http], bare_o[http]
+        table[f"anthropic / bare SDK ({http})"] = lambda a=a: a.messages.create(  # type: ignore[misc]
+            model="claude-haiku-4-5", system=SYSTEM, messages=user, max_tokens=256)
+        table[f"openai / bare SDK ({http})"] = lambda o=o: o.chat.completions.create(  # type: ignore[misc]
+            model="gpt-4.1-mini", messages=chat, max_tokens=256)
+    return dict(sorted(table.items())), [compound, via_litellm, *bare_a.values(), *bare_o.values()]
 
 
 async def main_async(calls: int, concurrency: int, rounds: int, write: Path | None, litellm: bool) -> None:
     proc, url = start_simulator()
     try:
-        table = variants(url, concurrency)
+        table, clients = variants(url, concurrency)
         if not litellm:
             table = {k: v for k, v in table.items() if "litellm" not in k}
         for call in table.values():  # warm: connections, imports, price lookups
@@ -136,15 +145,18 @@ async def main_async(calls: int, concurrency: int, rounds: int, write: Path | No
                 cpu[name].append(c)
                 wall[name].append(w)
                 print(f"round {r + 1} {name}: {c:.3f} ms CPU per call, {w:.2f} s wall", flush=True)
+        for client in clients:
+            await (client.aclose() if hasattr(client, "aclose") else client.close())
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-    lines = [f"| variant | CPU ms per call | wall s for {calls} calls | CPU / bare SDK | failed calls |",
+    lines = [f"| variant | CPU ms per call | wall s for {calls} calls | CPU / bare SDK on aiohttp (compound's transport) "
+             "| failed calls |",
              "|---|---|---|---|---|"]
     for name in table:
         provider = name.split(" / ")[0]
         c, w = statistics.median(cpu[name]), statistics.median(wall[name])
-        base = statistics.median(cpu[f"{provider} / bare SDK"])
+        base = statistics.median(cpu[f"{provider} / bare SDK (aiohttp)"])
         lines.append(f"| {name} | {c:.3f} | {w:.2f} | {c / base:.2f} | {ERRORS.get(name, 0)} |")
     header = (
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, "
