@@ -224,3 +224,32 @@ def test_global_task_cap_holds_across_workers(cluster_factory: Any) -> None:
     # Each worker alone may run 2: without the global cap 4 could run at once.
     assert c.sim_stats()["peak"][haiku.split("/", 1)[1]] == 2
     check_money(c, ids)
+
+
+def planning_order(c: Cluster, task_ids: list[str]) -> list[str]:
+    """The tasks in the order they began (their `planning` events)."""
+    rows = c.sql("SELECT task_id FROM task_event WHERE task_id = ANY(:t) AND kind = 'task' "
+                 "AND data::json->>'status' = 'planning' ORDER BY created_at", t=task_ids)
+    return [r[0] for r in rows]
+
+
+def test_workers_are_woken_and_take_urgent_tasks_first(cluster_factory: Any) -> None:
+    """The worker polls the queue once a minute, yet every task starts long before that:
+    the API's NOTIFY after each enqueue wakes it, and so does the end of one of its own
+    tasks when others wait (one task at a time here). What waits goes by priority."""
+    c: Cluster = cluster_factory(script={"latency_rules": [["slow", 3.0]], "latency_s": 0.05},
+                                 env={"COMPOUND_QUEUE_POLLING_INTERVAL_S": "60", "COMPOUND_WORKER_CONCURRENCY": "1"})
+    c.start_worker()
+    api = c.start_api()
+    c.wait_workers_ready(1)
+    first = c.submit(api, {"prompt": "first", "plan": job_plan("first", slow=True)})["id"]
+    # Well within the minute a poll would take: the wake-up on enqueue.
+    wait_until(lambda: any(s["status"] == "running" for s in c.get(api, f"/v1/tasks/{first}")["subtasks"]),
+               timeout=30, what="the first task running")
+    later = [c.submit(api, {"prompt": f"later {i}", "plan": job_plan(f"later-{i}"), "priority": 3})["id"]
+             for i in range(2)]
+    urgent = c.submit(api, {"prompt": "urgent", "plan": job_plan("urgent"), "priority": 0})["id"]
+    assert planning_order(c, [first, *later, urgent]) == [first]  # the worker's one slot is still taken
+    done = c.wait_terminal(api, [first, *later, urgent], timeout=40)
+    assert {s["status"] for s in done.values()} == {"completed"}
+    assert planning_order(c, [first, *later, urgent]) == [first, urgent, *later]

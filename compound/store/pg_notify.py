@@ -18,6 +18,7 @@ log = get_logger("compound.store.pg_notify")
 
 CANCEL = "compound_cancel"  # payload: a task id
 SLOT_FREE = "compound_slot_free"  # payload: a model name
+QUEUE_WAKE = "compound_queue_wake"  # payload: a task id (enqueued), or "" (a task slot freed)
 
 
 def libpq_url(url: str) -> str:

@@ -19,12 +19,12 @@ from compound.llm.base import LLMClient
 from compound.store import pg_notify
 from compound.store.base import RunStore
 from compound.store.pg_slots import PgModelSlots
-from compound.worker import names
+from compound.worker import names, wake
 from compound.worker.liveness import Liveness
 
 log = get_logger("compound.worker")
 
-_current: Executor | None = None  # the executor the registered workflow runs tasks with
+_worker: Worker | None = None  # the worker the registered workflow runs tasks with
 _registered = False
 
 
@@ -38,9 +38,9 @@ def register_workflow() -> None:
 
     @DBOS.workflow(name=names.WORKFLOW)
     async def compound_run_task(task_id: str) -> None:
-        if _current is None:  # pragma: no cover - launch() happens after the executor exists
-            raise RuntimeError("no executor in this worker")
-        await _current.run_here(task_id)
+        if _worker is None:  # pragma: no cover - launch() happens after the worker exists
+            raise RuntimeError("no worker in this process")
+        await _worker.run_workflow(task_id)
 
     _registered = True
 
@@ -59,15 +59,20 @@ class Worker:
         self.executor = Executor(settings=settings, store=store, client=client,
                                  observers=observers or (), model_slots=self.slots)
         self.liveness = Liveness(settings.database_url)
-        handlers: dict[str, Any] = {pg_notify.CANCEL: self._on_cancel}
+        # Woken at once when a task is enqueued (or, with a global cap, a task ends on
+        # another worker); DBOS's own poll is only the fallback (wake.py).
+        self.bell = wake.Doorbell()
+        handlers: dict[str, Any] = {pg_notify.CANCEL: self._on_cancel,
+                                    pg_notify.QUEUE_WAKE: lambda _: self.bell.ring()}
         if self.slots is not None:
             handlers[pg_notify.SLOT_FREE] = self.slots.released
         self.listener = pg_notify.Listener(settings.database_url, handlers)
         self.executor_id = ""
         self._background: set[asyncio.Task[None]] = set()
+        self._workflows: set[asyncio.Task[Any]] = set()  # DBOS's tasks running our workflow here
 
     async def start(self) -> None:
-        global _current
+        global _worker
         from dbos import DBOS
 
         await self.listener.start()
@@ -77,8 +82,9 @@ class Worker:
                 break
         else:
             raise RuntimeError("could not claim a liveness lock")
-        _current = self.executor
+        _worker = self
         register_workflow()
+        wake.install(names.QUEUE, self.bell)  # before DBOS starts the queue's thread
         DBOS(config={
             "name": names.APP_NAME,
             "system_database_url": self.settings.system_database_url(),
@@ -97,14 +103,35 @@ class Worker:
         log.info("worker started", executor_id=self.executor_id,
                  worker_concurrency=self.settings.worker_concurrency)
 
+    async def run_workflow(self, task_id: str) -> None:
+        """The workflow's body. It runs inside DBOS's task for the workflow, which records
+        the outcome and gives up the workflow's place in this worker's count after we
+        return: that task's end is when this worker has room for another."""
+        dbos_task = asyncio.current_task()
+        if dbos_task is not None:
+            self._workflows.add(dbos_task)
+            dbos_task.add_done_callback(self._workflow_ended)
+        await self.executor.run_here(task_id)
+
+    def _workflow_ended(self, task: asyncio.Task[Any]) -> None:
+        self._workflows.discard(task)
+        if self.bell.closed:
+            return
+        self.bell.ring()
+        if self.settings.queue_concurrency is not None:
+            # A cap on all workers together: any of them may have room now.
+            self._spawn(asyncio.to_thread(pg_notify.publish, self.store.engine, pg_notify.QUEUE_WAKE, ""))
+
     async def stop(self) -> None:
         from dbos import DBOS
 
+        self.bell.close()  # DBOS's queue thread claims no more tasks for this worker
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.executor.stop()  # running tasks stay PENDING in DBOS, for another worker
         await asyncio.to_thread(DBOS.destroy, destroy_registry=False)
+        wake.uninstall(names.QUEUE)
         await self.listener.stop()
         if self.slots is not None:
             await self.slots.close()
@@ -156,6 +183,9 @@ class Worker:
         if dead:
             handles = await asyncio.to_thread(DBOS._recover_pending_workflows, dead)
             log.warning("resuming the tasks of dead workers", workers=dead, tasks=len(handles))
+            if handles:  # back in the queue: whoever has room takes them now
+                self.bell.ring()
+                await asyncio.to_thread(pg_notify.publish, self.store.engine, pg_notify.QUEUE_WAKE, "")
         return dead
 
 
