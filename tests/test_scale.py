@@ -253,3 +253,32 @@ def test_workers_are_woken_and_take_urgent_tasks_first(cluster_factory: Any) -> 
     done = c.wait_terminal(api, [first, *later, urgent], timeout=40)
     assert {s["status"] for s in done.values()} == {"completed"}
     assert planning_order(c, [first, *later, urgent]) == [first, urgent, *later]
+
+
+def test_sigterm_drains_a_worker(cluster_factory: Any) -> None:
+    """SIGTERM: the worker takes no new task, finishes the one it runs (each call once,
+    nothing lost), and exits; the task sent meanwhile runs on another worker."""
+    c: Cluster = cluster_factory(script={"latency_rules": [["slow", 2.0]], "latency_s": 0.05},
+                                 env={"COMPOUND_WORKER_DRAIN_S": "120"})
+    leaving = c.start_worker()
+    api = c.start_api()
+    c.wait_workers_ready(1)
+    leaving_id = c.executor_of(leaving)
+    running = c.submit(api, {"prompt": "running", "plan": job_plan("drained", slow=True)})["id"]
+    wait_until(lambda: any(s["status"] == "running" for s in c.get(api, f"/v1/tasks/{running}")["subtasks"]),
+               timeout=60, what="a running subtask")
+    leaving.send_signal(signal.SIGTERM)
+    log = next(c.workdir.glob("worker-*.log"))
+    wait_until(lambda: "worker draining" in log.read_text(errors="replace"), timeout=60, what="the drain to begin")
+    sent_after = c.submit(api, {"prompt": "after", "plan": job_plan("after")})["id"]
+
+    assert leaving.wait(timeout=120) == 0  # it left once its task had ended, on its own
+    assert c.get(api, f"/v1/tasks/{running}")["status"] == "completed"
+    assert c.get(api, f"/v1/tasks/{sent_after}")["status"] == "queued"  # nobody took it
+    c.start_worker()
+    assert c.wait_terminal(api, [sent_after], timeout=60)[sent_after]["status"] == "completed"
+    runners = dict(c.sql("SELECT workflow_uuid, executor_id FROM dbos.workflow_status"))
+    assert runners[running] == leaving_id and runners[sent_after] != leaving_id
+    assert set(worker_calls(c).values()) == {1}
+    assert c.sql("SELECT count(*) FROM ledger WHERE status <> 'ok'")[0][0] == 0
+    check_money(c, [running, sent_after])

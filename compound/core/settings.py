@@ -93,6 +93,9 @@ class Settings(BaseSettings):
         default=1.0, gt=0, le=60,
         description="how often an idle worker polls the queue; a fallback, workers are woken by NOTIFY on enqueue")
     dead_worker_check_s: float = Field(default=2.0, gt=0, le=300, description="how often a worker looks for dead ones")
+    worker_drain_s: float = Field(
+        default=25.0, ge=0, le=3600,
+        description="on SIGTERM a worker takes no more tasks and waits this long for its running ones")
 
     # provider secrets, read from the providers' own variables (never printed)
     anthropic_api_key: SecretStr | None = Field(default=None, exclude=True)

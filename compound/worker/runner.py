@@ -122,6 +122,17 @@ class Worker:
             # A cap on all workers together: any of them may have room now.
             self._spawn(asyncio.to_thread(pg_notify.publish, self.store.engine, pg_notify.QUEUE_WAKE, ""))
 
+    async def drain(self, grace_s: float) -> int:
+        """Take no more tasks and wait up to `grace_s` for the running ones to end;
+        returns how many still run (stop() leaves them to be resumed elsewhere)."""
+        self.bell.close()
+        log.warning("worker draining: taking no more tasks", running=len(self._workflows), grace_s=grace_s)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while self._workflows and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(list(self._workflows), timeout=left)
+        return len(self._workflows)
+
     async def stop(self) -> None:
         from dbos import DBOS
 
@@ -190,7 +201,7 @@ class Worker:
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
-    """The process: build, start, run until `stop` is set, stop."""
+    """The process: build, start, run until `stop` is set, drain, stop."""
     from compound.llm import build_client
     from compound.store import open_store, store_options
 
@@ -203,6 +214,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         await worker.start()
         try:
             await stop.wait()
+            left = await worker.drain(settings.worker_drain_s)
+            if left:
+                log.warning("grace period over; the tasks left will be resumed by another worker", tasks=left)
         finally:
             with contextlib.suppress(Exception):
                 await worker.stop()
