@@ -1,7 +1,9 @@
 """`compound worker`: takes whole tasks from the DBOS queue and runs each with the same
-Executor as `compound serve` (its DAG runs here with asyncio). It hears cancels by
-NOTIFY, shares per-model caps with every other worker (store.pg_slots), and resumes
-the tasks of workers that died (DBOS recovery, once liveness says they are gone)."""
+Executor as `compound serve` (its DAG runs here with asyncio). It is woken by NOTIFY
+when a task is enqueued (wake.py; DBOS's poll is the fallback), hears cancels by
+NOTIFY, shares per-model caps with every other worker (store.pg_slots), resumes the
+tasks of workers that died (DBOS recovery, once liveness says they are gone), and
+drains on SIGTERM."""
 
 from __future__ import annotations
 
