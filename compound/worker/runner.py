@@ -69,6 +69,9 @@ class Worker:
         if self.slots is not None:
             handlers[pg_notify.SLOT_FREE] = self.slots.released
         self.listener = pg_notify.Listener(settings.database_url, handlers)
+        # Enqueues NOTIFY on DBOS's database (in their own transaction): listen there too.
+        self.sys_listener = None if settings.system_database_url() == settings.database_url else \
+            pg_notify.Listener(settings.system_database_url(), {pg_notify.QUEUE_WAKE: lambda _: self.bell.ring()})
         self.executor_id = ""
         self._background: set[asyncio.Task[None]] = set()
         self._workflows: set[asyncio.Task[Any]] = set()  # DBOS's tasks running our workflow here
@@ -78,6 +81,8 @@ class Worker:
         from dbos import DBOS
 
         await self.listener.start()
+        if self.sys_listener is not None:
+            await self.sys_listener.start()
         for _ in range(5):  # a clash of lock keys is all but impossible; a new id settles it
             self.executor_id = f"worker-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             if await self.liveness.claim(self.executor_id):
@@ -124,15 +129,20 @@ class Worker:
             # A cap on all workers together: any of them may have room now.
             self._spawn(asyncio.to_thread(pg_notify.publish, self.store.engine, pg_notify.QUEUE_WAKE, ""))
 
-    async def drain(self, grace_s: float) -> int:
-        """Take no more tasks and wait up to `grace_s` for the running ones to end;
-        returns how many still run (stop() leaves them to be resumed elsewhere)."""
+    async def drain(self, grace_s: float, hurry: asyncio.Event | None = None) -> int:
+        """Take no more tasks and wait up to `grace_s` (or until `hurry` is set) for the
+        running ones to end; returns how many still run (stop() leaves them to be
+        resumed elsewhere)."""
         self.bell.close()
         log.warning("worker draining: taking no more tasks", running=len(self._workflows), grace_s=grace_s)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
-        while self._workflows and (left := deadline - loop.time()) > 0:
-            await asyncio.wait(list(self._workflows), timeout=left)
+        hurried = asyncio.ensure_future((hurry or asyncio.Event()).wait())
+        try:
+            while self._workflows and not hurried.done() and (left := deadline - loop.time()) > 0:
+                await asyncio.wait([*self._workflows, hurried], timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hurried.cancel()
         return len(self._workflows)
 
     async def stop(self) -> None:
@@ -146,6 +156,8 @@ class Worker:
         await asyncio.to_thread(DBOS.destroy, destroy_registry=False)
         wake.uninstall(names.QUEUE)
         await self.listener.stop()
+        if self.sys_listener is not None:
+            await self.sys_listener.stop()
         if self.slots is not None:
             await self.slots.close()
         await self.liveness.close()
@@ -202,8 +214,9 @@ class Worker:
         return dead
 
 
-async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
-    """The process: build, start, run until `stop` is set, drain, stop."""
+async def run_worker(settings: Settings, stop: asyncio.Event, hurry: asyncio.Event | None = None) -> None:
+    """The process: build, start, run until `stop` is set, drain (cut short by
+    `hurry`), stop."""
     from compound.llm import build_client
     from compound.store import open_store, store_options
 
@@ -216,7 +229,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         await worker.start()
         try:
             await stop.wait()
-            left = await worker.drain(settings.worker_drain_s)
+            left = await worker.drain(settings.worker_drain_s, hurry)
             if left:
                 log.warning("grace period over; the tasks left will be resumed by another worker", tasks=left)
         finally:
