@@ -224,3 +224,79 @@ def test_global_task_cap_holds_across_workers(cluster_factory: Any) -> None:
     # Each worker alone may run 2: without the global cap 4 could run at once.
     assert c.sim_stats()["peak"][haiku.split("/", 1)[1]] == 2
     check_money(c, ids)
+
+
+def planning_order(c: Cluster, task_ids: list[str]) -> list[str]:
+    """The tasks in the order they began (their `planning` events)."""
+    rows = c.sql("SELECT task_id FROM task_event WHERE task_id = ANY(:t) AND kind = 'task' "
+                 "AND data::json->>'status' = 'planning' ORDER BY created_at", t=task_ids)
+    return [r[0] for r in rows]
+
+
+def test_workers_are_woken_and_take_urgent_tasks_first(cluster_factory: Any) -> None:
+    """The worker polls the queue once a minute, yet every task starts long before that:
+    the API's NOTIFY after each enqueue wakes it, and so does the end of one of its own
+    tasks when others wait (one task at a time here). What waits goes by priority."""
+    c: Cluster = cluster_factory(script={"latency_rules": [["slow", 3.0]], "latency_s": 0.05},
+                                 env={"COMPOUND_QUEUE_POLLING_INTERVAL_S": "60", "COMPOUND_WORKER_CONCURRENCY": "1"})
+    c.start_worker()
+    api = c.start_api()
+    c.wait_workers_ready(1)
+    first = c.submit(api, {"prompt": "first", "plan": job_plan("first", slow=True)})["id"]
+    # Well within the minute a poll would take: the wake-up on enqueue.
+    wait_until(lambda: any(s["status"] == "running" for s in c.get(api, f"/v1/tasks/{first}")["subtasks"]),
+               timeout=30, what="the first task running")
+    later = [c.submit(api, {"prompt": f"later {i}", "plan": job_plan(f"later-{i}"), "priority": 3})["id"]
+             for i in range(2)]
+    urgent = c.submit(api, {"prompt": "urgent", "plan": job_plan("urgent"), "priority": 0})["id"]
+    assert planning_order(c, [first, *later, urgent]) == [first]  # the worker's one slot is still taken
+    done = c.wait_terminal(api, [first, *later, urgent], timeout=40)
+    assert {s["status"] for s in done.values()} == {"completed"}
+    assert planning_order(c, [first, *later, urgent]) == [first, urgent, *later]
+
+
+def drains_begun(c: Cluster) -> int:
+    return sum(p.read_text(errors="replace").count("worker draining") for p in c.workdir.glob("worker-*.log"))
+
+
+def test_sigterm_drains_a_worker(cluster_factory: Any) -> None:
+    """SIGTERM: the worker takes no new task, finishes the one it runs (each call once,
+    nothing lost), and exits; the task sent meanwhile runs on another worker. A second
+    SIGTERM cuts the drain short: the task left is resumed by the next worker."""
+    c: Cluster = cluster_factory(script={"latency_rules": [["slow", 2.0], ["glacial", 20.0]], "latency_s": 0.05},
+                                 env={"COMPOUND_WORKER_DRAIN_S": "120"})
+    leaving = c.start_worker()
+    api = c.start_api()
+    c.wait_workers_ready(1)
+    leaving_id = c.executor_of(leaving)
+    running = c.submit(api, {"prompt": "running", "plan": job_plan("drained", slow=True)})["id"]
+    wait_until(lambda: any(s["status"] == "running" for s in c.get(api, f"/v1/tasks/{running}")["subtasks"]),
+               timeout=60, what="a running subtask")
+    leaving.send_signal(signal.SIGTERM)
+    wait_until(lambda: drains_begun(c) == 1, timeout=60, what="the drain to begin")
+    sent_after = c.submit(api, {"prompt": "after", "plan": job_plan("after")})["id"]
+
+    assert leaving.wait(timeout=120) == 0  # it left once its task had ended, on its own
+    assert c.get(api, f"/v1/tasks/{running}")["status"] == "completed"
+    assert c.get(api, f"/v1/tasks/{sent_after}")["status"] == "queued"  # nobody took it
+    second = c.start_worker()
+    assert c.wait_terminal(api, [sent_after], timeout=60)[sent_after]["status"] == "completed"
+    runners = dict(c.sql("SELECT workflow_uuid, executor_id FROM dbos.workflow_status"))
+    assert runners[running] == leaving_id and runners[sent_after] != leaving_id
+    assert set(worker_calls(c).values()) == {1}
+    assert c.sql("SELECT count(*) FROM ledger WHERE status <> 'ok'")[0][0] == 0
+    check_money(c, [running, sent_after])
+
+    # Twice: the second worker stops without waiting for its 20 s calls.
+    stuck = c.submit(api, {"prompt": "stuck", "plan": {"subtasks": [
+        {"description": "glacial part of stuck", "tier_hint": 1, "depends_on": []}]}})["id"]
+    wait_until(lambda: any(s["status"] == "running" for s in c.get(api, f"/v1/tasks/{stuck}")["subtasks"]),
+               timeout=60, what="the glacial call in flight")
+    second.send_signal(signal.SIGTERM)
+    wait_until(lambda: drains_begun(c) == 2, timeout=60, what="the second drain to begin")
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=60) == 0
+    assert c.get(api, f"/v1/tasks/{stuck}")["status"] == "executing"  # left unfinished, not completed
+    c.start_worker()
+    assert c.wait_terminal(api, [stuck], timeout=120)[stuck]["status"] == "completed"
+    check_money(c, [stuck])

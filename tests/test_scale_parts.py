@@ -4,6 +4,8 @@ advisory-lock liveness and model slots on PostgreSQL, and the executor's worker 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 import uuid
 from typing import Any
 
@@ -15,6 +17,7 @@ from compound.store import pg_notify
 from compound.store.base import RunStore
 from compound.store.db import make_engine
 from compound.store.pg_slots import PgModelSlots
+from compound.worker import names, wake
 from compound.worker.liveness import Liveness
 from compound.worker.names import check_queue_settings
 from tests.fixtures.fakes import FakeLLM
@@ -179,3 +182,70 @@ async def test_run_here_leaves_the_task_when_the_worker_stops(store: RunStore) -
     with pytest.raises(asyncio.CancelledError):
         await run
     assert (await store.snapshot(task.id))["status"] == "executing"
+
+
+# Waking DBOS's queue thread (worker/wake.py). A wait is given 60 s; each case must end
+# it far sooner, or the bell did not work.
+LONG = 60.0
+
+
+def wait_in_thread(bell: wake.Doorbell, stop: threading.Event) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+
+    def run() -> None:
+        t = time.monotonic()
+        out.append(bell.wait(stop, LONG))
+        out.append(time.monotonic() - t)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+@pytest.mark.parametrize("how", ["ring", "stop", "close"])
+def test_doorbell_ends_a_wait(how: str) -> None:
+    """A ring ends the wait early without stopping; DBOS's stop event or close() end it
+    as a stop (True: the queue thread returns)."""
+    bell, stop = wake.Doorbell(), threading.Event()
+    thread, out = wait_in_thread(bell, stop)
+    {"ring": bell.ring, "stop": stop.set, "close": bell.close}[how]()
+    thread.join(LONG / 2)
+    assert not thread.is_alive()
+    stopped, waited = out
+    assert stopped is (how != "ring")
+    assert waited < LONG / 2
+
+
+def test_doorbell_keeps_a_ring_that_came_between_waits() -> None:
+    """A ring while the queue thread is busy polling (not waiting) ends its next wait at
+    once: an enqueue that committed after the poll looked is not left for the next poll."""
+    bell, stop = wake.Doorbell(), threading.Event()
+    bell.ring()
+    t = time.monotonic()
+    assert bell.wait(stop, LONG) is False
+    assert time.monotonic() - t < LONG / 2
+    assert bell.wait(stop, 0.01) is False  # one ring, one early end: this one times out
+
+
+def test_doorbell_is_installed_in_this_dbos() -> None:
+    """The hook on DBOS's queue thread fits the installed DBOS (a release that changes
+    `queue_worker_thread` fails here rather than quietly slowing every task's start)."""
+    from dbos import _queue
+
+    bell = wake.Doorbell()
+    stop = threading.Event()
+    try:
+        assert wake.install(names.QUEUE, bell)
+        assert wake.install(names.QUEUE, bell)  # a second worker in one process: wrapped once
+        assert not hasattr(_queue.queue_worker_thread.__compound_original__, "__compound_original__")  # type: ignore[attr-defined]
+        ours = wake.stop_event_for(stop, names.QUEUE)
+        assert wake.stop_event_for(stop, "another queue") is stop
+    finally:
+        wake.uninstall(names.QUEUE)
+    assert wake.stop_event_for(stop, names.QUEUE) is stop
+    assert isinstance(ours, wake._Waiter)
+    thread = threading.Thread(target=lambda: ours.wait(LONG))
+    thread.start()
+    bell.ring()  # the queue thread's wait ends on our bell
+    thread.join(LONG / 2)
+    assert not thread.is_alive() and not ours.is_set()

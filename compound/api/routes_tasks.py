@@ -62,7 +62,7 @@ async def submit_to(state: Any, principal: Any, body: TaskCreate, *, context: li
         prompt=body.prompt, budget_usd=body.budget_usd or settings.default_budget_usd, user_id=principal.user_id,
         priority=body.priority, plan_in=plan_in, approve=body.approve, context=context,
         answer_max_tokens=answer_max_tokens)
-    state.executor.submit(task.id)
+    await state.executor.dispatch(task.id, priority=task.priority)
     return task
 
 

@@ -8,7 +8,8 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command()
     def worker() -> None:
-        """Take tasks from the queue on PostgreSQL and run them (any number of workers; docs/deploy.md)."""
+        """Take tasks from the queue on PostgreSQL and run them (any number of workers; docs/deploy.md).
+        SIGTERM drains: no new task, the running ones may end (COMPOUND_WORKER_DRAIN_S); a second one stops at once."""
         import asyncio
         import signal
 
@@ -27,11 +28,13 @@ def register(app: typer.Typer) -> None:
         configure_logging(settings.log_level, settings.log_json)
 
         async def main() -> None:
-            stop = asyncio.Event()
+            # The first SIGTERM/SIGINT drains (COMPOUND_WORKER_DRAIN_S); a second one
+            # stops at once (the tasks left are resumed by another worker).
+            stop, hurry = asyncio.Event(), asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            await run_worker(settings, stop)
+                loop.add_signal_handler(sig, lambda: (hurry if stop.is_set() else stop).set())
+            await run_worker(settings, stop, hurry)
 
         typer.echo(f"compound worker (concurrency {settings.worker_concurrency})", err=True)
         asyncio.run(main())

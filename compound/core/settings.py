@@ -91,8 +91,13 @@ class Settings(BaseSettings):
         default=None, description="DBOS's system tables; None: the store's database (schema `dbos`)")
     queue_concurrency: int | None = Field(default=None, ge=1, description="tasks running at once, all workers")
     worker_concurrency: int = Field(default=8, ge=1, description="tasks running at once in one worker")
-    queue_polling_interval_s: float = Field(default=0.01, gt=0, le=60)
+    queue_polling_interval_s: float = Field(
+        default=1.0, gt=0, le=60,
+        description="how often an idle worker polls the queue; a fallback, workers are woken by NOTIFY on enqueue")
     dead_worker_check_s: float = Field(default=2.0, gt=0, le=300, description="how often a worker looks for dead ones")
+    worker_drain_s: float = Field(
+        default=25.0, ge=0, le=3600,
+        description="on SIGTERM a worker takes no more tasks and waits this long for its running ones")
 
     # provider secrets, read from the providers' own variables (never printed)
     anthropic_api_key: SecretStr | None = Field(default=None, exclude=True)

@@ -94,6 +94,11 @@ class Executor:
         task = asyncio.get_running_loop().create_task(self._guarded(task_id))
         self._running[task_id] = task
 
+    async def dispatch(self, task_id: str, *, priority: int) -> None:  # noqa: ARG002 (the queue backend uses it)
+        """Start a task the API has just stored (the queue backend's dispatch enqueues it;
+        here `priority` is read from the store, where it orders the task's calls)."""
+        self.submit(task_id)
+
     async def _guarded(self, task_id: str) -> None:
         try:
             await self.run_task(task_id)

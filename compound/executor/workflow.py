@@ -28,9 +28,12 @@ class Workflow:
     async def run(self, st: TaskState) -> None:
         """Take a loaded, recovered task on to a terminal state (or to `planned`, when
         it waits for approval)."""
-        daily = await self.store.user_daily_budget(st.user_id, self.settings.user_daily_budget_usd)
         subs = st.subtasks
         status = st.status
+        if not subs:
+            # `planning` is the first thing the task's watchers hear: before any other read.
+            await self.store.set_status(st.id, TaskStatus.planning)
+        daily = await self.store.user_daily_budget(st.user_id, self.settings.user_daily_budget_usd)
         if not subs:
             planned = await self._plan(st, daily)
             if planned is None:
@@ -45,7 +48,6 @@ class Workflow:
         await self._execute(st, subs, daily)
 
     async def _plan(self, st: TaskState, daily: float | None) -> list[SubState] | None:
-        await self.store.set_status(st.id, TaskStatus.planning)
         warnings: list[str] = []
         try:
             if st.plan_in is not None:

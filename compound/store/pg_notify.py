@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import make_url, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from compound.core.logging import get_logger
 
@@ -18,6 +18,9 @@ log = get_logger("compound.store.pg_notify")
 
 CANCEL = "compound_cancel"  # payload: a task id
 SLOT_FREE = "compound_slot_free"  # payload: a model name
+# payload: a task id (enqueued; sent on DBOS's system database, in the enqueue's
+# transaction), or "" (a slot freed or tasks resumed; sent on the store's database)
+QUEUE_WAKE = "compound_queue_wake"
 
 
 def libpq_url(url: str) -> str:
@@ -28,7 +31,12 @@ def libpq_url(url: str) -> str:
 def publish(engine: Engine, channel: str, payload: str) -> None:
     """NOTIFY every listener (delivered when this short transaction commits)."""
     with engine.begin() as conn:
-        conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": channel, "p": payload})
+        notify(conn, channel, payload)
+
+
+def notify(conn: Connection, channel: str, payload: str) -> None:
+    """NOTIFY inside the caller's transaction: delivered when it commits, never without it."""
+    conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": channel, "p": payload})
 
 
 class Listener:

@@ -1,7 +1,8 @@
 """The API process's side of queue mode: it stores tasks (the routes do), enqueues them
 with DBOS's client and reads the store; cancel and approve reach a task wherever it
-runs. Same surface as the Executor's that the routes use (submit, cancel, approve,
-wait_planned, price_of)."""
+runs. Same surface as the Executor's that the routes use (dispatch, cancel, approve,
+wait_planned, price_of). Each enqueue NOTIFYs the workers in its own transaction
+(worker/wake.py), so a task starts without waiting for a worker's poll."""
 
 from __future__ import annotations
 
@@ -39,32 +40,49 @@ class QueueBackend:
         else:
             self.price_of = price_of
         self.client: Any = None
+        self.sys_engine: Any = None  # DBOS's database: enqueues and their NOTIFYs
 
     async def start(self) -> list[str]:
         """Create DBOS's system tables if needed, connect, and enqueue any stored task that
         never reached the queue (a crash between the store's commit and the enqueue)."""
         from dbos import DBOS, DBOSClient
 
+        from compound.store.db import make_engine
+
         url = self.settings.system_database_url()
         await asyncio.to_thread(DBOS.migrate, url)
-        self.client = await asyncio.to_thread(lambda: DBOSClient(system_database_url=url,
+        self.sys_engine = make_engine(url)
+        self.client = await asyncio.to_thread(lambda: DBOSClient(system_database_engine=self.sys_engine,
                                                                  application_name=names.APP_NAME))
-        queued = [t for t in await self.store.unfinished_task_ids()
-                  if (await self.store.head(t)).status == TaskStatus.queued]
-        for task_id in queued:  # the workflow id is the task id: DBOS ignores a second enqueue
-            await asyncio.to_thread(self._enqueue, task_id)
+        queued = []
+        for task_id in await self.store.unfinished_task_ids():
+            st = await self.store.load(task_id)
+            if st is not None and st.status == TaskStatus.queued:
+                # the workflow id is the task id: DBOS ignores a second enqueue
+                await asyncio.to_thread(self._enqueue, task_id, st.priority)
+                queued.append(task_id)
         return queued
 
     async def stop(self) -> None:
         if self.client is not None:
             await asyncio.to_thread(self.client.destroy)
             self.client = None
+        if self.sys_engine is not None:
+            self.sys_engine.dispose()
+            self.sys_engine = None
 
-    def _enqueue(self, workflow_id: str, task_id: str | None = None) -> None:
-        self.client.enqueue(names.enqueue_options(workflow_id), task_id or workflow_id)
+    def _enqueue(self, workflow_id: str, priority: int, task_id: str | None = None) -> None:
+        """Enqueue and wake the workers in one transaction on DBOS's database: the NOTIFY
+        is delivered when the row is there to claim, and only then."""
+        task_id = task_id or workflow_id
+        with self.sys_engine.begin() as conn:
+            self.client.enqueue_in_transaction(conn, names.enqueue_options(workflow_id, priority), task_id)
+            pg_notify.notify(conn, pg_notify.QUEUE_WAKE, task_id)
 
-    def submit(self, task_id: str) -> None:
-        self._enqueue(task_id)
+    async def dispatch(self, task_id: str, *, priority: int) -> None:
+        """Enqueue a stored task at its priority (blocking I/O, so in a thread: the event
+        loop serves on meanwhile)."""
+        await asyncio.to_thread(self._enqueue, task_id, priority)
 
     async def approve(self, task_id: str) -> None:
         st = await self.store.load(task_id)
@@ -73,7 +91,7 @@ class QueueBackend:
         if st.status != TaskStatus.planned or st.approve:
             raise Conflict(f"task {task_id} is {st.status}; only a planned task waiting for approval can be approved")
         await self.store.set_approved(task_id)
-        await asyncio.to_thread(self._enqueue, names.approve_workflow_id(task_id), task_id)
+        await asyncio.to_thread(self._enqueue, names.approve_workflow_id(task_id), st.priority, task_id)
 
     async def cancel(self, task_id: str) -> None:
         status = await self.store.request_cancel(task_id)

@@ -30,8 +30,14 @@ def check_queue_settings(settings: Settings) -> None:
         raise ConfigError("COMPOUND_WORKER_CONCURRENCY must not exceed COMPOUND_QUEUE_CONCURRENCY")
 
 
-def enqueue_options(workflow_id: str) -> Any:
+def queue_priority(priority: int) -> int:
+    """A task's priority (0 most urgent .. 3) as DBOS's (1 .. 2**31-1, lowest dequeued
+    first; 0 is what an enqueue without one gets, so every compound enqueue sets one)."""
+    return priority + 1
+
+
+def enqueue_options(workflow_id: str, priority: int) -> Any:
     from dbos import EnqueueOptions
 
     return EnqueueOptions(workflow_name=WORKFLOW, queue_name=QUEUE, workflow_id=workflow_id,
-                          app_version=APP_VERSION, application_name=APP_NAME)
+                          app_version=APP_VERSION, application_name=APP_NAME, priority=queue_priority(priority))

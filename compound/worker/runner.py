@@ -1,7 +1,9 @@
 """`compound worker`: takes whole tasks from the DBOS queue and runs each with the same
-Executor as `compound serve` (its DAG runs here with asyncio). It hears cancels by
-NOTIFY, shares per-model caps with every other worker (store.pg_slots), and resumes
-the tasks of workers that died (DBOS recovery, once liveness says they are gone)."""
+Executor as `compound serve` (its DAG runs here with asyncio). It is woken by NOTIFY
+when a task is enqueued (wake.py; DBOS's poll is the fallback), hears cancels by
+NOTIFY, shares per-model caps with every other worker (store.pg_slots), resumes the
+tasks of workers that died (DBOS recovery, once liveness says they are gone), and
+drains on SIGTERM."""
 
 from __future__ import annotations
 
@@ -19,12 +21,12 @@ from compound.llm.base import LLMClient
 from compound.store import pg_notify
 from compound.store.base import RunStore
 from compound.store.pg_slots import PgModelSlots
-from compound.worker import names
+from compound.worker import names, wake
 from compound.worker.liveness import Liveness
 
 log = get_logger("compound.worker")
 
-_current: Executor | None = None  # the executor the registered workflow runs tasks with
+_worker: Worker | None = None  # the worker the registered workflow runs tasks with
 _registered = False
 
 
@@ -38,9 +40,9 @@ def register_workflow() -> None:
 
     @DBOS.workflow(name=names.WORKFLOW)
     async def compound_run_task(task_id: str) -> None:
-        if _current is None:  # pragma: no cover - launch() happens after the executor exists
-            raise RuntimeError("no executor in this worker")
-        await _current.run_here(task_id)
+        if _worker is None:  # pragma: no cover - launch() happens after the worker exists
+            raise RuntimeError("no worker in this process")
+        await _worker.run_workflow(task_id)
 
     _registered = True
 
@@ -59,26 +61,37 @@ class Worker:
         self.executor = Executor(settings=settings, store=store, client=client,
                                  observers=observers or (), model_slots=self.slots)
         self.liveness = Liveness(settings.database_url)
-        handlers: dict[str, Any] = {pg_notify.CANCEL: self._on_cancel}
+        # Woken at once when a task is enqueued (or, with a global cap, a task ends on
+        # another worker); DBOS's own poll is only the fallback (wake.py).
+        self.bell = wake.Doorbell()
+        handlers: dict[str, Any] = {pg_notify.CANCEL: self._on_cancel,
+                                    pg_notify.QUEUE_WAKE: lambda _: self.bell.ring()}
         if self.slots is not None:
             handlers[pg_notify.SLOT_FREE] = self.slots.released
         self.listener = pg_notify.Listener(settings.database_url, handlers)
+        # Enqueues NOTIFY on DBOS's database (in their own transaction): listen there too.
+        self.sys_listener = None if settings.system_database_url() == settings.database_url else \
+            pg_notify.Listener(settings.system_database_url(), {pg_notify.QUEUE_WAKE: lambda _: self.bell.ring()})
         self.executor_id = ""
         self._background: set[asyncio.Task[None]] = set()
+        self._workflows: set[asyncio.Task[Any]] = set()  # DBOS's tasks running our workflow here
 
     async def start(self) -> None:
-        global _current
+        global _worker
         from dbos import DBOS
 
         await self.listener.start()
+        if self.sys_listener is not None:
+            await self.sys_listener.start()
         for _ in range(5):  # a clash of lock keys is all but impossible; a new id settles it
             self.executor_id = f"worker-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             if await self.liveness.claim(self.executor_id):
                 break
         else:
             raise RuntimeError("could not claim a liveness lock")
-        _current = self.executor
+        _worker = self
         register_workflow()
+        wake.install(names.QUEUE, self.bell)  # before DBOS starts the queue's thread
         DBOS(config={
             "name": names.APP_NAME,
             "system_database_url": self.settings.system_database_url(),
@@ -97,15 +110,54 @@ class Worker:
         log.info("worker started", executor_id=self.executor_id,
                  worker_concurrency=self.settings.worker_concurrency)
 
+    async def run_workflow(self, task_id: str) -> None:
+        """The workflow's body. It runs inside DBOS's task for the workflow, which records
+        the outcome and gives up the workflow's place in this worker's count after we
+        return: that task's end is when this worker has room for another."""
+        dbos_task = asyncio.current_task()
+        if dbos_task is not None:
+            self._workflows.add(dbos_task)
+            dbos_task.add_done_callback(self._workflow_ended)
+        await self.executor.run_here(task_id)
+
+    def _workflow_ended(self, task: asyncio.Task[Any]) -> None:
+        self._workflows.discard(task)
+        if self.bell.closed:
+            return
+        self.bell.ring()
+        if self.settings.queue_concurrency is not None:
+            # A cap on all workers together: any of them may have room now.
+            self._spawn(asyncio.to_thread(pg_notify.publish, self.store.engine, pg_notify.QUEUE_WAKE, ""))
+
+    async def drain(self, grace_s: float, hurry: asyncio.Event | None = None) -> int:
+        """Take no more tasks and wait up to `grace_s` (or until `hurry` is set) for the
+        running ones to end; returns how many still run (stop() leaves them to be
+        resumed elsewhere)."""
+        self.bell.close()
+        log.warning("worker draining: taking no more tasks", running=len(self._workflows), grace_s=grace_s)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        hurried = asyncio.ensure_future((hurry or asyncio.Event()).wait())
+        try:
+            while self._workflows and not hurried.done() and (left := deadline - loop.time()) > 0:
+                await asyncio.wait([*self._workflows, hurried], timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hurried.cancel()
+        return len(self._workflows)
+
     async def stop(self) -> None:
         from dbos import DBOS
 
+        self.bell.close()  # DBOS's queue thread claims no more tasks for this worker
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.executor.stop()  # running tasks stay PENDING in DBOS, for another worker
         await asyncio.to_thread(DBOS.destroy, destroy_registry=False)
+        wake.uninstall(names.QUEUE)
         await self.listener.stop()
+        if self.sys_listener is not None:
+            await self.sys_listener.stop()
         if self.slots is not None:
             await self.slots.close()
         await self.liveness.close()
@@ -156,11 +208,15 @@ class Worker:
         if dead:
             handles = await asyncio.to_thread(DBOS._recover_pending_workflows, dead)
             log.warning("resuming the tasks of dead workers", workers=dead, tasks=len(handles))
+            if handles:  # back in the queue: whoever has room takes them now
+                self.bell.ring()
+                await asyncio.to_thread(pg_notify.publish, self.store.engine, pg_notify.QUEUE_WAKE, "")
         return dead
 
 
-async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
-    """The process: build, start, run until `stop` is set, stop."""
+async def run_worker(settings: Settings, stop: asyncio.Event, hurry: asyncio.Event | None = None) -> None:
+    """The process: build, start, run until `stop` is set, drain (cut short by
+    `hurry`), stop."""
     from compound.core.heap import settle_heap
     from compound.llm import build_client
     from compound.store import open_store, store_options
@@ -175,6 +231,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         settle_heap()  # start-up is over
         try:
             await stop.wait()
+            left = await worker.drain(settings.worker_drain_s, hurry)
+            if left:
+                log.warning("grace period over; the tasks left will be resumed by another worker", tasks=left)
         finally:
             with contextlib.suppress(Exception):
                 await worker.stop()
