@@ -211,7 +211,7 @@ def main() -> None:
         lines.append(f"| {interval:g} | {statistics.median(s):.1f} | {pct(s, .99):.1f} |")
 
     header = (f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, "
-              f"{os.cpu_count()} cores (shared with other jobs), Python {platform.python_version()}, with:\n\n"
+              f"{os.cpu_count()} cores, Python {platform.python_version()}, with:\n\n"
               f"    .venv/bin/python bench/scale_bench.py {' '.join(sys.argv[1:])}\n")
     report = header + "\n" + "\n".join(lines) + "\n"
     print(report)
