@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
             metrics = getattr(app.state, "metrics", None)
             if metrics is not None:
                 obs.append(metrics)
-            # The synthesis call streams, so the doors can send answers as they are written.
+            # The synthesis call streams while a door's client listens, so it gets the answer as written.
             executor = Executor(settings=settings, store=runs, client=llm, observers=obs, stream_answers=True)
         app.state.store = runs
         app.state.executor = executor
