@@ -14,7 +14,6 @@ from fastapi import FastAPI
 from compound.core.heap import settle_heap
 from compound.core.settings import Settings, load_settings
 from compound.llm.base import LLMClient
-from compound.llm.offloop import CallLoopClient
 from compound.store.base import RunStore
 
 DESCRIPTION = """compound turns one natural-language request into a DAG of tiered subtasks,
@@ -44,7 +43,6 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
             get_logger("compound.api").warning(
                 "model has no provider key and no base URL; its calls will fail", model=model, set=key)
         own_store = store is None
-        own_llm: CallLoopClient | None = None
         runs = store or open_store(settings.database_url, **store_options(settings))
         await runs.open()  # creates missing tables
         executor: Any
@@ -54,19 +52,22 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
 
             executor = QueueBackend(settings=settings, store=runs)
         else:
-            llm = client
-            if llm is None:
-                from compound.llm import build_client
-
-                # The SDKs' work runs on a loop of its own, so the HTTP loop stays quick.
-                llm = own_llm = CallLoopClient(build_client(settings))
-                await own_llm.warm()
             obs = list(observers or [])
             metrics = getattr(app.state, "metrics", None)
             if metrics is not None:
                 obs.append(metrics)
             # The synthesis call streams while a door's client listens, so it gets the answer as written.
-            executor = Executor(settings=settings, store=runs, client=llm, observers=obs, stream_answers=True)
+            if client is None:
+                from compound.executor.onthread import ThreadedExecutor
+                from compound.llm import build_client
+
+                # The executor and its SDK clients run on a thread and loop of their own,
+                # so the HTTP loop stays quick however busy they are.
+                executor = ThreadedExecutor(settings=settings, store=runs, client=build_client(settings),
+                                            observers=obs, stream_answers=True)
+            else:
+                executor = Executor(settings=settings, store=runs, client=client, observers=obs,
+                                    stream_answers=True)
         app.state.store = runs
         app.state.executor = executor
         from compound.api.auth import TokenCache
@@ -92,8 +93,6 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
                 await flusher
             await tokens.flush()
             await executor.stop()
-            if own_llm is not None:
-                await own_llm.aclose()
             if own_store:
                 await runs.close()
 

@@ -118,11 +118,10 @@ class SnapshotCache:
 
     async def _load(self, task_id: str) -> Snapshot:
         self.loads += 1
-        head = await self.store.head(task_id)  # the sequence first: never newer than the body
-        body = await self.store.snapshot(task_id)
+        head, body = await self.store.versioned_snapshot(task_id)  # one read: the sequence names the body
         return Snapshot(task_id, head.user_id, head.event_seq, str(body["status"]), encode(body))
 
-    async def get(self, task_id: str, *, tries: int = 3) -> Snapshot:
+    async def get(self, task_id: str) -> Snapshot:
         """The task's current snapshot; the store's NotFound when there is none."""
         if not self.keep:
             return await self._load(task_id)
@@ -132,20 +131,15 @@ class SnapshotCache:
                 self._entries.move_to_end(task_id)
                 return entry.snapshot
             self._drop(task_id)
-        for attempt in range(tries):
-            marker = _Changed(self.store, task_id)
-            self.store.hub.add(task_id, marker)  # before reading: an event in between is seen
-            try:
-                snap = await self._load(task_id)
-            except BaseException:
-                self.store.hub.discard(task_id, marker)
-                raise
-            # No event while reading: the sequence names exactly this body. Otherwise read
-            # again; a task that keeps moving keeps the (older, so safe) sequence and a
-            # marked entry, read afresh next time.
-            if not marker.changed or attempt == tries - 1:
-                break
+        marker = _Changed(self.store, task_id)
+        self.store.hub.add(task_id, marker)  # before reading: an event in between is seen
+        try:
+            # The body and its sequence come from one read, so it is exact; an event
+            # during the read marks the entry, and the next get reads afresh.
+            snap = await self._load(task_id)
+        except BaseException:
             self.store.hub.discard(task_id, marker)
+            raise
         self._drop(task_id)  # a concurrent read may have stored one meanwhile
         self._entries[task_id] = _Entry(snap, marker)
         while len(self._entries) > self.max_entries:

@@ -8,6 +8,8 @@ business (compound.api.doors.engine.AnswerText)."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,27 +31,32 @@ Listener = Callable[[AnswerPiece], object]
 class AnswerStreams:
     """Per task: its listeners, and the text of the synthesis attempt streaming now (so
     a listener that comes in mid-answer first gets the attempt's text so far as one
-    piece). Listeners are called in the event loop's thread, synchronously: they must
-    be cheap (put on a queue) and must not raise."""
+    piece). A listener is called on the event loop it listened from, synchronously, in
+    order (through that loop's call_soon_threadsafe when the executor runs on a thread
+    of its own): it must be cheap (put on a queue) and must not raise."""
 
     def __init__(self) -> None:
-        self._listeners: dict[str, list[Listener]] = {}
+        self._listeners: dict[str, list[tuple[Listener, asyncio.AbstractEventLoop | None]]] = {}
         self._current: dict[str, tuple[int, list[str]]] = {}
+        self._lock = threading.Lock()  # a listener's catch-up and the next piece never cross
 
     @contextmanager
     def listen(self, task_id: str, listener: Listener) -> Iterator[None]:
-        current = self._current.get(task_id)
-        if current is not None and current[1]:
-            listener(AnswerPiece(current[0], "".join(current[1])))
-        self._listeners.setdefault(task_id, []).append(listener)
+        entry = (listener, asyncio.events._get_running_loop())
+        with self._lock:
+            current = self._current.get(task_id)
+            if current is not None and current[1]:
+                listener(AnswerPiece(current[0], "".join(current[1])))
+            self._listeners.setdefault(task_id, []).append(entry)
         try:
             yield
         finally:
-            listeners = self._listeners.get(task_id, [])
-            if listener in listeners:
-                listeners.remove(listener)
-            if not listeners:
-                self._listeners.pop(task_id, None)
+            with self._lock:
+                listeners = self._listeners.get(task_id, [])
+                if entry in listeners:
+                    listeners.remove(entry)
+                if not listeners:
+                    self._listeners.pop(task_id, None)
 
     def listening(self, task_id: str) -> int:
         """How many listeners the task has now."""
@@ -57,21 +64,29 @@ class AnswerStreams:
 
     def begin(self, task_id: str, attempt: int) -> None:
         """A synthesis attempt starts streaming (its text starts over)."""
-        self._current[task_id] = (attempt, [])
+        with self._lock:
+            self._current[task_id] = (attempt, [])
 
     def delta(self, task_id: str, attempt: int, text: str) -> None:
-        current = self._current.get(task_id)
-        if current is not None and current[0] == attempt:
-            current[1].append(text)
         piece = AnswerPiece(attempt, text)
-        for listener in list(self._listeners.get(task_id, ())):
-            try:
-                listener(piece)
-            except Exception:  # a listener must never break the call
-                log.exception("answer listener failed", task_id=task_id)
+        here = asyncio.events._get_running_loop()
+        with self._lock:
+            current = self._current.get(task_id)
+            if current is not None and current[0] == attempt:
+                current[1].append(text)
+            listeners = list(self._listeners.get(task_id, ()))
+            for listener, loop in listeners:
+                try:
+                    if loop is None or loop is here:
+                        listener(piece)
+                    else:
+                        loop.call_soon_threadsafe(listener, piece)
+                except Exception:  # a listener (or its closed loop) must never break the call
+                    log.exception("answer listener failed", task_id=task_id)
 
     def end(self, task_id: str, attempt: int) -> None:
         """The attempt ended (answered or failed): nothing of it is kept."""
-        current = self._current.get(task_id)
-        if current is not None and current[0] == attempt:
-            del self._current[task_id]
+        with self._lock:
+            current = self._current.get(task_id)
+            if current is not None and current[0] == attempt:
+                del self._current[task_id]

@@ -42,6 +42,7 @@ class Executor:
         sleep: Sleep = asyncio.sleep,
         model_slots: ModelSlots | None = None,
         stream_answers: bool = False,
+        answers: AnswerStreams | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -54,7 +55,7 @@ class Executor:
             self.price_of = price_of
         self.calls = ModelCalls(settings=settings, store=store, client=client, price_of=self.price_of,
                                 observers=observers, sleep=sleep, model_slots=model_slots)
-        self._answers = AnswerStreams()
+        self._answers = answers if answers is not None else AnswerStreams()
         if stream_answers:
             self.calls.answers = self._answers
         self.workflow = Workflow(settings=settings, store=store, calls=self.calls, versions=versions())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -245,11 +246,17 @@ class Subscription:
 
 
 class EventHub:
-    """In-process fan-out of committed events to the subscriptions of each task."""
+    """In-process fan-out of committed events to the subscriptions of each task.
+
+    Subscriptions and listeners live on the hub's home loop (the one the store was
+    opened on: the server's HTTP loop). A write committed on another loop of the
+    process (the executor's thread, executor/onthread.py) publishes through the home
+    loop's call_soon_threadsafe, in commit order."""
 
     def __init__(self) -> None:
         self._subs: dict[str, set[Subscription]] = {}
         self._listeners: list[Callable[[Sequence[Event]], None]] = []
+        self.home: asyncio.AbstractEventLoop | None = None
 
     def listen(self, callback: Callable[[Sequence[Event]], None]) -> Callable[[], None]:
         """Call `callback` with every batch of committed events of every task (e.g. a
@@ -279,6 +286,14 @@ class EventHub:
     def publish(self, events: Sequence[Event]) -> None:
         if not events:
             return
+        home = self.home
+        if home is not None and asyncio.events._get_running_loop() is not home:
+            with contextlib.suppress(RuntimeError):  # the home loop has closed: nobody listens
+                home.call_soon_threadsafe(self._publish, list(events))
+            return
+        self._publish(events)
+
+    def _publish(self, events: Sequence[Event]) -> None:
         for ev in events:
             for s in self._subs.get(ev.task_id, ()):
                 s.queue.put_nowait(ev)
@@ -316,6 +331,13 @@ class RunStore(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Finish pending writes and disconnect."""
+
+    async def sibling(self) -> RunStore:
+        """This store for another event loop of this process (the executor's thread,
+        executor/onthread.py), to be called, used and closed on that loop: the same
+        database, publishing to this store's hub. By default the store itself, when its
+        methods may be awaited from any loop (SQLite's one writer serves them all)."""
+        return self
 
     async def __aenter__(self) -> RunStore:
         await self.open()
@@ -443,6 +465,11 @@ class RunStore(abc.ABC):
     @abc.abstractmethod
     async def snapshot(self, task_id: str, *, user_id: str | None = None) -> dict[str, Any]:
         """The progress snapshot of design.md section 5 (GET /v1/tasks/{id})."""
+
+    @abc.abstractmethod
+    async def versioned_snapshot(self, task_id: str) -> tuple[TaskHead, dict[str, Any]]:
+        """snapshot() and the head it is as of, in one read: the head's event sequence
+        names exactly this body (the snapshot cache's ETag)."""
 
     @abc.abstractmethod
     async def list_tasks(self, *, user_id: str | None, limit: int = 20, status: str | None = None,

@@ -354,6 +354,13 @@ def head(d: Dialect, task_id: str, user_id: str | None) -> Op:
 
 def snapshot(d: Dialect, task_id: str, user_id: str | None) -> Op:
     """The task, its subtasks and its planner's spend: three statements in one read."""
+    _, body = yield from versioned_snapshot(d, task_id, user_id)
+    return body
+
+
+def versioned_snapshot(d: Dialect, task_id: str, user_id: str | None) -> Op:
+    """(the task's head, its snapshot) from the same statements: the head's event
+    sequence names exactly this body."""
     t = yield ("one", "SNAP_TASK", {"t": task_id})
     if t is None or (user_id is not None and t[1] != user_id):
         raise _not_found(task_id)
@@ -363,7 +370,8 @@ def snapshot(d: Dialect, task_id: str, user_id: str | None) -> Op:
     if t[15] or p[3]:
         planner = {"model": t[15], "cost_usd": float(p[0]), "input_tokens": int(p[1]),
                    "output_tokens": int(p[2])}
-    return {
+    head = TaskHead(id=t[0], user_id=t[1], status=t[3], event_seq=int(t[16]))
+    return head, {
         "id": t[0], "prompt": t[2], "status": t[3], "reasoning": t[4], "result": t[5], "error": t[6],
         "budget_usd": t[7], "total_cost_usd": t[8], "priority": t[9], "prompt_versions": d.loads(t[10]),
         "created_at": iso(d.dt(t[11])), "planned_at": iso(d.dt(t[12])), "started_at": iso(d.dt(t[13])),

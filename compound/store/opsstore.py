@@ -128,6 +128,11 @@ class OpsRunStore(RunStore):
         out: dict[str, Any] = await self._read(lambda: ops.snapshot(self.dialect, task_id, user_id))
         return out
 
+    async def versioned_snapshot(self, task_id: str) -> tuple[TaskHead, dict[str, Any]]:
+        out: tuple[TaskHead, dict[str, Any]] = await self._read(
+            lambda: ops.versioned_snapshot(self.dialect, task_id, None))
+        return out
+
     async def task_tokens(self, task_id: str) -> tuple[int, int]:
         row = (await self._core(self.queries.task_tokens(task_id)))[0]
         return int(row[0]), int(row[1])

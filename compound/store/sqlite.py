@@ -191,7 +191,8 @@ class _Writer:
 
     def submit(self, factory: Factory) -> asyncio.Future[Any]:
         assert self.loop is not None, "the store is not open"
-        fut: asyncio.Future[Any] = self.loop.create_future()
+        # The caller's loop: the HTTP loop's routes, or the executor's on its thread.
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.queue.put((factory, fut))
         return fut
 
@@ -273,8 +274,20 @@ class _Writer:
                     results.append((fut, False, exc))
         finally:
             cur.close()
-        assert self.loop is not None
-        self.loop.call_soon_threadsafe(self.store.delivered, events, results)
+        self._hand_back(events, results)
+
+    def _hand_back(self, events: list[Event], results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+        """The events to the store's own loop (the hub's home, where subscribers are),
+        each result to the loop its writer awaits it on, in commit order per loop."""
+        home = self.loop
+        assert home is not None
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {home: []}
+        for r in results:
+            by_loop.setdefault(r[0].get_loop(), []).append(r)
+        for loop, mine in by_loop.items():
+            if loop is home or mine:
+                with contextlib.suppress(RuntimeError):  # that loop has closed: nobody awaits
+                    loop.call_soon_threadsafe(self.store.delivered, events if loop is home else [], mine)
 
 
 class SqliteRunStore(OpsRunStore):
@@ -314,7 +327,8 @@ class SqliteRunStore(OpsRunStore):
         except OperationalError as exc:
             raise StoreUnavailable(f"cannot open {self.path}: {exc.orig}") from None
         writer = _Writer(self, self.path, self.synchronous)
-        writer.start(asyncio.get_running_loop())
+        self.hub.home = asyncio.get_running_loop()
+        writer.start(self.hub.home)
         await asyncio.to_thread(writer.ready.wait)
         if writer.error is not None:
             writer.stop()
