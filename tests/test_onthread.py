@@ -164,3 +164,6 @@ async def test_a_stop_leaves_running_tasks_for_the_next_start(store: RunStore, s
         assert await second.wait(task.id, timeout=60) == "completed"
     finally:
         await second.stop()
+    # the executor's loop let the store's writes go back to the writer thread
+    later = await store.create_task(prompt=PROMPT, budget_usd=1.0)
+    assert (await store.head(later.id)).status == "queued"

@@ -121,8 +121,8 @@ class ThreadedExecutor:
             if aclose is not None:
                 await aclose()
         finally:
-            if self._store_here is not None and self._store_here is not self.store:
-                await self._store_here.close()
+            if self._store_here is not None:
+                await self.store.close_sibling(self._store_here)
 
     async def dispatch(self, task_id: str, *, priority: int) -> None:  # noqa: ARG002 (the queue backend uses it)
         """Start a task the API has just stored; returns at once."""

@@ -339,6 +339,11 @@ class RunStore(abc.ABC):
         methods may be awaited from any loop (SQLite's one writer serves them all)."""
         return self
 
+    async def close_sibling(self, sibling: RunStore) -> None:
+        """On the sibling's loop, as that loop stops: let it go."""
+        if sibling is not self:
+            await sibling.close()
+
     async def __aenter__(self) -> RunStore:
         await self.open()
         return self

@@ -21,13 +21,16 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from compound.core.logging import get_logger
 from compound.store import ops
 from compound.store.base import (
     Event,
+    RunStore,
 )
 from compound.store.opsstore import OpsRunStore
 from compound.store.sqlrun import ReadQueries
 
+log = get_logger("compound.store")
 TERMINAL = "('completed','partial','failed','canceled')"
 SQL: dict[str, str] = {
     "NEXT_SEQ": "UPDATE task SET event_seq=event_seq+:n, updated_at=:now WHERE id=:t "
@@ -240,54 +243,109 @@ class _Writer:
                 stop = any(b is _STOP for b in batch)
                 work = [b for b in batch if b is not _STOP]
                 if work:
-                    self._commit(conn, work)
+                    assert self.loop is not None
+                    commit(self.store, conn, work, home=self.loop)
                 if stop:
                     return
         finally:
             conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, work: list[tuple[Factory, asyncio.Future[Any]]]) -> None:
-        events: list[Event] = []
-        results: list[tuple[asyncio.Future[Any], bool, Any]] = []
-        cur = conn.cursor()
-        try:
-            cur.execute("BEGIN IMMEDIATE")
-            for factory, fut in work:
-                results.append((fut, True, run(cur, factory(), events)))
-            cur.execute("COMMIT")
-            self.store.stats.commits += 1
-        except Exception:
-            cur.execute("ROLLBACK") if conn.in_transaction else None
-            events, results = [], []
-            for factory, fut in work:  # alone, each in its own transaction
-                mine: list[Event] = []
-                try:
-                    cur.execute("BEGIN IMMEDIATE")
-                    value = run(cur, factory(), mine)
-                    cur.execute("COMMIT")
-                    self.store.stats.commits += 1
-                    events.extend(mine)
-                    results.append((fut, True, value))
-                except Exception as exc:
-                    if conn.in_transaction:
-                        cur.execute("ROLLBACK")
-                    results.append((fut, False, exc))
-        finally:
-            cur.close()
-        self._hand_back(events, results)
+Work = list[tuple[Factory, "asyncio.Future[Any]"]]
 
-    def _hand_back(self, events: list[Event], results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-        """The events to the store's own loop (the hub's home, where subscribers are),
-        each result to the loop its writer awaits it on, in commit order per loop."""
-        home = self.loop
-        assert home is not None
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {home: []}
-        for r in results:
-            by_loop.setdefault(r[0].get_loop(), []).append(r)
-        for loop, mine in by_loop.items():
-            if loop is home or mine:
-                with contextlib.suppress(RuntimeError):  # that loop has closed: nobody awaits
-                    loop.call_soon_threadsafe(self.store.delivered, events if loop is home else [], mine)
+
+def commit(store: SqliteRunStore, conn: sqlite3.Connection, work: Work, *,
+           home: asyncio.AbstractEventLoop) -> None:
+    """Run a burst of writes in one transaction (a failing write is retried alone so it
+    fails alone), then hand the results and events back."""
+    events: list[Event] = []
+    results: list[tuple[asyncio.Future[Any], bool, Any]] = []
+    cur = conn.cursor()
+    try:
+        cur.execute("BEGIN IMMEDIATE")
+        for factory, fut in work:
+            results.append((fut, True, run(cur, factory(), events)))
+        cur.execute("COMMIT")
+        store.stats.commits += 1
+    except Exception:
+        cur.execute("ROLLBACK") if conn.in_transaction else None
+        events, results = [], []
+        for factory, fut in work:  # alone, each in its own transaction
+            mine: list[Event] = []
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+                value = run(cur, factory(), mine)
+                cur.execute("COMMIT")
+                store.stats.commits += 1
+                events.extend(mine)
+                results.append((fut, True, value))
+            except Exception as exc:
+                if conn.in_transaction:
+                    cur.execute("ROLLBACK")
+                results.append((fut, False, exc))
+    finally:
+        cur.close()
+    hand_back(store, events, results, home=home)
+
+
+def hand_back(store: SqliteRunStore, events: list[Event], results: list[tuple[asyncio.Future[Any], bool, Any]], *,
+              home: asyncio.AbstractEventLoop) -> None:
+    """The events to the store's own loop (the hub's home, where subscribers are), each
+    result to the loop its writer awaits it on, in commit order per loop: at once when
+    that is the loop running here (the writer on the executor's loop), else through the
+    loop's call_soon_threadsafe."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {home: []}
+    for r in results:
+        by_loop.setdefault(r[0].get_loop(), []).append(r)
+    here = asyncio.events._get_running_loop()
+    for loop, mine in by_loop.items():
+        if loop is home or mine:
+            if loop is here:
+                store.delivered(events if loop is home else [], mine)
+                continue
+            with contextlib.suppress(RuntimeError):  # that loop has closed: nobody awaits
+                loop.call_soon_threadsafe(store.delivered, events if loop is home else [], mine)
+
+
+class _LoopWriter:
+    """The one writer on an event loop's own thread (the executor's, executor/onthread.py):
+    the writes asked for in one turn of that loop commit together at its end, with no
+    hand-over to another thread and back. Writes asked from other loops come in through
+    call_soon_threadsafe. Once retired, every write goes to the writer thread again."""
+
+    def __init__(self, store: SqliteRunStore, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop,
+                 fallback: _Writer) -> None:
+        self.store, self.conn, self.loop, self.fallback = store, conn, loop, fallback
+        self.pending: Work = []
+        self.retired = False
+
+    def submit(self, factory: Factory) -> asyncio.Future[Any]:
+        here = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = here.create_future()
+        if here is self.loop:
+            self._add(factory, fut)
+        else:
+            self.loop.call_soon_threadsafe(self._add, factory, fut)
+        return fut
+
+    def _add(self, factory: Factory, fut: asyncio.Future[Any]) -> None:
+        if self.retired:
+            self.fallback.queue.put((factory, fut))
+            return
+        self.pending.append((factory, fut))
+        if len(self.pending) == 1:
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        while self.pending:
+            work, self.pending = self.pending[:_Writer.MAX_BATCH], self.pending[_Writer.MAX_BATCH:]
+            assert self.store.hub.home is not None
+            commit(self.store, self.conn, work, home=self.store.hub.home)
+
+    def retire(self) -> None:
+        """On its loop: commit what is pending, then leave every write to the thread."""
+        self.flush()
+        self.retired = True
+        self.conn.close()
 
 
 class SqliteRunStore(OpsRunStore):
@@ -300,7 +358,8 @@ class SqliteRunStore(OpsRunStore):
         self.path = url.split("///", 1)[1] if "///" in url else ":memory:"
         self.synchronous = synchronous
         self._engine: Engine | None = None
-        self._writer: _Writer | None = None
+        self._writer: _Writer | _LoopWriter | None = None
+        self._thread_writer: _Writer | None = None
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="compound-sqlite-reader")
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
@@ -333,12 +392,14 @@ class SqliteRunStore(OpsRunStore):
         if writer.error is not None:
             writer.stop()
             raise StoreUnavailable(f"cannot open {self.path} for writing: {writer.error}")
-        self._writer = writer
+        self._writer = self._thread_writer = writer
 
     async def close(self) -> None:
-        if self._writer is not None:
-            await asyncio.to_thread(self._writer.stop)
-            self._writer = None
+        if isinstance(self._writer, _LoopWriter) and not self._writer.retired:
+            log.warning("the store closed before its executor's loop let its writer go")
+        if self._thread_writer is not None:
+            await asyncio.to_thread(self._thread_writer.stop)
+            self._writer = self._thread_writer = None
         self._readers.shutdown(wait=True)
         with self._conns_lock:
             for c in self._conns:
@@ -346,6 +407,26 @@ class SqliteRunStore(OpsRunStore):
             self._conns.clear()
         if self._engine is not None:
             self._engine.dispose()
+
+    async def sibling(self) -> RunStore:
+        """The store itself, its writes now committed on the calling loop (the
+        executor's): that loop makes nearly all of them, and a commit there hands the
+        results straight back, with no writer thread to wake and wait for (each hand-over
+        costs a turn of the GIL, milliseconds on a busy server). The writer thread stays,
+        idle, for close_sibling."""
+        loop = asyncio.get_running_loop()
+        if loop is self.hub.home or self._thread_writer is None:
+            return self
+        conn = connect(self.path, synchronous=self.synchronous)
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
+        self._writer = _LoopWriter(self, conn, loop, fallback=self._thread_writer)
+        return self
+
+    async def close_sibling(self, sibling: RunStore) -> None:  # noqa: ARG002 (the sibling is this store)
+        writer = self._writer
+        if isinstance(writer, _LoopWriter) and writer.loop is asyncio.get_running_loop():
+            self._writer = self._thread_writer
+            writer.retire()
 
     def delivered(self, events: list[Event], results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
         """On the loop, after a commit: tell subscribers, then the writers."""
