@@ -221,3 +221,36 @@ async def test_a_cache_that_cannot_hear_every_writer_keeps_nothing(store: RunSto
         conn.exec_driver_sql("UPDATE task SET status='planning', event_seq=2 WHERE id=?", (task.id,))
     again = await cache.get(task.id)
     assert (again.seq, again.status, cache.loads, len(cache)) == (2, "planning", 2, 0)
+
+
+async def test_polls_are_answered_ahead_of_the_framework_and_errors_by_the_route(api: Api) -> None:
+    from compound.api.routes_tasks import FastTaskReads
+
+    r = await api.http.post("/v1/tasks", json={"prompt": "p", "plan": PLAN}, headers=api.auth(api.alice))
+    task_id = r.json()["id"]
+    await api.wait(task_id, api.alice)
+    layer = api.app.middleware_stack
+    while not isinstance(layer, FastTaskReads):
+        layer = layer.app  # type: ignore[union-attr]
+    behind = layer.app
+    reached: list[str] = []
+
+    async def recording(scope, receive, send):  # type: ignore[no-untyped-def]
+        reached.append(scope["path"])
+        await behind(scope, receive, send)
+
+    layer.app = recording
+    try:
+        ok = await api.http.get(f"/v1/tasks/{task_id}", headers=api.auth(api.alice))
+        assert ok.status_code == 200 and ok.json()["id"] == task_id and reached == []
+        hit = await api.http.get(f"/v1/tasks/{task_id}", headers={**api.auth(api.alice), "If-None-Match": ok.headers["etag"]})
+        assert hit.status_code == 304 and reached == []
+        # every error is the route's, in the API's shape
+        for headers, status in (({}, 401), (api.auth(api.bob), 404), (api.auth("nope"), 401)):
+            err = await api.http.get(f"/v1/tasks/{task_id}", headers=headers)
+            assert err.status_code == status and "error" in err.json()
+        bad = await api.http.get(f"/v1/tasks/{task_id}?wait=99", headers=api.auth(api.alice))
+        assert bad.status_code == 422 and "error" in bad.json()
+        assert reached == [f"/v1/tasks/{task_id}"] * 4
+    finally:
+        layer.app = behind

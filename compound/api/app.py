@@ -109,6 +109,7 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
     errors.install(app)
     app.add_middleware(errors.BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(errors.Options, routes=app.router.routes)
+    app.add_middleware(routes_tasks.FastTaskReads)  # outermost of ours: polls skip the rest
     app.include_router(routes_tasks.router)
     app.include_router(routes_symbiont.router)
     from compound.api.live import install as install_live
