@@ -4,6 +4,7 @@ query values, OPTIONS, open reads by task id only, offline /docs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -137,6 +138,13 @@ async def test_one_log_line_per_task_state_change(api: Api, sim) -> None:  # typ
         sim.fail(*[Failure(status=401)] * 20)
         bad = await api.http.post("/v1/tasks", json={"prompt": "q", "plan": PLAN}, headers=api.auth(api.alice))
         await api.wait(bad.json()["id"], api.alice)
+        # The store logs a change once its write returns on the executor's thread, which
+        # may be just after the change reached this loop: wait for both ends' lines.
+        ends = {ok.json()["id"]: "completed", bad.json()["id"]: "failed"}
+        async with asyncio.timeout(10):
+            while not all(any(e.get("task_id") == t and e.get("status") in (end, "partial") for e in logs)
+                          for t, end in ends.items()):
+                await asyncio.sleep(0.01)
     lines = [e for e in logs if e["event"] == "task status"]
     mine = [e["status"] for e in lines if e["task_id"] == ok.json()["id"]]
     assert mine == ["planning", "planned", "executing", "completed"], mine
