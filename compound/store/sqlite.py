@@ -1,9 +1,12 @@
-"""The RunStore on SQLite: one writer thread that group-commits, readers off the loop.
+"""The RunStore on SQLite: one writer that group-commits, readers off the loop.
 
 Writes go to a queue; the writer thread takes every write waiting, runs them in one
-transaction (group commit: one commit for a burst of transitions), then hands results
-and events back to the event loop. Reads run on a small thread pool, each thread with
-its own connection (WAL: readers never wait for the writer).
+transaction (group commit: one commit for a burst of transitions), then hands each
+result back to the loop that awaits it and the events to the store's own loop. While
+`compound serve`'s executor runs on a loop of its own (executor/onthread.py), that
+loop is the writer instead (`sibling()`): the writes of one turn commit at the turn's
+end, with no hand-over to a thread and back. Reads run on a small thread pool, each
+thread with its own connection (WAL: readers never wait for the writer).
 """
 
 from __future__ import annotations
