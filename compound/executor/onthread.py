@@ -29,10 +29,9 @@ from compound.core.money import Price
 from compound.core.settings import Settings
 from compound.executor.answers import AnswerStreams
 from compound.executor.hooks import CallObserver
-from compound.executor.service import PLANNED_OR_LATER, Executor
+from compound.executor.service import Executor, TaskWaits
 from compound.llm.base import LLMClient
 from compound.store.base import RunStore
-from compound.store.models import TERMINAL_TASK
 
 T = TypeVar("T")
 
@@ -41,7 +40,7 @@ T = TypeVar("T")
 SWITCH_INTERVAL_S = 0.001
 
 
-class ThreadedExecutor:
+class ThreadedExecutor(TaskWaits):
     """An Executor (executor/service.py) running on its own thread: the same methods
     for the routes, awaited from the server's loop."""
 
@@ -56,7 +55,7 @@ class ThreadedExecutor:
         name: str = "compound-executor",
     ) -> None:
         self.settings = settings
-        self.store = store  # the caller's: waits subscribe here
+        self.store = store  # the caller's loop's: waits subscribe here
         self.client = client
         self.answers = AnswerStreams()
         self._observers = list(observers)
@@ -136,14 +135,6 @@ class ThreadedExecutor:
 
     def is_running(self, task_id: str) -> bool:
         return self.executor.is_running(task_id)
-
-    async def wait(self, task_id: str, timeout: float | None = None) -> str:
-        """Until the task is terminal; returns its status."""
-        return await self.store.wait_for_status(task_id, TERMINAL_TASK, timeout)
-
-    async def wait_planned(self, task_id: str, timeout: float | None = None) -> str:
-        """Until the task has a plan (or ended without one); returns its status."""
-        return await self.store.wait_for_status(task_id, PLANNED_OR_LATER, timeout)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

@@ -27,7 +27,22 @@ log = get_logger("compound.executor")
 PLANNED_OR_LATER = frozenset({TaskStatus.planned, TaskStatus.executing}) | TERMINAL_TASK
 
 
-class Executor:
+class TaskWaits:
+    """Waiting for a task, as every executor front (this one, the threaded one, the queue
+    backend) offers it: a subscription on `store`'s events, no polling."""
+
+    store: RunStore
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> str:
+        """Until the task is terminal; returns its status."""
+        return await self.store.wait_for_status(task_id, TERMINAL_TASK, timeout)
+
+    async def wait_planned(self, task_id: str, timeout: float | None = None) -> str:
+        """Until the task has a plan (or ended without one); returns its status."""
+        return await self.store.wait_for_status(task_id, PLANNED_OR_LATER, timeout)
+
+
+class Executor(TaskWaits):
     """Runs tasks in this process, bounded by COMPOUND_MAX_CONCURRENCY calls in flight
     across all tasks (served by priority), plus per-model limits from the config."""
 
@@ -142,14 +157,6 @@ class Executor:
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
 
-    async def wait(self, task_id: str, timeout: float | None = None) -> str:
-        """Until the task is terminal; returns its status."""
-        return await self.store.wait_for_status(task_id, TERMINAL_TASK, timeout)
-
-    async def wait_planned(self, task_id: str, timeout: float | None = None) -> str:
-        """Until the task has a plan (or ended without one); returns its status."""
-        return await self.store.wait_for_status(task_id, PLANNED_OR_LATER, timeout)
-
 
     async def cancel(self, task_id: str) -> None:
         status = await self.store.request_cancel(task_id)
@@ -199,4 +206,4 @@ class Executor:
         await self.workflow.run(st)
 
 
-__all__ = ["Executor"]
+__all__ = ["Executor", "TaskWaits"]

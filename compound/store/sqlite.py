@@ -301,7 +301,7 @@ def hand_back(store: SqliteRunStore, events: list[Event], results: list[tuple[as
         by_loop.setdefault(r[0].get_loop(), []).append(r)
     here = asyncio.events._get_running_loop()
     for loop, mine in by_loop.items():
-        if loop is home or mine:
+        if mine or (loop is home and events):  # a loop with nothing to hear is not woken
             if loop is here:
                 store.delivered(events if loop is home else [], mine)
                 continue

@@ -14,6 +14,7 @@ from compound.core.errors import Conflict, NotFound
 from compound.core.logging import get_logger
 from compound.core.money import Price
 from compound.core.settings import Settings
+from compound.executor.service import TaskWaits
 from compound.store import pg_notify
 from compound.store.base import RunStore
 from compound.store.models import TERMINAL_TASK, TaskStatus
@@ -24,10 +25,9 @@ log = get_logger("compound.worker.backend")
 # How long a cancel waits for the worker running the task to stop it, so the answer
 # usually shows `canceled`; past it the answer shows the task as it is (the flag stays).
 CANCEL_WAIT_S = 10.0
-PLANNED_OR_LATER = frozenset({TaskStatus.planned, TaskStatus.executing}) | TERMINAL_TASK
 
 
-class QueueBackend:
+class QueueBackend(TaskWaits):
     def __init__(self, *, settings: Settings, store: RunStore,
                  price_of: Callable[[str], Price] | None = None) -> None:
         names.check_queue_settings(settings)
@@ -114,8 +114,4 @@ class QueueBackend:
         except TimeoutError:
             log.warning("cancel requested; the task has not stopped yet", task_id=task_id)
 
-    async def wait(self, task_id: str, timeout: float | None = None) -> str:
-        return await self.store.wait_for_status(task_id, TERMINAL_TASK, timeout)
 
-    async def wait_planned(self, task_id: str, timeout: float | None = None) -> str:
-        return await self.store.wait_for_status(task_id, PLANNED_OR_LATER, timeout)
