@@ -11,6 +11,9 @@ Targets: 300 tasks x 10 subtasks at 50 ms latency: all complete, no HTTP error,
 /healthz is probed every 50 ms from another process (its own connection), so the
 bench's own client load does not delay the probe; an idle bare FastAPI app's /healthz
 is probed the same way at the same time, to show what the machine alone adds.
+Each size runs with the executor in its own process (`compound serve`'s default) and
+then on a thread of the server's process (COMPOUND_EXECUTOR_PROCESS=false), side by
+side (--executor picks one). CPU and peak RSS count the server's process and its child.
 LOAD_BENCH_DUMP=<file> writes every probe's latency there (JSON), to see when the slow ones came.
 """
 
@@ -105,6 +108,7 @@ class LoadResult:
     server_cpu_s: float = 0.0  # the server's CPU over the run (start-up excluded)
     sim_cpu_s: float = 0.0  # the simulator's CPU while compound ran
     floors: dict[str, Floor] = field(default_factory=dict)  # by the SDK's HTTP stack
+    executor: str = "process"  # where the server ran its executor: its own process, or a thread
 
     def cpu_ms_per_call(self, cpu_s: float) -> float:
         return cpu_s * 1000 / self.calls if self.calls else float("nan")
@@ -217,12 +221,13 @@ async def sdk_floor(sim_url: str, *, calls: int, concurrency: int, http: str) ->
 
 
 def run(*, tasks: int, subtasks: int, latency_ms: int, concurrency: int, poll_s: float,
-        timeout_s: float) -> LoadResult:
+        timeout_s: float, executor: str = "process") -> LoadResult:
     with tempfile.TemporaryDirectory(prefix="load_bench_") as tmp_name:
         tmp = Path(tmp_name)
         with simulator(tmp, latency_ms=latency_ms, script={"max_subtasks": subtasks}) as sim:
             env = base_env(tmp, sim.url, COMPOUND_MAX_CONCURRENCY=str(concurrency),
-                           COMPOUND_MAX_SUBTASKS=str(max(20, subtasks)))
+                           COMPOUND_MAX_SUBTASKS=str(max(20, subtasks)),
+                           COMPOUND_EXECUTOR_PROCESS=str(executor == "process").lower())
             token = create_token(env)
             bare_port = free_port()
             with compound_server(tmp, env) as server, running(
@@ -250,13 +255,14 @@ def run(*, tasks: int, subtasks: int, latency_ms: int, concurrency: int, poll_s:
                 calls = model_calls(server.url)
                 rss = server.peak_rss_mb()
             result = LoadResult(tasks, subtasks, wall, calls, statuses, errors, polls, health, rss,
-                                idle_health_ms=idle_health, server_cpu_s=server_cpu, sim_cpu_s=sim_cpu)
+                                idle_health_ms=idle_health, server_cpu_s=server_cpu, sim_cpu_s=sim_cpu,
+                                executor=executor)
             if os.environ.get("LOAD_BENCH_DUMP"):
                 Path(os.environ["LOAD_BENCH_DUMP"]).write_text(json.dumps({"health": health, "idle": idle_health}))
             if errors:
                 log = (tmp / "serve.log").read_text(errors="replace")[-3000:]
                 print(f"server log tail:\n{log}", file=sys.stderr)
-            print(f"{tasks} tasks: {wall:.1f} s, {calls} calls, {statuses}, {len(errors)} errors, "
+            print(f"{tasks} tasks ({executor}): {wall:.1f} s, {calls} calls, {statuses}, {len(errors)} errors, "
                   f"healthz p99 {result.health(0.99):.1f} ms, peak RSS {rss:.0f} MB", file=sys.stderr)
             for http in ("httpx", "aiohttp"):
                 sim_cpu = sim.cpu_s()
@@ -279,17 +285,17 @@ def report(results: list[LoadResult], *, latency_ms: int, concurrency: int, poll
         "",
         f"    {command}",
         "",
-        "| tasks x subtasks | wall (s) | statuses | HTTP errors | polls | /healthz p50 / p99 / max (ms) "
+        "| tasks x subtasks | executor | wall (s) | statuses | HTTP errors | polls | /healthz p50 / p99 / max (ms) "
         "| idle bare app's /healthz p50 / p99 (ms) | peak RSS (MB) | model calls | calls/s "
         "| SDK floor calls/s: httpx / aiohttp | compound / floor: httpx / aiohttp "
         "| CPU ms per call: server / SDK httpx / SDK aiohttp |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(r.statuses.items()))
         floors = [r.floors.get(k) for k in ("httpx", "aiohttp")]
         lines.append(
-            f"| {r.tasks} x {r.subtasks} | {r.wall_s:.1f} | {statuses} | {len(r.http_errors)} | {r.polls} | "
+            f"| {r.tasks} x {r.subtasks} | {r.executor} | {r.wall_s:.1f} | {statuses} | {len(r.http_errors)} | {r.polls} | "
             f"{r.health(0.5):.1f} / {r.health(0.99):.1f} / {max(r.health_ms or [float('nan')]):.1f} | "
             f"{r.health(0.5, idle=True):.1f} / {r.health(0.99, idle=True):.1f} | "
             f"{r.peak_rss_mb:.0f} | {r.calls} | {r.calls_per_s:.0f} | "
@@ -301,10 +307,14 @@ def report(results: list[LoadResult], *, latency_ms: int, concurrency: int, poll
               "over the wall time from the first submission to the last task seen finished; the SDK floor is "
               "AsyncAnthropic making as many calls, as many at a time, to the same simulator right after, on "
               "the SDK's default HTTP client (httpx) and on its aiohttp client (the one compound uses). CPU "
-              "per call is the server process's CPU over the run (serving the polls and probes included) and "
+              "per call is the server's CPU over the run (its process and the executor's child process, "
+              "serving the polls and probes included; peak RSS adds theirs up too) and "
               "the bare SDK's process CPU, over the calls. "
               "The idle bare app's /healthz shows what the machine's own scheduling adds to any probe "
-              "(it shares 2 cores with the server, the simulator, the client and other work).", ""]
+              "(it shares 2 cores with the server, the simulator, the client and other work). "
+              "executor: `process` is `compound serve` as it runs by default (the executor in a child "
+              "process); `thread` is COMPOUND_EXECUTOR_PROCESS=false (on a thread of the server's process), "
+              "run right after it for the comparison.", ""]
     for r in results:
         done = r.statuses.get("completed", 0) == r.tasks and not r.http_errors
         checks = [f"all {r.tasks} completed with no HTTP error: {'yes' if done else 'NO'}"]
@@ -312,7 +322,7 @@ def report(results: list[LoadResult], *, latency_ms: int, concurrency: int, poll
             checks.append(f"/healthz p99 <= 20 ms: {'yes' if r.health(0.99) <= 20 else 'NO'}")
         else:
             checks.append(f"peak RSS <= 500 MB: {'yes' if r.peak_rss_mb <= 500 else 'NO'}")
-        lines.append(f"- {r.tasks} x {r.subtasks}: " + "; ".join(checks) + ".")
+        lines.append(f"- {r.tasks} x {r.subtasks}, {r.executor}: " + "; ".join(checks) + ".")
         for err in r.http_errors[:3]:
             lines.append(f"  - e.g. {err}")
     return "\n".join(lines) + "\n"
@@ -327,9 +337,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--poll-s", type=float, default=1.0)
     parser.add_argument("--timeout-s", type=float, default=900.0)
+    parser.add_argument("--executor", nargs="+", choices=["process", "thread"], default=["process", "thread"],
+                        help="where the server runs its executor; each size runs with each, in this order")
     args = parser.parse_args()
     results = [run(tasks=n, subtasks=args.subtasks, latency_ms=args.latency_ms, concurrency=args.concurrency,
-                   poll_s=args.poll_s, timeout_s=args.timeout_s) for n in args.tasks]
+                   poll_s=args.poll_s, timeout_s=args.timeout_s, executor=e)
+               for n in args.tasks for e in args.executor]
     command = ".venv/bin/python bench/load_bench.py" + "".join(
         f" {a}" for a in sys.argv[1:] if a != "--write" and not a.endswith(".md")) + " --write docs/benchmarks.md"
     text = report(results, latency_ms=args.latency_ms, concurrency=args.concurrency, poll_s=args.poll_s,

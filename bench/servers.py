@@ -3,6 +3,7 @@ fresh SQLite file, a bare FastAPI app, and wrk; plus the docs/benchmarks.md writ
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -53,17 +54,36 @@ class Proc:
     def pid(self) -> int:
         return self.popen.pid
 
+    def tree(self) -> list[int]:
+        """The process and its descendants now (`compound serve`'s executor runs in a
+        child process of its own)."""
+        pids, i = [self.pid], 0
+        while i < len(pids):
+            for task in Path(f"/proc/{pids[i]}/task").glob("*"):
+                with contextlib.suppress(OSError):
+                    pids += [int(c) for c in (task / "children").read_text().split()]
+            i += 1
+        return pids
+
     def cpu_s(self) -> float:
-        """CPU seconds (user + system) the process has used so far (Linux /proc)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU seconds (user + system) the process and its children have used so far,
+        the reaped ones included (Linux /proc)."""
+        total = 0.0
+        for pid in self.tree():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def peak_rss_mb(self) -> float:
-        """The process's peak resident set (Linux VmHWM)."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        """The peak resident set (Linux VmHWM) of the process and its children, added up."""
+        total = 0.0
+        for pid in self.tree():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1]) / 1024
+        return total
 
 
 @contextmanager

@@ -57,12 +57,17 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
             if metrics is not None:
                 obs.append(metrics)
             # The synthesis call streams while a door's client listens, so it gets the answer as written.
-            if client is None:
+            if client is None and settings.executor_process and not runs.in_memory:
+                from compound.executor.process import ProcessExecutor
+
+                # The executor and its SDK clients run in a process of their own, so the
+                # HTTP loop stays quick however busy they are (executor/process.py).
+                executor = ProcessExecutor(settings=settings, store=runs, observers=obs, stream_answers=True)
+            elif client is None:
                 from compound.executor.onthread import ThreadedExecutor
                 from compound.llm import build_client
 
-                # The executor and its SDK clients run on a thread and loop of their own,
-                # so the HTTP loop stays quick however busy they are.
+                # ... or on a thread and loop of their own (executor/onthread.py).
                 executor = ThreadedExecutor(settings=settings, store=runs, client=build_client(settings),
                                             observers=obs, stream_answers=True)
             else:

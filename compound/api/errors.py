@@ -18,6 +18,7 @@ from compound.core.errors import (
     CompoundError,
     ConfigError,
     Conflict,
+    ExecutorUnavailable,
     NotFound,
     PlanInvalid,
     ProviderError,
@@ -33,6 +34,7 @@ STATUS = [
     (NotFound, 404),
     (Conflict, 409),
     (BudgetExceeded, 402),
+    (ExecutorUnavailable, 503),
     (ProviderError, 502),
     (ConfigError, 500),
 ]

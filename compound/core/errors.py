@@ -62,6 +62,12 @@ class Conflict(CompoundError):
     code = "conflict"
 
 
+class ExecutorUnavailable(CompoundError):
+    """The executor's process stopped while a call waited for it (another is starting)."""
+
+    code = "executor_unavailable"
+
+
 class BudgetExceeded(CompoundError):
     code = "budget_exceeded"
 

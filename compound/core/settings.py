@@ -87,6 +87,10 @@ class Settings(BaseSettings):
 
     # scale-out (design.md section 7, docs/deploy.md)
     execution: Literal["inprocess", "queue"] = "inprocess"
+    executor_process: bool = Field(
+        default=True,
+        description="inprocess execution: `compound serve` runs the executor in a child process of its own; "
+                    "false: on a thread of the server's process (an in-memory SQLite database always does)")
     dbos_system_database_url: str | None = Field(
         default=None, description="DBOS's system tables; None: the store's database (schema `dbos`)")
     queue_concurrency: int | None = Field(default=None, ge=1, description="tasks running at once, all workers")

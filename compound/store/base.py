@@ -317,6 +317,11 @@ class RunStore(abc.ABC):
         self.stats = StoreStats()
 
     @property
+    def in_memory(self) -> bool:
+        """A database no other process can open (SQLite's :memory:)."""
+        return False
+
+    @property
     @abc.abstractmethod
     def engine(self) -> Any:
         """A synchronous SQLAlchemy Engine on the same database, for admin commands
@@ -343,6 +348,13 @@ class RunStore(abc.ABC):
         """On the sibling's loop, as that loop stops: let it go."""
         if sibling is not self:
             await sibling.close()
+
+    async def write_from_here(self) -> None:
+        """Commit this store's writes on the calling loop, the one that makes nearly all
+        of them (the executor's own process, executor/child.py), when the store can:
+        SQLite's one writer moves there from its thread, so no write waits for a thread
+        to wake and hand it back. By default nothing changes. close() undoes it."""
+        return
 
     async def __aenter__(self) -> RunStore:
         await self.open()

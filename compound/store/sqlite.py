@@ -370,6 +370,10 @@ class SqliteRunStore(OpsRunStore):
         self.queries = ReadQueries("sqlite")
 
     @property
+    def in_memory(self) -> bool:
+        return self.path in ("", ":memory:") or "mode=memory" in self.path
+
+    @property
     def engine(self) -> Engine:
         if self._engine is None:
             from compound.store.db import make_engine
@@ -398,8 +402,13 @@ class SqliteRunStore(OpsRunStore):
         self._writer = self._thread_writer = writer
 
     async def close(self) -> None:
-        if isinstance(self._writer, _LoopWriter) and not self._writer.retired:
-            log.warning("the store closed before its executor's loop let its writer go")
+        writer = self._writer
+        if isinstance(writer, _LoopWriter) and not writer.retired:
+            if writer.loop is asyncio.get_running_loop():
+                self._writer = self._thread_writer
+                writer.retire()
+            else:
+                log.warning("the store closed before its executor's loop let its writer go")
         if self._thread_writer is not None:
             await asyncio.to_thread(self._thread_writer.stop)
             self._writer = self._thread_writer = None
@@ -417,13 +426,16 @@ class SqliteRunStore(OpsRunStore):
         results straight back, with no writer thread to wake and wait for (each hand-over
         costs a turn of the GIL, milliseconds on a busy server). The writer thread stays,
         idle, for close_sibling."""
-        loop = asyncio.get_running_loop()
-        if loop is self.hub.home or self._thread_writer is None:
-            return self
+        if asyncio.get_running_loop() is not self.hub.home:
+            await self.write_from_here()
+        return self
+
+    async def write_from_here(self) -> None:
+        if self._thread_writer is None or isinstance(self._writer, _LoopWriter):
+            return
         conn = connect(self.path, synchronous=self.synchronous)
         conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
-        self._writer = _LoopWriter(self, conn, loop, fallback=self._thread_writer)
-        return self
+        self._writer = _LoopWriter(self, conn, asyncio.get_running_loop(), fallback=self._thread_writer)
 
     async def close_sibling(self, sibling: RunStore) -> None:  # noqa: ARG002 (the sibling is this store)
         writer = self._writer

@@ -1,0 +1,216 @@
+"""The executor's process: `python -m compound.executor.child FD PARENT_PID`, started by
+executor/process.py with one end of a socket pair as FD.
+
+It reads a hello (the settings, and what the server wants relayed), opens its own
+store handle and SDK clients, resumes every unfinished task, answers ("started",
+[resumed ids]) and then serves these messages until "stop" or the end of the socket:
+
+  from the server                     to the server
+  ("dispatch", task_id)               ("events", [Event ...])  SQLite only: its commits
+  ("cancel", id, task_id)             ("ans", op, task_id, attempt, text)  a streamed answer
+  ("approve", id, task_id)            ("obs", method, fields)  a model call's observation
+  ("listen" | "unlisten", task_id)    ("ok", id, value) | ("error", id, type name, message)
+  ("stop",)
+
+Messages written in one turn of the loop leave as one frame. Ctrl-C in a terminal
+reaches the whole process group: the child ignores SIGINT and stops when the server
+says so; SIGTERM stops it as "stop" does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from compound.core.errors import CompoundError
+from compound.core.logging import get_logger
+from compound.executor.answers import AnswerStreams
+from compound.executor.process import Message, Outbox, frame, read_frame
+
+log = get_logger("compound.executor")
+
+
+class ForwardedAnswers(AnswerStreams):
+    """Answers streamed here and relayed to the server for the tasks it listens to."""
+
+    def __init__(self, send: Callable[[Message], None]) -> None:
+        super().__init__()
+        self.remote: set[str] = set()
+        self._send = send
+
+    def listening(self, task_id: str) -> int:
+        return super().listening(task_id) + (task_id in self.remote)
+
+    def want(self, task_id: str, wanted: bool) -> None:
+        if not wanted:
+            self.remote.discard(task_id)
+            return
+        self.remote.add(task_id)
+        with self._lock:  # mid-answer: what the attempt has said so far, as one piece
+            current = self._current.get(task_id)
+            if current is not None:
+                self._send(("ans", "begin", task_id, current[0], ""))
+                if current[1]:
+                    self._send(("ans", "delta", task_id, current[0], "".join(current[1])))
+
+    def begin(self, task_id: str, attempt: int) -> None:
+        super().begin(task_id, attempt)
+        if task_id in self.remote:
+            self._send(("ans", "begin", task_id, attempt, ""))
+
+    def delta(self, task_id: str, attempt: int, text: str) -> None:
+        super().delta(task_id, attempt, text)
+        if task_id in self.remote:
+            self._send(("ans", "delta", task_id, attempt, text))
+
+    def end(self, task_id: str, attempt: int) -> None:
+        super().end(task_id, attempt)
+        if task_id in self.remote:
+            self._send(("ans", "end", task_id, attempt, ""))
+
+
+class ForwardedObservations:
+    """A CallObserver that relays each observation to the server's observers (metrics)."""
+
+    def __init__(self, send: Callable[[Message], None]) -> None:
+        self._send = send
+
+    def call_started(self, **fields: Any) -> None:
+        self._send(("obs", "call_started", fields))
+
+    def call_finished(self, **fields: Any) -> None:
+        self._send(("obs", "call_finished", fields))
+
+
+def die_with(parent: int) -> None:
+    """Be killed when the server's process dies (Linux), even by kill -9: a task must not
+    run on in an orphan while the next server resumes it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before we asked
+        os._exit(1)
+
+
+async def serve(fd: int) -> int:
+    reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd))
+    hello: dict[str, Any] = (await read_frame(reader))[0][1]
+    settings = hello["settings"]
+    from compound.core.logging import configure_logging
+
+    configure_logging(settings.log_level, settings.log_json)
+    out = Outbox(writer)
+    try:
+        from compound.executor.service import Executor
+        from compound.llm import build_client
+        from compound.store import open_store, store_options
+
+        store = open_store(settings.database_url, **store_options(settings))
+        await store.open()
+    except Exception as exc:
+        writer.write(frame([("failed", f"{type(exc).__name__}: {exc}")]))
+        await writer.drain()
+        return 1
+    client = build_client(settings)
+    executor: Executor | None = None
+    try:
+        await store.write_from_here()
+        warm = getattr(client, "warm", None)
+        if warm is not None:
+            await warm()
+        answers = ForwardedAnswers(out.send)
+        observers = [ForwardedObservations(out.send)] if hello["observe"] else []
+        executor = Executor(settings=settings, store=store, client=client, observers=observers,
+                            stream_answers=hello["stream_answers"], answers=answers)
+        if hello["relay_events"]:
+            store.hub.listen(lambda events: out.send(("events", list(events))))
+        resumed = await executor.start()
+        out.send(("started", resumed))
+        from compound.core.heap import settle_heap
+
+        settle_heap()
+        await _serve_messages(reader, executor, answers, out)
+        return 0
+    except Exception as exc:
+        log.exception("the executor process failed")
+        out.send(("failed", f"{type(exc).__name__}: {exc}"))
+        return 1
+    finally:
+        if executor is not None:
+            await executor.stop()
+        aclose = getattr(client, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        await store.close()
+        out.flush()
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+
+async def _serve_messages(reader: asyncio.StreamReader, executor: Any, answers: ForwardedAnswers,
+                          out: Outbox) -> None:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    replies: set[asyncio.Task[None]] = set()
+
+    async def reply(call_id: int, coro: Coroutine[Any, Any, Any]) -> None:
+        try:
+            out.send(("ok", call_id, await coro))
+        except CompoundError as exc:
+            out.send(("error", call_id, type(exc).__name__, exc.message))
+        except Exception as exc:
+            log.exception("executor call failed")
+            out.send(("error", call_id, type(exc).__name__, str(exc)))
+
+    async def read() -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                for message in await read_frame(reader):
+                    kind = message[0]
+                    if kind == "dispatch":
+                        executor.submit(message[1])
+                    elif kind in ("cancel", "approve"):
+                        t = loop.create_task(reply(message[1], getattr(executor, kind)(message[2])))
+                        replies.add(t)
+                        t.add_done_callback(replies.discard)
+                    elif kind in ("listen", "unlisten"):
+                        answers.want(message[1], kind == "listen")
+                    elif kind == "stop":
+                        return
+        # the server is gone (or said stop): put the tasks down
+
+    reading = loop.create_task(read())
+    stop_asked = loop.create_task(stopping.wait())
+    await asyncio.wait({reading, stop_asked}, return_when=asyncio.FIRST_COMPLETED)
+    for t in (reading, stop_asked):
+        t.cancel()
+    if replies:
+        await asyncio.wait(replies, timeout=5)
+
+
+def main(argv: list[str]) -> int:
+    fd, parent = int(argv[1]), int(argv[2])
+    die_with(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - a bare install
+        factory = asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(serve(fd))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

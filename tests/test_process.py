@@ -1,0 +1,242 @@
+"""`compound serve`'s executor runs in a child process of its own (executor/process.py,
+executor/child.py): its commits reach subscribers here (relayed on SQLite, by
+LISTEN/NOTIFY on PostgreSQL), each once and in order; its calls' observations reach
+this process's metrics; a streamed answer reaches a door's client; cancel and approve
+cross with their errors; a child that dies is replaced and its task resumed; a stop
+leaves a running task for the next start; and the child dies with the server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from compound.api.app import create_app
+from compound.core.errors import Conflict, NotFound
+from compound.core.settings import Settings
+from compound.executor.answers import AnswerPiece
+from compound.executor.process import ProcessExecutor
+from compound.llm.simulator import Simulator
+from compound.store.base import Event, RunStore
+from tests.fixtures.served import free_port, serving
+from tests.test_doors_stream import held
+
+PROMPT = "Look into the history of tea and the costs of tea and the risks of tea"
+SUBTASK = "Work out: the costs of tea"  # only that subtask's call says it (until it has answered)
+
+
+class Calls:
+    """A CallObserver counting what it is told."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.finished: list[dict[str, object]] = []
+
+    def call_started(self, *, model: str, kind: str) -> None:
+        self.started += 1
+
+    def call_finished(self, **fields: object) -> None:
+        self.finished.append(fields)
+
+
+@contextlib.asynccontextmanager
+async def running(store: RunStore, settings: Settings, **kw: object) -> AsyncIterator[ProcessExecutor]:
+    executor = ProcessExecutor(settings=settings.model_copy(update={"database_url": store.url}), store=store,
+                               **kw)  # type: ignore[arg-type]
+    await executor.start()
+    try:
+        yield executor
+    finally:
+        await executor.stop()
+    assert executor.proc is None or executor.proc.returncode is not None
+
+
+async def until(check, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    """Until check() is truthy (a deadline, never a fixed sleep)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def events_until_end(store: RunStore, task_id: str, executor: ProcessExecutor) -> list[Event]:
+    seen: list[Event] = []
+    async with store.subscribe(task_id, after=0) as sub:
+        await executor.dispatch(task_id, priority=2)
+        async with asyncio.timeout(60):
+            async for ev in sub:
+                seen.append(ev)
+                if ev.terminal:
+                    return seen
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def test_a_task_runs_in_the_child_and_its_events_and_calls_reach_this_process(
+        any_store: RunStore, sim_settings: Settings, sim: Simulator) -> None:
+    calls = Calls()
+    async with running(any_store, sim_settings, observers=[calls]) as executor:
+        assert executor.proc is not None and executor.proc.pid != os.getpid()
+        task = await any_store.create_task(prompt=PROMPT, budget_usd=1.0)
+        seen = await events_until_end(any_store, task.id, executor)
+        assert seen[-1].data["status"] == "completed", seen[-1].data
+        # every event once, in order: relayed on SQLite, heard by LISTEN on PostgreSQL
+        assert [e.seq for e in seen] == list(range(1, len(seen) + 1))
+        assert {e.data["status"] for e in seen if e.kind == "subtask"} >= {"running", "completed"}
+        assert await executor.wait(task.id, timeout=5) == "completed"
+        snap = await any_store.snapshot(task.id)
+        assert snap["status"] == "completed" and snap["total_cost_usd"] > 0
+        # each model call observed here, as the child made it
+        await until(lambda: len(calls.finished) == len(sim.requests), "the calls' observations")
+        assert calls.started == len(sim.requests) > 3
+        assert {f["status"] for f in calls.finished} == {"ok"}
+        assert sum(float(f["cost_usd"]) for f in calls.finished) == pytest.approx(snap["total_cost_usd"])  # type: ignore[arg-type]
+
+
+async def test_cancel_approve_and_their_errors_cross_to_the_child(
+        store: RunStore, sim_settings: Settings, sim: Simulator) -> None:
+    async with running(store, sim_settings) as executor:
+        with pytest.raises(NotFound):
+            await executor.cancel("no-such-task")
+        with pytest.raises(NotFound):
+            await executor.approve("no-such-task")
+        waiting = await store.create_task(prompt=PROMPT, budget_usd=1.0, approve=False)
+        await executor.dispatch(waiting.id, priority=2)
+        assert await executor.wait_planned(waiting.id, timeout=30) == "planned"
+        await executor.approve(waiting.id)
+        with pytest.raises(Conflict):  # approved already
+            await executor.approve(waiting.id)
+        assert await executor.wait(waiting.id, timeout=60) == "completed"
+        with pytest.raises(Conflict):
+            await executor.cancel(waiting.id)
+        before = len([r for r in sim.calls("worker") if SUBTASK in r["text"]])  # the first task's
+        with held(sim, SUBTASK):
+            task = await store.create_task(prompt=PROMPT, budget_usd=1.0)
+            await executor.dispatch(task.id, priority=2)
+            await until(lambda: len([r for r in sim.calls("worker") if SUBTASK in r["text"]]) > before,
+                        "a held subtask call")
+            await executor.cancel(task.id)
+            assert (await store.head(task.id)).status == "canceled"
+
+
+async def test_the_streamed_answer_reaches_a_listener_here(store: RunStore, sim_settings: Settings) -> None:
+    async with running(store, sim_settings, stream_answers=True) as executor:
+        task = await store.create_task(prompt=PROMPT, budget_usd=1.0)
+        pieces: list[AnswerPiece] = []
+        with executor.answers.listen(task.id, pieces.append):
+            await executor.dispatch(task.id, priority=2)
+            assert await executor.wait(task.id, timeout=60) == "completed"
+            snap = await store.snapshot(task.id)
+            # the last piece was relayed before the task's end event
+            assert len(pieces) > 1 and "".join(p.text for p in pieces) == snap["result"]
+        assert executor.answers.listening(task.id) == 0
+
+
+async def test_a_child_that_dies_is_replaced_and_resumes_its_task(
+        store: RunStore, sim_settings: Settings, sim: Simulator) -> None:
+    async with running(store, sim_settings) as executor:
+        with held(sim, SUBTASK) as release:
+            task = await store.create_task(prompt=PROMPT, budget_usd=1.0)
+            await executor.dispatch(task.id, priority=2)
+            await until(lambda: any(SUBTASK in r["text"] for r in sim.calls("worker")), "a held subtask call")
+            assert executor.proc is not None
+            first = executor.proc.pid
+            os.kill(first, signal.SIGKILL)
+            await until(lambda: executor.starts == 2 and executor.proc is not None, "another child", timeout=60)
+            assert executor.proc is not None and executor.proc.pid != first
+            release.set()
+            assert await executor.wait(task.id, timeout=60) == "completed"
+        # the killed child's open calls were booked lost, at their worst case, on resume
+        rows = await store.ledger_rows(task.id)
+        assert any(r["status"] == "lost" for r in rows) and any(r["status"] == "ok" for r in rows)
+
+
+async def test_a_stop_leaves_a_running_task_for_the_next_start(
+        store: RunStore, sim_settings: Settings, sim: Simulator) -> None:
+    with held(sim, SUBTASK) as release:
+        async with running(store, sim_settings) as executor:
+            task = await store.create_task(prompt=PROMPT, budget_usd=1.0)
+            await executor.dispatch(task.id, priority=2)
+            await until(lambda: any(SUBTASK in r["text"] for r in sim.calls("worker")), "a held subtask call")
+        assert (await store.head(task.id)).status == "executing"
+        release.set()
+        async with running(store, sim_settings) as executor:
+            assert await executor.wait(task.id, timeout=60) == "completed"
+
+
+async def test_a_served_chat_client_gets_the_answer_as_the_child_streams_it(
+        sim_settings: Settings, sim: Simulator) -> None:
+    settings = sim_settings.model_copy(update={"rate_limit_per_minute": 1000})
+    app = create_app(settings)
+    async with serving(app) as served:
+        assert isinstance(app.state.executor, ProcessExecutor)
+        client = openai.AsyncOpenAI(base_url=served.url + "/v1", api_key=served.alice, max_retries=0)
+        with held(sim, PROMPT) as release:  # nothing is said before the door listens
+            stream = await client.chat.completions.create(
+                model="compound", messages=[{"role": "user", "content": PROMPT}], stream=True)
+            first = await stream.__anext__()
+            release.set()
+        deltas = [ch.choices[0].delta.content async for ch in stream if ch.choices and ch.choices[0].delta.content]
+        snap = await app.state.store.snapshot(first.id)
+        assert snap["status"] == "completed" and "".join(deltas) == snap["result"]
+        assert len(deltas) > 3  # as the synthesis streamed it in the child, not one chunk
+        async with httpx.AsyncClient(base_url=served.url) as http:
+            metrics = (await http.get("/metrics")).text
+        assert 'compound_model_calls_total{kind="synthesis"' in metrics
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SKIPPED: reads /proc")
+async def test_the_child_dies_with_a_killed_server(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "COMPOUND_DATABASE_URL": f"sqlite:///{tmp_path / 'c.db'}", "LITELLM_MODE": "PRODUCTION",
+           "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    server = subprocess.Popen([sys.executable, "-m", "compound.cli", "serve", "--port", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        async with httpx.AsyncClient() as http:
+            async def up() -> bool:
+                with contextlib.suppress(httpx.TransportError):
+                    return (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
+                return False
+
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while not await up():
+                assert server.poll() is None, server.stderr.read().decode() if server.stderr else ""
+                assert loop.time() < deadline, "the server did not answer"
+                await asyncio.sleep(0.05)
+        children = _children(server.pid)
+        assert len(children) == 1 and _alive(children[0])
+        server.kill()
+        server.wait()
+        await until(lambda: not _alive(children[0]), "the executor process to die with the server")
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
