@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -190,9 +191,26 @@ async def test_a_served_chat_client_gets_the_answer_as_the_child_streams_it(
         snap = await app.state.store.snapshot(first.id)
         assert snap["status"] == "completed" and "".join(deltas) == snap["result"]
         assert len(deltas) > 3  # as the synthesis streamed it in the child, not one chunk
-        async with httpx.AsyncClient(base_url=served.url) as http:
+        async with httpx.AsyncClient(base_url=served.url, timeout=60) as http:
             metrics = (await http.get("/metrics")).text
-        assert 'compound_model_calls_total{kind="synthesis"' in metrics
+            assert 'compound_model_calls_total{kind="synthesis"' in metrics
+            # the child's commits reach an SSE stream and a long-poll here
+            auth = {"Authorization": f"Bearer {served.alice}"}
+            made = (await http.post("/v1/tasks", json={"prompt": PROMPT}, headers=auth)).json()
+            polled = await http.get(f"/v1/tasks/{made['id']}", params={"wait": 30},
+                                    headers={**auth, "If-None-Match": '"1"'})
+            assert polled.status_code == 200 and polled.json()["status"] != "queued"
+            kinds, ids, last = [], [], None
+            async with http.stream("GET", f"/v1/tasks/{made['id']}/events", headers=auth) as sse:
+                async for line in sse.aiter_lines():  # the stream ends after the task's end
+                    if line.startswith("event:"):
+                        kinds.append(line.split(":", 1)[1].strip())
+                    elif line.startswith("id:"):
+                        ids.append(int(line.split(":", 1)[1]))
+                    elif line.startswith("data:"):
+                        last = json.loads(line.split(":", 1)[1])
+            assert ids == list(range(1, len(ids) + 1)) and "subtask" in kinds
+            assert kinds[-1] == "task" and last is not None and last["status"] == "completed"
 
 
 def _children(pid: int) -> list[int]:
