@@ -137,6 +137,16 @@ class ProviderTimeout(ProviderError):
         super().__init__(message, model=model, transient=True)
 
 
+class StreamCut(ProviderError):
+    """The connection dropped while the answer was streaming: transient, and possibly
+    billed (the provider was writing it), so booked at its worst case like a timeout."""
+
+    code = "stream_cut"
+
+    def __init__(self, message: str, *, model: str | None = None) -> None:
+        super().__init__(message, model=model, transient=True)
+
+
 class NetworkRefused(ProviderError):
     code = "network_refused"
 

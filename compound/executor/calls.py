@@ -19,7 +19,14 @@ from typing import Any, Protocol
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
-from compound.core.errors import BudgetExceeded, CallTimedOut, FallbackExhausted, ProviderError, ProviderTimeout
+from compound.core.errors import (
+    BudgetExceeded,
+    CallTimedOut,
+    FallbackExhausted,
+    ProviderError,
+    ProviderTimeout,
+    StreamCut,
+)
 from compound.core.logging import get_logger
 from compound.core.money import Price, worst_case_usd
 from compound.core.settings import Settings
@@ -221,7 +228,7 @@ class ModelCalls:
         except (ProviderError, TimeoutError) as exc:
             # A provider's error answer is not billed; our timeout may have been.
             err = exc if isinstance(exc, ProviderError) else CallTimedOut(model, timeout)
-            lost = isinstance(err, (CallTimedOut, ProviderTimeout))
+            lost = isinstance(err, (CallTimedOut, ProviderTimeout, StreamCut))  # maybe billed
             cost = res.amount if lost else 0.0
             elapsed = time.perf_counter() - started
             await self.store.settle(st.id, res, spec.subtask, Settlement(

@@ -9,10 +9,10 @@ from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
-from compound.core.errors import TRANSIENT_STATUSES, ProviderError, ProviderTimeout
+from compound.core.errors import TRANSIENT_STATUSES, ProviderError, ProviderTimeout, StreamCut
 from compound.core.logging import redact_text
 
-Kind = Literal["timeout", "transient", "permanent", "status"]
+Kind = Literal["timeout", "transient", "permanent", "status", "stream", "cut"]
 
 # Statuses that are the caller's fault: retrying cannot help.
 PERMANENT_STATUSES = frozenset({400, 401, 402, 403, 404, 413, 422})
@@ -33,8 +33,47 @@ def _sdk_classes() -> list[tuple[type[BaseException], Kind]]:
             (sdk.APIConnectionError, "transient"),  # refused, reset, DNS: no answer came
             (sdk.APIStatusError, "status"),
             (sdk.APIResponseValidationError, "permanent"),  # a 2xx body of the wrong shape
+            (sdk.APIError, "stream"),  # an error event in a streamed answer (openai's)
         ]
+    # A streamed answer's body is read after the SDK's request returned: a connection
+    # dropped or stalled midway comes as the HTTP stack's own exception.
+    for name in ("httpx", "httpx2"):
+        stack: Any = sys.modules.get(name)
+        if stack is not None:
+            rows += [(stack.TimeoutException, "timeout"), (stack.TransportError, "cut")]
+    aiohttp: Any = sys.modules.get("aiohttp")
+    if aiohttp is not None:
+        rows += [(aiohttp.ServerTimeoutError, "timeout"), (aiohttp.ClientError, "cut")]
     return rows
+
+
+# Anthropic's error types, as the statuses they stand for (an `error` event in a
+# stream comes after the answer's 200: its type says what went wrong).
+ERROR_TYPE_STATUS = {
+    "invalid_request_error": 400, "authentication_error": 401, "billing_error": 402, "permission_error": 403,
+    "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429, "api_error": 500,
+    "timeout_error": 504, "overloaded_error": 529,
+    # OpenAI's (and OpenAI-compatible servers') words for the same
+    "server_error": 500, "rate_limit_exceeded": 429, "insufficient_quota": 429, "context_length_exceeded": 400,
+    "invalid_api_key": 401,
+}
+
+
+def stream_error_status(body: Any) -> int:
+    """The status a streamed answer's error event stands for, from its body: Anthropic's
+    `{"type": "error", "error": {"type": ...}}`, OpenAI's `{"message", "type", "code"}`
+    (the code may be a status). A failure the body does not name is the server's (500:
+    it accepted the call, then could not finish it)."""
+    error = body.get("error", body) if isinstance(body, dict) else {}
+    if not isinstance(error, dict):
+        return 500
+    code = error.get("code")
+    if (isinstance(code, int) or (isinstance(code, str) and code.isdigit())) and 400 <= int(code) < 600:
+        return int(code)
+    for word in (error.get("type"), code):
+        if isinstance(word, str) and word in ERROR_TYPE_STATUS:
+            return ERROR_TYPE_STATUS[word]
+    return 500
 
 
 def transient_status(status: int | None) -> bool:
@@ -69,7 +108,13 @@ def sdk_error(exc: BaseException, model: str, *, secrets: tuple[str | None, ...]
     name = type(exc).__name__
     if kind == "timeout":
         return ProviderTimeout(f"{model}: no answer within the call's timeout ({name})", model=model)
+    if kind == "cut":
+        return StreamCut(f"{model}: the connection dropped while the answer streamed ({name}): {message}",
+                         model=model)
     status = getattr(exc, "status_code", None) if kind == "status" else None
+    if kind == "stream" or (status is not None and status < 300):  # an error event after the 200
+        status, kind = stream_error_status(getattr(exc, "body", None)), "status"
+        name = f"{name} in the stream"
     body = body_text(exc, secrets) or message
     transient = transient_status(status) if kind in ("status", "transient") else False
     return ProviderError(

@@ -15,7 +15,7 @@ os.environ.setdefault("LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS", "True")
 os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
 os.environ.setdefault("DISABLE_AIOHTTP_TRANSPORT", "True")
 
-from compound.core.errors import ProviderError, ProviderTimeout
+from compound.core.errors import ProviderError, ProviderTimeout, StreamCut
 from compound.core.settings import Settings
 from compound.llm.base import Completion, Delta, Message, Price, StreamEvent, Usage
 from compound.llm.endpoints import api_base, endpoint, provider_of, remote_allowed
@@ -191,6 +191,10 @@ def to_provider_error(exc: BaseException, model: str, *, secrets: tuple[str | No
     if isinstance(exc, Timeout) or "timeout" in type(exc).__name__.lower():
         return ProviderTimeout(f"{model}: no answer within the call's timeout ({type(exc).__name__})",
                                model=model)
+    cause = getattr(exc, "original_exception", None)  # litellm's MidStreamFallbackError
+    if isinstance(cause, APIConnectionError) and not getattr(exc, "is_pre_first_chunk", True):
+        return StreamCut(f"{model}: the connection dropped while the answer streamed: "
+                         f"{scrub(str(getattr(cause, 'message', None) or cause), secrets)}", model=model)
     connection = isinstance(exc, APIConnectionError) and status in (None, 500)
     transient = connection or transient_status(status)
     message = scrub(str(getattr(exc, "message", None) or exc), secrets)

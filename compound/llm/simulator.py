@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -33,7 +33,11 @@ KINDS = {
 @dataclass
 class Failure:
     """One scripted failure: an HTTP status (429, 500, 503, 529, 400, 401 ...) or
-    `status=0` for a hang of `hang_s` seconds (the client's timeout fires)."""
+    `status=0` for a hang of `hang_s` seconds (the client's timeout fires). With
+    `midstream`, a streamed call fails in the middle instead: the answer starts (200)
+    and after `after_pieces` pieces comes the provider's error event for `status`
+    ("error": Anthropic's `event: error`, OpenAI's `data: {"error": ...}`) or the
+    connection drops ("drop"). A call not streamed gets the plain error."""
 
     status: int
     retry_after: float | None = None
@@ -42,6 +46,8 @@ class Failure:
     kind: str | None = None  # only for this prompt kind (None: any)
     message: str | None = None  # the error body's message (default: "simulated error N")
     headers: dict[str, str] = field(default_factory=dict)  # extra response headers
+    midstream: Literal["error", "drop"] | None = None
+    after_pieces: int = 1
 
 
 @dataclass
@@ -205,9 +211,10 @@ class Simulator:
     async def _common(
         self, wire: str, model: str, system: str, text: str, max_tokens: int, body: dict[str, Any],
         *, refusal: Failure | None = None, prefixes: list[str] | None = None,
-    ) -> tuple[str, int, int, tuple[int, int]] | JSONResponse:
+    ) -> tuple[str, int, int, tuple[int, int], Failure | None] | JSONResponse:
         """Log, then a scripted failure or the answer: (text, input tokens, output
-        tokens, (cache read, cache write)), after the scripted latency."""
+        tokens, (cache read, cache write), a failure to cut its stream with), after the
+        scripted latency."""
         kind = prompt_kind(system)
         with self._lock:
             self.requests.append(
@@ -241,14 +248,14 @@ class Simulator:
         finally:
             with self._lock:
                 self.in_flight[model] -= 1
-        if failure is not None:
+        if failure is not None and not (failure.midstream and body.get("stream")):
             return _error(wire, failure)
         out = forced if forced is not None else answer_for(kind, text, self.script.max_subtasks)
         out_tok = _tokens(out)
         if out_tok > max_tokens:
             out = out.encode("utf-8")[: max_tokens * 4].decode("utf-8", "ignore")
             out_tok = max_tokens
-        return out, in_tok, out_tok, cached
+        return out, in_tok, out_tok, cached, failure
 
     def _cached(self, model: str, prefixes: list[str], in_tok: int, delay: float) -> tuple[int, int]:
         """(cache_read, cache_write) tokens for the breakpoints' prefixes, Anthropic's way:
@@ -300,13 +307,13 @@ class Simulator:
         got = await self._common("anthropic", model, system, text, max_tokens, body, prefixes=prefixes)
         if isinstance(got, JSONResponse):
             return got
-        out, in_tok, out_tok, (read, write) = got
+        out, in_tok, out_tok, (read, write), cut = got
         usage = {"input_tokens": in_tok - read - write, "output_tokens": out_tok,
                  "cache_read_input_tokens": read, "cache_creation_input_tokens": write}
         stop = "max_tokens" if out_tok >= max_tokens else "end_turn"
         msg_id = f"msg_{uuid.uuid4().hex[:24]}"
         if body.get("stream"):
-            return _sse(_anthropic_events(msg_id, model, out, usage, stop), anthropic=True)
+            return _sse(_anthropic_events(msg_id, model, out, usage, stop), anthropic=True, cut=cut)
         from anthropic.types import Message as AMessage
 
         msg = AMessage(
@@ -338,14 +345,15 @@ class Simulator:
         got = await self._common("openai", model, system, text, max_tokens, body, refusal=refusal)
         if isinstance(got, JSONResponse):
             return got
-        out, in_tok, out_tok, _cached = got
+        out, in_tok, out_tok, _cached, cut = got
         usage = {"prompt_tokens": in_tok, "completion_tokens": out_tok, "total_tokens": in_tok + out_tok,
                  "prompt_tokens_details": {"cached_tokens": 0}}
         stop = "length" if out_tok >= max_tokens else "stop"
         chat_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if body.get("stream"):
             with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return _sse(_openai_chunks(chat_id, model, out, usage if with_usage else None, stop), anthropic=False)
+            return _sse(_openai_chunks(chat_id, model, out, usage if with_usage else None, stop), anthropic=False,
+                        cut=cut)
         from openai.types.chat import ChatCompletion
 
         completion = ChatCompletion(
@@ -414,15 +422,38 @@ def _openai_chunks(chat_id: str, model: str, out: str, usage: dict[str, Any] | N
     return chunks
 
 
-def _sse(events: list[tuple[str, dict[str, Any]]], *, anthropic: bool) -> StreamingResponse:
+class DroppedStream(Exception):
+    """Raised in a streamed body to drop the connection midway (a scripted failure)."""
+
+
+class _Droppable(StreamingResponse):
+    """A stream that may end with its connection dropped, the body left unfinished."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except DroppedStream:
+            return  # the server closes a response it never finished
+
+
+def _sse(events: list[tuple[str, dict[str, Any]]], *, anthropic: bool, cut: Failure | None = None) -> StreamingResponse:
     async def body() -> AsyncIterator[bytes]:
+        pieces = 0
         for name, data in events:
+            if cut is not None and pieces >= cut.after_pieces:
+                if cut.midstream == "drop":
+                    raise DroppedStream("the simulator drops this stream (scripted)")
+                error = _error_body("anthropic" if anthropic else "openai", cut)
+                yield (b"event: error\n" if anthropic else b"") + f"data: {json.dumps(error)}\n\n".encode()
+                return
             head = f"event: {name}\n" if name else ""
             yield f"{head}data: {json.dumps(data)}\n\n".encode()
+            delta = data.get("delta", {}) if anthropic else (data.get("choices") or [{}])[0].get("delta", {})
+            pieces += bool(delta.get("text") or delta.get("content"))
         if not anthropic:
             yield b"data: [DONE]\n\n"
 
-    return StreamingResponse(body(), media_type="text/event-stream")
+    return _Droppable(body(), media_type="text/event-stream")
 
 
 def _content_text(content: Any) -> str:
@@ -448,17 +479,21 @@ _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 4
                     503: "api_error", 504: "api_error", 529: "overloaded_error"}
 
 
-def _error(wire: str, f: Failure) -> JSONResponse:
-    headers = {"retry-after": str(f.retry_after)} if f.retry_after is not None else {}
-    headers.update(f.headers)
+def _error_body(wire: str, f: Failure) -> dict[str, Any]:
+    """The provider's error body for the failure's status (also the data of an error
+    event in a stream)."""
     message = f.message or f"simulated error {f.status}"
     if wire == "anthropic":
         kind = _ANTHROPIC_TYPES.get(f.status, "api_error")
-        body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
-    else:
-        body = {"error": {"message": message, "type": "server_error" if f.status >= 500 else "invalid_request_error",
-                          "param": None, "code": str(f.status)}}
-    return JSONResponse(body, status_code=f.status, headers=headers)
+        return {"type": "error", "error": {"type": kind, "message": message}}
+    return {"error": {"message": message, "type": "server_error" if f.status >= 500 else "invalid_request_error",
+                      "param": None, "code": str(f.status)}}
+
+
+def _error(wire: str, f: Failure) -> JSONResponse:
+    headers = {"retry-after": str(f.retry_after)} if f.retry_after is not None else {}
+    headers.update(f.headers)
+    return JSONResponse(_error_body(wire, f), status_code=f.status, headers=headers)
 
 
 # Idle connections stay open as long as a provider keeps them (uvicorn's 5 s default
