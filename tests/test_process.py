@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from compound.api.app import create_app
-from compound.core.errors import Conflict, NotFound
+from compound.core.errors import Conflict, ExecutorUnavailable, NotFound
 from compound.core.settings import Settings
 from compound.executor.answers import AnswerPiece
 from compound.executor.process import ProcessExecutor
@@ -153,6 +153,9 @@ async def test_a_child_that_dies_is_replaced_and_resumes_its_task(
             assert executor.proc is not None
             first = executor.proc.pid
             os.kill(first, signal.SIGKILL)
+            # asked of the dead child (before this loop has read its end): answered 503's error
+            with pytest.raises(ExecutorUnavailable):
+                await executor.cancel(task.id)
             await until(lambda: executor.starts == 2 and executor.proc is not None, "another child", timeout=60)
             assert executor.proc is not None and executor.proc.pid != first
             release.set()
@@ -189,17 +192,18 @@ async def test_a_served_chat_client_gets_the_answer_as_the_child_streams_it(
             release.set()
         deltas = [ch.choices[0].delta.content async for ch in stream if ch.choices and ch.choices[0].delta.content]
         snap = await app.state.store.snapshot(first.id)
-        assert snap["status"] == "completed" and "".join(deltas) == snap["result"]
-        assert len(deltas) > 3  # as the synthesis streamed it in the child, not one chunk
+        assert snap["status"] == "completed", snap
+        assert "".join(deltas) == snap["result"], (deltas, snap["result"])
+        assert len(deltas) > 3, deltas  # as the synthesis streamed it in the child, not one chunk
         async with httpx.AsyncClient(base_url=served.url, timeout=60) as http:
             metrics = (await http.get("/metrics")).text
-            assert 'compound_model_calls_total{kind="synthesis"' in metrics
+            assert 'compound_model_calls_total{kind="synthesis"' in metrics, metrics[-3000:]
             # the child's commits reach an SSE stream and a long-poll here
             auth = {"Authorization": f"Bearer {served.alice}"}
             made = (await http.post("/v1/tasks", json={"prompt": PROMPT}, headers=auth)).json()
             polled = await http.get(f"/v1/tasks/{made['id']}", params={"wait": 30},
                                     headers={**auth, "If-None-Match": '"1"'})
-            assert polled.status_code == 200 and polled.json()["status"] != "queued"
+            assert polled.status_code == 200 and polled.json()["status"] != "queued", (polled, polled.text[:500])
             kinds, ids, last = [], [], None
             async with http.stream("GET", f"/v1/tasks/{made['id']}/events", headers=auth) as sse:
                 async for line in sse.aiter_lines():  # the stream ends after the task's end
@@ -209,8 +213,21 @@ async def test_a_served_chat_client_gets_the_answer_as_the_child_streams_it(
                         ids.append(int(line.split(":", 1)[1]))
                     elif line.startswith("data:"):
                         last = json.loads(line.split(":", 1)[1])
-            assert ids == list(range(1, len(ids) + 1)) and "subtask" in kinds
-            assert kinds[-1] == "task" and last is not None and last["status"] == "completed"
+            assert ids == list(range(1, len(ids) + 1)) and "subtask" in kinds, (ids, kinds)
+            assert kinds[-1] == "task" and last is not None and last["status"] == "completed", (kinds, last)
+
+
+async def test_an_executor_that_is_restarting_answers_503_in_the_error_shape(api, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    r = await api.http.post("/v1/tasks", json={"prompt": PROMPT}, headers=api.auth(api.alice))
+    task_id = r.json()["id"]
+
+    async def restarting(_task_id: str) -> None:
+        raise ExecutorUnavailable("the executor process stopped; try again")
+
+    monkeypatch.setattr(api.app.state.executor, "cancel", restarting)
+    c = await api.http.post(f"/v1/tasks/{task_id}/cancel", headers=api.auth(api.alice))
+    assert c.status_code == 503
+    assert c.json() == {"error": {"code": "executor_unavailable", "message": "the executor process stopped; try again"}}
 
 
 def _children(pid: int) -> list[int]:
