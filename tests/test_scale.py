@@ -300,3 +300,26 @@ def test_sigterm_drains_a_worker(cluster_factory: Any) -> None:
     c.start_worker()
     assert c.wait_terminal(api, [stuck], timeout=120)[stuck]["status"] == "completed"
     check_money(c, [stuck])
+
+
+def test_a_chat_client_gets_the_answer_as_the_worker_streams_it(cluster_factory: Any) -> None:
+    """Queue mode: the API's door listens, tells the workers (NOTIFY), and the worker
+    running the task streams its synthesis to it piece by piece (worker/answers.py). The
+    subtasks take 1.5 s at the simulator, so the door's word is there long before."""
+    import openai
+
+    c: Cluster = cluster_factory(script={"latency_rules": [["Work out:", 1.5]]})
+    c.start_workers(1)
+    api = c.start_api()
+    c.wait_workers_ready(1)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{api}/v1", api_key=c.env["COMPOUND_TOKEN"], max_retries=0,
+                           timeout=120)
+    prompt = "Look into the history of tea and the costs of tea and the risks of tea"
+    chunks = list(client.chat.completions.create(model="compound", messages=[{"role": "user", "content": prompt}],
+                                                 stream=True))
+    deltas = [ch.choices[0].delta.content for ch in chunks if ch.choices and ch.choices[0].delta.content]
+    snap = c.get(api, f"/v1/tasks/{chunks[0].id}")
+    assert snap["status"] == "completed", snap
+    assert "".join(deltas) == snap["result"], (deltas, snap["result"])
+    assert len(deltas) > 3, deltas  # as the worker's synthesis streamed it, not one chunk at the end
+    assert len([r for r in c.sim_requests() if r["kind"] == "synthesizer"]) == 1  # streamed once, not retried

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from compound.core.logging import get_logger
 
@@ -90,3 +91,94 @@ class AnswerStreams:
             current = self._current.get(task_id)
             if current is not None and current[0] == attempt:
                 del self._current[task_id]
+
+
+# Across processes (the executor's own process, executor/process.py; queue-mode workers,
+# compound/worker): the process that runs the task streams its synthesis only while a
+# process with listeners wants it, and relays the pieces as messages
+# ("ans", op, task_id, attempt, text), op one of begin, delta, end.
+Relay = Callable[[tuple[Any, ...]], None]
+
+
+class ForwardedAnswers(AnswerStreams):
+    """The running side: answers streamed here and relayed (`send`) for the tasks some
+    other process wants. Several may want one task (API processes in queue mode): each
+    want counts, each unwant uncounts."""
+
+    def __init__(self, send: Relay) -> None:
+        super().__init__()
+        self._wanted: dict[str, int] = {}
+        self._send = send
+
+    def listening(self, task_id: str) -> int:
+        return super().listening(task_id) + (task_id in self._wanted)
+
+    def want(self, task_id: str, wanted: bool) -> None:
+        n = self._wanted.get(task_id, 0) + (1 if wanted else -1)
+        if n <= 0:
+            self._wanted.pop(task_id, None)
+            return
+        self._wanted[task_id] = n
+        if wanted and n == 1:
+            with self._lock:  # mid-answer: what the attempt has said so far, as one piece
+                current = self._current.get(task_id)
+                if current is not None:
+                    self._send(("ans", "begin", task_id, current[0], ""))
+                    if current[1]:
+                        self._send(("ans", "delta", task_id, current[0], "".join(current[1])))
+
+    def begin(self, task_id: str, attempt: int) -> None:
+        super().begin(task_id, attempt)
+        if task_id in self._wanted:
+            self._send(("ans", "begin", task_id, attempt, ""))
+
+    def delta(self, task_id: str, attempt: int, text: str) -> None:
+        super().delta(task_id, attempt, text)
+        if task_id in self._wanted:
+            self._send(("ans", "delta", task_id, attempt, text))
+
+    def end(self, task_id: str, attempt: int) -> None:
+        super().end(task_id, attempt)
+        if task_id in self._wanted:
+            self._send(("ans", "end", task_id, attempt, ""))
+
+
+class RemoteAnswers(AnswerStreams):
+    """The listening side: listeners here, pieces relayed from the process that runs the
+    task. The first listener of a task tells that side (`send(("listen", task_id))`),
+    and the last one leaving tells it too (`("unlisten", task_id)`)."""
+
+    def __init__(self, send: Relay) -> None:
+        super().__init__()
+        self._send = send
+
+    @contextmanager
+    def listen(self, task_id: str, listener: Listener) -> Iterator[None]:
+        first = self.listening(task_id) == 0
+        with super().listen(task_id, listener):
+            if first:
+                self._send(("listen", task_id))
+            try:
+                yield
+            finally:
+                if self.listening(task_id) == 1:
+                    self._send(("unlisten", task_id))
+                    with self._lock:
+                        self._current.pop(task_id, None)
+
+    def wanted(self) -> list[str]:
+        """The tasks listened to here now (to tell a new executor process)."""
+        with self._lock:
+            return list(self._listeners)
+
+    def relay(self, op: str, task_id: str, attempt: int, text: str) -> None:
+        """A piece from the running side (op: begin, delta or end); none is kept for a
+        task nobody here listens to (pieces reach every API process in queue mode)."""
+        if not self.listening(task_id):
+            return
+        if op == "begin":
+            self.begin(task_id, attempt)
+        elif op == "delta":
+            self.delta(task_id, attempt, text)
+        else:
+            self.end(task_id, attempt)

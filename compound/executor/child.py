@@ -30,49 +30,10 @@ from typing import Any
 
 from compound.core.errors import CompoundError
 from compound.core.logging import get_logger
-from compound.executor.answers import AnswerStreams
+from compound.executor.answers import ForwardedAnswers
 from compound.executor.process import Message, Outbox, frame, read_frame
 
 log = get_logger("compound.executor")
-
-
-class ForwardedAnswers(AnswerStreams):
-    """Answers streamed here and relayed to the server for the tasks it listens to."""
-
-    def __init__(self, send: Callable[[Message], None]) -> None:
-        super().__init__()
-        self.remote: set[str] = set()
-        self._send = send
-
-    def listening(self, task_id: str) -> int:
-        return super().listening(task_id) + (task_id in self.remote)
-
-    def want(self, task_id: str, wanted: bool) -> None:
-        if not wanted:
-            self.remote.discard(task_id)
-            return
-        self.remote.add(task_id)
-        with self._lock:  # mid-answer: what the attempt has said so far, as one piece
-            current = self._current.get(task_id)
-            if current is not None:
-                self._send(("ans", "begin", task_id, current[0], ""))
-                if current[1]:
-                    self._send(("ans", "delta", task_id, current[0], "".join(current[1])))
-
-    def begin(self, task_id: str, attempt: int) -> None:
-        super().begin(task_id, attempt)
-        if task_id in self.remote:
-            self._send(("ans", "begin", task_id, attempt, ""))
-
-    def delta(self, task_id: str, attempt: int, text: str) -> None:
-        super().delta(task_id, attempt, text)
-        if task_id in self.remote:
-            self._send(("ans", "delta", task_id, attempt, text))
-
-    def end(self, task_id: str, attempt: int) -> None:
-        super().end(task_id, attempt)
-        if task_id in self.remote:
-            self._send(("ans", "end", task_id, attempt, ""))
 
 
 class ForwardedObservations:

@@ -32,8 +32,7 @@ import pickle
 import socket
 import struct
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from compound.core import errors
@@ -41,7 +40,7 @@ from compound.core.errors import CompoundError, ExecutorUnavailable
 from compound.core.logging import get_logger
 from compound.core.money import Price
 from compound.core.settings import Settings
-from compound.executor.answers import AnswerStreams, Listener
+from compound.executor.answers import RemoteAnswers
 from compound.executor.hooks import CallObserver
 from compound.executor.service import TaskWaits
 from compound.store.base import RunStore
@@ -88,39 +87,6 @@ class Outbox:
         if self.pending and not self.writer.is_closing():
             self.writer.write(frame(self.pending))
         self.pending = []
-
-
-class RemoteAnswers(AnswerStreams):
-    """The server's side of the answers stream: listeners here, pieces from the child.
-    The child streams a task's synthesis only while someone here listens, so the first
-    listener of a task tells it (listen) and the last one leaving tells it too."""
-
-    def __init__(self, send: Callable[[Message], None]) -> None:
-        super().__init__()
-        self._send = send
-
-    @contextmanager
-    def listen(self, task_id: str, listener: Listener) -> Iterator[None]:
-        first = self.listening(task_id) == 0
-        with super().listen(task_id, listener):
-            if first:
-                self._send(("listen", task_id))
-            try:
-                yield
-            finally:
-                if self.listening(task_id) == 1:
-                    self._send(("unlisten", task_id))
-                    with self._lock:
-                        self._current.pop(task_id, None)
-
-    def relay(self, op: str, task_id: str, attempt: int, text: str) -> None:
-        """A piece of the child's stream (op: begin, delta or end)."""
-        if op == "begin":
-            self.begin(task_id, attempt)
-        elif op == "delta":
-            self.delta(task_id, attempt, text)
-        else:
-            self.end(task_id, attempt)
 
 
 class ProcessExecutor(TaskWaits):
@@ -189,17 +155,13 @@ class ProcessExecutor(TaskWaits):
         self._born = asyncio.get_running_loop().time()
         self._outbox = Outbox(writer)
         self._reader = asyncio.get_running_loop().create_task(self._read(reader, proc), name="executor-process")
-        for task_id in self.answers_wanted():
+        for task_id in self.answers.wanted():
             self._outbox.send(("listen", task_id))
         held, self._held = self._held, []
         for message in held:
             self._outbox.send(message)
         resumed: list[str] = value
         return resumed
-
-    def answers_wanted(self) -> list[str]:
-        with self.answers._lock:
-            return list(self.answers._listeners)
 
     async def stop(self) -> None:
         """Ask the child to stop its tasks (the next start resumes them) and exit."""
@@ -315,4 +277,4 @@ def _error(name: str, message: str) -> Exception:
     return ExecutorUnavailable(f"the executor failed: {name}: {message}")
 
 
-__all__ = ["ProcessExecutor", "RemoteAnswers", "frame", "read_frame"]
+__all__ = ["ProcessExecutor", "frame", "read_frame"]

@@ -21,6 +21,11 @@ SLOT_FREE = "compound_slot_free"  # payload: a model name
 # payload: a task id (enqueued; sent on DBOS's system database, in the enqueue's
 # transaction), or "" (a slot freed or tasks resumed; sent on the store's database)
 QUEUE_WAKE = "compound_queue_wake"
+# Queue mode's streamed answers (executor/answers.py): an API process with a door's
+# client listening to a task says "+<task id>" (and "-<task id>" when the last one
+# leaves); the worker running it NOTIFYs the pieces as JSON {"op", "t", "a", "x"}.
+ANSWER_WANT = "compound_answer_want"
+ANSWER = "compound_answer"
 
 
 def libpq_url(url: str) -> str:
@@ -86,3 +91,63 @@ class Listener:
                 log.warning("listener connection lost; reconnecting", error=type(exc).__name__)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+class Notifier:
+    """NOTIFYs asked for from synchronous code (a callback), sent in order on one async
+    connection: those asked in one turn of the loop go in one round trip. A NOTIFY that
+    cannot be sent (the connection is lost) is dropped, logged, and the next goes on a
+    new connection: every user of these signals has a fallback."""
+
+    BATCH = 100
+
+    def __init__(self, url: str) -> None:
+        self.url = libpq_url(url)
+        self._pending: list[tuple[str, str]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            if self._pending:  # what was asked for before the stop goes out
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(5):
+                        while self._pending and not self._task.done():
+                            await asyncio.sleep(0.01)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def send(self, channel: str, payload: str) -> None:
+        self._pending.append((channel, payload))
+        self._wake.set()
+
+    async def _run(self) -> None:
+        import psycopg
+
+        conn: Any = None
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._pending:
+                    batch, self._pending = self._pending[: self.BATCH], self._pending[self.BATCH:]
+                    try:
+                        if conn is None or conn.closed:
+                            conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+                        sql = "SELECT " + ", ".join("pg_notify(%s, %s)" for _ in batch)
+                        await conn.execute(sql, [v for pair in batch for v in pair])
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        log.warning("notifications not sent", count=len(batch), error=type(exc).__name__)
+                        if conn is not None:
+                            await conn.close()
+                        conn = None
+        finally:
+            if conn is not None:
+                await conn.close()

@@ -14,11 +14,12 @@ from compound.core.errors import Conflict, NotFound
 from compound.core.logging import get_logger
 from compound.core.money import Price
 from compound.core.settings import Settings
+from compound.executor.answers import RemoteAnswers
 from compound.executor.service import TaskWaits
 from compound.store import pg_notify
 from compound.store.base import RunStore
 from compound.store.models import TERMINAL_TASK, TaskStatus
-from compound.worker import names
+from compound.worker import answers, names
 
 log = get_logger("compound.worker.backend")
 
@@ -41,6 +42,11 @@ class QueueBackend(TaskWaits):
             self.price_of = price_of
         self.client: Any = None
         self.sys_engine: Any = None  # DBOS's database: enqueues and their NOTIFYs
+        # A door's client listening to a task's answer: the worker running it streams it
+        # and NOTIFYs the pieces (worker/answers.py).
+        self.answers = RemoteAnswers(self._want)
+        self._notifier: pg_notify.Notifier | None = None
+        self._listener: pg_notify.Listener | None = None
 
     async def start(self) -> list[str]:
         """Create DBOS's system tables if needed, connect, and enqueue any stored task that
@@ -49,6 +55,11 @@ class QueueBackend(TaskWaits):
 
         from compound.store.db import make_engine
 
+        self._notifier = pg_notify.Notifier(self.settings.database_url)
+        self._notifier.start()
+        self._listener = pg_notify.Listener(self.settings.database_url,
+                                            {pg_notify.ANSWER: answers.relay_to(self.answers)})
+        await self._listener.start()
         url = self.settings.system_database_url()
         await asyncio.to_thread(DBOS.migrate, url)
         self.sys_engine = make_engine(url)
@@ -63,7 +74,15 @@ class QueueBackend(TaskWaits):
                 queued.append(task_id)
         return queued
 
+    def _want(self, message: tuple[Any, ...]) -> None:
+        if self._notifier is not None:
+            self._notifier.send(pg_notify.ANSWER_WANT, answers.want_payload(message))
+
     async def stop(self) -> None:
+        if self._listener is not None:
+            await self._listener.stop()
+        if self._notifier is not None:
+            await self._notifier.stop()
         if self.client is not None:
             await asyncio.to_thread(self.client.destroy)
             self.client = None

@@ -16,12 +16,13 @@ from typing import Any
 from compound.core.errors import Conflict, NotFound
 from compound.core.logging import get_logger
 from compound.core.settings import Settings
+from compound.executor.answers import ForwardedAnswers
 from compound.executor.service import Executor
 from compound.llm.base import LLMClient
 from compound.store import pg_notify
 from compound.store.base import RunStore
 from compound.store.pg_slots import PgModelSlots
-from compound.worker import names, wake
+from compound.worker import answers, names, wake
 from compound.worker.liveness import Liveness
 
 log = get_logger("compound.worker")
@@ -58,14 +59,20 @@ class Worker:
 
         self.slots = PgModelSlots(settings.database_url, limits) if any(
             settings.model_config_for(m).max_concurrency for m in settings.all_models()) else None
+        # The synthesis streams while an API process's door has a client listening to it
+        # (worker/answers.py): the pieces go out by NOTIFY.
+        self.notifier = pg_notify.Notifier(settings.database_url)
+        self.answers = ForwardedAnswers(self._relay_piece)
         self.executor = Executor(settings=settings, store=store, client=client,
-                                 observers=observers or (), model_slots=self.slots)
+                                 observers=observers or (), model_slots=self.slots,
+                                 stream_answers=True, answers=self.answers)
         self.liveness = Liveness(settings.database_url)
         # Woken at once when a task is enqueued (or, with a global cap, a task ends on
         # another worker); DBOS's own poll is only the fallback (wake.py).
         self.bell = wake.Doorbell()
         handlers: dict[str, Any] = {pg_notify.CANCEL: self._on_cancel,
-                                    pg_notify.QUEUE_WAKE: lambda _: self.bell.ring()}
+                                    pg_notify.QUEUE_WAKE: lambda _: self.bell.ring(),
+                                    pg_notify.ANSWER_WANT: answers.wants_of(self.answers)}
         if self.slots is not None:
             handlers[pg_notify.SLOT_FREE] = self.slots.released
         self.listener = pg_notify.Listener(settings.database_url, handlers)
@@ -80,6 +87,7 @@ class Worker:
         global _worker
         from dbos import DBOS
 
+        self.notifier.start()
         await self.listener.start()
         if self.sys_listener is not None:
             await self.sys_listener.start()
@@ -153,6 +161,7 @@ class Worker:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.executor.stop()  # running tasks stay PENDING in DBOS, for another worker
+        await self.notifier.stop()
         await asyncio.to_thread(DBOS.destroy, destroy_registry=False)
         wake.uninstall(names.QUEUE)
         await self.listener.stop()
@@ -161,6 +170,10 @@ class Worker:
         if self.slots is not None:
             await self.slots.close()
         await self.liveness.close()
+
+    def _relay_piece(self, message: tuple[Any, ...]) -> None:
+        for payload in answers.payloads(message):
+            self.notifier.send(pg_notify.ANSWER, payload)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -233,9 +233,9 @@ class Door:
     async def following(self, task_id: str, after: int = 0) -> AsyncIterator[AsyncIterator[Event | AnswerPiece]]:
         """events(), with the pieces of the task's answer as the synthesis call streams
         them (executor/answers.py), listened to from the moment this is entered (a door
-        enters before it sends its first byte, so its client cannot miss a piece). None
-        come in queue mode: the executor runs in another process, and its answer is read
-        from the store when the task ends."""
+        enters before it sends its first byte, so its client cannot miss a piece). When
+        the task runs in another process (the executor's own, or a queue-mode worker),
+        the pieces are relayed from there (executor/answers.py's RemoteAnswers)."""
         answers = getattr(self.state.executor, "answers", None)
         if answers is None:
             async with aclosing(self.events(task_id, after)) as events:
