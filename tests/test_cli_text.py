@@ -126,6 +126,18 @@ def test_submit_hold_then_approve(served: tuple[str, str, object], tmp_path: Pat
     assert again.exit_code == 1 and "409" in again.output
 
 
+def test_submit_hold_prints_the_id_once_the_plan_is_there(served: tuple[str, str, object], sim: Simulator) -> None:
+    """The README's tour: `HELD=$(compound tasks submit ... --hold)` then at once
+    `compound tasks approve "$HELD"`, with a planner that takes its time."""
+    sim.script.latency_s = 0.3
+    held = runner.invoke(app, ["tasks", "submit", "Draft a launch plan and a budget", "--hold"])
+    assert held.exit_code == 0, held.output
+    task_id = held.stdout.strip()
+    assert task_id.startswith("t_") and "tasks approve" in held.stderr
+    approved = runner.invoke(app, ["tasks", "approve", task_id])
+    assert approved.exit_code == 0 and f"{task_id} approved" in approved.stdout, approved.output
+
+
 def test_failed_task_shows_why(served: tuple[str, str, object], sim: Simulator, tmp_path: Path) -> None:
     from compound.llm.simulator import Failure
 

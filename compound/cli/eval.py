@@ -122,7 +122,13 @@ async def _with_progress(run: Any, items: list[Any], console: Any, *, label: str
             progress.update(bar, advance=1, description=f"eval {escape(label)}: {escape(result.id)} {result.status}")
 
         run.on_done = done
-        results: list[Any] = await run.run(items)
+        try:
+            results: list[Any] = await run.run(items)
+        finally:
+            client = getattr(run, "client", None)
+            aclose = getattr(getattr(client, "inner", client), "aclose", None)
+            if aclose is not None:  # the SDKs' HTTP sessions close on the loop they ran on
+                await aclose()
         return results
 
 

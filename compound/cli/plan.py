@@ -61,8 +61,16 @@ def register(app: typer.Typer) -> None:
             spent.append(out.cost_usd)
             return out
 
+        async def planned() -> Any:
+            try:
+                return await decompose(call, request, max_subtasks=settings.max_subtasks)
+            finally:
+                aclose = getattr(client, "aclose", None)
+                if aclose is not None:  # the SDKs' HTTP sessions close on the loop they ran on
+                    await aclose()
+
         try:
-            result = asyncio.run(decompose(call, request, max_subtasks=settings.max_subtasks))
+            result = asyncio.run(planned())
         except PlanInvalid as exc:
             typer.echo("error: the planner gave no valid plan:\n" + "\n".join(f"  - {e}" for e in exc.errors), err=True)
             raise typer.Exit(1) from None

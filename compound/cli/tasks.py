@@ -66,6 +66,19 @@ def _watch(url: str, task_id: str, *, held: bool = False) -> dict[str, Any]:
     return data
 
 
+def _planned(url: str, task_id: str) -> str:
+    """Follow the task's events until it has a plan (or ended without one); its status."""
+    from compound.cli.common import follow_events
+
+    status = "queued"
+    for event in follow_events(url, f"/v1/tasks/{task_id}/events"):
+        if event.get("event") == "task":
+            status = str(event["data"].get("status"))
+            if status not in ("queued", "planning"):
+                break
+    return status
+
+
 def register(app: typer.Typer) -> None:
     tasks = typer.Typer(help="Talk to a running server (token from COMPOUND_TOKEN).", no_args_is_help=True)
     app.add_typer(tasks, name="tasks")
@@ -97,6 +110,17 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"error: cannot read the plan: {exc}", err=True)
                 raise typer.Exit(1) from None
         data = api_request("POST", url, "/v1/tasks", json=body)
+        if hold and not watch:
+            # Held for review: the id comes once there is a plan to review and approve
+            # (so `compound tasks approve` right after it finds the task planned).
+            status = _planned(url, data["id"])
+            typer.echo(data["id"])
+            if status != "planned":
+                typer.echo(f"error: task {data['id']} ended {status} before it had a plan to approve", err=True)
+                raise typer.Exit(1)
+            typer.echo(f"planned; review it with `compound tasks watch {data['id']}`, "
+                       f"start it with `compound tasks approve {data['id']}`", err=True)
+            return
         if not watch:
             typer.echo(data["id"])
             return
