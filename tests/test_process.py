@@ -145,7 +145,8 @@ async def test_the_streamed_answer_reaches_a_listener_here(store: RunStore, sim_
 
 async def test_a_child_that_dies_is_replaced_and_resumes_its_task(
         store: RunStore, sim_settings: Settings, sim: Simulator) -> None:
-    async with running(store, sim_settings) as executor:
+    calls = Calls()
+    async with running(store, sim_settings, observers=[calls]) as executor:
         with held(sim, SUBTASK) as release:
             task = await store.create_task(prompt=PROMPT, budget_usd=1.0)
             await executor.dispatch(task.id, priority=2)
@@ -163,6 +164,10 @@ async def test_a_child_that_dies_is_replaced_and_resumes_its_task(
         # the killed child's open calls were booked lost, at their worst case, on resume
         rows = await store.ledger_rows(task.id)
         assert any(r["status"] == "lost" for r in rows) and any(r["status"] == "ok" for r in rows)
+        # and its calls in flight ended here as lost: every call observed as started ended
+        await until(lambda: len(calls.finished) == calls.started, "every call's end observed")
+        lost = [f for f in calls.finished if f["status"] == "lost"]
+        assert 1 <= len(lost) <= sum(1 for r in rows if r["status"] == "lost")
 
 
 async def test_a_stop_leaves_a_running_task_for_the_next_start(

@@ -113,6 +113,7 @@ class ProcessExecutor(TaskWaits):
         self._stopping = False
         self._restarts = 0
         self._held: list[Message] = []  # sent while no child runs: for the next one
+        self._open_calls: dict[tuple[str, str], list[float]] = {}  # (model, kind): when each began
         self._born = 0.0
         self.starts = 0  # children started (tests)
 
@@ -195,6 +196,7 @@ class ProcessExecutor(TaskWaits):
                 proc.kill()
         code = await proc.wait()
         self.proc, self._outbox = None, None
+        self._calls_lost()
         for fut in self._replies.values():
             if not fut.done():
                 fut.set_exception(ExecutorUnavailable("the executor process stopped; try again"))
@@ -226,11 +228,12 @@ class ProcessExecutor(TaskWaits):
             self.answers.relay(*message[1:])
         elif kind == "obs":
             _, method, fields = message
-            for o in self._observers:
-                try:
-                    getattr(o, method)(**fields)
-                except Exception:  # an observer must never break the stream
-                    log.exception("call observer failed")
+            key = (str(fields.get("model")), str(fields.get("kind")))
+            if method == "call_started":
+                self._open_calls.setdefault(key, []).append(asyncio.get_running_loop().time())
+            elif self._open_calls.get(key):
+                self._open_calls[key].pop(0)
+            self._observe(method, fields)
         elif kind in ("ok", "error"):
             fut = self._replies.pop(message[1], None)
             if fut is not None and not fut.done():
@@ -238,6 +241,24 @@ class ProcessExecutor(TaskWaits):
                     fut.set_result(message[2])
                 else:
                     fut.set_exception(_error(message[2], message[3]))
+
+    def _observe(self, method: str, fields: dict[str, Any]) -> None:
+        for o in self._observers:
+            try:
+                getattr(o, method)(**fields)
+            except Exception:  # an observer must never break the stream
+                log.exception("call observer failed")
+
+    def _calls_lost(self) -> None:
+        """The calls the dead child had in flight end here, `lost` (the next child books
+        their reservations so in the ledger), so the metrics' in-flight gauge comes back."""
+        now = asyncio.get_running_loop().time()
+        for (model, kind), starts in self._open_calls.items():
+            for started in starts:
+                self._observe("call_finished", {
+                    "model": model, "kind": kind, "tier": None, "status": "lost", "input_tokens": 0,
+                    "output_tokens": 0, "cost_usd": 0.0, "latency_s": now - started})
+        self._open_calls.clear()
 
     # the routes' surface ----------------------------------------------------------------
 
