@@ -170,6 +170,26 @@ async def test_a_child_that_dies_is_replaced_and_resumes_its_task(
         assert 1 <= len(lost) <= sum(1 for r in rows if r["status"] == "lost")
 
 
+def _executor_children() -> list[int]:
+    return [pid for pid in _children(os.getpid())
+            if "compound.executor.child" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            and _alive(pid)]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SKIPPED: reads /proc")
+async def test_a_stop_while_a_dead_child_is_replaced_leaves_no_child(store: RunStore, sim_settings: Settings) -> None:
+    executor = ProcessExecutor(settings=sim_settings.model_copy(update={"database_url": store.url}), store=store)
+    await executor.start()
+    assert executor.proc is not None
+    os.kill(executor.proc.pid, signal.SIGKILL)
+    await until(lambda: executor.proc is None, "the child's end to be read")  # its replacement is starting
+    await executor.stop()
+    reader = executor._reader
+    await until(lambda: reader is None or reader.done(), "the replacing to end", timeout=60)
+    assert executor.proc is None and executor.starts == 1  # none was started after the stop
+    await until(lambda: not _executor_children(), "no executor process left")
+
+
 async def test_a_stop_leaves_a_running_task_for_the_next_start(
         store: RunStore, sim_settings: Settings, sim: Simulator) -> None:
     with held(sim, SUBTASK) as release:

@@ -146,6 +146,12 @@ class ProcessExecutor(TaskWaits):
             code = await proc.wait()
             raise ExecutorUnavailable(f"the executor process did not start (exit code {code}); "
                                       "its log lines above say why") from None
+        except BaseException:  # a stop while it started: no child is left behind
+            writer.close()
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await asyncio.shield(proc.wait())
+            raise
         kind, value = first[0]
         if kind != "started":
             writer.close()
@@ -168,6 +174,11 @@ class ProcessExecutor(TaskWaits):
         """Ask the child to stop its tasks (the next start resumes them) and exit."""
         self._stopping = True
         proc, outbox = self.proc, self._outbox
+        if proc is None and self._reader is not None and not self._reader.done():
+            # between a dead child and the next: no other is started (one starting is killed)
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+            proc, outbox = self.proc, self._outbox
         if proc is None or outbox is None:
             return
         outbox.send(("stop",))
@@ -187,7 +198,10 @@ class ProcessExecutor(TaskWaits):
         try:
             while True:
                 for message in await read_frame(reader):
-                    self._handle(message)
+                    try:
+                        self._handle(message)
+                    except Exception:  # one message's handler (a hub listener) must not stop the rest
+                        log.exception("a message from the executor process failed", kind=str(message[0]))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         except Exception:
