@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import openai
 import pytest
 
 from compound.core.errors import ProviderError, StreamCut
@@ -18,7 +17,7 @@ from compound.llm import build_client
 from compound.llm.base import Delta
 from compound.llm.simulator import Failure, Simulator
 from compound.store.models import TaskStatus
-from tests.test_doors_stream import PROMPT, held
+from tests.test_doors_stream import streamed
 
 MODELS = ["anthropic/claude-haiku-4-5", "openai/gpt-4.1", "hosted_vllm/tiny"]  # SDK, SDK, litellm
 MESSAGES = [{"role": "user", "content": "Explain quicksort in detail, step by step, with an example."}]
@@ -84,22 +83,12 @@ def test_a_call_not_streamed_gets_the_plain_error(sim: Simulator) -> None:
     assert r.status_code == 529 and r.json()["error"]["type"] == "overloaded_error"
 
 
-async def chat_answer(served: Any, sim: Simulator) -> tuple[str, list[str]]:
-    client = openai.AsyncOpenAI(base_url=served.url + "/v1", api_key=served.alice, max_retries=0)
-    with held(sim, PROMPT) as release:  # the door listens before the synthesis starts
-        stream = await client.chat.completions.create(
-            model="compound", messages=[{"role": "user", "content": PROMPT}], stream=True)
-        first = await stream.__anext__()
-        release.set()
-    deltas = [ch.choices[0].delta.content async for ch in stream if ch.choices and ch.choices[0].delta.content]
-    return first.id, deltas
-
-
 @pytest.mark.parametrize("midstream", ["error", "drop"])
 async def test_a_synthesis_cut_midway_is_retried_and_the_chat_client_gets_it_whole(
         served: Any, sim: Simulator, midstream: str) -> None:
     sim.fail(Failure(529, midstream=midstream, after_pieces=2, kind="synthesizer"))  # type: ignore[arg-type]
-    task_id, deltas = await chat_answer(served, sim)
+    task_id, deltas, error = await streamed(served, sim)
+    assert error is None
     snap = await served.app.state.store.snapshot(task_id)
     assert snap["status"] == TaskStatus.completed
     assert "".join(deltas) == snap["result"]  # the retry said the same: the client saw it once

@@ -67,7 +67,8 @@ class Threads:
             await aclose()
 
 
-async def _events_until_end(store: RunStore, task_id: str, executor: ThreadedExecutor) -> list[Event]:
+async def events_until_end(store: RunStore, task_id: str, executor: ThreadedExecutor) -> list[Event]:
+    """Dispatch the task and collect its events here until its end (test_process.py too)."""
     seen: list[Event] = []
     async with store.subscribe(task_id, after=0) as sub:
         await executor.dispatch(task_id, priority=2)
@@ -86,7 +87,7 @@ async def test_a_task_runs_on_the_executors_thread_and_its_events_reach_this_loo
     await executor.start()
     try:
         task = await any_store.create_task(prompt=PROMPT, budget_usd=1.0)
-        seen = await _events_until_end(any_store, task.id, executor)
+        seen = await events_until_end(any_store, task.id, executor)
         assert seen[-1].data["status"] == "completed", seen[-1].data
         # every event once, in order: the executor's commits were published here, and on
         # PostgreSQL this process's listener did not publish them a second time

@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-import openai
 import pytest
 
 from compound.api.app import create_app
@@ -27,9 +26,10 @@ from compound.core.settings import Settings
 from compound.executor.answers import AnswerPiece
 from compound.executor.process import ProcessExecutor
 from compound.llm.simulator import Simulator
-from compound.store.base import Event, RunStore
+from compound.store.base import RunStore
 from tests.fixtures.served import free_port, serving
-from tests.test_doors_stream import held
+from tests.test_doors_stream import held, streamed
+from tests.test_onthread import events_until_end
 
 PROMPT = "Look into the history of tea and the costs of tea and the risks of tea"
 SUBTASK = "Work out: the costs of tea"  # only that subtask's call says it (until it has answered)
@@ -71,25 +71,13 @@ async def until(check, what: str, timeout: float = 30.0) -> None:  # type: ignor
         await asyncio.sleep(0.02)
 
 
-async def events_until_end(store: RunStore, task_id: str, executor: ProcessExecutor) -> list[Event]:
-    seen: list[Event] = []
-    async with store.subscribe(task_id, after=0) as sub:
-        await executor.dispatch(task_id, priority=2)
-        async with asyncio.timeout(60):
-            async for ev in sub:
-                seen.append(ev)
-                if ev.terminal:
-                    return seen
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
 async def test_a_task_runs_in_the_child_and_its_events_and_calls_reach_this_process(
         any_store: RunStore, sim_settings: Settings, sim: Simulator) -> None:
     calls = Calls()
     async with running(any_store, sim_settings, observers=[calls]) as executor:
         assert executor.proc is not None and executor.proc.pid != os.getpid()
         task = await any_store.create_task(prompt=PROMPT, budget_usd=1.0)
-        seen = await events_until_end(any_store, task.id, executor)
+        seen = await events_until_end(any_store, task.id, executor)  # type: ignore[arg-type]  # any front with dispatch()
         assert seen[-1].data["status"] == "completed", seen[-1].data
         # every event once, in order: relayed on SQLite, heard by LISTEN on PostgreSQL
         assert [e.seq for e in seen] == list(range(1, len(seen) + 1))
@@ -209,15 +197,9 @@ async def test_a_served_chat_client_gets_the_answer_as_the_child_streams_it(
     app = create_app(settings)
     async with serving(app) as served:
         assert isinstance(app.state.executor, ProcessExecutor)
-        client = openai.AsyncOpenAI(base_url=served.url + "/v1", api_key=served.alice, max_retries=0)
-        with held(sim, PROMPT) as release:  # nothing is said before the door listens
-            stream = await client.chat.completions.create(
-                model="compound", messages=[{"role": "user", "content": PROMPT}], stream=True)
-            first = await stream.__anext__()
-            release.set()
-        deltas = [ch.choices[0].delta.content async for ch in stream if ch.choices and ch.choices[0].delta.content]
-        snap = await app.state.store.snapshot(first.id)
-        assert snap["status"] == "completed", snap
+        task_id, deltas, error = await streamed(served, sim)  # nothing is said before the door listens
+        snap = await app.state.store.snapshot(task_id)
+        assert error is None and snap["status"] == "completed", (error, snap)
         assert "".join(deltas) == snap["result"], (deltas, snap["result"])
         assert len(deltas) > 3, deltas  # as the synthesis streamed it in the child, not one chunk
         async with httpx.AsyncClient(base_url=served.url, timeout=60) as http:
