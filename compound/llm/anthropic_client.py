@@ -197,8 +197,10 @@ class AnthropicClient(SDKAdapter[Any]):
         start_usage: Any = None
         final_usage: Any = None
         stop: str | None = None
+        answered = False
         try:
             events = await client.messages.create(stream=True, **kwargs)
+            answered = True  # the 200 came: from here on its body is read
             async with events:
                 async for event in events:
                     kind = event.type
@@ -214,7 +216,7 @@ class AnthropicClient(SDKAdapter[Any]):
                         final_usage = event.usage
                         stop = event.delta.stop_reason
         except Exception as exc:
-            raise sdk_error(exc, model, secrets=(key,)) from None
+            raise sdk_error(exc, model, secrets=(key,), midstream=answered) from None
         usage = usage_of(start_usage)
         if final_usage is not None:  # message_delta's counts are cumulative and final
             out = final_usage.output_tokens

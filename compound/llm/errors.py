@@ -101,9 +101,15 @@ def scrub(text: str, secrets: tuple[str | None, ...]) -> str:
     return redact_text(text)[:500]
 
 
-def sdk_error(exc: BaseException, model: str, *, secrets: tuple[str | None, ...] = ()) -> ProviderError:
-    """Map an anthropic or openai SDK exception to a ProviderError (or ProviderTimeout)."""
+def sdk_error(exc: BaseException, model: str, *, secrets: tuple[str | None, ...] = (),
+              midstream: bool = False) -> ProviderError:
+    """Map an anthropic or openai SDK exception to a ProviderError (or ProviderTimeout).
+    `midstream`: the answer's 200 had come and its body was being read, so a lost
+    connection is a StreamCut whatever the SDK calls it (the HTTP stack's own exception,
+    or the SDK's APIConnectionError wrapping it)."""
     kind = kind_of(exc)
+    if midstream and kind == "transient":
+        kind = "cut"
     message = scrub(str(getattr(exc, "message", None) or exc), secrets)
     name = type(exc).__name__
     if kind == "timeout":

@@ -142,7 +142,7 @@ class OpenAIClient(SDKAdapter[Any]):
                             yield Delta(text)
                         if choice.finish_reason:
                             stop = choice.finish_reason
-        except Exception as exc:
-            raise sdk_error(exc, model, secrets=(key,)) from None
+        except Exception as exc:  # the 200 came: the body was being read
+            raise sdk_error(exc, model, secrets=(key,), midstream=True) from None
         yield Completion(text="".join(parts), model=model, usage=usage, cost_usd=self.price(model).cost(usage),
                          latency_s=time.perf_counter() - started, finish_reason=stop)

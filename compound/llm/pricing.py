@@ -37,21 +37,32 @@ def cost_map() -> dict[str, Any]:
 
 
 def _finalised(table: dict[str, Any]) -> dict[str, Any]:
-    """What litellm does to the file on load: drop its reserved keys, expand `aliases`
-    (an alias never replaces a canonical entry; the first claim wins)."""
+    """What litellm does to the file on load (`_expand_model_aliases`): drop its reserved
+    keys; a row whose `alias_of` names another row is served as that row; an `aliases`
+    list adds names for its row. An alias never replaces a canonical entry, the first
+    claim wins, and a pointer to nothing (or to another pointer) is dropped."""
     table.pop("fallback_generalizations", None)
-    added: dict[str, Any] = {}
-    for entry in table.values():
+    pointers = {name: entry["alias_of"] for name, entry in table.items()
+                if isinstance(entry, dict) and isinstance(entry.get("alias_of"), str)}
+    owners: dict[str, str] = {}
+    for name, entry in table.items():
         aliases = entry.get("aliases") if isinstance(entry, dict) else None
+        if aliases is None or name in pointers:
+            continue
+        entry.pop("aliases", None)
         if not isinstance(aliases, list):
             continue
         for alias in aliases:
-            if alias not in table and alias not in added:
-                added[alias] = entry
-    for entry in table.values():
-        if isinstance(entry, dict):
-            entry.pop("aliases", None)
-    table.update(added)
+            if (alias in table and alias not in pointers) or alias in owners:
+                continue
+            owners[alias] = name
+    for alias, target in pointers.items():
+        if target in table and target not in pointers and alias not in owners:
+            owners[alias] = target
+    for alias in pointers.keys() - owners.keys():
+        table.pop(alias)
+    for alias, owner in owners.items():
+        table[alias] = table[owner]
     return table
 
 
