@@ -1,5 +1,5 @@
 """GET /v1/tasks/{id} of a finished task against a bare FastAPI app serving the same
-body, side by side in one run (issue 10: >= 0.5x bare's requests/s, p99 <= 2x).
+body, side by side in one run (target: >= 0.5x bare's requests/s, p99 <= 2x).
 
     .venv/bin/python bench/api_bench.py [--write docs/benchmarks.md]
 
@@ -126,15 +126,11 @@ def report(results: dict[str, list[WrkResult]], *, body_bytes: int, rounds: int,
               "(`TokenCache`, entries live at most 1 s), the task's snapshot comes from memory as JSON "
               "bytes serialized once (`SnapshotCache`, dropped at the task's next event), and the token, "
               "`wait`/`since` and If-None-Match are read without FastAPI's dependency solver (which cost "
-              "more than the rest of the request: 160 to 64 µs per request in-process). Before this "
-              "(three SQL reads on the event loop, pydantic validation of the response) it served 0.11x "
-              "bare's requests/s at 5.3x its p99 in the same harness. Since the executor moved to a "
-              "thread of its own, this path is also answered ahead of the framework's layers "
-              "(`FastTaskReads`: the route's own code, before the exception and routing middleware and "
-              "FastAPI's request handler; any error is left to the route): so compound now serves more "
-              "requests a second than the bare FastAPI endpoint, which goes through those layers. With "
-              "the same route behind FastAPI's layers (the run before this change, same harness) it "
-              "served 0.78-0.91x bare's requests/s at 1.55-2.36x its p99."]
+              "more than the rest of the request: 160 to 64 µs per request in-process). The route is "
+              "also answered ahead of the framework's layers (`FastTaskReads`: the route's own code, "
+              "before the exception and routing middleware and FastAPI's request handler; any error is "
+              "left to the route), which is why it serves more requests a second than the bare FastAPI "
+              "endpoint, which goes through those layers."]
     return "\n".join(lines) + "\n", ok
 
 

@@ -1,4 +1,4 @@
-"""Benchmark of prompt caching (issue 11): the input cost of a 10-subtask task whose
+"""Benchmark of prompt caching: the input cost of a 10-subtask task whose
 request is 3,000 tokens, with and without the cache marker, on the simulator's
 Anthropic cache accounting (a prefix is read from cache once the call writing it has
 begun to answer, within the TTL; writes at 1.25x the input price, reads at 0.1x).

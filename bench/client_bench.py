@@ -1,4 +1,4 @@
-"""Benchmark of the model-call seam (issue 11): CPU per call and wall time for N calls,
+"""Benchmark of the model-call seam: CPU per call and wall time for N calls,
 compound's adapter against the bare provider SDK, both providers, in one run.
 
     .venv/bin/python bench/client_bench.py [--calls 3000] [--concurrency 256] [--write docs/benchmarks.md]

@@ -1,4 +1,4 @@
-"""Benchmarks of the executor (issue 3): makespan against the critical path, and
+"""Benchmarks of the executor: makespan against the critical path, and
 orchestration overhead per subtask, with every transition committed to SQLite.
 
     .venv/bin/python bench/dag_bench.py [--write docs/benchmarks.md]

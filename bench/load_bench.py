@@ -1,4 +1,4 @@
-"""Many tasks through one `compound serve` against the provider simulator (issue 10):
+"""Many tasks through one `compound serve` against the provider simulator:
 every task completes with no HTTP error while each is polled about once a second,
 GET /healthz stays fast, peak memory stays bounded, and model calls/s is set beside
 the provider SDK's floor (AsyncAnthropic making as many calls at the same

@@ -1,4 +1,4 @@
-"""Benchmarks of queue mode (issue 12): throughput with 1 and 2 workers at a per-worker
+"""Benchmarks of queue mode: throughput with 1 and 2 workers at a per-worker
 cap (latency-bound), task start latency through the DBOS queue (submit → `planning`),
 and DBOS-on-SQLite start latency (the embedded default's question).
 
