@@ -27,6 +27,7 @@ def _project() -> dict[str, Any]:
 def _closure(packages: dict[str, dict[str, Any]], roots: list[dict[str, Any]]) -> set[str]:
     """Every package the roots pull in, extras of each dependency included."""
     seen: set[str] = set()
+    extras_seen: set[tuple[str, str]] = set()
     stack = list(roots)
     while stack:
         dep = stack.pop()
@@ -39,7 +40,9 @@ def _closure(packages: dict[str, dict[str, Any]], roots: list[dict[str, Any]]) -
             seen.add(name)
             stack += pkg.get("dependencies", [])
         for extra in extras:
-            stack += pkg.get("optional-dependencies", {}).get(extra, [])
+            if (name, extra) not in extras_seen:
+                extras_seen.add((name, extra))
+                stack += pkg.get("optional-dependencies", {}).get(extra, [])
     return seen
 
 
