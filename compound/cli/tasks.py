@@ -4,13 +4,17 @@ running server (token from COMPOUND_TOKEN)."""
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import typer
 
-URL = typer.Option("http://127.0.0.1:8000", "--url", envvar="COMPOUND_URL", help="the server")
+from compound.cli.common import DEFAULT_URL
+
+URL = typer.Option(DEFAULT_URL, "--url", envvar="COMPOUND_URL", help="the server (or COMPOUND_URL)")
+FILE_HELP = "read the request from this file (`-`: stdin); or give `-` as the request"
 
 
 def _console() -> Any:
@@ -50,7 +54,8 @@ def _watch(url: str, task_id: str, *, held: bool = False) -> dict[str, Any]:
         yield api_request("GET", url, f"/v1/tasks/{task_id}")
 
     if console.is_terminal:
-        with Live(render_snapshot(data), console=console, refresh_per_second=8) as live:
+        with Live(render_snapshot(data), console=console, refresh_per_second=8,
+                  redirect_stderr=sys.stderr.isatty()) as live:
             for data in updates():
                 live.update(render_snapshot(data))
     else:  # piped: no redraws, the final tree once
@@ -85,7 +90,8 @@ def register(app: typer.Typer) -> None:
 
     @tasks.command("submit")
     def submit(
-        request: str = typer.Argument(..., help="what you want done"),
+        request: str | None = typer.Argument(None, help="what you want done (`-`: read it from stdin)"),
+        file: Path | None = typer.Option(None, "--file", "-f", help=FILE_HELP),
         url: str = URL,
         budget: float | None = typer.Option(None, "--budget", help="hard cap in USD (more than 0)"),
         plan: Path | None = typer.Option(None, "--plan", help="a PlanIn JSON file to run instead of planning"),
@@ -95,9 +101,10 @@ def register(app: typer.Typer) -> None:
                                        help="unused: --watch follows the task's event stream"),
     ) -> None:
         """Submit a request; print its id (stdout), or follow it with --watch."""
-        from compound.cli.common import api_request
+        from compound.cli.common import api_request, read_prompt
 
-        body: dict[str, Any] = {"prompt": request, "approve": not hold}
+        # The server's COMPOUND_MAX_PROMPT_CHARS decides (its error says the limit).
+        body: dict[str, Any] = {"prompt": read_prompt(request, file), "approve": not hold}
         if budget is not None:
             if budget <= 0:
                 typer.echo("error: --budget must be more than 0", err=True)
