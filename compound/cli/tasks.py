@@ -31,7 +31,7 @@ def _watch(url: str, task_id: str, *, held: bool = False) -> dict[str, Any]:
 
     from compound.cli.common import api_request, follow_events
     from compound.cli.live import cost_table, render_snapshot
-    from compound.cli.output import print_answer, print_outcome
+    from compound.cli.output import print_answer, print_notice, print_outcome
     from compound.store.models import TERMINAL_TASK
 
     console = _console()
@@ -53,6 +53,7 @@ def _watch(url: str, task_id: str, *, held: bool = False) -> dict[str, Any]:
             yield api_request("GET", url, f"/v1/tasks/{task_id}")
         yield api_request("GET", url, f"/v1/tasks/{task_id}")
 
+    print_notice(console, data)
     if console.is_terminal:
         with Live(render_snapshot(data), console=console, refresh_per_second=8,
                   redirect_stderr=sys.stderr.isatty()) as live:
@@ -175,7 +176,7 @@ def register(app: typer.Typer) -> None:
         """One task: its subtasks, error, cost and answer."""
         from compound.cli.common import api_request
         from compound.cli.live import render_snapshot
-        from compound.cli.output import print_answer, print_outcome
+        from compound.cli.output import print_answer, print_notice, print_outcome
 
         data = api_request("GET", url, f"/v1/tasks/{task_id}")
         if as_json:
@@ -183,6 +184,7 @@ def register(app: typer.Typer) -> None:
             return
         console = _console()
         console.print(render_snapshot(data))
+        print_notice(console, data)
         print_outcome(console, data)
         print_answer(console, data.get("result"))
 
