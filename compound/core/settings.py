@@ -271,9 +271,10 @@ def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]
     suffixes = {name.removeprefix("COMPOUND_"): name for name in known}
     out = []
     for name in sorted(environ):
-        if not name.startswith("COMPOUND_") or name in known:
+        upper = name.upper()  # pydantic-settings reads names in any case
+        if not upper.startswith("COMPOUND_") or upper in known:
             continue
-        close = difflib.get_close_matches(name.removeprefix("COMPOUND_").upper(), suffixes, n=1, cutoff=0.6)
+        close = difflib.get_close_matches(upper.removeprefix("COMPOUND_"), suffixes, n=1, cutoff=0.6)
         out.append((name, suffixes[close[0]] if close else None))
     return out
 
