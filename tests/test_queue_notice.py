@@ -83,3 +83,7 @@ def test_a_queued_task_says_no_worker_is_alive_until_one_starts(cluster: Cluster
     held = wait_until(lambda: (s := cluster.get(port, f"/v1/tasks/{other['id']}"))["status"] == "planned" and s,
                       timeout=120, what="the held task's plan")
     assert "notice" not in held  # only a queued task waits for a worker
+    cluster.stop()  # SIGTERM to each: a clean stop, nothing reported as an error
+    for log in cluster.workdir.glob("*.log"):
+        written = log.read_text(errors="replace")
+        assert '"level": "error"' not in written and "Traceback" not in written, (log.name, written[-2000:])
