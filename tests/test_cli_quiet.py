@@ -255,10 +255,11 @@ def test_the_embedding_matcher_without_its_extra_stops_before_any_item(
 def test_a_postgresql_url_without_its_driver_is_refused_at_once(cli_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
     _without(monkeypatch, "psycopg")
     monkeypatch.setenv("COMPOUND_DATABASE_URL", "postgresql://u@127.0.0.1:1/none")
-    out = runner.invoke(app, ["run", "hello"])
-    assert out.exit_code == 2, out.output
-    assert "needs the optional extra 'postgres' (psycopg not installed)" in out.stderr
-    assert "uv sync --inexact --extra postgres" in out.stderr
+    for command in (["run", "hello"], ["db", "upgrade"], ["tokens", "list"]):
+        out = runner.invoke(app, command)
+        assert out.exit_code == 2, out.output
+        assert "needs the optional extra 'postgres' (psycopg not installed)" in out.stderr
+        assert "uv sync --inexact --extra postgres" in out.stderr
 
 
 def test_queue_mode_without_dbos_is_refused_before_the_worker_starts(
