@@ -282,3 +282,53 @@ async def test_the_child_dies_with_a_killed_server(tmp_path: Path) -> None:
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+async def test_a_child_that_dies_is_reported_as_an_error(store: RunStore, sim_settings: Settings) -> None:
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        async with running(store, sim_settings) as executor:
+            assert executor.proc is not None
+            os.kill(executor.proc.pid, signal.SIGKILL)
+            await until(lambda: executor.starts == 2 and executor.proc is not None, "another child", timeout=60)
+    died = [e for e in logs if e["log_level"] == "error" and "executor process exited" in e["event"]]
+    assert len(died) == 1 and died[0]["code"] == -signal.SIGKILL
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SKIPPED: reads /proc")
+async def test_sigterm_to_the_process_group_stops_server_and_child_without_an_error(tmp_path: Path) -> None:
+    """What `kill %1` and systemd's stop do: the signal reaches the server and its
+    executor process; the server stops the child in order, and nothing is reported."""
+    port = free_port()
+    env = {**os.environ, "COMPOUND_DATABASE_URL": f"sqlite:///{tmp_path / 'c.db'}", "LITELLM_MODE": "PRODUCTION",
+           "LITELLM_LOCAL_MODEL_COST_MAP": "True", "COMPOUND_LOG_LEVEL": "INFO"}
+    server = subprocess.Popen([sys.executable, "-m", "compound.cli", "serve", "--port", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        async with httpx.AsyncClient() as http:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 120
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                        break
+                assert server.poll() is None, "the server exited"
+                assert loop.time() < deadline, "the server did not answer"
+                await asyncio.sleep(0.05)
+        children = _children(server.pid)
+        assert len(children) == 1 and _alive(children[0])
+        os.killpg(server.pid, signal.SIGTERM)
+        _, err = await asyncio.to_thread(server.communicate, timeout=120)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    assert any(e["level"] == "warning" for e in lines), err.decode()  # its log lines were read (no keys set)
+    assert [e for e in lines if e["level"] in ("error", "critical")] == [], err.decode()
+    assert "Traceback" not in err.decode()
+    # uvicorn re-raises the signal once it has shut down: an end by SIGTERM, which
+    # systemd counts as a clean stop
+    assert server.returncode in (0, -signal.SIGTERM)
+    await until(lambda: not _alive(children[0]), "the executor process to end")

@@ -85,6 +85,11 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
         # Tasks run by other processes are heard by PostgreSQL's LISTEN/NOTIFY only.
         hears_all = runs.url.startswith("postgres") or getattr(settings, "execution", "inline") != "queue"
         app.state.snapshots = SnapshotCache(runs, keep=hears_all)
+        if settings.execution == "queue":  # a queued task says when no worker is alive to take it
+            from compound.api.notices import NoticedSnapshots
+            from compound.worker.liveness import WorkerWatch
+
+            app.state.snapshots = NoticedSnapshots(runs, watch=WorkerWatch(settings.database_url), keep=hears_all)
         await executor.start()
         from compound.api import doors
 

@@ -21,12 +21,30 @@ app = typer.Typer(
 
 
 @app.callback()
-def _logs_to_stderr() -> None:
+def _logs_to_stderr(
+    verbose: bool = typer.Option(False, "-v", "--verbose", help=(
+        "log lines from INFO up on a terminal too (default there: WARNING; COMPOUND_LOG_LEVEL wins)")),
+) -> None:
     """Every command logs to stderr, never into stdout (`--json` output, `compound mcp`'s
-    stdio stream). `serve`, `worker` and `run` reconfigure with their settings' level."""
-    from compound.core.logging import configure_logging
+    stdio stream): on a terminal from WARNING up unless -v, else JSON lines from INFO
+    up. `serve`, `worker` and `run` reconfigure with their settings' level."""
+    from compound.core.logging import configure_logging, set_verbose
 
-    configure_logging(os.environ.get("COMPOUND_LOG_LEVEL", "INFO"))
+    set_verbose(verbose)
+    configure_logging(os.environ.get("COMPOUND_LOG_LEVEL") or None)
+    _warn_unknown_variables()
+
+
+def _warn_unknown_variables() -> None:
+    """A misspelled COMPOUND_* variable would be ignored without a word: one warning per
+    variable, with the closest name compound reads."""
+    from compound.core.logging import get_logger
+    from compound.core.settings import unknown_variables
+
+    log = get_logger("compound.cli")
+    for name, close in unknown_variables(os.environ):
+        hint = f"; did you mean {close}?" if close else ""
+        log.warning(f"unknown variable {name} is ignored{hint}", variable=name, closest=close)
 
 
 def _register() -> None:

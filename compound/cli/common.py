@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import typer
 
@@ -63,6 +65,7 @@ def engine_for(settings: Settings) -> Any:
     from compound.core.settings import mask_url
     from compound.store.db import StoreUnavailable, admin_engine
 
+    require_extras_or_exit(settings)
     try:
         return admin_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
     except ConfigError as exc:
@@ -74,29 +77,115 @@ def engine_for(settings: Settings) -> Any:
         raise typer.Exit(2) from None
 
 
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def token_from_env() -> str:
+    """COMPOUND_TOKEN without surrounding whitespace (a newline pasted or read from a file
+    with it is never part of a token); a clear error, without the value, if it is unset
+    or holds what no token holds."""
+    token = os.environ.get("COMPOUND_TOKEN", "").strip()
+    if not token:
+        fail("set COMPOUND_TOKEN to a token from `compound tokens create`")
+    for at, char in enumerate(token, 1):
+        if not 33 <= ord(char) <= 126:
+            what = "a space" if char.isspace() else "a control character" if ord(char) < 32 else "not ASCII"
+            fail(f"COMPOUND_TOKEN is malformed: its character {at} of {len(token)} is {what}, which no token "
+                 "holds; set it to the token `compound tokens create` printed")
+    return token
+
+
+def unreachable(url: str, exc: Exception) -> NoReturn:
+    """Exit 1 naming the URL tried, where it came from and how to point elsewhere."""
+    import httpx
+
+    if url == os.environ.get("COMPOUND_URL"):
+        source = "from COMPOUND_URL"
+    elif url == DEFAULT_URL:
+        source = "the default"
+    else:
+        source = "from --url"
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        why = "it is not an http:// or https:// URL"
+    else:
+        why = f"{type(exc).__name__} (is `compound serve` running there?)"
+    fail(f"cannot reach the server at {url} ({source}): {why}. Set the server's URL with --url URL or "
+         "COMPOUND_URL=URL", 1)
+
+
 def api_request(method: str, url: str, path: str, **kw: Any) -> Any:
     """Call a running server with the token from COMPOUND_TOKEN; exit with a clear
     message on a connection error or an error answer."""
     import httpx
 
-    token = os.environ.get("COMPOUND_TOKEN")
-    if not token:
-        typer.echo("error: set COMPOUND_TOKEN to a token from `compound tokens create`", err=True)
-        raise typer.Exit(2)
+    token = token_from_env()
     try:
         response = httpx.request(method, url.rstrip("/") + path, headers={"Authorization": f"Bearer {token}"},
                                  timeout=30, **kw)
-    except httpx.HTTPError as exc:
-        typer.echo(f"error: cannot reach {url}: {type(exc).__name__}", err=True)
-        raise typer.Exit(1) from None
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        unreachable(url, exc)
     if response.status_code >= 400:
         try:
             message = response.json()["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = response.text[:200]
-        typer.echo(f"error: {response.status_code}: {message}", err=True)
-        raise typer.Exit(1)
+        fail(f"{response.status_code}: {message}", 1)
     return response.json()
+
+
+def read_prompt(request: str | None, file: Path | None, settings_limit: int | None = None) -> str:
+    """The prompt: the argument, stdin when it is `-`, or the file of --file (`-` too);
+    exactly one of them. With `settings_limit`, longer prompts are refused as the server
+    refuses them (COMPOUND_MAX_PROMPT_CHARS)."""
+    if request is not None and file is not None:
+        fail("give the request as an argument or with --file, not both")
+    if request is None and file is None:
+        fail("give the request as an argument, `-` to read it from stdin, or --file PATH")
+    source = "stdin" if request == "-" or str(file) == "-" else str(file) if file is not None else None
+    if source == "stdin":
+        if sys.stdin.isatty():
+            typer.echo("reading the request from stdin (end it with Ctrl-D)", err=True)
+        text = sys.stdin.read().strip()
+    elif file is not None:
+        try:
+            text = file.read_text(encoding="utf-8").strip()
+        except UnicodeDecodeError:
+            fail(f"cannot read the request from {file}: it is not UTF-8 text")
+        except OSError as exc:
+            fail(f"cannot read the request from {file}: {exc.strerror or exc}")
+    else:
+        text = str(request)
+    if not text.strip():
+        fail(f"the request from {source} is empty" if source else "the request is empty")
+    if settings_limit is not None:
+        check_prompt_length(text, settings_limit)
+    return text
+
+
+def check_prompt_length(text: str, limit: int) -> None:
+    """Refuse a prompt the server would refuse, with the same limit and its setting."""
+    if len(text) > limit:
+        fail(f"the request has {len(text)} characters; at most {limit} are accepted "
+             "(COMPOUND_MAX_PROMPT_CHARS)")
+
+
+def require_extras_or_exit(settings: Settings, *, queue: bool = False) -> None:
+    """The optional extras the settings need, checked before any work starts: the
+    PostgreSQL driver for a postgresql:// store, DBOS for queue mode (`queue`)."""
+    from compound.core.extras import require
+
+    try:
+        if settings.database_url.startswith("postgresql"):
+            require("postgres", needed_by="COMPOUND_DATABASE_URL=postgresql://...")
+        if queue and settings.execution == "queue":
+            require("dbos", needed_by="COMPOUND_EXECUTION=queue")
+    except ConfigError as exc:
+        fail(exc.message)
 
 
 def follow_events(url: str, path: str) -> Iterator[dict[str, Any]]:
@@ -107,7 +196,7 @@ def follow_events(url: str, path: str) -> Iterator[dict[str, Any]]:
 
     import httpx
 
-    token = os.environ.get("COMPOUND_TOKEN", "")
+    token = token_from_env()
     last: str | None = None
     for _ in range(10):  # reconnects after a dropped connection, then give up
         headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
@@ -134,9 +223,8 @@ def follow_events(url: str, path: str) -> Iterator[dict[str, Any]]:
                     elif line.startswith("data:"):
                         event["data"] = json.loads(line[5:].strip())
             return
-        except httpx.TransportError:
+        except httpx.TransportError as exc:
             if last is None:
-                typer.echo(f"error: cannot reach {url}", err=True)
-                raise typer.Exit(1) from None
+                unreachable(url, exc)
     typer.echo(f"error: lost the event stream of {url} ten times; giving up", err=True)
     raise typer.Exit(1)

@@ -44,6 +44,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2)
         settings = settings_or_exit(priced=True)
         try:
+            _require_extras(matcher)  # before any item runs
             path = _dataset_path(dataset)
             items = load(path, fmt)[:limit] if limit else load(path, fmt)
             match = matcher_named(matcher)
@@ -73,6 +74,14 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(summary))
         else:
             _print_summary(summary)
+
+
+def _require_extras(matcher: str) -> None:
+    from compound.core.extras import require
+
+    require("evals", needed_by="compound eval")
+    if matcher == "embedding":
+        require("evals-embed", needed_by="--matcher embedding")
 
 
 def _dataset_path(name: str) -> Path:

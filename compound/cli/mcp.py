@@ -18,7 +18,9 @@ def register(app: typer.Typer) -> None:
         """Serve the MCP tools (submit_task, get_task, ...) over stdio."""
         import anyio
 
-        token = os.environ.get("COMPOUND_TOKEN") or None
+        from compound.cli.common import token_from_env
+
+        token = token_from_env() if os.environ.get("COMPOUND_TOKEN", "").strip() else None
         if url:
             if not token:
                 typer.echo("error: --url needs COMPOUND_TOKEN set to a token from `compound tokens create`", err=True)

@@ -45,6 +45,12 @@ def print_outcome(console: Console, snap: dict[str, Any]) -> None:
         console.print(Text(line))
 
 
+def print_notice(console: Console, snap: dict[str, Any]) -> None:
+    """What the server says about a waiting task (queue mode: no worker is alive)."""
+    if snap.get("notice"):
+        console.print(Text.assemble(("note: ", "bold yellow"), str(snap["notice"])))
+
+
 def print_answer(console: Console, text: str | None) -> None:
     """The answer: rendered as Markdown on a terminal, the raw text when piped."""
     if not text:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -39,11 +40,13 @@ def likely_cost(plan: Any, settings: Any, price_of: Any, *, request: str = "") -
 def register(app: typer.Typer) -> None:
     @app.command()
     def plan(
-        request: str = typer.Argument(..., help="what you want done"),
+        request: str | None = typer.Argument(None, help="what you want done (`-`: read it from stdin)"),
+        file: Path | None = typer.Option(None, "--file", "-f", help=(
+            "read the request from this file (`-`: stdin); or give `-` as the request")),
         as_json: bool = typer.Option(False, "--json", help="print the plan (PlanIn) as JSON only"),
     ) -> None:
         """Decompose a request into a plan without running it."""
-        from compound.cli.common import settings_or_exit
+        from compound.cli.common import read_prompt, settings_or_exit
         from compound.core.errors import PlanInvalid, ProviderError
         from compound.llm import build_client
         from compound.llm.pricing import price_of
@@ -51,6 +54,7 @@ def register(app: typer.Typer) -> None:
         from compound.planner.estimate import estimate_cost
 
         settings = settings_or_exit(priced=True)
+        prompt = read_prompt(request, file, settings.max_prompt_chars)
         client = build_client(settings)
         spent: list[float] = []
 
@@ -63,7 +67,7 @@ def register(app: typer.Typer) -> None:
 
         async def planned() -> Any:
             try:
-                return await decompose(call, request, max_subtasks=settings.max_subtasks)
+                return await decompose(call, prompt, max_subtasks=settings.max_subtasks)
             finally:
                 aclose = getattr(client, "aclose", None)
                 if aclose is not None:  # the SDKs' HTTP sessions close on the loop they ran on
@@ -99,8 +103,8 @@ def register(app: typer.Typer) -> None:
         console = Console()
         console.print(tree)
         console.print(Text(f"critical path: {' -> '.join(map(str, critical_path(deps)))}"))
-        worst = estimate_cost(result, settings, lambda m: price_of(m, settings), request=request)
-        likely = likely_cost(result, settings, lambda m: price_of(m, settings), request=request)
+        worst = estimate_cost(result, settings, lambda m: price_of(m, settings), request=prompt)
+        likely = likely_cost(result, settings, lambda m: price_of(m, settings), request=prompt)
         console.print(Text(f"likely cost: ${likely:.6f} (answers of ~{TYPICAL_ANSWER_TOKENS} tokens); "
                            f"worst case: ${worst:.6f} (every answer at max_tokens, the most the budget "
                            f"holds back); planning cost: ${sum(spent):.6f}"))

@@ -24,7 +24,9 @@ LOCAL_USER = "local"
 def register(app: typer.Typer) -> None:
     @app.command()
     def run(
-        request: str = typer.Argument(..., help="what you want done"),
+        request: str | None = typer.Argument(None, help="what you want done (`-`: read it from stdin)"),
+        file: Path | None = typer.Option(None, "--file", "-f", help=(
+            "read the request from this file (`-`: stdin); or give `-` as the request")),
         budget: float | None = typer.Option(None, "--budget", help="hard cap in USD (more than 0)"),
         plan: Path | None = typer.Option(None, "--plan", help="a PlanIn JSON file to run instead of planning"),
         user: str | None = typer.Option(None, "--user", envvar="COMPOUND_USER", help=(
@@ -32,7 +34,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="print the final snapshot as JSON"),
     ) -> None:
         """Run one task in this process against the configured models."""
-        from compound.cli.common import engine_for, settings_or_exit
+        from compound.cli.common import engine_for, read_prompt, settings_or_exit
         from compound.core.errors import PlanInvalid
         from compound.llm import build_client
         from compound.planner.validate import validate_plan
@@ -41,6 +43,7 @@ def register(app: typer.Typer) -> None:
             typer.echo("error: --budget must be more than 0 (it is a hard cap in USD)", err=True)
             raise typer.Exit(2)
         settings = settings_or_exit(priced=True)
+        prompt = read_prompt(request, file, settings.max_prompt_chars)
         from compound.core.logging import configure_logging
 
         configure_logging(settings.log_level, settings.log_json)  # task logs go to stderr, never stdout
@@ -61,7 +64,7 @@ def register(app: typer.Typer) -> None:
         finally:
             engine.dispose()
         snap, interrupted = asyncio.run(_run(
-            settings, build_client(settings), request=request,
+            settings, build_client(settings), request=prompt,
             budget=budget if budget is not None else settings.default_budget_usd, plan_in=plan_in, owner=owner,
             live=not as_json))
         if as_json:
@@ -84,10 +87,11 @@ def register(app: typer.Typer) -> None:
 def owner_id(engine: Any, name: str | None) -> str:
     """Who a `compound run` task belongs to: --user (or COMPOUND_USER), else the user of
     COMPOUND_TOKEN when it is a live token of this store, else the user 'local'."""
+    from compound.cli.common import token_from_env
     from compound.store.users import get_or_create_user, lookup_token
 
-    if name is None and os.environ.get("COMPOUND_TOKEN"):
-        user_id = lookup_token(engine, os.environ["COMPOUND_TOKEN"])
+    if name is None and os.environ.get("COMPOUND_TOKEN", "").strip():
+        user_id = lookup_token(engine, token_from_env())
         if user_id is not None:
             return user_id
     return get_or_create_user(engine, name or LOCAL_USER).id
@@ -129,7 +133,8 @@ async def _run(settings: Settings, client: LLMClient, *, request: str, budget: f
                     from rich.live import Live
 
                     # Redrawn on each committed event; nothing is read while nothing changes.
-                    with Live(render_snapshot(await store.snapshot(task.id)), refresh_per_second=8) as view:
+                    with Live(render_snapshot(await store.snapshot(task.id)), refresh_per_second=8,
+                              redirect_stderr=sys.stderr.isatty()) as view:
                         async for ev in events:
                             view.update(render_snapshot(await store.snapshot(task.id)))
                             if ev.terminal:

@@ -15,9 +15,10 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from compound.api.app import create_app
-        from compound.cli.common import engine_for, settings_or_exit
+        from compound.cli.common import engine_for, require_extras_or_exit, settings_or_exit
 
         settings = settings_or_exit(priced=True)
+        require_extras_or_exit(settings, queue=True)
         if settings.execution == "queue":
             from compound.core.errors import ConfigError
             from compound.worker.names import check_queue_settings

@@ -4,13 +4,17 @@ running server (token from COMPOUND_TOKEN)."""
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import typer
 
-URL = typer.Option("http://127.0.0.1:8000", "--url", envvar="COMPOUND_URL", help="the server")
+from compound.cli.common import DEFAULT_URL
+
+URL = typer.Option(DEFAULT_URL, "--url", envvar="COMPOUND_URL", help="the server (or COMPOUND_URL)")
+FILE_HELP = "read the request from this file (`-`: stdin); or give `-` as the request"
 
 
 def _console() -> Any:
@@ -27,7 +31,7 @@ def _watch(url: str, task_id: str, *, held: bool = False) -> dict[str, Any]:
 
     from compound.cli.common import api_request, follow_events
     from compound.cli.live import cost_table, render_snapshot
-    from compound.cli.output import print_answer, print_outcome
+    from compound.cli.output import print_answer, print_notice, print_outcome
     from compound.store.models import TERMINAL_TASK
 
     console = _console()
@@ -49,8 +53,10 @@ def _watch(url: str, task_id: str, *, held: bool = False) -> dict[str, Any]:
             yield api_request("GET", url, f"/v1/tasks/{task_id}")
         yield api_request("GET", url, f"/v1/tasks/{task_id}")
 
+    print_notice(console, data)
     if console.is_terminal:
-        with Live(render_snapshot(data), console=console, refresh_per_second=8) as live:
+        with Live(render_snapshot(data), console=console, refresh_per_second=8,
+                  redirect_stderr=sys.stderr.isatty()) as live:
             for data in updates():
                 live.update(render_snapshot(data))
     else:  # piped: no redraws, the final tree once
@@ -85,7 +91,8 @@ def register(app: typer.Typer) -> None:
 
     @tasks.command("submit")
     def submit(
-        request: str = typer.Argument(..., help="what you want done"),
+        request: str | None = typer.Argument(None, help="what you want done (`-`: read it from stdin)"),
+        file: Path | None = typer.Option(None, "--file", "-f", help=FILE_HELP),
         url: str = URL,
         budget: float | None = typer.Option(None, "--budget", help="hard cap in USD (more than 0)"),
         plan: Path | None = typer.Option(None, "--plan", help="a PlanIn JSON file to run instead of planning"),
@@ -95,9 +102,10 @@ def register(app: typer.Typer) -> None:
                                        help="unused: --watch follows the task's event stream"),
     ) -> None:
         """Submit a request; print its id (stdout), or follow it with --watch."""
-        from compound.cli.common import api_request
+        from compound.cli.common import api_request, read_prompt
 
-        body: dict[str, Any] = {"prompt": request, "approve": not hold}
+        # The server's COMPOUND_MAX_PROMPT_CHARS decides (its error says the limit).
+        body: dict[str, Any] = {"prompt": read_prompt(request, file), "approve": not hold}
         if budget is not None:
             if budget <= 0:
                 typer.echo("error: --budget must be more than 0", err=True)
@@ -168,7 +176,7 @@ def register(app: typer.Typer) -> None:
         """One task: its subtasks, error, cost and answer."""
         from compound.cli.common import api_request
         from compound.cli.live import render_snapshot
-        from compound.cli.output import print_answer, print_outcome
+        from compound.cli.output import print_answer, print_notice, print_outcome
 
         data = api_request("GET", url, f"/v1/tasks/{task_id}")
         if as_json:
@@ -176,6 +184,7 @@ def register(app: typer.Typer) -> None:
             return
         console = _console()
         console.print(render_snapshot(data))
+        print_notice(console, data)
         print_outcome(console, data)
         print_answer(console, data.get("result"))
 

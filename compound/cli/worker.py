@@ -13,13 +13,14 @@ def register(app: typer.Typer) -> None:
         import asyncio
         import signal
 
-        from compound.cli.common import settings_or_exit
+        from compound.cli.common import require_extras_or_exit, settings_or_exit
         from compound.core.errors import ConfigError
         from compound.core.logging import configure_logging
         from compound.worker.names import check_queue_settings
         from compound.worker.runner import run_worker
 
         settings = settings_or_exit(priced=True)
+        require_extras_or_exit(settings, queue=True)
         try:
             check_queue_settings(settings)
         except ConfigError as exc:

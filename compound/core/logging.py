@@ -1,4 +1,6 @@
-"""structlog set-up: JSON when stderr is not a terminal, and a processor that redacts
+"""structlog set-up: every line on stderr; JSON lines from INFO up when stderr is not a
+terminal (a service, CI), readable lines from WARNING up on a terminal unless asked
+(`compound -v`, or an explicit COMPOUND_LOG_LEVEL); and a processor that redacts
 provider keys and bearer tokens wherever they appear in an event."""
 
 from __future__ import annotations
@@ -62,7 +64,25 @@ class _Stderr:
         sys.stderr.flush()
 
 
-def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
+_verbose = False
+
+
+def set_verbose(on: bool) -> None:
+    """`compound -v`: INFO lines on a terminal too (an explicit level still wins)."""
+    global _verbose
+    _verbose = on
+
+
+def effective_level(level: str | None) -> str:
+    """The level in effect: an explicit one as given; else INFO when stderr is not a
+    terminal (operators lose nothing) or when asked (-v), WARNING on a terminal."""
+    if level:
+        return level.upper()
+    return "INFO" if _verbose or not sys.stderr.isatty() else "WARNING"
+
+
+def configure_logging(level: str | None = None, json: bool | None = None) -> None:
+    level = effective_level(level)
     if json is None:
         json = not sys.stderr.isatty()
     renderer: Any = (
@@ -78,7 +98,7 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+            logging.getLevelNamesMapping().get(level, logging.INFO)
         ),
         logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,

@@ -9,6 +9,7 @@ Environment variables win over the file.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,6 +25,7 @@ from pydantic_settings import (
 from compound.core.errors import ConfigError
 
 ModelList = Annotated[list[str], NoDecode]
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class ModelConfig(BaseModel):
@@ -81,7 +83,8 @@ class Settings(BaseSettings):
     token_last_used_flush_s: float = Field(default=10.0, gt=0, description="how often last_used_at is written")
     public_metrics: bool = True
     sqlite_synchronous: str = Field(default="NORMAL", pattern="^(OFF|NORMAL|FULL|EXTRA)$")
-    log_level: str = "INFO"
+    log_level: str | None = Field(
+        default=None, description="unset: INFO when stderr is not a terminal, WARNING on one (INFO with -v)")
     log_json: bool | None = None  # None: JSON when stderr is not a terminal
     models: dict[str, ModelConfig] = Field(default_factory=dict)
 
@@ -123,6 +126,15 @@ class Settings(BaseSettings):
     def _sqlalchemy_scheme(cls, value: str) -> str:
         # Heroku-style postgres:// is SQLAlchemy's postgresql://
         return "postgresql://" + value[len("postgres://"):] if value.startswith("postgres://") else value
+
+    @field_validator("log_level", mode="after")
+    @classmethod
+    def _known_level(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if value.strip().upper() not in LOG_LEVELS:
+            raise ValueError(f"{value!r} is not a log level; use one of {', '.join(LOG_LEVELS)}")
+        return value.strip().upper()
 
     @field_validator("sqlite_synchronous", mode="before")
     @classmethod
@@ -232,6 +244,39 @@ def mask_url(url: str) -> str:
         user = creds.split(":", 1)[0]
         return f"{scheme}://{user}:****@{host}"
     return url
+
+
+# COMPOUND_* variables read outside the settings object: the config file's path, the
+# CLI's server and user, the adapter's offline switch, and the test suite's and
+# benchmarks' own.
+OTHER_VARIABLES = frozenset({
+    "COMPOUND_CONFIG", "COMPOUND_TOKEN", "COMPOUND_URL", "COMPOUND_USER", "COMPOUND_ALLOW_REMOTE_MODELS",
+    "COMPOUND_TEST_PG_URL", "COMPOUND_TEST_PG_ADMIN_URL", "COMPOUND_SIM_URL", "COMPOUND_SCREENSHOT",
+    "COMPOUND_BROWSER_REPEAT",
+})
+
+
+def known_variables() -> frozenset[str]:
+    """Every COMPOUND_* variable compound reads: one per setting, and OTHER_VARIABLES."""
+    fields = {f"COMPOUND_{name.upper()}" for name in Settings.model_fields}
+    return frozenset(fields) | OTHER_VARIABLES
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """(name, closest known name or None) for each COMPOUND_* variable compound does not
+    read (a typo is otherwise silently ignored), in name order."""
+    import difflib
+
+    known = known_variables()
+    suffixes = {name.removeprefix("COMPOUND_"): name for name in known}
+    out = []
+    for name in sorted(environ):
+        upper = name.upper()  # pydantic-settings reads names in any case
+        if not upper.startswith("COMPOUND_") or upper in known:
+            continue
+        close = difflib.get_close_matches(upper.removeprefix("COMPOUND_"), suffixes, n=1, cutoff=0.6)
+        out.append((name, suffixes[close[0]] if close else None))
+    return out
 
 
 def load_settings(**overrides: Any) -> Settings:

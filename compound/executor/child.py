@@ -12,9 +12,11 @@ store handle and SDK clients, resumes every unfinished task, answers ("started",
   ("listen" | "unlisten", task_id)    ("ok", id, value) | ("error", id, type name, message)
   ("stop",)
 
-Messages written in one turn of the loop leave as one frame. Ctrl-C in a terminal
-reaches the whole process group: the child ignores SIGINT and stops when the server
-says so; SIGTERM stops it as "stop" does.
+Messages written in one turn of the loop leave as one frame. Ctrl-C in a terminal,
+`kill %1` and systemd's stop signal the whole process group (or control group): they
+are meant for the server, so the child ignores SIGINT and SIGTERM and stops when the
+server says so, in order (a clean stop, not a death to report), or when the server's
+process dies (the parent-death signal, else the socket's end).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ async def serve(fd: int) -> int:
     settings = hello["settings"]
     from compound.core.logging import configure_logging
 
-    configure_logging(settings.log_level, settings.log_json)
+    configure_logging(hello.get("log_level", settings.log_level), settings.log_json)  # the server's (-v)
     out = Outbox(writer)
     try:
         from compound.executor.service import Executor
@@ -120,8 +122,6 @@ async def serve(fd: int) -> int:
 async def _serve_messages(reader: asyncio.StreamReader, executor: Any, answers: ForwardedAnswers,
                           out: Outbox) -> None:
     loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stopping.set)
     replies: set[asyncio.Task[None]] = set()
 
     async def reply(call_id: int, coro: Coroutine[Any, Any, Any]) -> None:
@@ -150,19 +150,16 @@ async def _serve_messages(reader: asyncio.StreamReader, executor: Any, answers: 
                         return
         # the server is gone (or said stop): put the tasks down
 
-    reading = loop.create_task(read())
-    stop_asked = loop.create_task(stopping.wait())
-    await asyncio.wait({reading, stop_asked}, return_when=asyncio.FIRST_COMPLETED)
-    for t in (reading, stop_asked):
-        t.cancel()
+    await read()
     if replies:
         await asyncio.wait(replies, timeout=5)
 
 
 def main(argv: list[str]) -> int:
     fd, parent = int(argv[1]), int(argv[2])
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the server's to handle (module docstring)
+        signal.signal(sig, signal.SIG_IGN)
     die_with(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import uvloop
 

@@ -132,8 +132,11 @@ class ProcessExecutor(TaskWaits):
         finally:
             theirs.close()
         reader, writer = await asyncio.open_unix_connection(sock=mine)
+        from compound.core.logging import effective_level
+
         writer.write(frame([("hello", {
-            "settings": self.settings, "relay_events": self._relay_events,
+            "settings": self.settings, "log_level": effective_level(self.settings.log_level),
+            "relay_events": self._relay_events,
             "observe": bool(self._observers), "stream_answers": self._stream_answers})]))
         try:
             async with asyncio.timeout(START_WAIT_S):

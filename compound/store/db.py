@@ -47,8 +47,10 @@ def make_engine(url: str, *, sqlite_synchronous: str = "NORMAL") -> Engine:
     try:
         return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
     except ImportError as exc:
+        from compound.core.extras import install_hint
+
         raise ConfigError(f"COMPOUND_DATABASE_URL is PostgreSQL but its driver is missing ({exc.name or exc}): "
-                          "pip install 'compound[postgres]' (psycopg 3)") from None
+                          f"{install_hint('postgres')}") from None
 
 
 def create_all(engine: Engine) -> None:

@@ -5,6 +5,7 @@ No heartbeat rows and no clocks to compare."""
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from typing import Any
 
@@ -73,3 +74,44 @@ async def _try_lock(conn: Any, executor_id: str) -> bool:
     cur = await conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, executor_key(executor_id)))
     row = await cur.fetchone()
     return bool(row and row[0])
+
+
+NO_WORKER_NOTICE = ("no compound worker is alive to take this task: it waits in the queue until one starts "
+                    "(`compound worker` with the same COMPOUND_DATABASE_URL; docs/deploy.md)")
+
+
+class WorkerWatch:
+    """For the API processes of queue mode: whether any worker lives (its lock is held),
+    read at most once per `every_s` seconds, on a short connection."""
+
+    def __init__(self, url: str, *, every_s: float = 2.0) -> None:
+        self.url = libpq_url(url)
+        self.every_s = every_s
+        self._checked_at: float | None = None
+        self._alive: bool | None = None
+        self._lock = asyncio.Lock()
+
+    async def any_alive(self) -> bool | None:
+        """Whether a worker lives; None when the database cannot say (no notice then)."""
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            if self._checked_at is None or loop.time() - self._checked_at >= self.every_s:
+                self._alive = await self._read()
+                self._checked_at = loop.time()
+            return self._alive
+
+    async def _read(self) -> bool | None:
+        import psycopg
+
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, application_name="compound-worker-watch") as conn:
+                cur = await conn.execute(f"SELECT count(*) FROM ({LIVE_WORKERS_SQL}) AS live")
+                row = await cur.fetchone()
+        except psycopg.Error:
+            return None
+        return bool(row and row[0])
+
+    async def notice(self) -> str | None:
+        """What a queued task's snapshot says while no worker is alive to take it."""
+        return NO_WORKER_NOTICE if await self.any_alive() is False else None
