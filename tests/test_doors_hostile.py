@@ -42,8 +42,8 @@ def test_too_deep_finds_the_path(text: str, path: list[Any] | None) -> None:
 
 @pytest.mark.parametrize(("raw", "field", "words"), [
     (b"[" * 100_000 + b"]" * 100_000, "0.0.0.0.", "nested deeper than"),
-    (b'{"b": NaN}', "body", "NaN is not JSON"),
-    (b'{"b": -Infinity}', "body", "-Infinity is not JSON"),
+    (b'{"b": NaN}', "b", "not finite"),
+    (b'{"b": {"c": -Infinity}}', "b.c", "not finite"),
     (b'{"b": [1e400]}', "b.0", "not finite"),
     (b'{"b": "\\ud800"}', "b", "lone surrogate"),
     (b'{"\\udfff": 1}', "body", "a key contains a lone surrogate"),
@@ -108,8 +108,8 @@ def openai_error(r: httpx.Response, status: int = 400) -> dict[str, Any]:
     (chat('[{"type": "text"}]'), "messages.0.content", "only text parts"),
     (chat(max_tokens="-1"), "max_tokens", ""),
     (chat(max_tokens='"lots"'), "max_tokens", ""),
-    (chat(budget_usd="NaN"), None, "NaN is not JSON"),
-    (chat(budget_usd="Infinity"), None, "Infinity is not JSON"),
+    (chat(budget_usd="NaN"), "budget_usd", "not finite"),
+    (chat(budget_usd="Infinity"), "budget_usd", "not finite"),
     (chat(budget_usd="1e400"), "budget_usd", "not finite"),
     (chat(budget_usd="1e308"), "budget_usd", "10000"),
     (chat(budget_usd="-1"), "budget_usd", ""),
@@ -177,3 +177,186 @@ async def test_assistant_tool_calls_without_content_are_no_context(served, sim) 
     task = await served.app.state.store.load(r.headers["x-compound-task-id"])
     assert task is not None and task.context == [{"role": "user", "content": "What is the weather?"},
                             {"role": "tool", "content": "sunny"}]
+
+
+# the MCP door --------------------------------------------------------------------------
+
+
+def rpc(method: str, params: Any = None, rid: str = "1") -> bytes:
+    """A JSON-RPC request as raw text (`rid` and `params` written as given)."""
+    tail = "" if params is None else f', "params": {params}'
+    return f'{{"jsonrpc": "2.0", "id": {rid}, "method": "{method}"{tail}}}'.encode()
+
+
+def submit(args: str) -> bytes:
+    return rpc("tools/call", f'{{"name": "submit_task", "arguments": {args}}}')
+
+
+async def post_mcp(served, body: bytes, token: str | None = None) -> httpx.Response:  # type: ignore[no-untyped-def]
+    async with httpx.AsyncClient(base_url=served.url, timeout=60) as http:
+        return await http.post("/mcp", content=body, headers={
+            "Authorization": f"Bearer {token or served.alice}", "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"})
+
+
+def mcp_message(r: httpx.Response) -> dict[str, Any]:
+    """The JSON-RPC answer of an /mcp POST (a JSON body, or the SSE stream's message)."""
+    if r.headers["content-type"].startswith("text/event-stream"):
+        data = [line[5:].strip() for line in r.text.splitlines() if line.startswith("data:")]
+        return json.loads(data[-1])  # type: ignore[no-any-return]
+    return r.json()  # type: ignore[no-any-return]
+
+
+def tool_error(r: httpx.Response) -> str:
+    assert r.status_code == 200, r.text
+    result = mcp_message(r)["result"]
+    assert result["isError"] is True
+    text: str = result["content"][0]["text"]
+    prefix = "Error executing tool submit_task: "
+    assert text.startswith(prefix), text
+    return text[len(prefix):]
+
+
+BUDGET_ERROR = "invalid_request: invalid budget_usd: must be a finite number > 0 and at most 10000"
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    ('{"prompt": "hi", "budget_usd": -1}', BUDGET_ERROR + " (got -1"),
+    ('{"prompt": "hi", "budget_usd": 1e308}', BUDGET_ERROR + " (got 1e+308)"),
+    ('{"prompt": "hi", "budget_usd": NaN}', BUDGET_ERROR + " (got nan)"),
+    ('{"prompt": "hi", "budget_usd": Infinity}', BUDGET_ERROR + " (got inf)"),
+    ('{"prompt": "hi", "budget_usd": 1e400}', BUDGET_ERROR + " (got inf)"),
+    ('{"prompt": "hi", "priority": 99}', "invalid_request: invalid priority: must be 0 (most urgent), 1, 2 or 3"),
+    ('{"prompt": "   "}', "invalid_request: invalid prompt: must not be empty"),
+    ('{"prompt": "a\\u0000b"}', "invalid_request: invalid prompt: contains a NUL"),
+    ('{"prompt": ' + json.dumps("x" * 20_001) + "}", "invalid_request: invalid prompt: 20001 characters"),
+    ('{"prompt": "hi", "plan": {"subtasks": [{"description": "a", "tier_hint": 1e30}]}}', "invalid_request:"),
+    ('{"prompt": 5}', "1 validation error"),
+    ('{}', "1 validation error"),
+])
+async def test_mcp_submit_says_what_was_wrong(served, args: str, words: str) -> None:  # type: ignore[no-untyped-def]
+    assert tool_error(await post_mcp(served, submit(args))).startswith(words)
+    store = served.app.state.store
+    principal = await store.principal_for_token(served.alice)
+    assert (await store.list_tasks(user_id=principal.user_id))[0] == []
+
+
+@pytest.mark.parametrize(("body", "code", "words"), [
+    (rpc("tools/list", rid="1e400"), -32600, "invalid id: a request's id must be a string or an integer (got inf)"),
+    (rpc("tools/list", rid='{"a": 1}'), -32600, "invalid id"),
+    (rpc("tools/list", rid="[1]"), -32600, "invalid id"),
+    (rpc("tools/list", rid="null"), -32600, "invalid id"),
+    (rpc("tools/list", rid="true"), -32600, "invalid id"),
+    (rpc("tools/list", rid="1.5"), -32600, "invalid id"),
+    (rpc("tools/list", rid='"\\ud800"'), -32600, "invalid id"),
+    (submit('{"prompt": "\\ud800"}'), -32602, "invalid params.arguments.prompt: contains a lone surrogate"),
+    (submit('{"prompt": "hi", "plan": {"subtasks": [{"description": "\\udc00"}]}}'), -32602,
+     "invalid params.arguments.plan.subtasks.0.description: contains a lone surrogate"),
+    (rpc("tools/call", '{"name": "get_task", "arguments": {"task_id": "\\ud800"}}'), -32602,
+     "invalid params.arguments.task_id"),
+    (rpc("tools/call", '{"name": "list_tasks", "arguments": {"x": ' + "[" * 100_000 + "]" * 100_000 + "}}"),
+     -32602, "invalid params.arguments.x.0.0"),
+    (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list", "extra": ' + b'{"a": ' * 100_000 + b"1"
+     + b"}" * 100_001, -32600, "invalid extra.a.a"),
+])
+async def test_mcp_answers_requests_it_cannot_take_with_a_jsonrpc_error(served, body: bytes, code: int,  # type: ignore[no-untyped-def]
+                                                                        words: str) -> None:
+    r = await post_mcp(served, body)
+    assert r.status_code == 400, r.text
+    answer = r.json()
+    assert answer["jsonrpc"] == "2.0" and answer["id"] is None
+    assert answer["error"]["code"] == code and answer["error"]["message"].startswith(words), answer
+
+
+@pytest.mark.parametrize(("tool", "args", "words"), [
+    ("get_task", '{"task_id": "t_\\u0000"}', "not_found: no task with id"),
+    ("get_task", '{"task_id": ' + json.dumps("t" * 5000) + "}", "not_found: no task with id"),
+    ("cancel_task", '{"task_id": "t_\\u0000"}', "not_found: no task with id"),
+    ("list_tasks", '{"cursor": "\\u0000"}', "invalid_request: invalid cursor"),
+    ("list_tasks", '{"limit": 1e400}', "1 validation error"),
+])
+async def test_mcp_reading_tools_refuse_ids_no_task_has(served, tool: str, args: str, words: str) -> None:  # type: ignore[no-untyped-def]
+    r = await post_mcp(served, rpc("tools/call", f'{{"name": "{tool}", "arguments": {args}}}'))
+    assert r.status_code == 200, r.text
+    result = mcp_message(r)["result"]
+    assert result["isError"] is True
+    assert result["content"][0]["text"].removeprefix(f"Error executing tool {tool}: ").startswith(words), result
+
+
+async def test_mcp_wait_with_a_submit_only_token_is_refused_before_a_task_exists(served) -> None:  # type: ignore[no-untyped-def]
+    from compound.store.users import create_token
+
+    store = served.app.state.store
+    _, token = create_token(store.engine, "dave", ["submit"])
+    r = await post_mcp(served, submit('{"prompt": "Explain quicksort", "wait": true}'), token=token)
+    assert tool_error(r).startswith("forbidden: this token lacks the 'read' scope")
+    principal = await store.principal_for_token(token)
+    assert (await store.list_tasks(user_id=principal.user_id))[0] == []
+    # without wait the same token submits, and the answer holds the task's id
+    done = mcp_message(await post_mcp(served, submit('{"prompt": "Explain quicksort"}'), token=token))["result"]
+    assert done["isError"] is False and done["structuredContent"]["id"].startswith("t_")
+
+
+# the A2A door --------------------------------------------------------------------------
+
+
+async def post_a2a(served, body: bytes, token: str | None = None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    async with httpx.AsyncClient(base_url=served.url, timeout=60) as http:
+        version = {} if b'"method": "message/' in body else {"A2A-Version": "1.0"}
+        r = await http.post("/a2a", content=body, headers={
+            "Authorization": f"Bearer {token or served.alice}", "Content-Type": "application/json", **version})
+    assert r.status_code < 500, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def send(meta: str = "{}", text: str = '"Explain quicksort"', more: str = "", method: str = "SendMessage") -> bytes:
+    part = f'{{"kind": "text", "text": {text}}}' if method.startswith("message/") else f'{{"text": {text}}}'
+    role = '"user"' if method.startswith("message/") else '"ROLE_USER"'
+    return rpc(method, f'{{"message": {{"messageId": "m1", "role": {role}, "parts": [{part}], '
+                       f'"metadata": {meta}{more}}}, "configuration": {{"returnImmediately": true}}}}', rid="7")
+
+
+@pytest.mark.parametrize(("body", "code", "words"), [
+    (send('{"budget_usd": 1e400}'), -32602, "invalid params.message.metadata.budget_usd: a number too large"),
+    (send('{"budget_usd": NaN}'), -32602, "invalid params.message.metadata.budget_usd: a number too large"),
+    (send('{"budget_usd": -Infinity}'), -32602, "invalid params.message.metadata.budget_usd"),
+    (send('{"budget_usd": -1}'), -32602, "invalid metadata.budget_usd: must be a finite number > 0"),
+    (send('{"budget_usd": 1e308}'), -32602, "invalid metadata.budget_usd: must be a finite number > 0"),
+    (send('{"budget_usd": true}'), -32602, "invalid metadata.budget_usd"),
+    (send('{"priority": 99}'), -32602, "invalid metadata.priority: must be 0 (most urgent), 1, 2 or 3"),
+    (send('{"x": ' + "[" * 100_000 + "]" * 100_000 + "}"), -32602, "invalid params.message.metadata.x.0.0"),
+    (send('{"x": ' + '{"a": ' * 100_000 + "1" + "}" * 100_000 + "}"), -32602,
+     "invalid params.message.metadata.x.a.a"),
+    (send(text='"\\ud800"'), -32602, "invalid params.message.parts.0.text: contains a lone surrogate"),
+    (send(text='"a\\u0000b"'), -32602, "invalid message.parts: contains a NUL"),
+    (send(text=json.dumps("x" * 20_001)), -32602, "invalid message.parts: 20001 characters"),
+    (send('{"budget_usd": 1e400}', method="message/send"), -32602, "invalid params.message.metadata.budget_usd"),
+    (send('{"priority": 99}', method="message/send"), -32602, "invalid metadata.priority"),
+    (b'{"jsonrpc": "2.0", "id": 7, "method": "GetTask", "params": {"id": "t"}, "x": ' + b"[" * 100_000
+     + b"]" * 100_000 + b"}", -32600, "invalid x.0.0"),
+    (rpc("GetTask", '{"id": "t_\\u0000"}'), -32001, ""),
+    (rpc("GetTask", '{"id": 1e400}'), -32602, "invalid params.id"),
+])
+async def test_a2a_refuses_hostile_params_naming_the_field(served, body: bytes, code: int, words: str) -> None:  # type: ignore[no-untyped-def]
+    answer = await post_a2a(served, body)
+    assert answer["jsonrpc"] == "2.0" and "result" not in answer, answer
+    assert answer["error"]["code"] == code and answer["error"]["message"].startswith(words), answer
+    store = served.app.state.store
+    principal = await store.principal_for_token(served.alice)
+    assert (await store.list_tasks(user_id=principal.user_id))[0] == []
+
+
+@pytest.mark.parametrize("method", ["SendMessage", "message/send"])
+async def test_a2a_message_naming_another_users_task_is_task_not_found(served, method: str) -> None:  # type: ignore[no-untyped-def]
+    mine = (await post_a2a(served, send(), token=served.bob))["result"]
+    theirs = (mine.get("task") or mine)["id"]
+    for field in ("taskId", "contextId"):
+        for named in (theirs, "t_0000000000000000"):
+            answer = await post_a2a(served, send(more=f', "{field}": "{named}"', method=method))
+            assert answer["error"]["code"] == -32001, answer
+    store = served.app.state.store
+    alice = await store.principal_for_token(served.alice)
+    assert (await store.list_tasks(user_id=alice.user_id))[0] == []
+    # the owner may name it: compound keeps no conversations, so a new task starts
+    again = (await post_a2a(served, send(more=f', "contextId": "{theirs}"', method=method), token=served.bob))
+    assert (again["result"].get("task") or again["result"])["id"] != theirs

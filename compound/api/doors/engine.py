@@ -11,10 +11,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from compound.api.doors.inputs import BadField, check_json, checked_budget, checked_priority, checked_text
+from compound.api.doors.inputs import (
+    BadField,
+    check_json,
+    checked_budget,
+    checked_priority,
+    checked_text,
+    shown,
+)
 from compound.api.routes_tasks import submit_to
 from compound.api.schemas import TaskCreate
-from compound.core.errors import BudgetExceeded, Conflict, NotFound, UserInputError
+from compound.core.errors import BudgetExceeded, Conflict, NotFound
 from compound.core.money import worst_case_usd
 from compound.executor.answers import AnswerPiece
 from compound.planner.estimate import estimate_cost
@@ -200,10 +207,18 @@ class Door:
         if not all(is_clean_text(m["content"]) and is_clean_text(m["role"]) for m in context):
             raise BadField(field, "a message contains a NUL character or a lone surrogate")
 
+    @staticmethod
+    def task_id(task_id: object) -> str:
+        """A task id as a caller sent it: one no task can have (not text, a NUL, a lone
+        surrogate, too long) is NotFound here, before it reaches a store query."""
+        if not isinstance(task_id, str) or len(task_id) > 200 or not is_clean_text(task_id):
+            raise NotFound(f"no task with id {shown(task_id)}")
+        return task_id
+
     async def snapshot(self, principal: Principal, task_id: str) -> dict[str, Any]:
         """The task's snapshot; another user's task is NotFound."""
         self.require(principal, "read")
-        return await self.store.snapshot(task_id, user_id=self.owner(principal))
+        return await self.store.snapshot(self.task_id(task_id), user_id=self.owner(principal))
 
     async def read(self, task_id: str) -> dict[str, Any]:
         """The snapshot of a task the caller already owns (after submit or a wait)."""
@@ -213,19 +228,21 @@ class Door:
              cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
         self.require(principal, "read")
         if status is not None and status not in set(TaskStatus):
-            raise UserInputError(f"status: {status[:40]!r} is not one of {', '.join(TaskStatus)}")
+            raise BadField("status", f"{shown(status)} is not one of {', '.join(TaskStatus)}")
+        if cursor is not None and (len(cursor) > 200 or not is_clean_text(cursor)):
+            raise BadField("cursor", "not a cursor this server gave out; use next_cursor as returned")
         return await self.store.list_tasks(user_id=self.owner(principal), limit=max(1, min(limit, 100)),
                                            status=status, cursor=cursor)
 
     async def cancel(self, principal: Principal, task_id: str) -> dict[str, Any]:
         self.require(principal, "submit")
-        await self.store.head(task_id, user_id=self.owner(principal))
+        await self.store.head(self.task_id(task_id), user_id=self.owner(principal))
         await self.state.executor.cancel(task_id)
         return await self.read(task_id)
 
     async def approve(self, principal: Principal, task_id: str) -> dict[str, Any]:
         self.require(principal, "submit")
-        await self.store.head(task_id, user_id=self.owner(principal))
+        await self.store.head(self.task_id(task_id), user_id=self.owner(principal))
         await self.state.executor.approve(task_id)
         return await self.read(task_id)
 

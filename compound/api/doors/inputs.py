@@ -30,7 +30,7 @@ def path_of(parts: list[str | int] | tuple[str | int, ...], limit: int = 8) -> s
     """A dotted path (`messages.0.content`), its middle elided past `limit` parts."""
     names = [str(p) for p in parts]
     if len(names) > limit:
-        names = [*names[: limit // 2], "…", *names[-(limit // 2):]]
+        names = [*names[: limit - 2], "…", *names[-2:]]
     return ".".join(names) or "body"
 
 
@@ -69,14 +69,11 @@ def too_deep(text: str, limit: int = MAX_DEPTH) -> list[str | int] | None:
     return None
 
 
-def _no_constant(name: str) -> Any:
-    raise BadField("body", f"{name} is not JSON (numbers must be finite)")
-
-
-def load_json(raw: bytes | str) -> Any:
-    """A request body as JSON a door can take: not nested deeper than MAX_DEPTH, numbers
-    finite (no NaN, Infinity or 1e400), strings valid Unicode (no lone surrogate such as
-    the escape \\ud800). Anything else is a BadField naming where."""
+def load_json(raw: bytes | str, *, finite: bool = True) -> Any:
+    """A request body as JSON a door can take: not nested deeper than MAX_DEPTH, strings
+    valid Unicode (no lone surrogate such as the escape \\ud800) and, when `finite`,
+    numbers finite (no NaN, Infinity or 1e400). Anything else is a BadField naming
+    where ("body" when it is not JSON at all)."""
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     except UnicodeDecodeError:
@@ -85,21 +82,20 @@ def load_json(raw: bytes | str) -> Any:
     if deep is not None:
         raise BadField(path_of(deep), f"nested deeper than {MAX_DEPTH} levels")
     try:
-        data = json.loads(text, parse_constant=_no_constant)
-    except BadField:
-        raise
+        data = json.loads(text)
     except (ValueError, RecursionError):
         raise BadField("body", "not valid JSON") from None
-    check_json(data)
+    check_json(data, finite=finite)
     return data
 
 
-def check_json(data: Any, where: tuple[str | int, ...] = ()) -> None:
-    """Every number finite and every string (keys too) valid Unicode, else BadField."""
+def check_json(data: Any, where: tuple[str | int, ...] = (), *, finite: bool = True) -> None:
+    """Every string (keys too) valid Unicode and (when `finite`) every number finite,
+    else BadField."""
     stack: list[tuple[tuple[str | int, ...], Any]] = [(where, data)]
     while stack:
         path, value = stack.pop()
-        if isinstance(value, float) and not math.isfinite(value):
+        if finite and isinstance(value, float) and not math.isfinite(value):
             raise BadField(path_of(path), "a number too large or not finite; numbers must be finite")
         if isinstance(value, str) and not valid_unicode(value):
             raise BadField(path_of(path), "contains a lone surrogate (such as \\ud800), which is not text")

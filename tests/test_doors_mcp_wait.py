@@ -1,0 +1,78 @@
+"""MCP over HTTP keeps a waiting client: docs/doors.md's client script, run as written
+(its URL, token and a read timeout shorter than the task put in), against the served app
+while the task's subtask is held at the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from compound.api.doors import mcp as mcp_door
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "doors.md"
+READ_TIMEOUT_S = 1.0
+PROMPT = "Compare SQLite and PostgreSQL"  # the prompt the documented script submits
+
+
+def documented_script() -> str:
+    """The Python block of docs/doors.md that talks MCP over HTTP."""
+    blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S)
+    return next(b for b in blocks if "streamable_http_client(" in b)
+
+
+def runnable(script: str, url: str, token: str) -> dict[str, Any]:
+    """The script's definitions, pointed at `url` with `token` and a short read timeout
+    (the `asyncio.run(main())` line left out: the test awaits main() in its own loop)."""
+    assert script.count("http://127.0.0.1:8000/mcp") == 1 and script.count("cpd_...") == 1
+    assert "httpx2.AsyncClient(headers=" in script and script.rstrip().endswith("asyncio.run(main())")
+    source = (script.replace("http://127.0.0.1:8000/mcp", url + "/mcp").replace("cpd_...", token)
+              .replace("httpx2.AsyncClient(headers=", f"httpx2.AsyncClient(timeout={READ_TIMEOUT_S}, headers=")
+              .rstrip().removesuffix("asyncio.run(main())"))
+    namespace: dict[str, Any] = {"__name__": "documented"}
+    exec(compile(source, str(DOCS), "exec"), namespace)
+    return namespace
+
+
+def keepalive(served) -> mcp_door.KeepAlive | None:  # type: ignore[no-untyped-def]
+    handler = served.app.state.mcp_endpoint.handler
+    return None if handler is None else handler.app  # type: ignore[no-any-return]
+
+
+async def test_the_documented_client_outwaits_its_read_timeout(served, sim, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(mcp_door, "KEEPALIVE_S", READ_TIMEOUT_S / 5)
+    release = threading.Event()
+    sim.script.holds["Work out:"] = release  # the subtask's call (and the synthesis after it) waits
+    main = runnable(documented_script(), served.url, served.alice)["main"]
+    running = asyncio.ensure_future(main())
+    try:
+        await served.wait_for(lambda: sim.calls("worker") or running.done(), "the subtask held at the provider")
+        assert not running.done(), running.exception()
+        # the client has now been waiting on a quiet stream for more than its read timeout
+        await served.wait_for(lambda: (k := keepalive(served)) is not None and k.sent >= 8 or running.done(),
+                              "keep-alives past the client's read timeout")
+        assert not running.done(), running.exception()
+    finally:
+        release.set()
+    await asyncio.wait_for(running, 60)
+    printed = capsys.readouterr().out
+    assert printed.startswith("completed ") and "Final answer built from" in printed
+
+
+async def test_without_keepalives_the_same_client_times_out(served, sim, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The premise of the test above: the script's client does give up on a quiet stream."""
+    monkeypatch.setattr(mcp_door, "KEEPALIVE_S", 3600.0)
+    release = threading.Event()
+    sim.script.holds["Work out:"] = release
+    main = runnable(documented_script(), served.url, served.alice)["main"]
+    try:
+        with pytest.raises(BaseException) as exc:  # noqa: PT011 - the SDK wraps it in groups
+            await asyncio.wait_for(main(), 60)
+        assert "timed out" in repr(exc.value).lower() or "timeout" in repr(exc.value).lower() \
+            or "ended without a response" in repr(exc.value).lower(), repr(exc.value)
+    finally:
+        release.set()
