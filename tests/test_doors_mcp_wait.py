@@ -53,7 +53,7 @@ async def test_the_documented_client_outwaits_its_read_timeout(served, sim, monk
         await served.wait_for(lambda: sim.calls("worker") or running.done(), "the subtask held at the provider")
         assert not running.done(), running.exception()
         # the client has now been waiting on a quiet stream for more than its read timeout
-        await served.wait_for(lambda: (k := keepalive(served)) is not None and k.sent >= 8 or running.done(),
+        await served.wait_for(lambda: ((k := keepalive(served)) is not None and k.sent >= 8) or running.done(),
                               "keep-alives past the client's read timeout")
         assert not running.done(), running.exception()
     finally:
@@ -70,7 +70,7 @@ async def test_without_keepalives_the_same_client_times_out(served, sim, monkeyp
     sim.script.holds["Work out:"] = release
     main = runnable(documented_script(), served.url, served.alice)["main"]
     try:
-        with pytest.raises(BaseException) as exc:  # noqa: PT011 - the SDK wraps it in groups
+        with pytest.raises(BaseException) as exc:
             await asyncio.wait_for(main(), 60)
         assert "timed out" in repr(exc.value).lower() or "timeout" in repr(exc.value).lower() \
             or "ended without a response" in repr(exc.value).lower(), repr(exc.value)
