@@ -201,7 +201,7 @@ async def post_mcp(served, body: bytes, token: str | None = None) -> httpx.Respo
 
 def mcp_message(r: httpx.Response) -> dict[str, Any]:
     """The JSON-RPC answer of an /mcp POST (a JSON body, or the SSE stream's message)."""
-    if r.headers["content-type"].startswith("text/event-stream"):
+    if r.headers.get("content-type", "").startswith("text/event-stream"):
         data = [line[5:].strip() for line in r.text.splitlines() if line.startswith("data:")]
         return json.loads(data[-1])  # type: ignore[no-any-return]
     return r.json()  # type: ignore[no-any-return]
@@ -360,3 +360,73 @@ async def test_a2a_message_naming_another_users_task_is_task_not_found(served, m
     # the owner may name it: compound keeps no conversations, so a new task starts
     again = (await post_a2a(served, send(more=f', "contextId": "{theirs}"', method=method), token=served.bob))
     assert (again["result"].get("task") or again["result"])["id"] != theirs
+
+
+# every door, every field, every hostile value: never a server error ------------------
+
+HOSTILE = ["null", "true", "-1", "0", "1.5", "1e308", "1e400", "NaN", "-Infinity", str(10**30), "-" + str(10**30),
+           '""', '"\\ud800"', '"a\\u0000b"', json.dumps("x" * 30_000), "[]", "{}", '[{"a": null}]',
+           "[" * 200 + "]" * 200, '{"a": ' * 200 + "1" + "}" * 200, '"t_0000000000000000"']
+MARK = "\u2603HOSTILE\u2603"
+
+
+def with_value(base: dict[str, Any], path: tuple[str | int, ...], raw: str) -> bytes:
+    """`base` as JSON text with the value at `path` replaced by the raw JSON text `raw`."""
+    body = json.loads(json.dumps(base))
+    node = body
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = MARK
+    return json.dumps(body).replace(json.dumps(MARK), raw).encode()
+
+
+def leaves(base: Any, path: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
+    """Every path in `base` (each container and each value)."""
+    found = [path] if path else []
+    if isinstance(base, dict):
+        for k, v in base.items():
+            found += leaves(v, (*path, k))
+    elif isinstance(base, list):
+        for i, v in enumerate(base):
+            found += leaves(v, (*path, i))
+    return found
+
+
+TINY = 0.000001  # a budget that cannot pay for planning: an accepted body ends before any call
+CHAT = {"model": "compound", "messages": [{"role": "system", "content": "ctx"}, {"role": "user", "content": "hi"}],
+        "max_tokens": 5, "stream": False, "metadata": {"priority": "1"}, "budget_usd": TINY, "priority": 1}
+MCP_CALL = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "submit_task", "arguments": {
+    "prompt": "hi", "budget_usd": TINY, "priority": 1, "approve": True, "wait": False}}}
+A2A_SEND = {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {
+    "message": {"messageId": "m1", "role": "ROLE_USER", "parts": [{"text": "hi"}], "taskId": "",
+                "metadata": {"budget_usd": TINY, "priority": 1}},
+    "configuration": {"returnImmediately": True}}}
+
+
+async def test_no_hostile_body_gets_a_server_error_at_any_door(served) -> None:  # type: ignore[no-untyped-def]
+    seen: dict[str, int] = {}
+    async with httpx.AsyncClient(base_url=served.url, timeout=120,
+                                 headers={"Authorization": f"Bearer {served.alice}"}) as http:
+        for door, base, url, headers in (
+                ("chat", CHAT, "/v1/chat/completions", {}),
+                ("mcp", MCP_CALL, "/mcp", {"Accept": "application/json, text/event-stream",
+                                           "MCP-Protocol-Version": "2025-06-18"}),
+                ("a2a", A2A_SEND, "/a2a", {"A2A-Version": "1.0"})):
+            bodies = [with_value(base, path, raw) for path in leaves(base) for raw in HOSTILE]
+            bodies += [raw.encode() for raw in HOSTILE] + [b"", b"\xff", b"{", json.dumps(base).encode()[:-1]]
+            for body in bodies:
+                for content_type in ("application/json", "text/plain"):
+                    r = await http.post(url, content=body, headers={**headers, "Content-Type": content_type})
+                    what = f"{door} {content_type} {body[:200]!r} -> {r.status_code} {r.text[:300]}"
+                    assert r.status_code < 500, what
+                    seen[door] = seen.get(door, 0) + 1
+                    if door == "chat" and r.status_code >= 400:
+                        assert set(r.json()["error"]) == {"message", "type", "param", "code"}, what
+                    if door != "chat" and r.headers.get("content-type", "").startswith(
+                            ("application/json", "text/event-stream")):
+                        try:
+                            answer = mcp_message(r) if door == "mcp" else r.json()
+                        except ValueError:
+                            raise AssertionError(what) from None
+                        assert answer.get("error", {}).get("code") != -32603, what
+    assert all(n > 300 for n in seen.values()), seen

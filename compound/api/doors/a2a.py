@@ -37,7 +37,7 @@ from compound.store.models import TaskStatus
 RPC_PATH = "/a2a"
 CARD_PATH = "/.well-known/agent-card.json"
 PRINCIPAL = "compound.principal"
-INVALID_REQUEST, INVALID_PARAMS = -32600, -32602  # JSON-RPC's codes
+PARSE_ERROR, INVALID_REQUEST, INVALID_PARAMS = -32700, -32600, -32602  # JSON-RPC's codes
 
 # compound's task status -> A2A's task state
 STATES: dict[str, Any] = {
@@ -342,13 +342,14 @@ def refused(raw: bytes) -> dict[str, Any] | None:
     """The JSON-RPC error for a body no handler should see: nested deeper than any
     request, a number that is not finite (NaN, Infinity, 1e400), a lone surrogate. The
     field is named; under `params` it is invalid params (-32602), else an invalid
-    request (-32600). None for the rest (the SDK answers what is not JSON at all)."""
+    request (-32600); a body that is not JSON at all is a parse error (-32700)."""
     try:
         load_json(raw)
     except BadField as exc:
         if exc.field == "body":
-            return None
-        code = INVALID_PARAMS if exc.field.startswith("params") else INVALID_REQUEST
+            code = PARSE_ERROR
+        else:
+            code = INVALID_PARAMS if exc.field.startswith("params") else INVALID_REQUEST
         return {"jsonrpc": "2.0", "id": request_id_of(raw), "error": {"code": code, "message": exc.message}}
     return None
 
