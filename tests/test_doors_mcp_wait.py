@@ -76,3 +76,36 @@ async def test_without_keepalives_the_same_client_times_out(served, sim, monkeyp
             or "ended without a response" in repr(exc.value).lower(), repr(exc.value)
     finally:
         release.set()
+
+
+class FollowFails:
+    """Tasks whose submit works and whose events fail midway (the server behind
+    `compound mcp --url` refusing to stream them, say)."""
+
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+
+    async def may_read(self) -> None:
+        return None
+
+    async def submit(self, **_: Any) -> dict[str, Any]:
+        self.submitted.append("t_made")
+        return {"id": "t_made", "status": "queued"}
+
+    async def events(self, task_id: str):  # type: ignore[no-untyped-def]
+        from mcp.server.mcpserver.exceptions import ToolError
+
+        yield "task", {"status": "planning"}
+        raise ToolError(f"forbidden: HTTP 403 reading the events of {task_id}")
+
+
+async def test_a_task_that_was_created_is_named_when_waiting_for_it_fails() -> None:
+    from mcp.client import Client
+
+    tasks = FollowFails()
+    server = mcp_door.build_server(lambda _ctx: tasks)  # type: ignore[arg-type,return-value]
+    async with Client(server) as client:
+        result = await client.call_tool("submit_task", {"prompt": "hi", "wait": True})
+    assert result.is_error and tasks.submitted == ["t_made"]
+    text = result.content[0].text  # type: ignore[union-attr]
+    assert "forbidden: HTTP 403" in text and "task t_made was created" in text
