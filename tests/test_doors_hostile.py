@@ -346,6 +346,14 @@ async def test_a2a_refuses_hostile_params_naming_the_field(served, body: bytes, 
     assert (await store.list_tasks(user_id=principal.user_id))[0] == []
 
 
+async def test_a2a_a_03_method_sent_as_10_is_an_invalid_request(served) -> None:  # type: ignore[no-untyped-def]
+    async with httpx.AsyncClient(base_url=served.url, timeout=60) as http:
+        r = await http.post("/a2a", content=send(method="message/send"), headers={
+            "Authorization": f"Bearer {served.alice}", "A2A-Version": "1.0"})
+    err = r.json()["error"]
+    assert err["code"] == -32600 and "an A2A 0.3 name" in err["message"] and "SendMessage" in err["message"]
+
+
 @pytest.mark.parametrize("method", ["SendMessage", "message/send"])
 async def test_a2a_message_naming_another_users_task_is_task_not_found(served, method: str) -> None:  # type: ignore[no-untyped-def]
     mine = (await post_a2a(served, send(), token=served.bob))["result"]

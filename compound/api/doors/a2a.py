@@ -27,7 +27,15 @@ from google.protobuf.json_format import MessageToDict  # type: ignore[import-unt
 from google.protobuf.struct_pb2 import Struct  # type: ignore[import-untyped]
 
 from compound.api.doors.engine import AnswerText, Door, DoorAuthError, Event, bearer_token_of
-from compound.api.doors.inputs import BadField, checked_budget, checked_priority, load_json, too_deep, valid_unicode
+from compound.api.doors.inputs import (
+    BadField,
+    checked_budget,
+    checked_priority,
+    load_json,
+    shown,
+    too_deep,
+    valid_unicode,
+)
 from compound.api.errors import ApiError
 from compound.core.errors import BudgetExceeded, Conflict, NotFound, UserInputError
 from compound.executor.answers import AnswerPiece
@@ -332,10 +340,23 @@ async def rpc(request: Request) -> Response:
     except DoorAuthError as exc:
         return unauthorized(None, exc.message)
     request.scope[PRINCIPAL] = principal
-    refusal = refused(await request.body())
+    raw = await request.body()
+    refusal = refused(raw) or mixed_versions(raw, request.headers.get("a2a-version"))
     if refusal is not None:
         return JSONResponse(refusal)
     return await dispatcher(request.app).handle_requests(request)
+
+
+def mixed_versions(raw: bytes, version: str | None) -> dict[str, Any] | None:
+    """A 0.3 method name sent as A2A 1.0 (the SDK's 0.3 adapter would call that an
+    internal error): an invalid request saying which name to use."""
+    data = json.loads(raw)
+    method = data.get("method") if isinstance(data, dict) else None
+    if not isinstance(method, str) or "/" not in method or version is None or version.strip() in ("", "0.3"):
+        return None
+    return {"jsonrpc": "2.0", "id": request_id_of(raw), "error": {"code": INVALID_REQUEST, "message": (
+        f"invalid method: {shown(method)} is an A2A 0.3 name; with A2A-Version {shown(version)} use the 1.0 "
+        "names (SendMessage, SendStreamingMessage, GetTask, CancelTask, ListTasks, SubscribeToTask)")}}
 
 
 def refused(raw: bytes) -> dict[str, Any] | None:
