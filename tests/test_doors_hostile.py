@@ -405,6 +405,12 @@ CHAT = {"model": "compound", "messages": [{"role": "system", "content": "ctx"}, 
         "max_tokens": 5, "stream": False, "metadata": {"priority": "1"}, "budget_usd": TINY, "priority": 1}
 MCP_CALL = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "submit_task", "arguments": {
     "prompt": "hi", "budget_usd": TINY, "priority": 1, "approve": True, "wait": False}}}
+MCP_OTHERS = [
+    {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "get_task", "arguments": {"task_id": "t_1"}}},
+    {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "list_tasks", "arguments": {
+        "limit": 5, "status": "completed", "cursor": "c"}}},
+    {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "validate_plan", "arguments": {
+        "plan": {"reasoning": "r", "subtasks": [{"description": "a", "tier_hint": 1, "depends_on": []}]}}}}]
 A2A_SEND = {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {
     "message": {"messageId": "m1", "role": "ROLE_USER", "parts": [{"text": "hi"}], "taskId": "",
                 "metadata": {"budget_usd": TINY, "priority": 1}},
@@ -415,10 +421,11 @@ async def test_no_hostile_body_gets_a_server_error_at_any_door(served) -> None: 
     seen: dict[str, int] = {}
     async with httpx.AsyncClient(base_url=served.url, timeout=120,
                                  headers={"Authorization": f"Bearer {served.alice}"}) as http:
+        mcp_headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
         for door, base, url, headers in (
                 ("chat", CHAT, "/v1/chat/completions", {}),
-                ("mcp", MCP_CALL, "/mcp", {"Accept": "application/json, text/event-stream",
-                                           "MCP-Protocol-Version": "2025-06-18"}),
+                ("mcp", MCP_CALL, "/mcp", mcp_headers),
+                *(("mcp", other, "/mcp", mcp_headers) for other in MCP_OTHERS),
                 ("a2a", A2A_SEND, "/a2a", {"A2A-Version": "1.0"})):
             bodies = [with_value(base, path, raw) for path in leaves(base) for raw in HOSTILE]
             bodies += [raw.encode() for raw in HOSTILE] + [b"", b"\xff", b"{", json.dumps(base).encode()[:-1]]

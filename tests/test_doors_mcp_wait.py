@@ -25,13 +25,17 @@ def documented_script() -> str:
     return next(b for b in blocks if "streamable_http_client(" in b)
 
 
-def runnable(script: str, url: str, token: str) -> dict[str, Any]:
+def runnable(script: str, url: str, token: str, mode: str = "auto") -> dict[str, Any]:
     """The script's definitions, pointed at `url` with `token` and a short read timeout
-    (the `asyncio.run(main())` line left out: the test awaits main() in its own loop)."""
+    (the `asyncio.run(main())` line left out: the test awaits main() in its own loop);
+    `mode="legacy"` makes its Client use the initialize handshake (the SDK's other
+    transport) instead of the default."""
     assert script.count("http://127.0.0.1:8000/mcp") == 1 and script.count("cpd_...") == 1
     assert "httpx2.AsyncClient(headers=" in script and script.rstrip().endswith("asyncio.run(main())")
+    assert script.count("http_client=http)) as client") == 1
     source = (script.replace("http://127.0.0.1:8000/mcp", url + "/mcp").replace("cpd_...", token)
               .replace("httpx2.AsyncClient(headers=", f"httpx2.AsyncClient(timeout={READ_TIMEOUT_S}, headers=")
+              .replace("http_client=http)) as client", f"http_client=http), mode={mode!r}) as client")
               .rstrip().removesuffix("asyncio.run(main())"))
     namespace: dict[str, Any] = {"__name__": "documented"}
     exec(compile(source, str(DOCS), "exec"), namespace)
@@ -43,11 +47,13 @@ def keepalive(served) -> mcp_door.KeepAlive | None:  # type: ignore[no-untyped-d
     return None if handler is None else handler.app  # type: ignore[no-any-return]
 
 
-async def test_the_documented_client_outwaits_its_read_timeout(served, sim, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_the_documented_client_outwaits_its_read_timeout(served, sim, monkeypatch, capsys,  # type: ignore[no-untyped-def]
+                                                               mode: str) -> None:
     monkeypatch.setattr(mcp_door, "KEEPALIVE_S", READ_TIMEOUT_S / 5)
     release = threading.Event()
     sim.script.holds["Work out:"] = release  # the subtask's call (and the synthesis after it) waits
-    main = runnable(documented_script(), served.url, served.alice)["main"]
+    main = runnable(documented_script(), served.url, served.alice, mode)["main"]
     running = asyncio.ensure_future(main())
     try:
         await served.wait_for(lambda: sim.calls("worker") or running.done(), "the subtask held at the provider")

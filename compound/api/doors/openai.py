@@ -174,13 +174,14 @@ def budget_and_priority(body: ChatRequest) -> tuple[float | None, int | None]:
     return budget, priority
 
 
-async def parse(request: Request) -> ChatRequest:
+def parse(data: bytes) -> ChatRequest:
     try:
-        raw = load_json(await request.body())
+        raw = load_json(data)
     except BadField as exc:
         raise OpenAIError(400, exc.message, param=None if exc.field == "body" else exc.field) from None
     if not isinstance(raw, dict):
-        raise OpenAIError(400, f"body: must be a JSON object (a chat completion request), not {type(raw).__name__}")
+        raise OpenAIError(400, f"invalid body: must be a JSON object (a chat completion request), not "
+                          f"{type(raw).__name__}")
     try:
         body = ChatRequest.model_validate(raw)
     except ValidationError as exc:
@@ -250,10 +251,11 @@ def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
                  "schema": inline_schema(ChatRequest.model_json_schema())}}, "required": True}})
 async def chat_completions(request: Request) -> Response:
     door = Door(request.app.state)
+    raw = await request.body()  # one over the size limit ends here: the app's BodyLimit answers 413
     try:
         principal = await door.authenticate(bearer_token(request))
         door.require(principal, "submit")
-        body = await parse(request)
+        body = parse(raw)
         prompt, context = split_messages(body.messages)
         budget, priority = budget_and_priority(body)
         last = max(i for i, m in enumerate(body.messages) if m.role == "user")
