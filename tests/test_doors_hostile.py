@@ -154,6 +154,25 @@ async def test_chat_refuses_a_form_body(served) -> None:  # type: ignore[no-unty
     assert "not valid JSON" in err["message"]
 
 
+async def test_errors_from_outside_the_chat_door_are_in_openai_shape(served) -> None:  # type: ignore[no-untyped-def]
+    limit = served.app.state.settings.max_body_bytes
+    too_big = openai_error(await post_chat(served, chat(json.dumps("x" * limit))), 413)
+    assert too_big["code"] == "payload_too_large" and str(limit) in too_big["message"]
+
+    async def chunks():  # type: ignore[no-untyped-def]  # no Content-Length: the limit is met as it streams
+        yield b'{"model": "compound", "messages": [{"role": "user", "content": "'
+        for _ in range(limit // 65_536 + 2):
+            yield b"x" * 65_536
+        yield b'"}]}'
+
+    async with httpx.AsyncClient(base_url=served.url, timeout=60) as http:
+        streamed = await http.post("/v1/chat/completions", content=chunks(),
+                                   headers={"Authorization": f"Bearer {served.alice}"})
+        assert openai_error(streamed, 413)["code"] == "payload_too_large"
+        wrong_method = await http.get("/v1/chat/completions", headers={"Authorization": f"Bearer {served.alice}"})
+    assert openai_error(wrong_method, 405)["param"] is None
+
+
 async def test_huge_max_tokens_is_bounded_before_the_store(served, sim) -> None:  # type: ignore[no-untyped-def]
     r = await post_chat(served, chat(json.dumps(PROMPT), max_tokens=str(10**30), temperature="0.2",
                                      tools='[{"type": "function", "function": {"name": "f"}}]'))

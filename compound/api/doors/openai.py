@@ -12,7 +12,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from compound.api.doors.engine import AnswerText, Door, DoorAuthError, bearer_token_of, failure
 from compound.api.doors.inputs import BadField, load_json
@@ -105,6 +105,60 @@ def openai_error(exc: Exception) -> OpenAIError:
             return OpenAIError(status, getattr(exc, "message", str(exc)), type=kind, code=code)
     log.error("unexpected error in the chat door", error=type(exc).__name__)
     return OpenAIError(500, "the server could not do that", type="server_error", code="internal_error")
+
+
+class OpenAIErrors:
+    """The chat routes' errors that come from outside the door (the app's body size
+    limit, a method not allowed, the app's last-resort handler), put in OpenAI's shape:
+    an error body of compound's shape ({"error": {"code", "message"}}) on these paths
+    is rewritten; the door's own errors pass as they are."""
+
+    PATHS = ("/v1/chat/completions", "/v1/models")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not str(scope.get("path", "")).startswith(self.PATHS):
+            await self.app(scope, receive, send)
+            return
+        held: Message | None = None
+        chunks: list[bytes] = []
+
+        async def sending(message: Message) -> None:
+            nonlocal held
+            if message["type"] == "http.response.start" and message["status"] >= 400 and any(
+                    k.lower() == b"content-type" and v.startswith(b"application/json")
+                    for k, v in message.get("headers", [])):
+                held = message
+                return
+            if held is not None and message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+                if message.get("more_body"):
+                    return
+                body = openai_shaped(held["status"], b"".join(chunks))
+                headers = [(k, v) for k, v in held.get("headers", []) if k.lower() != b"content-length"]
+                await send({**held, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
+def openai_shaped(status: int, body: bytes) -> bytes:
+    """An error body of compound's shape in OpenAI's; any other body as it is."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    err = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(err, dict) or "type" in err:
+        return body
+    kind = {403: "permission_error", 429: "rate_limit_error"}.get(
+        status, "server_error" if status >= 500 else "invalid_request_error")
+    return json.dumps({"error": {"message": str(err.get("message", "")), "type": kind, "param": None,
+                                 "code": err.get("code")}}).encode()
 
 
 def task_error(snapshot: dict[str, Any]) -> OpenAIError | None:
