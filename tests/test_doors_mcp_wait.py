@@ -115,3 +115,26 @@ async def test_a_task_that_was_created_is_named_when_waiting_for_it_fails() -> N
     assert result.is_error and tasks.submitted == ["t_made"]
     text = result.content[0].text  # type: ignore[union-attr]
     assert "forbidden: HTTP 403" in text and "task t_made was created" in text
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_progress_reaches_a_client_that_asks_for_it(served, mode: str) -> None:  # type: ignore[no-untyped-def]
+    import httpx2
+    from mcp.client import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    progress: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(p: float, total: float | None, message: str | None) -> None:
+        progress.append((p, total, message))
+
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {served.alice}"}, timeout=60) as http, \
+            Client(streamable_http_client(served.url + "/mcp", http_client=http), mode=mode) as client:
+        done = await client.call_tool("submit_task", {"prompt": "Compare SQLite and PostgreSQL for a small team "
+                                                      "and recommend one", "wait": True},
+                                      progress_callback=on_progress)
+    snap = done.structured_content
+    assert not done.is_error and snap is not None and snap["status"] == "completed"
+    n = len(snap["subtasks"])
+    finished = [p for p in progress if p[2] and p[2].startswith("subtask")]
+    assert n > 1 and len(finished) == n and finished[-1][:2] == (n, n)
