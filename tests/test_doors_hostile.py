@@ -437,6 +437,28 @@ A2A_SEND = {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {
 
 
 async def test_no_hostile_body_gets_a_server_error_at_any_door(served) -> None:  # type: ignore[no-untyped-def]
+    await sweep(served)
+
+
+@pytest.mark.postgres
+async def test_no_hostile_body_gets_a_server_error_on_postgresql(pg_url: str, sim_settings, sim) -> None:  # type: ignore[no-untyped-def]
+    """The same on PostgreSQL, which refuses a NUL in text and holds 32-bit INTEGERs."""
+    from compound.api.app import create_app
+    from compound.llm import build_client
+    from tests.fixtures.served import serving
+
+    settings = sim_settings.model_copy(update={"database_url": pg_url, "rate_limit_per_minute": 100_000})
+    async with serving(create_app(settings, client=build_client(settings))) as served:
+        await sweep(served)
+        r = await post_chat(served, chat(json.dumps(ONE_STEP), max_tokens=str(10**30)))
+        assert r.status_code == 200, r.text
+        task = await served.app.state.store.load(r.headers["x-compound-task-id"])
+        assert task is not None and task.answer_max_tokens == settings.synthesis_max_tokens
+
+
+async def sweep(served) -> None:  # type: ignore[no-untyped-def]
+    """Every hostile value in every field of each door's request, as JSON and as text:
+    never a 5xx, never JSON-RPC's internal error, the chat door always in OpenAI's shape."""
     seen: dict[str, int] = {}
     async with httpx.AsyncClient(base_url=served.url, timeout=120,
                                  headers={"Authorization": f"Bearer {served.alice}"}) as http:
