@@ -50,7 +50,7 @@ def keepalive(served) -> mcp_door.KeepAlive | None:  # type: ignore[no-untyped-d
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_the_documented_client_outwaits_its_read_timeout(served, sim, monkeypatch, capsys,  # type: ignore[no-untyped-def]
                                                                mode: str) -> None:
-    monkeypatch.setattr(mcp_door, "KEEPALIVE_S", READ_TIMEOUT_S / 5)
+    monkeypatch.setattr(mcp_door, "KEEPALIVE_S", READ_TIMEOUT_S / 10)
     release = threading.Event()
     sim.script.holds["Work out:"] = release  # the subtask's call (and the synthesis after it) waits
     main = runnable(documented_script(), served.url, served.alice, mode)["main"]
@@ -59,7 +59,7 @@ async def test_the_documented_client_outwaits_its_read_timeout(served, sim, monk
         await served.wait_for(lambda: sim.calls("worker") or running.done(), "the subtask held at the provider")
         assert not running.done(), running.exception()
         # the client has now been waiting on a quiet stream for more than its read timeout
-        await served.wait_for(lambda: ((k := keepalive(served)) is not None and k.sent >= 8) or running.done(),
+        await served.wait_for(lambda: ((k := keepalive(served)) is not None and k.sent >= 16) or running.done(),
                               "keep-alives past the client's read timeout")
         assert not running.done(), running.exception()
     finally:
