@@ -141,7 +141,7 @@ async def test_missing_or_wrong_token_is_401_in_openai_shape(served, key: str) -
      "metadata.budget_usd"),
     ({"model": "compound", "messages": [{"role": "user", "content": "hi"}], "priority": 9}, "priority"),
     ({"model": "compound", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
-     "messages[0].content"),
+     "messages.0.content"),
 ])
 async def test_bad_requests_are_400_naming_the_field(served, body, param) -> None:  # type: ignore[no-untyped-def]
     async with httpx.AsyncClient(base_url=served.url) as http:
@@ -159,7 +159,7 @@ async def test_unknown_model_and_bad_json(served) -> None:  # type: ignore[no-un
     async with httpx.AsyncClient(base_url=served.url) as http:
         r = await http.post("/v1/chat/completions", headers={"Authorization": f"Bearer {served.alice}"},
                             content=b"{not json")
-    assert r.status_code == 400 and r.json()["error"]["message"] == "body: not valid JSON"
+    assert r.status_code == 400 and r.json()["error"]["message"] == "invalid body: not valid JSON"
 
 
 async def test_a_read_only_token_cannot_submit(served) -> None:  # type: ignore[no-untyped-def]

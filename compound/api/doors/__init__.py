@@ -80,6 +80,7 @@ def install(app: FastAPI) -> None:
     from compound.api.doors import openai
 
     app.include_router(openai.router)
+    app.add_middleware(openai.OpenAIErrors)  # outermost: it sees the body limit's 413 too
     app.include_router(router)
     endpoint = McpEndpoint(app)
     app.state.mcp_endpoint = endpoint

@@ -4,6 +4,7 @@ mapped onto compound's tasks. Bearer auth, declared in the card, guards /a2a."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, NoReturn
 
@@ -26,6 +27,15 @@ from google.protobuf.json_format import MessageToDict  # type: ignore[import-unt
 from google.protobuf.struct_pb2 import Struct  # type: ignore[import-untyped]
 
 from compound.api.doors.engine import AnswerText, Door, DoorAuthError, Event, bearer_token_of
+from compound.api.doors.inputs import (
+    BadField,
+    checked_budget,
+    checked_priority,
+    load_json,
+    shown,
+    too_deep,
+    valid_unicode,
+)
 from compound.api.errors import ApiError
 from compound.core.errors import BudgetExceeded, Conflict, NotFound, UserInputError
 from compound.executor.answers import AnswerPiece
@@ -35,6 +45,7 @@ from compound.store.models import TaskStatus
 RPC_PATH = "/a2a"
 CARD_PATH = "/.well-known/agent-card.json"
 PRINCIPAL = "compound.principal"
+PARSE_ERROR, INVALID_REQUEST, INVALID_PARAMS = -32700, -32600, -32602  # JSON-RPC's codes
 
 # compound's task status -> A2A's task state
 STATES: dict[str, Any] = {
@@ -139,15 +150,12 @@ def request_of(params: pb.SendMessageRequest) -> tuple[str, float | None, int | 
     meta: dict[str, Any] = {}
     for source in (params.metadata, params.message.metadata):
         meta.update(MessageToDict(source))
-    budget = meta.get("budget_usd")
-    priority = meta.get("priority")
-    if budget is not None and (not isinstance(budget, int | float) or not 0 < budget <= 10_000):
-        raise InvalidParamsError(message=f"metadata.budget_usd: {budget!r} is not a number of USD above 0 "
-                                 "and at most 10000")
-    if priority is not None and priority not in (0, 1, 2, 3):
-        raise InvalidParamsError(message=f"metadata.priority: {priority!r} is not 0, 1, 2 or 3")
-    return "\n".join(texts), (float(budget) if budget is not None else None), \
-        (int(priority) if priority is not None else None)
+    try:
+        budget = checked_budget(meta.get("budget_usd"), "metadata.budget_usd")
+        priority = checked_priority(meta.get("priority"), "metadata.priority")
+    except BadField as exc:
+        raise InvalidParamsError(message=exc.message) from None
+    return "\n".join(texts), budget, priority
 
 
 class CompoundAgent(RequestHandler):
@@ -176,8 +184,14 @@ class CompoundAgent(RequestHandler):
     async def _submit(self, params: pb.SendMessageRequest, context: ServerCallContext) -> dict[str, Any]:
         prompt, budget, priority = request_of(params)
         principal = self.principal(context)
-        return await self._call(lambda: self.door.submit(principal, prompt=prompt, budget_usd=budget,  # type: ignore[no-any-return]
-                                                         priority=priority))
+        # A message naming a task (or a context: compound's are its task ids) names one the
+        # caller can see, else TaskNotFound; compound keeps no conversations, so a visible
+        # one starts a new task all the same.
+        for named in dict.fromkeys(i for i in (params.message.task_id, params.message.context_id) if i):
+            await self._call(lambda named=named: self.door.snapshot(principal, named))  # type: ignore[misc]
+        return await self._call(lambda: self.door.submit(  # type: ignore[no-any-return]
+            principal, prompt=prompt, budget_usd=budget, priority=priority,
+            fields={"prompt": "message.parts", "budget_usd": "metadata.budget_usd", "priority": "metadata.priority"}))
 
     async def on_message_send(self, params: pb.SendMessageRequest, context: ServerCallContext) -> pb.Task:
         snap = await self._submit(params, context)
@@ -326,7 +340,49 @@ async def rpc(request: Request) -> Response:
     except DoorAuthError as exc:
         return unauthorized(None, exc.message)
     request.scope[PRINCIPAL] = principal
+    raw = await request.body()
+    refusal = refused(raw) or mixed_versions(raw, request.headers.get("a2a-version"))
+    if refusal is not None:
+        return JSONResponse(refusal)
     return await dispatcher(request.app).handle_requests(request)
+
+
+def mixed_versions(raw: bytes, version: str | None) -> dict[str, Any] | None:
+    """A 0.3 method name sent as A2A 1.0 (the SDK's 0.3 adapter would call that an
+    internal error): an invalid request saying which name to use."""
+    data = json.loads(raw)
+    method = data.get("method") if isinstance(data, dict) else None
+    if not isinstance(method, str) or "/" not in method or version is None or version.strip() in ("", "0.3"):
+        return None
+    return {"jsonrpc": "2.0", "id": request_id_of(raw), "error": {"code": INVALID_REQUEST, "message": (
+        f"invalid method: {shown(method)} is an A2A 0.3 name; with A2A-Version {shown(version)} use the 1.0 "
+        "names (SendMessage, SendStreamingMessage, GetTask, CancelTask, ListTasks, SubscribeToTask)")}}
+
+
+def refused(raw: bytes) -> dict[str, Any] | None:
+    """The JSON-RPC error for a body no handler should see: nested deeper than any
+    request, a number that is not finite (NaN, Infinity, 1e400), a lone surrogate. The
+    field is named; under `params` it is invalid params (-32602), else an invalid
+    request (-32600); a body that is not JSON at all is a parse error (-32700)."""
+    try:
+        load_json(raw)
+    except BadField as exc:
+        if exc.field == "body":
+            code = PARSE_ERROR
+        else:
+            code = INVALID_PARAMS if exc.field.startswith("params") else INVALID_REQUEST
+        return {"jsonrpc": "2.0", "id": request_id_of(raw), "error": {"code": code, "message": exc.message}}
+    return None
+
+
+def request_id_of(raw: bytes) -> str | int | None:
+    """The request's id, when the body can be read at all (else null, as JSON-RPC says)."""
+    try:
+        data = json.loads(raw) if too_deep(raw.decode("utf-8", "replace")) is None else None
+    except (ValueError, RecursionError):
+        return None
+    rid = data.get("id") if isinstance(data, dict) else None
+    return rid if isinstance(rid, str | int) and not isinstance(rid, bool) and valid_unicode(str(rid)) else None
 
 
 def dispatcher(app: FastAPI) -> JsonRpcDispatcher:

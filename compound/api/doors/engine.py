@@ -4,14 +4,24 @@ read, list, cancel, approve, wait for and watch tasks. Re-point this module, not
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
+from compound.api.doors.inputs import (
+    BadField,
+    check_json,
+    checked_budget,
+    checked_priority,
+    checked_text,
+    shown,
+)
 from compound.api.routes_tasks import submit_to
 from compound.api.schemas import TaskCreate
-from compound.core.errors import BudgetExceeded, Conflict, NotFound, UserInputError
+from compound.core.errors import BudgetExceeded, Conflict, NotFound
 from compound.core.money import worst_case_usd
 from compound.executor.answers import AnswerPiece
 from compound.planner.estimate import estimate_cost
@@ -151,15 +161,33 @@ class Door:
     async def submit(self, principal: Principal, *, prompt: str, budget_usd: float | None = None,
                      priority: int | None = None, context: list[dict[str, str]] | None = None,
                      answer_max_tokens: int | None = None, plan: dict[str, Any] | None = None,
-                     approve: bool = True) -> dict[str, Any]:
-        """Store and start a task; its snapshot. Without a plan, a budget that cannot pay
-        for the planner's call is refused here (BudgetExceeded) instead of failing later."""
+                     approve: bool = True, fields: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Store and start a task; its snapshot. Every value is checked first (a BadField
+        names it, by its name in `fields` when the door calls it otherwise: prompt,
+        budget_usd, priority, context, plan); the answer's max_tokens is bounded by
+        COMPOUND_SYNTHESIS_MAX_TOKENS here, so what is stored is what is used. Without a
+        plan, a budget that cannot pay for the planner's call is refused here
+        (BudgetExceeded) instead of failing later."""
         self.require(principal, "submit")
-        budget = budget_usd or self.settings.default_budget_usd
-        self._check_context(context)
-        body = TaskCreate(prompt=prompt, budget_usd=budget, priority=2 if priority is None else priority,
-                          plan=plan, approve=approve)
-        if plan is None and prompt.strip():
+        names = fields or {}
+        limit = self.settings.max_prompt_chars
+        checked_text(prompt if isinstance(prompt, str) else "", names.get("prompt", "prompt"), limit=limit)
+        budget = checked_budget(budget_usd, names.get("budget_usd", "budget_usd")) \
+            or self.settings.default_budget_usd
+        priority = checked_priority(priority, names.get("priority", "priority"))
+        self._check_context(context, names.get("context", "context"))
+        if plan is not None:
+            check_json(plan, (names.get("plan", "plan"),))
+        if answer_max_tokens is not None:
+            answer_max_tokens = max(1, min(answer_max_tokens, self.settings.synthesis_max_tokens))
+        try:
+            body = TaskCreate(prompt=prompt, budget_usd=budget, priority=2 if priority is None else priority,
+                              plan=plan, approve=approve)
+        except ValidationError as exc:  # the checks above leave nothing for it; a net all the same
+            err = exc.errors()[0]
+            name = str(err["loc"][0]) if err.get("loc") else "body"
+            raise BadField(names.get(name, name), str(err.get("msg", "invalid"))) from None
+        if plan is None:
             needed = self.planner_worst_case(prompt, context)
             if needed > budget:
                 raise BudgetExceeded(
@@ -168,21 +196,29 @@ class Door:
         task = await submit_to(self.state, principal, body, context=context, answer_max_tokens=answer_max_tokens)
         return await self.read(task.id)
 
-    def _check_context(self, context: list[dict[str, str]] | None) -> None:
+    def _check_context(self, context: list[dict[str, str]] | None, field: str) -> None:
         if not context:
             return
         chars = sum(len(m["content"]) for m in context)
         limit = self.settings.max_prompt_chars
         if chars > limit:
-            raise UserInputError(f"messages: the earlier messages hold {chars} characters; at most {limit} "
-                                 "are accepted as context")
-        if not all(is_clean_text(m["content"]) for m in context):
-            raise UserInputError("messages: a message contains a NUL character or a lone surrogate")
+            raise BadField(field, f"the earlier messages hold {chars} characters; at most {limit} are accepted "
+                           "as context")
+        if not all(is_clean_text(m["content"]) and is_clean_text(m["role"]) for m in context):
+            raise BadField(field, "a message contains a NUL character or a lone surrogate")
+
+    @staticmethod
+    def task_id(task_id: object) -> str:
+        """A task id as a caller sent it: one no task can have (not text, a NUL, a lone
+        surrogate, too long) is NotFound here, before it reaches a store query."""
+        if not isinstance(task_id, str) or len(task_id) > 200 or not is_clean_text(task_id):
+            raise NotFound(f"no task with id {shown(task_id)}")
+        return task_id
 
     async def snapshot(self, principal: Principal, task_id: str) -> dict[str, Any]:
         """The task's snapshot; another user's task is NotFound."""
         self.require(principal, "read")
-        return await self.store.snapshot(task_id, user_id=self.owner(principal))
+        return await self.store.snapshot(self.task_id(task_id), user_id=self.owner(principal))
 
     async def read(self, task_id: str) -> dict[str, Any]:
         """The snapshot of a task the caller already owns (after submit or a wait)."""
@@ -192,19 +228,21 @@ class Door:
              cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
         self.require(principal, "read")
         if status is not None and status not in set(TaskStatus):
-            raise UserInputError(f"status: {status[:40]!r} is not one of {', '.join(TaskStatus)}")
+            raise BadField("status", f"{shown(status)} is not one of {', '.join(TaskStatus)}")
+        if cursor is not None and (len(cursor) > 200 or not is_clean_text(cursor)):
+            raise BadField("cursor", "not a cursor this server gave out; use next_cursor as returned")
         return await self.store.list_tasks(user_id=self.owner(principal), limit=max(1, min(limit, 100)),
                                            status=status, cursor=cursor)
 
     async def cancel(self, principal: Principal, task_id: str) -> dict[str, Any]:
         self.require(principal, "submit")
-        await self.store.head(task_id, user_id=self.owner(principal))
+        await self.store.head(self.task_id(task_id), user_id=self.owner(principal))
         await self.state.executor.cancel(task_id)
         return await self.read(task_id)
 
     async def approve(self, principal: Principal, task_id: str) -> dict[str, Any]:
         self.require(principal, "submit")
-        await self.store.head(task_id, user_id=self.owner(principal))
+        await self.store.head(self.task_id(task_id), user_id=self.owner(principal))
         await self.state.executor.approve(task_id)
         return await self.read(task_id)
 

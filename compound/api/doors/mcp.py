@@ -3,6 +3,7 @@ auth) and over stdio by `compound mcp` (in-process on the local store, or by URL
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
@@ -12,14 +13,19 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from compound.api.doors.engine import Door, DoorAuthError, bearer_token_of
+from compound.api.doors.inputs import BadField, load_json, shown
 from compound.api.errors import ApiError
 from compound.core.errors import BudgetExceeded, CompoundError, Conflict, NotFound, UserInputError
 from compound.store.base import Principal
 
 PATH = "/mcp"
+# A quiet SSE response gets a comment this often (seconds): below the 5 s read timeout
+# of httpx's default client, which an MCP client over HTTP often is.
+KEEPALIVE_S = 2.0
+INVALID_REQUEST, INVALID_PARAMS = -32600, -32602
 PRINCIPAL = "compound.principal"
 INSTRUCTIONS = """compound plans a natural-language request as a DAG of subtasks on cheap to strong
 models, runs it under a hard budget (USD) and synthesizes one answer. submit_task starts a
@@ -53,6 +59,7 @@ class Tasks(Protocol):
     async def cancel(self, task_id: str) -> dict[str, Any]: ...
     async def approve(self, task_id: str) -> dict[str, Any]: ...
     async def validate(self, plan: dict[str, Any]) -> dict[str, Any]: ...
+    async def may_read(self) -> None: ...
     def events(self, task_id: str) -> AsyncIterator[tuple[str, dict[str, Any]]]: ...
 
 
@@ -83,6 +90,9 @@ class LocalTasks:
     async def validate(self, plan: dict[str, Any]) -> dict[str, Any]:
         self.door.require(self.principal, "read")
         return self.door.validate(plan)
+
+    async def may_read(self) -> None:
+        self.door.require(self.principal, "read")
 
     async def events(self, task_id: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         async for ev in self.door.events(task_id):
@@ -141,6 +151,9 @@ class RemoteTasks:
     async def validate(self, plan: dict[str, Any]) -> dict[str, Any]:
         return await self._call("POST", "/v1/plans/validate", json={"plan": plan})
 
+    async def may_read(self) -> None:
+        """The server knows the token's scopes; what it refuses shows as the task is followed."""
+
     async def events(self, task_id: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """The server's SSE stream of the task's events."""
         async with self.http.stream("GET", f"/v1/tasks/{task_id}/events") as r:
@@ -180,11 +193,16 @@ def build_server(tasks_for: Callable[[Context], Tasks]) -> MCPServer:
         wait=true returns the finished task (with its answer in `result`), sending progress
         notifications (finished subtasks of all) while it runs."""
         tasks = tasks_for(ctx)
+        if wait:  # waiting reads the task: a token that cannot is refused before anything is created
+            await guarded(tasks.may_read())
         snap = await guarded(tasks.submit(prompt=prompt, budget_usd=budget_usd, priority=priority, plan=plan,
                                           approve=approve))
         if not wait:
             return snap  # type: ignore[no-any-return]
-        return await follow(ctx, tasks, snap["id"])
+        try:
+            return await guarded(follow(ctx, tasks, snap["id"]))  # type: ignore[no-any-return]
+        except ToolError as exc:  # the task exists: its caller learns its id whatever went wrong
+            raise ToolError(f"{exc} (task {snap['id']} was created and runs on; read it with get_task)") from None
 
     @server.tool()
     async def get_task(ctx: Context, task_id: str) -> dict[str, Any]:
@@ -239,7 +257,10 @@ async def follow(ctx: Context, tasks: Tasks, task_id: str) -> dict[str, Any]:
 
 class BearerGate:
     """Refuses /mcp without a live compound token (401 in the MCP SDK's own shape) and
-    hands the principal to the tools through the ASGI scope."""
+    hands the principal to the tools through the ASGI scope. A POST body that is not a
+    JSON-RPC message the SDK can answer (an id that is neither a string nor an integer,
+    JSON nested too deep, a number that is not finite, a lone surrogate) is answered here
+    with a JSON-RPC error: the SDK would take it for a notification and answer nothing."""
 
     def __init__(self, app: ASGIApp, door: Callable[[], Door]) -> None:
         self.app, self.door = app, door
@@ -257,7 +278,145 @@ class BearerGate:
                      .encode())]})
                 await send({"type": "http.response.body", "body": body})
                 return
+            if scope.get("method") == "POST":
+                raw, receive = await read_body(receive)
+                refusal = rpc_refusal(raw)
+                if refusal is not None:
+                    await send_json(send, 400, refusal)
+                    return
         await self.app(scope, receive, send)
+
+
+async def read_body(receive: Receive) -> tuple[bytes, Receive]:
+    """The whole request body, and a receive that gives it again, then what follows."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    body = b"".join(chunks)
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return body, replay
+
+
+def rpc_refusal(raw: bytes) -> dict[str, Any] | None:
+    """The JSON-RPC error for a body the SDK cannot answer properly; None for the rest
+    (not JSON at all: the SDK answers a parse error itself; a number out of bounds: the
+    tool says what is wrong with it)."""
+    try:
+        data = load_json(raw, finite=False)
+    except BadField as exc:
+        if exc.field == "body":
+            return None
+        code = INVALID_PARAMS if exc.field.startswith("params") else INVALID_REQUEST
+        return rpc_error(None, code, exc.message)
+    for message in data if isinstance(data, list) else [data]:
+        if isinstance(message, dict) and "id" in message:
+            rid = message["id"]
+            if isinstance(rid, bool) or not isinstance(rid, str | int):
+                return rpc_error(None, INVALID_REQUEST,
+                                 f"invalid id: a request's id must be a string or an integer (got {shown(rid)})")
+    return None
+
+
+def rpc_error(request_id: Any, code: int, message: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
+
+
+async def send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+class KeepAlive:
+    """A waiting client is never left in silence: an SSE comment (`: keep-alive`) on a
+    response stream quiet for KEEPALIVE_S, so a client waiting on a long tool call
+    (submit_task with wait) never hits its read timeout (httpx's default is 5 s). The
+    SDK's single-exchange transport (protocol 2026-07-28) holds a silent handler's
+    response for 15 s before it commits to a stream; a request whose client accepts
+    `text/event-stream` and has had no answer for KEEPALIVE_S is committed here instead
+    (as the SDK does after its window): its JSON answer, when it comes, goes out as the
+    stream's `message` event. `sent` counts the keep-alives."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.sent = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        accept = b", ".join(v for k, v in scope.get("headers", []) if k.lower() == b"accept")
+        may_commit = scope.get("method") == "POST" and b"text/event-stream" in accept
+        loop = asyncio.get_running_loop()
+        lock = asyncio.Lock()
+        started = streaming = committed = ended = False
+        as_event = False  # the app answers JSON on a stream committed here: send it as an event
+        held: list[bytes] = []
+        last = loop.time()
+
+        async def sending(message: Message) -> None:
+            nonlocal started, streaming, ended, last, as_event
+            async with lock:
+                if message["type"] == "http.response.start":
+                    sse = any(k.lower() == b"content-type" and v.startswith(b"text/event-stream")
+                              for k, v in message.get("headers", []))
+                    started, streaming = True, sse
+                    if committed:
+                        as_event = not sse
+                        return  # the stream's head went out already
+                elif message["type"] == "http.response.body":
+                    more = bool(message.get("more_body"))
+                    ended = not more
+                    if as_event:
+                        held.append(message.get("body", b""))
+                        if more:
+                            return
+                        data = b"\r\ndata: ".join(b"".join(held).strip().splitlines())
+                        message = {"type": "http.response.body", "more_body": False,
+                                   "body": b"event: message\r\ndata: " + data + b"\r\n\r\n"}
+                await send(message)
+                last = loop.time()
+
+        async def beat() -> None:
+            nonlocal committed, streaming, last
+            while True:
+                interval = KEEPALIVE_S
+                await asyncio.sleep(max(0.0, last + interval - loop.time()))
+                async with lock:
+                    if ended:
+                        return
+                    if loop.time() - last < interval:
+                        continue
+                    if not started and may_commit and not committed:
+                        await send({"type": "http.response.start", "status": 200, "headers": [
+                            (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache, no-transform"),
+                            (b"x-accel-buffering", b"no")]})
+                        committed = streaming = True
+                    if streaming:
+                        await send({"type": "http.response.body", "body": b": keep-alive\r\n\r\n", "more_body": True})
+                        self.sent += 1
+                    last = loop.time()
+
+        beating = loop.create_task(beat())
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            beating.cancel()
+            await asyncio.gather(beating, return_exceptions=True)
 
 
 def _http_tasks(app: FastAPI) -> Callable[[Context], Tasks]:
@@ -279,4 +438,4 @@ def http_app(app: FastAPI) -> tuple[ASGIApp, MCPServer]:
     # Host header, is what keeps other sites out.
     server.streamable_http_app(stateless_http=True,
                                transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
-    return BearerGate(StreamableHTTPASGIApp(server.session_manager), lambda: Door(app.state)), server
+    return BearerGate(KeepAlive(StreamableHTTPASGIApp(server.session_manager)), lambda: Door(app.state)), server

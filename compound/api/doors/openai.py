@@ -1,5 +1,5 @@
 """The OpenAI-compatible door: POST /v1/chat/completions with model "compound" and
-GET /v1/models. Errors answer in OpenAI's shape {"error": {"message", "type", "code"}}."""
+GET /v1/models. Errors answer in OpenAI's shape {"error": {"message", "type", "param", "code"}}."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from compound.api.doors.engine import AnswerText, Door, DoorAuthError, bearer_token_of, failure
+from compound.api.doors.inputs import BadField, load_json
 from compound.api.errors import ApiError
-from compound.core.errors import BudgetExceeded, CompoundError, Conflict, NotFound, UserInputError
+from compound.core.errors import BudgetExceeded, Conflict, NotFound, UserInputError
 from compound.core.logging import get_logger, redact_text
 from compound.executor.answers import AnswerPiece
 
@@ -97,11 +98,67 @@ def openai_error(exc: Exception) -> OpenAIError:
     if isinstance(exc, ApiError):
         kind = "rate_limit_error" if exc.status == 429 else "invalid_request_error"
         return OpenAIError(exc.status, exc.message, type=kind, code=exc.code)
+    if isinstance(exc, BadField):
+        return OpenAIError(400, exc.message, code="invalid_request", param=exc.field)
     for cls, status, kind, code in ERRORS:
         if isinstance(exc, cls):
             return OpenAIError(status, getattr(exc, "message", str(exc)), type=kind, code=code)
     log.error("unexpected error in the chat door", error=type(exc).__name__)
     return OpenAIError(500, "the server could not do that", type="server_error", code="internal_error")
+
+
+class OpenAIErrors:
+    """The chat routes' errors that come from outside the door (the app's body size
+    limit, a method not allowed, the app's last-resort handler), put in OpenAI's shape:
+    an error body of compound's shape ({"error": {"code", "message"}}) on these paths
+    is rewritten; the door's own errors pass as they are."""
+
+    PATHS = ("/v1/chat/completions", "/v1/models")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not str(scope.get("path", "")).startswith(self.PATHS):
+            await self.app(scope, receive, send)
+            return
+        held: Message | None = None
+        chunks: list[bytes] = []
+
+        async def sending(message: Message) -> None:
+            nonlocal held
+            if message["type"] == "http.response.start" and message["status"] >= 400 and any(
+                    k.lower() == b"content-type" and v.startswith(b"application/json")
+                    for k, v in message.get("headers", [])):
+                held = message
+                return
+            if held is not None and message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+                if message.get("more_body"):
+                    return
+                body = openai_shaped(held["status"], b"".join(chunks))
+                headers = [(k, v) for k, v in held.get("headers", []) if k.lower() != b"content-length"]
+                await send({**held, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
+def openai_shaped(status: int, body: bytes) -> bytes:
+    """An error body of compound's shape in OpenAI's; any other body as it is."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    err = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(err, dict) or "type" in err:
+        return body
+    kind = {403: "permission_error", 429: "rate_limit_error"}.get(
+        status, "server_error" if status >= 500 else "invalid_request_error")
+    return json.dumps({"error": {"message": str(err.get("message", "")), "type": kind, "param": None,
+                                 "code": err.get("code")}}).encode()
 
 
 def task_error(snapshot: dict[str, Any]) -> OpenAIError | None:
@@ -117,28 +174,36 @@ def bearer_token(request: Request) -> str | None:
     return bearer_token_of(request.headers.get("authorization"))
 
 
-def text_of(message: ChatMessage, where: str) -> str:
+def text_of(message: ChatMessage, where: str) -> str | None:
+    """A message's text (its text parts joined); None when it has no content."""
     if message.content is None:
-        return ""
+        return None
     if isinstance(message.content, str):
         return message.content
     parts = []
     for i, part in enumerate(message.content):
         if part.type != "text" or part.text is None:
-            raise OpenAIError(400, f"{where}.content[{i}]: only text parts are supported (got {part.type[:40]!r})",
+            raise OpenAIError(400, f"{where}.content.{i}: only text parts are supported (got {part.type[:40]!r})",
                               param=f"{where}.content")
         parts.append(part.text)
     return "\n".join(parts)
 
 
 def split_messages(messages: list[ChatMessage]) -> tuple[str, list[dict[str, str]]]:
-    """The last user message is the request; every other message is context."""
+    """The last user message is the request; every other message with content is
+    context (an assistant message may have none: it called tools)."""
     last = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
     if last is None:
         raise OpenAIError(400, "messages: needs a user message (the last one is the request)", param="messages")
-    prompt = text_of(messages[last], f"messages[{last}]")
-    context = [{"role": m.role, "content": text_of(m, f"messages[{i}]")}
-               for i, m in enumerate(messages) if i != last]
+    prompt = text_of(messages[last], f"messages.{last}")
+    if prompt is None or not prompt.strip():
+        raise OpenAIError(400, f"messages.{last}.content: the request (the last user message) needs text",
+                          param=f"messages.{last}.content")
+    context = []
+    for i, m in enumerate(messages):
+        text = text_of(m, f"messages.{i}")
+        if i != last and text is not None:
+            context.append({"role": m.role, "content": text})
     return prompt, context
 
 
@@ -163,11 +228,14 @@ def budget_and_priority(body: ChatRequest) -> tuple[float | None, int | None]:
     return budget, priority
 
 
-async def parse(request: Request) -> ChatRequest:
+def parse(data: bytes) -> ChatRequest:
     try:
-        raw = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise OpenAIError(400, "body: not valid JSON") from None
+        raw = load_json(data)
+    except BadField as exc:
+        raise OpenAIError(400, exc.message, param=None if exc.field == "body" else exc.field) from None
+    if not isinstance(raw, dict):
+        raise OpenAIError(400, f"invalid body: must be a JSON object (a chat completion request), not "
+                          f"{type(raw).__name__}")
     try:
         body = ChatRequest.model_validate(raw)
     except ValidationError as exc:
@@ -237,16 +305,19 @@ def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
                  "schema": inline_schema(ChatRequest.model_json_schema())}}, "required": True}})
 async def chat_completions(request: Request) -> Response:
     door = Door(request.app.state)
+    raw = await request.body()  # one over the size limit ends here: the app's BodyLimit answers 413
     try:
         principal = await door.authenticate(bearer_token(request))
         door.require(principal, "submit")
-        body = await parse(request)
+        body = parse(raw)
         prompt, context = split_messages(body.messages)
         budget, priority = budget_and_priority(body)
+        last = max(i for i, m in enumerate(body.messages) if m.role == "user")
         snap = await door.submit(principal, prompt=prompt, budget_usd=budget, priority=priority,
                                  context=context or None,
-                                 answer_max_tokens=body.max_completion_tokens or body.max_tokens)
-    except (OpenAIError, DoorAuthError, ApiError, CompoundError) as exc:
+                                 answer_max_tokens=body.max_completion_tokens or body.max_tokens,
+                                 fields={"prompt": f"messages.{last}.content", "context": "messages"})
+    except Exception as exc:  # every error in OpenAI's shape; an unexpected one is a logged 500
         return openai_error(exc).response()
     headers = {TASK_HEADER: snap["id"]}
     task_id = snap["id"]
