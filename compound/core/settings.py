@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 from compound.core.errors import ConfigError
+from compound.tools.config import McpServers
 
 ModelList = Annotated[list[str], NoDecode]
 
@@ -84,6 +85,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool | None = None  # None: JSON when stderr is not a terminal
     models: dict[str, ModelConfig] = Field(default_factory=dict)
+    # MCP servers whose tools subtasks may use (docs/tools.md); COMPOUND_MCP_SERVERS takes JSON
+    mcp_servers: McpServers = Field(default_factory=dict)
 
     # scale-out (design.md section 7, docs/deploy.md)
     execution: Literal["inprocess", "queue"] = "inprocess"
