@@ -117,7 +117,7 @@ def test_config_show_masks_header_and_env_values(monkeypatch: pytest.MonkeyPatch
 def test_env_references_are_read_when_connecting() -> None:
     config = McpServerConfig(url="http://h/mcp", headers={"Authorization": "env:TOKEN", "X-Client": "compound"})
     assert config.resolved_headers({"TOKEN": "Bearer t-1"}) == {"Authorization": "Bearer t-1", "X-Client": "compound"}
-    with pytest.raises(ConfigError, match="headers.Authorization reads the environment variable TOKEN, which is not"):
+    with pytest.raises(ConfigError, match=r"headers\.Authorization reads the environment variable TOKEN, which is not"):
         config.resolved_headers({})
 
 
