@@ -77,13 +77,13 @@ def by_name(catalogue: dict[str, Any]) -> dict[str, dict[str, Any]]:
 async def test_catalogue_over_http_and_stdio_applies_allow_deny_and_trust(
         web: HttpServer, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FIXTURE_MCP_AUTH", f"Bearer {SECRET}")
-    servers = {"web": authed(web.url, deny=["delete", "sleep"], read_only=["echo"], idempotent=["count"]),
+    servers = {"web": authed(web.url, deny=["delete", "sleep", "crash"], read_only=["echo"], idempotent=["count"]),
                "local": stdio(allow=["echo", "count", "delete"], trusted=True)}
     async with running(sqlite_url, servers) as (_app, http, auth):
         r = await http.get("/v1/tools", headers=auth)
         assert r.status_code == 200, r.text
         tools = by_name(r.json())
-        # web lists six tools two a page (the listing follows the cursor); deny drops two
+        # web lists seven tools two a page (the listing follows the cursor); deny drops three
         assert sorted(tools) == ["local.count", "local.delete", "local.echo",
                                  "web.count", "web.echo", "web.fail", "web.huge"]
         assert all(t["available"] for t in tools.values())
@@ -174,7 +174,7 @@ async def _not(value: Awaitable[bool]) -> bool:
 
 @pytest.fixture
 async def tool_servers(web: HttpServer, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ToolServers]:
-    servers = ToolServers({"web": authed(web.url, deny=["delete"]), "local": stdio(allow=["echo", "count"])},
+    servers = ToolServers({"web": authed(web.url, deny=["delete", "crash"]), "local": stdio(allow=["echo", "count"])},
                           environ={"FIXTURE_MCP_AUTH": f"Bearer {SECRET}"})
     await servers.start()
     yield servers
@@ -210,6 +210,23 @@ async def test_calls_return_results_errors_and_time_out(tool_servers: ToolServer
     with pytest.raises(UnknownTool, match="known: "):
         tool_servers.tool("local.sleep")  # not allowed
     assert tool_servers.tool("local.count").idempotent is False
+
+
+async def test_a_stdio_server_that_exits_is_started_again() -> None:
+    servers = ToolServers({"local": stdio(allow=["count", "crash"])}, backoff_initial_s=0.05)
+    await servers.start()
+    try:
+        assert [(await servers.call("local", "count")).text for _ in range(2)] == ["1", "2"]
+        with pytest.raises(ToolUnavailable, match="lost during the call of local.crash"):
+            await servers.call("local", "crash")
+
+        async def up() -> bool:
+            return servers.states()[0].available
+
+        await until(up, "a new server process")
+        assert (await servers.call("local", "count")).text == "1"  # a new process counts from one
+    finally:
+        await servers.stop()
 
 
 async def test_a_call_from_another_event_loop_is_handed_to_the_owner(tool_servers: ToolServers) -> None:

@@ -138,6 +138,7 @@ class _Server:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._secrets: list[str] = []
+        self._session_up = False  # the current session got as far as listing the tools
 
     # state -------------------------------------------------------------------------------
 
@@ -173,11 +174,12 @@ class _Server:
     async def run(self) -> None:
         first = True
         while not self._stopping.is_set():
+            self._session_up = False
             try:
                 await self._session()
             except Exception as exc:  # every failure of a session ends in a reconnect, never in a crash
                 self.error = self._describe(exc)
-                if self.available:
+                if self._session_up:
                     log.warning("MCP server connection lost; reconnecting", server=self.name, error=self.error)
                 elif first:
                     log.warning("MCP server unreachable at start; its tools are unavailable",
@@ -257,10 +259,13 @@ class _Server:
     def _up(self, tools: dict[str, Tool]) -> None:
         was = self.available
         self.tools, self.available, self.error = tools, True, None
+        self._session_up = True
         self._backoff.reset()
         self.first_attempt.set()
         if self._jobs is None:
             self._jobs = asyncio.Queue()
+            if self._stopping.is_set():  # stop came while connecting: end the session at once
+                self._jobs.put_nowait(None)
         if not was:
             log.info("MCP server connected", server=self.name, transport=self.config.transport, tools=len(tools))
 
@@ -293,8 +298,10 @@ class _Server:
             try:
                 result = await client.call_tool(job.tool, job.arguments)
             except MCPError as exc:
-                if exc.code == CONNECTION_CLOSED:
+                if exc.code == CONNECTION_CLOSED:  # the server went away: end the session, reconnect
+                    self.available, self.error = False, "the connection was lost"
                     _settle(job, exc=self._lost(job.tool))
+                    raise
                 else:  # the server refused the call (unknown tool, bad arguments ...): the model reads why
                     _settle(job, result=ToolResult(f"{self.name}.{job.tool}", self._scrub(exc.message), True))
                 return
@@ -303,6 +310,7 @@ class _Server:
                     f"the server's answer is not a valid MCP result ({exc.error_count()} errors)"), True))
                 return
             except Exception:
+                self.available, self.error = False, "the connection was lost"
                 _settle(job, exc=self._lost(job.tool))
                 raise  # the session is broken: end it and reconnect
             else:
