@@ -217,7 +217,7 @@ async def test_a_stdio_server_that_exits_is_started_again() -> None:
     await servers.start()
     try:
         assert [(await servers.call("local", "count")).text for _ in range(2)] == ["1", "2"]
-        with pytest.raises(ToolUnavailable, match="lost during the call of local.crash"):
+        with pytest.raises(ToolUnavailable, match=r"lost during the call of local\.crash"):
             await servers.call("local", "crash")
 
         async def up() -> bool:
