@@ -61,6 +61,18 @@ def test_the_environment_carries_the_same_table_as_json(monkeypatch: pytest.Monk
         load_settings()
 
 
+def test_the_environment_is_merged_into_the_file_field_by_field(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "compound.toml"
+    path.write_text(TOML)
+    monkeypatch.setenv("COMPOUND_CONFIG", str(path))
+    monkeypatch.setenv("COMPOUND_MCP_SERVERS", json.dumps({"facts": {"timeout_s": 2},
+                                                           "more": {"url": "http://more/mcp"}}))
+    servers = load_settings().mcp_servers
+    assert sorted(servers) == ["facts", "local", "more"]
+    assert (servers["facts"].timeout_s, servers["facts"].allow) == (2.0, ["lookup", "bump"])
+
+
 @pytest.mark.parametrize(("server", "expected"), [
     ({"url": "http://h/mcp", "command": ["x"]}, ["mcp_servers.facts:", "not both"]),
     ({}, ["mcp_servers.facts:", "neither is set"]),
