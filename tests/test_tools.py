@@ -98,6 +98,9 @@ async def test_catalogue_over_http_and_stdio_applies_allow_deny_and_trust(
         assert {s["name"]: (s["transport"], s["available"], s["tools"]) for s in r.json()["servers"]} == {
             "local": ("stdio", True, 3), "web": ("http", True, 4)}
         assert (await http.get("/v1/tools")).status_code == 401
+        spec = (await http.get("/openapi.json")).json()
+        assert spec["components"]["schemas"]["ToolCatalogue"].get("examples")
+        assert "/v1/tools" in spec["paths"]
 
 
 async def test_env_headers_reach_the_server_and_never_show(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from compound.api.auth import ReadPrincipal
 from compound.api.errors import COMMON_RESPONSES
@@ -32,6 +32,15 @@ class ServerOut(BaseModel):
 
 
 class ToolCatalogue(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "tools": [{"name": "facts.lookup", "server": "facts", "description": "Look up a fact.",
+                   "arguments": ["query", "limit"], "read_only": True, "available": True},
+                  {"name": "files.read", "server": "files", "description": "", "arguments": [],
+                   "read_only": False, "available": False}],
+        "servers": [{"name": "facts", "transport": "http", "available": True, "tools": 1, "error": None},
+                    {"name": "files", "transport": "stdio", "available": False, "tools": 0,
+                     "error": "FileNotFoundError: [Errno 2] No such file or directory: 'files-server'"}]}]})
+
     tools: list[ToolOut]
     servers: list[ServerOut]
 
