@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -77,13 +78,14 @@ def by_name(catalogue: dict[str, Any]) -> dict[str, dict[str, Any]]:
 async def test_catalogue_over_http_and_stdio_applies_allow_deny_and_trust(
         web: HttpServer, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FIXTURE_MCP_AUTH", f"Bearer {SECRET}")
-    servers = {"web": authed(web.url, deny=["delete", "sleep", "crash"], read_only=["echo"], idempotent=["count"]),
+    servers = {"web": authed(web.url, deny=["delete", "sleep", "crash", "pid"], read_only=["echo"],
+                             idempotent=["count"]),
                "local": stdio(allow=["echo", "count", "delete"], trusted=True)}
     async with running(sqlite_url, servers) as (_app, http, auth):
         r = await http.get("/v1/tools", headers=auth)
         assert r.status_code == 200, r.text
         tools = by_name(r.json())
-        # web lists seven tools two a page (the listing follows the cursor); deny drops three
+        # web lists eight tools two a page (the listing follows the cursor); deny drops four
         assert sorted(tools) == ["local.count", "local.delete", "local.echo",
                                  "web.count", "web.echo", "web.fail", "web.huge"]
         assert all(t["available"] for t in tools.values())
@@ -252,8 +254,11 @@ async def test_stop_closes_every_session(web: HttpServer) -> None:
     servers = ToolServers({"web": authed(web.url), "local": stdio()}, environ={"FIXTURE_MCP_AUTH": f"Bearer {SECRET}"})
     await servers.start()
     assert [s.available for s in servers.states()] == [True, True]
+    pid = int((await servers.call("local", "pid")).text)
     await servers.stop()
     assert [s.available for s in servers.states()] == [False, False]
+    with pytest.raises(ProcessLookupError):  # the stdio server's process has ended and been reaped
+        os.kill(pid, 0)
     with pytest.raises(ToolUnavailable):
         await servers.call("web", "echo", {"text": "x"})
 

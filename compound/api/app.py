@@ -90,10 +90,10 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
 
         # One session per MCP server, each in a task of its own; a server down is a warning.
         app.state.tool_servers = tool_servers = ToolServers(settings.mcp_servers)
-        await tool_servers.start()
         from compound.api import doors
 
         try:
+            await tool_servers.start()
             async with doors.running(app):
                 settle_heap()  # start-up is over
                 yield
