@@ -25,6 +25,7 @@ from compound.cli import app as cli
 from compound.core.errors import ToolTimedOut, ToolUnavailable, UnknownTool
 from compound.core.settings import Settings
 from compound.store.users import create_token
+from compound.tools.catalogue import Tools
 from compound.tools.config import McpServerConfig
 from compound.tools.servers import ToolServers
 from tests.fixtures.mcp_tools import ROOT, STDIO_COMMAND, HttpServer, http_server
@@ -78,14 +79,14 @@ def by_name(catalogue: dict[str, Any]) -> dict[str, dict[str, Any]]:
 async def test_catalogue_over_http_and_stdio_applies_allow_deny_and_trust(
         web: HttpServer, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FIXTURE_MCP_AUTH", f"Bearer {SECRET}")
-    servers = {"web": authed(web.url, deny=["delete", "sleep", "crash", "pid"], read_only=["echo"],
+    servers = {"web": authed(web.url, deny=["delete", "sleep", "crash", "pid", "brackets"], read_only=["echo"],
                              idempotent=["count"]),
                "local": stdio(allow=["echo", "count", "delete"], trusted=True)}
     async with running(sqlite_url, servers) as (_app, http, auth):
         r = await http.get("/v1/tools", headers=auth)
         assert r.status_code == 200, r.text
         tools = by_name(r.json())
-        # web lists eight tools two a page (the listing follows the cursor); deny drops four
+        # web lists nine tools two a page (the listing follows the cursor); deny drops five
         assert sorted(tools) == ["local.count", "local.delete", "local.echo",
                                  "web.count", "web.echo", "web.fail", "web.huge"]
         assert all(t["available"] for t in tools.values())
@@ -264,7 +265,8 @@ async def test_stop_closes_every_session(web: HttpServer) -> None:
 
 
 async def test_no_servers_configured_start_nothing() -> None:
-    servers = ToolServers({})
+    servers: Tools = ToolServers({})
+    assert isinstance(servers, ToolServers)
     await servers.start()
     assert servers.catalogue() == [] and servers.states() == []
     await servers.stop()
@@ -275,7 +277,7 @@ def served_app(sqlite_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     """The app, with a stdio server and one that is down, served by uvicorn in a thread."""
     import uvicorn
 
-    servers = {"local": stdio(allow=["echo", "count"], read_only=["echo"]),
+    servers = {"local": stdio(allow=["echo", "count", "brackets"], read_only=["echo"]),
                "gone": McpServerConfig(url=f"http://127.0.0.1:{free_port()}/mcp", allow=["lookup"])}
     app = create_app(Settings(database_url=sqlite_url, executor_process=False, mcp_servers=servers))
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
@@ -301,6 +303,7 @@ def test_tools_list_prints_the_table(served_app: str) -> None:
     assert rows["local.count"][:3] == ["local.count", "no", "yes"]
     assert rows["gone.lookup"][:3] == ["gone.lookup", "no", "no"]
     assert "Echo the text back." in out.stdout
+    assert "[bold]Not bold[/bold], [red]not red, a[i] and [x](y) as written." in out.stdout  # never markup
     assert "gone: unavailable (ConnectError" in out.stdout
     as_json = json.loads(runner.invoke(cli, ["tools", "list", "--json"]).stdout)
-    assert [t["name"] for t in as_json["tools"]] == ["gone.lookup", "local.count", "local.echo"]
+    assert [t["name"] for t in as_json["tools"]] == ["gone.lookup", "local.brackets", "local.count", "local.echo"]

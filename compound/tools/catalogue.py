@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from compound.tools.config import McpServerConfig
 
@@ -84,3 +84,18 @@ def declared_tool(server: str, config: McpServerConfig, tool: str) -> Tool:
     """A tool known only from `allow` (its server has not been reached yet)."""
     return make_tool(server, config, tool=tool, description=None, input_schema=None, read_only_hint=None,
                      idempotent_hint=None, available=False)
+
+
+class Tools(Protocol):
+    """What uses tools needs of them: ToolServers, or a fake in tests."""
+
+    def catalogue(self) -> list[Tool]: ...
+
+    def tool(self, name: str) -> Tool:
+        """The entry for `server.tool`; UnknownTool when there is none."""
+        ...
+
+    async def call(self, server: str, tool: str, arguments: Mapping[str, Any] | None = None, *,
+                   timeout_s: float | None = None) -> ToolResult:
+        """One call; raises UnknownTool, ToolUnavailable or ToolTimedOut."""
+        ...
