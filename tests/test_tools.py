@@ -39,9 +39,11 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def web() -> Iterator[HttpServer]:
+def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpServer]:
     """One fixture server over streamable HTTP that wants `Authorization: Bearer SECRET`."""
-    with http_server(env={"MCP_TOOLS_TOKEN": SECRET}) as server:
+    notes = tmp_path_factory.mktemp("web") / "notes"
+    with http_server(env={"MCP_TOOLS_TOKEN": SECRET, "MCP_TOOLS_NOTES": str(notes)}) as server:
+        server.notes = notes  # type: ignore[attr-defined]
         yield server
 
 
@@ -216,6 +218,36 @@ async def test_calls_return_results_errors_and_time_out(tool_servers: ToolServer
     with pytest.raises(UnknownTool, match="known: "):
         tool_servers.tool("local.sleep")  # not allowed
     assert tool_servers.tool("local.count").idempotent is False
+
+
+@pytest.mark.parametrize("transport", ["http", "stdio"])
+async def test_a_cancelled_call_is_cancelled_on_the_server(web: HttpServer, tmp_path: Path, transport: str) -> None:
+    notes: Path = web.notes if transport == "http" else tmp_path / "notes"  # type: ignore[attr-defined]
+    config = authed(web.url) if transport == "http" else stdio(env={"MCP_TOOLS_NOTES": str(notes)})
+    servers = ToolServers({"s": config}, environ={"FIXTURE_MCP_AUTH": f"Bearer {SECRET}"})
+    await servers.start()
+
+    def count(what: str) -> int:
+        return notes.read_text().count(what) if notes.exists() else 0
+
+    async def more(what: str, than: int) -> bool:
+        return count(what) > than
+
+    try:
+        started, cancelled = count("sleep started"), count("sleep cancelled")
+        call = asyncio.ensure_future(servers.call("s", "sleep", {"seconds": 60}))
+        await until(lambda: more("sleep started", started), "the tool to start")
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await until(lambda: more("sleep cancelled", cancelled), "the server to cancel the tool")
+        with pytest.raises(ToolTimedOut):  # a timeout cancels it the same way (3 s: time for it to start)
+            await servers.call("s", "sleep", {"seconds": 60}, timeout_s=3)
+        assert count("sleep started") == started + 2
+        await until(lambda: more("sleep cancelled", cancelled + 1), "the server to cancel the tool again")
+        assert (await servers.call("s", "echo", {"text": "still here"})).text == "still here"
+    finally:
+        await servers.stop()
 
 
 async def test_a_stdio_server_that_exits_is_started_again() -> None:
