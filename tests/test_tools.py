@@ -152,6 +152,7 @@ async def test_server_down_at_start_is_a_warning_and_the_app_serves(
         assert state["available"] is False and "ConnectError" in state["error"]
         with pytest.raises(ToolUnavailable, match="'facts' is unavailable"):
             await app.state.tool_servers.call("facts", "lookup", {})
+        assert app.state.tool_servers.tool("facts.lookup").available is False
     err = capfd.readouterr().err
     assert "MCP server unreachable at start" in err and "facts" in err
 

@@ -99,7 +99,8 @@ class ToolServers:
     def tool(self, name: str) -> Tool:
         """The catalogue's entry for `server.tool`; UnknownTool when there is none."""
         server, _, tool = name.partition(".")
-        found = self._servers[server].tools.get(tool) if server in self._servers else None
+        found = next((t for t in self._servers[server].catalogue() if t.tool == tool), None) \
+            if server in self._servers else None
         if found is None:
             known = ", ".join(t.name for t in self.catalogue()) or "none"
             raise UnknownTool(f"no tool {name!r} in the catalogue (known: {known})", tool=name)
@@ -139,6 +140,7 @@ class _Server:
         self._task: asyncio.Task[None] | None = None
         self._secrets: list[str] = []
         self._session_up = False  # the current session got as far as listing the tools
+        self._missing: set[str] = set()  # tools `allow` names that the server does not list
 
     # state -------------------------------------------------------------------------------
 
@@ -242,9 +244,10 @@ class _Server:
             cursor = page.next_cursor
             if not cursor:
                 break
-        names = {t.name for t in listed}
-        for missing in sorted(set(self.config.allow or ()) - names):
-            log.warning("MCP server does not list a tool that allow names", server=self.name, tool=missing)
+        missing = set(self.config.allow or ()) - {t.name for t in listed}
+        for name in sorted(missing - self._missing):  # once, not at every re-listing
+            log.warning("MCP server does not list a tool that allow names", server=self.name, tool=name)
+        self._missing = missing
         tools = {}
         for t in listed:
             if not self.config.allows(t.name):
