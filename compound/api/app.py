@@ -91,13 +91,19 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
 
             app.state.snapshots = NoticedSnapshots(runs, watch=WorkerWatch(settings.database_url), keep=hears_all)
         await executor.start()
+        from compound.tools.servers import ToolServers
+
+        # One session per MCP server, each in a task of its own; a server down is a warning.
+        app.state.tool_servers = tool_servers = ToolServers(settings.mcp_servers)
         from compound.api import doors
 
         try:
+            await tool_servers.start()
             async with doors.running(app):
                 settle_heap()  # start-up is over
                 yield
         finally:
+            await tool_servers.stop()
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
@@ -114,7 +120,7 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
 
     app.state.ratelimit = RateLimiter(settings.rate_limit_per_minute)
 
-    from compound.api import errors, routes_symbiont, routes_tasks
+    from compound.api import errors, routes_symbiont, routes_tasks, routes_tools
 
     errors.install(app)
     app.add_middleware(errors.BodyLimit, limit=settings.max_body_bytes)
@@ -122,6 +128,7 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
     app.add_middleware(routes_tasks.FastTaskReads)  # outermost of ours: polls skip the rest
     app.include_router(routes_tasks.router)
     app.include_router(routes_symbiont.router)
+    app.include_router(routes_tools.router)
     from compound.api.live import install as install_live
 
     install_live(app)

@@ -48,9 +48,9 @@ def _warn_unknown_variables() -> None:
 
 
 def _register() -> None:
-    from compound.cli import config, db, eval, mcp, plan, run, serve, sim, tasks, tokens, worker
+    from compound.cli import config, db, eval, mcp, plan, run, serve, sim, tasks, tokens, tools, worker
 
-    for module in (config, db, eval, mcp, plan, run, serve, sim, tasks, tokens, worker):
+    for module in (config, db, eval, mcp, plan, run, serve, sim, tasks, tokens, tools, worker):
         module.register(app)
 
 

@@ -8,6 +8,10 @@
     ├── Conflict             the thing is in the wrong state for that (API: 409)
     ├── BudgetExceeded       a call's worst case does not fit in what is left
     ├── ModelOutputError     the model answered, but not with what was asked
+    ├── ToolError            a tool of an MCP server could not be called (tools/)
+    │   ├── UnknownTool      no such tool in the catalogue
+    │   ├── ToolUnavailable  its server is down, or the connection dropped mid-call
+    │   └── ToolTimedOut     no result within the call's timeout
     └── ProviderError        the provider refused or failed (status, body)
         ├── CallTimedOut     no answer within our own timeout (not a provider's 408)
         ├── FallbackExhausted every model of a fallback chain failed; keeps each error
@@ -152,3 +156,30 @@ class NetworkRefused(ProviderError):
 
     def __init__(self, message: str, *, model: str | None = None) -> None:
         super().__init__(message, model=model, transient=False)
+
+
+class ToolError(CompoundError):
+    """A tool call that did not happen or did not finish. A tool that ran and failed is
+    a result (`is_error`), not one of these."""
+
+    code = "tool_error"
+
+    def __init__(self, message: str, *, tool: str) -> None:
+        super().__init__(message)
+        self.tool = tool
+
+
+class UnknownTool(ToolError):
+    code = "unknown_tool"
+
+
+class ToolUnavailable(ToolError):
+    code = "tool_unavailable"
+
+
+class ToolTimedOut(ToolError):
+    code = "tool_timeout"
+
+    def __init__(self, message: str, *, tool: str, timeout_s: float) -> None:
+        super().__init__(message, tool=tool)
+        self.timeout_s = timeout_s

@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 
 from compound.core.errors import ConfigError
+from compound.tools.config import McpServers
 
 ModelList = Annotated[list[str], NoDecode]
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -87,6 +88,8 @@ class Settings(BaseSettings):
         default=None, description="unset: INFO when stderr is not a terminal, WARNING on one (INFO with -v)")
     log_json: bool | None = None  # None: JSON when stderr is not a terminal
     models: dict[str, ModelConfig] = Field(default_factory=dict)
+    # MCP servers whose tools subtasks may use (docs/tools.md); COMPOUND_MCP_SERVERS takes JSON
+    mcp_servers: McpServers = Field(default_factory=dict)
 
     # scale-out (design.md section 7, docs/deploy.md)
     execution: Literal["inprocess", "queue"] = "inprocess"

@@ -1,0 +1,51 @@
+"""`compound tools list`: the catalogue of MCP tools of a running server (token from
+COMPOUND_TOKEN)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+
+URL = typer.Option("http://127.0.0.1:8000", "--url", envvar="COMPOUND_URL", help="the server")
+
+
+def register(app: typer.Typer) -> None:
+    tools = typer.Typer(help="Tools from the configured MCP servers.", no_args_is_help=True)
+    app.add_typer(tools, name="tools")
+
+    @tools.command("list")
+    def list_(url: str = URL, as_json: bool = typer.Option(False, "--json")) -> None:
+        """The tools subtasks may use: name, read-only, up or down, arguments, description;
+        then each server unavailable and why."""
+        from rich import box
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
+
+        from compound.cli.common import api_request
+        from compound.cli.output import clip
+
+        data: dict[str, Any] = api_request("GET", url, "/v1/tools")
+        if as_json:
+            typer.echo(json.dumps(data, indent=2))
+            return
+        console = Console()
+        if not data["tools"] and not data.get("servers"):
+            console.print("no MCP servers configured (docs/tools.md)", markup=False)
+            return
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=False)
+        table.add_column("tool", no_wrap=True)  # plans name tools by this: never cut
+        table.add_column("read-only", no_wrap=True)
+        table.add_column("up", no_wrap=True)
+        table.add_column("arguments", overflow="fold")
+        table.add_column("description", no_wrap=True, overflow="ellipsis")
+        for t in data["tools"]:
+            table.add_row(Text(t["name"]), "yes" if t["read_only"] else "no", "yes" if t["available"] else "no",
+                          Text(", ".join(t.get("arguments") or [])), Text(clip(t["description"], 100)))
+        console.print(table)
+        for server in data.get("servers") or []:
+            if not server["available"]:
+                console.print(Text(f"{server['name']}: unavailable ({server.get('error') or 'not connected'})",
+                                   style="yellow"))
