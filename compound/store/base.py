@@ -154,7 +154,9 @@ ReserveOutcome = Reservation | BudgetRefusal | DailyRefusal
 @dataclass(frozen=True, slots=True)
 class Settlement:
     """How a reserved call ended. `status` is a CallStatus; `complete_with` completes
-    the subtask with that result in the same transaction."""
+    the subtask with that result in the same transaction; `answer` keeps a planner
+    call's text on its ledger row, so a task resumed before its plan was saved plans
+    from it instead of paying for the call again."""
 
     status: str
     cost_usd: float
@@ -165,6 +167,7 @@ class Settlement:
     latency_ms: float | None = None
     error: str | None = None
     complete_with: str | None = None
+    answer: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

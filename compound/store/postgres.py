@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +23,7 @@ from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg
 from sqlalchemy.engine import Engine
 
 from compound.core.logging import get_logger
-from compound.store import ops
+from compound.store import ops, outage
 from compound.store.base import (
     Event,
     RunStore,
@@ -32,6 +32,10 @@ from compound.store.opsstore import OpsRunStore
 from compound.store.sqlrun import ReadQueries
 
 log = get_logger("compound.store")
+# How long an operation waits for a pooled connection before it answers that the
+# database is unavailable (psycopg's default, 30 s, would hold every request that long
+# while the server restarts).
+POOL_WAIT_S = 5.0
 CHANNEL = "compound_events"
 SUB = ops.SUB_COLS
 SQL: dict[str, str] = {
@@ -72,7 +76,7 @@ SQL: dict[str, str] = {
                     f'started_at=COALESCE(started_at, %(now)s) WHERE task_id=%(t)s AND "index"=%(i)s RETURNING {SUB}',
     "SETTLE_LEDGER": "UPDATE ledger SET status=%(st)s, cost_usd=%(c)s, input_tokens=%(i)s, output_tokens=%(o)s, "
                      "cache_read_tokens=%(cr)s, cache_write_tokens=%(cw)s, latency_ms=%(lat)s, error=%(err)s, "
-                     "settled_at=%(now)s WHERE id=%(id)s",
+                     "answer=%(ans)s, settled_at=%(now)s WHERE id=%(id)s",
     "SETTLE_TASK": "UPDATE task SET reserved_usd=reserved_usd-%(r)s, total_cost_usd=total_cost_usd+%(c)s, "
                    "updated_at=%(now)s WHERE id=%(t)s",
     "SETTLE_SUBTASK": "UPDATE subtask SET cost_usd=cost_usd+%(c)s, input_tokens=input_tokens+%(i)s, "
@@ -180,7 +184,8 @@ class PostgresRunStore(OpsRunStore):
 
     def __init__(self, url: str, *, pool_size: int = 10, listen: bool = True) -> None:
         super().__init__(url)
-        self.pool = AsyncConnectionPool(conninfo(url), min_size=1, max_size=pool_size, open=False)
+        self.pool = AsyncConnectionPool(conninfo(url), min_size=1, max_size=pool_size, open=False,
+                                        timeout=POOL_WAIT_S)
         self.listen = listen
         self.origin = uuid.uuid4().hex[:12]  # this store's notifications, ignored by its own listener
         self._listener: asyncio.Task[None] | None = None
@@ -262,6 +267,9 @@ class PostgresRunStore(OpsRunStore):
 
     async def _write(self, factory: Factory) -> Any:
         self.stats.writes += 1
+        return await self._on_pool(self._write_once, factory)
+
+    async def _write_once(self, factory: Factory, sent: list[bool]) -> Any:
         events: list[Event] = []
         async with self.pool.connection() as conn:
             async with conn.transaction(), conn.cursor() as cur:
@@ -269,12 +277,16 @@ class PostgresRunStore(OpsRunStore):
                 for task_id, (lo, hi) in _ranges(events).items():
                     await cur.execute("SELECT pg_notify(%(c)s, %(p)s)",
                                       {"c": CHANNEL, "p": f"{self.origin}:{task_id}:{lo}:{hi}"})
+                sent[0] = True  # the COMMIT goes out as the block ends
             self.stats.commits += 1
         self.hub.publish(events)
         return value
 
     async def _read(self, factory: Factory) -> Any:
         self.stats.reads += 1
+        return await self._on_pool(self._read_once, factory)
+
+    async def _read_once(self, factory: Factory, _sent: list[bool]) -> Any:
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             return await run(cur, factory(), [])
 
@@ -282,9 +294,34 @@ class PostgresRunStore(OpsRunStore):
         """A SQLAlchemy Core read compiled for psycopg, run on the pool."""
         self.stats.reads += 1
         compiled = stmt.compile(dialect=self._pg)
+        return list(await self._on_pool(self._core_once, compiled))
+
+    async def _core_once(self, compiled: Any, _sent: list[bool]) -> Any:
         async with self.pool.connection() as conn, conn.cursor() as cur:
             await cur.execute(str(compiled), compiled.params)
-            return list(await cur.fetchall())
+            return await cur.fetchall()
+
+    async def _on_pool(self, once: Callable[[Any, list[bool]], Awaitable[Any]], arg: Any) -> Any:
+        """Run one transaction; a connection-level failure is DatabaseUnavailable. The
+        pooled connections may have died while idle (a server restart, a terminated
+        backend): the first such failure sweeps the pool's idle connections and tries
+        once more on a fresh one, unless the COMMIT had gone out (then whether it
+        applied is unknown, and the caller hears so)."""
+        sent = [False]
+        try:
+            return await once(arg, sent)
+        except Exception as exc:
+            err = outage.unavailable(exc)
+            if err is None:
+                raise
+            if sent[0]:
+                raise err from exc
+            log.warning("store connection lost; retrying once on a fresh one", error=type(exc).__name__)
+        with outage.outage_as_error():
+            with contextlib.suppress(Exception):
+                await self.pool.check()
+            sent[0] = False
+            return await once(arg, sent)
 
 
 def _ranges(events: Sequence[Event]) -> dict[str, tuple[int, int]]:

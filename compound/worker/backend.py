@@ -19,6 +19,7 @@ from compound.executor.service import TaskWaits
 from compound.store import pg_notify
 from compound.store.base import RunStore
 from compound.store.models import TERMINAL_TASK, TaskStatus
+from compound.store.outage import outage_as_error
 from compound.worker import answers, names
 
 log = get_logger("compound.worker.backend")
@@ -94,7 +95,7 @@ class QueueBackend(TaskWaits):
         """Enqueue and wake the workers in one transaction on DBOS's database: the NOTIFY
         is delivered when the row is there to claim, and only then."""
         task_id = task_id or workflow_id
-        with self.sys_engine.begin() as conn:
+        with outage_as_error(), self.sys_engine.begin() as conn:
             self.client.enqueue_in_transaction(conn, names.enqueue_options(workflow_id, priority), task_id)
             pg_notify.notify(conn, pg_notify.QUEUE_WAKE, task_id)
 

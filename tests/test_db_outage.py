@@ -1,0 +1,281 @@
+"""A database that goes away: its connection errors become one DatabaseUnavailable
+(the API answers 503 with Retry-After, never 500), a task goes on once the store is
+back (never failed for it), and a planner call paid for before the plan was saved is
+not paid again."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import psycopg
+import psycopg.errors
+import pytest
+from psycopg_pool import PoolTimeout
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+
+from compound.core.errors import DatabaseUnavailable
+from compound.llm.simulator import prompt_kind
+from compound.store.base import RunStore
+from compound.store.models import CallKind, CallStatus
+from compound.store.outage import is_unavailable, outage_as_error, unavailable
+from compound.store.postgres import PostgresRunStore
+from tests.fixtures.api import Api
+from tests.fixtures.fakes import FakeLLM
+from tests.test_executor import executor, kind_answer
+
+
+def _chained() -> BaseException:
+    try:
+        try:
+            raise psycopg.errors.AdminShutdown("terminating connection due to administrator command")
+        except psycopg.Error as inner:
+            raise RuntimeError("while saving") from inner
+    except RuntimeError as outer:
+        return outer
+
+
+@pytest.mark.parametrize(("error", "outage"), [
+    (psycopg.errors.AdminShutdown("terminating connection due to administrator command"), True),
+    (psycopg.errors.CrashShutdown("crash"), True),
+    (psycopg.errors.CannotConnectNow("the database system is starting up"), True),
+    (psycopg.errors.TooManyConnections("too many clients"), True),
+    (psycopg.OperationalError("connection failed: Connection refused"), True),
+    (psycopg.OperationalError("server closed the connection unexpectedly"), True),
+    (PoolTimeout("couldn't get a connection after 5.00 sec"), True),
+    (psycopg.OperationalError("the connection is closed"), True),
+    (sa_exc.OperationalError("SELECT 1", {}, psycopg.errors.AdminShutdown("x")), True),
+    (sa_exc.TimeoutError("QueuePool limit of size 10 overflow 20 reached"), True),
+    (_chained(), True),
+    # not an outage: the database is there and said no
+    (psycopg.errors.DeadlockDetected("deadlock detected"), False),
+    (psycopg.errors.QueryCanceled("canceling statement due to statement timeout"), False),
+    (psycopg.errors.UniqueViolation("duplicate key"), False),
+    (psycopg.InterfaceError("bad argument"), False),
+    (sa_exc.IntegrityError("INSERT", {}, psycopg.errors.UniqueViolation("dup")), False),
+    (ValueError("connection"), False),
+])
+def test_connection_level_errors_and_only_those_are_an_outage(error: BaseException, outage: bool) -> None:
+    assert is_unavailable(error) is outage
+    got = unavailable(error)
+    assert (got is not None) is outage
+    if got is not None:
+        assert got.code == "database_unavailable" and got.retry_after_s > 0
+
+
+def test_an_outage_error_names_the_class_never_the_drivers_text() -> None:
+    raw = psycopg.OperationalError('connection to server at "db.internal" (10.0.0.7), port 5432 failed: '
+                                   'password authentication failed for user "svc_secret_user"')
+    with pytest.raises(DatabaseUnavailable) as got, outage_as_error():
+        raise raw
+    assert got.value.__cause__ is raw
+    assert "db.internal" not in got.value.message and "svc_secret_user" not in got.value.message
+    assert "OperationalError" in got.value.message
+    with pytest.raises(psycopg.errors.UniqueViolation), outage_as_error():  # not an outage: unchanged
+        raise psycopg.errors.UniqueViolation("dup")
+
+
+DOORS = {"/v1/chat/completions", "/a2a", "/v1/models", "/v1/models/{model}"}
+
+
+def _concrete(path: str) -> str:
+    return path.replace("{task_id}", "t_missing").replace("{model}", "compound")
+
+
+async def test_every_route_answers_503_with_retry_after_while_the_database_is_gone(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    store: Any = api.app.state.store
+
+    async def gone(*_a: Any, **_k: Any) -> Any:
+        raise DatabaseUnavailable("AdminShutdown")
+
+    # Every read and write of the store fails as it does when its connections are
+    # terminated (the classification itself is tested on PostgreSQL below).
+    for name in ("_read", "_write", "_core"):
+        monkeypatch.setattr(store, name, gone)
+    answers: dict[str, int] = {}
+    for path, methods in api.app.openapi()["paths"].items():  # every documented route
+        for method in sorted(m.upper() for m in methods):
+            body: Any = {"prompt": "x", "budget_usd": 0.1} if method == "POST" else None
+            if path == "/v1/chat/completions":
+                body = {"model": "compound", "messages": [{"role": "user", "content": "hi"}]}
+            if path == "/a2a":
+                body = {"jsonrpc": "2.0", "id": 1, "method": "tasks/get", "params": {"id": "t_missing"}}
+            r = await api.http.request(method, _concrete(path), json=body, headers=api.auth(api.alice))
+            answers[f"{method} {path}"] = r.status_code
+            if path in DOORS:  # the doors answer in their own protocols' shapes
+                continue
+            assert r.status_code != 500, (method, path, r.text)
+            if r.status_code == 503 and "error" in r.json() and "code" in r.json()["error"]:
+                assert r.json()["error"]["code"] == "database_unavailable", (method, path, r.text)
+                assert int(r.headers["Retry-After"]) >= 1
+                assert "AdminShutdown" in r.json()["error"]["message"]
+    # the routes that read or write tasks answered 503 (the others need no database)
+    for key in ("POST /v1/tasks", "GET /v1/tasks", "GET /v1/tasks/{task_id}", "POST /v1/tasks/{task_id}/cancel",
+                "GET /v1/costs", "POST /task/compound", "GET /task/{task_id}/progress", "GET /tasks/recent"):
+        assert answers.get(key) == 503, (key, answers)
+
+
+async def test_a_store_operation_that_raises_unavailable_is_a_503(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def gone(**_k: Any) -> Any:
+        raise DatabaseUnavailable("PoolTimeout", retry_after_s=3)
+
+    monkeypatch.setattr(api.app.state.store, "create_task", gone)
+    r = await api.http.post("/v1/tasks", json={"prompt": "x", "budget_usd": 0.1}, headers=api.auth(api.alice))
+    assert r.status_code == 503 and r.headers["Retry-After"] == "3"
+    assert r.json() == {"error": {"code": "database_unavailable",
+                                  "message": "the database is unavailable (PoolTimeout); try again in a few seconds"}}
+
+
+async def test_a_drivers_outage_error_that_reached_the_api_raw_is_still_a_503(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def raw(**_k: Any) -> Any:
+        raise sa_exc.OperationalError("INSERT", {}, psycopg.errors.AdminShutdown("terminating connection"))
+
+    monkeypatch.setattr(api.app.state.store, "create_task", raw)
+    transport = httpx.ASGITransport(app=api.app, raise_app_exceptions=False)  # as a server answers
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        r = await http.post("/v1/tasks", json={"prompt": "x", "budget_usd": 0.1}, headers=api.auth(api.alice))
+    assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1
+    assert r.json()["error"]["code"] == "database_unavailable"
+    assert "terminating" not in r.text
+
+
+# A task through an outage --------------------------------------------------------------
+
+
+async def test_a_task_whose_store_went_away_goes_on_when_it_is_back(any_store: RunStore,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeLLM(answer=kind_answer)
+    ex = executor(any_store, fake)
+    real_reserve = any_store.reserve
+    failures = 0
+
+    async def reserve(requests: Any) -> Any:
+        nonlocal failures
+        if failures < 2 and any(r.subtask is not None for r in requests):
+            failures += 1  # the first fan-out's reservation, twice: the database is gone
+            raise DatabaseUnavailable("AdminShutdown")
+        return await real_reserve(requests)
+
+    monkeypatch.setattr(any_store, "reserve", reserve)
+    task = await any_store.create_task(prompt="find a and find b and compare", budget_usd=1.0)
+    ex.submit(task.id)
+    assert await ex.wait(task.id, timeout=30) == "completed"
+    assert failures == 2
+    rows = await any_store.ledger_rows(task.id)
+    assert [r["kind"] for r in rows].count(CallKind.planner) == 1  # planned once, before the outage
+    snap = await any_store.snapshot(task.id)
+    assert snap["error"] is None and snap["total_cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in rows))
+
+
+async def test_a_plan_lost_after_its_call_was_paid_is_not_paid_for_again(any_store: RunStore,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeLLM(answer=kind_answer)
+    ex = executor(any_store, fake)
+    real_save = any_store.save_plan
+    saves = 0
+
+    async def save_plan(task_id: str, **kw: Any) -> None:
+        nonlocal saves
+        saves += 1
+        if saves == 1:  # the planner call is settled; the plan's own transaction fails
+            raise DatabaseUnavailable("AdminShutdown")
+        await real_save(task_id, **kw)
+
+    monkeypatch.setattr(any_store, "save_plan", save_plan)
+    task = await any_store.create_task(prompt="find a and find b and compare", budget_usd=1.0)
+    with pytest.raises(DatabaseUnavailable):
+        await ex.run_task(task.id)
+    planner = [r for r in await any_store.ledger_rows(task.id) if r["kind"] == CallKind.planner]
+    assert [(r["status"], r["answer"] is not None) for r in planner] == [(CallStatus.ok, True)]
+    calls_before = len(fake.calls)
+
+    await executor(any_store, fake).run_task(task.id)  # resumed (a restart, another worker)
+
+    snap = await any_store.snapshot(task.id)
+    assert snap["status"] == "completed" and len(snap["subtasks"]) == 4
+    rows = await any_store.ledger_rows(task.id)
+    planner_again = [r for r in rows if r["kind"] == CallKind.planner]
+    assert len(planner_again) == 1 and planner_again[0]["cost_usd"] == planner[0]["cost_usd"] > 0
+    new_kinds = [prompt_kind(c.messages[0]["content"]) for c in fake.calls[calls_before:]]
+    assert new_kinds.count("planner") == 0 and new_kinds.count("worker") == 4  # no planner call again
+    assert snap["total_cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in rows))
+
+
+async def test_a_repaired_plan_is_rebuilt_from_both_paid_answers(any_store: RunStore,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    first = True
+
+    def answers(model: str, messages: Any) -> str:
+        nonlocal first
+        if "JSON" in messages[0]["content"] and first:
+            first = False
+            return "not a plan at all"
+        return kind_answer(model, messages)
+
+    fake = FakeLLM(answer=answers)
+    real_save = any_store.save_plan
+    saves = 0
+
+    async def save_plan(task_id: str, **kw: Any) -> None:
+        nonlocal saves
+        saves += 1
+        if saves == 1:
+            raise DatabaseUnavailable("AdminShutdown")
+        await real_save(task_id, **kw)
+
+    monkeypatch.setattr(any_store, "save_plan", save_plan)
+    task = await any_store.create_task(prompt="find a and find b and compare", budget_usd=1.0)
+    with pytest.raises(DatabaseUnavailable):
+        await executor(any_store, fake).run_task(task.id)
+    paid = [r for r in await any_store.ledger_rows(task.id) if r["kind"] == CallKind.planner]
+    assert len(paid) == 2  # the invalid answer and its repair
+    calls_before = len(fake.calls)
+    await executor(any_store, fake).run_task(task.id)
+    assert (await any_store.snapshot(task.id))["status"] == "completed"
+    assert [r["id"] for r in await any_store.ledger_rows(task.id) if r["kind"] == CallKind.planner] == \
+        [r["id"] for r in paid]
+    assert [prompt_kind(c.messages[0]["content"]) for c in fake.calls[calls_before:]].count("planner") == 0
+
+
+# On the real PostgreSQL ----------------------------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_pooled_connections_terminated_while_idle_cost_no_request(pg_url: str) -> None:
+    store = PostgresRunStore(pg_url, pool_size=4, listen=False)
+    await store.open()
+    try:
+        task = await store.create_task(prompt="p", budget_usd=1.0)
+        # hold four connections at once so the pool keeps four idle ones
+        await asyncio.gather(*(store.load(task.id) for _ in range(8)))
+        pids = []
+        for _ in range(4):
+            async with store.pool.connection() as conn:
+                pids.append((await (await conn.execute("SELECT pg_backend_pid()")).fetchone())[0])
+        with store.engine.begin() as admin:
+            killed = admin.execute(text("SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM "
+                                        "pg_stat_activity WHERE pid = ANY(:p)) k"), {"p": pids}).scalar()
+        assert killed == len(pids)
+        # every pooled connection is dead; the first operation sweeps them and goes on
+        assert (await store.load(task.id)) is not None
+        await store.set_status(task.id, "planning")
+        assert (await store.head(task.id)).status == "planning"
+    finally:
+        await store.close()
+
+
+@pytest.mark.postgres
+async def test_a_database_that_cannot_be_reached_is_unavailable_not_a_crash() -> None:
+    store = PostgresRunStore("postgresql+psycopg://postgres@127.0.0.1:1/test", pool_size=1, listen=False)
+    store.pool.timeout = 0.5  # psycopg reads it per request
+    await store.pool.open(wait=False)
+    try:
+        with pytest.raises(DatabaseUnavailable) as got:
+            await store.load("t_x")
+        assert got.value.code == "database_unavailable"
+    finally:
+        await store.pool.close(timeout=1)
