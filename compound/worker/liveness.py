@@ -5,6 +5,7 @@ No heartbeat rows and no clocks to compare."""
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from typing import Any
 
@@ -53,6 +54,21 @@ class Liveness:
             return True
         except Exception:
             return False
+
+    async def wait_lost(self, check_s: float) -> None:
+        """Return once the session holding our lock is gone. A server that ends the
+        session (a restart, pg_terminate_backend) says so on its socket, which this
+        waits on: heard at once. A `SELECT 1` every `check_s` (answered within as long
+        again) catches a server that went silent."""
+        conn = self._holder
+        try:
+            while True:
+                async for _ in conn.notifies(timeout=check_s):
+                    pass
+                async with asyncio.timeout(check_s):
+                    await conn.execute("SELECT 1")
+        except Exception:
+            return
 
     async def is_dead(self, executor_id: str) -> bool:
         if self._probe is None or self._probe.closed:
