@@ -6,6 +6,11 @@ not paid again."""
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,12 +24,16 @@ from sqlalchemy import text
 from compound.core.errors import DatabaseUnavailable
 from compound.llm.simulator import prompt_kind
 from compound.store.base import RunStore
+from compound.store.db import make_engine
 from compound.store.models import CallKind, CallStatus
 from compound.store.outage import is_unavailable, outage_as_error, unavailable
 from compound.store.postgres import PostgresRunStore
 from tests.fixtures.api import Api
+from tests.fixtures.cluster import PG_ADMIN, Cluster, wait_until
+from tests.fixtures.db import postgres_available
 from tests.fixtures.fakes import FakeLLM
 from tests.test_executor import executor, kind_answer
+from tests.test_scale import check_money, job_plan
 
 
 def _chained() -> BaseException:
@@ -279,3 +288,119 @@ async def test_a_database_that_cannot_be_reached_is_unavailable_not_a_crash() ->
         assert got.value.code == "database_unavailable"
     finally:
         await store.pool.close(timeout=1)
+
+
+# Queue mode on the real PostgreSQL: every connection of the cluster killed mid-run ----------
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    if not postgres_available():
+        pytest.skip("SKIPPED: no PostgreSQL server answers on 127.0.0.1:5432")
+    c = Cluster(tmp_path, script={"latency_rules": [["quick", 0.05], ["slow", 1.5]]},
+                env={"COMPOUND_WORKER_CONCURRENCY": "8"})
+    try:
+        yield c.start()
+    finally:
+        c.stop()
+
+
+class Requests:
+    """A client that keeps submitting and reading tasks from another thread while the
+    database goes away, and keeps every status it was answered."""
+
+    def __init__(self, c: Cluster, port: int) -> None:
+        self.c, self.port = c, port
+        self.answers: list[tuple[str, int, str]] = []
+        self.accepted: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        base = f"http://127.0.0.1:{self.port}"
+        with httpx.Client(base_url=base, headers=self.c.headers(), timeout=60) as http:
+            n = 0
+            while not self.stop.is_set():
+                n += 1
+                r = http.post("/v1/tasks", json={"prompt": f"meanwhile {n}", "budget_usd": 0.05,
+                                                 "plan": job_plan(f"meanwhile-{n}")})
+                self.answers.append(("POST /v1/tasks", r.status_code, r.text))
+                if r.status_code == 202:
+                    self.accepted.append(r.json()["id"])
+                for path in ([f"/v1/tasks/{self.accepted[-1]}"] if self.accepted else []) + ["/v1/tasks?limit=5"]:
+                    r = http.get(path)
+                    self.answers.append((f"GET {path.split('?')[0]}", r.status_code, r.text))
+
+    def __enter__(self) -> Requests:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=120)
+
+
+def kill_connections(c: Cluster, rounds: int, every_s: float) -> int:
+    """Terminate every backend of this cluster's own databases (nobody else's), `rounds`
+    times: the database is gone for about rounds * every_s, as in a restart."""
+    engine = make_engine(PG_ADMIN)
+    killed = 0
+    try:
+        for k in range(rounds):
+            with engine.connect() as conn:
+                killed += len(conn.execute(text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = ANY(:dbs) AND pid <> pg_backend_pid()"), {"dbs": c.databases}).all())
+                conn.commit()
+            if k + 1 < rounds:
+                time.sleep(every_s)  # the outage's length, not a synchronisation
+    finally:
+        engine.dispose()
+    return killed
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.timeout(420)
+def test_queue_mode_rides_out_its_connections_killed_mid_run(cluster: Cluster) -> None:
+    c = cluster
+    workers = c.start_workers(2)
+    api = c.start_api()
+    before = c.wait_workers_ready(2)
+    # half planned by the planner model (its call must not be paid twice), half with a plan
+    ids = [c.submit(api, {"prompt": f"find slow facts {i} and find more and compare", "budget_usd": 0.5})["id"]
+           for i in range(4)]
+    ids += [c.submit(api, {"prompt": f"outage {i}", "plan": job_plan(f"outage-{i}", slow=True),
+                           "budget_usd": 0.5})["id"] for i in range(4)]
+
+    def slow_calls_in_flight() -> bool:
+        return bool(c.sql("SELECT 1 FROM subtask WHERE status = 'running' AND description LIKE 'slow%'"))
+
+    with Requests(c, api) as meanwhile:
+        wait_until(slow_calls_in_flight, timeout=120, what="slow subtasks in flight", every=0.1)
+        killed = kill_connections(c, rounds=15, every_s=0.1)
+        # the workers hold their own liveness locks again (they did not exit)
+        wait_until(lambda: c.executor_ids() == before, timeout=60, what="the workers back on their locks")
+        wait_until(lambda: len(meanwhile.accepted) >= 3, timeout=120, what="tasks accepted after the outage")
+    assert killed > 0
+    assert all(w.poll() is None for w in workers)
+
+    statuses = {status for _, status, _ in meanwhile.answers}
+    assert 500 not in statuses, [a for a in meanwhile.answers if a[1] == 500][:3]
+    assert statuses <= {200, 202, 503}, statuses
+    for what, status, body in meanwhile.answers:
+        if status == 503:
+            assert json.loads(body)["error"]["code"] == "database_unavailable", (what, body)
+
+    everything = ids + meanwhile.accepted
+    done = c.wait_terminal(api, everything, timeout=240)
+    assert {s["status"] for s in done.values()} == {"completed"}, {t: s["error"] for t, s in done.items()
+                                                                   if s["status"] != "completed"}
+    # No completed call paid twice: one `ok` ledger row per call of each task (the
+    # planner's, each subtask's, the synthesis); a call cut by the outage is `lost`.
+    rows = c.sql("SELECT task_id, kind, subtask_index, COUNT(*) FILTER (WHERE status = 'ok') FROM ledger "
+                 "WHERE task_id = ANY(:t) GROUP BY task_id, kind, subtask_index", t=everything)
+    assert rows and all(ok == 1 for *_, ok in rows), [r for r in rows if r[3] != 1]
+    planners = [r for r in rows if r[1] == "planner"]
+    assert {r[0] for r in planners} >= set(ids[:4])
+    check_money(c, everything)

@@ -144,6 +144,9 @@ class Executor(TaskWaits):
                 await self.run_task(task_id)
                 return
             except DatabaseUnavailable as exc:
+                me = asyncio.current_task()
+                if me is not None and me.cancelling():
+                    raise asyncio.CancelledError from exc  # stopped meanwhile: not an outage to ride out
                 log.warning("database unavailable; the task goes on when it is back", task_id=task_id,
                             error=exc.message, retry_in_s=delay)
             await asyncio.sleep(delay)

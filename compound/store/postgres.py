@@ -311,6 +311,7 @@ class PostgresRunStore(OpsRunStore):
         try:
             return await once(arg, sent)
         except Exception as exc:
+            _cancelled_as(exc)
             err = outage.unavailable(exc)
             if err is None:
                 raise
@@ -321,7 +322,20 @@ class PostgresRunStore(OpsRunStore):
             with contextlib.suppress(Exception):
                 await self.pool.check()
             sent[0] = False
-            return await once(arg, sent)
+            try:
+                return await once(arg, sent)
+            except Exception as exc:
+                _cancelled_as(exc)
+                raise
+
+
+def _cancelled_as(exc: Exception) -> None:
+    """A task cancelled in the middle of a statement on a connection the server had
+    closed hears the failed ROLLBACK's error in place of its cancellation: give the
+    cancellation back, so the cancel is neither retried nor taken for an outage."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
 
 
 def _ranges(events: Sequence[Event]) -> dict[str, tuple[int, int]]:

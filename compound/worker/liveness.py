@@ -71,9 +71,16 @@ class Liveness:
             return
 
     async def is_dead(self, executor_id: str) -> bool:
-        if self._probe is None or self._probe.closed:
+        try:
+            if self._probe is None or self._probe.closed:
+                self._probe = await self._connect()
+            locked = await _try_lock(self._probe, executor_id)
+        except Exception:  # the probe's session died (a restart): once more on a new one
+            if self._probe is not None:
+                await self._probe.close()
             self._probe = await self._connect()
-        if not await _try_lock(self._probe, executor_id):
+            locked = await _try_lock(self._probe, executor_id)
+        if not locked:
             return False
         await self._probe.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_CLASS, executor_key(executor_id)))
         return True
