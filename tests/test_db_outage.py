@@ -250,6 +250,31 @@ async def test_a_repaired_plan_is_rebuilt_from_both_paid_answers(any_store: RunS
     assert [prompt_kind(c.messages[0]["content"]) for c in fake.calls[calls_before:]].count("planner") == 0
 
 
+async def test_a_stored_task_whose_enqueue_found_the_database_gone_is_enqueued_when_it_is_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from compound.core.settings import Settings
+    from compound.worker import backend as backend_mod
+    from compound.worker.backend import QueueBackend
+
+    monkeypatch.setattr(backend_mod, "ENQUEUE_RETRY_S", 0.01)
+    settings = Settings(database_url="postgresql://nobody@127.0.0.1:1/x", execution="queue")
+    qb = QueueBackend(settings=settings, store=None, price_of=lambda _m: None)  # type: ignore[arg-type]
+    tries: list[str] = []
+    enqueued = asyncio.Event()
+
+    def enqueue(workflow_id: str, priority: int, task_id: str | None = None) -> None:
+        tries.append(workflow_id)
+        if len(tries) <= 3:
+            raise DatabaseUnavailable("AdminShutdown")
+        enqueued.set()
+
+    monkeypatch.setattr(qb, "_enqueue", enqueue)
+    await qb.dispatch("t_stored", priority=2)  # the POST that stored it answers 202, not 503
+    await asyncio.wait_for(enqueued.wait(), timeout=30)
+    assert tries == ["t_stored"] * 4
+    await qb.stop()
+
+
 # On the real PostgreSQL ----------------------------------------------------------------
 
 
