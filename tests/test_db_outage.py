@@ -303,6 +303,35 @@ async def test_pooled_connections_terminated_while_idle_cost_no_request(pg_url: 
 
 
 @pytest.mark.postgres
+async def test_events_committed_while_the_listener_was_cut_reach_its_subscribers(pg_url: str) -> None:
+    here = PostgresRunStore(pg_url)  # an API process: it LISTENs
+    there = PostgresRunStore(pg_url, listen=False)  # a worker: it writes
+    await here.open()
+    await there.open()
+    try:
+        task = await there.create_task(prompt="p", budget_usd=1.0)
+        async with here.subscribe(task.id, after=task.event_seq) as sub:
+            cut = here.listener_pid
+            with there.engine.begin() as admin:
+                admin.execute(text("SELECT pg_terminate_backend(:p)"), {"p": cut})
+
+            def gone() -> bool:
+                with there.engine.connect() as conn:
+                    return not conn.execute(text("SELECT 1 FROM pg_stat_activity WHERE pid = :p"), {"p": cut}).all()
+
+            while not await asyncio.to_thread(gone):
+                await asyncio.sleep(0.05)
+            # committed while nobody here listens: its NOTIFY is lost
+            await there.set_status(task.id, "planning")
+            ev = await asyncio.wait_for(anext(sub), timeout=30)
+        assert (ev.seq, ev.data["status"]) == (task.event_seq + 1, "planning")
+        assert here.listener_pid != cut
+    finally:
+        await there.close()
+        await here.close()
+
+
+@pytest.mark.postgres
 async def test_a_database_that_cannot_be_reached_is_unavailable_not_a_crash() -> None:
     store = PostgresRunStore("postgresql+psycopg://postgres@127.0.0.1:1/test", pool_size=1, listen=False)
     store.pool.timeout = 0.5  # psycopg reads it per request

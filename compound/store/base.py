@@ -282,6 +282,16 @@ class EventHub:
         """Someone here wants this task's events (a subscription, or a listener to all)."""
         return task_id in self._subs or bool(self._listeners)
 
+    def watched_since(self) -> dict[str, int | None]:
+        """Each task subscribed to here, and the oldest event seq its subscriptions have
+        seen (None when one of them has seen none: it takes whatever comes next)."""
+        out: dict[str, int | None] = {}
+        for task_id, subs in self._subs.items():
+            lasts = [s.last for s in subs]
+            out[task_id] = None if any(last is None for last in lasts) else min(
+                last for last in lasts if last is not None)
+        return out
+
     def idle(self) -> int:
         """Subscriptions waiting for an event now (tests and diagnostics)."""
         return sum(1 for subs in self._subs.values() for s in subs if s.idle)

@@ -190,6 +190,7 @@ class PostgresRunStore(OpsRunStore):
         self.origin = uuid.uuid4().hex[:12]  # this store's notifications, ignored by its own listener
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
+        self.listener_pid: int | None = None  # the LISTEN session's backend (diagnostics, tests)
         self._engine: Engine | None = None
         self._pg = pg_psycopg.dialect()  # type: ignore[no-untyped-call]
         self._opened = False
@@ -239,19 +240,37 @@ class PostgresRunStore(OpsRunStore):
     async def _listen(self) -> None:
         """LISTEN on a dedicated connection; reconnect (and re-read what subscribers
         may have missed, by the Subscription's gap fill) when it drops."""
+        lost = False
         while True:
             try:
                 async with await AsyncConnection.connect(conninfo(self.url), autocommit=True) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
+                    self.listener_pid = conn.info.backend_pid
                     self._listening.set()
+                    if lost:
+                        await self._catch_up()
+                        lost = False
                     async for note in conn.notifies():
                         await self._notified(note.payload)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.warning("event listener lost its connection; reconnecting")
+                lost = True
                 self._listening.set()
                 await asyncio.sleep(0.5)
+
+    async def _catch_up(self) -> None:
+        """Once LISTENing again: the notifications sent while nobody listened are lost,
+        so publish what each task watched here committed meanwhile (a stream, a wait or
+        a cached snapshot would otherwise hear of it only at the task's next event)."""
+        for task_id, last in self.hub.watched_since().items():
+            try:
+                if last is None:  # marks "something changed": the newest event will do
+                    last = max(0, (await self.head(task_id)).event_seq - 1)
+                self.hub.publish(await self.events_after(task_id, last))
+            except Exception as exc:  # the task is gone, or the database again: next one
+                log.warning("could not catch up a task's events", task_id=task_id, error=type(exc).__name__)
 
     async def _notified(self, payload: str) -> None:
         try:
