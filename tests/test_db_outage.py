@@ -284,16 +284,14 @@ async def test_pooled_connections_terminated_while_idle_cost_no_request(pg_url: 
     await store.open()
     try:
         task = await store.create_task(prompt="p", budget_usd=1.0)
-        # hold four connections at once so the pool keeps four idle ones
-        await asyncio.gather(*(store.load(task.id) for _ in range(8)))
-        pids = []
-        for _ in range(4):
-            async with store.pool.connection() as conn:
-                pids.append((await (await conn.execute("SELECT pg_backend_pid()")).fetchone())[0])
+        held = [await store.pool.getconn() for _ in range(4)]  # four at once: four distinct sessions
+        pids = [conn.info.backend_pid for conn in held]
+        for conn in held:
+            await store.pool.putconn(conn)  # all four idle in the pool
         with store.engine.begin() as admin:
             killed = admin.execute(text("SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM "
                                         "pg_stat_activity WHERE pid = ANY(:p)) k"), {"p": pids}).scalar()
-        assert killed == len(pids)
+        assert killed == len(set(pids)) == 4
         # every pooled connection is dead; the first operation sweeps them and goes on
         assert (await store.load(task.id)) is not None
         await store.set_status(task.id, "planning")

@@ -48,7 +48,7 @@ def is_unavailable(exc: BaseException) -> bool:
         seen.add(id(cur))
         if isinstance(cur, DatabaseUnavailable) or _psycopg_unavailable(cur) or _sqlalchemy_unavailable(cur):
             return True
-        cur = cur.__cause__ or cur.__context__
+        cur = cur.__cause__  # what it was raised from, explicitly (not what it interrupted)
     return False
 
 
