@@ -275,6 +275,39 @@ async def test_a_stored_task_whose_enqueue_found_the_database_gone_is_enqueued_w
     await qb.stop()
 
 
+def test_a_paused_doorbell_holds_the_queue_thread_until_resumed() -> None:
+    from compound.worker.wake import Doorbell
+
+    bell, stop = Doorbell(), threading.Event()
+    polls: list[int] = []
+    polled = threading.Condition()
+
+    def queue_thread() -> None:  # as DBOS's: poll, then wait on the bell
+        while True:
+            with polled:
+                polls.append(len(polls))
+                polled.notify_all()
+            if bell.wait(stop, timeout=None):
+                return
+
+    def until(check: Any) -> None:
+        with polled:
+            assert polled.wait_for(check, timeout=30)
+
+    thread = threading.Thread(target=queue_thread, daemon=True)
+    thread.start()
+    until(lambda: len(polls) == 1)
+    bell.pause()  # whether the thread sits in its wait or is about to: it parks, no poll
+    assert bell.wait_parked(timeout=30)
+    bell.ring()  # rings do not release a paused thread
+    assert bell.wait_parked(timeout=0) and len(polls) == 1
+    bell.resume()
+    until(lambda: len(polls) == 2)  # it polls at once when resumed
+    bell.close()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+
+
 # On the real PostgreSQL ----------------------------------------------------------------
 
 

@@ -232,9 +232,15 @@ class Worker:
         while True:
             await self.liveness.wait_lost(self.settings.dead_worker_check_s)
             lost_at = asyncio.get_running_loop().time()
-            await self.suspend()
-            await self._reclaim()
-            await self._requeue_own()
+            try:
+                await self.suspend()
+                await self._reclaim()
+                await self._requeue_own()
+            except Exception:  # pragma: no cover - each step retries its own failures
+                # Cannot tell what runs here any more: stop the process (the old
+                # fail-stop) rather than risk a task running twice.
+                log.exception("could not recover from a lost liveness session; exiting")
+                os._exit(70)
             self.suspended = False
             self.bell.resume()
             self.reconnects += 1

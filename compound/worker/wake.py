@@ -84,20 +84,23 @@ class Doorbell:
     def wait(self, stop: threading.Event, timeout: float | None) -> bool:
         """Sleep until rung, closed, `stop` is set or `timeout` passes; True when the
         thread should stop. A ring that came while the thread was busy polling ends
-        the next wait at once (no ring is lost between a poll and its sleep)."""
+        the next wait at once (no ring is lost between a poll and its sleep). While
+        paused, the thread stays in here whatever rings (`resume` lets it poll)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._paused and not (self._closed or stop.is_set()):
-                if not self._parked:
-                    self._parked = True
-                    self._cond.notify_all()
-                self._cond.wait(STOP_CHECK_S)
-            self._parked = False
-            while not (self._rung or self._closed or stop.is_set()):
+            while True:
+                while self._paused and not (self._closed or stop.is_set()):
+                    if not self._parked:
+                        self._parked = True
+                        self._cond.notify_all()
+                    self._cond.wait(STOP_CHECK_S)
+                self._parked = False
+                if self._rung or self._closed or stop.is_set():
+                    break
                 left = STOP_CHECK_S if deadline is None else min(STOP_CHECK_S, deadline - time.monotonic())
                 if left <= 0:
                     break
-                self._cond.wait(left)
+                self._cond.wait(left)  # a pause meanwhile parks the thread at once, with no poll
             self._rung = False
             return self._closed or stop.is_set()
 
