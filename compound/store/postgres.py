@@ -238,8 +238,8 @@ class PostgresRunStore(OpsRunStore):
             self._engine.dispose()
 
     async def _listen(self) -> None:
-        """LISTEN on a dedicated connection; reconnect (and re-read what subscribers
-        may have missed, by the Subscription's gap fill) when it drops."""
+        """LISTEN on a dedicated connection; when it drops, reconnect and publish what
+        the tasks watched here committed meanwhile (`_catch_up`)."""
         lost = False
         while True:
             try:
