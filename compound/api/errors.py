@@ -18,6 +18,7 @@ from compound.core.errors import (
     CompoundError,
     ConfigError,
     Conflict,
+    DatabaseUnavailable,
     ExecutorUnavailable,
     NotFound,
     PlanInvalid,
@@ -25,6 +26,7 @@ from compound.core.errors import (
     UserInputError,
 )
 from compound.core.logging import get_logger, redact_text
+from compound.store.outage import unavailable
 
 log = get_logger("compound.api")
 
@@ -34,6 +36,7 @@ STATUS = [
     (NotFound, 404),
     (Conflict, 409),
     (BudgetExceeded, 402),
+    (DatabaseUnavailable, 503),
     (ExecutorUnavailable, 503),
     (ProviderError, 502),
     (ConfigError, 500),
@@ -63,6 +66,7 @@ COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: _err("no such task, or not yours"),
     413: _err("request body too large"),
     422: _err("a field, the query or the body is invalid; the message names it"),
+    503: _err("the database is unavailable for now (`database_unavailable`); retry after `Retry-After` seconds"),
 }
 
 
@@ -95,6 +99,8 @@ def install(app: FastAPI) -> None:
         if status == 500:
             log.error("internal error", error=type(exc).__name__)
             return JSONResponse(error_body("internal_error", "the server could not do that"), 500)
+        if isinstance(exc, DatabaseUnavailable):
+            return _database_unavailable(exc)
         return JSONResponse(error_body(exc.code, exc.message, **extra), status)
 
     @app.exception_handler(RequestValidationError)
@@ -125,8 +131,18 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _any(_r: Request, exc: Exception) -> JSONResponse:
+        gone = unavailable(exc)  # a driver's connection error that reached us unclassified
+        if gone is not None:
+            return _database_unavailable(gone)
         log.error("unhandled error", error=type(exc).__name__)
         return JSONResponse(error_body("internal_error", "the server could not do that"), 500)
+
+
+def _database_unavailable(exc: DatabaseUnavailable) -> JSONResponse:
+    """503 with Retry-After: the database is restarting or unreachable; nothing was done."""
+    log.warning("database unavailable", error=exc.message)
+    return JSONResponse(error_body(exc.code, exc.message), 503,
+                        headers={"Retry-After": str(max(1, round(exc.retry_after_s)))})
 
 
 class BodyLimit:

@@ -6,6 +6,7 @@
     │   └── PlanInvalid      a plan failed validation; carries every error at once
     ├── NotFound             no such thing, or not yours (API: 404)
     ├── Conflict             the thing is in the wrong state for that (API: 409)
+    ├── DatabaseUnavailable  the database went away or cannot be reached (API: 503)
     ├── BudgetExceeded       a call's worst case does not fit in what is left
     ├── ModelOutputError     the model answered, but not with what was asked
     ├── ToolError            a tool of an MCP server could not be called (tools/)
@@ -64,6 +65,19 @@ class NotFound(CompoundError):
 
 class Conflict(CompoundError):
     code = "conflict"
+
+
+class DatabaseUnavailable(CompoundError):
+    """The store's database cannot be reached right now (a restart, a lost connection,
+    no free connection in time): nothing was decided, the same request may succeed in
+    `retry_after_s`. Raised by the store; never carries the URL or the driver's text."""
+
+    code = "database_unavailable"
+
+    def __init__(self, cause: str = "", *, retry_after_s: float = 2.0) -> None:
+        why = f" ({cause})" if cause else ""
+        super().__init__(f"the database is unavailable{why}; try again in a few seconds")
+        self.retry_after_s = retry_after_s
 
 
 class ExecutorUnavailable(CompoundError):

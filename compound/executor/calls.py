@@ -244,7 +244,9 @@ class ModelCalls:
             status=CallStatus.ok, cost_usd=out.cost_usd, input_tokens=u.input_tokens, output_tokens=u.output_tokens,
             cache_read_tokens=u.cache_read_tokens, cache_write_tokens=u.cache_write_tokens,
             latency_ms=out.latency_s * 1000 or elapsed * 1000,
-            complete_with=out.text if spec.kind == CallKind.subtask and spec.subtask is not None else None))
+            complete_with=out.text if spec.kind == CallKind.subtask and spec.subtask is not None else None,
+            # kept with the payment: a task resumed before its plan was saved re-plans from it
+            answer=out.text if spec.kind == CallKind.planner else None))
         if self.store.ordered_writes and spec.kind == CallKind.subtask:
             # Pipelined: the store commits writes in the order asked, so a dependent's
             # reservation (awaited before its call is sent) commits after this; the

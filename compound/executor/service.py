@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
-from compound.core.errors import Conflict, NotFound
+from compound.core.errors import Conflict, DatabaseUnavailable, NotFound
 from compound.core.logging import get_logger
 from compound.core.money import Price
 from compound.core.settings import Settings
@@ -24,6 +24,9 @@ from compound.store.base import RunStore
 from compound.store.models import TERMINAL_TASK, TaskStatus
 
 log = get_logger("compound.executor")
+# A task whose store went away is run again after this, doubling up to the max.
+OUTAGE_RETRY_S = 0.2
+OUTAGE_RETRY_MAX_S = 5.0
 PLANNED_OR_LATER = frozenset({TaskStatus.planned, TaskStatus.executing}) | TERMINAL_TASK
 
 
@@ -117,7 +120,7 @@ class Executor(TaskWaits):
 
     async def _guarded(self, task_id: str) -> None:
         try:
-            await self.run_task(task_id)
+            await self._run_through_outages(task_id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # never lose a task silently: record why it stopped
@@ -130,6 +133,24 @@ class Executor(TaskWaits):
         finally:
             if self._running.get(task_id) is asyncio.current_task():
                 self._running.pop(task_id, None)
+
+    async def _run_through_outages(self, task_id: str) -> None:
+        """run_task, again when the database went away meanwhile: nothing was decided
+        while it was gone (run_task is idempotent, and books the calls that were in
+        flight as lost), so the task goes on once the store answers, never failed for it."""
+        delay = OUTAGE_RETRY_S
+        while True:
+            try:
+                await self.run_task(task_id)
+                return
+            except DatabaseUnavailable as exc:
+                me = asyncio.current_task()
+                if me is not None and me.cancelling():
+                    raise asyncio.CancelledError from exc  # stopped meanwhile: not an outage to ride out
+                log.warning("database unavailable; the task goes on when it is back", task_id=task_id,
+                            error=exc.message, retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, OUTAGE_RETRY_MAX_S)
 
     async def run_here(self, task_id: str) -> None:
         """Run the task as submit() does and return when it stops (a queue worker's

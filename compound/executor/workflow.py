@@ -10,12 +10,12 @@ from compound.core.errors import BudgetExceeded, PlanInvalid, ProviderError
 from compound.core.settings import Settings
 from compound.executor.calls import CallSpec, ModelCalls
 from compound.executor.scheduler import Cause, Ended, run_dag
-from compound.llm.base import Completion, Message
+from compound.llm.base import Completion, Message, Usage
 from compound.planner.router import route
 from compound.planner.validate import validate_plan
 from compound.prompts import render
 from compound.store.base import RunStore, SubState, TaskState
-from compound.store.models import CallKind, SubtaskStatus, TaskStatus
+from compound.store.models import CallKind, CallStatus, SubtaskStatus, TaskStatus
 
 
 class Workflow:
@@ -57,8 +57,13 @@ class Workflow:
 
                 model = self.settings.planner_model
                 await self.store.set_planner_model(st.id, model)
+                # Planner calls paid for before a restart (the plan was not saved) are
+                # answered from their ledger rows, in order, not sent again.
+                paid = [] if st.status == TaskStatus.queued else await self._paid_planner_answers(st.id)
 
                 async def call(messages: list[Message], schema: dict[str, Any] | None) -> Completion:
+                    if paid:
+                        return paid.pop(0)
                     return await self.calls.call(st, CallSpec(
                         kind=CallKind.planner, subtask=None, tier=None, models=[model], messages=messages,
                         max_tokens=self.settings.planner_max_tokens, json_schema=schema), daily=daily)
@@ -86,6 +91,11 @@ class Workflow:
         await self.store.save_plan(st.id, reasoning=plan.reasoning, subtasks=subs, prompt_versions=self.versions,
                                    status=TaskStatus.planned, warnings=warnings)
         return subs
+
+    async def _paid_planner_answers(self, task_id: str) -> list[Completion]:
+        rows = await self.store.ledger_rows(task_id)
+        return [Completion(text=r["answer"], model=r["model"], usage=Usage(), cost_usd=0.0) for r in rows
+                if r["kind"] == CallKind.planner and r["status"] == CallStatus.ok and r["answer"] is not None]
 
     async def _execute(self, st: TaskState, subs: list[SubState], daily: float | None) -> None:
         results = {s.index: s.result or "" for s in subs if s.status == SubtaskStatus.completed}

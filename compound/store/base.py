@@ -154,7 +154,9 @@ ReserveOutcome = Reservation | BudgetRefusal | DailyRefusal
 @dataclass(frozen=True, slots=True)
 class Settlement:
     """How a reserved call ended. `status` is a CallStatus; `complete_with` completes
-    the subtask with that result in the same transaction."""
+    the subtask with that result in the same transaction; `answer` keeps a planner
+    call's text on its ledger row, so a task resumed before its plan was saved plans
+    from it instead of paying for the call again."""
 
     status: str
     cost_usd: float
@@ -165,6 +167,7 @@ class Settlement:
     latency_ms: float | None = None
     error: str | None = None
     complete_with: str | None = None
+    answer: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +281,16 @@ class EventHub:
     def watched(self, task_id: str) -> bool:
         """Someone here wants this task's events (a subscription, or a listener to all)."""
         return task_id in self._subs or bool(self._listeners)
+
+    def watched_since(self) -> dict[str, int | None]:
+        """Each task subscribed to here, and the oldest event seq its subscriptions have
+        seen (None when one of them has seen none: it takes whatever comes next)."""
+        out: dict[str, int | None] = {}
+        for task_id, subs in self._subs.items():
+            lasts = [s.last for s in subs]
+            out[task_id] = None if any(last is None for last in lasts) else min(
+                last for last in lasts if last is not None)
+        return out
 
     def idle(self) -> int:
         """Subscriptions waiting for an event now (tests and diagnostics)."""

@@ -167,6 +167,9 @@ class LedgerEntry(SQLModel, table=True):
     cache_write_tokens: int = 0
     latency_ms: float | None = None
     error: str | None = Field(default=None, sa_column=Column(Text))
+    # A planner call's answer (the plan is derived from it again on resume); NULL for
+    # every other call.
+    answer: str | None = Field(default=None, sa_column=Column(Text))
     created_at: datetime = Field(default_factory=utcnow)
     settled_at: datetime | None = None
 

@@ -250,7 +250,7 @@ def settle(d: Dialect, task_id: str, res: Reservation, subtask: int | None, o: S
     done = subtask is not None and o.complete_with is not None
     yield ("exec", "SETTLE_LEDGER", {"st": o.status, "c": o.cost_usd, "i": o.input_tokens, "o": o.output_tokens,
                                      "cr": o.cache_read_tokens, "cw": o.cache_write_tokens, "lat": o.latency_ms,
-                                     "err": o.error, "now": now, "id": res.ledger_id})
+                                     "err": o.error, "ans": o.answer, "now": now, "id": res.ledger_id})
     yield ("exec", "SETTLE_TASK", {"r": res.amount, "c": o.cost_usd, "now": now, "t": task_id})
     if subtask is None:
         return None

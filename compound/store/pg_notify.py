@@ -13,6 +13,7 @@ from sqlalchemy import make_url, text
 from sqlalchemy.engine import Connection, Engine
 
 from compound.core.logging import get_logger
+from compound.store.outage import outage_as_error
 
 log = get_logger("compound.store.pg_notify")
 
@@ -34,8 +35,9 @@ def libpq_url(url: str) -> str:
 
 
 def publish(engine: Engine, channel: str, payload: str) -> None:
-    """NOTIFY every listener (delivered when this short transaction commits)."""
-    with engine.begin() as conn:
+    """NOTIFY every listener (delivered when this short transaction commits);
+    DatabaseUnavailable when the database cannot be reached."""
+    with outage_as_error(), engine.begin() as conn:
         notify(conn, channel, payload)
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from compound.core.logging import get_logger
+from compound.store.outage import outage_as_error
 from compound.store.pg_notify import SLOT_FREE, libpq_url
 
 log = get_logger("compound.store.pg_slots")
@@ -102,6 +103,12 @@ class PgModelLimit:
         self._held: list[tuple[Any, int]] = []
 
     async def acquire(self) -> bool:
+        """DatabaseUnavailable when the database went away meanwhile (the task is run
+        again once it is back)."""
+        with outage_as_error():
+            return await self._acquire()
+
+    async def _acquire(self) -> bool:
         await self.local.acquire()
         try:
             conn = await self.owner._connection()

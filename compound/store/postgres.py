@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +23,7 @@ from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg
 from sqlalchemy.engine import Engine
 
 from compound.core.logging import get_logger
-from compound.store import ops
+from compound.store import ops, outage
 from compound.store.base import (
     Event,
     RunStore,
@@ -32,6 +32,10 @@ from compound.store.opsstore import OpsRunStore
 from compound.store.sqlrun import ReadQueries
 
 log = get_logger("compound.store")
+# How long an operation waits for a pooled connection before it answers that the
+# database is unavailable (psycopg's default, 30 s, would hold every request that long
+# while the server restarts).
+POOL_WAIT_S = 5.0
 CHANNEL = "compound_events"
 SUB = ops.SUB_COLS
 SQL: dict[str, str] = {
@@ -72,7 +76,7 @@ SQL: dict[str, str] = {
                     f'started_at=COALESCE(started_at, %(now)s) WHERE task_id=%(t)s AND "index"=%(i)s RETURNING {SUB}',
     "SETTLE_LEDGER": "UPDATE ledger SET status=%(st)s, cost_usd=%(c)s, input_tokens=%(i)s, output_tokens=%(o)s, "
                      "cache_read_tokens=%(cr)s, cache_write_tokens=%(cw)s, latency_ms=%(lat)s, error=%(err)s, "
-                     "settled_at=%(now)s WHERE id=%(id)s",
+                     "answer=%(ans)s, settled_at=%(now)s WHERE id=%(id)s",
     "SETTLE_TASK": "UPDATE task SET reserved_usd=reserved_usd-%(r)s, total_cost_usd=total_cost_usd+%(c)s, "
                    "updated_at=%(now)s WHERE id=%(t)s",
     "SETTLE_SUBTASK": "UPDATE subtask SET cost_usd=cost_usd+%(c)s, input_tokens=input_tokens+%(i)s, "
@@ -180,11 +184,13 @@ class PostgresRunStore(OpsRunStore):
 
     def __init__(self, url: str, *, pool_size: int = 10, listen: bool = True) -> None:
         super().__init__(url)
-        self.pool = AsyncConnectionPool(conninfo(url), min_size=1, max_size=pool_size, open=False)
+        self.pool = AsyncConnectionPool(conninfo(url), min_size=1, max_size=pool_size, open=False,
+                                        timeout=POOL_WAIT_S)
         self.listen = listen
         self.origin = uuid.uuid4().hex[:12]  # this store's notifications, ignored by its own listener
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
+        self.listener_pid: int | None = None  # the LISTEN session's backend (diagnostics, tests)
         self._engine: Engine | None = None
         self._pg = pg_psycopg.dialect()  # type: ignore[no-untyped-call]
         self._opened = False
@@ -232,21 +238,39 @@ class PostgresRunStore(OpsRunStore):
             self._engine.dispose()
 
     async def _listen(self) -> None:
-        """LISTEN on a dedicated connection; reconnect (and re-read what subscribers
-        may have missed, by the Subscription's gap fill) when it drops."""
+        """LISTEN on a dedicated connection; when it drops, reconnect and publish what
+        the tasks watched here committed meanwhile (`_catch_up`)."""
+        lost = False
         while True:
             try:
                 async with await AsyncConnection.connect(conninfo(self.url), autocommit=True) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
+                    self.listener_pid = conn.info.backend_pid
                     self._listening.set()
+                    if lost:
+                        await self._catch_up()
+                        lost = False
                     async for note in conn.notifies():
                         await self._notified(note.payload)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.warning("event listener lost its connection; reconnecting")
+                lost = True
                 self._listening.set()
                 await asyncio.sleep(0.5)
+
+    async def _catch_up(self) -> None:
+        """Once LISTENing again: the notifications sent while nobody listened are lost,
+        so publish what each task watched here committed meanwhile (a stream, a wait or
+        a cached snapshot would otherwise hear of it only at the task's next event)."""
+        for task_id, last in self.hub.watched_since().items():
+            try:
+                if last is None:  # marks "something changed": the newest event will do
+                    last = max(0, (await self.head(task_id)).event_seq - 1)
+                self.hub.publish(await self.events_after(task_id, last))
+            except Exception as exc:  # the task is gone, or the database again: next one
+                log.warning("could not catch up a task's events", task_id=task_id, error=type(exc).__name__)
 
     async def _notified(self, payload: str) -> None:
         try:
@@ -262,6 +286,9 @@ class PostgresRunStore(OpsRunStore):
 
     async def _write(self, factory: Factory) -> Any:
         self.stats.writes += 1
+        return await self._on_pool(self._write_once, factory)
+
+    async def _write_once(self, factory: Factory, sent: list[bool]) -> Any:
         events: list[Event] = []
         async with self.pool.connection() as conn:
             async with conn.transaction(), conn.cursor() as cur:
@@ -269,12 +296,16 @@ class PostgresRunStore(OpsRunStore):
                 for task_id, (lo, hi) in _ranges(events).items():
                     await cur.execute("SELECT pg_notify(%(c)s, %(p)s)",
                                       {"c": CHANNEL, "p": f"{self.origin}:{task_id}:{lo}:{hi}"})
+                sent[0] = True  # the COMMIT goes out as the block ends
             self.stats.commits += 1
         self.hub.publish(events)
         return value
 
     async def _read(self, factory: Factory) -> Any:
         self.stats.reads += 1
+        return await self._on_pool(self._read_once, factory)
+
+    async def _read_once(self, factory: Factory, _sent: list[bool]) -> Any:
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             return await run(cur, factory(), [])
 
@@ -282,9 +313,48 @@ class PostgresRunStore(OpsRunStore):
         """A SQLAlchemy Core read compiled for psycopg, run on the pool."""
         self.stats.reads += 1
         compiled = stmt.compile(dialect=self._pg)
+        return list(await self._on_pool(self._core_once, compiled))
+
+    async def _core_once(self, compiled: Any, _sent: list[bool]) -> Any:
         async with self.pool.connection() as conn, conn.cursor() as cur:
             await cur.execute(str(compiled), compiled.params)
-            return list(await cur.fetchall())
+            return await cur.fetchall()
+
+    async def _on_pool(self, once: Callable[[Any, list[bool]], Awaitable[Any]], arg: Any) -> Any:
+        """Run one transaction; a connection-level failure is DatabaseUnavailable. The
+        pooled connections may have died while idle (a server restart, a terminated
+        backend): the first such failure sweeps the pool's idle connections and tries
+        once more on a fresh one, unless the COMMIT had gone out (then whether it
+        applied is unknown, and the caller hears so)."""
+        sent = [False]
+        try:
+            return await once(arg, sent)
+        except Exception as exc:
+            _cancelled_as(exc)
+            err = outage.unavailable(exc)
+            if err is None:
+                raise
+            if sent[0]:
+                raise err from exc
+            log.warning("store connection lost; retrying once on a fresh one", error=type(exc).__name__)
+        with outage.outage_as_error():
+            with contextlib.suppress(Exception):
+                await self.pool.check()
+            sent[0] = False
+            try:
+                return await once(arg, sent)
+            except Exception as exc:
+                _cancelled_as(exc)
+                raise
+
+
+def _cancelled_as(exc: Exception) -> None:
+    """A task cancelled in the middle of a statement on a connection the server had
+    closed hears the failed ROLLBACK's error in place of its cancellation: give the
+    cancellation back, so the cancel is neither retried nor taken for an outage."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
 
 
 def _ranges(events: Sequence[Event]) -> dict[str, tuple[int, int]]:

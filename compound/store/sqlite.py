@@ -70,8 +70,8 @@ SQL: dict[str, str] = {
     "MARK_RUNNING": "UPDATE subtask SET status='running', attempts=:att, model=:model, "
                     f'started_at=COALESCE(started_at, :now) WHERE task_id=:t AND "index"=:i RETURNING {ops.SUB_COLS}',
     "SETTLE_LEDGER": "UPDATE ledger SET status=:st, cost_usd=:c, input_tokens=:i, output_tokens=:o, "
-                     "cache_read_tokens=:cr, cache_write_tokens=:cw, latency_ms=:lat, error=:err, settled_at=:now "
-                     "WHERE id=:id",
+                     "cache_read_tokens=:cr, cache_write_tokens=:cw, latency_ms=:lat, error=:err, answer=:ans, "
+                     "settled_at=:now WHERE id=:id",
     "SETTLE_TASK": "UPDATE task SET reserved_usd=reserved_usd-:r, total_cost_usd=total_cost_usd+:c, "
                    "updated_at=:now WHERE id=:t",
     "SETTLE_SUBTASK": "UPDATE subtask SET cost_usd=cost_usd+:c, input_tokens=input_tokens+:i, "

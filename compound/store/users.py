@@ -12,6 +12,7 @@ from sqlmodel import Session, col, select
 
 from compound.core.errors import NotFound, UserInputError
 from compound.store.models import ApiToken, User, utcnow
+from compound.store.outage import outage_as_error
 from compound.store.sqlrun import hash_token
 
 __all__ = ["SCOPES", "create_token", "get_or_create_user", "hash_token", "list_tokens", "lookup_token",
@@ -25,7 +26,7 @@ def get_or_create_user(engine: Engine, name: str) -> User:
     name = name.strip()
     if not name or len(name) > 200:
         raise UserInputError("a user name needs 1 to 200 characters")
-    with Session(engine, expire_on_commit=False) as s:
+    with outage_as_error(), Session(engine, expire_on_commit=False) as s:
         user = s.exec(select(User).where(User.name == name)).first()
         if user is None:
             user = User(name=name)
@@ -87,5 +88,5 @@ def record_last_used(engine: Engine, used: dict[str, datetime]) -> None:
     stmt = (update(t).where(t.c.id == bindparam("tid"))
             .where(or_(t.c.last_used_at.is_(None), t.c.last_used_at < bindparam("at")))
             .values(last_used_at=bindparam("at")))
-    with engine.begin() as conn:
+    with outage_as_error(), engine.begin() as conn:
         conn.execute(stmt, [{"tid": tid, "at": at} for tid, at in used.items()])

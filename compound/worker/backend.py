@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from compound.core.errors import Conflict, NotFound
+from compound.core.errors import Conflict, DatabaseUnavailable, NotFound
 from compound.core.logging import get_logger
 from compound.core.money import Price
 from compound.core.settings import Settings
@@ -19,6 +19,7 @@ from compound.executor.service import TaskWaits
 from compound.store import pg_notify
 from compound.store.base import RunStore
 from compound.store.models import TERMINAL_TASK, TaskStatus
+from compound.store.outage import outage_as_error
 from compound.worker import answers, names
 
 log = get_logger("compound.worker.backend")
@@ -26,6 +27,9 @@ log = get_logger("compound.worker.backend")
 # How long a cancel waits for the worker running the task to stop it, so the answer
 # usually shows `canceled`; past it the answer shows the task as it is (the flag stays).
 CANCEL_WAIT_S = 10.0
+# An enqueue that found the database gone is tried again after this, doubling up to the max.
+ENQUEUE_RETRY_S = 0.2
+ENQUEUE_RETRY_MAX_S = 5.0
 
 
 class QueueBackend(TaskWaits):
@@ -47,6 +51,7 @@ class QueueBackend(TaskWaits):
         self.answers = RemoteAnswers(self._want)
         self._notifier: pg_notify.Notifier | None = None
         self._listener: pg_notify.Listener | None = None
+        self._retries: set[asyncio.Task[None]] = set()  # enqueues waiting for the database
 
     async def start(self) -> list[str]:
         """Create DBOS's system tables if needed, connect, and enqueue any stored task that
@@ -79,6 +84,9 @@ class QueueBackend(TaskWaits):
             self._notifier.send(pg_notify.ANSWER_WANT, answers.want_payload(message))
 
     async def stop(self) -> None:
+        for task in self._retries:  # a stored task left queued is enqueued by the next start
+            task.cancel()
+        await asyncio.gather(*self._retries, return_exceptions=True)
         if self._listener is not None:
             await self._listener.stop()
         if self._notifier is not None:
@@ -94,14 +102,37 @@ class QueueBackend(TaskWaits):
         """Enqueue and wake the workers in one transaction on DBOS's database: the NOTIFY
         is delivered when the row is there to claim, and only then."""
         task_id = task_id or workflow_id
-        with self.sys_engine.begin() as conn:
+        with outage_as_error(), self.sys_engine.begin() as conn:
             self.client.enqueue_in_transaction(conn, names.enqueue_options(workflow_id, priority), task_id)
             pg_notify.notify(conn, pg_notify.QUEUE_WAKE, task_id)
 
     async def dispatch(self, task_id: str, *, priority: int) -> None:
         """Enqueue a stored task at its priority (blocking I/O, so in a thread: the event
         loop serves on meanwhile)."""
-        await asyncio.to_thread(self._enqueue, task_id, priority)
+        await self._enqueue_or_later(task_id, priority)
+
+    async def _enqueue_or_later(self, workflow_id: str, priority: int, task_id: str | None = None) -> None:
+        """Enqueue now, or, when the database went away after the task was stored, keep
+        trying in the background: the request that stored it succeeded (answering 503
+        would make its client store a second task, or find an approval already given)."""
+        try:
+            await asyncio.to_thread(self._enqueue, workflow_id, priority, task_id)
+        except DatabaseUnavailable as exc:
+            log.warning("database unavailable; the task is enqueued once it is back", workflow_id=workflow_id,
+                        error=exc.message)
+            retry = asyncio.get_running_loop().create_task(self._enqueue_when_back(workflow_id, priority, task_id))
+            self._retries.add(retry)
+            retry.add_done_callback(self._retries.discard)
+
+    async def _enqueue_when_back(self, workflow_id: str, priority: int, task_id: str | None) -> None:
+        delay = ENQUEUE_RETRY_S
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await asyncio.to_thread(self._enqueue, workflow_id, priority, task_id)
+                return
+            except DatabaseUnavailable:
+                delay = min(delay * 2, ENQUEUE_RETRY_MAX_S)
 
     async def approve(self, task_id: str) -> None:
         st = await self.store.load(task_id)
@@ -110,7 +141,7 @@ class QueueBackend(TaskWaits):
         if st.status != TaskStatus.planned or st.approve:
             raise Conflict(f"task {task_id} is {st.status}; only a planned task waiting for approval can be approved")
         await self.store.set_approved(task_id)
-        await asyncio.to_thread(self._enqueue, names.approve_workflow_id(task_id), st.priority, task_id)
+        await self._enqueue_or_later(names.approve_workflow_id(task_id), st.priority, task_id)
 
     async def cancel(self, task_id: str) -> None:
         status = await self.store.request_cancel(task_id)

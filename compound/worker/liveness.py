@@ -55,10 +55,32 @@ class Liveness:
         except Exception:
             return False
 
+    async def wait_lost(self, check_s: float) -> None:
+        """Return once the session holding our lock is gone. A server that ends the
+        session (a restart, pg_terminate_backend) says so on its socket, which this
+        waits on: heard at once. A `SELECT 1` every `check_s` (answered within as long
+        again) catches a server that went silent."""
+        conn = self._holder
+        try:
+            while True:
+                async for _ in conn.notifies(timeout=check_s):
+                    pass
+                async with asyncio.timeout(check_s):
+                    await conn.execute("SELECT 1")
+        except Exception:
+            return
+
     async def is_dead(self, executor_id: str) -> bool:
-        if self._probe is None or self._probe.closed:
+        try:
+            if self._probe is None or self._probe.closed:
+                self._probe = await self._connect()
+            locked = await _try_lock(self._probe, executor_id)
+        except Exception:  # the probe's session died (a restart): once more on a new one
+            if self._probe is not None:
+                await self._probe.close()
             self._probe = await self._connect()
-        if not await _try_lock(self._probe, executor_id):
+            locked = await _try_lock(self._probe, executor_id)
+        if not locked:
             return False
         await self._probe.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_CLASS, executor_key(executor_id)))
         return True

@@ -2,8 +2,9 @@
 Executor as `compound serve` (its DAG runs here with asyncio). It is woken by NOTIFY
 when a task is enqueued (wake.py; DBOS's poll is the fallback), hears cancels by
 NOTIFY, shares per-model caps with every other worker (store.pg_slots), resumes the
-tasks of workers that died (DBOS recovery, once liveness says they are gone), and
-drains on SIGTERM."""
+tasks of workers that died (DBOS recovery, once liveness says they are gone), rides
+out a database restart (its tasks stop, and go back to the queue once its liveness
+lock is its own again), and drains on SIGTERM."""
 
 from __future__ import annotations
 
@@ -26,6 +27,13 @@ from compound.worker import answers, names, wake
 from compound.worker.liveness import Liveness
 
 log = get_logger("compound.worker")
+
+# After a lost liveness session: the first retry to take the lock again, doubling up to
+# the max (so a worker is back within about RECONNECT_MAX_S of the database).
+RECONNECT_FIRST_S = 0.1
+RECONNECT_MAX_S = 2.0
+# How long a suspending worker waits for its stopped tasks and its queue thread.
+SUSPEND_WAIT_S = 5.0
 
 _worker: Worker | None = None  # the worker the registered workflow runs tasks with
 _registered = False
@@ -82,6 +90,10 @@ class Worker:
         self.executor_id = ""
         self._background: set[asyncio.Task[None]] = set()
         self._workflows: set[asyncio.Task[Any]] = set()  # DBOS's tasks running our workflow here
+        # Set while the session holding our liveness lock is lost: nothing runs here
+        # until the lock is ours again and our tasks are back in the queue.
+        self.suspended = False
+        self.reconnects = 0  # for tests and logs
 
     async def start(self) -> None:
         global _worker
@@ -115,6 +127,7 @@ class Worker:
             worker_concurrency=self.settings.worker_concurrency,
             polling_interval_sec=self.settings.queue_polling_interval_s, on_conflict="always_update")
         self._spawn(self._reap_loop())
+        self._spawn(self._session_loop())
         log.info("worker started", executor_id=self.executor_id,
                  worker_concurrency=self.settings.worker_concurrency)
 
@@ -122,6 +135,10 @@ class Worker:
         """The workflow's body. It runs inside DBOS's task for the workflow, which records
         the outcome and gives up the workflow's place in this worker's count after we
         return: that task's end is when this worker has room for another."""
+        if self.suspended:
+            # Claimed as our lock session went: not run here (another worker may be
+            # resuming it). Left PENDING, it goes back to the queue with the others.
+            raise asyncio.CancelledError
         dbos_task = asyncio.current_task()
         if dbos_task is not None:
             self._workflows.add(dbos_task)
@@ -130,7 +147,7 @@ class Worker:
 
     def _workflow_ended(self, task: asyncio.Task[Any]) -> None:
         self._workflows.discard(task)
-        if self.bell.closed:
+        if self.bell.closed or self.suspended:
             return
         self.bell.ring()
         if self.settings.queue_concurrency is not None:
@@ -193,20 +210,99 @@ class Worker:
             # An API process finished it as canceled while we were taking it: stop our run.
             await self.executor.abandon(task_id)
 
-    # dead workers -------------------------------------------------------------------
-
     async def _reap_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.dead_worker_check_s)
-            if not await self.liveness.alive():
-                # Our lock went with our session: the others may already be resuming our
-                # tasks. Stop at once rather than run a task twice.
-                log.error("lost the liveness session; exiting so no task runs twice")
-                os._exit(70)
+            if self.suspended:
+                continue
             try:
                 await self.reap_once()
             except Exception:  # the database blinked: next round
                 log.exception("dead-worker check failed")
+
+    # our own liveness session --------------------------------------------------------
+
+    async def _session_loop(self) -> None:
+        """When the session holding our lock is lost (a database restart, a terminated
+        backend), the other workers may resume our tasks as soon as they find the lock
+        free: stop running them here at once, take the lock again (with backoff) and
+        hand our unfinished tasks back to the queue, where whoever has room (we too)
+        resumes each once. Instead of exiting: a worker is back within a few seconds
+        of the database."""
+        while True:
+            await self.liveness.wait_lost(self.settings.dead_worker_check_s)
+            lost_at = asyncio.get_running_loop().time()
+            try:
+                await self.suspend()
+                await self._reclaim()
+                await self._requeue_own()
+            except Exception:  # pragma: no cover - each step retries its own failures
+                # Cannot tell what runs here any more: stop the process (the old
+                # fail-stop) rather than risk a task running twice.
+                log.exception("could not recover from a lost liveness session; exiting")
+                os._exit(70)
+            self.suspended = False
+            self.bell.resume()
+            self.reconnects += 1
+            log.warning("liveness session back; taking tasks again", executor_id=self.executor_id,
+                        after_s=round(asyncio.get_running_loop().time() - lost_at, 2))
+
+    async def suspend(self) -> None:
+        """Stop every task running here, leaving each PENDING in DBOS (its workflow's
+        task is cancelled, so no outcome is recorded), and claim nothing meanwhile."""
+        self.suspended = True
+        self.bell.pause()
+        running = list(self._workflows)
+        log.error("lost the liveness session: stopping this worker's tasks; they resume once it is back",
+                  executor_id=self.executor_id, running=len(running))
+        for task in running:
+            task.cancel()
+        # A claim the queue thread had under way starts its workflow now or never: wait
+        # until the thread sits paused (its started workflows find us suspended).
+        parked = asyncio.ensure_future(asyncio.to_thread(self.bell.wait_parked, SUSPEND_WAIT_S))
+        _, still = await asyncio.wait(running, timeout=SUSPEND_WAIT_S) if running else (set(), set())
+        if still:  # e.g. psycopg waits up to 10 s for a query's cancel on a dead server
+            log.warning("some stopped tasks have not ended yet; going on", tasks=len(still))
+        if not await parked:
+            log.warning("the queue thread did not pause in time; going on")
+
+    async def _reclaim(self) -> None:
+        delay = RECONNECT_FIRST_S
+        while True:
+            try:
+                if await self.liveness.claim(self.executor_id):
+                    return
+                # held for an instant by another worker's probe: it finds us dead and
+                # requeues our tasks, which is what we do next anyway
+            except Exception as exc:
+                log.warning("database not back yet", error=type(exc).__name__, retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_S)
+
+    async def _requeue_own(self) -> None:
+        """Put this worker's PENDING workflows back in the queue (DBOS re-enqueues each
+        only while it is still PENDING on us: once, whoever else tries it too), until
+        none is left (a failed re-enqueue is only logged by DBOS)."""
+        from dbos import DBOS
+
+        delay = RECONNECT_FIRST_S
+        while True:
+            try:
+                pending = await asyncio.to_thread(DBOS.list_workflows, status="PENDING", queue_name=names.QUEUE,
+                                                  load_input=False, load_output=False)
+                mine = [w for w in pending if w.executor_id == self.executor_id]
+                if not mine:
+                    return
+                await asyncio.to_thread(DBOS._recover_pending_workflows, [self.executor_id])
+                log.warning("our tasks are back in the queue", tasks=len(mine))
+                await asyncio.to_thread(pg_notify.publish, self.store.engine, pg_notify.QUEUE_WAKE, "")
+                await asyncio.sleep(RECONNECT_FIRST_S)  # then make sure none was left
+            except Exception as exc:
+                log.warning("could not requeue our tasks yet", error=type(exc).__name__, retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_S)
+
+    # dead workers -------------------------------------------------------------------
 
     async def reap_once(self) -> list[str]:
         """Hand the PENDING workflows of every dead worker back to the queue; returns the

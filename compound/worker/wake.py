@@ -40,6 +40,8 @@ class Doorbell:
         self._cond = threading.Condition()
         self._rung = False
         self._closed = False
+        self._paused = False
+        self._parked = False  # the queue thread sits in a paused wait
         self.rings = 0  # for tests and logs
 
     def ring(self) -> None:
@@ -54,6 +56,27 @@ class Doorbell:
             self._closed = True
             self._cond.notify_all()
 
+    def pause(self) -> None:
+        """Hold the queue thread at its next wait (no claims) until `resume`."""
+        with self._cond:
+            self._paused = True
+            self._cond.notify_all()
+
+    def resume(self) -> None:
+        with self._cond:
+            self._paused = False
+            self._rung = True  # poll at once: work may have waited meanwhile
+            self._cond.notify_all()
+
+    def wait_parked(self, timeout: float) -> bool:
+        """(Blocking) until the paused queue thread sits in its wait, so no claim of
+        its is under way; False if it did not come within `timeout`."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not (self._parked or self._closed) and (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(left)
+            return self._parked or self._closed
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -61,14 +84,23 @@ class Doorbell:
     def wait(self, stop: threading.Event, timeout: float | None) -> bool:
         """Sleep until rung, closed, `stop` is set or `timeout` passes; True when the
         thread should stop. A ring that came while the thread was busy polling ends
-        the next wait at once (no ring is lost between a poll and its sleep)."""
+        the next wait at once (no ring is lost between a poll and its sleep). While
+        paused, the thread stays in here whatever rings (`resume` lets it poll)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while not (self._rung or self._closed or stop.is_set()):
+            while True:
+                while self._paused and not (self._closed or stop.is_set()):
+                    if not self._parked:
+                        self._parked = True
+                        self._cond.notify_all()
+                    self._cond.wait(STOP_CHECK_S)
+                self._parked = False
+                if self._rung or self._closed or stop.is_set():
+                    break
                 left = STOP_CHECK_S if deadline is None else min(STOP_CHECK_S, deadline - time.monotonic())
                 if left <= 0:
                     break
-                self._cond.wait(left)
+                self._cond.wait(left)  # a pause meanwhile parks the thread at once, with no poll
             self._rung = False
             return self._closed or stop.is_set()
 
