@@ -127,6 +127,26 @@ async def test_every_route_answers_503_with_retry_after_while_the_database_is_go
         assert answers.get(key) == 503, (key, answers)
 
 
+async def test_the_doors_answer_a_gone_database_in_their_own_shapes(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    store: Any = api.app.state.store
+
+    async def gone(*_a: Any, **_k: Any) -> Any:
+        raise DatabaseUnavailable("AdminShutdown", retry_after_s=2)
+
+    for name in ("_read", "_write", "_core"):
+        monkeypatch.setattr(store, name, gone)
+    chat = await api.http.post("/v1/chat/completions", headers=api.auth(api.alice), json={
+        "model": "compound", "messages": [{"role": "user", "content": "hi"}]})
+    assert chat.status_code == 503 and chat.headers["Retry-After"] == "2"
+    error = chat.json()["error"]
+    assert error["type"] == "server_error" and error["code"] == "database_unavailable"
+    assert set(error) == {"message", "type", "param", "code"}
+    a2a = await api.http.post("/a2a", headers=api.auth(api.alice), json={
+        "jsonrpc": "2.0", "id": 1, "method": "tasks/get", "params": {"id": "t_missing"}})
+    assert a2a.status_code != 500 and "-32603" not in a2a.text, a2a.text
+
+
 async def test_a_store_operation_that_raises_unavailable_is_a_503(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     async def gone(**_k: Any) -> Any:
         raise DatabaseUnavailable("PoolTimeout", retry_after_s=3)

@@ -17,9 +17,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from compound.api.doors.engine import AnswerText, Door, DoorAuthError, bearer_token_of, failure
 from compound.api.doors.inputs import BadField, load_json
 from compound.api.errors import ApiError
-from compound.core.errors import BudgetExceeded, Conflict, NotFound, UserInputError
+from compound.core.errors import BudgetExceeded, Conflict, DatabaseUnavailable, NotFound, UserInputError
 from compound.core.logging import get_logger, redact_text
 from compound.executor.answers import AnswerPiece
+from compound.store.outage import unavailable
 
 log = get_logger("compound.api.openai")
 MODEL = "compound"
@@ -59,9 +60,10 @@ class ChatRequest(BaseModel):
 
 class OpenAIError(Exception):
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 code: str | None = None, param: str | None = None) -> None:
+                 code: str | None = None, param: str | None = None, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
+        self.retry_after_s = retry_after_s
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": redact_text(self.message), "type": self.type, "param": self.param,
@@ -70,6 +72,8 @@ class OpenAIError(Exception):
     def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
         if self.status == 401:
             headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+        if self.retry_after_s is not None:
+            headers = {**(headers or {}), "Retry-After": str(max(1, round(self.retry_after_s)))}
         return JSONResponse(self.body(), self.status, headers=headers)
 
 
@@ -100,6 +104,9 @@ def openai_error(exc: Exception) -> OpenAIError:
         return OpenAIError(exc.status, exc.message, type=kind, code=exc.code)
     if isinstance(exc, BadField):
         return OpenAIError(400, exc.message, code="invalid_request", param=exc.field)
+    gone = exc if isinstance(exc, DatabaseUnavailable) else unavailable(exc)
+    if gone is not None:  # the database is restarting or unreachable: nothing was done
+        return OpenAIError(503, gone.message, type="server_error", code=gone.code, retry_after_s=gone.retry_after_s)
     for cls, status, kind, code in ERRORS:
         if isinstance(exc, cls):
             return OpenAIError(status, getattr(exc, "message", str(exc)), type=kind, code=code)
