@@ -15,7 +15,7 @@ from sqlalchemy.sql import Select
 
 from compound.core.errors import UserInputError
 from compound.store.base import Principal
-from compound.store.models import LedgerEntry, Subtask, SubtaskStatus, Task, User, new_id, utcnow
+from compound.store.models import CallKind, LedgerEntry, Subtask, SubtaskStatus, Task, User, new_id, utcnow
 from compound.store.ops import iso, parse_dt, period_starts
 
 if TYPE_CHECKING:
@@ -125,7 +125,10 @@ class ReadQueries:
             key = L.c.model
             q = select(key.label("k"), *metrics).where(*where)
         elif group_by == "tier":
-            key = case((L.c.kind == "planner", literal("planner")), else_=literal("tier ") + cast(L.c.tier, String))
+            # the planner's and the synthesis's calls are parts of their own, beside the tiers' subtasks
+            key = case((L.c.kind == CallKind.planner.value, literal("planner")),
+                       (L.c.kind == CallKind.synthesis.value, literal("synthesis")),
+                       else_=literal("tier ") + cast(L.c.tier, String))
             q = select(key.label("k"), *metrics).where(*where)
         elif group_by == "user":
             key = func.coalesce(U.c.name, literal("(no user)"))
