@@ -268,9 +268,11 @@ class CostsOut(BaseModel):
 
 class SpendSummary(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "user": "alice", "today_usd": 0.012, "week_usd": 0.2, "month_usd": 1.4, "daily_budget_usd": 5.0}]})
+        "user": "alice", "admin": False, "today_usd": 0.012, "week_usd": 0.2, "month_usd": 1.4,
+        "daily_budget_usd": 5.0}]})
 
     user: str
+    admin: bool = Field(default=False, description="the token is an admin's: the sums cover every user")
     today_usd: Money
     week_usd: Money
     month_usd: Money
