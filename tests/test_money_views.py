@@ -15,7 +15,7 @@ import httpx
 import pytest
 from rich.console import Console
 
-from compound.cli.live import cost_parts, cost_table
+from compound.cli.live import cost_parts, cost_table, render_snapshot
 from compound.core.money import money_shown, shown_usd
 from compound.core.settings import ModelConfig, Settings
 from compound.llm.simulator import Simulator
@@ -102,6 +102,10 @@ async def test_worst_case_bookings_are_counted_per_part_and_per_task(any_store: 
     assert second["cost_usd"] == 0.0425  # the canceled call is in the subtask's cost
     assert snap["synthesis"] is None
     assert _parts_total(snap) == pytest.approx(snap["total_cost_usd"], abs=3 * MICRO)
+
+    tree = Console(record=True, width=200)
+    tree.print(render_snapshot(snap))
+    assert "$0.042500 of it booked at the worst case (1 call(s)" in tree.export_text()
 
     text = _table_text({**snap, "status": TaskStatus.canceled})
     assert "booked at the worst case" in text

@@ -41,6 +41,10 @@ def render_snapshot(snap: dict[str, Any]) -> Tree:
         node = tree.add(line)
         if s.get("error"):
             node.add(Text(clip(s["error"], 160), style="red"))
+        if s.get("worst_case"):
+            w = s["worst_case"]
+            node.add(Text(f"${w['cost_usd']:.6f} of it booked at the worst case ({w['calls']} call(s) lost or "
+                          "canceled in flight)", style="yellow"))
     for warning in snap.get("warnings") or []:  # plan fixes made without a model
         tree.add(Text(f"warning: {warning}", style="yellow"))
     return tree
