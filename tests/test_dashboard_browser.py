@@ -157,9 +157,15 @@ def test_dashboard_shows_costs_and_live_task(server: tuple[str, str, str], sim: 
         assert float(worst or 0) == canceled["subtasks"][0]["worst_case"]["cost_usd"] > 0
         assert "at the worst case" in (page.text_content('#task-costs g.part[data-part="subtask 0"]') or "")
 
-        # the cost table as CSV, built from the rows shown (a download, no request); every task
-        # has ended, so the table holds still
+        # the cost table as CSV, built from the rows shown (a download, no request): every task
+        # has ended, so once the table shows the ledger's sums it holds still
+        tiers = httpx.get(f"{url}/v1/costs", params={"group_by": "tier"}, headers=auth).json()["groups"]
+        want = [[g["key"], str(g["calls"]), f"{g['input_tokens']} / {g['output_tokens']}", f"{g['cost_usd']:.6f}"]
+                for g in tiers]
+        page.wait_for_function("want => JSON.stringify([...document.querySelectorAll('#by-tier tbody tr')]"
+                               ".map(tr => [...tr.cells].map(c => c.textContent))) === JSON.stringify(want)", arg=want)
         shown = page.eval_on_selector_all("#by-tier tbody tr", "trs => trs.map(tr => [...tr.cells].map(c => c.textContent))")
+        assert shown == want
         with page.expect_download() as got:
             page.click("#csv-tier")
         lines = Path(got.value.path()).read_text().splitlines()

@@ -106,6 +106,8 @@ async def test_costs_group_in_sql(any_store: RunStore) -> None:
     assert _groups(await any_store.costs(group_by="tier", **everyone)) == {
         "planner": (0.001, 1, 100, 10), "tier 1": (0.002, 1, 200, 20), "tier 2": (0.030, 2, 700, 70),
         "synthesis": (0.005, 1, 50, 5)}  # the synthesis is a part of its own, whatever its tier
+    tiers = await any_store.costs(group_by="tier", **everyone)
+    assert [g["key"] for g in tiers["groups"]] == ["planner", "tier 1", "tier 2", "synthesis"]  # as a task spends
     assert _groups(await any_store.costs(group_by="user", **everyone)) == {
         "ann": (0.013, 3, 600, 60), "ben": (0.025, 2, 450, 45)}
     mine = await any_store.costs(group_by="model", since=since, until=until, user_id=u1.id)

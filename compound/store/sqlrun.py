@@ -132,6 +132,10 @@ class ReadQueries:
                        (L.c.kind == CallKind.synthesis.value, literal("synthesis")),
                        else_=literal("tier ") + cast(L.c.tier, String))
             q = select(key.label("k"), *metrics).where(*where)
+            # in the order a task spends: the planner, the tiers, the synthesis
+            place = func.max(case((L.c.kind == CallKind.planner.value, 0),
+                                  (L.c.kind == CallKind.synthesis.value, 2), else_=1))
+            return total, q.group_by(key).order_by(place, key)
         elif group_by == "user":
             key = func.coalesce(U.c.name, literal("(no user)"))
             q = select(key.label("k"), *metrics).select_from(L.outerjoin(U, U.c.id == L.c.user_id)).where(*where)
