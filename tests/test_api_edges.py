@@ -118,10 +118,12 @@ async def test_open_reads_give_progress_by_id_only(api: Api) -> None:
     assert task_id not in [t["id"] for t in recent]
 
 
-async def test_docs_load_no_third_party_asset(api: Api) -> None:
-    html = (await api.http.get("/docs")).text
-    assert "cdn" not in html.lower() and "https://" not in html
-    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+@pytest.mark.parametrize(("page", "assets"), [("/docs", ("swagger-ui-bundle.js", "swagger-ui.css")),
+                                               ("/redoc", ("redoc.standalone.js",))])
+async def test_docs_load_no_third_party_asset(api: Api, page: str, assets: tuple[str, ...]) -> None:
+    html = (await api.http.get(page)).text
+    assert "cdn" not in html.lower() and "https://" not in html and "fonts.googleapis" not in html
+    for asset in assets:
         src = next(part.split('"')[0] for part in html.split('"/docs-assets/')[1:] if part.startswith(asset))
         r = await api.http.get(f"/docs-assets/{src}")
         assert r.status_code == 200 and len(r.content) > 1000

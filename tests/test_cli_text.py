@@ -190,6 +190,7 @@ def test_a_zero_budget_is_refused(value: str) -> None:
 def test_snapshot_and_outcome_render_hostile_text(width: int, terminal: bool) -> None:
     snap = {"id": "t_0297c1f66a1b2c3d", "status": "canceled", "total_cost_usd": 0.0125, "budget_usd": 1.0,
             "error": f"canceled {HOSTILE}", "result": None, "planner": {"cost_usd": 0.0005},
+            "worst_case": {"calls": 1, "cost_usd": 0.01},
             "subtasks": [{"index": 0, "status": "canceled", "tier_assigned": 1, "model": "m", "started_at": None,
                           "completed_at": None, "cost_usd": 0.002, "description": f"step {HOSTILE}",
                           "depends_on": [], "error": f"skipped {HOSTILE}"}]}

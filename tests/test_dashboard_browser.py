@@ -30,7 +30,7 @@ WAIT_MS = 60_000  # a generous deadline for a state, never a pause
 
 
 @pytest.fixture
-def server(sim: Simulator, sim_settings: Settings) -> Iterator[tuple[str, str]]:
+def server(sim: Simulator, sim_settings: Settings) -> Iterator[tuple[str, str, str]]:
     import uvicorn
 
     sim.script.holds = {"hold step two": threading.Event(), "hold forever": threading.Event()}
@@ -47,7 +47,8 @@ def server(sim: Simulator, sim_settings: Settings) -> Iterator[tuple[str, str]]:
         assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
         time.sleep(0.05)
     token = create_token(app.state.store.engine, "dana")[1]
-    yield f"http://127.0.0.1:{port}", token
+    admin = create_token(app.state.store.engine, "root", ["admin"])[1]
+    yield f"http://127.0.0.1:{port}", token, admin
     for released in sim.script.holds.values():
         released.set()
     srv.should_exit = True
@@ -65,11 +66,11 @@ def _wait_status(url: str, auth: dict[str, str], task_id: str, status: str) -> N
 # COMPOUND_BROWSER_REPEAT=20 runs it 20 times in one session (each with a fresh server
 # and browser): the flakiness check of issue 15.
 @pytest.mark.parametrize("attempt", range(int(os.environ.get("COMPOUND_BROWSER_REPEAT", "1"))))
-def test_dashboard_shows_costs_and_live_task(server: tuple[str, str], sim: Simulator, attempt: int) -> None:
+def test_dashboard_shows_costs_and_live_task(server: tuple[str, str, str], sim: Simulator, attempt: int) -> None:
     if CHROMIUM is None:
         pytest.skip("SKIPPED: no chromium on this machine (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="SKIPPED: playwright is not installed")
-    url, token = server
+    url, token, admin = server
     auth = {"Authorization": f"Bearer {token}"}
     first = httpx.post(f"{url}/v1/tasks", headers=auth, json={"prompt": "warm up and check"}).json()
     _wait_status(url, auth, first["id"], "completed")
@@ -91,6 +92,17 @@ def test_dashboard_shows_costs_and_live_task(server: tuple[str, str], sim: Simul
         assert spent_days >= 1
         page.wait_for_selector(f'#recent tr[data-task-id="{first["id"]}"]')
         assert "claude-haiku-4-5" in page.inner_text("#by-model")
+        assert page.is_hidden("#users")  # the cost per user is an admin's view
+
+        # the finished task's cost by part: planner, each subtask, synthesis, adding up to its total
+        page.click(f'#recent tr[data-task-id="{first["id"]}"]')
+        page.wait_for_selector('#task-costs g.part[data-part="synthesis"]', state="attached")
+        snap = httpx.get(f"{url}/v1/tasks/{first['id']}", headers=auth).json()
+        parts = page.eval_on_selector_all("#task-costs g.part", "gs => gs.map(g => [g.dataset.part, +g.dataset.cost])")
+        assert [p for p, _ in parts] == ["planner", *[f"subtask {s['index']}" for s in snap["subtasks"]], "synthesis"]
+        assert abs(sum(c for _, c in parts) - snap["total_cost_usd"]) <= 1e-6 * len(parts)
+        assert dict(parts)["synthesis"] == snap["synthesis"]["cost_usd"] > 0
+        assert page.is_hidden("#task-worst")  # nothing booked at the worst case
 
         # the held task: step two stays running at the simulator until the page shows it so
         page.click(f'#recent tr[data-task-id="{running["id"]}"]')
@@ -136,4 +148,43 @@ def test_dashboard_shows_costs_and_live_task(server: tuple[str, str], sim: Simul
         page.click("#cancel")
         page.wait_for_selector('#task-status[data-status="canceled"]', state="attached")
         assert "canceled by request" in page.inner_text("#task-error")
+        # the call canceled in flight is booked at its worst case, and the panel says so
+        page.wait_for_selector("#task-worst", state="visible")
+        canceled = httpx.get(f"{url}/v1/tasks/{page.inner_text('#task-id')}", headers=auth).json()
+        assert canceled["worst_case"]["calls"] == 1 and canceled["subtasks"][0]["worst_case"]
+        assert f"${canceled['worst_case']['cost_usd']:.6f}" in page.inner_text("#task-worst")
+        worst = page.get_attribute('#task-costs g.part[data-part="subtask 0"]', "data-worst")
+        assert float(worst or 0) == canceled["subtasks"][0]["worst_case"]["cost_usd"] > 0
+        assert "at the worst case" in (page.text_content('#task-costs g.part[data-part="subtask 0"]') or "")
+
+        # the cost table as CSV, built from the rows shown (a download, no request): every task
+        # has ended, so once the table shows the ledger's sums it holds still
+        tiers = httpx.get(f"{url}/v1/costs", params={"group_by": "tier"}, headers=auth).json()["groups"]
+        want = [[g["key"], str(g["calls"]), f"{g['input_tokens']} / {g['output_tokens']}", f"{g['cost_usd']:.6f}"]
+                for g in tiers]
+        page.wait_for_function("want => JSON.stringify([...document.querySelectorAll('#by-tier tbody tr')]"
+                               ".map(tr => [...tr.cells].map(c => c.textContent))) === JSON.stringify(want)", arg=want)
+        shown = page.eval_on_selector_all("#by-tier tbody tr", "trs => trs.map(tr => [...tr.cells].map(c => c.textContent))")
+        assert shown == want
+        with page.expect_download() as got:
+            page.click("#csv-tier")
+        lines = Path(got.value.path()).read_text().splitlines()
+        assert lines[0] == "tier,calls,input_tokens,output_tokens,cost_usd"
+        rows = [line.split(",") for line in lines[1:]]
+        assert [[key, calls, f"{i} / {o}", cost] for key, calls, i, o, cost in rows[:-1]] == shown
+        assert {"planner", "synthesis"} <= {r[0] for r in rows}
+        assert rows[-1][0] == "total" and abs(sum(float(r[4]) for r in rows[:-1]) - float(rows[-1][4])) <= 1e-6 * len(rows)
+
+        # an admin sees the cost per user, and can export it
+        page.click("#logout")
+        page.fill("#token", admin)
+        page.click("#login-form button")
+        page.wait_for_selector('#by-user tr[data-key="dana"]', state="attached")
+        costs = httpx.get(f"{url}/v1/costs", params={"group_by": "user"},
+                          headers={"Authorization": f"Bearer {admin}"}).json()
+        dana = next(g for g in costs["groups"] if g["key"] == "dana")
+        assert page.inner_text('#by-user tr[data-key="dana"] td:nth-of-type(4)') == f"{dana['cost_usd']:.6f}"
+        with page.expect_download() as got:
+            page.click("#csv-user")
+        assert f"dana,{dana['calls']}," in Path(got.value.path()).read_text()
         browser.close()

@@ -87,7 +87,7 @@ def planner_for(plans: dict[str, dict[str, Any]]):  # type: ignore[no-untyped-de
     def answer(model: str, messages: list[Message]) -> str:
         system = messages[0]["content"]
         if system.startswith("You are an impartial judge"):
-            return "A" if "<answer_a>\nFinal answer" in messages[-1]["content"] else "B"
+            return "B" if "<answer_a>\na direct answer" in messages[-1]["content"] else "A"
         if messages[0]["role"] == "user":
             return "a direct answer"
         kind = prompt_kind(system)

@@ -104,7 +104,10 @@ async def test_costs_group_in_sql(any_store: RunStore) -> None:
     assert _groups(await any_store.costs(group_by="model", **everyone)) == {
         "m-cheap": (0.003, 2, 300, 30), "m-mid": (0.035, 3, 750, 75)}
     assert _groups(await any_store.costs(group_by="tier", **everyone)) == {
-        "planner": (0.001, 1, 100, 10), "tier 1": (0.002, 1, 200, 20), "tier 2": (0.035, 3, 750, 75)}
+        "planner": (0.001, 1, 100, 10), "tier 1": (0.002, 1, 200, 20), "tier 2": (0.030, 2, 700, 70),
+        "synthesis": (0.005, 1, 50, 5)}  # the synthesis is a part of its own, whatever its tier
+    tiers = await any_store.costs(group_by="tier", **everyone)
+    assert [g["key"] for g in tiers["groups"]] == ["planner", "tier 1", "tier 2", "synthesis"]  # as a task spends
     assert _groups(await any_store.costs(group_by="user", **everyone)) == {
         "ann": (0.013, 3, 600, 60), "ben": (0.025, 2, 450, 45)}
     mine = await any_store.costs(group_by="model", since=since, until=until, user_id=u1.id)
@@ -168,13 +171,16 @@ def test_live_tree_and_cost_table_render() -> None:
             "subtasks": [
                 {"index": 0, "status": "completed", "tier_assigned": 1, "model": "m1", "started_at": "2026-11-23T00:00:00Z",
                  "completed_at": "2026-11-23T00:00:02Z", "cost_usd": 0.0011, "description": "first", "depends_on": [],
-                 "error": None, "input_tokens": 100, "output_tokens": 10},
+                 "error": None, "input_tokens": 100, "output_tokens": 10, "attempts": 1},
                 {"index": 1, "status": "skipped", "tier_assigned": 2, "model": "m2", "started_at": None,
                  "completed_at": None, "cost_usd": 0.0, "description": "second", "depends_on": [0],
-                 "error": "skipped: budget exhausted", "input_tokens": 0, "output_tokens": 0}]}
+                 "error": "skipped: budget exhausted", "input_tokens": 0, "output_tokens": 0, "attempts": 0}],
+            "synthesis": {"model": "m2", "cost_usd": 0.001, "input_tokens": 50, "output_tokens": 20, "calls": 1,
+                          "worst_case": None}}
     console = Console(record=True, width=140)
     console.print(render_snapshot(snap))
     console.print(cost_table(snap))
     out = console.export_text()
     assert "[0] completed" in out and "2.0s" in out and "skipped: budget exhausted" in out
-    assert "m1" in out and "tier 2" in out and "p-model" in out and "0.003100" in out
+    assert "m1" in out and "synthesis" in out and "p-model" in out and "0.003100" in out
+    assert "tier 2" not in out  # the skipped subtask made no call

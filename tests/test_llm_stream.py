@@ -47,8 +47,9 @@ async def test_with_no_listener_the_synthesis_call_is_not_streamed(sim: Simulato
                                                                    sim_client: LLMClient) -> None:
     async with open_store(sim_settings.database_url) as store:
         ex = Executor(settings=sim_settings, store=store, client=sim_client, stream_answers=True)
-        plan = {"subtasks": [{"description": "find a", "tier_hint": 1, "depends_on": []}]}
-        task = await store.create_task(prompt="find a", budget_usd=1.0, plan_in=plan)
+        plan = {"subtasks": [{"description": "find a", "tier_hint": 1, "depends_on": []},
+                             {"description": "find b", "tier_hint": 1, "depends_on": []}]}
+        task = await store.create_task(prompt="find a and b", budget_usd=1.0, plan_in=plan)
         await ex.run_task(task.id)
         snap = await store.snapshot(task.id)
         assert snap["status"] == "completed", snap["error"]

@@ -152,6 +152,13 @@ async def test_a_child_that_dies_is_replaced_and_resumes_its_task(
         # the killed child's open calls were booked lost, at their worst case, on resume
         rows = await store.ledger_rows(task.id)
         assert any(r["status"] == "lost" for r in rows) and any(r["status"] == "ok" for r in rows)
+        # and the snapshot says which, and how much of the total they are
+        lost_rows = [r for r in rows if r["status"] == "lost"]
+        snap = await store.snapshot(task.id)
+        assert snap["worst_case"]["calls"] == len(lost_rows)
+        assert snap["worst_case"]["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in lost_rows), abs=1e-6)
+        parts = [snap["planner"], snap["synthesis"], *snap["subtasks"]]
+        assert sum((p["worst_case"] or {}).get("calls", 0) for p in parts if p) == len(lost_rows)
         # and its calls in flight ended here as lost: every call observed as started ended
         await until(lambda: len(calls.finished) == calls.started, "every call's end observed")
         lost = [f for f in calls.finished if f["status"] == "lost"]

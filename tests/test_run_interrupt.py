@@ -50,6 +50,8 @@ def test_ctrl_c_cancels_the_task_and_shows_the_cost(sim: Simulator, sqlite_url: 
     flat = " ".join(out.split())
     assert "error: canceled by request" in flat and "cost so far $" in flat
     assert "held for calls canceled in flight" in flat, flat
+    # the final cost table names the call booked at its worst case, and how much it is
+    assert "booked at the worst case" in flat and "worst case: 1 call(s)" in flat, flat
     engine = make_engine(sqlite_url)
     with engine.connect() as conn:
         status = conn.execute(select(Task.status)).scalar_one()  # type: ignore[call-overload]

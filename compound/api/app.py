@@ -144,17 +144,37 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
 
 
 def _offline_docs(app: FastAPI) -> None:
-    """Swagger UI at /docs from the assets of the swagger-ui-bundle package (no CDN)."""
-    from fastapi.openapi.docs import get_swagger_ui_html
+    """The API reference with no CDN (it works offline): Swagger UI 5 at /docs and ReDoc
+    at /redoc, both rendering FastAPI's OpenAPI 3.1, from the assets the fastapi-offline
+    package ships (served at /docs-assets/)."""
+    from importlib.resources import files
+
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
     from fastapi.responses import HTMLResponse
     from fastapi.staticfiles import StaticFiles
-    from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
-    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+    app.mount("/docs-assets", StaticFiles(directory=str(files("fastapi_offline") / "static")), name="docs-assets")
+
+    # Nothing on these pages may leave the server: ReDoc draws a logo from its vendor's
+    # CDN, and Swagger UI asks an online validator for a badge unless told not to.
+    local_only = {"Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+                                             "style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+                                             "font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'"}
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="compound API",
+        page = get_swagger_ui_html(openapi_url="/openapi.json", title="compound API",
                                    swagger_js_url="/docs-assets/swagger-ui-bundle.js",
                                    swagger_css_url="/docs-assets/swagger-ui.css",
-                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+                                   swagger_favicon_url="/docs-assets/favicon.png",
+                                   swagger_ui_parameters={"validatorUrl": None})
+        page.headers.update(local_only)
+        return page
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        page = get_redoc_html(openapi_url="/openapi.json", title="compound API",
+                              redoc_js_url="/docs-assets/redoc.standalone.js",
+                              redoc_favicon_url="/docs-assets/favicon.png", with_google_fonts=False)
+        page.headers.update(local_only)
+        return page

@@ -106,6 +106,7 @@ async def get_summary(request: Request, principal: ReadPrincipal) -> dict[str, A
     out["daily_budget_usd"] = await store.user_daily_budget(principal.user_id,
                                                             request.app.state.settings.user_daily_budget_usd)
     out["user"] = principal.user_name
+    out["admin"] = principal.is_admin  # the dashboard shows the cost per user to an admin
     return out
 
 

@@ -6,15 +6,16 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
+from compound.core.money import shown_usd
 from compound.planner.plan import PlanIn
 
 EXAMPLE_PLAN = PlanIn.model_config["json_schema_extra"]["example"]  # type: ignore[index]
 
 
 def round_money(value: float) -> float:
-    """USD as sent: 10 significant digits, so sums of float costs carry no noise
-    (0.007474000000000001 -> 0.007474). Stored values keep full precision."""
-    return float(f"{value:.10g}")
+    """USD as sent, to the micro-dollar (core/money.py shown_usd); stored values keep
+    full precision."""
+    return shown_usd(value)
 
 
 Money = Annotated[float, PlainSerializer(round_money, return_type=float)]
@@ -33,11 +34,24 @@ class TaskCreate(BaseModel):
     approve: bool = Field(default=True, description="false: stop at `planned` until approved")
 
 
+class WorstCase(BaseModel):
+    """Calls booked at their reserved worst case: lost in a crash or a timeout, or
+    canceled in flight. Their real cost is unknown; the ledger counts the most they
+    could have cost, so a total may over-state, never under-state."""
+
+    calls: int
+    cost_usd: Money
+
+
 class PlannerInfo(BaseModel):
+    """The planner's calls (or the synthesis's): the model of the latest, and their sum."""
+
     model: str | None
     cost_usd: Money
     input_tokens: int
     output_tokens: int
+    calls: int = Field(description="calls made, every attempt counted")
+    worst_case: WorstCase | None = Field(description="what of cost_usd is booked at the worst case; null: none")
 
 
 class SubtaskOut(BaseModel):
@@ -51,9 +65,10 @@ class SubtaskOut(BaseModel):
     result: str | None
     error: str | None
     attempts: int
-    cost_usd: Money
+    cost_usd: Money = Field(description="every call of the subtask, worst-case bookings included")
     input_tokens: int
     output_tokens: int
+    worst_case: WorstCase | None = Field(description="what of cost_usd is booked at the worst case; null: none")
     started_at: str | None
     completed_at: str | None
 
@@ -62,7 +77,7 @@ SUBTASK_EXAMPLE: dict[str, Any] = {
     "index": 0, "description": "Summarise the pros of SQLite", "tier_hint": 1, "tier_assigned": 1,
     "model": "anthropic/claude-haiku-4-5", "depends_on": [], "status": "completed",
     "result": "SQLite is embedded, zero-config ...", "error": None, "attempts": 1, "cost_usd": 0.0011,
-    "input_tokens": 300, "output_tokens": 150, "started_at": "2026-11-22T10:00:01Z",
+    "input_tokens": 300, "output_tokens": 150, "worst_case": None, "started_at": "2026-11-22T10:00:01Z",
     "completed_at": "2026-11-22T10:00:03Z"}
 TASK_EXAMPLE: dict[str, Any] = {
     "id": "t_3f2a9c0d1e4b5a6c", "prompt": "Compare SQLite and PostgreSQL for a small team",
@@ -72,7 +87,8 @@ TASK_EXAMPLE: dict[str, Any] = {
     "warnings": [], "created_at": "2026-11-22T10:00:00Z", "planned_at": "2026-11-22T10:00:01Z",
     "started_at": "2026-11-22T10:00:01Z", "completed_at": None,
     "planner": {"model": "anthropic/claude-haiku-4-5", "cost_usd": 0.0004, "input_tokens": 812,
-                "output_tokens": 240},
+                "output_tokens": 240, "calls": 1, "worst_case": None},
+    "synthesis": None, "worst_case": {"calls": 0, "cost_usd": 0.0},
     "subtasks": [SUBTASK_EXAMPLE]}
 
 
@@ -97,6 +113,8 @@ class TaskOut(BaseModel):
     started_at: str | None
     completed_at: str | None
     planner: PlannerInfo | None
+    synthesis: PlannerInfo | None = Field(description="the synthesis's calls; null until it is called")
+    worst_case: WorstCase = Field(description="the task's calls booked at their worst case, all parts together")
     subtasks: list[SubtaskOut]
 
 
@@ -250,9 +268,11 @@ class CostsOut(BaseModel):
 
 class SpendSummary(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "user": "alice", "today_usd": 0.012, "week_usd": 0.2, "month_usd": 1.4, "daily_budget_usd": 5.0}]})
+        "user": "alice", "admin": False, "today_usd": 0.012, "week_usd": 0.2, "month_usd": 1.4,
+        "daily_budget_usd": 5.0}]})
 
     user: str
+    admin: bool = Field(default=False, description="the token is an admin's: the sums cover every user")
     today_usd: Money
     week_usd: Money
     month_usd: Money

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from compound.api.schemas import round_money
+from compound.core.money import money_shown
 from compound.store.base import Event, RunStore, Subscription
 from compound.store.models import TERMINAL_TASK
 
@@ -32,21 +32,10 @@ class Snapshot:
         return self.status in TERMINAL_TASK
 
 
-def _money_rounded(value: Any, key: str = "") -> Any:
-    """Money as every route sends it (schemas.round_money): `*_usd` fields rounded."""
-    if isinstance(value, dict):
-        return {k: _money_rounded(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_money_rounded(v, key) for v in value]
-    if isinstance(value, float) and key.endswith("_usd"):
-        return round_money(value)
-    return value
-
-
 def encode(data: dict[str, Any]) -> bytes:
-    """JSON as FastAPI's JSONResponse writes it (compact, UTF-8), money rounded as the
-    documented shape (TaskOut) sends it."""
-    return json.dumps(_money_rounded(data), ensure_ascii=False, allow_nan=False,
+    """JSON as FastAPI's JSONResponse writes it (compact, UTF-8), money rounded as every
+    view shows it (core/money.py money_shown)."""
+    return json.dumps(money_shown(data), ensure_ascii=False, allow_nan=False,
                       separators=(",", ":")).encode("utf-8")
 
 

@@ -41,31 +41,61 @@ def render_snapshot(snap: dict[str, Any]) -> Tree:
         node = tree.add(line)
         if s.get("error"):
             node.add(Text(clip(s["error"], 160), style="red"))
+        if s.get("worst_case"):
+            w = s["worst_case"]
+            node.add(Text(f"${w['cost_usd']:.6f} of it booked at the worst case ({w['calls']} call(s) lost or "
+                          "canceled in flight)", style="yellow"))
     for warning in snap.get("warnings") or []:  # plan fixes made without a model
         tree.add(Text(f"warning: {warning}", style="yellow"))
     return tree
 
 
-def cost_table(snap: dict[str, Any]) -> Group:
-    by_model: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0, 0.0])
-    by_tier: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0, 0.0])
-    rows = [(s["model"] or "-", f"tier {s['tier_assigned']}", s) for s in snap["subtasks"]]
+def cost_parts(snap: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(part, model, its calls) for every part of a task that made calls: the planner,
+    each subtask (as "tier N"), the synthesis. Their costs add up to the task's total."""
+    rows: list[tuple[str, str, dict[str, Any]]] = []
     planner = snap.get("planner")
-    if planner:
-        rows.append((planner["model"] or "-", "planner", {"cost_usd": planner["cost_usd"],
-                     "input_tokens": planner["input_tokens"], "output_tokens": planner["output_tokens"]}))
-    for model, tier, s in rows:
-        for bucket in (by_model[model], by_tier[tier]):
-            bucket[0] += 1
-            bucket[1] += s["input_tokens"]
-            bucket[2] += s["output_tokens"]
-            bucket[3] += s["cost_usd"]
-    tables = []
-    for title, data in (("by model", by_model), ("by tier", by_tier)):
+    if planner and planner.get("calls", 1):
+        rows.append(("planner", planner["model"] or "-", planner))
+    for s in snap["subtasks"]:
+        if s["attempts"] or s["cost_usd"]:
+            rows.append((f"tier {s['tier_assigned']}", s["model"] or "-",
+                         {**s, "calls": s["attempts"], "part": f"subtask {s['index']}"}))
+    synthesis = snap.get("synthesis")
+    if synthesis:
+        rows.append(("synthesis", synthesis["model"] or "-", synthesis))
+    return rows
+
+
+def cost_table(snap: dict[str, Any]) -> Group:
+    """The task's cost by model and by tier (planner, tier N, synthesis: each its own row), then the calls
+    booked at their worst case, when there are any."""
+    by_model: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0, 0.0])
+    by_part: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0, 0.0])
+    worst_rows: list[tuple[str, dict[str, Any]]] = []
+    for part, model, p in cost_parts(snap):
+        for bucket in (by_model[model], by_part[part]):
+            bucket[0] += p.get("calls", 1)
+            bucket[1] += p["input_tokens"]
+            bucket[2] += p["output_tokens"]
+            bucket[3] += p["cost_usd"]
+        if p.get("worst_case"):
+            worst_rows.append((p.get("part", part), p["worst_case"]))
+    tables: list[Any] = []
+    order = {"planner": 0, "synthesis": 2}
+    for title, data in (("by model", by_model), ("by tier", by_part)):
         t = Table("", "calls", "input tokens", "output tokens", "cost $", title=f"cost {title}")
-        for key, (n, i, o, c) in sorted(data.items()):
+        for key, (n, i, o, c) in sorted(data.items(), key=lambda kv: (order.get(kv[0], 1), kv[0])):
             t.add_row(Text(key), str(int(n)), str(int(i)), str(int(o)), f"{c:.6f}")
         tables.append(t)
-    synth = snap["total_cost_usd"] - sum(v[3] for v in by_model.values())
-    return Group(*tables, Text(f"synthesis and lost/canceled calls: ${max(0.0, synth):.6f}; "
-                               f"total ${snap['total_cost_usd']:.6f} of ${snap['budget_usd']:g}"))
+    if worst_rows:
+        t = Table("", "calls", "cost $", title="booked at the worst case")
+        for part, w in worst_rows:
+            t.add_row(Text(part), str(w["calls"]), f"{w['cost_usd']:.6f}")
+        tables.append(t)
+        w = snap.get("worst_case") or {}
+        tables.append(Text(f"worst case: {w.get('calls', 0)} call(s), ${w.get('cost_usd', 0.0):.6f} of the total: "
+                           "lost in a crash or a timeout, or canceled in flight, their real cost is unknown, "
+                           "so each counts at the most it could have cost (its reservation)", style="yellow"))
+    tables.append(Text(f"total ${snap['total_cost_usd']:.6f} of ${snap['budget_usd']:g}"))
+    return Group(*tables)

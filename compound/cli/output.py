@@ -24,11 +24,10 @@ def clip(text: str, width: int) -> str:
 
 
 def held_usd(snap: dict[str, Any]) -> float:
-    """What a canceled or failed task was charged beyond its finished calls: calls in
-    flight when it stopped, counted at their worst case (their outcome is unknown)."""
-    planner = float((snap.get("planner") or {}).get("cost_usd") or 0.0)
-    done = sum(float(s["cost_usd"]) for s in snap["subtasks"]) + planner
-    return max(0.0, float(snap["total_cost_usd"]) - done)
+    """What a task was charged for calls whose outcome is unknown (lost in a crash or a
+    timeout, or canceled in flight), each counted at its worst case: the snapshot's
+    `worst_case`."""
+    return float((snap.get("worst_case") or {}).get("cost_usd") or 0.0)
 
 
 def print_outcome(console: Console, snap: dict[str, Any]) -> None:

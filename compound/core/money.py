@@ -1,5 +1,5 @@
-"""Money (pure): prices per token, a call's cost, and the worst case of a call before
-it is sent (what a reservation holds against a budget).
+"""Money (pure): prices per token, a call's cost, the worst case of a call before it
+is sent (what a reservation holds against a budget), and money as it is shown.
 
 The input bound needs no network and no tokenizer: a token is at least one byte of
 UTF-8 for every tokenizer in use (BPE vocabularies start from bytes), so the byte
@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 PER_MESSAGE_OVERHEAD_TOKENS = 16
 PER_CALL_OVERHEAD_TOKENS = 64  # system-prompt framing, tool/format scaffolding
+SHOWN_DECIMALS = 6  # money leaves the service rounded to the micro-dollar
+MONEY_KEYS = frozenset({"cost", "total_cost"})  # beside every key ending in `_usd`
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,3 +67,26 @@ def worst_case_usd(messages: Sequence[Mapping[str, object]], max_tokens: int, pr
     rest = input_token_bound(messages[marked:]) - PER_CALL_OVERHEAD_TOKENS
     dearest = max(price.input, price.cache_write, price.cache_read)
     return prefix * dearest + rest * price.input + max_tokens * price.output
+
+
+def shown_usd(value: float) -> float:
+    """USD as every view shows it: rounded to the micro-dollar, so sums of float costs
+    carry no noise (0.004481000000000001 -> 0.004481). Stored values keep full precision."""
+    return round(float(value), SHOWN_DECIMALS) + 0.0  # + 0.0: never -0.0
+
+
+def is_money_key(key: str) -> bool:
+    return key.endswith("_usd") or key in MONEY_KEYS
+
+
+def money_shown(value: Any, key: str = "") -> Any:
+    """`value` (JSON-like: dicts, lists, numbers) with every money field rounded by
+    shown_usd: the values under keys ending in `_usd` (and `cost`, `total_cost`, the
+    Symbiont shapes' names), at any depth."""
+    if isinstance(value, dict):
+        return {k: money_shown(v, k if isinstance(k, str) else "") for k, v in value.items()}
+    if isinstance(value, list):
+        return [money_shown(v, key) for v in value]
+    if isinstance(value, float) and is_money_key(key):
+        return shown_usd(value)
+    return value

@@ -86,6 +86,7 @@ class CallSpec:
     max_tokens: int
     json_schema: dict[str, Any] | None = None
     attempts_before: int = 0  # a resumed subtask's attempts so far
+    answer: bool = False  # its text is the task's answer (streamed to listeners): the synthesis, or a sole subtask
 
 
 class ModelCalls:
@@ -208,7 +209,7 @@ class ModelCalls:
             async with asyncio.timeout(timeout):
                 # Streamed only when someone listens as it starts (a door's client): a
                 # listener that comes later gets the rest of the answer at the task's end.
-                answers = self.answers if spec.kind == CallKind.synthesis else None
+                answers = self.answers if spec.answer else None
                 if answers is None or not answers.listening(st.id):
                     out = await self.client.complete(model=model, messages=spec.messages, max_tokens=max_tokens,
                                                      json_schema=spec.json_schema, timeout_s=timeout)

@@ -107,15 +107,20 @@ class Workflow:
             final[i] = await self.store.end_subtask(st.id, i, status=status, error=error)
             return how
 
+        sole = len(subs) == 1  # its result is the task's answer (_synthesize)
+
         async def run_one(i: int) -> Ended | None:
             sub = subs[i]
             messages = render("subtask", request=st.prompt, description=sub.description,
                               dependencies=[(d, results.get(d, "")) for d in sub.depends_on])
+            max_tokens = self.settings.max_tokens
+            if sole and st.answer_max_tokens is not None:  # a chat client's max_tokens bounds the answer
+                max_tokens = min(max_tokens, st.answer_max_tokens)
             try:
                 out = await self.calls.call(st, CallSpec(
                     kind=CallKind.subtask, subtask=i, tier=sub.tier_assigned,
                     models=sub.models or self.settings.tier_models(sub.tier_assigned), messages=messages,
-                    max_tokens=self.settings.max_tokens, attempts_before=sub.attempts), daily=daily)
+                    max_tokens=max_tokens, attempts_before=sub.attempts, answer=sole), daily=daily)
             except BudgetExceeded as exc:
                 return await end(i, Ended(Cause.budget, i, skipped=True), SubtaskStatus.skipped,
                                  f"skipped: budget exhausted ({exc.message})")
@@ -144,6 +149,11 @@ class Workflow:
             await self.store.set_status(st.id, TaskStatus.failed,
                                         error=budget_note or f"no subtask completed: {errors}")
             return
+        if len(subs) == 1:
+            # A plan of one subtask: its result is the answer (streamed as it came, to a
+            # door listening); a synthesis call would only restate it, at a higher tier.
+            await self.store.set_status(st.id, TaskStatus.completed, result=results[subs[0].index])
+            return
         tier = self.settings.synthesis_tier
         messages = render("synthesize", request=st.prompt, context=st.context,
                           results=[(s.index, s.description, results[s.index]) for s in done], missing=missing)
@@ -153,7 +163,7 @@ class Workflow:
         try:
             answer = await self.calls.call(st, CallSpec(
                 kind=CallKind.synthesis, subtask=None, tier=tier, models=self.settings.tier_models(tier),
-                messages=messages, max_tokens=max_tokens), daily=daily)
+                messages=messages, max_tokens=max_tokens, answer=True), daily=daily)
         except (BudgetExceeded, ProviderError) as exc:
             joined = "\n\n".join(f"[{s.index}] {results[s.index]}" for s in done)
             why = "budget" if isinstance(exc, BudgetExceeded) else "provider error"

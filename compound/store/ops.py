@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from compound.core.errors import NotFound
+from compound.core.money import money_shown, shown_usd
 from compound.store.base import (
     BudgetRefusal,
     DailyRefusal,
@@ -96,7 +97,7 @@ def sub_state(d: Dialect, row: Sequence[Any]) -> SubState:
 def sub_event(s: SubState, *, with_result: bool = False) -> dict[str, Any]:
     data: dict[str, Any] = {
         "index": s.index, "status": s.status, "model": s.model, "tier_assigned": s.tier_assigned,
-        "attempts": s.attempts, "cost_usd": s.cost_usd, "input_tokens": s.input_tokens,
+        "attempts": s.attempts, "cost_usd": shown_usd(s.cost_usd), "input_tokens": s.input_tokens,
         "output_tokens": s.output_tokens, "error": s.error,
     }
     if with_result and s.result is not None:
@@ -112,7 +113,7 @@ def _events(d: Dialect, task_id: str, items: Sequence[tuple[str, dict[str, Any]]
     rows, events = [], []
     for k, (kind, data) in enumerate(items):
         if kind == "task":
-            data = {**data, "total_cost_usd": total}
+            data = {**data, "total_cost_usd": shown_usd(total)}
         rows.append({"t": task_id, "seq": first + k, "kind": kind, "data": d.json(data), "now": now})
         events.append(Event(task_id, first + k, kind, data))
     yield ("many", "INSERT_EVENT", rows)
@@ -353,37 +354,83 @@ def head(d: Dialect, task_id: str, user_id: str | None) -> Op:
 
 
 def snapshot(d: Dialect, task_id: str, user_id: str | None) -> Op:
-    """The task, its subtasks and its planner's spend: three statements in one read."""
+    """The task, its subtasks and its calls by part: three statements in one read."""
     _, body = yield from versioned_snapshot(d, task_id, user_id)
     return body
 
 
+def _worst(calls: int, cost: float) -> dict[str, Any]:
+    return {"calls": calls, "cost_usd": cost}
+
+
+def ledger_parts(rows: Sequence[Sequence[Any]]) -> dict[tuple[str, int | None], dict[str, Any]]:
+    """SNAP_LEDGER's rows summed by part of the task: ("planner", None), ("synthesis",
+    None) and ("subtask", index), each with its cost, tokens, calls, the model of its
+    latest call, and what of it is booked at the worst case (calls lost in a crash or a
+    timeout, or canceled in flight: their real cost is unknown)."""
+    parts: dict[tuple[str, int | None], dict[str, Any]] = {}
+    for kind, index, model, worst, cost, tokens_in, tokens_out, calls, last in rows:
+        part = parts.setdefault((str(kind), None if kind != CallKind.subtask else int(index)), {
+            "model": model, "cost_usd": 0.0, "input_tokens": 0, "output_tokens": 0, "calls": 0,
+            "worst_case": _worst(0, 0.0), "last": last})
+        part["cost_usd"] += float(cost)
+        part["input_tokens"] += int(tokens_in)
+        part["output_tokens"] += int(tokens_out)
+        part["calls"] += int(calls)
+        if worst:
+            part["worst_case"] = _worst(part["worst_case"]["calls"] + int(calls),
+                                        part["worst_case"]["cost_usd"] + float(cost))
+        if last > part["last"]:
+            part["model"], part["last"] = model, last
+    return parts
+
+
+def _part(parts: dict[tuple[str, int | None], dict[str, Any]], key: tuple[str, int | None],
+          model: str | None = None) -> dict[str, Any]:
+    """A part as the snapshot shows it: worst_case null when nothing is booked so."""
+    p = parts.get(key) or {"model": model, "cost_usd": 0.0, "input_tokens": 0, "output_tokens": 0, "calls": 0,
+                           "worst_case": _worst(0, 0.0)}
+    return {"model": model or p["model"], "cost_usd": p["cost_usd"], "input_tokens": p["input_tokens"],
+            "output_tokens": p["output_tokens"], "calls": p["calls"],
+            "worst_case": p["worst_case"] if p["worst_case"]["calls"] else None}
+
+
 def versioned_snapshot(d: Dialect, task_id: str, user_id: str | None) -> Op:
     """(the task's head, its snapshot) from the same statements: the head's event
-    sequence names exactly this body."""
+    sequence names exactly this body. Costs by part come from the ledger, so the
+    planner's, each subtask's and the synthesis's add up to the task's total, worst-case
+    bookings included; money is rounded as every view shows it (core/money.py)."""
     t = yield ("one", "SNAP_TASK", {"t": task_id})
     if t is None or (user_id is not None and t[1] != user_id):
         raise _not_found(task_id)
     subs = yield ("all", "SNAP_SUBTASKS", {"t": task_id})
-    p = yield ("one", "SNAP_PLANNER", {"t": task_id, "kind": CallKind.planner.value})
-    planner = None
-    if t[15] or p[3]:
-        planner = {"model": t[15], "cost_usd": float(p[0]), "input_tokens": int(p[1]),
-                   "output_tokens": int(p[2])}
+    rows = yield ("all", "SNAP_LEDGER", {"t": task_id, "lost": CallStatus.lost.value,
+                                         "canceled": CallStatus.canceled.value})
+    parts = ledger_parts(rows)
+    planner = _part(parts, (CallKind.planner.value, None), t[15]) if t[15] or (CallKind.planner.value, None) in parts \
+        else None
+    synthesis = _part(parts, (CallKind.synthesis.value, None)) if (CallKind.synthesis.value, None) in parts else None
+    worst = [p["worst_case"] for p in parts.values()]
     head = TaskHead(id=t[0], user_id=t[1], status=t[3], event_seq=int(t[16]))
-    return head, {
+    body = {
         "id": t[0], "prompt": t[2], "status": t[3], "reasoning": t[4], "result": t[5], "error": t[6],
         "budget_usd": t[7], "total_cost_usd": t[8], "priority": t[9], "prompt_versions": d.loads(t[10]),
         "created_at": iso(d.dt(t[11])), "planned_at": iso(d.dt(t[12])), "started_at": iso(d.dt(t[13])),
-        "completed_at": iso(d.dt(t[14])), "planner": planner, "warnings": list(d.loads(t[17]) or []),
-        "subtasks": [
-            {"index": s[0], "description": s[1], "tier_hint": s[2], "tier_assigned": s[3], "model": s[4],
-             "depends_on": list(d.loads(s[5]) or []), "status": s[6], "result": s[7], "error": s[8],
-             "attempts": s[9], "cost_usd": s[10], "input_tokens": s[11], "output_tokens": s[12],
-             "started_at": iso(d.dt(s[13])), "completed_at": iso(d.dt(s[14]))}
-            for s in subs
-        ],
+        "completed_at": iso(d.dt(t[14])), "planner": planner, "synthesis": synthesis,
+        "worst_case": _worst(sum(w["calls"] for w in worst), sum(w["cost_usd"] for w in worst)),
+        "warnings": list(d.loads(t[17]) or []),
+        "subtasks": [_sub_snapshot(d, s, parts.get((CallKind.subtask.value, int(s[0])))) for s in subs],
     }
+    return head, money_shown(body)
+
+
+def _sub_snapshot(d: Dialect, s: Sequence[Any], part: dict[str, Any] | None) -> dict[str, Any]:
+    worst = part["worst_case"] if part is not None and part["worst_case"]["calls"] else None
+    return {"index": s[0], "description": s[1], "tier_hint": s[2], "tier_assigned": s[3], "model": s[4],
+            "depends_on": list(d.loads(s[5]) or []), "status": s[6], "result": s[7], "error": s[8],
+            "attempts": s[9], "cost_usd": part["cost_usd"] if part is not None else s[10],
+            "input_tokens": s[11], "output_tokens": s[12], "worst_case": worst,
+            "started_at": iso(d.dt(s[13])), "completed_at": iso(d.dt(s[14]))}
 
 
 def task_counts(d: Dialect) -> Op:

@@ -105,8 +105,12 @@ SQL: dict[str, str] = {
     "HEAD": "SELECT id, user_id, status, event_seq FROM task WHERE id=%(t)s",
     "SNAP_TASK": f"SELECT {ops.SNAP_TASK_COLS} FROM task WHERE id=%(t)s",
     "SNAP_SUBTASKS": f'SELECT {ops.SNAP_SUB_COLS} FROM subtask WHERE task_id=%(t)s ORDER BY "index"',
-    "SNAP_PLANNER": "SELECT COALESCE(SUM(cost_usd), 0), COALESCE(SUM(input_tokens), 0), "
-                    "COALESCE(SUM(output_tokens), 0), COUNT(*) FROM ledger WHERE task_id=%(t)s AND kind=%(kind)s",
+    # a task's calls by part (kind, subtask), model and whether booked at the worst case
+    "SNAP_LEDGER": "SELECT kind, subtask_index, model, CASE WHEN status IN (%(lost)s, %(canceled)s) "
+                   "THEN 1 ELSE 0 END, COALESCE(SUM(cost_usd), 0), "
+                   "COALESCE(SUM(input_tokens + cache_read_tokens + cache_write_tokens), 0), "
+                   "COALESCE(SUM(output_tokens), 0), COUNT(*), MAX(id) FROM ledger WHERE task_id=%(t)s "
+                   "GROUP BY 1, 2, 3, 4",
     "TASK_COUNTS": "SELECT status, COUNT(*) FROM task GROUP BY status",
     "TOKEN": 'SELECT k.id, k.user_id, k.token_hash, k.scopes, k.revoked_at, u.name FROM api_token k '
              'JOIN "user" u ON u.id = k.user_id WHERE k.token_hash=%(h)s',

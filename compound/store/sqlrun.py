@@ -1,5 +1,6 @@
 """What both SQL stores share beyond ops.py: ids, token checks, and the listing and
-cost reads built with SQLAlchemy Core (each store runs them on its own driver)."""
+cost reads built with SQLAlchemy Core (each store runs them on its own driver). Money
+read here is rounded as every view shows it (core/money.py shown_usd)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from sqlalchemy import String, and_, case, cast, func, literal, or_, select
 from sqlalchemy.sql import Select
 
 from compound.core.errors import UserInputError
+from compound.core.money import shown_usd
 from compound.store.base import Principal
-from compound.store.models import LedgerEntry, Subtask, SubtaskStatus, Task, User, new_id, utcnow
+from compound.store.models import CallKind, LedgerEntry, Subtask, SubtaskStatus, Task, User, new_id, utcnow
 from compound.store.ops import iso, parse_dt, period_starts
 
 if TYPE_CHECKING:
@@ -93,7 +95,7 @@ class ReadQueries:
         out = [
             {"id": r[0], "prompt": r[1], "status": r[2], "priority": r[7],
              "subtasks_total": int(r[8] or 0), "subtasks_done": int(r[9] or 0),
-             "total_cost_usd": r[3], "budget_usd": r[4],
+             "total_cost_usd": shown_usd(r[3]), "budget_usd": shown_usd(r[4]),
              "created_at": iso(parse_dt(r[5])), "completed_at": iso(parse_dt(r[6]))}
             for r in rows
         ]
@@ -125,8 +127,15 @@ class ReadQueries:
             key = L.c.model
             q = select(key.label("k"), *metrics).where(*where)
         elif group_by == "tier":
-            key = case((L.c.kind == "planner", literal("planner")), else_=literal("tier ") + cast(L.c.tier, String))
+            # the planner's and the synthesis's calls are parts of their own, beside the tiers' subtasks
+            key = case((L.c.kind == CallKind.planner.value, literal("planner")),
+                       (L.c.kind == CallKind.synthesis.value, literal("synthesis")),
+                       else_=literal("tier ") + cast(L.c.tier, String))
             q = select(key.label("k"), *metrics).where(*where)
+            # in the order a task spends: the planner, the tiers, the synthesis
+            place = func.max(case((L.c.kind == CallKind.planner.value, 0),
+                                  (L.c.kind == CallKind.synthesis.value, 2), else_=1))
+            return total, q.group_by(key).order_by(place, key)
         elif group_by == "user":
             key = func.coalesce(U.c.name, literal("(no user)"))
             q = select(key.label("k"), *metrics).select_from(L.outerjoin(U, U.c.id == L.c.user_id)).where(*where)
@@ -149,9 +158,9 @@ class ReadQueries:
     @staticmethod
     def costs_shape(total: list[Any], groups: list[Any]) -> dict[str, Any]:
         t = total[0]
-        return {"total_usd": float(t[0]), "calls": int(t[1]), "input_tokens": int(t[2]),
+        return {"total_usd": shown_usd(t[0]), "calls": int(t[1]), "input_tokens": int(t[2]),
                 "output_tokens": int(t[3]),
-                "groups": [{"key": k, "cost_usd": float(c), "calls": int(n), "input_tokens": int(i),
+                "groups": [{"key": k, "cost_usd": shown_usd(c), "calls": int(n), "input_tokens": int(i),
                             "output_tokens": int(o)} for k, c, n, i, o in groups]}
 
     @staticmethod
@@ -160,5 +169,5 @@ class ReadQueries:
         out = {}
         for name, since in period_starts(now).items():
             got = await store.costs(since=since, until=now + timedelta(seconds=1), group_by=None, user_id=user_id)
-            out[name] = got["total_usd"]
+            out[name] = shown_usd(got["total_usd"])
         return out

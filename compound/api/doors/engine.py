@@ -22,7 +22,7 @@ from compound.api.doors.inputs import (
 from compound.api.routes_tasks import submit_to
 from compound.api.schemas import TaskCreate
 from compound.core.errors import BudgetExceeded, Conflict, NotFound
-from compound.core.money import worst_case_usd
+from compound.core.money import shown_usd, worst_case_usd
 from compound.executor.answers import AnswerPiece
 from compound.planner.estimate import estimate_cost
 from compound.planner.plan import critical_path, waves
@@ -337,7 +337,7 @@ class Door:
                     "estimated_cost_usd": None}
         deps = valid.deps()
         return {"valid": True, "errors": [], "waves": waves(deps), "critical_path": critical_path(deps),
-                "estimated_cost_usd": estimate_cost(valid, self.settings, self.state.executor.price_of)}
+                "estimated_cost_usd": shown_usd(estimate_cost(valid, self.settings, self.state.executor.price_of))}
 
     def planner_worst_case(self, prompt: str, context: list[dict[str, str]] | None = None) -> float:
         """The most the planner's call for this request may cost (what it reserves)."""
