@@ -19,6 +19,7 @@ from compound.api.metrics import MetricsObserver, TaskCollector
 from compound.api.routes_tasks import store_of
 from compound.api.schemas import CostsOut, SpendSummary
 from compound.core.errors import UserInputError
+from compound.core.secrets import redact_data
 from compound.store.models import TERMINAL_TASK, utcnow
 
 router = APIRouter(tags=["live"], responses=COMMON_RESPONSES)
@@ -45,7 +46,7 @@ async def task_events(request: Request, task_id: str, principal: ReadPrincipal,
         # nothing changes. sse-starlette ends this when the client goes away.
         async with store.subscribe(task_id, after=after) as sub:
             async for ev in sub:
-                yield {"id": str(ev.seq), "event": ev.kind, "data": json.dumps(ev.data)}
+                yield {"id": str(ev.seq), "event": ev.kind, "data": json.dumps(redact_data(ev.data))}
                 if ev.terminal:
                     return
 

@@ -22,6 +22,7 @@ from compound.api.errors import COMMON_RESPONSES, ApiError
 from compound.api.schemas import PlanValidateIn, PlanValidateOut, TaskCreate, TaskList, TaskOut
 from compound.api.snapshots import Snapshot, etag_matches, version_of
 from compound.core.errors import NotFound, PlanInvalid, UserInputError
+from compound.core.secrets import redact_data
 from compound.planner.plan import critical_path, waves
 from compound.planner.validate import is_clean_text, validate_plan
 from compound.store.base import RunStore, TaskState
@@ -72,7 +73,7 @@ async def submit_to(state: Any, principal: Any, body: TaskCreate, *, context: li
              summary="Submit a request; planning and execution happen behind the 202")
 async def post_task(request: Request, body: TaskCreate, principal: SubmitPrincipal) -> Any:
     task = await submit_task(request, principal, body)
-    return await store_of(request).snapshot(task.id)
+    return redact_data(await store_of(request).snapshot(task.id))
 
 
 def _query_param(name: str, kind: str, description: str) -> dict[str, Any]:
@@ -166,7 +167,7 @@ async def cancel(request: Request, task_id: str, principal: SubmitPrincipal) -> 
     store = store_of(request)
     await store.head(task_id, user_id=owner_filter(principal))
     await request.app.state.executor.cancel(task_id)
-    return await store.snapshot(task_id)
+    return redact_data(await store.snapshot(task_id))
 
 
 @router.post("/tasks/{task_id}/approve", response_model=TaskOut,
@@ -176,7 +177,7 @@ async def approve(request: Request, task_id: str, principal: SubmitPrincipal) ->
     store = store_of(request)
     await store.head(task_id, user_id=owner_filter(principal))
     await request.app.state.executor.approve(task_id)
-    return await store.snapshot(task_id)
+    return redact_data(await store.snapshot(task_id))
 
 
 @router.post("/plans/validate", response_model=PlanValidateOut,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compound.api.schemas import round_money
+from compound.core.secrets import redact_data
 from compound.store.base import Event, RunStore, Subscription
 from compound.store.models import TERMINAL_TASK
 
@@ -45,8 +46,8 @@ def _money_rounded(value: Any, key: str = "") -> Any:
 
 def encode(data: dict[str, Any]) -> bytes:
     """JSON as FastAPI's JSONResponse writes it (compact, UTF-8), money rounded as the
-    documented shape (TaskOut) sends it."""
-    return json.dumps(_money_rounded(data), ensure_ascii=False, allow_nan=False,
+    documented shape (TaskOut) sends it, and every configured secret redacted."""
+    return json.dumps(_money_rounded(redact_data(data)), ensure_ascii=False, allow_nan=False,
                       separators=(",", ":")).encode("utf-8")
 
 
