@@ -29,7 +29,7 @@ from compound.store.users import create_token
 
 # Per operation and mode. The suite's run is the same every time (derandomized); a
 # longer run asked for by COMPOUND_FUZZ_EXAMPLES draws new examples each time.
-EXAMPLES = int(os.environ.get("COMPOUND_FUZZ_EXAMPLES", "12"))
+EXAMPLES = int(os.environ.get("COMPOUND_FUZZ_EXAMPLES", "10"))
 DERANDOMIZE = "COMPOUND_FUZZ_EXAMPLES" not in os.environ
 
 # The front doors answer in their own protocols' shapes (OpenAI's, A2A's JSON-RPC), and

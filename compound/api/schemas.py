@@ -56,8 +56,10 @@ PLAN_SCHEMA: dict[str, Any] = {
             "properties": {
                 "description": {"type": "string", "minLength": 1, "maxLength": 4000},
                 "tier_hint": {"type": "integer", "minimum": 1, "maximum": 3, "default": 1},
-                "depends_on": {"type": "array", "items": {"type": "integer", "minimum": 0},
-                               "description": "0-based indices of subtasks whose results this needs"},
+                "depends_on": {"anyOf": [{"type": "array", "items": {"type": "integer", "minimum": 0}},
+                                         {"type": "null"}],
+                               "description": "0-based indices of subtasks whose results this needs "
+                                              "(null: none)"},
             }}},
     },
     "example": EXAMPLE_PLAN,
