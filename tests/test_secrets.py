@@ -238,3 +238,38 @@ async def test_a_provider_error_echoing_keys_of_every_shape_leaks_nowhere(
             assert key not in text, f"{key!r} leaked in the {where}"
         leaked = [c for c in cells if key in c]
         assert not leaked, f"{key!r} leaked in the store: {leaked[:2]}"
+
+
+def test_standard_library_log_lines_are_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    monkeypatch.setattr(logging, "_logRecordFactory", logging.getLogRecordFactory())  # restored afterwards
+    monkeypatch.setenv("GROQ_API_KEY", GROQ)
+    secrets.configure()
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    logger = logging.getLogger("a.provider.sdk")
+    logger.addHandler(handler)
+    try:
+        logger.warning("request failed with key %s", GROQ)
+        try:
+            raise ValueError(f"bad key {GROQ}")
+        except ValueError:
+            logger.exception("and a traceback")
+    finally:
+        logger.removeHandler(handler)
+    out = buf.getvalue()
+    assert GROQ not in out
+    assert "request failed with key [redacted]" in out and "ValueError: bad key [redacted]" in out
+
+
+def test_log_record_arguments_keep_their_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    monkeypatch.setattr(logging, "_logRecordFactory", logging.getLogRecordFactory())
+    secrets.configure(environ={"AZURE_API_KEY": AZURE})
+    record = logging.getLogger("uvicorn.access").makeRecord(
+        "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", f"/x?k={AZURE}", "1.1", 200), None)
+    assert isinstance(record.args, tuple) and record.args[4] == 200  # a formatter can still unpack them
+    assert record.getMessage() == '127.0.0.1:5000 - "GET /x?k=[redacted] HTTP/1.1" 200'

@@ -11,6 +11,7 @@ this process was never told about but that look like one (known key prefixes,
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -169,6 +170,7 @@ def configure(settings: Settings | None = None, environ: Mapping[str, str] | Non
     if settings is not None:
         found |= settings_secrets(settings)
     _registry = SecretRegistry.of(found)
+    _redact_log_records()
     return _registry
 
 
@@ -200,6 +202,41 @@ def redact_data(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [redact_data(v) for v in value]
     return value
+
+
+def _redact_arg(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, BaseException):
+        return redact(str(value))
+    return value
+
+
+def _redact_log_records() -> None:
+    """Redact the standard library's log records as they are made (uvicorn's, the SDKs',
+    litellm's: the lines structlog's processor never sees), message and traceback."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "redacts", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            # msg and args each (formatters such as uvicorn's access log read the args)
+            if isinstance(record.msg, str):
+                record.msg = redact(record.msg)
+            if isinstance(record.args, tuple):
+                record.args = tuple(_redact_arg(a) for a in record.args)
+            elif isinstance(record.args, Mapping):
+                record.args = {k: _redact_arg(v) for k, v in record.args.items()}
+            if record.exc_info and record.exc_info[1] is not None:
+                record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        except Exception:  # a message that cannot be formatted stays as logging would show it
+            pass
+        return record
+
+    factory.redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 def reset() -> None:
