@@ -120,6 +120,9 @@ def test_variables_not_named_like_secrets_are_not_collected() -> None:
     ("calling https://bob:hunter22@gw.example/v1 now", "calling https://bob:[redacted]@gw.example/v1 now"),
     ("GET https://gw.example/v1/models?api_key=abc123&x=1", "GET https://gw.example/v1/models?api_key=[redacted]&x=1"),
     ("headers {'api-key': 'f00dfeedf00dfeed'}", "headers {'api-key': '[redacted]'}"),
+    ("settings openai_api_key=f00dfeedf00dfeed", "settings openai_api_key=[redacted]"),
+    ("BEARER abcdefghijklmnop", "BEARER [redacted]"),
+    ("aws AKIAIOSFODNN7EXAMPLE used", "aws [redacted] used"),
     ("http://127.0.0.1:8787/v1 answered 401", "http://127.0.0.1:8787/v1 answered 401"),  # a port is no password
     ("task t_3f2a9c0d1e4b5a6c3f2a9c0d1e4b5a6c", "task t_3f2a9c0d1e4b5a6c3f2a9c0d1e4b5a6c"),  # hex ids stay
 ])

@@ -47,24 +47,28 @@ SECRET_PARAM = re.compile(
 )
 
 # Shapes: provider keys by their prefixes, compound's own tokens, credentials in URLs and
-# in headers or key=value text. (A pattern with a group keeps that group and masks the rest.)
-PATTERNS: tuple[re.Pattern[str], ...] = (
-    re.compile(r"sk-ant-[A-Za-z0-9_\-]{8,}"),  # Anthropic
-    re.compile(r"sk-(?:proj-|svcacct-|or-v1-)?[A-Za-z0-9_\-]{16,}"),  # OpenAI, OpenRouter, DeepSeek
-    re.compile(r"cpd_[A-Za-z0-9_\-]{16,}"),  # compound's bearer tokens
-    re.compile(r"AIza[0-9A-Za-z_\-]{30,}"),  # Google (Gemini, Vertex)
-    re.compile(r"gsk_[A-Za-z0-9]{20,}"),  # Groq
-    re.compile(r"xai-[A-Za-z0-9]{20,}"),  # xAI
-    re.compile(r"hf_[A-Za-z0-9]{20,}"),  # Hugging Face
-    re.compile(r"r8_[A-Za-z0-9]{20,}"),  # Replicate
-    re.compile(r"pplx-[A-Za-z0-9]{20,}"),  # Perplexity
-    re.compile(r"nvapi-[A-Za-z0-9_\-]{20,}"),  # NVIDIA
-    re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA)[0-9A-Z]{16}(?![A-Z0-9])"),  # AWS access key ids
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9_\-\.=+/~]{8,}"),
-    re.compile(r"(?i)([a-z][a-z0-9+.\-]*://[^\s/@:?#]*:)[^\s/@?#]+(?=@)"),  # scheme://user:PASSWORD@
-    re.compile(r"(?i)([?&](?:api[_-]?key|key|token|access[_-]?token|sig|signature|secret|password)=)(?!\[redacted\])[^&\s#\"'<>]+"),
+# in headers or key=value text. (A pattern with a group keeps that group and masks the
+# rest.) Each runs only when its trigger, a substring, is in the lower-cased text: most
+# text has none, and a case-blind pattern scanning every position is slow.
+PATTERNS: tuple[tuple[str | tuple[str, ...], re.Pattern[str]], ...] = (
+    ("sk-", re.compile(r"sk-ant-[A-Za-z0-9_\-]{8,}")),  # Anthropic
+    ("sk-", re.compile(r"sk-(?:proj-|svcacct-|or-v1-)?[A-Za-z0-9_\-]{16,}")),  # OpenAI, OpenRouter, DeepSeek
+    ("cpd_", re.compile(r"cpd_[A-Za-z0-9_\-]{16,}")),  # compound's bearer tokens
+    ("aiza", re.compile(r"AIza[0-9A-Za-z_\-]{30,}")),  # Google (Gemini, Vertex)
+    ("gsk_", re.compile(r"gsk_[A-Za-z0-9]{20,}")),  # Groq
+    ("xai-", re.compile(r"xai-[A-Za-z0-9]{20,}")),  # xAI
+    ("hf_", re.compile(r"hf_[A-Za-z0-9]{20,}")),  # Hugging Face
+    ("r8_", re.compile(r"r8_[A-Za-z0-9]{20,}")),  # Replicate
+    ("pplx-", re.compile(r"pplx-[A-Za-z0-9]{20,}")),  # Perplexity
+    ("nvapi-", re.compile(r"nvapi-[A-Za-z0-9_\-]{20,}")),  # NVIDIA
+    (("akia", "asia"), re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),  # AWS access key ids
+    ("bearer", re.compile(r"(?i)(bearer\s+)[A-Za-z0-9_\-\.=+/~]{8,}")),
+    ("://", re.compile(r"(://[^\s/@:?#]*:)[^\s/@?#]+(?=@)")),  # scheme://user:PASSWORD@
+    ("=", re.compile(r"(?i)([?&](?:api[_-]?key|key|token|access[_-]?token|sig|signature|secret|password)=)"
+                     r"(?!\[redacted\])[^&\s#\"'<>]+")),
     # api-key: X (Azure's header), x-api-key: X, 'api_key': 'X', api_key=X
-    re.compile(r"(?i)((?:x-)?api[_-]?key['\"]?\s*[:=]\s*['\"]?)(?!\[redacted\])[^\s'\",}&\]]{8,}"),
+    (("api_key", "api-key", "apikey"),
+     re.compile(r"(?i)(api[_-]?key['\"]?\s*[:=]\s*['\"]?)(?!\[redacted\])[^\s'\",}&\]]{8,}")),
 )
 
 
@@ -188,8 +192,10 @@ def redact(text: str, extra: Iterable[str | None] = ()) -> str:
     more = [s for s in extra if s]
     if more:
         text = SecretRegistry.of(more).redact(text)
-    for pattern in PATTERNS:
-        text = _mask(pattern, text)
+    lower = text.lower()
+    for trigger, pattern in PATTERNS:
+        if trigger in lower if isinstance(trigger, str) else any(t in lower for t in trigger):
+            text = _mask(pattern, text)
     return text
 
 
