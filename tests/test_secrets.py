@@ -278,3 +278,21 @@ def test_log_record_arguments_keep_their_shape(monkeypatch: pytest.MonkeyPatch) 
         ("127.0.0.1:5000", "GET", f"/x?k={AZURE}", "1.1", 200), None)
     assert isinstance(record.args, tuple) and record.args[4] == 200  # a formatter can still unpack them
     assert record.getMessage() == '127.0.0.1:5000 - "GET /x?k=[redacted] HTTP/1.1" 200'
+
+
+def test_secrets_in_the_toml_file_are_redacted(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from compound.core.settings import load_settings
+
+    path = tmp_path / "compound.toml"
+    path.write_text(f'''anthropic_api_key = "{TOML_KEY}"
+database_url = "postgresql://app:db-pass-4417@db/compound"
+
+[models."openai/gw"]
+api_base = "https://gw:{URL_PASSWORD}@gateway.internal/v1?key={QUERY_KEY}"
+input_cost_per_token = 0.0
+output_cost_per_token = 0.0
+''', encoding="utf-8")
+    monkeypatch.setenv("COMPOUND_CONFIG", str(path))
+    secrets.configure(load_settings(), environ={})
+    for secret in (TOML_KEY, "db-pass-4417", URL_PASSWORD, QUERY_KEY):
+        assert secrets.redact(f"<{secret}>") == "<[redacted]>", secret
