@@ -64,6 +64,8 @@ PLAN_SCHEMA: dict[str, Any] = {
     },
     "example": EXAMPLE_PLAN,
 }
+# A prompt has something besides blanks, and no NUL (the route says which rule failed).
+PROMPT_PATTERN = r"^[^\u0000]*[^\u0000\s][^\u0000]*$"
 PlanBody = Annotated[dict[str, Any] | None,
                      WithJsonSchema({"anyOf": [PLAN_SCHEMA, {"type": "null"}], "default": None})]
 
@@ -74,7 +76,8 @@ class TaskCreate(BaseModel):
         {"prompt": "Run my plan", "plan": EXAMPLE_PLAN, "priority": 1},
     ]})
 
-    prompt: str = Field(min_length=1, description="the request, in natural language")
+    prompt: str = Field(min_length=1, description="the request, in natural language",
+                        json_schema_extra={"pattern": PROMPT_PATTERN})
     budget_usd: JsonNumber | None = Field(default=None, gt=0, le=10_000, description="hard cap in USD")
     priority: JsonInteger = Field(default=2, ge=0, le=3, description="0 = most urgent .. 3 = least")
     plan: PlanBody = None
@@ -212,7 +215,8 @@ class CompoundTaskRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"prompt": "Search for patterns and summarize"}, {"prompt": "Compare two options", "budget_usd": 0.25}]})
-    prompt: str = Field(min_length=1, description="The user's request to decompose and execute")
+    prompt: str = Field(min_length=1, description="The user's request to decompose and execute",
+                        json_schema_extra={"pattern": PROMPT_PATTERN})
     token: str | None = Field(default=None, description="Auth token (alternative to Bearer header)")
     budget_usd: JsonNumber | None = Field(default=None, gt=0, le=10_000, description="hard cap in USD")
 
