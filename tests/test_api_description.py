@@ -118,4 +118,4 @@ async def test_json_numbers_of_every_kind_the_schema_allows_are_taken(api: Api) 
     r = await api.http.post("/v1/tasks", json={"prompt": "p", "plan": PLAN, "approve": False, "priority": 1.0,
                                                "budget_usd": 1}, headers=api.auth(api.alice))
     assert r.status_code == 202, r.text
-    assert r.json()["priority"] == 1 and r.json()["budget_usd"] == 1.0 and r.json()["status"] in ("queued", "planned")
+    assert r.json()["priority"] == 1 and r.json()["budget_usd"] == 1.0
