@@ -1,5 +1,5 @@
 """The API accepts what its OpenAPI description promises and refuses what it rules out:
-one test per point where the two once disagreed (dates, cursors, event ids, plans,
+one test per point where the two could part (dates, cursors, event ids, plans,
 strict booleans and numbers)."""
 
 from __future__ import annotations
