@@ -30,11 +30,13 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from compound.core import secrets
         from compound.core.logging import configure_logging
         from compound.executor.service import Executor
         from compound.llm.pricing import check_prices
         from compound.store import open_store, store_options
 
+        secrets.configure(settings)  # every key and credential the settings and environment hold
         configure_logging(settings.log_level, settings.log_json)
         check_prices(settings)
         from compound.core.logging import get_logger

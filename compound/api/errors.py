@@ -25,7 +25,8 @@ from compound.core.errors import (
     ProviderError,
     UserInputError,
 )
-from compound.core.logging import get_logger, redact_text
+from compound.core.logging import get_logger
+from compound.core.secrets import redact as redact_text
 from compound.store.outage import unavailable
 
 log = get_logger("compound.api")

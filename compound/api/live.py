@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,8 +18,9 @@ from compound.api.auth import ReadPrincipal, bearer, owner_filter, principal_fro
 from compound.api.errors import COMMON_RESPONSES
 from compound.api.metrics import MetricsObserver, TaskCollector
 from compound.api.routes_tasks import store_of
-from compound.api.schemas import CostsOut, SpendSummary
+from compound.api.schemas import DATE, DATE_TIME, CostsOut, SpendSummary, When
 from compound.core.errors import UserInputError
+from compound.core.secrets import redact_data
 from compound.store.models import TERMINAL_TASK, utcnow
 
 router = APIRouter(tags=["live"], responses=COMMON_RESPONSES)
@@ -30,8 +32,9 @@ STATIC = Path(__file__).parent / "static"
                              "events `task` and `subtask` with id = sequence number; resume with Last-Event-ID"}})
 async def task_events(request: Request, task_id: str, principal: ReadPrincipal,
                       last_event_id: Annotated[str | None, Header(
-                          alias="Last-Event-ID", description="resume after this event id; empty or `null` "
-                          "replays from the start; any other non-integer is a 422")] = None) -> Any:
+                          alias="Last-Event-ID", pattern=EVENT_ID_PATTERN,
+                          description="resume after this event id; empty, `null` or `undefined` replays from "
+                          "the start; anything else is a 422")] = None) -> Any:
     store = store_of(request)
     head = await store.head(task_id, user_id=owner_filter(principal))
     after = _event_id(last_event_id)
@@ -45,55 +48,85 @@ async def task_events(request: Request, task_id: str, principal: ReadPrincipal,
         # nothing changes. sse-starlette ends this when the client goes away.
         async with store.subscribe(task_id, after=after) as sub:
             async for ev in sub:
-                yield {"id": str(ev.seq), "event": ev.kind, "data": json.dumps(ev.data)}
+                yield {"id": str(ev.seq), "event": ev.kind, "data": json.dumps(redact_data(ev.data))}
                 if ev.terminal:
                     return
 
     return EventSourceResponse(stream(), ping=15)
 
 
+# An event id (at most 18 digits: the store's sequences are 64-bit), or a client's
+# placeholder for "none yet"; surrounding blanks are allowed.
+EVENT_ID_PATTERN = r"^\s*(?:[0-9]{1,18}|null|undefined)?\s*$"
+
+
 def _event_id(value: str | None) -> int:
-    """Last-Event-ID: an id this server sent; absent, empty or a client's placeholder
-    (`null`, `undefined`) replays from the start; anything else is a 422."""
+    """Last-Event-ID (EVENT_ID_PATTERN, checked by the route): an id this server sent;
+    absent, empty or a client's placeholder (`null`, `undefined`) replays from the start."""
     value = (value or "").strip()
     if value in ("", "null", "undefined"):
         return 0
     try:
-        return max(0, int(value))
+        return int(value)
     except ValueError:
         raise UserInputError("Last-Event-ID: must be the integer id of an event") from None
 
 
+_DATE = re.compile(DATE)
+_DATE_TIME = re.compile(DATE_TIME)
+_LATEST = datetime.max.replace(tzinfo=UTC)
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
 def _when(value: str | None, default: datetime, *, end: bool = False) -> datetime:
+    """`since`/`until` (WHEN_SCHEMA) in UTC. A date alone is its first instant, or as
+    `until` its last (the next day's start, exclusive); a time without an offset is
+    UTC; a leap second is the second before it; an instant past the calendar's ends
+    is its end."""
     if not value:  # absent or empty (`?until=`): the default
         return default
+    name = "until" if end else "since"
     try:
-        if len(value) == 10:
+        if _DATE.fullmatch(value):
             d = date.fromisoformat(value)
-            at = datetime.combine(d + timedelta(days=1) if end else d, time(), tzinfo=UTC)
-            return at
-        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            if end:
+                return _LATEST if d == date.max else datetime.combine(d + timedelta(days=1), time(), tzinfo=UTC)
+            return datetime.combine(d, time(), tzinfo=UTC)
+        if not _DATE_TIME.fullmatch(value):
+            raise ValueError(value)
+        text = value.upper().replace("Z", "+00:00")
+        if text[17:19] == "60":  # a leap second: Python's datetime has none
+            text = text[:17] + "59" + text[19:]
+        at = datetime.fromisoformat(text)
     except ValueError:
-        raise UserInputError(f"{'until' if end else 'since'}: {value!r} is not an ISO date or date-time") from None
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
+        raise UserInputError(f"{name}: {value[:40]!r} is not an ISO date (2026-11-22) or date-time "
+                             "(2026-11-22T10:00:00Z)") from None
+    if at.tzinfo is None:
+        return at.replace(tzinfo=UTC)
+    try:
+        return at.astimezone(UTC)
+    except OverflowError:  # an offset that takes it past year 1 or 9999
+        return _LATEST if at.year > 1 else _EARLIEST
 
 
 @router.get("/v1/costs", summary="Spend from the ledger, with totals and groups", response_model=CostsOut)
 async def get_costs(
     request: Request,
     principal: ReadPrincipal,
-    since: Annotated[str | None, Query(description="ISO date or date-time (UTC); default 30 days ago")] = None,
-    until: Annotated[
-        str | None, Query(description="ISO date (inclusive) or date-time (exclusive); default now")
-    ] = None,
+    since: Annotated[When, Query(description="ISO date or date-time (UTC unless an offset is given); "
+                                 "default 30 days ago")] = None,
+    until: Annotated[When, Query(description="ISO date (inclusive) or date-time (exclusive); default now; "
+                                 "at or before `since`, the range is empty")] = None,
     group_by: Annotated[Literal["day", "model", "tier", "user"] | None, Query()] = None,
 ) -> dict[str, Any]:
     now = utcnow()
     start = _when(since, now - timedelta(days=30))
     stop = _when(until, now + timedelta(seconds=1), end=True)
-    if stop <= start:
-        raise UserInputError("until: must be after since")
-    out = await store_of(request).costs(since=start, until=stop, group_by=group_by, user_id=owner_filter(principal))
+    if stop <= start:  # an empty range: nothing was spent in it
+        out: dict[str, Any] = {"total_usd": 0.0, "calls": 0, "input_tokens": 0, "output_tokens": 0, "groups": []}
+    else:
+        out = await store_of(request).costs(since=start, until=stop, group_by=group_by,
+                                            user_id=owner_filter(principal))
     return {"since": start.isoformat().replace("+00:00", "Z"), "until": stop.isoformat().replace("+00:00", "Z"),
             "group_by": group_by, **out}
 

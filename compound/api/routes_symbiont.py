@@ -21,6 +21,7 @@ from compound.api.schemas import (
     TaskProgressResponse,
     TaskSummary,
 )
+from compound.core.secrets import redact_data
 
 router = APIRouter(tags=["compound tasks (Symbiont-style)"], responses=COMMON_RESPONSES)
 Creds = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
@@ -54,7 +55,7 @@ async def create_compound_task(request: Request, body: CompoundTaskRequest, cred
 @router.get("/task/{task_id}/progress", response_model=TaskProgressResponse,
             summary="A compound task's progress with every subtask")
 async def task_progress(request: Request, task_id: str, creds: Creds) -> Any:
-    snap = await store_of(request).snapshot(task_id, user_id=await _reader(request, creds, by_id=True))
+    snap = redact_data(await store_of(request).snapshot(task_id, user_id=await _reader(request, creds, by_id=True)))
     return {
         "id": snap["id"], "prompt": snap["prompt"], "status": snap["status"],
         "reasoning": snap["reasoning"] or "",

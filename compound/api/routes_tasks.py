@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -22,10 +23,12 @@ from compound.api.errors import COMMON_RESPONSES, ApiError
 from compound.api.schemas import PlanValidateIn, PlanValidateOut, TaskCreate, TaskList, TaskOut
 from compound.api.snapshots import Snapshot, etag_matches, version_of
 from compound.core.errors import NotFound, PlanInvalid, UserInputError
+from compound.core.secrets import redact_data
 from compound.planner.plan import critical_path, waves
 from compound.planner.validate import is_clean_text, validate_plan
 from compound.store.base import RunStore, TaskState
 from compound.store.models import TaskStatus
+from compound.store.sqlrun import decode_cursor, encode_cursor
 
 router = APIRouter(prefix="/v1", tags=["tasks"], responses=COMMON_RESPONSES)
 
@@ -72,12 +75,16 @@ async def submit_to(state: Any, principal: Any, body: TaskCreate, *, context: li
              summary="Submit a request; planning and execution happen behind the 202")
 async def post_task(request: Request, body: TaskCreate, principal: SubmitPrincipal) -> Any:
     task = await submit_task(request, principal, body)
-    return await store_of(request).snapshot(task.id)
+    return redact_data(await store_of(request).snapshot(task.id))
+
+
+MAX_SEQ = 10**18 - 1  # the most digits `since` may have (the store's sequences are 64-bit)
 
 
 def _query_param(name: str, kind: str, description: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "description": description,
-            "schema": {"type": kind, **({"exclusiveMinimum": 0, "maximum": 30} if name == "wait" else {"minimum": 0})}}
+            "schema": {"type": kind, **({"exclusiveMinimum": 0, "maximum": 30} if name == "wait" else
+                                        {"minimum": 0, "maximum": MAX_SEQ})}}
 
 
 GET_ONE_PARAMS = [
@@ -102,7 +109,7 @@ def read_wait(query: Mapping[str, str]) -> tuple[float | None, int | None]:
             raise UserInputError(f"wait: {query['wait'][:40]!r} is not a number of seconds in (0, 30]")
     if "since" in query:
         raw = query["since"]
-        if not (raw.isdigit() and len(raw) < 19):
+        if not (raw.isascii() and raw.isdigit() and int(raw) <= MAX_SEQ):
             raise UserInputError(f"since: {raw[:40]!r} is not an event sequence (an integer >= 0)")
         since = int(raw)
     return wait, since
@@ -145,19 +152,44 @@ async def _owned_snapshot(request: Request, task_id: str, principal: Principal) 
     return snap
 
 
+# A page's cursor: the last task's creation time (microseconds since 1970, UTC) and id,
+# `<micros>.<id>`. Every value of this shape names a place in the list (a keyset), so
+# the description says exactly what is accepted; anything else is refused with 422.
+CURSOR_PATTERN = r"^(?:[0-9]{1,16}\.[A-Za-z0-9_\-]{1,64})?$"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def page_cursor(store_cursor: str | None) -> str | None:
+    """The store's cursor as this API gives it out."""
+    if store_cursor is None:
+        return None
+    at, task_id = decode_cursor(store_cursor)
+    at = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    return f"{(at - _EPOCH) // timedelta(microseconds=1)}.{task_id}"
+
+
+def store_cursor(cursor: str | None) -> str | None:
+    """A cursor of CURSOR_PATTERN (checked by the route) as the store takes it."""
+    if not cursor:
+        return None
+    micros, task_id = cursor.split(".", 1)
+    return encode_cursor(_EPOCH + timedelta(microseconds=int(micros)), task_id)
+
+
 @router.get("/tasks", response_model=TaskList,  summary="Recent tasks, newest first")
 async def get_many(
     request: Request,
     principal: ReadPrincipal,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     status: Annotated[TaskStatus | None, Query(description="only tasks in this status")] = None,
-    cursor: Annotated[str | None, Query(max_length=500, description=(
-        "next_cursor of the previous page; empty means the first page; a value this server did not give "
-        "out is refused with 422"))] = None,
+    cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN, description=(
+        "next_cursor of the previous page (the tasks after it); empty means the first page; a value not of "
+        "this shape is refused with 422"))] = None,
 ) -> Any:
-    tasks, next_cursor = await store_of(request).list_tasks(user_id=owner_filter(principal), limit=limit,
-                                                            status=status.value if status else None, cursor=cursor)
-    return {"tasks": tasks, "next_cursor": next_cursor}
+    tasks, next_cursor = await store_of(request).list_tasks(
+        user_id=owner_filter(principal), limit=limit, status=status.value if status else None,
+        cursor=store_cursor(cursor))
+    return {"tasks": tasks, "next_cursor": page_cursor(next_cursor)}
 
 
 @router.post("/tasks/{task_id}/cancel", response_model=TaskOut, responses={409: {"description": "already finished"}},
@@ -166,7 +198,7 @@ async def cancel(request: Request, task_id: str, principal: SubmitPrincipal) -> 
     store = store_of(request)
     await store.head(task_id, user_id=owner_filter(principal))
     await request.app.state.executor.cancel(task_id)
-    return await store.snapshot(task_id)
+    return redact_data(await store.snapshot(task_id))
 
 
 @router.post("/tasks/{task_id}/approve", response_model=TaskOut,
@@ -176,7 +208,7 @@ async def approve(request: Request, task_id: str, principal: SubmitPrincipal) ->
     store = store_of(request)
     await store.head(task_id, user_id=owner_filter(principal))
     await request.app.state.executor.approve(task_id)
-    return await store.snapshot(task_id)
+    return redact_data(await store.snapshot(task_id))
 
 
 @router.post("/plans/validate", response_model=PlanValidateOut,

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StrictBool,
+    StrictFloat,
+    WithJsonSchema,
+)
 
 from compound.core.money import shown_usd
 from compound.planner.plan import PlanIn
@@ -21,17 +30,59 @@ def round_money(value: float) -> float:
 Money = Annotated[float, PlainSerializer(round_money, return_type=float)]
 
 
+def _json_integer(value: Any) -> Any:
+    """A JSON integer: 2 or 2.0 (JSON Schema's integer), never `"2"`, `true` or 2.5."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a JSON integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be an integer")
+        return int(value)
+    return value
+
+
+JsonNumber = StrictFloat  # a JSON number (an integer too); `"1"` and `true` are refused, not converted
+JsonInteger = Annotated[int, BeforeValidator(_json_integer)]
+
+# The plan a request may carry (design section 9), as the description shows it. The
+# route checks it with the planner's own validation (every error at once, 422
+# `plan_invalid`), which also refuses what JSON Schema cannot say: an index out of
+# range, a cycle, more subtasks than COMPOUND_MAX_SUBTASKS, a blank description.
+PLAN_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["subtasks"], "description": "a PlanIn to run instead of decomposing",
+    "properties": {
+        "reasoning": {"anyOf": [{"type": "string"}, {"type": "null"}], "description": "why the split"},
+        "subtasks": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["description"],
+            "properties": {
+                "description": {"type": "string", "minLength": 1, "maxLength": 4000},
+                "tier_hint": {"type": "integer", "minimum": 1, "maximum": 3, "default": 1},
+                "depends_on": {"anyOf": [{"type": "array", "items": {"type": "integer", "minimum": 0}},
+                                         {"type": "null"}],
+                               "description": "0-based indices of subtasks whose results this needs "
+                                              "(null: none)"},
+            }}},
+    },
+    "example": EXAMPLE_PLAN,
+}
+# A prompt has something besides blanks, and no NUL (the route says which rule failed).
+PROMPT_PATTERN = r"^[^\u0000]*[^\u0000\s][^\u0000]*$"
+PlanBody = Annotated[dict[str, Any] | None,
+                     WithJsonSchema({"anyOf": [PLAN_SCHEMA, {"type": "null"}], "default": None})]
+
+
 class TaskCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"prompt": "Compare SQLite and PostgreSQL for a small team and recommend one", "budget_usd": 0.5},
         {"prompt": "Run my plan", "plan": EXAMPLE_PLAN, "priority": 1},
     ]})
 
-    prompt: str = Field(min_length=1, description="the request, in natural language")
-    budget_usd: float | None = Field(default=None, gt=0, le=10_000, description="hard cap in USD")
-    priority: int = Field(default=2, ge=0, le=3, description="0 = most urgent .. 3 = least")
-    plan: dict[str, Any] | None = Field(default=None, description="a PlanIn to run instead of decomposing")
-    approve: bool = Field(default=True, description="false: stop at `planned` until approved")
+    prompt: str = Field(min_length=1, description="the request, in natural language",
+                        json_schema_extra={"pattern": PROMPT_PATTERN})
+    budget_usd: JsonNumber | None = Field(default=None, gt=0, le=10_000, description="hard cap in USD")
+    priority: JsonInteger = Field(default=2, ge=0, le=3, description="0 = most urgent .. 3 = least")
+    plan: PlanBody = None
+    approve: StrictBool = Field(default=True, description="false: stop at `planned` until approved")
 
 
 class WorstCase(BaseModel):
@@ -136,10 +187,20 @@ class TaskList(BaseModel):
         "id": "t_3f2a9c0d1e4b5a6c", "prompt": "Compare SQLite and PostgreSQL", "status": "completed",
         "priority": 2, "subtasks_total": 3, "subtasks_done": 3, "total_cost_usd": 0.0123, "budget_usd": 0.5,
         "created_at": "2026-11-22T10:00:00Z", "completed_at": "2026-11-22T10:00:09Z"}],
-        "next_cursor": "WyIyMDI2LTExLTIyVDEwOjAwOjAwKzAwOjAwIiwgInRfM2YyYSJd"}]})
+        "next_cursor": "1795341600000000.t_3f2a9c0d1e4b5a6c"}]})
 
     tasks: list[TaskSummaryOut]
-    next_cursor: str | None
+    next_cursor: str | None = Field(description="the `cursor` of the next page; null on the last page")
+
+
+# ISO 8601 as RFC 3339 writes it: a full date (`2026-11-22`) or a date-time with
+# seconds (`2026-11-22T10:00:00Z`, a fraction and an offset optional: none is UTC).
+DATE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+DATE_TIME = DATE + r"[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})?"
+WHEN_SCHEMA: dict[str, Any] = {"anyOf": [
+    {"type": "string", "format": "date"}, {"type": "string", "format": "date-time"},
+    {"type": "string", "maxLength": 0}, {"type": "null"}]}
+When = Annotated[str | None, WithJsonSchema(WHEN_SCHEMA)]
 
 
 class PlanValidateIn(BaseModel):
@@ -172,9 +233,10 @@ class CompoundTaskRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"prompt": "Search for patterns and summarize"}, {"prompt": "Compare two options", "budget_usd": 0.25}]})
-    prompt: str = Field(min_length=1, description="The user's request to decompose and execute")
+    prompt: str = Field(min_length=1, description="The user's request to decompose and execute",
+                        json_schema_extra={"pattern": PROMPT_PATTERN})
     token: str | None = Field(default=None, description="Auth token (alternative to Bearer header)")
-    budget_usd: float | None = Field(default=None, gt=0, le=10_000, description="hard cap in USD")
+    budget_usd: JsonNumber | None = Field(default=None, gt=0, le=10_000, description="hard cap in USD")
 
 
 class CompoundTaskResponse(BaseModel):

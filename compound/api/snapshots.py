@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compound.core.money import money_shown
+from compound.core.secrets import redact_data
 from compound.store.base import Event, RunStore, Subscription
 from compound.store.models import TERMINAL_TASK
 
@@ -34,8 +35,8 @@ class Snapshot:
 
 def encode(data: dict[str, Any]) -> bytes:
     """JSON as FastAPI's JSONResponse writes it (compact, UTF-8), money rounded as every
-    view shows it (core/money.py money_shown)."""
-    return json.dumps(money_shown(data), ensure_ascii=False, allow_nan=False,
+    view shows it (core/money.py money_shown), and every configured secret redacted."""
+    return json.dumps(money_shown(redact_data(data)), ensure_ascii=False, allow_nan=False,
                       separators=(",", ":")).encode("utf-8")
 
 

@@ -13,24 +13,10 @@ from typing import Any
 
 import structlog
 
-# Shapes of secrets: provider keys, compound's own tokens, bearer headers.
-_SECRET_PATTERNS = [
-    re.compile(r"sk-ant-[A-Za-z0-9_\-]{8,}"),
-    re.compile(r"sk-(?:proj-)?[A-Za-z0-9_\-]{16,}"),
-    re.compile(r"cpd_[A-Za-z0-9_\-]{16,}"),
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9_\-\.=]{8,}"),
-]
+from compound.core.secrets import REDACTED, redact
+
+redact_text = redact  # the one redaction function (compound.core.secrets), by its older name
 _SECRET_KEYS = re.compile(r"(?i)(api[_-]?key|authorization|token|secret|password)")
-REDACTED = "[redacted]"
-
-
-def redact_text(text: str) -> str:
-    for pattern in _SECRET_PATTERNS:
-        if pattern.groups:
-            text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
-        else:
-            text = pattern.sub(REDACTED, text)
-    return text
 
 
 def _redact(value: Any, key: str = "") -> Any:
@@ -42,14 +28,19 @@ def _redact(value: Any, key: str = "") -> Any:
         return {k: _redact(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return type(value)(_redact(v, key) for v in value)
-    return value
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return redact_text(repr(value))  # an exception, a URL object ...: as the renderer would show it
 
 
 def redact_secrets(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """structlog processor: mask anything that looks like a key or a token."""
+    """structlog processor: mask every configured secret and anything that looks like a
+    key or a token (compound.core.secrets)."""
     for key in list(event_dict):
+        if key == "exc_info":  # format_exc_info, before this, turns it into `exception` text
+            continue
         event_dict[key] = _redact(event_dict[key], key if key != "event" else "")
     return event_dict
 

@@ -16,8 +16,12 @@ __all__ = ["Completion", "Delta", "LLMClient", "Message", "Price", "StreamEvent"
 
 def build_client(settings: Settings) -> LLMClient:
     """The registry: anthropic/... on the anthropic SDK, openai/... on the openai SDK,
-    every other provider on litellm (docs/design.md, "LLM seam")."""
+    every other provider on litellm (docs/design.md, "LLM seam"). The process's secrets
+    registry is built from the same settings: the keys it calls with are redacted."""
+    from compound.core import secrets
     from compound.llm.registry import ClientRegistry
+
+    secrets.configure(settings)
 
     return ClientRegistry(settings)
 

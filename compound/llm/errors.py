@@ -10,7 +10,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 from compound.core.errors import TRANSIENT_STATUSES, ProviderError, ProviderTimeout, StreamCut
-from compound.core.logging import redact_text
+from compound.core.secrets import redact
 
 Kind = Literal["timeout", "transient", "permanent", "status", "stream", "cut"]
 
@@ -94,11 +94,9 @@ def kind_of(exc: BaseException) -> Kind:
 
 
 def scrub(text: str, secrets: tuple[str | None, ...]) -> str:
-    """The key in use, whatever its shape, and anything shaped like a key, removed."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "[redacted]")
-    return redact_text(text)[:500]
+    """The key in use and every configured secret, whatever their shape, and anything
+    shaped like a key, removed (compound.core.secrets); then cut to 500 characters."""
+    return redact(text, secrets)[:500]
 
 
 def sdk_error(exc: BaseException, model: str, *, secrets: tuple[str | None, ...] = (),
