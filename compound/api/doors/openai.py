@@ -266,7 +266,42 @@ def compound_fields(snapshot: dict[str, Any]) -> dict[str, Any]:
             "budget_usd": snapshot["budget_usd"], "error": snapshot.get("error")}
 
 
-@router.get("/v1/models", summary="The one model this server offers: compound")
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorOut(BaseModel):
+    """OpenAI's error shape, which every answer of this door's errors has."""
+
+    error: OpenAIErrorBody
+
+
+def _doc(description: str) -> dict[str, Any]:
+    return {"model": OpenAIErrorOut, "description": description}
+
+
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _doc("missing, invalid or revoked token (`invalid_api_key`)"),
+    403: _doc("the token lacks the scope (`insufficient_scope`)"),
+    503: _doc("the database is unavailable for now (`database_unavailable`); see Retry-After"),
+}
+CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **AUTH_RESPONSES,
+    400: _doc("the body is not a valid request, naming the field in `param`"),
+    404: _doc("`model` is not `compound` (`model_not_found`)"),
+    402: _doc("the budget cannot cover the task (`budget_too_small`, `budget_exhausted`)"),
+    409: _doc("the task was canceled (`canceled`)"),
+    413: _doc("the body is larger than COMPOUND_MAX_BODY_BYTES"),
+    429: _doc("too many submissions (`rate_limited`); see Retry-After"),
+    502: _doc("the task failed (`task_failed`)"),
+}
+
+
+@router.get("/v1/models", summary="The one model this server offers: compound",
+            responses=AUTH_RESPONSES)
 async def models(request: Request) -> Response:
     try:
         await Door(request.app.state).authenticate(bearer_token(request))
@@ -275,7 +310,8 @@ async def models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": [model_card()]})
 
 
-@router.get("/v1/models/{model}", summary="The compound model")
+@router.get("/v1/models/{model}", summary="The compound model",
+            responses={**AUTH_RESPONSES, 404: _doc("no such model (`model_not_found`)")})
 async def model(request: Request, model: str) -> Response:
     try:
         await Door(request.app.state).authenticate(bearer_token(request))
@@ -308,6 +344,7 @@ def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.post("/v1/chat/completions", summary="Chat Completions: the conversation's last user message becomes a task",
+             responses=CHAT_RESPONSES,
              openapi_extra={"requestBody": {"content": {"application/json": {
                  "schema": inline_schema(ChatRequest.model_json_schema())}}, "required": True}})
 async def chat_completions(request: Request) -> Response:
