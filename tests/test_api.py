@@ -66,7 +66,7 @@ async def test_symbiont_routes_answer_their_shapes(api: Api) -> None:
 
 async def test_open_symbiont_reads_is_a_setting(api: Api) -> None:
     api.app.state.settings = api.app.state.settings.model_copy(update={"open_symbiont_reads": True})
-    assert (await api.http.get("/tasks/recent")).status_code == 401  # never open (issue 15, item 3)
+    assert (await api.http.get("/tasks/recent")).status_code == 401  # never open
     assert (await api.http.get("/v1/tasks")).status_code == 401
 
 

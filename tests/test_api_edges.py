@@ -1,4 +1,4 @@
-"""API edges a new user meets (issue 15, items 3, 6, 8, 12): one rule for unknown
+"""API edges a new user meets: one rule for unknown
 fields, a bare plan to validate, hints, 413 for chunked bodies, rounded money, empty
 query values, OPTIONS, open reads by task id only, offline /docs."""
 

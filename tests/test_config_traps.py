@@ -1,4 +1,4 @@
-"""Config traps of issue 15 item 10: JSON lists in env vars, misspelt models,
+"""Config traps: JSON lists in env vars, misspelt models,
 postgres:// URLs, a missing PostgreSQL driver."""
 
 from __future__ import annotations

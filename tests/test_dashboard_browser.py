@@ -64,7 +64,7 @@ def _wait_status(url: str, auth: dict[str, str], task_id: str, status: str) -> N
 
 
 # COMPOUND_BROWSER_REPEAT=20 runs it 20 times in one session (each with a fresh server
-# and browser): the flakiness check of issue 15.
+# and browser): a check that it is not flaky.
 @pytest.mark.parametrize("attempt", range(int(os.environ.get("COMPOUND_BROWSER_REPEAT", "1"))))
 def test_dashboard_shows_costs_and_live_task(server: tuple[str, str, str], sim: Simulator, attempt: int) -> None:
     if CHROMIUM is None:

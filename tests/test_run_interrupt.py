@@ -1,4 +1,4 @@
-"""Ctrl-C on `compound run` (issue 15, item 4): a real process, a real SIGINT while
+"""Ctrl-C on `compound run`: a real process, a real SIGINT while
 the simulator holds a call in flight. The task ends `canceled`, its cost so far and
 the held amount are printed; a second Ctrl-C exits at once."""
 
