@@ -8,6 +8,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from compound.core.errors import PlanInvalid
 from compound.llm.base import Completion, Message
@@ -320,3 +322,32 @@ async def test_warnings_in_the_http_snapshot(api: Any, sim: Any) -> None:
     assert [s["depends_on"] for s in snap["subtasks"]] == [[], [0]]
     assert snap["warnings"] == ["self-dependency: subtask 1 depended on itself; that dependency was dropped",
                                 "duplicate dependency: subtask 1 listed dependency 0 twice; the duplicate was dropped"]
+
+
+_JUNK = st.one_of(st.none(), st.booleans(), st.integers(-3, 6), st.floats(allow_nan=True), st.text(max_size=4),
+                  st.sampled_from(["0", "1", " 2 ", "step 1", ""]))
+_ITEM = st.one_of(
+    st.text(max_size=6),
+    st.integers(),
+    st.fixed_dictionaries({}, optional={
+        "description": st.one_of(st.sampled_from(["a", "b", "A ", "", "  "]), _JUNK),
+        "tier_hint": _JUNK,
+        "depends_on": st.one_of(_JUNK, st.lists(_JUNK, max_size=4)),
+    }),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.lists(_ITEM, max_size=6), st.fixed_dictionaries({"subtasks": st.lists(_ITEM, max_size=6)},
+                                                                    optional={"reasoning": _JUNK})))
+def test_repair_never_crashes_and_what_it_returns_validates_or_is_named(data: Any) -> None:
+    before = copy.deepcopy(data)
+    fixed, got = repair_plan(data)
+    assert all(kind_of(w) in KINDS for w in got)
+    try:
+        plan = validate_plan(fixed, max_subtasks=6)
+    except PlanInvalid as exc:
+        assert exc.errors  # what is left is said in words, for the repair call
+    else:
+        assert all(1 <= s.tier_hint <= 3 for s in plan.subtasks)
+    assert repr(data) == repr(before)  # pure (repr: a NaN is not equal to itself)
