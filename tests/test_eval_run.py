@@ -278,3 +278,25 @@ def test_record_against_the_simulator_then_replay(monkeypatch: pytest.MonkeyPatc
     a, b = json.loads(live.stdout), json.loads(replayed.stdout)
     assert b.pop("replay") == {"file": str(rec), "misses": 0}
     assert a == b
+
+
+SMALL_MODEL = ROOT / "evals" / "recordings" / "own-smollm2-27.jsonl"
+
+
+def test_the_small_local_models_recording_replays_with_every_item_planned(monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Path) -> None:
+    """SmolLM2-135M-Instruct as the planner (docs/evals.md): every item got a plan, the
+    model's own or the fallback, and the form its server took is reported."""
+    config = tmp_path / "local.toml"
+    config.write_text('[models."openai/smollm2-135m"]\napi_base = "http://127.0.0.1:8080/v1"\n'
+                      "input_cost_per_token = 0.0\noutput_cost_per_token = 0.0\n")
+    monkeypatch.setenv("COMPOUND_CONFIG", str(config))
+    monkeypatch.setenv("COMPOUND_PLANNER_MODEL", "openai/smollm2-135m")
+    out = runner.invoke(app, ["eval", str(OWN), "--replay", str(SMALL_MODEL), "--limit", "27", "--json"])
+    assert out.exit_code == 0, out.output
+    s = json.loads(out.stdout)
+    assert s["replay"]["misses"] == 0, "the recording is stale: make it again (docs/evals.md)"
+    assert s["n"] == 27 and s["completed_rate"] == 1.0
+    assert s["valid_rate"] + s["fallback_rate"] == pytest.approx(1.0)
+    assert s["structured_output"] == {"openai/smollm2-135m": "json_object_schema"}
+    assert {"parallel", "fan-in", "fan-out-join"} <= set(s["parallelism_by_shape"])
