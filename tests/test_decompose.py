@@ -103,6 +103,7 @@ def test_the_schema_bounds_what_a_decoder_may_write() -> None:
     assert (item["tier_hint"]["minimum"], item["tier_hint"]["maximum"]) == (1, 3)
     assert item["depends_on"]["items"] == {"type": "integer", "minimum": 0, "maximum": 3}
     assert subtasks["items"]["additionalProperties"] is False
+    assert item["description"]["maxLength"] == schema["properties"]["reasoning"]["maxLength"] == 400
 
 
 def test_prompts_delimit_data_and_escape_it() -> None:

@@ -20,14 +20,21 @@ from compound.prompts import render
 # executor supplies it (reserving budget and writing the ledger around the call).
 CallFn = Callable[[list[Message], dict[str, Any] | None], Awaitable[Completion]]
 
+# Lengths the decoder holds a plan's text to: a small model left free rambles inside a
+# string until max_tokens cuts the JSON off. A user's own plan may say more
+# (validate.MAX_DESCRIPTION_CHARS).
+MAX_REASONING_CHARS = 400
+MAX_PLANNED_DESCRIPTION = 400
+
+
 def plan_schema(max_subtasks: int) -> dict[str, Any]:
     """PlanIn as a JSON schema with its bounds (integer indices below the plan's size,
-    tiers 1-3, at most `max_subtasks` subtasks), for endpoints that constrain decoding
+    tiers 1-3, at most `max_subtasks` subtasks, bounded text), for endpoints that constrain decoding
     to a schema: what the decoder enforces, the model cannot get wrong."""
     return {
         "type": "object",
         "properties": {
-            "reasoning": {"type": "string"},
+            "reasoning": {"type": "string", "maxLength": MAX_REASONING_CHARS},
             "subtasks": {
                 "type": "array",
                 "minItems": 1,
@@ -35,7 +42,7 @@ def plan_schema(max_subtasks: int) -> dict[str, Any]:
                 "items": {
                     "type": "object",
                     "properties": {
-                        "description": {"type": "string", "minLength": 1},
+                        "description": {"type": "string", "minLength": 1, "maxLength": MAX_PLANNED_DESCRIPTION},
                         "tier_hint": {"type": "integer", "minimum": 1, "maximum": 3},
                         "depends_on": {"type": "array",
                                        "items": {"type": "integer", "minimum": 0, "maximum": max_subtasks - 1}},
