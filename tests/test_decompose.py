@@ -12,7 +12,7 @@ from compound.core.settings import Settings
 from compound.llm.base import Completion, Message
 from compound.llm.litellm_client import LiteLLMClient
 from compound.llm.simulator import Simulator
-from compound.planner.decompose import PLAN_JSON_SCHEMA, decompose
+from compound.planner.decompose import FALLBACK_DESCRIPTION, decompose, plan_schema
 from compound.planner.estimate import estimate_cost
 from compound.planner.router import route
 from compound.prompts import escape, render, versions
@@ -36,7 +36,7 @@ async def test_a_good_plan_takes_one_call() -> None:
     plan = await decompose(caller(fake), "do a then b", max_subtasks=5)
     assert [s.description for s in plan.subtasks] == ["a", "b"]
     assert len(fake.calls) == 1
-    assert fake.calls[0].json_schema == PLAN_JSON_SCHEMA
+    assert fake.calls[0].json_schema == plan_schema(5)
     assert "<request>\ndo a then b\n</request>" in fake.calls[0].messages[-1]["content"]
 
 
@@ -56,10 +56,10 @@ async def test_a_broken_plan_is_repaired_with_its_errors_quoted() -> None:
     assert "cycle" in repair[-1]["content"] and "0 -> 1 -> 0" in repair[-1]["content"]
 
 
-async def test_broken_twice_fails_with_the_errors() -> None:
+async def test_broken_twice_fails_with_the_errors_when_there_is_no_fallback() -> None:
     fake = FakeLLM(queue=["I would start by researching.", CYCLE])
     with pytest.raises(PlanInvalid) as info:
-        await decompose(caller(fake), "x", max_subtasks=5)
+        await decompose(caller(fake), "x", max_subtasks=5, fallback=False)
     assert len(fake.calls) == 2
     assert "not JSON" in fake.calls[1].messages[-1]["content"]
     assert any("cycle" in e for e in info.value.errors)
@@ -88,10 +88,22 @@ async def test_decompose_over_http(sim: Simulator, sim_client: LiteLLMClient, mo
     assert len(calls) == 3 and "cycle" in calls[-1]["text"]
 
     sim.answer("planner", CYCLE, "no plan for you")
-    with pytest.raises(PlanInvalid) as info:
-        await decompose(call, "a and b", max_subtasks=10)
+    warnings: list[str] = []
+    plan = await decompose(call, "a and b", max_subtasks=10, warnings=warnings)
     assert len(sim.calls("planner")) == 5
-    assert "not JSON" in " ".join(info.value.errors)
+    assert [s.description for s in plan.subtasks] == [FALLBACK_DESCRIPTION]
+    assert len(warnings) == 1 and warnings[0].startswith("fallback: ") and "not JSON" in warnings[0]
+
+
+def test_the_schema_bounds_what_a_decoder_may_write() -> None:
+    schema = plan_schema(4)
+    subtasks = schema["properties"]["subtasks"]
+    item = subtasks["items"]["properties"]
+    assert (subtasks["minItems"], subtasks["maxItems"]) == (1, 4)
+    assert (item["tier_hint"]["minimum"], item["tier_hint"]["maximum"]) == (1, 3)
+    assert item["depends_on"]["items"] == {"type": "integer", "minimum": 0, "maximum": 3}
+    assert subtasks["items"]["additionalProperties"] is False
+    assert item["description"]["maxLength"] == schema["properties"]["reasoning"]["maxLength"] == 400
 
 
 def test_prompts_delimit_data_and_escape_it() -> None:

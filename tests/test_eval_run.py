@@ -18,6 +18,7 @@ from compound.evals.runner import EvalRun, check_expect, combine, parse_verdict,
 from compound.evals.similarity import LexicalMatcher
 from compound.llm.base import Message, Price, Usage
 from compound.llm.simulator import Simulator, answer_for, prompt_kind
+from compound.prompts import escape
 from tests.fixtures.fakes import FakeLLM
 
 _register()
@@ -127,17 +128,52 @@ async def test_gold_graph_scores_through_the_pipeline() -> None:
     assert s["strong_tier_cost_usd"] == pytest.approx(5 * s["cost_usd"])
 
 
-async def test_an_item_without_a_plan_scores_zero_and_counts_as_invalid() -> None:
+async def test_a_fallback_scores_zero_and_counts_as_a_fallback_not_a_valid_plan() -> None:
     items = load(FIX / "taskbench_data.json", "taskbench")
     fake = FakeLLM(answer=lambda _m, msgs: "no plan" if prompt_kind(msgs[0]["content"]) == "planner" else "x")
     run = EvalRun(settings=settings(), client=fake, matcher=LexicalMatcher(), price_of=price_of)
     results = await run.run(items)
-    assert [r.valid for r in results] == [False, False]
-    assert all(r.repairs == 1 for r in results)  # one repair call each, then failure
+    assert [(r.valid, r.fallback, r.status) for r in results] == [(False, True, "completed")] * 2
+    assert all(r.repairs == 1 for r in results)  # one repair call each, then the fallback
     s = summarize(results, matcher="lexical-dice", dataset="x", fmt="taskbench", settings=settings(), judge_model=None)
-    assert s["valid_rate"] == 0.0 and s["repairs"] == 2
+    assert (s["valid_rate"], s["fallback_rate"], s["completed_rate"]) == (0.0, 1.0, 1.0)
+    assert s["repairs"] == 2 and s["fixes"] == 0
     assert (s["node_f1"], s["graph_f1"]) == (0.0, 0.0)
-    assert s["parallelism"] is None
+    assert s["parallelism"] is None and s["mean_subtasks"] is None
+
+
+async def test_the_summary_counts_fixes_by_kind_fallbacks_joins_and_parallelism_by_shape() -> None:
+    items = [i for i in load(OWN, "own") if i.shape in ("parallel", "fan-in", "chain")][:6]
+    shapes = [i.shape for i in items]
+    assert sorted(shapes) == ["chain", "chain", "fan-in", "fan-in", "parallel", "parallel"]
+    sub = lambda d, deps, tier=1: {"description": d, "tier_hint": tier, "depends_on": deps}  # noqa: E731
+    plans: dict[str, Any] = {
+        items[shapes.index("parallel")].id: {"subtasks": [sub("a", []), sub("b", ["", 5]), sub("c", [], 4)]},
+        items[shapes.index("fan-in")].id: {"subtasks": [sub("x", []), sub("y", []), sub("z", []), sub("pick", [0])]},
+        items[shapes.index("chain")].id: {"subtasks": [sub("one", []), sub("two", ["0"]), sub("two", [1])]},
+    }
+    by_request = {i.request: plans.get(i.id) for i in items}
+
+    def answer(_model: str, messages: list[Message]) -> str:
+        kind = prompt_kind(messages[0]["content"])
+        if kind != "planner":
+            return answer_for(kind, messages[-1]["content"], 6)
+        for request, plan in by_request.items():
+            if escape(request) in messages[1]["content"]:
+                return json.dumps(plan) if plan else "no plan"  # the rest fall back
+        raise AssertionError("a request the test did not script")
+
+    run = EvalRun(settings=settings(), client=FakeLLM(answer=answer), matcher=LexicalMatcher(), price_of=price_of)
+    results = await run.run(items)
+    s = summarize(results, matcher="lexical-dice", dataset="own", fmt="own", settings=settings(), judge_model=None)
+    assert (s["valid_rate"], s["fallback_rate"]) == (0.5, 0.5)
+    assert s["fixes_by_kind"] == {"dependency as text": 1, "dependency not an index": 1,
+                                  "dependency out of range": 1, "duplicate subtask": 1, "tier out of range": 1}
+    assert s["fixes"] == 5 and s["missing_joins"] == 1
+    # parallel: 3 independent steps (1/3); fan-in: a chain of 2 among 4 (2/4); chain: 2 of 2 after the merge
+    assert s["parallelism_by_shape"] == pytest.approx({"chain": 1.0, "fan-in": 0.5, "parallel": 1 / 3})
+    fallen = [r for r in results if r.fallback]
+    assert len(fallen) == 3 and all(r.parallelism is None and not any(r.checks.values()) for r in fallen)
 
 
 async def test_the_judge_compares_with_one_direct_call_in_both_orders() -> None:
@@ -177,7 +213,9 @@ def test_eval_replays_the_shipped_recording_offline(tmp_path: Path) -> None:
     # misses > 0: the prompts or the call sequence changed since the recording was made;
     # record it again with the command in evals/README.md
     assert s["replay"]["misses"] == 0, "the shipped recording is stale: re-record it (evals/README.md)"
-    assert s["n"] == 9 and s["valid_rate"] == 1.0
+    assert s["n"] == 9 and s["valid_rate"] == 1.0 and s["fallback_rate"] == 0.0
+    assert set(s["parallelism_by_shape"]) == {"single", "chain", "parallel", "fan-in", "fan-out-join", "long",
+                                             "ambiguous", "non-english", "injection"}
     assert s["graph_f1"] is None and s["node_f1"] is None  # the own dataset has no gold graphs
     rows = _recorded_rows()
     # every recorded call was replayed exactly once: the cost is the recording's
@@ -192,7 +230,8 @@ def test_eval_replays_the_shipped_recording_offline(tmp_path: Path) -> None:
     single = results[0]
     assert len(single["subtasks"]) == 1 and all(single["checks"].values())
     report = (tmp_path / "report" / "report.md").read_text()
-    assert "| valid_rate | 1.0000 |" in report and "![quality](quality.png)" in report
+    assert "| valid_rate | 1.0000 |" in report and "| fallback_rate | 0.0000 |" in report
+    assert "![quality](quality.png)" in report and "| shape | n | valid | fallback |" in report
     assert (tmp_path / "report" / "quality.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "report" / "cost_quality.png").stat().st_size > 1000
     again = runner.invoke(app, ["eval", "own", "--replay", str(RECORDING), "--limit", "9", "--json"])
@@ -239,3 +278,25 @@ def test_record_against_the_simulator_then_replay(monkeypatch: pytest.MonkeyPatc
     a, b = json.loads(live.stdout), json.loads(replayed.stdout)
     assert b.pop("replay") == {"file": str(rec), "misses": 0}
     assert a == b
+
+
+SMALL_MODEL = ROOT / "evals" / "recordings" / "own-smollm2-27.jsonl"
+
+
+def test_the_small_local_models_recording_replays_with_every_item_planned(monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Path) -> None:
+    """SmolLM2-135M-Instruct as the planner (docs/evals.md): every item got a plan, the
+    model's own or the fallback, and the form its server took is reported."""
+    config = tmp_path / "local.toml"
+    config.write_text('[models."openai/smollm2-135m"]\napi_base = "http://127.0.0.1:8080/v1"\n'
+                      "input_cost_per_token = 0.0\noutput_cost_per_token = 0.0\n")
+    monkeypatch.setenv("COMPOUND_CONFIG", str(config))
+    monkeypatch.setenv("COMPOUND_PLANNER_MODEL", "openai/smollm2-135m")
+    out = runner.invoke(app, ["eval", str(OWN), "--replay", str(SMALL_MODEL), "--limit", "27", "--json"])
+    assert out.exit_code == 0, out.output
+    s = json.loads(out.stdout)
+    assert s["replay"]["misses"] == 0, "the recording is stale: make it again (docs/evals.md)"
+    assert s["n"] == 27 and s["completed_rate"] == 1.0
+    assert s["valid_rate"] + s["fallback_rate"] == pytest.approx(1.0)
+    assert s["structured_output"] == {"openai/smollm2-135m": "json_object_schema"}
+    assert {"parallel", "fan-in", "fan-out-join"} <= set(s["parallelism_by_shape"])

@@ -34,6 +34,7 @@ def register(app: typer.Typer) -> None:
         from compound.cli.common import settings_or_exit
         from compound.core.errors import CompoundError
         from compound.evals.datasets import load
+        from compound.evals.replay import structured_output_of
         from compound.evals.runner import EvalRun, summarize
         from compound.evals.similarity import matcher_named
         from compound.llm.pricing import price_of
@@ -63,6 +64,9 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2) from None
         summary = summarize(results, matcher=match.name, dataset=dataset, fmt=fmt, settings=settings,
                             judge_model=judge)
+        summary["structured_output"] = structured_output_of(client)
+        if record is not None:
+            client.finish()
         if replay is not None:
             summary["replay"] = {"file": str(replay), "misses": getattr(client, "misses", 0)}
         if out is not None:

@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
 
         async def planned() -> Any:
             try:
-                return await decompose(call, prompt, max_subtasks=settings.max_subtasks)
+                return await decompose(call, prompt, max_subtasks=settings.max_subtasks, fallback=False)
             finally:
                 aclose = getattr(client, "aclose", None)
                 if aclose is not None:  # the SDKs' HTTP sessions close on the loop they ran on

@@ -26,9 +26,17 @@ def _row(key: str, out: Completion) -> dict[str, Any]:
             "usage": [u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens]}
 
 
+def structured_output_of(client: Any) -> dict[str, str]:
+    """model -> the structured-output form its endpoint accepted, from a client that
+    records it (the registry, a recording or a replay); {} from one that does not."""
+    forms = getattr(client, "structured_output", None)
+    return dict(forms()) if callable(forms) else {}
+
+
 class RecordingClient:
     """Passes every call to `inner` and appends its answer to a JSON-lines file, after
-    a first line describing the run (`header`: the configured models)."""
+    a first line describing the run (`header`: the configured models); `finish()` adds
+    a last line with the structured-output form each model's endpoint accepted."""
 
     def __init__(self, inner: LLMClient, path: Path, *, header: dict[str, Any]) -> None:
         self.inner = inner
@@ -46,6 +54,15 @@ class RecordingClient:
             f.write(line)
         return out
 
+    def structured_output(self) -> dict[str, str]:
+        return structured_output_of(self.inner)
+
+    def finish(self) -> None:
+        forms = self.structured_output()
+        if forms:
+            with self._lock, self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"structured_output": forms}) + "\n")
+
 
 class ReplayClient:
     """Answers from a recording. The same call recorded n times answers its n answers
@@ -55,6 +72,7 @@ class ReplayClient:
     def __init__(self, path: Path) -> None:
         self.answers: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.header: dict[str, Any] = {}
+        self.forms: dict[str, str] = {}
         self.misses = 0
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
@@ -67,11 +85,17 @@ class ReplayClient:
                 row = json.loads(line)
                 if "header" in row:
                     self.header = dict(row["header"])
+                elif "structured_output" in row:
+                    self.forms = {str(k): str(v) for k, v in row["structured_output"].items()}
                 else:
                     self.answers[str(row["key"])].append(row)
             except (ValueError, KeyError, TypeError):
                 raise UserInputError(f"{path} line {n} is not a recorded answer") from None
         self._used: dict[str, int] = defaultdict(int)
+
+    def structured_output(self) -> dict[str, str]:
+        """The forms the recorded run's endpoints accepted."""
+        return dict(self.forms)
 
     async def complete(self, *, model: str, messages: list[Message], max_tokens: int,  # noqa: ARG002
                        json_schema: dict[str, Any] | None = None,  # noqa: ARG002

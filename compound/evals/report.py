@@ -47,7 +47,8 @@ def write(out: Path, results: list[ItemResult], summary: dict[str, Any]) -> list
 def _markdown(results: list[ItemResult], s: dict[str, Any], plots: list[Path]) -> str:
     lines = [f"# compound eval: {s['dataset']} ({s['format']})", ""]
     lines += ["| measure | value |", "|---|---|"]
-    for key in ("n", "valid_rate", "completed_rate", "repairs", "fixes", "node_f1", "edge_f1", "chain_f1",
+    for key in ("n", "valid_rate", "fallback_rate", "completed_rate", "repairs", "fixes", "missing_joins",
+                "node_f1", "edge_f1", "chain_f1",
                 "graph_f1", "matcher", "parallelism", "mean_subtasks", "properties_pass_rate", "checks_pass_rate",
                 "cost_usd", "strong_tier_cost_usd", "cost_ratio", "strong_model"):
         lines.append(f"| {key} | {_fmt(s.get(key))} |")
@@ -57,6 +58,12 @@ def _markdown(results: list[ItemResult], s: dict[str, Any], plots: list[Path]) -
                   f"synthesis tier {m['synthesis_tier']}."]
     if s["matcher"]:
         lines.append(f"Step matching: `{s['matcher']}`.")
+    if s.get("structured_output"):
+        forms = ", ".join(f"`{m}`: {f}" for m, f in sorted(s["structured_output"].items()))
+        lines.append(f"Structured output accepted: {forms}.")
+    if s.get("fixes_by_kind"):
+        lines += ["", "## Fixes made without a model, by kind", "", "| kind | fixes |", "|---|---|"]
+        lines += [f"| {_cell(k)} | {v} |" for k, v in s["fixes_by_kind"].items()]
     if s.get("judge"):
         j = s["judge"]
         lines += ["", f"## Judged by `{j['model']}` against one direct call to `{s['strong_model']}`", "",
@@ -66,14 +73,15 @@ def _markdown(results: list[ItemResult], s: dict[str, Any], plots: list[Path]) -
     by_shape: dict[str, list[ItemResult]] = defaultdict(list)
     for r in results:
         by_shape[r.shape or "-"].append(r)
-    lines += ["", "## By shape", "", "| shape | n | valid | properties hold | mean subtasks | parallelism | cost $ |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "## By shape", "",
+              "| shape | n | valid | fallback | properties hold | mean subtasks | parallelism | cost $ |",
+              "|---|---|---|---|---|---|---|---|"]
     for shape, rs in sorted(by_shape.items()):
         valid = [r for r in rs if r.valid]
         checked = [r for r in rs if r.checks]
         props = _fmt(sum(all(r.checks.values()) for r in checked) / len(checked)) if checked else "n/a"
         par = [r.parallelism for r in valid if r.parallelism is not None]
-        lines.append(f"| {_cell(shape)} | {len(rs)} | {len(valid)} | {props} | "
+        lines.append(f"| {_cell(shape)} | {len(rs)} | {len(valid)} | {sum(r.fallback for r in rs)} | {props} | "
                      f"{_fmt(sum(len(r.subtasks) for r in valid) / len(valid) if valid else None)} | "
                      f"{_fmt(sum(par) / len(par) if par else None)} | {_fmt(sum(r.cost_usd for r in rs))} |")
     if plots:

@@ -19,6 +19,10 @@ from compound.evals.graph import Graph, score
 from compound.evals.similarity import Matcher
 from compound.llm.base import LLMClient, Message, Price, Usage
 from compound.planner.plan import critical_path_length, waves
+from compound.planner.repair import kind_of
+
+# Warning kinds that are not fixes: the fallback, and a flag on a plan left as it was.
+NOT_FIXES = ("fallback", "missing join")
 
 
 @dataclass
@@ -35,9 +39,9 @@ class ItemResult:
     shape: str
     request: str
     status: str
-    valid: bool
+    valid: bool  # a plan from the model (after repair); never the fallback
     repairs: int  # repair calls to the planner model
-    fixes: int  # fixes made without a model (task warnings)
+    fixes: int  # fixes made without a model (task warnings other than a fallback or a flag)
     subtasks: list[dict[str, Any]]
     width: int
     parallelism: float | None  # critical path / subtasks: 1.0 = a chain, lower = more parallel
@@ -51,6 +55,9 @@ class ItemResult:
     judge: Judgement | None = None
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
+    fallback: bool = False  # the planner gave no usable plan: the request ran as one subtask
+    missing_join: bool = False  # the plan was flagged: its last step joins only some branches
+    fix_kinds: dict[str, int] = field(default_factory=dict)  # fixes by kind (planner/repair.py KINDS)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -172,23 +179,34 @@ class EvalRun:
         descriptions = [s["description"] for s in subs]
         deps = [list(s["depends_on"]) for s in subs]
         tiers = [int(s["tier_assigned"] or s["tier_hint"]) for s in subs]
+        warnings = list(snap.get("warnings") or [])
+        kinds = [kind_of(w) for w in warnings]
+        fallback = "fallback" in kinds
+        fix_kinds: dict[str, int] = {}
+        for k in kinds:
+            if k not in NOT_FIXES:
+                fix_kinds[k] = fix_kinds.get(k, 0) + 1
         rows = await store.ledger_rows(task.id)
         planner_answers = sum(1 for r in rows if r["kind"] == "planner" and r["status"] == "ok")
         strong = self.price_of(self.strong_model)
+        valid = bool(subs) and not fallback
         result = ItemResult(
-            id=item.id, shape=item.shape, request=item.request, status=snap["status"], valid=bool(subs),
-            repairs=max(0, planner_answers - 1), fixes=len(snap.get("warnings") or []),
+            id=item.id, shape=item.shape, request=item.request, status=snap["status"], valid=valid,
+            repairs=max(0, planner_answers - 1), fixes=sum(fix_kinds.values()),
             subtasks=[{"description": d, "depends_on": dp, "tier": t}
                       for d, dp, t in zip(descriptions, deps, tiers, strict=True)],
             width=max((len(w) for w in waves(deps)), default=0),
-            parallelism=critical_path_length(deps) / len(subs) if subs else None,
+            parallelism=critical_path_length(deps) / len(subs) if valid else None,
             cost_usd=float(snap["total_cost_usd"]),
             strong_tier_cost_usd=sum(_strong_cost(r, strong) for r in rows),
-            error=snap.get("error"), warnings=list(snap.get("warnings") or []),
+            error=snap.get("error"), warnings=warnings, fallback=fallback,
+            missing_join="missing join" in kinds, fix_kinds=fix_kinds,
         )
+        if not valid:  # the fallback is not the model's plan: it is scored as no plan
+            descriptions, deps, tiers = [], [], []
         if item.expect is not None:
             result.checks = check_expect(item.expect, descriptions, deps, tiers)
-        if item.gold is not None and not subs:  # no plan: nothing of the gold was found
+        if item.gold is not None and not descriptions:  # no plan: nothing of the gold was found
             result.node_f1 = result.edge_f1 = result.chain_f1 = result.graph_f1 = 0.0
         elif item.gold is not None:
             pred = Graph.from_deps(descriptions, deps)
@@ -241,6 +259,24 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def fixes_by_kind(results: list[ItemResult]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in results:
+        for kind, count in r.fix_kinds.items():
+            out[kind] = out.get(kind, 0) + count
+    return dict(sorted(out.items()))
+
+
+def parallelism_by_shape(results: list[ItemResult]) -> dict[str, float | None]:
+    """shape -> mean critical path / subtasks over its valid plans (None: no valid plan)."""
+    shapes: dict[str, list[float]] = {}
+    for r in results:
+        values = shapes.setdefault(r.shape or "-", [])
+        if r.parallelism is not None:
+            values.append(r.parallelism)
+    return {shape: _mean(values) for shape, values in sorted(shapes.items())}
+
+
 def summarize(results: list[ItemResult], *, matcher: str, dataset: str, fmt: str,
               settings: Settings, judge_model: str | None) -> dict[str, Any]:
     n = len(results)
@@ -255,12 +291,16 @@ def summarize(results: list[ItemResult], *, matcher: str, dataset: str, fmt: str
     out: dict[str, Any] = {
         "dataset": dataset, "format": fmt, "n": n,
         "valid_rate": sum(r.valid for r in results) / n if n else None,
+        "fallback_rate": sum(r.fallback for r in results) / n if n else None,
         "completed_rate": sum(r.status == "completed" for r in results) / n if n else None,
         "repairs": sum(r.repairs for r in results),
         "fixes": sum(r.fixes for r in results),
+        "fixes_by_kind": fixes_by_kind(results),
+        "missing_joins": sum(r.missing_join for r in results),
         "node_f1": f1("node_f1"), "edge_f1": f1("edge_f1"), "chain_f1": f1("chain_f1"), "graph_f1": f1("graph_f1"),
         "matcher": matcher if graded else None,
         "parallelism": _mean([r.parallelism for r in results if r.parallelism is not None]),
+        "parallelism_by_shape": parallelism_by_shape(results),
         "mean_subtasks": _mean([float(len(r.subtasks)) for r in results if r.valid]),
         "properties_pass_rate": _mean([float(all(r.checks.values())) for r in checked]),
         "checks_pass_rate": _mean([sum(r.checks.values()) / len(r.checks) for r in checked]),

@@ -1,6 +1,7 @@
 """The OpenAI adapter: `openai/...` models, and any OpenAI-compatible server behind one
 (vLLM, llama.cpp, llama-cpp-python, Ollama, LM Studio, a gateway), through AsyncOpenAI;
-structured output negotiated per model: json_schema, else json_object, else the prompt."""
+structured output negotiated per model, down a ladder of forms (`FORMS`) until the
+endpoint accepts one."""
 
 from __future__ import annotations
 
@@ -8,26 +9,60 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from compound.core.errors import ProviderError
 from compound.core.logging import get_logger
 from compound.core.settings import Settings
 from compound.llm.adapter import SDKAdapter
 from compound.llm.base import Completion, Delta, Message, StreamEvent, Usage
-from compound.llm.errors import names_response_format, sdk_error
+from compound.llm.errors import sdk_error
 
 log = get_logger(__name__)
 
-# Ways to ask for JSON, best first; "text" sends no response_format (the prompt says it).
-FORMATS = ("json_schema", "json_object", "text")
+# Ways to ask for JSON, best first; the first four give the decoder the schema itself.
+# - json_schema: OpenAI's `response_format` (OpenAI, vLLM, llama.cpp's server, Ollama
+#   since 0.5, LM Studio);
+# - json_object_schema: `response_format: {"type": "json_object", "schema": ...}`
+#   (llama-cpp-python's server, which answers json_schema with a 500; llama.cpp's);
+# - structured_outputs: vLLM's `structured_outputs: {"json": ...}` (vLLM >= 0.10.2);
+# - guided_json: vLLM's older `guided_json` (removed in vLLM 0.12);
+# - json_object: any JSON at all; text: no constraint (the prompt states the shape).
+FORMS = ("json_schema", "json_object_schema", "structured_outputs", "guided_json", "json_object", "text")
+# What a refusal of each form names in its body (a 400 or 422 is a refusal whatever it says).
+_NAMES = {
+    "json_schema": ("response_format", "json_schema"),
+    "json_object_schema": ("response_format", "schema"),
+    "structured_outputs": ("structured_outputs",),
+    "guided_json": ("guided_json",),
+    "json_object": ("response_format", "json_object"),
+}
 # Models that take max_completion_tokens and refuse max_tokens (as litellm maps them).
 _COMPLETION_TOKENS_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 
 
-def response_format(mode: str, schema: dict[str, Any]) -> dict[str, Any] | None:
-    if mode == "json_schema":
-        return {"type": "json_schema", "json_schema": {"name": "plan", "schema": schema}}
-    if mode == "json_object":
-        return {"type": "json_object"}
-    return None
+def form_fields(form: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """The request fields that ask for `form`: `response_format`, or `extra_body` (the
+    SDK merges it into the request's JSON)."""
+    if form == "json_schema":
+        return {"response_format": {"type": "json_schema", "json_schema": {"name": "plan", "schema": schema}}}
+    if form == "json_object_schema":
+        return {"response_format": {"type": "json_object", "schema": schema}}
+    if form == "structured_outputs":
+        return {"extra_body": {"structured_outputs": {"json": schema}}}
+    if form == "guided_json":
+        return {"extra_body": {"guided_json": schema}}
+    if form == "json_object":
+        return {"response_format": {"type": "json_object"}}
+    return {}
+
+
+def refused(error: ProviderError, form: str) -> bool:
+    """Is this a refusal of `form`? A 400 or 422 to a request carrying it is (some servers
+    do not say why); any other status only when its body names the form's field
+    (llama-cpp-python answers json_schema with a 500 naming `response_format`)."""
+    if error.status in (400, 422):
+        return True
+    text = f"{error.body or ''} {error.message}".lower()
+    return error.status is not None and any(name in text for name in _NAMES.get(form, ()))
 
 
 def usage_of(u: Any) -> Usage:
@@ -49,10 +84,16 @@ class OpenAIClient(SDKAdapter[Any]):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self._format: dict[str, int] = {}  # model -> index into FORMATS that it accepts
+        self._format: dict[str, int] = {}  # model -> index into FORMS of the next form to try
+        self._worked: dict[str, str] = {}  # model -> the form its endpoint last answered
 
     def format_for(self, model: str) -> str:
-        return FORMATS[self._format.get(model, 0)]
+        return FORMS[self._format.get(model, 0)]
+
+    def structured_output(self) -> dict[str, str]:
+        """model -> the structured-output form its endpoint accepted, for the models
+        asked for JSON so far in this process."""
+        return dict(self._worked)
 
     def _make(self, base: str, key: str) -> Any:
         import httpx
@@ -76,24 +117,29 @@ class OpenAIClient(SDKAdapter[Any]):
 
     async def _send(self, client: Any, model: str, kwargs: dict[str, Any], key: str | None,
                     schema: dict[str, Any] | None) -> Any:
-        """One call, or more while the endpoint refuses the response_format asked: each
-        refusal steps down a format and is remembered for the model, for this process."""
+        """One call, or more while the endpoint refuses the structured-output form asked:
+        each refusal steps down a form (`FORMS`) and is remembered for the model, for
+        this process; the form that was answered is recorded (and logged when new)."""
         while True:
-            mode = self.format_for(model) if schema is not None else "text"
-            fmt = response_format(mode, schema) if schema is not None else None
-            if fmt is not None:
-                kwargs["response_format"] = fmt
-            else:
-                kwargs.pop("response_format", None)
+            form = self.format_for(model) if schema is not None else "text"
+            fields = form_fields(form, schema) if schema is not None else {}
+            kwargs.pop("response_format", None)
+            kwargs.pop("extra_body", None)
+            kwargs.update(fields)
             try:
-                return await client.chat.completions.create(**kwargs)
+                response = await client.chat.completions.create(**kwargs)
             except Exception as exc:
                 error = sdk_error(exc, model, secrets=(key,))
-                if fmt is None or not names_response_format(error):
+                if not fields or not refused(error, form):
                     raise error from None
-                self._format[model] = FORMATS.index(mode) + 1
-                log.warning("endpoint refused a response_format; stepping down for this model",
-                            model=model, refused=mode, now=self.format_for(model), status=error.status)
+                self._format[model] = FORMS.index(form) + 1
+                log.warning("endpoint refused a structured-output form; stepping down for this model",
+                            model=model, refused=form, now=self.format_for(model), status=error.status)
+                continue
+            if schema is not None and self._worked.get(model) != form:
+                self._worked[model] = form
+                log.info("structured output: the endpoint accepts this form", model=model, form=form)
+            return response
 
     async def complete(
         self,

@@ -47,6 +47,10 @@ class ClientRegistry:
         if any(self.adapter_name(m) == "litellm" for m in self.settings.all_models()):
             await self.adapters["litellm"].warm()
 
+    def structured_output(self) -> dict[str, str]:
+        """model -> the structured-output form its endpoint accepted (openai adapter)."""
+        return dict(self.adapters["openai"].structured_output())
+
     async def aclose(self) -> None:
         await self.adapters["anthropic"].aclose()
         await self.adapters["openai"].aclose()

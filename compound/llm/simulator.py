@@ -66,9 +66,13 @@ class Script:
     # one is written; a prefix shorter than the minimum is not cached at all.
     cache_ttl_s: float = 300.0
     cache_min_tokens: int = 1024
-    # response_format type -> the status the OpenAI wire answers it with, its body
-    # naming response_format (llama-cpp-python answers json_schema with a 500).
+    # structured-output form (`request_form`) -> the status the OpenAI wire answers it
+    # with, its body naming the form's field (llama-cpp-python answers json_schema with
+    # a 500 naming response_format).
     refuse_formats: dict[str, int] = field(default_factory=dict)
+    # The only forms the endpoint takes (None: every form): any other is refused with a
+    # 400 naming its field, as OpenAI refuses an argument it does not know.
+    accept_formats: list[str] | None = None
     # substring -> event: a request whose text has the substring waits until the event
     # is set (tests release a call when they have seen it in flight: state, not time)
     holds: dict[str, threading.Event] = field(default_factory=dict)
@@ -90,7 +94,35 @@ class Script:
             cache_ttl_s=float(data.get("cache_ttl_s", 300.0)),
             cache_min_tokens=int(data.get("cache_min_tokens", 1024)),
             refuse_formats={str(k): int(v) for k, v in data.get("refuse_formats", {}).items()},
+            accept_formats=[str(f) for f in data["accept_formats"]] if data.get("accept_formats") is not None
+            else None,
         )
+
+    def refusal(self, form: str | None) -> Failure | None:
+        """The scripted answer to a request asking for structured output in `form`."""
+        if form is None:
+            return None
+        status = self.refuse_formats.get(form)
+        if status is None and self.accept_formats is not None and form not in self.accept_formats:
+            status = 400
+        if status is None:
+            return None
+        extra = form in ("structured_outputs", "guided_json")
+        return Failure(status, message=f"Unrecognized request argument supplied: {form}" if extra
+                       else _FORMAT_REFUSAL)
+
+
+def request_form(body: dict[str, Any]) -> str | None:
+    """Which structured-output form an OpenAI-wire request asks for (the names of
+    compound.llm.openai_client.FORMS), or None."""
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict):
+        kind = str(fmt.get("type", ""))
+        return "json_object_schema" if kind == "json_object" and "schema" in fmt else kind
+    for name in ("structured_outputs", "guided_json"):
+        if name in body:
+            return name
+    return None
 
 
 def prompt_kind(system: str) -> str:
@@ -339,9 +371,7 @@ class Simulator:
         system = "\n".join(_content_text(m.get("content")) for m in msgs if m.get("role") in ("system", "developer"))
         text = "\n".join(_content_text(m.get("content")) for m in msgs if m.get("role") not in ("system", "developer"))
         max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 1024)
-        fmt = body.get("response_format")
-        refused = self.script.refuse_formats.get(fmt.get("type", "")) if isinstance(fmt, dict) else None
-        refusal = Failure(refused, message=_FORMAT_REFUSAL) if refused else None
+        refusal = self.script.refusal(request_form(body))
         got = await self._common("openai", model, system, text, max_tokens, body, refusal=refusal)
         if isinstance(got, JSONResponse):
             return got

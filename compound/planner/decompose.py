@@ -1,5 +1,6 @@
 """The decomposer: one call to the planner model for a PlanIn as JSON, at most one
-repair call that quotes the errors back, then a clear failure."""
+repair call that quotes the errors back, then the request as a one-subtask plan (the
+fallback, with a warning) or, when asked, a clear failure."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 from compound.core.errors import PlanInvalid
 from compound.llm.base import Completion, Message
-from compound.planner.plan import PlanIn
+from compound.planner.plan import PlanIn, SubtaskIn, missing_join
 from compound.planner.repair import repair_plan
 from compound.planner.validate import validate_plan
 from compound.prompts import render
@@ -19,26 +20,49 @@ from compound.prompts import render
 # executor supplies it (reserving budget and writing the ledger around the call).
 CallFn = Callable[[list[Message], dict[str, Any] | None], Awaitable[Completion]]
 
-PLAN_JSON_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "reasoning": {"type": "string"},
-        "subtasks": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
-                "type": "object",
-                "properties": {
-                    "description": {"type": "string"},
-                    "tier_hint": {"type": "integer", "enum": [1, 2, 3]},
-                    "depends_on": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+# Lengths the decoder holds a plan's text to: a small model left free rambles inside a
+# string until max_tokens cuts the JSON off. A user's own plan may say more
+# (validate.MAX_DESCRIPTION_CHARS).
+MAX_REASONING_CHARS = 400
+MAX_PLANNED_DESCRIPTION = 400
+
+
+def plan_schema(max_subtasks: int) -> dict[str, Any]:
+    """PlanIn as a JSON schema with its bounds (integer indices below the plan's size,
+    tiers 1-3, at most `max_subtasks` subtasks, bounded text), for endpoints that constrain decoding
+    to a schema: what the decoder enforces, the model cannot get wrong."""
+    return {
+        "type": "object",
+        "properties": {
+            "reasoning": {"type": "string", "maxLength": MAX_REASONING_CHARS},
+            "subtasks": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": max_subtasks,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "description": {"type": "string", "minLength": 1, "maxLength": MAX_PLANNED_DESCRIPTION},
+                        "tier_hint": {"type": "integer", "minimum": 1, "maximum": 3},
+                        "depends_on": {"type": "array",
+                                       "items": {"type": "integer", "minimum": 0, "maximum": max_subtasks - 1}},
+                    },
+                    "required": ["description", "tier_hint", "depends_on"],
+                    "additionalProperties": False,
                 },
-                "required": ["description", "tier_hint", "depends_on"],
             },
         },
-    },
-    "required": ["subtasks"],
-}
+        "required": ["reasoning", "subtasks"],
+        "additionalProperties": False,
+    }
+
+
+# The fallback: the request itself as the only subtask, on the balanced tier (the
+# planner could not say how hard it is; tier 1 may be too weak for a request that
+# needed splitting, tier 3 costs the most).
+FALLBACK_TIER = 2
+FALLBACK_DESCRIPTION = "Answer the whole request"
+
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.S)
 
@@ -93,13 +117,34 @@ def _first_object(text: str) -> str | None:
 
 
 def _check(text: str, max_subtasks: int, warnings: list[str] | None = None) -> PlanIn:
-    """Parse, fix what needs no model (planner/repair.py), validate. The fixes are
-    appended to `warnings` only when the plan then validates."""
+    """Parse, fix what needs no model (planner/repair.py), validate, then flag a likely
+    missing join. The warnings are appended to `warnings` only when the plan validates."""
     data, fixes = repair_plan(parse_plan_text(text))
     plan = validate_plan(data, max_subtasks=max_subtasks, raw=text)
     if warnings is not None:
         warnings.extend(fixes)
+        join = missing_join(plan.deps())
+        if join is not None:
+            last, used, unused = join
+            warnings.append(
+                f"missing join: the last subtask ({last}) uses {_listed(used)} but not {_listed(unused)}, "
+                "whose results no other subtask uses; if it should combine them all, its depends_on "
+                "lacks them")
     return plan
+
+
+def _listed(indices: list[int]) -> str:
+    return ("subtask " if len(indices) == 1 else "subtasks ") + ", ".join(str(i) for i in indices)
+
+
+def fallback_plan(errors: list[str]) -> tuple[PlanIn, str]:
+    """The request as one subtask (the worker sees the request itself), and the warning
+    that says why."""
+    shown = "; ".join(errors[:3]) + (f"; and {len(errors) - 3} more" if len(errors) > 3 else "")
+    plan = PlanIn(reasoning="The planner gave no usable plan; the request runs as one subtask.",
+                  subtasks=[SubtaskIn(description=FALLBACK_DESCRIPTION, tier_hint=FALLBACK_TIER, depends_on=[])])
+    return plan, (f"fallback: the planner gave no usable plan after one repair call ({shown}); "
+                  f"the request runs as one subtask on tier {FALLBACK_TIER}")
 
 
 def repair_messages(messages: list[Message], bad_answer: str, errors: list[str]) -> list[Message]:
@@ -118,21 +163,30 @@ def repair_messages(messages: list[Message], bad_answer: str, errors: list[str])
 
 async def decompose(call: CallFn, request: str, *, max_subtasks: int,
                     context: list[dict[str, str]] | None = None,
-                    warnings: list[str] | None = None) -> PlanIn:
+                    warnings: list[str] | None = None, fallback: bool = True) -> PlanIn:
     """One planner call; what can be fixed without a model is fixed (each fix appended
-    to `warnings`); on what remains invalid exactly one repair call; then PlanInvalid.
+    to `warnings`); on what remains invalid exactly one repair call; then, when the
+    answer is still unusable, the fallback plan (`fallback_plan`, its warning appended)
+    or, with `fallback=False`, PlanInvalid. A failed call (ProviderError,
+    BudgetExceeded) is raised either way: there was no answer to judge.
     `context`: earlier messages of a conversation, given to the planner as data."""
     messages = render("decompose", request=request, max_subtasks=max_subtasks, context=context)
-    first = await call(messages, PLAN_JSON_SCHEMA)
+    schema = plan_schema(max_subtasks)
+    first = await call(messages, schema)
     try:
         return _check(first.text, max_subtasks, warnings)
     except PlanInvalid as exc:
         errors = exc.errors
-    second = await call(repair_messages(messages, first.text, errors), PLAN_JSON_SCHEMA)
+    second = await call(repair_messages(messages, first.text, errors), schema)
     try:
         return _check(second.text, max_subtasks, warnings)
     except PlanInvalid as exc:
-        raise PlanInvalid(
-            [f"the planner's answer was invalid twice (one repair tried): {e}" for e in exc.errors],
-            second.text,
-        ) from None
+        if not fallback:
+            raise PlanInvalid(
+                [f"the planner's answer was invalid twice (one repair tried): {e}" for e in exc.errors],
+                second.text,
+            ) from None
+        plan, why = fallback_plan(exc.errors)
+        if warnings is not None:
+            warnings.append(why)
+        return plan

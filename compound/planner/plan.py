@@ -120,3 +120,18 @@ def _longest_from_roots(deps: Sequence[Sequence[int]], weight: Callable[[int], f
         start = max((finish[d] for d in deps[i]), default=0.0)
         finish[i] = start + weight(i)
     return finish
+
+
+def missing_join(deps: Sequence[Sequence[int]]) -> tuple[int, list[int], list[int]] | None:
+    """A likely missing join: the last subtask depends on something (it joins or uses
+    earlier results) while other subtasks' results are used by no subtask at all.
+    Returns (the last subtask, what it depends on, the unused subtasks), or None.
+    A check only: the plan may mean it (the synthesis sees every result anyway)."""
+    n = len(deps)
+    if n < 3 or not deps[-1]:
+        return None
+    used = {d for ds in deps for d in ds}
+    unused = [i for i in range(n - 1) if i not in used]
+    if not unused:
+        return None
+    return n - 1, sorted(set(deps[-1])), unused
