@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,9 +20,10 @@ from compound.cli.live import render_snapshot
 from compound.cli.output import clip, print_outcome
 from compound.core.settings import Settings
 from compound.llm.litellm_client import LiteLLMClient
-from compound.llm.simulator import Simulator, free_port
+from compound.llm.simulator import Simulator
 from compound.store.models import Task
 from compound.store.users import create_token, get_or_create_user
+from tests.fixtures.served import serving_in_thread
 
 _register()
 runner = CliRunner()
@@ -34,25 +33,13 @@ TOKENS = ("[/bold]", "[red]x", "a[i]", "[x](y)")
 
 @pytest.fixture
 def served(sim: Simulator, sim_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str, object]]:
-    import uvicorn
-
     settings = sim_settings.model_copy(update={"rate_limit_per_minute": 1000})
     api = create_app(settings, client=LiteLLMClient(settings))
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120  # generous: the machine may be loaded
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.02)
-    token = create_token(api.state.store.engine, "dana")[1]
-    url = f"http://127.0.0.1:{port}"
-    monkeypatch.setenv("COMPOUND_URL", url)
-    monkeypatch.setenv("COMPOUND_TOKEN", token)
-    yield url, token, api
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving_in_thread(api) as url:
+        token = create_token(api.state.store.engine, "dana")[1]
+        monkeypatch.setenv("COMPOUND_URL", url)
+        monkeypatch.setenv("COMPOUND_TOKEN", token)
+        yield url, token, api
 
 
 def list_tasks(engine: object, *, user_id: str) -> tuple[list[dict[str, str]], None]:

@@ -19,8 +19,9 @@ import pytest
 from compound.api.app import create_app
 from compound.core.settings import Settings
 from compound.llm.litellm_client import LiteLLMClient
-from compound.llm.simulator import Simulator, free_port
+from compound.llm.simulator import Simulator
 from compound.store.users import create_token
+from tests.fixtures.served import serving_in_thread
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]  # Chromium on a loaded machine
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -31,28 +32,19 @@ WAIT_MS = 60_000  # a generous deadline for a state, never a pause
 
 @pytest.fixture
 def server(sim: Simulator, sim_settings: Settings) -> Iterator[tuple[str, str, str]]:
-    import uvicorn
-
     sim.script.holds = {"hold step two": threading.Event(), "hold forever": threading.Event()}
     # the simulator answers at once (holds aside): a long call timeout only keeps a loaded
     # machine's slow first call from failing the warm-up task
     settings = sim_settings.model_copy(update={"rate_limit_per_minute": 1000, "call_timeout_s": 120.0})
     app = create_app(settings, client=LiteLLMClient(settings))
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 150  # generous: the machine may be loaded
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
-    token = create_token(app.state.store.engine, "dana")[1]
-    admin = create_token(app.state.store.engine, "root", ["admin"])[1]
-    yield f"http://127.0.0.1:{port}", token, admin
-    for released in sim.script.holds.values():
-        released.set()
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving_in_thread(app) as url:
+        token = create_token(app.state.store.engine, "dana")[1]
+        admin = create_token(app.state.store.engine, "root", ["admin"])[1]
+        try:
+            yield url, token, admin
+        finally:
+            for released in sim.script.holds.values():
+                released.set()
 
 
 def _wait_status(url: str, auth: dict[str, str], task_id: str, status: str) -> None:

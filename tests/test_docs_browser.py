@@ -6,16 +6,14 @@ served by the app itself. Skips, saying so, when Chromium or Playwright is missi
 from __future__ import annotations
 
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from compound.api.app import create_app
 from compound.core.settings import Settings
-from compound.llm.simulator import free_port
 from tests.fixtures.fakes import FakeLLM
+from tests.fixtures.served import serving_in_thread
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]  # Chromium on a loaded machine
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -28,20 +26,9 @@ OPERATIONS = [("POST", "/v1/tasks"), ("GET", "/v1/tasks/{task_id}"), ("GET", "/v
 
 @pytest.fixture
 def server(sim_settings: Settings) -> Iterator[str]:
-    import uvicorn
-
     app = create_app(sim_settings.model_copy(update={"executor_process": False}), client=FakeLLM())
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 150  # generous: the machine may be loaded
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving_in_thread(app) as url:
+        yield url
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from compound.tools.catalogue import Tools
 from compound.tools.config import McpServerConfig
 from compound.tools.servers import ToolServers
 from tests.fixtures.mcp_tools import ROOT, STDIO_COMMAND, HttpServer, http_server
-from tests.fixtures.served import free_port
+from tests.fixtures.served import free_port, serving_in_thread
 
 pytestmark = pytest.mark.slow  # starts MCP servers as child processes
 
@@ -308,24 +308,14 @@ async def test_no_servers_configured_start_nothing() -> None:
 @pytest.fixture
 def served_app(sqlite_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     """The app, with a stdio server and one that is down, served by uvicorn in a thread."""
-    import uvicorn
-
     servers = {"local": stdio(allow=["echo", "count", "brackets"], read_only=["echo"]),
                "gone": McpServerConfig(url=f"http://127.0.0.1:{free_port()}/mcp", allow=["lookup"])}
     app = create_app(Settings(database_url=sqlite_url, executor_process=False, mcp_servers=servers))
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120  # generous: the machine may be loaded
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.02)
-    monkeypatch.setenv("COMPOUND_URL", f"http://127.0.0.1:{srv.config.port}")
-    monkeypatch.setenv("COMPOUND_TOKEN", create_token(app.state.store.engine, "dana", ["read"])[1])
-    monkeypatch.setenv("COLUMNS", "200")
-    yield f"http://127.0.0.1:{srv.config.port}"
-    srv.should_exit = True
-    thread.join(timeout=30)
+    with serving_in_thread(app, start_timeout_s=120) as url:
+        monkeypatch.setenv("COMPOUND_URL", url)
+        monkeypatch.setenv("COMPOUND_TOKEN", create_token(app.state.store.engine, "dana", ["read"])[1])
+        monkeypatch.setenv("COLUMNS", "200")
+        yield url
 
 
 def test_tools_list_prints_the_table(served_app: str) -> None:
