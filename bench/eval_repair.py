@@ -1,7 +1,7 @@
-"""The 20-request plan-repair check of issue 13, before and after the deterministic repair.
+"""A 20-request plan-repair check, before and after the deterministic repair.
 
-No local model can run on this machine (docs/evals.md says why), so the planner's answers
-are scripted on the provider simulator the way a small model failed: a self-dependency
+The planner's answers are scripted on the provider simulator the way a small model
+failed (so the run is the same every time): a self-dependency
 or an index past the end that survives the repair call (7 requests), a cycle the repair
 call fixes (3), a cycle it does not fix (2), and valid plans (8). Both runs go through the
 whole pipeline (compound's eval runner, the executor, litellm over HTTP to the simulator);
