@@ -21,14 +21,6 @@ _register()
 runner = CliRunner()
 
 
-@pytest.fixture
-def cli_env(monkeypatch: pytest.MonkeyPatch, sqlite_url: str, sim: Simulator) -> str:
-    monkeypatch.setenv("COMPOUND_DATABASE_URL", sqlite_url)
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", sim.url)  # type: ignore[attr-defined]
-    monkeypatch.setenv("OPENAI_BASE_URL", sim.url + "/v1")  # type: ignore[attr-defined]
-    return sqlite_url
-
-
 def test_tokens_create_list_revoke(cli_env: str) -> None:
     out = runner.invoke(app, ["tokens", "create", "--user", "ann", "--scope", "read,submit"])
     assert out.exit_code == 0, out.output

@@ -31,14 +31,6 @@ LOG_LINE = re.compile(r"\[\s*(debug|info|warning|error|critical)\s*\]|\"level\":
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-@pytest.fixture
-def cli_env(monkeypatch: pytest.MonkeyPatch, sqlite_url: str, sim: Simulator) -> str:
-    monkeypatch.setenv("COMPOUND_DATABASE_URL", sqlite_url)
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", sim.url)  # type: ignore[attr-defined]
-    monkeypatch.setenv("OPENAI_BASE_URL", sim.url + "/v1")  # type: ignore[attr-defined]
-    return sqlite_url
-
-
 class _Tty(io.StringIO):
     def isatty(self) -> bool:
         return True
