@@ -5,12 +5,24 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
-from compound.llm.base import Completion, Delta, LLMClient, Message, Price, StreamEvent, Usage
+from compound.llm.base import (
+    Completion,
+    Delta,
+    LLMClient,
+    Message,
+    Price,
+    StreamEvent,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
+    Usage,
+)
 
 if TYPE_CHECKING:
     from compound.core.settings import Settings
 
-__all__ = ["Completion", "Delta", "LLMClient", "Message", "Price", "StreamEvent", "Usage", "build_client",
+__all__ = ["Completion", "Delta", "LLMClient", "Message", "Price", "StreamEvent", "ToolCall", "ToolChoice", "ToolSpec",
+           "Usage", "build_client",
            "collect"]
 
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from compound.core.settings import Settings
-from compound.llm.adapter import SDKAdapter
-from compound.llm.base import Completion, Delta, Message, StreamEvent, Usage
+from compound.llm.adapter import SDKAdapter, no_tools_yet
+from compound.llm.base import Completion, Delta, Message, StreamEvent, ToolChoice, ToolSpec, Usage
 from compound.llm.errors import sdk_error
 
 _EPHEMERAL = {"type": "ephemeral"}
@@ -141,7 +141,10 @@ class AnthropicClient(SDKAdapter[Any]):
         max_tokens: int,
         json_schema: dict[str, Any] | None = None,  # noqa: ARG002  (the prompt states the shape)
         timeout_s: float | None = None,
+        tools: Sequence[ToolSpec] | None = None,
+        tool_choice: ToolChoice = "auto",
     ) -> Completion:
+        no_tools_yet(tools, tool_choice)
         prefix = prefix_key(model, messages)
         gate = await self._turn(prefix) if prefix is not None else None
         if gate is not None:  # this call writes the prefix: stream it to release the others early
@@ -173,7 +176,10 @@ class AnthropicClient(SDKAdapter[Any]):
         max_tokens: int,
         json_schema: dict[str, Any] | None = None,  # noqa: ARG002  (the prompt states the shape)
         timeout_s: float | None = None,
+        tools: Sequence[ToolSpec] | None = None,
+        tool_choice: ToolChoice = "auto",
     ) -> AsyncIterator[StreamEvent]:
+        no_tools_yet(tools, tool_choice)
         prefix = prefix_key(model, messages)
         gate = await self._turn(prefix) if prefix is not None else None
         if gate is None:

@@ -7,7 +7,7 @@ import asyncio
 import importlib
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -17,7 +17,8 @@ os.environ.setdefault("DISABLE_AIOHTTP_TRANSPORT", "True")
 
 from compound.core.errors import ProviderError, ProviderTimeout, StreamCut
 from compound.core.settings import Settings
-from compound.llm.base import Completion, Delta, Message, Price, StreamEvent, Usage
+from compound.llm.adapter import no_tools_yet
+from compound.llm.base import Completion, Delta, Message, Price, StreamEvent, ToolChoice, ToolSpec, Usage
 from compound.llm.endpoints import api_base, endpoint, provider_of, remote_allowed
 from compound.llm.errors import retry_after, scrub, transient_status
 from compound.llm.pricing import price_of
@@ -104,7 +105,10 @@ class LiteLLMClient:
         max_tokens: int,
         json_schema: dict[str, Any] | None = None,
         timeout_s: float | None = None,
+        tools: Sequence[ToolSpec] | None = None,
+        tool_choice: ToolChoice = "auto",
     ) -> Completion:
+        no_tools_yet(tools, tool_choice)
         kwargs = self._kwargs(model, messages, max_tokens, json_schema, timeout_s)
         started = time.perf_counter()
         response = await self._send(model, kwargs)
@@ -129,7 +133,10 @@ class LiteLLMClient:
         max_tokens: int,
         json_schema: dict[str, Any] | None = None,
         timeout_s: float | None = None,
+        tools: Sequence[ToolSpec] | None = None,
+        tool_choice: ToolChoice = "auto",
     ) -> AsyncIterator[StreamEvent]:
+        no_tools_yet(tools, tool_choice)
         kwargs = self._kwargs(model, messages, max_tokens, json_schema, timeout_s)
         kwargs["stream"] = True
         kwargs["stream_options"] = {"include_usage": True}

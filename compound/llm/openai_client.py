@@ -6,14 +6,14 @@ endpoint accepts one."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from compound.core.errors import ProviderError
 from compound.core.logging import get_logger
 from compound.core.settings import Settings
-from compound.llm.adapter import SDKAdapter
-from compound.llm.base import Completion, Delta, Message, StreamEvent, Usage
+from compound.llm.adapter import SDKAdapter, no_tools_yet
+from compound.llm.base import Completion, Delta, Message, StreamEvent, ToolChoice, ToolSpec, Usage
 from compound.llm.errors import sdk_error
 
 log = get_logger(__name__)
@@ -149,7 +149,10 @@ class OpenAIClient(SDKAdapter[Any]):
         max_tokens: int,
         json_schema: dict[str, Any] | None = None,
         timeout_s: float | None = None,
+        tools: Sequence[ToolSpec] | None = None,
+        tool_choice: ToolChoice = "auto",
     ) -> Completion:
+        no_tools_yet(tools, tool_choice)
         client, kwargs, key = self._request(model, messages, max_tokens, timeout_s)
         started = time.perf_counter()
         response = await self._send(client, model, kwargs, key, json_schema)
@@ -167,7 +170,10 @@ class OpenAIClient(SDKAdapter[Any]):
         max_tokens: int,
         json_schema: dict[str, Any] | None = None,
         timeout_s: float | None = None,
+        tools: Sequence[ToolSpec] | None = None,
+        tool_choice: ToolChoice = "auto",
     ) -> AsyncIterator[StreamEvent]:
+        no_tools_yet(tools, tool_choice)
         client, kwargs, key = self._request(model, messages, max_tokens, timeout_s)
         kwargs["stream"] = True
         kwargs["stream_options"] = {"include_usage": True}

@@ -3,11 +3,11 @@ model (anthropic SDK, openai SDK, or litellm), chosen once per model from its na
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from compound.core.settings import Settings
-from compound.llm.base import Completion, LLMClient, Message, StreamEvent
+from compound.llm.base import Completion, LLMClient, Message, StreamEvent, ToolChoice, ToolSpec
 from compound.llm.endpoints import AdapterName, adapter_of
 
 
@@ -63,9 +63,12 @@ class ClientRegistry:
         max_tokens: int,
         json_schema: dict[str, Any] | None = None,
         timeout_s: float | None = None,
+        tools: Sequence[ToolSpec] | None = None,
+        tool_choice: ToolChoice = "auto",
     ) -> Completion:
         return await self.adapter_for(model).complete(model=model, messages=messages, max_tokens=max_tokens,
-                                                      json_schema=json_schema, timeout_s=timeout_s)
+                                                      json_schema=json_schema, timeout_s=timeout_s, tools=tools,
+                                              tool_choice=tool_choice)
 
     def stream(
         self,
@@ -75,9 +78,12 @@ class ClientRegistry:
         max_tokens: int,
         json_schema: dict[str, Any] | None = None,
         timeout_s: float | None = None,
+        tools: Sequence[ToolSpec] | None = None,
+        tool_choice: ToolChoice = "auto",
     ) -> AsyncIterator[StreamEvent]:
         return self.adapter_for(model).stream(model=model, messages=messages, max_tokens=max_tokens,
-                                              json_schema=json_schema, timeout_s=timeout_s)
+                                              json_schema=json_schema, timeout_s=timeout_s, tools=tools,
+                                              tool_choice=tool_choice)
 
 
 def adapter_table(settings: Settings) -> dict[str, str]:
