@@ -80,9 +80,3 @@ class SDKAdapter(Generic[C]):
         self._clients.clear()
         self._endpoints.clear()
 
-
-def no_tools_yet(tools: object, tool_choice: str) -> None:
-    """Native tool calling is not wired into this adapter: refuse a call that asks for it
-    rather than send it without its tools."""
-    if tools:
-        raise NotImplementedError(f"this adapter does not send tools yet (tool_choice={tool_choice})")

@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from compound.core.settings import Settings
-from compound.llm.adapter import SDKAdapter, no_tools_yet
-from compound.llm.base import Completion, Delta, Message, StreamEvent, ToolChoice, ToolSpec, Usage
+from compound.llm.adapter import SDKAdapter
+from compound.llm.base import Completion, Delta, Message, StreamEvent, ToolCall, ToolChoice, ToolSpec, Usage
 from compound.llm.errors import sdk_error
+from compound.llm.toolwire import StreamedCalls, ToolNames, arguments_text, names_of, parse_arguments
 
 _EPHEMERAL = {"type": "ephemeral"}
 # A cache entry lives 5 minutes from its last read (Anthropic's default TTL).
@@ -22,32 +23,64 @@ CACHE_TTL_S = 300.0
 MIN_CACHEABLE_BYTES = 1024
 
 
-def to_anthropic(messages: list[Message]) -> tuple[str | list[dict[str, Any]] | None, list[dict[str, Any]]]:
+def to_anthropic(messages: list[Message], names: ToolNames | None = None,
+                 ) -> tuple[str | list[dict[str, Any]] | None, list[dict[str, Any]]]:
     """(system, messages) for the Messages API. System messages join the `system`
-    blocks; consecutive messages of one role become one turn of several text blocks;
-    a message marked `cache` gets a cache_control breakpoint (the prefix up to it is
-    cached). Plain strings where no block is needed (less to encode)."""
+    blocks; consecutive messages of one role become one turn of several blocks (a tool
+    result is a user turn's `tool_result` block, an assistant's tool calls its
+    `tool_use` blocks); a message marked `cache` gets a cache_control breakpoint (the
+    prefix up to it is cached). Plain strings where no block is needed (less to encode)."""
+    names = names or ToolNames()
     system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
     for m in messages:
-        block: dict[str, Any] = {"type": "text", "text": m["content"]}
-        if m.get("cache"):
-            block["cache_control"] = _EPHEMERAL
-        if m["role"] == "system":
-            system.append(block)
-        elif turns and turns[-1]["role"] == m["role"]:
-            turns[-1]["content"].append(block)
+        role = m["role"]
+        blocks: list[dict[str, Any]]
+        if role == "tool":
+            role = "user"
+            blocks = [{"type": "tool_result", "tool_use_id": m.get("tool_call_id", ""), "content": m["content"]}]
+            if m.get("is_error"):
+                blocks[0]["is_error"] = True
         else:
-            turns.append({"role": m["role"], "content": [block]})
+            blocks = [{"type": "text", "text": m["content"]}]
+            calls = m.get("tool_calls") or []
+            if calls:
+                blocks = blocks if m["content"] else []  # the API refuses an empty text block
+                blocks += [{"type": "tool_use", "id": c.id, "name": names.wire(c.name), "input": c.arguments}
+                           for c in calls]
+        if m.get("cache"):
+            blocks[-1]["cache_control"] = _EPHEMERAL
+        if role == "system":
+            system += blocks
+        elif turns and turns[-1]["role"] == role:
+            turns[-1]["content"] += blocks
+        else:
+            turns.append({"role": role, "content": blocks})
     for turn in turns:
         blocks = turn["content"]
-        if len(blocks) == 1 and "cache_control" not in blocks[0]:
+        if len(blocks) == 1 and blocks[0]["type"] == "text" and "cache_control" not in blocks[0]:
             turn["content"] = blocks[0]["text"]
     if not system:
         return None, turns
     if len(system) == 1 and "cache_control" not in system[0]:
         return system[0]["text"], turns
     return system, turns
+
+
+def tool_fields(tools: Sequence[ToolSpec] | None, tool_choice: ToolChoice, names: ToolNames) -> dict[str, Any]:
+    """`tools` and `tool_choice` for the Messages API (nothing when no tools are given)."""
+    if not tools:
+        return {}
+    return {"tools": [{"name": names.wire(t.name), "description": t.description,
+                       "input_schema": t.input_schema or {"type": "object", "properties": {}}} for t in tools],
+            "tool_choice": {"type": tool_choice}}
+
+
+def tool_calls_of(content: Any, names: ToolNames) -> tuple[ToolCall, ...]:
+    """The `tool_use` blocks of an answer as ToolCalls."""
+    return tuple(ToolCall(id=b.id, name=names.name(b.name),
+                          arguments=dict(b.input) if isinstance(b.input, dict) else parse_arguments(str(b.input)))
+                 for b in content if b.type == "tool_use")
 
 
 def usage_of(u: Any) -> Usage:
@@ -74,6 +107,10 @@ def prefix_key(model: str, messages: list[Message]) -> str | None:
         data = m["content"].encode()
         size += len(data)
         digest.update(m["role"].encode() + b"\0" + data + b"\0")
+        for c in m.get("tool_calls") or ():  # a turn's calls are part of the prefix too
+            digest.update(f"{c.id}\0{c.name}\0{arguments_text(c)}\0".encode())
+        if "tool_call_id" in m:
+            digest.update(f"{m['tool_call_id']}\0{m.get('is_error', False)}\0".encode())
     return digest.hexdigest() if size >= MIN_CACHEABLE_BYTES else None
 
 
@@ -123,12 +160,14 @@ class AnthropicClient(SDKAdapter[Any]):
         return anthropic.AsyncAnthropic(api_key=key, base_url=base, max_retries=0,
                                         timeout=self.settings.call_timeout_s, http_client=http)
 
-    def _request(self, model: str, messages: list[Message], max_tokens: int,
-                 timeout_s: float | None) -> tuple[Any, dict[str, Any], str | None]:
+    def _request(self, model: str, messages: list[Message], max_tokens: int, timeout_s: float | None,
+                 tools: Sequence[ToolSpec] | None, tool_choice: ToolChoice,
+                 names: ToolNames) -> tuple[Any, dict[str, Any], str | None]:
         ep, client = self.client_for(model)
-        system, turns = to_anthropic(messages)
+        system, turns = to_anthropic(messages, names)
         kwargs: dict[str, Any] = {"model": ep.name, "messages": turns, "max_tokens": max_tokens,
-                                  "timeout": timeout_s or self.settings.call_timeout_s}
+                                  "timeout": timeout_s or self.settings.call_timeout_s,
+                                  **tool_fields(tools, tool_choice, names)}
         if system is not None:
             kwargs["system"] = system
         return client, kwargs, ep.key
@@ -144,7 +183,7 @@ class AnthropicClient(SDKAdapter[Any]):
         tools: Sequence[ToolSpec] | None = None,
         tool_choice: ToolChoice = "auto",
     ) -> Completion:
-        no_tools_yet(tools, tool_choice)
+        names = names_of(tools, messages)
         prefix = prefix_key(model, messages)
         gate = await self._turn(prefix) if prefix is not None else None
         if gate is not None:  # this call writes the prefix: stream it to release the others early
@@ -152,12 +191,12 @@ class AnthropicClient(SDKAdapter[Any]):
             try:
                 from compound.llm import collect
 
-                return await collect(self._events(model, messages, max_tokens, timeout_s,
-                                                  on_start=lambda: self._written(prefix, gate)))
+                return await collect(self._events(model, messages, max_tokens, timeout_s, tools, tool_choice,
+                                                  names, on_start=lambda: self._written(prefix, gate)))
             finally:
                 if not gate.is_set():
                     self._written(prefix, gate, warm=False)
-        client, kwargs, key = self._request(model, messages, max_tokens, timeout_s)
+        client, kwargs, key = self._request(model, messages, max_tokens, timeout_s, tools, tool_choice, names)
         started = time.perf_counter()
         try:
             response = await client.messages.create(**kwargs)
@@ -166,7 +205,8 @@ class AnthropicClient(SDKAdapter[Any]):
         usage = usage_of(response.usage)
         text = "".join(b.text for b in response.content if b.type == "text")
         return Completion(text=text, model=model, usage=usage, cost_usd=self.price(model).cost(usage),
-                          latency_s=time.perf_counter() - started, finish_reason=response.stop_reason)
+                          latency_s=time.perf_counter() - started, finish_reason=response.stop_reason,
+                          tool_calls=tool_calls_of(response.content, names))
 
     async def stream(
         self,
@@ -179,16 +219,16 @@ class AnthropicClient(SDKAdapter[Any]):
         tools: Sequence[ToolSpec] | None = None,
         tool_choice: ToolChoice = "auto",
     ) -> AsyncIterator[StreamEvent]:
-        no_tools_yet(tools, tool_choice)
+        names = names_of(tools, messages)
         prefix = prefix_key(model, messages)
         gate = await self._turn(prefix) if prefix is not None else None
         if gate is None:
-            async for event in self._events(model, messages, max_tokens, timeout_s):
+            async for event in self._events(model, messages, max_tokens, timeout_s, tools, tool_choice, names):
                 yield event
             return
         assert prefix is not None
         try:
-            async for event in self._events(model, messages, max_tokens, timeout_s,
+            async for event in self._events(model, messages, max_tokens, timeout_s, tools, tool_choice, names,
                                             on_start=lambda: self._written(prefix, gate)):
                 yield event
         finally:
@@ -196,10 +236,12 @@ class AnthropicClient(SDKAdapter[Any]):
                 self._written(prefix, gate, warm=False)
 
     async def _events(self, model: str, messages: list[Message], max_tokens: int, timeout_s: float | None,
+                      tools: Sequence[ToolSpec] | None, tool_choice: ToolChoice, names: ToolNames,
                       on_start: Callable[[], None] | None = None) -> AsyncIterator[StreamEvent]:
-        client, kwargs, key = self._request(model, messages, max_tokens, timeout_s)
+        client, kwargs, key = self._request(model, messages, max_tokens, timeout_s, tools, tool_choice, names)
         started = time.perf_counter()
         parts: list[str] = []
+        calls = StreamedCalls(names)
         start_usage: Any = None
         final_usage: Any = None
         stop: str | None = None
@@ -214,6 +256,13 @@ class AnthropicClient(SDKAdapter[Any]):
                         if event.delta.type == "text_delta" and event.delta.text:
                             parts.append(event.delta.text)
                             yield Delta(event.delta.text)
+                        elif event.delta.type == "input_json_delta":
+                            calls.piece(event.index, event.delta.partial_json)
+                    elif kind == "content_block_start":
+                        block = event.content_block
+                        if block.type == "tool_use":
+                            calls.start(event.index, id=block.id, name=block.name,
+                                        whole=block.input if isinstance(block.input, dict) else None)
                     elif kind == "message_start":
                         start_usage = event.message.usage
                         if on_start is not None:
@@ -234,4 +283,4 @@ class AnthropicClient(SDKAdapter[Any]):
                                     or usage.cache_write_tokens),
             )
         yield Completion(text="".join(parts), model=model, usage=usage, cost_usd=self.price(model).cost(usage),
-                         latency_s=time.perf_counter() - started, finish_reason=stop)
+                         latency_s=time.perf_counter() - started, finish_reason=stop, tool_calls=calls.calls())

@@ -17,11 +17,11 @@ os.environ.setdefault("DISABLE_AIOHTTP_TRANSPORT", "True")
 
 from compound.core.errors import ProviderError, ProviderTimeout, StreamCut
 from compound.core.settings import Settings
-from compound.llm.adapter import no_tools_yet
 from compound.llm.base import Completion, Delta, Message, Price, StreamEvent, ToolChoice, ToolSpec, Usage
 from compound.llm.endpoints import api_base, endpoint, provider_of, remote_allowed
 from compound.llm.errors import retry_after, scrub, transient_status
 from compound.llm.pricing import price_of
+from compound.llm.toolwire import StreamedCalls, ToolNames, names_of, openai_calls, openai_messages, openai_tools
 
 __all__ = ["LiteLLMClient", "provider_of", "remote_allowed", "to_provider_error", "usage_of"]
 
@@ -59,16 +59,20 @@ class LiteLLMClient:
         await litellm_module()  # the import costs seconds; pay it at start
 
     def _kwargs(self, model: str, messages: list[Message], max_tokens: int,
-                json_schema: dict[str, Any] | None, timeout_s: float | None) -> dict[str, Any]:
+                json_schema: dict[str, Any] | None, timeout_s: float | None,
+                tools: Sequence[ToolSpec] | None, tool_choice: ToolChoice, names: ToolNames) -> dict[str, Any]:
         ep = endpoint(model, self.settings)
         ep.check()  # the offline guard; a missing key for anthropic/openai
         kwargs: dict[str, Any] = {
             "model": model,
-            "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+            "messages": openai_messages(messages, names),
             "max_tokens": max_tokens,
             "timeout": timeout_s or self.settings.call_timeout_s,
             "num_retries": 0,
         }
+        if tools:  # OpenAI's format: litellm translates it for every other provider
+            kwargs["tools"] = openai_tools(tools, names)
+            kwargs["tool_choice"] = tool_choice
         if ep.base:
             kwargs["api_base"] = ep.base
         if ep.key:
@@ -108,8 +112,8 @@ class LiteLLMClient:
         tools: Sequence[ToolSpec] | None = None,
         tool_choice: ToolChoice = "auto",
     ) -> Completion:
-        no_tools_yet(tools, tool_choice)
-        kwargs = self._kwargs(model, messages, max_tokens, json_schema, timeout_s)
+        names = names_of(tools, messages)
+        kwargs = self._kwargs(model, messages, max_tokens, json_schema, timeout_s, tools, tool_choice, names)
         started = time.perf_counter()
         response = await self._send(model, kwargs)
         latency = time.perf_counter() - started
@@ -123,6 +127,7 @@ class LiteLLMClient:
             cost_usd=self.price(model).cost(usage),
             latency_s=latency,
             finish_reason=getattr(choice, "finish_reason", None),
+            tool_calls=openai_calls(getattr(choice.message, "tool_calls", None), names),
         )
 
     async def stream(
@@ -136,13 +141,14 @@ class LiteLLMClient:
         tools: Sequence[ToolSpec] | None = None,
         tool_choice: ToolChoice = "auto",
     ) -> AsyncIterator[StreamEvent]:
-        no_tools_yet(tools, tool_choice)
-        kwargs = self._kwargs(model, messages, max_tokens, json_schema, timeout_s)
+        names = names_of(tools, messages)
+        kwargs = self._kwargs(model, messages, max_tokens, json_schema, timeout_s, tools, tool_choice, names)
         kwargs["stream"] = True
         kwargs["stream_options"] = {"include_usage": True}
         started = time.perf_counter()
         chunks = await self._send(model, kwargs)
         parts: list[str] = []
+        calls = StreamedCalls(names)
         usage = Usage()
         stop: str | None = None
         try:
@@ -154,12 +160,13 @@ class LiteLLMClient:
                     if text:
                         parts.append(text)
                         yield Delta(text)
+                    calls.openai_delta(getattr(choice.delta, "tool_calls", None))
                     if choice.finish_reason:
                         stop = choice.finish_reason
         except Exception as exc:
             raise to_provider_error(exc, model, secrets=(kwargs.get("api_key"),)) from None
         yield Completion(text="".join(parts), model=model, usage=usage, cost_usd=self.price(model).cost(usage),
-                         latency_s=time.perf_counter() - started, finish_reason=stop)
+                         latency_s=time.perf_counter() - started, finish_reason=stop, tool_calls=calls.calls())
 
 
 def usage_of(response: Any) -> Usage:

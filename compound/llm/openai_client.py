@@ -12,9 +12,10 @@ from typing import Any
 from compound.core.errors import ProviderError
 from compound.core.logging import get_logger
 from compound.core.settings import Settings
-from compound.llm.adapter import SDKAdapter, no_tools_yet
+from compound.llm.adapter import SDKAdapter
 from compound.llm.base import Completion, Delta, Message, StreamEvent, ToolChoice, ToolSpec, Usage
 from compound.llm.errors import sdk_error
+from compound.llm.toolwire import StreamedCalls, ToolNames, names_of, openai_calls, openai_messages, openai_tools
 
 log = get_logger(__name__)
 
@@ -103,16 +104,20 @@ class OpenAIClient(SDKAdapter[Any]):
         return openai.AsyncOpenAI(api_key=key, base_url=base, max_retries=0,
                                   timeout=self.settings.call_timeout_s, http_client=http)
 
-    def _request(self, model: str, messages: list[Message], max_tokens: int,
-                 timeout_s: float | None) -> tuple[Any, dict[str, Any], str | None]:
+    def _request(self, model: str, messages: list[Message], max_tokens: int, timeout_s: float | None,
+                 tools: Sequence[ToolSpec] | None, tool_choice: ToolChoice,
+                 names: ToolNames) -> tuple[Any, dict[str, Any], str | None]:
         ep, client = self.client_for(model)
         limit = "max_completion_tokens" if ep.name.startswith(_COMPLETION_TOKENS_PREFIXES) else "max_tokens"
         kwargs: dict[str, Any] = {
             "model": ep.name,
-            "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+            "messages": openai_messages(messages, names),
             limit: max_tokens,
             "timeout": timeout_s or self.settings.call_timeout_s,
         }
+        if tools:
+            kwargs["tools"] = openai_tools(tools, names)
+            kwargs["tool_choice"] = tool_choice
         return client, kwargs, ep.key
 
     async def _send(self, client: Any, model: str, kwargs: dict[str, Any], key: str | None,
@@ -152,15 +157,16 @@ class OpenAIClient(SDKAdapter[Any]):
         tools: Sequence[ToolSpec] | None = None,
         tool_choice: ToolChoice = "auto",
     ) -> Completion:
-        no_tools_yet(tools, tool_choice)
-        client, kwargs, key = self._request(model, messages, max_tokens, timeout_s)
+        names = names_of(tools, messages)
+        client, kwargs, key = self._request(model, messages, max_tokens, timeout_s, tools, tool_choice, names)
         started = time.perf_counter()
         response = await self._send(client, model, kwargs, key, json_schema)
         usage = usage_of(response.usage)
         choice = response.choices[0]
         return Completion(text=choice.message.content or "", model=model, usage=usage,
                           cost_usd=self.price(model).cost(usage), latency_s=time.perf_counter() - started,
-                          finish_reason=choice.finish_reason)
+                          finish_reason=choice.finish_reason,
+                          tool_calls=openai_calls(choice.message.tool_calls, names))
 
     async def stream(
         self,
@@ -173,12 +179,13 @@ class OpenAIClient(SDKAdapter[Any]):
         tools: Sequence[ToolSpec] | None = None,
         tool_choice: ToolChoice = "auto",
     ) -> AsyncIterator[StreamEvent]:
-        no_tools_yet(tools, tool_choice)
-        client, kwargs, key = self._request(model, messages, max_tokens, timeout_s)
+        names = names_of(tools, messages)
+        client, kwargs, key = self._request(model, messages, max_tokens, timeout_s, tools, tool_choice, names)
         kwargs["stream"] = True
         kwargs["stream_options"] = {"include_usage": True}
         started = time.perf_counter()
         parts: list[str] = []
+        calls = StreamedCalls(names)
         usage = Usage()
         stop: str | None = None
         chunks = await self._send(client, model, kwargs, key, json_schema)
@@ -192,9 +199,11 @@ class OpenAIClient(SDKAdapter[Any]):
                         if text:
                             parts.append(text)
                             yield Delta(text)
+                        if choice.delta is not None and choice.delta.tool_calls:
+                            calls.openai_delta(choice.delta.tool_calls)
                         if choice.finish_reason:
                             stop = choice.finish_reason
         except Exception as exc:  # the 200 came: the body was being read
             raise sdk_error(exc, model, secrets=(key,), midstream=True) from None
         yield Completion(text="".join(parts), model=model, usage=usage, cost_usd=self.price(model).cost(usage),
-                         latency_s=time.perf_counter() - started, finish_reason=stop)
+                         latency_s=time.perf_counter() - started, finish_reason=stop, tool_calls=calls.calls())

@@ -51,13 +51,42 @@ class Failure:
 
 
 @dataclass
+class ToolUse:
+    """A scripted answer that asks for tool calls: each `(name, arguments)` with
+    compound's tool name (`server.tool`: sent under the wire name the request gave it; a
+    name no offered tool has goes out as it is, as a model's invented name does) and the
+    arguments as an object, or as text sent exactly so (malformed JSON on the wire).
+    `text` comes before the calls, as a model's words before its tool_use blocks."""
+
+    calls: list[tuple[str, dict[str, Any] | str]]
+    text: str = ""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ToolUse:
+        return cls(calls=[(str(c["name"]), c.get("arguments", {})) for c in data.get("tool_calls", [])],
+                   text=str(data.get("text", "")))
+
+
+@dataclass
+class Reply:
+    """What the simulated model answers: text, and the tool calls it asks for as
+    (id, wire name, arguments as JSON text)."""
+
+    text: str
+    calls: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+@dataclass
 class Script:
     """What the simulator does. Everything is optional; defaults answer at once."""
 
     latency_s: float = 0.0
     latency: Callable[[str, str, str], float] | None = None  # (model, kind, text) -> s
     failures: list[Failure] = field(default_factory=list)
-    answers: dict[str, list[str]] = field(default_factory=dict)  # kind -> queued texts
+    # kind -> queued answers: texts, or ToolUse (tool calls). With tools offered and
+    # nothing queued, a model calls the first tool once (`example_arguments`), then,
+    # once the conversation holds tool results, answers in text quoting them.
+    answers: dict[str, list[str | ToolUse]] = field(default_factory=dict)
     max_subtasks: int = 6
     # [substring, seconds]: the first rule whose substring is in the request text wins
     latency_rules: list[tuple[str, float]] = field(default_factory=list)
@@ -88,7 +117,8 @@ class Script:
         return cls(
             latency_s=float(data.get("latency_s", 0.0)),
             failures=[Failure(**f) for f in data.get("failures", [])],
-            answers={k: list(v) for k, v in data.get("answers", {}).items()},
+            answers={k: [ToolUse.from_json(a) if isinstance(a, dict) else str(a) for a in v]
+                     for k, v in data.get("answers", {}).items()},
             max_subtasks=int(data.get("max_subtasks", 6)),
             latency_rules=[(str(a), float(b)) for a, b in data.get("latency_rules", [])],
             cache_ttl_s=float(data.get("cache_ttl_s", 300.0)),
@@ -209,7 +239,7 @@ class Simulator:
         with self._lock:
             self.script.failures.extend(failures)
 
-    def answer(self, kind: str, *texts: str) -> None:
+    def answer(self, kind: str, *texts: str | ToolUse) -> None:
         with self._lock:
             self.script.answers.setdefault(kind, []).extend(texts)
 
@@ -242,9 +272,9 @@ class Simulator:
 
     async def _common(
         self, wire: str, model: str, system: str, text: str, max_tokens: int, body: dict[str, Any],
-        *, refusal: Failure | None = None, prefixes: list[str] | None = None,
-    ) -> tuple[str, int, int, tuple[int, int], Failure | None] | JSONResponse:
-        """Log, then a scripted failure or the answer: (text, input tokens, output
+        *, refusal: Failure | None = None, prefixes: list[str] | None = None, tools: Offered | None = None,
+    ) -> tuple[Reply, int, int, tuple[int, int], Failure | None] | JSONResponse:
+        """Log, then a scripted failure or the answer: (reply, input tokens, output
         tokens, (cache read, cache write), a failure to cut its stream with), after the
         scripted latency."""
         kind = prompt_kind(system)
@@ -282,12 +312,24 @@ class Simulator:
                 self.in_flight[model] -= 1
         if failure is not None and not (failure.midstream and body.get("stream")):
             return _error(wire, failure)
+        offered = tools or Offered()
+        if forced is None and offered.tools and not offered.results and not offered.none:
+            name, schema = offered.tools[0]
+            forced = ToolUse([(name, example_arguments(schema))])
+        if isinstance(forced, ToolUse):
+            reply = Reply(forced.text, [(f"{'toolu' if wire == 'anthropic' else 'call'}_{uuid.uuid4().hex[:20]}",
+                                         offered.wire(name), args if isinstance(args, str) else json.dumps(args))
+                                        for name, args in forced.calls])
+            out_tok = min(max_tokens, _tokens(reply.text + "".join(c[1] + c[2] for c in reply.calls)))
+            return reply, in_tok, out_tok, cached, failure
         out = forced if forced is not None else answer_for(kind, text, self.script.max_subtasks)
+        if forced is None and offered.results:
+            out += " [tool results: " + " | ".join(r[:200] for r in offered.results) + "]"
         out_tok = _tokens(out)
         if out_tok > max_tokens:
             out = out.encode("utf-8")[: max_tokens * 4].decode("utf-8", "ignore")
             out_tok = max_tokens
-        return out, in_tok, out_tok, cached, failure
+        return Reply(out), in_tok, out_tok, cached, failure
 
     def _cached(self, model: str, prefixes: list[str], in_tok: int, delay: float) -> tuple[int, int]:
         """(cache_read, cache_write) tokens for the breakpoints' prefixes, Anthropic's way:
@@ -336,24 +378,34 @@ class Simulator:
         max_tokens = int(body.get("max_tokens") or 1024)
         prefixes = ["\n".join(str(b.get("text", "")) for b in blocks[: i + 1])
                     for i, b in enumerate(blocks) if b.get("cache_control")]
-        got = await self._common("anthropic", model, system, text, max_tokens, body, prefixes=prefixes)
+        offered = Offered(
+            tools=[(str(t.get("name", "")), t.get("input_schema") or {}) for t in body.get("tools") or []],
+            results=[_content_text(b.get("content")) for m in body.get("messages", [])
+                     if isinstance(m.get("content"), list) for b in m["content"]
+                     if isinstance(b, dict) and b.get("type") == "tool_result"],
+            none=(body.get("tool_choice") or {}).get("type") == "none")
+        got = await self._common("anthropic", model, system, text, max_tokens, body, prefixes=prefixes,
+                                 tools=offered)
         if isinstance(got, JSONResponse):
             return got
-        out, in_tok, out_tok, (read, write), cut = got
+        reply, in_tok, out_tok, (read, write), cut = got
         usage = {"input_tokens": in_tok - read - write, "output_tokens": out_tok,
                  "cache_read_input_tokens": read, "cache_creation_input_tokens": write}
-        stop = "max_tokens" if out_tok >= max_tokens else "end_turn"
+        stop = "tool_use" if reply.calls else "max_tokens" if out_tok >= max_tokens else "end_turn"
         msg_id = f"msg_{uuid.uuid4().hex[:24]}"
         if body.get("stream"):
-            return _sse(_anthropic_events(msg_id, model, out, usage, stop), anthropic=True, cut=cut)
+            return _sse(_anthropic_events(msg_id, model, reply, usage, stop), anthropic=True, cut=cut)
         from anthropic.types import Message as AMessage
 
+        answer: list[dict[str, Any]] = [{"type": "text", "text": reply.text}] if reply.text or not reply.calls else []
+        answer += [{"type": "tool_use", "id": call_id, "name": name, "input": _input_object(args)}
+                   for call_id, name, args in reply.calls]
         msg = AMessage(
             id=msg_id,
             type="message",
             role="assistant",
             model=model,
-            content=[{"type": "text", "text": out}],
+            content=answer,
             stop_reason=stop,
             stop_sequence=None,
             usage=usage,
@@ -372,26 +424,36 @@ class Simulator:
         text = "\n".join(_content_text(m.get("content")) for m in msgs if m.get("role") not in ("system", "developer"))
         max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 1024)
         refusal = self.script.refusal(request_form(body))
-        got = await self._common("openai", model, system, text, max_tokens, body, refusal=refusal)
+        offered = Offered(
+            tools=[(str((t.get("function") or {}).get("name", "")), (t.get("function") or {}).get("parameters") or {})
+                   for t in body.get("tools") or []],
+            results=[_content_text(m.get("content")) for m in msgs if m.get("role") == "tool"],
+            none=body.get("tool_choice") == "none")
+        got = await self._common("openai", model, system, text, max_tokens, body, refusal=refusal, tools=offered)
         if isinstance(got, JSONResponse):
             return got
-        out, in_tok, out_tok, _cached, cut = got
+        reply, in_tok, out_tok, _cached, cut = got
         usage = {"prompt_tokens": in_tok, "completion_tokens": out_tok, "total_tokens": in_tok + out_tok,
                  "prompt_tokens_details": {"cached_tokens": 0}}
-        stop = "length" if out_tok >= max_tokens else "stop"
+        stop = "tool_calls" if reply.calls else "length" if out_tok >= max_tokens else "stop"
         chat_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if body.get("stream"):
             with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return _sse(_openai_chunks(chat_id, model, out, usage if with_usage else None, stop), anthropic=False,
+            return _sse(_openai_chunks(chat_id, model, reply, usage if with_usage else None, stop), anthropic=False,
                         cut=cut)
         from openai.types.chat import ChatCompletion
 
+        message: dict[str, Any] = {"role": "assistant", "content": reply.text if reply.text or not reply.calls
+                                   else None}
+        if reply.calls:
+            message["tool_calls"] = [{"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}
+                                     for call_id, name, args in reply.calls]
         completion = ChatCompletion(
             id=chat_id,
             object="chat.completion",
             created=int(time.time()),
             model=model,
-            choices=[{"index": 0, "finish_reason": stop, "message": {"role": "assistant", "content": out}}],
+            choices=[{"index": 0, "finish_reason": stop, "message": message}],
             usage=usage,
         )
         return JSONResponse(completion.model_dump(mode="json", exclude_none=True))
@@ -407,23 +469,35 @@ def _pieces(text: str) -> list[str]:
     return [text[i : i + _PIECE] for i in range(0, len(text), _PIECE)] or [""]
 
 
-def _anthropic_events(msg_id: str, model: str, out: str, usage: dict[str, int],
+def _anthropic_events(msg_id: str, model: str, reply: Reply, usage: dict[str, int],
                       stop: str) -> list[tuple[str, dict[str, Any]]]:
-    """The Messages API's streaming events: usage on message_start, output tokens
-    (cumulative) on message_delta."""
+    """The Messages API's streaming events: usage on message_start, a text block, each
+    tool call a `tool_use` block whose input comes in `input_json_delta` pieces, output
+    tokens (cumulative) on message_delta."""
     start_usage = {**usage, "output_tokens": 1}
     events: list[tuple[str, dict[str, Any]]] = [
         ("message_start", {"type": "message_start", "message": {
             "id": msg_id, "type": "message", "role": "assistant", "model": model, "content": [],
             "stop_reason": None, "stop_sequence": None, "usage": start_usage}}),
-        ("content_block_start", {"type": "content_block_start", "index": 0,
-                                 "content_block": {"type": "text", "text": ""}}),
-        ("ping", {"type": "ping"}),
     ]
-    events += [("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                        "delta": {"type": "text_delta", "text": piece}}) for piece in _pieces(out)]
+    index = 0
+    if reply.text or not reply.calls:
+        events += [("content_block_start", {"type": "content_block_start", "index": 0,
+                                            "content_block": {"type": "text", "text": ""}}),
+                   ("ping", {"type": "ping"})]
+        events += [("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                            "delta": {"type": "text_delta", "text": piece}})
+                   for piece in _pieces(reply.text)]
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        index = 1
+    for i, (call_id, name, args) in enumerate(reply.calls, start=index):
+        events.append(("content_block_start", {"type": "content_block_start", "index": i, "content_block": {
+            "type": "tool_use", "id": call_id, "name": name, "input": {}}}))
+        events += [("content_block_delta", {"type": "content_block_delta", "index": i,
+                                            "delta": {"type": "input_json_delta", "partial_json": piece}})
+                   for piece in _pieces(args) if piece]
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": i}))
     events += [
-        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
         ("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
                            "usage": {"output_tokens": usage["output_tokens"]}}),
         ("message_stop", {"type": "message_stop"}),
@@ -431,10 +505,12 @@ def _anthropic_events(msg_id: str, model: str, out: str, usage: dict[str, int],
     return events
 
 
-def _openai_chunks(chat_id: str, model: str, out: str, usage: dict[str, Any] | None,
+def _openai_chunks(chat_id: str, model: str, reply: Reply, usage: dict[str, Any] | None,
                    stop: str) -> list[tuple[str, dict[str, Any]]]:
-    """Chat Completions chunks; with stream_options.include_usage a last chunk with no
-    choices carries the usage (and every other chunk has usage null)."""
+    """Chat Completions chunks: the text, then each tool call in `delta.tool_calls`
+    (id and name first, then the arguments in pieces); with
+    stream_options.include_usage a last chunk with no choices carries the usage (and
+    every other chunk has usage null)."""
     created = int(time.time())
 
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> tuple[str, dict[str, Any]]:
@@ -445,7 +521,13 @@ def _openai_chunks(chat_id: str, model: str, out: str, usage: dict[str, Any] | N
         return "", data
 
     chunks = [chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])]
-    chunks += [chunk([{"index": 0, "delta": {"content": p}, "finish_reason": None}]) for p in _pieces(out)]
+    if reply.text or not reply.calls:
+        chunks += [chunk([{"index": 0, "delta": {"content": p}, "finish_reason": None}]) for p in _pieces(reply.text)]
+    for i, (call_id, name, args) in enumerate(reply.calls):
+        head = {"index": i, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
+        chunks.append(chunk([{"index": 0, "delta": {"tool_calls": [head]}, "finish_reason": None}]))
+        chunks += [chunk([{"index": 0, "delta": {"tool_calls": [{"index": i, "function": {"arguments": p}}]},
+                           "finish_reason": None}]) for p in _pieces(args) if p]
     chunks.append(chunk([{"index": 0, "delta": {}, "finish_reason": stop}]))
     if usage is not None:
         chunks.append(chunk([], usage=usage))
@@ -479,7 +561,8 @@ def _sse(events: list[tuple[str, dict[str, Any]]], *, anthropic: bool, cut: Fail
             head = f"event: {name}\n" if name else ""
             yield f"{head}data: {json.dumps(data)}\n\n".encode()
             delta = data.get("delta", {}) if anthropic else (data.get("choices") or [{}])[0].get("delta", {})
-            pieces += bool(delta.get("text") or delta.get("content"))
+            pieces += bool(delta.get("text") or delta.get("content") or delta.get("partial_json")
+                           or delta.get("tool_calls"))
         if not anthropic:
             yield b"data: [DONE]\n\n"
 
@@ -487,11 +570,75 @@ def _sse(events: list[tuple[str, dict[str, Any]]], *, anthropic: bool, cut: Fail
 
 
 def _content_text(content: Any) -> str:
+    """The text of a message's content: a string, or its text and tool_result blocks."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "\n".join(b.get("text", "") for b in content if isinstance(b, dict))
+        return "\n".join(_content_text(b.get("content")) if b.get("type") == "tool_result" else b.get("text", "")
+                         for b in content if isinstance(b, dict))
     return ""
+
+
+@dataclass
+class Offered:
+    """The tools a request offers, as (wire name, input schema), the tool results its
+    conversation already holds, and whether it forbids calls (tool_choice "none")."""
+
+    tools: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    results: list[str] = field(default_factory=list)
+    none: bool = False
+
+    def wire(self, name: str) -> str:
+        """The wire name of a scripted call: the offered tool's, else the name as given."""
+        from compound.llm.toolwire import wire_name
+
+        offered = {n for n, _s in self.tools}
+        if name in offered:
+            return name
+        return wire_name(name) if wire_name(name) in offered else name
+
+
+def example_arguments(schema: dict[str, Any]) -> dict[str, Any]:
+    """Arguments that satisfy a tool's input schema: its required properties, each its
+    default, first enum value, or a plain value of its type."""
+    properties = schema.get("properties") or {}
+    required = [n for n in schema.get("required") or () if n in properties]
+    return {n: _example(properties[n], n) for n in required}
+
+
+def _example(schema: Any, name: str) -> Any:
+    if not isinstance(schema, dict):
+        return "example"
+    if "default" in schema:
+        return schema["default"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    for key in ("anyOf", "oneOf"):
+        if schema.get(key):
+            return _example(schema[key][0], name)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "string")
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", 1)
+        return int(low) if kind == "integer" else float(low)
+    if kind == "boolean":
+        return True
+    if kind == "array":
+        return []
+    if kind == "object":
+        return example_arguments(schema)
+    return f"example {name}"
+
+
+def _input_object(args: str) -> dict[str, Any]:
+    """A tool_use block's input: the arguments' object (the Messages API always answers
+    one; text that is none is wrapped as compound's adapters read it)."""
+    from compound.llm.toolwire import parse_arguments
+
+    return parse_arguments(args)
 
 
 async def _json(request: Request) -> dict[str, Any] | JSONResponse:
