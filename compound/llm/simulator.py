@@ -172,14 +172,33 @@ def _indexed(text: str, name: str) -> list[tuple[int, str]]:
     ]
 
 
-def plan_for(request: str, max_subtasks: int = 6) -> dict[str, Any]:
-    """A plausible plan from the request alone: its parts, then a joining step."""
+def _stems(text: str) -> set[str]:
+    return {w[:5] for w in re.findall(r"[a-z]{4,}", text.lower())}
+
+
+def tool_cards(system: str) -> list[tuple[str, set[str]]]:
+    """The tool cards of a planner prompt (`- name(arguments): description` lines in its
+    <tools> block): each name, and the word stems of its card."""
+    block = _tag(system, "tools")
+    cards = re.findall(r"^- ([^\s(]+)\(([^)]*)\)(?::\s*(.*))?$", block, re.M)
+    return [(name, _stems(f"{name.replace('_', ' ').replace('.', ' ')} {args} {desc}"))
+            for name, args, desc in cards]
+
+
+def plan_for(request: str, max_subtasks: int = 6, tools: list[tuple[str, set[str]]] | None = None) -> dict[str, Any]:
+    """A plausible plan from the request alone: its parts, then a joining step. With
+    tool cards, a part that shares a word with a card names that tool (`tools`)."""
     parts = [p.strip(" .,\n") for p in re.split(r"\band\b|;|\.\s+|\n", request) if p.strip(" .,\n")]
     parts = parts[: max(1, max_subtasks - 1)] or ["answer the request"]
     subtasks: list[dict[str, Any]] = [
         {"description": f"Work out: {p[:200]}", "tier_hint": 1 + (i % 2), "depends_on": []}
         for i, p in enumerate(parts)
     ]
+    for part, subtask in zip(parts, subtasks, strict=True):
+        words = _stems(part)
+        best = max(tools or [], key=lambda card: len(card[1] & words), default=None)
+        if best is not None and best[1] & words:
+            subtask["tools"] = [best[0]]
     if len(parts) > 1:
         subtasks.append(
             {
@@ -192,9 +211,9 @@ def plan_for(request: str, max_subtasks: int = 6) -> dict[str, Any]:
             "subtasks": subtasks}
 
 
-def answer_for(kind: str, text: str, max_subtasks: int) -> str:
+def answer_for(kind: str, text: str, max_subtasks: int, system: str = "") -> str:
     if kind == "planner":
-        return json.dumps(plan_for(_tag(text, "request") or text, max_subtasks))
+        return json.dumps(plan_for(_tag(text, "request") or text, max_subtasks, tool_cards(system)))
     if kind == "worker":
         deps = _indexed(text, "dependency")
         seen = f" (using results of {', '.join(str(i) for i, _ in deps)})" if deps else ""
@@ -322,7 +341,7 @@ class Simulator:
                                         for name, args in forced.calls])
             out_tok = min(max_tokens, _tokens(reply.text + "".join(c[1] + c[2] for c in reply.calls)))
             return reply, in_tok, out_tok, cached, failure
-        out = forced if forced is not None else answer_for(kind, text, self.script.max_subtasks)
+        out = forced if forced is not None else answer_for(kind, text, self.script.max_subtasks, system)
         if forced is None and offered.results:
             out += " [tool results: " + " | ".join(r[:200] for r in offered.results) + "]"
         out_tok = _tokens(out)

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from compound.core.errors import PlanInvalid
 from compound.llm.base import Completion, Message
+from compound.planner.cards import ToolLike, cards_for
 from compound.planner.plan import PlanIn, SubtaskIn, missing_join
 from compound.planner.repair import repair_plan
 from compound.planner.validate import validate_plan
@@ -27,10 +28,25 @@ MAX_REASONING_CHARS = 400
 MAX_PLANNED_DESCRIPTION = 400
 
 
-def plan_schema(max_subtasks: int) -> dict[str, Any]:
+def plan_schema(max_subtasks: int, tools: Sequence[str] = ()) -> dict[str, Any]:
     """PlanIn as a JSON schema with its bounds (integer indices below the plan's size,
     tiers 1-3, at most `max_subtasks` subtasks, bounded text), for endpoints that constrain decoding
-    to a schema: what the decoder enforces, the model cannot get wrong."""
+    to a schema: what the decoder enforces, the model cannot get wrong. With `tools`
+    (the names on the planner's cards), a subtask may also name them (section 11's
+    fields, not required)."""
+    schema = _schema(max_subtasks)
+    if tools:
+        names = {"type": "string", "enum": list(tools)}
+        schema["properties"]["subtasks"]["items"]["properties"].update({
+            "tools": {"type": "array", "items": names},
+            "kind": {"type": "string", "enum": ["llm", "tool"]},
+            "tool": names,
+            "arguments": {"type": "object"},
+        })
+    return schema
+
+
+def _schema(max_subtasks: int) -> dict[str, Any]:
     return {
         "type": "object",
         "properties": {
@@ -116,11 +132,12 @@ def _first_object(text: str) -> str | None:
     return None
 
 
-def _check(text: str, max_subtasks: int, warnings: list[str] | None = None) -> PlanIn:
+def _check(text: str, max_subtasks: int, warnings: list[str] | None = None,
+           tools: Collection[str] | None = None) -> PlanIn:
     """Parse, fix what needs no model (planner/repair.py), validate, then flag a likely
     missing join. The warnings are appended to `warnings` only when the plan validates."""
-    data, fixes = repair_plan(parse_plan_text(text))
-    plan = validate_plan(data, max_subtasks=max_subtasks, raw=text)
+    data, fixes = repair_plan(parse_plan_text(text), tools=tools)
+    plan = validate_plan(data, max_subtasks=max_subtasks, raw=text, tools=tools)
     if warnings is not None:
         warnings.extend(fixes)
         join = missing_join(plan.deps())
@@ -163,23 +180,29 @@ def repair_messages(messages: list[Message], bad_answer: str, errors: list[str])
 
 async def decompose(call: CallFn, request: str, *, max_subtasks: int,
                     context: list[dict[str, str]] | None = None,
-                    warnings: list[str] | None = None, fallback: bool = True) -> PlanIn:
+                    warnings: list[str] | None = None, fallback: bool = True,
+                    tools: Sequence[ToolLike] | None = None) -> PlanIn:
     """One planner call; what can be fixed without a model is fixed (each fix appended
     to `warnings`); on what remains invalid exactly one repair call; then, when the
     answer is still unusable, the fallback plan (`fallback_plan`, its warning appended)
     or, with `fallback=False`, PlanInvalid. A failed call (ProviderError,
     BudgetExceeded) is raised either way: there was no answer to judge.
-    `context`: earlier messages of a conversation, given to the planner as data."""
-    messages = render("decompose", request=request, max_subtasks=max_subtasks, context=context)
-    schema = plan_schema(max_subtasks)
+    `context`: earlier messages of a conversation, given to the planner as data.
+    `tools`: the tool catalogue (ToolServers.catalogue()): the planner sees cards of
+    the most relevant (planner/cards.py), and the plan may name only its tools."""
+    cards = cards_for(request, tools) if tools else []
+    names = {t.name for t in tools} if tools is not None else None
+    messages = render("decompose", request=request, max_subtasks=max_subtasks, context=context,
+                      tools=[c.line() for c in cards])
+    schema = plan_schema(max_subtasks, [c.name for c in cards])
     first = await call(messages, schema)
     try:
-        return _check(first.text, max_subtasks, warnings)
+        return _check(first.text, max_subtasks, warnings, names)
     except PlanInvalid as exc:
         errors = exc.errors
     second = await call(repair_messages(messages, first.text, errors), schema)
     try:
-        return _check(second.text, max_subtasks, warnings)
+        return _check(second.text, max_subtasks, warnings, names)
     except PlanInvalid as exc:
         if not fallback:
             raise PlanInvalid(

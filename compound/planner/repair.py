@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Collection
 from typing import Any
 
 # The kinds of warning the planner writes into a task's `warnings`, in the order a
@@ -28,6 +29,10 @@ KINDS = (
     "dependency out of range",
     "duplicate dependency",
     "duplicate subtask",
+    "tools not a list",
+    "unknown tool",
+    "kind inferred",
+    "arguments missing",
     "missing join",
     "fallback",
 )
@@ -91,6 +96,36 @@ class _Repair:
             tier = clamped
         return {**item, "tier_hint": tier}
 
+    def step(self, i: int, item: dict[str, Any], tools: Collection[str] | None) -> dict[str, Any]:
+        """Section 11's fields: a tool name for the list is read as the list; a tool the
+        catalogue lacks is dropped from `tools`; a subtask naming a `tool` with no kind is
+        a direct call; a direct call's missing arguments are none. A direct call of an
+        unknown tool is left for validation (dropping it would leave a step that does nothing)."""
+        out = item
+        named = item.get("tools")
+        if isinstance(named, str):
+            pieces = [p.strip() for p in named.split(",") if p.strip()]
+            self.warn("tools not a list", f"subtask {i} had tools {_show(named)}; read as a list of {len(pieces)}")
+            out = {**out, "tools": pieces}
+            named = pieces
+        if tools is not None and isinstance(named, list):
+            kept = [t for t in named if isinstance(t, str) and t in tools]
+            for t in named:
+                if t not in kept:
+                    self.warn("unknown tool", f"subtask {i} named tool {_show(t)}, which no configured server "
+                              "offers; it was dropped")
+            if len(kept) != len(named):
+                out = {**out, "tools": kept}
+        if out.get("kind") is None and isinstance(out.get("tool"), str):
+            self.warn("kind inferred", f"subtask {i} named tool {_show(out['tool'])} without a kind; "
+                      'read as a direct call ("kind": "tool")')
+            out = {**out, "kind": "tool"}
+        if out.get("kind") == "tool" and out.get("arguments") is None:
+            self.warn("arguments missing", f"subtask {i} calls {_show(out.get('tool'))} without arguments; "
+                      "called with none ({})")
+            out = {**out, "arguments": {}}
+        return out
+
     def depends(self, i: int, item: dict[str, Any], n: int) -> list[int]:
         raw = item.get("depends_on")
         if raw is None:
@@ -123,10 +158,11 @@ class _Repair:
         return kept
 
 
-def repair_plan(data: Any) -> tuple[Any, list[str]]:
+def repair_plan(data: Any, *, tools: Collection[str] | None = None) -> tuple[Any, list[str]]:
     """(repaired data, one warning per fix). Pure: `data` is not changed. What it
     cannot fix safely (cycles, too many subtasks, an item that is neither an object nor
     text) is left as it is for validation to report and the model to repair.
+    `tools`: the catalogue's tool names; a plan's other tools are dropped (None: kept).
 
     Indices in the warnings are the model's own. Empty subtasks are dropped and their
     dependents inherit their dependencies; a subtask whose description repeats an
@@ -166,7 +202,7 @@ def repair_plan(data: Any) -> tuple[Any, list[str]]:
         r.warn("empty subtask", f"subtask {i} had no description; it was dropped")
     if len(empty) == n:
         return {**out, "subtasks": []}, r.warnings  # nothing left: validation says so
-    fixed = [r.tier(i, s) for i, s in enumerate(subs)]
+    fixed = [r.step(i, r.tier(i, s), tools) for i, s in enumerate(subs)]
     deps = [r.depends(i, s, n) for i, s in enumerate(subs)]
     if not empty and not _duplicates(subs):
         return _fixed(data, out, [{**s, "depends_on": d} for s, d in zip(fixed, deps, strict=True)], r)

@@ -3,6 +3,8 @@ raises PlanInvalid listing every problem at once, in words a person can act on."
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Collection
 from typing import Any
 
 from compound.core.errors import PlanInvalid
@@ -15,7 +17,11 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def validate_plan(data: Any, *, max_subtasks: int, raw: str | None = None) -> PlanIn:
+def validate_plan(data: Any, *, max_subtasks: int, raw: str | None = None,
+                  tools: Collection[str] | None = None, kinds: Collection[str] = ()) -> PlanIn:
+    """`tools`: the catalogue's tool names (`server.tool`); a plan naming any other is
+    invalid. None: no catalogue at hand, names are checked for their form only (the
+    run finds out). `kinds`: the registered step kinds, beside "llm" and "tool"."""
     errors: list[str] = []
     if isinstance(data, PlanIn):
         data = data.model_dump()
@@ -85,7 +91,8 @@ def validate_plan(data: Any, *, max_subtasks: int, raw: str | None = None) -> Pl
             elif d not in good:
                 good.append(d)
         deps_ok.append(good)
-        clean.append(SubtaskIn(description=description.strip(), tier_hint=tier, depends_on=good))
+        clean.append(SubtaskIn(description=description.strip(), tier_hint=tier, depends_on=good,
+                               **_step_fields(i, item, errors, tools=tools, kinds=kinds)))
 
     cycle = find_cycle(deps_ok)
     if cycle:
@@ -96,6 +103,92 @@ def validate_plan(data: Any, *, max_subtasks: int, raw: str | None = None) -> Pl
     if errors:
         raise PlanInvalid(errors, raw)
     return PlanIn(reasoning=reasoning, subtasks=clean)
+
+
+STEP_KINDS = ("llm", "tool")
+
+
+def _tool_name(value: Any) -> bool:
+    """`server.tool`: a dot with something on both sides of the first one."""
+    return isinstance(value, str) and all(value.partition(".")[::2]) and "." in value
+
+
+def _unknown_tool(i: int, name: str, tools: Collection[str] | None) -> str | None:
+    """The error for a tool name that is not `server.tool`, or not in the catalogue."""
+    if not _tool_name(name):
+        return (f"subtask {i} names tool {_show(name)}; a tool is named server.tool "
+                "(the MCP server's name, a dot, the tool's name)")
+    if tools is None or name in tools:
+        return None
+    if not tools:
+        return (f"subtask {i} names tool {name!r}, but no MCP server is configured "
+                "(mcp_servers in the config file, or COMPOUND_MCP_SERVERS)")
+    close = difflib.get_close_matches(name, list(tools), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return (f"subtask {i} names tool {name!r}, which no configured MCP server offers{hint}; "
+            "GET /v1/tools or `compound tools list` shows the tools there are")
+
+
+def _step_fields(i: int, item: dict[str, Any], errors: list[str], *, tools: Collection[str] | None,
+                 kinds: Collection[str]) -> dict[str, Any]:
+    """A subtask's section 11 fields (kind, tools, tool, arguments), checked for shape
+    and, given a catalogue, for tools that exist."""
+    out: dict[str, Any] = {}
+    allowed = (*STEP_KINDS, *kinds)
+    kind = item.get("kind", "llm")
+    if kind is None:
+        kind = "llm"
+    if kind not in allowed:
+        named = ", ".join(f'"{k}"' for k in allowed[:-1]) + f' or "{allowed[-1]}"'
+        errors.append(f"subtask {i} has kind {_show(kind)}; it must be {named}"
+                      + ("" if kinds else " (no step kinds are registered)"))
+        kind = "llm"
+    out["kind"] = kind
+    named_tools = item.get("tools")
+    if named_tools is None:
+        named_tools = []
+    if not isinstance(named_tools, list):
+        errors.append(f"subtask {i} has tools {_show(named_tools)}; it must be a list of tool names "
+                      '(["server.tool", ...])')
+        named_tools = []
+    good: list[str] = []
+    for name in named_tools:
+        if not isinstance(name, str):
+            errors.append(f"subtask {i} lists {_show(name)} in tools; each must be a tool name server.tool")
+            continue
+        error = _unknown_tool(i, name, tools)
+        if error is not None:
+            errors.append(error)
+        elif name not in good:
+            good.append(name)
+    out["tools"] = good
+    tool, arguments = item.get("tool"), item.get("arguments")
+    if kind == "tool":
+        if not isinstance(tool, str) or not tool:
+            errors.append(f'subtask {i} is of kind "tool" but names no tool: set "tool" to the tool to call '
+                          f"(server.tool), not {_show(tool)}")
+            tool = None
+        else:
+            error = _unknown_tool(i, tool, tools)
+            if error is not None:
+                errors.append(error)
+                tool = None
+        if not isinstance(arguments, dict):
+            errors.append(f'subtask {i} is of kind "tool" and needs "arguments", a JSON object of the call\'s '
+                          f"arguments ({{}} for none), not {_show(arguments)}")
+            arguments = {}
+    else:
+        if tool is not None:
+            errors.append(f'subtask {i} names tool {_show(tool)} but is of kind "{kind}"; set "kind": "tool" '
+                          'to call it directly, or list it in "tools" for the subtask\'s model to use')
+            tool = None
+        if arguments is not None and (kind == "llm" or not isinstance(arguments, dict)):
+            errors.append(f"subtask {i} has arguments {_show(arguments)}; "
+                          + ('only a subtask of kind "tool" or of a step kind takes arguments' if kind == "llm"
+                             else "they must be a JSON object"))
+            arguments = None
+    out["tool"], out["arguments"] = tool, arguments
+    return out
 
 
 def is_clean_text(text: str) -> bool:
