@@ -106,3 +106,16 @@ def test_a_store_that_cannot_open_is_a_clear_error(monkeypatch: pytest.MonkeyPat
         out = runner.invoke(app, args)
         assert out.exit_code == 2 and "cannot open the store" in out.output, out.output
         assert "Traceback" not in out.output and "secretpw" not in out.output
+
+
+def test_plan_shows_the_tools_of_the_configured_servers(cli_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.fixtures.mcp_tools import ROOT, STDIO_COMMAND
+
+    monkeypatch.setenv("COMPOUND_MCP_SERVERS", json.dumps(
+        {"local": {"command": STDIO_COMMAND, "cwd": str(ROOT), "allow": ["echo", "count"]}}))
+    out = runner.invoke(app, ["plan", "echo the greeting text and count the visitors", "--json"])
+    assert out.exit_code == 0, out.output
+    assert [s["tools"] for s in json.loads(out.stdout)["subtasks"]] == [["local.echo"], ["local.count"], []]
+    tree = runner.invoke(app, ["plan", "echo the greeting text"])
+    assert tree.exit_code == 0, tree.output
+    assert "tools: local.echo" in tree.stdout

@@ -282,3 +282,20 @@ def test_streamed_pieces_join_into_calls() -> None:
 def test_the_simulators_default_arguments_follow_the_schema(schema: dict[str, Any],
                                                             arguments: dict[str, Any]) -> None:
     assert example_arguments(schema) == arguments
+
+
+def test_history_names_never_clash_with_the_given_tools() -> None:
+    from compound.llm.toolwire import names_of
+
+    invented = ToolCall("1", "facts__lookup", {})  # a model's own spelling, returned as it came
+    names = names_of([LOOKUP], [{"role": "assistant", "content": "", "tool_calls": [invented]}])
+    assert names.name("facts__lookup") == "facts.lookup"
+    assert names.wire("facts__lookup") != "facts__lookup"
+
+
+def test_a_script_file_queues_tool_calls() -> None:
+    from compound.llm.simulator import Script
+
+    script = Script.from_json({"answers": {"worker": [
+        {"tool_calls": [{"name": "facts.lookup", "arguments": {"query": "q"}}], "text": "Looking."}, "done"]}})
+    assert script.answers["worker"] == [ToolUse([("facts.lookup", {"query": "q"})], text="Looking."), "done"]

@@ -66,9 +66,20 @@ def register(app: typer.Typer) -> None:
             return out
 
         async def planned() -> Any:
+            servers = None
             try:
-                return await decompose(call, prompt, max_subtasks=settings.max_subtasks, fallback=False)
+                catalogue = None
+                if settings.mcp_servers:  # the planner sees the configured servers' tools
+                    from compound.tools.servers import ToolServers
+
+                    servers = ToolServers(settings.mcp_servers)
+                    await servers.start()
+                    catalogue = servers.catalogue()
+                return await decompose(call, prompt, max_subtasks=settings.max_subtasks, fallback=False,
+                                       tools=catalogue)
             finally:
+                if servers is not None:
+                    await servers.stop()
                 aclose = getattr(client, "aclose", None)
                 if aclose is not None:  # the SDKs' HTTP sessions close on the loop they ran on
                     await aclose()
@@ -99,7 +110,11 @@ def register(app: typer.Typer) -> None:
             for i in members:
                 s = result.subtasks[i]
                 after = f"  (after {', '.join(map(str, s.depends_on))})" if s.depends_on else ""
-                branch.add(Text(f"[{i}] tier {routes[i].tier_assigned} {routes[i].models[0]}: {s.description}{after}"))
+                acts = f"  tools: {', '.join(s.tools)}" if s.tools else ""
+                if s.kind == "tool":
+                    acts = f"  calls {s.tool} {json.dumps(s.arguments, ensure_ascii=False)}"
+                branch.add(Text(f"[{i}] tier {routes[i].tier_assigned} {routes[i].models[0]}: "
+                                f"{s.description}{after}{acts}"))
         console = Console()
         console.print(tree)
         console.print(Text(f"critical path: {' -> '.join(map(str, critical_path(deps)))}"))

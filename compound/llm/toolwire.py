@@ -73,9 +73,17 @@ class ToolNames:
 
 
 def names_of(tools: Sequence[ToolSpec] | None, messages: Iterable[Any] = ()) -> ToolNames:
-    """The wire names of a call's tools, and of the tools its history's calls name."""
-    called = [c.name for m in messages for c in m.get("tool_calls") or ()]
-    return ToolNames.of([*(t.name for t in tools or ()), *called])
+    """The wire names of a call's tools, and of the other names its history's calls
+    carry (a name a model invented goes back under its own wire name, unless that is
+    taken by a given tool)."""
+    names = ToolNames.of(t.name for t in tools or ())
+    for m in messages:
+        for c in m.get("tool_calls") or ():
+            wire = wire_name(c.name)
+            if c.name not in names.to_wire and wire not in names.from_wire:
+                names.to_wire[c.name] = wire
+                names.from_wire[wire] = c.name
+    return names
 
 
 def parse_arguments(text: str | None) -> dict[str, Any]:
