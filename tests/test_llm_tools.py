@@ -299,3 +299,34 @@ def test_a_script_file_queues_tool_calls() -> None:
     script = Script.from_json({"answers": {"worker": [
         {"tool_calls": [{"name": "facts.lookup", "arguments": {"query": "q"}}], "text": "Looking."}, "done"]}})
     assert script.answers["worker"] == [ToolUse([("facts.lookup", {"query": "q"})], text="Looking."), "done"]
+
+
+async def test_the_sdks_own_stream_accumulators_read_the_simulators_tool_calls(sim: Simulator) -> None:
+    """The SDKs' high-level stream helpers rebuild the message from the events and check
+    their order: the simulator's streamed tool calls are what the providers send."""
+    import anthropic
+    import openai
+
+    sim.answer("worker", ToolUse([("facts.lookup", {"query": "x" * 60})], text="Looking it up."),
+               ToolUse([("facts.bump", {"n": 2}), ("facts.lookup", {"query": "y"})]))
+    a = anthropic.AsyncAnthropic(api_key="k", base_url=sim.url)  # type: ignore[attr-defined]
+    async with a.messages.stream(model="claude-haiku-4-5", max_tokens=300, messages=[{"role": "user", "content": "q"}],
+                                 system="You are compound's worker.", tools=[{
+                                     "name": "facts__lookup", "input_schema": LOOKUP.input_schema}]) as stream:
+        message = await stream.get_final_message()
+    assert message.stop_reason == "tool_use"
+    assert [b.type for b in message.content] == ["text", "tool_use"]
+    assert message.content[1].input == {"query": "x" * 60}  # type: ignore[union-attr]
+    o = openai.AsyncOpenAI(api_key="k", base_url=sim.url + "/v1")  # type: ignore[attr-defined]
+    async with o.chat.completions.stream(model="gpt-4.1-mini", messages=[
+            {"role": "system", "content": "You are compound's worker."}, {"role": "user", "content": "q"}],
+            tools=[{"type": "function", "function": {"name": "facts__bump", "parameters": BUMP.input_schema}},
+                   {"type": "function", "function": {"name": "facts__lookup",
+                                                     "parameters": LOOKUP.input_schema}}]) as chunks:
+        completion = await chunks.get_final_completion()
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls or []] == [
+        ("facts__bump", {"n": 2}), ("facts__lookup", {"query": "y"})]
+    await a.close()
+    await o.close()
