@@ -330,3 +330,31 @@ async def test_the_sdks_own_stream_accumulators_read_the_simulators_tool_calls(s
         ("facts__bump", {"n": 2}), ("facts__lookup", {"query": "y"})]
     await a.close()
     await o.close()
+
+
+def test_the_anthropic_turns_of_a_tool_conversation() -> None:
+    from compound.llm.anthropic_client import to_anthropic
+    from compound.llm.toolwire import names_of
+
+    calls = [ToolCall("t1", "facts.lookup", {"query": "a"}), ToolCall("t2", "facts.bump", {RAW_ARGUMENTS: "{n"})]
+    history: list[Message] = [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "question", "cache": True},
+        {"role": "assistant", "content": " \n", "tool_calls": calls},
+        {"role": "tool", "content": "A", "tool_call_id": "t1"},
+        {"role": "tool", "content": "bad arguments", "tool_call_id": "t2", "is_error": True, "cache": True},
+        {"role": "user", "content": "go on"},
+    ]
+    system, turns = to_anthropic(history, names_of([LOOKUP, BUMP], history))
+    assert system == "sys"
+    assert turns == [
+        {"role": "user", "content": [{"type": "text", "text": "question", "cache_control": {"type": "ephemeral"}}]},
+        {"role": "assistant", "content": [  # a blank text block is left out: the API refuses one
+            {"type": "tool_use", "id": "t1", "name": "facts__lookup", "input": {"query": "a"}},
+            {"type": "tool_use", "id": "t2", "name": "facts__bump", "input": {RAW_ARGUMENTS: "{n"}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "t1", "content": "A"},
+            {"type": "tool_result", "tool_use_id": "t2", "content": "bad arguments", "is_error": True,
+             "cache_control": {"type": "ephemeral"}},
+            {"type": "text", "text": "go on"}]},
+    ]

@@ -45,7 +45,7 @@ def to_anthropic(messages: list[Message], names: ToolNames | None = None,
             blocks = [{"type": "text", "text": m["content"]}]
             calls = m.get("tool_calls") or []
             if calls:
-                blocks = blocks if m["content"] else []  # the API refuses an empty text block
+                blocks = blocks if m["content"].strip() else []  # the API refuses a blank text block
                 blocks += [{"type": "tool_use", "id": c.id, "name": names.wire(c.name), "input": c.arguments}
                            for c in calls]
         if m.get("cache"):
