@@ -6,6 +6,7 @@ streamed, against the provider simulator speaking both wire formats; the wire na
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -31,6 +32,19 @@ LOOKUP = ToolSpec("facts.lookup", "Look up a fact.", {
     "required": ["query"]})
 BUMP = ToolSpec("facts.bump", "Add n to the counter.", {
     "type": "object", "properties": {"n": {"type": "integer", "default": 1}}, "required": ["n"]})
+
+
+@pytest.fixture(autouse=True)
+def litellm_client_per_loop() -> Iterator[None]:
+    """litellm streams the Anthropic wire through one module-level HTTP client, made on
+    its first use and kept for the process; each test runs on an event loop of its own,
+    where that client's pooled connections belong to a closed loop. Each test gets it
+    made afresh on its own loop (a server keeps its one loop)."""
+    import litellm
+
+    vars(litellm).pop("module_level_aclient", None)
+    yield
+    vars(litellm).pop("module_level_aclient", None)
 
 
 def msgs(body: str) -> list[Message]:
