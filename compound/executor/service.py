@@ -61,8 +61,10 @@ class Executor(TaskWaits):
         model_slots: ModelSlots | None = None,
         stream_answers: bool = False,
         answers: AnswerStreams | None = None,
+        owns_client: bool = False,
     ) -> None:
         self.settings = settings
+        self._owns_client = owns_client  # warmed at start, closed at stop
         self.store = store
         self.client = client
         if price_of is None:
@@ -89,6 +91,9 @@ class Executor(TaskWaits):
 
     async def start(self) -> list[str]:
         """Resume every task that was not terminal when the last process stopped."""
+        warm = getattr(self.client, "warm", None)
+        if self._owns_client and warm is not None:
+            await warm()
         ids = await self.store.unfinished_task_ids()
         for task_id in ids:
             self.submit(task_id)
@@ -104,6 +109,9 @@ class Executor(TaskWaits):
             t.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        aclose = getattr(self.client, "aclose", None)
+        if self._owns_client and aclose is not None:
+            await aclose()
 
     def submit(self, task_id: str) -> None:
         """Run the task in the background (no-op when it already runs here)."""

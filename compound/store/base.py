@@ -252,9 +252,8 @@ class EventHub:
     """In-process fan-out of committed events to the subscriptions of each task.
 
     Subscriptions and listeners live on the hub's home loop (the one the store was
-    opened on: the server's HTTP loop). A write committed on another loop of the
-    process (the executor's thread, executor/onthread.py) publishes through the home
-    loop's call_soon_threadsafe, in commit order."""
+    opened on). A write committed on another thread (SQLite's writer thread) publishes
+    through the home loop's call_soon_threadsafe, in commit order."""
 
     def __init__(self) -> None:
         self._subs: dict[str, set[Subscription]] = {}
@@ -349,18 +348,6 @@ class RunStore(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Finish pending writes and disconnect."""
-
-    async def sibling(self) -> RunStore:
-        """This store for another event loop of this process (the executor's thread,
-        executor/onthread.py), to be called, used and closed on that loop: the same
-        database, publishing to this store's hub. By default the store itself, when its
-        methods may be awaited from any loop (SQLite's one writer serves them all)."""
-        return self
-
-    async def close_sibling(self, sibling: RunStore) -> None:
-        """On the sibling's loop, as that loop stops: let it go."""
-        if sibling is not self:
-            await sibling.close()
 
     async def write_from_here(self) -> None:
         """Commit this store's writes on the calling loop, the one that makes nearly all

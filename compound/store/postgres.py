@@ -26,7 +26,6 @@ from compound.core.logging import get_logger
 from compound.store import ops, outage
 from compound.store.base import (
     Event,
-    RunStore,
 )
 from compound.store.opsstore import OpsRunStore
 from compound.store.sqlrun import ReadQueries
@@ -220,16 +219,6 @@ class PostgresRunStore(OpsRunStore):
         if self.listen:
             self._listener = asyncio.get_running_loop().create_task(self._listen())
             await self._listening.wait()
-
-    async def sibling(self) -> RunStore:
-        """A pool of its own on the calling loop (a psycopg pool serves one loop), the
-        tables already made; its commits publish to this store's hub, and its NOTIFYs
-        carry this store's origin, so this process's listener does not read them again."""
-        twin = PostgresRunStore(self.url, pool_size=self.pool.max_size, listen=False)
-        twin.hub, twin.origin, twin.stats = self.hub, self.origin, self.stats
-        twin._opened = True
-        await twin.pool.open(wait=True)
-        return twin
 
     async def close(self) -> None:
         if self._listener is not None:
