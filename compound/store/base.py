@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -440,6 +440,13 @@ class RunStore(abc.ABC):
     async def cancel_open(self, task_id: str) -> None:
         """Cancel every unfinished subtask (with events); open calls count at their
         reservation (a call we abandoned may have been billed)."""
+
+    @abc.abstractmethod
+    async def set_status_unless_ended(self, task_id: str, status: str, *, error: str | None = None,
+                                      result: str | None = None, only_from: Collection[str] | None = None) -> bool:
+        """Write the task's status only while it has not ended (and, given `only_from`,
+        only from one of those); says whether it applied. Ending it `canceled` also
+        closes its open ledger rows and subtasks in the same transaction."""
 
     @abc.abstractmethod
     async def set_approved(self, task_id: str) -> None: ...

@@ -46,6 +46,11 @@ SQL: dict[str, str] = {
     "SET_STATUS": "UPDATE task SET status=:st, error=COALESCE(:err, error), result=COALESCE(:res, result), "
                   "started_at=CASE WHEN :exec THEN COALESCE(started_at, :now) ELSE started_at END, "
                   "completed_at=CASE WHEN :term THEN :now ELSE completed_at END, updated_at=:now WHERE id=:t",
+    "SET_STATUS_IF_OPEN": "UPDATE task SET status=:st, error=COALESCE(:err, error), result=COALESCE(:res, result), "
+                          "started_at=CASE WHEN :exec THEN COALESCE(started_at, :now) ELSE started_at END, "
+                          "completed_at=CASE WHEN :term THEN :now ELSE completed_at END, updated_at=:now "
+                          f"WHERE id=:t AND status NOT IN {TERMINAL} "
+                          "AND (:anyfrom OR instr(',' || :from || ',', ',' || status || ',') > 0) RETURNING id",
     "SET_PLANNER_MODEL": "UPDATE task SET planner_model=:m WHERE id=:t",
     "INSERT_SUBTASK": 'INSERT INTO subtask (id, task_id, "index", description, tier_hint, tier_assigned, models, '
                       "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens) VALUES "
@@ -70,7 +75,7 @@ SQL: dict[str, str] = {
                     f'started_at=COALESCE(started_at, :now) WHERE task_id=:t AND "index"=:i RETURNING {ops.SUB_COLS}',
     "SETTLE_LEDGER": "UPDATE ledger SET status=:st, cost_usd=:c, input_tokens=:i, output_tokens=:o, "
                      "cache_read_tokens=:cr, cache_write_tokens=:cw, latency_ms=:lat, error=:err, answer=:ans, "
-                     "settled_at=:now WHERE id=:id",
+                     "settled_at=:now WHERE id=:id AND status=:open RETURNING id",
     "SETTLE_TASK": "UPDATE task SET reserved_usd=reserved_usd-:r, total_cost_usd=total_cost_usd+:c, "
                    "updated_at=:now WHERE id=:t",
     "SETTLE_SUBTASK": "UPDATE subtask SET cost_usd=cost_usd+:c, input_tokens=input_tokens+:i, "
