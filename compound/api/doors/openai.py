@@ -30,8 +30,10 @@ router = APIRouter(tags=["openai"])
 
 
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: str
+    # Described as a text part with its text, which is all the door accepts; any other
+    # part answers a 400 naming it (text_of), not a validation error.
+    model_config = ConfigDict(extra="allow", json_schema_extra={"required": ["type", "text"]})
+    type: str = Field(json_schema_extra={"enum": ["text"]})
     text: str | None = None
 
 
