@@ -102,13 +102,17 @@ class Executor(TaskWaits):
         return ids
 
     async def stop(self) -> None:
-        """Stop running tasks (the next start resumes them)."""
+        """Stop running tasks (the next start resumes them), their calls in flight booked
+        by what is known of them before the store is let go."""
         self._stopping = True
+        ids = list(self._running)
         tasks = list(self._running.values())
         for t in tasks:
             t.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        for task_id in ids:
+            await self.calls.quiesce(task_id)
         aclose = getattr(self.client, "aclose", None)
         if self._owns_client and aclose is not None:
             await aclose()
