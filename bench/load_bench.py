@@ -12,8 +12,8 @@ Targets: 300 tasks x 10 subtasks at 50 ms latency: all complete, no HTTP error,
 bench's own client load does not delay the probe; an idle bare FastAPI app's /healthz
 is probed the same way at the same time, to show what the machine alone adds.
 Each size runs with the executor in its own process (`compound serve`'s default) and
-then on a thread of the server's process (COMPOUND_EXECUTOR_PROCESS=false), side by
-side (--executor picks one). CPU and peak RSS count the server's process and its child.
+then on the server's own event loop (COMPOUND_EXECUTOR_PROCESS=false, what tests and an
+in-memory store use), side by side (--executor picks one). CPU and peak RSS count the server's process and its child.
 LOAD_BENCH_DUMP=<file> writes every probe's latency there (JSON), to see when the slow ones came.
 """
 
@@ -108,7 +108,7 @@ class LoadResult:
     server_cpu_s: float = 0.0  # the server's CPU over the run (start-up excluded)
     sim_cpu_s: float = 0.0  # the simulator's CPU while compound ran
     floors: dict[str, Floor] = field(default_factory=dict)  # by the SDK's HTTP stack
-    executor: str = "process"  # where the server ran its executor: its own process, or a thread
+    executor: str = "process"  # where the server ran its executor: its own process, or its own loop
 
     def cpu_ms_per_call(self, cpu_s: float) -> float:
         return cpu_s * 1000 / self.calls if self.calls else float("nan")
@@ -313,15 +313,22 @@ def report(results: list[LoadResult], *, latency_ms: int, concurrency: int, poll
               "The idle bare app's /healthz shows what the machine's own scheduling adds to any probe "
               "(it shares 2 cores with the server, the simulator, the client and other work). "
               "executor: `process` is `compound serve` as it runs by default (the executor in a child "
-              "process); `thread` is COMPOUND_EXECUTOR_PROCESS=false (on a thread of the server's process), "
+              "process); `loop` is COMPOUND_EXECUTOR_PROCESS=false (on the server's own event loop), "
               "run right after it for the comparison.", ""]
     for r in results:
         done = r.statuses.get("completed", 0) == r.tasks and not r.http_errors
         checks = [f"all {r.tasks} completed with no HTTP error: {'yes' if done else 'NO'}"]
         if r.tasks <= 300:
             checks.append(f"/healthz p99 <= 20 ms: {'yes' if r.health(0.99) <= 20 else 'NO'}")
+            bare = r.health(0.99, idle=True)
+            checks.append(f"/healthz p99 <= 2x the bare app's ({r.health(0.99):.1f} / {bare:.1f} ms): "
+                          f"{'yes' if r.health(0.99) <= 2 * bare else 'NO'}")
         else:
             checks.append(f"peak RSS <= 500 MB: {'yes' if r.peak_rss_mb <= 500 else 'NO'}")
+        floor = r.floors.get("aiohttp")
+        if floor is not None and floor.calls_per_s:
+            ratio = r.calls_per_s / floor.calls_per_s
+            checks.append(f"throughput >= 0.6x the bare SDK on aiohttp ({ratio:.2f}x): {'yes' if ratio >= 0.6 else 'NO'}")
         lines.append(f"- {r.tasks} x {r.subtasks}, {r.executor}: " + "; ".join(checks) + ".")
         for err in r.http_errors[:3]:
             lines.append(f"  - e.g. {err}")
@@ -337,7 +344,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--poll-s", type=float, default=1.0)
     parser.add_argument("--timeout-s", type=float, default=900.0)
-    parser.add_argument("--executor", nargs="+", choices=["process", "thread"], default=["process", "thread"],
+    parser.add_argument("--executor", nargs="+", choices=["process", "loop"], default=["process", "loop"],
                         help="where the server runs its executor; each size runs with each, in this order")
     args = parser.parse_args()
     results = [run(tasks=n, subtasks=args.subtasks, latency_ms=args.latency_ms, concurrency=args.concurrency,

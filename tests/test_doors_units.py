@@ -181,13 +181,15 @@ def test_answer_streams_fan_out_and_catch_up() -> None:
     assert caught == [AnswerPiece(2, "xy")]
 
 
-async def test_follow_without_an_executor_here_gives_events_only(store) -> None:  # type: ignore[no-untyped-def]
-    """Queue mode: the API has no executor of its own, so no pieces: the answer is read
-    from the store at the end and sent in one piece."""
+async def test_follow_with_no_piece_streamed_gives_events_only(store) -> None:  # type: ignore[no-untyped-def]
+    """A host whose answer was not streamed (it ended before anyone listened): no
+    pieces; the answer is read from the store at the end and sent in one piece."""
     from types import SimpleNamespace
+
+    from compound.executor.answers import AnswerStreams
 
     task = await store.create_task(prompt="p", budget_usd=1.0)
     await store.set_status(task.id, TaskStatus.completed, result="the answer")
-    door = Door(SimpleNamespace(executor=SimpleNamespace(), store=store))
+    door = Door(SimpleNamespace(executor=SimpleNamespace(answers=AnswerStreams()), store=store))
     items = [item async for item in door.follow(task.id)]
     assert items and all(isinstance(item, Event) for item in items) and items[-1].terminal

@@ -29,7 +29,7 @@ from compound.llm.simulator import Simulator
 from compound.store.base import RunStore
 from tests.fixtures.served import free_port, serving
 from tests.test_doors_stream import held, streamed
-from tests.test_onthread import events_until_end
+from tests.test_hosts import events_until_end
 
 PROMPT = "Look into the history of tea and the costs of tea and the risks of tea"
 SUBTASK = "Work out: the costs of tea"  # only that subtask's call says it (until it has answered)
@@ -77,7 +77,7 @@ async def test_a_task_runs_in_the_child_and_its_events_and_calls_reach_this_proc
     async with running(any_store, sim_settings, observers=[calls]) as executor:
         assert executor.proc is not None and executor.proc.pid != os.getpid()
         task = await any_store.create_task(prompt=PROMPT, budget_usd=1.0)
-        seen = await events_until_end(any_store, task.id, executor)  # type: ignore[arg-type]  # any front with dispatch()
+        seen = await events_until_end(any_store, task.id, executor)
         assert seen[-1].data["status"] == "completed", seen[-1].data
         # every event once, in order: relayed on SQLite, heard by LISTEN on PostgreSQL
         assert [e.seq for e in seen] == list(range(1, len(seen) + 1))

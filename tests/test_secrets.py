@@ -179,7 +179,7 @@ def _text_cells(db: Path) -> list[str]:
         conn.close()
 
 
-@pytest.mark.parametrize("executor_process", [False, True], ids=["executor-on-a-thread", "executor-process"])
+@pytest.mark.parametrize("executor_process", [False, True], ids=["executor-on-the-loop", "executor-process"])
 async def test_a_provider_error_echoing_keys_of_every_shape_leaks_nowhere(
         sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],
         executor_process: bool) -> None:

@@ -11,8 +11,10 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from compound.api.state import AppState
 from compound.core.heap import settle_heap
 from compound.core.settings import Settings, load_settings
+from compound.executor.host import ExecutorHost
 from compound.llm.base import LLMClient
 from compound.store.base import RunStore
 
@@ -47,7 +49,7 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
         own_store = store is None
         runs = store or open_store(settings.database_url, **store_options(settings))
         await runs.open()  # creates missing tables
-        executor: Any
+        executor: ExecutorHost
         if settings.execution == "queue":
             # Queue mode: this process stores, enqueues and reads; `compound worker`s run tasks.
             from compound.worker.backend import QueueBackend
@@ -65,16 +67,13 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
                 # The executor and its SDK clients run in a process of their own, so the
                 # HTTP loop stays quick however busy they are (executor/process.py).
                 executor = ProcessExecutor(settings=settings, store=runs, observers=obs, stream_answers=True)
-            elif client is None:
-                from compound.executor.onthread import ThreadedExecutor
+            else:
                 from compound.llm import build_client
 
-                # ... or on a thread and loop of their own (executor/onthread.py).
-                executor = ThreadedExecutor(settings=settings, store=runs, client=build_client(settings),
-                                            observers=obs, stream_answers=True)
-            else:
-                executor = Executor(settings=settings, store=runs, client=client, observers=obs,
-                                    stream_answers=True)
+                # On this loop: an in-memory store (no other process can open it), an
+                # injected client (tests), or COMPOUND_EXECUTOR_PROCESS=false.
+                executor = Executor(settings=settings, store=runs, client=client or build_client(settings),
+                                    observers=obs, stream_answers=True, owns_client=client is None)
         app.state.store = runs
         app.state.executor = executor
         from compound.api.auth import TokenCache
@@ -116,6 +115,7 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
 
     app = FastAPI(title="compound", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
                   docs_url=None, redoc_url=None)
+    app.state = AppState()
     app.state.settings = settings
     _offline_docs(app)
     from compound.api.ratelimit import RateLimiter

@@ -21,6 +21,7 @@ from compound.api.schemas import (
     TaskProgressResponse,
     TaskSummary,
 )
+from compound.api.state import app_state
 from compound.core.secrets import redact_data
 
 router = APIRouter(tags=["compound tasks (Symbiont-style)"], responses=COMMON_RESPONSES)
@@ -30,7 +31,7 @@ Creds = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 async def _reader(request: Request, creds: HTTPAuthorizationCredentials | None, *, by_id: bool = False) -> str | None:
     """The owner filter for a read. Open reads (a setting) let a client without a token
     read one task by id only; with a token it is always that user's view."""
-    if by_id and creds is None and request.app.state.settings.open_symbiont_reads:
+    if by_id and creds is None and app_state(request.app).settings.open_symbiont_reads:
         return None
     principal = await principal_from(request, creds.credentials if creds else None)
     if "read" not in principal.scopes and not principal.is_admin:
@@ -47,7 +48,7 @@ async def create_compound_task(request: Request, body: CompoundTaskRequest, cred
         raise ApiError(403, "forbidden", "this token lacks the 'submit' scope")
     task = await submit_task(request, principal, TaskCreate(prompt=body.prompt, budget_usd=body.budget_usd))
     with contextlib.suppress(TimeoutError):  # still planning: answer with what there is
-        await request.app.state.executor.wait_planned(task.id, timeout=120)
+        await app_state(request.app).executor.wait_planned(task.id, timeout=120)
     snap = await store_of(request).snapshot(task.id)
     return {"id": snap["id"], "status": snap["status"], "subtask_count": len(snap["subtasks"])}
 

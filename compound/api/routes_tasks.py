@@ -22,6 +22,7 @@ from compound.api.auth import (
 from compound.api.errors import COMMON_RESPONSES, ApiError
 from compound.api.schemas import PlanValidateIn, PlanValidateOut, TaskCreate, TaskList, TaskOut
 from compound.api.snapshots import Snapshot, etag_matches, version_of
+from compound.api.state import AppState, app_state
 from compound.core.errors import NotFound, PlanInvalid, UserInputError
 from compound.core.secrets import redact_data
 from compound.planner.plan import critical_path, waves
@@ -34,16 +35,15 @@ router = APIRouter(prefix="/v1", tags=["tasks"], responses=COMMON_RESPONSES)
 
 
 def store_of(request: Request) -> RunStore:
-    store: RunStore = request.app.state.store
-    return store
+    return app_state(request.app).store
 
 
 async def submit_task(request: Request, principal: Any, body: TaskCreate) -> TaskState:
     """Validate, rate-limit, store and hand a new task to the executor."""
-    return await submit_to(request.app.state, principal, body)
+    return await submit_to(app_state(request.app), principal, body)
 
 
-async def submit_to(state: Any, principal: Any, body: TaskCreate, *, context: list[dict[str, str]] | None = None,
+async def submit_to(state: AppState, principal: Any, body: TaskCreate, *, context: list[dict[str, str]] | None = None,
                     answer_max_tokens: int | None = None) -> TaskState:
     """submit_task on the app's state (the front doors call this too): `context` is a
     conversation's earlier messages, `answer_max_tokens` bounds the synthesis call."""
@@ -137,7 +137,7 @@ async def read_one(request: Request, task_id: str) -> Response:
     snap = await _owned_snapshot(request, task_id, principal)
     held = since if since is not None else version_of(if_none_match)
     if wait is not None and held is not None and held == snap.seq and not snap.terminal:
-        snap = await request.app.state.snapshots.changed(task_id, after=held, timeout=wait)
+        snap = await app_state(request.app).snapshots.changed(task_id, after=held, timeout=wait)
     headers = {"ETag": snap.etag}
     if if_none_match is not None and etag_matches(if_none_match, snap.etag):
         return Response(status_code=304, headers=headers)
@@ -145,7 +145,7 @@ async def read_one(request: Request, task_id: str) -> Response:
 
 
 async def _owned_snapshot(request: Request, task_id: str, principal: Principal) -> Snapshot:
-    snap: Snapshot = await request.app.state.snapshots.get(task_id)
+    snap: Snapshot = await app_state(request.app).snapshots.get(task_id)
     owner = owner_filter(principal)
     if owner is not None and snap.user_id != owner:
         raise NotFound(f"no task with id {task_id[:80]!r}")  # exactly as an unknown id
@@ -197,7 +197,7 @@ async def get_many(
 async def cancel(request: Request, task_id: str, principal: SubmitPrincipal) -> Any:
     store = store_of(request)
     await store.head(task_id, user_id=owner_filter(principal))
-    await request.app.state.executor.cancel(task_id)
+    await app_state(request.app).executor.cancel(task_id)
     return redact_data(await store.snapshot(task_id))
 
 
@@ -207,7 +207,7 @@ async def cancel(request: Request, task_id: str, principal: SubmitPrincipal) -> 
 async def approve(request: Request, task_id: str, principal: SubmitPrincipal) -> Any:
     store = store_of(request)
     await store.head(task_id, user_id=owner_filter(principal))
-    await request.app.state.executor.approve(task_id)
+    await app_state(request.app).executor.approve(task_id)
     return redact_data(await store.snapshot(task_id))
 
 
@@ -215,7 +215,7 @@ async def approve(request: Request, task_id: str, principal: SubmitPrincipal) ->
              summary="Check a plan: every error, its waves, critical path and worst-case cost",
              description="The body is `{\"plan\": PlanIn}` or the bare PlanIn (the output of `compound plan --json`).")
 async def validate(request: Request, body: PlanValidateIn, _: ReadPrincipal) -> Any:
-    settings = request.app.state.settings
+    settings = app_state(request.app).settings
     try:
         plan = validate_plan(body.the_plan(), max_subtasks=settings.max_subtasks)
     except PlanInvalid as exc:
@@ -224,7 +224,7 @@ async def validate(request: Request, body: PlanValidateIn, _: ReadPrincipal) -> 
     from compound.planner.estimate import estimate_cost
 
     deps = plan.deps()
-    cost = estimate_cost(plan, settings, request.app.state.executor.price_of)
+    cost = estimate_cost(plan, settings, app_state(request.app).executor.price_of)
     return {"valid": True, "errors": [], "waves": waves(deps), "critical_path": critical_path(deps),
             "estimated_cost_usd": cost}
 

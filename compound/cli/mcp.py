@@ -48,10 +48,11 @@ async def _local(settings: Any, token: str | None) -> None:
     from compound.api.app import create_app
     from compound.api.doors.engine import Door, DoorAuthError
     from compound.api.doors.mcp import LocalTasks, build_server
+    from compound.api.state import app_state
 
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        door = Door(app.state)
+        door = Door(app_state(app))
         try:
             principal = await door.authenticate(token) if token else await door.local_principal()
         except DoorAuthError as exc:

@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     executor_process: bool = Field(
         default=True,
         description="inprocess execution: `compound serve` runs the executor in a child process of its own; "
-                    "false: on a thread of the server's process (an in-memory SQLite database always does)")
+                    "false: on the server's own event loop (an in-memory SQLite database always runs there)")
     dbos_system_database_url: str | None = Field(
         default=None, description="DBOS's system tables; None: the store's database (schema `dbos`)")
     queue_concurrency: int | None = Field(default=None, ge=1, description="tasks running at once, all workers")

@@ -33,8 +33,8 @@ class AnswerStreams:
     """Per task: its listeners, and the text of the synthesis attempt streaming now (so
     a listener that comes in mid-answer first gets the attempt's text so far as one
     piece). A listener is called on the event loop it listened from, synchronously, in
-    order (through that loop's call_soon_threadsafe when the executor runs on a thread
-    of its own): it must be cheap (put on a queue) and must not raise."""
+    order (through that loop's call_soon_threadsafe when called from another loop): it
+    must be cheap (put on a queue) and must not raise."""
 
     def __init__(self) -> None:
         self._listeners: dict[str, list[tuple[Listener, asyncio.AbstractEventLoop | None]]] = {}

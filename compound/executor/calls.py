@@ -5,7 +5,11 @@ raises FallbackExhausted holding every model's error.
 How an attempt that failed is booked (the ledger's status and cost):
   a provider's error answer (any status, 408 included)  error, $0 (not billed)
   our own timeout (CallTimedOut, ProviderTimeout)       lost, its worst case (may be billed)
-  canceled while in flight                              closed by cancel_open at its worst case
+  canceled before it was sent (its reservation was       canceled, $0
+    committing as the cancel came)
+  canceled mid-stream                                   canceled, at what was received: its input and
+                                                        the text so far (bounds, as its reservation's)
+  canceled in flight, nothing received or not streamed  canceled, its worst case (nothing is known)
 """
 
 from __future__ import annotations
@@ -113,6 +117,9 @@ class ModelCalls:
         self._flushing: set[asyncio.Task[None]] = set()
         self._unsettled: dict[str, set[asyncio.Future[Any]]] = {}
         self._failed: dict[str, BaseException] = {}
+        # Tasks whose answer call has returned: a cancel lets them finish (the answer
+        # exists and is paid for), and is then told the task completed first.
+        self.answered: set[str] = set()
 
     async def call(self, st: TaskState, spec: CallSpec, *, daily: float | None) -> Completion:
         """Raises BudgetExceeded when a call's worst case does not fit; the model's
@@ -205,6 +212,7 @@ class ModelCalls:
             o.call_started(model=model, kind=spec.kind)
         started = time.perf_counter()
         timeout = self.settings.call_timeout_s
+        received: list[str] | None = None  # a streamed answer's text so far
         try:
             async with asyncio.timeout(timeout):
                 # Streamed only when someone listens as it starts (a door's client): a
@@ -215,17 +223,26 @@ class ModelCalls:
                                                      json_schema=spec.json_schema, timeout_s=timeout)
                 else:
                     answers.begin(st.id, attempt)
-                    try:
+                    got: list[str] = []
+                    received = got
+
+                    def piece(text: str) -> None:
+                        got.append(text)
                         # each piece cleaned as the whole text is below, so the pieces
                         # join to exactly the stored answer
+                        answers.delta(st.id, attempt, clean_text(text))
+
+                    try:
                         out = await collect(self.client.stream(
                             model=model, messages=spec.messages, max_tokens=max_tokens,
-                            json_schema=spec.json_schema, timeout_s=timeout),
-                            lambda text: answers.delta(st.id, attempt, clean_text(text)))
+                            json_schema=spec.json_schema, timeout_s=timeout), piece)
                     finally:
                         answers.end(st.id, attempt)
         except asyncio.CancelledError:
-            raise  # cancel_open()/recover() settle the open row at its reservation
+            # Booked by what is known (module docstring); the task's end waits for it (quiesce).
+            self._settling(st.id, self.store.settle(st.id, res, spec.subtask, self._cut_short(
+                spec, res, model=model, received=received, elapsed_s=time.perf_counter() - started)))
+            raise
         except (ProviderError, TimeoutError) as exc:
             # A provider's error answer is not billed; our timeout may have been.
             err = exc if isinstance(exc, ProviderError) else CallTimedOut(model, timeout)
@@ -237,6 +254,8 @@ class ModelCalls:
                 error=err.message[:500]))
             self._observe(model, spec, "error", 0, 0, cost, elapsed)
             raise err from None
+        if spec.answer:
+            self.answered.add(st.id)
         if not is_clean_text(out.text):  # a model's NUL or lone surrogate must not break the store
             out = dataclasses.replace(out, text=clean_text(out.text))
         u = out.usage
@@ -257,6 +276,31 @@ class ModelCalls:
             await settle
         self._observe(model, spec, "ok", u.input_tokens, u.output_tokens, out.cost_usd, elapsed)
         return out
+
+    def _cut_short(self, spec: CallSpec, res: Reservation, *, model: str, received: list[str] | None,
+                   elapsed_s: float) -> Settlement:
+        """A call canceled in flight: at what was received when the answer streamed
+        (its input and the text so far, counted as its reservation counts them), at its
+        worst case when nothing is known."""
+        if not received:
+            return Settlement(status=CallStatus.canceled, cost_usd=res.amount, latency_ms=elapsed_s * 1000,
+                              error="canceled in flight, nothing known of its answer; counted at its worst case")
+        out_tokens = len("".join(received).encode("utf-8"))
+        cost = min(res.amount, worst_case_usd(spec.messages, out_tokens, self.price_of(model)))
+        return Settlement(status=CallStatus.canceled, cost_usd=cost, output_tokens=out_tokens,
+                          latency_ms=elapsed_s * 1000,
+                          error="canceled mid-stream; counted at its input and the text received so far")
+
+    async def quiesce(self, task_id: str) -> None:
+        """Until every reservation being committed and every settlement of the task in
+        flight has committed (a cancel waits for this before it closes the task's
+        books, so nothing it reserved is left open or counted twice)."""
+        if self._flushing:
+            await asyncio.gather(*list(self._flushing), return_exceptions=True)
+        pending = self._unsettled.get(task_id)
+        if pending:
+            await asyncio.gather(*list(pending), return_exceptions=True)
+        self._failed.pop(task_id, None)
 
     def _settling(self, task_id: str, settle: Awaitable[Any]) -> None:
         fut = asyncio.ensure_future(settle)
@@ -299,7 +343,12 @@ class ModelCalls:
         self._pending.append((r, fut))
         if len(self._pending) == 1:
             asyncio.get_running_loop().call_soon(self._flush)
-        got = await fut
+        try:
+            got = await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # reserved, then canceled before it was sent
+                self._unsent(r, fut.result())
+            raise
         if isinstance(got, BudgetRefusal):
             raise BudgetExceeded(f"a {r.kind} call to {r.model} may cost up to ${r.amount:.6f}; "
                                  f"${got.left:.6f} of the budget is left")
@@ -324,6 +373,14 @@ class ModelCalls:
                 if not fut.done():
                     fut.set_exception(exc)
             return
-        for (_, fut), result in zip(live, results, strict=True):
+        for (r, fut), result in zip(live, results, strict=True):
             if not fut.done():
                 fut.set_result(result)
+            else:  # its caller was canceled meanwhile
+                self._unsent(r, result)
+
+    def _unsent(self, r: ReserveRequest, got: ReserveOutcome) -> None:
+        """A reservation whose call was canceled before it was sent: booked at nothing."""
+        if isinstance(got, Reservation):
+            self._settling(r.task_id, self.store.settle(r.task_id, got, r.subtask, Settlement(
+                status=CallStatus.canceled, cost_usd=0.0, error="canceled before it was sent")))

@@ -1,12 +1,11 @@
 """The Executor in a child process of its own (what `compound serve` runs by default).
 
 Under load the executor wants a whole core: the provider SDKs building requests and
-reading answers, the workflows, the store's commits. On a thread of the server's
-process (executor/onthread.py) it shares one GIL with the HTTP loop, and every time
-that loop wakes it waits for its turn (up to the interpreter's switch interval, a few
-times per request): /healthz p99 went from 2 ms to 15-28 ms at 300 tasks. In a process
-of its own it shares only the machine's cores, and the kernel wakes the mostly idle
-HTTP process at once.
+reading answers, the workflows, the store's commits. On the server's own loop, or on
+a thread of its process (measured, docs/benchmarks.md: a slower /healthz tail and
+fewer calls a second than here, at every size), it shares the HTTP loop's turn or its
+GIL. In a process of its own it shares only the machine's cores, and the kernel wakes
+the mostly idle HTTP process at once.
 
 The child (`python -m compound.executor.child FD PID`) opens its own store handle on the
 same database, builds its own SDK clients and runs a plain Executor; the server's

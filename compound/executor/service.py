@@ -61,8 +61,10 @@ class Executor(TaskWaits):
         model_slots: ModelSlots | None = None,
         stream_answers: bool = False,
         answers: AnswerStreams | None = None,
+        owns_client: bool = False,
     ) -> None:
         self.settings = settings
+        self._owns_client = owns_client  # warmed at start, closed at stop
         self.store = store
         self.client = client
         if price_of is None:
@@ -89,6 +91,9 @@ class Executor(TaskWaits):
 
     async def start(self) -> list[str]:
         """Resume every task that was not terminal when the last process stopped."""
+        warm = getattr(self.client, "warm", None)
+        if self._owns_client and warm is not None:
+            await warm()
         ids = await self.store.unfinished_task_ids()
         for task_id in ids:
             self.submit(task_id)
@@ -97,13 +102,20 @@ class Executor(TaskWaits):
         return ids
 
     async def stop(self) -> None:
-        """Stop running tasks (the next start resumes them)."""
+        """Stop running tasks (the next start resumes them), their calls in flight booked
+        by what is known of them before the store is let go."""
         self._stopping = True
+        ids = list(self._running)
         tasks = list(self._running.values())
         for t in tasks:
             t.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        for task_id in ids:
+            await self.calls.quiesce(task_id)
+        aclose = getattr(self.client, "aclose", None)
+        if self._owns_client and aclose is not None:
+            await aclose()
 
     def submit(self, task_id: str) -> None:
         """Run the task in the background (no-op when it already runs here)."""
@@ -126,13 +138,16 @@ class Executor(TaskWaits):
         except Exception as exc:  # never lose a task silently: record why it stopped
             log.exception("task crashed", task_id=task_id)
             try:
+                await self.calls.quiesce(task_id)
                 await self.store.recover(task_id)  # its open calls count at their worst case
-                await self.store.set_status(task_id, TaskStatus.failed, error=f"internal error: {type(exc).__name__}")
+                await self.store.set_status_unless_ended(task_id, TaskStatus.failed,
+                                                         error=f"internal error: {type(exc).__name__}")
             except Exception:  # pragma: no cover - the store itself is gone
                 log.exception("could not record the failure", task_id=task_id)
         finally:
             if self._running.get(task_id) is asyncio.current_task():
                 self._running.pop(task_id, None)
+                self.calls.answered.discard(task_id)
 
     async def _run_through_outages(self, task_id: str) -> None:
         """run_task, again when the database went away meanwhile: nothing was decided
@@ -180,6 +195,8 @@ class Executor(TaskWaits):
 
 
     async def cancel(self, task_id: str) -> None:
+        """End the task as canceled. Conflict when it ended otherwise first, also when
+        its answer had come back before the cancel did (the task then completes)."""
         status = await self.store.request_cancel(task_id)
         if status is None:
             raise NotFound(f"no task with id {task_id!r}")
@@ -187,9 +204,14 @@ class Executor(TaskWaits):
             raise Conflict(f"task {task_id} is already {status}; only a running task can be canceled")
         running = self._running.get(task_id)
         if running is not None and not running.done():
-            running.cancel()
+            if task_id not in self.calls.answered:
+                running.cancel()
             await asyncio.gather(running, return_exceptions=True)
-        await self._finish_canceled(task_id)
+        if not await self._finish_canceled(task_id):
+            head = await self.store.head(task_id)
+            if head.status == TaskStatus.canceled:  # its run saw the request first and ended it so
+                return
+            raise Conflict(f"task {task_id} {head.status} before the cancel reached it; its result stands")
 
     async def approve(self, task_id: str) -> None:
         st = await self.store.load(task_id)
@@ -200,12 +222,12 @@ class Executor(TaskWaits):
         await self.store.set_approved(task_id)
         self.submit(task_id)
 
-    async def _finish_canceled(self, task_id: str) -> None:
-        head = await self.store.head(task_id)
-        if head.status in TERMINAL_TASK:
-            return
-        await self.store.cancel_open(task_id)
-        await self.store.set_status(task_id, TaskStatus.canceled, error="canceled by request")
+    async def _finish_canceled(self, task_id: str) -> bool:
+        """Close the task's books and end it canceled, unless it has ended; whether it did.
+        Its reservations and settlements in flight commit first (calls.quiesce), so the
+        one transaction that ends it leaves nothing reserved."""
+        await self.calls.quiesce(task_id)
+        return await self.store.set_status_unless_ended(task_id, TaskStatus.canceled, error="canceled by request")
 
     async def run_task(self, task_id: str) -> None:
         """Take the task from whatever state the store has it in to a terminal state (or

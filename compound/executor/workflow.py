@@ -30,9 +30,9 @@ class Workflow:
         it waits for approval)."""
         subs = st.subtasks
         status = st.status
-        if not subs:
+        if not subs and not await self.store.set_status_unless_ended(st.id, TaskStatus.planning):
             # `planning` is the first thing the task's watchers hear: before any other read.
-            await self.store.set_status(st.id, TaskStatus.planning)
+            return  # it ended meanwhile (canceled before it started)
         daily = await self.store.user_daily_budget(st.user_id, self.settings.user_daily_budget_usd)
         if not subs:
             planned = await self._plan(st, daily)
@@ -41,10 +41,11 @@ class Workflow:
             subs, status = planned, TaskStatus.planned
         if not st.approve:
             if status != TaskStatus.planned:
-                await self.store.set_status(st.id, TaskStatus.planned)
+                await self.store.set_status_unless_ended(st.id, TaskStatus.planned)
             return
-        if status != TaskStatus.executing:
-            await self.store.set_status(st.id, TaskStatus.executing)
+        if status != TaskStatus.executing and not await self.store.set_status_unless_ended(
+                st.id, TaskStatus.executing):
+            return  # it ended meanwhile (canceled while held at planned): nothing is reserved
         await self._execute(st, subs, daily)
 
     async def _plan(self, st: TaskState, daily: float | None) -> list[SubState] | None:
@@ -71,14 +72,14 @@ class Workflow:
                 plan = await decompose(call, st.prompt, max_subtasks=self.settings.max_subtasks,
                                        context=st.context, warnings=warnings)
         except BudgetExceeded as exc:
-            await self.store.set_status(st.id, TaskStatus.failed,
+            await self.store.set_status_unless_ended(st.id, TaskStatus.failed,
                                         error=f"could not plan within the budget of ${st.budget_usd:g}: {exc.message}")
             return None
         except PlanInvalid as exc:
-            await self.store.set_status(st.id, TaskStatus.failed, error=f"could not plan: {exc.message}")
+            await self.store.set_status_unless_ended(st.id, TaskStatus.failed, error=f"could not plan: {exc.message}")
             return None
         except ProviderError as exc:
-            await self.store.set_status(st.id, TaskStatus.failed,
+            await self.store.set_status_unless_ended(st.id, TaskStatus.failed,
                                         error=f"could not plan: the planner model failed: {exc.message}")
             return None
         subs = [
@@ -146,13 +147,13 @@ class Workflow:
                    if s.index not in results]
         if not done:
             errors = "; ".join(f"subtask {i}: {why}" for i, _, why in missing[:5])
-            await self.store.set_status(st.id, TaskStatus.failed,
+            await self.store.set_status_unless_ended(st.id, TaskStatus.failed,
                                         error=budget_note or f"no subtask completed: {errors}")
             return
         if len(subs) == 1:
             # A plan of one subtask: its result is the answer (streamed as it came, to a
             # door listening); a synthesis call would only restate it, at a higher tier.
-            await self.store.set_status(st.id, TaskStatus.completed, result=results[subs[0].index])
+            await self.store.set_status_unless_ended(st.id, TaskStatus.completed, result=results[subs[0].index])
             return
         tier = self.settings.synthesis_tier
         messages = render("synthesize", request=st.prompt, context=st.context,
@@ -167,11 +168,11 @@ class Workflow:
         except (BudgetExceeded, ProviderError) as exc:
             joined = "\n\n".join(f"[{s.index}] {results[s.index]}" for s in done)
             why = "budget" if isinstance(exc, BudgetExceeded) else "provider error"
-            await self.store.set_status(st.id, TaskStatus.partial, result=joined, error=(
+            await self.store.set_status_unless_ended(st.id, TaskStatus.partial, result=joined, error=(
                 f"synthesis not run ({why}): {exc.message}; the result joins the subtask results"))
             return
         if missing:
-            await self.store.set_status(st.id, TaskStatus.partial, result=answer.text,
+            await self.store.set_status_unless_ended(st.id, TaskStatus.partial, result=answer.text,
                                         error=budget_note or f"{len(missing)} of {len(subs)} subtasks did not complete")
         else:
-            await self.store.set_status(st.id, TaskStatus.completed, result=answer.text)
+            await self.store.set_status_unless_ended(st.id, TaskStatus.completed, result=answer.text)

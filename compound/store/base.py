@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -252,9 +252,8 @@ class EventHub:
     """In-process fan-out of committed events to the subscriptions of each task.
 
     Subscriptions and listeners live on the hub's home loop (the one the store was
-    opened on: the server's HTTP loop). A write committed on another loop of the
-    process (the executor's thread, executor/onthread.py) publishes through the home
-    loop's call_soon_threadsafe, in commit order."""
+    opened on). A write committed on another thread (SQLite's writer thread) publishes
+    through the home loop's call_soon_threadsafe, in commit order."""
 
     def __init__(self) -> None:
         self._subs: dict[str, set[Subscription]] = {}
@@ -350,18 +349,6 @@ class RunStore(abc.ABC):
     async def close(self) -> None:
         """Finish pending writes and disconnect."""
 
-    async def sibling(self) -> RunStore:
-        """This store for another event loop of this process (the executor's thread,
-        executor/onthread.py), to be called, used and closed on that loop: the same
-        database, publishing to this store's hub. By default the store itself, when its
-        methods may be awaited from any loop (SQLite's one writer serves them all)."""
-        return self
-
-    async def close_sibling(self, sibling: RunStore) -> None:
-        """On the sibling's loop, as that loop stops: let it go."""
-        if sibling is not self:
-            await sibling.close()
-
     async def write_from_here(self) -> None:
         """Commit this store's writes on the calling loop, the one that makes nearly all
         of them (the executor's own process, executor/child.py), when the store can:
@@ -453,6 +440,13 @@ class RunStore(abc.ABC):
     async def cancel_open(self, task_id: str) -> None:
         """Cancel every unfinished subtask (with events); open calls count at their
         reservation (a call we abandoned may have been billed)."""
+
+    @abc.abstractmethod
+    async def set_status_unless_ended(self, task_id: str, status: str, *, error: str | None = None,
+                                      result: str | None = None, only_from: Collection[str] | None = None) -> bool:
+        """Write the task's status only while it has not ended (and, given `only_from`,
+        only from one of those); says whether it applied. Ending it `canceled` also
+        closes its open ledger rows and subtasks in the same transaction."""
 
     @abc.abstractmethod
     async def set_approved(self, task_id: str) -> None: ...

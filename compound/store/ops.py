@@ -151,6 +151,36 @@ def set_status(d: Dialect, task_id: str, status: str, *, error: str | None, resu
     return (yield from _events(d, task_id, [("task", data)], now))
 
 
+def set_status_unless_ended(d: Dialect, task_id: str, status: str, *, error: str | None, result: str | None,
+                            only_from: Sequence[str] | None) -> Op:
+    """A status write that applies only while the task has not ended (and, given
+    `only_from`, only from one of those statuses); returns whether it applied, so two
+    processes can never both end a task, and a terminal status never changes. Ending a
+    task as canceled also closes its open ledger rows and subtasks in the same
+    transaction, so nothing stays reserved. Returns (applied, total cost)."""
+    now = d.now()
+    terminal = status in TERMINAL_TASK
+    row = yield ("one", "SET_STATUS_IF_OPEN", {
+        "st": status, "err": error, "res": result, "exec": status == TaskStatus.executing, "term": terminal,
+        "now": now, "t": task_id, "terminal": [s.value for s in TERMINAL_TASK], "anyfrom": only_from is None,
+        "from": ",".join(only_from or ())})
+    if row is None:
+        return False, None
+    items: list[tuple[str, dict[str, Any]]] = []
+    if status == TaskStatus.canceled:
+        yield from _close_open_rows(d, task_id, CallStatus.canceled.value,
+                                    "canceled while in flight, nothing known of its answer; counted at its worst case",
+                                    now)
+        rows = yield ("all", "CANCEL_SUBTASKS", {"t": task_id, "st": SubtaskStatus.canceled.value, "err": "canceled",
+                                                 "now": now, "terminal": [s.value for s in TERMINAL_SUBTASK]})
+        items += [("subtask", sub_event(s)) for s in sorted((sub_state(d, r) for r in rows), key=lambda s: s.index)]
+    data: dict[str, Any] = {"status": status, "error": error}
+    if result is not None:
+        data["result"] = result
+    total = yield from _events(d, task_id, [*items, ("task", data)], now)
+    return True, total
+
+
 def set_planner_model(d: Dialect, task_id: str, model: str) -> Op:
     yield ("exec", "SET_PLANNER_MODEL", {"m": model, "t": task_id})
 
@@ -249,9 +279,12 @@ def _midnight() -> datetime:
 def settle(d: Dialect, task_id: str, res: Reservation, subtask: int | None, o: Settlement) -> Op:
     now = d.now()
     done = subtask is not None and o.complete_with is not None
-    yield ("exec", "SETTLE_LEDGER", {"st": o.status, "c": o.cost_usd, "i": o.input_tokens, "o": o.output_tokens,
-                                     "cr": o.cache_read_tokens, "cw": o.cache_write_tokens, "lat": o.latency_ms,
-                                     "err": o.error, "ans": o.answer, "now": now, "id": res.ledger_id})
+    settled = yield ("one", "SETTLE_LEDGER", {
+        "st": o.status, "c": o.cost_usd, "i": o.input_tokens, "o": o.output_tokens, "cr": o.cache_read_tokens,
+        "cw": o.cache_write_tokens, "lat": o.latency_ms, "err": o.error, "ans": o.answer, "now": now,
+        "id": res.ledger_id, "open": CallStatus.reserved.value})
+    if settled is None:  # closed already (the task was canceled or recovered meanwhile): booked once
+        return None
     yield ("exec", "SETTLE_TASK", {"r": res.amount, "c": o.cost_usd, "now": now, "t": task_id})
     if subtask is None:
         return None

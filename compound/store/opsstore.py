@@ -6,7 +6,7 @@ in its own dialect. An implementation gives `dialect`, `lock_users`, `queries`, 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -95,6 +95,15 @@ class OpsRunStore(RunStore):
 
     async def cancel_open(self, task_id: str) -> None:
         await self._write(lambda: ops.cancel_open(self.dialect, task_id))
+
+    async def set_status_unless_ended(self, task_id: str, status: str, *, error: str | None = None,
+                                      result: str | None = None, only_from: Collection[str] | None = None) -> bool:
+        applied, total = await self._write(lambda: ops.set_status_unless_ended(
+            self.dialect, task_id, status, error=error, result=result,
+            only_from=None if only_from is None else sorted(only_from)))
+        if applied:
+            log_status(task_id, status, error=error, total=total)
+        return bool(applied)
 
     async def set_approved(self, task_id: str) -> None:
         await self._write(lambda: ops.set_approved(self.dialect, task_id))

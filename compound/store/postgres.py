@@ -26,7 +26,6 @@ from compound.core.logging import get_logger
 from compound.store import ops, outage
 from compound.store.base import (
     Event,
-    RunStore,
 )
 from compound.store.opsstore import OpsRunStore
 from compound.store.sqlrun import ReadQueries
@@ -52,6 +51,12 @@ SQL: dict[str, str] = {
                   "started_at=CASE WHEN %(exec)s THEN COALESCE(started_at, %(now)s) ELSE started_at END, "
                   "completed_at=CASE WHEN %(term)s THEN %(now)s ELSE completed_at END, updated_at=%(now)s "
                   "WHERE id=%(t)s",
+    "SET_STATUS_IF_OPEN": "UPDATE task SET status=%(st)s, error=COALESCE(%(err)s, error), "
+                          "result=COALESCE(%(res)s, result), "
+                          "started_at=CASE WHEN %(exec)s THEN COALESCE(started_at, %(now)s) ELSE started_at END, "
+                          "completed_at=CASE WHEN %(term)s THEN %(now)s ELSE completed_at END, updated_at=%(now)s "
+                          "WHERE id=%(t)s AND status <> ALL(%(terminal)s) "
+                          "AND (%(anyfrom)s OR status = ANY(string_to_array(%(from)s, ','))) RETURNING id",
     "SET_PLANNER_MODEL": "UPDATE task SET planner_model=%(m)s WHERE id=%(t)s",
     "INSERT_SUBTASK": 'INSERT INTO subtask (id, task_id, "index", description, tier_hint, tier_assigned, models, '
                       "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens) VALUES "
@@ -76,7 +81,7 @@ SQL: dict[str, str] = {
                     f'started_at=COALESCE(started_at, %(now)s) WHERE task_id=%(t)s AND "index"=%(i)s RETURNING {SUB}',
     "SETTLE_LEDGER": "UPDATE ledger SET status=%(st)s, cost_usd=%(c)s, input_tokens=%(i)s, output_tokens=%(o)s, "
                      "cache_read_tokens=%(cr)s, cache_write_tokens=%(cw)s, latency_ms=%(lat)s, error=%(err)s, "
-                     "answer=%(ans)s, settled_at=%(now)s WHERE id=%(id)s",
+                     "answer=%(ans)s, settled_at=%(now)s WHERE id=%(id)s AND status=%(open)s RETURNING id",
     "SETTLE_TASK": "UPDATE task SET reserved_usd=reserved_usd-%(r)s, total_cost_usd=total_cost_usd+%(c)s, "
                    "updated_at=%(now)s WHERE id=%(t)s",
     "SETTLE_SUBTASK": "UPDATE subtask SET cost_usd=cost_usd+%(c)s, input_tokens=input_tokens+%(i)s, "
@@ -220,16 +225,6 @@ class PostgresRunStore(OpsRunStore):
         if self.listen:
             self._listener = asyncio.get_running_loop().create_task(self._listen())
             await self._listening.wait()
-
-    async def sibling(self) -> RunStore:
-        """A pool of its own on the calling loop (a psycopg pool serves one loop), the
-        tables already made; its commits publish to this store's hub, and its NOTIFYs
-        carry this store's origin, so this process's listener does not read them again."""
-        twin = PostgresRunStore(self.url, pool_size=self.pool.max_size, listen=False)
-        twin.hub, twin.origin, twin.stats = self.hub, self.origin, self.stats
-        twin._opened = True
-        await twin.pool.open(wait=True)
-        return twin
 
     async def close(self) -> None:
         if self._listener is not None:

@@ -3,9 +3,9 @@
 Writes go to a queue; the writer thread takes every write waiting, runs them in one
 transaction (group commit: one commit for a burst of transitions), then hands each
 result back to the loop that awaits it and the events to the store's own loop. While
-`compound serve`'s executor runs on a loop of its own (executor/onthread.py), that
-loop is the writer instead (`sibling()`): the writes of one turn commit at the turn's
-end, with no hand-over to a thread and back. Reads run on a small thread pool, each
+the executor's own process writes (executor/child.py), its loop is the writer
+instead (`write_from_here()`): the writes of one turn commit at the turn's end, with
+no hand-over to a thread and back. Reads run on a small thread pool, each
 thread with its own connection (WAL: readers never wait for the writer).
 """
 
@@ -28,7 +28,6 @@ from compound.core.logging import get_logger
 from compound.store import ops
 from compound.store.base import (
     Event,
-    RunStore,
 )
 from compound.store.opsstore import OpsRunStore
 from compound.store.sqlrun import ReadQueries
@@ -47,6 +46,11 @@ SQL: dict[str, str] = {
     "SET_STATUS": "UPDATE task SET status=:st, error=COALESCE(:err, error), result=COALESCE(:res, result), "
                   "started_at=CASE WHEN :exec THEN COALESCE(started_at, :now) ELSE started_at END, "
                   "completed_at=CASE WHEN :term THEN :now ELSE completed_at END, updated_at=:now WHERE id=:t",
+    "SET_STATUS_IF_OPEN": "UPDATE task SET status=:st, error=COALESCE(:err, error), result=COALESCE(:res, result), "
+                          "started_at=CASE WHEN :exec THEN COALESCE(started_at, :now) ELSE started_at END, "
+                          "completed_at=CASE WHEN :term THEN :now ELSE completed_at END, updated_at=:now "
+                          f"WHERE id=:t AND status NOT IN {TERMINAL} "
+                          "AND (:anyfrom OR instr(',' || :from || ',', ',' || status || ',') > 0) RETURNING id",
     "SET_PLANNER_MODEL": "UPDATE task SET planner_model=:m WHERE id=:t",
     "INSERT_SUBTASK": 'INSERT INTO subtask (id, task_id, "index", description, tier_hint, tier_assigned, models, '
                       "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens) VALUES "
@@ -71,7 +75,7 @@ SQL: dict[str, str] = {
                     f'started_at=COALESCE(started_at, :now) WHERE task_id=:t AND "index"=:i RETURNING {ops.SUB_COLS}',
     "SETTLE_LEDGER": "UPDATE ledger SET status=:st, cost_usd=:c, input_tokens=:i, output_tokens=:o, "
                      "cache_read_tokens=:cr, cache_write_tokens=:cw, latency_ms=:lat, error=:err, answer=:ans, "
-                     "settled_at=:now WHERE id=:id",
+                     "settled_at=:now WHERE id=:id AND status=:open RETURNING id",
     "SETTLE_TASK": "UPDATE task SET reserved_usd=reserved_usd-:r, total_cost_usd=total_cost_usd+:c, "
                    "updated_at=:now WHERE id=:t",
     "SETTLE_SUBTASK": "UPDATE subtask SET cost_usd=cost_usd+:c, input_tokens=input_tokens+:i, "
@@ -314,7 +318,7 @@ def hand_back(store: SqliteRunStore, events: list[Event], results: list[tuple[as
 
 
 class _LoopWriter:
-    """The one writer on an event loop's own thread (the executor's, executor/onthread.py):
+    """The one writer on an event loop's own thread (the executor's process, executor/child.py):
     the writes asked for in one turn of that loop commit together at its end, with no
     hand-over to another thread and back. Writes asked from other loops come in through
     call_soon_threadsafe. Once retired, every write goes to the writer thread again."""
@@ -424,28 +428,12 @@ class SqliteRunStore(OpsRunStore):
         if self._engine is not None:
             self._engine.dispose()
 
-    async def sibling(self) -> RunStore:
-        """The store itself, its writes now committed on the calling loop (the
-        executor's): that loop makes nearly all of them, and a commit there hands the
-        results straight back, with no writer thread to wake and wait for (each hand-over
-        costs a turn of the GIL, milliseconds on a busy server). The writer thread stays,
-        idle, for close_sibling."""
-        if asyncio.get_running_loop() is not self.hub.home:
-            await self.write_from_here()
-        return self
-
     async def write_from_here(self) -> None:
         if self._thread_writer is None or isinstance(self._writer, _LoopWriter):
             return
         conn = connect(self.path, synchronous=self.synchronous)
         conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
         self._writer = _LoopWriter(self, conn, asyncio.get_running_loop(), fallback=self._thread_writer)
-
-    async def close_sibling(self, sibling: RunStore) -> None:  # noqa: ARG002 (the sibling is this store)
-        writer = self._writer
-        if isinstance(writer, _LoopWriter) and writer.loop is asyncio.get_running_loop():
-            self._writer = self._thread_writer
-            writer.retire()
 
     def delivered(self, events: list[Event], results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
         """On the loop, after a commit: tell subscribers, then the writers."""

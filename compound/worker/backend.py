@@ -144,24 +144,25 @@ class QueueBackend(TaskWaits):
         await self._enqueue_or_later(names.approve_workflow_id(task_id), st.priority, task_id)
 
     async def cancel(self, task_id: str) -> None:
+        """End the task as canceled wherever it is; Conflict when it ended otherwise
+        first (its answer existed before the cancel reached the worker running it)."""
         status = await self.store.request_cancel(task_id)
         if status is None:
             raise NotFound(f"no task with id {task_id!r}")
         if status in TERMINAL_TASK:
             raise Conflict(f"task {task_id} is already {status}; only a running task can be canceled")
-        st = await self.store.load(task_id)
-        assert st is not None
-        if st.status == TaskStatus.queued or (st.status == TaskStatus.planned and not st.approve):
-            # Runs nowhere: finish it here. A worker that takes it later sees it canceled;
-            # one that took it this very moment hears the signal below.
-            await self.store.cancel_open(task_id)
-            await self.store.set_status(task_id, TaskStatus.canceled, error="canceled by request")
-            await asyncio.to_thread(pg_notify.publish, self.store.engine, pg_notify.CANCEL, task_id)
-            return
+        # Not started, or held at `planned`: it runs nowhere, so it ends here. A worker
+        # taking it this moment finds its next status write refused and stops there.
+        ended_here = await self.store.set_status_unless_ended(
+            task_id, TaskStatus.canceled, error="canceled by request",
+            only_from=(TaskStatus.queued, TaskStatus.planned))
         await asyncio.to_thread(pg_notify.publish, self.store.engine, pg_notify.CANCEL, task_id)
+        if ended_here:
+            return
         try:
-            await self.store.wait_for_status(task_id, TERMINAL_TASK, CANCEL_WAIT_S)
+            final = await self.store.wait_for_status(task_id, TERMINAL_TASK, CANCEL_WAIT_S)
         except TimeoutError:
             log.warning("cancel requested; the task has not stopped yet", task_id=task_id)
-
-
+            return
+        if final != TaskStatus.canceled:
+            raise Conflict(f"task {task_id} {final} before the cancel reached it; its result stands")

@@ -37,6 +37,7 @@ from compound.api.doors.inputs import (
     valid_unicode,
 )
 from compound.api.errors import ApiError
+from compound.api.state import app_state
 from compound.core.errors import BudgetExceeded, Conflict, NotFound, UserInputError
 from compound.executor.answers import AnswerPiece
 from compound.store.base import Principal
@@ -336,7 +337,8 @@ async def card(request: Request) -> Response:
 
 async def rpc(request: Request) -> Response:
     try:
-        principal = await Door(request.app.state).authenticate(bearer_token_of(request.headers.get("authorization")))
+        door = Door(app_state(request.app))
+        principal = await door.authenticate(bearer_token_of(request.headers.get("authorization")))
     except DoorAuthError as exc:
         return unauthorized(None, exc.message)
     request.scope[PRINCIPAL] = principal
@@ -390,5 +392,5 @@ def dispatcher(app: FastAPI) -> JsonRpcDispatcher:
     found: JsonRpcDispatcher | None = getattr(app.state, "a2a_dispatcher", None)
     if found is None:
         found = app.state.a2a_dispatcher = JsonRpcDispatcher(
-            CompoundAgent(lambda: Door(app.state)), context_builder=_ContextBuilder(), enable_v0_3_compat=True)
+            CompoundAgent(lambda: Door(app_state(app))), context_builder=_ContextBuilder(), enable_v0_3_compat=True)
     return found

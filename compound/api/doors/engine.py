@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from contextlib import aclosing, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +21,10 @@ from compound.api.doors.inputs import (
 )
 from compound.api.routes_tasks import submit_to
 from compound.api.schemas import TaskCreate
+from compound.api.state import AppState
 from compound.core.errors import BudgetExceeded, Conflict, NotFound
 from compound.core.money import shown_usd, worst_case_usd
+from compound.core.settings import Settings
 from compound.executor.answers import AnswerPiece
 from compound.planner.estimate import estimate_cost
 from compound.planner.plan import critical_path, waves
@@ -117,17 +119,16 @@ class AnswerText:
 class Door:
     """The engine as the doors see it, over the app's state (settings, store, executor)."""
 
-    def __init__(self, state: Any) -> None:
+    def __init__(self, state: AppState) -> None:
         self.state = state
 
     @property
-    def settings(self) -> Any:
+    def settings(self) -> Settings:
         return self.state.settings
 
     @property
     def store(self) -> RunStore:
-        store: RunStore = self.state.store
-        return store
+        return self.state.store
 
     # who is calling ------------------------------------------------------------------
 
@@ -274,11 +275,7 @@ class Door:
         enters before it sends its first byte, so its client cannot miss a piece). When
         the task runs in another process (the executor's own, or a queue-mode worker),
         the pieces are relayed from there (executor/answers.py's RemoteAnswers)."""
-        answers = getattr(self.state.executor, "answers", None)
-        if answers is None:
-            async with aclosing(self.events(task_id, after)) as events:
-                yield events
-            return
+        answers = self.state.executor.answers
         queue: asyncio.Queue[Event | AnswerPiece | BaseException | None] = asyncio.Queue()
 
         async def pump() -> None:

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from compound.api.doors.engine import Door, DoorAuthError, bearer_token_of
 from compound.api.doors.inputs import BadField, load_json, shown
 from compound.api.errors import ApiError
+from compound.api.state import app_state
 from compound.core.errors import BudgetExceeded, CompoundError, Conflict, NotFound, UserInputError
 from compound.store.base import Principal
 
@@ -425,7 +426,7 @@ def _http_tasks(app: FastAPI) -> Callable[[Context], Tasks]:
         principal = getattr(request, "scope", {}).get(PRINCIPAL)
         if not isinstance(principal, Principal):  # BearerGate refuses first; never reached
             raise ToolError("unauthorized: missing bearer token")
-        return LocalTasks(Door(app.state), principal)
+        return LocalTasks(Door(app_state(app)), principal)
 
     return tasks_for
 
@@ -438,4 +439,4 @@ def http_app(app: FastAPI) -> tuple[ASGIApp, MCPServer]:
     # Host header, is what keeps other sites out.
     server.streamable_http_app(stateless_http=True,
                                transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
-    return BearerGate(KeepAlive(StreamableHTTPASGIApp(server.session_manager)), lambda: Door(app.state)), server
+    return BearerGate(KeepAlive(StreamableHTTPASGIApp(server.session_manager)), lambda: Door(app_state(app))), server

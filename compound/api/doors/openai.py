@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from compound.api.doors.engine import AnswerText, Door, DoorAuthError, bearer_token_of, failure
 from compound.api.doors.inputs import BadField, load_json
 from compound.api.errors import ApiError
+from compound.api.state import app_state
 from compound.core.errors import BudgetExceeded, Conflict, DatabaseUnavailable, NotFound, UserInputError
 from compound.core.logging import get_logger, redact_text
 from compound.executor.answers import AnswerPiece
@@ -29,8 +30,10 @@ router = APIRouter(tags=["openai"])
 
 
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: str
+    # Described as a text part with its text, which is all the door accepts; any other
+    # part answers a 400 naming it (text_of), not a validation error.
+    model_config = ConfigDict(extra="allow", json_schema_extra={"required": ["type", "text"]})
+    type: str = Field(json_schema_extra={"enum": ["text"]})
     text: str | None = None
 
 
@@ -304,7 +307,7 @@ CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
             responses=AUTH_RESPONSES)
 async def models(request: Request) -> Response:
     try:
-        await Door(request.app.state).authenticate(bearer_token(request))
+        await Door(app_state(request.app)).authenticate(bearer_token(request))
     except DoorAuthError as exc:
         return openai_error(exc).response()
     return JSONResponse({"object": "list", "data": [model_card()]})
@@ -314,7 +317,7 @@ async def models(request: Request) -> Response:
             responses={**AUTH_RESPONSES, 404: _doc("no such model (`model_not_found`)")})
 async def model(request: Request, model: str) -> Response:
     try:
-        await Door(request.app.state).authenticate(bearer_token(request))
+        await Door(app_state(request.app)).authenticate(bearer_token(request))
     except DoorAuthError as exc:
         return openai_error(exc).response()
     if model != MODEL:
@@ -348,7 +351,7 @@ def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
              openapi_extra={"requestBody": {"content": {"application/json": {
                  "schema": inline_schema(ChatRequest.model_json_schema())}}, "required": True}})
 async def chat_completions(request: Request) -> Response:
-    door = Door(request.app.state)
+    door = Door(app_state(request.app))
     raw = await request.body()  # one over the size limit ends here: the app's BodyLimit answers 413
     try:
         principal = await door.authenticate(bearer_token(request))

@@ -1,12 +1,14 @@
-"""`compound serve`'s executor runs on a thread and event loop of its own
-(executor/onthread.py): its calls run there, its commits reach subscribers on the
-caller's loop (SQLite's one writer serves both loops; PostgreSQL gets a second pool),
-streamed answers reach listeners on their own loop, and cancel, approve and their
-errors cross intact."""
+"""Every host of the engine (executor/host.py) through the one ExecutorHost protocol:
+the plain Executor on this loop and the child process. A task's events reach this
+loop's subscribers once and in order, a streamed answer reaches a listener here,
+cancel and approve say what happened, and a stop leaves running tasks for the next
+start. (Queue mode's host is run the same way by tests/test_scale.py and
+tests/test_queue_race.py, on PostgreSQL with real workers.)"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,12 +18,15 @@ import pytest
 from compound.core.errors import Conflict, NotFound
 from compound.core.settings import Settings
 from compound.executor.answers import AnswerPiece
-from compound.executor.onthread import ThreadedExecutor
+from compound.executor.host import ExecutorHost
+from compound.executor.process import ProcessExecutor
+from compound.executor.service import Executor
 from compound.llm import build_client
 from compound.llm.base import Completion, LLMClient, Message, StreamEvent
 from compound.store.base import Event, RunStore
 
 PROMPT = "Look into the history of tea and the costs of tea and the risks of tea"
+HOSTS = ["loop", "process"]
 
 
 class Threads:
@@ -67,11 +72,11 @@ class Threads:
             await aclose()
 
 
-async def events_until_end(store: RunStore, task_id: str, executor: ThreadedExecutor) -> list[Event]:
-    """Dispatch the task and collect its events here until its end (test_process.py too)."""
+async def events_until_end(store: RunStore, task_id: str, host: ExecutorHost) -> list[Event]:
+    """Dispatch the task and collect its events here until its end (tests/test_process.py too)."""
     seen: list[Event] = []
     async with store.subscribe(task_id, after=0) as sub:
-        await executor.dispatch(task_id, priority=2)
+        await host.dispatch(task_id, priority=2)
         async with asyncio.timeout(60):
             async for ev in sub:
                 seen.append(ev)
@@ -80,91 +85,80 @@ async def events_until_end(store: RunStore, task_id: str, executor: ThreadedExec
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def test_a_task_runs_on_the_executors_thread_and_its_events_reach_this_loop(
-        any_store: RunStore, sim_settings: Settings) -> None:
-    client = Threads(build_client(sim_settings))
-    executor = ThreadedExecutor(settings=sim_settings, store=any_store, client=client)
-    await executor.start()
+@contextlib.asynccontextmanager
+async def hosted(kind: str, store: RunStore, settings: Settings, client: LLMClient | None = None,
+                 **kw: Any) -> AsyncIterator[ExecutorHost]:
+    host: ExecutorHost
+    if kind == "loop":
+        host = Executor(settings=settings, store=store, client=client or build_client(settings),
+                        owns_client=True, **kw)
+    else:
+        host = ProcessExecutor(settings=settings.model_copy(update={"database_url": store.url}), store=store, **kw)
+    assert isinstance(host, ExecutorHost)
+    await host.start()
     try:
+        yield host
+    finally:
+        await host.stop()
+
+
+@pytest.mark.parametrize("kind", HOSTS)
+async def test_a_task_runs_and_its_events_reach_this_loop_once_in_order(
+        kind: str, any_store: RunStore, sim_settings: Settings) -> None:
+    async with hosted(kind, any_store, sim_settings) as host:
         task = await any_store.create_task(prompt=PROMPT, budget_usd=1.0)
-        seen = await events_until_end(any_store, task.id, executor)
+        seen = await events_until_end(any_store, task.id, host)
         assert seen[-1].data["status"] == "completed", seen[-1].data
-        # every event once, in order: the executor's commits were published here, and on
-        # PostgreSQL this process's listener did not publish them a second time
         assert [e.seq for e in seen] == list(range(1, len(seen) + 1))
+        assert sum(1 for e in seen if e.terminal) == 1
         assert {e.data["status"] for e in seen if e.kind == "subtask"} >= {"running", "completed"}
-        assert client.threads == {executor.thread.ident} != {threading.get_ident()}
-        assert await executor.wait(task.id, timeout=5) == "completed"
+        assert await host.wait(task.id, timeout=5) == "completed"
         snap = await any_store.snapshot(task.id)
         assert snap["status"] == "completed" and snap["total_cost_usd"] > 0
-    finally:
-        await executor.stop()
-    assert not executor.thread.is_alive()
-    assert client.closed_on == executor.thread.ident  # the SDK clients closed on their own loop
 
 
-async def test_the_streamed_answer_reaches_a_listener_on_its_own_loop(
-        store: RunStore, sim_settings: Settings) -> None:
-    executor = ThreadedExecutor(settings=sim_settings, store=store, client=build_client(sim_settings),
-                                stream_answers=True)
-    await executor.start()
-    try:
+@pytest.mark.parametrize("kind", HOSTS)
+async def test_the_streamed_answer_reaches_a_listener_here(kind: str, store: RunStore, sim_settings: Settings) -> None:
+    async with hosted(kind, store, sim_settings, stream_answers=True) as host:
         task = await store.create_task(prompt=PROMPT, budget_usd=1.0)
         pieces: list[AnswerPiece] = []
-        threads: set[int] = set()
-
-        def heard(piece: AnswerPiece) -> None:
-            pieces.append(piece)
-            threads.add(threading.get_ident())
-
-        with executor.answers.listen(task.id, heard):
-            await executor.dispatch(task.id, priority=2)
-            assert await executor.wait(task.id, timeout=60) == "completed"
+        with host.answers.listen(task.id, pieces.append):
+            await host.dispatch(task.id, priority=2)
+            assert await host.wait(task.id, timeout=60) == "completed"
         snap = await store.snapshot(task.id)
-        # several pieces, all heard on this loop's thread, before the task's end
-        assert len(pieces) > 1 and threads == {threading.get_ident()}
+        assert len(pieces) > 1
         assert "".join(p.text for p in pieces) == snap["result"]
-    finally:
-        await executor.stop()
 
 
-async def test_cancel_approve_and_their_errors_cross_between_the_loops(
-        store: RunStore, sim_settings: Settings) -> None:
+async def test_cancel_approve_and_their_errors_on_the_loop(store: RunStore, sim_settings: Settings) -> None:
     client = Threads(build_client(sim_settings), hold=True)
-    executor = ThreadedExecutor(settings=sim_settings, store=store, client=client)
-    await executor.start()
-    try:
+    async with hosted("loop", store, sim_settings, client=client) as host:
         task = await store.create_task(prompt=PROMPT, budget_usd=1.0)
-        await executor.dispatch(task.id, priority=2)
+        await host.dispatch(task.id, priority=2)
         assert await asyncio.to_thread(client.started.wait, 30)  # the planner's call is held
-        assert executor.is_running(task.id)
-        await executor.cancel(task.id)
-        assert client.canceled.is_set()  # the call was canceled on the executor's loop
+        await host.cancel(task.id)
+        assert client.canceled.is_set()
         assert (await store.head(task.id)).status == "canceled"
         with pytest.raises(Conflict, match="already canceled"):
-            await executor.cancel(task.id)
+            await host.cancel(task.id)
         with pytest.raises(NotFound):
-            await executor.approve("t_nobody")
-    finally:
-        await executor.stop()
+            await host.approve("t_nobody")
+    assert client.closed_on == threading.get_ident()  # the host's client, closed at its stop
 
 
 async def test_a_stop_leaves_running_tasks_for_the_next_start(store: RunStore, sim_settings: Settings) -> None:
     held = Threads(build_client(sim_settings), hold=True)
-    first = ThreadedExecutor(settings=sim_settings, store=store, client=held)
+    first = Executor(settings=sim_settings, store=store, client=held)
     await first.start()
     task = await store.create_task(prompt=PROMPT, budget_usd=1.0)
     await first.dispatch(task.id, priority=2)
     assert await asyncio.to_thread(held.started.wait, 30)
     await first.stop()
-    assert held.canceled.is_set() and not first.thread.is_alive()
+    assert held.canceled.is_set()
     assert (await store.head(task.id)).status not in ("canceled", "failed", "completed")
-    second = ThreadedExecutor(settings=sim_settings, store=store, client=build_client(sim_settings))
+    second = Executor(settings=sim_settings, store=store, client=build_client(sim_settings), owns_client=True)
     try:
         assert await second.start() == [task.id]  # resumed
         assert await second.wait(task.id, timeout=60) == "completed"
     finally:
         await second.stop()
-    # the executor's loop let the store's writes go back to the writer thread
-    later = await store.create_task(prompt=PROMPT, budget_usd=1.0)
-    assert (await store.head(later.id)).status == "queued"
