@@ -32,6 +32,7 @@ from compound.executor.hooks import CallObserver
 from compound.executor.service import Executor, TaskWaits
 from compound.llm.base import LLMClient
 from compound.store.base import RunStore
+from compound.tools.catalogue import Tools
 
 T = TypeVar("T")
 
@@ -53,6 +54,7 @@ class ThreadedExecutor(TaskWaits):
         observers: Sequence[CallObserver] = (),
         stream_answers: bool = False,
         name: str = "compound-executor",
+        tools: Tools | None = None,
     ) -> None:
         self.settings = settings
         self.store = store  # the caller's loop's: waits subscribe here
@@ -60,6 +62,7 @@ class ThreadedExecutor(TaskWaits):
         self.answers = AnswerStreams()
         self._observers = list(observers)
         self._stream_answers = stream_answers
+        self._tools = tools  # the server's ToolServers: a call from this thread's loop is handed to its own
         from compound.llm.pricing import price_of
 
         self.price_of: Callable[[str], Price] = lambda m: price_of(m, settings)
@@ -96,7 +99,7 @@ class ThreadedExecutor(TaskWaits):
             await warm()
         self._executor = Executor(settings=self.settings, store=self._store_here, client=self.client,
                                   price_of=self.price_of, observers=self._observers,
-                                  stream_answers=self._stream_answers, answers=self.answers)
+                                  stream_answers=self._stream_answers, answers=self.answers, tools=self._tools)
         return await self._executor.start()
 
     async def stop(self) -> None:

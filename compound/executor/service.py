@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from compound.core.errors import Conflict, DatabaseUnavailable, NotFound
 from compound.core.logging import get_logger
@@ -17,11 +18,16 @@ from compound.core.settings import Settings
 from compound.executor.answers import AnswerStreams
 from compound.executor.calls import ModelCalls, ModelSlots, Sleep
 from compound.executor.hooks import CallObserver
+from compound.executor.steps import InDoubt, ToolSteps
 from compound.executor.workflow import Workflow
 from compound.llm.base import LLMClient
 from compound.prompts import versions
 from compound.store.base import RunStore
 from compound.store.models import TERMINAL_TASK, TaskStatus
+from compound.tools.catalogue import Tools
+
+if TYPE_CHECKING:
+    from compound.tools.servers import ToolServers
 
 log = get_logger("compound.executor")
 # A task whose store went away is run again after this, doubling up to the max.
@@ -61,6 +67,8 @@ class Executor(TaskWaits):
         model_slots: ModelSlots | None = None,
         stream_answers: bool = False,
         answers: AnswerStreams | None = None,
+        tools: Tools | None = None,
+        in_doubt: InDoubt | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -76,7 +84,13 @@ class Executor(TaskWaits):
         self._answers = answers if answers is not None else AnswerStreams()
         if stream_answers:
             self.calls.answers = self._answers
-        self.workflow = Workflow(settings=settings, store=store, calls=self.calls, versions=versions())
+        # The MCP servers' tools: given (the server's own ToolServers), or opened by
+        # start() from the `mcp_servers` setting (a child process, a queue worker).
+        self.tools = tools
+        self._own_tools: ToolServers | None = None
+        steps = ToolSteps(settings=settings, store=store, calls=self.calls, tools=lambda: self.tools,
+                          in_doubt=in_doubt)
+        self.workflow = Workflow(settings=settings, store=store, calls=self.calls, versions=versions(), steps=steps)
         self._running: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
 
@@ -88,7 +102,14 @@ class Executor(TaskWaits):
         return self._answers
 
     async def start(self) -> list[str]:
-        """Resume every task that was not terminal when the last process stopped."""
+        """Resume every task that was not terminal when the last process stopped (the
+        MCP servers connected first, when this executor opens its own)."""
+        if self.tools is None and self.settings.mcp_servers:
+            from compound.tools.servers import ToolServers
+
+            self._own_tools = ToolServers(self.settings.mcp_servers)
+            await self._own_tools.start()
+            self.tools = self._own_tools
         ids = await self.store.unfinished_task_ids()
         for task_id in ids:
             self.submit(task_id)
@@ -104,6 +125,9 @@ class Executor(TaskWaits):
             t.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self._own_tools is not None:
+            await self._own_tools.stop()
+            self._own_tools = None
 
     def submit(self, task_id: str) -> None:
         """Run the task in the background (no-op when it already runs here)."""

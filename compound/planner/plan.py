@@ -4,6 +4,7 @@ graph arithmetic over it: waves and the critical path."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,6 +19,12 @@ class SubtaskIn(BaseModel):
     depends_on: list[int] = Field(
         default_factory=list, description="0-based indices of subtasks whose results this needs"
     )
+    # Subtasks that act (design.md section 11): the tools its model may call, or one
+    # direct call of `tool` with `arguments` (kind "tool", no model).
+    kind: str = Field(default="llm", description='"llm" (a model, with `tools` if any) or "tool" (one direct call)')
+    tools: list[str] = Field(default_factory=list, description="tools (server.tool) the subtask's model may call")
+    tool: str | None = Field(default=None, description='kind "tool": the tool to call (server.tool)')
+    arguments: dict[str, Any] | None = Field(default=None, description='kind "tool": the call\'s arguments')
 
 
 class PlanIn(BaseModel):

@@ -85,7 +85,8 @@ def validate_plan(data: Any, *, max_subtasks: int, raw: str | None = None) -> Pl
             elif d not in good:
                 good.append(d)
         deps_ok.append(good)
-        clean.append(SubtaskIn(description=description.strip(), tier_hint=tier, depends_on=good))
+        clean.append(SubtaskIn(description=description.strip(), tier_hint=tier, depends_on=good,
+                               **_step_fields(i, item, errors)))
 
     cycle = find_cycle(deps_ok)
     if cycle:
@@ -96,6 +97,48 @@ def validate_plan(data: Any, *, max_subtasks: int, raw: str | None = None) -> Pl
     if errors:
         raise PlanInvalid(errors, raw)
     return PlanIn(reasoning=reasoning, subtasks=clean)
+
+
+STEP_KINDS = ("llm", "tool")
+
+
+def _tool_name(value: Any) -> bool:
+    return isinstance(value, str) and value.count(".") >= 1 and all(value.partition(".")[::2])
+
+
+def _step_fields(i: int, item: dict[str, Any], errors: list[str]) -> dict[str, Any]:
+    """A subtask's section 11 fields (kind, tools, tool, arguments), checked for shape;
+    whether a named tool exists is the catalogue's business, at run time."""
+    out: dict[str, Any] = {}
+    kind = item.get("kind", "llm")
+    if kind is None:
+        kind = "llm"
+    if kind not in STEP_KINDS:
+        errors.append(f"subtask {i} has kind {_show(kind)}; it must be \"llm\" or \"tool\"")
+        kind = "llm"
+    out["kind"] = kind
+    tools = item.get("tools") or []
+    if not isinstance(tools, list) or not all(_tool_name(t) for t in tools):
+        errors.append(f"subtask {i} has tools {_show(tools)}; it must be a list of names server.tool")
+        tools = []
+    out["tools"] = list(dict.fromkeys(tools))
+    tool, arguments = item.get("tool"), item.get("arguments")
+    if kind == "tool":
+        if not _tool_name(tool):
+            errors.append(f"subtask {i} is of kind \"tool\" but names no tool: set 'tool' to server.tool, "
+                          f"not {_show(tool)}")
+            tool = None
+        if arguments is None:
+            arguments = {}
+    elif tool is not None:
+        errors.append(f"subtask {i} names tool {_show(tool)} but is not of kind \"tool\"; set \"kind\": \"tool\" "
+                      "to call it directly, or list it in 'tools' for the subtask's model")
+        tool = None
+    if arguments is not None and not isinstance(arguments, dict):
+        errors.append(f"subtask {i} has arguments {_show(arguments)}; they must be a JSON object")
+        arguments = {}
+    out["tool"], out["arguments"] = tool, arguments
+    return out
 
 
 def is_clean_text(text: str) -> bool:
