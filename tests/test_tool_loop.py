@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 
-from compound.core.errors import ToolTimedOut, UnknownTool
+from compound.core.errors import PlanInvalid, ToolTimedOut, UnknownTool
 from compound.core.money import Usage
 from compound.core.settings import Settings
 from compound.executor.service import Executor
 from compound.executor.steps import IDEMPOTENCY_META_KEY, IN_DOUBT, call_key
 from compound.llm.base import Completion, Message, Price, ToolCall, ToolChoice, ToolSpec
+from compound.planner.validate import validate_plan
 from compound.store.base import RunStore
 from compound.tools.catalogue import Tool, ToolResult
 
@@ -316,6 +317,33 @@ async def test_a_direct_tool_call_needs_no_model(any_store: RunStore) -> None:
     # no model was called for the subtasks; the synthesis joins them
     assert len(llm.turns) == 1 and [r["kind"] for r in await any_store.ledger_rows(snap["id"])] == ["synthesis"]
     assert tools.calls[0][2] == {IDEMPOTENCY_META_KEY: call_key(snap["id"], 0, "fx.echo", {"text": "hello"}, 0)}
+    # a direct call's subtask is running from its call's intent, before the call's event
+    events = [(e.kind, e.data["status"]) for e in await any_store.events_after(snap["id"], 0)
+              if e.data.get("index") == 0]
+    assert events == [("subtask", "running"), ("tool_call", "running"), ("tool_call", "ok"), ("subtask", "completed")]
+    assert subs[0]["started_at"] is not None
+
+
+@pytest.mark.parametrize(("subtask", "error"), [
+    ({"kind": "tool"}, 'subtask 0 is of kind "tool" but names no tool: set \'tool\' to server.tool, not None'),
+    ({"kind": "tool", "tool": "nodot"}, "names no tool"),
+    ({"tool": "fx.echo"}, 'subtask 0 names tool \'fx.echo\' but is not of kind "tool"'),
+    ({"kind": "shell"}, 'subtask 0 has kind \'shell\'; it must be "llm" or "tool"'),
+    ({"tools": ["echo"]}, "subtask 0 has tools ['echo']; it must be a list of names server.tool"),
+    ({"tools": "fx.echo"}, "subtask 0 has tools 'fx.echo'; it must be a list of names server.tool"),
+    ({"kind": "tool", "tool": "fx.echo", "arguments": [1]}, "subtask 0 has arguments [1]; they must be a JSON object"),
+])
+def test_a_plan_acting_wrongly_is_refused_with_words_to_act_on(subtask: dict[str, Any], error: str) -> None:
+    with pytest.raises(PlanInvalid) as caught:
+        validate_plan(plan(subtask), max_subtasks=5)
+    assert any(error in e for e in caught.value.errors), caught.value.errors
+
+
+def test_acting_fields_pass_validation() -> None:
+    got = validate_plan(plan({"tools": ["fx.echo", "fx.echo"]}, {"kind": "tool", "tool": "fx.count"}),
+                        max_subtasks=5)
+    assert got.subtasks[0].tools == ["fx.echo"] and got.subtasks[0].kind == "llm"
+    assert (got.subtasks[1].kind, got.subtasks[1].tool, got.subtasks[1].arguments) == ("tool", "fx.count", {})
 
 
 # cancel, crash, resume ---------------------------------------------------------------------

@@ -104,18 +104,24 @@ class Executor(TaskWaits):
     async def start(self) -> list[str]:
         """Resume every task that was not terminal when the last process stopped (the
         MCP servers connected first, when this executor opens its own)."""
-        if self.tools is None and self.settings.mcp_servers:
-            from compound.tools.servers import ToolServers
-
-            self._own_tools = ToolServers(self.settings.mcp_servers)
-            await self._own_tools.start()
-            self.tools = self._own_tools
+        await self.open_tools()
         ids = await self.store.unfinished_task_ids()
         for task_id in ids:
             self.submit(task_id)
         if ids:
             log.info("resuming tasks", count=len(ids))
         return ids
+
+    async def open_tools(self) -> None:
+        """Connect the MCP servers of the `mcp_servers` setting, when this executor was
+        given no tools (stop() closes them). A host that never calls start() (a queue
+        worker) calls this before it runs a task; a second call does nothing."""
+        if self.tools is None and self.settings.mcp_servers:
+            from compound.tools.servers import ToolServers
+
+            self._own_tools = ToolServers(self.settings.mcp_servers)
+            await self._own_tools.start()
+            self.tools = self._own_tools
 
     async def stop(self) -> None:
         """Stop running tasks (the next start resumes them)."""
@@ -127,7 +133,7 @@ class Executor(TaskWaits):
             await asyncio.gather(*tasks, return_exceptions=True)
         if self._own_tools is not None:
             await self._own_tools.stop()
-            self._own_tools = None
+            self._own_tools = self.tools = None
 
     def submit(self, task_id: str) -> None:
         """Run the task in the background (no-op when it already runs here)."""

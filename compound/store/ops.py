@@ -349,7 +349,14 @@ def tool_call_started(d: Dialect, task_id: str, c: ToolCallRecord) -> Op:
                                         "mid": c.model_call_id, "tool": c.tool, "args": d.json(c.arguments),
                                         "st": ToolCallStatus.running.value, "now": now})
     rec = tool_record(d, row)
-    yield from _events(d, task_id, [("tool_call", {"index": rec.subtask, **tool_shown(rec)})], now)
+    items: list[tuple[str, dict[str, Any]]] = []
+    # a direct call's subtask (no model call reserved for it) is running from its call's intent
+    sub = yield ("one", "MARK_ACTING", {"now": now, "t": task_id, "i": c.subtask,
+                                        "pending": SubtaskStatus.pending.value})
+    if sub is not None:
+        items.append(("subtask", sub_event(sub_state(d, sub))))
+    items.append(("tool_call", {"index": rec.subtask, **tool_shown(rec)}))
+    yield from _events(d, task_id, items, now)
     return rec
 
 
