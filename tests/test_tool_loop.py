@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from compound.core.errors import PlanInvalid, ToolTimedOut, UnknownTool
+from compound.core.errors import PlanInvalid, ProviderError, ToolTimedOut, UnknownTool
 from compound.core.money import Usage
 from compound.core.settings import Settings
 from compound.executor.service import Executor
@@ -316,7 +316,8 @@ async def test_a_direct_tool_call_needs_no_model(any_store: RunStore) -> None:
     assert [c["status"] for s in subs for c in s["tool_calls"]] == ["ok", "ok", "timeout"]
     # no model was called for the subtasks; the synthesis joins them
     assert len(llm.turns) == 1 and [r["kind"] for r in await any_store.ledger_rows(snap["id"])] == ["synthesis"]
-    assert tools.calls[0][2] == {IDEMPOTENCY_META_KEY: call_key(snap["id"], 0, "fx.echo", {"text": "hello"}, 0)}
+    echo = next(meta for name, _, meta in tools.calls if name == "fx.echo")
+    assert echo == {IDEMPOTENCY_META_KEY: call_key(snap["id"], 0, "fx.echo", {"text": "hello"}, 0)}
     # a direct call's subtask is running from its call's intent, before the call's event
     events = [(e.kind, e.data["status"]) for e in await any_store.events_after(snap["id"], 0)
               if e.data.get("index") == 0]
@@ -470,3 +471,25 @@ def test_the_idempotency_key_is_derived_from_the_content() -> None:
               call_key("t_1", 0, "fx.count", {"a": 1, "b": 2}, 1)}
     assert a not in others and len(others) == 5
     assert json.dumps(a).startswith('"tc_')
+
+
+async def test_a_model_failing_mid_loop_ends_it_with_what_it_has(store: RunStore) -> None:
+    def script(messages: list[Message], _choice: ToolChoice) -> Completion | str:
+        if tool_messages(messages):
+            raise ProviderError("the model is gone", status=400, transient=False)
+        return asks(("fx.echo", {"text": "kept"}), text="looking")
+
+    snap = await run(store, ScriptedLLM(script), FakeTools(), plan({"tools": ["fx.echo"]}))
+    sub = snap["subtasks"][0]
+    assert sub["status"] == "completed" and sub["result"] == "looking\n\n[fx.echo] kept"
+    assert sub["partial_reason"] is not None and sub["partial_reason"].startswith("the model failed (")
+
+
+async def test_a_result_with_a_nul_is_stored_safely(any_store: RunStore) -> None:
+    def script(messages: list[Message], _choice: ToolChoice) -> Completion | str:
+        done = tool_messages(messages)
+        return done[0]["content"] if done else asks(("fx.echo", {"text": "a\x00b\ud800c"}))
+
+    snap = await run(any_store, ScriptedLLM(script), FakeTools(), plan({"tools": ["fx.echo"]}))
+    sub = snap["subtasks"][0]
+    assert sub["result"] == "a\ufffdb?c" == sub["tool_calls"][0]["result"]  # as calls.clean_text does

@@ -113,12 +113,12 @@ def worst_case_of(spec: CallSpec, max_tokens: int, price: Price) -> float:
     schemas, the calls in the history and the provider's tool framing."""
     if not spec.tools and not any(m.get("tool_calls") for m in spec.messages):
         return worst_case_usd(spec.messages, max_tokens, price)
-    extra = json.dumps([[t.name, t.description, t.input_schema] for t in spec.tools], ensure_ascii=False)
+    # escaped JSON: at least as many bytes as the text, and never a lone surrogate
+    extra = json.dumps([[t.name, t.description, t.input_schema] for t in spec.tools])
     view: list[dict[str, Any]] = [dict(m) for m in spec.messages]
     for m in view:
         if m.get("tool_calls"):
-            m["content"] = str(m["content"]) + json.dumps(
-                [[c.id, c.name, c.arguments] for c in m["tool_calls"]], ensure_ascii=False)
+            m["content"] = str(m["content"]) + json.dumps([[c.id, c.name, c.arguments] for c in m["tool_calls"]])
     view.append({"role": "system", "content": extra})
     dearest = max(price.input, price.cache_write, price.cache_read)
     return worst_case_usd(view, max_tokens, price) + TOOL_FRAMING_TOKENS * dearest

@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from compound.core.errors import BudgetExceeded, ToolError, ToolTimedOut
+from compound.core.errors import BudgetExceeded, ProviderError, ToolError, ToolTimedOut
 from compound.core.settings import Settings
-from compound.executor.calls import AttemptCounter, CallSpec, ModelCalls
+from compound.executor.calls import AttemptCounter, CallSpec, ModelCalls, clean_text
 from compound.llm.base import Completion, Message, ToolCall, ToolChoice, ToolSpec, Usage
 from compound.store.base import RunStore, SubState, TaskState, ToolCallRecord
 from compound.store.models import CallKind, CallStatus, ToolCallStatus
@@ -76,7 +76,9 @@ def _signature(tool: str, arguments: dict[str, Any]) -> str:
 
 
 def cut(text: str, limit: int) -> str:
-    """A tool result as kept: at most `limit` characters, saying how much was cut."""
+    """A tool result as kept: at most `limit` characters, saying how much was cut, and
+    safe for the store (a NUL or a lone surrogate replaced)."""
+    text = clean_text(text)
     if len(text) <= limit:
         return text
     return text[:limit] + f"\n[cut: {len(text) - limit} more characters]"
@@ -134,7 +136,7 @@ class ToolSteps:
                 kind=CallKind.subtask, subtask=sub.index, tier=sub.tier_assigned, models=models, messages=msgs,
                 max_tokens=max_tokens, tools=specs, tool_choice=choice, turn=True, counter=counter), daily=daily)
 
-        budget_out = False
+        budget_out = False  # no last turn: the budget is spent, or the model fails
         while reason is None:
             if turns >= s.tool_max_turns:
                 reason = f"the limit of {s.tool_max_turns} model turns was reached"
@@ -145,6 +147,11 @@ class ToolSteps:
                 if turns == 0:
                     raise
                 reason, budget_out = f"budget exhausted ({exc.message})", True
+                break
+            except ProviderError as exc:  # after its retries and fallbacks
+                if turns == 0:
+                    raise
+                reason, budget_out = f"the model failed ({exc.message})", True
                 break
             turns += 1
             last_text = out.text or last_text
@@ -182,6 +189,8 @@ class ToolSteps:
                     return LoopResult(out.text, reason)
             except BudgetExceeded as exc:
                 reason = f"{reason}; the last turn without tools did not fit the budget ({exc.message})"
+            except ProviderError as exc:
+                reason = f"{reason}; the last turn without tools failed ({exc.message})"
         return LoopResult(_kept(last_text, seen), reason)
 
     # helpers ---------------------------------------------------------------------------
@@ -265,9 +274,9 @@ class _Calls:
             try:
                 got = await tools.call(server, tool_name, arguments, meta={IDEMPOTENCY_META_KEY: key})
             except ToolTimedOut as exc:
-                status, error = ToolCallStatus.timeout, exc.message
+                status, error = ToolCallStatus.timeout, clean_text(exc.message)
             except ToolError as exc:  # unknown, or its server unavailable: the call did not happen
-                status, error = ToolCallStatus.error, exc.message
+                status, error = ToolCallStatus.error, clean_text(exc.message)
             else:
                 if got.is_error:
                     status, error = ToolCallStatus.error, cut(got.text, limit) or "the tool reported an error"
