@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from compound.api.app import create_app
+from compound.api.schemas import TaskOut
 from compound.core.settings import Settings
 from compound.executor.steps import IN_DOUBT
 from compound.llm.base import Completion, Message, ToolChoice
@@ -77,6 +78,7 @@ async def test_a_plan_naming_tools_runs_its_loop_and_a_hanging_tool_times_out(
         sub = snap["subtasks"][0]
         assert [(c["tool"], c["status"]) for c in sub["tool_calls"]] == [("fx.echo", "ok"), ("fx.sleep", "timeout")]
         assert sub["tool_calls"][0]["result"] == "all providers up"
+        assert TaskOut.model_validate(snap).model_dump(mode="json") == snap  # the documented shape, all of it
         assert sub["result"].startswith("all providers up / fx.sleep gave no result within 1 s")
         # the hanging call was cancelled on the server too
         await until(lambda: "sleep cancelled" in lines(tmp_path / "notes"), "the server's sleep cancelled")
