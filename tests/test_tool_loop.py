@@ -493,3 +493,11 @@ async def test_a_result_with_a_nul_is_stored_safely(any_store: RunStore) -> None
     snap = await run(any_store, ScriptedLLM(script), FakeTools(), plan({"tools": ["fx.echo"]}))
     sub = snap["subtasks"][0]
     assert sub["result"] == "a\ufffdb?c" == sub["tool_calls"][0]["result"]  # as calls.clean_text does
+
+
+async def test_the_api_refuses_a_plan_acting_wrongly_with_every_error(api: Any) -> None:
+    bad = plan({"kind": "tool"}, {"tool": "fx.echo"}, {"tools": ["echo"]})
+    r = await api.http.post("/v1/tasks", json={"prompt": "p", "plan": bad}, headers=api.auth(api.alice))
+    assert r.status_code == 422, r.text
+    message = r.json()["error"]["message"]
+    assert all(f"subtask {i}" in message for i in range(3)), message

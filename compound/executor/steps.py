@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from compound.core.errors import BudgetExceeded, ProviderError, ToolError, ToolTimedOut
+from compound.core.logging import get_logger
 from compound.core.settings import Settings
 from compound.executor.calls import AttemptCounter, CallSpec, ModelCalls, clean_text
 from compound.llm.base import Completion, Message, ToolCall, ToolChoice, ToolSpec, Usage
@@ -27,6 +28,7 @@ from compound.store.base import RunStore, SubState, TaskState, ToolCallRecord
 from compound.store.models import CallKind, CallStatus, ToolCallStatus
 from compound.tools.catalogue import Tool, Tools
 
+log = get_logger("compound.executor")
 IDEMPOTENCY_META_KEY = "idempotency_key"  # the key's name in a call's `_meta`
 IN_DOUBT = ("this call was in flight when the process stopped; it may or may not have happened, and it was "
             "not sent again (the tool is not marked idempotent)")
@@ -182,6 +184,8 @@ class ToolSteps:
                 seen.append((tc.name, text))
                 msgs.append({"role": "tool", "content": text, "tool_call_id": tc.id, "is_error": is_error})
         assert reason is not None
+        log.info("tool loop stopped early", task_id=st.id, subtask=sub.index, reason=reason, turns=turns,
+                 tool_calls=made)
         if not budget_out:
             try:
                 out = await turn("none")
