@@ -49,6 +49,12 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
         own_store = store is None
         runs = store or open_store(settings.database_url, **store_options(settings))
         await runs.open()  # creates missing tables
+        from compound.tools.servers import ToolServers
+
+        # One session per MCP server, each in a task of its own; a server down is a warning.
+        # Started before the executor, whose resumed tasks may call tools at once.
+        app.state.tool_servers = tool_servers = ToolServers(settings.mcp_servers)
+        await tool_servers.start()
         executor: ExecutorHost
         if settings.execution == "queue":
             # Queue mode: this process stores, enqueues and reads; `compound worker`s run tasks.
@@ -73,7 +79,8 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
                 # On this loop: an in-memory store (no other process can open it), an
                 # injected client (tests), or COMPOUND_EXECUTOR_PROCESS=false.
                 executor = Executor(settings=settings, store=runs, client=client or build_client(settings),
-                                    observers=obs, stream_answers=True, owns_client=client is None)
+                                    observers=obs, stream_answers=True, owns_client=client is None,
+                                    tools=tool_servers)
         app.state.store = runs
         app.state.executor = executor
         from compound.api.auth import TokenCache
@@ -92,14 +99,9 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
 
             app.state.snapshots = NoticedSnapshots(runs, watch=WorkerWatch(settings.database_url), keep=hears_all)
         await executor.start()
-        from compound.tools.servers import ToolServers
-
-        # One session per MCP server, each in a task of its own; a server down is a warning.
-        app.state.tool_servers = tool_servers = ToolServers(settings.mcp_servers)
         from compound.api import doors
 
         try:
-            await tool_servers.start()
             async with doors.running(app):
                 settle_heap()  # start-up is over
                 yield

@@ -105,6 +105,17 @@ class PlannerInfo(BaseModel):
     worst_case: WorstCase | None = Field(description="what of cost_usd is booked at the worst case; null: none")
 
 
+class ToolCallOut(BaseModel):
+    id: str = Field(description="the call's idempotency key (also sent to the MCP server in `_meta`)")
+    tool: str = Field(description="server.tool")
+    arguments: dict[str, Any]
+    status: str = Field(description="running | ok | error | timeout | unknown (in flight at a crash or a cancel)")
+    result: str | None = Field(description="the tool's result as kept, shown up to 2,000 characters")
+    error: str | None
+    started_at: str | None
+    completed_at: str | None
+
+
 class SubtaskOut(BaseModel):
     index: int
     description: str
@@ -122,6 +133,10 @@ class SubtaskOut(BaseModel):
     worst_case: WorstCase | None = Field(description="what of cost_usd is booked at the worst case; null: none")
     started_at: str | None
     completed_at: str | None
+    kind: str = Field(default="llm", description='"llm" (a model, in a tool loop when `tools`) or "tool" (one call)')
+    tools: list[str] = Field(default_factory=list, description="the tools (server.tool) its model may call")
+    tool_calls: list[ToolCallOut] = Field(default_factory=list, description="its tool calls, oldest first")
+    partial_reason: str | None = Field(default=None, description="why its tool loop stopped early; null: it did not")
 
 
 SUBTASK_EXAMPLE: dict[str, Any] = {
@@ -129,7 +144,7 @@ SUBTASK_EXAMPLE: dict[str, Any] = {
     "model": "anthropic/claude-haiku-4-5", "depends_on": [], "status": "completed",
     "result": "SQLite is embedded, zero-config ...", "error": None, "attempts": 1, "cost_usd": 0.0011,
     "input_tokens": 300, "output_tokens": 150, "worst_case": None, "started_at": "2026-11-22T10:00:01Z",
-    "completed_at": "2026-11-22T10:00:03Z"}
+    "completed_at": "2026-11-22T10:00:03Z", "kind": "llm", "tools": [], "tool_calls": [], "partial_reason": None}
 TASK_EXAMPLE: dict[str, Any] = {
     "id": "t_3f2a9c0d1e4b5a6c", "prompt": "Compare SQLite and PostgreSQL for a small team",
     "status": "executing", "reasoning": "Two independent summaries, then a comparison.", "result": None,

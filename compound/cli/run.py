@@ -107,6 +107,7 @@ async def _run(settings: Settings, client: LLMClient, *, request: str, budget: f
         task = await store.create_task(prompt=request, budget_usd=budget, plan_in=plan_in, user_id=owner)
         typer.echo(f"task {task.id}", err=True)
         executor = Executor(settings=settings, store=store, client=client)
+        await executor.open_tools()
         loop = asyncio.get_running_loop()
         interrupts: list[asyncio.Task[None]] = []
 

@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     # MCP servers whose tools subtasks may use (docs/tools.md); COMPOUND_MCP_SERVERS takes JSON
     mcp_servers: McpServers = Field(default_factory=dict)
+    # the bounds of a subtask's tool loop (docs/tools.md, "The tool loop")
+    tool_max_turns: int = Field(default=8, ge=1, description="model turns of one subtask's tool loop")
+    tool_max_calls: int = Field(default=16, ge=1, description="tool calls of one subtask's tool loop")
+    tool_max_calls_per_tool: int = Field(default=8, ge=1, description="calls of one tool in one subtask's loop")
+    tool_result_max_chars: int = Field(default=8000, ge=100, description="characters of a tool result kept")
 
     # scale-out (design.md section 7, docs/deploy.md)
     execution: Literal["inprocess", "queue"] = "inprocess"

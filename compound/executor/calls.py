@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -38,7 +39,7 @@ from compound.executor.answers import AnswerStreams
 from compound.executor.hooks import CallObserver
 from compound.executor.scheduler import PriorityLimiter
 from compound.llm import collect
-from compound.llm.base import Completion, LLMClient, Message
+from compound.llm.base import Completion, LLMClient, Message, ToolChoice, ToolSpec
 from compound.planner.validate import is_clean_text
 from compound.store.base import (
     BudgetRefusal,
@@ -91,6 +92,46 @@ class CallSpec:
     json_schema: dict[str, Any] | None = None
     attempts_before: int = 0  # a resumed subtask's attempts so far
     answer: bool = False  # its text is the task's answer (streamed to listeners): the synthesis, or a sole subtask
+    # A turn of a tool loop (executor/steps.py): the tools the model may call, and the
+    # turn (text and tool calls) kept on its ledger row, so a resumed loop replays it.
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice = "auto"
+    turn: bool = False
+    counter: AttemptCounter | None = None  # shared by a loop's turns: attempts go on counting
+
+
+@dataclasses.dataclass(slots=True)
+class AttemptCounter:
+    """The attempts of a subtask so far, across the turns of its tool loop."""
+
+    n: int = 0
+
+
+# A provider adds a system prompt of its own when tools are given (Anthropic's is some
+# 350 tokens); the tools' JSON and the calls in the history are counted as bytes.
+TOOL_FRAMING_TOKENS = 1024
+
+
+def worst_case_of(spec: CallSpec, max_tokens: int, price: Price) -> float:
+    """A call's worst case (core/money.py), with what a tool turn adds: the tools'
+    schemas, the calls in the history and the provider's tool framing."""
+    if not spec.tools and not any(m.get("tool_calls") for m in spec.messages):
+        return worst_case_usd(spec.messages, max_tokens, price)
+    # escaped JSON: at least as many bytes as the text, and never a lone surrogate
+    extra = json.dumps([[t.name, t.description, t.input_schema] for t in spec.tools])
+    view: list[dict[str, Any]] = [dict(m) for m in spec.messages]
+    for m in view:
+        if m.get("tool_calls"):
+            m["content"] = str(m["content"]) + json.dumps([[c.id, c.name, c.arguments] for c in m["tool_calls"]])
+    view.append({"role": "system", "content": extra})
+    dearest = max(price.input, price.cache_write, price.cache_read)
+    return worst_case_usd(view, max_tokens, price) + TOOL_FRAMING_TOKENS * dearest
+
+
+def turn_record(out: Completion) -> str:
+    """A tool loop's turn as its ledger row keeps it (replayed on resume)."""
+    return json.dumps({"text": out.text, "tool_calls": [
+        {"id": c.id, "name": c.name, "arguments": c.arguments} for c in out.tool_calls]})
 
 
 class ModelCalls:
@@ -124,15 +165,17 @@ class ModelCalls:
     async def call(self, st: TaskState, spec: CallSpec, *, daily: float | None) -> Completion:
         """Raises BudgetExceeded when a call's worst case does not fit; the model's
         ProviderError when one model was tried; FallbackExhausted when several were."""
-        attempt = spec.attempts_before
+        attempt = spec.attempts_before if spec.counter is None else spec.counter.n
         errors: list[ProviderError] = []
         for model in spec.models:
             mt = self.settings.model_config_for(model).max_tokens or spec.max_tokens
-            amount = worst_case_usd(spec.messages, mt, self.price_of(model))
+            amount = worst_case_of(spec, mt, self.price_of(model))
 
             async def once(model: str = model, mt: int = mt, amount: float = amount) -> Completion:
                 nonlocal attempt
                 attempt += 1
+                if spec.counter is not None:
+                    spec.counter.n = attempt
                 return await self._attempt(st, spec, model=model, attempt=attempt, amount=amount, daily=daily,
                                            max_tokens=mt)
 
@@ -218,7 +261,11 @@ class ModelCalls:
                 # Streamed only when someone listens as it starts (a door's client): a
                 # listener that comes later gets the rest of the answer at the task's end.
                 answers = self.answers if spec.answer else None
-                if answers is None or not answers.listening(st.id):
+                if spec.tools:
+                    out = await self.client.complete(model=model, messages=spec.messages, max_tokens=max_tokens,
+                                                     json_schema=spec.json_schema, timeout_s=timeout,
+                                                     tools=spec.tools, tool_choice=spec.tool_choice)
+                elif answers is None or not answers.listening(st.id):
                     out = await self.client.complete(model=model, messages=spec.messages, max_tokens=max_tokens,
                                                      json_schema=spec.json_schema, timeout_s=timeout)
                 else:
@@ -264,10 +311,12 @@ class ModelCalls:
             status=CallStatus.ok, cost_usd=out.cost_usd, input_tokens=u.input_tokens, output_tokens=u.output_tokens,
             cache_read_tokens=u.cache_read_tokens, cache_write_tokens=u.cache_write_tokens,
             latency_ms=out.latency_s * 1000 or elapsed * 1000,
-            complete_with=out.text if spec.kind == CallKind.subtask and spec.subtask is not None else None,
-            # kept with the payment: a task resumed before its plan was saved re-plans from it
-            answer=out.text if spec.kind == CallKind.planner else None))
-        if self.store.ordered_writes and spec.kind == CallKind.subtask:
+            complete_with=out.text if spec.kind == CallKind.subtask and spec.subtask is not None and not spec.turn
+            else None,
+            # kept with the payment: a task resumed before its plan was saved re-plans from
+            # it; a tool loop resumed replays its turns
+            answer=out.text if spec.kind == CallKind.planner else turn_record(out) if spec.turn else None))
+        if self.store.ordered_writes and spec.kind == CallKind.subtask and not spec.turn:
             # Pipelined: the store commits writes in the order asked, so a dependent's
             # reservation (awaited before its call is sent) commits after this; the
             # task's end waits for it in drain().

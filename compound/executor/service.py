@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from compound.core.errors import Conflict, DatabaseUnavailable, NotFound
 from compound.core.logging import get_logger
@@ -17,11 +18,16 @@ from compound.core.settings import Settings
 from compound.executor.answers import AnswerStreams
 from compound.executor.calls import ModelCalls, ModelSlots, Sleep
 from compound.executor.hooks import CallObserver
+from compound.executor.steps import InDoubt, ToolSteps
 from compound.executor.workflow import Workflow
 from compound.llm.base import LLMClient
 from compound.prompts import versions
 from compound.store.base import RunStore
 from compound.store.models import TERMINAL_TASK, TaskStatus
+from compound.tools.catalogue import Tools
+
+if TYPE_CHECKING:
+    from compound.tools.servers import ToolServers
 
 log = get_logger("compound.executor")
 # A task whose store went away is run again after this, doubling up to the max.
@@ -62,6 +68,8 @@ class Executor(TaskWaits):
         stream_answers: bool = False,
         answers: AnswerStreams | None = None,
         owns_client: bool = False,
+        tools: Tools | None = None,
+        in_doubt: InDoubt | None = None,
     ) -> None:
         self.settings = settings
         self._owns_client = owns_client  # warmed at start, closed at stop
@@ -78,7 +86,13 @@ class Executor(TaskWaits):
         self._answers = answers if answers is not None else AnswerStreams()
         if stream_answers:
             self.calls.answers = self._answers
-        self.workflow = Workflow(settings=settings, store=store, calls=self.calls, versions=versions())
+        # The MCP servers' tools: given (the server's own ToolServers), or opened by
+        # start() from the `mcp_servers` setting (a child process, a queue worker).
+        self.tools = tools
+        self._own_tools: ToolServers | None = None
+        steps = ToolSteps(settings=settings, store=store, calls=self.calls, tools=lambda: self.tools,
+                          in_doubt=in_doubt)
+        self.workflow = Workflow(settings=settings, store=store, calls=self.calls, versions=versions(), steps=steps)
         self._running: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
 
@@ -90,16 +104,29 @@ class Executor(TaskWaits):
         return self._answers
 
     async def start(self) -> list[str]:
-        """Resume every task that was not terminal when the last process stopped."""
+        """Resume every task that was not terminal when the last process stopped (the
+        MCP servers connected first, when this executor opens its own)."""
         warm = getattr(self.client, "warm", None)
         if self._owns_client and warm is not None:
             await warm()
+        await self.open_tools()
         ids = await self.store.unfinished_task_ids()
         for task_id in ids:
             self.submit(task_id)
         if ids:
             log.info("resuming tasks", count=len(ids))
         return ids
+
+    async def open_tools(self) -> None:
+        """Connect the MCP servers of the `mcp_servers` setting, when this executor was
+        given no tools (stop() closes them). A host that never calls start() (a queue
+        worker) calls this before it runs a task; a second call does nothing."""
+        if self.tools is None and self.settings.mcp_servers:
+            from compound.tools.servers import ToolServers
+
+            self._own_tools = ToolServers(self.settings.mcp_servers)
+            await self._own_tools.start()
+            self.tools = self._own_tools
 
     async def stop(self) -> None:
         """Stop running tasks (the next start resumes them), their calls in flight booked
@@ -113,6 +140,9 @@ class Executor(TaskWaits):
             await asyncio.gather(*tasks, return_exceptions=True)
         for task_id in ids:
             await self.calls.quiesce(task_id)
+        if self._own_tools is not None:
+            await self._own_tools.stop()
+            self._own_tools = self.tools = None
         aclose = getattr(self.client, "aclose", None)
         if self._owns_client and aclose is not None:
             await aclose()

@@ -10,6 +10,7 @@ from compound.core.errors import BudgetExceeded, PlanInvalid, ProviderError
 from compound.core.settings import Settings
 from compound.executor.calls import CallSpec, ModelCalls
 from compound.executor.scheduler import Cause, Ended, run_dag
+from compound.executor.steps import StepFailed, ToolSteps
 from compound.llm.base import Completion, Message, Usage
 from compound.planner.router import route
 from compound.planner.validate import validate_plan
@@ -19,11 +20,13 @@ from compound.store.models import CallKind, CallStatus, SubtaskStatus, TaskStatu
 
 
 class Workflow:
-    def __init__(self, *, settings: Settings, store: RunStore, calls: ModelCalls, versions: dict[str, str]) -> None:
+    def __init__(self, *, settings: Settings, store: RunStore, calls: ModelCalls, versions: dict[str, str],
+                 steps: ToolSteps | None = None) -> None:
         self.settings = settings
         self.store = store
         self.calls = calls
         self.versions = versions
+        self.steps = steps or ToolSteps(settings=settings, store=store, calls=calls, tools=lambda: None)
 
     async def run(self, st: TaskState) -> None:
         """Take a loaded, recovered task on to a terminal state (or to `planned`, when
@@ -86,7 +89,8 @@ class Workflow:
             SubState(index=r.index, description=plan.subtasks[r.index].description, tier_hint=r.tier_hint,
                      tier_assigned=r.tier_assigned, models=r.models,
                      depends_on=list(plan.subtasks[r.index].depends_on), status=SubtaskStatus.pending,
-                     model=r.models[0])
+                     model=r.models[0], kind=plan.subtasks[r.index].kind, tools=list(plan.subtasks[r.index].tools),
+                     tool=plan.subtasks[r.index].tool, arguments=plan.subtasks[r.index].arguments)
             for r in route(plan, self.settings)
         ]
         await self.store.save_plan(st.id, reasoning=plan.reasoning, subtasks=subs, prompt_versions=self.versions,
@@ -110,17 +114,36 @@ class Workflow:
 
         sole = len(subs) == 1  # its result is the task's answer (_synthesize)
 
+        async def act(i: int) -> Ended | None:
+            sub = subs[i]
+            try:
+                text = await self.steps.run_direct(st, sub)
+            except StepFailed as exc:
+                return await end(i, Ended(Cause.failed, i, skipped=False), SubtaskStatus.failed, exc.message)
+            final[i] = await self.store.complete_subtask(st.id, i, result=text)
+            results[i] = text
+            return None
+
         async def run_one(i: int) -> Ended | None:
             sub = subs[i]
+            if sub.kind == "tool":
+                return await act(i)
             messages = render("subtask", request=st.prompt, description=sub.description,
                               dependencies=[(d, results.get(d, "")) for d in sub.depends_on])
             max_tokens = self.settings.max_tokens
             if sole and st.answer_max_tokens is not None:  # a chat client's max_tokens bounds the answer
                 max_tokens = min(max_tokens, st.answer_max_tokens)
+            models = sub.models or self.settings.tier_models(sub.tier_assigned)
             try:
+                if sub.tools:
+                    loop = await self.steps.run_loop(st, sub, messages, models=models, max_tokens=max_tokens,
+                                                     daily=daily)
+                    final[i] = await self.store.complete_subtask(st.id, i, result=loop.text,
+                                                                 partial_reason=loop.partial_reason)
+                    results[i] = loop.text
+                    return None
                 out = await self.calls.call(st, CallSpec(
-                    kind=CallKind.subtask, subtask=i, tier=sub.tier_assigned,
-                    models=sub.models or self.settings.tier_models(sub.tier_assigned), messages=messages,
+                    kind=CallKind.subtask, subtask=i, tier=sub.tier_assigned, models=models, messages=messages,
                     max_tokens=max_tokens, attempts_before=sub.attempts, answer=sole), daily=daily)
             except BudgetExceeded as exc:
                 return await end(i, Ended(Cause.budget, i, skipped=True), SubtaskStatus.skipped,

@@ -9,7 +9,10 @@ never mutates the caller's objects: a write returns the new state instead.
 Event data shapes (the contract between the executor, SSE and the dashboard):
   kind "task":    {"status", "error", "total_cost_usd", "result"?: str}
   kind "subtask": {"index", "status", "model", "tier_assigned", "attempts",
-                   "cost_usd", "input_tokens", "output_tokens", "error", "result"?: str}
+                   "cost_usd", "input_tokens", "output_tokens", "error", "result"?: str,
+                   "partial_reason"?: str}
+  kind "tool_call": {"index", "id", "tool", "arguments", "status", "result", "error",
+                     "started_at", "completed_at"} (result cut to TOOL_RESULT_SHOWN_CHARS)
 """
 
 from __future__ import annotations
@@ -77,6 +80,30 @@ class SubState:
     cost_usd: float = 0.0
     input_tokens: int = 0
     output_tokens: int = 0
+    # design.md section 11: "llm" (its model may call `tools`) or "tool" (one direct call)
+    kind: str = "llm"
+    tools: list[str] = field(default_factory=list)
+    tool: str | None = None
+    arguments: dict[str, Any] | None = None
+    partial_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallRecord:
+    """One tool call of a subtask as recorded: `id` is its idempotency key; `turn` the
+    model turn that asked for it (0: a direct call); `model_call_id` the provider's id."""
+
+    id: str
+    subtask: int
+    turn: int
+    model_call_id: str | None
+    tool: str
+    arguments: dict[str, Any]
+    status: str  # ToolCallStatus
+    result: str | None = None
+    error: str | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,6 +477,28 @@ class RunStore(abc.ABC):
 
     @abc.abstractmethod
     async def set_approved(self, task_id: str) -> None: ...
+
+    # tool calls (design.md section 11) -------------------------------------------------
+
+    @abc.abstractmethod
+    async def tool_call_started(self, task_id: str, call: ToolCallRecord) -> ToolCallRecord:
+        """Write a call's intent (`running`) before it is sent, with its event; a call
+        sent again (same id) starts over."""
+
+    @abc.abstractmethod
+    async def tool_call_ended(self, task_id: str, call_id: str, *, status: str, result: str | None,
+                              error: str | None) -> ToolCallRecord:
+        """A call's outcome (ok, error, timeout, unknown), with its event."""
+
+    @abc.abstractmethod
+    async def tool_calls(self, task_id: str, subtask: int) -> list[ToolCallRecord]:
+        """A subtask's recorded tool calls, oldest first (replayed on resume)."""
+
+    @abc.abstractmethod
+    async def complete_subtask(self, task_id: str, index: int, *, result: str,
+                               partial_reason: str | None = None) -> SubState:
+        """A subtask completes with `result` (its tool loop stopped early when
+        `partial_reason` is set), with its event."""
 
     # a task's life: reads --------------------------------------------------------------
 

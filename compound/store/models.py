@@ -140,6 +140,48 @@ class Subtask(SQLModel, table=True):
     output_tokens: int = 0
     started_at: datetime | None = None
     completed_at: datetime | None = None
+    # Subtasks that act (design.md section 11): "llm" (with `tools` its model may call)
+    # or "tool" (one direct call of `tool` with `arguments`); partial_reason: why its
+    # tool loop stopped early (its answer is then written from what it had).
+    kind: str = "llm"
+    tools: list[str] | None = Field(default=None, sa_column=Column(JSON))
+    tool: str | None = None
+    arguments: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    partial_reason: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class ToolCallStatus(StrEnum):
+    running = "running"  # its intent is written: sent, or about to be; outcome not known yet
+    ok = "ok"
+    error = "error"  # the tool (or its server) answered with an error, or could not be reached
+    timeout = "timeout"
+    unknown = "unknown"  # in flight when the process stopped (or on cancel): may or may not have happened
+
+
+TERMINAL_TOOL_CALL = frozenset({ToolCallStatus.ok, ToolCallStatus.error, ToolCallStatus.timeout,
+                                ToolCallStatus.unknown})
+
+
+class ToolCallRow(SQLModel, table=True):
+    """One tool call of a subtask: written before it is sent (intent, `running`) and
+    when it ends. `id` is its idempotency key (derived from the task, the subtask and the
+    call's content), also sent to the MCP server in the call's `_meta`."""
+
+    __tablename__ = "tool_call"
+    __table_args__ = (Index("ix_tool_call_task", "task_id", "subtask_index"),)
+
+    id: str = Field(primary_key=True, max_length=64)
+    task_id: str = Field(foreign_key="task.id")
+    subtask_index: int
+    turn: int = 0  # the model turn that asked for it (0: a direct call)
+    model_call_id: str | None = None  # the provider's id of the call, as the model named it
+    tool: str  # server.tool
+    arguments: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default=ToolCallStatus.running)
+    result: str | None = Field(default=None, sa_column=Column(Text))
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    started_at: datetime = Field(default_factory=utcnow)
+    completed_at: datetime | None = None
 
 
 class LedgerEntry(SQLModel, table=True):

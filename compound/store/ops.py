@@ -28,8 +28,17 @@ from compound.store.base import (
     SubState,
     TaskHead,
     TaskState,
+    ToolCallRecord,
 )
-from compound.store.models import TERMINAL_SUBTASK, TERMINAL_TASK, CallKind, CallStatus, SubtaskStatus, TaskStatus
+from compound.store.models import (
+    TERMINAL_SUBTASK,
+    TERMINAL_TASK,
+    CallKind,
+    CallStatus,
+    SubtaskStatus,
+    TaskStatus,
+    ToolCallStatus,
+)
 
 Stmt = tuple[Literal["one", "all", "many", "exec"], str, Any]
 Op = Generator[Stmt | Event, Any, Any]
@@ -37,14 +46,18 @@ EPS = 1e-12  # float slack in budget checks
 
 # Columns read back as a SubState / TaskState / snapshot, in this order.
 SUB_COLS = ('"index", description, tier_hint, tier_assigned, models, depends_on, status, model, result, '
-            "error, attempts, cost_usd, input_tokens, output_tokens")
+            "error, attempts, cost_usd, input_tokens, output_tokens, kind, tools, tool, arguments, partial_reason")
+TOOL_COLS = ("id, subtask_index, turn, model_call_id, tool, arguments, status, result, error, started_at, "
+             "completed_at")
+TOOL_RESULT_SHOWN_CHARS = 2000  # of a tool call's result, in the snapshot and its events
 TASK_COLS = ("id, user_id, prompt, status, priority, approve, budget_usd, plan_in, reasoning, "
              "total_cost_usd, reserved_usd, cancel_requested, event_seq, context, answer_max_tokens")
 SNAP_TASK_COLS = ("id, user_id, prompt, status, reasoning, result, error, budget_usd, total_cost_usd, priority, "
                   "prompt_versions, created_at, planned_at, started_at, completed_at, planner_model, event_seq, "
                   "warnings")
 SNAP_SUB_COLS = ('"index", description, tier_hint, tier_assigned, model, depends_on, status, result, error, '
-                 "attempts, cost_usd, input_tokens, output_tokens, started_at, completed_at")
+                 "attempts, cost_usd, input_tokens, output_tokens, started_at, completed_at, kind, tools, "
+                 "partial_reason")
 
 
 class Dialect(Protocol):
@@ -91,7 +104,24 @@ def sub_state(d: Dialect, row: Sequence[Any]) -> SubState:
     return SubState(index=row[0], description=row[1], tier_hint=row[2], tier_assigned=row[3] or row[2],
                     models=list(d.loads(row[4]) or []), depends_on=list(d.loads(row[5]) or []), status=row[6],
                     model=row[7], result=row[8], error=row[9], attempts=row[10], cost_usd=row[11],
-                    input_tokens=row[12], output_tokens=row[13])
+                    input_tokens=row[12], output_tokens=row[13], kind=row[14] or "llm",
+                    tools=list(d.loads(row[15]) or []), tool=row[16], arguments=d.loads(row[17]),
+                    partial_reason=row[18])
+
+
+def tool_record(d: Dialect, row: Sequence[Any]) -> ToolCallRecord:
+    return ToolCallRecord(id=row[0], subtask=int(row[1]), turn=int(row[2]), model_call_id=row[3], tool=row[4],
+                          arguments=dict(d.loads(row[5]) or {}), status=row[6], result=row[7], error=row[8],
+                          started_at=d.dt(row[9]), completed_at=d.dt(row[10]))
+
+
+def tool_shown(c: ToolCallRecord) -> dict[str, Any]:
+    """A tool call as the snapshot and its event show it (the result cut)."""
+    result = c.result
+    if result is not None and len(result) > TOOL_RESULT_SHOWN_CHARS:
+        result = result[:TOOL_RESULT_SHOWN_CHARS] + f"… [{len(result) - TOOL_RESULT_SHOWN_CHARS} more characters]"
+    return {"id": c.id, "tool": c.tool, "arguments": c.arguments, "status": c.status, "result": result,
+            "error": c.error, "started_at": iso(c.started_at), "completed_at": iso(c.completed_at)}
 
 
 def sub_event(s: SubState, *, with_result: bool = False) -> dict[str, Any]:
@@ -102,6 +132,8 @@ def sub_event(s: SubState, *, with_result: bool = False) -> dict[str, Any]:
     }
     if with_result and s.result is not None:
         data["result"] = s.result
+    if s.partial_reason is not None:
+        data["partial_reason"] = s.partial_reason
     return data
 
 
@@ -192,7 +224,8 @@ def save_plan(d: Dialect, task_id: str, *, reasoning: str | None, subtasks: Sequ
     now = d.now()
     rows = [{"id": f"s_{task_id[2:]}_{s.index}", "t": task_id, "i": s.index, "d": s.description,
              "th": s.tier_hint, "ta": s.tier_assigned, "ms": d.json(s.models), "m": s.model,
-             "deps": d.json(s.depends_on), "st": s.status} for s in subtasks]
+             "deps": d.json(s.depends_on), "st": s.status, "k": s.kind, "tl": d.json(s.tools), "tn": s.tool,
+             "args": None if s.arguments is None else d.json(s.arguments)} for s in subtasks]
     if rows:
         yield ("many", "INSERT_SUBTASK", rows)
     yield ("exec", "SAVE_PLAN", {"r": reasoning, "pv": d.json(prompt_versions), "st": status, "now": now,
@@ -327,15 +360,65 @@ def cancel_open(d: Dialect, task_id: str) -> Op:
     now = d.now()
     yield from _close_open_rows(d, task_id, CallStatus.canceled.value,
                                 "canceled while in flight; counted at its worst case", now)
+    calls = yield ("all", "TOOL_CALLS_UNKNOWN", {
+        "t": task_id, "running": ToolCallStatus.running.value, "unknown": ToolCallStatus.unknown.value,
+        "err": "canceled while in flight: it may or may not have happened", "now": now})
     rows = yield ("all", "CANCEL_SUBTASKS", {"t": task_id, "st": SubtaskStatus.canceled.value, "err": "canceled",
                                              "now": now, "terminal": [s.value for s in TERMINAL_SUBTASK]})
     subs = sorted((sub_state(d, r) for r in rows), key=lambda s: s.index)
-    if subs:
-        yield from _events(d, task_id, [("subtask", sub_event(s)) for s in subs], now)
+    items = [("tool_call", {"index": c.subtask, **tool_shown(c)}) for c in (tool_record(d, r) for r in calls)]
+    items += [("subtask", sub_event(s)) for s in subs]
+    if items:
+        yield from _events(d, task_id, items, now)
 
 
 def set_approved(d: Dialect, task_id: str) -> Op:
     yield ("exec", "SET_APPROVED", {"t": task_id})
+
+
+def tool_call_started(d: Dialect, task_id: str, c: ToolCallRecord) -> Op:
+    now = d.now()
+    row = yield ("one", "TOOL_INTENT", {"id": c.id, "t": task_id, "i": c.subtask, "turn": c.turn,
+                                        "mid": c.model_call_id, "tool": c.tool, "args": d.json(c.arguments),
+                                        "st": ToolCallStatus.running.value, "now": now})
+    rec = tool_record(d, row)
+    items: list[tuple[str, dict[str, Any]]] = []
+    # a direct call's subtask (no model call reserved for it) is running from its call's intent
+    sub = yield ("one", "MARK_ACTING", {"now": now, "t": task_id, "i": c.subtask,
+                                        "pending": SubtaskStatus.pending.value})
+    if sub is not None:
+        items.append(("subtask", sub_event(sub_state(d, sub))))
+    items.append(("tool_call", {"index": rec.subtask, **tool_shown(rec)}))
+    yield from _events(d, task_id, items, now)
+    return rec
+
+
+def tool_call_ended(d: Dialect, task_id: str, call_id: str, *, status: str, result: str | None,
+                    error: str | None) -> Op:
+    now = d.now()
+    row = yield ("one", "TOOL_END", {"st": status, "res": result, "err": error, "now": now, "id": call_id,
+                                     "t": task_id})
+    if row is None:
+        raise NotFound(f"no tool call {call_id!r} in task {task_id!r}")
+    rec = tool_record(d, row)
+    yield from _events(d, task_id, [("tool_call", {"index": rec.subtask, **tool_shown(rec)})], now)
+    return rec
+
+
+def tool_calls(d: Dialect, task_id: str, subtask: int) -> Op:
+    rows = yield ("all", "TOOL_CALLS", {"t": task_id, "i": subtask})
+    return [tool_record(d, r) for r in rows]
+
+
+def complete_subtask(d: Dialect, task_id: str, index: int, *, result: str, partial_reason: str | None) -> Op:
+    now = d.now()
+    row = yield ("one", "COMPLETE_SUBTASK", {"res": result, "pr": partial_reason, "now": now, "t": task_id,
+                                             "i": index})
+    if row is None:
+        raise NotFound(f"no subtask {index} in task {task_id!r}")
+    sub = sub_state(d, row)
+    yield from _events(d, task_id, [("subtask", sub_event(sub, with_result=True))], now)
+    return sub
 
 
 # reads ----------------------------------------------------------------------------------
@@ -439,6 +522,11 @@ def versioned_snapshot(d: Dialect, task_id: str, user_id: str | None) -> Op:
     subs = yield ("all", "SNAP_SUBTASKS", {"t": task_id})
     rows = yield ("all", "SNAP_LEDGER", {"t": task_id, "lost": CallStatus.lost.value,
                                          "canceled": CallStatus.canceled.value})
+    calls: dict[int, list[dict[str, Any]]] = {}
+    if any((s[15] or "llm") != "llm" or d.loads(s[16]) for s in subs):
+        for r in (yield ("all", "SNAP_TOOL_CALLS", {"t": task_id})):
+            rec = tool_record(d, r)
+            calls.setdefault(rec.subtask, []).append(tool_shown(rec))
     parts = ledger_parts(rows)
     planner = _part(parts, (CallKind.planner.value, None), t[15]) if t[15] or (CallKind.planner.value, None) in parts \
         else None
@@ -452,18 +540,22 @@ def versioned_snapshot(d: Dialect, task_id: str, user_id: str | None) -> Op:
         "completed_at": iso(d.dt(t[14])), "planner": planner, "synthesis": synthesis,
         "worst_case": _worst(sum(w["calls"] for w in worst), sum(w["cost_usd"] for w in worst)),
         "warnings": list(d.loads(t[17]) or []),
-        "subtasks": [_sub_snapshot(d, s, parts.get((CallKind.subtask.value, int(s[0])))) for s in subs],
+        "subtasks": [_sub_snapshot(d, s, parts.get((CallKind.subtask.value, int(s[0]))), calls.get(int(s[0])))
+                     for s in subs],
     }
     return head, money_shown(body)
 
 
-def _sub_snapshot(d: Dialect, s: Sequence[Any], part: dict[str, Any] | None) -> dict[str, Any]:
+def _sub_snapshot(d: Dialect, s: Sequence[Any], part: dict[str, Any] | None,
+                  calls: list[dict[str, Any]] | None) -> dict[str, Any]:
     worst = part["worst_case"] if part is not None and part["worst_case"]["calls"] else None
     return {"index": s[0], "description": s[1], "tier_hint": s[2], "tier_assigned": s[3], "model": s[4],
             "depends_on": list(d.loads(s[5]) or []), "status": s[6], "result": s[7], "error": s[8],
             "attempts": s[9], "cost_usd": part["cost_usd"] if part is not None else s[10],
             "input_tokens": s[11], "output_tokens": s[12], "worst_case": worst,
-            "started_at": iso(d.dt(s[13])), "completed_at": iso(d.dt(s[14]))}
+            "started_at": iso(d.dt(s[13])), "completed_at": iso(d.dt(s[14])),
+            "kind": s[15] or "llm", "tools": list(d.loads(s[16]) or []), "tool_calls": calls or [],
+            "partial_reason": s[17]}
 
 
 def task_counts(d: Dialect) -> Op:

@@ -22,6 +22,7 @@ from compound.store.base import (
     SubState,
     TaskHead,
     TaskState,
+    ToolCallRecord,
     log_status,
 )
 from compound.store.sqlrun import ReadQueries, check_token, hash_token, new_task_id
@@ -107,6 +108,26 @@ class OpsRunStore(RunStore):
 
     async def set_approved(self, task_id: str) -> None:
         await self._write(lambda: ops.set_approved(self.dialect, task_id))
+
+    async def tool_call_started(self, task_id: str, call: ToolCallRecord) -> ToolCallRecord:
+        rec: ToolCallRecord = await self._write(lambda: ops.tool_call_started(self.dialect, task_id, call))
+        return rec
+
+    async def tool_call_ended(self, task_id: str, call_id: str, *, status: str, result: str | None,
+                              error: str | None) -> ToolCallRecord:
+        rec: ToolCallRecord = await self._write(lambda: ops.tool_call_ended(
+            self.dialect, task_id, call_id, status=status, result=result, error=error))
+        return rec
+
+    async def tool_calls(self, task_id: str, subtask: int) -> list[ToolCallRecord]:
+        recs: list[ToolCallRecord] = await self._read(lambda: ops.tool_calls(self.dialect, task_id, subtask))
+        return recs
+
+    async def complete_subtask(self, task_id: str, index: int, *, result: str,
+                               partial_reason: str | None = None) -> SubState:
+        sub: SubState = await self._write(lambda: ops.complete_subtask(
+            self.dialect, task_id, index, result=result, partial_reason=partial_reason))
+        return sub
 
     # reads ----------------------------------------------------------------------------
 

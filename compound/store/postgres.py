@@ -59,8 +59,10 @@ SQL: dict[str, str] = {
                           "AND (%(anyfrom)s OR status = ANY(string_to_array(%(from)s, ','))) RETURNING id",
     "SET_PLANNER_MODEL": "UPDATE task SET planner_model=%(m)s WHERE id=%(t)s",
     "INSERT_SUBTASK": 'INSERT INTO subtask (id, task_id, "index", description, tier_hint, tier_assigned, models, '
-                      "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens) VALUES "
-                      "(%(id)s, %(t)s, %(i)s, %(d)s, %(th)s, %(ta)s, %(ms)s, %(m)s, %(deps)s, %(st)s, 0, 0, 0, 0)",
+                      "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens, kind, tools, tool, "
+                      "arguments) VALUES "
+                      "(%(id)s, %(t)s, %(i)s, %(d)s, %(th)s, %(ta)s, %(ms)s, %(m)s, %(deps)s, %(st)s, 0, 0, 0, 0, "
+                      "%(k)s, %(tl)s, %(tn)s, %(args)s)",
     "SAVE_PLAN": "UPDATE task SET reasoning=%(r)s, plan_in=NULL, prompt_versions=%(pv)s, warnings=%(wn)s, "
                  "status=%(st)s, "
                  "planned_at=%(now)s, updated_at=%(now)s WHERE id=%(t)s",
@@ -101,6 +103,25 @@ SQL: dict[str, str] = {
     "CANCEL_SUBTASKS": "UPDATE subtask SET status=%(st)s, error=%(err)s, completed_at=%(now)s "
                        f"WHERE task_id=%(t)s AND status <> ALL(%(terminal)s) RETURNING {SUB}",
     "SET_APPROVED": "UPDATE task SET approve=true WHERE id=%(t)s",
+    # tool calls (design.md section 11): the intent, written before the call is sent; a
+    # call sent again after a crash (same id: its idempotency key) starts over
+    "TOOL_INTENT": "INSERT INTO tool_call (id, task_id, subtask_index, turn, model_call_id, tool, arguments, status, "
+                   "started_at) VALUES (%(id)s, %(t)s, %(i)s, %(turn)s, %(mid)s, %(tool)s, %(args)s, %(st)s, %(now)s) "
+                   "ON CONFLICT (id) DO UPDATE SET status=excluded.status, started_at=excluded.started_at, "
+                   "result=NULL, error=NULL, completed_at=NULL "
+                   f"RETURNING {ops.TOOL_COLS}",
+    "MARK_ACTING": "UPDATE subtask SET status='running', started_at=COALESCE(started_at, %(now)s) "
+                   f'WHERE task_id=%(t)s AND "index"=%(i)s AND status=%(pending)s RETURNING {SUB}',
+    "TOOL_END": "UPDATE tool_call SET status=%(st)s, result=%(res)s, error=%(err)s, completed_at=%(now)s "
+                f"WHERE id=%(id)s AND task_id=%(t)s RETURNING {ops.TOOL_COLS}",
+    "TOOL_CALLS": f"SELECT {ops.TOOL_COLS} FROM tool_call WHERE task_id=%(t)s AND subtask_index=%(i)s "
+                  "ORDER BY started_at, id",
+    "SNAP_TOOL_CALLS": f"SELECT {ops.TOOL_COLS} FROM tool_call WHERE task_id=%(t)s "
+                       "ORDER BY subtask_index, started_at, id",
+    "TOOL_CALLS_UNKNOWN": "UPDATE tool_call SET status=%(unknown)s, error=%(err)s, completed_at=%(now)s "
+                          f"WHERE task_id=%(t)s AND status=%(running)s RETURNING {ops.TOOL_COLS}",
+    "COMPLETE_SUBTASK": "UPDATE subtask SET status='completed', result=%(res)s, partial_reason=%(pr)s, error=NULL, "
+                        f'completed_at=%(now)s WHERE task_id=%(t)s AND "index"=%(i)s RETURNING {SUB}',
     "LOAD_TASK": f"SELECT {ops.TASK_COLS} FROM task WHERE id=%(t)s",
     "LOAD_SUBTASKS": f'SELECT {SUB} FROM subtask WHERE task_id=%(t)s ORDER BY "index"',
     "UNFINISHED": "SELECT id FROM task WHERE status <> ALL(%(terminal)s) ORDER BY priority, created_at",

@@ -53,8 +53,9 @@ SQL: dict[str, str] = {
                           "AND (:anyfrom OR instr(',' || :from || ',', ',' || status || ',') > 0) RETURNING id",
     "SET_PLANNER_MODEL": "UPDATE task SET planner_model=:m WHERE id=:t",
     "INSERT_SUBTASK": 'INSERT INTO subtask (id, task_id, "index", description, tier_hint, tier_assigned, models, '
-                      "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens) VALUES "
-                      "(:id, :t, :i, :d, :th, :ta, :ms, :m, :deps, :st, 0, 0, 0, 0)",
+                      "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens, kind, tools, tool, "
+                      "arguments) VALUES "
+                      "(:id, :t, :i, :d, :th, :ta, :ms, :m, :deps, :st, 0, 0, 0, 0, :k, :tl, :tn, :args)",
     "SAVE_PLAN": "UPDATE task SET reasoning=:r, plan_in=NULL, prompt_versions=:pv, warnings=:wn, status=:st, "
                  "planned_at=:now, "
                  "updated_at=:now WHERE id=:t",
@@ -93,6 +94,25 @@ SQL: dict[str, str] = {
     "CANCEL_SUBTASKS": "UPDATE subtask SET status=:st, error=:err, completed_at=:now WHERE task_id=:t AND status "
                        f"NOT IN ('completed','failed','skipped','canceled') RETURNING {ops.SUB_COLS}",
     "SET_APPROVED": "UPDATE task SET approve=1 WHERE id=:t",
+    # tool calls (design.md section 11): the intent, written before the call is sent; a
+    # call sent again after a crash (same id: its idempotency key) starts over
+    "TOOL_INTENT": "INSERT INTO tool_call (id, task_id, subtask_index, turn, model_call_id, tool, arguments, status, "
+                   "started_at) VALUES (:id, :t, :i, :turn, :mid, :tool, :args, :st, :now) "
+                   "ON CONFLICT (id) DO UPDATE SET status=excluded.status, started_at=excluded.started_at, "
+                   "result=NULL, error=NULL, completed_at=NULL "
+                   f"RETURNING {ops.TOOL_COLS}",
+    "MARK_ACTING": "UPDATE subtask SET status='running', started_at=COALESCE(started_at, :now) "
+                   f'WHERE task_id=:t AND "index"=:i AND status=:pending RETURNING {ops.SUB_COLS}',
+    "TOOL_END": "UPDATE tool_call SET status=:st, result=:res, error=:err, completed_at=:now "
+                f"WHERE id=:id AND task_id=:t RETURNING {ops.TOOL_COLS}",
+    "TOOL_CALLS": f"SELECT {ops.TOOL_COLS} FROM tool_call WHERE task_id=:t AND subtask_index=:i "
+                  "ORDER BY started_at, id",
+    "SNAP_TOOL_CALLS": f"SELECT {ops.TOOL_COLS} FROM tool_call WHERE task_id=:t "
+                       "ORDER BY subtask_index, started_at, id",
+    "TOOL_CALLS_UNKNOWN": "UPDATE tool_call SET status=:unknown, error=:err, completed_at=:now "
+                          f"WHERE task_id=:t AND status=:running RETURNING {ops.TOOL_COLS}",
+    "COMPLETE_SUBTASK": "UPDATE subtask SET status='completed', result=:res, partial_reason=:pr, error=NULL, "
+                        f'completed_at=:now WHERE task_id=:t AND "index"=:i RETURNING {ops.SUB_COLS}',
     "LOAD_TASK": f"SELECT {ops.TASK_COLS} FROM task WHERE id=:t",
     "LOAD_SUBTASKS": f'SELECT {ops.SUB_COLS} FROM subtask WHERE task_id=:t ORDER BY "index"',
     "UNFINISHED": f"SELECT id FROM task WHERE status NOT IN {TERMINAL} ORDER BY priority, created_at",

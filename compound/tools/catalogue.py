@@ -96,6 +96,7 @@ class Tools(Protocol):
         ...
 
     async def call(self, server: str, tool: str, arguments: Mapping[str, Any] | None = None, *,
-                   timeout_s: float | None = None) -> ToolResult:
-        """One call; raises UnknownTool, ToolUnavailable or ToolTimedOut."""
+                   timeout_s: float | None = None, meta: Mapping[str, Any] | None = None) -> ToolResult:
+        """One call (`meta`: the request's `_meta`); raises UnknownTool, ToolUnavailable
+        or ToolTimedOut."""
         ...

@@ -42,6 +42,7 @@ class _Job:
     tool: str
     arguments: dict[str, Any]
     future: asyncio.Future[ToolResult]
+    meta: dict[str, Any] | None = None
 
 
 @dataclass
@@ -107,19 +108,21 @@ class ToolServers:
         return found
 
     async def call(self, server: str, tool: str, arguments: Mapping[str, Any] | None = None, *,
-                   timeout_s: float | None = None) -> ToolResult:
+                   timeout_s: float | None = None, meta: Mapping[str, Any] | None = None) -> ToolResult:
         """Call one tool. A result whose `is_error` is true is the tool's (or the server's)
         own failure. Raises UnknownTool, ToolUnavailable (server down, or the connection
         dropped during the call) or ToolTimedOut (no result within `timeout_s`, default
-        the server's `timeout_s`; the call is cancelled)."""
+        the server's `timeout_s`; the call is cancelled). `meta` goes to the server as
+        the request's `_meta` (the executor's idempotency key)."""
         if server not in self._servers or not self._servers[server].allowed(tool):
             raise UnknownTool(f"no tool {server}.{tool} in the catalogue", tool=f"{server}.{tool}")
         owner = self._servers[server]
         timeout = owner.config.timeout_s if timeout_s is None else timeout_s
         if self._loop is not None and asyncio.get_running_loop() is not self._loop:
-            handed = asyncio.run_coroutine_threadsafe(owner.call(tool, dict(arguments or {}), timeout), self._loop)
+            handed = asyncio.run_coroutine_threadsafe(
+                owner.call(tool, dict(arguments or {}), timeout, dict(meta) if meta else None), self._loop)
             return await asyncio.wrap_future(handed)
-        return await owner.call(tool, dict(arguments or {}), timeout)
+        return await owner.call(tool, dict(arguments or {}), timeout, dict(meta) if meta else None)
 
 
 class _Server:
@@ -299,7 +302,7 @@ class _Server:
         with anyio.CancelScope() as scope:
             job.future.add_done_callback(lambda _f: scope.cancel())
             try:
-                result = await client.call_tool(job.tool, job.arguments)
+                result = await client.call_tool(job.tool, job.arguments, meta=job.meta)  # type: ignore[arg-type]
             except MCPError as exc:
                 if exc.code == CONNECTION_CLOSED:  # the server went away: end the session, reconnect
                     self.available, self.error = False, "the connection was lost"
@@ -322,12 +325,13 @@ class _Server:
             finally:
                 _settle(job, exc=self._lost(job.tool))  # cancelled with the session
 
-    async def call(self, tool: str, arguments: dict[str, Any], timeout_s: float) -> ToolResult:
+    async def call(self, tool: str, arguments: dict[str, Any], timeout_s: float,
+                   meta: dict[str, Any] | None = None) -> ToolResult:
         name = f"{self.name}.{tool}"
         if not self.available or self._jobs is None:
             raise ToolUnavailable(f"the MCP server {self.name!r} is unavailable ({self.error or 'not connected'}); "
                                   f"{name} cannot be called now", tool=name)
-        job = _Job(tool, arguments, asyncio.get_running_loop().create_future())
+        job = _Job(tool, arguments, asyncio.get_running_loop().create_future(), meta)
         self._jobs.put_nowait(job)
         try:
             return await asyncio.wait_for(job.future, timeout_s)

@@ -100,6 +100,7 @@ class Worker:
         from dbos import DBOS
 
         self.notifier.start()
+        await self.executor.open_tools()  # the MCP servers' sessions, before a task can run here
         await self.listener.start()
         if self.sys_listener is not None:
             await self.sys_listener.start()

@@ -252,6 +252,9 @@ class CompoundAgent(RequestHandler):
         if ev.kind == "subtask":
             text = f"subtask {d.get('index')} {d.get('status')}"
             state: Any = pb.TASK_STATE_WORKING
+        elif ev.kind == "tool_call":
+            text = f"subtask {d.get('index')}: tool call {d.get('tool')} {d.get('status')}"
+            state = pb.TASK_STATE_WORKING
         else:
             text = f"task {d.get('status')}"
             state = STATES.get(str(d.get("status")), pb.TASK_STATE_WORKING)

@@ -1,0 +1,292 @@
+"""Subtasks that act (design.md section 11): the bounded tool loop of a subtask with
+`tools` (model turns and tool calls), and the direct call of a subtask of kind "tool".
+
+Every step is recorded so that a crash never repeats a side effect silently. A model
+turn is reserved and settled like every call (calls.py) and its text and tool calls are
+kept on its ledger row; a tool call's intent is written before it is sent and its
+outcome when it ends, under an idempotency key derived from the task, the subtask and
+the call's content (sent to the server in `_meta` too). A resumed loop replays what the
+record has, at no cost; a call found in flight is sent again only when its tool is
+idempotent (read-only tools are), else it is `unknown` and the model is told so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from compound.core.errors import BudgetExceeded, ProviderError, ToolError, ToolTimedOut
+from compound.core.logging import get_logger
+from compound.core.settings import Settings
+from compound.executor.calls import AttemptCounter, CallSpec, ModelCalls, clean_text
+from compound.llm.base import Completion, Message, ToolCall, ToolChoice, ToolSpec, Usage
+from compound.store.base import RunStore, SubState, TaskState, ToolCallRecord
+from compound.store.models import CallKind, CallStatus, ToolCallStatus
+from compound.tools.catalogue import Tool, Tools
+
+log = get_logger("compound.executor")
+IDEMPOTENCY_META_KEY = "idempotency_key"  # the key's name in a call's `_meta`
+IN_DOUBT = ("this call was in flight when the process stopped; it may or may not have happened, and it was "
+            "not sent again (the tool is not marked idempotent)")
+UNAVAILABLE_DESCRIPTION = "(not in the catalogue now: a call will fail)"
+
+
+class StepFailed(Exception):
+    """A direct tool call that did not give a result: the subtask fails with `message`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class LoopResult:
+    text: str
+    partial_reason: str | None  # why the loop stopped early; None when the model answered
+
+
+class InDoubt(Protocol):
+    """What becomes of a call found in flight after a crash (the seam approvals plug into):
+    "resend" it under the same key, or leave it "unknown" (the model is told)."""
+
+    async def decide(self, st: TaskState, sub: SubState, call: ToolCallRecord,
+                     tool: Tool | None) -> Literal["resend", "unknown"]: ...
+
+
+class IdempotentOnly:
+    """The default: sent again only when the tool is idempotent or read-only."""
+
+    async def decide(self, st: TaskState, sub: SubState, call: ToolCallRecord,  # noqa: ARG002
+                     tool: Tool | None) -> Literal["resend", "unknown"]:
+        return "resend" if tool is not None and (tool.idempotent or tool.read_only) else "unknown"
+
+
+def call_key(task_id: str, index: int, tool: str, arguments: dict[str, Any], occurrence: int) -> str:
+    """A tool call's idempotency key: the task, the subtask and what the call does (the
+    n-th call of the same tool with the same arguments in this subtask), never where it
+    sits in a run, so a replay derives the same key."""
+    canon = json.dumps([task_id, index, tool, arguments, occurrence], sort_keys=True, separators=(",", ":"))
+    return "tc_" + hashlib.sha256(canon.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+
+
+def _signature(tool: str, arguments: dict[str, Any]) -> str:
+    return json.dumps([tool, arguments], sort_keys=True, separators=(",", ":"))
+
+
+def cut(text: str, limit: int) -> str:
+    """A tool result as kept: at most `limit` characters, saying how much was cut, and
+    safe for the store (a NUL or a lone surrogate replaced)."""
+    text = clean_text(text)
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n[cut: {len(text) - limit} more characters]"
+
+
+class ToolSteps:
+    """Runs the acting subtasks of the executor's tasks; `tools()` gives the current
+    catalogue and calls (the executor's ToolServers), None when no server is configured."""
+
+    def __init__(self, *, settings: Settings, store: RunStore, calls: ModelCalls,
+                 tools: Callable[[], Tools | None], in_doubt: InDoubt | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.calls = calls
+        self.tools = tools
+        self.in_doubt = in_doubt or IdempotentOnly()
+
+    # kind "tool" -----------------------------------------------------------------------
+
+    async def run_direct(self, st: TaskState, sub: SubState) -> str:
+        """One call of `sub.tool` with `sub.arguments`, no model: its result, or
+        StepFailed naming why there is none."""
+        if not sub.tool:
+            raise StepFailed("a subtask of kind \"tool\" names no tool")
+        call = _Calls(self, st, sub, await self._recorded(st, sub))
+        text, is_error = await call.run(turn=0, model_call_id=None, name=sub.tool, arguments=dict(sub.arguments or {}))
+        if is_error:
+            raise StepFailed(f"{sub.tool}: {text}")
+        return text
+
+    # the loop --------------------------------------------------------------------------
+
+    async def run_loop(self, st: TaskState, sub: SubState, messages: list[Message], *, models: list[str],
+                       max_tokens: int, daily: float | None) -> LoopResult:
+        """Model turns and tool calls until the model answers in text or a bound is
+        reached; then one last turn without tools (if it fits the budget) writes the
+        answer. BudgetExceeded only when not even the first turn fits."""
+        s = self.settings
+        specs = tuple(self._spec(name) for name in sub.tools)
+        calls = _Calls(self, st, sub, await self._recorded(st, sub))
+        paid = [] if st.status == "queued" else await self._paid_turns(st.id, sub.index)
+        counter = AttemptCounter(sub.attempts)
+        msgs: list[Message] = list(messages)
+        per_tool: Counter[str] = Counter()
+        made = turns = streak = 0
+        last_sig: str | None = None
+        reason: str | None = None
+        last_text = ""
+        seen: list[tuple[str, str]] = []  # (tool, result) of every call, for an answer without a last turn
+
+        async def turn(choice: ToolChoice) -> Completion:
+            if paid:
+                return paid.pop(0)
+            return await self.calls.call(st, CallSpec(
+                kind=CallKind.subtask, subtask=sub.index, tier=sub.tier_assigned, models=models, messages=msgs,
+                max_tokens=max_tokens, tools=specs, tool_choice=choice, turn=True, counter=counter), daily=daily)
+
+        budget_out = False  # no last turn: the budget is spent, or the model fails
+        while reason is None:
+            if turns >= s.tool_max_turns:
+                reason = f"the limit of {s.tool_max_turns} model turns was reached"
+                break
+            try:
+                out = await turn("auto")
+            except BudgetExceeded as exc:
+                if turns == 0:
+                    raise
+                reason, budget_out = f"budget exhausted ({exc.message})", True
+                break
+            except ProviderError as exc:  # after its retries and fallbacks
+                if turns == 0:
+                    raise
+                reason, budget_out = f"the model failed ({exc.message})", True
+                break
+            turns += 1
+            last_text = out.text or last_text
+            if not out.tool_calls:
+                return LoopResult(out.text, None)
+            msgs.append({"role": "assistant", "content": out.text, "tool_calls": list(out.tool_calls)})
+            for tc in out.tool_calls:
+                sig = _signature(tc.name, tc.arguments)
+                run = streak + 1 if sig == last_sig else 1
+                stop = reason
+                if stop is None and made >= s.tool_max_calls:
+                    stop = f"the limit of {s.tool_max_calls} tool calls was reached"
+                elif stop is None and per_tool[tc.name] >= s.tool_max_calls_per_tool:
+                    stop = f"the limit of {s.tool_max_calls_per_tool} calls of {tc.name} was reached"
+                elif stop is None and run >= 3:
+                    stop = f"the same call of {tc.name} was asked for three times in a row"
+                if stop is not None:
+                    reason = stop
+                    # every call the model asked for gets an answer (providers require one)
+                    msgs.append({"role": "tool", "content": f"not run: {stop}", "tool_call_id": tc.id,
+                                 "is_error": True})
+                    continue
+                last_sig, streak = sig, run
+                made += 1
+                per_tool[tc.name] += 1
+                text, is_error = await calls.run(turn=turns, model_call_id=tc.id, name=tc.name,
+                                                 arguments=tc.arguments)
+                seen.append((tc.name, text))
+                msgs.append({"role": "tool", "content": text, "tool_call_id": tc.id, "is_error": is_error})
+        assert reason is not None
+        log.info("tool loop stopped early", task_id=st.id, subtask=sub.index, reason=reason, turns=turns,
+                 tool_calls=made)
+        if not budget_out:
+            try:
+                out = await turn("none")
+                if out.text.strip():
+                    return LoopResult(out.text, reason)
+            except BudgetExceeded as exc:
+                reason = f"{reason}; the last turn without tools did not fit the budget ({exc.message})"
+            except ProviderError as exc:
+                reason = f"{reason}; the last turn without tools failed ({exc.message})"
+        return LoopResult(_kept(last_text, seen), reason)
+
+    # helpers ---------------------------------------------------------------------------
+
+    def _spec(self, name: str) -> ToolSpec:
+        tools = self.tools()
+        try:
+            tool = tools.tool(name) if tools is not None else None
+        except ToolError:
+            tool = None
+        if tool is None:
+            return ToolSpec(name=name, description=UNAVAILABLE_DESCRIPTION)
+        return ToolSpec(name=name, description=tool.description, input_schema=dict(tool.input_schema)
+                        or {"type": "object", "properties": {}})
+
+    async def _recorded(self, st: TaskState, sub: SubState) -> dict[str, ToolCallRecord]:
+        if st.status == "queued":
+            return {}
+        return {r.id: r for r in await self.store.tool_calls(st.id, sub.index)}
+
+    async def _paid_turns(self, task_id: str, index: int) -> list[Completion]:
+        """The loop's turns paid for before a restart, in order: replayed at no cost."""
+        rows = await self.store.ledger_rows(task_id)
+        out = []
+        for r in rows:
+            if r["kind"] != CallKind.subtask or r["subtask_index"] != index or r["status"] != CallStatus.ok \
+                    or r["answer"] is None:
+                continue
+            data = json.loads(r["answer"])
+            out.append(Completion(text=data["text"], model=r["model"], usage=Usage(), cost_usd=0.0, tool_calls=tuple(
+                ToolCall(id=c["id"], name=c["name"], arguments=c["arguments"]) for c in data["tool_calls"])))
+        return out
+
+
+def _kept(last_text: str, seen: Sequence[tuple[str, str]]) -> str:
+    """An answer when the loop could not write one: the model's last words and what the
+    tools returned (nothing is thrown away)."""
+    parts = [last_text.strip()] if last_text.strip() else []
+    parts += [f"[{name}] {text}" for name, text in seen]
+    return "\n\n".join(parts) or "(no answer: the loop stopped before the model wrote one)"
+
+
+class _Calls:
+    """The tool calls of one subtask's run: recorded, replayed, or sent."""
+
+    def __init__(self, steps: ToolSteps, st: TaskState, sub: SubState, recorded: dict[str, ToolCallRecord]) -> None:
+        self.steps, self.st, self.sub, self.recorded = steps, st, sub, recorded
+        self.occurrences: Counter[str] = Counter()
+
+    async def run(self, *, turn: int, model_call_id: str | None, name: str,
+                  arguments: dict[str, Any]) -> tuple[str, bool]:
+        """(the text the model reads, whether it is an error result)."""
+        steps, st, sub = self.steps, self.st, self.sub
+        sig = _signature(name, arguments)
+        key = call_key(st.id, sub.index, name, arguments, self.occurrences[sig])
+        self.occurrences[sig] += 1
+        tools = steps.tools()
+        rec = self.recorded.get(key)
+        if rec is not None and rec.status != ToolCallStatus.running:
+            if rec.status == ToolCallStatus.ok:
+                return rec.result or "", False
+            return rec.error or IN_DOUBT, True
+        if rec is not None:  # in flight when the process stopped
+            try:
+                tool = tools.tool(name) if tools is not None else None
+            except ToolError:
+                tool = None
+            if await steps.in_doubt.decide(st, sub, rec, tool) == "unknown":
+                await steps.store.tool_call_ended(st.id, key, status=ToolCallStatus.unknown, result=None,
+                                                  error=IN_DOUBT)
+                return IN_DOUBT, True
+        await steps.store.tool_call_started(st.id, ToolCallRecord(
+            id=key, subtask=sub.index, turn=turn, model_call_id=model_call_id, tool=name, arguments=arguments,
+            status=ToolCallStatus.running))
+        limit = steps.settings.tool_result_max_chars
+        status, result, error = ToolCallStatus.ok, None, None
+        if tools is None:
+            status, error = ToolCallStatus.error, f"no MCP server is configured: {name} cannot be called"
+        else:
+            server, _, tool_name = name.partition(".")
+            try:
+                got = await tools.call(server, tool_name, arguments, meta={IDEMPOTENCY_META_KEY: key})
+            except ToolTimedOut as exc:
+                status, error = ToolCallStatus.timeout, clean_text(exc.message)
+            except ToolError as exc:  # unknown, or its server unavailable: the call did not happen
+                status, error = ToolCallStatus.error, clean_text(exc.message)
+            else:
+                if got.is_error:
+                    status, error = ToolCallStatus.error, cut(got.text, limit) or "the tool reported an error"
+                else:
+                    result = cut(got.text, limit)
+        await steps.store.tool_call_ended(st.id, key, status=status, result=result, error=error)
+        if status == ToolCallStatus.ok:
+            return result or "", False
+        return error or "", True
