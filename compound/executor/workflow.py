@@ -4,11 +4,13 @@ Model calls go through ModelCalls; skip and failure causes travel as typed value
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from compound.core.errors import BudgetExceeded, PlanInvalid, ProviderError
 from compound.core.settings import Settings
 from compound.executor.calls import CallSpec, ModelCalls
+from compound.executor.reuse import reusable
 from compound.executor.scheduler import Cause, Ended, run_dag
 from compound.llm.base import Completion, Message, Usage
 from compound.planner.router import route
@@ -84,13 +86,26 @@ class Workflow:
         subs = [
             SubState(index=r.index, description=plan.subtasks[r.index].description, tier_hint=r.tier_hint,
                      tier_assigned=r.tier_assigned, models=r.models,
-                     depends_on=list(plan.subtasks[r.index].depends_on), status=SubtaskStatus.pending,
-                     model=r.models[0])
+                     depends_on=plan.subtasks[r.index].needs, status=SubtaskStatus.pending,
+                     model=r.models[0], optional=plan.subtasks[r.index].optional)
             for r in route(plan, self.settings)
         ]
+        if st.rerun_of is not None:
+            subs = await self._reuse(st.rerun_of, subs)
         await self.store.save_plan(st.id, reasoning=plan.reasoning, subtasks=subs, prompt_versions=self.versions,
                                    status=TaskStatus.planned, warnings=warnings)
         return subs
+
+    async def _reuse(self, old_id: str, subs: list[SubState]) -> list[SubState]:
+        """A re-run's subtasks with unchanged inputs, completed with the earlier results
+        (no call, no cost); the rest stay pending."""
+        old = await self.store.load(old_id)
+        if old is None:
+            return subs
+        found = reusable(subs, old.subtasks)
+        return [dataclasses.replace(s, status=SubtaskStatus.completed, result=found[s.index].result,
+                                    model=found[s.index].model, reused_from=old_id)
+                if s.index in found else s for s in subs]
 
     async def _paid_planner_answers(self, task_id: str) -> list[Completion]:
         rows = await self.store.ledger_rows(task_id)
@@ -111,8 +126,11 @@ class Workflow:
 
         async def run_one(i: int) -> Ended | None:
             sub = subs[i]
+            # an optional dependency without a result is named, with why, in the prompt
             messages = render("subtask", request=st.prompt, description=sub.description,
-                              dependencies=[(d, results.get(d, "")) for d in sub.depends_on])
+                              dependencies=[(d, results[d]) for d in sub.depends_on if d in results],
+                              missing=[(d, subs[d].description, final[d].error or final[d].status)
+                                       for d in sub.depends_on if d not in results])
             max_tokens = self.settings.max_tokens
             if sole and st.answer_max_tokens is not None:  # a chat client's max_tokens bounds the answer
                 max_tokens = min(max_tokens, st.answer_max_tokens)
@@ -132,7 +150,8 @@ class Workflow:
         async def skip(i: int, how: Ended, reason: str) -> None:
             await end(i, how, SubtaskStatus.skipped, reason)
 
-        await run_dag([s.depends_on for s in subs], [s.status for s in subs], run_one, skip)
+        await run_dag([s.depends_on for s in subs], [s.status for s in subs], run_one, skip,
+                      optional=[s.optional for s in subs])
         await self.calls.drain(st.id)  # every subtask's settlement committed before the task ends
         roots = sum(1 for i, e in ended.items() if e.cause is Cause.budget and e.root == i)
         budget_note = (f"budget of ${st.budget_usd:g} exhausted: {roots} subtask(s) skipped for budget"

@@ -71,11 +71,16 @@ def render(name: str, **values: Any) -> list[Message]:
                 "context": context_block(values.get("context"))}
     elif name == "subtask":
         deps = values.get("dependencies") or []
+        # optional dependencies that ended without a result: (index, description, why)
+        missing = values.get("missing") or []
         fill = {
             "request": escape(values["request"]),
             "description": escape(values["description"]),
             "dependencies": "\n".join(
-                f'<dependency index="{i}">\n{escape(result)}\n</dependency>' for i, result in deps
+                [f'<dependency index="{i}">\n{escape(result)}\n</dependency>' for i, result in deps]
+                + [f'<dependency index="{i}" missing="true">\nThis input is missing: subtask {i} '
+                   f'("{escape(desc)[:200]}") has no result ({escape(why)}). Do the subtask without it, '
+                   f'and say what could not be used.\n</dependency>' for i, desc, why in missing]
             ),
         }
     elif name == "synthesize":

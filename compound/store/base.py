@@ -77,6 +77,8 @@ class SubState:
     cost_usd: float = 0.0
     input_tokens: int = 0
     output_tokens: int = 0
+    optional: list[int] = field(default_factory=list)  # the dependencies it can do without
+    reused_from: str | None = None  # the task whose result this one reuses (a re-run's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,7 @@ class TaskState:
     # A conversation's earlier messages (the chat door) and a bound on the answer.
     context: list[dict[str, str]] | None = None
     answer_max_tokens: int | None = None
+    rerun_of: str | None = None  # the task this one re-runs (its unchanged results are reused)
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,7 +410,7 @@ class RunStore(abc.ABC):
     async def create_task(self, *, prompt: str, budget_usd: float, user_id: str | None = None,
                           priority: int = 2, plan_in: dict[str, Any] | None = None,
                           approve: bool = True, context: list[dict[str, str]] | None = None,
-                          answer_max_tokens: int | None = None) -> TaskState:
+                          answer_max_tokens: int | None = None, rerun_of: str | None = None) -> TaskState:
         """Insert a queued task and its first event. The plan must be validated."""
 
     @abc.abstractmethod

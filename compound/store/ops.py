@@ -37,14 +37,15 @@ EPS = 1e-12  # float slack in budget checks
 
 # Columns read back as a SubState / TaskState / snapshot, in this order.
 SUB_COLS = ('"index", description, tier_hint, tier_assigned, models, depends_on, status, model, result, '
-            "error, attempts, cost_usd, input_tokens, output_tokens")
+            "error, attempts, cost_usd, input_tokens, output_tokens, optional_deps, reused_from")
 TASK_COLS = ("id, user_id, prompt, status, priority, approve, budget_usd, plan_in, reasoning, "
-             "total_cost_usd, reserved_usd, cancel_requested, event_seq, context, answer_max_tokens")
+             "total_cost_usd, reserved_usd, cancel_requested, event_seq, context, answer_max_tokens, rerun_of")
 SNAP_TASK_COLS = ("id, user_id, prompt, status, reasoning, result, error, budget_usd, total_cost_usd, priority, "
                   "prompt_versions, created_at, planned_at, started_at, completed_at, planner_model, event_seq, "
-                  "warnings")
+                  "warnings, rerun_of")
 SNAP_SUB_COLS = ('"index", description, tier_hint, tier_assigned, model, depends_on, status, result, error, '
-                 "attempts, cost_usd, input_tokens, output_tokens, started_at, completed_at")
+                 "attempts, cost_usd, input_tokens, output_tokens, started_at, completed_at, optional_deps, "
+                 "reused_from")
 
 
 class Dialect(Protocol):
@@ -91,7 +92,8 @@ def sub_state(d: Dialect, row: Sequence[Any]) -> SubState:
     return SubState(index=row[0], description=row[1], tier_hint=row[2], tier_assigned=row[3] or row[2],
                     models=list(d.loads(row[4]) or []), depends_on=list(d.loads(row[5]) or []), status=row[6],
                     model=row[7], result=row[8], error=row[9], attempts=row[10], cost_usd=row[11],
-                    input_tokens=row[12], output_tokens=row[13])
+                    input_tokens=row[12], output_tokens=row[13], optional=list(d.loads(row[14]) or []),
+                    reused_from=row[15])
 
 
 def sub_event(s: SubState, *, with_result: bool = False) -> dict[str, Any]:
@@ -126,18 +128,19 @@ def _events(d: Dialect, task_id: str, items: Sequence[tuple[str, dict[str, Any]]
 
 def create_task(d: Dialect, task_id: str, *, prompt: str, budget_usd: float, user_id: str | None,
                 priority: int, plan_in: dict[str, Any] | None, approve: bool,
-                context: list[dict[str, str]] | None = None, answer_max_tokens: int | None = None) -> Op:
+                context: list[dict[str, str]] | None = None, answer_max_tokens: int | None = None,
+                rerun_of: str | None = None) -> Op:
     now = d.now()
     yield ("exec", "INSERT_TASK", {"id": task_id, "u": user_id, "p": prompt, "st": TaskStatus.queued.value,
                                    "pr": priority, "ap": approve, "b": budget_usd,
                                    "plan": None if plan_in is None else d.json(plan_in),
                                    "ctx": None if context is None else d.json(context), "amt": answer_max_tokens,
-                                   "now": now})
+                                   "ro": rerun_of, "now": now})
     yield from _events(d, task_id, [("task", {"status": TaskStatus.queued.value, "error": None})], now)
     return TaskState(id=task_id, user_id=user_id, prompt=prompt, status=TaskStatus.queued, priority=priority,
                      approve=approve, budget_usd=budget_usd, plan_in=plan_in, reasoning=None, total_cost_usd=0.0,
                      reserved_usd=0.0, cancel_requested=False, event_seq=1, context=context,
-                     answer_max_tokens=answer_max_tokens)
+                     answer_max_tokens=answer_max_tokens, rerun_of=rerun_of)
 
 
 def set_status(d: Dialect, task_id: str, status: str, *, error: str | None, result: str | None) -> Op:
@@ -162,7 +165,9 @@ def save_plan(d: Dialect, task_id: str, *, reasoning: str | None, subtasks: Sequ
     now = d.now()
     rows = [{"id": f"s_{task_id[2:]}_{s.index}", "t": task_id, "i": s.index, "d": s.description,
              "th": s.tier_hint, "ta": s.tier_assigned, "ms": d.json(s.models), "m": s.model,
-             "deps": d.json(s.depends_on), "st": s.status} for s in subtasks]
+             "deps": d.json(s.depends_on), "st": s.status, "od": d.json(s.optional) if s.optional else None,
+             "rf": s.reused_from, "res": s.result,
+             "ca": now if s.status == SubtaskStatus.completed else None} for s in subtasks]
     if rows:
         yield ("many", "INSERT_SUBTASK", rows)
     yield ("exec", "SAVE_PLAN", {"r": reasoning, "pv": d.json(prompt_versions), "st": status, "now": now,
@@ -316,7 +321,7 @@ def load(d: Dialect, task_id: str) -> Op:
     return TaskState(id=row[0], user_id=row[1], prompt=row[2], status=row[3], priority=row[4], approve=bool(row[5]),
                      budget_usd=row[6], plan_in=d.loads(row[7]), reasoning=row[8], total_cost_usd=row[9],
                      reserved_usd=row[10], cancel_requested=bool(row[11]), event_seq=row[12],
-                     context=d.loads(row[13]), answer_max_tokens=row[14],
+                     context=d.loads(row[13]), answer_max_tokens=row[14], rerun_of=row[15],
                      subtasks=[sub_state(d, s) for s in subs])
 
 
@@ -418,7 +423,7 @@ def versioned_snapshot(d: Dialect, task_id: str, user_id: str | None) -> Op:
         "created_at": iso(d.dt(t[11])), "planned_at": iso(d.dt(t[12])), "started_at": iso(d.dt(t[13])),
         "completed_at": iso(d.dt(t[14])), "planner": planner, "synthesis": synthesis,
         "worst_case": _worst(sum(w["calls"] for w in worst), sum(w["cost_usd"] for w in worst)),
-        "warnings": list(d.loads(t[17]) or []),
+        "warnings": list(d.loads(t[17]) or []), "rerun_of": t[18],
         "subtasks": [_sub_snapshot(d, s, parts.get((CallKind.subtask.value, int(s[0])))) for s in subs],
     }
     return head, money_shown(body)
@@ -430,7 +435,8 @@ def _sub_snapshot(d: Dialect, s: Sequence[Any], part: dict[str, Any] | None) -> 
             "depends_on": list(d.loads(s[5]) or []), "status": s[6], "result": s[7], "error": s[8],
             "attempts": s[9], "cost_usd": part["cost_usd"] if part is not None else s[10],
             "input_tokens": s[11], "output_tokens": s[12], "worst_case": worst,
-            "started_at": iso(d.dt(s[13])), "completed_at": iso(d.dt(s[14]))}
+            "started_at": iso(d.dt(s[13])), "completed_at": iso(d.dt(s[14])),
+            "optional_depends_on": list(d.loads(s[15]) or []), "reused_from": s[16]}
 
 
 def task_counts(d: Dialect) -> Op:

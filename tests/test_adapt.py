@@ -1,0 +1,188 @@
+"""Plans that adapt, through the public API and the simulator: optional dependencies,
+re-runs that reuse unchanged results, and per-tier cascades."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from compound.core.errors import PlanInvalid
+from compound.executor.scheduler import Cause, Ended, run_dag
+from compound.llm.simulator import Failure, Simulator
+from compound.planner.repair import repair_plan
+from compound.planner.validate import validate_plan
+from tests.fixtures.api import Api
+
+
+def _worker_subtasks(sim: Simulator) -> list[str]:
+    """The <subtask> text of every worker call the simulator received, in order."""
+    out = []
+    for c in sim.calls("worker"):
+        text = c["text"]
+        out.append(text[text.index("<subtask>") + 9:text.index("</subtask>")].strip())
+    return out
+
+
+# optional dependencies ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("depends_on", "error"), [
+    ([{"index": 0, "required": "no"}], "must be true or false"),
+    ([{"index": 0, "optional": True}], "unknown key(s) optional"),
+    ([{"required": False}], "which is not a subtask index"),
+    ([{"index": 5, "required": False}], "depends on 5, but the plan has 2 subtasks"),
+    ([{"index": 1, "required": False}], "depends on itself"),
+])
+def test_a_bad_dependency_entry_is_named(depends_on: list[Any], error: str) -> None:
+    plan = {"subtasks": [{"description": "a"}, {"description": "b", "depends_on": depends_on}]}
+    with pytest.raises(PlanInvalid) as exc:
+        validate_plan(plan, max_subtasks=5)
+    assert any(error in e for e in exc.value.errors), exc.value.errors
+
+
+@pytest.mark.parametrize(("depends_on", "needs", "optional"), [
+    ([0], [0], []),
+    ([{"index": 0, "required": False}], [0], [0]),
+    ([{"index": 0}], [0], []),
+    ([{"index": 0, "required": True}], [0], []),
+    ([{"index": 0, "required": False}, 0], [0], []),  # listed required once: required
+])
+def test_dependency_entries_read_as_required_unless_said(depends_on: list[Any], needs: list[int],
+                                                         optional: list[int]) -> None:
+    plan = validate_plan({"subtasks": [{"description": "a"}, {"description": "b", "depends_on": depends_on}]},
+                         max_subtasks=5)
+    assert plan.subtasks[1].needs == needs and plan.subtasks[1].optional == optional
+
+
+def test_repair_keeps_optional_dependencies_through_renumbering() -> None:
+    data = {"subtasks": [{"description": "a"}, {"description": ""},
+                         {"description": "c", "depends_on": [{"index": "0", "required": False}, 1]}]}
+    fixed, warnings = repair_plan(data)
+    plan = validate_plan(fixed, max_subtasks=5)
+    assert [s.description for s in plan.subtasks] == ["a", "c"]
+    assert plan.subtasks[1].optional == [0] and warnings
+
+
+async def test_an_optional_dependency_that_ended_does_not_skip_its_dependent() -> None:
+    ran: list[int] = []
+    skipped: dict[int, str] = {}
+
+    async def run_one(i: int) -> Ended | None:
+        ran.append(i)
+        return Ended(Cause.failed, i, skipped=False) if i == 0 else None
+
+    async def skip(i: int, _how: Ended, reason: str) -> None:
+        skipped[i] = reason
+
+    # 0 fails; 1 can do without it; 2 needs it; 3 needs 1 (which runs)
+    await run_dag([[], [0], [0], [1]], ["pending"] * 4, run_one, skip, optional=[[], [0], [], []])
+    assert sorted(ran) == [0, 1, 3] and skipped == {2: "skipped: dependency 0 failed"}
+    # found failed on resume: the same
+    ran.clear()
+    skipped.clear()
+    await run_dag([[], [0], [0]], ["failed", "pending", "pending"], run_one, skip, optional=[[], [0], []])
+    assert ran == [1] and list(skipped) == [2]
+
+
+async def test_an_optional_dependency_that_failed_still_lets_its_dependent_run(api: Api, sim: Simulator) -> None:
+    sim.fail(Failure(400, kind="worker", message="the lookup service refused"))  # permanent: no retry
+    plan = {"subtasks": [
+        {"description": "Look up the price list", "depends_on": []},
+        {"description": "Estimate the cost", "depends_on": [{"index": 0, "required": False}]},
+        {"description": "Quote the exact price", "depends_on": [0]},
+    ]}
+    r = await api.http.post("/v1/tasks", json={"prompt": "what will it cost", "plan": plan},
+                            headers=api.auth(api.alice))
+    assert r.status_code == 202, r.text
+    snap = await api.wait(r.json()["id"], api.alice)
+    subs = snap["subtasks"]
+    assert [s["status"] for s in subs] == ["failed", "completed", "skipped"]
+    assert subs[1]["depends_on"] == [0] and subs[1]["optional_depends_on"] == [0]
+    assert subs[2]["error"] == "skipped: dependency 0 failed"
+    assert snap["status"] == "partial"
+    # the dependent's prompt names the missing input and why
+    estimate = next(c["text"] for c in sim.calls("worker") if "Estimate the cost" in c["text"])
+    assert '<dependency index="0" missing="true">' in estimate
+    assert "Look up the price list" in estimate and "the lookup service refused" in estimate
+
+
+# re-run with reuse ----------------------------------------------------------------------
+
+PLAN = {"reasoning": "two lookups, a check of the first, a summary", "subtasks": [
+    {"description": "Find the population of Oslo", "tier_hint": 1, "depends_on": []},
+    {"description": "Find the population of Lima", "tier_hint": 1, "depends_on": []},
+    {"description": "Check the Oslo figure against a second source", "tier_hint": 1, "depends_on": [0]},
+    {"description": "Summarise both populations", "tier_hint": 2, "depends_on": [1, 2]},
+]}
+
+
+async def _run(api: Api, token: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    r = await api.http.post(path, json=body, headers=api.auth(token))
+    assert r.status_code == 202, r.text
+    return await api.wait(r.json()["id"], token)
+
+
+async def test_a_rerun_with_one_edited_subtask_calls_only_it_and_its_descendants(api: Api, sim: Simulator) -> None:
+    first = await _run(api, api.alice, "/v1/tasks", {"prompt": "populations", "plan": PLAN, "budget_usd": 0.5})
+    assert first["status"] == "completed"
+    assert len(sim.calls("worker")) == 4
+    sim.requests.clear()
+
+    edited = {**PLAN, "subtasks": [*PLAN["subtasks"][:2],
+                                   {**PLAN["subtasks"][2], "description": "Check the Oslo figure against the census"},
+                                   PLAN["subtasks"][3]]}
+    second = await _run(api, api.alice, f"/v1/tasks/{first['id']}/rerun", {"plan": edited})
+    assert second["status"] == "completed" and second["rerun_of"] == first["id"]
+    assert second["budget_usd"] == 0.5 and second["prompt"] == "populations"
+    # only the edited subtask and the one downstream of it were called
+    assert _worker_subtasks(sim) == ["Check the Oslo figure against the census", "Summarise both populations"]
+    subs = second["subtasks"]
+    assert [s["reused_from"] for s in subs] == [first["id"], first["id"], None, None]
+    assert [s["result"] for s in subs[:2]] == [s["result"] for s in first["subtasks"][:2]]
+    assert subs[0]["cost_usd"] == 0 and subs[1]["cost_usd"] == 0 and subs[2]["cost_usd"] > 0
+    assert second["total_cost_usd"] == pytest.approx(
+        sum(s["cost_usd"] for s in subs) + second["synthesis"]["cost_usd"], abs=1e-9)
+
+
+async def test_a_rerun_without_changes_calls_no_subtask(api: Api, sim: Simulator) -> None:
+    first = await _run(api, api.alice, "/v1/tasks", {"prompt": "populations", "plan": PLAN})
+    sim.requests.clear()
+    second = await _run(api, api.alice, f"/v1/tasks/{first['id']}/rerun", {"budget_usd": 0.25})
+    assert sim.calls("worker") == [] and len(sim.calls("synthesizer")) == 1
+    assert second["budget_usd"] == 0.25 and second["status"] == "completed"
+    assert all(s["reused_from"] == first["id"] for s in second["subtasks"])
+
+
+async def test_a_rerun_runs_again_what_failed_and_what_was_skipped(api: Api, sim: Simulator) -> None:
+    sim.fail(Failure(400, kind="worker"))  # permanent: the subtask fails, its dependent is skipped
+    plan = {"subtasks": [{"description": "Step one", "depends_on": []},
+                         {"description": "Step two", "depends_on": [0]}]}
+    first = await _run(api, api.alice, "/v1/tasks", {"prompt": "two steps", "plan": plan})
+    assert [s["status"] for s in first["subtasks"]] == ["failed", "skipped"]
+    sim.requests.clear()
+    second = await _run(api, api.alice, f"/v1/tasks/{first['id']}/rerun", {})
+    assert _worker_subtasks(sim) == ["Step one", "Step two"] and second["status"] == "completed"
+
+
+async def test_rerun_edges(api: Api) -> None:
+    first = await _run(api, api.alice, "/v1/tasks", {"prompt": "populations", "plan": PLAN})
+    path = f"/v1/tasks/{first['id']}/rerun"
+    # another user's task is not found, as every other door says
+    r = await api.http.post(path, json={}, headers=api.auth(api.bob))
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = await api.http.post("/v1/tasks/t_nope/rerun", json={}, headers=api.auth(api.alice))
+    assert r.status_code == 404
+    r = await api.http.post(path, json={}, headers=api.auth(api.reader))
+    assert r.status_code == 403
+    for body, said in [({"budget_usd": -1}, "budget_usd"), ({"models": ["x"]}, "models"),
+                       ({"plan": {"subtasks": [{"description": "a", "depends_on": [3]}]}}, "depends on 3")]:
+        r = await api.http.post(path, json=body, headers=api.auth(api.alice))
+        assert r.status_code == 422, r.text
+        assert said in r.json()["error"]["message"]
+    # the admin may re-run anyone's task; the new task is the admin's
+    r = await api.http.post(path, json={}, headers=api.auth(api.admin))
+    assert r.status_code == 202
+    assert (await api.http.get(f"/v1/tasks/{r.json()['id']}", headers=api.auth(api.alice))).status_code == 404
+    spec = (await api.http.get("/openapi.json")).json()
+    assert "/v1/tasks/{task_id}/rerun" in spec["paths"]
