@@ -3,11 +3,14 @@ re-runs that reuse unchanged results, and per-tier cascades."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from compound.core.errors import PlanInvalid
+from compound.core.settings import Settings
 from compound.executor.scheduler import Cause, Ended, run_dag
 from compound.llm.simulator import Failure, Simulator
 from compound.planner.repair import repair_plan
@@ -186,3 +189,37 @@ async def test_rerun_edges(api: Api) -> None:
     assert (await api.http.get(f"/v1/tasks/{r.json()['id']}", headers=api.auth(api.alice))).status_code == 404
     spec = (await api.http.get("/openapi.json")).json()
     assert "/v1/tasks/{task_id}/rerun" in spec["paths"]
+
+
+def test_cli_tasks_rerun_with_an_edited_plan_file(sim: Simulator, sim_settings: Settings, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from compound.api.app import create_app
+    from compound.cli import _register, app
+    from compound.store.users import create_token
+    from tests.fixtures.served import serving_in_thread
+
+    _register()
+    runner = CliRunner()
+    api = create_app(sim_settings.model_copy(update={"rate_limit_per_minute": 1000}))
+    with serving_in_thread(api) as url:
+        monkeypatch.setenv("COMPOUND_URL", url)
+        monkeypatch.setenv("COMPOUND_TOKEN", create_token(api.state.store.engine, "dana")[1])
+        path = tmp_path / "plan.json"
+        path.write_text(json.dumps(PLAN))
+        first = runner.invoke(app, ["tasks", "submit", "populations", "--plan", str(path), "--watch"])
+        assert first.exit_code == 0, first.output
+        first_id = first.output.split("submitted ")[1].split()[0]
+        sim.requests.clear()
+        edited = json.loads(json.dumps(PLAN))
+        edited["subtasks"][3]["description"] = "Summarise both populations in one line"
+        path.write_text(json.dumps(edited))
+        out = runner.invoke(app, ["tasks", "rerun", first_id, "--plan", str(path), "--budget", "0.3", "--watch"])
+        assert out.exit_code == 0, out.output
+        assert f"a re-run of {first_id}" in out.stderr
+        assert _worker_subtasks(sim) == ["Summarise both populations in one line"]
+        bad = runner.invoke(app, ["tasks", "rerun", first_id, "--budget", "0"])
+        assert bad.exit_code == 2 and "--budget" in bad.stderr
+        missing = runner.invoke(app, ["tasks", "rerun", "t_0000000000000000"])
+        assert missing.exit_code == 1 and "404" in missing.output
