@@ -4,6 +4,7 @@ re-runs that reuse unchanged results, and per-tier cascades."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +224,103 @@ def test_cli_tasks_rerun_with_an_edited_plan_file(sim: Simulator, sim_settings: 
         assert bad.exit_code == 2 and "--budget" in bad.stderr
         missing = runner.invoke(app, ["tasks", "rerun", "t_0000000000000000"])
         assert missing.exit_code == 1 and "404" in missing.output
+
+
+# cascades -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def cascade_api(sim_settings: Settings) -> AsyncIterator[Api]:
+    """The api fixture's app with tier 1's cascade on (tier 1: haiku, then gpt-4.1-mini)."""
+    import httpx
+
+    from compound.api.app import create_app
+    from compound.store.users import create_token
+
+    settings = sim_settings.model_copy(update={"rate_limit_per_minute": 1000, "executor_process": False,
+                                               "tier1_cascade": True})
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        engine = app.state.store.engine
+        tokens = [create_token(engine, n, s)[1] for n, s in
+                  (("alice", None), ("bob", None), ("root", ["admin"]), ("carol", ["read"]))]
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+            yield Api(app, http, *tokens)
+
+
+ONE_STEP = {"subtasks": [{"description": "Name the tallest mountain in Africa", "tier_hint": 1}]}
+
+
+async def _ledger(api: Api, task_id: str) -> list[tuple[str, str, str]]:
+    rows = await api.app.state.store.ledger_rows(task_id)
+    return [(r["kind"], r["model"], r["status"]) for r in rows]
+
+
+async def test_a_cascade_whose_check_passes_calls_no_other_model(cascade_api: Api, sim: Simulator) -> None:
+    sim.answer("worker", "Kilimanjaro")
+    snap = await _run(cascade_api, cascade_api.alice, "/v1/tasks", {"prompt": "tallest", "plan": ONE_STEP})
+    assert snap["status"] == "completed" and snap["result"] == "Kilimanjaro"
+    assert [c["model"] for c in sim.calls("worker")] == ["claude-haiku-4-5"]
+    check = sim.calls("checker")
+    assert [c["model"] for c in check] == ["claude-haiku-4-5"]
+    assert "<answer>\nKilimanjaro\n</answer>" in check[0]["text"]
+    assert check[0]["body"]["max_tokens"] == 16
+    ledger = await _ledger(cascade_api, snap["id"])
+    assert ledger == [("subtask", "anthropic/claude-haiku-4-5", "ok"), ("check", "anthropic/claude-haiku-4-5", "ok")]
+    sub = snap["subtasks"][0]
+    assert sub["model"] == "anthropic/claude-haiku-4-5" and sub["attempts"] == 2
+    # the check's cost is the subtask's: the parts still add up to the task's total
+    assert sub["cost_usd"] == pytest.approx(snap["total_cost_usd"], abs=1e-9) and sub["cost_usd"] > 0
+
+
+async def test_a_cascade_whose_check_fails_calls_the_next_model(cascade_api: Api, sim: Simulator) -> None:
+    sim.answer("worker", "Mont Blanc")
+    sim.answer("checker", "NO")
+    snap = await _run(cascade_api, cascade_api.alice, "/v1/tasks", {"prompt": "tallest", "plan": ONE_STEP})
+    assert snap["status"] == "completed"
+    assert [c["model"] for c in sim.calls("worker")] == ["claude-haiku-4-5", "gpt-4.1-mini"]
+    assert snap["result"] != "Mont Blanc" and snap["result"].startswith("Result of subtask")
+    assert await _ledger(cascade_api, snap["id"]) == [
+        ("subtask", "anthropic/claude-haiku-4-5", "ok"), ("check", "anthropic/claude-haiku-4-5", "ok"),
+        ("subtask", "openai/gpt-4.1-mini", "ok")]
+    sub = snap["subtasks"][0]
+    assert sub["model"] == "openai/gpt-4.1-mini" and sub["attempts"] == 3
+
+
+@pytest.mark.parametrize("failure", [
+    Failure(400, kind="checker"),  # the check could not be made: not taken on trust
+    Failure(400, kind="worker", model="claude-haiku-4-5"),  # the first model failed for good
+])
+async def test_a_cascade_goes_on_when_the_cheap_model_or_its_check_fails(cascade_api: Api, sim: Simulator,
+                                                                         failure: Failure) -> None:
+    sim.fail(failure)
+    snap = await _run(cascade_api, cascade_api.alice, "/v1/tasks", {"prompt": "tallest", "plan": ONE_STEP})
+    assert snap["status"] == "completed" and snap["subtasks"][0]["model"] == "openai/gpt-4.1-mini"
+    assert sim.calls("worker")[-1]["model"] == "gpt-4.1-mini"
+
+
+async def test_a_cascade_passes_its_answer_to_dependents_and_leaves_other_tiers_alone(cascade_api: Api,
+                                                                                      sim: Simulator) -> None:
+    sim.answer("worker", "Kilimanjaro")
+    plan = {"subtasks": [{"description": "Name the tallest mountain in Africa", "tier_hint": 1},
+                         {"description": "Give its height", "tier_hint": 2, "depends_on": [0]}]}
+    snap = await _run(cascade_api, cascade_api.alice, "/v1/tasks", {"prompt": "tallest", "plan": plan})
+    assert snap["status"] == "completed"
+    assert len(sim.calls("checker")) == 1  # tier 2 has no cascade
+    height = sim.calls("worker")[-1]
+    assert height["model"] == "claude-sonnet-4-5" and "Kilimanjaro" in height["text"]
+
+
+@pytest.mark.parametrize(("said", "stands"), [
+    ("YES", True), ("yes.", True), ("Yes, it does.", True), ("**YES**", True), ("PASS", True),
+    ("NO", False), ("no", False), ("", False), ("I think yes", False), ("Maybe", False),
+])
+def test_what_a_check_answer_means(said: str, stands: bool) -> None:
+    from compound.executor.workflow import passes
+
+    assert passes(said) is stands
+
+
+async def test_no_check_without_the_cascade(api: Api, sim: Simulator) -> None:
+    snap = await _run(api, api.alice, "/v1/tasks", {"prompt": "tallest", "plan": ONE_STEP})
+    assert snap["status"] == "completed" and sim.calls("checker") == []

@@ -52,6 +52,15 @@ log = get_logger("compound.executor")
 Sleep = Callable[[float], Awaitable[None]]
 
 
+def _completes(spec: CallSpec, text: str) -> str | None:
+    """What a call's settlement completes its subtask with (None: nothing)."""
+    if spec.subtask is None or spec.kind not in (CallKind.subtask, CallKind.check):
+        return None
+    if spec.result_of is not None:
+        return spec.result_of(text)
+    return text if spec.kind == CallKind.subtask else None
+
+
 def clean_text(text: str) -> str:
     """A model's text safe for the store: NUL and lone surrogates replaced, character
     by character (so cleaning the pieces of a text and joining them gives the same)."""
@@ -87,6 +96,9 @@ class CallSpec:
     json_schema: dict[str, Any] | None = None
     attempts_before: int = 0  # a resumed subtask's attempts so far
     answer: bool = False  # its text is the task's answer (streamed to listeners): the synthesis, or a sole subtask
+    # What the subtask completes with, in the same transaction as this call's settlement,
+    # given the call's text (None: it does not complete). Unset: a subtask call's text.
+    result_of: Callable[[str], str | None] | None = None
 
 
 class ModelCalls:
@@ -114,9 +126,11 @@ class ModelCalls:
         self._unsettled: dict[str, set[asyncio.Future[Any]]] = {}
         self._failed: dict[str, BaseException] = {}
 
-    async def call(self, st: TaskState, spec: CallSpec, *, daily: float | None) -> Completion:
+    async def call(self, st: TaskState, spec: CallSpec, *, daily: float | None,
+                   on_attempt: Callable[[int], None] | None = None) -> Completion:
         """Raises BudgetExceeded when a call's worst case does not fit; the model's
-        ProviderError when one model was tried; FallbackExhausted when several were."""
+        ProviderError when one model was tried; FallbackExhausted when several were.
+        `on_attempt` hears each attempt's number (a subtask's calls count on from it)."""
         attempt = spec.attempts_before
         errors: list[ProviderError] = []
         for model in spec.models:
@@ -126,6 +140,8 @@ class ModelCalls:
             async def once(model: str = model, mt: int = mt, amount: float = amount) -> Completion:
                 nonlocal attempt
                 attempt += 1
+                if on_attempt is not None:
+                    on_attempt(attempt)
                 return await self._attempt(st, spec, model=model, attempt=attempt, amount=amount, daily=daily,
                                            max_tokens=mt)
 
@@ -245,7 +261,7 @@ class ModelCalls:
             status=CallStatus.ok, cost_usd=out.cost_usd, input_tokens=u.input_tokens, output_tokens=u.output_tokens,
             cache_read_tokens=u.cache_read_tokens, cache_write_tokens=u.cache_write_tokens,
             latency_ms=out.latency_s * 1000 or elapsed * 1000,
-            complete_with=out.text if spec.kind == CallKind.subtask and spec.subtask is not None else None,
+            complete_with=_completes(spec, out.text),
             # kept with the payment: a task resumed before its plan was saved re-plans from it
             answer=out.text if spec.kind == CallKind.planner else None))
         if self.store.ordered_writes and spec.kind == CallKind.subtask:

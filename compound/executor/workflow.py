@@ -134,11 +134,14 @@ class Workflow:
             max_tokens = self.settings.max_tokens
             if sole and st.answer_max_tokens is not None:  # a chat client's max_tokens bounds the answer
                 max_tokens = min(max_tokens, st.answer_max_tokens)
+            spec = CallSpec(kind=CallKind.subtask, subtask=i, tier=sub.tier_assigned,
+                            models=sub.models or self.settings.tier_models(sub.tier_assigned), messages=messages,
+                            max_tokens=max_tokens, attempts_before=sub.attempts, answer=sole)
             try:
-                out = await self.calls.call(st, CallSpec(
-                    kind=CallKind.subtask, subtask=i, tier=sub.tier_assigned,
-                    models=sub.models or self.settings.tier_models(sub.tier_assigned), messages=messages,
-                    max_tokens=max_tokens, attempts_before=sub.attempts, answer=sole), daily=daily)
+                if self.settings.cascade(sub.tier_assigned) and len(spec.models) > 1:
+                    out = await self._cascade(st, spec, sub, daily)
+                else:
+                    out = await self.calls.call(st, spec, daily=daily)
             except BudgetExceeded as exc:
                 return await end(i, Ended(Cause.budget, i, skipped=True), SubtaskStatus.skipped,
                                  f"skipped: budget exhausted ({exc.message})")
@@ -157,6 +160,43 @@ class Workflow:
         budget_note = (f"budget of ${st.budget_usd:g} exhausted: {roots} subtask(s) skipped for budget"
                        if roots else None)
         await self._synthesize(st, subs, results, final, budget_note, daily)
+
+    async def _cascade(self, st: TaskState, spec: CallSpec, sub: SubState, daily: float | None) -> Completion:
+        """The tier's first model answers; the same model checks the answer (a short
+        YES/NO call, reserved like any other); the subtask completes with that answer in
+        the check's settlement when it passes. A failed check, a check that could not
+        be made (its model failed) or a first model that failed for good calls the rest
+        of the tier's chain. Raises as ModelCalls.call does."""
+        attempts = [spec.attempts_before]
+
+        def counted(n: int) -> None:
+            attempts[0] = n
+
+        first, rest = spec.models[:1], spec.models[1:]
+        try:
+            draft = await self.calls.call(st, dataclasses.replace(
+                spec, models=first, answer=False, result_of=lambda _text: None), daily=daily, on_attempt=counted)
+        except ProviderError:
+            draft = None
+        if draft is not None:
+            check = render("check", request=st.prompt, description=sub.description, answer=draft.text)
+            verdict: list[bool] = []
+
+            def stands(text: str, answer: str = draft.text) -> str | None:
+                verdict.append(passes(text))
+                return answer if verdict[-1] else None
+
+            try:
+                await self.calls.call(st, CallSpec(
+                    kind=CallKind.check, subtask=spec.subtask, tier=spec.tier, models=first, messages=check,
+                    max_tokens=self.settings.check_max_tokens, attempts_before=attempts[0], result_of=stands),
+                    daily=daily, on_attempt=counted)
+            except ProviderError:
+                verdict.append(False)
+            if verdict[-1]:
+                return draft
+        return await self.calls.call(st, dataclasses.replace(spec, models=rest, attempts_before=attempts[0]),
+                                     daily=daily)
 
     async def _synthesize(self, st: TaskState, subs: list[SubState], results: dict[int, str],
                           final: dict[int, SubState], budget_note: str | None, daily: float | None) -> None:
@@ -194,3 +234,10 @@ class Workflow:
                                         error=budget_note or f"{len(missing)} of {len(subs)} subtasks did not complete")
         else:
             await self.store.set_status(st.id, TaskStatus.completed, result=answer.text)
+
+
+def passes(verdict: str) -> bool:
+    """A check's answer: it passes only on a clear yes (its first word), so an answer
+    the check could not read is not taken on trust."""
+    words = verdict.strip().split()
+    return bool(words) and words[0].strip(".,!:;*\"'").lower() in ("yes", "pass", "passes")

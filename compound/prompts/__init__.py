@@ -16,7 +16,7 @@ from typing import Any
 
 from compound.llm.base import Message
 
-NAMES = ("decompose", "subtask", "synthesize")
+NAMES = ("decompose", "subtask", "synthesize", "check")
 _ROLE = re.compile(r"[^a-z_]")
 _DIR = Path(__file__).parent
 
@@ -83,6 +83,9 @@ def render(name: str, **values: Any) -> list[Message]:
                    f'and say what could not be used.\n</dependency>' for i, desc, why in missing]
             ),
         }
+    elif name == "check":
+        fill = {"request": escape(values["request"]), "description": escape(values["description"]),
+                "answer": escape(values["answer"])}
     elif name == "synthesize":
         results = values.get("results") or []
         missing = values.get("missing") or []

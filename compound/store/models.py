@@ -54,6 +54,7 @@ TERMINAL_SUBTASK = frozenset(
 class CallKind(StrEnum):
     planner = "planner"
     subtask = "subtask"
+    check = "check"  # a cascade's check of a subtask's answer (its cost is the subtask's)
     synthesis = "synthesis"
 
 

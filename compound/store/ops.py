@@ -375,6 +375,8 @@ def ledger_parts(rows: Sequence[Sequence[Any]]) -> dict[tuple[str, int | None], 
     timeout, or canceled in flight: their real cost is unknown)."""
     parts: dict[tuple[str, int | None], dict[str, Any]] = {}
     for kind, index, model, worst, cost, tokens_in, tokens_out, calls, last in rows:
+        if kind == CallKind.check:  # a cascade's check is part of its subtask's cost
+            kind = CallKind.subtask.value
         part = parts.setdefault((str(kind), None if kind != CallKind.subtask else int(index)), {
             "model": model, "cost_usd": 0.0, "input_tokens": 0, "output_tokens": 0, "calls": 0,
             "worst_case": _worst(0, 0.0), "last": last})
