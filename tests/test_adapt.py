@@ -3,6 +3,7 @@ re-runs that reuse unchanged results, and per-tier cascades."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -229,23 +230,30 @@ def test_cli_tasks_rerun_with_an_edited_plan_file(sim: Simulator, sim_settings: 
 # cascades -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def cascade_api(sim_settings: Settings) -> AsyncIterator[Api]:
-    """The api fixture's app with tier 1's cascade on (tier 1: haiku, then gpt-4.1-mini)."""
+@contextlib.asynccontextmanager
+async def _serving(settings: Settings) -> AsyncIterator[Api]:
+    """The api fixture's app and users, on the given settings."""
     import httpx
 
     from compound.api.app import create_app
     from compound.store.users import create_token
 
-    settings = sim_settings.model_copy(update={"rate_limit_per_minute": 1000, "executor_process": False,
-                                               "tier1_cascade": True})
-    app = create_app(settings)
+    app = create_app(settings.model_copy(update={"rate_limit_per_minute": 1000, "executor_process": False}))
     async with app.router.lifespan_context(app):
         engine = app.state.store.engine
         tokens = [create_token(engine, n, s)[1] for n, s in
                   (("alice", None), ("bob", None), ("root", ["admin"]), ("carol", ["read"]))]
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
             yield Api(app, http, *tokens)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def cascade_api(request: pytest.FixtureRequest, sim_settings: Settings) -> AsyncIterator[Api]:
+    """The app with tier 1's cascade on (tier 1: haiku, then gpt-4.1-mini), on SQLite
+    and on PostgreSQL where a server answers (the store's migrations run at start)."""
+    url = sim_settings.database_url if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    async with _serving(sim_settings.model_copy(update={"tier1_cascade": True, "database_url": url})) as api:
+        yield api
 
 
 ONE_STEP = {"subtasks": [{"description": "Name the tallest mountain in Africa", "tier_hint": 1}]}
@@ -324,3 +332,25 @@ def test_what_a_check_answer_means(said: str, stands: bool) -> None:
 async def test_no_check_without_the_cascade(api: Api, sim: Simulator) -> None:
     snap = await _run(api, api.alice, "/v1/tasks", {"prompt": "tallest", "plan": ONE_STEP})
     assert snap["status"] == "completed" and sim.calls("checker") == []
+
+
+async def test_optional_dependencies_and_reruns_on_each_store(cascade_api: Api, sim: Simulator) -> None:
+    """The new columns on both stores: an optional dependency that failed, then a re-run
+    that reuses what completed and runs the rest (tier 2: no cascade involved)."""
+    sim.fail(Failure(400, kind="worker"))
+    plan = {"subtasks": [{"description": "Look up the price list", "tier_hint": 2},
+                         {"description": "Estimate the cost", "tier_hint": 2,
+                          "depends_on": [{"index": 0, "required": False}]}]}
+    first = await _run(cascade_api, cascade_api.alice, "/v1/tasks", {"prompt": "cost", "plan": plan})
+    assert [s["status"] for s in first["subtasks"]] == ["failed", "completed"]
+    assert first["subtasks"][1]["optional_depends_on"] == [0]
+    sim.requests.clear()
+    second = await _run(cascade_api, cascade_api.alice, f"/v1/tasks/{first['id']}/rerun", {})
+    # the failed one runs again, so its dependent's input changed: it runs again too
+    assert _worker_subtasks(sim) == ["Look up the price list", "Estimate the cost"]
+    assert second["status"] == "completed" and second["rerun_of"] == first["id"]
+    assert second["subtasks"][1]["optional_depends_on"] == [0]
+    sim.requests.clear()
+    third = await _run(cascade_api, cascade_api.alice, f"/v1/tasks/{second['id']}/rerun", {})
+    assert sim.calls("worker") == []
+    assert [s["reused_from"] for s in third["subtasks"]] == [second["id"]] * 2
