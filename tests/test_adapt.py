@@ -220,6 +220,7 @@ def test_cli_tasks_rerun_with_an_edited_plan_file(sim: Simulator, sim_settings: 
         out = runner.invoke(app, ["tasks", "rerun", first_id, "--plan", str(path), "--budget", "0.3", "--watch"])
         assert out.exit_code == 0, out.output
         assert f"a re-run of {first_id}" in out.stderr
+        assert f"reused from {first_id}" in out.stdout  # the tree says where a result came from
         assert _worker_subtasks(sim) == ["Summarise both populations in one line"]
         bad = runner.invoke(app, ["tasks", "rerun", first_id, "--budget", "0"])
         assert bad.exit_code == 2 and "--budget" in bad.stderr
