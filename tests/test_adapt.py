@@ -296,16 +296,24 @@ async def test_a_cascade_whose_check_fails_calls_the_next_model(cascade_api: Api
     assert sub["model"] == "openai/gpt-4.1-mini" and sub["attempts"] == 3
 
 
-@pytest.mark.parametrize("failure", [
-    Failure(400, kind="checker"),  # the check could not be made: not taken on trust
-    Failure(400, kind="worker", model="claude-haiku-4-5"),  # the first model failed for good
+@pytest.mark.parametrize("failures", [
+    [Failure(400, kind="checker")],  # the check could not be made: not taken on trust
+    [Failure(529, kind="worker", model="claude-haiku-4-5")] * 5,  # the first model's attempts all failed
 ])
 async def test_a_cascade_goes_on_when_the_cheap_model_or_its_check_fails(cascade_api: Api, sim: Simulator,
-                                                                         failure: Failure) -> None:
-    sim.fail(failure)
+                                                                         failures: list[Failure]) -> None:
+    sim.fail(*failures)
     snap = await _run(cascade_api, cascade_api.alice, "/v1/tasks", {"prompt": "tallest", "plan": ONE_STEP})
     assert snap["status"] == "completed" and snap["subtasks"][0]["model"] == "openai/gpt-4.1-mini"
     assert sim.calls("worker")[-1]["model"] == "gpt-4.1-mini"
+
+
+async def test_a_permanent_error_of_the_cheap_model_fails_the_subtask_as_without_a_cascade(
+        cascade_api: Api, sim: Simulator) -> None:
+    sim.fail(Failure(400, kind="worker", model="claude-haiku-4-5"))
+    snap = await _run(cascade_api, cascade_api.alice, "/v1/tasks", {"prompt": "tallest", "plan": ONE_STEP})
+    assert snap["status"] == "failed" and snap["subtasks"][0]["status"] == "failed"
+    assert [c["model"] for c in sim.calls("worker")] == ["claude-haiku-4-5"] and sim.calls("checker") == []
 
 
 async def test_a_cascade_passes_its_answer_to_dependents_and_leaves_other_tiers_alone(cascade_api: Api,

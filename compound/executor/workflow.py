@@ -165,8 +165,9 @@ class Workflow:
         """The tier's first model answers; the same model checks the answer (a short
         YES/NO call, reserved like any other); the subtask completes with that answer in
         the check's settlement when it passes. A failed check, a check that could not
-        be made (its model failed) or a first model that failed for good calls the rest
-        of the tier's chain. Raises as ModelCalls.call does."""
+        be made (its model failed) or a first model that failed for good on transient
+        errors calls the rest of the tier's chain; a permanent error fails the subtask,
+        as it would without the cascade. Raises as ModelCalls.call does."""
         attempts = [spec.attempts_before]
 
         def counted(n: int) -> None:
@@ -176,7 +177,9 @@ class Workflow:
         try:
             draft = await self.calls.call(st, dataclasses.replace(
                 spec, models=first, answer=False, result_of=lambda _text: None), daily=daily, on_attempt=counted)
-        except ProviderError:
+        except ProviderError as exc:
+            if not exc.transient:
+                raise
             draft = None
         if draft is not None:
             check = render("check", request=st.prompt, description=sub.description, answer=draft.text)
