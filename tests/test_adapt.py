@@ -150,6 +150,23 @@ async def test_a_rerun_with_one_edited_subtask_calls_only_it_and_its_descendants
         sum(s["cost_usd"] for s in subs) + second["synthesis"]["cost_usd"], abs=1e-9)
 
 
+async def test_a_rerun_with_other_models_for_a_tier_runs_that_tier_again(api: Api, sim: Simulator) -> None:
+    first = await _run(api, api.alice, "/v1/tasks", {"prompt": "populations", "plan": PLAN})
+    sim.requests.clear()
+    second = await _run(api, api.alice, f"/v1/tasks/{first['id']}/rerun", {"models": {"2": ["openai/gpt-4.1"]}})
+    # only the tier-2 subtask runs again (on the chosen model), and the synthesis (tier 2) too
+    assert [(c["model"], c["text"].count("Summarise both populations")) for c in sim.calls("worker")] == [
+        ("gpt-4.1", 1)]
+    assert [c["model"] for c in sim.calls("synthesizer")] == ["gpt-4.1"]
+    assert [s["model"] for s in second["subtasks"]][3] == "openai/gpt-4.1"
+    assert [s["reused_from"] for s in second["subtasks"]] == [first["id"]] * 3 + [None]
+    # a re-run of that keeps its models: nothing changed, nothing is called but the synthesis
+    sim.requests.clear()
+    third = await _run(api, api.alice, f"/v1/tasks/{second['id']}/rerun", {})
+    assert sim.calls("worker") == [] and [c["model"] for c in sim.calls("synthesizer")] == ["gpt-4.1"]
+    assert third["status"] == "completed"
+
+
 async def test_a_rerun_without_changes_calls_no_subtask(api: Api, sim: Simulator) -> None:
     first = await _run(api, api.alice, "/v1/tasks", {"prompt": "populations", "plan": PLAN})
     sim.requests.clear()
@@ -181,6 +198,9 @@ async def test_rerun_edges(api: Api) -> None:
     r = await api.http.post(path, json={}, headers=api.auth(api.reader))
     assert r.status_code == 403
     for body, said in [({"budget_usd": -1}, "budget_usd"), ({"models": ["x"]}, "models"),
+                       ({"models": {"4": ["openai/gpt-4.1"]}}, "not a tier"),
+                       ({"models": {"2": []}}, "at least one model"),
+                       ({"models": {"2": ["openai/gpt-5"]}}, "not a model this server is configured with"),
                        ({"plan": {"subtasks": [{"description": "a", "depends_on": [3]}]}}, "depends on 3")]:
         r = await api.http.post(path, json=body, headers=api.auth(api.alice))
         assert r.status_code == 422, r.text

@@ -44,7 +44,8 @@ async def submit_task(request: Request, principal: Any, body: TaskCreate) -> Tas
 
 
 async def submit_to(state: Any, principal: Any, body: TaskCreate, *, context: list[dict[str, str]] | None = None,
-                    answer_max_tokens: int | None = None, rerun_of: str | None = None) -> TaskState:
+                    answer_max_tokens: int | None = None, rerun_of: str | None = None,
+                    tier_models: dict[str, list[str]] | None = None) -> TaskState:
     """submit_task on the app's state (the front doors call this too): `context` is a
     conversation's earlier messages, `answer_max_tokens` bounds the synthesis call."""
     settings = state.settings
@@ -65,7 +66,7 @@ async def submit_to(state: Any, principal: Any, body: TaskCreate, *, context: li
     task: TaskState = await state.store.create_task(
         prompt=body.prompt, budget_usd=body.budget_usd or settings.default_budget_usd, user_id=principal.user_id,
         priority=body.priority, plan_in=plan_in, approve=body.approve, context=context,
-        answer_max_tokens=answer_max_tokens, rerun_of=rerun_of)
+        answer_max_tokens=answer_max_tokens, rerun_of=rerun_of, tier_models=tier_models)
     await state.executor.dispatch(task.id, priority=task.priority)
     return task
 
@@ -92,13 +93,31 @@ async def rerun(request: Request, task_id: str, body: RerunIn, principal: Submit
     old = await store.load(task_id)
     if old is None:  # pragma: no cover - head found it a moment ago
         raise NotFound(f"no task with id {task_id[:80]!r}")
+    models = chosen_models(body.models, request.app.state.settings.all_models())
     plan = body.plan if body.plan is not None else earlier_plan(old)
     if plan is None:
         raise Conflict(f"task {task_id} has no plan yet; give one in `plan`, or re-run it once it is planned")
     task = await submit_to(request.app.state, principal, TaskCreate(
         prompt=old.prompt, budget_usd=body.budget_usd or old.budget_usd, priority=old.priority, plan=plan),
-        context=old.context, rerun_of=old.id)
+        context=old.context, rerun_of=old.id, tier_models={**(old.tier_models or {}), **models} or None)
     return redact_data(await store.snapshot(task.id))
+
+
+def chosen_models(models: dict[str, list[str]] | None, configured: list[str]) -> dict[str, list[str]]:
+    """A re-run's `models`, checked: tiers "1".."3", non-empty lists of models this
+    server is configured with (a user picks among them, never any model at all)."""
+    if not models:
+        return {}
+    for tier, names in models.items():
+        if tier not in ("1", "2", "3"):
+            raise UserInputError(f"models: {tier[:20]!r} is not a tier; use \"1\", \"2\" or \"3\"")
+        if not names:
+            raise UserInputError(f"models: tier {tier} needs at least one model")
+        unknown = [n for n in names if n not in configured]
+        if unknown:
+            raise UserInputError(f"models: {unknown[0][:80]!r} is not a model this server is configured with; "
+                                 f"choose from {', '.join(configured)}")
+    return {tier: list(dict.fromkeys(names)) for tier, names in models.items()}
 
 
 def earlier_plan(old: TaskState) -> dict[str, Any] | None:

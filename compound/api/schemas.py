@@ -96,11 +96,15 @@ class RerunIn(BaseModel):
     reuse the earlier results at no cost."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {}, {"budget_usd": 0.5}, {"plan": EXAMPLE_PLAN}]})
+        {}, {"budget_usd": 0.5}, {"plan": EXAMPLE_PLAN}, {"models": {"2": ["anthropic/claude-haiku-4-5"]}}]})
 
     plan: PlanBody = Field(default=None, description="the plan to run (default: the earlier task's plan)")
     budget_usd: JsonNumber | None = Field(default=None, gt=0, le=10_000,
                                           description="hard cap in USD (default: the earlier task's budget)")
+    models: dict[str, list[str]] | None = Field(
+        default=None, description='models for a tier, primary first, replacing its list for the new task: '
+                                  '{"2": ["anthropic/claude-haiku-4-5", ...]}; keys "1", "2", "3"; only models '
+                                  "this server is configured with (default: the earlier task's)")
 
 
 class WorstCase(BaseModel):

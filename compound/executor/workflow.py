@@ -83,11 +83,13 @@ class Workflow:
             await self.store.set_status(st.id, TaskStatus.failed,
                                         error=f"could not plan: the planner model failed: {exc.message}")
             return None
+        chosen = st.tier_models or {}  # a re-run's models for a tier replace the settings'
         subs = [
             SubState(index=r.index, description=plan.subtasks[r.index].description, tier_hint=r.tier_hint,
-                     tier_assigned=r.tier_assigned, models=r.models,
+                     tier_assigned=r.tier_assigned, models=list(chosen.get(str(r.tier_assigned)) or r.models),
                      depends_on=plan.subtasks[r.index].needs, status=SubtaskStatus.pending,
-                     model=r.models[0], optional=plan.subtasks[r.index].optional)
+                     model=(chosen.get(str(r.tier_assigned)) or r.models)[0],
+                     optional=plan.subtasks[r.index].optional)
             for r in route(plan, self.settings)
         ]
         if st.rerun_of is not None:
@@ -224,7 +226,8 @@ class Workflow:
             max_tokens = min(max_tokens, st.answer_max_tokens)
         try:
             answer = await self.calls.call(st, CallSpec(
-                kind=CallKind.synthesis, subtask=None, tier=tier, models=self.settings.tier_models(tier),
+                kind=CallKind.synthesis, subtask=None, tier=tier,
+                models=list((st.tier_models or {}).get(str(tier)) or self.settings.tier_models(tier)),
                 messages=messages, max_tokens=max_tokens, answer=True), daily=daily)
         except (BudgetExceeded, ProviderError) as exc:
             joined = "\n\n".join(f"[{s.index}] {results[s.index]}" for s in done)

@@ -101,6 +101,8 @@ class Task(SQLModel, table=True):
     answer_max_tokens: int | None = None  # bounds the synthesis call (a chat client's max_tokens)
     # The task this one re-runs: its subtasks with unchanged inputs reuse that task's results.
     rerun_of: str | None = None
+    # Per-tier model lists ({"2": [...]}) that replace the settings' for this task's routing.
+    tier_models: dict[str, list[str]] | None = Field(default=None, sa_column=Column(JSON))
     reasoning: str | None = Field(default=None, sa_column=Column(Text))
     result: str | None = Field(default=None, sa_column=Column(Text))
     error: str | None = Field(default=None, sa_column=Column(Text))

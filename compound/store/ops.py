@@ -39,7 +39,8 @@ EPS = 1e-12  # float slack in budget checks
 SUB_COLS = ('"index", description, tier_hint, tier_assigned, models, depends_on, status, model, result, '
             "error, attempts, cost_usd, input_tokens, output_tokens, optional_deps, reused_from")
 TASK_COLS = ("id, user_id, prompt, status, priority, approve, budget_usd, plan_in, reasoning, "
-             "total_cost_usd, reserved_usd, cancel_requested, event_seq, context, answer_max_tokens, rerun_of")
+             "total_cost_usd, reserved_usd, cancel_requested, event_seq, context, answer_max_tokens, rerun_of, "
+             "tier_models")
 SNAP_TASK_COLS = ("id, user_id, prompt, status, reasoning, result, error, budget_usd, total_cost_usd, priority, "
                   "prompt_versions, created_at, planned_at, started_at, completed_at, planner_model, event_seq, "
                   "warnings, rerun_of")
@@ -129,18 +130,19 @@ def _events(d: Dialect, task_id: str, items: Sequence[tuple[str, dict[str, Any]]
 def create_task(d: Dialect, task_id: str, *, prompt: str, budget_usd: float, user_id: str | None,
                 priority: int, plan_in: dict[str, Any] | None, approve: bool,
                 context: list[dict[str, str]] | None = None, answer_max_tokens: int | None = None,
-                rerun_of: str | None = None) -> Op:
+                rerun_of: str | None = None, tier_models: dict[str, list[str]] | None = None) -> Op:
     now = d.now()
     yield ("exec", "INSERT_TASK", {"id": task_id, "u": user_id, "p": prompt, "st": TaskStatus.queued.value,
                                    "pr": priority, "ap": approve, "b": budget_usd,
                                    "plan": None if plan_in is None else d.json(plan_in),
                                    "ctx": None if context is None else d.json(context), "amt": answer_max_tokens,
-                                   "ro": rerun_of, "now": now})
+                                   "ro": rerun_of, "tm": None if tier_models is None else d.json(tier_models),
+                                   "now": now})
     yield from _events(d, task_id, [("task", {"status": TaskStatus.queued.value, "error": None})], now)
     return TaskState(id=task_id, user_id=user_id, prompt=prompt, status=TaskStatus.queued, priority=priority,
                      approve=approve, budget_usd=budget_usd, plan_in=plan_in, reasoning=None, total_cost_usd=0.0,
                      reserved_usd=0.0, cancel_requested=False, event_seq=1, context=context,
-                     answer_max_tokens=answer_max_tokens, rerun_of=rerun_of)
+                     answer_max_tokens=answer_max_tokens, rerun_of=rerun_of, tier_models=tier_models)
 
 
 def set_status(d: Dialect, task_id: str, status: str, *, error: str | None, result: str | None) -> Op:
@@ -322,6 +324,7 @@ def load(d: Dialect, task_id: str) -> Op:
                      budget_usd=row[6], plan_in=d.loads(row[7]), reasoning=row[8], total_cost_usd=row[9],
                      reserved_usd=row[10], cancel_requested=bool(row[11]), event_seq=row[12],
                      context=d.loads(row[13]), answer_max_tokens=row[14], rerun_of=row[15],
+                     tier_models=d.loads(row[16]),
                      subtasks=[sub_state(d, s) for s in subs])
 
 

@@ -41,9 +41,9 @@ SQL: dict[str, str] = {
     "INSERT_EVENT": "INSERT INTO task_event (task_id, seq, kind, data, created_at) "
                     "VALUES (:t, :seq, :kind, :data, :now)",
     "INSERT_TASK": "INSERT INTO task (id, user_id, prompt, status, priority, approve, budget_usd, plan_in, "
-                   "context, answer_max_tokens, rerun_of, "
+                   "context, answer_max_tokens, rerun_of, tier_models, "
                    "total_cost_usd, reserved_usd, cancel_requested, event_seq, created_at, updated_at) VALUES "
-                   "(:id, :u, :p, :st, :pr, :ap, :b, :plan, :ctx, :amt, :ro, 0, 0, 0, 0, :now, :now)",
+                   "(:id, :u, :p, :st, :pr, :ap, :b, :plan, :ctx, :amt, :ro, :tm, 0, 0, 0, 0, :now, :now)",
     "SET_STATUS": "UPDATE task SET status=:st, error=COALESCE(:err, error), result=COALESCE(:res, result), "
                   "started_at=CASE WHEN :exec THEN COALESCE(started_at, :now) ELSE started_at END, "
                   "completed_at=CASE WHEN :term THEN :now ELSE completed_at END, updated_at=:now WHERE id=:t",

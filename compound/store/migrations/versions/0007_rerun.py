@@ -1,4 +1,5 @@
-"""re-runs and optional dependencies (task.rerun_of, subtask.reused_from, subtask.optional_deps)
+"""re-runs and optional dependencies (task.rerun_of, task.tier_models, subtask.reused_from,
+subtask.optional_deps)
 
 Revision ID: 0007
 Revises: 0004
@@ -17,6 +18,7 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table('task', schema=None) as batch_op:
         batch_op.add_column(sa.Column('rerun_of', sqlmodel.sql.sqltypes.AutoString(), nullable=True))
+        batch_op.add_column(sa.Column('tier_models', sa.JSON(), nullable=True))
     with op.batch_alter_table('subtask', schema=None) as batch_op:
         batch_op.add_column(sa.Column('optional_deps', sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column('reused_from', sqlmodel.sql.sqltypes.AutoString(), nullable=True))
@@ -27,4 +29,5 @@ def downgrade() -> None:
         batch_op.drop_column('reused_from')
         batch_op.drop_column('optional_deps')
     with op.batch_alter_table('task', schema=None) as batch_op:
+        batch_op.drop_column('tier_models')
         batch_op.drop_column('rerun_of')
