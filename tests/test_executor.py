@@ -89,7 +89,7 @@ async def test_a_planned_task_runs_to_completion_with_exact_accounting(any_store
     with Session(any_store.engine) as s:
         t = s.get(Task, task.id)
         assert t is not None and t.reserved_usd == pytest.approx(0.0, abs=1e-12)
-        assert set(t.prompt_versions or {}) == {"decompose", "subtask", "synthesize"}
+        assert set(t.prompt_versions or {}) == {"decompose", "subtask", "synthesize", "check"}
 
 
 async def test_dependents_wait_and_independents_overlap(store: RunStore) -> None:
@@ -429,7 +429,7 @@ async def test_a_call_that_times_out_is_retried_and_counted_at_its_worst_case(st
     assert [r.status for r in rows] == ["lost", "lost"]
     assert all(r.cost_usd == r.reserved_usd > 0 for r in rows)
     assert snap["total_cost_usd"] == pytest.approx(sum(r.cost_usd for r in ledger(store, task.id)), abs=1e-12)
-    assert snap["prompt_versions"] and set(snap["prompt_versions"]) == {"decompose", "subtask", "synthesize"}
+    assert snap["prompt_versions"] and set(snap["prompt_versions"]) == {"decompose", "subtask", "synthesize", "check"}
 
 
 async def test_model_output_that_is_not_clean_text_is_stored_safely(any_store: RunStore) -> None:

@@ -20,10 +20,10 @@ from compound.api.auth import (
     owner_filter,
 )
 from compound.api.errors import COMMON_RESPONSES, ApiError
-from compound.api.schemas import PlanValidateIn, PlanValidateOut, TaskCreate, TaskList, TaskOut
+from compound.api.schemas import PlanValidateIn, PlanValidateOut, RerunIn, TaskCreate, TaskList, TaskOut
 from compound.api.snapshots import Snapshot, etag_matches, version_of
 from compound.api.state import AppState, app_state
-from compound.core.errors import NotFound, PlanInvalid, UserInputError
+from compound.core.errors import Conflict, NotFound, PlanInvalid, UserInputError
 from compound.core.secrets import redact_data
 from compound.planner.plan import critical_path, waves
 from compound.planner.validate import is_clean_text, validate_plan
@@ -44,7 +44,8 @@ async def submit_task(request: Request, principal: Any, body: TaskCreate) -> Tas
 
 
 async def submit_to(state: AppState, principal: Any, body: TaskCreate, *, context: list[dict[str, str]] | None = None,
-                    answer_max_tokens: int | None = None) -> TaskState:
+                    answer_max_tokens: int | None = None, rerun_of: str | None = None,
+                    tier_models: dict[str, list[str]] | None = None) -> TaskState:
     """submit_task on the app's state (the front doors call this too): `context` is a
     conversation's earlier messages, `answer_max_tokens` bounds the synthesis call."""
     settings = state.settings
@@ -65,7 +66,7 @@ async def submit_to(state: AppState, principal: Any, body: TaskCreate, *, contex
     task: TaskState = await state.store.create_task(
         prompt=body.prompt, budget_usd=body.budget_usd or settings.default_budget_usd, user_id=principal.user_id,
         priority=body.priority, plan_in=plan_in, approve=body.approve, context=context,
-        answer_max_tokens=answer_max_tokens)
+        answer_max_tokens=answer_max_tokens, rerun_of=rerun_of, tier_models=tier_models)
     await state.executor.dispatch(task.id, priority=task.priority)
     return task
 
@@ -76,6 +77,57 @@ async def submit_to(state: AppState, principal: Any, body: TaskCreate, *, contex
 async def post_task(request: Request, body: TaskCreate, principal: SubmitPrincipal) -> Any:
     task = await submit_task(request, principal, body)
     return redact_data(await store_of(request).snapshot(task.id))
+
+
+@router.post("/tasks/{task_id}/rerun", status_code=202, response_model=TaskOut,
+             responses={409: {"description": "the task has no plan yet and none was given"},
+                        429: {"description": "rate limited; see Retry-After"}},
+             summary="Run a task again, optionally with an edited plan or budget, reusing unchanged results",
+             description="A new task with the earlier one's request. Each of its subtasks whose description, "
+                         "tier, models and inputs (its dependencies' results) are unchanged reuses the earlier "
+                         "result at no cost (`reused_from` in the snapshot); everything downstream of a change "
+                         "runs again.")
+async def rerun(request: Request, task_id: str, body: RerunIn, principal: SubmitPrincipal) -> Any:
+    store = store_of(request)
+    await store.head(task_id, user_id=owner_filter(principal))
+    old = await store.load(task_id)
+    if old is None:  # pragma: no cover - head found it a moment ago
+        raise NotFound(f"no task with id {task_id[:80]!r}")
+    models = chosen_models(body.models, request.app.state.settings.all_models())
+    plan = body.plan if body.plan is not None else earlier_plan(old)
+    if plan is None:
+        raise Conflict(f"task {task_id} has no plan yet; give one in `plan`, or re-run it once it is planned")
+    task = await submit_to(request.app.state, principal, TaskCreate(
+        prompt=old.prompt, budget_usd=body.budget_usd or old.budget_usd, priority=old.priority, plan=plan),
+        context=old.context, rerun_of=old.id, tier_models={**(old.tier_models or {}), **models} or None)
+    return redact_data(await store.snapshot(task.id))
+
+
+def chosen_models(models: dict[str, list[str]] | None, configured: list[str]) -> dict[str, list[str]]:
+    """A re-run's `models`, checked: tiers "1".."3", non-empty lists of models this
+    server is configured with (a user picks among them, never any model at all)."""
+    if not models:
+        return {}
+    for tier, names in models.items():
+        if tier not in ("1", "2", "3"):
+            raise UserInputError(f"models: {tier[:20]!r} is not a tier; use \"1\", \"2\" or \"3\"")
+        if not names:
+            raise UserInputError(f"models: tier {tier} needs at least one model")
+        unknown = [n for n in names if n not in configured]
+        if unknown:
+            raise UserInputError(f"models: {unknown[0][:80]!r} is not a model this server is configured with; "
+                                 f"choose from {', '.join(configured)}")
+    return {tier: list(dict.fromkeys(names)) for tier, names in models.items()}
+
+
+def earlier_plan(old: TaskState) -> dict[str, Any] | None:
+    """The plan a task ran (its subtasks), as PlanIn; None while it has none."""
+    if not old.subtasks:
+        return old.plan_in
+    return {"reasoning": old.reasoning, "subtasks": [
+        {"description": s.description, "tier_hint": s.tier_hint,
+         "depends_on": [{"index": d, "required": False} if d in s.optional else d for d in s.depends_on]}
+        for s in old.subtasks]}
 
 
 MAX_SEQ = 10**18 - 1  # the most digits `since` may have (the store's sequences are 64-bit)

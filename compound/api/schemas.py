@@ -57,9 +57,14 @@ PLAN_SCHEMA: dict[str, Any] = {
             "properties": {
                 "description": {"type": "string", "minLength": 1, "maxLength": 4000},
                 "tier_hint": {"type": "integer", "minimum": 1, "maximum": 3, "default": 1},
-                "depends_on": {"anyOf": [{"type": "array", "items": {"type": "integer", "minimum": 0}},
+                "depends_on": {"anyOf": [{"type": "array", "items": {"anyOf": [
+                                             {"type": "integer", "minimum": 0},
+                                             {"type": "object", "required": ["index"], "additionalProperties": False,
+                                              "properties": {"index": {"type": "integer", "minimum": 0},
+                                                             "required": {"type": "boolean", "default": True}}}]}},
                                          {"type": "null"}],
-                               "description": "0-based indices of subtasks whose results this needs "
+                               "description": "subtasks whose results this needs: 0-based indices, or "
+                                              '{"index": i, "required": false} for one it can run without '
                                               "(null: none)"},
             }}},
     },
@@ -83,6 +88,23 @@ class TaskCreate(BaseModel):
     priority: JsonInteger = Field(default=2, ge=0, le=3, description="0 = most urgent .. 3 = least")
     plan: PlanBody = None
     approve: StrictBool = Field(default=True, description="false: stop at `planned` until approved")
+
+
+class RerunIn(BaseModel):
+    """A new task from an earlier one: the same request, with the plan, the budget or
+    both changed. Subtasks whose description, tier, models and inputs are unchanged
+    reuse the earlier results at no cost."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {}, {"budget_usd": 0.5}, {"plan": EXAMPLE_PLAN}, {"models": {"2": ["anthropic/claude-haiku-4-5"]}}]})
+
+    plan: PlanBody = Field(default=None, description="the plan to run (default: the earlier task's plan)")
+    budget_usd: JsonNumber | None = Field(default=None, gt=0, le=10_000,
+                                          description="hard cap in USD (default: the earlier task's budget)")
+    models: dict[str, list[str]] | None = Field(
+        default=None, description='models for a tier, primary first, replacing its list for the new task: '
+                                  '{"2": ["anthropic/claude-haiku-4-5", ...]}; keys "1", "2", "3"; only models '
+                                  "this server is configured with (default: the earlier task's)")
 
 
 class WorstCase(BaseModel):
@@ -123,6 +145,8 @@ class SubtaskOut(BaseModel):
     tier_assigned: int | None
     model: str | None
     depends_on: list[int]
+    optional_depends_on: list[int] = Field(
+        default_factory=list, description="those of depends_on it runs without when they end with no result")
     status: str
     result: str | None
     error: str | None
@@ -137,6 +161,8 @@ class SubtaskOut(BaseModel):
     tools: list[str] = Field(default_factory=list, description="the tools (server.tool) its model may call")
     tool_calls: list[ToolCallOut] = Field(default_factory=list, description="its tool calls, oldest first")
     partial_reason: str | None = Field(default=None, description="why its tool loop stopped early; null: it did not")
+    reused_from: str | None = Field(
+        default=None, description="a re-run's: the earlier task whose result this reuses, at no cost")
 
 
 SUBTASK_EXAMPLE: dict[str, Any] = {
@@ -144,7 +170,8 @@ SUBTASK_EXAMPLE: dict[str, Any] = {
     "model": "anthropic/claude-haiku-4-5", "depends_on": [], "status": "completed",
     "result": "SQLite is embedded, zero-config ...", "error": None, "attempts": 1, "cost_usd": 0.0011,
     "input_tokens": 300, "output_tokens": 150, "worst_case": None, "started_at": "2026-11-22T10:00:01Z",
-    "completed_at": "2026-11-22T10:00:03Z", "kind": "llm", "tools": [], "tool_calls": [], "partial_reason": None}
+    "completed_at": "2026-11-22T10:00:03Z", "kind": "llm", "tools": [], "tool_calls": [], "partial_reason": None,
+    "optional_depends_on": [], "reused_from": None}
 TASK_EXAMPLE: dict[str, Any] = {
     "id": "t_3f2a9c0d1e4b5a6c", "prompt": "Compare SQLite and PostgreSQL for a small team",
     "status": "executing", "reasoning": "Two independent summaries, then a comparison.", "result": None,
@@ -174,6 +201,7 @@ class TaskOut(BaseModel):
         default=None, description="sha256 prefixes of the prompt files the task ran with")
     warnings: list[str] = Field(
         default_factory=list, description="what the planner's plan needed fixing without a model")
+    rerun_of: str | None = Field(default=None, description="the task this one re-runs (POST .../rerun)")
     created_at: str | None
     planned_at: str | None
     started_at: str | None

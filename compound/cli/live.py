@@ -33,12 +33,16 @@ def render_snapshot(snap: dict[str, Any]) -> Tree:
                          f"  ${snap['total_cost_usd']:.6f} of ${snap['budget_usd']:g}")
     tree = Tree(head)
     for s in snap["subtasks"]:
-        deps = f" ← {','.join(map(str, s['depends_on']))}" if s["depends_on"] else ""
+        optional = set(s.get("optional_depends_on") or [])  # marked `?`: runs without them
+        deps = (f" ← {','.join(f'{d}?' if d in optional else str(d) for d in s['depends_on'])}"
+                if s["depends_on"] else "")
         line = Text.assemble(
             (f"[{s['index']}] ", "bold"), (f"{s['status']:<9}", COLOURS.get(s["status"], "")),
             f" t{s['tier_assigned']} {s['model'] or '-'}  {_elapsed(s['started_at'], s['completed_at']):>6}"
             f"  ${s['cost_usd']:.6f}  {clip(s['description'], 50)}{deps}")
         node = tree.add(line)
+        if s.get("reused_from"):
+            node.add(Text(f"reused from {s['reused_from']} (no call)", style="dim"))
         if s.get("error"):
             node.add(Text(clip(s["error"], 160), style="red"))
         if s.get("worst_case"):

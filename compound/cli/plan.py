@@ -30,7 +30,7 @@ def likely_cost(plan: Any, settings: Any, price_of: Any, *, request: str = "") -
     for r in route(plan, settings):
         sub = plan.subtasks[r.index]
         msgs = render("subtask", request=request, description=sub.description,
-                      dependencies=[(d, answer) for d in sub.depends_on])
+                      dependencies=[(d, answer) for d in sub.needs])
         total += one(msgs, r.models[0])
         results.append((r.index, sub.description, answer))
     synth = render("synthesize", request=request, results=results)
@@ -109,7 +109,8 @@ def register(app: typer.Typer) -> None:
             branch = tree.add(Text(f"wave {w}"))
             for i in members:
                 s = result.subtasks[i]
-                after = f"  (after {', '.join(map(str, s.depends_on))})" if s.depends_on else ""
+                after = (f"  (after {', '.join(f'{d}?' if d in s.optional else str(d) for d in s.needs)})"
+                         if s.needs else "")
                 acts = f"  tools: {', '.join(s.tools)}" if s.tools else ""
                 if s.kind == "tool":
                     acts = f"  calls {s.tool} {json.dumps(s.arguments, ensure_ascii=False)}"

@@ -1,5 +1,5 @@
-"""`compound tasks submit | list | show | result | watch | cancel | approve` against a
-running server (token from COMPOUND_TOKEN)."""
+"""`compound tasks submit | list | show | result | watch | cancel | approve | rerun`
+against a running server (token from COMPOUND_TOKEN)."""
 
 from __future__ import annotations
 
@@ -223,6 +223,38 @@ def register(app: typer.Typer) -> None:
 
         data = api_request("POST", url, f"/v1/tasks/{task_id}/approve")
         typer.echo(f"{data['id']} approved ({data['status']})")
+
+    @tasks.command("rerun")
+    def rerun(
+        task_id: str,
+        url: str = URL,
+        plan: Path | None = typer.Option(None, "--plan", help="an edited PlanIn JSON file (default: the same plan)"),
+        budget: float | None = typer.Option(None, "--budget", help="hard cap in USD (default: the earlier budget)"),
+        watch: bool = typer.Option(False, "--watch", help="follow it live, then print the answer"),
+    ) -> None:
+        """Run a task again; subtasks whose inputs are unchanged reuse the earlier results
+        at no cost. Prints the new task's id (stdout), or follows it with --watch."""
+        from compound.cli.common import api_request
+
+        body: dict[str, Any] = {}
+        if budget is not None:
+            if budget <= 0:
+                typer.echo("error: --budget must be more than 0", err=True)
+                raise typer.Exit(2)
+            body["budget_usd"] = budget
+        if plan is not None:
+            try:
+                body["plan"] = json.loads(plan.read_text())
+            except (OSError, ValueError) as exc:
+                typer.echo(f"error: cannot read the plan: {exc}", err=True)
+                raise typer.Exit(1) from None
+        data = api_request("POST", url, f"/v1/tasks/{task_id}/rerun", json=body)
+        if not watch:
+            typer.echo(data["id"])
+            return
+        typer.echo(f"submitted {data['id']} (a re-run of {task_id})", err=True)
+        final = _watch(url, data["id"])
+        raise typer.Exit(0 if final["status"] == "completed" else 1)
 
     @tasks.command("watch")
     def watch(task_id: str, url: str = URL, interval: float = typer.Option(  # noqa: ARG001  (scripts pass it)

@@ -67,6 +67,12 @@ class Settings(BaseSettings):
 
     # additions (docs/design.md, "Settings")
     max_tokens: int = Field(default=1024, ge=1, description="max_tokens of a subtask call")
+    # A tier's cascade: its first model answers, the same model checks the answer, and
+    # only a failed check calls the tier's next model (docs/design.md, "Cascades").
+    tier1_cascade: bool = False
+    tier2_cascade: bool = False
+    tier3_cascade: bool = False
+    check_max_tokens: int = Field(default=16, ge=1, description="max_tokens of a cascade's check call")
     planner_max_tokens: int = Field(default=2048, ge=1)
     synthesis_max_tokens: int = Field(default=2048, ge=1)
     call_timeout_s: float = Field(default=120.0, gt=0)
@@ -176,6 +182,9 @@ class Settings(BaseSettings):
 
     def tier_models(self, tier: int) -> list[str]:
         return {1: self.tier1_models, 2: self.tier2_models, 3: self.tier3_models}[tier]
+
+    def cascade(self, tier: int) -> bool:
+        return {1: self.tier1_cascade, 2: self.tier2_cascade, 3: self.tier3_cascade}[tier]
 
     def all_models(self) -> list[str]:
         seen: dict[str, None] = {self.planner_model: None}

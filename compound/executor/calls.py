@@ -57,6 +57,15 @@ log = get_logger("compound.executor")
 Sleep = Callable[[float], Awaitable[None]]
 
 
+def _completes(spec: CallSpec, text: str) -> str | None:
+    """What a call's settlement completes its subtask with (None: nothing)."""
+    if spec.subtask is None or spec.kind not in (CallKind.subtask, CallKind.check):
+        return None
+    if spec.result_of is not None:
+        return spec.result_of(text)
+    return text if spec.kind == CallKind.subtask else None
+
+
 def clean_text(text: str) -> str:
     """A model's text safe for the store: NUL and lone surrogates replaced, character
     by character (so cleaning the pieces of a text and joining them gives the same)."""
@@ -98,6 +107,10 @@ class CallSpec:
     tool_choice: ToolChoice = "auto"
     turn: bool = False
     counter: AttemptCounter | None = None  # shared by a loop's turns: attempts go on counting
+
+    # What the subtask completes with, in the same transaction as this call's settlement,
+    # given the call's text (None: it does not complete). Unset: a subtask call's text.
+    result_of: Callable[[str], str | None] | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -162,9 +175,11 @@ class ModelCalls:
         # exists and is paid for), and is then told the task completed first.
         self.answered: set[str] = set()
 
-    async def call(self, st: TaskState, spec: CallSpec, *, daily: float | None) -> Completion:
+    async def call(self, st: TaskState, spec: CallSpec, *, daily: float | None,
+                   on_attempt: Callable[[int], None] | None = None) -> Completion:
         """Raises BudgetExceeded when a call's worst case does not fit; the model's
-        ProviderError when one model was tried; FallbackExhausted when several were."""
+        ProviderError when one model was tried; FallbackExhausted when several were.
+        `on_attempt` hears each attempt's number (a subtask's calls count on from it)."""
         attempt = spec.attempts_before if spec.counter is None else spec.counter.n
         errors: list[ProviderError] = []
         for model in spec.models:
@@ -176,6 +191,8 @@ class ModelCalls:
                 attempt += 1
                 if spec.counter is not None:
                     spec.counter.n = attempt
+                if on_attempt is not None:
+                    on_attempt(attempt)
                 return await self._attempt(st, spec, model=model, attempt=attempt, amount=amount, daily=daily,
                                            max_tokens=mt)
 
@@ -311,8 +328,7 @@ class ModelCalls:
             status=CallStatus.ok, cost_usd=out.cost_usd, input_tokens=u.input_tokens, output_tokens=u.output_tokens,
             cache_read_tokens=u.cache_read_tokens, cache_write_tokens=u.cache_write_tokens,
             latency_ms=out.latency_s * 1000 or elapsed * 1000,
-            complete_with=out.text if spec.kind == CallKind.subtask and spec.subtask is not None and not spec.turn
-            else None,
+            complete_with=None if spec.turn else _completes(spec, out.text),
             # kept with the payment: a task resumed before its plan was saved re-plans from
             # it; a tool loop resumed replays its turns
             answer=out.text if spec.kind == CallKind.planner else turn_record(out) if spec.turn else None))

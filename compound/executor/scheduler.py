@@ -2,14 +2,16 @@
 
 `run_dag` starts a subtask the moment all of its dependencies completed (no wave
 barrier) and, when one ends without a result, skips its transitive dependents with
-a typed cause (Ended) naming the root. It knows nothing of models or the store."""
+a typed cause (Ended) naming the root. A dependency marked optional does not skip its
+dependent: that one runs once its other dependencies are done, without the result.
+It knows nothing of models or the store."""
 
 from __future__ import annotations
 
 import asyncio
 import heapq
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -92,11 +94,14 @@ Skip = Callable[[int, Ended, str], Awaitable[None]]
 
 
 async def run_dag(deps: Sequence[Sequence[int]], statuses: Sequence[str], run_one: RunOne,
-                  skip: Skip) -> None:
+                  skip: Skip, *, optional: Sequence[Collection[int]] | None = None) -> None:
     """Run every PENDING subtask once its dependencies are COMPLETED. `statuses` is the
     starting state (a resumed task has some completed); a dependency that is neither
-    completed nor pending makes its dependents skipped at once."""
+    completed nor pending makes its dependents skipped at once. `optional[i]` holds the
+    dependencies subtask i can do without: one of them ending without a result counts
+    as done for i (and i's run_one finds no result for it)."""
     children = dependents(deps)
+    can_miss = [frozenset(o) for o in optional] if optional is not None else [frozenset()] * len(deps)
     state = list(statuses)
     waiting = [sum(1 for d in set(ds) if state[d] != COMPLETED) for ds in deps]
     running: dict[int, asyncio.Task[None]] = {}
@@ -115,6 +120,11 @@ async def run_dag(deps: Sequence[Sequence[int]], statuses: Sequence[str], run_on
         while stack:
             i, parent, how = stack.pop()
             if state[i] != PENDING:
+                continue
+            if parent in can_miss[i]:
+                waiting[i] -= 1
+                if waiting[i] == 0:
+                    launch(i)
                 continue
             state[i] = "skipped"
             mine = Ended(how.cause, how.root, skipped=True)

@@ -4,11 +4,13 @@ Model calls go through ModelCalls; skip and failure causes travel as typed value
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from compound.core.errors import BudgetExceeded, PlanInvalid, ProviderError
 from compound.core.settings import Settings
 from compound.executor.calls import CallSpec, ModelCalls
+from compound.executor.reuse import reusable
 from compound.executor.scheduler import Cause, Ended, run_dag
 from compound.executor.steps import StepFailed, ToolSteps
 from compound.llm.base import Completion, Message, Usage
@@ -85,17 +87,33 @@ class Workflow:
             await self.store.set_status_unless_ended(st.id, TaskStatus.failed,
                                         error=f"could not plan: the planner model failed: {exc.message}")
             return None
+        chosen = st.tier_models or {}  # a re-run's models for a tier replace the settings'
         subs = [
             SubState(index=r.index, description=plan.subtasks[r.index].description, tier_hint=r.tier_hint,
-                     tier_assigned=r.tier_assigned, models=r.models,
-                     depends_on=list(plan.subtasks[r.index].depends_on), status=SubtaskStatus.pending,
-                     model=r.models[0], kind=plan.subtasks[r.index].kind, tools=list(plan.subtasks[r.index].tools),
-                     tool=plan.subtasks[r.index].tool, arguments=plan.subtasks[r.index].arguments)
+                     tier_assigned=r.tier_assigned, models=list(chosen.get(str(r.tier_assigned)) or r.models),
+                     depends_on=plan.subtasks[r.index].needs, status=SubtaskStatus.pending,
+                     model=(chosen.get(str(r.tier_assigned)) or r.models)[0],
+                     optional=plan.subtasks[r.index].optional, kind=plan.subtasks[r.index].kind,
+                     tools=list(plan.subtasks[r.index].tools), tool=plan.subtasks[r.index].tool,
+                     arguments=plan.subtasks[r.index].arguments)
             for r in route(plan, self.settings)
         ]
+        if st.rerun_of is not None:
+            subs = await self._reuse(st.rerun_of, subs)
         await self.store.save_plan(st.id, reasoning=plan.reasoning, subtasks=subs, prompt_versions=self.versions,
                                    status=TaskStatus.planned, warnings=warnings)
         return subs
+
+    async def _reuse(self, old_id: str, subs: list[SubState]) -> list[SubState]:
+        """A re-run's subtasks with unchanged inputs, completed with the earlier results
+        (no call, no cost); the rest stay pending."""
+        old = await self.store.load(old_id)
+        if old is None:
+            return subs
+        found = reusable(subs, old.subtasks)
+        return [dataclasses.replace(s, status=SubtaskStatus.completed, result=found[s.index].result,
+                                    model=found[s.index].model, reused_from=old_id)
+                if s.index in found else s for s in subs]
 
     async def _paid_planner_answers(self, task_id: str) -> list[Completion]:
         rows = await self.store.ledger_rows(task_id)
@@ -128,23 +146,29 @@ class Workflow:
             sub = subs[i]
             if sub.kind == "tool":
                 return await act(i)
+            # an optional dependency without a result is named, with why, in the prompt
             messages = render("subtask", request=st.prompt, description=sub.description,
-                              dependencies=[(d, results.get(d, "")) for d in sub.depends_on])
+                              dependencies=[(d, results[d]) for d in sub.depends_on if d in results],
+                              missing=[(d, subs[d].description, final[d].error or final[d].status)
+                                       for d in sub.depends_on if d not in results])
             max_tokens = self.settings.max_tokens
             if sole and st.answer_max_tokens is not None:  # a chat client's max_tokens bounds the answer
                 max_tokens = min(max_tokens, st.answer_max_tokens)
-            models = sub.models or self.settings.tier_models(sub.tier_assigned)
+            spec = CallSpec(kind=CallKind.subtask, subtask=i, tier=sub.tier_assigned,
+                            models=sub.models or self.settings.tier_models(sub.tier_assigned), messages=messages,
+                            max_tokens=max_tokens, attempts_before=sub.attempts, answer=sole)
             try:
                 if sub.tools:
-                    loop = await self.steps.run_loop(st, sub, messages, models=models, max_tokens=max_tokens,
+                    loop = await self.steps.run_loop(st, sub, messages, models=spec.models, max_tokens=max_tokens,
                                                      daily=daily)
                     final[i] = await self.store.complete_subtask(st.id, i, result=loop.text,
                                                                  partial_reason=loop.partial_reason)
                     results[i] = loop.text
                     return None
-                out = await self.calls.call(st, CallSpec(
-                    kind=CallKind.subtask, subtask=i, tier=sub.tier_assigned, models=models, messages=messages,
-                    max_tokens=max_tokens, attempts_before=sub.attempts, answer=sole), daily=daily)
+                if self.settings.cascade(sub.tier_assigned) and len(spec.models) > 1:
+                    out = await self._cascade(st, spec, sub, daily)
+                else:
+                    out = await self.calls.call(st, spec, daily=daily)
             except BudgetExceeded as exc:
                 return await end(i, Ended(Cause.budget, i, skipped=True), SubtaskStatus.skipped,
                                  f"skipped: budget exhausted ({exc.message})")
@@ -156,12 +180,53 @@ class Workflow:
         async def skip(i: int, how: Ended, reason: str) -> None:
             await end(i, how, SubtaskStatus.skipped, reason)
 
-        await run_dag([s.depends_on for s in subs], [s.status for s in subs], run_one, skip)
+        await run_dag([s.depends_on for s in subs], [s.status for s in subs], run_one, skip,
+                      optional=[s.optional for s in subs])
         await self.calls.drain(st.id)  # every subtask's settlement committed before the task ends
         roots = sum(1 for i, e in ended.items() if e.cause is Cause.budget and e.root == i)
         budget_note = (f"budget of ${st.budget_usd:g} exhausted: {roots} subtask(s) skipped for budget"
                        if roots else None)
         await self._synthesize(st, subs, results, final, budget_note, daily)
+
+    async def _cascade(self, st: TaskState, spec: CallSpec, sub: SubState, daily: float | None) -> Completion:
+        """The tier's first model answers; the same model checks the answer (a short
+        YES/NO call, reserved like any other); the subtask completes with that answer in
+        the check's settlement when it passes. A failed check, a check that could not
+        be made (its model failed) or a first model that failed for good on transient
+        errors calls the rest of the tier's chain; a permanent error fails the subtask,
+        as it would without the cascade. Raises as ModelCalls.call does."""
+        attempts = [spec.attempts_before]
+
+        def counted(n: int) -> None:
+            attempts[0] = n
+
+        first, rest = spec.models[:1], spec.models[1:]
+        try:
+            draft = await self.calls.call(st, dataclasses.replace(
+                spec, models=first, answer=False, result_of=lambda _text: None), daily=daily, on_attempt=counted)
+        except ProviderError as exc:
+            if not exc.transient:
+                raise
+            draft = None
+        if draft is not None:
+            check = render("check", request=st.prompt, description=sub.description, answer=draft.text)
+            verdict: list[bool] = []
+
+            def stands(text: str, answer: str = draft.text) -> str | None:
+                verdict.append(passes(text))
+                return answer if verdict[-1] else None
+
+            try:
+                await self.calls.call(st, CallSpec(
+                    kind=CallKind.check, subtask=spec.subtask, tier=spec.tier, models=first, messages=check,
+                    max_tokens=self.settings.check_max_tokens, attempts_before=attempts[0], result_of=stands),
+                    daily=daily, on_attempt=counted)
+            except ProviderError:
+                verdict.append(False)
+            if verdict[-1]:
+                return draft
+        return await self.calls.call(st, dataclasses.replace(spec, models=rest, attempts_before=attempts[0]),
+                                     daily=daily)
 
     async def _synthesize(self, st: TaskState, subs: list[SubState], results: dict[int, str],
                           final: dict[int, SubState], budget_note: str | None, daily: float | None) -> None:
@@ -186,7 +251,8 @@ class Workflow:
             max_tokens = min(max_tokens, st.answer_max_tokens)
         try:
             answer = await self.calls.call(st, CallSpec(
-                kind=CallKind.synthesis, subtask=None, tier=tier, models=self.settings.tier_models(tier),
+                kind=CallKind.synthesis, subtask=None, tier=tier,
+                models=list((st.tier_models or {}).get(str(tier)) or self.settings.tier_models(tier)),
                 messages=messages, max_tokens=max_tokens, answer=True), daily=daily)
         except (BudgetExceeded, ProviderError) as exc:
             joined = "\n\n".join(f"[{s.index}] {results[s.index]}" for s in done)
@@ -199,3 +265,10 @@ class Workflow:
                                         error=budget_note or f"{len(missing)} of {len(subs)} subtasks did not complete")
         else:
             await self.store.set_status_unless_ended(st.id, TaskStatus.completed, result=answer.text)
+
+
+def passes(verdict: str) -> bool:
+    """A check's answer: it passes only on a clear yes (its first word), so an answer
+    the check could not read is not taken on trust."""
+    words = verdict.strip().split()
+    return bool(words) and words[0].strip(".,!:;*\"'").lower() in ("yes", "pass", "passes")

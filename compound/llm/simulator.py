@@ -27,6 +27,7 @@ KINDS = {
     "You are compound's planner.": "planner",
     "You are compound's worker.": "worker",
     "You are compound's synthesizer.": "synthesizer",
+    "You are compound's checker.": "checker",
 }
 
 
@@ -218,6 +219,8 @@ def answer_for(kind: str, text: str, max_subtasks: int, system: str = "") -> str
         deps = _indexed(text, "dependency")
         seen = f" (using results of {', '.join(str(i) for i, _ in deps)})" if deps else ""
         return f"Result of subtask: {_tag(text, 'subtask')[:300]}{seen}"
+    if kind == "checker":  # a cascade's check passes unless scripted: sim.answer("checker", "NO")
+        return "YES"
     if kind == "synthesizer":
         results = _indexed(text, "result")
         joined = "\n".join(f"- [{i}] {r[:200]}" for i, r in results)

@@ -26,7 +26,7 @@ def estimate_cost(plan: PlanIn, settings: Settings, price_of: Callable[[str], Pr
         model = r.models[0]
         mt = max_tokens_for(model, settings, settings.max_tokens)
         sub = plan.subtasks[r.index]
-        deps = [(d, "x" * (settings.max_tokens * 4)) for d in sub.depends_on]
+        deps = [(d, "x" * (settings.max_tokens * 4)) for d in sub.needs]
         msgs = render("subtask", request=request, description=sub.description, dependencies=deps)
         total += worst_case_usd(msgs, mt, price_of(model))
         results.append((r.index, sub.description, "x" * (mt * 4)))

@@ -9,6 +9,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class Dependency(BaseModel):
+    """A dependency written out: `required: false` makes it optional (the dependent
+    runs even when this one failed or was skipped, told what is missing and why)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    index: int = Field(description="0-based index of the subtask whose result this needs")
+    required: bool = Field(default=True, description="false: run even without this result")
+
+
 class SubtaskIn(BaseModel):
     """One step of a plan, as the planner model (or a user) writes it."""
 
@@ -16,8 +26,10 @@ class SubtaskIn(BaseModel):
 
     description: str = Field(description="what to do, in words a model can act on")
     tier_hint: int = Field(default=1, description="1 = cheap/fast, 2 = balanced, 3 = strongest")
-    depends_on: list[int] = Field(
-        default_factory=list, description="0-based indices of subtasks whose results this needs"
+    depends_on: list[int | Dependency] = Field(
+        default_factory=list,
+        description="subtasks whose results this needs: 0-based indices, or "
+                    '{"index": i, "required": false} for one it can do without',
     )
     # Subtasks that act (design.md section 11): the tools its model may call, or one
     # direct call of `tool` with `arguments` (kind "tool", no model).
@@ -25,6 +37,16 @@ class SubtaskIn(BaseModel):
     tools: list[str] = Field(default_factory=list, description="tools (server.tool) the subtask's model may call")
     tool: str | None = Field(default=None, description='kind "tool": the tool to call (server.tool)')
     arguments: dict[str, Any] | None = Field(default=None, description='kind "tool": the call\'s arguments')
+
+    @property
+    def needs(self) -> list[int]:
+        """Every dependency's index, required or not, in order."""
+        return [d if isinstance(d, int) else d.index for d in self.depends_on]
+
+    @property
+    def optional(self) -> list[int]:
+        """The indices of the dependencies that are not required."""
+        return [d.index for d in self.depends_on if isinstance(d, Dependency) and not d.required]
 
 
 class PlanIn(BaseModel):
@@ -49,7 +71,7 @@ class PlanIn(BaseModel):
     subtasks: list[SubtaskIn]
 
     def deps(self) -> list[list[int]]:
-        return [list(s.depends_on) for s in self.subtasks]
+        return [s.needs for s in self.subtasks]
 
 
 def waves(deps: Sequence[Sequence[int]]) -> list[list[int]]:

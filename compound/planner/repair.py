@@ -71,6 +71,11 @@ class _Repair:
     def __init__(self) -> None:
         self.warnings: list[str] = []
         self.quiet = False  # a change that needs no warning (a null read as the default)
+        self.optional: set[tuple[int, int]] = set()  # (subtask, dependency) marked not required
+
+    def entries(self, i: int, deps: list[int]) -> list[Any]:
+        """Subtask i's dependencies as PlanIn writes them (optional ones as objects)."""
+        return [{"index": d, "required": False} if (i, d) in self.optional else d for d in deps]
 
     def warn(self, kind: str, text: str) -> None:
         self.warnings.append(f"{kind}: {text}")
@@ -138,6 +143,10 @@ class _Repair:
             raw = pieces
         kept: list[int] = []
         for d in raw:
+            required = True
+            if isinstance(d, dict) and "index" in d:  # {"index": i, "required": false}
+                required = d.get("required", True) is not False
+                d = d["index"]
             index = d if _is_int(d) else _as_int(d)
             if index is None:
                 self.warn("dependency not an index", f"subtask {i} depended on {_show(d)}, which is not "
@@ -153,8 +162,12 @@ class _Repair:
             elif index in kept:
                 self.warn("duplicate dependency", f"subtask {i} listed dependency {index} twice; "
                           "the duplicate was dropped")
+                if required:
+                    self.optional.discard((i, index))
             else:
                 kept.append(index)
+                if not required:
+                    self.optional.add((i, index))
         return kept
 
 
@@ -205,7 +218,8 @@ def repair_plan(data: Any, *, tools: Collection[str] | None = None) -> tuple[Any
     fixed = [r.step(i, r.tier(i, s), tools) for i, s in enumerate(subs)]
     deps = [r.depends(i, s, n) for i, s in enumerate(subs)]
     if not empty and not _duplicates(subs):
-        return _fixed(data, out, [{**s, "depends_on": d} for s, d in zip(fixed, deps, strict=True)], r)
+        return _fixed(data, out, [{**s, "depends_on": r.entries(i, d)}
+                                  for i, (s, d) in enumerate(zip(fixed, deps, strict=True))], r)
     return _fixed(data, out, _renumber(fixed, deps, empty, r), r)
 
 
@@ -248,6 +262,8 @@ def _renumber(subs: list[dict[str, Any]], deps: list[list[int]], empty: set[int]
     kept = [i for i in range(len(subs)) if i not in empty and into[i] == i]
     new = {old: k for k, old in enumerate(kept)}
     merged: dict[int, list[int]] = {i: [] for i in kept}
+    # a merged dependency stays optional only if every subtask merged here had it so directly
+    required: set[tuple[int, int]] = set()
     tiers: dict[int, Any] = {i: subs[i].get("tier_hint") for i in kept}
     for i in range(len(subs)):
         if i in empty:
@@ -255,6 +271,8 @@ def _renumber(subs: list[dict[str, Any]], deps: list[list[int]], empty: set[int]
         target = into[i]
         for d in deps[i]:
             for t in sorted(resolve(d, frozenset())):
+                if d in empty or (i, d) not in r.optional:
+                    required.add((target, t))
                 if t != target and t not in merged[target]:
                     merged[target].append(t)
         if target != i:
@@ -262,7 +280,8 @@ def _renumber(subs: list[dict[str, Any]], deps: list[list[int]], empty: set[int]
             tiers[target] = max(a, b) if _is_int(a) and _is_int(b) else (a if a is not None else b)
     out = []
     for i in kept:
-        s = {**subs[i], "depends_on": [new[t] for t in merged[i]]}
+        s = {**subs[i], "depends_on": [new[t] if (i, t) in required else {"index": new[t], "required": False}
+                                       for t in merged[i]]}
         if tiers[i] is not None:
             s["tier_hint"] = tiers[i]
         out.append(s)

@@ -8,7 +8,7 @@ from collections.abc import Collection
 from typing import Any
 
 from compound.core.errors import PlanInvalid
-from compound.planner.plan import PlanIn, SubtaskIn
+from compound.planner.plan import Dependency, PlanIn, SubtaskIn
 
 MAX_DESCRIPTION_CHARS = 4000
 
@@ -79,7 +79,20 @@ def validate_plan(data: Any, *, max_subtasks: int, raw: str | None = None,
         if not isinstance(depends, list):
             errors.append(f"subtask {i} has depends_on {_show(depends)}; it must be a list of indices")
             depends = []
-        for d in depends:
+        optional: set[int] = set()
+        for entry in depends:
+            d, required = entry, True
+            if isinstance(entry, dict):
+                d, required = entry.get("index"), entry.get("required", True)
+                unknown = sorted(str(k) for k in entry if k not in ("index", "required"))
+                if unknown:
+                    errors.append(f"subtask {i} has a dependency {_show(entry)} with unknown key(s) "
+                                  f"{', '.join(unknown)}; write {{\"index\": i, \"required\": false}}")
+                    continue
+                if not isinstance(required, bool):
+                    errors.append(f"subtask {i} has a dependency {_show(entry)} whose 'required' is "
+                                  f"{_show(required)}; it must be true or false")
+                    continue
             if not _is_int(d):
                 errors.append(f"subtask {i} depends on {_show(d)}, which is not a subtask index")
             elif d == i:
@@ -90,8 +103,14 @@ def validate_plan(data: Any, *, max_subtasks: int, raw: str | None = None,
                 )
             elif d not in good:
                 good.append(d)
+                if not required:
+                    optional.add(d)
+            elif required:
+                optional.discard(d)  # listed twice: required once is required
         deps_ok.append(good)
-        clean.append(SubtaskIn(description=description.strip(), tier_hint=tier, depends_on=good,
+        entries: list[int | Dependency] = [Dependency(index=d, required=False) if d in optional else d
+                                           for d in good]
+        clean.append(SubtaskIn(description=description.strip(), tier_hint=tier, depends_on=entries,
                                **_step_fields(i, item, errors, tools=tools, kinds=kinds)))
 
     cycle = find_cycle(deps_ok)

@@ -16,7 +16,7 @@ from typing import Any
 
 from compound.llm.base import Message
 
-NAMES = ("decompose", "subtask", "synthesize")
+NAMES = ("decompose", "subtask", "synthesize", "check")
 _ROLE = re.compile(r"[^a-z_]")
 _DIR = Path(__file__).parent
 
@@ -89,13 +89,21 @@ def render(name: str, **values: Any) -> list[Message]:
                 "context": context_block(values.get("context")), "tools": tools_block(values.get("tools"))}
     elif name == "subtask":
         deps = values.get("dependencies") or []
+        # optional dependencies that ended without a result: (index, description, why)
+        missing = values.get("missing") or []
         fill = {
             "request": escape(values["request"]),
             "description": escape(values["description"]),
             "dependencies": "\n".join(
-                f'<dependency index="{i}">\n{escape(result)}\n</dependency>' for i, result in deps
+                [f'<dependency index="{i}">\n{escape(result)}\n</dependency>' for i, result in deps]
+                + [f'<dependency index="{i}" missing="true">\nThis input is missing: subtask {i} '
+                   f'("{escape(desc)[:200]}") has no result ({escape(why)}). Do the subtask without it, '
+                   f'and say what could not be used.\n</dependency>' for i, desc, why in missing]
             ),
         }
+    elif name == "check":
+        fill = {"request": escape(values["request"]), "description": escape(values["description"]),
+                "answer": escape(values["answer"])}
     elif name == "synthesize":
         results = values.get("results") or []
         missing = values.get("missing") or []

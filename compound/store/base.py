@@ -87,6 +87,9 @@ class SubState:
     arguments: dict[str, Any] | None = None
     partial_reason: str | None = None
 
+    optional: list[int] = field(default_factory=list)  # the dependencies it can do without
+    reused_from: str | None = None  # the task whose result this one reuses (a re-run's)
+
 
 @dataclass(frozen=True, slots=True)
 class ToolCallRecord:
@@ -127,6 +130,8 @@ class TaskState:
     # A conversation's earlier messages (the chat door) and a bound on the answer.
     context: list[dict[str, str]] | None = None
     answer_max_tokens: int | None = None
+    rerun_of: str | None = None  # the task this one re-runs (its unchanged results are reused)
+    tier_models: dict[str, list[str]] | None = None  # {"2": [...]}: this task's models for a tier
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,7 +426,8 @@ class RunStore(abc.ABC):
     async def create_task(self, *, prompt: str, budget_usd: float, user_id: str | None = None,
                           priority: int = 2, plan_in: dict[str, Any] | None = None,
                           approve: bool = True, context: list[dict[str, str]] | None = None,
-                          answer_max_tokens: int | None = None) -> TaskState:
+                          answer_max_tokens: int | None = None, rerun_of: str | None = None,
+                          tier_models: dict[str, list[str]] | None = None) -> TaskState:
         """Insert a queued task and its first event. The plan must be validated."""
 
     @abc.abstractmethod

@@ -54,6 +54,7 @@ TERMINAL_SUBTASK = frozenset(
 class CallKind(StrEnum):
     planner = "planner"
     subtask = "subtask"
+    check = "check"  # a cascade's check of a subtask's answer (its cost is the subtask's)
     synthesis = "synthesis"
 
 
@@ -98,6 +99,10 @@ class Task(SQLModel, table=True):
     # the planner and the synthesis see beside the request. None: no conversation.
     context: list[dict[str, str]] | None = Field(default=None, sa_column=Column(JSON))
     answer_max_tokens: int | None = None  # bounds the synthesis call (a chat client's max_tokens)
+    # The task this one re-runs: its subtasks with unchanged inputs reuse that task's results.
+    rerun_of: str | None = None
+    # Per-tier model lists ({"2": [...]}) that replace the settings' for this task's routing.
+    tier_models: dict[str, list[str]] | None = Field(default=None, sa_column=Column(JSON))
     reasoning: str | None = Field(default=None, sa_column=Column(Text))
     result: str | None = Field(default=None, sa_column=Column(Text))
     error: str | None = Field(default=None, sa_column=Column(Text))
@@ -131,6 +136,9 @@ class Subtask(SQLModel, table=True):
     model: str | None = None  # the model that answered (or the primary, before a call)
     models: list[str] | None = Field(default=None, sa_column=Column(JSON))  # primary first
     depends_on: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # The dependencies (a subset of depends_on) this one runs without when they fail.
+    optional_deps: list[int] | None = Field(default=None, sa_column=Column(JSON))
+    reused_from: str | None = None  # the task whose result this reuses (a re-run); cost 0
     status: str = Field(default=SubtaskStatus.pending)
     result: str | None = Field(default=None, sa_column=Column(Text))
     error: str | None = Field(default=None, sa_column=Column(Text))

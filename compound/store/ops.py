@@ -46,18 +46,20 @@ EPS = 1e-12  # float slack in budget checks
 
 # Columns read back as a SubState / TaskState / snapshot, in this order.
 SUB_COLS = ('"index", description, tier_hint, tier_assigned, models, depends_on, status, model, result, '
-            "error, attempts, cost_usd, input_tokens, output_tokens, kind, tools, tool, arguments, partial_reason")
+            "error, attempts, cost_usd, input_tokens, output_tokens, kind, tools, tool, arguments, partial_reason, "
+            "optional_deps, reused_from")
 TOOL_COLS = ("id, subtask_index, turn, model_call_id, tool, arguments, status, result, error, started_at, "
              "completed_at")
 TOOL_RESULT_SHOWN_CHARS = 2000  # of a tool call's result, in the snapshot and its events
 TASK_COLS = ("id, user_id, prompt, status, priority, approve, budget_usd, plan_in, reasoning, "
-             "total_cost_usd, reserved_usd, cancel_requested, event_seq, context, answer_max_tokens")
+             "total_cost_usd, reserved_usd, cancel_requested, event_seq, context, answer_max_tokens, rerun_of, "
+             "tier_models")
 SNAP_TASK_COLS = ("id, user_id, prompt, status, reasoning, result, error, budget_usd, total_cost_usd, priority, "
                   "prompt_versions, created_at, planned_at, started_at, completed_at, planner_model, event_seq, "
-                  "warnings")
+                  "warnings, rerun_of")
 SNAP_SUB_COLS = ('"index", description, tier_hint, tier_assigned, model, depends_on, status, result, error, '
                  "attempts, cost_usd, input_tokens, output_tokens, started_at, completed_at, kind, tools, "
-                 "partial_reason")
+                 "partial_reason, optional_deps, reused_from")
 
 
 class Dialect(Protocol):
@@ -106,7 +108,8 @@ def sub_state(d: Dialect, row: Sequence[Any]) -> SubState:
                     model=row[7], result=row[8], error=row[9], attempts=row[10], cost_usd=row[11],
                     input_tokens=row[12], output_tokens=row[13], kind=row[14] or "llm",
                     tools=list(d.loads(row[15]) or []), tool=row[16], arguments=d.loads(row[17]),
-                    partial_reason=row[18])
+                    partial_reason=row[18], optional=list(d.loads(row[19]) or []),
+                    reused_from=row[20])
 
 
 def tool_record(d: Dialect, row: Sequence[Any]) -> ToolCallRecord:
@@ -158,18 +161,20 @@ def _events(d: Dialect, task_id: str, items: Sequence[tuple[str, dict[str, Any]]
 
 def create_task(d: Dialect, task_id: str, *, prompt: str, budget_usd: float, user_id: str | None,
                 priority: int, plan_in: dict[str, Any] | None, approve: bool,
-                context: list[dict[str, str]] | None = None, answer_max_tokens: int | None = None) -> Op:
+                context: list[dict[str, str]] | None = None, answer_max_tokens: int | None = None,
+                rerun_of: str | None = None, tier_models: dict[str, list[str]] | None = None) -> Op:
     now = d.now()
     yield ("exec", "INSERT_TASK", {"id": task_id, "u": user_id, "p": prompt, "st": TaskStatus.queued.value,
                                    "pr": priority, "ap": approve, "b": budget_usd,
                                    "plan": None if plan_in is None else d.json(plan_in),
                                    "ctx": None if context is None else d.json(context), "amt": answer_max_tokens,
+                                   "ro": rerun_of, "tm": None if tier_models is None else d.json(tier_models),
                                    "now": now})
     yield from _events(d, task_id, [("task", {"status": TaskStatus.queued.value, "error": None})], now)
     return TaskState(id=task_id, user_id=user_id, prompt=prompt, status=TaskStatus.queued, priority=priority,
                      approve=approve, budget_usd=budget_usd, plan_in=plan_in, reasoning=None, total_cost_usd=0.0,
                      reserved_usd=0.0, cancel_requested=False, event_seq=1, context=context,
-                     answer_max_tokens=answer_max_tokens)
+                     answer_max_tokens=answer_max_tokens, rerun_of=rerun_of, tier_models=tier_models)
 
 
 def set_status(d: Dialect, task_id: str, status: str, *, error: str | None, result: str | None) -> Op:
@@ -225,7 +230,9 @@ def save_plan(d: Dialect, task_id: str, *, reasoning: str | None, subtasks: Sequ
     rows = [{"id": f"s_{task_id[2:]}_{s.index}", "t": task_id, "i": s.index, "d": s.description,
              "th": s.tier_hint, "ta": s.tier_assigned, "ms": d.json(s.models), "m": s.model,
              "deps": d.json(s.depends_on), "st": s.status, "k": s.kind, "tl": d.json(s.tools), "tn": s.tool,
-             "args": None if s.arguments is None else d.json(s.arguments)} for s in subtasks]
+             "args": None if s.arguments is None else d.json(s.arguments),
+             "od": d.json(s.optional) if s.optional else None, "rf": s.reused_from, "res": s.result,
+             "ca": now if s.status == SubtaskStatus.completed else None} for s in subtasks]
     if rows:
         yield ("many", "INSERT_SUBTASK", rows)
     yield ("exec", "SAVE_PLAN", {"r": reasoning, "pv": d.json(prompt_versions), "st": status, "now": now,
@@ -432,7 +439,8 @@ def load(d: Dialect, task_id: str) -> Op:
     return TaskState(id=row[0], user_id=row[1], prompt=row[2], status=row[3], priority=row[4], approve=bool(row[5]),
                      budget_usd=row[6], plan_in=d.loads(row[7]), reasoning=row[8], total_cost_usd=row[9],
                      reserved_usd=row[10], cancel_requested=bool(row[11]), event_seq=row[12],
-                     context=d.loads(row[13]), answer_max_tokens=row[14],
+                     context=d.loads(row[13]), answer_max_tokens=row[14], rerun_of=row[15],
+                     tier_models=d.loads(row[16]),
                      subtasks=[sub_state(d, s) for s in subs])
 
 
@@ -486,6 +494,8 @@ def ledger_parts(rows: Sequence[Sequence[Any]]) -> dict[tuple[str, int | None], 
     timeout, or canceled in flight: their real cost is unknown)."""
     parts: dict[tuple[str, int | None], dict[str, Any]] = {}
     for kind, index, model, worst, cost, tokens_in, tokens_out, calls, last in rows:
+        if kind == CallKind.check:  # a cascade's check is part of its subtask's cost
+            kind = CallKind.subtask.value
         part = parts.setdefault((str(kind), None if kind != CallKind.subtask else int(index)), {
             "model": model, "cost_usd": 0.0, "input_tokens": 0, "output_tokens": 0, "calls": 0,
             "worst_case": _worst(0, 0.0), "last": last})
@@ -539,7 +549,7 @@ def versioned_snapshot(d: Dialect, task_id: str, user_id: str | None) -> Op:
         "created_at": iso(d.dt(t[11])), "planned_at": iso(d.dt(t[12])), "started_at": iso(d.dt(t[13])),
         "completed_at": iso(d.dt(t[14])), "planner": planner, "synthesis": synthesis,
         "worst_case": _worst(sum(w["calls"] for w in worst), sum(w["cost_usd"] for w in worst)),
-        "warnings": list(d.loads(t[17]) or []),
+        "warnings": list(d.loads(t[17]) or []), "rerun_of": t[18],
         "subtasks": [_sub_snapshot(d, s, parts.get((CallKind.subtask.value, int(s[0]))), calls.get(int(s[0])))
                      for s in subs],
     }
@@ -555,7 +565,8 @@ def _sub_snapshot(d: Dialect, s: Sequence[Any], part: dict[str, Any] | None,
             "input_tokens": s[11], "output_tokens": s[12], "worst_case": worst,
             "started_at": iso(d.dt(s[13])), "completed_at": iso(d.dt(s[14])),
             "kind": s[15] or "llm", "tools": list(d.loads(s[16]) or []), "tool_calls": calls or [],
-            "partial_reason": s[17]}
+            "partial_reason": s[17],
+            "optional_depends_on": list(d.loads(s[18]) or []), "reused_from": s[19]}
 
 
 def task_counts(d: Dialect) -> Op:

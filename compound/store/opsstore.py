@@ -49,11 +49,13 @@ class OpsRunStore(RunStore):
     async def create_task(self, *, prompt: str, budget_usd: float, user_id: str | None = None,
                           priority: int = 2, plan_in: dict[str, Any] | None = None,
                           approve: bool = True, context: list[dict[str, str]] | None = None,
-                          answer_max_tokens: int | None = None) -> TaskState:
+                          answer_max_tokens: int | None = None, rerun_of: str | None = None,
+                          tier_models: dict[str, list[str]] | None = None) -> TaskState:
         task_id = new_task_id()
         out: TaskState = await self._write(lambda: ops.create_task(
             self.dialect, task_id, prompt=prompt, budget_usd=budget_usd, user_id=user_id, priority=priority,
-            plan_in=plan_in, approve=approve, context=context, answer_max_tokens=answer_max_tokens))
+            plan_in=plan_in, approve=approve, context=context, answer_max_tokens=answer_max_tokens,
+            rerun_of=rerun_of, tier_models=tier_models))
         return out
 
     async def set_status(self, task_id: str, status: str, *, error: str | None = None,

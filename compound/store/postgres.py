@@ -43,10 +43,10 @@ SQL: dict[str, str] = {
     "INSERT_EVENT": "INSERT INTO task_event (task_id, seq, kind, data, created_at) "
                     "VALUES (%(t)s, %(seq)s, %(kind)s, %(data)s, %(now)s)",
     "INSERT_TASK": "INSERT INTO task (id, user_id, prompt, status, priority, approve, budget_usd, plan_in, "
-                   "context, answer_max_tokens, "
+                   "context, answer_max_tokens, rerun_of, tier_models, "
                    "total_cost_usd, reserved_usd, cancel_requested, event_seq, created_at, updated_at) VALUES "
-                   "(%(id)s, %(u)s, %(p)s, %(st)s, %(pr)s, %(ap)s, %(b)s, %(plan)s, %(ctx)s, %(amt)s, 0, 0, false, 0, "
-                   "%(now)s, %(now)s)",
+                   "(%(id)s, %(u)s, %(p)s, %(st)s, %(pr)s, %(ap)s, %(b)s, %(plan)s, %(ctx)s, %(amt)s, %(ro)s, %(tm)s, "
+                   "0, 0, false, 0, %(now)s, %(now)s)",
     "SET_STATUS": "UPDATE task SET status=%(st)s, error=COALESCE(%(err)s, error), result=COALESCE(%(res)s, result), "
                   "started_at=CASE WHEN %(exec)s THEN COALESCE(started_at, %(now)s) ELSE started_at END, "
                   "completed_at=CASE WHEN %(term)s THEN %(now)s ELSE completed_at END, updated_at=%(now)s "
@@ -60,9 +60,9 @@ SQL: dict[str, str] = {
     "SET_PLANNER_MODEL": "UPDATE task SET planner_model=%(m)s WHERE id=%(t)s",
     "INSERT_SUBTASK": 'INSERT INTO subtask (id, task_id, "index", description, tier_hint, tier_assigned, models, '
                       "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens, kind, tools, tool, "
-                      "arguments) VALUES "
+                      "arguments, optional_deps, reused_from, result, completed_at) VALUES "
                       "(%(id)s, %(t)s, %(i)s, %(d)s, %(th)s, %(ta)s, %(ms)s, %(m)s, %(deps)s, %(st)s, 0, 0, 0, 0, "
-                      "%(k)s, %(tl)s, %(tn)s, %(args)s)",
+                      "%(k)s, %(tl)s, %(tn)s, %(args)s, %(od)s, %(rf)s, %(res)s, %(ca)s)",
     "SAVE_PLAN": "UPDATE task SET reasoning=%(r)s, plan_in=NULL, prompt_versions=%(pv)s, warnings=%(wn)s, "
                  "status=%(st)s, "
                  "planned_at=%(now)s, updated_at=%(now)s WHERE id=%(t)s",

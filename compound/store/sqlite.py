@@ -40,9 +40,9 @@ SQL: dict[str, str] = {
     "INSERT_EVENT": "INSERT INTO task_event (task_id, seq, kind, data, created_at) "
                     "VALUES (:t, :seq, :kind, :data, :now)",
     "INSERT_TASK": "INSERT INTO task (id, user_id, prompt, status, priority, approve, budget_usd, plan_in, "
-                   "context, answer_max_tokens, "
+                   "context, answer_max_tokens, rerun_of, tier_models, "
                    "total_cost_usd, reserved_usd, cancel_requested, event_seq, created_at, updated_at) VALUES "
-                   "(:id, :u, :p, :st, :pr, :ap, :b, :plan, :ctx, :amt, 0, 0, 0, 0, :now, :now)",
+                   "(:id, :u, :p, :st, :pr, :ap, :b, :plan, :ctx, :amt, :ro, :tm, 0, 0, 0, 0, :now, :now)",
     "SET_STATUS": "UPDATE task SET status=:st, error=COALESCE(:err, error), result=COALESCE(:res, result), "
                   "started_at=CASE WHEN :exec THEN COALESCE(started_at, :now) ELSE started_at END, "
                   "completed_at=CASE WHEN :term THEN :now ELSE completed_at END, updated_at=:now WHERE id=:t",
@@ -54,8 +54,9 @@ SQL: dict[str, str] = {
     "SET_PLANNER_MODEL": "UPDATE task SET planner_model=:m WHERE id=:t",
     "INSERT_SUBTASK": 'INSERT INTO subtask (id, task_id, "index", description, tier_hint, tier_assigned, models, '
                       "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens, kind, tools, tool, "
-                      "arguments) VALUES "
-                      "(:id, :t, :i, :d, :th, :ta, :ms, :m, :deps, :st, 0, 0, 0, 0, :k, :tl, :tn, :args)",
+                      "arguments, optional_deps, reused_from, result, completed_at) VALUES "
+                      "(:id, :t, :i, :d, :th, :ta, :ms, :m, :deps, :st, 0, 0, 0, 0, :k, :tl, :tn, :args, :od, :rf, "
+                      ":res, :ca)",
     "SAVE_PLAN": "UPDATE task SET reasoning=:r, plan_in=NULL, prompt_versions=:pv, warnings=:wn, status=:st, "
                  "planned_at=:now, "
                  "updated_at=:now WHERE id=:t",
