@@ -74,8 +74,13 @@ class Workflow:
                         kind=CallKind.planner, subtask=None, tier=None, models=[model], messages=messages,
                         max_tokens=self.settings.planner_max_tokens, json_schema=schema), daily=daily)
 
+                # The planner sees the tools of the servers that are up (as tool cards), and
+                # its plan may name only those; a user's own plan is checked for shape only
+                # (a server down now may be up when the call is made).
+                servers = self.steps.tools()
+                catalogue = [t for t in servers.catalogue() if t.available] if servers is not None else None
                 plan = await decompose(call, st.prompt, max_subtasks=self.settings.max_subtasks,
-                                       context=st.context, warnings=warnings)
+                                       context=st.context, warnings=warnings, tools=catalogue or None)
         except BudgetExceeded as exc:
             await self.store.set_status_unless_ended(st.id, TaskStatus.failed,
                                         error=f"could not plan within the budget of ${st.budget_usd:g}: {exc.message}")

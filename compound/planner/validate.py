@@ -192,7 +192,9 @@ def _step_fields(i: int, item: dict[str, Any], errors: list[str], *, tools: Coll
             if error is not None:
                 errors.append(error)
                 tool = None
-        if not isinstance(arguments, dict):
+        if arguments is None:
+            arguments = {}  # a call with no arguments
+        elif not isinstance(arguments, dict):
             errors.append(f'subtask {i} is of kind "tool" and needs "arguments", a JSON object of the call\'s '
                           f"arguments ({{}} for none), not {_show(arguments)}")
             arguments = {}

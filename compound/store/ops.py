@@ -208,6 +208,10 @@ def set_status_unless_ended(d: Dialect, task_id: str, status: str, *, error: str
         yield from _close_open_rows(d, task_id, CallStatus.canceled.value,
                                     "canceled while in flight, nothing known of its answer; counted at its worst case",
                                     now)
+        calls = yield ("all", "TOOL_CALLS_UNKNOWN", {
+            "t": task_id, "running": ToolCallStatus.running.value, "unknown": ToolCallStatus.unknown.value,
+            "err": "canceled while in flight: it may or may not have happened", "now": now})
+        items += [("tool_call", {"index": c.subtask, **tool_shown(c)}) for c in (tool_record(d, r) for r in calls)]
         rows = yield ("all", "CANCEL_SUBTASKS", {"t": task_id, "st": SubtaskStatus.canceled.value, "err": "canceled",
                                                  "now": now, "terminal": [s.value for s in TERMINAL_SUBTASK]})
         items += [("subtask", sub_event(s)) for s in sorted((sub_state(d, r) for r in rows), key=lambda s: s.index)]
