@@ -87,6 +87,8 @@ class CallSpec:
     json_schema: dict[str, Any] | None = None
     attempts_before: int = 0  # a resumed subtask's attempts so far
     answer: bool = False  # its text is the task's answer (streamed to listeners): the synthesis, or a sole subtask
+    # Streamed, each piece given to on_delta(attempt, text) as it arrives (a streamed plan).
+    on_delta: Callable[[int, str], None] | None = None
 
 
 class ModelCalls:
@@ -210,7 +212,13 @@ class ModelCalls:
                 # Streamed only when someone listens as it starts (a door's client): a
                 # listener that comes later gets the rest of the answer at the task's end.
                 answers = self.answers if spec.answer else None
-                if answers is None or not answers.listening(st.id):
+                if spec.on_delta is not None:
+                    on_delta = spec.on_delta
+                    out = await collect(self.client.stream(
+                        model=model, messages=spec.messages, max_tokens=max_tokens,
+                        json_schema=spec.json_schema, timeout_s=timeout),
+                        lambda text: on_delta(attempt, text))
+                elif answers is None or not answers.listening(st.id):
                     out = await self.client.complete(model=model, messages=spec.messages, max_tokens=max_tokens,
                                                      json_schema=spec.json_schema, timeout_s=timeout)
                 else:

@@ -1,21 +1,86 @@
-"""One task's workflow: plan → run the DAG eagerly → synthesize, from and to the store.
-Model calls go through ModelCalls; skip and failure causes travel as typed values
-(scheduler.Ended), never as reason strings parsed later."""
+"""One task's workflow: plan → run the DAG eagerly → replan what failed for good →
+synthesize, from and to the store. With a streamed plan the DAG runs while the plan
+arrives (growing.py). Model calls go through ModelCalls; skip and failure causes travel
+as typed values (scheduler.Ended), never as reason strings parsed later."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from compound.core.errors import BudgetExceeded, PlanInvalid, ProviderError
 from compound.core.settings import Settings
 from compound.executor.calls import CallSpec, ModelCalls
+from compound.executor.growing import GrowingDag
 from compound.executor.scheduler import Cause, Ended, run_dag
 from compound.llm.base import Completion, Message, Usage
+from compound.planner.plan import PlanIn, SubtaskIn
+from compound.planner.replan import Failed, Finished, replan
 from compound.planner.router import route
 from compound.planner.validate import validate_plan
 from compound.prompts import render
 from compound.store.base import RunStore, SubState, TaskState
 from compound.store.models import CallKind, CallStatus, SubtaskStatus, TaskStatus
+
+
+def _why(status: str, error: str | None) -> str:
+    if status == SubtaskStatus.failed:
+        return f"failed for good ({error or 'no error given'})"
+    return error or status
+
+
+class _Run:
+    """A task's subtasks as they run: the results so far and how each one ended."""
+
+    def __init__(self, wf: Workflow, st: TaskState, subs: list[SubState], daily: float | None) -> None:
+        self.wf = wf
+        self.st = st
+        self.daily = daily
+        self.subs = list(subs)
+        self.results = {s.index: s.result or "" for s in subs if s.status == SubtaskStatus.completed}
+        self.final = {s.index: s for s in subs}
+        self.ended: dict[int, Ended] = {}
+        self.sole = len(subs) == 1  # its result is the task's answer (_synthesize)
+        self.answered: set[int] = set()  # failed or skipped, but a replanning round did their work
+
+    def add(self, sub: SubState) -> None:
+        self.subs.append(sub)
+        self.final[sub.index] = sub
+
+    def status(self, i: int) -> str:
+        return SubtaskStatus.completed if i in self.results else self.final[i].status
+
+    async def end(self, i: int, how: Ended, status: str, error: str) -> Ended:
+        self.ended[i] = how
+        self.final[i] = await self.wf.store.end_subtask(self.st.id, i, status=status, error=error)
+        return how
+
+    async def run_one(self, i: int) -> Ended | None:
+        st, sub, settings = self.st, self.final[i], self.wf.settings
+        messages = render("subtask", request=st.prompt, description=sub.description,
+                          dependencies=[(d, self.results.get(d, "")) for d in sub.depends_on])
+        max_tokens = settings.max_tokens
+        if self.sole and st.answer_max_tokens is not None:  # a chat client's max_tokens bounds the answer
+            max_tokens = min(max_tokens, st.answer_max_tokens)
+        try:
+            out = await self.wf.calls.call(st, CallSpec(
+                kind=CallKind.subtask, subtask=i, tier=sub.tier_assigned,
+                models=sub.models or settings.tier_models(sub.tier_assigned), messages=messages,
+                max_tokens=max_tokens, attempts_before=sub.attempts, answer=self.sole), daily=self.daily)
+        except BudgetExceeded as exc:
+            return await self.end(i, Ended(Cause.budget, i, skipped=True), SubtaskStatus.skipped,
+                                  f"skipped: budget exhausted ({exc.message})")
+        except ProviderError as exc:
+            return await self.end(i, Ended(Cause.failed, i, skipped=False), SubtaskStatus.failed, exc.message)
+        self.results[i] = out.text
+        return None
+
+    async def skip(self, i: int, how: Ended, reason: str) -> None:
+        await self.end(i, how, SubtaskStatus.skipped, reason)
+
+    async def run_dag(self) -> None:
+        await run_dag([s.depends_on for s in self.subs], [self.status(s.index) for s in self.subs],
+                      self.run_one, self.skip)
 
 
 class Workflow:
@@ -34,6 +99,11 @@ class Workflow:
             # `planning` is the first thing the task's watchers hear: before any other read.
             await self.store.set_status(st.id, TaskStatus.planning)
         daily = await self.store.user_daily_budget(st.user_id, self.settings.user_daily_budget_usd)
+        if not subs and self._streams(st):
+            run = await self._plan_streamed(st, daily)
+            if run is not None:
+                await self._finish(run)
+            return
         if not subs:
             planned = await self._plan(st, daily)
             if planned is None:
@@ -45,7 +115,93 @@ class Workflow:
             return
         if status != TaskStatus.executing:
             await self.store.set_status(st.id, TaskStatus.executing)
-        await self._execute(st, subs, daily)
+        run = _Run(self, st, subs, daily)
+        await run.run_dag()
+        await self._finish(run)
+
+    def _streams(self, st: TaskState) -> bool:
+        """A plan is streamed when it is the planner's, runs at once, and no planner
+        call was paid for before a restart (those answers are replayed, not streamed)."""
+        return (self.settings.stream_plans and st.plan_in is None and st.approve
+                and st.status == TaskStatus.queued)
+
+    def _subs(self, plan_subtasks: list[SubtaskIn], first: int, round_: int) -> list[SubState]:
+        routes = route(PlanIn(subtasks=plan_subtasks), self.settings)
+        return [SubState(index=first + r.index, description=plan_subtasks[r.index].description,
+                         tier_hint=r.tier_hint, tier_assigned=r.tier_assigned, models=r.models,
+                         depends_on=list(plan_subtasks[r.index].depends_on), status=SubtaskStatus.pending,
+                         model=r.models[0], round=round_) for r in routes]
+
+    async def _plan_streamed(self, st: TaskState, daily: float | None) -> _Run | None:
+        """Plan and run together: each entry that arrives complete and valid is stored
+        and handed to the DAG at once (docs/design.md, "Streamed plans")."""
+        from compound.planner.decompose import decompose_streamed
+
+        model = self.settings.planner_model
+        await self.store.set_planner_model(st.id, model)
+        run = _Run(self, st, [], daily)
+        run.sole = False  # not known until the plan is whole
+        dag = GrowingDag(run.run_one, run.skip)
+        arrivals: asyncio.Queue[SubtaskIn | None] = asyncio.Queue()
+
+        async def store_arrivals() -> None:
+            # One writer, in index order: a subtask is stored before it can start.
+            while (got := await arrivals.get()) is not None:
+                (sub,) = self._subs([got], len(run.subs), 0)
+                await self.store.add_subtasks(st.id, [sub])
+                run.add(sub)
+                dag.add(sub.index, sub.depends_on)
+            dag.close()
+
+        async def call(messages: list[Message], schema: dict[str, Any] | None,
+                       on_delta: Any = None) -> Completion:
+            return await self.calls.call(st, CallSpec(
+                kind=CallKind.planner, subtask=None, tier=None, models=[model], messages=messages,
+                max_tokens=self.settings.planner_max_tokens, json_schema=schema, on_delta=on_delta), daily=daily)
+
+        warnings: list[str] = []
+        streamed = [0]
+
+        def on_entry(_index: int, got: SubtaskIn) -> None:
+            streamed[0] += 1
+            arrivals.put_nowait(got)
+
+        runner = asyncio.ensure_future(dag.run())
+        writer = asyncio.ensure_future(store_arrivals())
+        try:
+            try:
+                plan = await decompose_streamed(call, st.prompt, max_subtasks=self.settings.max_subtasks,
+                                                on_entry=on_entry, context=st.context, warnings=warnings)
+            except (BudgetExceeded, PlanInvalid, ProviderError) as exc:
+                arrivals.put_nowait(None)  # nothing was handed out: nothing runs
+                await asyncio.gather(writer, runner)
+                await self._plan_failed(st, exc)
+                return None
+            run.sole = len(plan.subtasks) == 1
+            for rest in plan.subtasks[streamed[0]:]:
+                arrivals.put_nowait(rest)
+            arrivals.put_nowait(None)
+            await writer
+            await self.store.save_plan(st.id, reasoning=plan.reasoning, subtasks=[], prompt_versions=self.versions,
+                                       status=TaskStatus.planned, warnings=warnings)
+            await self.store.set_status(st.id, TaskStatus.executing)
+            await runner
+        finally:
+            for fut in (writer, runner):
+                if not fut.done():
+                    fut.cancel()
+            await asyncio.gather(writer, runner, return_exceptions=True)
+        return run
+
+    async def _plan_failed(self, st: TaskState, exc: BaseException) -> None:
+        if isinstance(exc, BudgetExceeded):
+            error = f"could not plan within the budget of ${st.budget_usd:g}: {exc.message}"
+        elif isinstance(exc, PlanInvalid):
+            error = f"could not plan: {exc.message}"
+        else:
+            assert isinstance(exc, ProviderError)
+            error = f"could not plan: the planner model failed: {exc.message}"
+        await self.store.set_status(st.id, TaskStatus.failed, error=error)
 
     async def _plan(self, st: TaskState, daily: float | None) -> list[SubState] | None:
         warnings: list[str] = []
@@ -70,24 +226,10 @@ class Workflow:
 
                 plan = await decompose(call, st.prompt, max_subtasks=self.settings.max_subtasks,
                                        context=st.context, warnings=warnings)
-        except BudgetExceeded as exc:
-            await self.store.set_status(st.id, TaskStatus.failed,
-                                        error=f"could not plan within the budget of ${st.budget_usd:g}: {exc.message}")
+        except (BudgetExceeded, PlanInvalid, ProviderError) as exc:
+            await self._plan_failed(st, exc)
             return None
-        except PlanInvalid as exc:
-            await self.store.set_status(st.id, TaskStatus.failed, error=f"could not plan: {exc.message}")
-            return None
-        except ProviderError as exc:
-            await self.store.set_status(st.id, TaskStatus.failed,
-                                        error=f"could not plan: the planner model failed: {exc.message}")
-            return None
-        subs = [
-            SubState(index=r.index, description=plan.subtasks[r.index].description, tier_hint=r.tier_hint,
-                     tier_assigned=r.tier_assigned, models=r.models,
-                     depends_on=list(plan.subtasks[r.index].depends_on), status=SubtaskStatus.pending,
-                     model=r.models[0])
-            for r in route(plan, self.settings)
-        ]
+        subs = self._subs(list(plan.subtasks), 0, 0)
         await self.store.save_plan(st.id, reasoning=plan.reasoning, subtasks=subs, prompt_versions=self.versions,
                                    status=TaskStatus.planned, warnings=warnings)
         return subs
@@ -97,53 +239,64 @@ class Workflow:
         return [Completion(text=r["answer"], model=r["model"], usage=Usage(), cost_usd=0.0) for r in rows
                 if r["kind"] == CallKind.planner and r["status"] == CallStatus.ok and r["answer"] is not None]
 
-    async def _execute(self, st: TaskState, subs: list[SubState], daily: float | None) -> None:
-        results = {s.index: s.result or "" for s in subs if s.status == SubtaskStatus.completed}
-        final = {s.index: s for s in subs}
-        ended: dict[int, Ended] = {}
-
-        async def end(i: int, how: Ended, status: str, error: str) -> Ended:
-            ended[i] = how
-            final[i] = await self.store.end_subtask(st.id, i, status=status, error=error)
-            return how
-
-        sole = len(subs) == 1  # its result is the task's answer (_synthesize)
-
-        async def run_one(i: int) -> Ended | None:
-            sub = subs[i]
-            messages = render("subtask", request=st.prompt, description=sub.description,
-                              dependencies=[(d, results.get(d, "")) for d in sub.depends_on])
-            max_tokens = self.settings.max_tokens
-            if sole and st.answer_max_tokens is not None:  # a chat client's max_tokens bounds the answer
-                max_tokens = min(max_tokens, st.answer_max_tokens)
-            try:
-                out = await self.calls.call(st, CallSpec(
-                    kind=CallKind.subtask, subtask=i, tier=sub.tier_assigned,
-                    models=sub.models or self.settings.tier_models(sub.tier_assigned), messages=messages,
-                    max_tokens=max_tokens, attempts_before=sub.attempts, answer=sole), daily=daily)
-            except BudgetExceeded as exc:
-                return await end(i, Ended(Cause.budget, i, skipped=True), SubtaskStatus.skipped,
-                                 f"skipped: budget exhausted ({exc.message})")
-            except ProviderError as exc:
-                return await end(i, Ended(Cause.failed, i, skipped=False), SubtaskStatus.failed, exc.message)
-            results[i] = out.text
-            return None
-
-        async def skip(i: int, how: Ended, reason: str) -> None:
-            await end(i, how, SubtaskStatus.skipped, reason)
-
-        await run_dag([s.depends_on for s in subs], [s.status for s in subs], run_one, skip)
-        await self.calls.drain(st.id)  # every subtask's settlement committed before the task ends
-        roots = sum(1 for i, e in ended.items() if e.cause is Cause.budget and e.root == i)
-        budget_note = (f"budget of ${st.budget_usd:g} exhausted: {roots} subtask(s) skipped for budget"
+    async def _finish(self, run: _Run) -> None:
+        """Replanning rounds while they help, then the synthesis."""
+        await self._replan(run)
+        await self.calls.drain(run.st.id)  # every subtask's settlement committed before the task ends
+        roots = sum(1 for i, e in run.ended.items() if e.cause is Cause.budget and e.root == i)
+        budget_note = (f"budget of ${run.st.budget_usd:g} exhausted: {roots} subtask(s) skipped for budget"
                        if roots else None)
-        await self._synthesize(st, subs, results, final, budget_note, daily)
+        await self._synthesize(run, budget_note)
 
-    async def _synthesize(self, st: TaskState, subs: list[SubState], results: dict[int, str],
-                          final: dict[int, SubState], budget_note: str | None, daily: float | None) -> None:
+    async def _replan(self, run: _Run) -> None:
+        """At most COMPOUND_MAX_REPLANS rounds. A round runs when a subtask of the round
+        before failed for good; it asks the planner for subtasks to add (finished ones
+        are kept and never run again) and ends replanning unless every addition completes."""
+        st = run.st
+        done_round = max((s.round for s in run.subs), default=0)
+        while done_round < self.settings.max_replans:
+            latest = [s for s in run.subs if s.round == done_round]
+            if not any(run.status(s.index) == SubtaskStatus.failed for s in latest):
+                return
+            failed = [Failed(s.index, s.description, _why(run.status(s.index), run.final[s.index].error))
+                      for s in latest if run.status(s.index) in (SubtaskStatus.failed, SubtaskStatus.skipped)
+                      and (run.ended.get(s.index) is None or run.ended[s.index].cause is not Cause.budget)]
+            round_ = done_round + 1
+            reason = "; ".join(f"subtask {f.index}: {f.why[:200]}" for f in failed[:5])
+            await self.store.add_subtasks(st.id, [], replan={"round": round_, "reason": reason})
+            finished = [Finished(s.index, s.description, run.results[s.index]) for s in run.subs
+                        if s.index in run.results]
+
+            async def call(messages: list[Message], schema: dict[str, Any] | None) -> Completion:
+                return await self.calls.call(st, CallSpec(
+                    kind=CallKind.planner, subtask=None, tier=None, models=[self.settings.planner_model],
+                    messages=messages, max_tokens=self.settings.planner_max_tokens, json_schema=schema),
+                    daily=run.daily)
+
+            try:
+                added = await replan(call, st.prompt, context=st.context, finished=finished, failed=failed,
+                                     next_index=len(run.subs), max_new=self.settings.max_subtasks)
+            except (BudgetExceeded, ProviderError, PlanInvalid):
+                return  # the round adds nothing: replanning ends
+            if not added:
+                return
+            subs = self._subs(added, len(run.subs), round_)
+            await self.store.add_subtasks(st.id, subs)
+            for sub in subs:
+                run.add(sub)
+            run.sole = False
+            await run.run_dag()
+            if not all(s.index in run.results for s in subs):
+                return
+            run.answered.update(f.index for f in failed)
+            done_round = round_
+
+    async def _synthesize(self, run: _Run, budget_note: str | None) -> None:
+        st, subs, results, final = run.st, run.subs, run.results, run.final
+        daily = run.daily
         done = [s for s in subs if s.index in results]
         missing = [(s.index, s.description, final[s.index].error or final[s.index].status) for s in subs
-                   if s.index not in results]
+                   if s.index not in results and s.index not in run.answered]
         if not done:
             errors = "; ".join(f"subtask {i}: {why}" for i, _, why in missing[:5])
             await self.store.set_status(st.id, TaskStatus.failed,

@@ -48,6 +48,8 @@ class Failure:
     headers: dict[str, str] = field(default_factory=dict)  # extra response headers
     midstream: Literal["error", "drop"] | None = None
     after_pieces: int = 1
+    text: str | None = None  # only for a request whose text holds this (None: any)
+    times: int = 1  # how many matching requests it fails
 
 
 @dataclass
@@ -76,6 +78,12 @@ class Script:
     # substring -> event: a request whose text has the substring waits until the event
     # is set (tests release a call when they have seen it in flight: state, not time)
     holds: dict[str, threading.Event] = field(default_factory=dict)
+    # kind -> seconds per output token of a streamed answer ("*": any kind): the answer
+    # arrives piece by piece at that rate, as a provider writes it (50 tokens/s: 0.02).
+    token_s: dict[str, float] = field(default_factory=dict)
+
+    def token_delay(self, kind: str) -> float:
+        return self.token_s.get(kind, self.token_s.get("*", 0.0))
 
     def latency_for(self, model: str, kind: str, text: str) -> float:
         for needle, seconds in self.latency_rules:
@@ -96,6 +104,7 @@ class Script:
             refuse_formats={str(k): int(v) for k, v in data.get("refuse_formats", {}).items()},
             accept_formats=[str(f) for f in data["accept_formats"]] if data.get("accept_formats") is not None
             else None,
+            token_s={str(k): float(v) for k, v in data.get("token_s", {}).items()},
         )
 
     def refusal(self, form: str | None) -> Failure | None:
@@ -162,7 +171,19 @@ def plan_for(request: str, max_subtasks: int = 6) -> dict[str, Any]:
             "subtasks": subtasks}
 
 
+def replan_for(text: str) -> dict[str, Any]:
+    """A replanning round's additions: each failed subtask asked again in other words,
+    using every finished result (the prompt's <finished> and <failed> blocks)."""
+    finished = [int(i) for i in re.findall(r'<subtask index="(\d+)"', _tag(text, "finished"))]
+    failed = re.findall(r'<subtask index="(\d+)" description="([^"]*)"', _tag(text, "failed"))
+    return {"reasoning": f"{len(failed)} failed subtask(s) asked another way",
+            "subtasks": [{"description": f"Another way to: {desc[:200]}", "tier_hint": 1, "depends_on": finished}
+                         for _i, desc in failed]}
+
+
 def answer_for(kind: str, text: str, max_subtasks: int) -> str:
+    if kind == "planner" and "<failed>" in text:
+        return json.dumps(replan_for(text))
     if kind == "planner":
         return json.dumps(plan_for(_tag(text, "request") or text, max_subtasks))
     if kind == "worker":
@@ -243,7 +264,7 @@ class Simulator:
     async def _common(
         self, wire: str, model: str, system: str, text: str, max_tokens: int, body: dict[str, Any],
         *, refusal: Failure | None = None, prefixes: list[str] | None = None,
-    ) -> tuple[str, int, int, tuple[int, int], Failure | None] | JSONResponse:
+    ) -> tuple[str, int, int, tuple[int, int], Failure | None, float] | JSONResponse:
         """Log, then a scripted failure or the answer: (text, input tokens, output
         tokens, (cache read, cache write), a failure to cut its stream with), after the
         scripted latency."""
@@ -257,8 +278,11 @@ class Simulator:
             for i, f in enumerate(self.script.failures):
                 if failure is not None:
                     break
-                if (f.model in (None, model)) and (f.kind in (None, kind)):
-                    failure = self.script.failures.pop(i)
+                if (f.model in (None, model)) and (f.kind in (None, kind)) and (f.text is None or f.text in text):
+                    failure = f
+                    f.times -= 1
+                    if f.times <= 0:
+                        self.script.failures.pop(i)
                     break
             queued = self.script.answers.get(kind) if failure is None else None
             forced = queued.pop(0) if queued else None
@@ -287,7 +311,7 @@ class Simulator:
         if out_tok > max_tokens:
             out = out.encode("utf-8")[: max_tokens * 4].decode("utf-8", "ignore")
             out_tok = max_tokens
-        return out, in_tok, out_tok, cached, failure
+        return out, in_tok, out_tok, cached, failure, self.script.token_delay(kind)
 
     def _cached(self, model: str, prefixes: list[str], in_tok: int, delay: float) -> tuple[int, int]:
         """(cache_read, cache_write) tokens for the breakpoints' prefixes, Anthropic's way:
@@ -339,13 +363,13 @@ class Simulator:
         got = await self._common("anthropic", model, system, text, max_tokens, body, prefixes=prefixes)
         if isinstance(got, JSONResponse):
             return got
-        out, in_tok, out_tok, (read, write), cut = got
+        out, in_tok, out_tok, (read, write), cut, token_s = got
         usage = {"input_tokens": in_tok - read - write, "output_tokens": out_tok,
                  "cache_read_input_tokens": read, "cache_creation_input_tokens": write}
         stop = "max_tokens" if out_tok >= max_tokens else "end_turn"
         msg_id = f"msg_{uuid.uuid4().hex[:24]}"
         if body.get("stream"):
-            return _sse(_anthropic_events(msg_id, model, out, usage, stop), anthropic=True, cut=cut)
+            return _sse(_anthropic_events(msg_id, model, out, usage, stop), anthropic=True, cut=cut, token_s=token_s)
         from anthropic.types import Message as AMessage
 
         msg = AMessage(
@@ -375,7 +399,7 @@ class Simulator:
         got = await self._common("openai", model, system, text, max_tokens, body, refusal=refusal)
         if isinstance(got, JSONResponse):
             return got
-        out, in_tok, out_tok, _cached, cut = got
+        out, in_tok, out_tok, _cached, cut, token_s = got
         usage = {"prompt_tokens": in_tok, "completion_tokens": out_tok, "total_tokens": in_tok + out_tok,
                  "prompt_tokens_details": {"cached_tokens": 0}}
         stop = "length" if out_tok >= max_tokens else "stop"
@@ -383,7 +407,7 @@ class Simulator:
         if body.get("stream"):
             with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return _sse(_openai_chunks(chat_id, model, out, usage if with_usage else None, stop), anthropic=False,
-                        cut=cut)
+                        cut=cut, token_s=token_s)
         from openai.types.chat import ChatCompletion
 
         completion = ChatCompletion(
@@ -466,7 +490,10 @@ class _Droppable(StreamingResponse):
             return  # the server closes a response it never finished
 
 
-def _sse(events: list[tuple[str, dict[str, Any]]], *, anthropic: bool, cut: Failure | None = None) -> StreamingResponse:
+def _sse(events: list[tuple[str, dict[str, Any]]], *, anthropic: bool, cut: Failure | None = None,
+         token_s: float = 0.0) -> StreamingResponse:
+    """`token_s`: seconds per output token; each text piece waits for its tokens."""
+
     async def body() -> AsyncIterator[bytes]:
         pieces = 0
         for name, data in events:
@@ -476,10 +503,13 @@ def _sse(events: list[tuple[str, dict[str, Any]]], *, anthropic: bool, cut: Fail
                 error = _error_body("anthropic" if anthropic else "openai", cut)
                 yield (b"event: error\n" if anthropic else b"") + f"data: {json.dumps(error)}\n\n".encode()
                 return
+            delta = data.get("delta", {}) if anthropic else (data.get("choices") or [{}])[0].get("delta", {})
+            piece = delta.get("text") or delta.get("content")
+            if piece and token_s > 0:  # the piece is sent once the model has written it
+                await asyncio.sleep(_tokens(piece) * token_s)
             head = f"event: {name}\n" if name else ""
             yield f"{head}data: {json.dumps(data)}\n\n".encode()
-            delta = data.get("delta", {}) if anthropic else (data.get("choices") or [{}])[0].get("delta", {})
-            pieces += bool(delta.get("text") or delta.get("content"))
+            pieces += bool(piece)
         if not anthropic:
             yield b"data: [DONE]\n\n"
 

@@ -77,6 +77,7 @@ class SubState:
     cost_usd: float = 0.0
     input_tokens: int = 0
     output_tokens: int = 0
+    round: int = 0  # 0: the first plan; n: added by replanning round n
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,6 +423,12 @@ class RunStore(abc.ABC):
     async def save_plan(self, task_id: str, *, reasoning: str | None, subtasks: Sequence[SubState],
                         prompt_versions: dict[str, str], status: str, warnings: Sequence[str] = ()) -> None:
         """Insert the subtasks and move the task to `status` (planned), together."""
+
+    @abc.abstractmethod
+    async def add_subtasks(self, task_id: str, subtasks: Sequence[SubState], *,
+                           replan: dict[str, Any] | None = None) -> None:
+        """Insert subtasks into a task that runs (a streamed plan's entries, a replanning
+        round's additions); with `replan`, record the round and tell it in a task event."""
 
     @abc.abstractmethod
     async def end_subtask(self, task_id: str, index: int, *, status: str, error: str | None) -> SubState:

@@ -37,14 +37,14 @@ EPS = 1e-12  # float slack in budget checks
 
 # Columns read back as a SubState / TaskState / snapshot, in this order.
 SUB_COLS = ('"index", description, tier_hint, tier_assigned, models, depends_on, status, model, result, '
-            "error, attempts, cost_usd, input_tokens, output_tokens")
+            "error, attempts, cost_usd, input_tokens, output_tokens, round")
 TASK_COLS = ("id, user_id, prompt, status, priority, approve, budget_usd, plan_in, reasoning, "
              "total_cost_usd, reserved_usd, cancel_requested, event_seq, context, answer_max_tokens")
 SNAP_TASK_COLS = ("id, user_id, prompt, status, reasoning, result, error, budget_usd, total_cost_usd, priority, "
                   "prompt_versions, created_at, planned_at, started_at, completed_at, planner_model, event_seq, "
-                  "warnings")
+                  "warnings, replans")
 SNAP_SUB_COLS = ('"index", description, tier_hint, tier_assigned, model, depends_on, status, result, error, '
-                 "attempts, cost_usd, input_tokens, output_tokens, started_at, completed_at")
+                 "attempts, cost_usd, input_tokens, output_tokens, started_at, completed_at, round")
 
 
 class Dialect(Protocol):
@@ -91,7 +91,7 @@ def sub_state(d: Dialect, row: Sequence[Any]) -> SubState:
     return SubState(index=row[0], description=row[1], tier_hint=row[2], tier_assigned=row[3] or row[2],
                     models=list(d.loads(row[4]) or []), depends_on=list(d.loads(row[5]) or []), status=row[6],
                     model=row[7], result=row[8], error=row[9], attempts=row[10], cost_usd=row[11],
-                    input_tokens=row[12], output_tokens=row[13])
+                    input_tokens=row[12], output_tokens=row[13], round=row[14] or 0)
 
 
 def sub_event(s: SubState, *, with_result: bool = False) -> dict[str, Any]:
@@ -162,12 +162,32 @@ def save_plan(d: Dialect, task_id: str, *, reasoning: str | None, subtasks: Sequ
     now = d.now()
     rows = [{"id": f"s_{task_id[2:]}_{s.index}", "t": task_id, "i": s.index, "d": s.description,
              "th": s.tier_hint, "ta": s.tier_assigned, "ms": d.json(s.models), "m": s.model,
-             "deps": d.json(s.depends_on), "st": s.status} for s in subtasks]
+             "deps": d.json(s.depends_on), "st": s.status, "rd": s.round} for s in subtasks]
     if rows:
         yield ("many", "INSERT_SUBTASK", rows)
     yield ("exec", "SAVE_PLAN", {"r": reasoning, "pv": d.json(prompt_versions), "st": status, "now": now,
                                  "wn": d.json(list(warnings)) if warnings else None, "t": task_id})
     return (yield from _events(d, task_id, [("task", {"status": status, "error": None})], now))
+
+
+def add_subtasks(d: Dialect, task_id: str, subtasks: Sequence[SubState], *, replan: dict[str, Any] | None) -> Op:
+    """Subtasks joining a task that runs: entries of a plan still streaming, or a
+    replanning round's additions (`replan`: {"round", "reason"}, appended to the task's
+    `replans` and told in a task event)."""
+    now = d.now()
+    rows = [{"id": f"s_{task_id[2:]}_{s.index}", "t": task_id, "i": s.index, "d": s.description,
+             "th": s.tier_hint, "ta": s.tier_assigned, "ms": d.json(s.models), "m": s.model,
+             "deps": d.json(s.depends_on), "st": s.status, "rd": s.round} for s in subtasks]
+    if rows:
+        yield ("many", "INSERT_SUBTASK", rows)
+    if replan is None:
+        return None
+    row = yield ("one", "TASK_REPLANS", {"t": task_id})
+    if row is None:
+        raise NotFound(f"no task {task_id!r}")
+    replans = [*(d.loads(row[1]) or []), replan]
+    yield ("exec", "SET_REPLANS", {"rp": d.json(replans), "now": now, "t": task_id})
+    return (yield from _events(d, task_id, [("task", {"status": row[0], "error": None, "replan": replan})], now))
 
 
 def end_subtask(d: Dialect, task_id: str, index: int, *, status: str, error: str | None) -> Op:
@@ -418,7 +438,7 @@ def versioned_snapshot(d: Dialect, task_id: str, user_id: str | None) -> Op:
         "created_at": iso(d.dt(t[11])), "planned_at": iso(d.dt(t[12])), "started_at": iso(d.dt(t[13])),
         "completed_at": iso(d.dt(t[14])), "planner": planner, "synthesis": synthesis,
         "worst_case": _worst(sum(w["calls"] for w in worst), sum(w["cost_usd"] for w in worst)),
-        "warnings": list(d.loads(t[17]) or []),
+        "warnings": list(d.loads(t[17]) or []), "replans": list(d.loads(t[18]) or []),
         "subtasks": [_sub_snapshot(d, s, parts.get((CallKind.subtask.value, int(s[0])))) for s in subs],
     }
     return head, money_shown(body)
@@ -430,7 +450,7 @@ def _sub_snapshot(d: Dialect, s: Sequence[Any], part: dict[str, Any] | None) -> 
             "depends_on": list(d.loads(s[5]) or []), "status": s[6], "result": s[7], "error": s[8],
             "attempts": s[9], "cost_usd": part["cost_usd"] if part is not None else s[10],
             "input_tokens": s[11], "output_tokens": s[12], "worst_case": worst,
-            "started_at": iso(d.dt(s[13])), "completed_at": iso(d.dt(s[14]))}
+            "started_at": iso(d.dt(s[13])), "completed_at": iso(d.dt(s[14])), "round": s[15] or 0}
 
 
 def task_counts(d: Dialect) -> Op:

@@ -54,8 +54,11 @@ SQL: dict[str, str] = {
                   "WHERE id=%(t)s",
     "SET_PLANNER_MODEL": "UPDATE task SET planner_model=%(m)s WHERE id=%(t)s",
     "INSERT_SUBTASK": 'INSERT INTO subtask (id, task_id, "index", description, tier_hint, tier_assigned, models, '
-                      "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens) VALUES "
-                      "(%(id)s, %(t)s, %(i)s, %(d)s, %(th)s, %(ta)s, %(ms)s, %(m)s, %(deps)s, %(st)s, 0, 0, 0, 0)",
+                      "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens, round) VALUES "
+                      "(%(id)s, %(t)s, %(i)s, %(d)s, %(th)s, %(ta)s, %(ms)s, %(m)s, %(deps)s, %(st)s, 0, 0, 0, 0, "
+                      "%(rd)s)",
+    "TASK_REPLANS": "SELECT status, replans FROM task WHERE id=%(t)s FOR UPDATE",
+    "SET_REPLANS": "UPDATE task SET replans=%(rp)s, updated_at=%(now)s WHERE id=%(t)s",
     "SAVE_PLAN": "UPDATE task SET reasoning=%(r)s, plan_in=NULL, prompt_versions=%(pv)s, warnings=%(wn)s, "
                  "status=%(st)s, "
                  "planned_at=%(now)s, updated_at=%(now)s WHERE id=%(t)s",

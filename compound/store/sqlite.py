@@ -49,8 +49,10 @@ SQL: dict[str, str] = {
                   "completed_at=CASE WHEN :term THEN :now ELSE completed_at END, updated_at=:now WHERE id=:t",
     "SET_PLANNER_MODEL": "UPDATE task SET planner_model=:m WHERE id=:t",
     "INSERT_SUBTASK": 'INSERT INTO subtask (id, task_id, "index", description, tier_hint, tier_assigned, models, '
-                      "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens) VALUES "
-                      "(:id, :t, :i, :d, :th, :ta, :ms, :m, :deps, :st, 0, 0, 0, 0)",
+                      "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens, round) VALUES "
+                      "(:id, :t, :i, :d, :th, :ta, :ms, :m, :deps, :st, 0, 0, 0, 0, :rd)",
+    "TASK_REPLANS": "SELECT status, replans FROM task WHERE id=:t",
+    "SET_REPLANS": "UPDATE task SET replans=:rp, updated_at=:now WHERE id=:t",
     "SAVE_PLAN": "UPDATE task SET reasoning=:r, plan_in=NULL, prompt_versions=:pv, warnings=:wn, status=:st, "
                  "planned_at=:now, "
                  "updated_at=:now WHERE id=:t",
