@@ -251,7 +251,8 @@ class Workflow:
     async def _replan(self, run: _Run) -> None:
         """At most COMPOUND_MAX_REPLANS rounds. A round runs when a subtask of the round
         before failed for good; it asks the planner for subtasks to add (finished ones
-        are kept and never run again) and ends replanning unless every addition completes."""
+        are kept and never run again). A round none of whose additions completes ends
+        replanning; one whose additions all complete answers for what it was called for."""
         st = run.st
         done_round = max((s.round for s in run.subs), default=0)
         while done_round < self.settings.max_replans:
@@ -286,9 +287,10 @@ class Workflow:
                 run.add(sub)
             run.sole = False
             await run.run_dag()
-            if not all(s.index in run.results for s in subs):
+            if all(s.index in run.results for s in subs):
+                run.answered.update(f.index for f in failed)
+            elif not any(s.index in run.results for s in subs):
                 return
-            run.answered.update(f.index for f in failed)
             done_round = round_
 
     async def _synthesize(self, run: _Run, budget_note: str | None) -> None:

@@ -243,7 +243,7 @@ class Simulator:
     async def _log(self, _request: Request) -> JSONResponse:
         """What the simulator was asked (tests of a simulator in another process)."""
         with self._lock:
-            rows = [{k: r[k] for k in ("wire", "model", "kind", "text", "at")} for r in self.requests]
+            rows = [{k: r[k] for k in ("wire", "model", "kind", "text", "at", "ended_at")} for r in self.requests]
         return JSONResponse(rows)
 
     async def _stats(self, _request: Request) -> JSONResponse:
@@ -264,16 +264,16 @@ class Simulator:
     async def _common(
         self, wire: str, model: str, system: str, text: str, max_tokens: int, body: dict[str, Any],
         *, refusal: Failure | None = None, prefixes: list[str] | None = None,
-    ) -> tuple[str, int, int, tuple[int, int], Failure | None, float] | JSONResponse:
+    ) -> tuple[str, int, int, tuple[int, int], Failure | None, float, dict[str, Any]] | JSONResponse:
         """Log, then a scripted failure or the answer: (text, input tokens, output
-        tokens, (cache read, cache write), a failure to cut its stream with), after the
-        scripted latency."""
+        tokens, (cache read, cache write), a failure to cut its stream with, seconds per
+        streamed token, the log record), after the scripted latency. The record's
+        `ended_at` is set when the answer has been sent whole."""
         kind = prompt_kind(system)
         with self._lock:
-            self.requests.append(
-                {"wire": wire, "model": model, "kind": kind, "system": system, "text": text,
-                 "body": body, "at": time.time()}
-            )
+            record: dict[str, Any] = {"wire": wire, "model": model, "kind": kind, "system": system, "text": text,
+                                      "body": body, "at": time.time(), "ended_at": None}
+            self.requests.append(record)
             failure = refusal
             for i, f in enumerate(self.script.failures):
                 if failure is not None:
@@ -305,13 +305,16 @@ class Simulator:
             with self._lock:
                 self.in_flight[model] -= 1
         if failure is not None and not (failure.midstream and body.get("stream")):
+            record["ended_at"] = time.time()
             return _error(wire, failure)
         out = forced if forced is not None else answer_for(kind, text, self.script.max_subtasks)
         out_tok = _tokens(out)
         if out_tok > max_tokens:
             out = out.encode("utf-8")[: max_tokens * 4].decode("utf-8", "ignore")
             out_tok = max_tokens
-        return out, in_tok, out_tok, cached, failure, self.script.token_delay(kind)
+        if not body.get("stream"):
+            record["ended_at"] = time.time()
+        return out, in_tok, out_tok, cached, failure, self.script.token_delay(kind), record
 
     def _cached(self, model: str, prefixes: list[str], in_tok: int, delay: float) -> tuple[int, int]:
         """(cache_read, cache_write) tokens for the breakpoints' prefixes, Anthropic's way:
@@ -363,13 +366,14 @@ class Simulator:
         got = await self._common("anthropic", model, system, text, max_tokens, body, prefixes=prefixes)
         if isinstance(got, JSONResponse):
             return got
-        out, in_tok, out_tok, (read, write), cut, token_s = got
+        out, in_tok, out_tok, (read, write), cut, token_s, record = got
         usage = {"input_tokens": in_tok - read - write, "output_tokens": out_tok,
                  "cache_read_input_tokens": read, "cache_creation_input_tokens": write}
         stop = "max_tokens" if out_tok >= max_tokens else "end_turn"
         msg_id = f"msg_{uuid.uuid4().hex[:24]}"
         if body.get("stream"):
-            return _sse(_anthropic_events(msg_id, model, out, usage, stop), anthropic=True, cut=cut, token_s=token_s)
+            return _sse(_anthropic_events(msg_id, model, out, usage, stop), anthropic=True, cut=cut, token_s=token_s,
+                        record=record)
         from anthropic.types import Message as AMessage
 
         msg = AMessage(
@@ -399,7 +403,7 @@ class Simulator:
         got = await self._common("openai", model, system, text, max_tokens, body, refusal=refusal)
         if isinstance(got, JSONResponse):
             return got
-        out, in_tok, out_tok, _cached, cut, token_s = got
+        out, in_tok, out_tok, _cached, cut, token_s, record = got
         usage = {"prompt_tokens": in_tok, "completion_tokens": out_tok, "total_tokens": in_tok + out_tok,
                  "prompt_tokens_details": {"cached_tokens": 0}}
         stop = "length" if out_tok >= max_tokens else "stop"
@@ -407,7 +411,7 @@ class Simulator:
         if body.get("stream"):
             with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return _sse(_openai_chunks(chat_id, model, out, usage if with_usage else None, stop), anthropic=False,
-                        cut=cut, token_s=token_s)
+                        cut=cut, token_s=token_s, record=record)
         from openai.types.chat import ChatCompletion
 
         completion = ChatCompletion(
@@ -491,10 +495,19 @@ class _Droppable(StreamingResponse):
 
 
 def _sse(events: list[tuple[str, dict[str, Any]]], *, anthropic: bool, cut: Failure | None = None,
-         token_s: float = 0.0) -> StreamingResponse:
-    """`token_s`: seconds per output token; each text piece waits for its tokens."""
+         token_s: float = 0.0, record: dict[str, Any] | None = None) -> StreamingResponse:
+    """`token_s`: seconds per output token; each text piece waits for its tokens.
+    `record["ended_at"]` is set when the last event has been sent (or the stream cut)."""
 
     async def body() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in events_body():
+                yield chunk
+        finally:
+            if record is not None:
+                record["ended_at"] = time.time()
+
+    async def events_body() -> AsyncIterator[bytes]:
         pieces = 0
         for name, data in events:
             if cut is not None and pieces >= cut.after_pieces:
