@@ -78,8 +78,9 @@ class Script:
     # substring -> event: a request whose text has the substring waits until the event
     # is set (tests release a call when they have seen it in flight: state, not time)
     holds: dict[str, threading.Event] = field(default_factory=dict)
-    # kind -> seconds per output token of a streamed answer ("*": any kind): the answer
-    # arrives piece by piece at that rate, as a provider writes it (50 tokens/s: 0.02).
+    # kind -> seconds per output token ("*": any kind), as a model writes (50 tokens/s:
+    # 0.02): a streamed answer arrives piece by piece at that rate, one not streamed
+    # whole once written.
     token_s: dict[str, float] = field(default_factory=dict)
 
     def token_delay(self, kind: str) -> float:
@@ -312,9 +313,12 @@ class Simulator:
         if out_tok > max_tokens:
             out = out.encode("utf-8")[: max_tokens * 4].decode("utf-8", "ignore")
             out_tok = max_tokens
+        token_s = self.script.token_delay(kind)
         if not body.get("stream"):
+            if token_s > 0:  # written at the same pace, sent whole at the end
+                await asyncio.sleep(out_tok * token_s)
             record["ended_at"] = time.time()
-        return out, in_tok, out_tok, cached, failure, self.script.token_delay(kind), record
+        return out, in_tok, out_tok, cached, failure, token_s, record
 
     def _cached(self, model: str, prefixes: list[str], in_tok: int, delay: float) -> tuple[int, int]:
         """(cache_read, cache_write) tokens for the breakpoints' prefixes, Anthropic's way:
