@@ -20,6 +20,7 @@ from compound.llm.simulator import Failure, Simulator
 from compound.planner.plan import SubtaskIn
 from compound.planner.replan import additions
 from compound.planner.stream import PlanStream, entry_errors
+from compound.store.base import RunStore, SubState
 from compound.store.users import create_token
 from tests.fixtures.api import Api
 from tests.test_live import parse_sse
@@ -344,3 +345,50 @@ async def test_a_replanning_round_is_reserved_in_the_budget_first(api: Api, sim:
     assert sim.calls("planner") == []  # ... and its call did not fit: not sent
     assert len(snap["subtasks"]) == 2 and snap["status"] == "partial"
     assert snap["total_cost_usd"] <= 0.01
+
+
+async def test_the_store_adds_subtasks_with_their_round_and_records_each_round(any_store: RunStore) -> None:
+    store = any_store
+    task = await store.create_task(prompt="p", budget_usd=1.0)
+
+    def sub(i: int, deps: list[int], round_: int) -> SubState:
+        return SubState(index=i, description=f"step {i}", tier_hint=1, tier_assigned=1, models=["m"],
+                        depends_on=deps, status="pending", model="m", round=round_)
+
+    await store.add_subtasks(task.id, [sub(0, [1], 0)])  # a streamed entry, its dependency not yet there
+    await store.add_subtasks(task.id, [sub(1, [], 0)])
+    before = (await store.load(task.id)).event_seq  # type: ignore[union-attr]
+    await store.add_subtasks(task.id, [], replan={"round": 1, "reason": "subtask 1: failed for good (x)"})
+    await store.add_subtasks(task.id, [sub(2, [0], 1)])
+    loaded = await store.load(task.id)
+    assert loaded is not None
+    assert [(s.index, s.depends_on, s.round) for s in loaded.subtasks] == [(0, [1], 0), (1, [], 0), (2, [0], 1)]
+    snap = await store.snapshot(task.id)
+    assert [s["round"] for s in snap["subtasks"]] == [0, 0, 1]
+    assert snap["replans"] == [{"round": 1, "reason": "subtask 1: failed for good (x)"}]
+    events = await store.events_after(task.id, before)
+    assert [(e.kind, e.data.get("replan"), e.data["status"]) for e in events] == [
+        ("task", {"round": 1, "reason": "subtask 1: failed for good (x)"}, "queued")]
+
+
+async def test_a_task_canceled_while_its_plan_streams_stops_everything(api: Api, sim: Simulator) -> None:
+    sim.script.token_s = {"planner": 0.02}
+    sim.script.latency = lambda _m, kind, _t: 1.0 if kind == "worker" else 0.0
+    sim.answer("planner", _plan(*[(f"Look up fact {i}", 1, []) for i in range(8)], ("Join", 2, list(range(8)))))
+    r = await api.http.post("/v1/tasks", json={"prompt": "eight facts"}, headers=api.auth(api.alice))
+    task_id = r.json()["id"]
+    store = api.app.state.store
+    async with store.subscribe(task_id) as events:
+        async for ev in events:  # the first subtask runs while the plan is still being written
+            if ev.kind == "subtask" and ev.data["status"] == "running":
+                break
+    r = await api.http.post(f"/v1/tasks/{task_id}/cancel", headers=api.auth(api.alice))
+    assert r.status_code == 200, r.text
+    snap = await api.wait(task_id, api.alice)
+    assert snap["status"] == "canceled"
+    assert all(s["status"] in ("canceled", "skipped", "completed", "failed") for s in snap["subtasks"])
+    assert 1 <= len(snap["subtasks"]) < 9  # the plan had not arrived whole
+    assert len(sim.calls("planner")) == 1
+    rows = await store.ledger_rows(task_id)
+    assert all(r["status"] != "reserved" for r in rows)  # every open call closed
+    assert len(sim.calls("worker")) <= sum(1 for s in snap["subtasks"] if s["attempts"])
