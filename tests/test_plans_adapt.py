@@ -241,6 +241,21 @@ async def test_an_invalid_entry_mid_stream_waits_for_the_repaired_plan(api: Api,
     assert len(sim.calls("worker")) == 3
 
 
+async def test_an_entry_the_whole_plan_changes_before_it_started_runs_as_changed(api: Api, sim: Simulator) -> None:
+    # entry 0 waits for entry 5, which never comes: the whole answer's repair drops that
+    # dependency; entry 0 had not started, so it runs as repaired, without a repair call
+    sim.script.token_s = {"planner": 0.01}
+    sim.answer("planner", _plan(("Look up fact 0", 1, [5]), ("Look up fact 1", 1, []), ("Sum up", 2, [0, 1])))
+    snap = await _submit(api, "two facts")
+    assert snap["status"] == "completed", snap["error"]
+    (planner,) = sim.calls("planner")
+    assert _worker(sim, "Look up fact 1")[0]["at"] < planner["ended_at"]
+    assert _worker(sim, "Look up fact 0")[0]["at"] > planner["ended_at"]
+    assert [s["depends_on"] for s in snap["subtasks"]] == [[], [], [0, 1]]
+    assert [w.split(":")[0] for w in snap["warnings"]] == ["dependency out of range"]
+    assert sorted(_subtask_descriptions(sim)) == ["Look up fact 0", "Look up fact 1", "Sum up"]
+
+
 async def test_a_plan_invalid_after_subtasks_started_is_cut_to_them(api: Api, sim: Simulator) -> None:
     # 0 and 1 start while the plan streams; the whole answer has a cycle (2 -> 3 -> 2)
     # and its repair changes subtask 0: the plan keeps what started, nothing runs twice
@@ -392,3 +407,46 @@ async def test_a_task_canceled_while_its_plan_streams_stops_everything(api: Api,
     rows = await store.ledger_rows(task_id)
     assert all(r["status"] != "reserved" for r in rows)  # every open call closed
     assert len(sim.calls("worker")) <= sum(1 for s in snap["subtasks"] if s["attempts"])
+
+
+async def test_a_held_subtask_waits_until_it_is_replaced_or_released() -> None:
+    started: list[int] = []
+
+    async def run_one(i: int) -> Ended | None:
+        started.append(i)
+        return None
+
+    async def skip(_i: int, _how: Ended, _reason: str) -> None:
+        raise AssertionError("nothing is skipped")
+
+    dag = GrowingDag(run_one, skip)
+    runner = asyncio.ensure_future(dag.run())
+    dag.add(0, [])
+    dag.add(1, [7])  # waits for 7
+    assert dag.hold(1) and dag.hold(2)  # 2 is not there yet: held before it comes
+    dag.add(2, [])
+    while not started:
+        await asyncio.sleep(0)
+    assert not dag.hold(0)  # started
+    dag.replace(1, [0])  # the whole plan's version: depends on 0, which completed
+    dag.release(2)
+    dag.close()
+    await runner
+    assert sorted(started) == [0, 1, 2]
+    assert dag.state == {0: "completed", 1: "completed", 2: "completed"}
+
+
+async def test_the_store_replaces_only_a_pending_subtask(any_store: RunStore) -> None:
+    from compound.core.errors import NotFound
+
+    store = any_store
+    task = await store.create_task(prompt="p", budget_usd=1.0)
+    first = SubState(index=0, description="a", tier_hint=1, tier_assigned=1, models=["m"], depends_on=[3],
+                     status="pending", model="m")
+    await store.add_subtasks(task.id, [first])
+    got = await store.replace_pending(task.id, SubState(index=0, description="b", tier_hint=2, tier_assigned=2,
+                                                        models=["n"], depends_on=[], status="pending", model="n"))
+    assert (got.description, got.tier_assigned, got.depends_on, got.models) == ("b", 2, [], ["n"])
+    await store.end_subtask(task.id, 0, status="skipped", error="x")
+    with pytest.raises(NotFound):
+        await store.replace_pending(task.id, got)

@@ -4,7 +4,9 @@ Subtasks are `add`ed in index order, each with its dependencies; one starts the
 moment every dependency completed, also a dependency added after it (a forward
 reference waits for it). When one ends without a result its dependents are skipped
 with a typed cause (scheduler.Ended), as `run_dag` does. After `close()` no subtask
-comes: one still waiting on a dependency that never came, or on a cycle, is skipped."""
+comes: one still waiting on a dependency that never came, or on a cycle, is skipped.
+A subtask not yet started may be held (`hold`), then given new dependencies
+(`replace`) or let go as it was (`release`): the whole plan may change what has not run."""
 
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ from typing import Literal
 
 from compound.executor.scheduler import COMPLETED, PENDING, Cause, Ended, RunOne, Skip
 
-_Item = (tuple[Literal["add"], int, list[int]] | tuple[Literal["close"]]
-         | tuple[Literal["done"], int, Ended | None, BaseException | None])
+HELD = "held"
+_Item = (tuple[Literal["add", "replace"], int, list[int]] | tuple[Literal["release"], int]
+         | tuple[Literal["close"]] | tuple[Literal["done"], int, Ended | None, BaseException | None])
 
 
 class GrowingDag:
@@ -34,6 +37,22 @@ class GrowingDag:
     def close(self) -> None:
         self._inbox.put_nowait(("close",))
 
+    def hold(self, index: int) -> bool:
+        """Keep a subtask from starting (also one added but not yet arrived here): True,
+        or False when it has started already. Takes effect at once."""
+        if self.state.get(index) in (None, PENDING, HELD):
+            self.state[index] = HELD
+            return True
+        return False
+
+    def replace(self, index: int, deps: list[int]) -> None:
+        """A held subtask's new dependencies; it may start again."""
+        self._inbox.put_nowait(("replace", index, list(dict.fromkeys(deps))))
+
+    def release(self, index: int) -> None:
+        """A held subtask may start again, unchanged."""
+        self._inbox.put_nowait(("release", index))
+
     async def run(self) -> None:
         closed = False
         try:
@@ -41,6 +60,12 @@ class GrowingDag:
                 item = await self._inbox.get()
                 if item[0] == "add":
                     await self._arrive(item[1], item[2])
+                elif item[0] == "replace":
+                    for d in self._deps.get(item[1], []):
+                        self._children[d].remove(item[1])
+                    await self._arrive(item[1], item[2], unhold=True)
+                elif item[0] == "release":
+                    await self._arrive(item[1], self._deps[item[1]], unhold=True, known=True)
                 elif item[0] == "close":
                     closed = True
                 else:
@@ -72,11 +97,17 @@ class GrowingDag:
     def _ready(self, i: int) -> bool:
         return self.state.get(i) == PENDING and all(self.state.get(d) == COMPLETED for d in self._deps[i])
 
-    async def _arrive(self, i: int, deps: list[int]) -> None:
+    async def _arrive(self, i: int, deps: list[int], *, unhold: bool = False, known: bool = False) -> None:
+        if self.state.get(i) == HELD and not unhold:
+            self._deps[i] = deps  # held before it came: it waits for replace or release
+            for d in deps:
+                self._children.setdefault(d, []).append(i)
+            return
         self.state[i] = PENDING
-        self._deps[i] = deps
-        for d in deps:
-            self._children.setdefault(d, []).append(i)
+        if not known:
+            self._deps[i] = deps
+            for d in deps:
+                self._children.setdefault(d, []).append(i)
         gone = next((d for d in deps if d in self._ended), None)
         if gone is not None:
             await self._skip_one(i, gone, self._ended[gone])
@@ -110,8 +141,8 @@ class GrowingDag:
 
     async def _strand(self) -> None:
         """Nothing runs and nothing comes: what still waits can never start."""
-        for i in sorted(i for i, s in self.state.items() if s == PENDING):
-            if self.state[i] != PENDING:
+        for i in sorted(i for i, s in self.state.items() if s in (PENDING, HELD)):
+            if self.state[i] not in (PENDING, HELD):
                 continue
             missing = [d for d in self._deps[i] if d not in self.state]
             why = (f"skipped: dependency {missing[0]} is not in the plan" if missing

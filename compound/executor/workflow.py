@@ -11,12 +11,13 @@ from typing import Any
 from compound.core.errors import BudgetExceeded, PlanInvalid, ProviderError
 from compound.core.settings import Settings
 from compound.executor.calls import CallSpec, ModelCalls
-from compound.executor.growing import GrowingDag
+from compound.executor.growing import HELD, GrowingDag
 from compound.executor.scheduler import Cause, Ended, run_dag
 from compound.llm.base import Completion, Message, Usage
 from compound.planner.plan import PlanIn, SubtaskIn
 from compound.planner.replan import Failed, Finished, replan
 from compound.planner.router import route
+from compound.planner.stream import same
 from compound.planner.validate import validate_plan
 from compound.prompts import render
 from compound.store.base import RunStore, SubState, TaskState
@@ -142,15 +143,27 @@ class Workflow:
         run = _Run(self, st, [], daily)
         run.sole = False  # not known until the plan is whole
         dag = GrowingDag(run.run_one, run.skip)
-        arrivals: asyncio.Queue[SubtaskIn | None] = asyncio.Queue()
+        # What the writer does, in order: add an entry; give a held one the whole plan's
+        # version (or let it go unchanged: None); None alone: the plan is whole.
+        arrivals: asyncio.Queue[SubtaskIn | tuple[int, SubtaskIn | None] | None] = asyncio.Queue()
 
         async def store_arrivals() -> None:
             # One writer, in index order: a subtask is stored before it can start.
             while (got := await arrivals.get()) is not None:
-                (sub,) = self._subs([got], len(run.subs), 0)
-                await self.store.add_subtasks(st.id, [sub])
-                run.add(sub)
-                dag.add(sub.index, sub.depends_on)
+                if isinstance(got, SubtaskIn):
+                    (sub,) = self._subs([got], len(run.subs), 0)
+                    await self.store.add_subtasks(st.id, [sub])
+                    run.add(sub)
+                    dag.add(sub.index, sub.depends_on)
+                    continue
+                index, version = got
+                if version is None:
+                    dag.release(index)
+                    continue
+                (sub,) = self._subs([version], index, 0)
+                run.final[index] = await self.store.replace_pending(st.id, sub)
+                run.subs[index] = run.final[index]
+                dag.replace(index, sub.depends_on)
             dag.close()
 
         async def call(messages: list[Message], schema: dict[str, Any] | None,
@@ -162,8 +175,11 @@ class Workflow:
         warnings: list[str] = []
         streamed = [0]
 
+        handed: list[SubtaskIn] = []
+
         def on_entry(_index: int, got: SubtaskIn) -> None:
             streamed[0] += 1
+            handed.append(got)
             arrivals.put_nowait(got)
 
         runner = asyncio.ensure_future(dag.run())
@@ -171,13 +187,18 @@ class Workflow:
         try:
             try:
                 plan = await decompose_streamed(call, st.prompt, max_subtasks=self.settings.max_subtasks,
-                                                on_entry=on_entry, context=st.context, warnings=warnings)
+                                                on_entry=on_entry, hold=dag.hold, context=st.context,
+                                                warnings=warnings)
             except (BudgetExceeded, PlanInvalid, ProviderError) as exc:
                 arrivals.put_nowait(None)  # nothing was handed out: nothing runs
                 await asyncio.gather(writer, runner)
                 await self._plan_failed(st, exc)
                 return None
             run.sole = len(plan.subtasks) == 1
+            for index in range(streamed[0]):  # what the whole plan changed had not started: it was held
+                if dag.state.get(index) == HELD:
+                    changed = not same(plan.subtasks[index], handed[index])
+                    arrivals.put_nowait((index, plan.subtasks[index] if changed else None))
             for rest in plan.subtasks[streamed[0]:]:
                 arrivals.put_nowait(rest)
             arrivals.put_nowait(None)

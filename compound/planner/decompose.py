@@ -179,19 +179,22 @@ async def decompose(call: CallFn, request: str, *, max_subtasks: int,
     schema = plan_schema(max_subtasks)
     first = await call(messages, schema)
     return await _settle(call, messages, schema, first.text, max_subtasks=max_subtasks, warnings=warnings,
-                         fallback=fallback, started=[])
+                         fallback=fallback, started=[], hold=lambda _i: False)
 
 
 async def decompose_streamed(call: StreamCallFn, request: str, *, max_subtasks: int,
-                             on_entry: Callable[[int, SubtaskIn], None],
+                             on_entry: Callable[[int, SubtaskIn], None], hold: Callable[[int], bool],
                              context: list[dict[str, str]] | None = None,
                              warnings: list[str] | None = None, fallback: bool = True) -> PlanIn:
     """`decompose` with the planner's answer streamed: each entry complete and valid on
     its own goes to `on_entry` at once (planner/stream.py), so it can start while the
-    rest is written. The plan returned begins with every entry handed out, unchanged:
-    when the whole answer (or its repair) does not keep them, or the call fails after
-    some were handed out, the plan is cut to them (a warning says so); what started is
-    never dropped or run twice. With nothing handed out, exactly as `decompose`."""
+    rest is written. The plan returned has at least as many subtasks as were handed out
+    and keeps every one that started: an entry the whole answer changes is asked to
+    `hold(index)`, which keeps it from starting and says True, or says False when it
+    has started already (then the answer is not kept). When the answer (or its repair)
+    cannot be kept, or the call fails after entries were handed out, the plan is cut to
+    them (a warning says so): what started is never dropped or run twice. With nothing
+    handed out, exactly as `decompose`."""
     messages = render("decompose", request=request, max_subtasks=max_subtasks, context=context)
     schema = plan_schema(max_subtasks)
     stream = PlanStream(max_subtasks)
@@ -211,7 +214,7 @@ async def decompose_streamed(call: StreamCallFn, request: str, *, max_subtasks: 
             raise
         return _cut(stream.emitted, f"the planner's call failed ({exc.message})", warnings)
     return await _settle(call, messages, schema, first.text, max_subtasks=max_subtasks, warnings=warnings,
-                         fallback=fallback, started=stream.emitted)
+                         fallback=fallback, started=stream.emitted, hold=hold)
 
 
 def _cut(started: list[SubtaskIn], why: str, warnings: list[str] | None) -> PlanIn:
@@ -221,17 +224,18 @@ def _cut(started: list[SubtaskIn], why: str, warnings: list[str] | None) -> Plan
     return PlanIn(reasoning=None, subtasks=list(started))
 
 
-def _keeps(plan: PlanIn, started: list[SubtaskIn]) -> bool:
+def _keeps(plan: PlanIn, started: list[SubtaskIn], hold: Callable[[int], bool]) -> bool:
     return len(plan.subtasks) >= len(started) and all(
-        same(a, b) for a, b in zip(plan.subtasks, started, strict=False))
+        same(a, b) or hold(k) for k, (a, b) in enumerate(zip(plan.subtasks, started, strict=False)))
 
 
-def _check_keeping(text: str, max_subtasks: int, started: list[SubtaskIn], warnings: list[str] | None) -> PlanIn:
+def _check_keeping(text: str, max_subtasks: int, started: list[SubtaskIn], hold: Callable[[int], bool],
+                   warnings: list[str] | None) -> PlanIn:
     """`_check`, and a plan that changes an entry already started is invalid too."""
     fixes: list[str] = []
     plan = _check(text, max_subtasks, fixes)
-    if not _keeps(plan, started):
-        raise PlanInvalid([f"subtasks 0 to {len(started) - 1} have started already; the plan must keep them "
+    if not _keeps(plan, started, hold):
+        raise PlanInvalid([f"subtasks 0 to {len(started) - 1} may have started already; the plan must keep them "
                            "as they were (same description, tier_hint and depends_on)"], text)
     if warnings is not None:
         warnings.extend(fixes)
@@ -240,11 +244,11 @@ def _check_keeping(text: str, max_subtasks: int, started: list[SubtaskIn], warni
 
 async def _settle(call: CallFn, messages: list[Message], schema: dict[str, Any], text: str, *,
                   max_subtasks: int, warnings: list[str] | None, fallback: bool,
-                  started: list[SubtaskIn]) -> PlanIn:
+                  started: list[SubtaskIn], hold: Callable[[int], bool]) -> PlanIn:
     """The first answer judged, one repair call if it is unusable, then the fallback
     (nothing started), PlanInvalid (`fallback=False`) or the plan cut to what started."""
     try:
-        return _check_keeping(text, max_subtasks, started, warnings)
+        return _check_keeping(text, max_subtasks, started, hold, warnings)
     except PlanInvalid as exc:
         errors = exc.errors
     asked = repair_messages(messages, text, errors)
@@ -258,7 +262,7 @@ async def _settle(call: CallFn, messages: list[Message], schema: dict[str, Any],
             raise
         return _cut(started, f"the planner's repair call failed ({call_error.message})", warnings)
     try:
-        return _check_keeping(second.text, max_subtasks, started, warnings)
+        return _check_keeping(second.text, max_subtasks, started, hold, warnings)
     except PlanInvalid as exc:
         if started:
             return _cut(started, "the planner's answer was invalid twice (" + "; ".join(exc.errors[:3]) + ")",

@@ -431,6 +431,11 @@ class RunStore(abc.ABC):
         round's additions); with `replan`, record the round and tell it in a task event."""
 
     @abc.abstractmethod
+    async def replace_pending(self, task_id: str, sub: SubState) -> SubState:
+        """A subtask that has not started takes new words, tier and dependencies (a
+        streamed entry the whole plan changed); NotFound unless it is pending."""
+
+    @abc.abstractmethod
     async def end_subtask(self, task_id: str, index: int, *, status: str, error: str | None) -> SubState:
         """A subtask ends without a result (failed, skipped); returns its new state."""
 

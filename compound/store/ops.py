@@ -190,6 +190,16 @@ def add_subtasks(d: Dialect, task_id: str, subtasks: Sequence[SubState], *, repl
     return (yield from _events(d, task_id, [("task", {"status": row[0], "error": None, "replan": replan})], now))
 
 
+def replace_pending(d: Dialect, task_id: str, sub: SubState) -> Op:
+    """A subtask that has not started takes the whole plan's version of its entry."""
+    row = yield ("one", "REPLACE_PENDING", {"d": sub.description, "th": sub.tier_hint, "ta": sub.tier_assigned,
+                                            "ms": d.json(sub.models), "m": sub.model, "deps": d.json(sub.depends_on),
+                                            "t": task_id, "i": sub.index})
+    if row is None:
+        raise NotFound(f"no pending subtask {sub.index} in task {task_id!r}")
+    return sub_state(d, row)
+
+
 def end_subtask(d: Dialect, task_id: str, index: int, *, status: str, error: str | None) -> Op:
     now = d.now()
     row = yield ("one", "END_SUBTASK", {"st": status, "err": error, "now": now, "t": task_id, "i": index})

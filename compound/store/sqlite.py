@@ -52,6 +52,9 @@ SQL: dict[str, str] = {
                       "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens, round) VALUES "
                       "(:id, :t, :i, :d, :th, :ta, :ms, :m, :deps, :st, 0, 0, 0, 0, :rd)",
     "TASK_REPLANS": "SELECT status, replans FROM task WHERE id=:t",
+    "REPLACE_PENDING": "UPDATE subtask SET description=:d, tier_hint=:th, tier_assigned=:ta, models=:ms, model=:m, "
+                       "depends_on=:deps WHERE task_id=:t AND \"index\"=:i AND status='pending' "
+                       f"RETURNING {ops.SUB_COLS}",
     "SET_REPLANS": "UPDATE task SET replans=:rp, updated_at=:now WHERE id=:t",
     "SAVE_PLAN": "UPDATE task SET reasoning=:r, plan_in=NULL, prompt_versions=:pv, warnings=:wn, status=:st, "
                  "planned_at=:now, "
