@@ -450,3 +450,29 @@ async def test_the_store_replaces_only_a_pending_subtask(any_store: RunStore) ->
     await store.end_subtask(task.id, 0, status="skipped", error="x")
     with pytest.raises(NotFound):
         await store.replace_pending(task.id, got)
+
+
+async def test_a_task_resumed_after_its_plan_stopped_streaming_runs_what_arrived(
+        sim_settings: Settings, sim: Simulator) -> None:
+    from compound.executor.service import Executor
+    from compound.llm import build_client
+    from compound.store import open_store
+    from compound.store.models import TaskStatus
+
+    def sub(i: int, deps: list[int]) -> SubState:
+        return SubState(index=i, description=f"Step {i}", tier_hint=1, tier_assigned=1,
+                        models=["anthropic/claude-haiku-4-5"], depends_on=deps, status="pending",
+                        model="anthropic/claude-haiku-4-5")
+
+    async with open_store(sim_settings.database_url) as store:
+        task = await store.create_task(prompt="p", budget_usd=1.0)
+        await store.set_status(task.id, TaskStatus.planning)
+        await store.add_subtasks(task.id, [sub(0, []), sub(1, [0]), sub(2, [4])])  # 4 never arrived
+        ex = Executor(settings=sim_settings, store=store, client=build_client(sim_settings))
+        await ex.run_task(task.id)
+        snap = await store.snapshot(task.id)
+        await ex.stop()
+    assert [s["status"] for s in snap["subtasks"]] == ["completed", "completed", "skipped"]
+    assert snap["subtasks"][2]["error"] == "skipped: dependency 4 is not in the plan"
+    assert sim.calls("planner") == [] and len(sim.calls("worker")) == 2
+    assert snap["status"] == "partial"

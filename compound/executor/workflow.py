@@ -80,8 +80,15 @@ class _Run:
         await self.end(i, how, SubtaskStatus.skipped, reason)
 
     async def run_dag(self) -> None:
-        await run_dag([s.depends_on for s in self.subs], [self.status(s.index) for s in self.subs],
-                      self.run_one, self.skip)
+        # A plan interrupted while it streamed may name entries that never arrived.
+        n = len(self.subs)
+        for s in self.subs:
+            missing = [d for d in s.depends_on if not 0 <= d < n]
+            if missing and self.status(s.index) == SubtaskStatus.pending:
+                await self.end(s.index, Ended(Cause.failed, missing[0], skipped=True), SubtaskStatus.skipped,
+                               f"skipped: dependency {missing[0]} is not in the plan")
+        await run_dag([[d for d in s.depends_on if 0 <= d < n] for s in self.subs],
+                      [self.status(s.index) for s in self.subs], self.run_one, self.skip)
 
 
 class Workflow:
