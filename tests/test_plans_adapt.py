@@ -476,3 +476,20 @@ async def test_a_task_resumed_after_its_plan_stopped_streaming_runs_what_arrived
     assert snap["subtasks"][2]["error"] == "skipped: dependency 4 is not in the plan"
     assert sim.calls("planner") == [] and len(sim.calls("worker")) == 2
     assert snap["status"] == "partial"
+
+
+async def test_a_streamed_plan_negotiates_the_structured_output_form(sim_settings: Settings, sim: Simulator) -> None:
+    # an OpenAI-compatible server that refuses json_schema with a 500 naming
+    # response_format (llama-cpp-python): the streamed call steps down, as one not streamed
+    from compound.llm.simulator import request_form
+
+    sim.script.refuse_formats = {"json_schema": 500}
+    sim.script.token_s = {"planner": 0.005}
+    async for api in _api(sim_settings.model_copy(update={"planner_model": "openai/gpt-4.1-mini"})):
+        snap = await _submit(api, "find a and find b")
+    assert snap["status"] == "completed", snap["error"]
+    planner = sim.calls("planner")
+    assert [request_form(c["body"]) for c in planner] == ["json_schema", "json_object_schema"]
+    assert all(c["body"]["stream"] for c in planner)
+    assert planner[1]["body"]["response_format"]["schema"]["properties"]["subtasks"]["maxItems"] == 20
+    assert len(snap["subtasks"]) == 3 and _worker(sim, "Work out: find a")[0]["at"] < planner[1]["ended_at"]
