@@ -203,7 +203,7 @@ async def test_a_task_whose_store_went_away_goes_on_when_it_is_back(any_store: R
 async def test_a_plan_lost_after_its_call_was_paid_is_not_paid_for_again(any_store: RunStore,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeLLM(answer=kind_answer)
-    ex = executor(any_store, fake)
+    ex = executor(any_store, fake, stream_plans=False)  # a streamed plan: the test after this one
     real_save = any_store.save_plan
     saves = 0
 
@@ -222,7 +222,7 @@ async def test_a_plan_lost_after_its_call_was_paid_is_not_paid_for_again(any_sto
     assert [(r["status"], r["answer"] is not None) for r in planner] == [(CallStatus.ok, True)]
     calls_before = len(fake.calls)
 
-    await executor(any_store, fake).run_task(task.id)  # resumed (a restart, another worker)
+    await executor(any_store, fake, stream_plans=False).run_task(task.id)  # resumed (a restart, another worker)
 
     snap = await any_store.snapshot(task.id)
     assert snap["status"] == "completed" and len(snap["subtasks"]) == 4
@@ -231,6 +231,37 @@ async def test_a_plan_lost_after_its_call_was_paid_is_not_paid_for_again(any_sto
     assert len(planner_again) == 1 and planner_again[0]["cost_usd"] == planner[0]["cost_usd"] > 0
     new_kinds = [prompt_kind(c.messages[0]["content"]) for c in fake.calls[calls_before:]]
     assert new_kinds.count("planner") == 0 and new_kinds.count("worker") == 4  # no planner call again
+    assert snap["total_cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in rows))
+
+
+async def test_a_streamed_plan_lost_at_its_end_resumes_with_its_stored_entries(
+        any_store: RunStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeLLM(answer=kind_answer)
+    real_save = any_store.save_plan
+
+    async def save_plan(task_id: str, **kw: Any) -> None:
+        monkeypatch.setattr(any_store, "save_plan", real_save)  # only this once
+        raise DatabaseUnavailable("AdminShutdown")
+
+    monkeypatch.setattr(any_store, "save_plan", save_plan)
+    task = await any_store.create_task(prompt="find a and find b and compare", budget_usd=1.0)
+    with pytest.raises(DatabaseUnavailable):
+        await executor(any_store, fake).run_task(task.id)
+    before = await any_store.snapshot(task.id)
+    done = {s["description"] for s in before["subtasks"] if s["status"] == "completed"}
+    assert len(before["subtasks"]) == 4  # every entry was stored before the plan's end was lost
+    calls_before = len(fake.calls)
+
+    await executor(any_store, fake).run_task(task.id)  # resumed
+
+    snap = await any_store.snapshot(task.id)
+    assert snap["status"] == "completed" and len(snap["subtasks"]) == 4
+    again = fake.calls[calls_before:]
+    assert [prompt_kind(c.messages[0]["content"]) for c in again].count("planner") == 0  # no planner call again
+    asked = {c.messages[-1]["content"].split("<subtask>\n", 1)[-1].split("\n", 1)[0] for c in again
+             if prompt_kind(c.messages[0]["content"]) == "worker"}
+    assert not asked & done  # what had completed is not called again
+    rows = await any_store.ledger_rows(task.id)
     assert snap["total_cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in rows))
 
 
@@ -259,11 +290,11 @@ async def test_a_repaired_plan_is_rebuilt_from_both_paid_answers(any_store: RunS
     monkeypatch.setattr(any_store, "save_plan", save_plan)
     task = await any_store.create_task(prompt="find a and find b and compare", budget_usd=1.0)
     with pytest.raises(DatabaseUnavailable):
-        await executor(any_store, fake).run_task(task.id)
+        await executor(any_store, fake, stream_plans=False).run_task(task.id)
     paid = [r for r in await any_store.ledger_rows(task.id) if r["kind"] == CallKind.planner]
     assert len(paid) == 2  # the invalid answer and its repair
     calls_before = len(fake.calls)
-    await executor(any_store, fake).run_task(task.id)
+    await executor(any_store, fake, stream_plans=False).run_task(task.id)
     assert (await any_store.snapshot(task.id))["status"] == "completed"
     assert [r["id"] for r in await any_store.ledger_rows(task.id) if r["kind"] == CallKind.planner] == \
         [r["id"] for r in paid]

@@ -115,7 +115,7 @@ def test_prompts_delimit_data_and_escape_it() -> None:
     assert '<dependency index="2">' in user and escape("</dependency>") in user
     synth = render("synthesize", request="q", results=[(0, "a", "ra")], missing=[(1, "b", "failed")])
     assert '<result index="0"' in synth[1]["content"] and "failed" in synth[1]["content"]
-    assert set(versions()) == {"decompose", "subtask", "synthesize", "check"}
+    assert set(versions()) == {"decompose", "subtask", "synthesize", "check", "replan"}
     assert all(len(v) == 12 for v in versions().values())
 
 

@@ -21,7 +21,7 @@ from compound.core.errors import ProviderError
 from compound.core.settings import Settings
 from compound.llm import LLMClient, build_client
 from compound.llm.base import Completion, Delta, StreamEvent
-from compound.llm.simulator import Simulator
+from compound.llm.simulator import Simulator, prompt_kind
 from compound.store.models import TaskStatus
 
 PROMPT = "Compare SQLite and PostgreSQL for a small team and recommend one"
@@ -31,8 +31,9 @@ PIECE = 24  # the simulator streams 24 characters a delta
 
 @dataclass
 class CutStreams:
-    """The simulator's client whose next streams (only the synthesis streams) are cut
-    after `cuts[i]` pieces by a ProviderError, as a connection lost midway would be."""
+    """The simulator's client whose next synthesis streams are cut after `cuts[i]`
+    pieces by a ProviderError, as a connection lost midway would be (the planner's
+    streamed answers go through whole)."""
 
     inner: LLMClient
     cuts: list[tuple[int, bool]] = field(default_factory=list)  # (pieces, transient)
@@ -41,7 +42,8 @@ class CutStreams:
         return await self.inner.complete(**kwargs)
 
     async def stream(self, **kwargs: Any) -> AsyncIterator[StreamEvent]:
-        cut = self.cuts.pop(0) if self.cuts else None
+        synthesis = prompt_kind(kwargs["messages"][0]["content"]) == "synthesizer"
+        cut = self.cuts.pop(0) if self.cuts and synthesis else None
         sent = 0
         async with contextlib.aclosing(self.inner.stream(**kwargs)) as events:  # type: ignore[type-var]
             async for event in events:

@@ -292,6 +292,10 @@ def test_the_small_local_models_recording_replays_with_every_item_planned(monkey
                       "input_cost_per_token = 0.0\noutput_cost_per_token = 0.0\n")
     monkeypatch.setenv("COMPOUND_CONFIG", str(config))
     monkeypatch.setenv("COMPOUND_PLANNER_MODEL", "openai/smollm2-135m")
+    # The recording's calls are those of whole plans without replanning: a replay asks
+    # the calls it was made with (a streamed plan's repair call says more).
+    monkeypatch.setenv("COMPOUND_STREAM_PLANS", "false")
+    monkeypatch.setenv("COMPOUND_MAX_REPLANS", "0")
     out = runner.invoke(app, ["eval", str(OWN), "--replay", str(SMALL_MODEL), "--limit", "27", "--json"])
     assert out.exit_code == 0, out.output
     s = json.loads(out.stdout)

@@ -89,7 +89,7 @@ async def test_a_planned_task_runs_to_completion_with_exact_accounting(any_store
     with Session(any_store.engine) as s:
         t = s.get(Task, task.id)
         assert t is not None and t.reserved_usd == pytest.approx(0.0, abs=1e-12)
-        assert set(t.prompt_versions or {}) == {"decompose", "subtask", "synthesize", "check"}
+        assert set(t.prompt_versions or {}) == {"decompose", "subtask", "synthesize", "check", "replan"}
 
 
 async def test_dependents_wait_and_independents_overlap(store: RunStore) -> None:
@@ -118,7 +118,7 @@ async def test_a_failure_skips_dependents_and_the_rest_goes_on(store: RunStore) 
         return kind_answer(model, msgs)
 
     fake = FakeLLM(answer=answer)
-    ex = executor(store, fake)
+    ex = executor(store, fake, max_replans=0)
     task = await store.create_task(prompt="p", budget_usd=1.0,
                        plan_in=plan(("A", []), ("B", []), ("C", [1]), ("D", [2]), ("E", [0])))
     await ex.run_task(task.id)
@@ -419,7 +419,7 @@ async def test_a_fan_out_reserves_in_one_commit(store: RunStore) -> None:
 
 async def test_a_call_that_times_out_is_retried_and_counted_at_its_worst_case(store: RunStore) -> None:
     fake = FakeLLM(answer=kind_answer, latency=lambda _m, msgs: 5.0 if "worker" in msgs[0]["content"] else 0)
-    ex = executor(store, fake, call_timeout_s=0.05, max_attempts=2)
+    ex = executor(store, fake, call_timeout_s=0.05, max_attempts=2, max_replans=0)
     task = await store.create_task(prompt="p", budget_usd=1.0, plan_in=plan(("A", [])))
     await ex.run_task(task.id)
     snap = await store.snapshot(task.id)
@@ -429,7 +429,7 @@ async def test_a_call_that_times_out_is_retried_and_counted_at_its_worst_case(st
     assert [r.status for r in rows] == ["lost", "lost"]
     assert all(r.cost_usd == r.reserved_usd > 0 for r in rows)
     assert snap["total_cost_usd"] == pytest.approx(sum(r.cost_usd for r in ledger(store, task.id)), abs=1e-12)
-    assert snap["prompt_versions"] and set(snap["prompt_versions"]) == {"decompose", "subtask", "synthesize", "check"}
+    assert snap["prompt_versions"] and set(snap["prompt_versions"]) == {"decompose", "subtask", "synthesize", "check", "replan"}
 
 
 async def test_model_output_that_is_not_clean_text_is_stored_safely(any_store: RunStore) -> None:

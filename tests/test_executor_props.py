@@ -47,7 +47,7 @@ async def _run(deps: list[list[int]], failing: set[int], seed: int) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         async with open_store(f"sqlite:///{Path(tmp) / 'p.db'}") as store:
-            ex = Executor(settings=Settings(max_subtasks=50), store=store, client=FakeLLM(answer=answer),
+            ex = Executor(settings=Settings(max_subtasks=50, max_replans=0), store=store, client=FakeLLM(answer=answer),
                           price_of=lambda _m: Price(1e-6, 5e-6))
             plan = {"subtasks": [{"description": f"step {i}", "tier_hint": 1 + i % 3, "depends_on": d}
                                  for i, d in enumerate(deps)]}

@@ -201,7 +201,7 @@ async def test_a_provider_error_echoing_keys_of_every_shape_leaks_nowhere(
         tier1_models=["anthropic/claude-haiku-4-5"], tier2_models=["openai/gpt-4.1"],
         tier3_models=["anthropic/claude-opus-4-5"], models=models, openai_api_key=SecretStr(TOML_KEY),
         retry_initial_wait_s=0.0, retry_max_wait_s=0.0, call_timeout_s=10.0, rate_limit_per_minute=1000,
-        executor_process=executor_process, log_json=True)
+        executor_process=executor_process, log_json=True, max_replans=0)  # the failure stays the task's end
     echoed = " ".join(KEYS)
     sim.fail(Failure(401, model="gpt-4.1", message=f"invalid credentials; keys seen: {echoed}"))
     buf = io.StringIO()

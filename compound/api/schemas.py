@@ -163,6 +163,12 @@ class SubtaskOut(BaseModel):
     partial_reason: str | None = Field(default=None, description="why its tool loop stopped early; null: it did not")
     reused_from: str | None = Field(
         default=None, description="a re-run's: the earlier task whose result this reuses, at no cost")
+    round: int = Field(default=0, description="0: the first plan; n: added by replanning round n")
+
+
+class ReplanOut(BaseModel):
+    round: int
+    reason: str = Field(description="why the round ran: which subtasks failed for good, and how")
 
 
 SUBTASK_EXAMPLE: dict[str, Any] = {
@@ -171,13 +177,13 @@ SUBTASK_EXAMPLE: dict[str, Any] = {
     "result": "SQLite is embedded, zero-config ...", "error": None, "attempts": 1, "cost_usd": 0.0011,
     "input_tokens": 300, "output_tokens": 150, "worst_case": None, "started_at": "2026-11-22T10:00:01Z",
     "completed_at": "2026-11-22T10:00:03Z", "kind": "llm", "tools": [], "tool_calls": [], "partial_reason": None,
-    "optional_depends_on": [], "reused_from": None}
+    "optional_depends_on": [], "reused_from": None, "round": 0}
 TASK_EXAMPLE: dict[str, Any] = {
     "id": "t_3f2a9c0d1e4b5a6c", "prompt": "Compare SQLite and PostgreSQL for a small team",
     "status": "executing", "reasoning": "Two independent summaries, then a comparison.", "result": None,
     "error": None, "budget_usd": 0.5, "total_cost_usd": 0.0123, "priority": 2,
     "prompt_versions": {"decompose": "d06875606c1f", "subtask": "99b2209402a7", "synthesize": "8eae2a77e60f"},
-    "warnings": [], "created_at": "2026-11-22T10:00:00Z", "planned_at": "2026-11-22T10:00:01Z",
+    "warnings": [], "replans": [], "created_at": "2026-11-22T10:00:00Z", "planned_at": "2026-11-22T10:00:01Z",
     "started_at": "2026-11-22T10:00:01Z", "completed_at": None,
     "planner": {"model": "anthropic/claude-haiku-4-5", "cost_usd": 0.0004, "input_tokens": 812,
                 "output_tokens": 240, "calls": 1, "worst_case": None},
@@ -202,6 +208,7 @@ class TaskOut(BaseModel):
     warnings: list[str] = Field(
         default_factory=list, description="what the planner's plan needed fixing without a model")
     rerun_of: str | None = Field(default=None, description="the task this one re-runs (POST .../rerun)")
+    replans: list[ReplanOut] = Field(default_factory=list, description="each replanning round and why it ran")
     created_at: str | None
     planned_at: str | None
     started_at: str | None

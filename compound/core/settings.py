@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     check_max_tokens: int = Field(default=16, ge=1, description="max_tokens of a cascade's check call")
     planner_max_tokens: int = Field(default=2048, ge=1)
     synthesis_max_tokens: int = Field(default=2048, ge=1)
+    stream_plans: bool = Field(
+        default=True, description="stream the planner's answer and start each subtask as soon as its entry "
+                                  "is complete and its dependencies are done")
+    max_replans: int = Field(
+        default=1, ge=0, le=10, description="rounds of replanning after a subtask fails for good; 0 = off")
     call_timeout_s: float = Field(default=120.0, gt=0)
     http_transport: Literal["auto", "aiohttp", "httpx"] = Field(
         default="auto", description="the provider SDKs' HTTP stack; auto: aiohttp unless a proxy variable is set")

@@ -7,11 +7,12 @@ import hashlib
 import json
 import threading
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from compound.core.errors import ProviderError, UserInputError
-from compound.llm.base import Completion, LLMClient, Message, Usage
+from compound.llm.base import Completion, Delta, LLMClient, Message, StreamEvent, Usage
 
 
 def call_key(model: str, messages: list[Message]) -> str:
@@ -49,10 +50,23 @@ class RecordingClient:
                        json_schema: dict[str, Any] | None = None, timeout_s: float | None = None) -> Completion:
         out = await self.inner.complete(model=model, messages=messages, max_tokens=max_tokens,
                                         json_schema=json_schema, timeout_s=timeout_s)
+        self._record(model, messages, out)
+        return out
+
+    async def stream(self, *, model: str, messages: list[Message], max_tokens: int,
+                     json_schema: dict[str, Any] | None = None,
+                     timeout_s: float | None = None) -> AsyncIterator[StreamEvent]:
+        """The inner stream passed on; its whole answer recorded as `complete()`'s is."""
+        async for event in self.inner.stream(model=model, messages=messages, max_tokens=max_tokens,
+                                             json_schema=json_schema, timeout_s=timeout_s):
+            if isinstance(event, Completion):
+                self._record(model, messages, event)
+            yield event
+
+    def _record(self, model: str, messages: list[Message], out: Completion) -> None:
         line = json.dumps(_row(call_key(model, messages), out), ensure_ascii=False) + "\n"
         with self._lock, self.path.open("a", encoding="utf-8") as f:
             f.write(line)
-        return out
 
     def structured_output(self) -> dict[str, str]:
         return structured_output_of(self.inner)
@@ -112,3 +126,12 @@ class ReplayClient:
         u = row["usage"]
         return Completion(text=row["text"], model=row["model"], usage=Usage(*u), cost_usd=float(row["cost_usd"]),
                           finish_reason=row.get("finish_reason"))
+
+    async def stream(self, *, model: str, messages: list[Message], max_tokens: int,
+                     json_schema: dict[str, Any] | None = None,
+                     timeout_s: float | None = None) -> AsyncIterator[StreamEvent]:
+        """The recorded answer in one piece, as a server that does not stream answers."""
+        out = await self.complete(model=model, messages=messages, max_tokens=max_tokens, json_schema=json_schema,
+                                  timeout_s=timeout_s)
+        yield Delta(out.text)
+        yield out

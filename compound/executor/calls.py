@@ -112,6 +112,9 @@ class CallSpec:
     # given the call's text (None: it does not complete). Unset: a subtask call's text.
     result_of: Callable[[str], str | None] | None = None
 
+    # Streamed, each piece given to on_delta(attempt, text) as it arrives (a streamed plan).
+    on_delta: Callable[[int, str], None] | None = None
+
 
 @dataclasses.dataclass(slots=True)
 class AttemptCounter:
@@ -282,6 +285,12 @@ class ModelCalls:
                     out = await self.client.complete(model=model, messages=spec.messages, max_tokens=max_tokens,
                                                      json_schema=spec.json_schema, timeout_s=timeout,
                                                      tools=spec.tools, tool_choice=spec.tool_choice)
+                elif spec.on_delta is not None:
+                    on_delta = spec.on_delta
+                    out = await collect(self.client.stream(
+                        model=model, messages=spec.messages, max_tokens=max_tokens,
+                        json_schema=spec.json_schema, timeout_s=timeout),
+                        lambda text: on_delta(attempt, text))
                 elif answers is None or not answers.listening(st.id):
                     out = await self.client.complete(model=model, messages=spec.messages, max_tokens=max_tokens,
                                                      json_schema=spec.json_schema, timeout_s=timeout)

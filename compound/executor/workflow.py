@@ -1,24 +1,124 @@
-"""One task's workflow: plan → run the DAG eagerly → synthesize, from and to the store.
-Model calls go through ModelCalls; skip and failure causes travel as typed values
-(scheduler.Ended), never as reason strings parsed later."""
+"""One task's workflow: plan → run the DAG eagerly → replan what failed for good →
+synthesize, from and to the store. With a streamed plan the DAG runs while the plan
+arrives (growing.py). Model calls go through ModelCalls; skip and failure causes travel
+as typed values (scheduler.Ended), never as reason strings parsed later."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any
 
 from compound.core.errors import BudgetExceeded, PlanInvalid, ProviderError
 from compound.core.settings import Settings
 from compound.executor.calls import CallSpec, ModelCalls
+from compound.executor.growing import HELD, GrowingDag
 from compound.executor.reuse import reusable
 from compound.executor.scheduler import Cause, Ended, run_dag
 from compound.executor.steps import StepFailed, ToolSteps
 from compound.llm.base import Completion, Message, Usage
+from compound.planner.plan import PlanIn, SubtaskIn
+from compound.planner.replan import Failed, Finished, replan
 from compound.planner.router import route
+from compound.planner.stream import same
 from compound.planner.validate import validate_plan
 from compound.prompts import render
 from compound.store.base import RunStore, SubState, TaskState
 from compound.store.models import CallKind, CallStatus, SubtaskStatus, TaskStatus
+
+
+def _why(status: str, error: str | None) -> str:
+    if status == SubtaskStatus.failed:
+        return f"failed for good ({error or 'no error given'})"
+    return error or status
+
+
+class _Run:
+    """A task's subtasks as they run: the results so far and how each one ended."""
+
+    def __init__(self, wf: Workflow, st: TaskState, subs: list[SubState], daily: float | None) -> None:
+        self.wf = wf
+        self.st = st
+        self.daily = daily
+        self.subs = list(subs)
+        self.results = {s.index: s.result or "" for s in subs if s.status == SubtaskStatus.completed}
+        self.final = {s.index: s for s in subs}
+        self.ended: dict[int, Ended] = {}
+        self.sole = len(subs) == 1  # its result is the task's answer (_synthesize)
+        self.answered: set[int] = set()  # failed or skipped, but a replanning round did their work
+
+    def add(self, sub: SubState) -> None:
+        self.subs.append(sub)
+        self.final[sub.index] = sub
+
+    def status(self, i: int) -> str:
+        return SubtaskStatus.completed if i in self.results else self.final[i].status
+
+    async def end(self, i: int, how: Ended, status: str, error: str) -> Ended:
+        self.ended[i] = how
+        self.final[i] = await self.wf.store.end_subtask(self.st.id, i, status=status, error=error)
+        return how
+
+    async def act(self, i: int) -> Ended | None:
+        """A direct tool call (kind "tool"): its result is the subtask's."""
+        sub = self.final[i]
+        try:
+            text = await self.wf.steps.run_direct(self.st, sub)
+        except StepFailed as exc:
+            return await self.end(i, Ended(Cause.failed, i, skipped=False), SubtaskStatus.failed, exc.message)
+        self.final[i] = await self.wf.store.complete_subtask(self.st.id, i, result=text)
+        self.results[i] = text
+        return None
+
+    async def run_one(self, i: int) -> Ended | None:
+        st, sub, settings = self.st, self.final[i], self.wf.settings
+        if sub.kind == "tool":
+            return await self.act(i)
+        # an optional dependency without a result is named, with why, in the prompt
+        messages = render("subtask", request=st.prompt, description=sub.description,
+                          dependencies=[(d, self.results[d]) for d in sub.depends_on if d in self.results],
+                          missing=[(d, self.final[d].description, self.final[d].error or self.final[d].status)
+                                   for d in sub.depends_on if d not in self.results and d in self.final])
+        max_tokens = settings.max_tokens
+        if self.sole and st.answer_max_tokens is not None:  # a chat client's max_tokens bounds the answer
+            max_tokens = min(max_tokens, st.answer_max_tokens)
+        spec = CallSpec(kind=CallKind.subtask, subtask=i, tier=sub.tier_assigned,
+                        models=sub.models or settings.tier_models(sub.tier_assigned), messages=messages,
+                        max_tokens=max_tokens, attempts_before=sub.attempts, answer=self.sole)
+        try:
+            if sub.tools:
+                loop = await self.wf.steps.run_loop(st, sub, messages, models=spec.models, max_tokens=max_tokens,
+                                                    daily=self.daily)
+                self.final[i] = await self.wf.store.complete_subtask(st.id, i, result=loop.text,
+                                                                     partial_reason=loop.partial_reason)
+                self.results[i] = loop.text
+                return None
+            if settings.cascade(sub.tier_assigned) and len(spec.models) > 1:
+                out = await self.wf._cascade(st, spec, sub, self.daily)
+            else:
+                out = await self.wf.calls.call(st, spec, daily=self.daily)
+        except BudgetExceeded as exc:
+            return await self.end(i, Ended(Cause.budget, i, skipped=True), SubtaskStatus.skipped,
+                                  f"skipped: budget exhausted ({exc.message})")
+        except ProviderError as exc:
+            return await self.end(i, Ended(Cause.failed, i, skipped=False), SubtaskStatus.failed, exc.message)
+        self.results[i] = out.text
+        return None
+
+    async def skip(self, i: int, how: Ended, reason: str) -> None:
+        await self.end(i, how, SubtaskStatus.skipped, reason)
+
+    async def run_dag(self) -> None:
+        # A plan interrupted while it streamed may name entries that never arrived.
+        n = len(self.subs)
+        for s in self.subs:
+            missing = [d for d in s.depends_on if not 0 <= d < n]
+            if missing and self.status(s.index) == SubtaskStatus.pending:
+                await self.end(s.index, Ended(Cause.failed, missing[0], skipped=True), SubtaskStatus.skipped,
+                               f"skipped: dependency {missing[0]} is not in the plan")
+        await run_dag([[d for d in s.depends_on if 0 <= d < n] for s in self.subs],
+                      [self.status(s.index) for s in self.subs], self.run_one, self.skip,
+                      optional=[s.optional for s in self.subs])
 
 
 class Workflow:
@@ -39,6 +139,11 @@ class Workflow:
             # `planning` is the first thing the task's watchers hear: before any other read.
             return  # it ended meanwhile (canceled before it started)
         daily = await self.store.user_daily_budget(st.user_id, self.settings.user_daily_budget_usd)
+        if not subs and self._streams(st):
+            run = await self._plan_streamed(st, daily)
+            if run is not None:
+                await self._finish(run)
+            return
         if not subs:
             planned = await self._plan(st, daily)
             if planned is None:
@@ -51,7 +156,132 @@ class Workflow:
         if status != TaskStatus.executing and not await self.store.set_status_unless_ended(
                 st.id, TaskStatus.executing):
             return  # it ended meanwhile (canceled while held at planned): nothing is reserved
-        await self._execute(st, subs, daily)
+        run = _Run(self, st, subs, daily)
+        await run.run_dag()
+        await self._finish(run)
+
+    def _streams(self, st: TaskState) -> bool:
+        """A plan is streamed when it is the planner's, runs at once, and no planner
+        call was paid for before a restart (those answers are replayed, not streamed)."""
+        return (self.settings.stream_plans and st.plan_in is None and st.approve
+                and st.status == TaskStatus.queued)
+
+    def _subs(self, plan_subtasks: list[SubtaskIn], first: int, round_: int,
+              chosen: dict[str, list[str]] | None = None) -> list[SubState]:
+        """The plan's entries as subtasks from index `first` (`chosen`: a re-run's models
+        for a tier, replacing the settings')."""
+        chosen = chosen or {}
+        routes = route(PlanIn(subtasks=plan_subtasks), self.settings)
+        out = []
+        for r in routes:
+            entry = plan_subtasks[r.index]
+            models = list(chosen.get(str(r.tier_assigned)) or r.models)
+            out.append(SubState(index=first + r.index, description=entry.description, tier_hint=r.tier_hint,
+                                tier_assigned=r.tier_assigned, models=models,
+                                depends_on=list(entry.needs),
+                                status=SubtaskStatus.pending, model=models[0], round=round_,
+                                optional=list(entry.optional), kind=entry.kind, tools=list(entry.tools),
+                                tool=entry.tool, arguments=entry.arguments))
+        return out
+
+    def _catalogue(self) -> list[Any] | None:
+        """The tools of the servers that are up, which the planner sees as tool cards and
+        its plan may name; a user's own plan is checked for shape only (a server down
+        now may be up when the call is made)."""
+        servers = self.steps.tools()
+        catalogue = [t for t in servers.catalogue() if t.available] if servers is not None else None
+        return catalogue or None
+
+    async def _plan_streamed(self, st: TaskState, daily: float | None) -> _Run | None:
+        """Plan and run together: each entry that arrives complete and valid is stored
+        and handed to the DAG at once (docs/design.md, "Streamed plans")."""
+        from compound.planner.decompose import decompose_streamed
+
+        model = self.settings.planner_model
+        await self.store.set_planner_model(st.id, model)
+        run = _Run(self, st, [], daily)
+        run.sole = False  # not known until the plan is whole
+        dag = GrowingDag(run.run_one, run.skip)
+        # What the writer does, in order: add an entry; give a held one the whole plan's
+        # version (or let it go unchanged: None); None alone: the plan is whole.
+        arrivals: asyncio.Queue[SubtaskIn | tuple[int, SubtaskIn | None] | None] = asyncio.Queue()
+
+        async def store_arrivals() -> None:
+            # One writer, in index order: a subtask is stored before it can start.
+            while (got := await arrivals.get()) is not None:
+                if isinstance(got, SubtaskIn):
+                    (sub,) = self._subs([got], len(run.subs), 0)
+                    await self.store.add_subtasks(st.id, [sub])
+                    run.add(sub)
+                    dag.add(sub.index, sub.depends_on)
+                    continue
+                index, version = got
+                if version is None:
+                    dag.release(index)
+                    continue
+                (sub,) = self._subs([version], index, 0)
+                run.final[index] = await self.store.replace_pending(st.id, sub)
+                run.subs[index] = run.final[index]
+                dag.replace(index, sub.depends_on)
+            dag.close()
+
+        async def call(messages: list[Message], schema: dict[str, Any] | None,
+                       on_delta: Any = None) -> Completion:
+            return await self.calls.call(st, CallSpec(
+                kind=CallKind.planner, subtask=None, tier=None, models=[model], messages=messages,
+                max_tokens=self.settings.planner_max_tokens, json_schema=schema, on_delta=on_delta), daily=daily)
+
+        warnings: list[str] = []
+        streamed = [0]
+
+        handed: list[SubtaskIn] = []
+
+        def on_entry(_index: int, got: SubtaskIn) -> None:
+            streamed[0] += 1
+            handed.append(got)
+            arrivals.put_nowait(got)
+
+        runner = asyncio.ensure_future(dag.run())
+        writer = asyncio.ensure_future(store_arrivals())
+        try:
+            try:
+                plan = await decompose_streamed(call, st.prompt, max_subtasks=self.settings.max_subtasks,
+                                                on_entry=on_entry, hold=dag.hold, context=st.context,
+                                                warnings=warnings, tools=self._catalogue())
+            except (BudgetExceeded, PlanInvalid, ProviderError) as exc:
+                arrivals.put_nowait(None)  # nothing was handed out: nothing runs
+                await asyncio.gather(writer, runner)
+                await self._plan_failed(st, exc)
+                return None
+            run.sole = len(plan.subtasks) == 1
+            for index in range(streamed[0]):  # what the whole plan changed had not started: it was held
+                if dag.state.get(index) == HELD:
+                    changed = not same(plan.subtasks[index], handed[index])
+                    arrivals.put_nowait((index, plan.subtasks[index] if changed else None))
+            for rest in plan.subtasks[streamed[0]:]:
+                arrivals.put_nowait(rest)
+            arrivals.put_nowait(None)
+            await writer
+            await self.store.save_plan(st.id, reasoning=plan.reasoning, subtasks=[], prompt_versions=self.versions,
+                                       status=TaskStatus.planned, warnings=warnings)
+            await self.store.set_status_unless_ended(st.id, TaskStatus.executing)
+            await runner
+        finally:
+            for fut in (writer, runner):
+                if not fut.done():
+                    fut.cancel()
+            await asyncio.gather(writer, runner, return_exceptions=True)
+        return run
+
+    async def _plan_failed(self, st: TaskState, exc: BaseException) -> None:
+        if isinstance(exc, BudgetExceeded):
+            error = f"could not plan within the budget of ${st.budget_usd:g}: {exc.message}"
+        elif isinstance(exc, PlanInvalid):
+            error = f"could not plan: {exc.message}"
+        else:
+            assert isinstance(exc, ProviderError)
+            error = f"could not plan: the planner model failed: {exc.message}"
+        await self.store.set_status_unless_ended(st.id, TaskStatus.failed, error=error)
 
     async def _plan(self, st: TaskState, daily: float | None) -> list[SubState] | None:
         warnings: list[str] = []
@@ -74,35 +304,12 @@ class Workflow:
                         kind=CallKind.planner, subtask=None, tier=None, models=[model], messages=messages,
                         max_tokens=self.settings.planner_max_tokens, json_schema=schema), daily=daily)
 
-                # The planner sees the tools of the servers that are up (as tool cards), and
-                # its plan may name only those; a user's own plan is checked for shape only
-                # (a server down now may be up when the call is made).
-                servers = self.steps.tools()
-                catalogue = [t for t in servers.catalogue() if t.available] if servers is not None else None
                 plan = await decompose(call, st.prompt, max_subtasks=self.settings.max_subtasks,
-                                       context=st.context, warnings=warnings, tools=catalogue or None)
-        except BudgetExceeded as exc:
-            await self.store.set_status_unless_ended(st.id, TaskStatus.failed,
-                                        error=f"could not plan within the budget of ${st.budget_usd:g}: {exc.message}")
+                                       context=st.context, warnings=warnings, tools=self._catalogue())
+        except (BudgetExceeded, PlanInvalid, ProviderError) as exc:
+            await self._plan_failed(st, exc)
             return None
-        except PlanInvalid as exc:
-            await self.store.set_status_unless_ended(st.id, TaskStatus.failed, error=f"could not plan: {exc.message}")
-            return None
-        except ProviderError as exc:
-            await self.store.set_status_unless_ended(st.id, TaskStatus.failed,
-                                        error=f"could not plan: the planner model failed: {exc.message}")
-            return None
-        chosen = st.tier_models or {}  # a re-run's models for a tier replace the settings'
-        subs = [
-            SubState(index=r.index, description=plan.subtasks[r.index].description, tier_hint=r.tier_hint,
-                     tier_assigned=r.tier_assigned, models=list(chosen.get(str(r.tier_assigned)) or r.models),
-                     depends_on=plan.subtasks[r.index].needs, status=SubtaskStatus.pending,
-                     model=(chosen.get(str(r.tier_assigned)) or r.models)[0],
-                     optional=plan.subtasks[r.index].optional, kind=plan.subtasks[r.index].kind,
-                     tools=list(plan.subtasks[r.index].tools), tool=plan.subtasks[r.index].tool,
-                     arguments=plan.subtasks[r.index].arguments)
-            for r in route(plan, self.settings)
-        ]
+        subs = self._subs(list(plan.subtasks), 0, 0, st.tier_models)
         if st.rerun_of is not None:
             subs = await self._reuse(st.rerun_of, subs)
         await self.store.save_plan(st.id, reasoning=plan.reasoning, subtasks=subs, prompt_versions=self.versions,
@@ -125,73 +332,14 @@ class Workflow:
         return [Completion(text=r["answer"], model=r["model"], usage=Usage(), cost_usd=0.0) for r in rows
                 if r["kind"] == CallKind.planner and r["status"] == CallStatus.ok and r["answer"] is not None]
 
-    async def _execute(self, st: TaskState, subs: list[SubState], daily: float | None) -> None:
-        results = {s.index: s.result or "" for s in subs if s.status == SubtaskStatus.completed}
-        final = {s.index: s for s in subs}
-        ended: dict[int, Ended] = {}
-
-        async def end(i: int, how: Ended, status: str, error: str) -> Ended:
-            ended[i] = how
-            final[i] = await self.store.end_subtask(st.id, i, status=status, error=error)
-            return how
-
-        sole = len(subs) == 1  # its result is the task's answer (_synthesize)
-
-        async def act(i: int) -> Ended | None:
-            sub = subs[i]
-            try:
-                text = await self.steps.run_direct(st, sub)
-            except StepFailed as exc:
-                return await end(i, Ended(Cause.failed, i, skipped=False), SubtaskStatus.failed, exc.message)
-            final[i] = await self.store.complete_subtask(st.id, i, result=text)
-            results[i] = text
-            return None
-
-        async def run_one(i: int) -> Ended | None:
-            sub = subs[i]
-            if sub.kind == "tool":
-                return await act(i)
-            # an optional dependency without a result is named, with why, in the prompt
-            messages = render("subtask", request=st.prompt, description=sub.description,
-                              dependencies=[(d, results[d]) for d in sub.depends_on if d in results],
-                              missing=[(d, subs[d].description, final[d].error or final[d].status)
-                                       for d in sub.depends_on if d not in results])
-            max_tokens = self.settings.max_tokens
-            if sole and st.answer_max_tokens is not None:  # a chat client's max_tokens bounds the answer
-                max_tokens = min(max_tokens, st.answer_max_tokens)
-            spec = CallSpec(kind=CallKind.subtask, subtask=i, tier=sub.tier_assigned,
-                            models=sub.models or self.settings.tier_models(sub.tier_assigned), messages=messages,
-                            max_tokens=max_tokens, attempts_before=sub.attempts, answer=sole)
-            try:
-                if sub.tools:
-                    loop = await self.steps.run_loop(st, sub, messages, models=spec.models, max_tokens=max_tokens,
-                                                     daily=daily)
-                    final[i] = await self.store.complete_subtask(st.id, i, result=loop.text,
-                                                                 partial_reason=loop.partial_reason)
-                    results[i] = loop.text
-                    return None
-                if self.settings.cascade(sub.tier_assigned) and len(spec.models) > 1:
-                    out = await self._cascade(st, spec, sub, daily)
-                else:
-                    out = await self.calls.call(st, spec, daily=daily)
-            except BudgetExceeded as exc:
-                return await end(i, Ended(Cause.budget, i, skipped=True), SubtaskStatus.skipped,
-                                 f"skipped: budget exhausted ({exc.message})")
-            except ProviderError as exc:
-                return await end(i, Ended(Cause.failed, i, skipped=False), SubtaskStatus.failed, exc.message)
-            results[i] = out.text
-            return None
-
-        async def skip(i: int, how: Ended, reason: str) -> None:
-            await end(i, how, SubtaskStatus.skipped, reason)
-
-        await run_dag([s.depends_on for s in subs], [s.status for s in subs], run_one, skip,
-                      optional=[s.optional for s in subs])
-        await self.calls.drain(st.id)  # every subtask's settlement committed before the task ends
-        roots = sum(1 for i, e in ended.items() if e.cause is Cause.budget and e.root == i)
-        budget_note = (f"budget of ${st.budget_usd:g} exhausted: {roots} subtask(s) skipped for budget"
+    async def _finish(self, run: _Run) -> None:
+        """Replanning rounds while they help, then the synthesis."""
+        await self._replan(run)
+        await self.calls.drain(run.st.id)  # every subtask's settlement committed before the task ends
+        roots = sum(1 for i, e in run.ended.items() if e.cause is Cause.budget and e.root == i)
+        budget_note = (f"budget of ${run.st.budget_usd:g} exhausted: {roots} subtask(s) skipped for budget"
                        if roots else None)
-        await self._synthesize(st, subs, results, final, budget_note, daily)
+        await self._synthesize(run, budget_note)
 
     async def _cascade(self, st: TaskState, spec: CallSpec, sub: SubState, daily: float | None) -> Completion:
         """The tier's first model answers; the same model checks the answer (a short
@@ -233,11 +381,57 @@ class Workflow:
         return await self.calls.call(st, dataclasses.replace(spec, models=rest, attempts_before=attempts[0]),
                                      daily=daily)
 
-    async def _synthesize(self, st: TaskState, subs: list[SubState], results: dict[int, str],
-                          final: dict[int, SubState], budget_note: str | None, daily: float | None) -> None:
+    async def _replan(self, run: _Run) -> None:
+        """At most COMPOUND_MAX_REPLANS rounds. A round runs when a subtask of the round
+        before failed for good; it asks the planner for subtasks to add (finished ones
+        are kept and never run again). A round none of whose additions completes ends
+        replanning; one whose additions all complete answers for what it was called for."""
+        st = run.st
+        done_round = max((s.round for s in run.subs), default=0)
+        while done_round < self.settings.max_replans:
+            latest = [s for s in run.subs if s.round == done_round]
+            if not any(run.status(s.index) == SubtaskStatus.failed for s in latest):
+                return
+            failed = [Failed(s.index, s.description, _why(run.status(s.index), run.final[s.index].error))
+                      for s in latest if run.status(s.index) in (SubtaskStatus.failed, SubtaskStatus.skipped)
+                      and (run.ended.get(s.index) is None or run.ended[s.index].cause is not Cause.budget)]
+            round_ = done_round + 1
+            reason = "; ".join(f"subtask {f.index}: {f.why[:200]}" for f in failed[:5])
+            await self.store.add_subtasks(st.id, [], replan={"round": round_, "reason": reason})
+            finished = [Finished(s.index, s.description, run.results[s.index]) for s in run.subs
+                        if s.index in run.results]
+
+            async def call(messages: list[Message], schema: dict[str, Any] | None) -> Completion:
+                return await self.calls.call(st, CallSpec(
+                    kind=CallKind.planner, subtask=None, tier=None, models=[self.settings.planner_model],
+                    messages=messages, max_tokens=self.settings.planner_max_tokens, json_schema=schema),
+                    daily=run.daily)
+
+            try:
+                added = await replan(call, st.prompt, context=st.context, finished=finished, failed=failed,
+                                     next_index=len(run.subs), max_new=self.settings.max_subtasks)
+            except (BudgetExceeded, ProviderError, PlanInvalid):
+                return  # the round adds nothing: replanning ends
+            if not added:
+                return
+            subs = self._subs(added, len(run.subs), round_)
+            await self.store.add_subtasks(st.id, subs)
+            for sub in subs:
+                run.add(sub)
+            run.sole = False
+            await run.run_dag()
+            if all(s.index in run.results for s in subs):
+                run.answered.update(f.index for f in failed)
+            elif not any(s.index in run.results for s in subs):
+                return
+            done_round = round_
+
+    async def _synthesize(self, run: _Run, budget_note: str | None) -> None:
+        st, subs, results, final = run.st, run.subs, run.results, run.final
+        daily = run.daily
         done = [s for s in subs if s.index in results]
         missing = [(s.index, s.description, final[s.index].error or final[s.index].status) for s in subs
-                   if s.index not in results]
+                   if s.index not in results and s.index not in run.answered]
         if not done:
             errors = "; ".join(f"subtask {i}: {why}" for i, _, why in missing[:5])
             await self.store.set_status_unless_ended(st.id, TaskStatus.failed,

@@ -49,6 +49,8 @@ class Failure:
     headers: dict[str, str] = field(default_factory=dict)  # extra response headers
     midstream: Literal["error", "drop"] | None = None
     after_pieces: int = 1
+    text: str | None = None  # only for a request whose text holds this (None: any)
+    times: int = 1  # how many matching requests it fails
 
 
 @dataclass
@@ -106,6 +108,13 @@ class Script:
     # substring -> event: a request whose text has the substring waits until the event
     # is set (tests release a call when they have seen it in flight: state, not time)
     holds: dict[str, threading.Event] = field(default_factory=dict)
+    # kind -> seconds per output token ("*": any kind), as a model writes (50 tokens/s:
+    # 0.02): a streamed answer arrives piece by piece at that rate, one not streamed
+    # whole once written.
+    token_s: dict[str, float] = field(default_factory=dict)
+
+    def token_delay(self, kind: str) -> float:
+        return self.token_s.get(kind, self.token_s.get("*", 0.0))
 
     def latency_for(self, model: str, kind: str, text: str) -> float:
         for needle, seconds in self.latency_rules:
@@ -127,6 +136,7 @@ class Script:
             refuse_formats={str(k): int(v) for k, v in data.get("refuse_formats", {}).items()},
             accept_formats=[str(f) for f in data["accept_formats"]] if data.get("accept_formats") is not None
             else None,
+            token_s={str(k): float(v) for k, v in data.get("token_s", {}).items()},
         )
 
     def refusal(self, form: str | None) -> Failure | None:
@@ -212,7 +222,19 @@ def plan_for(request: str, max_subtasks: int = 6, tools: list[tuple[str, set[str
             "subtasks": subtasks}
 
 
+def replan_for(text: str) -> dict[str, Any]:
+    """A replanning round's additions: each failed subtask asked again in other words,
+    using every finished result (the prompt's <finished> and <failed> blocks)."""
+    finished = [int(i) for i in re.findall(r'<subtask index="(\d+)"', _tag(text, "finished"))]
+    failed = re.findall(r'<subtask index="(\d+)" description="([^"]*)"', _tag(text, "failed"))
+    return {"reasoning": f"{len(failed)} failed subtask(s) asked another way",
+            "subtasks": [{"description": f"Another way to: {desc[:200]}", "tier_hint": 1, "depends_on": finished}
+                         for _i, desc in failed]}
+
+
 def answer_for(kind: str, text: str, max_subtasks: int, system: str = "") -> str:
+    if kind == "planner" and "<failed>" in text:
+        return json.dumps(replan_for(text))
     if kind == "planner":
         return json.dumps(plan_for(_tag(text, "request") or text, max_subtasks, tool_cards(system)))
     if kind == "worker":
@@ -274,7 +296,7 @@ class Simulator:
     async def _log(self, _request: Request) -> JSONResponse:
         """What the simulator was asked (tests of a simulator in another process)."""
         with self._lock:
-            rows = [{k: r[k] for k in ("wire", "model", "kind", "text", "at")} for r in self.requests]
+            rows = [{k: r[k] for k in ("wire", "model", "kind", "text", "at", "ended_at")} for r in self.requests]
         return JSONResponse(rows)
 
     async def _stats(self, _request: Request) -> JSONResponse:
@@ -295,22 +317,25 @@ class Simulator:
     async def _common(
         self, wire: str, model: str, system: str, text: str, max_tokens: int, body: dict[str, Any],
         *, refusal: Failure | None = None, prefixes: list[str] | None = None, tools: Offered | None = None,
-    ) -> tuple[Reply, int, int, tuple[int, int], Failure | None] | JSONResponse:
+    ) -> tuple[Reply, int, int, tuple[int, int], Failure | None, float, dict[str, Any]] | JSONResponse:
         """Log, then a scripted failure or the answer: (reply, input tokens, output
-        tokens, (cache read, cache write), a failure to cut its stream with), after the
-        scripted latency."""
+        tokens, (cache read, cache write), a failure to cut its stream with, seconds per
+        streamed token, the log record), after the scripted latency. The record's
+        `ended_at` is set when the answer has been sent whole."""
         kind = prompt_kind(system)
         with self._lock:
-            self.requests.append(
-                {"wire": wire, "model": model, "kind": kind, "system": system, "text": text,
-                 "body": body, "at": time.time()}
-            )
+            record: dict[str, Any] = {"wire": wire, "model": model, "kind": kind, "system": system, "text": text,
+                                      "body": body, "at": time.time(), "ended_at": None}
+            self.requests.append(record)
             failure = refusal
             for i, f in enumerate(self.script.failures):
                 if failure is not None:
                     break
-                if (f.model in (None, model)) and (f.kind in (None, kind)):
-                    failure = self.script.failures.pop(i)
+                if (f.model in (None, model)) and (f.kind in (None, kind)) and (f.text is None or f.text in text):
+                    failure = f
+                    f.times -= 1
+                    if f.times <= 0:
+                        self.script.failures.pop(i)
                     break
             queued = self.script.answers.get(kind) if failure is None else None
             forced = queued.pop(0) if queued else None
@@ -333,6 +358,7 @@ class Simulator:
             with self._lock:
                 self.in_flight[model] -= 1
         if failure is not None and not (failure.midstream and body.get("stream")):
+            record["ended_at"] = time.time()
             return _error(wire, failure)
         offered = tools or Offered()
         if forced is None and offered.tools and not offered.results and not offered.none:
@@ -343,7 +369,12 @@ class Simulator:
                                          offered.wire(name), args if isinstance(args, str) else json.dumps(args))
                                         for name, args in forced.calls])
             out_tok = min(max_tokens, _tokens(reply.text + "".join(c[1] + c[2] for c in reply.calls)))
-            return reply, in_tok, out_tok, cached, failure
+            token_s = self.script.token_delay(kind)
+            if not body.get("stream"):
+                if token_s > 0:
+                    await asyncio.sleep(out_tok * token_s)
+                record["ended_at"] = time.time()
+            return reply, in_tok, out_tok, cached, failure, token_s, record
         out = forced if forced is not None else answer_for(kind, text, self.script.max_subtasks, system)
         if forced is None and offered.results:
             out += " [tool results: " + " | ".join(r[:200] for r in offered.results) + "]"
@@ -351,7 +382,12 @@ class Simulator:
         if out_tok > max_tokens:
             out = out.encode("utf-8")[: max_tokens * 4].decode("utf-8", "ignore")
             out_tok = max_tokens
-        return Reply(out), in_tok, out_tok, cached, failure
+        token_s = self.script.token_delay(kind)
+        if not body.get("stream"):
+            if token_s > 0:  # written at the same pace, sent whole at the end
+                await asyncio.sleep(out_tok * token_s)
+            record["ended_at"] = time.time()
+        return Reply(out), in_tok, out_tok, cached, failure, token_s, record
 
     def _cached(self, model: str, prefixes: list[str], in_tok: int, delay: float) -> tuple[int, int]:
         """(cache_read, cache_write) tokens for the breakpoints' prefixes, Anthropic's way:
@@ -410,13 +446,14 @@ class Simulator:
                                  tools=offered)
         if isinstance(got, JSONResponse):
             return got
-        reply, in_tok, out_tok, (read, write), cut = got
+        reply, in_tok, out_tok, (read, write), cut, token_s, record = got
         usage = {"input_tokens": in_tok - read - write, "output_tokens": out_tok,
                  "cache_read_input_tokens": read, "cache_creation_input_tokens": write}
         stop = "tool_use" if reply.calls else "max_tokens" if out_tok >= max_tokens else "end_turn"
         msg_id = f"msg_{uuid.uuid4().hex[:24]}"
         if body.get("stream"):
-            return _sse(_anthropic_events(msg_id, model, reply, usage, stop), anthropic=True, cut=cut)
+            return _sse(_anthropic_events(msg_id, model, reply, usage, stop), anthropic=True, cut=cut,
+                        token_s=token_s, record=record)
         from anthropic.types import Message as AMessage
 
         answer: list[dict[str, Any]] = [{"type": "text", "text": reply.text}] if reply.text or not reply.calls else []
@@ -454,7 +491,7 @@ class Simulator:
         got = await self._common("openai", model, system, text, max_tokens, body, refusal=refusal, tools=offered)
         if isinstance(got, JSONResponse):
             return got
-        reply, in_tok, out_tok, _cached, cut = got
+        reply, in_tok, out_tok, _cached, cut, token_s, record = got
         usage = {"prompt_tokens": in_tok, "completion_tokens": out_tok, "total_tokens": in_tok + out_tok,
                  "prompt_tokens_details": {"cached_tokens": 0}}
         stop = "tool_calls" if reply.calls else "length" if out_tok >= max_tokens else "stop"
@@ -462,7 +499,7 @@ class Simulator:
         if body.get("stream"):
             with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return _sse(_openai_chunks(chat_id, model, reply, usage if with_usage else None, stop), anthropic=False,
-                        cut=cut)
+                        cut=cut, token_s=token_s, record=record)
         from openai.types.chat import ChatCompletion
 
         message: dict[str, Any] = {"role": "assistant", "content": reply.text if reply.text or not reply.calls
@@ -570,8 +607,20 @@ class _Droppable(StreamingResponse):
             return  # the server closes a response it never finished
 
 
-def _sse(events: list[tuple[str, dict[str, Any]]], *, anthropic: bool, cut: Failure | None = None) -> StreamingResponse:
+def _sse(events: list[tuple[str, dict[str, Any]]], *, anthropic: bool, cut: Failure | None = None,
+         token_s: float = 0.0, record: dict[str, Any] | None = None) -> StreamingResponse:
+    """`token_s`: seconds per output token; each text piece waits for its tokens.
+    `record["ended_at"]` is set when the last event has been sent (or the stream cut)."""
+
     async def body() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in events_body():
+                yield chunk
+        finally:
+            if record is not None:
+                record["ended_at"] = time.time()
+
+    async def events_body() -> AsyncIterator[bytes]:
         pieces = 0
         for name, data in events:
             if cut is not None and pieces >= cut.after_pieces:
@@ -580,11 +629,13 @@ def _sse(events: list[tuple[str, dict[str, Any]]], *, anthropic: bool, cut: Fail
                 error = _error_body("anthropic" if anthropic else "openai", cut)
                 yield (b"event: error\n" if anthropic else b"") + f"data: {json.dumps(error)}\n\n".encode()
                 return
+            delta = data.get("delta", {}) if anthropic else (data.get("choices") or [{}])[0].get("delta", {})
+            piece = delta.get("text") or delta.get("content")
+            if piece and token_s > 0:  # the piece is sent once the model has written it
+                await asyncio.sleep(_tokens(piece) * token_s)
             head = f"event: {name}\n" if name else ""
             yield f"{head}data: {json.dumps(data)}\n\n".encode()
-            delta = data.get("delta", {}) if anthropic else (data.get("choices") or [{}])[0].get("delta", {})
-            pieces += bool(delta.get("text") or delta.get("content") or delta.get("partial_json")
-                           or delta.get("tool_calls"))
+            pieces += bool(piece or delta.get("partial_json") or delta.get("tool_calls"))
         if not anthropic:
             yield b"data: [DONE]\n\n"
 

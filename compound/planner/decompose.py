@@ -9,17 +9,22 @@ import re
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
-from compound.core.errors import PlanInvalid
+from compound.core.errors import BudgetExceeded, PlanInvalid, ProviderError
 from compound.llm.base import Completion, Message
 from compound.planner.cards import ToolLike, cards_for
 from compound.planner.plan import PlanIn, SubtaskIn, missing_join
 from compound.planner.repair import repair_plan
+from compound.planner.stream import PlanStream, same
 from compound.planner.validate import validate_plan
 from compound.prompts import render
 
 # What a call is: messages and an optional JSON schema in, a Completion out. The
 # executor supplies it (reserving budget and writing the ledger around the call).
 CallFn = Callable[[list[Message], dict[str, Any] | None], Awaitable[Completion]]
+# The same call, streamed when given a third argument: on_delta(attempt, text) for each
+# piece of the answer (a retry is a new attempt, streamed from its start).
+OnDelta = Callable[[int, str], None]
+StreamCallFn = Callable[..., Awaitable[Completion]]
 
 # Lengths the decoder holds a plan's text to: a small model left free rambles inside a
 # string until max_tokens cuts the JSON off. A user's own plan may say more
@@ -196,14 +201,100 @@ async def decompose(call: CallFn, request: str, *, max_subtasks: int,
                       tools=[c.line() for c in cards])
     schema = plan_schema(max_subtasks, [c.name for c in cards])
     first = await call(messages, schema)
+    return await _settle(call, messages, schema, first.text, max_subtasks=max_subtasks, warnings=warnings,
+                         fallback=fallback, started=[], hold=lambda _i: False, tools=names)
+
+
+async def decompose_streamed(call: StreamCallFn, request: str, *, max_subtasks: int,
+                             on_entry: Callable[[int, SubtaskIn], None], hold: Callable[[int], bool],
+                             context: list[dict[str, str]] | None = None,
+                             warnings: list[str] | None = None, fallback: bool = True,
+                             tools: Sequence[ToolLike] | None = None) -> PlanIn:
+    """`decompose` with the planner's answer streamed: each entry complete and valid on
+    its own goes to `on_entry` at once (planner/stream.py), so it can start while the
+    rest is written. The plan returned has at least as many subtasks as were handed out
+    and keeps every one that started: an entry the whole answer changes is asked to
+    `hold(index)`, which keeps it from starting and says True, or says False when it
+    has started already (then the answer is not kept). When the answer (or its repair)
+    cannot be kept, or the call fails after entries were handed out, the plan is cut to
+    them (a warning says so): what started is never dropped or run twice. With nothing
+    handed out, exactly as `decompose` (`tools` too)."""
+    cards = cards_for(request, tools) if tools else []
+    names = {t.name for t in tools} if tools is not None else None
+    messages = render("decompose", request=request, max_subtasks=max_subtasks, context=context,
+                      tools=[c.line() for c in cards])
+    schema = plan_schema(max_subtasks, [c.name for c in cards])
+    stream = PlanStream(max_subtasks)
+    attempts: list[int] = []
+
+    def on_delta(attempt: int, text: str) -> None:
+        if not attempts or attempts[-1] != attempt:  # a retry streams its answer from the start
+            attempts.append(attempt)
+            stream.restart()
+        for index, got in stream.feed(text):
+            on_entry(index, got)
+
     try:
-        return _check(first.text, max_subtasks, warnings, names)
+        first = await call(messages, schema, on_delta)
+    except (ProviderError, BudgetExceeded) as exc:
+        if not stream.emitted:
+            raise
+        return _cut(stream.emitted, f"the planner's call failed ({exc.message})", warnings)
+    return await _settle(call, messages, schema, first.text, max_subtasks=max_subtasks, warnings=warnings,
+                         fallback=fallback, started=stream.emitted, hold=hold, tools=names)
+
+
+def _cut(started: list[SubtaskIn], why: str, warnings: list[str] | None) -> PlanIn:
+    if warnings is not None:
+        warnings.append(f"streamed plan cut: {why} after {len(started)} subtask(s) had started; "
+                        f"the plan keeps those {len(started)} and drops the rest")
+    return PlanIn(reasoning=None, subtasks=list(started))
+
+
+def _keeps(plan: PlanIn, started: list[SubtaskIn], hold: Callable[[int], bool]) -> bool:
+    return len(plan.subtasks) >= len(started) and all(
+        same(a, b) or hold(k) for k, (a, b) in enumerate(zip(plan.subtasks, started, strict=False)))
+
+
+def _check_keeping(text: str, max_subtasks: int, started: list[SubtaskIn], hold: Callable[[int], bool],
+                   warnings: list[str] | None, tools: Collection[str] | None = None) -> PlanIn:
+    """`_check`, and a plan that changes an entry already started is invalid too."""
+    fixes: list[str] = []
+    plan = _check(text, max_subtasks, fixes, tools)
+    if not _keeps(plan, started, hold):
+        raise PlanInvalid([f"subtasks 0 to {len(started) - 1} may have started already; the plan must keep them "
+                           "as they were (same description, tier_hint and depends_on)"], text)
+    if warnings is not None:
+        warnings.extend(fixes)
+    return plan
+
+
+async def _settle(call: CallFn, messages: list[Message], schema: dict[str, Any], text: str, *,
+                  max_subtasks: int, warnings: list[str] | None, fallback: bool,
+                  started: list[SubtaskIn], hold: Callable[[int], bool],
+                  tools: Collection[str] | None = None) -> PlanIn:
+    """The first answer judged, one repair call if it is unusable, then the fallback
+    (nothing started), PlanInvalid (`fallback=False`) or the plan cut to what started."""
+    try:
+        return _check_keeping(text, max_subtasks, started, hold, warnings, tools)
     except PlanInvalid as exc:
         errors = exc.errors
-    second = await call(repair_messages(messages, first.text, errors), schema)
+    asked = repair_messages(messages, text, errors)
+    if started:
+        asked[-1] = {**asked[-1], "content": asked[-1]["content"] + (
+            f"\nSubtasks 0 to {len(started) - 1} have started already: repeat them exactly as they were, first.")}
     try:
-        return _check(second.text, max_subtasks, warnings, names)
+        second = await call(asked, schema)
+    except (ProviderError, BudgetExceeded) as call_error:
+        if not started:
+            raise
+        return _cut(started, f"the planner's repair call failed ({call_error.message})", warnings)
+    try:
+        return _check_keeping(second.text, max_subtasks, started, hold, warnings, tools)
     except PlanInvalid as exc:
+        if started:
+            return _cut(started, "the planner's answer was invalid twice (" + "; ".join(exc.errors[:3]) + ")",
+                        warnings)
         if not fallback:
             raise PlanInvalid(
                 [f"the planner's answer was invalid twice (one repair tried): {e}" for e in exc.errors],

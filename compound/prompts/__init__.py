@@ -1,4 +1,4 @@
-"""Prompt templates as files (decompose, subtask, synthesize) and `render()`.
+"""Prompt templates as files (decompose, subtask, synthesize, replan) and `render()`.
 
 A template is a list of parts, each opened by a `---system---` or `---user---` line
 (`---user cache---` marks the end of a prefix shared by a task's calls, for prompt
@@ -16,7 +16,7 @@ from typing import Any
 
 from compound.llm.base import Message
 
-NAMES = ("decompose", "subtask", "synthesize", "check")
+NAMES = ("decompose", "subtask", "synthesize", "check", "replan")
 _ROLE = re.compile(r"[^a-z_]")
 _DIR = Path(__file__).parent
 
@@ -117,6 +117,23 @@ def render(name: str, **values: Any) -> list[Message]:
             "missing": "\n".join(
                 f'<missing index="{i}">{escape(desc)[:200]}: {escape(reason)}</missing>'
                 for i, desc, reason in missing
+            ),
+        }
+    elif name == "replan":
+        finished = values.get("finished") or []
+        failed = values.get("failed") or []
+        fill = {
+            "request": escape(values["request"]),
+            "context": context_block(values.get("context")),
+            "next_index": str(values["next_index"]),
+            "max_new": str(values["max_new"]),
+            "finished": "\n".join(
+                f'<subtask index="{i}" description="{escape(desc)[:200]}">\n{escape(res)}\n</subtask>'
+                for i, desc, res in finished
+            ),
+            "failed": "\n".join(
+                f'<subtask index="{i}" description="{escape(desc)[:200]}">{escape(why)}</subtask>'
+                for i, desc, why in failed
             ),
         }
     else:  # pragma: no cover - _source refuses unknown names first

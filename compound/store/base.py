@@ -89,6 +89,7 @@ class SubState:
 
     optional: list[int] = field(default_factory=list)  # the dependencies it can do without
     reused_from: str | None = None  # the task whose result this one reuses (a re-run's)
+    round: int = 0  # 0: the first plan; n: added by replanning round n
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,6 +443,17 @@ class RunStore(abc.ABC):
     async def save_plan(self, task_id: str, *, reasoning: str | None, subtasks: Sequence[SubState],
                         prompt_versions: dict[str, str], status: str, warnings: Sequence[str] = ()) -> None:
         """Insert the subtasks and move the task to `status` (planned), together."""
+
+    @abc.abstractmethod
+    async def add_subtasks(self, task_id: str, subtasks: Sequence[SubState], *,
+                           replan: dict[str, Any] | None = None) -> None:
+        """Insert subtasks into a task that runs (a streamed plan's entries, a replanning
+        round's additions); with `replan`, record the round and tell it in a task event."""
+
+    @abc.abstractmethod
+    async def replace_pending(self, task_id: str, sub: SubState) -> SubState:
+        """A subtask that has not started takes new words, tier and dependencies (a
+        streamed entry the whole plan changed); NotFound unless it is pending."""
 
     @abc.abstractmethod
     async def end_subtask(self, task_id: str, index: int, *, status: str, error: str | None) -> SubState:

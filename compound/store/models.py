@@ -115,6 +115,8 @@ class Task(SQLModel, table=True):
     prompt_versions: dict[str, str] | None = Field(default=None, sa_column=Column(JSON))
     # What the planner's plan needed fixing without a model (planner/repair.py), in words.
     warnings: list[str] | None = Field(default=None, sa_column=Column(JSON))
+    # Each replanning round: [{"round", "reason"}] (docs/design.md, "Replanning").
+    replans: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON))
     cancel_requested: bool = False
     event_seq: int = 0  # last TaskEvent.seq written for this task
     created_at: datetime = Field(default_factory=utcnow, index=True)
@@ -156,6 +158,7 @@ class Subtask(SQLModel, table=True):
     tool: str | None = None
     arguments: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     partial_reason: str | None = Field(default=None, sa_column=Column(Text))
+    round: int = Field(default=0, sa_column_kwargs={"server_default": "0"})  # 0: the first plan; n: replan n
 
 
 class ToolCallStatus(StrEnum):

@@ -47,7 +47,7 @@ EPS = 1e-12  # float slack in budget checks
 # Columns read back as a SubState / TaskState / snapshot, in this order.
 SUB_COLS = ('"index", description, tier_hint, tier_assigned, models, depends_on, status, model, result, '
             "error, attempts, cost_usd, input_tokens, output_tokens, kind, tools, tool, arguments, partial_reason, "
-            "optional_deps, reused_from")
+            "optional_deps, reused_from, round")
 TOOL_COLS = ("id, subtask_index, turn, model_call_id, tool, arguments, status, result, error, started_at, "
              "completed_at")
 TOOL_RESULT_SHOWN_CHARS = 2000  # of a tool call's result, in the snapshot and its events
@@ -56,10 +56,10 @@ TASK_COLS = ("id, user_id, prompt, status, priority, approve, budget_usd, plan_i
              "tier_models")
 SNAP_TASK_COLS = ("id, user_id, prompt, status, reasoning, result, error, budget_usd, total_cost_usd, priority, "
                   "prompt_versions, created_at, planned_at, started_at, completed_at, planner_model, event_seq, "
-                  "warnings, rerun_of")
+                  "warnings, rerun_of, replans")
 SNAP_SUB_COLS = ('"index", description, tier_hint, tier_assigned, model, depends_on, status, result, error, '
                  "attempts, cost_usd, input_tokens, output_tokens, started_at, completed_at, kind, tools, "
-                 "partial_reason, optional_deps, reused_from")
+                 "partial_reason, optional_deps, reused_from, round")
 
 
 class Dialect(Protocol):
@@ -109,7 +109,7 @@ def sub_state(d: Dialect, row: Sequence[Any]) -> SubState:
                     input_tokens=row[12], output_tokens=row[13], kind=row[14] or "llm",
                     tools=list(d.loads(row[15]) or []), tool=row[16], arguments=d.loads(row[17]),
                     partial_reason=row[18], optional=list(d.loads(row[19]) or []),
-                    reused_from=row[20])
+                    reused_from=row[20], round=row[21] or 0)
 
 
 def tool_record(d: Dialect, row: Sequence[Any]) -> ToolCallRecord:
@@ -226,6 +226,14 @@ def set_planner_model(d: Dialect, task_id: str, model: str) -> Op:
     yield ("exec", "SET_PLANNER_MODEL", {"m": model, "t": task_id})
 
 
+def _sub_extra(d: Dialect, s: SubState, now: Any) -> dict[str, Any]:
+    """A subtask row's columns beyond its description, tier and models."""
+    return {"deps": d.json(s.depends_on), "st": s.status, "k": s.kind, "tl": d.json(s.tools), "tn": s.tool,
+            "args": None if s.arguments is None else d.json(s.arguments),
+            "od": d.json(s.optional) if s.optional else None, "rf": s.reused_from, "res": s.result,
+            "ca": now if s.status == SubtaskStatus.completed else None, "rd": s.round}
+
+
 def save_plan(d: Dialect, task_id: str, *, reasoning: str | None, subtasks: Sequence[SubState],
               prompt_versions: dict[str, str], status: str, warnings: Sequence[str] = ()) -> Op:
     """The subtask rows are the plan: the plan's JSON is cleared from the task row, and
@@ -233,15 +241,42 @@ def save_plan(d: Dialect, task_id: str, *, reasoning: str | None, subtasks: Sequ
     now = d.now()
     rows = [{"id": f"s_{task_id[2:]}_{s.index}", "t": task_id, "i": s.index, "d": s.description,
              "th": s.tier_hint, "ta": s.tier_assigned, "ms": d.json(s.models), "m": s.model,
-             "deps": d.json(s.depends_on), "st": s.status, "k": s.kind, "tl": d.json(s.tools), "tn": s.tool,
-             "args": None if s.arguments is None else d.json(s.arguments),
-             "od": d.json(s.optional) if s.optional else None, "rf": s.reused_from, "res": s.result,
-             "ca": now if s.status == SubtaskStatus.completed else None} for s in subtasks]
+             **_sub_extra(d, s, now)} for s in subtasks]
     if rows:
         yield ("many", "INSERT_SUBTASK", rows)
     yield ("exec", "SAVE_PLAN", {"r": reasoning, "pv": d.json(prompt_versions), "st": status, "now": now,
                                  "wn": d.json(list(warnings)) if warnings else None, "t": task_id})
     return (yield from _events(d, task_id, [("task", {"status": status, "error": None})], now))
+
+
+def add_subtasks(d: Dialect, task_id: str, subtasks: Sequence[SubState], *, replan: dict[str, Any] | None) -> Op:
+    """Subtasks joining a task that runs: entries of a plan still streaming, or a
+    replanning round's additions (`replan`: {"round", "reason"}, appended to the task's
+    `replans` and told in a task event)."""
+    now = d.now()
+    rows = [{"id": f"s_{task_id[2:]}_{s.index}", "t": task_id, "i": s.index, "d": s.description,
+             "th": s.tier_hint, "ta": s.tier_assigned, "ms": d.json(s.models), "m": s.model,
+             **_sub_extra(d, s, now)} for s in subtasks]
+    if rows:
+        yield ("many", "INSERT_SUBTASK", rows)
+    if replan is None:
+        return None
+    row = yield ("one", "TASK_REPLANS", {"t": task_id})
+    if row is None:
+        raise NotFound(f"no task {task_id!r}")
+    replans = [*(d.loads(row[1]) or []), replan]
+    yield ("exec", "SET_REPLANS", {"rp": d.json(replans), "now": now, "t": task_id})
+    return (yield from _events(d, task_id, [("task", {"status": row[0], "error": None, "replan": replan})], now))
+
+
+def replace_pending(d: Dialect, task_id: str, sub: SubState) -> Op:
+    """A subtask that has not started takes the whole plan's version of its entry."""
+    row = yield ("one", "REPLACE_PENDING", {"d": sub.description, "th": sub.tier_hint, "ta": sub.tier_assigned,
+                                            "ms": d.json(sub.models), "m": sub.model, "deps": d.json(sub.depends_on),
+                                            "t": task_id, "i": sub.index})
+    if row is None:
+        raise NotFound(f"no pending subtask {sub.index} in task {task_id!r}")
+    return sub_state(d, row)
 
 
 def end_subtask(d: Dialect, task_id: str, index: int, *, status: str, error: str | None) -> Op:
@@ -554,6 +589,7 @@ def versioned_snapshot(d: Dialect, task_id: str, user_id: str | None) -> Op:
         "completed_at": iso(d.dt(t[14])), "planner": planner, "synthesis": synthesis,
         "worst_case": _worst(sum(w["calls"] for w in worst), sum(w["cost_usd"] for w in worst)),
         "warnings": list(d.loads(t[17]) or []), "rerun_of": t[18],
+        "replans": list(d.loads(t[19]) or []),
         "subtasks": [_sub_snapshot(d, s, parts.get((CallKind.subtask.value, int(s[0]))), calls.get(int(s[0])))
                      for s in subs],
     }
@@ -570,7 +606,8 @@ def _sub_snapshot(d: Dialect, s: Sequence[Any], part: dict[str, Any] | None,
             "started_at": iso(d.dt(s[13])), "completed_at": iso(d.dt(s[14])),
             "kind": s[15] or "llm", "tools": list(d.loads(s[16]) or []), "tool_calls": calls or [],
             "partial_reason": s[17],
-            "optional_depends_on": list(d.loads(s[18]) or []), "reused_from": s[19]}
+            "optional_depends_on": list(d.loads(s[18]) or []), "reused_from": s[19],
+            "round": s[20] or 0}
 
 
 def task_counts(d: Dialect) -> Op:

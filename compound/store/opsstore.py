@@ -73,6 +73,14 @@ class OpsRunStore(RunStore):
                                                         warnings=warnings))
         log_status(task_id, status, total=total, subtasks=len(subtasks))
 
+    async def add_subtasks(self, task_id: str, subtasks: Sequence[SubState], *,
+                           replan: dict[str, Any] | None = None) -> None:
+        await self._write(lambda: ops.add_subtasks(self.dialect, task_id, subtasks, replan=replan))
+
+    async def replace_pending(self, task_id: str, sub: SubState) -> SubState:
+        out: SubState = await self._write(lambda: ops.replace_pending(self.dialect, task_id, sub))
+        return out
+
     async def end_subtask(self, task_id: str, index: int, *, status: str, error: str | None) -> SubState:
         out: SubState = await self._write(
             lambda: ops.end_subtask(self.dialect, task_id, index, status=status, error=error))

@@ -60,9 +60,14 @@ SQL: dict[str, str] = {
     "SET_PLANNER_MODEL": "UPDATE task SET planner_model=%(m)s WHERE id=%(t)s",
     "INSERT_SUBTASK": 'INSERT INTO subtask (id, task_id, "index", description, tier_hint, tier_assigned, models, '
                       "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens, kind, tools, tool, "
-                      "arguments, optional_deps, reused_from, result, completed_at) VALUES "
+                      "arguments, optional_deps, reused_from, result, completed_at, round) VALUES "
                       "(%(id)s, %(t)s, %(i)s, %(d)s, %(th)s, %(ta)s, %(ms)s, %(m)s, %(deps)s, %(st)s, 0, 0, 0, 0, "
-                      "%(k)s, %(tl)s, %(tn)s, %(args)s, %(od)s, %(rf)s, %(res)s, %(ca)s)",
+                      "%(k)s, %(tl)s, %(tn)s, %(args)s, %(od)s, %(rf)s, %(res)s, %(ca)s, %(rd)s)",
+    "TASK_REPLANS": "SELECT status, replans FROM task WHERE id=%(t)s FOR UPDATE",
+    "REPLACE_PENDING": "UPDATE subtask SET description=%(d)s, tier_hint=%(th)s, tier_assigned=%(ta)s, models=%(ms)s, "
+                       "model=%(m)s, depends_on=%(deps)s "
+                       f"WHERE task_id=%(t)s AND \"index\"=%(i)s AND status='pending' RETURNING {SUB}",
+    "SET_REPLANS": "UPDATE task SET replans=%(rp)s, updated_at=%(now)s WHERE id=%(t)s",
     "SAVE_PLAN": "UPDATE task SET reasoning=%(r)s, plan_in=NULL, prompt_versions=%(pv)s, warnings=%(wn)s, "
                  "status=%(st)s, "
                  "planned_at=%(now)s, updated_at=%(now)s WHERE id=%(t)s",

@@ -54,9 +54,14 @@ SQL: dict[str, str] = {
     "SET_PLANNER_MODEL": "UPDATE task SET planner_model=:m WHERE id=:t",
     "INSERT_SUBTASK": 'INSERT INTO subtask (id, task_id, "index", description, tier_hint, tier_assigned, models, '
                       "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens, kind, tools, tool, "
-                      "arguments, optional_deps, reused_from, result, completed_at) VALUES "
+                      "arguments, optional_deps, reused_from, result, completed_at, round) VALUES "
                       "(:id, :t, :i, :d, :th, :ta, :ms, :m, :deps, :st, 0, 0, 0, 0, :k, :tl, :tn, :args, :od, :rf, "
-                      ":res, :ca)",
+                      ":res, :ca, :rd)",
+    "TASK_REPLANS": "SELECT status, replans FROM task WHERE id=:t",
+    "REPLACE_PENDING": "UPDATE subtask SET description=:d, tier_hint=:th, tier_assigned=:ta, models=:ms, model=:m, "
+                       "depends_on=:deps WHERE task_id=:t AND \"index\"=:i AND status='pending' "
+                       f"RETURNING {ops.SUB_COLS}",
+    "SET_REPLANS": "UPDATE task SET replans=:rp, updated_at=:now WHERE id=:t",
     "SAVE_PLAN": "UPDATE task SET reasoning=:r, plan_in=NULL, prompt_versions=:pv, warnings=:wn, status=:st, "
                  "planned_at=:now, "
                  "updated_at=:now WHERE id=:t",
