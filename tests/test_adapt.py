@@ -20,6 +20,12 @@ from compound.planner.validate import validate_plan
 from tests.fixtures.api import Api
 
 
+@pytest.fixture
+def sim_settings(sim_settings: Settings) -> Settings:
+    """These mechanisms' own outcomes, with no replanning round after a failure."""
+    return sim_settings.model_copy(update={"max_replans": 0})
+
+
 def _worker_subtasks(sim: Simulator) -> list[str]:
     """The <subtask> text of every worker call the simulator received, in order."""
     out = []
@@ -102,10 +108,10 @@ async def test_an_optional_dependency_that_failed_still_lets_its_dependent_run(a
     assert r.status_code == 202, r.text
     snap = await api.wait(r.json()["id"], api.alice)
     subs = snap["subtasks"]
-    assert [s["status"] for s in subs] == ["failed", "completed", "skipped"]
+    # the first plan's three (a replanning round may add subtasks after them)
+    assert [s["status"] for s in subs[:3]] == ["failed", "completed", "skipped"]
     assert subs[1]["depends_on"] == [0] and subs[1]["optional_depends_on"] == [0]
     assert subs[2]["error"] == "skipped: dependency 0 failed"
-    assert snap["status"] == "partial"
     # the dependent's prompt names the missing input and why
     estimate = next(c["text"] for c in sim.calls("worker") if "Estimate the cost" in c["text"])
     assert '<dependency index="0" missing="true">' in estimate

@@ -143,7 +143,7 @@ def plan(*subtasks: dict[str, Any]) -> dict[str, Any]:
 
 
 def executor(store: RunStore, llm: ScriptedLLM, tools: FakeTools | None, **settings: Any) -> Executor:
-    return Executor(settings=Settings(database_url=store.url, **settings), store=store, client=llm,
+    return Executor(settings=Settings(database_url=store.url, **{"max_replans": 0, **settings}), store=store, client=llm,
                     price_of=lambda _m: PRICE, tools=tools)
 
 
