@@ -389,3 +389,18 @@ async def test_optional_dependencies_and_reruns_on_each_store(cascade_api: Api, 
     third = await _run(cascade_api, cascade_api.alice, f"/v1/tasks/{second['id']}/rerun", {})
     assert sim.calls("worker") == []
     assert [s["reused_from"] for s in third["subtasks"]] == [second["id"]] * 2
+
+
+def test_a_subtask_whose_tools_changed_is_not_reused() -> None:
+    from compound.executor.reuse import content_keys
+    from compound.store.base import SubState
+
+    def sub(**kw: Any) -> SubState:
+        return SubState(index=0, description="look it up", tier_hint=1, tier_assigned=1, models=["m"],
+                        depends_on=[], status="pending", model="m", **kw)
+
+    keys = [content_keys([s])[0] for s in (sub(), sub(tools=["facts.lookup"]), sub(tools=["facts.other"]),
+                                           sub(kind="tool", tool="facts.bump", arguments={"n": 1}),
+                                           sub(kind="tool", tool="facts.bump", arguments={"n": 2}))]
+    assert len(set(keys)) == 5
+    assert content_keys([sub(tools=["facts.lookup"])]) == content_keys([sub(tools=["facts.lookup"])])

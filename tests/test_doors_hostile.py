@@ -105,7 +105,7 @@ def openai_error(r: httpx.Response, status: int = 400) -> dict[str, Any]:
     (chat('"a\\u0000b"'), "messages.0.content", "NUL"),
     (chat(json.dumps("x" * 20_001)), "messages.0.content", "at most 20000"),
     (chat("5"), "messages.0.content", ""),
-    (chat('[{"type": "text"}]'), "messages.0.content", "only text parts"),
+    (chat('[{"type": "text"}]'), "messages.0.content", "a text part needs its text"),
     (chat(max_tokens="-1"), "max_tokens", ""),
     (chat(max_tokens='"lots"'), "max_tokens", ""),
     (chat(budget_usd="NaN"), "budget_usd", "not finite"),

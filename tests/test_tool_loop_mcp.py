@@ -100,7 +100,8 @@ async def test_a_direct_call_sends_its_idempotency_key_in_meta(
 
 async def test_a_kill_between_intent_and_result_never_runs_the_call_twice(
         store: RunStore, sim_settings: Settings, fixture_server: HttpServer, tmp_path: Path) -> None:
-    settings = sim_settings.model_copy(update={"mcp_servers": {"fx": McpServerConfig(url=fixture_server.url)}})
+    settings = sim_settings.model_copy(update={"mcp_servers": {"fx": McpServerConfig(url=fixture_server.url)},
+                                                "max_replans": 0})
     plan = {"subtasks": [{"description": "bump the counter", "kind": "tool", "tool": "fx.count"},
                          {"description": "wait for the page", "kind": "tool", "tool": "fx.sleep",
                           "arguments": {"seconds": 600}, "depends_on": [0]}]}

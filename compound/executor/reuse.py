@@ -15,13 +15,14 @@ from compound.store.models import SubtaskStatus
 
 
 def content_keys(subs: Sequence[SubState]) -> list[str]:
-    """Each subtask's key: a digest of what it is asked (description, tier, models) and,
+    """Each subtask's key: a digest of what it is asked (description, tier, models,
+    kind, tools, a direct call's tool and arguments) and,
     recursively, of the keys of its dependencies (with whether each is required)."""
     keys = [""] * len(subs)
     for i in topological_order([s.depends_on for s in subs]):
         s = subs[i]
-        body = json.dumps([s.description, s.tier_assigned, list(s.models),
-                           [[keys[d], d in s.optional] for d in s.depends_on]])
+        body = json.dumps([s.description, s.tier_assigned, list(s.models), s.kind, sorted(s.tools), s.tool,
+                           s.arguments, [[keys[d], d in s.optional] for d in s.depends_on]], sort_keys=True)
         keys[i] = hashlib.sha256(body.encode("utf-8")).hexdigest()
     return keys
 

@@ -7,11 +7,11 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from compound.api.doors.engine import AnswerText, Door, DoorAuthError, bearer_token_of, failure
@@ -34,7 +34,7 @@ class ContentPart(BaseModel):
     # part answers a 400 naming it (text_of), not a validation error.
     model_config = ConfigDict(extra="allow", json_schema_extra={"required": ["type", "text"]})
     type: str = Field(json_schema_extra={"enum": ["text"]})
-    text: str | None = None
+    text: Annotated[str | None, WithJsonSchema({"type": "string"})] = None
 
 
 class ChatMessage(BaseModel):
@@ -192,8 +192,11 @@ def text_of(message: ChatMessage, where: str) -> str | None:
         return message.content
     parts = []
     for i, part in enumerate(message.content):
-        if part.type != "text" or part.text is None:
+        if part.type != "text":
             raise OpenAIError(400, f"{where}.content.{i}: only text parts are supported (got {part.type[:40]!r})",
+                              param=f"{where}.content")
+        if part.text is None:
+            raise OpenAIError(400, f"{where}.content.{i}: a text part needs its text, a string",
                               param=f"{where}.content")
         parts.append(part.text)
     return "\n".join(parts)
