@@ -247,11 +247,14 @@ async def follow(ctx: Context, tasks: Tasks, task_id: str) -> dict[str, Any]:
     total: int | None = None
     async for kind, data in tasks.events(task_id):
         if kind == "subtask" and data.get("status") in ("completed", "failed", "skipped", "canceled"):
-            finished.add(int(data["index"]))
-            if total is None:
-                total = len((await tasks.get(task_id))["subtasks"]) or None
+            index = int(data["index"])
+            finished.add(index)
+            if total is None or index >= total:  # a plan grows while it streams, or by replanning
+                total = max(len((await tasks.get(task_id))["subtasks"]), index + 1)
             await ctx.report_progress(len(finished), total, f"subtask {data['index']} {data['status']}")
         elif kind == "task":
+            if total is not None:  # the plan is whole (or a replanning round added to it)
+                total = max(total, len((await tasks.get(task_id))["subtasks"]))
             await ctx.report_progress(len(finished), total, f"task {data.get('status')}")
     return await tasks.get(task_id)
 
