@@ -62,7 +62,8 @@ SQL: dict[str, str] = {
                       "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens, kind, tools, tool, "
                       "arguments, optional_deps, reused_from, result, completed_at, round) VALUES "
                       "(%(id)s, %(t)s, %(i)s, %(d)s, %(th)s, %(ta)s, %(ms)s, %(m)s, %(deps)s, %(st)s, 0, 0, 0, 0, "
-                      "%(k)s, %(tl)s, %(tn)s, %(args)s, %(od)s, %(rf)s, %(res)s, %(ca)s, %(rd)s)",
+                      "%(k)s, %(tl)s, %(tn)s, %(args)s, %(od)s, %(rf)s, %(res)s, %(ca)s, %(rd)s) "
+                      "ON CONFLICT (id) DO NOTHING",  # a retry after a lost commit adds nothing
     "TASK_REPLANS": "SELECT status, replans FROM task WHERE id=%(t)s FOR UPDATE",
     "REPLACE_PENDING": "UPDATE subtask SET description=%(d)s, tier_hint=%(th)s, tier_assigned=%(ta)s, models=%(ms)s, "
                        "model=%(m)s, depends_on=%(deps)s "

@@ -56,7 +56,7 @@ SQL: dict[str, str] = {
                       "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens, kind, tools, tool, "
                       "arguments, optional_deps, reused_from, result, completed_at, round) VALUES "
                       "(:id, :t, :i, :d, :th, :ta, :ms, :m, :deps, :st, 0, 0, 0, 0, :k, :tl, :tn, :args, :od, :rf, "
-                      ":res, :ca, :rd)",
+                      ":res, :ca, :rd) ON CONFLICT (id) DO NOTHING",  # a retry after a lost commit adds nothing
     "TASK_REPLANS": "SELECT status, replans FROM task WHERE id=:t",
     "REPLACE_PENDING": "UPDATE subtask SET description=:d, tier_hint=:th, tier_assigned=:ta, models=:ms, model=:m, "
                        "depends_on=:deps WHERE task_id=:t AND \"index\"=:i AND status='pending' "
