@@ -106,17 +106,7 @@ def register(app: typer.Typer) -> None:
 
         # The server's COMPOUND_MAX_PROMPT_CHARS decides (its error says the limit).
         body: dict[str, Any] = {"prompt": read_prompt(request, file), "approve": not hold}
-        if budget is not None:
-            if budget <= 0:
-                typer.echo("error: --budget must be more than 0", err=True)
-                raise typer.Exit(2)
-            body["budget_usd"] = budget
-        if plan is not None:
-            try:
-                body["plan"] = json.loads(plan.read_text())
-            except (OSError, ValueError) as exc:
-                typer.echo(f"error: cannot read the plan: {exc}", err=True)
-                raise typer.Exit(1) from None
+        body.update(_budget_and_plan(budget, plan))
         data = api_request("POST", url, "/v1/tasks", json=body)
         if hold and not watch:
             # Held for review: the id comes once there is a plan to review and approve
@@ -237,17 +227,7 @@ def register(app: typer.Typer) -> None:
         from compound.cli.common import api_request
 
         body: dict[str, Any] = {}
-        if budget is not None:
-            if budget <= 0:
-                typer.echo("error: --budget must be more than 0", err=True)
-                raise typer.Exit(2)
-            body["budget_usd"] = budget
-        if plan is not None:
-            try:
-                body["plan"] = json.loads(plan.read_text())
-            except (OSError, ValueError) as exc:
-                typer.echo(f"error: cannot read the plan: {exc}", err=True)
-                raise typer.Exit(1) from None
+        body.update(_budget_and_plan(budget, plan))
         data = api_request("POST", url, f"/v1/tasks/{task_id}/rerun", json=body)
         if not watch:
             typer.echo(data["id"])
@@ -262,3 +242,20 @@ def register(app: typer.Typer) -> None:
         """A live tree of the task's subtasks until it ends, then its costs, error and answer."""
         final = _watch(url, task_id)
         raise typer.Exit(0 if final["status"] in ("completed", "planned") else 1)
+
+
+def _budget_and_plan(budget: float | None, plan: Path | None) -> dict[str, Any]:
+    """The request fields of `--budget` and `--plan` (submit and rerun alike)."""
+    out: dict[str, Any] = {}
+    if budget is not None:
+        if budget <= 0:
+            typer.echo("error: --budget must be more than 0", err=True)
+            raise typer.Exit(2)
+        out["budget_usd"] = budget
+    if plan is not None:
+        try:
+            out["plan"] = json.loads(plan.read_text())
+        except (OSError, ValueError) as exc:
+            typer.echo(f"error: cannot read the plan: {exc}", err=True)
+            raise typer.Exit(1) from None
+    return out
