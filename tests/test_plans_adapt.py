@@ -452,29 +452,54 @@ async def test_the_store_replaces_only_a_pending_subtask(any_store: RunStore) ->
         await store.replace_pending(task.id, got)
 
 
-async def test_a_task_resumed_after_its_plan_stopped_streaming_runs_what_arrived(
-        sim_settings: Settings, sim: Simulator) -> None:
+async def _resume_streamed(settings: Settings, stored: list[tuple[str, list[int], str | None]]) -> dict[str, Any]:
+    """A task whose streamed plan stopped (a restart) after `stored` entries had been
+    stored, each (description, depends_on, its result when it had completed), resumed."""
     from compound.executor.service import Executor
     from compound.llm import build_client
     from compound.store import open_store
     from compound.store.models import TaskStatus
 
-    def sub(i: int, deps: list[int]) -> SubState:
-        return SubState(index=i, description=f"Step {i}", tier_hint=1, tier_assigned=1,
-                        models=["anthropic/claude-haiku-4-5"], depends_on=deps, status="pending",
-                        model="anthropic/claude-haiku-4-5")
-
-    async with open_store(sim_settings.database_url) as store:
+    async with open_store(settings.database_url) as store:
         task = await store.create_task(prompt="p", budget_usd=1.0)
         await store.set_status(task.id, TaskStatus.planning)
-        await store.add_subtasks(task.id, [sub(0, []), sub(1, [0]), sub(2, [4])])  # 4 never arrived
-        ex = Executor(settings=sim_settings, store=store, client=build_client(sim_settings))
+        await store.add_subtasks(task.id, [
+            SubState(index=i, description=d, tier_hint=1, tier_assigned=1, models=["anthropic/claude-haiku-4-5"],
+                     depends_on=deps, status="pending", model="anthropic/claude-haiku-4-5")
+            for i, (d, deps, _) in enumerate(stored)])
+        for i, (_, _, result) in enumerate(stored):
+            if result is not None:
+                await store.complete_subtask(task.id, i, result=result)
+        client = build_client(settings)
+        ex = Executor(settings=settings, store=store, client=client)
         await ex.run_task(task.id)
         snap = await store.snapshot(task.id)
         await ex.stop()
+        await client.aclose()
+    return snap
+
+
+async def test_a_task_resumed_while_its_plan_streamed_asks_for_the_whole_plan_and_keeps_what_ran(
+        sim_settings: Settings, sim: Simulator) -> None:
+    sim.answer("planner", _plan(("Step 0", 1, []), ("Step 1", 1, [0]), ("Step 2", 1, []), ("Join", 2, [1, 2])))
+    snap = await _resume_streamed(sim_settings, [("Step 0", [], "the earlier result"), ("Step 1", [0], None)])
+    assert snap["status"] == "completed", snap["error"]
+    assert [s["description"] for s in snap["subtasks"]] == ["Step 0", "Step 1", "Step 2", "Join"]
+    assert snap["subtasks"][0]["result"] == "the earlier result"
+    assert len(sim.calls("planner")) == 1
+    assert sorted(_subtask_descriptions(sim)) == ["Join", "Step 1", "Step 2"]  # the finished one is not called
+    assert snap["warnings"] == []
+
+
+async def test_a_resumed_plan_that_changes_what_ran_is_cut_to_the_stored_entries(
+        sim_settings: Settings, sim: Simulator) -> None:
+    sim.answer("planner", _plan(("Something else", 1, []), ("Step 1", 1, [0])))  # twice: the repair too
+    snap = await _resume_streamed(sim_settings, [("Step 0", [], "the earlier result"), ("Step 1", [0], None),
+                                                 ("Step 2", [4], None)])  # 4 never arrived
     assert [s["status"] for s in snap["subtasks"]] == ["completed", "completed", "skipped"]
     assert snap["subtasks"][2]["error"] == "skipped: dependency 4 is not in the plan"
-    assert sim.calls("planner") == [] and len(sim.calls("worker")) == 2
+    assert len(sim.calls("planner")) == 2 and _subtask_descriptions(sim) == ["Step 1"]
+    assert any(w.startswith("streamed plan cut: the planner's answer was invalid twice") for w in snap["warnings"])
     assert snap["status"] == "partial"
 
 

@@ -133,7 +133,8 @@ async def _serve_messages(reader: asyncio.StreamReader, executor: Any, answers: 
             log.exception("executor call failed")
             out.send(("error", call_id, type(exc).__name__, str(exc)))
 
-    async def read() -> None:
+    async def read() -> bool:
+        """Serve the server's messages; True when it said stop, False when it is gone."""
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             while True:
                 for message in await read_frame(reader):
@@ -147,10 +148,14 @@ async def _serve_messages(reader: asyncio.StreamReader, executor: Any, answers: 
                     elif kind in ("listen", "unlisten"):
                         answers.want(message[1], kind == "listen")
                     elif kind == "stop":
-                        return
-        # the server is gone (or said stop): put the tasks down
+                        return True
+        return False
 
-    await read()
+    if not await read():
+        # The server died (its socket closed without a stop): go as it went, booking
+        # nothing, so the next server finds the calls in flight and books them lost, as
+        # the parent-death signal would have (it can arrive after the socket closes).
+        os._exit(1)
     if replies:
         await asyncio.wait(replies, timeout=5)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from compound.core.errors import BudgetExceeded, PlanInvalid, ProviderError
@@ -17,7 +18,7 @@ from compound.executor.reuse import reusable
 from compound.executor.scheduler import Cause, Ended, run_dag
 from compound.executor.steps import StepFailed, ToolSteps
 from compound.llm.base import Completion, Message, Usage
-from compound.planner.plan import PlanIn, SubtaskIn
+from compound.planner.plan import Dependency, PlanIn, SubtaskIn
 from compound.planner.replan import Failed, Finished, replan
 from compound.planner.router import route
 from compound.planner.stream import same
@@ -144,6 +145,11 @@ class Workflow:
             if run is not None:
                 await self._finish(run)
             return
+        if subs and st.status == TaskStatus.planning and st.plan_in is None:
+            kept = await self._plan_kept(st, subs, daily)  # a streamed plan cut short by a restart
+            if kept is None:
+                return
+            subs, status = kept, TaskStatus.planned
         if not subs:
             planned = await self._plan(st, daily)
             if planned is None:
@@ -296,14 +302,7 @@ class Workflow:
                 # Planner calls paid for before a restart (the plan was not saved) are
                 # answered from their ledger rows, in order, not sent again.
                 paid = [] if st.status == TaskStatus.queued else await self._paid_planner_answers(st.id)
-
-                async def call(messages: list[Message], schema: dict[str, Any] | None) -> Completion:
-                    if paid:
-                        return paid.pop(0)
-                    return await self.calls.call(st, CallSpec(
-                        kind=CallKind.planner, subtask=None, tier=None, models=[model], messages=messages,
-                        max_tokens=self.settings.planner_max_tokens, json_schema=schema), daily=daily)
-
+                call = self._planner_call(st, model, daily, paid)
                 plan = await decompose(call, st.prompt, max_subtasks=self.settings.max_subtasks,
                                        context=st.context, warnings=warnings, tools=self._catalogue())
         except (BudgetExceeded, PlanInvalid, ProviderError) as exc:
@@ -315,6 +314,47 @@ class Workflow:
         await self.store.save_plan(st.id, reasoning=plan.reasoning, subtasks=subs, prompt_versions=self.versions,
                                    status=TaskStatus.planned, warnings=warnings)
         return subs
+
+    def _planner_call(self, st: TaskState, model: str, daily: float | None,
+                      paid: list[Completion]) -> Callable[[list[Message], dict[str, Any] | None],
+                                                          Awaitable[Completion]]:
+        """The planner's call; answers paid for before a restart (the plan was not
+        saved) are given back from their ledger rows, in order, not sent again."""
+
+        async def call(messages: list[Message], schema: dict[str, Any] | None) -> Completion:
+            if paid:
+                return paid.pop(0)
+            return await self.calls.call(st, CallSpec(
+                kind=CallKind.planner, subtask=None, tier=None, models=[model], messages=messages,
+                max_tokens=self.settings.planner_max_tokens, json_schema=schema), daily=daily)
+
+        return call
+
+    async def _plan_kept(self, st: TaskState, subs: list[SubState], daily: float | None) -> list[SubState] | None:
+        """A task whose streamed plan was interrupted before it was whole (still
+        `planning`, with the entries stored so far): the planner is asked for the whole
+        plan again (an answer paid for before the restart is replayed), and the plan
+        keeps the stored entries, or is cut to them (decompose_keeping). Entries that
+        never started may take the new plan's version; the rest join them."""
+        from compound.planner.decompose import decompose_keeping
+
+        model = self.settings.planner_model
+        call = self._planner_call(st, model, daily, await self._paid_planner_answers(st.id))
+        kept = [_entry(s) for s in subs]
+        warnings: list[str] = []
+        plan = await decompose_keeping(call, st.prompt, kept=kept,
+                                       hold=lambda i: subs[i].status == SubtaskStatus.pending,
+                                       max_subtasks=self.settings.max_subtasks, context=st.context,
+                                       warnings=warnings, tools=self._catalogue())
+        out = list(subs)
+        for i, got in enumerate(plan.subtasks[:len(subs)]):
+            if not same(got, kept[i]):
+                (sub,) = self._subs([got], i, 0)
+                out[i] = await self.store.replace_pending(st.id, sub)
+        rest = self._subs(list(plan.subtasks[len(subs):]), len(subs), 0)
+        await self.store.save_plan(st.id, reasoning=plan.reasoning, subtasks=rest, prompt_versions=self.versions,
+                                   status=TaskStatus.planned, warnings=warnings)
+        return out + rest
 
     async def _reuse(self, old_id: str, subs: list[SubState]) -> list[SubState]:
         """A re-run's subtasks with unchanged inputs, completed with the earlier results
@@ -464,6 +504,14 @@ class Workflow:
                                         error=budget_note or f"{len(missing)} of {len(subs)} subtasks did not complete")
         else:
             await self.store.set_status_unless_ended(st.id, TaskStatus.completed, result=answer.text)
+
+
+def _entry(sub: SubState) -> SubtaskIn:
+    """A stored subtask as the plan entry it was made from."""
+    deps: list[int | Dependency] = [Dependency(index=d, required=False) if d in sub.optional else d
+                                    for d in sub.depends_on]
+    return SubtaskIn(description=sub.description, tier_hint=sub.tier_hint, depends_on=deps, kind=sub.kind,
+                     tools=list(sub.tools), tool=sub.tool, arguments=sub.arguments)
 
 
 def passes(verdict: str) -> bool:

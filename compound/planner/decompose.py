@@ -244,6 +244,27 @@ async def decompose_streamed(call: StreamCallFn, request: str, *, max_subtasks: 
                          fallback=fallback, started=stream.emitted, hold=hold, tools=names)
 
 
+async def decompose_keeping(call: CallFn, request: str, *, kept: list[SubtaskIn], hold: Callable[[int], bool],
+                            max_subtasks: int, context: list[dict[str, str]] | None = None,
+                            warnings: list[str] | None = None, tools: Sequence[ToolLike] | None = None) -> PlanIn:
+    """The whole plan of a task whose streamed plan was interrupted after `kept` (at
+    least one entry) had been stored: the planner is asked again, not streamed, and
+    its plan must keep those entries, as a streamed plan's must (`hold(index)` says
+    whether a stored entry never started, so the plan may change it). When it cannot
+    be kept, or the call fails, the plan is cut to `kept` (a warning says so)."""
+    cards = cards_for(request, tools) if tools else []
+    names = {t.name for t in tools} if tools is not None else None
+    messages = render("decompose", request=request, max_subtasks=max_subtasks, context=context,
+                      tools=[c.line() for c in cards])
+    schema = plan_schema(max_subtasks, [c.name for c in cards])
+    try:
+        first = await call(messages, schema)
+    except (ProviderError, BudgetExceeded) as exc:
+        return _cut(kept, f"the planner's call failed ({exc.message})", warnings)
+    return await _settle(call, messages, schema, first.text, max_subtasks=max_subtasks, warnings=warnings,
+                         fallback=False, started=kept, hold=hold, tools=names)
+
+
 def _cut(started: list[SubtaskIn], why: str, warnings: list[str] | None) -> PlanIn:
     if warnings is not None:
         warnings.append(f"streamed plan cut: {why} after {len(started)} subtask(s) had started; "
