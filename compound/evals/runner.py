@@ -7,19 +7,20 @@ from __future__ import annotations
 import asyncio
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compound.core.errors import CompoundError
+from compound.core.errors import CompoundError, ToolUnavailable, UnknownTool
 from compound.core.settings import Settings
 from compound.evals.datasets import Expect, Item
-from compound.evals.graph import Graph, score
+from compound.evals.graph import PRF, Graph, score
 from compound.evals.similarity import Matcher
 from compound.llm.base import LLMClient, Message, Price, Usage
 from compound.planner.plan import critical_path_length, waves
 from compound.planner.repair import kind_of
+from compound.tools.catalogue import Tool, ToolResult
 
 # Warning kinds that are not fixes: the fallback, and a flag on a plan left as it was.
 NOT_FIXES = ("fallback", "missing join")
@@ -58,6 +59,12 @@ class ItemResult:
     fallback: bool = False  # the planner gave no usable plan: the request ran as one subtask
     missing_join: bool = False  # the plan was flagged: its last step joins only some branches
     fix_kinds: dict[str, int] = field(default_factory=dict)  # fixes by kind (planner/repair.py KINDS)
+    # items with a tool catalogue (T-Eval, TaskBench): the tools the plan names, scored
+    # as a set against the tools the gold plan uses
+    tools: list[str] = field(default_factory=list)
+    tool_precision: float | None = None
+    tool_recall: float | None = None
+    tool_f1: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,6 +102,41 @@ def check_expect(expect: Expect, descriptions: list[str], deps: list[list[int]],
         found = _find(keyword, descriptions)
         out[f"tier {keyword} = {tier}"] = bool(found) and all(tiers[i] == tier for i in found)
     return out
+
+
+# tools ------------------------------------------------------------------------------
+
+def tool_prf(named: Collection[str], gold: Collection[str]) -> PRF:
+    """The tools a plan names against those the gold plan uses, as sets: precision over
+    the named, recall over the gold. Naming none where the gold uses none scores 1."""
+    named, gold = set(named), set(gold)
+    if not named and not gold:
+        return PRF(1.0, 1.0)
+    hit = len(named & gold)
+    return PRF(hit / len(named) if named else 0.0, hit / len(gold) if gold else 0.0)
+
+
+@dataclass(frozen=True)
+class OfferedTools:
+    """An item's catalogue as the executor's tools: the planner sees its cards and a
+    plan may name its tools; no server stands behind them (an item with tools is only
+    planned), so a call is refused."""
+
+    tools: tuple[Tool, ...]
+
+    def catalogue(self) -> list[Tool]:
+        return list(self.tools)
+
+    def tool(self, name: str) -> Tool:
+        for t in self.tools:
+            if t.name == name:
+                return t
+        raise UnknownTool(f"no tool {name!r} in the item's catalogue", tool=name)
+
+    async def call(self, server: str, tool: str, arguments: Mapping[str, Any] | None = None, *,  # noqa: ARG002
+                   timeout_s: float | None = None,  # noqa: ARG002
+                   meta: Mapping[str, Any] | None = None) -> ToolResult:  # noqa: ARG002
+        raise ToolUnavailable("an eval item's tools are offered to the planner only", tool=f"{server}.{tool}")
 
 
 # judging ------------------------------------------------------------------------------
@@ -161,7 +203,10 @@ class EvalRun:
 
                 async def one(item: Item) -> ItemResult:
                     async with gate:
-                        result = await self._item(executor, store, item)
+                        if item.tools:
+                            result = await self._planned_item(store, item)
+                        else:
+                            result = await self._item(executor, store, item)
                     if self.on_done is not None:
                         self.on_done(result)
                     return result
@@ -171,8 +216,21 @@ class EvalRun:
                 finally:
                     await executor.stop()
 
-    async def _item(self, executor: Any, store: Any, item: Item) -> ItemResult:
-        task = await store.create_task(prompt=item.request, budget_usd=self.settings.default_budget_usd)
+    async def _planned_item(self, store: Any, item: Item) -> ItemResult:
+        """An item with a tool catalogue, planned and not run: an executor of its own
+        offers the item's tools to the planner, and the task stops at `planned`."""
+        from compound.executor.service import Executor
+
+        executor = Executor(settings=self.settings, store=store, client=self.client, price_of=self.price_of,
+                            tools=OfferedTools(item.tools))
+        try:
+            return await self._item(executor, store, item, approve=False)
+        finally:
+            await executor.stop()
+
+    async def _item(self, executor: Any, store: Any, item: Item, *, approve: bool = True) -> ItemResult:
+        task = await store.create_task(prompt=item.request, budget_usd=self.settings.default_budget_usd,
+                                       approve=approve)
         await executor.run_task(task.id)
         snap = await store.snapshot(task.id)
         subs = snap["subtasks"]
@@ -215,9 +273,22 @@ class EvalRun:
             scores = score(pred, item.gold, matrix, self.matcher.threshold)
             result.node_f1, result.edge_f1 = scores.node.f1, scores.edge.f1
             result.chain_f1, result.graph_f1 = scores.chain.f1, scores.graph.f1
+        if item.tools:
+            await self._score_tools(result, store, task.id, item)
         if self.judge_model and snap.get("result"):
             result.judge = await self._judge(item.request, snap["result"])
         return result
+
+    @staticmethod
+    async def _score_tools(result: ItemResult, store: Any, task_id: str, item: Item) -> None:
+        """The tools the plan names (each subtask's `tools` and a tool step's `tool`)
+        against the gold's; a fallback names none."""
+        state = await store.load(task_id)
+        subs = state.subtasks if state is not None and result.valid else []
+        named = sorted({name for s in subs for name in [*s.tools, *([s.tool] if s.tool else [])]})
+        prf = tool_prf(named, item.gold_tools)
+        result.tools = named
+        result.tool_precision, result.tool_recall, result.tool_f1 = prf.precision, prf.recall, prf.f1
 
     async def _judge(self, request: str, answer: str) -> Judgement:
         s = self.settings
@@ -277,6 +348,14 @@ def parallelism_by_shape(results: list[ItemResult]) -> dict[str, float | None]:
     return {shape: _mean(values) for shape, values in sorted(shapes.items())}
 
 
+def tool_scores(results: list[ItemResult]) -> dict[str, float | None]:
+    """Mean tool precision, recall and F1 over the items with a tool catalogue (None:
+    the dataset offers no tools)."""
+    scored = [r for r in results if r.tool_f1 is not None]
+    return {name: _mean([float(getattr(r, name)) for r in scored])
+            for name in ("tool_precision", "tool_recall", "tool_f1")}
+
+
 def summarize(results: list[ItemResult], *, matcher: str, dataset: str, fmt: str,
               settings: Settings, judge_model: str | None) -> dict[str, Any]:
     n = len(results)
@@ -299,6 +378,7 @@ def summarize(results: list[ItemResult], *, matcher: str, dataset: str, fmt: str
         "missing_joins": sum(r.missing_join for r in results),
         "node_f1": f1("node_f1"), "edge_f1": f1("edge_f1"), "chain_f1": f1("chain_f1"), "graph_f1": f1("graph_f1"),
         "matcher": matcher if graded else None,
+        **tool_scores(results),
         "parallelism": _mean([r.parallelism for r in results if r.parallelism is not None]),
         "parallelism_by_shape": parallelism_by_shape(results),
         "mean_subtasks": _mean([float(len(r.subtasks)) for r in results if r.valid]),
