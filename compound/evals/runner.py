@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import tempfile
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,8 @@ class ItemResult:
     tool_precision: float | None = None
     tool_recall: float | None = None
     tool_f1: float | None = None
+    replans: int = 0  # replanning rounds the task ran
+    calls: dict[str, int] = field(default_factory=dict)  # ledger rows by kind (planner, subtask, check, ...)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -259,6 +261,7 @@ class EvalRun:
             strong_tier_cost_usd=sum(_strong_cost(r, strong) for r in rows),
             error=snap.get("error"), warnings=warnings, fallback=fallback,
             missing_join="missing join" in kinds, fix_kinds=fix_kinds,
+            replans=len(snap.get("replans") or []), calls=_count(str(r["kind"]) for r in rows),
         )
         if not valid:  # the fallback is not the model's plan: it is scored as no plan
             descriptions, deps, tiers = [], [], []
@@ -315,6 +318,13 @@ class EvalRun:
         return Judgement(verdict=verdict, direct_cost_usd=direct.cost_usd, judge_cost_usd=cost, votes=votes)
 
 
+def _count(keys: Iterable[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for k in keys:
+        out[k] = out.get(k, 0) + 1
+    return dict(sorted(out.items()))
+
+
 def _strong_cost(row: dict[str, Any], strong: Price) -> float:
     """The same call's tokens at the strongest tier's primary model's prices. A call
     with no token counts (lost, canceled) counts at what it was charged."""
@@ -330,12 +340,16 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def fixes_by_kind(results: list[ItemResult]) -> dict[str, int]:
+def _sum_counts(counts: list[dict[str, int]]) -> dict[str, int]:
     out: dict[str, int] = {}
-    for r in results:
-        for kind, count in r.fix_kinds.items():
+    for c in counts:
+        for kind, count in c.items():
             out[kind] = out.get(kind, 0) + count
     return dict(sorted(out.items()))
+
+
+def fixes_by_kind(results: list[ItemResult]) -> dict[str, int]:
+    return _sum_counts([r.fix_kinds for r in results])
 
 
 def parallelism_by_shape(results: list[ItemResult]) -> dict[str, float | None]:
@@ -372,6 +386,9 @@ def summarize(results: list[ItemResult], *, matcher: str, dataset: str, fmt: str
         "valid_rate": sum(r.valid for r in results) / n if n else None,
         "fallback_rate": sum(r.fallback for r in results) / n if n else None,
         "completed_rate": sum(r.status == "completed" for r in results) / n if n else None,
+        "statuses": _count(r.status for r in results),
+        "replan_rounds": sum(r.replans for r in results),
+        "calls_by_kind": _sum_counts([r.calls for r in results]),
         "repairs": sum(r.repairs for r in results),
         "fixes": sum(r.fixes for r in results),
         "fixes_by_kind": fixes_by_kind(results),
