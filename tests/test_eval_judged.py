@@ -73,3 +73,31 @@ def test_the_runs_differ_by_the_mechanism_they_measure(monkeypatch: pytest.Monke
     assert plain["replan_rounds"] == 0 and replanned["replan_rounds"] == 5
     assert plain["statuses"].get("completed", 0) + 3 == replanned["statuses"]["completed"]
     assert all(r["completed_rate"] == 1.0 for r in (runs["cascade-off"], runs["cascade-on"]))
+
+
+async def test_a_recorded_provider_error_is_raised_again_on_replay(tmp_path: Path) -> None:
+    from compound.core.errors import ProviderError
+    from compound.evals.replay import RecordingClient, ReplayClient
+    from compound.llm.base import Message
+    from tests.fixtures.fakes import FakeLLM
+
+    refused = ProviderError("model-x: 400 simulated refusal", status=400, model="model-x")
+    fake = FakeLLM(queue=[refused, "fine", ProviderError("overloaded", status=529, model="model-x")])
+    path = tmp_path / "rec.jsonl"
+    rec = RecordingClient(fake, path, header={})
+    ask: list[Message] = [{"role": "user", "content": "q"}]
+    with pytest.raises(ProviderError):
+        await rec.complete(model="model-x", messages=ask, max_tokens=8)
+    assert (await rec.complete(model="model-x", messages=ask, max_tokens=8)).text == "fine"
+    with pytest.raises(ProviderError):
+        async for _ in rec.stream(model="model-x", messages=ask, max_tokens=8):
+            pass
+    replayed = ReplayClient(path)
+    with pytest.raises(ProviderError) as first:
+        await replayed.complete(model="model-x", messages=ask, max_tokens=8)
+    assert (first.value.message, first.value.status, first.value.transient) == ("model-x: 400 simulated refusal",
+                                                                                400, False)
+    assert (await replayed.complete(model="model-x", messages=ask, max_tokens=8)).text == "fine"
+    with pytest.raises(ProviderError) as third:
+        await replayed.complete(model="model-x", messages=ask, max_tokens=8)
+    assert (third.value.status, third.value.transient) == (529, True) and replayed.misses == 0
