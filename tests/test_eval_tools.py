@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 from compound.cli import _register, app
 from compound.core.settings import Settings
 from compound.evals.datasets import load, tool_name
-from compound.evals.runner import EvalRun, summarize, tool_prf
+from compound.evals.runner import EvalRun, summarize
 from compound.evals.similarity import LexicalMatcher
+from compound.evals.tools import tool_prf
 from compound.llm.base import Message, Price
 from compound.llm.simulator import Simulator, answer_for, prompt_kind
 from tests.fixtures.fakes import FakeLLM

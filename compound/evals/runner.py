@@ -7,20 +7,20 @@ from __future__ import annotations
 import asyncio
 import re
 import tempfile
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compound.core.errors import CompoundError, ToolUnavailable, UnknownTool
+from compound.core.errors import CompoundError
 from compound.core.settings import Settings
 from compound.evals.datasets import Expect, Item
-from compound.evals.graph import PRF, Graph, score
+from compound.evals.graph import Graph, score
 from compound.evals.similarity import Matcher
+from compound.evals.tools import OfferedTools, named_tools, tool_prf
 from compound.llm.base import LLMClient, Message, Price, Usage
 from compound.planner.plan import critical_path_length, waves
 from compound.planner.repair import kind_of
-from compound.tools.catalogue import Tool, ToolResult
 
 # Warning kinds that are not fixes: the fallback, and a flag on a plan left as it was.
 NOT_FIXES = ("fallback", "missing join")
@@ -104,41 +104,6 @@ def check_expect(expect: Expect, descriptions: list[str], deps: list[list[int]],
         found = _find(keyword, descriptions)
         out[f"tier {keyword} = {tier}"] = bool(found) and all(tiers[i] == tier for i in found)
     return out
-
-
-# tools ------------------------------------------------------------------------------
-
-def tool_prf(named: Collection[str], gold: Collection[str]) -> PRF:
-    """The tools a plan names against those the gold plan uses, as sets: precision over
-    the named, recall over the gold. Naming none where the gold uses none scores 1."""
-    named, gold = set(named), set(gold)
-    if not named and not gold:
-        return PRF(1.0, 1.0)
-    hit = len(named & gold)
-    return PRF(hit / len(named) if named else 0.0, hit / len(gold) if gold else 0.0)
-
-
-@dataclass(frozen=True)
-class OfferedTools:
-    """An item's catalogue as the executor's tools: the planner sees its cards and a
-    plan may name its tools; no server stands behind them (an item with tools is only
-    planned), so a call is refused."""
-
-    tools: tuple[Tool, ...]
-
-    def catalogue(self) -> list[Tool]:
-        return list(self.tools)
-
-    def tool(self, name: str) -> Tool:
-        for t in self.tools:
-            if t.name == name:
-                return t
-        raise UnknownTool(f"no tool {name!r} in the item's catalogue", tool=name)
-
-    async def call(self, server: str, tool: str, arguments: Mapping[str, Any] | None = None, *,  # noqa: ARG002
-                   timeout_s: float | None = None,  # noqa: ARG002
-                   meta: Mapping[str, Any] | None = None) -> ToolResult:  # noqa: ARG002
-        raise ToolUnavailable("an eval item's tools are offered to the planner only", tool=f"{server}.{tool}")
 
 
 # judging ------------------------------------------------------------------------------
@@ -288,7 +253,7 @@ class EvalRun:
         against the gold's; a fallback names none."""
         state = await store.load(task_id)
         subs = state.subtasks if state is not None and result.valid else []
-        named = sorted({name for s in subs for name in [*s.tools, *([s.tool] if s.tool else [])]})
+        named = named_tools(subs)
         prf = tool_prf(named, item.gold_tools)
         result.tools = named
         result.tool_precision, result.tool_recall, result.tool_f1 = prf.precision, prf.recall, prf.f1
