@@ -133,10 +133,12 @@ async def test_a_fallback_scores_zero_and_counts_as_a_fallback_not_a_valid_plan(
     fake = FakeLLM(answer=lambda _m, msgs: "no plan" if prompt_kind(msgs[0]["content"]) == "planner" else "x")
     run = EvalRun(settings=settings(), client=fake, matcher=LexicalMatcher(), price_of=price_of)
     results = await run.run(items)
-    assert [(r.valid, r.fallback, r.status) for r in results] == [(False, True, "completed")] * 2
+    # TaskBench items offer tools: they are planned, not run
+    assert [(r.valid, r.fallback, r.status) for r in results] == [(False, True, "planned")] * 2
     assert all(r.repairs == 1 for r in results)  # one repair call each, then the fallback
     s = summarize(results, matcher="lexical-dice", dataset="x", fmt="taskbench", settings=settings(), judge_model=None)
-    assert (s["valid_rate"], s["fallback_rate"], s["completed_rate"]) == (0.0, 1.0, 1.0)
+    assert (s["valid_rate"], s["fallback_rate"], s["completed_rate"]) == (0.0, 1.0, 0.0)
+    assert (s["tool_precision"], s["tool_recall"], s["tool_f1"]) == (0.0, 0.0, 0.0)  # a fallback names no tool
     assert s["repairs"] == 2 and s["fixes"] == 0
     assert (s["node_f1"], s["graph_f1"]) == (0.0, 0.0)
     assert s["parallelism"] is None and s["mean_subtasks"] is None

@@ -12,6 +12,7 @@ from typing import Any
 
 from compound.core.errors import UserInputError
 from compound.evals.graph import Graph
+from compound.tools.catalogue import Tool, one_line
 
 FORMATS = ("own", "worfbench", "teval", "taskbench")
 
@@ -34,6 +35,10 @@ class Item:
     shape: str = ""
     gold: Graph | None = None
     expect: Expect | None = None
+    # T-Eval and TaskBench: the tools offered to the planner (its catalogue) and the
+    # names (`server.tool`) of those the gold plan uses
+    tools: tuple[Tool, ...] = ()
+    gold_tools: frozenset[str] = frozenset()
 
 
 def load(path: Path, fmt: str) -> list[Item]:
@@ -124,6 +129,28 @@ def _worfbench(data: Any) -> list[Item]:
     return items
 
 
+# tools ------------------------------------------------------------------------------
+
+def tool_name(fmt: str, name: str) -> str:
+    """A benchmark's tool name as a catalogue name `server.tool`: kept when it already
+    has that shape (T-Eval's `FilmDouban.fetch_film_details`), else under a server
+    named after the format (TaskBench's `Image-to-Text` is `taskbench.Image-to-Text`)."""
+    server, dot, tool = name.partition(".")
+    return name if dot and server and tool else f"{fmt}.{name}"
+
+
+def _catalogue(fmt: str, names: list[str], descriptions: dict[str, str],
+               arguments: dict[str, tuple[str, ...]] | None = None) -> tuple[Tool, ...]:
+    out: dict[str, Tool] = {}
+    for name in names:
+        server, _, tool = tool_name(fmt, name).partition(".")
+        out.setdefault(f"{server}.{tool}", Tool(
+            server=server, tool=tool, description=one_line(descriptions.get(name, "")),
+            arguments=(arguments or {}).get(name, ()), input_schema={}, read_only=True, idempotent=True,
+            available=True))
+    return tuple(out.values())
+
+
 # T-Eval: the plan set ----------------------------------------------------------------
 
 def _step_text(name: str, args: Any) -> str:
@@ -134,6 +161,28 @@ def _step_text(name: str, args: Any) -> str:
     else:
         values = str(args or "")
     return f"{name} {values}".strip()
+
+
+# Steps of T-Eval's gold plans that end the episode rather than call a tool.
+TEVAL_ACTIONS = frozenset({"FinishAction"})
+
+
+def _listed_apis(text: str) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """The API list in a T-Eval system message (a JSON list of {"name", "description",
+    "required_parameters", "optional_parameters"}): name -> (description, argument
+    names); {} when the message holds no such list."""
+    decoder = json.JSONDecoder()
+    for start in (i for i, ch in enumerate(text) if ch == "["):
+        try:
+            value, _ = decoder.raw_decode(text, start)
+        except ValueError:
+            continue
+        apis = [a for a in value if isinstance(a, dict) and "name" in a] if isinstance(value, list) else []
+        if apis:
+            return {str(a["name"]): (str(a.get("description") or ""), tuple(
+                str(p["name"]) for key in ("required_parameters", "optional_parameters")
+                for p in a.get(key) or [] if isinstance(p, dict) and "name" in p)) for a in apis}
+    return {}
 
 
 def _teval(data: Any) -> list[Item]:
@@ -148,16 +197,27 @@ def _teval(data: Any) -> list[Item]:
         prompt = row["origin_prompt"]
         turns = [_message(m) for m in prompt] if isinstance(prompt, list) else [("user", str(prompt))]
         users = [text for role, text in turns if role in ("user", "human")]
+        systems = " ".join(text for role, text in turns if role == "system")
+        used = [str(s["name"]) for s in steps if str(s["name"]) not in TEVAL_ACTIONS]
+        listed = _listed_apis(systems)
+        catalogue = _catalogue("teval", [*used, *listed], {k: d for k, (d, _) in listed.items()},
+                               {k: a for k, (_, a) in listed.items()})
         items.append(Item(id=str(key), request=users[-1] if users else turns[-1][1], shape="teval",
-                          gold=Graph(nodes, sorted(set(edges)))))
+                          gold=Graph(nodes, sorted(set(edges))), tools=catalogue,
+                          gold_tools=frozenset(tool_name("teval", u) for u in used)))
     return items
 
 
 # TaskBench ---------------------------------------------------------------------------
 
 def _taskbench(data: Any) -> list[Item]:
+    """Each item's catalogue is every tool the file's gold plans use (one TaskBench
+    file is one domain), so the planner chooses among the domain's tools."""
+    rows = _rows(data)
+    names = [str(t["task"]) for row in rows for t in row["task_nodes"]]
+    catalogue = _catalogue("taskbench", names, {})
     items = []
-    for k, row in enumerate(_rows(data)):
+    for k, row in enumerate(rows):
         tasks = row["task_nodes"]
         nodes = [_step_text(str(t["task"]), t.get("arguments")) for t in tasks]
         by_name: dict[str, int] = {}
@@ -171,5 +231,7 @@ def _taskbench(data: Any) -> list[Item]:
             if u is not None and v is not None and u != v:
                 edges.append((u, v))
         items.append(Item(id=str(row.get("id", k)), request=str(row["user_request"]),
-                          shape=str(row.get("type", "taskbench")), gold=Graph(nodes, sorted(set(edges)))))
+                          shape=str(row.get("type", "taskbench")), gold=Graph(nodes, sorted(set(edges))),
+                          tools=catalogue, gold_tools=frozenset(tool_name("taskbench", str(t["task"]))
+                                                                for t in tasks)))
     return items

@@ -27,6 +27,11 @@ def _row(key: str, out: Completion) -> dict[str, Any]:
             "usage": [u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens]}
 
 
+def _error_row(key: str, model: str, exc: ProviderError) -> dict[str, Any]:
+    return {"key": key, "model": model, "error": {"message": exc.message, "status": exc.status,
+                                                  "transient": exc.transient, "retry_after_s": exc.retry_after_s}}
+
+
 def structured_output_of(client: Any) -> dict[str, str]:
     """model -> the structured-output form its endpoint accepted, from a client that
     records it (the registry, a recording or a replay); {} from one that does not."""
@@ -35,9 +40,10 @@ def structured_output_of(client: Any) -> dict[str, str]:
 
 
 class RecordingClient:
-    """Passes every call to `inner` and appends its answer to a JSON-lines file, after
-    a first line describing the run (`header`: the configured models); `finish()` adds
-    a last line with the structured-output form each model's endpoint accepted."""
+    """Passes every call to `inner` and appends its answer, or the provider error it
+    ended with, to a JSON-lines file, after a first line describing the run (`header`:
+    the configured models); `finish()` adds a last line with the structured-output form
+    each model's endpoint accepted."""
 
     def __init__(self, inner: LLMClient, path: Path, *, header: dict[str, Any]) -> None:
         self.inner = inner
@@ -48,23 +54,35 @@ class RecordingClient:
 
     async def complete(self, *, model: str, messages: list[Message], max_tokens: int,
                        json_schema: dict[str, Any] | None = None, timeout_s: float | None = None) -> Completion:
-        out = await self.inner.complete(model=model, messages=messages, max_tokens=max_tokens,
-                                        json_schema=json_schema, timeout_s=timeout_s)
+        try:
+            out = await self.inner.complete(model=model, messages=messages, max_tokens=max_tokens,
+                                            json_schema=json_schema, timeout_s=timeout_s)
+        except ProviderError as exc:
+            self._write(_error_row(call_key(model, messages), model, exc))
+            raise
         self._record(model, messages, out)
         return out
 
     async def stream(self, *, model: str, messages: list[Message], max_tokens: int,
                      json_schema: dict[str, Any] | None = None,
                      timeout_s: float | None = None) -> AsyncIterator[StreamEvent]:
-        """The inner stream passed on; its whole answer recorded as `complete()`'s is."""
-        async for event in self.inner.stream(model=model, messages=messages, max_tokens=max_tokens,
-                                             json_schema=json_schema, timeout_s=timeout_s):
-            if isinstance(event, Completion):
-                self._record(model, messages, event)
-            yield event
+        """The inner stream passed on; its whole answer (or its error) recorded as
+        `complete()`'s is."""
+        try:
+            async for event in self.inner.stream(model=model, messages=messages, max_tokens=max_tokens,
+                                                 json_schema=json_schema, timeout_s=timeout_s):
+                if isinstance(event, Completion):
+                    self._record(model, messages, event)
+                yield event
+        except ProviderError as exc:
+            self._write(_error_row(call_key(model, messages), model, exc))
+            raise
 
     def _record(self, model: str, messages: list[Message], out: Completion) -> None:
-        line = json.dumps(_row(call_key(model, messages), out), ensure_ascii=False) + "\n"
+        self._write(_row(call_key(model, messages), out))
+
+    def _write(self, row: dict[str, Any]) -> None:
+        line = json.dumps(row, ensure_ascii=False) + "\n"
         with self._lock, self.path.open("a", encoding="utf-8") as f:
             f.write(line)
 
@@ -80,7 +98,8 @@ class RecordingClient:
 
 class ReplayClient:
     """Answers from a recording. The same call recorded n times answers its n answers
-    in order, then the last again. A call never recorded is a permanent ProviderError
+    in order, then the last again; a recorded provider error is raised again, with its
+    message, status and transience. A call never recorded is a permanent ProviderError
     naming the model (the run is not the one recorded)."""
 
     def __init__(self, path: Path) -> None:
@@ -123,6 +142,10 @@ class ReplayClient:
                                 status=404, model=model, transient=False)
         row = rows[min(self._used[key], len(rows) - 1)]
         self._used[key] += 1
+        if "error" in row:
+            e = row["error"]
+            raise ProviderError(str(e["message"]), status=e.get("status"), model=str(row["model"]),
+                                retry_after_s=e.get("retry_after_s"), transient=bool(e.get("transient")))
         u = row["usage"]
         return Completion(text=row["text"], model=row["model"], usage=Usage(*u), cost_usd=float(row["cost_usd"]),
                           finish_reason=row.get("finish_reason"))

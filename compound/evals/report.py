@@ -49,7 +49,8 @@ def _markdown(results: list[ItemResult], s: dict[str, Any], plots: list[Path]) -
     lines += ["| measure | value |", "|---|---|"]
     for key in ("n", "valid_rate", "fallback_rate", "completed_rate", "repairs", "fixes", "missing_joins",
                 "node_f1", "edge_f1", "chain_f1",
-                "graph_f1", "matcher", "parallelism", "mean_subtasks", "properties_pass_rate", "checks_pass_rate",
+                "graph_f1", "tool_precision", "tool_recall", "tool_f1",
+                "matcher", "parallelism", "mean_subtasks", "properties_pass_rate", "checks_pass_rate",
                 "cost_usd", "strong_tier_cost_usd", "cost_ratio", "strong_model"):
         lines.append(f"| {key} | {_fmt(s.get(key))} |")
     m = s["models"]

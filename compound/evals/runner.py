@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from compound.core.settings import Settings
 from compound.evals.datasets import Expect, Item
 from compound.evals.graph import Graph, score
 from compound.evals.similarity import Matcher
+from compound.evals.tools import OfferedTools, named_tools, tool_prf
 from compound.llm.base import LLMClient, Message, Price, Usage
 from compound.planner.plan import critical_path_length, waves
 from compound.planner.repair import kind_of
@@ -58,6 +59,14 @@ class ItemResult:
     fallback: bool = False  # the planner gave no usable plan: the request ran as one subtask
     missing_join: bool = False  # the plan was flagged: its last step joins only some branches
     fix_kinds: dict[str, int] = field(default_factory=dict)  # fixes by kind (planner/repair.py KINDS)
+    # items with a tool catalogue (T-Eval, TaskBench): the tools the plan names, scored
+    # as a set against the tools the gold plan uses
+    tools: list[str] = field(default_factory=list)
+    tool_precision: float | None = None
+    tool_recall: float | None = None
+    tool_f1: float | None = None
+    replans: int = 0  # replanning rounds the task ran
+    calls: dict[str, int] = field(default_factory=dict)  # ledger rows by kind (planner, subtask, check, ...)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -161,7 +170,10 @@ class EvalRun:
 
                 async def one(item: Item) -> ItemResult:
                     async with gate:
-                        result = await self._item(executor, store, item)
+                        if item.tools:
+                            result = await self._planned_item(store, item)
+                        else:
+                            result = await self._item(executor, store, item)
                     if self.on_done is not None:
                         self.on_done(result)
                     return result
@@ -171,8 +183,21 @@ class EvalRun:
                 finally:
                     await executor.stop()
 
-    async def _item(self, executor: Any, store: Any, item: Item) -> ItemResult:
-        task = await store.create_task(prompt=item.request, budget_usd=self.settings.default_budget_usd)
+    async def _planned_item(self, store: Any, item: Item) -> ItemResult:
+        """An item with a tool catalogue, planned and not run: an executor of its own
+        offers the item's tools to the planner, and the task stops at `planned`."""
+        from compound.executor.service import Executor
+
+        executor = Executor(settings=self.settings, store=store, client=self.client, price_of=self.price_of,
+                            tools=OfferedTools(item.tools))
+        try:
+            return await self._item(executor, store, item, approve=False)
+        finally:
+            await executor.stop()
+
+    async def _item(self, executor: Any, store: Any, item: Item, *, approve: bool = True) -> ItemResult:
+        task = await store.create_task(prompt=item.request, budget_usd=self.settings.default_budget_usd,
+                                       approve=approve)
         await executor.run_task(task.id)
         snap = await store.snapshot(task.id)
         subs = snap["subtasks"]
@@ -201,6 +226,7 @@ class EvalRun:
             strong_tier_cost_usd=sum(_strong_cost(r, strong) for r in rows),
             error=snap.get("error"), warnings=warnings, fallback=fallback,
             missing_join="missing join" in kinds, fix_kinds=fix_kinds,
+            replans=len(snap.get("replans") or []), calls=_count(str(r["kind"]) for r in rows),
         )
         if not valid:  # the fallback is not the model's plan: it is scored as no plan
             descriptions, deps, tiers = [], [], []
@@ -215,9 +241,22 @@ class EvalRun:
             scores = score(pred, item.gold, matrix, self.matcher.threshold)
             result.node_f1, result.edge_f1 = scores.node.f1, scores.edge.f1
             result.chain_f1, result.graph_f1 = scores.chain.f1, scores.graph.f1
+        if item.tools:
+            await self._score_tools(result, store, task.id, item)
         if self.judge_model and snap.get("result"):
             result.judge = await self._judge(item.request, snap["result"])
         return result
+
+    @staticmethod
+    async def _score_tools(result: ItemResult, store: Any, task_id: str, item: Item) -> None:
+        """The tools the plan names (each subtask's `tools` and a tool step's `tool`)
+        against the gold's; a fallback names none."""
+        state = await store.load(task_id)
+        subs = state.subtasks if state is not None and result.valid else []
+        named = named_tools(subs)
+        prf = tool_prf(named, item.gold_tools)
+        result.tools = named
+        result.tool_precision, result.tool_recall, result.tool_f1 = prf.precision, prf.recall, prf.f1
 
     async def _judge(self, request: str, answer: str) -> Judgement:
         s = self.settings
@@ -244,6 +283,13 @@ class EvalRun:
         return Judgement(verdict=verdict, direct_cost_usd=direct.cost_usd, judge_cost_usd=cost, votes=votes)
 
 
+def _count(keys: Iterable[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for k in keys:
+        out[k] = out.get(k, 0) + 1
+    return dict(sorted(out.items()))
+
+
 def _strong_cost(row: dict[str, Any], strong: Price) -> float:
     """The same call's tokens at the strongest tier's primary model's prices. A call
     with no token counts (lost, canceled) counts at what it was charged."""
@@ -259,12 +305,16 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def fixes_by_kind(results: list[ItemResult]) -> dict[str, int]:
+def _sum_counts(counts: list[dict[str, int]]) -> dict[str, int]:
     out: dict[str, int] = {}
-    for r in results:
-        for kind, count in r.fix_kinds.items():
+    for c in counts:
+        for kind, count in c.items():
             out[kind] = out.get(kind, 0) + count
     return dict(sorted(out.items()))
+
+
+def fixes_by_kind(results: list[ItemResult]) -> dict[str, int]:
+    return _sum_counts([r.fix_kinds for r in results])
 
 
 def parallelism_by_shape(results: list[ItemResult]) -> dict[str, float | None]:
@@ -275,6 +325,14 @@ def parallelism_by_shape(results: list[ItemResult]) -> dict[str, float | None]:
         if r.parallelism is not None:
             values.append(r.parallelism)
     return {shape: _mean(values) for shape, values in sorted(shapes.items())}
+
+
+def tool_scores(results: list[ItemResult]) -> dict[str, float | None]:
+    """Mean tool precision, recall and F1 over the items with a tool catalogue (None:
+    the dataset offers no tools)."""
+    scored = [r for r in results if r.tool_f1 is not None]
+    return {name: _mean([float(getattr(r, name)) for r in scored])
+            for name in ("tool_precision", "tool_recall", "tool_f1")}
 
 
 def summarize(results: list[ItemResult], *, matcher: str, dataset: str, fmt: str,
@@ -293,12 +351,16 @@ def summarize(results: list[ItemResult], *, matcher: str, dataset: str, fmt: str
         "valid_rate": sum(r.valid for r in results) / n if n else None,
         "fallback_rate": sum(r.fallback for r in results) / n if n else None,
         "completed_rate": sum(r.status == "completed" for r in results) / n if n else None,
+        "statuses": _count(r.status for r in results),
+        "replan_rounds": sum(r.replans for r in results),
+        "calls_by_kind": _sum_counts([r.calls for r in results]),
         "repairs": sum(r.repairs for r in results),
         "fixes": sum(r.fixes for r in results),
         "fixes_by_kind": fixes_by_kind(results),
         "missing_joins": sum(r.missing_join for r in results),
         "node_f1": f1("node_f1"), "edge_f1": f1("edge_f1"), "chain_f1": f1("chain_f1"), "graph_f1": f1("graph_f1"),
         "matcher": matcher if graded else None,
+        **tool_scores(results),
         "parallelism": _mean([r.parallelism for r in results if r.parallelism is not None]),
         "parallelism_by_shape": parallelism_by_shape(results),
         "mean_subtasks": _mean([float(len(r.subtasks)) for r in results if r.valid]),
