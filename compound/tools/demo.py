@@ -19,15 +19,15 @@ if TYPE_CHECKING:
 HOST = "127.0.0.1"  # loopback only: the tour's server is never reachable from elsewhere
 NOTES_MAX = 1000  # what a long-running tour server keeps at most
 
-Topic = Literal["sqlite", "postgresql", "anthropic", "openai"]
+Topic = Literal["anthropic", "openai", "sqlite", "postgresql"]
 
 FACTS: dict[str, str] = {
+    "anthropic": "Anthropic's status page: https://status.anthropic.com (incidents and uptime of the API).",
+    "openai": "OpenAI's status page: https://status.openai.com (incidents and uptime of the API).",
     "sqlite": "SQLite: one file and no server; in WAL mode readers go on while one writer writes. "
               "Enough for a small team's service on one machine.",
     "postgresql": "PostgreSQL: a server with many concurrent writers (MVCC), roles, replication and "
                   "extensions. The choice once more than one machine writes.",
-    "anthropic": "Anthropic's status page: https://status.anthropic.com (incidents and uptime of the API).",
-    "openai": "OpenAI's status page: https://status.openai.com (incidents and uptime of the API).",
 }
 
 
@@ -39,8 +39,8 @@ def build_server() -> MCPServer:
     server = MCPServer(name="compound-demo", log_level="WARNING")
     kept: list[str] = []
 
-    @server.tool(description="Look up a fact from a built-in table: SQLite and PostgreSQL basics, status "
-                             "pages of model providers.",
+    @server.tool(description="Look up a fact from a built-in table: status pages of model providers, SQLite "
+                             "and PostgreSQL basics.",
                  annotations=ToolAnnotations(read_only_hint=True, idempotent_hint=True))
     async def lookup(topic: Topic) -> str:
         return FACTS[topic]
@@ -88,7 +88,9 @@ def serve(port: int) -> None:
 
     sock = bind(port)
     url = f"http://{HOST}:{sock.getsockname()[1]}/mcp"
-    sys.stdout.write(url + "\n")
+    sys.stdout.write(url + "\n")  # alone on its line: what a script reads
     sys.stdout.flush()
+    sys.stderr.write(f"compound demo MCP server (tools: lookup, note, notes); point compound at it with:\n"
+                     f"  export COMPOUND_MCP_SERVERS='{{\"demo\": {{\"url\": \"{url}\", \"trusted\": true}}}}'\n")
     config = uvicorn.Config(_app(build_server()), log_level="warning", lifespan="on")
     uvicorn.Server(config).run(sockets=[sock])
