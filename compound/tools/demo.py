@@ -82,11 +82,10 @@ def bind(port: int) -> socket.socket:
     return sock
 
 
-def serve(port: int) -> None:
-    """Serve until interrupted; prints the endpoint's URL once it listens."""
+def serve(sock: socket.socket) -> None:
+    """Serve on a socket from `bind` until interrupted; prints the endpoint's URL first."""
     import uvicorn
 
-    sock = bind(port)
     url = f"http://{HOST}:{sock.getsockname()[1]}/mcp"
     sys.stdout.write(url + "\n")  # alone on its line: what a script reads
     sys.stdout.flush()
