@@ -41,7 +41,7 @@ def localised(block: str, *, ports: dict[int, int], plan: Path) -> str:
     return out
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)  # some 15 CLI processes start one after the other
 def test_the_tour_runs_and_its_tool_task_calls_the_demo_server(tmp_path: Path) -> None:
     ports = {8787: free_port(), 9100: free_port(), 8000: free_port()}
     block = tour_block()
@@ -62,7 +62,7 @@ def test_the_tour_runs_and_its_tool_task_calls_the_demo_server(tmp_path: Path) -
         proc = subprocess.Popen(["bash", "-c", script], cwd=tmp_path, env=env, stdout=o, stderr=e,
                                 start_new_session=True)
         try:
-            proc.wait(timeout=240)
+            proc.wait(timeout=540)
         finally:
             os.killpg(proc.pid, signal.SIGKILL)  # the tour's background processes: sim, demo server, serve
             proc.wait()
