@@ -1,5 +1,5 @@
 """`compound tools list`: the catalogue of MCP tools of a running server (token from
-COMPOUND_TOKEN)."""
+COMPOUND_TOKEN); `compound tools demo-server`: the tour's offline MCP server."""
 
 from __future__ import annotations
 
@@ -49,3 +49,16 @@ def register(app: typer.Typer) -> None:
             if not server["available"]:
                 console.print(Text(f"{server['name']}: unavailable ({server.get('error') or 'not connected'})",
                                    style="yellow"))
+
+    @tools.command("demo-server")
+    def demo_server(port: int = typer.Option(9100, "--port", help="the port on 127.0.0.1 (0: any free one)")) -> None:
+        """A small MCP server for trying tools offline (streamable HTTP on 127.0.0.1):
+        lookup (read-only facts), note and notes. Prints its URL, then serves until Ctrl-C."""
+        from compound.tools.demo import bind, serve
+
+        try:
+            sock = bind(port)
+        except OSError as exc:  # the port is taken, or not ours to bind
+            typer.echo(f"error: cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}", err=True)
+            raise typer.Exit(1) from None
+        serve(sock)
