@@ -27,6 +27,7 @@ from compound.core.errors import Conflict, NotFound, PlanInvalid, UserInputError
 from compound.core.secrets import redact_data
 from compound.planner.plan import critical_path, waves
 from compound.planner.validate import is_clean_text, validate_plan
+from compound.plugins import load_plugins
 from compound.store.base import RunStore, TaskState
 from compound.store.models import TaskStatus
 from compound.store.sqlrun import decode_cursor, encode_cursor
@@ -62,7 +63,8 @@ async def submit_to(state: AppState, principal: Any, body: TaskCreate, *, contex
                        f"retry in {int(wait)} s", {"Retry-After": str(int(wait))})
     plan_in = None
     if body.plan is not None:
-        plan_in = validate_plan(body.plan, max_subtasks=settings.max_subtasks).model_dump(mode="json")
+        plan_in = validate_plan(body.plan, max_subtasks=settings.max_subtasks,
+                                kinds=load_plugins(settings.plugins).kinds()).model_dump(mode="json")
     task: TaskState = await state.store.create_task(
         prompt=body.prompt, budget_usd=body.budget_usd or settings.default_budget_usd, user_id=principal.user_id,
         priority=body.priority, plan_in=plan_in, approve=body.approve, context=context,
@@ -269,7 +271,8 @@ async def approve(request: Request, task_id: str, principal: SubmitPrincipal) ->
 async def validate(request: Request, body: PlanValidateIn, _: ReadPrincipal) -> Any:
     settings = app_state(request.app).settings
     try:
-        plan = validate_plan(body.the_plan(), max_subtasks=settings.max_subtasks)
+        plan = validate_plan(body.the_plan(), max_subtasks=settings.max_subtasks,
+                             kinds=load_plugins(settings.plugins).kinds())
     except PlanInvalid as exc:
         return {"valid": False, "errors": exc.errors, "waves": [], "critical_path": [],
                 "estimated_cost_usd": None}
