@@ -10,10 +10,14 @@ from typing import Any
 from compound.plugins import Outcome, StepContext, StepResult, SubtaskView, Veto
 
 _WORD = re.compile(r"\w+(?:['-]\w+)*")
+# A pretend price, so the budget has something to hold: $0.000001 a word counted.
+WORD_PRICE_USD = 1e-6
+# Words counted of the dependencies' results at most (their size is not known before).
+MAX_WORDS = 10_000
 
 
 class WordCount:
-    """A step kind: how many words a text has (no model, no network, no cost)."""
+    """A step kind: how many words a text has (no model, no network)."""
 
     name = "word_count"
     description = "Count the words of a text (the argument text, else the results of its dependencies)."
@@ -23,37 +27,38 @@ class WordCount:
         "additionalProperties": False,
     }
 
-    def worst_case_usd(self, arguments: dict[str, Any]) -> float:  # noqa: ARG002 (the protocol's shape)
-        return 0.0
+    def worst_case_usd(self, arguments: dict[str, Any]) -> float:
+        """A text of n characters has at most n words."""
+        text = arguments.get("text")
+        return WORD_PRICE_USD * (len(text) if isinstance(text, str) else MAX_WORDS)
 
     async def run(self, ctx: StepContext) -> StepResult:
         text = ctx.arguments.get("text")
         if text is None:
             text = "\n".join(ctx.dependencies[i] for i in sorted(ctx.dependencies))
-        count = len(_WORD.findall(text))
+        count = min(len(_WORD.findall(text)), MAX_WORDS)
         label = ctx.arguments.get("label") or "words"
-        return StepResult(text=f"{count} {label}", cost_usd=0.0)
+        return StepResult(text=f"{count} {label}", cost_usd=WORD_PRICE_USD * count)
 
 
 class BannedWords:
-    """A hook: vetoes subtasks whose description names a banned word; records outcomes."""
+    """A hook: vetoes a subtask whose description names a word of
+    EXAMPLE_PLUGIN_BANNED_WORDS (comma-separated); appends each subtask's outcome to the
+    JSON-lines file EXAMPLE_PLUGIN_RECORD when it is set. Both are read at each call."""
 
     name = "banned_words"
 
-    def __init__(self) -> None:
-        raw = os.environ.get("EXAMPLE_PLUGIN_BANNED_WORDS", "")
-        self.banned = [w.strip().lower() for w in raw.split(",") if w.strip()]
-        self.record = os.environ.get("EXAMPLE_PLUGIN_RECORD") or None
-
     async def before(self, subtask: SubtaskView) -> Veto | None:
+        banned = [w.strip().lower() for w in os.environ.get("EXAMPLE_PLUGIN_BANNED_WORDS", "").split(",")]
         words = {w.lower() for w in _WORD.findall(subtask.description)}
-        hit = next((w for w in self.banned if w in words), None)
+        hit = next((w for w in banned if w and w in words), None)
         return Veto(f"its description names the banned word {hit!r}") if hit else None
 
     async def after(self, subtask: SubtaskView, outcome: Outcome) -> None:
-        if self.record is None:
+        record = os.environ.get("EXAMPLE_PLUGIN_RECORD")
+        if not record:
             return
         line = json.dumps({"task_id": subtask.task_id, "index": subtask.index, "kind": subtask.kind,
                            "status": outcome.status, "result": outcome.result, "error": outcome.error})
-        with open(self.record, "a", encoding="utf-8") as f:
+        with open(record, "a", encoding="utf-8") as f:
             f.write(line + "\n")

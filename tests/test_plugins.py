@@ -1,0 +1,226 @@
+"""Plugins by entry point (compound/plugins.py, executor/plugins.py): the example package
+(examples/compound-example-plugin, installed with the dev group) registers the step kind
+`word_count` and the hook `banned_words`. Through the public API with the simulator: the
+step runs in a plan and feeds a dependent model subtask, under the budget and in the
+ledger; the pre hook vetoes; the post hook sees every outcome; the planner sees the step
+as a card; an entry point not named is never imported; a broken name stops the start."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from compound.core.errors import ConfigError
+from compound.core.settings import Settings
+from compound.llm.simulator import Simulator
+from compound.planner.validate import argument_errors
+from compound.plugins import load_plugins
+from compound.store.base import RunStore
+from tests.fixtures.api import Api
+from tests.test_process import running
+
+PLUGINS = ["word_count", "banned_words"]
+TEXT = "one two three four"  # 4 words, 18 characters
+WORD_PRICE = 1e-6  # the example's pretend price a word
+
+
+@pytest.fixture
+def record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The post hook's record (JSON lines) and the banned word, as the example reads them."""
+    path = tmp_path / "outcomes.jsonl"
+    monkeypatch.setenv("EXAMPLE_PLUGIN_RECORD", str(path))
+    monkeypatch.setenv("EXAMPLE_PLUGIN_BANNED_WORDS", "forbidden")
+    return path
+
+
+@pytest.fixture
+def sim_settings(sim_settings: Settings) -> Settings:  # the shared fixture, with the plugins named
+    return sim_settings.model_copy(update={"plugins": PLUGINS})
+
+
+def outcomes(path: Path, task_id: str) -> dict[int, dict[str, Any]]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return {r["index"]: r for r in rows if r["task_id"] == task_id}
+
+
+async def submit(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    r = await api.http.post("/v1/tasks", json=body, headers=api.auth(api.alice))
+    assert r.status_code == 202, r.text
+    return await api.wait(r.json()["id"], api.alice)
+
+
+COUNT_THEN_DESCRIBE = {"subtasks": [
+    {"description": "Count the words of the motto", "kind": "word_count", "arguments": {"text": TEXT}},
+    {"description": "Describe how long the motto is", "depends_on": [0]}]}
+
+
+async def test_a_step_kind_runs_in_a_plan_and_feeds_a_dependent_model_subtask(
+        api: Api, sim: Simulator, record: Path) -> None:
+    snap = await submit(api, {"prompt": "How long is the motto?", "plan": COUNT_THEN_DESCRIBE, "budget_usd": 1.0})
+    assert snap["status"] == "completed", snap
+    step, described = snap["subtasks"]
+    assert (step["kind"], step["status"], step["result"]) == ("word_count", "completed", "4 words")
+    assert described["status"] == "completed"
+    workers = sim.calls("worker")
+    assert len(workers) == 1 and "4 words" in workers[0]["text"]  # the step's result is the model's input
+    # reserved at its worst case (a word a character), settled at what it reported
+    rows = [r for r in await api.app.state.store.ledger_rows(snap["id"]) if r["subtask_index"] == 0]
+    assert len(rows) == 1
+    (row,) = rows
+    assert (row["kind"], row["model"], row["status"]) == ("subtask", "step:word_count", "ok")
+    assert row["reserved_usd"] == pytest.approx(WORD_PRICE * len(TEXT))
+    assert row["cost_usd"] == pytest.approx(WORD_PRICE * 4)
+    assert step["cost_usd"] == pytest.approx(WORD_PRICE * 4)
+    assert snap["total_cost_usd"] >= WORD_PRICE * 4
+    # the post hook saw both outcomes, as they ended
+    seen = outcomes(record, snap["id"])
+    assert seen[0] == {"task_id": snap["id"], "index": 0, "kind": "word_count", "status": "completed",
+                       "result": "4 words", "error": None}
+    assert seen[1]["status"] == "completed" and seen[1]["result"] == described["result"]
+
+
+async def test_a_step_that_does_not_fit_the_budget_is_skipped_before_it_runs(api: Api, record: Path) -> None:
+    long_text = "word " * 2000  # reserved at $0.01
+    plan = {"subtasks": [{"description": "Count the words", "kind": "word_count", "arguments": {"text": long_text}}]}
+    snap = await submit(api, {"prompt": "count", "plan": plan, "budget_usd": 0.001})
+    (step,) = snap["subtasks"]
+    assert step["status"] == "skipped" and "budget exhausted" in step["error"]
+    assert "step word_count may cost up to $0.010000" in step["error"]
+    assert [r for r in await api.app.state.store.ledger_rows(snap["id"]) if r["subtask_index"] == 0] == []
+    assert outcomes(record, snap["id"])[0]["status"] == "skipped"
+
+
+async def test_the_pre_hook_vetoes_a_subtask_and_its_dependents_are_skipped(
+        api: Api, sim: Simulator, record: Path) -> None:
+    plan = {"subtasks": [
+        {"description": "Write about the forbidden topic"},
+        {"description": "Summarise that text", "depends_on": [0]},
+        {"description": "Name a tea"}]}
+    snap = await submit(api, {"prompt": "Write", "plan": plan, "budget_usd": 1.0})
+    vetoed, dependent, other = snap["subtasks"]
+    assert vetoed["status"] == "skipped"
+    assert vetoed["error"] == "skipped: vetoed by hook banned_words: its description names the banned word " \
+                              "'forbidden'"
+    assert dependent["status"] == "skipped" and "was vetoed by a hook" in dependent["error"]
+    assert other["status"] == "completed"
+    assert snap["status"] == "partial"
+    assert not any("forbidden" in c["text"] for c in sim.calls("worker"))  # no model call was made for it
+    assert [r for r in await api.app.state.store.ledger_rows(snap["id"]) if r["subtask_index"] == 0] == []
+    seen = outcomes(record, snap["id"])
+    assert seen[0]["status"] == "skipped" and "banned word" in seen[0]["error"]
+    assert 1 not in seen  # skipped by the scheduler: it never came to run
+    assert seen[2]["status"] == "completed"
+
+
+async def test_a_plan_naming_an_unknown_kind_or_bad_arguments_is_refused_with_every_error(api: Api) -> None:
+    plan = {"subtasks": [
+        {"description": "a", "kind": "word_cout"},
+        {"description": "b", "kind": "word_count", "arguments": {"text": 3, "colour": "red"}}]}
+    r = await api.http.post("/v1/tasks", json={"prompt": "x", "plan": plan}, headers=api.auth(api.alice))
+    assert r.status_code == 422, r.text
+    text = r.json()["error"]["message"]
+    assert "subtask 0 has kind 'word_cout'" in text and '"word_count"' in text
+    assert "argument 'text' must be of type string, not a number (3)" in text
+    assert "argument 'colour' is not one it takes (it takes text, label)" in text
+
+
+async def test_the_planner_sees_the_step_kinds_as_cards(api: Api, sim: Simulator) -> None:
+    r = await api.http.post("/v1/tasks", json={"prompt": "Count the words of a poem", "budget_usd": 1.0},
+                            headers=api.auth(api.alice))
+    assert r.status_code == 202
+    await api.wait(r.json()["id"], api.alice)
+    system = sim.calls("planner")[0]["system"]
+    assert "<steps>\n- word_count(text, label): Count the words of a text" in system
+
+
+async def test_without_plugins_named_the_prompt_and_the_kinds_are_as_before(
+        sim_settings: Settings, store: RunStore) -> None:
+    from compound.executor.workflow import Workflow
+    from compound.prompts import render
+
+    plain = Workflow(settings=sim_settings.model_copy(update={"plugins": []}), store=store,
+                     calls=None, versions={})  # type: ignore[arg-type]
+    assert plain.plugins.plugins.steps == {} and plain.plugins.plugins.hooks == ()
+    assert render("decompose", request="r", max_subtasks=3, steps=[]) == render("decompose", request="r",
+                                                                                 max_subtasks=3)
+
+
+async def test_the_child_process_loads_the_same_plugins(
+        store: RunStore, sim_settings: Settings, record: Path) -> None:
+    async with running(store, sim_settings) as executor:
+        task = await store.create_task(prompt="How long is the motto?", budget_usd=1.0,
+                                       plan_in=COUNT_THEN_DESCRIBE)
+        await executor.dispatch(task.id, priority=2)
+        assert await executor.wait(task.id, timeout=60) == "completed"
+    done = await store.load(task.id)
+    assert done is not None
+    assert [(s.kind, s.status) for s in done.subtasks] == [("word_count", "completed"), ("llm", "completed")]
+    assert done.subtasks[0].result == "4 words"
+    assert outcomes(record, task.id)[0]["result"] == "4 words"  # the child's hook wrote it
+
+
+def test_an_entry_point_not_named_is_never_imported() -> None:
+    plugins = load_plugins(["word_count", "banned_words"])
+    assert set(plugins.steps) == {"word_count"} and [h.name for h in plugins.hooks] == ["banned_words"]
+    assert "compound_example_plugin.unloadable" not in sys.modules
+    assert load_plugins([]).steps == {}
+    with pytest.raises(ConfigError) as exc:  # named, it is imported (and its import fails)
+        load_plugins(["never_loaded"])
+    assert "plugin 'never_loaded' (COMPOUND_PLUGINS) failed to load" in exc.value.message
+    assert "RuntimeError" in exc.value.message
+
+
+def test_a_name_nothing_installs_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_plugins(["word_count", "wordcount"])
+    assert exc.value.message.startswith("plugin 'wordcount' (COMPOUND_PLUGINS) is not installed")
+    assert "banned_words" in exc.value.message and "word_count" in exc.value.message
+
+
+def test_the_setting_reads_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COMPOUND_PLUGINS", " word_count, banned_words,,word_count ")
+    assert Settings().plugins == ["word_count", "banned_words"]
+    monkeypatch.setenv("COMPOUND_PLUGINS", "")
+    assert Settings().plugins == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [["serve", "--port", "0"], ["worker"]])
+@pytest.mark.parametrize(("name", "says"), [
+    ("wordcount", "error: plugin 'wordcount' (COMPOUND_PLUGINS) is not installed"),
+    ("never_loaded", "error: plugin 'never_loaded' (COMPOUND_PLUGINS) failed to load"),
+])
+def test_a_broken_plugin_name_stops_the_start_with_a_message(
+        command: list[str], name: str, says: str, sqlite_url: str) -> None:
+    env = {**os.environ, "COMPOUND_DATABASE_URL": sqlite_url, "COMPOUND_PLUGINS": f"word_count,{name}"}
+    out = subprocess.run([sys.executable, "-m", "compound.cli.__main__", *command], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert says in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+# the argument check, as a table ---------------------------------------------------------------
+
+SCHEMA = {"type": "object", "required": ["n"], "additionalProperties": False,
+          "properties": {"n": {"type": "integer"}, "mode": {"enum": ["a", "b"]}, "x": {"type": ["number", "null"]}}}
+
+
+@pytest.mark.parametrize(("arguments", "errors"), [
+    ({"n": 1}, []),
+    ({"n": 2.0, "mode": "b", "x": None}, []),
+    ({}, ["argument 'n' is required"]),
+    ({"n": True}, ["argument 'n' must be of type integer, not a boolean"]),
+    ({"n": 1.5}, ["argument 'n' must be of type integer, not a number (1.5)"]),
+    ({"n": 1, "mode": "c"}, ["argument 'mode' must be one of ['a', 'b'], not 'c'"]),
+    ({"n": 1, "x": "1"}, ["argument 'x' must be of type number or null, not a string ('1')"]),
+    ({"n": 1, "y": 0}, ["argument 'y' is not one it takes (it takes n, mode, x)"]),
+])
+def test_argument_errors(arguments: dict[str, Any], errors: list[str]) -> None:
+    assert argument_errors(SCHEMA, arguments) == errors
