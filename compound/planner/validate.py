@@ -210,11 +210,9 @@ def _step_fields(i: int, item: dict[str, Any], errors: list[str], *, tools: Coll
                           + ('only a subtask of kind "tool" or of a step kind takes arguments' if kind == "llm"
                              else "they must be a JSON object"))
             arguments = None
-        if kind not in STEP_KINDS:  # a registered step kind: its arguments against its schema
-            arguments = {} if arguments is None else arguments
-            schema = kinds.get(kind) if isinstance(kinds, Mapping) else None
-            if isinstance(schema, dict):
-                errors.extend(f"subtask {i} (kind {_show(kind)}): {e}" for e in argument_errors(schema, arguments))
+        schema = kinds.get(kind) if isinstance(kinds, Mapping) else None
+        if kind not in STEP_KINDS and isinstance(schema, dict):  # a step kind's arguments against its schema
+            errors.extend(f"subtask {i} (kind {_show(kind)}): {e}" for e in argument_errors(schema, arguments or {}))
     out["tool"], out["arguments"] = tool, arguments
     return out
 
