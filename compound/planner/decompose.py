@@ -199,7 +199,9 @@ async def decompose(call: CallFn, request: str, *, max_subtasks: int,
     BudgetExceeded) is raised either way: there was no answer to judge.
     `context`: earlier messages of a conversation, given to the planner as data.
     `tools`: the tool catalogue (ToolServers.catalogue()): the planner sees cards of
-    the most relevant (planner/cards.py), and the plan may name only its tools."""
+    the most relevant (planner/cards.py), and the plan may name only its tools.
+    `steps`: the registered step kinds' cards (compound.plugins), shown in a <steps>
+    block; `kinds`: their argument schemas, which the plan's kinds are checked against."""
     cards = cards_for(request, tools) if tools else []
     names = {t.name for t in tools} if tools is not None else None
     messages = render("decompose", request=request, max_subtasks=max_subtasks, context=context,
