@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -20,7 +20,7 @@ from compound.core.errors import ConfigError
 from compound.core.settings import Settings
 from compound.llm.simulator import Simulator
 from compound.planner.validate import argument_errors
-from compound.plugins import load_plugins
+from compound.plugins import Outcome, StepContext, StepError, StepResult, SubtaskView, Veto, load_plugins
 from compound.store.base import RunStore
 from tests.fixtures.api import Api
 from tests.test_process import running
@@ -163,6 +163,87 @@ async def test_the_child_process_loads_the_same_plugins(
     assert [(s.kind, s.status) for s in done.subtasks] == [("word_count", "completed"), ("llm", "completed")]
     assert done.subtasks[0].result == "4 words"
     assert outcomes(record, task.id)[0]["result"] == "4 words"  # the child's hook wrote it
+
+
+async def test_a_plan_the_planner_writes_may_use_a_step_kind(api: Api, sim: Simulator, record: Path) -> None:
+    sim.answer("planner", json.dumps({"reasoning": "count, then describe", **COUNT_THEN_DESCRIBE}))
+    snap = await submit(api, {"prompt": "How long is the motto?", "budget_usd": 1.0})
+    assert snap["status"] == "completed", snap
+    step, described = snap["subtasks"]
+    assert (step["kind"], step["result"], described["status"]) == ("word_count", "4 words", "completed")
+    assert not snap["warnings"]  # valid as written: not repaired, not the fallback
+
+
+# a step's and a hook's failures, with fakes in the plugins' place ---------------------------
+
+
+class Boom:
+    name = "boom"
+    description = "Fails, or reports what it was told."
+    arguments_schema: ClassVar[dict[str, Any]] = {"type": "object", "properties": {"how": {"type": "string"}}}
+
+    def worst_case_usd(self, arguments: dict[str, Any]) -> float:
+        return 0.01
+
+    async def run(self, ctx: StepContext) -> str | StepResult:
+        how = ctx.arguments.get("how")
+        if how == "raise":
+            raise ValueError("no luck")
+        if how == "step_error":
+            raise StepError("the service said no", cost_usd=0.002)
+        return StepResult(text="dear", cost_usd=5.0)  # more than its worst case
+
+
+class Broken:
+    name = "broken"
+
+    async def before(self, subtask: SubtaskView) -> Veto | None:
+        if "guarded" in subtask.description:
+            raise RuntimeError("cannot decide")
+        return None
+
+    async def after(self, subtask: SubtaskView, outcome: Outcome) -> None:
+        raise RuntimeError("a post hook's failure changes nothing")
+
+
+async def test_a_step_that_raises_fails_and_is_booked_and_a_dear_one_is_held_to_its_worst_case(
+        sim_settings: Settings, store: RunStore, sim_client: Any) -> None:
+    from compound.executor.plugins import PluginSteps
+    from compound.executor.service import Executor
+    from compound.plugins import Plugins
+
+    ex = Executor(settings=sim_settings, store=store, client=sim_client)
+    ex.workflow.plugins = PluginSteps(plugins=Plugins(steps={"boom": Boom()}, hooks=(Broken(),)), store=store,
+                                      calls=ex.calls)
+    plan = {"subtasks": [{"description": "a", "kind": "boom", "arguments": {"how": "raise"}},
+                         {"description": "b", "kind": "boom", "arguments": {"how": "step_error"}},
+                         {"description": "c", "kind": "boom"},
+                         {"description": "a guarded one"}]}
+    task = await store.create_task(prompt="p", budget_usd=1.0, plan_in=plan)
+    await ex.run_task(task.id)
+    subs = (await store.load(task.id)).subtasks  # type: ignore[union-attr]
+    assert (subs[0].status, subs[0].error) == ("failed", "step boom: ValueError: no luck")
+    assert (subs[1].status, subs[1].error) == ("failed", "step boom: the service said no")
+    assert (subs[2].status, subs[2].result) == ("completed", "dear")
+    assert subs[3].status == "skipped"
+    assert subs[3].error == "skipped: vetoed by hook broken: the hook failed (RuntimeError: cannot decide)"
+    rows = {r["subtask_index"]: r for r in await store.ledger_rows(task.id) if r["model"] == "step:boom"}
+    assert (rows[0]["status"], rows[0]["cost_usd"]) == ("error", pytest.approx(0.01))  # unknown: its worst case
+    assert (rows[1]["status"], rows[1]["cost_usd"]) == ("error", pytest.approx(0.002))  # as the StepError said
+    assert (rows[2]["status"], rows[2]["cost_usd"]) == ("ok", pytest.approx(0.01))  # 5.0 reported, held to 0.01
+    done = await store.load(task.id)
+    assert done is not None and done.total_cost_usd <= done.budget_usd
+    await sim_client.aclose()
+
+
+def test_every_host_s_executor_loads_the_plugins_from_its_settings(sim_settings: Settings) -> None:
+    """The Executor is what the server's loop, the executor's child process
+    (executor/child.py) and a queue worker (worker/runner.py) each make from settings."""
+    from compound.executor.service import Executor
+
+    ex = Executor(settings=sim_settings, store=None, client=None)  # type: ignore[arg-type]
+    assert set(ex.workflow.plugins.plugins.steps) == {"word_count"}
+    assert [h.name for h in ex.workflow.plugins.plugins.hooks] == ["banned_words"]
 
 
 def test_an_entry_point_not_named_is_never_imported() -> None:
