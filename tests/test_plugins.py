@@ -287,6 +287,17 @@ def test_a_broken_plugin_name_stops_the_start_with_a_message(
     assert "Traceback" not in out.stderr
 
 
+def test_a_streamed_entry_that_acts_waits_for_the_whole_plan() -> None:
+    from compound.planner.stream import PlanStream
+
+    stream = PlanStream(5)
+    text = json.dumps({"subtasks": [{"description": "plain"}, {"description": "count", "kind": "word_count"},
+                                    {"description": "after it"}], "reasoning": "r"})
+    handed = stream.feed(text)
+    assert [(i, e.description) for i, e in handed] == [(0, "plain")]  # the rest wait for validation
+    assert stream.stopped is not None and "subtask 1 acts" in stream.stopped
+
+
 # the argument check, as a table ---------------------------------------------------------------
 
 SCHEMA = {"type": "object", "required": ["n"], "additionalProperties": False,
