@@ -236,6 +236,35 @@ async def test_a_step_that_raises_fails_and_is_booked_and_a_dear_one_is_held_to_
     await sim_client.aclose()
 
 
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.timeout(300)
+def test_a_queue_worker_runs_the_step_and_the_hooks(tmp_path: Path) -> None:
+    from tests.fixtures.cluster import Cluster
+    from tests.fixtures.db import postgres_available
+
+    if not postgres_available():
+        pytest.skip("SKIPPED: no PostgreSQL server answers on 127.0.0.1:5432")
+    path = tmp_path / "worker-outcomes.jsonl"
+    c = Cluster(tmp_path, env={"COMPOUND_PLUGINS": ",".join(PLUGINS), "EXAMPLE_PLUGIN_RECORD": str(path),
+                               "EXAMPLE_PLUGIN_BANNED_WORDS": "forbidden"})
+    try:
+        c.start()
+        c.start_workers(1)
+        port = c.start_api()
+        c.wait_workers_ready(1)
+        plan = {"subtasks": [*COUNT_THEN_DESCRIBE["subtasks"], {"description": "the forbidden one"}]}
+        task = c.submit(port, {"prompt": "How long is the motto?", "plan": plan, "budget_usd": 1.0})
+        snap = c.wait_terminal(port, [task["id"]])[task["id"]]
+    finally:
+        c.stop()
+    step, described, vetoed = snap["subtasks"]
+    assert (step["status"], step["result"], described["status"]) == ("completed", "4 words", "completed")
+    assert vetoed["status"] == "skipped" and "vetoed by hook banned_words" in vetoed["error"]
+    seen = outcomes(path, task["id"])  # written by the worker's hook
+    assert (seen[0]["result"], seen[2]["status"]) == ("4 words", "skipped")
+
+
 def test_every_host_s_executor_loads_the_plugins_from_its_settings(sim_settings: Settings) -> None:
     """The Executor is what the server's loop, the executor's child process
     (executor/child.py) and a queue worker (worker/runner.py) each make from settings."""
