@@ -85,6 +85,16 @@ async def test_a_step_kind_runs_in_a_plan_and_feeds_a_dependent_model_subtask(
     assert seen[1]["status"] == "completed" and seen[1]["result"] == described["result"]
 
 
+async def test_a_rerun_reuses_an_unchanged_step_at_no_cost(api: Api, record: Path) -> None:
+    first = await submit(api, {"prompt": "How long is the motto?", "plan": COUNT_THEN_DESCRIBE, "budget_usd": 1.0})
+    r = await api.http.post(f"/v1/tasks/{first['id']}/rerun", json={}, headers=api.auth(api.alice))
+    assert r.status_code == 202, r.text
+    again = await api.wait(r.json()["id"], api.alice)
+    step = again["subtasks"][0]
+    assert (step["kind"], step["result"], step["reused_from"]) == ("word_count", "4 words", first["id"])
+    assert [r for r in await api.app.state.store.ledger_rows(again["id"]) if r["model"] == "step:word_count"] == []
+
+
 async def test_a_step_that_does_not_fit_the_budget_is_skipped_before_it_runs(api: Api, record: Path) -> None:
     long_text = "word " * 2000  # reserved at $0.01
     plan = {"subtasks": [{"description": "Count the words", "kind": "word_count", "arguments": {"text": long_text}}]}

@@ -28,7 +28,7 @@ from compound.core.secrets import redact_data
 from compound.planner.plan import critical_path, waves
 from compound.planner.validate import is_clean_text, validate_plan
 from compound.plugins import load_plugins
-from compound.store.base import RunStore, TaskState
+from compound.store.base import RunStore, SubState, TaskState
 from compound.store.models import TaskStatus
 from compound.store.sqlrun import decode_cursor, encode_cursor
 
@@ -128,8 +128,21 @@ def earlier_plan(old: TaskState) -> dict[str, Any] | None:
         return old.plan_in
     return {"reasoning": old.reasoning, "subtasks": [
         {"description": s.description, "tier_hint": s.tier_hint,
-         "depends_on": [{"index": d, "required": False} if d in s.optional else d for d in s.depends_on]}
+         "depends_on": [{"index": d, "required": False} if d in s.optional else d for d in s.depends_on],
+         **_acting(s)}
         for s in old.subtasks]}
+
+
+def _acting(s: SubState) -> dict[str, Any]:
+    """A subtask's section 11 fields, as its plan wrote them (none for a plain model subtask)."""
+    out: dict[str, Any] = {"kind": s.kind} if s.kind != "llm" else {}
+    if s.tools:
+        out["tools"] = list(s.tools)
+    if s.tool is not None:
+        out["tool"] = s.tool
+    if s.arguments is not None:
+        out["arguments"] = dict(s.arguments)
+    return out
 
 
 MAX_SEQ = 10**18 - 1  # the most digits `since` may have (the store's sequences are 64-bit)
