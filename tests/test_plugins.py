@@ -338,6 +338,17 @@ def test_a_streamed_entry_that_acts_waits_for_the_whole_plan() -> None:
     assert stream.stopped is not None and "subtask 1 acts" in stream.stopped
 
 
+def test_a_constrained_plan_schema_offers_the_step_kinds() -> None:
+    from compound.planner.decompose import plan_schema
+
+    items = plan_schema(3, [], ["word_count"])["properties"]["subtasks"]["items"]["properties"]
+    assert items["kind"] == {"type": "string", "enum": ["llm", "word_count"]}
+    assert items["arguments"] == {"type": "object"} and "tool" not in items
+    with_tools = plan_schema(3, ["fx.echo"], ["word_count"])["properties"]["subtasks"]["items"]["properties"]
+    assert with_tools["kind"]["enum"] == ["llm", "tool", "word_count"] and "tool" in with_tools
+    assert "kind" not in plan_schema(3)["properties"]["subtasks"]["items"]["properties"]
+
+
 # the argument check, as a table ---------------------------------------------------------------
 
 SCHEMA = {"type": "object", "required": ["n"], "additionalProperties": False,
