@@ -41,6 +41,9 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
         secrets.configure(settings)  # every key and credential the settings and environment hold
         configure_logging(settings.log_level, settings.log_json)
         check_prices(settings)
+        from compound.plugins import load_plugins
+
+        load_plugins(settings.plugins)  # COMPOUND_PLUGINS: a broken one refuses the start
         from compound.core.logging import get_logger
 
         for model, key in settings.models_without_access():

@@ -27,7 +27,8 @@ from compound.core.errors import Conflict, NotFound, PlanInvalid, UserInputError
 from compound.core.secrets import redact_data
 from compound.planner.plan import critical_path, waves
 from compound.planner.validate import is_clean_text, validate_plan
-from compound.store.base import RunStore, TaskState
+from compound.plugins import load_plugins
+from compound.store.base import RunStore, SubState, TaskState
 from compound.store.models import TaskStatus
 from compound.store.sqlrun import decode_cursor, encode_cursor
 
@@ -62,7 +63,8 @@ async def submit_to(state: AppState, principal: Any, body: TaskCreate, *, contex
                        f"retry in {int(wait)} s", {"Retry-After": str(int(wait))})
     plan_in = None
     if body.plan is not None:
-        plan_in = validate_plan(body.plan, max_subtasks=settings.max_subtasks).model_dump(mode="json")
+        plan_in = validate_plan(body.plan, max_subtasks=settings.max_subtasks,
+                                kinds=load_plugins(settings.plugins).kinds()).model_dump(mode="json")
     task: TaskState = await state.store.create_task(
         prompt=body.prompt, budget_usd=body.budget_usd or settings.default_budget_usd, user_id=principal.user_id,
         priority=body.priority, plan_in=plan_in, approve=body.approve, context=context,
@@ -126,8 +128,21 @@ def earlier_plan(old: TaskState) -> dict[str, Any] | None:
         return old.plan_in
     return {"reasoning": old.reasoning, "subtasks": [
         {"description": s.description, "tier_hint": s.tier_hint,
-         "depends_on": [{"index": d, "required": False} if d in s.optional else d for d in s.depends_on]}
+         "depends_on": [{"index": d, "required": False} if d in s.optional else d for d in s.depends_on],
+         **_acting(s)}
         for s in old.subtasks]}
+
+
+def _acting(s: SubState) -> dict[str, Any]:
+    """A subtask's section 11 fields, as its plan wrote them (none for a plain model subtask)."""
+    out: dict[str, Any] = {"kind": s.kind} if s.kind != "llm" else {}
+    if s.tools:
+        out["tools"] = list(s.tools)
+    if s.tool is not None:
+        out["tool"] = s.tool
+    if s.arguments is not None:
+        out["arguments"] = dict(s.arguments)
+    return out
 
 
 MAX_SEQ = 10**18 - 1  # the most digits `since` may have (the store's sequences are 64-bit)
@@ -269,7 +284,8 @@ async def approve(request: Request, task_id: str, principal: SubmitPrincipal) ->
 async def validate(request: Request, body: PlanValidateIn, _: ReadPrincipal) -> Any:
     settings = app_state(request.app).settings
     try:
-        plan = validate_plan(body.the_plan(), max_subtasks=settings.max_subtasks)
+        plan = validate_plan(body.the_plan(), max_subtasks=settings.max_subtasks,
+                             kinds=load_plugins(settings.plugins).kinds())
     except PlanInvalid as exc:
         return {"valid": False, "errors": exc.errors, "waves": [], "critical_path": [],
                 "estimated_cost_usd": None}

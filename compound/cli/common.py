@@ -24,6 +24,9 @@ def settings_or_exit(*, priced: bool = False) -> Settings:
 
             check_models(settings)
             check_prices(settings)
+            from compound.plugins import load_plugins
+
+            load_plugins(settings.plugins)  # a plugin named but missing or broken refuses the start
         return settings
     except ConfigError as exc:
         typer.echo(f"error: {exc.message}", err=True)

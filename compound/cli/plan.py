@@ -75,8 +75,11 @@ def register(app: typer.Typer) -> None:
                     servers = ToolServers(settings.mcp_servers)
                     await servers.start()
                     catalogue = servers.catalogue()
+                from compound.plugins import load_plugins
+
+                plugins = load_plugins(settings.plugins)  # the planner sees the step kinds' cards
                 return await decompose(call, prompt, max_subtasks=settings.max_subtasks, fallback=False,
-                                       tools=catalogue)
+                                       tools=catalogue, steps=plugins.cards(), kinds=plugins.kinds())
             finally:
                 if servers is not None:
                     await servers.stop()

@@ -50,8 +50,10 @@ def register(app: typer.Typer) -> None:
         try:
             plan_in = None
             if plan is not None:
-                plan_in = validate_plan(json.loads(plan.read_text()),
-                                        max_subtasks=settings.max_subtasks).model_dump(mode="json")
+                from compound.plugins import load_plugins
+
+                plan_in = validate_plan(json.loads(plan.read_text()), max_subtasks=settings.max_subtasks,
+                                        kinds=load_plugins(settings.plugins).kinds()).model_dump(mode="json")
         except PlanInvalid as exc:
             typer.echo("error: the plan is invalid:\n" + "\n".join(f"  - {e}" for e in exc.errors), err=True)
             raise typer.Exit(1) from None

@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     tool_max_calls: int = Field(default=16, ge=1, description="tool calls of one subtask's tool loop")
     tool_max_calls_per_tool: int = Field(default=8, ge=1, description="calls of one tool in one subtask's loop")
     tool_result_max_chars: int = Field(default=8000, ge=100, description="characters of a tool result kept")
+    # entry points to load from the groups compound.steps and compound.hooks (docs/tools.md)
+    plugins: ModelList = Field(
+        default_factory=list,
+        description="names of the entry points (groups compound.steps, compound.hooks) to load; comma-separated; "
+                    "no other entry point is imported")
 
     # scale-out (design.md section 7, docs/deploy.md)
     execution: Literal["inprocess", "queue"] = "inprocess"
@@ -138,6 +143,15 @@ class Settings(BaseSettings):
             value = [str(v).strip() for v in value if str(v).strip()]
             if not value:
                 raise ValueError("needs at least one model (comma-separated litellm model names)")
+        return value
+
+    @field_validator("plugins", mode="before")
+    @classmethod
+    def _split_plugins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = _list_from_text(value) if value.strip() else []
+        if isinstance(value, list):
+            value = list(dict.fromkeys(str(v).strip() for v in value if str(v).strip()))
         return value
 
     @field_validator("database_url", mode="after")

@@ -67,6 +67,7 @@ class Cause(StrEnum):
     budget = "budget exhausted"  # its call did not fit what was left of the budget
     canceled = "was canceled"
     earlier = "earlier"  # found skipped when the task resumed (the cause was not kept)
+    vetoed = "was vetoed by a hook"  # a pre hook refused to let it run (compound/plugins.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from compound.core.errors import BudgetExceeded, PlanInvalid, ProviderError
 from compound.core.settings import Settings
 from compound.executor.calls import CallSpec, ModelCalls
 from compound.executor.growing import HELD, GrowingDag
+from compound.executor.plugins import PluginSteps
 from compound.executor.reuse import reusable
 from compound.executor.scheduler import Cause, Ended, run_dag
 from compound.executor.steps import StepFailed, ToolSteps
@@ -23,6 +24,7 @@ from compound.planner.replan import Failed, Finished, replan
 from compound.planner.router import route
 from compound.planner.stream import same
 from compound.planner.validate import validate_plan
+from compound.plugins import Outcome, Plugins, load_plugins
 from compound.prompts import render
 from compound.store.base import RunStore, SubState, TaskState
 from compound.store.models import CallKind, CallStatus, SubtaskStatus, TaskStatus
@@ -71,10 +73,48 @@ class _Run:
         self.results[i] = text
         return None
 
+    async def step(self, i: int) -> Ended | None:
+        """A subtask of a registered step kind (executor/plugins.py)."""
+        sub = self.final[i]
+        deps = {d: self.results[d] for d in sub.depends_on if d in self.results}
+        try:
+            text = await self.wf.plugins.run(self.st, sub, deps, daily=self.daily)
+        except BudgetExceeded as exc:
+            return await self.end(i, Ended(Cause.budget, i, skipped=True), SubtaskStatus.skipped,
+                                  f"skipped: budget exhausted ({exc.message})")
+        except StepFailed as exc:
+            return await self.end(i, Ended(Cause.failed, i, skipped=False), SubtaskStatus.failed, exc.message)
+        self.results[i] = text
+        return None
+
     async def run_one(self, i: int) -> Ended | None:
+        """The pre hooks (a veto skips the subtask), the subtask, then the post hooks."""
+        plugins = self.wf.plugins
+        if plugins.plugins.hooks:
+            vetoed = await plugins.before(self.st, self.final[i])
+            if vetoed is not None:
+                ended: Ended | None = await self.end(i, Ended(Cause.vetoed, i, skipped=True), SubtaskStatus.skipped,
+                                                     vetoed.error)
+            else:
+                ended = await self.run_kind(i)
+            done = i in self.results
+            await plugins.after(self.st, self.final[i], Outcome(
+                status=SubtaskStatus.completed if done else self.final[i].status,
+                result=self.results[i] if done else None, error=None if done else self.final[i].error))
+            return ended
+        return await self.run_kind(i)
+
+    async def run_kind(self, i: int) -> Ended | None:
         st, sub, settings = self.st, self.final[i], self.wf.settings
         if sub.kind == "tool":
             return await self.act(i)
+        if sub.kind != "llm":
+            if self.wf.plugins.knows(sub.kind):
+                return await self.step(i)
+            loaded = ", ".join(self.wf.plugins.plugins.steps) or "none"
+            return await self.end(i, Ended(Cause.failed, i, skipped=False), SubtaskStatus.failed,
+                                  f"step kind {sub.kind!r} is not loaded here (loaded: {loaded}); "
+                                  "COMPOUND_PLUGINS names the plugins to load")
         # an optional dependency without a result is named, with why, in the prompt
         messages = render("subtask", request=st.prompt, description=sub.description,
                           dependencies=[(d, self.results[d]) for d in sub.depends_on if d in self.results],
@@ -124,12 +164,16 @@ class _Run:
 
 class Workflow:
     def __init__(self, *, settings: Settings, store: RunStore, calls: ModelCalls, versions: dict[str, str],
-                 steps: ToolSteps | None = None) -> None:
+                 steps: ToolSteps | None = None, plugins: Plugins | None = None) -> None:
         self.settings = settings
         self.store = store
         self.calls = calls
         self.versions = versions
         self.steps = steps or ToolSteps(settings=settings, store=store, calls=calls, tools=lambda: None)
+        # The plugins COMPOUND_PLUGINS names, loaded here so every host (this process, the
+        # executor's child process, a queue worker) runs the same step kinds and hooks.
+        self.plugins = PluginSteps(plugins=plugins if plugins is not None else load_plugins(settings.plugins),
+                                   store=store, calls=calls)
 
     async def run(self, st: TaskState) -> None:
         """Take a loaded, recovered task on to a terminal state (or to `planned`, when
@@ -253,7 +297,9 @@ class Workflow:
             try:
                 plan = await decompose_streamed(call, st.prompt, max_subtasks=self.settings.max_subtasks,
                                                 on_entry=on_entry, hold=dag.hold, context=st.context,
-                                                warnings=warnings, tools=self._catalogue())
+                                                warnings=warnings, tools=self._catalogue(),
+                                                steps=self.plugins.plugins.cards(),
+                                                kinds=self.plugins.plugins.kinds())
             except (BudgetExceeded, PlanInvalid, ProviderError) as exc:
                 arrivals.put_nowait(None)  # nothing was handed out: nothing runs
                 await asyncio.gather(writer, runner)
@@ -293,7 +339,8 @@ class Workflow:
         warnings: list[str] = []
         try:
             if st.plan_in is not None:
-                plan = validate_plan(st.plan_in, max_subtasks=self.settings.max_subtasks)
+                plan = validate_plan(st.plan_in, max_subtasks=self.settings.max_subtasks,
+                                     kinds=self.plugins.plugins.kinds())
             else:
                 from compound.planner.decompose import decompose
 
@@ -304,7 +351,8 @@ class Workflow:
                 paid = [] if st.status == TaskStatus.queued else await self._paid_planner_answers(st.id)
                 call = self._planner_call(st, model, daily, paid)
                 plan = await decompose(call, st.prompt, max_subtasks=self.settings.max_subtasks,
-                                       context=st.context, warnings=warnings, tools=self._catalogue())
+                                       context=st.context, warnings=warnings, tools=self._catalogue(),
+                                       steps=self.plugins.plugins.cards(), kinds=self.plugins.plugins.kinds())
         except (BudgetExceeded, PlanInvalid, ProviderError) as exc:
             await self._plan_failed(st, exc)
             return None

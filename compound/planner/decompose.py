@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from compound.core.errors import BudgetExceeded, PlanInvalid, ProviderError
@@ -33,7 +33,7 @@ MAX_REASONING_CHARS = 400
 MAX_PLANNED_DESCRIPTION = 400
 
 
-def plan_schema(max_subtasks: int, tools: Sequence[str] = ()) -> dict[str, Any]:
+def plan_schema(max_subtasks: int, tools: Sequence[str] = (), steps: Sequence[str] = ()) -> dict[str, Any]:
     """PlanIn as a JSON schema with its bounds (integer indices below the plan's size,
     tiers 1-3, at most `max_subtasks` subtasks, bounded text), for endpoints that constrain decoding
     to a schema: what the decoder enforces, the model cannot get wrong. With `tools`
@@ -48,6 +48,10 @@ def plan_schema(max_subtasks: int, tools: Sequence[str] = ()) -> dict[str, Any]:
             "tool": names,
             "arguments": {"type": "object"},
         })
+    if steps:  # the registered step kinds on the planner's cards
+        items = schema["properties"]["subtasks"]["items"]["properties"]
+        kinds = ["llm", "tool"] if tools else ["llm"]
+        items.update({"kind": {"type": "string", "enum": [*kinds, *steps]}, "arguments": {"type": "object"}})
     return schema
 
 
@@ -138,11 +142,11 @@ def _first_object(text: str) -> str | None:
 
 
 def _check(text: str, max_subtasks: int, warnings: list[str] | None = None,
-           tools: Collection[str] | None = None) -> PlanIn:
+           tools: Collection[str] | None = None, kinds: Mapping[str, dict[str, Any]] | None = None) -> PlanIn:
     """Parse, fix what needs no model (planner/repair.py), validate, then flag a likely
     missing join. The warnings are appended to `warnings` only when the plan validates."""
     data, fixes = repair_plan(parse_plan_text(text), tools=tools)
-    plan = validate_plan(data, max_subtasks=max_subtasks, raw=text, tools=tools)
+    plan = validate_plan(data, max_subtasks=max_subtasks, raw=text, tools=tools, kinds=kinds or {})
     if warnings is not None:
         warnings.extend(fixes)
         join = missing_join(plan.deps())
@@ -186,7 +190,8 @@ def repair_messages(messages: list[Message], bad_answer: str, errors: list[str])
 async def decompose(call: CallFn, request: str, *, max_subtasks: int,
                     context: list[dict[str, str]] | None = None,
                     warnings: list[str] | None = None, fallback: bool = True,
-                    tools: Sequence[ToolLike] | None = None) -> PlanIn:
+                    tools: Sequence[ToolLike] | None = None, steps: Sequence[ToolLike] = (),
+                    kinds: Mapping[str, dict[str, Any]] | None = None) -> PlanIn:
     """One planner call; what can be fixed without a model is fixed (each fix appended
     to `warnings`); on what remains invalid exactly one repair call; then, when the
     answer is still unusable, the fallback plan (`fallback_plan`, its warning appended)
@@ -194,22 +199,26 @@ async def decompose(call: CallFn, request: str, *, max_subtasks: int,
     BudgetExceeded) is raised either way: there was no answer to judge.
     `context`: earlier messages of a conversation, given to the planner as data.
     `tools`: the tool catalogue (ToolServers.catalogue()): the planner sees cards of
-    the most relevant (planner/cards.py), and the plan may name only its tools."""
+    the most relevant (planner/cards.py), and the plan may name only its tools.
+    `steps`: the registered step kinds' cards (compound.plugins), shown in a <steps>
+    block; `kinds`: their argument schemas, which the plan's kinds are checked against."""
     cards = cards_for(request, tools) if tools else []
     names = {t.name for t in tools} if tools is not None else None
     messages = render("decompose", request=request, max_subtasks=max_subtasks, context=context,
-                      tools=[c.line() for c in cards])
-    schema = plan_schema(max_subtasks, [c.name for c in cards])
+                      tools=[c.line() for c in cards], steps=[c.line() for c in cards_for(request, steps)])
+    schema = plan_schema(max_subtasks, [c.name for c in cards], [c.name for c in steps])
     first = await call(messages, schema)
     return await _settle(call, messages, schema, first.text, max_subtasks=max_subtasks, warnings=warnings,
-                         fallback=fallback, started=[], hold=lambda _i: False, tools=names)
+                         fallback=fallback, started=[], hold=lambda _i: False, tools=names,
+                         kinds=kinds or {})
 
 
 async def decompose_streamed(call: StreamCallFn, request: str, *, max_subtasks: int,
                              on_entry: Callable[[int, SubtaskIn], None], hold: Callable[[int], bool],
                              context: list[dict[str, str]] | None = None,
                              warnings: list[str] | None = None, fallback: bool = True,
-                             tools: Sequence[ToolLike] | None = None) -> PlanIn:
+                             tools: Sequence[ToolLike] | None = None, steps: Sequence[ToolLike] = (),
+                             kinds: Mapping[str, dict[str, Any]] | None = None) -> PlanIn:
     """`decompose` with the planner's answer streamed: each entry complete and valid on
     its own goes to `on_entry` at once (planner/stream.py), so it can start while the
     rest is written. The plan returned has at least as many subtasks as were handed out
@@ -222,8 +231,8 @@ async def decompose_streamed(call: StreamCallFn, request: str, *, max_subtasks: 
     cards = cards_for(request, tools) if tools else []
     names = {t.name for t in tools} if tools is not None else None
     messages = render("decompose", request=request, max_subtasks=max_subtasks, context=context,
-                      tools=[c.line() for c in cards])
-    schema = plan_schema(max_subtasks, [c.name for c in cards])
+                      tools=[c.line() for c in cards], steps=[c.line() for c in cards_for(request, steps)])
+    schema = plan_schema(max_subtasks, [c.name for c in cards], [c.name for c in steps])
     stream = PlanStream(max_subtasks)
     attempts: list[int] = []
 
@@ -241,7 +250,8 @@ async def decompose_streamed(call: StreamCallFn, request: str, *, max_subtasks: 
             raise
         return _cut(stream.emitted, f"the planner's call failed ({exc.message})", warnings)
     return await _settle(call, messages, schema, first.text, max_subtasks=max_subtasks, warnings=warnings,
-                         fallback=fallback, started=stream.emitted, hold=hold, tools=names)
+                         fallback=fallback, started=stream.emitted, hold=hold, tools=names,
+                         kinds=kinds or {})
 
 
 async def decompose_keeping(call: CallFn, request: str, *, kept: list[SubtaskIn], hold: Callable[[int], bool],
@@ -278,10 +288,11 @@ def _keeps(plan: PlanIn, started: list[SubtaskIn], hold: Callable[[int], bool]) 
 
 
 def _check_keeping(text: str, max_subtasks: int, started: list[SubtaskIn], hold: Callable[[int], bool],
-                   warnings: list[str] | None, tools: Collection[str] | None = None) -> PlanIn:
+                   warnings: list[str] | None, tools: Collection[str] | None = None,
+                   kinds: Mapping[str, dict[str, Any]] | None = None) -> PlanIn:
     """`_check`, and a plan that changes an entry already started is invalid too."""
     fixes: list[str] = []
-    plan = _check(text, max_subtasks, fixes, tools)
+    plan = _check(text, max_subtasks, fixes, tools, kinds)
     if not _keeps(plan, started, hold):
         raise PlanInvalid([f"subtasks 0 to {len(started) - 1} may have started already; the plan must keep them "
                            "as they were (same description, tier_hint and depends_on)"], text)
@@ -293,11 +304,12 @@ def _check_keeping(text: str, max_subtasks: int, started: list[SubtaskIn], hold:
 async def _settle(call: CallFn, messages: list[Message], schema: dict[str, Any], text: str, *,
                   max_subtasks: int, warnings: list[str] | None, fallback: bool,
                   started: list[SubtaskIn], hold: Callable[[int], bool],
-                  tools: Collection[str] | None = None) -> PlanIn:
+                  tools: Collection[str] | None = None,
+                  kinds: Mapping[str, dict[str, Any]] | None = None) -> PlanIn:
     """The first answer judged, one repair call if it is unusable, then the fallback
     (nothing started), PlanInvalid (`fallback=False`) or the plan cut to what started."""
     try:
-        return _check_keeping(text, max_subtasks, started, hold, warnings, tools)
+        return _check_keeping(text, max_subtasks, started, hold, warnings, tools, kinds)
     except PlanInvalid as exc:
         errors = exc.errors
     asked = repair_messages(messages, text, errors)
@@ -311,7 +323,7 @@ async def _settle(call: CallFn, messages: list[Message], schema: dict[str, Any],
             raise
         return _cut(started, f"the planner's repair call failed ({call_error.message})", warnings)
     try:
-        return _check_keeping(second.text, max_subtasks, started, hold, warnings, tools)
+        return _check_keeping(second.text, max_subtasks, started, hold, warnings, tools, kinds)
     except PlanInvalid as exc:
         if started:
             return _cut(started, "the planner's answer was invalid twice (" + "; ".join(exc.errors[:3]) + ")",

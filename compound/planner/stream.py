@@ -44,6 +44,9 @@ def entry_errors(item: Any, index: int, max_subtasks: int) -> list[str]:
             errors.append(f"subtask {index} depends on {d!r}, which is not a subtask index")
         elif d == index:
             errors.append(f"subtask {index} depends on itself")
+    if item.get("kind") not in (None, "llm") or any(item.get(k) for k in ("tools", "tool", "arguments")):
+        # its tools or its step kind are checked against the catalogue with the whole plan
+        errors.append(f"subtask {index} acts (tools, a direct call or a step kind): it waits for the whole plan")
     return errors
 
 

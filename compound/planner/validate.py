@@ -4,7 +4,7 @@ raises PlanInvalid listing every problem at once, in words a person can act on."
 from __future__ import annotations
 
 import difflib
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from compound.core.errors import PlanInvalid
@@ -21,7 +21,9 @@ def validate_plan(data: Any, *, max_subtasks: int, raw: str | None = None,
                   tools: Collection[str] | None = None, kinds: Collection[str] = ()) -> PlanIn:
     """`tools`: the catalogue's tool names (`server.tool`); a plan naming any other is
     invalid. None: no catalogue at hand, names are checked for their form only (the
-    run finds out). `kinds`: the registered step kinds, beside "llm" and "tool"."""
+    run finds out). `kinds`: the registered step kinds, beside "llm" and "tool"; given
+    as a mapping of each kind to its arguments' JSON schema, a step's arguments are
+    checked against it (argument_errors)."""
     errors: list[str] = []
     if isinstance(data, PlanIn):
         data = data.model_dump()
@@ -208,6 +210,9 @@ def _step_fields(i: int, item: dict[str, Any], errors: list[str], *, tools: Coll
                           + ('only a subtask of kind "tool" or of a step kind takes arguments' if kind == "llm"
                              else "they must be a JSON object"))
             arguments = None
+        schema = kinds.get(kind) if isinstance(kinds, Mapping) else None
+        if kind not in STEP_KINDS and isinstance(schema, dict):  # a step kind's arguments against its schema
+            errors.extend(f"subtask {i} (kind {_show(kind)}): {e}" for e in argument_errors(schema, arguments or {}))
     out["tool"], out["arguments"] = tool, arguments
     return out
 
@@ -269,3 +274,39 @@ def _kind(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     return type(value).__name__
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,),
+    "object": (dict,), "array": (list,), "null": (type(None),)}
+
+
+def argument_errors(schema: Mapping[str, Any], arguments: Mapping[str, Any]) -> list[str]:
+    """A step's arguments against its object schema, to the depth a plan needs: the
+    required properties, no others when `additionalProperties` is false, and each
+    property's `type` and `enum`."""
+    props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+    assert isinstance(props, dict)
+    errors = [f"argument {name!r} is required" for name in schema.get("required") or [] if name not in arguments]
+    if schema.get("additionalProperties") is False:
+        errors += [f"argument {name!r} is not one it takes (it takes {', '.join(props) or 'none'})"
+                   for name in arguments if name not in props]
+    for name, value in arguments.items():
+        spec = props.get(name)
+        if not isinstance(spec, dict):
+            continue
+        wanted = spec.get("type")
+        types = [wanted] if isinstance(wanted, str) else wanted if isinstance(wanted, list) else []
+        if types and not any(_is_type(value, t) for t in types):
+            errors.append(f"argument {name!r} must be of type {' or '.join(map(str, types))}, not {_kind(value)}")
+        if isinstance(spec.get("enum"), list) and value not in spec["enum"]:
+            errors.append(f"argument {name!r} must be one of {spec['enum']}, not {_show(value)}")
+    return errors
+
+
+def _is_type(value: Any, name: str) -> bool:
+    if name in ("integer", "number") and isinstance(value, bool):
+        return False
+    if name == "integer" and isinstance(value, float):
+        return value.is_integer()
+    return isinstance(value, _JSON_TYPES.get(name, (object,)))

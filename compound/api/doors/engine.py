@@ -328,7 +328,10 @@ class Door:
         from compound.core.errors import PlanInvalid
 
         try:
-            valid = validate_plan(plan, max_subtasks=self.settings.max_subtasks)
+            from compound.plugins import load_plugins
+
+            valid = validate_plan(plan, max_subtasks=self.settings.max_subtasks,
+                                  kinds=load_plugins(self.settings.plugins).kinds())
         except PlanInvalid as exc:
             return {"valid": False, "errors": exc.errors, "waves": [], "critical_path": [],
                     "estimated_cost_usd": None}
