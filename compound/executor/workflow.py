@@ -393,7 +393,8 @@ class Workflow:
         plan = await decompose_keeping(call, st.prompt, kept=kept,
                                        hold=lambda i: subs[i].status == SubtaskStatus.pending,
                                        max_subtasks=self.settings.max_subtasks, context=st.context,
-                                       warnings=warnings, tools=self._catalogue())
+                                       warnings=warnings, tools=self._catalogue(),
+                                       steps=self.plugins.plugins.cards(), kinds=self.plugins.plugins.kinds())
         out = list(subs)
         for i, got in enumerate(plan.subtasks[:len(subs)]):
             if not same(got, kept[i]):

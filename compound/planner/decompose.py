@@ -256,7 +256,9 @@ async def decompose_streamed(call: StreamCallFn, request: str, *, max_subtasks: 
 
 async def decompose_keeping(call: CallFn, request: str, *, kept: list[SubtaskIn], hold: Callable[[int], bool],
                             max_subtasks: int, context: list[dict[str, str]] | None = None,
-                            warnings: list[str] | None = None, tools: Sequence[ToolLike] | None = None) -> PlanIn:
+                            warnings: list[str] | None = None, tools: Sequence[ToolLike] | None = None,
+                            steps: Sequence[ToolLike] = (), kinds: Mapping[str, dict[str, Any]] | None = None,
+                            ) -> PlanIn:
     """The whole plan of a task whose streamed plan was interrupted after `kept` (at
     least one entry) had been stored: the planner is asked again, not streamed, and
     its plan must keep those entries, as a streamed plan's must (`hold(index)` says
@@ -265,14 +267,14 @@ async def decompose_keeping(call: CallFn, request: str, *, kept: list[SubtaskIn]
     cards = cards_for(request, tools) if tools else []
     names = {t.name for t in tools} if tools is not None else None
     messages = render("decompose", request=request, max_subtasks=max_subtasks, context=context,
-                      tools=[c.line() for c in cards])
-    schema = plan_schema(max_subtasks, [c.name for c in cards])
+                      tools=[c.line() for c in cards], steps=[c.line() for c in cards_for(request, steps)])
+    schema = plan_schema(max_subtasks, [c.name for c in cards], [c.name for c in steps])
     try:
         first = await call(messages, schema)
     except (ProviderError, BudgetExceeded) as exc:
         return _cut(kept, f"the planner's call failed ({exc.message})", warnings)
     return await _settle(call, messages, schema, first.text, max_subtasks=max_subtasks, warnings=warnings,
-                         fallback=False, started=kept, hold=hold, tools=names)
+                         fallback=False, started=kept, hold=hold, tools=names, kinds=kinds or {})
 
 
 def _cut(started: list[SubtaskIn], why: str, warnings: list[str] | None) -> PlanIn:
