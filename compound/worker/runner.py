@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import uuid
 from typing import Any
@@ -144,7 +145,32 @@ class Worker:
         if dbos_task is not None:
             self._workflows.add(dbos_task)
             dbos_task.add_done_callback(self._workflow_ended)
+        if not await self._still_ours(task_id):
+            # Claimed before a lost session, started after our tasks went back to the
+            # queue (DBOS's queue thread was retrying the database in between): the
+            # claim is stale, and another claim (ours or another worker's) runs it.
+            log.warning("a stale claim of a task is not run", task_id=task_id)
+            raise asyncio.CancelledError
         await self.executor.run_here(task_id)
+
+    async def _still_ours(self, task_id: str) -> bool:
+        """Whether DBOS still has the task's workflow PENDING on this worker, read again
+        until the database answers (cancel stops the wait)."""
+        from dbos import DBOS
+
+        delay = RECONNECT_FIRST_S
+        while True:
+            try:
+                # On a thread of its own, outside the workflow's context: inside it DBOS
+                # would record the read as a step of the workflow and replay it later.
+                found = await asyncio.get_running_loop().run_in_executor(None, functools.partial(
+                    DBOS.list_workflows, workflow_ids=[task_id], load_input=False, load_output=False))
+                return any(w.status == "PENDING" and w.executor_id == self.executor_id for w in found)
+            except Exception as exc:
+                log.warning("could not read a task's claim yet", task_id=task_id, error=type(exc).__name__,
+                            retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_S)
 
     def _workflow_ended(self, task: asyncio.Task[Any]) -> None:
         self._workflows.discard(task)
