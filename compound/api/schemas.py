@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from compound.core.money import shown_usd
+from compound.core.status import EndReason
 from compound.planner.plan import PlanIn
 
 EXAMPLE_PLAN = PlanIn.model_config["json_schema_extra"]["example"]  # type: ignore[index]
@@ -138,6 +139,10 @@ class ToolCallOut(BaseModel):
     completed_at: str | None
 
 
+END_REASON_DOC = ("why it ended, set with its terminal status (null before): completed, budget, canceled, "
+                  "failed_plan, failed_provider, failed_tool, failed_subtasks, skipped_dependency or internal")
+
+
 class SubtaskOut(BaseModel):
     index: int
     description: str
@@ -164,6 +169,7 @@ class SubtaskOut(BaseModel):
     reused_from: str | None = Field(
         default=None, description="a re-run's: the earlier task whose result this reuses, at no cost")
     round: int = Field(default=0, description="0: the first plan; n: added by replanning round n")
+    end_reason: EndReason | None = Field(default=None, description=END_REASON_DOC)
 
 
 class ReplanOut(BaseModel):
@@ -209,6 +215,7 @@ class TaskOut(BaseModel):
         default_factory=list, description="what the planner's plan needed fixing without a model")
     rerun_of: str | None = Field(default=None, description="the task this one re-runs (POST .../rerun)")
     replans: list[ReplanOut] = Field(default_factory=list, description="each replanning round and why it ran")
+    end_reason: EndReason | None = Field(default=None, description=END_REASON_DOC)
     created_at: str | None
     planned_at: str | None
     started_at: str | None
