@@ -4,10 +4,12 @@ typed value the doors read; every door authenticates through the routes' token c
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from compound.api.doors.engine import failure
 from compound.core.status import (
@@ -26,6 +28,8 @@ from compound.core.status import (
     task_sources,
 )
 from compound.store.base import Reservation, ReserveRequest, RunStore, Settlement, SubState
+from compound.store.db import make_engine
+from compound.store.migrate import upgrade
 from compound.store.users import list_tokens, revoke_token
 
 # the table ---------------------------------------------------------------------------
@@ -261,3 +265,41 @@ async def test_every_door_authenticates_through_the_token_cache(served: Any) -> 
     refused = await _at_every_door(served, served.alice)
     assert refused == dict.fromkeys(("chat", "mcp", "a2a", "route"), (401, "invalid or revoked token"))
     assert lookups == [served.alice] * 2  # the refusal is remembered too
+
+
+# the migration ------------------------------------------------------------------------
+
+
+def test_migration_0009_fills_the_end_reason_of_rows_that_ended_before(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "0008")
+    engine = make_engine(url)
+    tasks = {  # id: (status, error) -> the reason it shows
+        "t_done": ("completed", None, "completed"),
+        "t_cut": ("failed", "budget of $0.01 exhausted: 2 subtask(s) skipped for budget", "budget"),
+        "t_plan": ("failed", "could not plan: 3 errors", "failed_plan"),
+        "t_model": ("failed", "could not plan: the planner model failed: 500", "failed_provider"),
+        "t_crash": ("failed", "internal error: KeyError", "internal"),
+        "t_some": ("partial", "1 of 3 subtasks did not complete", "failed_subtasks"),
+        "t_stop": ("canceled", "canceled by request", "canceled"),
+        "t_open": ("executing", None, None),
+    }
+    with engine.begin() as conn:
+        for tid, (status, error, _) in tasks.items():
+            conn.execute(text("INSERT INTO task (id, prompt, status, priority, approve, budget_usd, error, "
+                              "total_cost_usd, reserved_usd, cancel_requested, event_seq, created_at, updated_at) "
+                              "VALUES (:id, 'p', :st, 2, 1, 1.0, :err, 0, 0, 0, 0, '2026-01-01', '2026-01-01')"),
+                         {"id": tid, "st": status, "err": error})
+        for i, (status, error) in enumerate([("completed", None), ("skipped", "skipped: budget exhausted (x)"),
+                                             ("skipped", "skipped: dependency 0 failed"), ("running", None)]):
+            conn.execute(text('INSERT INTO subtask (id, task_id, "index", description, tier_hint, depends_on, '
+                              "status, error, attempts, cost_usd, input_tokens, output_tokens, kind) "
+                              "VALUES (:id, 't_cut', :i, 'd', 1, '[]', :st, :err, 0, 0, 0, 0, 'llm')"),
+                         {"id": f"s_{i}", "i": i, "st": status, "err": error})
+    upgrade(url)
+    with engine.connect() as conn:
+        got = dict(conn.execute(text("SELECT id, end_reason FROM task")).all())
+        subs = [r[0] for r in conn.execute(text('SELECT end_reason FROM subtask ORDER BY "index"')).all()]
+    engine.dispose()
+    assert got == {tid: reason for tid, (_, _, reason) in tasks.items()}
+    assert subs == ["completed", "budget", "skipped_dependency", None]

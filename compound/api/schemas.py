@@ -183,13 +183,14 @@ SUBTASK_EXAMPLE: dict[str, Any] = {
     "result": "SQLite is embedded, zero-config ...", "error": None, "attempts": 1, "cost_usd": 0.0011,
     "input_tokens": 300, "output_tokens": 150, "worst_case": None, "started_at": "2026-11-22T10:00:01Z",
     "completed_at": "2026-11-22T10:00:03Z", "kind": "llm", "tools": [], "tool_calls": [], "partial_reason": None,
-    "optional_depends_on": [], "reused_from": None, "round": 0}
+    "optional_depends_on": [], "reused_from": None, "round": 0, "end_reason": "completed"}
 TASK_EXAMPLE: dict[str, Any] = {
     "id": "t_3f2a9c0d1e4b5a6c", "prompt": "Compare SQLite and PostgreSQL for a small team",
     "status": "executing", "reasoning": "Two independent summaries, then a comparison.", "result": None,
     "error": None, "budget_usd": 0.5, "total_cost_usd": 0.0123, "priority": 2,
     "prompt_versions": {"decompose": "d06875606c1f", "subtask": "99b2209402a7", "synthesize": "8eae2a77e60f"},
-    "warnings": [], "replans": [], "created_at": "2026-11-22T10:00:00Z", "planned_at": "2026-11-22T10:00:01Z",
+    "warnings": [], "replans": [], "end_reason": None, "created_at": "2026-11-22T10:00:00Z",
+    "planned_at": "2026-11-22T10:00:01Z",
     "started_at": "2026-11-22T10:00:01Z", "completed_at": None,
     "planner": {"model": "anthropic/claude-haiku-4-5", "cost_usd": 0.0004, "input_tokens": 812,
                 "output_tokens": 240, "calls": 1, "worst_case": None},
