@@ -27,10 +27,13 @@ from compound.core.status import (
     task_path,
     task_sources,
 )
+from compound.llm.base import Message
 from compound.store.base import Reservation, ReserveRequest, RunStore, Settlement, SubState
 from compound.store.db import make_engine
 from compound.store.migrate import upgrade
 from compound.store.users import list_tokens, revoke_token
+from tests.fixtures.fakes import FakeLLM, transient
+from tests.test_executor import executor, kind_answer, plan
 
 # the table ---------------------------------------------------------------------------
 
@@ -303,3 +306,42 @@ def test_migration_0009_fills_the_end_reason_of_rows_that_ended_before(tmp_path:
     engine.dispose()
     assert got == {tid: reason for tid, (_, _, reason) in tasks.items()}
     assert subs == ["completed", "budget", "skipped_dependency", None]
+
+
+# the executor writes why -------------------------------------------------------------
+
+
+async def test_the_executor_writes_why_each_part_ended(store: RunStore) -> None:
+    def answer(model: str, msgs: list[Message]) -> Any:
+        if "<subtask>\nB\n" in msgs[-1]["content"]:
+            return transient(400)
+        return kind_answer(model, msgs)
+
+    ex = executor(store, FakeLLM(answer=answer), max_replans=0)
+    task = await store.create_task(prompt="p", budget_usd=1.0, plan_in=plan(("A", []), ("B", []), ("C", [1])))
+    await ex.run_task(task.id)
+    snap = await store.snapshot(task.id)
+    assert (snap["status"], snap["end_reason"]) == ("partial", "failed_subtasks")
+    assert [(s["status"], s["end_reason"]) for s in snap["subtasks"]] == [
+        ("completed", "completed"), ("failed", "failed_provider"), ("skipped", "skipped_dependency")]
+
+
+@pytest.mark.parametrize(("budget", "status", "reason"), [(0.0001, "failed", "budget"), (1.0, "completed", "completed")])
+async def test_a_plan_that_cannot_be_paid_for_ends_for_budget(store: RunStore, budget: float, status: str,
+                                                              reason: str) -> None:
+    ex = executor(store, FakeLLM(answer=kind_answer))
+    task = await store.create_task(prompt="p", budget_usd=budget)
+    await ex.run_task(task.id)
+    snap = await store.snapshot(task.id)
+    assert (snap["status"], snap["end_reason"]) == (status, reason)
+    assert failure(snap) == (None if status == "completed" else "budget")
+
+
+async def test_subtasks_skipped_for_budget_say_so_down_the_chain(store: RunStore) -> None:
+    p = plan(("A", []), ("B", [0]))
+    ex = executor(store, FakeLLM(answer=kind_answer), max_replans=0)
+    task = await store.create_task(prompt="p", budget_usd=1e-9, plan_in=p)
+    await ex.run_task(task.id)
+    snap = await store.snapshot(task.id)
+    assert (snap["status"], snap["end_reason"]) == ("failed", "budget")
+    assert [(s["status"], s["end_reason"]) for s in snap["subtasks"]] == [("skipped", "budget"), ("skipped", "budget")]
