@@ -210,13 +210,6 @@ def set_status(d: Dialect, task_id: str, status: str, *, error: str | None, resu
     return True, total
 
 
-def set_status_unless_ended(d: Dialect, task_id: str, status: str, *, error: str | None, result: str | None,
-                            only_from: Sequence[str] | None, reason: str | None = None) -> Op:
-    """set_status: every status write is conditional (kept for its callers' name)."""
-    return (yield from set_status(d, task_id, status, error=error, result=result, reason=reason,
-                                  only_from=only_from))
-
-
 def _cancel_subtasks(d: Dialect, task_id: str, now: Any) -> Op:
     """Every subtask that may still be canceled is, with why; returns their events."""
     rows = yield ("all", "CANCEL_SUBTASKS", {"t": task_id, "st": SubtaskStatus.canceled.value, "err": "canceled",
