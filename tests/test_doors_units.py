@@ -15,6 +15,7 @@ from compound.api.doors.openai import (
     split_messages,
 )
 from compound.core.errors import BudgetExceeded, Conflict, NotFound, PlanInvalid
+from compound.core.status import task_path
 from compound.executor.answers import AnswerPiece, AnswerStreams
 from compound.prompts import context_block, render
 from compound.store.models import TaskStatus
@@ -86,16 +87,17 @@ def test_bad_metadata_is_a_400(meta) -> None:  # type: ignore[no-untyped-def]
     assert exc.value.status == 400 and exc.value.param == f"metadata.{next(iter(meta))}"
 
 
-@pytest.mark.parametrize(("status", "error", "expected"), [
-    (TaskStatus.completed, None, None),
-    (TaskStatus.partial, "1 of 3 subtasks did not complete", None),
-    (TaskStatus.canceled, "canceled by request", "canceled"),
-    (TaskStatus.failed, "could not plan within the budget of $0.001: ...", "budget"),
-    (TaskStatus.failed, "budget of $0.01 exhausted: 2 subtask(s) skipped for budget", "budget"),
-    (TaskStatus.failed, "could not plan: the planner model failed: 500", "failed"),
+@pytest.mark.parametrize(("status", "reason", "error", "expected"), [
+    (TaskStatus.completed, "completed", None, None),
+    (TaskStatus.partial, "failed_subtasks", "1 of 3 subtasks did not complete", None),
+    (TaskStatus.canceled, "canceled", "canceled by request", "canceled"),
+    (TaskStatus.failed, "budget", "could not plan within the budget of $0.001: ...", "budget"),
+    (TaskStatus.failed, "budget", "no room left", "budget"),  # the typed reason, whatever the words
+    (TaskStatus.failed, "failed_provider", "could not plan: the planner model failed: 500", "failed"),
+    (TaskStatus.failed, "failed_subtasks", "subtask 0: the budget model refused", "failed"),
 ])
-def test_failure(status, error, expected) -> None:  # type: ignore[no-untyped-def]
-    assert failure({"id": "t", "status": status, "error": error}) == expected
+def test_failure(status, reason, error, expected) -> None:  # type: ignore[no-untyped-def]
+    assert failure({"id": "t", "status": status, "end_reason": reason, "error": error}) == expected
 
 
 @pytest.mark.parametrize(("exc", "status", "code"), [
@@ -189,7 +191,8 @@ async def test_follow_with_no_piece_streamed_gives_events_only(store) -> None:  
     from compound.executor.answers import AnswerStreams
 
     task = await store.create_task(prompt="p", budget_usd=1.0)
-    await store.set_status(task.id, TaskStatus.completed, result="the answer")
+    for step in task_path(TaskStatus.completed):  # the way the status table lets it get there
+        assert await store.set_status(task.id, step, result="the answer" if step == TaskStatus.completed else None)
     door = Door(SimpleNamespace(executor=SimpleNamespace(answers=AnswerStreams()), store=store))
     items = [item async for item in door.follow(task.id)]
     assert items and all(isinstance(item, Event) for item in items) and items[-1].terminal

@@ -1,5 +1,7 @@
 """Bearer-token authentication: every route but /healthz needs a token; scopes
-submit / read / admin; a user sees only their own tasks unless admin."""
+submit / read / admin; a user sees only their own tasks unless admin. Every route and
+every door (chat completions, MCP, A2A) asks `authenticate()`, which reads the token
+cache: one answer, one cost, one wording for a missing, unknown or revoked token."""
 
 from __future__ import annotations
 
@@ -13,12 +15,14 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from compound.api.errors import ApiError
+from compound.api.state import app_state
 from compound.core.logging import get_logger
 from compound.store.base import Principal, RunStore
 from compound.store.sqlrun import hash_token
 from compound.store.users import record_last_used
 
-__all__ = ["AdminPrincipal", "Principal", "ReadPrincipal", "SubmitPrincipal", "TokenCache", "hash_token"]
+__all__ = ["AdminPrincipal", "AuthRefused", "Principal", "ReadPrincipal", "SubmitPrincipal", "TokenCache",
+           "authenticate", "hash_token"]
 
 bearer = HTTPBearer(auto_error=False, description="a token from `compound tokens create`")
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
@@ -128,30 +132,55 @@ def _consume(read: asyncio.Future[Principal | None]) -> None:
         read.exception()
 
 
-def _missing() -> ApiError:
-    return ApiError(401, "unauthorized", "missing bearer token: send 'Authorization: Bearer <token>'", CHALLENGE)
+class AuthRefused(Exception):
+    """Who is calling could not be told (401) or may not do this (403). The routes
+    answer it as an ApiError; each door in its own protocol's shape."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+    def api_error(self) -> ApiError:
+        if self.status == 401:
+            return ApiError(401, "unauthorized", self.message, CHALLENGE)
+        return ApiError(self.status, "forbidden", self.message)
 
 
-def _checked(principal: Principal | None) -> Principal:
-    if principal is None:
-        raise ApiError(401, "unauthorized", "invalid or revoked token", CHALLENGE)
+MISSING = "missing bearer token: send 'Authorization: Bearer <token>'"
+REFUSED = "invalid or revoked token"
+
+
+def require_scope(principal: Principal, scope: str) -> Principal:
+    """The principal, if its token has `scope` (admin has all); AuthRefused(403) if not."""
+    if scope not in principal.scopes and not principal.is_admin:
+        raise AuthRefused(403, f"this token lacks the '{scope}' scope")
     return principal
 
 
-async def principal_from(request: Request, token: str | None) -> Principal:
+async def authenticate(tokens: TokenCache, token: str | None, scope: str | None = None) -> Principal:
+    """The caller's principal, from the token cache, if the token is live (and has
+    `scope`, when one is named); AuthRefused otherwise."""
     if not token:
-        raise _missing()
-    return _checked(await request.app.state.tokens.lookup(token))
+        raise AuthRefused(401, MISSING)
+    principal = await tokens.lookup(token)
+    if principal is None:
+        raise AuthRefused(401, REFUSED)
+    return principal if scope is None else require_scope(principal, scope)
+
+
+async def principal_from(request: Request, token: str | None) -> Principal:
+    try:
+        return await authenticate(app_state(request.app).tokens, token)
+    except AuthRefused as exc:
+        raise exc.api_error() from None
 
 
 async def authorize(request: Request, token: str | None, scope: str) -> Principal:
     """The caller's principal if the token is live and has `scope` (admin has all)."""
-    if not token:
-        raise _missing()
-    principal = _checked(await request.app.state.tokens.lookup(token))
-    if scope not in principal.scopes and not principal.is_admin:
-        raise ApiError(403, "forbidden", f"this token lacks the '{scope}' scope")
-    return principal
+    try:
+        return await authenticate(app_state(request.app).tokens, token, scope)
+    except AuthRefused as exc:
+        raise exc.api_error() from None
 
 
 def bearer_token(request: Request) -> str | None:

@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from compound.core.money import shown_usd
+from compound.core.status import EndReason
 from compound.planner.plan import PlanIn
 
 EXAMPLE_PLAN = PlanIn.model_config["json_schema_extra"]["example"]  # type: ignore[index]
@@ -138,6 +139,10 @@ class ToolCallOut(BaseModel):
     completed_at: str | None
 
 
+END_REASON_DOC = ("why it ended, set with its terminal status (null before): completed, budget, canceled, "
+                  "failed_plan, failed_provider, failed_tool, failed_subtasks, skipped_dependency or internal")
+
+
 class SubtaskOut(BaseModel):
     index: int
     description: str
@@ -164,6 +169,7 @@ class SubtaskOut(BaseModel):
     reused_from: str | None = Field(
         default=None, description="a re-run's: the earlier task whose result this reuses, at no cost")
     round: int = Field(default=0, description="0: the first plan; n: added by replanning round n")
+    end_reason: EndReason | None = Field(default=None, description=END_REASON_DOC)
 
 
 class ReplanOut(BaseModel):
@@ -177,13 +183,14 @@ SUBTASK_EXAMPLE: dict[str, Any] = {
     "result": "SQLite is embedded, zero-config ...", "error": None, "attempts": 1, "cost_usd": 0.0011,
     "input_tokens": 300, "output_tokens": 150, "worst_case": None, "started_at": "2026-11-22T10:00:01Z",
     "completed_at": "2026-11-22T10:00:03Z", "kind": "llm", "tools": [], "tool_calls": [], "partial_reason": None,
-    "optional_depends_on": [], "reused_from": None, "round": 0}
+    "optional_depends_on": [], "reused_from": None, "round": 0, "end_reason": "completed"}
 TASK_EXAMPLE: dict[str, Any] = {
     "id": "t_3f2a9c0d1e4b5a6c", "prompt": "Compare SQLite and PostgreSQL for a small team",
     "status": "executing", "reasoning": "Two independent summaries, then a comparison.", "result": None,
     "error": None, "budget_usd": 0.5, "total_cost_usd": 0.0123, "priority": 2,
     "prompt_versions": {"decompose": "d06875606c1f", "subtask": "99b2209402a7", "synthesize": "8eae2a77e60f"},
-    "warnings": [], "replans": [], "created_at": "2026-11-22T10:00:00Z", "planned_at": "2026-11-22T10:00:01Z",
+    "warnings": [], "replans": [], "end_reason": None, "created_at": "2026-11-22T10:00:00Z",
+    "planned_at": "2026-11-22T10:00:01Z",
     "started_at": "2026-11-22T10:00:01Z", "completed_at": None,
     "planner": {"model": "anthropic/claude-haiku-4-5", "cost_usd": 0.0004, "input_tokens": 812,
                 "output_tokens": 240, "calls": 1, "worst_case": None},
@@ -209,6 +216,7 @@ class TaskOut(BaseModel):
         default_factory=list, description="what the planner's plan needed fixing without a model")
     rerun_of: str | None = Field(default=None, description="the task this one re-runs (POST .../rerun)")
     replans: list[ReplanOut] = Field(default_factory=list, description="each replanning round and why it ran")
+    end_reason: EndReason | None = Field(default=None, description=END_REASON_DOC)
     created_at: str | None
     planned_at: str | None
     started_at: str | None

@@ -23,7 +23,7 @@ from compound.executor.workflow import Workflow
 from compound.llm.base import LLMClient
 from compound.prompts import versions
 from compound.store.base import RunStore
-from compound.store.models import TERMINAL_TASK, TaskStatus
+from compound.store.models import TERMINAL_TASK, EndReason, TaskStatus
 from compound.tools.catalogue import Tools
 
 if TYPE_CHECKING:
@@ -171,7 +171,8 @@ class Executor(TaskWaits):
                 await self.calls.quiesce(task_id)
                 await self.store.recover(task_id)  # its open calls count at their worst case
                 await self.store.set_status_unless_ended(task_id, TaskStatus.failed,
-                                                         error=f"internal error: {type(exc).__name__}")
+                                                         error=f"internal error: {type(exc).__name__}",
+                                                         reason=EndReason.internal)
             except Exception:  # pragma: no cover - the store itself is gone
                 log.exception("could not record the failure", task_id=task_id)
         finally:

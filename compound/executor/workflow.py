@@ -27,7 +27,7 @@ from compound.planner.validate import validate_plan
 from compound.plugins import Outcome, Plugins, load_plugins
 from compound.prompts import render
 from compound.store.base import RunStore, SubState, TaskState
-from compound.store.models import CallKind, CallStatus, SubtaskStatus, TaskStatus
+from compound.store.models import CallKind, CallStatus, EndReason, SubtaskStatus, TaskStatus
 
 
 def _why(status: str, error: str | None) -> str:
@@ -57,9 +57,9 @@ class _Run:
     def status(self, i: int) -> str:
         return SubtaskStatus.completed if i in self.results else self.final[i].status
 
-    async def end(self, i: int, how: Ended, status: str, error: str) -> Ended:
+    async def end(self, i: int, how: Ended, status: str, error: str, reason: EndReason) -> Ended:
         self.ended[i] = how
-        self.final[i] = await self.wf.store.end_subtask(self.st.id, i, status=status, error=error)
+        self.final[i] = await self.wf.store.end_subtask(self.st.id, i, status=status, error=error, reason=reason)
         return how
 
     async def act(self, i: int) -> Ended | None:
@@ -68,7 +68,8 @@ class _Run:
         try:
             text = await self.wf.steps.run_direct(self.st, sub)
         except StepFailed as exc:
-            return await self.end(i, Ended(Cause.failed, i, skipped=False), SubtaskStatus.failed, exc.message)
+            return await self.end(i, Ended(Cause.failed, i, skipped=False), SubtaskStatus.failed, exc.message,
+                                  EndReason.failed_tool)
         self.final[i] = await self.wf.store.complete_subtask(self.st.id, i, result=text)
         self.results[i] = text
         return None
@@ -140,14 +141,17 @@ class _Run:
                 out = await self.wf.calls.call(st, spec, daily=self.daily)
         except BudgetExceeded as exc:
             return await self.end(i, Ended(Cause.budget, i, skipped=True), SubtaskStatus.skipped,
-                                  f"skipped: budget exhausted ({exc.message})")
+                                  f"skipped: budget exhausted ({exc.message})", EndReason.budget)
         except ProviderError as exc:
-            return await self.end(i, Ended(Cause.failed, i, skipped=False), SubtaskStatus.failed, exc.message)
+            return await self.end(i, Ended(Cause.failed, i, skipped=False), SubtaskStatus.failed, exc.message,
+                                  EndReason.failed_provider)
         self.results[i] = out.text
         return None
 
     async def skip(self, i: int, how: Ended, reason: str) -> None:
-        await self.end(i, how, SubtaskStatus.skipped, reason)
+        # a chain that began with a budget refusal is the budget's doing, all the way down
+        await self.end(i, how, SubtaskStatus.skipped, reason,
+                       EndReason.budget if how.cause is Cause.budget else EndReason.skipped_dependency)
 
     async def run_dag(self) -> None:
         # A plan interrupted while it streamed may name entries that never arrived.
@@ -156,7 +160,7 @@ class _Run:
             missing = [d for d in s.depends_on if not 0 <= d < n]
             if missing and self.status(s.index) == SubtaskStatus.pending:
                 await self.end(s.index, Ended(Cause.failed, missing[0], skipped=True), SubtaskStatus.skipped,
-                               f"skipped: dependency {missing[0]} is not in the plan")
+                               f"skipped: dependency {missing[0]} is not in the plan", EndReason.failed_plan)
         await run_dag([[d for d in s.depends_on if 0 <= d < n] for s in self.subs],
                       [self.status(s.index) for s in self.subs], self.run_one, self.skip,
                       optional=[s.optional for s in self.subs])
@@ -327,13 +331,13 @@ class Workflow:
 
     async def _plan_failed(self, st: TaskState, exc: BaseException) -> None:
         if isinstance(exc, BudgetExceeded):
-            error = f"could not plan within the budget of ${st.budget_usd:g}: {exc.message}"
+            error, reason = f"could not plan within the budget of ${st.budget_usd:g}: {exc.message}", EndReason.budget
         elif isinstance(exc, PlanInvalid):
-            error = f"could not plan: {exc.message}"
+            error, reason = f"could not plan: {exc.message}", EndReason.failed_plan
         else:
             assert isinstance(exc, ProviderError)
-            error = f"could not plan: the planner model failed: {exc.message}"
-        await self.store.set_status_unless_ended(st.id, TaskStatus.failed, error=error)
+            error, reason = f"could not plan: the planner model failed: {exc.message}", EndReason.failed_provider
+        await self.store.set_status_unless_ended(st.id, TaskStatus.failed, error=error, reason=reason)
 
     async def _plan(self, st: TaskState, daily: float | None) -> list[SubState] | None:
         warnings: list[str] = []
@@ -524,7 +528,8 @@ class Workflow:
         if not done:
             errors = "; ".join(f"subtask {i}: {why}" for i, _, why in missing[:5])
             await self.store.set_status_unless_ended(st.id, TaskStatus.failed,
-                                        error=budget_note or f"no subtask completed: {errors}")
+                                        error=budget_note or f"no subtask completed: {errors}",
+                                        reason=EndReason.budget if budget_note else EndReason.failed_subtasks)
             return
         if len(subs) == 1:
             # A plan of one subtask: its result is the answer (streamed as it came, to a
@@ -544,13 +549,16 @@ class Workflow:
                 messages=messages, max_tokens=max_tokens, answer=True), daily=daily)
         except (BudgetExceeded, ProviderError) as exc:
             joined = "\n\n".join(f"[{s.index}] {results[s.index]}" for s in done)
-            why = "budget" if isinstance(exc, BudgetExceeded) else "provider error"
+            budget = isinstance(exc, BudgetExceeded)
+            why = "budget" if budget else "provider error"
             await self.store.set_status_unless_ended(st.id, TaskStatus.partial, result=joined, error=(
-                f"synthesis not run ({why}): {exc.message}; the result joins the subtask results"))
+                f"synthesis not run ({why}): {exc.message}; the result joins the subtask results"),
+                reason=EndReason.budget if budget else EndReason.failed_provider)
             return
         if missing:
             await self.store.set_status_unless_ended(st.id, TaskStatus.partial, result=answer.text,
-                                        error=budget_note or f"{len(missing)} of {len(subs)} subtasks did not complete")
+                                        error=budget_note or f"{len(missing)} of {len(subs)} subtasks did not complete",
+                                        reason=EndReason.budget if budget_note else EndReason.failed_subtasks)
         else:
             await self.store.set_status_unless_ended(st.id, TaskStatus.completed, result=answer.text)
 

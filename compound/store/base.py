@@ -90,6 +90,7 @@ class SubState:
     optional: list[int] = field(default_factory=list)  # the dependencies it can do without
     reused_from: str | None = None  # the task whose result this one reuses (a re-run's)
     round: int = 0  # 0: the first plan; n: added by replanning round n
+    end_reason: str | None = None  # why it ended (core/status.py EndReason); None while it has not
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,16 +434,18 @@ class RunStore(abc.ABC):
 
     @abc.abstractmethod
     async def set_status(self, task_id: str, status: str, *, error: str | None = None,
-                         result: str | None = None) -> None:
-        """The task's status (error/result, timestamps) and its event."""
+                         result: str | None = None, reason: str | None = None) -> bool:
+        """The task's status (error/result, why it ended, timestamps) and its event,
+        written only from a status core/status.py allows; says whether it applied."""
 
     @abc.abstractmethod
     async def set_planner_model(self, task_id: str, model: str) -> None: ...
 
     @abc.abstractmethod
     async def save_plan(self, task_id: str, *, reasoning: str | None, subtasks: Sequence[SubState],
-                        prompt_versions: dict[str, str], status: str, warnings: Sequence[str] = ()) -> None:
-        """Insert the subtasks and move the task to `status` (planned), together."""
+                        prompt_versions: dict[str, str], status: str, warnings: Sequence[str] = ()) -> bool:
+        """Insert the subtasks and move the task to `status` (planned), together; nothing
+        when the task may not move there (it ended meanwhile). Says whether it applied."""
 
     @abc.abstractmethod
     async def add_subtasks(self, task_id: str, subtasks: Sequence[SubState], *,
@@ -456,8 +459,10 @@ class RunStore(abc.ABC):
         streamed entry the whole plan changed); NotFound unless it is pending."""
 
     @abc.abstractmethod
-    async def end_subtask(self, task_id: str, index: int, *, status: str, error: str | None) -> SubState:
-        """A subtask ends without a result (failed, skipped); returns its new state."""
+    async def end_subtask(self, task_id: str, index: int, *, status: str, error: str | None,
+                          reason: str | None = None) -> SubState:
+        """A subtask ends without a result (failed, skipped) and why (an EndReason);
+        returns its new state, or its state as it is when it had ended already."""
 
     @abc.abstractmethod
     async def reserve(self, requests: Sequence[ReserveRequest]) -> list[ReserveOutcome]:
@@ -488,9 +493,11 @@ class RunStore(abc.ABC):
 
     @abc.abstractmethod
     async def set_status_unless_ended(self, task_id: str, status: str, *, error: str | None = None,
-                                      result: str | None = None, only_from: Collection[str] | None = None) -> bool:
-        """Write the task's status only while it has not ended (and, given `only_from`,
-        only from one of those); says whether it applied. Ending it `canceled` also
+                                      result: str | None = None, only_from: Collection[str] | None = None,
+                                      reason: str | None = None) -> bool:
+        """Write the task's status only from a status core/status.py allows (and, given
+        `only_from`, only from one of those); says whether it applied. `reason`: why it
+        ended (an EndReason; by default what the status says). Ending it `canceled` also
         closes its open ledger rows and subtasks in the same transaction."""
 
     @abc.abstractmethod
@@ -516,7 +523,7 @@ class RunStore(abc.ABC):
     async def complete_subtask(self, task_id: str, index: int, *, result: str,
                                partial_reason: str | None = None) -> SubState:
         """A subtask completes with `result` (its tool loop stopped early when
-        `partial_reason` is set), with its event."""
+        `partial_reason` is set), with its event; one that had ended is returned as it is."""
 
     # a task's life: reads --------------------------------------------------------------
 

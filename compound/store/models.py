@@ -12,6 +12,13 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, Text
 from sqlmodel import Field, SQLModel
 
+# The statuses, their transitions and end reasons are defined once, in core/status.py.
+from compound.core.status import TERMINAL_SUBTASK as TERMINAL_SUBTASK
+from compound.core.status import TERMINAL_TASK as TERMINAL_TASK
+from compound.core.status import EndReason as EndReason
+from compound.core.status import SubtaskStatus as SubtaskStatus
+from compound.core.status import TaskStatus as TaskStatus
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -19,36 +26,6 @@ def utcnow() -> datetime:
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
-
-
-class TaskStatus(StrEnum):
-    queued = "queued"
-    planning = "planning"
-    planned = "planned"
-    executing = "executing"
-    completed = "completed"
-    partial = "partial"
-    failed = "failed"
-    canceled = "canceled"
-
-
-TERMINAL_TASK = frozenset(
-    {TaskStatus.completed, TaskStatus.partial, TaskStatus.failed, TaskStatus.canceled}
-)
-
-
-class SubtaskStatus(StrEnum):
-    pending = "pending"
-    running = "running"
-    completed = "completed"
-    failed = "failed"
-    skipped = "skipped"
-    canceled = "canceled"
-
-
-TERMINAL_SUBTASK = frozenset(
-    {SubtaskStatus.completed, SubtaskStatus.failed, SubtaskStatus.skipped, SubtaskStatus.canceled}
-)
 
 
 class CallKind(StrEnum):
@@ -106,6 +83,7 @@ class Task(SQLModel, table=True):
     reasoning: str | None = Field(default=None, sa_column=Column(Text))
     result: str | None = Field(default=None, sa_column=Column(Text))
     error: str | None = Field(default=None, sa_column=Column(Text))
+    end_reason: str | None = None  # EndReason, written with a terminal status
     # Money: total_cost_usd = sum of the ledger's cost_usd (settled calls, lost calls at
     # their worst case); reserved_usd = sum of open reservations (calls in flight).
     # The budget holds while total_cost_usd + reserved_usd <= budget_usd.
@@ -159,6 +137,7 @@ class Subtask(SQLModel, table=True):
     arguments: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     partial_reason: str | None = Field(default=None, sa_column=Column(Text))
     round: int = Field(default=0, sa_column_kwargs={"server_default": "0"})  # 0: the first plan; n: replan n
+    end_reason: str | None = None  # EndReason, written with a terminal status
 
 
 class ToolCallStatus(StrEnum):

@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol
 
 from compound.core.errors import NotFound
 from compound.core.money import money_shown, shown_usd
+from compound.core.status import csv, end_reason, subtask_sources, task_sources
 from compound.store.base import (
     BudgetRefusal,
     DailyRefusal,
@@ -31,7 +32,6 @@ from compound.store.base import (
     ToolCallRecord,
 )
 from compound.store.models import (
-    TERMINAL_SUBTASK,
     TERMINAL_TASK,
     CallKind,
     CallStatus,
@@ -47,7 +47,7 @@ EPS = 1e-12  # float slack in budget checks
 # Columns read back as a SubState / TaskState / snapshot, in this order.
 SUB_COLS = ('"index", description, tier_hint, tier_assigned, models, depends_on, status, model, result, '
             "error, attempts, cost_usd, input_tokens, output_tokens, kind, tools, tool, arguments, partial_reason, "
-            "optional_deps, reused_from, round")
+            "optional_deps, reused_from, round, end_reason")
 TOOL_COLS = ("id, subtask_index, turn, model_call_id, tool, arguments, status, result, error, started_at, "
              "completed_at")
 TOOL_RESULT_SHOWN_CHARS = 2000  # of a tool call's result, in the snapshot and its events
@@ -56,10 +56,10 @@ TASK_COLS = ("id, user_id, prompt, status, priority, approve, budget_usd, plan_i
              "tier_models")
 SNAP_TASK_COLS = ("id, user_id, prompt, status, reasoning, result, error, budget_usd, total_cost_usd, priority, "
                   "prompt_versions, created_at, planned_at, started_at, completed_at, planner_model, event_seq, "
-                  "warnings, rerun_of, replans")
+                  "warnings, rerun_of, replans, end_reason")
 SNAP_SUB_COLS = ('"index", description, tier_hint, tier_assigned, model, depends_on, status, result, error, '
                  "attempts, cost_usd, input_tokens, output_tokens, started_at, completed_at, kind, tools, "
-                 "partial_reason, optional_deps, reused_from, round")
+                 "partial_reason, optional_deps, reused_from, round, end_reason")
 
 
 class Dialect(Protocol):
@@ -109,7 +109,7 @@ def sub_state(d: Dialect, row: Sequence[Any]) -> SubState:
                     input_tokens=row[12], output_tokens=row[13], kind=row[14] or "llm",
                     tools=list(d.loads(row[15]) or []), tool=row[16], arguments=d.loads(row[17]),
                     partial_reason=row[18], optional=list(d.loads(row[19]) or []),
-                    reused_from=row[20], round=row[21] or 0)
+                    reused_from=row[20], round=row[21] or 0, end_reason=row[22])
 
 
 def tool_record(d: Dialect, row: Sequence[Any]) -> ToolCallRecord:
@@ -177,30 +177,20 @@ def create_task(d: Dialect, task_id: str, *, prompt: str, budget_usd: float, use
                      answer_max_tokens=answer_max_tokens, rerun_of=rerun_of, tier_models=tier_models)
 
 
-def set_status(d: Dialect, task_id: str, status: str, *, error: str | None, result: str | None) -> Op:
+def set_status(d: Dialect, task_id: str, status: str, *, error: str | None, result: str | None,
+               reason: str | None = None, only_from: Sequence[str] | None = None) -> Op:
+    """The task's status, written only from a status core/status.py allows (and, given
+    `only_from`, only from one of those), with why it ended when it ends; returns
+    (applied, total cost). A terminal status never changes, so two processes can never
+    both end a task and a task ends with one event. Ending a task as canceled also
+    closes its open ledger rows and subtasks in the same transaction, so nothing stays
+    reserved."""
     now = d.now()
-    yield ("exec", "SET_STATUS", {"st": status, "err": error, "res": result,
-                                  "exec": status == TaskStatus.executing, "term": status in TERMINAL_TASK,
-                                  "now": now, "t": task_id})
-    data: dict[str, Any] = {"status": status, "error": error}
-    if result is not None:
-        data["result"] = result
-    return (yield from _events(d, task_id, [("task", data)], now))
-
-
-def set_status_unless_ended(d: Dialect, task_id: str, status: str, *, error: str | None, result: str | None,
-                            only_from: Sequence[str] | None) -> Op:
-    """A status write that applies only while the task has not ended (and, given
-    `only_from`, only from one of those statuses); returns whether it applied, so two
-    processes can never both end a task, and a terminal status never changes. Ending a
-    task as canceled also closes its open ledger rows and subtasks in the same
-    transaction, so nothing stays reserved. Returns (applied, total cost)."""
-    now = d.now()
-    terminal = status in TERMINAL_TASK
-    row = yield ("one", "SET_STATUS_IF_OPEN", {
-        "st": status, "err": error, "res": result, "exec": status == TaskStatus.executing, "term": terminal,
-        "now": now, "t": task_id, "terminal": [s.value for s in TERMINAL_TASK], "anyfrom": only_from is None,
-        "from": ",".join(only_from or ())})
+    why = end_reason(status, reason)
+    row = yield ("one", "SET_STATUS_IF", {
+        "st": status, "err": error, "res": result, "why": why, "exec": status == TaskStatus.executing,
+        "term": status in TERMINAL_TASK, "now": now, "t": task_id,
+        "from": csv(task_sources(status, only_from=only_from))})
     if row is None:
         return False, None
     items: list[tuple[str, dict[str, Any]]] = []
@@ -212,14 +202,20 @@ def set_status_unless_ended(d: Dialect, task_id: str, status: str, *, error: str
             "t": task_id, "running": ToolCallStatus.running.value, "unknown": ToolCallStatus.unknown.value,
             "err": "canceled while in flight: it may or may not have happened", "now": now})
         items += [("tool_call", {"index": c.subtask, **tool_shown(c)}) for c in (tool_record(d, r) for r in calls)]
-        rows = yield ("all", "CANCEL_SUBTASKS", {"t": task_id, "st": SubtaskStatus.canceled.value, "err": "canceled",
-                                                 "now": now, "terminal": [s.value for s in TERMINAL_SUBTASK]})
-        items += [("subtask", sub_event(s)) for s in sorted((sub_state(d, r) for r in rows), key=lambda s: s.index)]
+        items += (yield from _cancel_subtasks(d, task_id, now))
     data: dict[str, Any] = {"status": status, "error": error}
     if result is not None:
         data["result"] = result
     total = yield from _events(d, task_id, [*items, ("task", data)], now)
     return True, total
+
+
+def _cancel_subtasks(d: Dialect, task_id: str, now: Any) -> Op:
+    """Every subtask that may still be canceled is, with why; returns their events."""
+    rows = yield ("all", "CANCEL_SUBTASKS", {"t": task_id, "st": SubtaskStatus.canceled.value, "err": "canceled",
+                                             "why": end_reason(SubtaskStatus.canceled), "now": now,
+                                             "from": csv(subtask_sources(SubtaskStatus.canceled))})
+    return [("subtask", sub_event(s)) for s in sorted((sub_state(d, r) for r in rows), key=lambda s: s.index)]
 
 
 def set_planner_model(d: Dialect, task_id: str, model: str) -> Op:
@@ -231,7 +227,8 @@ def _sub_extra(d: Dialect, s: SubState, now: Any) -> dict[str, Any]:
     return {"deps": d.json(s.depends_on), "st": s.status, "k": s.kind, "tl": d.json(s.tools), "tn": s.tool,
             "args": None if s.arguments is None else d.json(s.arguments),
             "od": d.json(s.optional) if s.optional else None, "rf": s.reused_from, "res": s.result,
-            "ca": now if s.status == SubtaskStatus.completed else None, "rd": s.round}
+            "ca": now if s.status == SubtaskStatus.completed else None, "rd": s.round,
+            "why": end_reason(s.status, s.end_reason)}
 
 
 def save_plan(d: Dialect, task_id: str, *, reasoning: str | None, subtasks: Sequence[SubState],
@@ -239,13 +236,16 @@ def save_plan(d: Dialect, task_id: str, *, reasoning: str | None, subtasks: Sequ
     """The subtask rows are the plan: the plan's JSON is cleared from the task row, and
     a narrow row keeps hot UPDATEs small."""
     now = d.now()
+    saved = yield ("one", "SAVE_PLAN", {"r": reasoning, "pv": d.json(prompt_versions), "st": status, "now": now,
+                                        "wn": d.json(list(warnings)) if warnings else None, "t": task_id,
+                                        "from": csv(task_sources(status))})
+    if saved is None:  # it ended meanwhile (canceled while it planned): nothing of the plan is kept
+        return None
     rows = [{"id": f"s_{task_id[2:]}_{s.index}", "t": task_id, "i": s.index, "d": s.description,
              "th": s.tier_hint, "ta": s.tier_assigned, "ms": d.json(s.models), "m": s.model,
              **_sub_extra(d, s, now)} for s in subtasks]
     if rows:
         yield ("many", "INSERT_SUBTASK", rows)
-    yield ("exec", "SAVE_PLAN", {"r": reasoning, "pv": d.json(prompt_versions), "st": status, "now": now,
-                                 "wn": d.json(list(warnings)) if warnings else None, "t": task_id})
     return (yield from _events(d, task_id, [("task", {"status": status, "error": None})], now))
 
 
@@ -279,11 +279,23 @@ def replace_pending(d: Dialect, task_id: str, sub: SubState) -> Op:
     return sub_state(d, row)
 
 
-def end_subtask(d: Dialect, task_id: str, index: int, *, status: str, error: str | None) -> Op:
-    now = d.now()
-    row = yield ("one", "END_SUBTASK", {"st": status, "err": error, "now": now, "t": task_id, "i": index})
+def _unchanged(d: Dialect, task_id: str, index: int) -> Op:
+    """A subtask whose status write was refused, as it is (NotFound when there is none)."""
+    row = yield ("one", "SUBTASK", {"t": task_id, "i": index})
     if row is None:
         raise NotFound(f"no subtask {index} in task {task_id!r}")
+    return sub_state(d, row)
+
+
+def end_subtask(d: Dialect, task_id: str, index: int, *, status: str, error: str | None,
+                reason: str | None = None) -> Op:
+    """A subtask ends without a result, from a status core/status.py allows; when that
+    is refused (it ended meanwhile) it is returned as it is and nothing is told."""
+    now = d.now()
+    row = yield ("one", "END_SUBTASK", {"st": status, "err": error, "why": end_reason(status, reason), "now": now,
+                                        "t": task_id, "i": index, "from": csv(subtask_sources(status))})
+    if row is None:
+        return (yield from _unchanged(d, task_id, index))
     sub = sub_state(d, row)
     yield from _events(d, task_id, [("subtask", sub_event(sub))], now)
     return sub
@@ -344,8 +356,9 @@ def _book(d: Dialect, rs: Sequence[ReserveRequest], now: Any) -> Op:
         out.append(Reservation(int(ledger_id), r.amount))
         if r.subtask is not None:
             row = yield ("one", "MARK_RUNNING", {"att": r.attempt, "model": r.model, "now": now, "t": r.task_id,
-                                                 "i": r.subtask})
-            events.append(("subtask", sub_event(sub_state(d, row))))
+                                                 "i": r.subtask, "from": csv(subtask_sources(SubtaskStatus.running))})
+            if row is not None:  # else it ended meanwhile (canceled): the call is closed with the task
+                events.append(("subtask", sub_event(sub_state(d, row))))
     if events:
         yield from _events(d, rs[0].task_id, events, now)
     return out
@@ -369,9 +382,10 @@ def settle(d: Dialect, task_id: str, res: Reservation, subtask: int | None, o: S
         return None
     row = yield ("one", "SETTLE_SUBTASK", {
         "c": o.cost_usd, "i": o.input_tokens + o.cache_read_tokens + o.cache_write_tokens, "o": o.output_tokens,
-        "done": done, "res": o.complete_with, "now": now, "t": task_id, "idx": subtask})
+        "done": done, "res": o.complete_with, "now": now, "t": task_id, "idx": subtask,
+        "why": end_reason(SubtaskStatus.completed), "from": csv(subtask_sources(SubtaskStatus.completed))})
     sub = sub_state(d, row)
-    if done:
+    if done and sub.status == SubtaskStatus.completed:
         yield from _events(d, task_id, [("subtask", sub_event(sub, with_result=True))], now)
     return sub
 
@@ -409,11 +423,8 @@ def cancel_open(d: Dialect, task_id: str) -> Op:
     calls = yield ("all", "TOOL_CALLS_UNKNOWN", {
         "t": task_id, "running": ToolCallStatus.running.value, "unknown": ToolCallStatus.unknown.value,
         "err": "canceled while in flight: it may or may not have happened", "now": now})
-    rows = yield ("all", "CANCEL_SUBTASKS", {"t": task_id, "st": SubtaskStatus.canceled.value, "err": "canceled",
-                                             "now": now, "terminal": [s.value for s in TERMINAL_SUBTASK]})
-    subs = sorted((sub_state(d, r) for r in rows), key=lambda s: s.index)
     items = [("tool_call", {"index": c.subtask, **tool_shown(c)}) for c in (tool_record(d, r) for r in calls)]
-    items += [("subtask", sub_event(s)) for s in subs]
+    items += (yield from _cancel_subtasks(d, task_id, now))
     if items:
         yield from _events(d, task_id, items, now)
 
@@ -459,9 +470,10 @@ def tool_calls(d: Dialect, task_id: str, subtask: int) -> Op:
 def complete_subtask(d: Dialect, task_id: str, index: int, *, result: str, partial_reason: str | None) -> Op:
     now = d.now()
     row = yield ("one", "COMPLETE_SUBTASK", {"res": result, "pr": partial_reason, "now": now, "t": task_id,
-                                             "i": index})
-    if row is None:
-        raise NotFound(f"no subtask {index} in task {task_id!r}")
+                                             "i": index, "why": end_reason(SubtaskStatus.completed),
+                                             "from": csv(subtask_sources(SubtaskStatus.completed))})
+    if row is None:  # it ended meanwhile (canceled): it stays so, and nothing is told
+        return (yield from _unchanged(d, task_id, index))
     sub = sub_state(d, row)
     yield from _events(d, task_id, [("subtask", sub_event(sub, with_result=True))], now)
     return sub
@@ -589,7 +601,7 @@ def versioned_snapshot(d: Dialect, task_id: str, user_id: str | None) -> Op:
         "completed_at": iso(d.dt(t[14])), "planner": planner, "synthesis": synthesis,
         "worst_case": _worst(sum(w["calls"] for w in worst), sum(w["cost_usd"] for w in worst)),
         "warnings": list(d.loads(t[17]) or []), "rerun_of": t[18],
-        "replans": list(d.loads(t[19]) or []),
+        "replans": list(d.loads(t[19]) or []), "end_reason": t[20],
         "subtasks": [_sub_snapshot(d, s, parts.get((CallKind.subtask.value, int(s[0]))), calls.get(int(s[0])))
                      for s in subs],
     }
@@ -607,7 +619,7 @@ def _sub_snapshot(d: Dialect, s: Sequence[Any], part: dict[str, Any] | None,
             "kind": s[15] or "llm", "tools": list(d.loads(s[16]) or []), "tool_calls": calls or [],
             "partial_reason": s[17],
             "optional_depends_on": list(d.loads(s[18]) or []), "reused_from": s[19],
-            "round": s[20] or 0}
+            "round": s[20] or 0, "end_reason": s[21]}
 
 
 def task_counts(d: Dialect) -> Op:

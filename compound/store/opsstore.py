@@ -59,19 +59,21 @@ class OpsRunStore(RunStore):
         return out
 
     async def set_status(self, task_id: str, status: str, *, error: str | None = None,
-                         result: str | None = None) -> None:
-        total = await self._write(lambda: ops.set_status(self.dialect, task_id, status, error=error, result=result))
-        log_status(task_id, status, error=error, total=total)
+                         result: str | None = None, reason: str | None = None) -> bool:
+        return await self.set_status_unless_ended(task_id, status, error=error, result=result, reason=reason)
 
     async def set_planner_model(self, task_id: str, model: str) -> None:
         await self._write(lambda: ops.set_planner_model(self.dialect, task_id, model))
 
     async def save_plan(self, task_id: str, *, reasoning: str | None, subtasks: Sequence[SubState],
-                        prompt_versions: dict[str, str], status: str, warnings: Sequence[str] = ()) -> None:
+                        prompt_versions: dict[str, str], status: str, warnings: Sequence[str] = ()) -> bool:
         total = await self._write(lambda: ops.save_plan(self.dialect, task_id, reasoning=reasoning, subtasks=subtasks,
                                                         prompt_versions=prompt_versions, status=status,
                                                         warnings=warnings))
+        if total is None:
+            return False
         log_status(task_id, status, total=total, subtasks=len(subtasks))
+        return True
 
     async def add_subtasks(self, task_id: str, subtasks: Sequence[SubState], *,
                            replan: dict[str, Any] | None = None) -> None:
@@ -81,9 +83,10 @@ class OpsRunStore(RunStore):
         out: SubState = await self._write(lambda: ops.replace_pending(self.dialect, task_id, sub))
         return out
 
-    async def end_subtask(self, task_id: str, index: int, *, status: str, error: str | None) -> SubState:
+    async def end_subtask(self, task_id: str, index: int, *, status: str, error: str | None,
+                          reason: str | None = None) -> SubState:
         out: SubState = await self._write(
-            lambda: ops.end_subtask(self.dialect, task_id, index, status=status, error=error))
+            lambda: ops.end_subtask(self.dialect, task_id, index, status=status, error=error, reason=reason))
         return out
 
     async def reserve(self, requests: Sequence[ReserveRequest]) -> list[ReserveOutcome]:
@@ -108,9 +111,10 @@ class OpsRunStore(RunStore):
         await self._write(lambda: ops.cancel_open(self.dialect, task_id))
 
     async def set_status_unless_ended(self, task_id: str, status: str, *, error: str | None = None,
-                                      result: str | None = None, only_from: Collection[str] | None = None) -> bool:
-        applied, total = await self._write(lambda: ops.set_status_unless_ended(
-            self.dialect, task_id, status, error=error, result=result,
+                                      result: str | None = None, only_from: Collection[str] | None = None,
+                                      reason: str | None = None) -> bool:
+        applied, total = await self._write(lambda: ops.set_status(
+            self.dialect, task_id, status, error=error, result=result, reason=reason,
             only_from=None if only_from is None else sorted(only_from)))
         if applied:
             log_status(task_id, status, error=error, total=total)

@@ -37,6 +37,8 @@ log = get_logger("compound.store")
 POOL_WAIT_S = 5.0
 CHANNEL = "compound_events"
 SUB = ops.SUB_COLS
+# A status write applies only from the statuses core/status.py allows (`from`: a,b,...).
+ALLOWED = "status = ANY(string_to_array(%(from)s, ','))"
 SQL: dict[str, str] = {
     "NEXT_SEQ": "UPDATE task SET event_seq=event_seq+%(n)s, updated_at=%(now)s WHERE id=%(t)s "
                 "RETURNING event_seq, total_cost_usd",
@@ -47,22 +49,17 @@ SQL: dict[str, str] = {
                    "total_cost_usd, reserved_usd, cancel_requested, event_seq, created_at, updated_at) VALUES "
                    "(%(id)s, %(u)s, %(p)s, %(st)s, %(pr)s, %(ap)s, %(b)s, %(plan)s, %(ctx)s, %(amt)s, %(ro)s, %(tm)s, "
                    "0, 0, false, 0, %(now)s, %(now)s)",
-    "SET_STATUS": "UPDATE task SET status=%(st)s, error=COALESCE(%(err)s, error), result=COALESCE(%(res)s, result), "
-                  "started_at=CASE WHEN %(exec)s THEN COALESCE(started_at, %(now)s) ELSE started_at END, "
-                  "completed_at=CASE WHEN %(term)s THEN %(now)s ELSE completed_at END, updated_at=%(now)s "
-                  "WHERE id=%(t)s",
-    "SET_STATUS_IF_OPEN": "UPDATE task SET status=%(st)s, error=COALESCE(%(err)s, error), "
-                          "result=COALESCE(%(res)s, result), "
-                          "started_at=CASE WHEN %(exec)s THEN COALESCE(started_at, %(now)s) ELSE started_at END, "
-                          "completed_at=CASE WHEN %(term)s THEN %(now)s ELSE completed_at END, updated_at=%(now)s "
-                          "WHERE id=%(t)s AND status <> ALL(%(terminal)s) "
-                          "AND (%(anyfrom)s OR status = ANY(string_to_array(%(from)s, ','))) RETURNING id",
+    "SET_STATUS_IF": "UPDATE task SET status=%(st)s, error=COALESCE(%(err)s, error), "
+                     "result=COALESCE(%(res)s, result), end_reason=%(why)s, "
+                     "started_at=CASE WHEN %(exec)s THEN COALESCE(started_at, %(now)s) ELSE started_at END, "
+                     "completed_at=CASE WHEN %(term)s THEN %(now)s ELSE completed_at END, updated_at=%(now)s "
+                     f"WHERE id=%(t)s AND {ALLOWED} RETURNING id",
     "SET_PLANNER_MODEL": "UPDATE task SET planner_model=%(m)s WHERE id=%(t)s",
     "INSERT_SUBTASK": 'INSERT INTO subtask (id, task_id, "index", description, tier_hint, tier_assigned, models, '
                       "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens, kind, tools, tool, "
-                      "arguments, optional_deps, reused_from, result, completed_at, round) VALUES "
+                      "arguments, optional_deps, reused_from, result, completed_at, round, end_reason) VALUES "
                       "(%(id)s, %(t)s, %(i)s, %(d)s, %(th)s, %(ta)s, %(ms)s, %(m)s, %(deps)s, %(st)s, 0, 0, 0, 0, "
-                      "%(k)s, %(tl)s, %(tn)s, %(args)s, %(od)s, %(rf)s, %(res)s, %(ca)s, %(rd)s) "
+                      "%(k)s, %(tl)s, %(tn)s, %(args)s, %(od)s, %(rf)s, %(res)s, %(ca)s, %(rd)s, %(why)s) "
                       "ON CONFLICT (id) DO NOTHING",  # a retry after a lost commit adds nothing
     "TASK_REPLANS": "SELECT status, replans FROM task WHERE id=%(t)s FOR UPDATE",
     "REPLACE_PENDING": "UPDATE subtask SET description=%(d)s, tier_hint=%(th)s, tier_assigned=%(ta)s, models=%(ms)s, "
@@ -71,9 +68,10 @@ SQL: dict[str, str] = {
     "SET_REPLANS": "UPDATE task SET replans=%(rp)s, updated_at=%(now)s WHERE id=%(t)s",
     "SAVE_PLAN": "UPDATE task SET reasoning=%(r)s, plan_in=NULL, prompt_versions=%(pv)s, warnings=%(wn)s, "
                  "status=%(st)s, "
-                 "planned_at=%(now)s, updated_at=%(now)s WHERE id=%(t)s",
-    "END_SUBTASK": "UPDATE subtask SET status=%(st)s, error=%(err)s, completed_at=%(now)s "
-                   f'WHERE task_id=%(t)s AND "index"=%(i)s RETURNING {SUB}',
+                 f"planned_at=%(now)s, updated_at=%(now)s WHERE id=%(t)s AND {ALLOWED} RETURNING id",
+    "END_SUBTASK": "UPDATE subtask SET status=%(st)s, error=%(err)s, end_reason=%(why)s, completed_at=%(now)s "
+                   f'WHERE task_id=%(t)s AND "index"=%(i)s AND {ALLOWED} RETURNING {SUB}',
+    "SUBTASK": f'SELECT {SUB} FROM subtask WHERE task_id=%(t)s AND "index"=%(i)s',
     "LOCK_USER": 'SELECT id FROM "user" WHERE id=%(u)s FOR UPDATE',
     "DAILY_SPENT": "SELECT COALESCE(SUM(CASE WHEN status='reserved' THEN reserved_usd ELSE cost_usd END), 0) "
                    "FROM ledger WHERE user_id=%(u)s AND created_at >= %(day)s",
@@ -86,7 +84,8 @@ SQL: dict[str, str] = {
                        "created_at) VALUES (%(t)s, %(u)s, %(kind)s, %(si)s, %(tier)s, %(model)s, %(att)s, 'reserved', "
                        "%(r)s, 0, 0, 0, 0, 0, %(now)s) RETURNING id",
     "MARK_RUNNING": "UPDATE subtask SET status='running', attempts=%(att)s, model=%(model)s, "
-                    f'started_at=COALESCE(started_at, %(now)s) WHERE task_id=%(t)s AND "index"=%(i)s RETURNING {SUB}',
+                    f'started_at=COALESCE(started_at, %(now)s) WHERE task_id=%(t)s AND "index"=%(i)s AND {ALLOWED} '
+                    f"RETURNING {SUB}",
     "SETTLE_LEDGER": "UPDATE ledger SET status=%(st)s, cost_usd=%(c)s, input_tokens=%(i)s, output_tokens=%(o)s, "
                      "cache_read_tokens=%(cr)s, cache_write_tokens=%(cw)s, latency_ms=%(lat)s, error=%(err)s, "
                      "answer=%(ans)s, settled_at=%(now)s WHERE id=%(id)s AND status=%(open)s RETURNING id",
@@ -94,10 +93,11 @@ SQL: dict[str, str] = {
                    "updated_at=%(now)s WHERE id=%(t)s",
     "SETTLE_SUBTASK": "UPDATE subtask SET cost_usd=cost_usd+%(c)s, input_tokens=input_tokens+%(i)s, "
                       "output_tokens=output_tokens+%(o)s, "
-                      "status=CASE WHEN %(done)s THEN 'completed' ELSE status END, "
-                      "result=CASE WHEN %(done)s THEN %(res)s::text ELSE result END, "
-                      "error=CASE WHEN %(done)s THEN NULL ELSE error END, "
-                      "completed_at=CASE WHEN %(done)s THEN %(now)s ELSE completed_at END "
+                      f"status=CASE WHEN %(done)s AND {ALLOWED} THEN 'completed' ELSE status END, "
+                      f"result=CASE WHEN %(done)s AND {ALLOWED} THEN %(res)s::text ELSE result END, "
+                      f"error=CASE WHEN %(done)s AND {ALLOWED} THEN NULL ELSE error END, "
+                      f"end_reason=CASE WHEN %(done)s AND {ALLOWED} THEN %(why)s::text ELSE end_reason END, "
+                      f"completed_at=CASE WHEN %(done)s AND {ALLOWED} THEN %(now)s ELSE completed_at END "
                       f'WHERE task_id=%(t)s AND "index"=%(idx)s RETURNING {SUB}',
     "OPEN_ROWS": "SELECT id, reserved_usd FROM ledger WHERE task_id=%(t)s AND status=%(st)s",
     "CLOSE_ROW": "UPDATE ledger SET status=%(st)s, cost_usd=reserved_usd, settled_at=%(now)s, error=%(err)s "
@@ -106,8 +106,8 @@ SQL: dict[str, str] = {
                      "WHERE id=%(t)s",
     "RESET_RUNNING": "UPDATE subtask SET status=%(pending)s WHERE task_id=%(t)s AND status=%(running)s",
     "REQUEST_CANCEL": "UPDATE task SET cancel_requested=true WHERE id=%(t)s RETURNING status",
-    "CANCEL_SUBTASKS": "UPDATE subtask SET status=%(st)s, error=%(err)s, completed_at=%(now)s "
-                       f"WHERE task_id=%(t)s AND status <> ALL(%(terminal)s) RETURNING {SUB}",
+    "CANCEL_SUBTASKS": "UPDATE subtask SET status=%(st)s, error=%(err)s, end_reason=%(why)s, completed_at=%(now)s "
+                       f"WHERE task_id=%(t)s AND {ALLOWED} RETURNING {SUB}",
     "SET_APPROVED": "UPDATE task SET approve=true WHERE id=%(t)s",
     # tool calls (design.md section 11): the intent, written before the call is sent; a
     # call sent again after a crash (same id: its idempotency key) starts over
@@ -127,7 +127,8 @@ SQL: dict[str, str] = {
     "TOOL_CALLS_UNKNOWN": "UPDATE tool_call SET status=%(unknown)s, error=%(err)s, completed_at=%(now)s "
                           f"WHERE task_id=%(t)s AND status=%(running)s RETURNING {ops.TOOL_COLS}",
     "COMPLETE_SUBTASK": "UPDATE subtask SET status='completed', result=%(res)s, partial_reason=%(pr)s, error=NULL, "
-                        f'completed_at=%(now)s WHERE task_id=%(t)s AND "index"=%(i)s RETURNING {SUB}',
+                        f'end_reason=%(why)s, completed_at=%(now)s WHERE task_id=%(t)s AND "index"=%(i)s '
+                        f"AND {ALLOWED} RETURNING {SUB}",
     "LOAD_TASK": f"SELECT {ops.TASK_COLS} FROM task WHERE id=%(t)s",
     "LOAD_SUBTASKS": f'SELECT {SUB} FROM subtask WHERE task_id=%(t)s ORDER BY "index"',
     "UNFINISHED": "SELECT id FROM task WHERE status <> ALL(%(terminal)s) ORDER BY priority, created_at",

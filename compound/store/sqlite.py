@@ -34,6 +34,8 @@ from compound.store.sqlrun import ReadQueries
 
 log = get_logger("compound.store")
 TERMINAL = "('completed','partial','failed','canceled')"
+# A status write applies only from the statuses core/status.py allows (`from`: a,b,...).
+ALLOWED = "instr(',' || :from || ',', ',' || status || ',') > 0"
 SQL: dict[str, str] = {
     "NEXT_SEQ": "UPDATE task SET event_seq=event_seq+:n, updated_at=:now WHERE id=:t "
                 "RETURNING event_seq, total_cost_usd",
@@ -43,20 +45,16 @@ SQL: dict[str, str] = {
                    "context, answer_max_tokens, rerun_of, tier_models, "
                    "total_cost_usd, reserved_usd, cancel_requested, event_seq, created_at, updated_at) VALUES "
                    "(:id, :u, :p, :st, :pr, :ap, :b, :plan, :ctx, :amt, :ro, :tm, 0, 0, 0, 0, :now, :now)",
-    "SET_STATUS": "UPDATE task SET status=:st, error=COALESCE(:err, error), result=COALESCE(:res, result), "
-                  "started_at=CASE WHEN :exec THEN COALESCE(started_at, :now) ELSE started_at END, "
-                  "completed_at=CASE WHEN :term THEN :now ELSE completed_at END, updated_at=:now WHERE id=:t",
-    "SET_STATUS_IF_OPEN": "UPDATE task SET status=:st, error=COALESCE(:err, error), result=COALESCE(:res, result), "
-                          "started_at=CASE WHEN :exec THEN COALESCE(started_at, :now) ELSE started_at END, "
-                          "completed_at=CASE WHEN :term THEN :now ELSE completed_at END, updated_at=:now "
-                          f"WHERE id=:t AND status NOT IN {TERMINAL} "
-                          "AND (:anyfrom OR instr(',' || :from || ',', ',' || status || ',') > 0) RETURNING id",
+    "SET_STATUS_IF": "UPDATE task SET status=:st, error=COALESCE(:err, error), result=COALESCE(:res, result), "
+                     "end_reason=:why, started_at=CASE WHEN :exec THEN COALESCE(started_at, :now) ELSE started_at END, "
+                     "completed_at=CASE WHEN :term THEN :now ELSE completed_at END, updated_at=:now "
+                     f"WHERE id=:t AND {ALLOWED} RETURNING id",
     "SET_PLANNER_MODEL": "UPDATE task SET planner_model=:m WHERE id=:t",
     "INSERT_SUBTASK": 'INSERT INTO subtask (id, task_id, "index", description, tier_hint, tier_assigned, models, '
                       "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens, kind, tools, tool, "
-                      "arguments, optional_deps, reused_from, result, completed_at, round) VALUES "
+                      "arguments, optional_deps, reused_from, result, completed_at, round, end_reason) VALUES "
                       "(:id, :t, :i, :d, :th, :ta, :ms, :m, :deps, :st, 0, 0, 0, 0, :k, :tl, :tn, :args, :od, :rf, "
-                      ":res, :ca, :rd) ON CONFLICT (id) DO NOTHING",  # a retry after a lost commit adds nothing
+                      ":res, :ca, :rd, :why) ON CONFLICT (id) DO NOTHING",  # a retry after a lost commit adds nothing
     "TASK_REPLANS": "SELECT status, replans FROM task WHERE id=:t",
     "REPLACE_PENDING": "UPDATE subtask SET description=:d, tier_hint=:th, tier_assigned=:ta, models=:ms, model=:m, "
                        "depends_on=:deps WHERE task_id=:t AND \"index\"=:i AND status='pending' "
@@ -64,9 +62,10 @@ SQL: dict[str, str] = {
     "SET_REPLANS": "UPDATE task SET replans=:rp, updated_at=:now WHERE id=:t",
     "SAVE_PLAN": "UPDATE task SET reasoning=:r, plan_in=NULL, prompt_versions=:pv, warnings=:wn, status=:st, "
                  "planned_at=:now, "
-                 "updated_at=:now WHERE id=:t",
-    "END_SUBTASK": "UPDATE subtask SET status=:st, error=:err, completed_at=:now "
-                   f'WHERE task_id=:t AND "index"=:i RETURNING {ops.SUB_COLS}',
+                 f"updated_at=:now WHERE id=:t AND {ALLOWED} RETURNING id",
+    "END_SUBTASK": "UPDATE subtask SET status=:st, error=:err, end_reason=:why, completed_at=:now "
+                   f'WHERE task_id=:t AND "index"=:i AND {ALLOWED} RETURNING {ops.SUB_COLS}',
+    "SUBTASK": f'SELECT {ops.SUB_COLS} FROM subtask WHERE task_id=:t AND "index"=:i',
     "LOCK_USER": "SELECT 1",
     "DAILY_SPENT": "SELECT COALESCE(SUM(CASE WHEN status='reserved' THEN reserved_usd ELSE cost_usd END), 0) "
                    "FROM ledger WHERE user_id=:u AND created_at >= :day",
@@ -79,17 +78,19 @@ SQL: dict[str, str] = {
                        "created_at) VALUES (:t, :u, :kind, :si, :tier, :model, :att, 'reserved', :r, 0, 0, 0, 0, 0, "
                        ":now) RETURNING id",
     "MARK_RUNNING": "UPDATE subtask SET status='running', attempts=:att, model=:model, "
-                    f'started_at=COALESCE(started_at, :now) WHERE task_id=:t AND "index"=:i RETURNING {ops.SUB_COLS}',
+                    f'started_at=COALESCE(started_at, :now) WHERE task_id=:t AND "index"=:i AND {ALLOWED} '
+                    f"RETURNING {ops.SUB_COLS}",
     "SETTLE_LEDGER": "UPDATE ledger SET status=:st, cost_usd=:c, input_tokens=:i, output_tokens=:o, "
                      "cache_read_tokens=:cr, cache_write_tokens=:cw, latency_ms=:lat, error=:err, answer=:ans, "
                      "settled_at=:now WHERE id=:id AND status=:open RETURNING id",
     "SETTLE_TASK": "UPDATE task SET reserved_usd=reserved_usd-:r, total_cost_usd=total_cost_usd+:c, "
                    "updated_at=:now WHERE id=:t",
     "SETTLE_SUBTASK": "UPDATE subtask SET cost_usd=cost_usd+:c, input_tokens=input_tokens+:i, "
-                      "output_tokens=output_tokens+:o, status=CASE WHEN :done THEN 'completed' ELSE status END, "
-                      "result=CASE WHEN :done THEN :res ELSE result END, "
-                      "error=CASE WHEN :done THEN NULL ELSE error END, "
-                      "completed_at=CASE WHEN :done THEN :now ELSE completed_at END "
+                      f"output_tokens=output_tokens+:o, status=CASE WHEN :done AND {ALLOWED} THEN 'completed' "
+                      f"ELSE status END, result=CASE WHEN :done AND {ALLOWED} THEN :res ELSE result END, "
+                      f"error=CASE WHEN :done AND {ALLOWED} THEN NULL ELSE error END, "
+                      f"end_reason=CASE WHEN :done AND {ALLOWED} THEN :why ELSE end_reason END, "
+                      f"completed_at=CASE WHEN :done AND {ALLOWED} THEN :now ELSE completed_at END "
                       f'WHERE task_id=:t AND "index"=:idx RETURNING {ops.SUB_COLS}',
     "OPEN_ROWS": "SELECT id, reserved_usd FROM ledger WHERE task_id=:t AND status=:st",
     "CLOSE_ROW": "UPDATE ledger SET status=:st, cost_usd=reserved_usd, settled_at=:now, error=:err WHERE id=:id",
@@ -97,8 +98,8 @@ SQL: dict[str, str] = {
                      "WHERE id=:t",
     "RESET_RUNNING": "UPDATE subtask SET status=:pending WHERE task_id=:t AND status=:running",
     "REQUEST_CANCEL": "UPDATE task SET cancel_requested=1 WHERE id=:t RETURNING status",
-    "CANCEL_SUBTASKS": "UPDATE subtask SET status=:st, error=:err, completed_at=:now WHERE task_id=:t AND status "
-                       f"NOT IN ('completed','failed','skipped','canceled') RETURNING {ops.SUB_COLS}",
+    "CANCEL_SUBTASKS": "UPDATE subtask SET status=:st, error=:err, end_reason=:why, completed_at=:now "
+                       f"WHERE task_id=:t AND {ALLOWED} RETURNING {ops.SUB_COLS}",
     "SET_APPROVED": "UPDATE task SET approve=1 WHERE id=:t",
     # tool calls (design.md section 11): the intent, written before the call is sent; a
     # call sent again after a crash (same id: its idempotency key) starts over
@@ -118,7 +119,8 @@ SQL: dict[str, str] = {
     "TOOL_CALLS_UNKNOWN": "UPDATE tool_call SET status=:unknown, error=:err, completed_at=:now "
                           f"WHERE task_id=:t AND status=:running RETURNING {ops.TOOL_COLS}",
     "COMPLETE_SUBTASK": "UPDATE subtask SET status='completed', result=:res, partial_reason=:pr, error=NULL, "
-                        f'completed_at=:now WHERE task_id=:t AND "index"=:i RETURNING {ops.SUB_COLS}',
+                        f'end_reason=:why, completed_at=:now WHERE task_id=:t AND "index"=:i AND {ALLOWED} '
+                        f"RETURNING {ops.SUB_COLS}",
     "LOAD_TASK": f"SELECT {ops.TASK_COLS} FROM task WHERE id=:t",
     "LOAD_SUBTASKS": f'SELECT {ops.SUB_COLS} FROM subtask WHERE task_id=:t ORDER BY "index"',
     "UNFINISHED": f"SELECT id FROM task WHERE status NOT IN {TERMINAL} ORDER BY priority, created_at",

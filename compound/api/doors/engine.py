@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from compound.api.auth import AuthRefused, authenticate, require_scope
 from compound.api.doors.inputs import (
     BadField,
     check_json,
@@ -31,16 +32,11 @@ from compound.planner.plan import critical_path, waves
 from compound.planner.validate import is_clean_text, validate_plan
 from compound.prompts import render
 from compound.store.base import Principal, RunStore
-from compound.store.models import TERMINAL_TASK, TaskStatus
+from compound.store.models import TERMINAL_TASK, EndReason, TaskStatus
 
-
-class DoorAuthError(Exception):
-    """Who is calling could not be told (401) or may not do this (403). Each door maps
-    it to its own protocol's shape."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
+# Who is calling could not be told (401) or may not do this (403): each door maps it
+# to its own protocol's shape.
+DoorAuthError = AuthRefused
 
 
 def bearer_token_of(authorization: str | None) -> str | None:
@@ -62,13 +58,12 @@ class Event:
 
 def failure(snapshot: dict[str, Any]) -> str | None:
     """Why a finished task has no answer: "canceled", "budget" or "failed"; None when it
-    has one (completed or partial). "budget" reads the executor's own wording of a
-    budget stop ("could not plan within the budget", "budget of $x exhausted")."""
+    has one (completed or partial). Read from the task's typed `end_reason`."""
     status = snapshot["status"]
     if status == TaskStatus.canceled:
         return "canceled"
     if status == TaskStatus.failed:
-        return "budget" if "budget" in (snapshot.get("error") or "") else "failed"
+        return "budget" if snapshot.get("end_reason") == EndReason.budget else "failed"
     return None
 
 
@@ -133,12 +128,8 @@ class Door:
     # who is calling ------------------------------------------------------------------
 
     async def authenticate(self, token: str | None) -> Principal:
-        if not token:
-            raise DoorAuthError(401, "missing bearer token: send 'Authorization: Bearer <token>'")
-        principal = await self.store.principal_for_token(token)
-        if principal is None:
-            raise DoorAuthError(401, "invalid or revoked token")
-        return principal
+        """The routes' own authenticate(), through the app's token cache."""
+        return await authenticate(self.state.tokens, token)
 
     async def local_principal(self, name: str = "local") -> Principal:
         """The user of a desktop host on the local store (`compound mcp` without a token)."""
@@ -150,8 +141,7 @@ class Door:
 
     @staticmethod
     def require(principal: Principal, scope: str) -> None:
-        if scope not in principal.scopes and not principal.is_admin:
-            raise DoorAuthError(403, f"this token lacks the '{scope}' scope")
+        require_scope(principal, scope)
 
     @staticmethod
     def owner(principal: Principal) -> str | None:
