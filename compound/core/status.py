@@ -39,6 +39,8 @@ class EndReason(StrEnum):
     failed_plan = "failed_plan"  # no valid plan: the planner's answer, or a dependency the plan lacks
     failed_provider = "failed_provider"  # model calls failed for good
     failed_tool = "failed_tool"  # a direct tool call failed
+    failed_step = "failed_step"  # a registered step kind failed (compound.plugins)
+    vetoed = "vetoed"  # (a subtask) a pre hook refused to let it run
     failed_subtasks = "failed_subtasks"  # (a task) subtasks ended without a result, for none of the above
     skipped_dependency = "skipped_dependency"  # (a subtask) a dependency ended without a result
     internal = "internal"  # the engine itself failed (a crash it recorded)

@@ -82,9 +82,10 @@ class _Run:
             text = await self.wf.plugins.run(self.st, sub, deps, daily=self.daily)
         except BudgetExceeded as exc:
             return await self.end(i, Ended(Cause.budget, i, skipped=True), SubtaskStatus.skipped,
-                                  f"skipped: budget exhausted ({exc.message})")
+                                  f"skipped: budget exhausted ({exc.message})", EndReason.budget)
         except StepFailed as exc:
-            return await self.end(i, Ended(Cause.failed, i, skipped=False), SubtaskStatus.failed, exc.message)
+            return await self.end(i, Ended(Cause.failed, i, skipped=False), SubtaskStatus.failed, exc.message,
+                                  EndReason.failed_step)
         self.results[i] = text
         return None
 
@@ -95,7 +96,7 @@ class _Run:
             vetoed = await plugins.before(self.st, self.final[i])
             if vetoed is not None:
                 ended: Ended | None = await self.end(i, Ended(Cause.vetoed, i, skipped=True), SubtaskStatus.skipped,
-                                                     vetoed.error)
+                                                     vetoed.error, EndReason.vetoed)
             else:
                 ended = await self.run_kind(i)
             done = i in self.results
@@ -115,7 +116,7 @@ class _Run:
             loaded = ", ".join(self.wf.plugins.plugins.steps) or "none"
             return await self.end(i, Ended(Cause.failed, i, skipped=False), SubtaskStatus.failed,
                                   f"step kind {sub.kind!r} is not loaded here (loaded: {loaded}); "
-                                  "COMPOUND_PLUGINS names the plugins to load")
+                                  "COMPOUND_PLUGINS names the plugins to load", EndReason.failed_plan)
         # an optional dependency without a result is named, with why, in the prompt
         messages = render("subtask", request=st.prompt, description=sub.description,
                           dependencies=[(d, self.results[d]) for d in sub.depends_on if d in self.results],
