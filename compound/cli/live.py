@@ -16,7 +16,7 @@ from compound.cli.output import clip
 
 COLOURS = {"pending": "dim", "running": "yellow", "completed": "green", "failed": "red",
            "skipped": "magenta", "canceled": "red", "queued": "dim", "planning": "cyan",
-           "planned": "cyan", "executing": "yellow", "partial": "yellow"}
+           "planned": "cyan", "executing": "yellow", "partial": "yellow", "awaiting_approval": "bright_magenta"}
 
 
 def _elapsed(start: str | None, end: str | None) -> str:

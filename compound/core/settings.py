@@ -106,6 +106,8 @@ class Settings(BaseSettings):
     tool_max_calls: int = Field(default=16, ge=1, description="tool calls of one subtask's tool loop")
     tool_max_calls_per_tool: int = Field(default=8, ge=1, description="calls of one tool in one subtask's loop")
     tool_result_max_chars: int = Field(default=8000, ge=100, description="characters of a tool result kept")
+    approval_timeout_s: float = Field(default=3600.0, gt=0, description=(
+        "seconds a tool call waits for a person's approval before it is denied automatically"))
 
     # scale-out (design.md section 7, docs/deploy.md)
     execution: Literal["inprocess", "queue"] = "inprocess"
