@@ -471,6 +471,7 @@ def tool_call_held(d: Dialect, task_id: str, c: ToolCallRecord, *, write: bool) 
     """A call held for approval (a fresh one when `write`; else the record's, found held
     again by a resumed run), and its subtask awaiting it, with their events."""
     now = d.now()
+    yield ("one", "LOCK_TASK", {"t": task_id})
     items: list[tuple[str, dict[str, Any]]] = []
     rec = c
     if write:
@@ -496,6 +497,7 @@ def decide_tool_call(d: Dialect, task_id: str, call_id: str, *, approve: bool, b
     """See RunStore.decide_tool_call: the write applies only while the call awaits
     approval, so two decisions (two people, a person and the timeout) never both land."""
     now = d.now()
+    yield ("one", "LOCK_TASK", {"t": task_id})
     if approve:
         status, error, done = ToolCallStatus.running.value, None, None
     else:

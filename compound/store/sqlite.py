@@ -133,6 +133,8 @@ SQL: dict[str, str] = {
     "TOOL_DECIDE": "UPDATE tool_call SET status=:st, decision=:dec, decided_by=:by, decided_at=:now, "
                    "decided_arguments=:da, decision_message=:msg, error=:err, completed_at=:ca "
                    f"WHERE id=:id AND task_id=:t AND status=:aw RETURNING {ops.TOOL_COLS}",
+    # the task row first, as a status write and a reservation take it: one lock order
+    "LOCK_TASK": "SELECT id FROM task WHERE id=:t",
     "TOOL_CALL_STATUS": "SELECT status FROM tool_call WHERE id=:id AND task_id=:t",
     "COMPLETE_SUBTASK": "UPDATE subtask SET status='completed', result=:res, partial_reason=:pr, error=NULL, "
                         f'completed_at=:now WHERE task_id=:t AND "index"=:i RETURNING {ops.SUB_COLS}',
