@@ -413,3 +413,42 @@ async def test_a_call_in_flight_at_a_crash_goes_to_approval_where_a_policy_appli
     assert len(tools.calls) == 1  # never sent again
     snap = await any_store.snapshot(st.id)
     assert snap["subtasks"][0]["result"] == "told: the call was not run: denied by ann: it ran already"
+
+
+# queue mode --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_on_queue_workers_a_decision_reaches_the_held_call(fixture_server: HttpServer, tmp_path: Path) -> None:
+    from tests.fixtures.cluster import Cluster, wait_until
+    from tests.fixtures.db import postgres_available
+
+    if not postgres_available():
+        pytest.skip("SKIPPED: queue mode needs PostgreSQL, and no server answers on 127.0.0.1:5432")
+    c = Cluster(tmp_path / "cluster", env={"COMPOUND_MCP_SERVERS": json.dumps({"fx": {"url": fixture_server.url}}),
+                                           "COMPOUND_MAX_REPLANS": "0"})
+    (tmp_path / "cluster").mkdir()
+    try:
+        c.start()
+        c.start_workers(1)
+        port = c.start_api()
+        c.wait_workers_ready(1)
+        task = c.submit(port, {"prompt": "p", "plan": {"subtasks": [
+            {"description": "bump", "kind": "tool", "tool": "fx.count"},
+            {"description": "delete", "kind": "tool", "tool": "fx.delete", "arguments": {"item": "a"}}]}})
+        url = f"http://127.0.0.1:{port}/v1/tasks/{task['id']}"
+        held = wait_until(lambda: len(got := _awaiting(c.get(port, f"/v1/tasks/{task['id']}"))) == 2 and got,
+                          timeout=120, what="two held calls")
+        calls = {h["index"]: h["id"] for h in held}
+        ok = httpx.post(f"{url}/tool-calls/{calls[0]}/approve", json={}, headers=c.headers(), timeout=60)
+        no = httpx.post(f"{url}/tool-calls/{calls[1]}/deny", json={"message": "keep a"}, headers=c.headers(),
+                        timeout=60)
+        assert ok.status_code == 200 and no.status_code == 200, (ok.text, no.text)
+        snap = c.wait_terminal(port, [task["id"]])[task["id"]]
+        count, delete = snap["subtasks"]
+        assert (count["status"], count["result"]) == ("completed", "1"), snap
+        assert lines(tmp_path / "count") == [f"call {calls[0]}"]
+        assert delete["status"] == "failed" and delete["error"].endswith("denied by u: keep a"), snap
+    finally:
+        c.stop()

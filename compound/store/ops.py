@@ -497,7 +497,11 @@ def decide_tool_call(d: Dialect, task_id: str, call_id: str, *, approve: bool, b
     """See RunStore.decide_tool_call: the write applies only while the call awaits
     approval, so two decisions (two people, a person and the timeout) never both land."""
     now = d.now()
-    yield ("one", "LOCK_TASK", {"t": task_id})
+    task = yield ("one", "LOCK_TASK", {"t": task_id})
+    if task is None:
+        raise _not_found(task_id)
+    if task[0] in TERMINAL_TASK:
+        raise Conflict(f"task {task_id} is {task[0]}; its tool calls can no longer be approved or denied")
     if approve:
         status, error, done = ToolCallStatus.running.value, None, None
     else:

@@ -143,7 +143,7 @@ SQL: dict[str, str] = {
                    "decided_arguments=%(da)s, decision_message=%(msg)s, error=%(err)s, completed_at=%(ca)s "
                    f"WHERE id=%(id)s AND task_id=%(t)s AND status=%(aw)s RETURNING {ops.TOOL_COLS}",
     # the task row first, as a status write and a reservation take it: one lock order
-    "LOCK_TASK": "SELECT id FROM task WHERE id=%(t)s FOR UPDATE",
+    "LOCK_TASK": "SELECT status FROM task WHERE id=%(t)s FOR UPDATE",
     "TOOL_CALL_STATUS": "SELECT status FROM tool_call WHERE id=%(id)s AND task_id=%(t)s",
     "COMPLETE_SUBTASK": "UPDATE subtask SET status='completed', result=%(res)s, partial_reason=%(pr)s, error=NULL, "
                         f'completed_at=%(now)s WHERE task_id=%(t)s AND "index"=%(i)s RETURNING {SUB}',

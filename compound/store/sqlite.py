@@ -134,7 +134,7 @@ SQL: dict[str, str] = {
                    "decided_arguments=:da, decision_message=:msg, error=:err, completed_at=:ca "
                    f"WHERE id=:id AND task_id=:t AND status=:aw RETURNING {ops.TOOL_COLS}",
     # the task row first, as a status write and a reservation take it: one lock order
-    "LOCK_TASK": "SELECT id FROM task WHERE id=:t",
+    "LOCK_TASK": "SELECT status FROM task WHERE id=:t",
     "TOOL_CALL_STATUS": "SELECT status FROM tool_call WHERE id=:id AND task_id=:t",
     "COMPLETE_SUBTASK": "UPDATE subtask SET status='completed', result=:res, partial_reason=:pr, error=NULL, "
                         f'completed_at=:now WHERE task_id=:t AND "index"=:i RETURNING {ops.SUB_COLS}',
