@@ -452,3 +452,20 @@ def test_on_queue_workers_a_decision_reaches_the_held_call(fixture_server: HttpS
         assert delete["status"] == "failed" and delete["error"].endswith("denied by u: keep a"), snap
     finally:
         c.stop()
+
+
+def test_the_live_view_names_a_held_call_and_the_commands_that_decide_it() -> None:
+    from rich.console import Console
+
+    from compound.cli.live import render_snapshot
+
+    call = {"id": "tc_1", "tool": "fx.count", "arguments": {"n": 1}, "status": "awaiting_approval", "result": None,
+            "error": None, "started_at": None, "completed_at": None, "approval": None}
+    sub = {"index": 0, "status": "awaiting_approval", "tier_assigned": 1, "model": None, "started_at": None,
+           "completed_at": None, "cost_usd": 0.0, "description": "bump", "depends_on": [], "tool_calls": [call]}
+    console = Console(width=200, record=True)
+    console.print(render_snapshot({"id": "t_1", "status": "executing", "total_cost_usd": 0.0, "budget_usd": 1.0,
+                                   "subtasks": [sub]}))
+    out = console.export_text()
+    assert "awaiting_approval" in out
+    assert 'awaiting approval: fx.count {"n": 1} (compound tasks approve-call | deny-call t_1 tc_1)' in out
