@@ -26,7 +26,6 @@ from compound.cli import app as cli_app
 from compound.core.errors import Conflict, NotFound
 from compound.core.settings import Settings
 from compound.llm.base import Completion, Message, ToolChoice
-from compound.llm.litellm_client import LiteLLMClient
 from compound.llm.simulator import Simulator
 from compound.store.base import RunStore
 from compound.store.users import create_token
@@ -258,11 +257,11 @@ async def test_a_cancel_while_a_call_awaits_approval_denies_it(
 
 
 def test_the_cli_approves_with_edited_arguments_and_denies_with_a_message(
-        sim: Simulator, sim_settings: Settings, fixture_server: HttpServer, tmp_path: Path,
+        sim_settings: Settings, fixture_server: HttpServer, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     settings = sim_settings.model_copy(update={"rate_limit_per_minute": 1000, "mcp_servers": fx(fixture_server),
                                                 "max_replans": 0})
-    api = create_app(settings, client=LiteLLMClient(settings))
+    api = create_app(settings, client=ScriptedLLM(lambda _m, _c: "summary"))
     with serving_in_thread(api) as url:
         token = create_token(api.state.store.engine, "dana")[1]
         monkeypatch.setenv("COMPOUND_URL", url)
@@ -285,10 +284,10 @@ def test_the_cli_approves_with_edited_arguments_and_denies_with_a_message(
         assert ok.exit_code == 0 and f"{calls[0]} approved (fx.echo" in ok.output, ok.output
         again = runner.invoke(cli_app, ["tasks", "approve-call", task_id, calls[0]])
         assert again.exit_code == 1 and "409" in again.output, again.output
-        denied = runner.invoke(cli_app, ["tasks", "deny-call", task_id, calls[1], "--message", "keep a"])
-        assert denied.exit_code == 0 and f"{calls[1]} denied (fx.delete)" in denied.output, denied.output
         missing = runner.invoke(cli_app, ["tasks", "deny-call", task_id, "tc_nope"])
         assert missing.exit_code == 1 and "404" in missing.output
+        denied = runner.invoke(cli_app, ["tasks", "deny-call", task_id, calls[1], "--message", "keep a"])
+        assert denied.exit_code == 0 and f"{calls[1]} denied (fx.delete)" in denied.output, denied.output
         snap = _wait_sync(lambda: (s := httpx.get(f"{url}/v1/tasks/{task_id}", headers=auth).json())["status"]
                           in ("completed", "partial", "failed") and s, "the task's end")
         echo, delete = snap["subtasks"]
