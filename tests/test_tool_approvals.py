@@ -149,6 +149,8 @@ async def test_a_held_call_waits_while_another_branch_finishes_and_runs_once_app
         (call,) = sub["tool_calls"]
         assert (call["tool"], call["arguments"], call["approval"]) == ("fx.echo", {"text": "original"}, None)
         assert TaskOut.model_validate(snap).model_dump(mode="json") == snap  # the documented shape
+        st = await api.app.state.store.load(task_id)
+        assert st.reserved_usd == pytest.approx(0, abs=1e-12)  # nothing is reserved while a person decides
         # someone else's task is a 404, as for tasks; an unknown call too
         for r in (await api.decide(task_id, call["id"], "approve", headers=api.bob),
                   await api.decide(task_id, "tc_nope", "approve")):
