@@ -56,7 +56,7 @@ class Served:
 @contextlib.asynccontextmanager
 async def serve(sqlite_url: str, llm: ScriptedLLM, server: HttpServer, **config: Any) -> AsyncIterator[Served]:
     settings = Settings(database_url=sqlite_url, executor_process=False, rate_limit_per_minute=1000,
-                        mcp_servers={"fx": McpServerConfig(url=server.url, **config)})
+                        mcp_servers={"fx": McpServerConfig(url=server.url, **{"approval": "never", **config})})
     app = create_app(settings, client=llm)
     async with app.router.lifespan_context(app):
         token = create_token(app.state.store.engine, "alice", None)[1]
@@ -100,7 +100,7 @@ async def test_a_direct_call_sends_its_idempotency_key_in_meta(
 
 async def test_a_kill_between_intent_and_result_never_runs_the_call_twice(
         store: RunStore, sim_settings: Settings, fixture_server: HttpServer, tmp_path: Path) -> None:
-    settings = sim_settings.model_copy(update={"mcp_servers": {"fx": McpServerConfig(url=fixture_server.url)},
+    settings = sim_settings.model_copy(update={"mcp_servers": {"fx": McpServerConfig(url=fixture_server.url, approval="never")},
                                                 "max_replans": 0})
     plan = {"subtasks": [{"description": "bump the counter", "kind": "tool", "tool": "fx.count"},
                          {"description": "wait for the page", "kind": "tool", "tool": "fx.sleep",

@@ -1,14 +1,19 @@
-"""/v1/tools: the catalogue of tools from the configured MCP servers."""
+"""/v1/tools: the catalogue of tools from the configured MCP servers; and the decisions
+on tool calls held for approval (/v1/tasks/{id}/tool-calls/{call_id}/approve | deny)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from compound.api.auth import ReadPrincipal
-from compound.api.errors import COMMON_RESPONSES
+from compound.api.auth import Principal, ReadPrincipal, SubmitPrincipal, owner_filter
+from compound.api.errors import COMMON_RESPONSES, _err
+from compound.api.schemas import ToolCallApproveIn, ToolCallDecided, ToolCallDenyIn
+from compound.api.state import app_state
+from compound.core.secrets import redact_data
+from compound.store.ops import tool_shown
 from compound.tools.servers import ToolServers
 
 router = APIRouter(prefix="/v1", tags=["tools"], responses=COMMON_RESPONSES)
@@ -53,3 +58,41 @@ async def list_tools(request: Request, _principal: ReadPrincipal) -> ToolCatalog
                        read_only=t.read_only, available=t.available) for t in servers.catalogue()],
         servers=[ServerOut(name=s.name, transport=s.transport, available=s.available, tools=s.tools,
                            error=s.error) for s in servers.states()])
+
+
+# approval of tool calls (design.md section 11) ------------------------------------------
+
+_DECIDE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: _err("no such task or tool call, or not yours"),
+    409: _err("the call does not await approval (decided already, or never held)"),
+}
+
+
+async def _decide(request: Request, principal: Principal, task_id: str, call_id: str, *, approve: bool,
+                  arguments: dict[str, Any] | None = None, message: str | None = None) -> dict[str, Any]:
+    """Write the decision (only while the call awaits it), then wake the run holding it."""
+    state = app_state(request.app)
+    await state.store.head(task_id, user_id=owner_filter(principal))
+    rec = await state.store.decide_tool_call(task_id, call_id, approve=approve, by=principal.user_name,
+                                             arguments=arguments, message=message)
+    await state.executor.wake(task_id)
+    return redact_data({"index": rec.subtask, **tool_shown(rec)})  # type: ignore[no-any-return]
+
+
+@router.post("/tasks/{task_id}/tool-calls/{call_id}/approve", response_model=ToolCallDecided,
+             responses=_DECIDE_RESPONSES, summary="Run a tool call held for approval",
+             description="The call is sent once, with `arguments` when given (edited), else with the model's.")
+async def approve_call(request: Request, task_id: str, call_id: str, principal: SubmitPrincipal,
+                       body: ToolCallApproveIn | None = None) -> Any:
+    arguments = body.arguments if body is not None else None
+    return await _decide(request, principal, task_id, call_id, approve=True, arguments=arguments)
+
+
+@router.post("/tasks/{task_id}/tool-calls/{call_id}/deny", response_model=ToolCallDecided,
+             responses=_DECIDE_RESPONSES, summary="Refuse a tool call held for approval",
+             description="The call ends `denied` without being sent; the model reads the refusal (with "
+                         "`message`) as its result, and a direct call's subtask fails.")
+async def deny_call(request: Request, task_id: str, call_id: str, principal: SubmitPrincipal,
+                    body: ToolCallDenyIn | None = None) -> Any:
+    message = body.message if body is not None else None
+    return await _decide(request, principal, task_id, call_id, approve=False, message=message)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -128,15 +128,52 @@ class PlannerInfo(BaseModel):
     worst_case: WorstCase | None = Field(description="what of cost_usd is booked at the worst case; null: none")
 
 
+class ApprovalOut(BaseModel):
+    """The decision on a call held for approval."""
+
+    decision: Literal["approved", "denied"]
+    by: str | None = Field(description='the user who decided ("system": the approval timeout)')
+    at: str | None
+    arguments: dict[str, Any] | None = Field(description="the arguments approved when edited; null: the model's")
+    message: str | None = Field(description="a denial's message, which the model reads")
+
+
 class ToolCallOut(BaseModel):
     id: str = Field(description="the call's idempotency key (also sent to the MCP server in `_meta`)")
     tool: str = Field(description="server.tool")
-    arguments: dict[str, Any]
-    status: str = Field(description="running | ok | error | timeout | unknown (in flight at a crash or a cancel)")
+    arguments: dict[str, Any] = Field(description="the arguments the model asked for")
+    status: str = Field(description="awaiting_approval | running | ok | error | timeout | denied | unknown "
+                                    "(in flight at a crash or a cancel)")
     result: str | None = Field(description="the tool's result as kept, shown up to 2,000 characters")
     error: str | None
     started_at: str | None
     completed_at: str | None
+    approval: ApprovalOut | None = Field(default=None, description="the decision on it, when it was held for one")
+
+
+class ToolCallApproveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{}, {"arguments": {"n": 2}}]})
+
+    arguments: dict[str, Any] | None = Field(default=None, description="the arguments to send instead of the "
+                                                                       "model's (a JSON object); default: the model's")
+
+
+class ToolCallDenyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{}, {"message": "not on a Friday"}]})
+
+    message: str | None = Field(default=None, max_length=2000, description="why; the model reads it")
+
+
+class ToolCallDecided(ToolCallOut):
+    """A held call after the decision, and its subtask's index."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "index": 1, "id": "tc_0f3a9c", "tool": "facts.bump", "arguments": {"n": 1}, "status": "running",
+        "result": None, "error": None, "started_at": "2026-12-03T08:00:00Z", "completed_at": None,
+        "approval": {"decision": "approved", "by": "alice", "at": "2026-12-03T08:01:00Z", "arguments": {"n": 2},
+                     "message": None}}]})
+
+    index: int = Field(description="the subtask's index")
 
 
 END_REASON_DOC = ("why it ended, set with its terminal status (null before): completed, budget, canceled, "

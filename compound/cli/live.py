@@ -3,6 +3,7 @@ elapsed, cost) and a final cost table per model and tier."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from datetime import datetime
 from typing import Any
@@ -16,7 +17,7 @@ from compound.cli.output import clip
 
 COLOURS = {"pending": "dim", "running": "yellow", "completed": "green", "failed": "red",
            "skipped": "magenta", "canceled": "red", "queued": "dim", "planning": "cyan",
-           "planned": "cyan", "executing": "yellow", "partial": "yellow"}
+           "planned": "cyan", "executing": "yellow", "partial": "yellow", "awaiting_approval": "bright_magenta"}
 
 
 def _elapsed(start: str | None, end: str | None) -> str:
@@ -43,6 +44,11 @@ def render_snapshot(snap: dict[str, Any]) -> Tree:
         node = tree.add(line)
         if s.get("reused_from"):
             node.add(Text(f"reused from {s['reused_from']} (no call)", style="dim"))
+        for c in s.get("tool_calls") or []:  # held for a person: what to run to decide
+            if c["status"] == "awaiting_approval":
+                node.add(Text(f"awaiting approval: {c['tool']} {clip(json.dumps(c['arguments']), 80)} "
+                              f"(compound tasks approve-call | deny-call {snap['id']} {c['id']})",
+                              style="bright_magenta"))
         if s.get("error"):
             node.add(Text(clip(s["error"], 160), style="red"))
         if s.get("worst_case"):

@@ -1,4 +1,5 @@
-"""`compound tasks submit | list | show | result | watch | cancel | approve | rerun`
+"""`compound tasks submit | list | show | result | watch | cancel | approve | rerun |
+approve-call | deny-call`
 against a running server (token from COMPOUND_TOKEN)."""
 
 from __future__ import annotations
@@ -213,6 +214,35 @@ def register(app: typer.Typer) -> None:
 
         data = api_request("POST", url, f"/v1/tasks/{task_id}/approve")
         typer.echo(f"{data['id']} approved ({data['status']})")
+
+    @tasks.command("approve-call")
+    def approve_call(task_id: str, call_id: str, url: str = URL, arguments: str | None = typer.Option(
+            None, "--arguments", help="a JSON object to send instead of the model's arguments")) -> None:
+        """Run a tool call held for approval (its id is in `compound tasks show ID --json`)."""
+        from compound.cli.common import api_request
+
+        body: dict[str, Any] = {}
+        if arguments is not None:
+            try:
+                body["arguments"] = json.loads(arguments)
+            except ValueError as exc:
+                typer.echo(f"error: --arguments is not JSON: {exc}", err=True)
+                raise typer.Exit(2) from None
+            if not isinstance(body["arguments"], dict):
+                typer.echo("error: --arguments must be a JSON object, like '{\"n\": 2}'", err=True)
+                raise typer.Exit(2)
+        data = api_request("POST", url, f"/v1/tasks/{task_id}/tool-calls/{call_id}/approve", json=body)
+        typer.echo(f"{data['id']} approved ({data['tool']}, {data['status']})")
+
+    @tasks.command("deny-call")
+    def deny_call(task_id: str, call_id: str, url: str = URL, message: str | None = typer.Option(
+            None, "--message", help="why; the model reads it")) -> None:
+        """Refuse a tool call held for approval: it is never sent, and the model is told."""
+        from compound.cli.common import api_request
+
+        body = {} if message is None else {"message": message}
+        data = api_request("POST", url, f"/v1/tasks/{task_id}/tool-calls/{call_id}/deny", json=body)
+        typer.echo(f"{data['id']} denied ({data['tool']})")
 
     @tasks.command("rerun")
     def rerun(

@@ -111,6 +111,8 @@ class Settings(BaseSettings):
         default_factory=list,
         description="names of the entry points (groups compound.steps, compound.hooks) to load; comma-separated; "
                     "no other entry point is imported")
+    approval_timeout_s: float = Field(default=3600.0, gt=0, description=(
+        "seconds a tool call waits for a person's approval before it is denied automatically"))
 
     # scale-out (design.md section 7, docs/deploy.md)
     execution: Literal["inprocess", "queue"] = "inprocess"

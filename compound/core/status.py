@@ -66,11 +66,13 @@ _P, _R, _A = SubtaskStatus.pending, SubtaskStatus.running, SubtaskStatus.awaitin
 _SUB_ENDS = (SubtaskStatus.completed, SubtaskStatus.failed, SubtaskStatus.skipped, SubtaskStatus.canceled)
 
 # from -> the statuses a subtask may move to. running -> running: a call's next attempt;
-# running -> pending: recovery after a crash (its call is booked lost and made again).
+# running -> pending: recovery after a crash (its call is booked lost and made again);
+# pending -> awaiting_approval: a direct tool call held at once; awaiting_approval ->
+# pending: recovery after a crash (the held call is still held, the run waits again).
 SUBTASK_TRANSITIONS: Mapping[SubtaskStatus, frozenset[SubtaskStatus]] = {
-    _P: frozenset({_R, *_SUB_ENDS}),
+    _P: frozenset({_R, _A, *_SUB_ENDS}),
     _R: frozenset({_P, _R, _A, *_SUB_ENDS}),
-    _A: frozenset({_R, SubtaskStatus.failed, SubtaskStatus.canceled}),
+    _A: frozenset({_P, _R, SubtaskStatus.failed, SubtaskStatus.canceled}),
     SubtaskStatus.completed: frozenset(),
     SubtaskStatus.failed: frozenset(),
     SubtaskStatus.skipped: frozenset(),

@@ -10,6 +10,7 @@ store handle and SDK clients, resumes every unfinished task, answers ("started",
   ("cancel", id, task_id)             ("ans", op, task_id, attempt, text)  a streamed answer
   ("approve", id, task_id)            ("obs", method, fields)  a model call's observation
   ("listen" | "unlisten", task_id)    ("ok", id, value) | ("error", id, type name, message)
+  ("wake", task_id)  a held tool call's decision is in the store
   ("stop",)
 
 Messages written in one turn of the loop leave as one frame. Ctrl-C in a terminal,
@@ -141,6 +142,8 @@ async def _serve_messages(reader: asyncio.StreamReader, executor: Any, answers: 
                     kind = message[0]
                     if kind == "dispatch":
                         executor.submit(message[1])
+                    elif kind == "wake":
+                        await executor.wake(message[1])
                     elif kind in ("cancel", "approve"):
                         t = loop.create_task(reply(message[1], getattr(executor, kind)(message[2])))
                         replies.add(t)

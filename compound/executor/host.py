@@ -48,6 +48,10 @@ class ExecutorHost(Protocol):
     async def approve(self, task_id: str) -> None:
         """Start a task held at `planned`; Conflict unless it waits for approval."""
 
+    async def wake(self, task_id: str) -> None:
+        """A decision on one of the task's held tool calls is in the store: the run that
+        holds it reads it now (where the store's events do not reach that run)."""
+
     async def wait(self, task_id: str, timeout: float | None = None) -> str:
         """Until the task is terminal; its status."""
 

@@ -12,6 +12,7 @@ same database, builds its own SDK clients and runs a plain Executor; the server'
 process keeps the routes, the waits and the streams. They talk over a socket pair,
 frames of pickled messages (executor/child.py lists them):
 - to the child: dispatch (a task id), cancel and approve (answered, with their errors),
+  wake (a decision on a held tool call is in the store),
   listen/unlisten (a door's client wants a task's answer as it is written), stop;
 - to the server: the child's committed events on SQLite (PostgreSQL's LISTEN/NOTIFY
   carries them already), the pieces of a streamed answer, the model calls' observations
@@ -303,6 +304,10 @@ class ProcessExecutor(TaskWaits):
 
     async def approve(self, task_id: str) -> None:
         await self._call("approve", task_id)
+
+    async def wake(self, task_id: str) -> None:
+        """The child's store does not see this process's events on SQLite: tell it."""
+        self._send(("wake", task_id))
 
 
 def _error(name: str, message: str) -> Exception:

@@ -253,6 +253,9 @@ class Executor(TaskWaits):
         await self.store.set_approved(task_id)
         self.submit(task_id)
 
+    async def wake(self, task_id: str) -> None:
+        self.workflow.steps.approvals.wake(task_id)
+
     async def _finish_canceled(self, task_id: str) -> bool:
         """Close the task's books and end it canceled, unless it has ended; whether it did.
         Its reservations and settlements in flight commit first (calls.quiesce), so the

@@ -7,7 +7,12 @@ kept on its ledger row; a tool call's intent is written before it is sent and it
 outcome when it ends, under an idempotency key derived from the task, the subtask and
 the call's content (sent to the server in `_meta` too). A resumed loop replays what the
 record has, at no cost; a call found in flight is sent again only when its tool is
-idempotent (read-only tools are), else it is `unknown` and the model is told so.
+idempotent (read-only tools are); else it goes to approval when its server's policy
+asks for one, or is `unknown` and the model is told so.
+
+A call whose server's `approval` policy asks for a person is held (`awaiting_approval`,
+approvals.py) before it is sent: approved, it is sent (with the arguments approved);
+denied, the model reads the refusal as the call's result.
 """
 
 from __future__ import annotations
@@ -16,16 +21,17 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 from compound.core.errors import BudgetExceeded, ProviderError, ToolError, ToolTimedOut
 from compound.core.logging import get_logger
 from compound.core.settings import Settings
+from compound.executor.approvals import Approvals
 from compound.executor.calls import AttemptCounter, CallSpec, ModelCalls, clean_text
 from compound.llm.base import Completion, Message, ToolCall, ToolChoice, ToolSpec, Usage
 from compound.store.base import RunStore, SubState, TaskState, ToolCallRecord
-from compound.store.models import CallKind, CallStatus, ToolCallStatus
+from compound.store.models import TERMINAL_TOOL_CALL, CallKind, CallStatus, ToolCallStatus
 from compound.tools.catalogue import Tool, Tools
 
 log = get_logger("compound.executor")
@@ -50,8 +56,9 @@ class LoopResult:
 
 
 class InDoubt(Protocol):
-    """What becomes of a call found in flight after a crash (the seam approvals plug into):
-    "resend" it under the same key, or leave it "unknown" (the model is told)."""
+    """What becomes of a call found in flight after a crash: "resend" it under the same
+    key, or not ("unknown": it goes to approval when its server's policy asks for one,
+    else it stays unknown and the model is told)."""
 
     async def decide(self, st: TaskState, sub: SubState, call: ToolCallRecord,
                      tool: Tool | None) -> Literal["resend", "unknown"]: ...
@@ -97,6 +104,12 @@ class ToolSteps:
         self.calls = calls
         self.tools = tools
         self.in_doubt = in_doubt or IdempotentOnly()
+        self.approvals = Approvals(store=store, timeout_s=settings.approval_timeout_s)
+
+    def needs_approval(self, name: str, tool: Tool | None) -> bool:
+        """Whether a call of `name` waits for a person (its server's `approval` policy)."""
+        config = self.settings.mcp_servers.get(name.partition(".")[0])
+        return tool is not None and config is not None and config.needs_approval(read_only=tool.read_only)
 
     # kind "tool" -----------------------------------------------------------------------
 
@@ -237,6 +250,22 @@ def _kept(last_text: str, seen: Sequence[tuple[str, str]]) -> str:
     return "\n\n".join(parts) or "(no answer: the loop stopped before the model wrote one)"
 
 
+def _replayed(rec: ToolCallRecord) -> tuple[str, bool]:
+    """A call that ended before, as the model reads it again."""
+    if rec.status == ToolCallStatus.ok:
+        return rec.result or "", False
+    if rec.status == ToolCallStatus.denied:
+        return f"the call was not run: {rec.error or 'denied'}", True
+    return rec.error or IN_DOUBT, True
+
+
+def _taken_up(rec: ToolCallRecord) -> bool:
+    """An approved call the run has not taken up since (a `running` row whose intent was
+    not written after the decision): it was never sent."""
+    return (rec.status == ToolCallStatus.running and rec.decision == "approved" and rec.decided_at is not None
+            and rec.started_at is not None and rec.started_at <= rec.decided_at)
+
+
 class _Calls:
     """The tool calls of one subtask's run: recorded, replayed, or sent."""
 
@@ -252,23 +281,35 @@ class _Calls:
         key = call_key(st.id, sub.index, name, arguments, self.occurrences[sig])
         self.occurrences[sig] += 1
         tools = steps.tools()
+        try:
+            tool = tools.tool(name) if tools is not None else None
+        except ToolError:
+            tool = None
         rec = self.recorded.get(key)
-        if rec is not None and rec.status != ToolCallStatus.running:
-            if rec.status == ToolCallStatus.ok:
-                return rec.result or "", False
-            return rec.error or IN_DOUBT, True
-        if rec is not None:  # in flight when the process stopped
-            try:
-                tool = tools.tool(name) if tools is not None else None
-            except ToolError:
-                tool = None
+        if rec is not None and rec.status in TERMINAL_TOOL_CALL:
+            return _replayed(rec)
+        fresh = ToolCallRecord(id=key, subtask=sub.index, turn=turn, model_call_id=model_call_id, tool=name,
+                               arguments=arguments, status=ToolCallStatus.awaiting_approval)
+        if rec is not None and rec.status == ToolCallStatus.running and not _taken_up(rec):
+            # in flight when the process stopped
             if await steps.in_doubt.decide(st, sub, rec, tool) == "unknown":
-                await steps.store.tool_call_ended(st.id, key, status=ToolCallStatus.unknown, result=None,
-                                                  error=IN_DOUBT)
-                return IN_DOUBT, True
-        await steps.store.tool_call_started(st.id, ToolCallRecord(
-            id=key, subtask=sub.index, turn=turn, model_call_id=model_call_id, tool=name, arguments=arguments,
-            status=ToolCallStatus.running))
+                if not steps.needs_approval(name, tool):
+                    await steps.store.tool_call_ended(st.id, key, status=ToolCallStatus.unknown, result=None,
+                                                      error=IN_DOUBT)
+                    return IN_DOUBT, True
+                rec = await steps.store.tool_call_held(st.id, fresh)  # goes to approval
+        elif rec is None and steps.needs_approval(name, tool):
+            rec = await steps.store.tool_call_held(st.id, fresh)
+        elif rec is not None and rec.status == ToolCallStatus.awaiting_approval:
+            await steps.store.tool_call_held(st.id, rec, write=False)  # a resumed run waits again
+        if rec is not None and (rec.status == ToolCallStatus.awaiting_approval or _taken_up(rec)):
+            rec = await steps.approvals.decision(st.id, rec)
+            if rec.status == ToolCallStatus.denied:
+                return _replayed(rec)
+        if rec is not None:
+            arguments = rec.sent_arguments  # the arguments approved, else the model's
+        await steps.store.tool_call_started(st.id, replace(fresh, arguments=arguments, status=ToolCallStatus.running)
+                                            if rec is None else replace(rec, status=ToolCallStatus.running))
         limit = steps.settings.tool_result_max_chars
         status, result, error = ToolCallStatus.ok, None, None
         if tools is None:

@@ -109,6 +109,17 @@ class ToolCallRecord:
     error: str | None = None
     started_at: datetime | None = None
     completed_at: datetime | None = None
+    # the decision on a call held for approval (design.md section 11)
+    decision: str | None = None  # "approved" | "denied"
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    decided_arguments: dict[str, Any] | None = None
+    decision_message: str | None = None
+
+    @property
+    def sent_arguments(self) -> dict[str, Any]:
+        """What the call is sent with: the arguments approved, else the model's."""
+        return self.decided_arguments if self.decided_arguments is not None else self.arguments
 
 
 @dataclass(frozen=True, slots=True)
@@ -514,6 +525,20 @@ class RunStore(abc.ABC):
     async def tool_call_ended(self, task_id: str, call_id: str, *, status: str, result: str | None,
                               error: str | None) -> ToolCallRecord:
         """A call's outcome (ok, error, timeout, unknown), with its event."""
+
+    @abc.abstractmethod
+    async def tool_call_held(self, task_id: str, call: ToolCallRecord, *, write: bool = True) -> ToolCallRecord:
+        """A call that waits for approval: written `awaiting_approval` (unless `write`
+        is False: it is already), its subtask `awaiting_approval`, with their events."""
+
+    @abc.abstractmethod
+    async def decide_tool_call(self, task_id: str, call_id: str, *, approve: bool, by: str,
+                               arguments: dict[str, Any] | None = None,
+                               message: str | None = None) -> ToolCallRecord:
+        """Record a person's decision on a call awaiting approval, only while it awaits
+        it: approved, it goes `running` (sent with `arguments` when given); denied, it
+        ends `denied` with `message`. Its subtask runs again; events for both. NotFound
+        for no such call, Conflict when it does not await approval."""
 
     @abc.abstractmethod
     async def tool_calls(self, task_id: str, subtask: int) -> list[ToolCallRecord]:

@@ -146,10 +146,12 @@ class ToolCallStatus(StrEnum):
     error = "error"  # the tool (or its server) answered with an error, or could not be reached
     timeout = "timeout"
     unknown = "unknown"  # in flight when the process stopped (or on cancel): may or may not have happened
+    awaiting_approval = "awaiting_approval"  # held until a person approves or denies it (never sent yet)
+    denied = "denied"  # refused by a person, by the approval timeout, or by a cancel: never sent
 
 
 TERMINAL_TOOL_CALL = frozenset({ToolCallStatus.ok, ToolCallStatus.error, ToolCallStatus.timeout,
-                                ToolCallStatus.unknown})
+                                ToolCallStatus.unknown, ToolCallStatus.denied})
 
 
 class ToolCallRow(SQLModel, table=True):
@@ -172,6 +174,14 @@ class ToolCallRow(SQLModel, table=True):
     error: str | None = Field(default=None, sa_column=Column(Text))
     started_at: datetime = Field(default_factory=utcnow)
     completed_at: datetime | None = None
+    # The decision on a call held for approval: "approved" | "denied", by whom (a user
+    # name, or "system" for the timeout and a cancel), when, the arguments approved
+    # (edited or not) and the message of a denial.
+    decision: str | None = None
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    decided_arguments: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    decision_message: str | None = Field(default=None, sa_column=Column(Text))
 
 
 class LedgerEntry(SQLModel, table=True):

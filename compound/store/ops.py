@@ -14,7 +14,7 @@ from collections.abc import Generator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from compound.core.errors import NotFound
+from compound.core.errors import Conflict, NotFound
 from compound.core.money import money_shown, shown_usd
 from compound.core.status import csv, end_reason, subtask_sources, task_sources
 from compound.store.base import (
@@ -49,7 +49,7 @@ SUB_COLS = ('"index", description, tier_hint, tier_assigned, models, depends_on,
             "error, attempts, cost_usd, input_tokens, output_tokens, kind, tools, tool, arguments, partial_reason, "
             "optional_deps, reused_from, round, end_reason")
 TOOL_COLS = ("id, subtask_index, turn, model_call_id, tool, arguments, status, result, error, started_at, "
-             "completed_at")
+             "completed_at, decision, decided_by, decided_at, decided_arguments, decision_message")
 TOOL_RESULT_SHOWN_CHARS = 2000  # of a tool call's result, in the snapshot and its events
 TASK_COLS = ("id, user_id, prompt, status, priority, approve, budget_usd, plan_in, reasoning, "
              "total_cost_usd, reserved_usd, cancel_requested, event_seq, context, answer_max_tokens, rerun_of, "
@@ -115,7 +115,9 @@ def sub_state(d: Dialect, row: Sequence[Any]) -> SubState:
 def tool_record(d: Dialect, row: Sequence[Any]) -> ToolCallRecord:
     return ToolCallRecord(id=row[0], subtask=int(row[1]), turn=int(row[2]), model_call_id=row[3], tool=row[4],
                           arguments=dict(d.loads(row[5]) or {}), status=row[6], result=row[7], error=row[8],
-                          started_at=d.dt(row[9]), completed_at=d.dt(row[10]))
+                          started_at=d.dt(row[9]), completed_at=d.dt(row[10]), decision=row[11],
+                          decided_by=row[12], decided_at=d.dt(row[13]), decided_arguments=d.loads(row[14]),
+                          decision_message=row[15])
 
 
 def tool_shown(c: ToolCallRecord) -> dict[str, Any]:
@@ -123,8 +125,12 @@ def tool_shown(c: ToolCallRecord) -> dict[str, Any]:
     result = c.result
     if result is not None and len(result) > TOOL_RESULT_SHOWN_CHARS:
         result = result[:TOOL_RESULT_SHOWN_CHARS] + f"… [{len(result) - TOOL_RESULT_SHOWN_CHARS} more characters]"
+    approval = None if c.decision is None else {
+        "decision": c.decision, "by": c.decided_by, "at": iso(c.decided_at), "arguments": c.decided_arguments,
+        "message": c.decision_message}
     return {"id": c.id, "tool": c.tool, "arguments": c.arguments, "status": c.status, "result": result,
-            "error": c.error, "started_at": iso(c.started_at), "completed_at": iso(c.completed_at)}
+            "error": c.error, "started_at": iso(c.started_at), "completed_at": iso(c.completed_at),
+            "approval": approval}
 
 
 def sub_event(s: SubState, *, with_result: bool = False) -> dict[str, Any]:
@@ -201,6 +207,7 @@ def set_status(d: Dialect, task_id: str, status: str, *, error: str | None, resu
         calls = yield ("all", "TOOL_CALLS_UNKNOWN", {
             "t": task_id, "running": ToolCallStatus.running.value, "unknown": ToolCallStatus.unknown.value,
             "err": "canceled while in flight: it may or may not have happened", "now": now})
+        calls = [*calls, *(yield from _deny_held(task_id, now))]
         items += [("tool_call", {"index": c.subtask, **tool_shown(c)}) for c in (tool_record(d, r) for r in calls)]
         items += (yield from _cancel_subtasks(d, task_id, now))
     data: dict[str, Any] = {"status": status, "error": error}
@@ -406,8 +413,8 @@ def recover(d: Dialect, task_id: str) -> Op:
     n = yield from _close_open_rows(d, task_id, CallStatus.lost.value,
                                     "the process stopped while this call was in flight; counted at its worst case",
                                     now)
-    yield ("exec", "RESET_RUNNING", {"t": task_id, "running": SubtaskStatus.running.value,
-                                     "pending": SubtaskStatus.pending.value})
+    for status in (SubtaskStatus.running, SubtaskStatus.awaiting_approval):  # the resumed run holds a call again
+        yield ("exec", "RESET_RUNNING", {"t": task_id, "running": status.value, "pending": SubtaskStatus.pending.value})
     return n
 
 
@@ -423,6 +430,7 @@ def cancel_open(d: Dialect, task_id: str) -> Op:
     calls = yield ("all", "TOOL_CALLS_UNKNOWN", {
         "t": task_id, "running": ToolCallStatus.running.value, "unknown": ToolCallStatus.unknown.value,
         "err": "canceled while in flight: it may or may not have happened", "now": now})
+    calls = [*calls, *(yield from _deny_held(task_id, now))]
     items = [("tool_call", {"index": c.subtask, **tool_shown(c)}) for c in (tool_record(d, r) for r in calls)]
     items += (yield from _cancel_subtasks(d, task_id, now))
     if items:
@@ -459,6 +467,74 @@ def tool_call_ended(d: Dialect, task_id: str, call_id: str, *, status: str, resu
         raise NotFound(f"no tool call {call_id!r} in task {task_id!r}")
     rec = tool_record(d, row)
     yield from _events(d, task_id, [("tool_call", {"index": rec.subtask, **tool_shown(rec)})], now)
+    return rec
+
+
+def _deny_held(task_id: str, now: Any) -> Op:
+    """A cancel's end of the calls awaiting approval: denied (they were never sent)."""
+    rows = yield ("all", "TOOL_CALLS_UNKNOWN", {
+        "t": task_id, "running": ToolCallStatus.awaiting_approval.value, "unknown": ToolCallStatus.denied.value,
+        "err": "denied: the task was canceled while the call awaited approval", "now": now})
+    return list(rows)
+
+
+def tool_call_held(d: Dialect, task_id: str, c: ToolCallRecord, *, write: bool) -> Op:
+    """A call held for approval (a fresh one when `write`; else the record's, found held
+    again by a resumed run), and its subtask awaiting it, with their events."""
+    now = d.now()
+    yield ("one", "LOCK_TASK", {"t": task_id})
+    items: list[tuple[str, dict[str, Any]]] = []
+    rec = c
+    if write:
+        row = yield ("one", "TOOL_HOLD", {"id": c.id, "t": task_id, "i": c.subtask, "turn": c.turn,
+                                          "mid": c.model_call_id, "tool": c.tool, "args": d.json(c.arguments),
+                                          "st": ToolCallStatus.awaiting_approval.value, "now": now})
+        rec = tool_record(d, row)
+    sub = yield ("one", "MARK_AWAITING", {"now": now, "t": task_id, "i": c.subtask,
+                                          "aw": SubtaskStatus.awaiting_approval.value,
+                                          "pending": SubtaskStatus.pending.value,
+                                          "running": SubtaskStatus.running.value})
+    if sub is not None:
+        items.append(("subtask", sub_event(sub_state(d, sub))))
+    if write:
+        items.append(("tool_call", {"index": rec.subtask, **tool_shown(rec)}))
+    if items:
+        yield from _events(d, task_id, items, now)
+    return rec
+
+
+def decide_tool_call(d: Dialect, task_id: str, call_id: str, *, approve: bool, by: str,
+                     arguments: dict[str, Any] | None, message: str | None) -> Op:
+    """See RunStore.decide_tool_call: the write applies only while the call awaits
+    approval, so two decisions (two people, a person and the timeout) never both land."""
+    now = d.now()
+    task = yield ("one", "LOCK_TASK", {"t": task_id})
+    if task is None:
+        raise _not_found(task_id)
+    if task[0] in TERMINAL_TASK:
+        raise Conflict(f"task {task_id} is {task[0]}; its tool calls can no longer be approved or denied")
+    if approve:
+        status, error, done = ToolCallStatus.running.value, None, None
+    else:
+        status, done = ToolCallStatus.denied.value, now
+        error = f"denied by {by}" + (f": {message}" if message else "")
+    row = yield ("one", "TOOL_DECIDE", {
+        "st": status, "dec": "approved" if approve else "denied", "by": by, "now": now, "err": error, "ca": done,
+        "da": None if arguments is None else d.json(arguments), "msg": message, "id": call_id, "t": task_id,
+        "aw": ToolCallStatus.awaiting_approval.value})
+    if row is None:
+        found = yield ("one", "TOOL_CALL_STATUS", {"id": call_id, "t": task_id})
+        if found is None:
+            raise NotFound(f"no tool call {call_id[:80]!r} in task {task_id!r}")
+        raise Conflict(f"tool call {call_id} is {found[0]}; only a call awaiting approval can be approved or denied")
+    rec = tool_record(d, row)
+    items: list[tuple[str, dict[str, Any]]] = [("tool_call", {"index": rec.subtask, **tool_shown(rec)})]
+    sub = yield ("one", "UNMARK_AWAITING", {"t": task_id, "i": rec.subtask,
+                                            "aw": SubtaskStatus.awaiting_approval.value,
+                                            "running": SubtaskStatus.running.value})
+    if sub is not None:
+        items.insert(0, ("subtask", sub_event(sub_state(d, sub))))
+    yield from _events(d, task_id, items, now)
     return rec
 
 

@@ -133,6 +133,17 @@ class OpsRunStore(RunStore):
             self.dialect, task_id, call_id, status=status, result=result, error=error))
         return rec
 
+    async def tool_call_held(self, task_id: str, call: ToolCallRecord, *, write: bool = True) -> ToolCallRecord:
+        rec: ToolCallRecord = await self._write(lambda: ops.tool_call_held(self.dialect, task_id, call, write=write))
+        return rec
+
+    async def decide_tool_call(self, task_id: str, call_id: str, *, approve: bool, by: str,
+                               arguments: dict[str, Any] | None = None,
+                               message: str | None = None) -> ToolCallRecord:
+        rec: ToolCallRecord = await self._write(lambda: ops.decide_tool_call(
+            self.dialect, task_id, call_id, approve=approve, by=by, arguments=arguments, message=message))
+        return rec
+
     async def tool_calls(self, task_id: str, subtask: int) -> list[ToolCallRecord]:
         recs: list[ToolCallRecord] = await self._read(lambda: ops.tool_calls(self.dialect, task_id, subtask))
         return recs

@@ -126,6 +126,25 @@ SQL: dict[str, str] = {
                        "ORDER BY subtask_index, started_at, id",
     "TOOL_CALLS_UNKNOWN": "UPDATE tool_call SET status=%(unknown)s, error=%(err)s, completed_at=%(now)s "
                           f"WHERE task_id=%(t)s AND status=%(running)s RETURNING {ops.TOOL_COLS}",
+    # calls held for approval (design.md section 11): a decision applies only while the
+    # call awaits it
+    "TOOL_HOLD": "INSERT INTO tool_call (id, task_id, subtask_index, turn, model_call_id, tool, arguments, status, "
+                 "started_at) VALUES (%(id)s, %(t)s, %(i)s, %(turn)s, %(mid)s, %(tool)s, %(args)s, %(st)s, %(now)s) "
+                 "ON CONFLICT (id) DO UPDATE SET status=excluded.status, started_at=excluded.started_at, "
+                 "result=NULL, error=NULL, completed_at=NULL, decision=NULL, decided_by=NULL, decided_at=NULL, "
+                 "decided_arguments=NULL, decision_message=NULL "
+                 f"RETURNING {ops.TOOL_COLS}",
+    "MARK_AWAITING": "UPDATE subtask SET status=%(aw)s, started_at=COALESCE(started_at, %(now)s) "
+                     f'WHERE task_id=%(t)s AND "index"=%(i)s AND status IN (%(pending)s, %(running)s) '
+                     f"RETURNING {SUB}",
+    "UNMARK_AWAITING": "UPDATE subtask SET status=%(running)s "
+                       f'WHERE task_id=%(t)s AND "index"=%(i)s AND status=%(aw)s RETURNING {SUB}',
+    "TOOL_DECIDE": "UPDATE tool_call SET status=%(st)s, decision=%(dec)s, decided_by=%(by)s, decided_at=%(now)s, "
+                   "decided_arguments=%(da)s, decision_message=%(msg)s, error=%(err)s, completed_at=%(ca)s "
+                   f"WHERE id=%(id)s AND task_id=%(t)s AND status=%(aw)s RETURNING {ops.TOOL_COLS}",
+    # the task row first, as a status write and a reservation take it: one lock order
+    "LOCK_TASK": "SELECT status FROM task WHERE id=%(t)s FOR UPDATE",
+    "TOOL_CALL_STATUS": "SELECT status FROM tool_call WHERE id=%(id)s AND task_id=%(t)s",
     "COMPLETE_SUBTASK": "UPDATE subtask SET status='completed', result=%(res)s, partial_reason=%(pr)s, error=NULL, "
                         f'end_reason=%(why)s, completed_at=%(now)s WHERE task_id=%(t)s AND "index"=%(i)s '
                         f"AND {ALLOWED} RETURNING {SUB}",

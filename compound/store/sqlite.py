@@ -118,6 +118,25 @@ SQL: dict[str, str] = {
                        "ORDER BY subtask_index, started_at, id",
     "TOOL_CALLS_UNKNOWN": "UPDATE tool_call SET status=:unknown, error=:err, completed_at=:now "
                           f"WHERE task_id=:t AND status=:running RETURNING {ops.TOOL_COLS}",
+    # calls held for approval (design.md section 11): a decision applies only while the
+    # call awaits it
+    "TOOL_HOLD": "INSERT INTO tool_call (id, task_id, subtask_index, turn, model_call_id, tool, arguments, status, "
+                 "started_at) VALUES (:id, :t, :i, :turn, :mid, :tool, :args, :st, :now) "
+                 "ON CONFLICT (id) DO UPDATE SET status=excluded.status, started_at=excluded.started_at, "
+                 "result=NULL, error=NULL, completed_at=NULL, decision=NULL, decided_by=NULL, decided_at=NULL, "
+                 "decided_arguments=NULL, decision_message=NULL "
+                 f"RETURNING {ops.TOOL_COLS}",
+    "MARK_AWAITING": "UPDATE subtask SET status=:aw, started_at=COALESCE(started_at, :now) "
+                     f'WHERE task_id=:t AND "index"=:i AND status IN (:pending, :running) '
+                     f"RETURNING {ops.SUB_COLS}",
+    "UNMARK_AWAITING": "UPDATE subtask SET status=:running "
+                       f'WHERE task_id=:t AND "index"=:i AND status=:aw RETURNING {ops.SUB_COLS}',
+    "TOOL_DECIDE": "UPDATE tool_call SET status=:st, decision=:dec, decided_by=:by, decided_at=:now, "
+                   "decided_arguments=:da, decision_message=:msg, error=:err, completed_at=:ca "
+                   f"WHERE id=:id AND task_id=:t AND status=:aw RETURNING {ops.TOOL_COLS}",
+    # the task row first, as a status write and a reservation take it: one lock order
+    "LOCK_TASK": "SELECT status FROM task WHERE id=:t",
+    "TOOL_CALL_STATUS": "SELECT status FROM tool_call WHERE id=:id AND task_id=:t",
     "COMPLETE_SUBTASK": "UPDATE subtask SET status='completed', result=:res, partial_reason=:pr, error=NULL, "
                         f'end_reason=:why, completed_at=:now WHERE task_id=:t AND "index"=:i AND {ALLOWED} '
                         f"RETURNING {ops.SUB_COLS}",

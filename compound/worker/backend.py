@@ -143,6 +143,10 @@ class QueueBackend(TaskWaits):
         await self.store.set_approved(task_id)
         await self._enqueue_or_later(names.approve_workflow_id(task_id), st.priority, task_id)
 
+    async def wake(self, task_id: str) -> None:
+        """Nothing to do: the decision's events reach the worker holding the call through
+        PostgreSQL's NOTIFY, as every event does."""
+
     async def cancel(self, task_id: str) -> None:
         """End the task as canceled wherever it is; Conflict when it ended otherwise
         first (its answer existed before the cancel reached the worker running it)."""
