@@ -139,18 +139,20 @@ def test_crash_resume(env: dict[str, str]) -> None:
                    headers={"Authorization": f"Bearer {env['COMPOUND_TOKEN']}"})
     task_id = r.json()["id"]
     deadline = time.time() + 90  # a loaded machine can take tens of seconds over its first calls
-    while time.time() < deadline:
-        # the crash point: 0 and 1 done, and 2 and 3 sent (the provider has them)
-        st = [s["status"] for s in get(port, env, f"/v1/tasks/{task_id}")["subtasks"]]
-        sent = [c["text"] for c in httpx.get(env["COMPOUND_SIM_URL"] + "/_sim/requests", timeout=30).json()]
-        in_flight = all(any(f"<subtask>\n{d}\n" in t for t in sent) for d in ("slow three", "slow four"))
-        if st[:4] == ["completed", "completed", "running", "running"] and in_flight:
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError(f"never reached the crash point: {st}")
-    server.send_signal(signal.SIGKILL)
-    server.wait()
+    try:
+        while time.time() < deadline:
+            # the crash point: 0 and 1 done, and 2 and 3 sent (the provider has them)
+            st = [s["status"] for s in get(port, env, f"/v1/tasks/{task_id}")["subtasks"]]
+            sent = [c["text"] for c in httpx.get(env["COMPOUND_SIM_URL"] + "/_sim/requests", timeout=30).json()]
+            in_flight = all(any(f"<subtask>\n{d}\n" in t for t in sent) for d in ("slow three", "slow four"))
+            if st[:4] == ["completed", "completed", "running", "running"] and in_flight:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"never reached the crash point: {st}")
+    finally:  # the crash itself, or a server that never got there is not left running
+        server.send_signal(signal.SIGKILL)
+        server.wait()
 
     server = start_server(env, port)
     try:
