@@ -77,7 +77,8 @@ def test_task_transitions(frm: str, to: str, allowed: bool) -> None:
     ("awaiting_approval", "canceled", True),
     ("awaiting_approval", "failed", True),
     ("awaiting_approval", "completed", False),
-    ("pending", "awaiting_approval", False),
+    ("pending", "awaiting_approval", True),  # a direct tool call held at once
+    ("awaiting_approval", "pending", True),  # recovered after a crash (the call is still held)
     ("completed", "failed", False),
     ("canceled", "completed", False),
     ("skipped", "running", False),
