@@ -11,8 +11,10 @@ each on one long-lived session:
                     through its queue, the result back through a future
   compound step     a direct call (kind "tool") as the executor makes it:
                     ToolSteps.run_direct (the idempotency key, the intent row and its
-                    event, the call with the key in `_meta`, the outcome row and its
-                    event) and the subtask's completion, on a SQLite file (WAL)
+                    event, the call with the key in `_meta`, then the outcome row and
+                    the subtask's completion, with their events, in one transaction),
+                    on a SQLite file (WAL); a call of a subtask's tool loop writes the
+                    same two transactions (intent, outcome)
 Wall per call (median, p95) is timed around each call; CPU per call is this process's
 CPU time over the N calls / N. Variants run interleaved, `--rounds` times each, and each
 figure is the median over rounds. Goal: compound adds at most 30% wall time and at most
@@ -143,9 +145,8 @@ async def compound_step(url: str, calls: int, db: Path) -> AsyncIterator[Call]:
 
             async def call(_i: int) -> str:
                 i = next(turn)
-                text = await steps.run_direct(st, st.subtasks[i])
-                await store.complete_subtask(st.id, i, result=text)
-                return text
+                done = await steps.run_direct(st, st.subtasks[i])
+                return done.result or ""
 
             yield call
     finally:
@@ -154,7 +155,8 @@ async def compound_step(url: str, calls: int, db: Path) -> AsyncIterator[Call]:
 
 @asynccontextmanager
 async def records_only(calls: int, db: Path) -> AsyncIterator[Call]:
-    """What the step writes, without the call: intent, outcome, the subtask's completion."""
+    """What the step writes, without the call: the intent, then the outcome with the
+    subtask's completion."""
     async with planned_task(calls, db) as (store, st):
         turn = itertools.count()
 
@@ -164,8 +166,7 @@ async def records_only(calls: int, db: Path) -> AsyncIterator[Call]:
             await store.tool_call_started(st.id, ToolCallRecord(
                 id=key, subtask=i, turn=0, model_call_id=None, tool="demo.lookup", arguments=ARGUMENTS,
                 status=ToolCallStatus.running))
-            await store.tool_call_ended(st.id, key, status=ToolCallStatus.ok, result=FACT, error=None)
-            await store.complete_subtask(st.id, i, result=FACT)
+            await store.tool_call_completed(st.id, key, result=FACT)
             return FACT
 
         yield call

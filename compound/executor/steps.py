@@ -113,16 +113,19 @@ class ToolSteps:
 
     # kind "tool" -----------------------------------------------------------------------
 
-    async def run_direct(self, st: TaskState, sub: SubState) -> str:
-        """One call of `sub.tool` with `sub.arguments`, no model: its result, or
+    async def run_direct(self, st: TaskState, sub: SubState) -> SubState:
+        """One call of `sub.tool` with `sub.arguments`, no model: the subtask completed
+        with its result (the call's outcome and the completion are one write), or
         StepFailed naming why there is none."""
         if not sub.tool:
             raise StepFailed("a subtask of kind \"tool\" names no tool")
-        call = _Calls(self, st, sub, await self._recorded(st, sub))
+        call = _Calls(self, st, sub, await self._recorded(st, sub), completes=True)
         text, is_error = await call.run(turn=0, model_call_id=None, name=sub.tool, arguments=dict(sub.arguments or {}))
         if is_error:
             raise StepFailed(f"{sub.tool}: {text}")
-        return text
+        if call.completed is not None:
+            return call.completed
+        return await self.store.complete_subtask(st.id, sub.index, result=text)  # a replayed outcome
 
     # the loop --------------------------------------------------------------------------
 
@@ -269,9 +272,13 @@ def _taken_up(rec: ToolCallRecord) -> bool:
 class _Calls:
     """The tool calls of one subtask's run: recorded, replayed, or sent."""
 
-    def __init__(self, steps: ToolSteps, st: TaskState, sub: SubState, recorded: dict[str, ToolCallRecord]) -> None:
+    def __init__(self, steps: ToolSteps, st: TaskState, sub: SubState, recorded: dict[str, ToolCallRecord], *,
+                 completes: bool = False) -> None:
         self.steps, self.st, self.sub, self.recorded = steps, st, sub, recorded
         self.occurrences: Counter[str] = Counter()
+        # a direct call: an ok outcome completes the subtask in the same write (`completed`)
+        self.completes = completes
+        self.completed: SubState | None = None
 
     async def run(self, *, turn: int, model_call_id: str | None, name: str,
                   arguments: dict[str, Any]) -> tuple[str, bool]:
@@ -327,6 +334,9 @@ class _Calls:
                     status, error = ToolCallStatus.error, cut(got.text, limit) or "the tool reported an error"
                 else:
                     result = cut(got.text, limit)
+        if status == ToolCallStatus.ok and self.completes:
+            self.completed = await steps.store.tool_call_completed(st.id, key, result=result or "")
+            return result or "", False
         await steps.store.tool_call_ended(st.id, key, status=status, result=result, error=error)
         if status == ToolCallStatus.ok:
             return result or "", False

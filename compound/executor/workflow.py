@@ -66,12 +66,13 @@ class _Run:
         """A direct tool call (kind "tool"): its result is the subtask's."""
         sub = self.final[i]
         try:
-            text = await self.wf.steps.run_direct(self.st, sub)
+            done = await self.wf.steps.run_direct(self.st, sub)
         except StepFailed as exc:
             return await self.end(i, Ended(Cause.failed, i, skipped=False), SubtaskStatus.failed, exc.message,
                                   EndReason.failed_tool)
-        self.final[i] = await self.wf.store.complete_subtask(self.st.id, i, result=text)
-        self.results[i] = text
+        self.final[i] = done
+        if done.status == SubtaskStatus.completed:  # not when it was canceled meanwhile
+            self.results[i] = done.result or ""
         return None
 
     async def step(self, i: int) -> Ended | None:

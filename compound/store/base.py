@@ -527,6 +527,11 @@ class RunStore(abc.ABC):
         """A call's outcome (ok, error, timeout, unknown), with its event."""
 
     @abc.abstractmethod
+    async def tool_call_completed(self, task_id: str, call_id: str, *, result: str) -> SubState:
+        """A direct call's `ok` outcome and its subtask's completion with `result`, in one
+        transaction, with their events; returns the subtask's state."""
+
+    @abc.abstractmethod
     async def tool_call_held(self, task_id: str, call: ToolCallRecord, *, write: bool = True) -> ToolCallRecord:
         """A call that waits for approval: written `awaiting_approval` (unless `write`
         is False: it is already), its subtask `awaiting_approval`, with their events."""

@@ -448,9 +448,11 @@ def tool_call_started(d: Dialect, task_id: str, c: ToolCallRecord) -> Op:
                                         "st": ToolCallStatus.running.value, "now": now})
     rec = tool_record(d, row)
     items: list[tuple[str, dict[str, Any]]] = []
-    # a direct call's subtask (no model call reserved for it) is running from its call's intent
+    # a direct call's subtask (no model call reserved for it) is running from its call's
+    # intent, as is one whose held call is sent now
     sub = yield ("one", "MARK_ACTING", {"now": now, "t": task_id, "i": c.subtask,
-                                        "pending": SubtaskStatus.pending.value})
+                                        "pending": SubtaskStatus.pending.value,
+                                        "aw": SubtaskStatus.awaiting_approval.value})
     if sub is not None:
         items.append(("subtask", sub_event(sub_state(d, sub))))
     items.append(("tool_call", {"index": rec.subtask, **tool_shown(rec)}))
@@ -468,6 +470,27 @@ def tool_call_ended(d: Dialect, task_id: str, call_id: str, *, status: str, resu
     rec = tool_record(d, row)
     yield from _events(d, task_id, [("tool_call", {"index": rec.subtask, **tool_shown(rec)})], now)
     return rec
+
+
+def tool_call_completed(d: Dialect, task_id: str, call_id: str, *, result: str) -> Op:
+    """tool_call_ended (ok) and complete_subtask in one transaction: a direct call's
+    result is its subtask's."""
+    now = d.now()
+    row = yield ("one", "TOOL_END", {"st": ToolCallStatus.ok.value, "res": result, "err": None, "now": now,
+                                     "id": call_id, "t": task_id})
+    if row is None:
+        raise NotFound(f"no tool call {call_id!r} in task {task_id!r}")
+    rec = tool_record(d, row)
+    done = yield ("one", "COMPLETE_SUBTASK", {"res": result, "pr": None, "now": now, "t": task_id,
+                                              "i": rec.subtask, "why": end_reason(SubtaskStatus.completed),
+                                              "from": csv(subtask_sources(SubtaskStatus.completed))})
+    items: list[tuple[str, dict[str, Any]]] = [("tool_call", {"index": rec.subtask, **tool_shown(rec)})]
+    if done is None:  # it ended meanwhile (canceled): it stays so
+        yield from _events(d, task_id, items, now)
+        return (yield from _unchanged(d, task_id, rec.subtask))
+    sub = sub_state(d, done)
+    yield from _events(d, task_id, [*items, ("subtask", sub_event(sub, with_result=True))], now)
+    return sub
 
 
 def _deny_held(task_id: str, now: Any) -> Op:

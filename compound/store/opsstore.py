@@ -133,6 +133,11 @@ class OpsRunStore(RunStore):
             self.dialect, task_id, call_id, status=status, result=result, error=error))
         return rec
 
+    async def tool_call_completed(self, task_id: str, call_id: str, *, result: str) -> SubState:
+        sub: SubState = await self._write(lambda: ops.tool_call_completed(self.dialect, task_id, call_id,
+                                                                          result=result))
+        return sub
+
     async def tool_call_held(self, task_id: str, call: ToolCallRecord, *, write: bool = True) -> ToolCallRecord:
         rec: ToolCallRecord = await self._write(lambda: ops.tool_call_held(self.dialect, task_id, call, write=write))
         return rec

@@ -117,7 +117,7 @@ SQL: dict[str, str] = {
                    "result=NULL, error=NULL, completed_at=NULL "
                    f"RETURNING {ops.TOOL_COLS}",
     "MARK_ACTING": "UPDATE subtask SET status='running', started_at=COALESCE(started_at, %(now)s) "
-                   f'WHERE task_id=%(t)s AND "index"=%(i)s AND status=%(pending)s RETURNING {SUB}',
+                   f'WHERE task_id=%(t)s AND "index"=%(i)s AND status IN (%(pending)s, %(aw)s) RETURNING {SUB}',
     "TOOL_END": "UPDATE tool_call SET status=%(st)s, result=%(res)s, error=%(err)s, completed_at=%(now)s "
                 f"WHERE id=%(id)s AND task_id=%(t)s RETURNING {ops.TOOL_COLS}",
     "TOOL_CALLS": f"SELECT {ops.TOOL_COLS} FROM tool_call WHERE task_id=%(t)s AND subtask_index=%(i)s "

@@ -109,7 +109,7 @@ SQL: dict[str, str] = {
                    "result=NULL, error=NULL, completed_at=NULL "
                    f"RETURNING {ops.TOOL_COLS}",
     "MARK_ACTING": "UPDATE subtask SET status='running', started_at=COALESCE(started_at, :now) "
-                   f'WHERE task_id=:t AND "index"=:i AND status=:pending RETURNING {ops.SUB_COLS}',
+                   f'WHERE task_id=:t AND "index"=:i AND status IN (:pending, :aw) RETURNING {ops.SUB_COLS}',
     "TOOL_END": "UPDATE tool_call SET status=:st, result=:res, error=:err, completed_at=:now "
                 f"WHERE id=:id AND task_id=:t RETURNING {ops.TOOL_COLS}",
     "TOOL_CALLS": f"SELECT {ops.TOOL_COLS} FROM tool_call WHERE task_id=:t AND subtask_index=:i "
