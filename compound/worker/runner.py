@@ -145,7 +145,9 @@ class Worker:
         if dbos_task is not None:
             self._workflows.add(dbos_task)
             dbos_task.add_done_callback(self._workflow_ended)
-        if not await self._still_ours(task_id):
+        from dbos import DBOS
+
+        if not await self._still_ours(DBOS.workflow_id or task_id):
             # Claimed before a lost session, started after our tasks went back to the
             # queue (DBOS's queue thread was retrying the database in between): the
             # claim is stale, and another claim (ours or another worker's) runs it.
@@ -153,9 +155,9 @@ class Worker:
             raise asyncio.CancelledError
         await self.executor.run_here(task_id)
 
-    async def _still_ours(self, task_id: str) -> bool:
-        """Whether DBOS still has the task's workflow PENDING on this worker, read again
-        until the database answers (cancel stops the wait)."""
+    async def _still_ours(self, workflow_id: str) -> bool:
+        """Whether DBOS still has this workflow (the task's, or its approval's) PENDING on
+        this worker, read again until the database answers (cancel stops the wait)."""
         from dbos import DBOS
 
         delay = RECONNECT_FIRST_S
@@ -164,11 +166,11 @@ class Worker:
                 # On a thread of its own, outside the workflow's context: inside it DBOS
                 # would record the read as a step of the workflow and replay it later.
                 found = await asyncio.get_running_loop().run_in_executor(None, functools.partial(
-                    DBOS.list_workflows, workflow_ids=[task_id], load_input=False, load_output=False))
+                    DBOS.list_workflows, workflow_ids=[workflow_id], load_input=False, load_output=False))
                 return any(w.status == "PENDING" and w.executor_id == self.executor_id for w in found)
             except Exception as exc:
-                log.warning("could not read a task's claim yet", task_id=task_id, error=type(exc).__name__,
-                            retry_in_s=delay)
+                log.warning("could not read a task's claim yet", workflow_id=workflow_id,
+                            error=type(exc).__name__, retry_in_s=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
 
