@@ -31,7 +31,7 @@ from compound.core.settings import ModelConfig, Settings
 from compound.llm import LLMClient, build_client
 from compound.llm.base import Completion, Message, StreamEvent
 from compound.llm.pricing import price_of
-from compound.llm.simulator import Script, SimulatorThread
+from compound.simulator import Script, SimulatorThread
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from client_bench import replace_section
