@@ -51,6 +51,12 @@ class NoCache:
     def _strip(messages: list[Message]) -> list[Message]:
         return [{"role": m["role"], "content": m["content"]} for m in messages]
 
+    async def warm(self) -> None:
+        await self.inner.warm()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
     async def complete(self, *, model: str, messages: list[Message], max_tokens: int,
                        json_schema: dict[str, Any] | None = None, timeout_s: float | None = None) -> Completion:
         return await self.inner.complete(model=model, messages=self._strip(messages), max_tokens=max_tokens,

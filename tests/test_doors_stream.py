@@ -38,6 +38,12 @@ class CutStreams:
     inner: LLMClient
     cuts: list[tuple[int, bool]] = field(default_factory=list)  # (pieces, transient)
 
+    async def warm(self) -> None:
+        await self.inner.warm()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
     async def complete(self, **kwargs: Any) -> Completion:
         return await self.inner.complete(**kwargs)
 

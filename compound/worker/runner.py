@@ -359,9 +359,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, hurry: asyncio.Eve
 
     async with open_store(settings.database_url, **store_options(settings)) as store:
         client = build_client(settings)
-        warm = getattr(client, "warm", None)
-        if warm is not None:
-            await warm()
+        await client.warm()
         worker = Worker(settings=settings, store=store, client=client)
         await worker.start()
         settle_heap()  # start-up is over
@@ -374,4 +372,4 @@ async def run_worker(settings: Settings, stop: asyncio.Event, hurry: asyncio.Eve
             with contextlib.suppress(Exception):
                 await worker.stop()
             with contextlib.suppress(Exception):
-                await client.aclose()  # type: ignore[attr-defined]
+                await client.aclose()
