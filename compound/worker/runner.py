@@ -24,7 +24,7 @@ from compound.llm.base import LLMClient
 from compound.store import pg_notify
 from compound.store.base import RunStore
 from compound.store.pg_slots import PgModelSlots
-from compound.worker import answers, names, wake
+from compound.worker import answers, dbos_private, names, wake
 from compound.worker.liveness import Liveness
 
 log = get_logger("compound.worker")
@@ -320,7 +320,7 @@ class Worker:
                 mine = [w for w in pending if w.executor_id == self.executor_id]
                 if not mine:
                     return
-                await asyncio.to_thread(DBOS._recover_pending_workflows, [self.executor_id])
+                await asyncio.to_thread(dbos_private.recover_pending_workflows, [self.executor_id])
                 log.warning("our tasks are back in the queue", tasks=len(mine))
                 await asyncio.to_thread(pg_notify.publish, self.store.engine, pg_notify.QUEUE_WAKE, "")
                 await asyncio.sleep(RECONNECT_FIRST_S)  # then make sure none was left
@@ -342,7 +342,7 @@ class Worker:
         others = {w.executor_id for w in pending if w.executor_id and w.executor_id != self.executor_id}
         dead = [e for e in sorted(others) if await self.liveness.is_dead(e)]
         if dead:
-            handles = await asyncio.to_thread(DBOS._recover_pending_workflows, dead)
+            handles = await asyncio.to_thread(dbos_private.recover_pending_workflows, dead)
             log.warning("resuming the tasks of dead workers", workers=dead, tasks=len(handles))
             if handles:  # back in the queue: whoever has room takes them now
                 self.bell.ring()
