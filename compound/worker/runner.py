@@ -94,7 +94,6 @@ class Worker:
         # Set while the session holding our liveness lock is lost: nothing runs here
         # until the lock is ours again and our tasks are back in the queue.
         self.suspended = False
-        self.reconnects = 0  # for tests and logs
 
     async def start(self) -> None:
         global _worker
@@ -270,7 +269,6 @@ class Worker:
                 os._exit(70)
             self.suspended = False
             self.bell.resume()
-            self.reconnects += 1
             log.warning("liveness session back; taking tasks again", executor_id=self.executor_id,
                         after_s=round(asyncio.get_running_loop().time() - lost_at, 2))
 

@@ -44,12 +44,10 @@ class Doorbell:
         self._closed = False
         self._paused = False
         self._parked = False  # the queue thread sits in a paused wait
-        self.rings = 0  # for tests and logs
 
     def ring(self) -> None:
         with self._cond:
             self._rung = True
-            self.rings += 1
             self._cond.notify_all()
 
     def close(self) -> None:
