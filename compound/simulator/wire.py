@@ -20,6 +20,7 @@ _PIECE = 24  # characters per streamed delta
 
 
 def pieces(text: str) -> list[str]:
+    """The text in the pieces a stream sends it in (at least one, maybe empty)."""
     return [text[i : i + _PIECE] for i in range(0, len(text), _PIECE)] or [""]
 
 
@@ -51,9 +52,9 @@ def sse(events: list[tuple[str, dict[str, Any]]], *, anthropic: bool, cut: Failu
                 record["ended_at"] = time.time()
 
     async def events_body() -> AsyncIterator[bytes]:
-        pieces = 0
+        sent = 0
         for name, data in events:
-            if cut is not None and pieces >= cut.after_pieces:
+            if cut is not None and sent >= cut.after_pieces:
                 if cut.midstream == "drop":
                     raise DroppedStream("the simulator drops this stream (scripted)")
                 error = error_body("anthropic" if anthropic else "openai", cut)
@@ -65,7 +66,7 @@ def sse(events: list[tuple[str, dict[str, Any]]], *, anthropic: bool, cut: Failu
                 await asyncio.sleep(tokens(piece) * token_s)
             head = f"event: {name}\n" if name else ""
             yield f"{head}data: {json.dumps(data)}\n\n".encode()
-            pieces += bool(piece or delta.get("partial_json") or delta.get("tool_calls"))
+            sent += bool(piece or delta.get("partial_json") or delta.get("tool_calls"))
         if not anthropic:
             yield b"data: [DONE]\n\n"
 
