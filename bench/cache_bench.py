@@ -31,7 +31,7 @@ from compound.core.settings import ModelConfig, Settings
 from compound.llm import LLMClient, build_client
 from compound.llm.base import Completion, Message, StreamEvent
 from compound.llm.pricing import price_of
-from compound.llm.simulator import Script, SimulatorThread
+from compound.simulator import Script, SimulatorThread
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from client_bench import replace_section
@@ -50,6 +50,12 @@ class NoCache:
     @staticmethod
     def _strip(messages: list[Message]) -> list[Message]:
         return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+    async def warm(self) -> None:
+        await self.inner.warm()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
     async def complete(self, *, model: str, messages: list[Message], max_tokens: int,
                        json_schema: dict[str, Any] | None = None, timeout_s: float | None = None) -> Completion:

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from compound.core.settings import ModelConfig, Settings
 from compound.llm import build_client
 from compound.llm.base import Message
-from compound.llm.simulator import free_port
+from compound.simulator import free_port
 
 ANTHROPIC = "anthropic/claude-haiku-4-5"
 OPENAI = "openai/gpt-4.1-mini"
@@ -51,7 +51,7 @@ def start_simulator() -> tuple[subprocess.Popen[bytes], str]:
     import httpx
 
     port = free_port()
-    code = f"from compound.llm.simulator import run_simulator; run_simulator('127.0.0.1', {port})"
+    code = f"from compound.simulator import run_simulator; run_simulator('127.0.0.1', {port})"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1])
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60

@@ -47,6 +47,12 @@ class SleepLLM:
     def __init__(self) -> None:
         self.calls = 0
 
+    async def warm(self) -> None:
+        """Nothing to warm."""
+
+    async def aclose(self) -> None:
+        """Nothing held."""
+
     async def complete(
         self,
         *,

@@ -29,7 +29,7 @@ from compound.evals.runner import EvalRun, summarize  # noqa: E402
 from compound.evals.similarity import LexicalMatcher  # noqa: E402
 from compound.llm.litellm_client import LiteLLMClient  # noqa: E402
 from compound.llm.pricing import price_of  # noqa: E402
-from compound.llm.simulator import SimulatorThread, plan_for  # noqa: E402
+from compound.simulator import SimulatorThread, plan_for  # noqa: E402
 
 MODELS = ["anthropic/claude-haiku-4-5", "anthropic/claude-sonnet-4-5", "anthropic/claude-opus-4-5"]
 

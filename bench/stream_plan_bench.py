@@ -5,7 +5,7 @@ and makespan, for a 10-subtask plan written by a planner streaming at ~50 tokens
 
 Side by side in one run, alternating, on the same scripted plan and latencies: the
 real Executor on a SQLite file, its model calls over HTTP through the Anthropic
-adapter to the simulator (compound/llm/simulator.py), which streams the planner's
+adapter to the simulator (compound/simulator/), which streams the planner's
 answer piece by piece at `--token-s` seconds per token and answers each subtask call
 after `--worker-s` seconds.
   streamed   COMPOUND_STREAM_PLANS=true: entries start as they arrive
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from compound.core.settings import ModelConfig, Settings
 from compound.executor.service import Executor
 from compound.llm import build_client
-from compound.llm.simulator import SimulatorThread
+from compound.simulator import SimulatorThread
 from compound.store import open_store
 
 MODEL = "anthropic/claude-haiku-4-5"

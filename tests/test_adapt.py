@@ -14,9 +14,9 @@ import pytest
 from compound.core.errors import PlanInvalid
 from compound.core.settings import Settings
 from compound.executor.scheduler import Cause, Ended, run_dag
-from compound.llm.simulator import Failure, Simulator
 from compound.planner.repair import repair_plan
 from compound.planner.validate import validate_plan
+from compound.simulator import Failure, Simulator
 from tests.fixtures.api import Api
 
 

@@ -132,7 +132,7 @@ async def test_docs_load_no_third_party_asset(api: Api, page: str, assets: tuple
 async def test_one_log_line_per_task_state_change(api: Api, sim) -> None:  # type: ignore[no-untyped-def]
     from structlog.testing import capture_logs
 
-    from compound.llm.simulator import Failure
+    from compound.simulator import Failure
 
     with capture_logs() as logs:
         ok = await api.http.post("/v1/tasks", json={"prompt": "p", "plan": PLAN}, headers=api.auth(api.alice))

@@ -17,7 +17,7 @@ from compound.core.errors import Conflict
 from compound.core.status import task_path
 from compound.executor.answers import AnswerPiece
 from compound.llm.base import Completion, Delta, Message, StreamEvent, Usage
-from compound.llm.simulator import prompt_kind
+from compound.simulator import prompt_kind
 from compound.store.base import ReserveOutcome, ReserveRequest, RunStore
 from compound.store.models import TERMINAL_TASK
 from tests.fixtures.fakes import FakeLLM

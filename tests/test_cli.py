@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 from typer.testing import CliRunner
 
 from compound.cli import _register, app
-from compound.llm.simulator import Simulator
+from compound.simulator import Simulator
 from compound.store.db import create_all, make_engine
 from compound.store.models import ApiToken
 from compound.store.users import hash_token

@@ -21,7 +21,7 @@ from compound.cli import _register, app
 from compound.core import extras
 from compound.core.logging import effective_level, set_verbose
 from compound.core.settings import Settings, known_variables, unknown_variables
-from compound.llm.simulator import Simulator, free_port
+from compound.simulator import Simulator, free_port
 from tests.test_cli_text import served  # noqa: F401  (a fixture: an API on a free port, COMPOUND_URL/TOKEN set)
 
 _register()

@@ -20,7 +20,7 @@ from compound.cli.live import render_snapshot
 from compound.cli.output import clip, print_outcome
 from compound.core.settings import Settings
 from compound.llm.litellm_client import LiteLLMClient
-from compound.llm.simulator import Simulator
+from compound.simulator import Simulator
 from compound.store.models import Task
 from compound.store.users import create_token, get_or_create_user
 from tests.fixtures.served import serving_in_thread
@@ -126,7 +126,7 @@ def test_submit_hold_prints_the_id_once_the_plan_is_there(served: tuple[str, str
 
 
 def test_failed_task_shows_why(served: tuple[str, str, object], sim: Simulator, tmp_path: Path) -> None:
-    from compound.llm.simulator import Failure
+    from compound.simulator import Failure
 
     sim.fail(*[Failure(status=400)] * 40)
     out = runner.invoke(app, ["tasks", "submit", "p", "--plan", str(_plan(tmp_path)), "--watch",

@@ -19,7 +19,7 @@ import pytest
 from compound.api.app import create_app
 from compound.core.settings import Settings
 from compound.llm.litellm_client import LiteLLMClient
-from compound.llm.simulator import Simulator
+from compound.simulator import Simulator
 from compound.store.users import create_token
 from tests.fixtures.served import serving_in_thread
 

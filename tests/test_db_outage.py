@@ -22,7 +22,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
 from compound.core.errors import DatabaseUnavailable
-from compound.llm.simulator import prompt_kind
+from compound.simulator import prompt_kind
 from compound.store.base import RunStore
 from compound.store.db import make_engine
 from compound.store.models import CallKind, CallStatus

@@ -11,11 +11,11 @@ from compound.core.errors import PlanInvalid
 from compound.core.settings import Settings
 from compound.llm.base import Completion, Message
 from compound.llm.litellm_client import LiteLLMClient
-from compound.llm.simulator import Simulator
 from compound.planner.decompose import FALLBACK_DESCRIPTION, decompose, plan_schema
 from compound.planner.estimate import estimate_cost
 from compound.planner.router import route
 from compound.prompts import escape, render, versions
+from compound.simulator import Simulator
 from tests.fixtures.fakes import FakeLLM
 
 GOOD = json.dumps({"reasoning": "r", "subtasks": [

@@ -21,7 +21,7 @@ from compound.core.errors import ProviderError
 from compound.core.settings import Settings
 from compound.llm import LLMClient, build_client
 from compound.llm.base import Completion, Delta, StreamEvent
-from compound.llm.simulator import Simulator, prompt_kind
+from compound.simulator import Simulator, prompt_kind
 from compound.store.models import TaskStatus
 
 PROMPT = "Compare SQLite and PostgreSQL for a small team and recommend one"
@@ -37,6 +37,12 @@ class CutStreams:
 
     inner: LLMClient
     cuts: list[tuple[int, bool]] = field(default_factory=list)  # (pieces, transient)
+
+    async def warm(self) -> None:
+        await self.inner.warm()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
     async def complete(self, **kwargs: Any) -> Completion:
         return await self.inner.complete(**kwargs)

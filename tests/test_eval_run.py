@@ -17,8 +17,8 @@ from compound.evals.datasets import Expect, load
 from compound.evals.runner import EvalRun, check_expect, combine, parse_verdict, summarize
 from compound.evals.similarity import LexicalMatcher
 from compound.llm.base import Message, Price, Usage
-from compound.llm.simulator import Simulator, answer_for, prompt_kind
 from compound.prompts import escape
+from compound.simulator import Simulator, answer_for, prompt_kind
 from tests.fixtures.fakes import FakeLLM
 
 _register()

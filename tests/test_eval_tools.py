@@ -18,7 +18,7 @@ from compound.evals.runner import EvalRun, summarize
 from compound.evals.similarity import LexicalMatcher
 from compound.evals.tools import tool_prf
 from compound.llm.base import Message, Price
-from compound.llm.simulator import Simulator, answer_for, prompt_kind
+from compound.simulator import Simulator, answer_for, prompt_kind
 from tests.fixtures.fakes import FakeLLM
 
 _register()

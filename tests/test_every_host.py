@@ -16,7 +16,7 @@ import pytest
 
 from compound.api.app import create_app
 from compound.core.settings import Settings
-from compound.llm.simulator import SimulatorThread
+from compound.simulator import SimulatorThread
 from compound.store.db import make_engine
 from compound.store.users import create_token
 from tests.fixtures.cluster import COMPOUND, TERMINAL, Cluster, wait_until

@@ -15,8 +15,8 @@ from compound.core.money import worst_case_usd
 from compound.core.settings import Settings
 from compound.executor.service import Executor
 from compound.llm.base import Message, Price
-from compound.llm.simulator import answer_for, prompt_kind
 from compound.prompts import render
+from compound.simulator import answer_for, prompt_kind
 from compound.store.base import RunStore
 from compound.store.models import LedgerEntry, Subtask, Task
 from tests.fixtures.fakes import FakeLLM, transient

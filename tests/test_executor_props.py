@@ -15,7 +15,7 @@ from compound.core.errors import ProviderError
 from compound.core.settings import Settings
 from compound.executor.service import Executor
 from compound.llm.base import Message, Price
-from compound.llm.simulator import answer_for, prompt_kind
+from compound.simulator import answer_for, prompt_kind
 from compound.store import open_store
 from tests.fixtures.fakes import FakeLLM
 

@@ -13,7 +13,7 @@ from compound.core.settings import Settings
 from compound.executor.service import Executor
 from compound.llm.litellm_client import LiteLLMClient
 from compound.llm.pricing import price_of
-from compound.llm.simulator import Failure, Simulator
+from compound.simulator import Failure, Simulator
 from compound.store import open_store
 from compound.store.models import LedgerEntry
 

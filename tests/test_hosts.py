@@ -49,6 +49,9 @@ class Threads:
             self.canceled.set()
             raise
 
+    async def warm(self) -> None:
+        await self.inner.warm()
+
     async def complete(self, *, model: str, messages: list[Message], max_tokens: int,
                        json_schema: dict[str, Any] | None = None, timeout_s: float | None = None) -> Completion:
         self.threads.add(threading.get_ident())
@@ -67,9 +70,7 @@ class Threads:
 
     async def aclose(self) -> None:
         self.closed_on = threading.get_ident()
-        aclose = getattr(self.inner, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await self.inner.aclose()
 
 
 async def events_until_end(store: RunStore, task_id: str, host: ExecutorHost) -> list[Event]:

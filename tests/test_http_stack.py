@@ -12,7 +12,7 @@ from compound.core.settings import Settings
 from compound.llm import build_client
 from compound.llm.adapter import http_transport
 from compound.llm.base import Message
-from compound.llm.simulator import Simulator
+from compound.simulator import Simulator
 
 MESSAGES: list[Message] = [{"role": "user", "content": "hello"}]
 

@@ -16,8 +16,8 @@ from compound.llm import Completion, Delta, LLMClient, build_client, collect
 from compound.llm.base import Usage
 from compound.llm.litellm_client import LiteLLMClient
 from compound.llm.pricing import check_prices, price_of
-from compound.llm.simulator import Failure, Simulator
 from compound.planner.validate import validate_plan
+from compound.simulator import Failure, Simulator
 
 WIRES = ["anthropic/claude-haiku-4-5", "openai/gpt-4.1-mini"]
 
@@ -143,7 +143,7 @@ async def test_a_timeout_is_a_transient_timeout(sim: Simulator, client: LLMClien
 @pytest.mark.parametrize("model", WIRES)
 @pytest.mark.parametrize("adapter", [None, "litellm"])
 async def test_a_refused_connection_is_transient(sim_settings: Settings, model: str, adapter: str | None) -> None:
-    from compound.llm.simulator import free_port
+    from compound.simulator import free_port
 
     base = f"http://127.0.0.1:{free_port()}" + ("/v1" if model.startswith("openai") else "")
     models = {**sim_settings.models, model: ModelConfig(api_base=base, adapter=adapter)}  # type: ignore[arg-type]

@@ -11,8 +11,8 @@ from compound.core.settings import Settings
 from compound.llm import LLMClient, collect
 from compound.llm.base import Message, Price
 from compound.llm.pricing import price_of
-from compound.llm.simulator import Simulator
 from compound.prompts import render
+from compound.simulator import Simulator
 
 HAIKU = "anthropic/claude-haiku-4-5"
 LONG = "Compare these vendors on price, support and uptime. " * 120  # ~1,500 tokens

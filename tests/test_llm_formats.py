@@ -15,8 +15,8 @@ from compound.core.errors import ProviderError
 from compound.llm import LLMClient, collect
 from compound.llm.base import Completion, Message
 from compound.llm.openai_client import FORMS
-from compound.llm.simulator import Failure, Simulator, request_form
 from compound.planner.decompose import decompose
+from compound.simulator import Failure, Simulator, request_form
 
 MODEL = "openai/gpt-4.1-mini"
 

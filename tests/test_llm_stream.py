@@ -10,7 +10,7 @@ from compound.executor.answers import AnswerPiece
 from compound.executor.service import Executor
 from compound.llm import LLMClient
 from compound.llm.pricing import price_of
-from compound.llm.simulator import Simulator
+from compound.simulator import Simulator
 from compound.store import open_store
 
 

@@ -13,7 +13,6 @@ import pytest
 
 from compound.core.settings import Settings
 from compound.llm import Completion, LLMClient, Message, ToolCall, ToolSpec, build_client, collect
-from compound.llm.simulator import Failure, Simulator, ToolUse, example_arguments
 from compound.llm.toolwire import (
     ERROR_PREFIX,
     RAW_ARGUMENTS,
@@ -24,6 +23,7 @@ from compound.llm.toolwire import (
     raw_arguments,
     wire_name,
 )
+from compound.simulator import Failure, Simulator, ToolUse, example_arguments
 
 WIRES = ["anthropic/claude-haiku-4-5", "openai/gpt-4.1-mini"]
 
@@ -308,7 +308,7 @@ def test_history_names_never_clash_with_the_given_tools() -> None:
 
 
 def test_a_script_file_queues_tool_calls() -> None:
-    from compound.llm.simulator import Script
+    from compound.simulator import Script
 
     script = Script.from_json({"answers": {"worker": [
         {"tool_calls": [{"name": "facts.lookup", "arguments": {"query": "q"}}], "text": "Looking."}, "done"]}})

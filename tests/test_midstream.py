@@ -15,7 +15,7 @@ from compound.core.errors import ProviderError, StreamCut
 from compound.core.settings import ModelConfig, Settings
 from compound.llm import build_client
 from compound.llm.base import Delta
-from compound.llm.simulator import Failure, Simulator
+from compound.simulator import Failure, Simulator
 from compound.store.models import TaskStatus
 from tests.test_doors_stream import streamed
 

@@ -18,7 +18,7 @@ from rich.console import Console
 from compound.cli.live import cost_parts, cost_table, render_snapshot
 from compound.core.money import money_shown, shown_usd
 from compound.core.settings import ModelConfig, Settings
-from compound.llm.simulator import Simulator
+from compound.simulator import Simulator
 from compound.store.base import Reservation, RunStore, Settlement
 from compound.store.models import TaskStatus
 from tests.fixtures.sim import sim_model_configs

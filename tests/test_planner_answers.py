@@ -12,9 +12,9 @@ import pytest
 from compound.core.settings import Settings
 from compound.executor.service import Executor
 from compound.llm import LLMClient
-from compound.llm.simulator import Simulator
 from compound.planner.decompose import FALLBACK_DESCRIPTION, FALLBACK_TIER
 from compound.planner.repair import kind_of
+from compound.simulator import Simulator
 from compound.store import open_store
 
 

@@ -16,10 +16,10 @@ import pytest
 from compound.core.settings import Settings
 from compound.executor.growing import GrowingDag
 from compound.executor.scheduler import Ended
-from compound.llm.simulator import Failure, Simulator
 from compound.planner.plan import SubtaskIn
 from compound.planner.replan import additions
 from compound.planner.stream import PlanStream, entry_errors
+from compound.simulator import Failure, Simulator
 from compound.store.base import RunStore, SubState
 from compound.store.users import create_token
 from tests.fixtures.api import Api
@@ -506,7 +506,7 @@ async def test_a_resumed_plan_that_changes_what_ran_is_cut_to_the_stored_entries
 async def test_a_streamed_plan_negotiates_the_structured_output_form(sim_settings: Settings, sim: Simulator) -> None:
     # an OpenAI-compatible server that refuses json_schema with a 500 naming
     # response_format (llama-cpp-python): the streamed call steps down, as one not streamed
-    from compound.llm.simulator import request_form
+    from compound.simulator import request_form
 
     sim.script.refuse_formats = {"json_schema": 500}
     sim.script.token_s = {"planner": 0.005}

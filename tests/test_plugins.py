@@ -18,9 +18,9 @@ import pytest
 
 from compound.core.errors import ConfigError
 from compound.core.settings import Settings
-from compound.llm.simulator import Simulator
 from compound.planner.validate import argument_errors
 from compound.plugins import Outcome, StepContext, StepError, StepResult, SubtaskView, Veto, load_plugins
+from compound.simulator import Simulator
 from compound.store.base import RunStore
 from tests.fixtures.api import Api
 from tests.test_process import running

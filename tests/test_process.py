@@ -25,7 +25,7 @@ from compound.core.errors import Conflict, ExecutorUnavailable, NotFound
 from compound.core.settings import Settings
 from compound.executor.answers import AnswerPiece
 from compound.executor.process import ProcessExecutor
-from compound.llm.simulator import Simulator
+from compound.simulator import Simulator
 from compound.store.base import RunStore
 from tests.fixtures.served import free_port, serving
 from tests.test_doors_stream import held, streamed

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from compound.api.app import create_app
 from compound.core.settings import Settings
 from compound.llm.base import Message
-from compound.llm.simulator import answer_for, prompt_kind
+from compound.simulator import answer_for, prompt_kind
 from compound.store.base import RunStore
 from compound.store.users import create_token
 from tests.fixtures.fakes import FakeLLM

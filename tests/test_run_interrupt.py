@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from compound.llm.simulator import Simulator
+from compound.simulator import Simulator
 from compound.store.db import make_engine
 from compound.store.models import LedgerEntry, Task
 

@@ -17,7 +17,7 @@ from compound.store import pg_notify
 from compound.store.base import RunStore
 from compound.store.db import make_engine
 from compound.store.pg_slots import PgModelSlots
-from compound.worker import names, wake
+from compound.worker import dbos_private, names, wake
 from compound.worker.liveness import Liveness
 from compound.worker.names import check_queue_settings
 from tests.fixtures.fakes import FakeLLM
@@ -230,14 +230,12 @@ def test_doorbell_keeps_a_ring_that_came_between_waits() -> None:
 def test_doorbell_is_installed_in_this_dbos() -> None:
     """The hook on DBOS's queue thread fits the installed DBOS (a release that changes
     `queue_worker_thread` fails here rather than quietly slowing every task's start)."""
-    from dbos import _queue
-
     bell = wake.Doorbell()
     stop = threading.Event()
     try:
         assert wake.install(names.QUEUE, bell)
         assert wake.install(names.QUEUE, bell)  # a second worker in one process: wrapped once
-        assert not hasattr(_queue.queue_worker_thread.__compound_original__, "__compound_original__")  # type: ignore[attr-defined]
+        assert not hasattr(dbos_private.queue_thread().__compound_original__, "__compound_original__")  # type: ignore[attr-defined]
         ours = wake.stop_event_for(stop, names.QUEUE)
         assert wake.stop_event_for(stop, "another queue") is stop
     finally:

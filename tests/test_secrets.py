@@ -20,7 +20,7 @@ from compound.core import secrets
 from compound.core.logging import configure_logging
 from compound.core.settings import ModelConfig, Settings
 from compound.llm.errors import scrub
-from compound.llm.simulator import Failure, Simulator
+from compound.simulator import Failure, Simulator
 from compound.store.users import create_token
 from tests.fixtures.sim import sim_model_configs
 

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import select
 from sqlmodel import Session
 
-from compound.llm.simulator import free_port
+from compound.simulator import free_port
 from compound.store.db import make_engine
 from compound.store.models import LedgerEntry, Task
 

@@ -56,6 +56,12 @@ class ScriptedLLM:
         self.gates[n] = asyncio.Event()
         return self.gates[n]
 
+    async def warm(self) -> None:
+        """Nothing to warm."""
+
+    async def aclose(self) -> None:
+        """Nothing held."""
+
     async def complete(self, *, model: str, messages: list[Message], max_tokens: int,
                        json_schema: dict[str, Any] | None = None, timeout_s: float | None = None,
                        tools: Sequence[ToolSpec] | None = None, tool_choice: ToolChoice = "auto") -> Completion:

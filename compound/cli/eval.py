@@ -138,10 +138,7 @@ async def _with_progress(run: Any, items: list[Any], console: Any, *, label: str
         try:
             results: list[Any] = await run.run(items)
         finally:
-            client = getattr(run, "client", None)
-            aclose = getattr(getattr(client, "inner", client), "aclose", None)
-            if aclose is not None:  # the SDKs' HTTP sessions close on the loop they ran on
-                await aclose()
+            await run.client.aclose()  # the SDKs' HTTP sessions close on the loop they ran on
         return results
 
 

@@ -83,9 +83,7 @@ def register(app: typer.Typer) -> None:
             finally:
                 if servers is not None:
                     await servers.stop()
-                aclose = getattr(client, "aclose", None)
-                if aclose is not None:  # the SDKs' HTTP sessions close on the loop they ran on
-                    await aclose()
+                await client.aclose()  # the SDKs' HTTP sessions close on the loop they ran on
 
         try:
             result = asyncio.run(planned())

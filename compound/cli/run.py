@@ -150,7 +150,5 @@ async def _run(settings: Settings, client: LLMClient, *, request: str, budget: f
             await executor.stop()
         finally:
             loop.remove_signal_handler(signal.SIGINT)
-            aclose = getattr(client, "aclose", None)
-            if aclose is not None:  # the SDKs' HTTP sessions close on the loop they ran on
-                await aclose()
+            await client.aclose()  # the SDKs' HTTP sessions close on the loop they ran on
         return await store.snapshot(task.id), bool(interrupts)

@@ -11,7 +11,7 @@ import typer
 
 def script_for(*, latency: float | None, latency_ms: int, data: dict[str, Any]) -> Any:
     """The simulator's script: the JSON file, then --latency (seconds) or --latency-ms."""
-    from compound.llm.simulator import Script
+    from compound.simulator import Script
 
     plan = Script.from_json(data)
     if latency is not None:
@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         script: Path | None = typer.Option(None, help="JSON script: latency_s, latency_rules, failures, answers"),
     ) -> None:
         """Run the offline provider simulator (Anthropic Messages + OpenAI Chat Completions)."""
-        from compound.llm.simulator import run_simulator
+        from compound.simulator import run_simulator
 
         data = json.loads(script.read_text()) if script else {}
         plan = script_for(latency=latency, latency_ms=latency_ms, data=data)

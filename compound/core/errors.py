@@ -8,7 +8,6 @@
     ├── Conflict             the thing is in the wrong state for that (API: 409)
     ├── DatabaseUnavailable  the database went away or cannot be reached (API: 503)
     ├── BudgetExceeded       a call's worst case does not fit in what is left
-    ├── ModelOutputError     the model answered, but not with what was asked
     ├── ToolError            a tool of an MCP server could not be called (tools/)
     │   ├── UnknownTool      no such tool in the catalogue
     │   ├── ToolUnavailable  its server is down, or the connection dropped mid-call
@@ -88,12 +87,6 @@ class ExecutorUnavailable(CompoundError):
 
 class BudgetExceeded(CompoundError):
     code = "budget_exceeded"
-
-
-class ModelOutputError(CompoundError):
-    """The model answered with something unusable (e.g. not a plan)."""
-
-    code = "model_output_invalid"
 
 
 class ProviderError(CompoundError):

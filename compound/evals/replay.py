@@ -52,6 +52,12 @@ class RecordingClient:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"header": header}, ensure_ascii=False) + "\n", encoding="utf-8")
 
+    async def warm(self) -> None:
+        await self.inner.warm()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
     async def complete(self, *, model: str, messages: list[Message], max_tokens: int,
                        json_schema: dict[str, Any] | None = None, timeout_s: float | None = None) -> Completion:
         try:
@@ -129,6 +135,12 @@ class ReplayClient:
     def structured_output(self) -> dict[str, str]:
         """The forms the recorded run's endpoints accepted."""
         return dict(self.forms)
+
+    async def warm(self) -> None:
+        """Nothing to warm: the answers are in memory."""
+
+    async def aclose(self) -> None:
+        """Nothing held."""
 
     async def complete(self, *, model: str, messages: list[Message], max_tokens: int,  # noqa: ARG002
                        json_schema: dict[str, Any] | None = None,  # noqa: ARG002

@@ -87,9 +87,7 @@ async def serve(fd: int) -> int:
     executor: Executor | None = None
     try:
         await store.write_from_here()
-        warm = getattr(client, "warm", None)
-        if warm is not None:
-            await warm()
+        await client.warm()
         answers = ForwardedAnswers(out.send)
         observers = [ForwardedObservations(out.send)] if hello["observe"] else []
         executor = Executor(settings=settings, store=store, client=client, observers=observers,
@@ -110,9 +108,7 @@ async def serve(fd: int) -> int:
     finally:
         if executor is not None:
             await executor.stop()
-        aclose = getattr(client, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await client.aclose()
         await store.close()
         out.flush()
         with contextlib.suppress(ConnectionError):

@@ -106,9 +106,8 @@ class Executor(TaskWaits):
     async def start(self) -> list[str]:
         """Resume every task that was not terminal when the last process stopped (the
         MCP servers connected first, when this executor opens its own)."""
-        warm = getattr(self.client, "warm", None)
-        if self._owns_client and warm is not None:
-            await warm()
+        if self._owns_client:
+            await self.client.warm()
         await self.open_tools()
         ids = await self.store.unfinished_task_ids()
         for task_id in ids:
@@ -143,9 +142,8 @@ class Executor(TaskWaits):
         if self._own_tools is not None:
             await self._own_tools.stop()
             self._own_tools = self.tools = None
-        aclose = getattr(self.client, "aclose", None)
-        if self._owns_client and aclose is not None:
-            await aclose()
+        if self._owns_client:
+            await self.client.aclose()
 
     def submit(self, task_id: str) -> None:
         """Run the task in the background (no-op when it already runs here)."""

@@ -74,6 +74,9 @@ class SDKAdapter(Generic[C]):
             return sdk.DefaultAioHttpClient(limits=limits)
         return sdk.DefaultAsyncHttpxClient(limits=limits)
 
+    async def warm(self) -> None:
+        """Nothing to pay ahead: each model's SDK client is made when the model is first routed here."""
+
     async def aclose(self) -> None:
         for client in self._clients.values():
             await client.close()  # type: ignore[attr-defined]

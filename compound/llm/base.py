@@ -80,6 +80,16 @@ StreamEvent = Delta | Completion
 
 
 class LLMClient(Protocol):
+    async def warm(self) -> None:
+        """Pay start-up costs (imports, connections) before the first call; the host that
+        made the client calls it once at start. Nothing to do for most clients."""
+        ...
+
+    async def aclose(self) -> None:
+        """Let go of what the client holds (HTTP sessions), on the event loop it ran on;
+        the host that made the client calls it once at stop."""
+        ...
+
     async def complete(
         self,
         *,

@@ -141,16 +141,6 @@ def body_text(exc: BaseException, secrets: tuple[str | None, ...]) -> str | None
         return None
 
 
-def names_response_format(error: ProviderError) -> bool:
-    """Is this a refusal of `response_format`? A 400 or 422 with it in the request is
-    (some servers do not say why); any other status only when its body names it
-    (llama-cpp-python answers json_schema with a 500 naming `response_format`)."""
-    if error.status in (400, 422):
-        return True
-    text = f"{error.body or ''} {error.message}".lower()
-    return error.status is not None and ("response_format" in text or "json_schema" in text)
-
-
 def retry_after(headers: Mapping[str, str] | Any) -> float | None:
     """Seconds to wait from `retry-after-ms`, `retry-after` (seconds or an HTTP date)."""
     if not headers:

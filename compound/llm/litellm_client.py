@@ -58,6 +58,9 @@ class LiteLLMClient:
     async def warm(self) -> None:
         await litellm_module()  # the import costs seconds; pay it at start
 
+    async def aclose(self) -> None:
+        """Nothing held: litellm keeps its own module-level sessions."""
+
     def _kwargs(self, model: str, messages: list[Message], max_tokens: int,
                 json_schema: dict[str, Any] | None, timeout_s: float | None,
                 tools: Sequence[ToolSpec] | None, tool_choice: ToolChoice, names: ToolNames) -> dict[str, Any]:

@@ -23,7 +23,6 @@ from compound.prompts import render
 CallFn = Callable[[list[Message], dict[str, Any] | None], Awaitable[Completion]]
 # The same call, streamed when given a third argument: on_delta(attempt, text) for each
 # piece of the answer (a retry is a new attempt, streamed from its start).
-OnDelta = Callable[[int, str], None]
 StreamCallFn = Callable[..., Awaitable[Completion]]
 
 # Lengths the decoder holds a plan's text to: a small model left free rambles inside a

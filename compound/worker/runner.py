@@ -24,7 +24,7 @@ from compound.llm.base import LLMClient
 from compound.store import pg_notify
 from compound.store.base import RunStore
 from compound.store.pg_slots import PgModelSlots
-from compound.worker import answers, names, wake
+from compound.worker import answers, dbos_private, names, wake
 from compound.worker.liveness import Liveness
 
 log = get_logger("compound.worker")
@@ -94,7 +94,6 @@ class Worker:
         # Set while the session holding our liveness lock is lost: nothing runs here
         # until the lock is ours again and our tasks are back in the queue.
         self.suspended = False
-        self.reconnects = 0  # for tests and logs
 
     async def start(self) -> None:
         global _worker
@@ -272,7 +271,6 @@ class Worker:
                 os._exit(70)
             self.suspended = False
             self.bell.resume()
-            self.reconnects += 1
             log.warning("liveness session back; taking tasks again", executor_id=self.executor_id,
                         after_s=round(asyncio.get_running_loop().time() - lost_at, 2))
 
@@ -322,7 +320,7 @@ class Worker:
                 mine = [w for w in pending if w.executor_id == self.executor_id]
                 if not mine:
                     return
-                await asyncio.to_thread(DBOS._recover_pending_workflows, [self.executor_id])
+                await asyncio.to_thread(dbos_private.recover_pending_workflows, [self.executor_id])
                 log.warning("our tasks are back in the queue", tasks=len(mine))
                 await asyncio.to_thread(pg_notify.publish, self.store.engine, pg_notify.QUEUE_WAKE, "")
                 await asyncio.sleep(RECONNECT_FIRST_S)  # then make sure none was left
@@ -344,7 +342,7 @@ class Worker:
         others = {w.executor_id for w in pending if w.executor_id and w.executor_id != self.executor_id}
         dead = [e for e in sorted(others) if await self.liveness.is_dead(e)]
         if dead:
-            handles = await asyncio.to_thread(DBOS._recover_pending_workflows, dead)
+            handles = await asyncio.to_thread(dbos_private.recover_pending_workflows, dead)
             log.warning("resuming the tasks of dead workers", workers=dead, tasks=len(handles))
             if handles:  # back in the queue: whoever has room takes them now
                 self.bell.ring()
@@ -361,9 +359,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, hurry: asyncio.Eve
 
     async with open_store(settings.database_url, **store_options(settings)) as store:
         client = build_client(settings)
-        warm = getattr(client, "warm", None)
-        if warm is not None:
-            await warm()
+        await client.warm()
         worker = Worker(settings=settings, store=store, client=client)
         await worker.start()
         settle_heap()  # start-up is over
@@ -376,4 +372,4 @@ async def run_worker(settings: Settings, stop: asyncio.Event, hurry: asyncio.Eve
             with contextlib.suppress(Exception):
                 await worker.stop()
             with contextlib.suppress(Exception):
-                await client.aclose()  # type: ignore[attr-defined]
+                await client.aclose()

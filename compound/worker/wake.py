@@ -11,8 +11,9 @@ ends the thread's sleep early: the dequeue itself, with its per-worker and globa
 limits, is still DBOS's own. A lost ring costs one polling interval, no more.
 
 The hook: `queue_worker_thread(stop_event, dbos, queue)` is looked up in its module
-each time DBOS starts a queue's thread, so `install` wraps it to hand our queue's
-thread a `_Waiter` in place of the stop event (it uses only `wait` and `is_set`).
+each time DBOS starts a queue's thread (a private name: worker/dbos_private.py), so
+`install` wraps it to hand our queue's thread a `_Waiter` in place of the stop event
+(it uses only `wait` and `is_set`).
 If a DBOS release changes that function, `install` says so and returns False, and
 the workers poll as before (slower to start, still correct)."""
 
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from compound.core.logging import get_logger
+from compound.worker import dbos_private
 
 log = get_logger("compound.worker.wake")
 
@@ -42,12 +44,10 @@ class Doorbell:
         self._closed = False
         self._paused = False
         self._parked = False  # the queue thread sits in a paused wait
-        self.rings = 0  # for tests and logs
 
     def ring(self) -> None:
         with self._cond:
             self._rung = True
-            self.rings += 1
             self._cond.notify_all()
 
     def close(self) -> None:
@@ -125,12 +125,10 @@ _bells: dict[str, Doorbell] = {}  # queue name -> the bell of this process's wor
 def install(queue_name: str, bell: Doorbell) -> bool:
     """Route `queue_name`'s queue thread through `bell` (call before DBOS starts the
     thread, i.e. before registering the queue). False if this DBOS cannot be hooked."""
-    from dbos import _queue
-
-    current: Callable[..., Any] = _queue.queue_worker_thread
+    current = dbos_private.queue_thread()
     original: Callable[..., Any] | None = getattr(current, "__compound_original__", None)
     if original is None:
-        if list(inspect.signature(current).parameters)[:3] != ["stop_event", "dbos", "queue"]:
+        if list(inspect.signature(current).parameters)[:3] != dbos_private.QUEUE_THREAD_PARAMETERS:
             log.warning("this DBOS's queue thread cannot be woken; workers start tasks at their next poll",
                         polling="COMPOUND_QUEUE_POLLING_INTERVAL_S")
             return False
@@ -140,7 +138,7 @@ def install(queue_name: str, bell: Doorbell) -> bool:
             original(stop_event_for(stop_event, queue.name), dbos, queue)
 
         queue_worker_thread.__compound_original__ = original  # type: ignore[attr-defined]
-        _queue.queue_worker_thread = queue_worker_thread
+        dbos_private.set_queue_thread(queue_worker_thread)
     _bells[queue_name] = bell
     return True
 

@@ -44,7 +44,6 @@ from compound.store.base import Principal
 from compound.store.models import TaskStatus
 
 RPC_PATH = "/a2a"
-CARD_PATH = "/.well-known/agent-card.json"
 PRINCIPAL = "compound.principal"
 PARSE_ERROR, INVALID_REQUEST, INVALID_PARAMS = -32700, -32600, -32602  # JSON-RPC's codes
 

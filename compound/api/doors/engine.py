@@ -305,9 +305,6 @@ class Door:
             return False
         return True
 
-    async def read_status(self, task_id: str) -> str:
-        return (await self.store.head(task_id)).status
-
     async def tokens(self, task_id: str) -> tuple[int, int]:
         """(input, output) tokens of all the task's calls."""
         return await self.store.task_tokens(task_id)

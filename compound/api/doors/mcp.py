@@ -22,7 +22,6 @@ from compound.api.state import app_state
 from compound.core.errors import BudgetExceeded, CompoundError, Conflict, NotFound, UserInputError
 from compound.store.base import Principal
 
-PATH = "/mcp"
 # A quiet SSE response gets a comment this often (seconds): below the 5 s read timeout
 # of httpx's default client, which an MCP client over HTTP often is.
 KEEPALIVE_S = 2.0
