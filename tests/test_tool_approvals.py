@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from compound.llm.simulator import Simulator
+from compound.simulator import Simulator
 from typer.testing import CliRunner
 
 from compound.api.app import create_app
