@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-from compound.simulator import Simulator
 from typer.testing import CliRunner
 
 from compound.api.app import create_app
@@ -27,6 +26,7 @@ from compound.cli import app as cli_app
 from compound.core.errors import Conflict, NotFound
 from compound.core.settings import Settings
 from compound.llm.base import Completion, Message, ToolChoice
+from compound.simulator import Simulator
 from compound.store.base import RunStore
 from compound.store.users import create_token
 from compound.tools.config import McpServerConfig

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 
@@ -17,6 +17,9 @@ from compound.core.settings import Settings, load_settings
 from compound.executor.host import ExecutorHost
 from compound.llm.base import LLMClient
 from compound.store.base import RunStore
+
+if TYPE_CHECKING:
+    from compound.tools.servers import ToolServers
 
 DESCRIPTION = """compound turns one natural-language request into a DAG of tiered subtasks,
 runs it eagerly under a hard budget, and accounts every token and cent.
@@ -32,91 +35,8 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from compound.core import secrets
-        from compound.core.logging import configure_logging
-        from compound.executor.service import Executor
-        from compound.llm.pricing import check_prices
-        from compound.store import open_store, store_options
-
-        secrets.configure(settings)  # every key and credential the settings and environment hold
-        configure_logging(settings.log_level, settings.log_json)
-        check_prices(settings)
-        from compound.plugins import load_plugins
-
-        load_plugins(settings.plugins)  # COMPOUND_PLUGINS: a broken one refuses the start
-        from compound.core.logging import get_logger
-
-        for model, key in settings.models_without_access():
-            get_logger("compound.api").warning(
-                "model has no provider key and no base URL; its calls will fail", model=model, set=key)
-        own_store = store is None
-        runs = store or open_store(settings.database_url, **store_options(settings))
-        await runs.open()  # creates missing tables
-        from compound.tools.servers import ToolServers
-
-        # One session per MCP server, each in a task of its own; a server down is a warning.
-        # Started before the executor, whose resumed tasks may call tools at once.
-        app.state.tool_servers = tool_servers = ToolServers(settings.mcp_servers)
-        await tool_servers.start()
-        executor: ExecutorHost
-        if settings.execution == "queue":
-            # Queue mode: this process stores, enqueues and reads; `compound worker`s run tasks.
-            from compound.worker.backend import QueueBackend
-
-            executor = QueueBackend(settings=settings, store=runs)
-        else:
-            obs = list(observers or [])
-            metrics = getattr(app.state, "metrics", None)
-            if metrics is not None:
-                obs.append(metrics)
-            # The synthesis call streams while a door's client listens, so it gets the answer as written.
-            if client is None and settings.executor_process and not runs.in_memory:
-                from compound.executor.process import ProcessExecutor
-
-                # The executor and its SDK clients run in a process of their own, so the
-                # HTTP loop stays quick however busy they are (executor/process.py).
-                executor = ProcessExecutor(settings=settings, store=runs, observers=obs, stream_answers=True)
-            else:
-                from compound.llm import build_client
-
-                # On this loop: an in-memory store (no other process can open it), an
-                # injected client (tests), or COMPOUND_EXECUTOR_PROCESS=false.
-                executor = Executor(settings=settings, store=runs, client=client or build_client(settings),
-                                    observers=obs, stream_answers=True, owns_client=client is None,
-                                    tools=tool_servers)
-        app.state.store = runs
-        app.state.executor = executor
-        from compound.api.auth import TokenCache
-
-        tokens = TokenCache(runs, ttl_s=settings.token_cache_s, flush_s=settings.token_last_used_flush_s)
-        app.state.tokens = tokens
-        flusher = asyncio.create_task(tokens.run(), name="token-last-used")
-        from compound.api.snapshots import SnapshotCache
-
-        # Tasks run by other processes are heard by PostgreSQL's LISTEN/NOTIFY only.
-        hears_all = runs.url.startswith("postgres") or getattr(settings, "execution", "inline") != "queue"
-        app.state.snapshots = SnapshotCache(runs, keep=hears_all)
-        if settings.execution == "queue":  # a queued task says when no worker is alive to take it
-            from compound.api.notices import NoticedSnapshots
-            from compound.worker.liveness import WorkerWatch
-
-            app.state.snapshots = NoticedSnapshots(runs, watch=WorkerWatch(settings.database_url), keep=hears_all)
-        await executor.start()
-        from compound.api import doors
-
-        try:
-            async with doors.running(app):
-                settle_heap()  # start-up is over
-                yield
-        finally:
-            await tool_servers.stop()
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
-            await tokens.flush()
-            await executor.stop()
-            if own_store:
-                await runs.close()
+        async with _serving(app, settings, client=client, store=store, observers=observers):
+            yield
 
     app = FastAPI(title="compound", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
                   docs_url=None, redoc_url=None)
@@ -126,7 +46,18 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
     from compound.api.ratelimit import RateLimiter
 
     app.state.ratelimit = RateLimiter(settings.rate_limit_per_minute)
+    _install_routes(app, settings)
 
+    @app.get("/healthz", tags=["ops"], summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def _install_routes(app: FastAPI, settings: Settings) -> None:
+    """Error shapes and middleware, the task, symbiont and tool routes, the live pages
+    and the doors (OpenAI, MCP, A2A)."""
     from compound.api import errors, routes_symbiont, routes_tasks, routes_tools
 
     errors.install(app)
@@ -143,11 +74,111 @@ def create_app(settings: Settings | None = None, *, client: LLMClient | None = N
 
     doors.install(app)
 
-    @app.get("/healthz", tags=["ops"], summary="Liveness")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
 
-    return app
+@asynccontextmanager
+async def _serving(app: FastAPI, settings: Settings, *, client: LLMClient | None, store: RunStore | None,
+                   observers: list[Any] | None) -> AsyncIterator[None]:
+    """The app's life: the process configured, the store open, the MCP servers, the
+    executor, the token and snapshot caches and the doors started; stopped in turn."""
+    _configure_process(settings)
+    from compound.store import open_store, store_options
+
+    own_store = store is None
+    runs = store or open_store(settings.database_url, **store_options(settings))
+    await runs.open()  # creates missing tables
+    from compound.tools.servers import ToolServers
+
+    # One session per MCP server, each in a task of its own; a server down is a warning.
+    # Started before the executor, whose resumed tasks may call tools at once.
+    app.state.tool_servers = tool_servers = ToolServers(settings.mcp_servers)
+    await tool_servers.start()
+    executor = _executor(app, settings, runs, client=client, observers=observers, tools=tool_servers)
+    app.state.store = runs
+    app.state.executor = executor
+    from compound.api.auth import TokenCache
+
+    tokens = TokenCache(runs, ttl_s=settings.token_cache_s, flush_s=settings.token_last_used_flush_s)
+    app.state.tokens = tokens
+    flusher = asyncio.create_task(tokens.run(), name="token-last-used")
+    _install_snapshots(app, settings, runs)
+    await executor.start()
+    from compound.api import doors
+
+    try:
+        async with doors.running(app):
+            settle_heap()  # start-up is over
+            yield
+    finally:
+        await tool_servers.stop()
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+        await tokens.flush()
+        await executor.stop()
+        if own_store:
+            await runs.close()
+
+
+def _configure_process(settings: Settings) -> None:
+    """Secrets, logging, prices and plugins, checked and set up before anything starts."""
+    from compound.core import secrets
+    from compound.core.logging import configure_logging
+    from compound.llm.pricing import check_prices
+
+    secrets.configure(settings)  # every key and credential the settings and environment hold
+    configure_logging(settings.log_level, settings.log_json)
+    check_prices(settings)
+    from compound.plugins import load_plugins
+
+    load_plugins(settings.plugins)  # COMPOUND_PLUGINS: a broken one refuses the start
+    from compound.core.logging import get_logger
+
+    for model, key in settings.models_without_access():
+        get_logger("compound.api").warning(
+            "model has no provider key and no base URL; its calls will fail", model=model, set=key)
+
+
+def _executor(app: FastAPI, settings: Settings, runs: RunStore, *, client: LLMClient | None,
+              observers: list[Any] | None, tools: ToolServers) -> ExecutorHost:
+    """Where tasks run: queue workers, a process of its own, or this loop."""
+    from compound.executor.service import Executor
+
+    if settings.execution == "queue":
+        # Queue mode: this process stores, enqueues and reads; `compound worker`s run tasks.
+        from compound.worker.backend import QueueBackend
+
+        return QueueBackend(settings=settings, store=runs)
+    obs = list(observers or [])
+    metrics = getattr(app.state, "metrics", None)
+    if metrics is not None:
+        obs.append(metrics)
+    # The synthesis call streams while a door's client listens, so it gets the answer as written.
+    if client is None and settings.executor_process and not runs.in_memory:
+        from compound.executor.process import ProcessExecutor
+
+        # The executor and its SDK clients run in a process of their own, so the
+        # HTTP loop stays quick however busy they are (executor/process.py).
+        return ProcessExecutor(settings=settings, store=runs, observers=obs, stream_answers=True)
+    from compound.llm import build_client
+
+    # On this loop: an in-memory store (no other process can open it), an
+    # injected client (tests), or COMPOUND_EXECUTOR_PROCESS=false.
+    return Executor(settings=settings, store=runs, client=client or build_client(settings),
+                    observers=obs, stream_answers=True, owns_client=client is None, tools=tools)
+
+
+def _install_snapshots(app: FastAPI, settings: Settings, runs: RunStore) -> None:
+    """The cache of task snapshots the reads and streams are served from."""
+    from compound.api.snapshots import SnapshotCache
+
+    # Tasks run by other processes are heard by PostgreSQL's LISTEN/NOTIFY only.
+    hears_all = runs.url.startswith("postgres") or getattr(settings, "execution", "inline") != "queue"
+    app.state.snapshots = SnapshotCache(runs, keep=hears_all)
+    if settings.execution == "queue":  # a queued task says when no worker is alive to take it
+        from compound.api.notices import NoticedSnapshots
+        from compound.worker.liveness import WorkerWatch
+
+        app.state.snapshots = NoticedSnapshots(runs, watch=WorkerWatch(settings.database_url), keep=hears_all)
 
 
 def _offline_docs(app: FastAPI) -> None:

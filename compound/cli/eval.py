@@ -33,10 +33,7 @@ def register(app: typer.Typer) -> None:
 
         from compound.cli.common import settings_or_exit
         from compound.core.errors import CompoundError
-        from compound.evals.datasets import load
-        from compound.evals.replay import structured_output_of
-        from compound.evals.runner import EvalRun, summarize
-        from compound.evals.similarity import matcher_named
+        from compound.evals.runner import EvalRun
         from compound.llm.pricing import price_of
 
         err = Console(stderr=True)
@@ -44,17 +41,8 @@ def register(app: typer.Typer) -> None:
             typer.echo("error: --record and --replay exclude each other", err=True)
             raise typer.Exit(2)
         settings = settings_or_exit(priced=True)
-        try:
-            _require_extras(matcher)  # before any item runs
-            path = _dataset_path(dataset)
-            items = load(path, fmt)[:limit] if limit else load(path, fmt)
-            match = matcher_named(matcher)
-            if judge:
-                price_of(judge, settings)  # an unpriced judge is refused now, not after the whole run
-            client = _client(settings, record=record, replay=replay, judge=judge)
-        except CompoundError as exc:
-            typer.echo(f"error: {exc.message}", err=True)
-            raise typer.Exit(2) from None
+        path, items, match, client = _setup(settings, dataset=dataset, fmt=fmt, limit=limit, matcher=matcher,
+                                            judge=judge, record=record, replay=replay)
         run = EvalRun(settings=settings, client=client, matcher=match, price_of=lambda m: price_of(m, settings),
                       concurrency=concurrency, judge_model=judge)
         try:
@@ -62,13 +50,8 @@ def register(app: typer.Typer) -> None:
         except CompoundError as exc:  # e.g. the embedding matcher's extra is missing
             typer.echo(f"error: {exc.message}", err=True)
             raise typer.Exit(2) from None
-        summary = summarize(results, matcher=match.name, dataset=dataset, fmt=fmt, settings=settings,
-                            judge_model=judge)
-        summary["structured_output"] = structured_output_of(client)
-        if record is not None:
-            client.finish()
-        if replay is not None:
-            summary["replay"] = {"file": str(replay), "misses": getattr(client, "misses", 0)}
+        summary = _summary(results, client, settings, matcher=match.name, dataset=dataset, fmt=fmt,
+                           judge=judge, record=record, replay=replay)
         if out is not None:
             from compound.evals.report import write
 
@@ -78,6 +61,46 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(summary))
         else:
             _print_summary(summary)
+
+
+def _setup(settings: Any, *, dataset: str, fmt: str, limit: int | None, matcher: str, judge: str | None,
+           record: Path | None, replay: Path | None) -> tuple[Path, list[Any], Any, Any]:
+    """The dataset's path and items, the step matcher and the client, each checked
+    before any item runs; exits with the problem when one is refused."""
+    from compound.core.errors import CompoundError
+    from compound.evals.datasets import load
+    from compound.evals.similarity import matcher_named
+    from compound.llm.pricing import price_of
+
+    try:
+        _require_extras(matcher)  # before any item runs
+        path = _dataset_path(dataset)
+        items = load(path, fmt)[:limit] if limit else load(path, fmt)
+        match = matcher_named(matcher)
+        if judge:
+            price_of(judge, settings)  # an unpriced judge is refused now, not after the whole run
+        client = _client(settings, record=record, replay=replay, judge=judge)
+    except CompoundError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+    return path, items, match, client
+
+
+def _summary(results: list[Any], client: Any, settings: Any, *, matcher: str, dataset: str, fmt: str,
+             judge: str | None, record: Path | None, replay: Path | None) -> dict[str, Any]:
+    """The run's summary, with how the models answered structured output and, for a
+    replay, the calls the recording missed; a recording is written out."""
+    from compound.evals.replay import structured_output_of
+    from compound.evals.runner import summarize
+
+    summary: dict[str, Any] = summarize(results, matcher=matcher, dataset=dataset, fmt=fmt, settings=settings,
+                                        judge_model=judge)
+    summary["structured_output"] = structured_output_of(client)
+    if record is not None:
+        client.finish()
+    if replay is not None:
+        summary["replay"] = {"file": str(replay), "misses": getattr(client, "misses", 0)}
+    return summary
 
 
 def _require_extras(matcher: str) -> None:

@@ -48,45 +48,12 @@ def register(app: typer.Typer) -> None:
         """Decompose a request into a plan without running it."""
         from compound.cli.common import read_prompt, settings_or_exit
         from compound.core.errors import PlanInvalid, ProviderError
-        from compound.llm import build_client
-        from compound.llm.pricing import price_of
-        from compound.planner.decompose import decompose
-        from compound.planner.estimate import estimate_cost
 
         settings = settings_or_exit(priced=True)
         prompt = read_prompt(request, file, settings.max_prompt_chars)
-        client = build_client(settings)
         spent: list[float] = []
-
-        async def call(messages: Any, schema: Any) -> Any:
-            out = await client.complete(model=settings.planner_model, messages=messages,
-                                        max_tokens=settings.planner_max_tokens, json_schema=schema,
-                                        timeout_s=settings.call_timeout_s)
-            spent.append(out.cost_usd)
-            return out
-
-        async def planned() -> Any:
-            servers = None
-            try:
-                catalogue = None
-                if settings.mcp_servers:  # the planner sees the configured servers' tools
-                    from compound.tools.servers import ToolServers
-
-                    servers = ToolServers(settings.mcp_servers)
-                    await servers.start()
-                    catalogue = servers.catalogue()
-                from compound.plugins import load_plugins
-
-                plugins = load_plugins(settings.plugins)  # the planner sees the step kinds' cards
-                return await decompose(call, prompt, max_subtasks=settings.max_subtasks, fallback=False,
-                                       tools=catalogue, steps=plugins.cards(), kinds=plugins.kinds())
-            finally:
-                if servers is not None:
-                    await servers.stop()
-                await client.aclose()  # the SDKs' HTTP sessions close on the loop they ran on
-
         try:
-            result = asyncio.run(planned())
+            result = asyncio.run(_decompose(settings, prompt, spent))
         except PlanInvalid as exc:
             typer.echo("error: the planner gave no valid plan:\n" + "\n".join(f"  - {e}" for e in exc.errors), err=True)
             raise typer.Exit(1) from None
@@ -96,32 +63,79 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(result.model_dump(mode="json"), indent=2))
             return
-        from rich.console import Console
-        from rich.text import Text
-        from rich.tree import Tree
+        _show_plan(result, settings, prompt=prompt, planning_cost=sum(spent))
 
-        from compound.planner.plan import critical_path, waves
-        from compound.planner.router import route
 
-        routes = route(result, settings)
-        deps = result.deps()
-        tree = Tree(Text.assemble(("plan", "bold"), f": {result.reasoning or ''}"))
-        for w, members in enumerate(waves(deps)):
-            branch = tree.add(Text(f"wave {w}"))
-            for i in members:
-                s = result.subtasks[i]
-                after = (f"  (after {', '.join(f'{d}?' if d in s.optional else str(d) for d in s.needs)})"
-                         if s.needs else "")
-                acts = f"  tools: {', '.join(s.tools)}" if s.tools else ""
-                if s.kind == "tool":
-                    acts = f"  calls {s.tool} {json.dumps(s.arguments, ensure_ascii=False)}"
-                branch.add(Text(f"[{i}] tier {routes[i].tier_assigned} {routes[i].models[0]}: "
-                                f"{s.description}{after}{acts}"))
-        console = Console()
-        console.print(tree)
-        console.print(Text(f"critical path: {' -> '.join(map(str, critical_path(deps)))}"))
-        worst = estimate_cost(result, settings, lambda m: price_of(m, settings), request=prompt)
-        likely = likely_cost(result, settings, lambda m: price_of(m, settings), request=prompt)
-        console.print(Text(f"likely cost: ${likely:.6f} (answers of ~{TYPICAL_ANSWER_TOKENS} tokens); "
-                           f"worst case: ${worst:.6f} (every answer at max_tokens, the most the budget "
-                           f"holds back); planning cost: ${sum(spent):.6f}"))
+async def _decompose(settings: Any, prompt: str, spent: list[float]) -> Any:
+    """The planner's plan for the prompt, seeing the configured MCP servers' tools and
+    the plugins' step kinds; each planner call's cost goes on `spent`."""
+    from compound.llm import build_client
+    from compound.planner.decompose import decompose
+
+    client = build_client(settings)
+
+    async def call(messages: Any, schema: Any) -> Any:
+        out = await client.complete(model=settings.planner_model, messages=messages,
+                                    max_tokens=settings.planner_max_tokens, json_schema=schema,
+                                    timeout_s=settings.call_timeout_s)
+        spent.append(out.cost_usd)
+        return out
+
+    servers = None
+    try:
+        catalogue = None
+        if settings.mcp_servers:  # the planner sees the configured servers' tools
+            from compound.tools.servers import ToolServers
+
+            servers = ToolServers(settings.mcp_servers)
+            await servers.start()
+            catalogue = servers.catalogue()
+        from compound.plugins import load_plugins
+
+        plugins = load_plugins(settings.plugins)  # the planner sees the step kinds' cards
+        return await decompose(call, prompt, max_subtasks=settings.max_subtasks, fallback=False,
+                               tools=catalogue, steps=plugins.cards(), kinds=plugins.kinds())
+    finally:
+        if servers is not None:
+            await servers.stop()
+        await client.aclose()  # the SDKs' HTTP sessions close on the loop they ran on
+
+
+def _show_plan(result: Any, settings: Any, *, prompt: str, planning_cost: float) -> None:
+    """The plan as a tree by waves, its critical path, and its likely, worst-case and
+    planning costs."""
+    from rich.console import Console
+    from rich.text import Text
+    from rich.tree import Tree
+
+    from compound.llm.pricing import price_of
+    from compound.planner.estimate import estimate_cost
+    from compound.planner.plan import critical_path, waves
+    from compound.planner.router import route
+
+    routes = route(result, settings)
+    deps = result.deps()
+    tree = Tree(Text.assemble(("plan", "bold"), f": {result.reasoning or ''}"))
+    for w, members in enumerate(waves(deps)):
+        branch = tree.add(Text(f"wave {w}"))
+        for i in members:
+            branch.add(Text(f"[{i}] tier {routes[i].tier_assigned} {routes[i].models[0]}: "
+                            f"{_subtask_line(result.subtasks[i])}"))
+    console = Console()
+    console.print(tree)
+    console.print(Text(f"critical path: {' -> '.join(map(str, critical_path(deps)))}"))
+    worst = estimate_cost(result, settings, lambda m: price_of(m, settings), request=prompt)
+    likely = likely_cost(result, settings, lambda m: price_of(m, settings), request=prompt)
+    console.print(Text(f"likely cost: ${likely:.6f} (answers of ~{TYPICAL_ANSWER_TOKENS} tokens); "
+                       f"worst case: ${worst:.6f} (every answer at max_tokens, the most the budget "
+                       f"holds back); planning cost: ${planning_cost:.6f}"))
+
+
+def _subtask_line(s: Any) -> str:
+    """A subtask's description, what it waits for (`d?`: optional) and what it acts with."""
+    after = (f"  (after {', '.join(f'{d}?' if d in s.optional else str(d) for d in s.needs)})"
+             if s.needs else "")
+    acts = f"  tools: {', '.join(s.tools)}" if s.tools else ""
+    if s.kind == "tool":
+        acts = f"  calls {s.tool} {json.dumps(s.arguments, ensure_ascii=False)}"
+    return f"{s.description}{after}{acts}"

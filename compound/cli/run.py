@@ -35,9 +35,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run one task in this process against the configured models."""
         from compound.cli.common import engine_for, read_prompt, settings_or_exit
-        from compound.core.errors import PlanInvalid
         from compound.llm import build_client
-        from compound.planner.validate import validate_plan
 
         if budget is not None and budget <= 0:
             typer.echo("error: --budget must be more than 0 (it is a hard cap in USD)", err=True)
@@ -47,19 +45,7 @@ def register(app: typer.Typer) -> None:
         from compound.core.logging import configure_logging
 
         configure_logging(settings.log_level, settings.log_json)  # task logs go to stderr, never stdout
-        try:
-            plan_in = None
-            if plan is not None:
-                from compound.plugins import load_plugins
-
-                plan_in = validate_plan(json.loads(plan.read_text()), max_subtasks=settings.max_subtasks,
-                                        kinds=load_plugins(settings.plugins).kinds()).model_dump(mode="json")
-        except PlanInvalid as exc:
-            typer.echo("error: the plan is invalid:\n" + "\n".join(f"  - {e}" for e in exc.errors), err=True)
-            raise typer.Exit(1) from None
-        except (OSError, ValueError) as exc:
-            typer.echo(f"error: cannot read the plan: {exc}", err=True)
-            raise typer.Exit(1) from None
+        plan_in = None if plan is None else _read_plan(plan, settings)
         engine = engine_for(settings)  # refuse at once, with a message, if the store cannot be opened
         try:
             owner = owner_id(engine, user)
@@ -69,21 +55,45 @@ def register(app: typer.Typer) -> None:
             settings, build_client(settings), request=prompt,
             budget=budget if budget is not None else settings.default_budget_usd, plan_in=plan_in, owner=owner,
             live=not as_json))
-        if as_json:
-            typer.echo(json.dumps(snap, indent=2))
-        else:
-            from rich.console import Console
-
-            from compound.cli.live import cost_table
-            from compound.cli.output import print_answer, print_outcome
-
-            console = Console()
-            console.print(cost_table(snap))
-            print_outcome(console, snap)
-            print_answer(console, snap.get("result"))
+        _print_end(snap, as_json=as_json)
         if interrupted:
             raise typer.Exit(130)
         raise typer.Exit(0 if snap["status"] == "completed" else 1)
+
+
+def _read_plan(plan: Path, settings: Settings) -> dict[str, Any]:
+    """The --plan file's plan, validated (with the plugins' step kinds); exits with
+    the problems when it cannot be read or is invalid."""
+    from compound.core.errors import PlanInvalid
+    from compound.planner.validate import validate_plan
+
+    try:
+        from compound.plugins import load_plugins
+
+        return validate_plan(json.loads(plan.read_text()), max_subtasks=settings.max_subtasks,
+                             kinds=load_plugins(settings.plugins).kinds()).model_dump(mode="json")
+    except PlanInvalid as exc:
+        typer.echo("error: the plan is invalid:\n" + "\n".join(f"  - {e}" for e in exc.errors), err=True)
+        raise typer.Exit(1) from None
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: cannot read the plan: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _print_end(snap: dict[str, Any], *, as_json: bool) -> None:
+    """The final snapshot as JSON, or its cost table, outcome and answer."""
+    if as_json:
+        typer.echo(json.dumps(snap, indent=2))
+        return
+    from rich.console import Console
+
+    from compound.cli.live import cost_table
+    from compound.cli.output import print_answer, print_outcome
+
+    console = Console()
+    console.print(cost_table(snap))
+    print_outcome(console, snap)
+    print_answer(console, snap.get("result"))
 
 
 def owner_id(engine: Any, name: str | None) -> str:

@@ -1,22 +1,11 @@
 """Model calls: reserve → send → settle, retried on transient errors, then the next
-model of the chain. Each attempt has its own ledger row. A fallback chain that fails
-raises FallbackExhausted holding every model's error.
-
-How an attempt that failed is booked (the ledger's status and cost):
-  a provider's error answer (any status, 408 included)  error, $0 (not billed)
-  our own timeout (CallTimedOut, ProviderTimeout)       lost, its worst case (may be billed)
-  canceled before it was sent (its reservation was       canceled, $0
-    committing as the cancel came)
-  canceled mid-stream                                   canceled, at what was received: its input and
-                                                        the text so far (bounds, as its reservation's)
-  canceled in flight, nothing received or not streamed  canceled, its worst case (nothing is known)
-"""
+model of the chain. Each attempt has its own ledger row, booked as executor/booking.py
+says. A fallback chain that fails raises FallbackExhausted holding every model's error."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,17 +18,19 @@ from compound.core.errors import (
     CallTimedOut,
     FallbackExhausted,
     ProviderError,
-    ProviderTimeout,
-    StreamCut,
 )
 from compound.core.logging import get_logger
-from compound.core.money import Price, worst_case_usd
+from compound.core.money import Price
 from compound.core.settings import Settings
+from compound.executor import booking
 from compound.executor.answers import AnswerStreams
+from compound.executor.callspec import AttemptCounter as AttemptCounter  # re-exported
+from compound.executor.callspec import CallSpec as CallSpec  # re-exported
+from compound.executor.callspec import worst_case_of
 from compound.executor.hooks import CallObserver
 from compound.executor.scheduler import PriorityLimiter
 from compound.llm import collect
-from compound.llm.base import Completion, LLMClient, Message, ToolChoice, ToolSpec
+from compound.llm.base import Completion, LLMClient
 from compound.planner.validate import is_clean_text
 from compound.store.base import (
     BudgetRefusal,
@@ -55,15 +46,6 @@ from compound.store.models import CallKind, CallStatus
 
 log = get_logger("compound.executor")
 Sleep = Callable[[float], Awaitable[None]]
-
-
-def _completes(spec: CallSpec, text: str) -> str | None:
-    """What a call's settlement completes its subtask with (None: nothing)."""
-    if spec.subtask is None or spec.kind not in (CallKind.subtask, CallKind.check):
-        return None
-    if spec.result_of is not None:
-        return spec.result_of(text)
-    return text if spec.kind == CallKind.subtask else None
 
 
 def clean_text(text: str) -> str:
@@ -86,68 +68,6 @@ class ModelSlots(Protocol):
     (compound.store.pg_slots); None from limit_for means the model has no cap."""
 
     def limit_for(self, model: str) -> ModelLimit | None: ...
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class CallSpec:
-    """One logical call of a task (tried on each model of `models` in turn)."""
-
-    kind: str  # CallKind
-    subtask: int | None
-    tier: int | None
-    models: list[str]
-    messages: list[Message]
-    max_tokens: int
-    json_schema: dict[str, Any] | None = None
-    attempts_before: int = 0  # a resumed subtask's attempts so far
-    answer: bool = False  # its text is the task's answer (streamed to listeners): the synthesis, or a sole subtask
-    # A turn of a tool loop (executor/steps.py): the tools the model may call, and the
-    # turn (text and tool calls) kept on its ledger row, so a resumed loop replays it.
-    tools: tuple[ToolSpec, ...] = ()
-    tool_choice: ToolChoice = "auto"
-    turn: bool = False
-    counter: AttemptCounter | None = None  # shared by a loop's turns: attempts go on counting
-
-    # What the subtask completes with, in the same transaction as this call's settlement,
-    # given the call's text (None: it does not complete). Unset: a subtask call's text.
-    result_of: Callable[[str], str | None] | None = None
-
-    # Streamed, each piece given to on_delta(attempt, text) as it arrives (a streamed plan).
-    on_delta: Callable[[int, str], None] | None = None
-
-
-@dataclasses.dataclass(slots=True)
-class AttemptCounter:
-    """The attempts of a subtask so far, across the turns of its tool loop."""
-
-    n: int = 0
-
-
-# A provider adds a system prompt of its own when tools are given (Anthropic's is some
-# 350 tokens); the tools' JSON and the calls in the history are counted as bytes.
-TOOL_FRAMING_TOKENS = 1024
-
-
-def worst_case_of(spec: CallSpec, max_tokens: int, price: Price) -> float:
-    """A call's worst case (core/money.py), with what a tool turn adds: the tools'
-    schemas, the calls in the history and the provider's tool framing."""
-    if not spec.tools and not any(m.get("tool_calls") for m in spec.messages):
-        return worst_case_usd(spec.messages, max_tokens, price)
-    # escaped JSON: at least as many bytes as the text, and never a lone surrogate
-    extra = json.dumps([[t.name, t.description, t.input_schema] for t in spec.tools])
-    view: list[dict[str, Any]] = [dict(m) for m in spec.messages]
-    for m in view:
-        if m.get("tool_calls"):
-            m["content"] = str(m["content"]) + json.dumps([[c.id, c.name, c.arguments] for c in m["tool_calls"]])
-    view.append({"role": "system", "content": extra})
-    dearest = max(price.input, price.cache_write, price.cache_read)
-    return worst_case_usd(view, max_tokens, price) + TOOL_FRAMING_TOKENS * dearest
-
-
-def turn_record(out: Completion) -> str:
-    """A tool loop's turn as its ledger row keeps it (replayed on resume)."""
-    return json.dumps({"text": out.text, "tool_calls": [
-        {"id": c.id, "name": c.name, "arguments": c.arguments} for c in out.tool_calls]})
 
 
 class ModelCalls:
@@ -275,72 +195,77 @@ class ModelCalls:
             o.call_started(model=model, kind=spec.kind)
         started = time.perf_counter()
         timeout = self.settings.call_timeout_s
-        received: list[str] | None = None  # a streamed answer's text so far
+        received: list[str] = []  # a streamed answer's text so far
         try:
             async with asyncio.timeout(timeout):
-                # Streamed only when someone listens as it starts (a door's client): a
-                # listener that comes later gets the rest of the answer at the task's end.
-                answers = self.answers if spec.answer else None
-                if spec.tools:
-                    out = await self.client.complete(model=model, messages=spec.messages, max_tokens=max_tokens,
-                                                     json_schema=spec.json_schema, timeout_s=timeout,
-                                                     tools=spec.tools, tool_choice=spec.tool_choice)
-                elif spec.on_delta is not None:
-                    on_delta = spec.on_delta
-                    out = await collect(self.client.stream(
-                        model=model, messages=spec.messages, max_tokens=max_tokens,
-                        json_schema=spec.json_schema, timeout_s=timeout),
-                        lambda text: on_delta(attempt, text))
-                elif answers is None or not answers.listening(st.id):
-                    out = await self.client.complete(model=model, messages=spec.messages, max_tokens=max_tokens,
-                                                     json_schema=spec.json_schema, timeout_s=timeout)
-                else:
-                    answers.begin(st.id, attempt)
-                    got: list[str] = []
-                    received = got
-
-                    def piece(text: str) -> None:
-                        got.append(text)
-                        # each piece cleaned as the whole text is below, so the pieces
-                        # join to exactly the stored answer
-                        answers.delta(st.id, attempt, clean_text(text))
-
-                    try:
-                        out = await collect(self.client.stream(
-                            model=model, messages=spec.messages, max_tokens=max_tokens,
-                            json_schema=spec.json_schema, timeout_s=timeout), piece)
-                    finally:
-                        answers.end(st.id, attempt)
+                out = await self._receive(st, spec, model=model, max_tokens=max_tokens, attempt=attempt,
+                                          timeout=timeout, received=received)
         except asyncio.CancelledError:
-            # Booked by what is known (module docstring); the task's end waits for it (quiesce).
-            self._settling(st.id, self.store.settle(st.id, res, spec.subtask, self._cut_short(
-                spec, res, model=model, received=received, elapsed_s=time.perf_counter() - started)))
+            # Booked by what is known (booking.cut_short); the task's end waits for it (quiesce).
+            self._settling(st.id, self.store.settle(st.id, res, spec.subtask, booking.cut_short(
+                spec, res, self.price_of(model), received=received, elapsed_s=time.perf_counter() - started)))
             raise
         except (ProviderError, TimeoutError) as exc:
-            # A provider's error answer is not billed; our timeout may have been.
-            err = exc if isinstance(exc, ProviderError) else CallTimedOut(model, timeout)
-            lost = isinstance(err, (CallTimedOut, ProviderTimeout, StreamCut))  # maybe billed
-            cost = res.amount if lost else 0.0
-            elapsed = time.perf_counter() - started
-            await self.store.settle(st.id, res, spec.subtask, Settlement(
-                status=CallStatus.lost if lost else CallStatus.error, cost_usd=cost, latency_ms=elapsed * 1000,
-                error=err.message[:500]))
-            self._observe(model, spec, "error", 0, 0, cost, elapsed)
+            err = await self._settle_failed(st, spec, res, exc, model=model, timeout=timeout, started=started)
             raise err from None
+        return await self._settle_ok(st, spec, res, out, model=model, started=started)
+
+    async def _receive(self, st: TaskState, spec: CallSpec, *, model: str, max_tokens: int, attempt: int,
+                       timeout: float, received: list[str]) -> Completion:
+        """The model's answer: a tool turn, or streamed to spec.on_delta (a streamed plan),
+        or streamed to the task's answer listeners, or in one piece."""
+        # Streamed only when someone listens as it starts (a door's client): a
+        # listener that comes later gets the rest of the answer at the task's end.
+        answers = self.answers if spec.answer else None
+        if spec.tools:
+            return await self.client.complete(model=model, messages=spec.messages, max_tokens=max_tokens,
+                                              json_schema=spec.json_schema, timeout_s=timeout,
+                                              tools=spec.tools, tool_choice=spec.tool_choice)
+        if spec.on_delta is not None:
+            on_delta = spec.on_delta
+            return await collect(self.client.stream(
+                model=model, messages=spec.messages, max_tokens=max_tokens,
+                json_schema=spec.json_schema, timeout_s=timeout),
+                lambda text: on_delta(attempt, text))
+        if answers is None or not answers.listening(st.id):
+            return await self.client.complete(model=model, messages=spec.messages, max_tokens=max_tokens,
+                                              json_schema=spec.json_schema, timeout_s=timeout)
+        answers.begin(st.id, attempt)
+
+        def piece(text: str) -> None:
+            received.append(text)
+            # each piece cleaned as the whole text is in _settle_ok, so the pieces
+            # join to exactly the stored answer
+            answers.delta(st.id, attempt, clean_text(text))
+
+        try:
+            return await collect(self.client.stream(
+                model=model, messages=spec.messages, max_tokens=max_tokens,
+                json_schema=spec.json_schema, timeout_s=timeout), piece)
+        finally:
+            answers.end(st.id, attempt)
+
+    async def _settle_failed(self, st: TaskState, spec: CallSpec, res: Reservation, exc: Exception, *,
+                             model: str, timeout: float, started: float) -> ProviderError:
+        """Books a failed attempt (booking.failed) and gives the error to raise."""
+        err = exc if isinstance(exc, ProviderError) else CallTimedOut(model, timeout)
+        elapsed = time.perf_counter() - started
+        booked = booking.failed(err, res, elapsed_s=elapsed)
+        await self.store.settle(st.id, res, spec.subtask, booked)
+        self._observe(model, spec, "error", 0, 0, booked.cost_usd, elapsed)
+        return err
+
+    async def _settle_ok(self, st: TaskState, spec: CallSpec, res: Reservation, out: Completion, *,
+                         model: str, started: float) -> Completion:
+        """Books an answered attempt at its cost (with what it completes, in the same
+        write) and gives the answer, its text made safe for the store."""
         if spec.answer:
             self.answered.add(st.id)
         if not is_clean_text(out.text):  # a model's NUL or lone surrogate must not break the store
             out = dataclasses.replace(out, text=clean_text(out.text))
         u = out.usage
         elapsed = time.perf_counter() - started
-        settle = self.store.settle(st.id, res, spec.subtask, Settlement(
-            status=CallStatus.ok, cost_usd=out.cost_usd, input_tokens=u.input_tokens, output_tokens=u.output_tokens,
-            cache_read_tokens=u.cache_read_tokens, cache_write_tokens=u.cache_write_tokens,
-            latency_ms=out.latency_s * 1000 or elapsed * 1000,
-            complete_with=None if spec.turn else _completes(spec, out.text),
-            # kept with the payment: a task resumed before its plan was saved re-plans from
-            # it; a tool loop resumed replays its turns
-            answer=out.text if spec.kind == CallKind.planner else turn_record(out) if spec.turn else None))
+        settle = self.store.settle(st.id, res, spec.subtask, booking.answered(spec, out, elapsed_s=elapsed))
         if self.store.ordered_writes and spec.kind == CallKind.subtask and not spec.turn:
             # Pipelined: the store commits writes in the order asked, so a dependent's
             # reservation (awaited before its call is sent) commits after this; the
@@ -350,20 +275,6 @@ class ModelCalls:
             await settle
         self._observe(model, spec, "ok", u.input_tokens, u.output_tokens, out.cost_usd, elapsed)
         return out
-
-    def _cut_short(self, spec: CallSpec, res: Reservation, *, model: str, received: list[str] | None,
-                   elapsed_s: float) -> Settlement:
-        """A call canceled in flight: at what was received when the answer streamed
-        (its input and the text so far, counted as its reservation counts them), at its
-        worst case when nothing is known."""
-        if not received:
-            return Settlement(status=CallStatus.canceled, cost_usd=res.amount, latency_ms=elapsed_s * 1000,
-                              error="canceled in flight, nothing known of its answer; counted at its worst case")
-        out_tokens = len("".join(received).encode("utf-8"))
-        cost = min(res.amount, worst_case_usd(spec.messages, out_tokens, self.price_of(model)))
-        return Settlement(status=CallStatus.canceled, cost_usd=cost, output_tokens=out_tokens,
-                          latency_ms=elapsed_s * 1000,
-                          error="canceled mid-stream; counted at its input and the text received so far")
 
     async def quiesce(self, task_id: str) -> None:
         """Until every reservation being committed and every settlement of the task in

@@ -101,67 +101,87 @@ async def run_dag(deps: Sequence[Sequence[int]], statuses: Sequence[str], run_on
     completed nor pending makes its dependents skipped at once. `optional[i]` holds the
     dependencies subtask i can do without: one of them ending without a result counts
     as done for i (and i's run_one finds no result for it)."""
-    children = dependents(deps)
     can_miss = [frozenset(o) for o in optional] if optional is not None else [frozenset()] * len(deps)
-    state = list(statuses)
-    waiting = [sum(1 for d in set(ds) if state[d] != COMPLETED) for ds in deps]
-    running: dict[int, asyncio.Task[None]] = {}
-    finished: asyncio.Queue[tuple[int, Ended | None, BaseException | None]] = asyncio.Queue()
+    await _DagRun(deps, statuses, run_one, skip, can_miss).run()
 
-    async def one(i: int) -> None:
+
+class _DagRun:
+    """One run of a DAG: each subtask's state, how many dependencies it still waits
+    for, and the subtasks running now."""
+
+    def __init__(self, deps: Sequence[Sequence[int]], statuses: Sequence[str], run_one: RunOne,
+                 skip: Skip, can_miss: list[frozenset[int]]) -> None:
+        self.children = dependents(deps)
+        self.can_miss = can_miss
+        self.state = list(statuses)
+        self.waiting = [sum(1 for d in set(ds) if self.state[d] != COMPLETED) for ds in deps]
+        self.run_one, self.skip = run_one, skip
+        self.running: dict[int, asyncio.Task[None]] = {}
+        self.finished: asyncio.Queue[tuple[int, Ended | None, BaseException | None]] = asyncio.Queue()
+
+    async def run(self) -> None:
+        """Skip what depends on a subtask found ended, start what is ready, then follow
+        each end until nothing runs; whatever still runs on the way out is cancelled."""
+        for i, s in enumerate(self.state):
+            if s not in (PENDING, COMPLETED):
+                await self.skip_down(i, _ended_for(s, i))
+        for i, s in enumerate(self.state):
+            if s == PENDING and self.waiting[i] == 0:
+                self.launch(i)
         try:
-            finished.put_nowait((i, await run_one(i), None))
+            while self.running:
+                i, ended, error = await self.finished.get()
+                self.running.pop(i, None)
+                if error is not None:
+                    raise error
+                await self.ended(i, ended)
+        finally:
+            for fut in self.running.values():
+                fut.cancel()
+            if self.running:
+                await asyncio.gather(*self.running.values(), return_exceptions=True)
+
+    async def ended(self, i: int, ended: Ended | None) -> None:
+        """Subtask i ended: completed, its ready dependents start; else they are skipped."""
+        if ended is not None:
+            self.state[i] = "ended"
+            await self.skip_down(i, ended)
+            return
+        self.state[i] = COMPLETED
+        for c in self.children[i]:
+            self.waiting[c] -= 1
+            if self.waiting[c] == 0 and self.state[c] == PENDING:
+                self.launch(c)
+
+    async def one(self, i: int) -> None:
+        try:
+            self.finished.put_nowait((i, await self.run_one(i), None))
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:  # surfaced by the loop below
-            finished.put_nowait((i, None, exc))
+        except BaseException as exc:  # surfaced by run()
+            self.finished.put_nowait((i, None, exc))
 
-    async def skip_down(root: int, ended: Ended) -> None:
-        stack = [(c, root, ended) for c in children[root]]
+    async def skip_down(self, root: int, ended: Ended) -> None:
+        """Skip root's transitive dependents, except one that can do without its parent:
+        that one counts the parent as done (and starts when nothing else holds it)."""
+        stack = [(c, root, ended) for c in self.children[root]]
         while stack:
             i, parent, how = stack.pop()
-            if state[i] != PENDING:
+            if self.state[i] != PENDING:
                 continue
-            if parent in can_miss[i]:
-                waiting[i] -= 1
-                if waiting[i] == 0:
-                    launch(i)
+            if parent in self.can_miss[i]:
+                self.waiting[i] -= 1
+                if self.waiting[i] == 0:
+                    self.launch(i)
                 continue
-            state[i] = "skipped"
+            self.state[i] = "skipped"
             mine = Ended(how.cause, how.root, skipped=True)
-            await skip(i, mine, f"skipped: {how.why_dependent(parent)}")
-            stack.extend((c, i, mine) for c in children[i])
+            await self.skip(i, mine, f"skipped: {how.why_dependent(parent)}")
+            stack.extend((c, i, mine) for c in self.children[i])
 
-    def launch(i: int) -> None:
-        state[i] = "running"
-        running[i] = asyncio.ensure_future(one(i))
-
-    for i, s in enumerate(state):
-        if s not in (PENDING, COMPLETED):
-            await skip_down(i, _ended_for(s, i))
-    for i, s in enumerate(state):
-        if s == PENDING and waiting[i] == 0:
-            launch(i)
-    try:
-        while running:
-            i, ended, error = await finished.get()
-            running.pop(i, None)
-            if error is not None:
-                raise error
-            if ended is None:
-                state[i] = COMPLETED
-                for c in children[i]:
-                    waiting[c] -= 1
-                    if waiting[c] == 0 and state[c] == PENDING:
-                        launch(c)
-            else:
-                state[i] = "ended"
-                await skip_down(i, ended)
-    finally:
-        for fut in running.values():
-            fut.cancel()
-        if running:
-            await asyncio.gather(*running.values(), return_exceptions=True)
+    def launch(self, i: int) -> None:
+        self.state[i] = "running"
+        self.running[i] = asyncio.ensure_future(self.one(i))
 
 
 def _ended_for(status: str, index: int) -> Ended:

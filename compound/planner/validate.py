@@ -31,24 +31,9 @@ def validate_plan(data: Any, *, max_subtasks: int, raw: str | None = None,
         raise PlanInvalid(
             [f"a plan must be a JSON object with a 'subtasks' list, got {_kind(data)}"], raw
         )
-    reasoning = data.get("reasoning")
-    if reasoning is not None and not isinstance(reasoning, str):
-        errors.append(f"'reasoning' must be a string, got {_kind(reasoning)}")
-        reasoning = None
-    elif reasoning is not None and not is_clean_text(reasoning):
-        errors.append("'reasoning' contains a NUL character or a lone surrogate; send plain UTF-8 text")
-        reasoning = None
-    subtasks = data.get("subtasks")
-    if subtasks is None:
-        raise PlanInvalid(["the plan has no 'subtasks' list"], raw)
-    if not isinstance(subtasks, list):
-        raise PlanInvalid([f"'subtasks' must be a list, got {_kind(subtasks)}"], raw)
+    reasoning = _reasoning(data.get("reasoning"), errors)
+    subtasks = _subtask_list(data, errors, max_subtasks=max_subtasks, raw=raw)
     n = len(subtasks)
-    if n == 0:
-        errors.append("the plan has no subtasks; it needs at least 1")
-    if n > max_subtasks:
-        errors.append(f"the plan has {n} subtasks; at most {max_subtasks} are allowed")
-
     clean: list[SubtaskIn] = []
     deps_ok: list[list[int]] = []
     for i, item in enumerate(subtasks):
@@ -56,59 +41,9 @@ def validate_plan(data: Any, *, max_subtasks: int, raw: str | None = None,
             errors.append(f"subtask {i} must be an object, got {_kind(item)}")
             deps_ok.append([])
             continue
-        description = item.get("description")
-        if not isinstance(description, str):
-            errors.append(f"subtask {i} needs a 'description' string, got {_kind(description)}")
-            description = ""
-        elif not description.strip():
-            errors.append(f"subtask {i} has a blank description")
-        elif not is_clean_text(description):
-            errors.append(f"subtask {i}'s description contains a NUL character or a lone surrogate; "
-                          "send plain UTF-8 text")
-        elif len(description) > MAX_DESCRIPTION_CHARS:
-            errors.append(
-                f"subtask {i} has a description of {len(description)} characters; "
-                f"at most {MAX_DESCRIPTION_CHARS} are allowed"
-            )
-        tier = item.get("tier_hint", 1)
-        if not _is_int(tier) or not 1 <= tier <= 3:
-            errors.append(f"subtask {i} has tier_hint {_show(tier)}; it must be 1, 2 or 3")
-            tier = 1
-        depends = item.get("depends_on", [])
-        good: list[int] = []
-        if depends is None:
-            depends = []
-        if not isinstance(depends, list):
-            errors.append(f"subtask {i} has depends_on {_show(depends)}; it must be a list of indices")
-            depends = []
-        optional: set[int] = set()
-        for entry in depends:
-            d, required = entry, True
-            if isinstance(entry, dict):
-                d, required = entry.get("index"), entry.get("required", True)
-                unknown = sorted(str(k) for k in entry if k not in ("index", "required"))
-                if unknown:
-                    errors.append(f"subtask {i} has a dependency {_show(entry)} with unknown key(s) "
-                                  f"{', '.join(unknown)}; write {{\"index\": i, \"required\": false}}")
-                    continue
-                if not isinstance(required, bool):
-                    errors.append(f"subtask {i} has a dependency {_show(entry)} whose 'required' is "
-                                  f"{_show(required)}; it must be true or false")
-                    continue
-            if not _is_int(d):
-                errors.append(f"subtask {i} depends on {_show(d)}, which is not a subtask index")
-            elif d == i:
-                errors.append(f"subtask {i} depends on itself")
-            elif not 0 <= d < n:
-                errors.append(
-                    f"subtask {i} depends on {d}, but the plan has {n} subtasks (indices 0 to {n - 1})"
-                )
-            elif d not in good:
-                good.append(d)
-                if not required:
-                    optional.add(d)
-            elif required:
-                optional.discard(d)  # listed twice: required once is required
+        description = _description(i, item.get("description"), errors)
+        tier = _tier(i, item.get("tier_hint", 1), errors)
+        good, optional = _dependencies(i, item.get("depends_on", []), n, errors)
         deps_ok.append(good)
         entries: list[int | Dependency] = [Dependency(index=d, required=False) if d in optional else d
                                            for d in good]
@@ -124,6 +59,110 @@ def validate_plan(data: Any, *, max_subtasks: int, raw: str | None = None,
     if errors:
         raise PlanInvalid(errors, raw)
     return PlanIn(reasoning=reasoning, subtasks=clean)
+
+
+def _reasoning(reasoning: Any, errors: list[str]) -> str | None:
+    """The plan's reasoning, or None when it is absent or unusable (noted in errors)."""
+    if reasoning is not None and not isinstance(reasoning, str):
+        errors.append(f"'reasoning' must be a string, got {_kind(reasoning)}")
+        return None
+    if reasoning is not None and not is_clean_text(reasoning):
+        errors.append("'reasoning' contains a NUL character or a lone surrogate; send plain UTF-8 text")
+        return None
+    return reasoning
+
+
+def _subtask_list(data: dict[str, Any], errors: list[str], *, max_subtasks: int,
+                  raw: str | None) -> list[Any]:
+    """The plan's 'subtasks' list; raises when there is none, notes a bad count."""
+    subtasks = data.get("subtasks")
+    if subtasks is None:
+        raise PlanInvalid(["the plan has no 'subtasks' list"], raw)
+    if not isinstance(subtasks, list):
+        raise PlanInvalid([f"'subtasks' must be a list, got {_kind(subtasks)}"], raw)
+    n = len(subtasks)
+    if n == 0:
+        errors.append("the plan has no subtasks; it needs at least 1")
+    if n > max_subtasks:
+        errors.append(f"the plan has {n} subtasks; at most {max_subtasks} are allowed")
+    return subtasks
+
+
+def _description(i: int, description: Any, errors: list[str]) -> str:
+    """Subtask i's description as given ("" when it is not a string), its problems noted."""
+    if not isinstance(description, str):
+        errors.append(f"subtask {i} needs a 'description' string, got {_kind(description)}")
+        return ""
+    if not description.strip():
+        errors.append(f"subtask {i} has a blank description")
+    elif not is_clean_text(description):
+        errors.append(f"subtask {i}'s description contains a NUL character or a lone surrogate; "
+                      "send plain UTF-8 text")
+    elif len(description) > MAX_DESCRIPTION_CHARS:
+        errors.append(
+            f"subtask {i} has a description of {len(description)} characters; "
+            f"at most {MAX_DESCRIPTION_CHARS} are allowed"
+        )
+    return description
+
+
+def _tier(i: int, tier: Any, errors: list[str]) -> int:
+    """Subtask i's tier_hint, 1 when it is not 1, 2 or 3 (noted in errors)."""
+    if not _is_int(tier) or not 1 <= tier <= 3:
+        errors.append(f"subtask {i} has tier_hint {_show(tier)}; it must be 1, 2 or 3")
+        return 1
+    assert isinstance(tier, int)
+    return tier
+
+
+def _dependencies(i: int, depends: Any, n: int, errors: list[str]) -> tuple[list[int], set[int]]:
+    """Subtask i's usable dependencies in order, without repeats, and which of them are
+    optional (`{"index": d, "required": false}` and never listed as required)."""
+    if depends is None:
+        depends = []
+    if not isinstance(depends, list):
+        errors.append(f"subtask {i} has depends_on {_show(depends)}; it must be a list of indices")
+        depends = []
+    good: list[int] = []
+    optional: set[int] = set()
+    for entry in depends:
+        parsed = _dependency_entry(i, entry, errors)
+        if parsed is None:
+            continue
+        d, required = parsed
+        if not _is_int(d):
+            errors.append(f"subtask {i} depends on {_show(d)}, which is not a subtask index")
+        elif d == i:
+            errors.append(f"subtask {i} depends on itself")
+        elif not 0 <= d < n:
+            errors.append(
+                f"subtask {i} depends on {d}, but the plan has {n} subtasks (indices 0 to {n - 1})"
+            )
+        elif d not in good:
+            good.append(d)
+            if not required:
+                optional.add(d)
+        elif required:
+            optional.discard(d)  # listed twice: required once is required
+    return good, optional
+
+
+def _dependency_entry(i: int, entry: Any, errors: list[str]) -> tuple[Any, bool] | None:
+    """A depends_on entry as (index, required): a bare index is required; an object
+    with unknown keys or a non-boolean 'required' is noted in errors and gives None."""
+    if not isinstance(entry, dict):
+        return entry, True
+    d, required = entry.get("index"), entry.get("required", True)
+    unknown = sorted(str(k) for k in entry if k not in ("index", "required"))
+    if unknown:
+        errors.append(f"subtask {i} has a dependency {_show(entry)} with unknown key(s) "
+                      f"{', '.join(unknown)}; write {{\"index\": i, \"required\": false}}")
+        return None
+    if not isinstance(required, bool):
+        errors.append(f"subtask {i} has a dependency {_show(entry)} whose 'required' is "
+                      f"{_show(required)}; it must be true or false")
+        return None
+    return d, required
 
 
 STEP_KINDS = ("llm", "tool")
@@ -154,18 +193,33 @@ def _step_fields(i: int, item: dict[str, Any], errors: list[str], *, tools: Coll
                  kinds: Collection[str]) -> dict[str, Any]:
     """A subtask's section 11 fields (kind, tools, tool, arguments), checked for shape
     and, given a catalogue, for tools that exist."""
-    out: dict[str, Any] = {}
+    kind = _step_kind(i, item.get("kind", "llm"), errors, kinds=kinds)
+    out: dict[str, Any] = {"kind": kind, "tools": _listed_tools(i, item.get("tools"), errors, tools=tools)}
+    tool, arguments = item.get("tool"), item.get("arguments")
+    if kind == "tool":
+        out["tool"], out["arguments"] = _tool_call(i, tool, arguments, errors, tools=tools)
+    else:
+        out["tool"], out["arguments"] = _other_step(i, kind, tool, arguments, errors, kinds=kinds)
+    return out
+
+
+def _step_kind(i: int, kind: Any, errors: list[str], *, kinds: Collection[str]) -> str:
+    """Subtask i's kind: "llm" when absent, or when not one there is (noted in errors)."""
     allowed = (*STEP_KINDS, *kinds)
-    kind = item.get("kind", "llm")
     if kind is None:
         kind = "llm"
     if kind not in allowed:
         named = ", ".join(f'"{k}"' for k in allowed[:-1]) + f' or "{allowed[-1]}"'
         errors.append(f"subtask {i} has kind {_show(kind)}; it must be {named}"
                       + ("" if kinds else " (no step kinds are registered)"))
-        kind = "llm"
-    out["kind"] = kind
-    named_tools = item.get("tools")
+        return "llm"
+    assert isinstance(kind, str)
+    return kind
+
+
+def _listed_tools(i: int, named_tools: Any, errors: list[str], *,
+                  tools: Collection[str] | None) -> list[str]:
+    """The tools subtask i's model may use: the well-formed, known names, once each."""
     if named_tools is None:
         named_tools = []
     if not isinstance(named_tools, list):
@@ -182,39 +236,46 @@ def _step_fields(i: int, item: dict[str, Any], errors: list[str], *, tools: Coll
             errors.append(error)
         elif name not in good:
             good.append(name)
-    out["tools"] = good
-    tool, arguments = item.get("tool"), item.get("arguments")
-    if kind == "tool":
-        if not isinstance(tool, str) or not tool:
-            errors.append(f'subtask {i} is of kind "tool" but names no tool: set "tool" to the tool to call '
-                          f"(server.tool), not {_show(tool)}")
-            tool = None
-        else:
-            error = _unknown_tool(i, tool, tools)
-            if error is not None:
-                errors.append(error)
-                tool = None
-        if arguments is None:
-            arguments = {}  # a call with no arguments
-        elif not isinstance(arguments, dict):
-            errors.append(f'subtask {i} is of kind "tool" and needs "arguments", a JSON object of the call\'s '
-                          f"arguments ({{}} for none), not {_show(arguments)}")
-            arguments = {}
+    return good
+
+
+def _tool_call(i: int, tool: Any, arguments: Any, errors: list[str], *,
+               tools: Collection[str] | None) -> tuple[str | None, dict[str, Any]]:
+    """A "tool" subtask's tool (None when missing or unknown) and arguments ({} for none)."""
+    if not isinstance(tool, str) or not tool:
+        errors.append(f'subtask {i} is of kind "tool" but names no tool: set "tool" to the tool to call '
+                      f"(server.tool), not {_show(tool)}")
+        tool = None
     else:
-        if tool is not None:
-            errors.append(f'subtask {i} names tool {_show(tool)} but is of kind "{kind}"; set "kind": "tool" '
-                          'to call it directly, or list it in "tools" for the subtask\'s model to use')
+        error = _unknown_tool(i, tool, tools)
+        if error is not None:
+            errors.append(error)
             tool = None
-        if arguments is not None and (kind == "llm" or not isinstance(arguments, dict)):
-            errors.append(f"subtask {i} has arguments {_show(arguments)}; "
-                          + ('only a subtask of kind "tool" or of a step kind takes arguments' if kind == "llm"
-                             else "they must be a JSON object"))
-            arguments = None
-        schema = kinds.get(kind) if isinstance(kinds, Mapping) else None
-        if kind not in STEP_KINDS and isinstance(schema, dict):  # a step kind's arguments against its schema
-            errors.extend(f"subtask {i} (kind {_show(kind)}): {e}" for e in argument_errors(schema, arguments or {}))
-    out["tool"], out["arguments"] = tool, arguments
-    return out
+    if arguments is None:
+        arguments = {}  # a call with no arguments
+    elif not isinstance(arguments, dict):
+        errors.append(f'subtask {i} is of kind "tool" and needs "arguments", a JSON object of the call\'s '
+                      f"arguments ({{}} for none), not {_show(arguments)}")
+        arguments = {}
+    return tool, arguments
+
+
+def _other_step(i: int, kind: str, tool: Any, arguments: Any, errors: list[str], *,
+                kinds: Collection[str]) -> tuple[None, Any]:
+    """An "llm" or step-kind subtask names no tool; only a step kind takes arguments,
+    checked against the kind's schema when one is registered."""
+    if tool is not None:
+        errors.append(f'subtask {i} names tool {_show(tool)} but is of kind "{kind}"; set "kind": "tool" '
+                      'to call it directly, or list it in "tools" for the subtask\'s model to use')
+    if arguments is not None and (kind == "llm" or not isinstance(arguments, dict)):
+        errors.append(f"subtask {i} has arguments {_show(arguments)}; "
+                      + ('only a subtask of kind "tool" or of a step kind takes arguments' if kind == "llm"
+                         else "they must be a JSON object"))
+        arguments = None
+    schema = kinds.get(kind) if isinstance(kinds, Mapping) else None
+    if kind not in STEP_KINDS and isinstance(schema, dict):  # a step kind's arguments against its schema
+        errors.extend(f"subtask {i} (kind {_show(kind)}): {e}" for e in argument_errors(schema, arguments or {}))
+    return None, arguments
 
 
 def is_clean_text(text: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from string import Template
@@ -97,64 +98,83 @@ def versions() -> dict[str, str]:
     return {name: hashlib.sha256(_source(name)).hexdigest()[:12] for name in NAMES}
 
 
+def _decompose_fill(values: dict[str, Any]) -> dict[str, str]:
+    return {"request": escape(values["request"]), "max_subtasks": str(values["max_subtasks"]),
+            "context": context_block(values.get("context")),
+            "tools": tools_block(values.get("tools")) + steps_block(values.get("steps"))}
+
+
+def _subtask_fill(values: dict[str, Any]) -> dict[str, str]:
+    deps = values.get("dependencies") or []
+    # optional dependencies that ended without a result: (index, description, why)
+    missing = values.get("missing") or []
+    return {
+        "request": escape(values["request"]),
+        "description": escape(values["description"]),
+        "dependencies": "\n".join(
+            [f'<dependency index="{i}">\n{escape(result)}\n</dependency>' for i, result in deps]
+            + [f'<dependency index="{i}" missing="true">\nThis input is missing: subtask {i} '
+               f'("{escape(desc)[:200]}") has no result ({escape(why)}). Do the subtask without it, '
+               f'and say what could not be used.\n</dependency>' for i, desc, why in missing]
+        ),
+    }
+
+
+def _check_fill(values: dict[str, Any]) -> dict[str, str]:
+    return {"request": escape(values["request"]), "description": escape(values["description"]),
+            "answer": escape(values["answer"])}
+
+
+def _synthesize_fill(values: dict[str, Any]) -> dict[str, str]:
+    results = values.get("results") or []
+    missing = values.get("missing") or []
+    return {
+        "request": escape(values["request"]),
+        "context": context_block(values.get("context")),
+        "results": "\n".join(
+            f'<result index="{i}" subtask="{escape(desc)[:200]}">\n{escape(res)}\n</result>'
+            for i, desc, res in results
+        ),
+        "missing": "\n".join(
+            f'<missing index="{i}">{escape(desc)[:200]}: {escape(reason)}</missing>'
+            for i, desc, reason in missing
+        ),
+    }
+
+
+def _replan_fill(values: dict[str, Any]) -> dict[str, str]:
+    finished = values.get("finished") or []
+    failed = values.get("failed") or []
+    return {
+        "request": escape(values["request"]),
+        "context": context_block(values.get("context")),
+        "next_index": str(values["next_index"]),
+        "max_new": str(values["max_new"]),
+        "finished": "\n".join(
+            f'<subtask index="{i}" description="{escape(desc)[:200]}">\n{escape(res)}\n</subtask>'
+            for i, desc, res in finished
+        ),
+        "failed": "\n".join(
+            f'<subtask index="{i}" description="{escape(desc)[:200]}">{escape(why)}</subtask>'
+            for i, desc, why in failed
+        ),
+    }
+
+
+# Each prompt's placeholders, filled from render's values (escaped where they are text).
+_FILLS: dict[str, Callable[[dict[str, Any]], dict[str, str]]] = {
+    "decompose": _decompose_fill, "subtask": _subtask_fill, "check": _check_fill,
+    "synthesize": _synthesize_fill, "replan": _replan_fill,
+}
+
+
 def render(name: str, **values: Any) -> list[Message]:
     """The messages of a prompt. A subtask's request comes first, alone and marked
     `cache`, so every subtask call of a task shares that prefix byte for byte."""
-    if name == "decompose":
-        fill = {"request": escape(values["request"]), "max_subtasks": str(values["max_subtasks"]),
-                "context": context_block(values.get("context")),
-                "tools": tools_block(values.get("tools")) + steps_block(values.get("steps"))}
-    elif name == "subtask":
-        deps = values.get("dependencies") or []
-        # optional dependencies that ended without a result: (index, description, why)
-        missing = values.get("missing") or []
-        fill = {
-            "request": escape(values["request"]),
-            "description": escape(values["description"]),
-            "dependencies": "\n".join(
-                [f'<dependency index="{i}">\n{escape(result)}\n</dependency>' for i, result in deps]
-                + [f'<dependency index="{i}" missing="true">\nThis input is missing: subtask {i} '
-                   f'("{escape(desc)[:200]}") has no result ({escape(why)}). Do the subtask without it, '
-                   f'and say what could not be used.\n</dependency>' for i, desc, why in missing]
-            ),
-        }
-    elif name == "check":
-        fill = {"request": escape(values["request"]), "description": escape(values["description"]),
-                "answer": escape(values["answer"])}
-    elif name == "synthesize":
-        results = values.get("results") or []
-        missing = values.get("missing") or []
-        fill = {
-            "request": escape(values["request"]),
-            "context": context_block(values.get("context")),
-            "results": "\n".join(
-                f'<result index="{i}" subtask="{escape(desc)[:200]}">\n{escape(res)}\n</result>'
-                for i, desc, res in results
-            ),
-            "missing": "\n".join(
-                f'<missing index="{i}">{escape(desc)[:200]}: {escape(reason)}</missing>'
-                for i, desc, reason in missing
-            ),
-        }
-    elif name == "replan":
-        finished = values.get("finished") or []
-        failed = values.get("failed") or []
-        fill = {
-            "request": escape(values["request"]),
-            "context": context_block(values.get("context")),
-            "next_index": str(values["next_index"]),
-            "max_new": str(values["max_new"]),
-            "finished": "\n".join(
-                f'<subtask index="{i}" description="{escape(desc)[:200]}">\n{escape(res)}\n</subtask>'
-                for i, desc, res in finished
-            ),
-            "failed": "\n".join(
-                f'<subtask index="{i}" description="{escape(desc)[:200]}">{escape(why)}</subtask>'
-                for i, desc, why in failed
-            ),
-        }
-    else:  # pragma: no cover - _source refuses unknown names first
+    fill_of = _FILLS.get(name)
+    if fill_of is None:  # pragma: no cover - _source refuses unknown names first
         raise KeyError(name)
+    fill = fill_of(values)
     messages: list[Message] = []
     for role, marked, template in _parts(name):
         content = template.safe_substitute(fill).strip()
