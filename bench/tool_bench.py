@@ -45,8 +45,9 @@ from bench.servers import machine, write_section
 from compound.core.settings import Settings
 from compound.executor.steps import ToolSteps
 from compound.store import open_store, store_options
-from compound.store.base import RunStore, SubState, TaskState, ToolCallRecord
+from compound.store.base import RunStore
 from compound.store.models import SubtaskStatus, TaskStatus, ToolCallStatus
+from compound.store.values import SubState, TaskState, ToolCallRecord
 from compound.tools.config import McpServerConfig
 from compound.tools.demo import FACTS
 from compound.tools.servers import ToolServers, content_text

@@ -393,7 +393,7 @@ async def test_optional_dependencies_and_reruns_on_each_store(cascade_api: Api, 
 
 def test_a_subtask_whose_tools_changed_is_not_reused() -> None:
     from compound.executor.reuse import content_keys
-    from compound.store.base import SubState
+    from compound.store.values import SubState
 
     def sub(**kw: Any) -> SubState:
         return SubState(index=0, description="look it up", tier_hint=1, tier_assigned=1, models=["m"],

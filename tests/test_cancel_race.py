@@ -18,8 +18,9 @@ from compound.core.status import task_path
 from compound.executor.answers import AnswerPiece
 from compound.llm.base import Completion, Delta, Message, StreamEvent, Usage
 from compound.simulator import prompt_kind
-from compound.store.base import ReserveOutcome, ReserveRequest, RunStore
+from compound.store.base import RunStore
 from compound.store.models import TERMINAL_TASK
+from compound.store.values import ReserveOutcome, ReserveRequest
 from tests.fixtures.fakes import FakeLLM
 from tests.test_executor import PRICE, executor, kind_answer, ledger, plan
 

@@ -23,7 +23,8 @@ from compound.executor.process import ProcessExecutor
 from compound.executor.service import Executor
 from compound.llm import build_client
 from compound.llm.base import Completion, LLMClient, Message, StreamEvent
-from compound.store.base import Event, RunStore
+from compound.store.base import RunStore
+from compound.store.values import Event
 
 PROMPT = "Look into the history of tea and the costs of tea and the risks of tea"
 HOSTS = ["loop", "process"]

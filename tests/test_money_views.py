@@ -19,8 +19,9 @@ from compound.cli.live import cost_parts, cost_table, render_snapshot
 from compound.core.money import money_shown, shown_usd
 from compound.core.settings import ModelConfig, Settings
 from compound.simulator import Simulator
-from compound.store.base import Reservation, RunStore, Settlement
+from compound.store.base import RunStore
 from compound.store.models import TaskStatus
+from compound.store.values import Reservation, Settlement
 from tests.fixtures.sim import sim_model_configs
 from tests.test_doors_stream import chat, held
 from tests.test_store import planned, req

@@ -20,8 +20,9 @@ from compound.planner.plan import SubtaskIn
 from compound.planner.replan import additions
 from compound.planner.stream import PlanStream, entry_errors
 from compound.simulator import Failure, Simulator
-from compound.store.base import RunStore, SubState
+from compound.store.base import RunStore
 from compound.store.users import create_token
+from compound.store.values import SubState
 from tests.fixtures.api import Api
 from tests.test_live import parse_sse
 

@@ -28,10 +28,11 @@ from compound.core.status import (
     task_sources,
 )
 from compound.llm.base import Message
-from compound.store.base import Reservation, ReserveRequest, RunStore, Settlement, SubState
+from compound.store.base import RunStore
 from compound.store.db import make_engine
 from compound.store.migrate import upgrade
 from compound.store.users import list_tokens, revoke_token
+from compound.store.values import Reservation, ReserveRequest, Settlement, SubState
 from tests.fixtures.fakes import FakeLLM, transient
 from tests.test_executor import executor, kind_answer, plan
 

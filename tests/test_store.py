@@ -11,18 +11,10 @@ from sqlmodel import Session, select
 
 from compound.core.errors import NotFound
 from compound.store import open_store
-from compound.store.base import (
-    BudgetRefusal,
-    DailyRefusal,
-    Event,
-    Reservation,
-    ReserveRequest,
-    RunStore,
-    Settlement,
-    SubState,
-)
+from compound.store.base import RunStore
 from compound.store.db import make_engine
 from compound.store.models import LedgerEntry, Task, TaskEvent, TaskStatus, User
+from compound.store.values import BudgetRefusal, DailyRefusal, Event, Reservation, ReserveRequest, Settlement, SubState
 
 
 def subs(*deps: list[int]) -> list[SubState]:

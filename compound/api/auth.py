@@ -17,9 +17,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from compound.api.errors import ApiError
 from compound.api.state import app_state
 from compound.core.logging import get_logger
-from compound.store.base import Principal, RunStore
+from compound.store.base import RunStore
 from compound.store.sqlrun import hash_token
 from compound.store.users import record_last_used
+from compound.store.values import Principal
 
 __all__ = ["AdminPrincipal", "AuthRefused", "Principal", "ReadPrincipal", "SubmitPrincipal", "TokenCache",
            "authenticate", "hash_token"]

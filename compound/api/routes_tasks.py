@@ -28,9 +28,10 @@ from compound.core.secrets import redact_data
 from compound.planner.plan import critical_path, waves
 from compound.planner.validate import is_clean_text, validate_plan
 from compound.plugins import load_plugins
-from compound.store.base import RunStore, SubState, TaskState
+from compound.store.base import RunStore
 from compound.store.models import TaskStatus
 from compound.store.sqlrun import decode_cursor, encode_cursor
+from compound.store.values import SubState, TaskState
 
 router = APIRouter(prefix="/v1", tags=["tasks"], responses=COMMON_RESPONSES)
 

@@ -12,8 +12,10 @@ from typing import Any
 
 from compound.core.money import money_shown
 from compound.core.secrets import redact_data
-from compound.store.base import Event, RunStore, Subscription
+from compound.store.base import RunStore
+from compound.store.hub import Subscription
 from compound.store.models import TERMINAL_TASK
+from compound.store.values import Event
 
 
 @dataclass(frozen=True, slots=True)

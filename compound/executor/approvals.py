@@ -14,8 +14,9 @@ from datetime import UTC, datetime, timedelta
 
 from compound.core.errors import Conflict
 from compound.core.logging import get_logger
-from compound.store.base import RunStore, ToolCallRecord
+from compound.store.base import RunStore
 from compound.store.models import ToolCallStatus
+from compound.store.values import ToolCallRecord
 
 log = get_logger("compound.executor")
 RECHECK_S = 5.0  # between re-reads of a held call's row when nothing wakes its waiter

@@ -19,8 +19,8 @@ from compound.core.errors import CallTimedOut, ProviderError, ProviderTimeout, S
 from compound.core.money import Price, worst_case_usd
 from compound.executor.callspec import CallSpec
 from compound.llm.base import Completion
-from compound.store.base import Reservation, Settlement
 from compound.store.models import CallKind, CallStatus
+from compound.store.values import Reservation, Settlement
 
 
 def answered(spec: CallSpec, out: Completion, *, elapsed_s: float) -> Settlement:

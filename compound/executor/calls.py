@@ -32,17 +32,17 @@ from compound.executor.scheduler import PriorityLimiter
 from compound.llm import collect
 from compound.llm.base import Completion, LLMClient
 from compound.planner.validate import is_clean_text
-from compound.store.base import (
+from compound.store.base import RunStore
+from compound.store.models import CallKind, CallStatus
+from compound.store.values import (
     BudgetRefusal,
     DailyRefusal,
     Reservation,
     ReserveOutcome,
     ReserveRequest,
-    RunStore,
     Settlement,
     TaskState,
 )
-from compound.store.models import CallKind, CallStatus
 
 log = get_logger("compound.executor")
 Sleep = Callable[[float], Awaitable[None]]

@@ -30,17 +30,17 @@ from compound.plugins import (
     Veto,
     valid_cost,
 )
-from compound.store.base import (
+from compound.store.base import RunStore
+from compound.store.models import CallKind, CallStatus
+from compound.store.values import (
     BudgetRefusal,
     DailyRefusal,
     Reservation,
     ReserveRequest,
-    RunStore,
     Settlement,
     SubState,
     TaskState,
 )
-from compound.store.models import CallKind, CallStatus
 
 log = get_logger("compound.executor")
 STEP_MODEL_PREFIX = "step:"  # a step's ledger rows name it so, in the model column

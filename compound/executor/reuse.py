@@ -10,8 +10,8 @@ import json
 from collections.abc import Sequence
 
 from compound.planner.plan import topological_order
-from compound.store.base import SubState
 from compound.store.models import SubtaskStatus
+from compound.store.values import SubState
 
 
 def content_keys(subs: Sequence[SubState]) -> list[str]:

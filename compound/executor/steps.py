@@ -30,8 +30,9 @@ from compound.core.settings import Settings
 from compound.executor.approvals import Approvals
 from compound.executor.calls import AttemptCounter, CallSpec, ModelCalls, clean_text
 from compound.llm.base import Completion, Message, ToolCall, ToolChoice, ToolSpec, Usage
-from compound.store.base import RunStore, SubState, TaskState, ToolCallRecord
+from compound.store.base import RunStore
 from compound.store.models import TERMINAL_TOOL_CALL, CallKind, CallStatus, ToolCallStatus
+from compound.store.values import SubState, TaskState, ToolCallRecord
 from compound.tools.catalogue import Tool, Tools
 
 log = get_logger("compound.executor")

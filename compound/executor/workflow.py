@@ -26,8 +26,9 @@ from compound.planner.stream import same
 from compound.planner.validate import validate_plan
 from compound.plugins import Outcome, Plugins, load_plugins
 from compound.prompts import render
-from compound.store.base import RunStore, SubState, TaskState
+from compound.store.base import RunStore
 from compound.store.models import CallKind, CallStatus, EndReason, SubtaskStatus, TaskStatus
+from compound.store.values import SubState, TaskState
 
 
 def _why(status: str, error: str | None) -> str:

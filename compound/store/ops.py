@@ -17,7 +17,15 @@ from typing import Any, Literal, Protocol
 from compound.core.errors import Conflict, NotFound
 from compound.core.money import money_shown, shown_usd
 from compound.core.status import csv, end_reason, subtask_sources, task_sources
-from compound.store.base import (
+from compound.store.models import (
+    TERMINAL_TASK,
+    CallKind,
+    CallStatus,
+    SubtaskStatus,
+    TaskStatus,
+    ToolCallStatus,
+)
+from compound.store.values import (
     BudgetRefusal,
     DailyRefusal,
     Event,
@@ -30,14 +38,6 @@ from compound.store.base import (
     TaskHead,
     TaskState,
     ToolCallRecord,
-)
-from compound.store.models import (
-    TERMINAL_TASK,
-    CallKind,
-    CallStatus,
-    SubtaskStatus,
-    TaskStatus,
-    ToolCallStatus,
 )
 
 Stmt = tuple[Literal["one", "all", "many", "exec"], str, Any]

@@ -10,22 +10,39 @@ from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
+from compound.core.logging import get_logger
 from compound.store import ops
-from compound.store.base import (
+from compound.store.base import RunStore
+from compound.store.sqlrun import ReadQueries, check_token, hash_token, new_task_id
+from compound.store.values import (
     Event,
     Principal,
     Reservation,
     ReserveOutcome,
     ReserveRequest,
-    RunStore,
     Settlement,
     SubState,
     TaskHead,
     TaskState,
     ToolCallRecord,
-    log_status,
 )
-from compound.store.sqlrun import ReadQueries, check_token, hash_token, new_task_id
+
+task_log = get_logger("compound.task")
+
+
+def log_status(task_id: str, status: str, *, error: str | None = None, total: float | None = None,
+               subtasks: int | None = None) -> None:
+    """One structured log line per task state change, written by the store once the
+    change is committed (both dialects call this, after their write)."""
+    status = str(getattr(status, "value", status))
+    fields: dict[str, Any] = {"task_id": task_id, "status": status}
+    if total is not None:
+        fields["cost_usd"] = round(float(total), 9)
+    if subtasks is not None:
+        fields["subtasks"] = subtasks
+    if error:
+        fields["error"] = error[:500]
+    (task_log.warning if status in ("failed", "partial") else task_log.info)("task status", **fields)
 
 
 class OpsRunStore(RunStore):

@@ -26,11 +26,9 @@ from sqlalchemy.engine import Engine
 
 from compound.core.logging import get_logger
 from compound.store import ops
-from compound.store.base import (
-    Event,
-)
 from compound.store.opsstore import OpsRunStore
 from compound.store.sqlrun import ReadQueries
+from compound.store.values import Event
 
 log = get_logger("compound.store")
 TERMINAL = "('completed','partial','failed','canceled')"

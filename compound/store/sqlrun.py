@@ -16,9 +16,9 @@ from sqlalchemy.sql import Select
 
 from compound.core.errors import UserInputError
 from compound.core.money import shown_usd
-from compound.store.base import Principal
 from compound.store.models import CallKind, LedgerEntry, Subtask, SubtaskStatus, Task, User, new_id, utcnow
 from compound.store.ops import iso, parse_dt, period_starts
+from compound.store.values import Principal
 
 if TYPE_CHECKING:
     from compound.store.base import RunStore

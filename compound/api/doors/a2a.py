@@ -40,8 +40,8 @@ from compound.api.errors import ApiError
 from compound.api.state import app_state
 from compound.core.errors import BudgetExceeded, Conflict, NotFound, UserInputError
 from compound.executor.answers import AnswerPiece
-from compound.store.base import Principal
 from compound.store.models import TaskStatus
+from compound.store.values import Principal
 
 RPC_PATH = "/a2a"
 PRINCIPAL = "compound.principal"

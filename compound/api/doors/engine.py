@@ -31,8 +31,9 @@ from compound.planner.estimate import estimate_cost
 from compound.planner.plan import critical_path, waves
 from compound.planner.validate import is_clean_text, validate_plan
 from compound.prompts import render
-from compound.store.base import Principal, RunStore
+from compound.store.base import RunStore
 from compound.store.models import TERMINAL_TASK, EndReason, TaskStatus
+from compound.store.values import Principal
 
 # Who is calling could not be told (401) or may not do this (403): each door maps it
 # to its own protocol's shape.

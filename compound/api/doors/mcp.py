@@ -22,7 +22,7 @@ from compound.api.doors.mcp_tasks import Tasks
 from compound.api.errors import ApiError
 from compound.api.state import app_state
 from compound.core.errors import BudgetExceeded, CompoundError, Conflict, NotFound, UserInputError
-from compound.store.base import Principal
+from compound.store.values import Principal
 
 # A quiet SSE response gets a comment this often (seconds): below the 5 s read timeout
 # of httpx's default client, which an MCP client over HTTP often is.

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from mcp.server.mcpserver.exceptions import ToolError
 
 from compound.api.doors.engine import Door
-from compound.store.base import Principal
+from compound.store.values import Principal
 
 
 class Tasks(Protocol):
