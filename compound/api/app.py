@@ -16,6 +16,7 @@ from compound.core.heap import settle_heap
 from compound.core.settings import Settings, load_settings
 from compound.executor.host import ExecutorHost
 from compound.llm.base import LLMClient
+from compound.store import Store
 from compound.store.base import RunStore
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ Errors are JSON: `{"error": {"code": "...", "message": "..."}}`."""
 
 
 def create_app(settings: Settings | None = None, *, client: LLMClient | None = None,
-               store: RunStore | None = None, observers: list[Any] | None = None) -> FastAPI:
+               store: Store | None = None, observers: list[Any] | None = None) -> FastAPI:
     settings = settings or load_settings()
 
     @asynccontextmanager
@@ -76,7 +77,7 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
 
 
 @asynccontextmanager
-async def _serving(app: FastAPI, settings: Settings, *, client: LLMClient | None, store: RunStore | None,
+async def _serving(app: FastAPI, settings: Settings, *, client: LLMClient | None, store: Store | None,
                    observers: list[Any] | None) -> AsyncIterator[None]:
     """The app's life: the process configured, the store open, the MCP servers, the
     executor, the token and snapshot caches and the doors started; stopped in turn."""

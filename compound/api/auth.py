@@ -17,9 +17,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from compound.api.errors import ApiError
 from compound.api.state import app_state
 from compound.core.logging import get_logger
-from compound.store.base import RunStore
 from compound.store.sqlrun import hash_token
-from compound.store.users import record_last_used
+from compound.store.users import UserStore
 from compound.store.values import Principal
 
 __all__ = ["AdminPrincipal", "AuthRefused", "Principal", "ReadPrincipal", "SubmitPrincipal", "TokenCache",
@@ -41,7 +40,7 @@ class TokenCache:
     requests never wait for the store; requests that miss together share one read.
     An entry's life counts from the moment its read began."""
 
-    def __init__(self, store: RunStore, *, ttl_s: float = 1.0, flush_s: float = 10.0,
+    def __init__(self, store: UserStore, *, ttl_s: float = 1.0, flush_s: float = 10.0,
                  clock: Callable[[], float] = time.monotonic, max_entries: int = 10_000) -> None:
         self.store, self.ttl_s, self.flush_s = store, ttl_s, flush_s
         self.clock, self.max_entries = clock, max_entries
@@ -109,8 +108,8 @@ class TokenCache:
         used, self._used = self._used, {}
         if not used:
             return
-        try:  # the admin engine, on a worker thread: a batch every flush_s, never per request
-            await asyncio.to_thread(record_last_used, self.store.engine, used)
+        try:  # a batch every flush_s, never per request
+            await self.store.record_token_use(used)
         except BaseException:
             for token_id, at in used.items():  # keep them for the next flush
                 self._used.setdefault(token_id, at)

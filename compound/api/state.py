@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from compound.api.snapshots import SnapshotCache
     from compound.core.settings import Settings
     from compound.executor.host import ExecutorHost
-    from compound.store.base import RunStore
+    from compound.store import Store
     from compound.tools.servers import ToolServers
 
 
@@ -23,7 +23,7 @@ class AppState(State):
 
     settings: Settings
     ratelimit: RateLimiter
-    store: RunStore
+    store: Store
     executor: ExecutorHost
     tokens: TokenCache
     snapshots: SnapshotCache

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
+
+if TYPE_CHECKING:
+    from compound.store.users import TokenAdmin
+
+
+def _users() -> TokenAdmin:
+    """The users and tokens of the configured database (tables created)."""
+    from compound.cli.common import engine_for, settings_or_exit
+    from compound.store.users import AdminUsers
+
+    return AdminUsers(engine_for(settings_or_exit()))
 
 
 def register(app: typer.Typer) -> None:
@@ -15,14 +28,12 @@ def register(app: typer.Typer) -> None:
         scope: list[str] = typer.Option(None, "--scope", help="submit, read or admin (repeatable or comma-separated)"),
     ) -> None:
         """Print a new token on stdout (only the token; it is not shown again)."""
-        from compound.cli.common import engine_for, settings_or_exit
         from compound.core.errors import UserInputError
-        from compound.store.users import create_token
 
         scopes = [s.strip() for item in (scope or []) for s in item.split(",") if s.strip()] or None
-        engine = engine_for(settings_or_exit())
+        users = _users()
         try:
-            row, token = create_token(engine, user, scopes)
+            row, token = users.create_token(user, scopes)
         except UserInputError as exc:
             typer.echo(f"error: {exc.message}", err=True)
             raise typer.Exit(2) from None
@@ -35,12 +46,10 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from compound.cli.common import engine_for, settings_or_exit
         from compound.store.ops import iso
-        from compound.store.users import list_tokens
 
         table = Table("id", "user", "scopes", "created", "last used", "revoked")
-        for row, name in list_tokens(engine_for(settings_or_exit())):
+        for row, name in _users().list_tokens():
             table.add_row(row.id, name, row.scopes, iso(row.created_at) or "", iso(row.last_used_at) or "",
                           iso(row.revoked_at) or "")
         Console().print(table)
@@ -48,12 +57,11 @@ def register(app: typer.Typer) -> None:
     @tokens.command("revoke")
     def revoke(token_id: str = typer.Argument(..., help="the token's id (from `tokens list`)")) -> None:
         """Revoke a token: it stops working at once."""
-        from compound.cli.common import engine_for, settings_or_exit
         from compound.core.errors import NotFound
-        from compound.store.users import revoke_token
 
+        users = _users()
         try:
-            revoke_token(engine_for(settings_or_exit()), token_id)
+            users.revoke_token(token_id)
         except NotFound as exc:
             typer.echo(f"error: {exc.message}", err=True)
             raise typer.Exit(1) from None

@@ -23,7 +23,6 @@ from typing import Any
 from compound.store.hub import EventHub, Subscription
 from compound.store.values import (
     Event,
-    Principal,
     Reservation,
     ReserveOutcome,
     ReserveRequest,
@@ -294,7 +293,3 @@ class RunStore(abc.ABC):
     @abc.abstractmethod
     async def task_counts(self) -> dict[str, int]:
         """Tasks by status (metrics)."""
-
-    @abc.abstractmethod
-    async def principal_for_token(self, token: str) -> Principal | None:
-        """The principal of a live (unrevoked) token, or None."""

@@ -1,4 +1,4 @@
-"""What the two RunStores share: each method of the seam is one of store/ops.py's
+"""What the two stores share: each method of the RunStore seam is one of store/ops.py's
 operations, run by the implementation's `_write` (its writer) or `_read` (off the loop)
 in its own dialect. An implementation gives `dialect`, `lock_users`, `queries`, `_write`,
 `_read` and `_core`."""
@@ -11,9 +11,9 @@ from datetime import datetime
 from typing import Any
 
 from compound.core.logging import get_logger
-from compound.store import ops
-from compound.store.base import RunStore
+from compound.store import Store, ops
 from compound.store.sqlrun import ReadQueries, check_token, hash_token, new_task_id
+from compound.store.users import EngineUsers
 from compound.store.values import (
     Event,
     Principal,
@@ -45,8 +45,10 @@ def log_status(task_id: str, status: str, *, error: str | None = None, total: fl
     (task_log.warning if status in ("failed", "partial") else task_log.info)("task status", **fields)
 
 
-class OpsRunStore(RunStore):
-    """The seam's methods over ops.py, for any SQL implementation."""
+class OpsRunStore(Store, EngineUsers):
+    """The seam's methods over ops.py, for any SQL implementation; users and tokens
+    over the admin engine, but for the token lookup of every request, which is one of
+    ops.py's reads."""
 
     dialect: Any
     lock_users: bool  # serialize one user's reservations with SELECT ... FOR UPDATE

@@ -1,8 +1,15 @@
-"""Users and API tokens (admin commands, synchronous). A token is shown once; only its
-sha256 is stored. Requests authenticate through RunStore.principal_for_token."""
+"""Users and API tokens. A token is shown once; only its sha256 is stored.
+
+Two small interfaces, nothing of a task's life in either: UserStore, what a request
+needs (authentication in api/auth.py, the doors; coroutines), and TokenAdmin, what the
+`compound tokens` commands need (synchronous: they run no event loop). Both stores
+provide both (store.Store); AdminUsers provides both over a bare engine (the CLI). The
+module's functions are the synchronous operations behind them."""
 
 from __future__ import annotations
 
+import abc
+import asyncio
 import secrets
 from datetime import datetime
 
@@ -13,10 +20,11 @@ from sqlmodel import Session, col, select
 from compound.core.errors import NotFound, UserInputError
 from compound.store.models import ApiToken, User, utcnow
 from compound.store.outage import outage_as_error
-from compound.store.sqlrun import hash_token
+from compound.store.sqlrun import check_token, hash_token
+from compound.store.values import Principal
 
-__all__ = ["SCOPES", "create_token", "get_or_create_user", "hash_token", "list_tokens", "lookup_token",
-           "record_last_used", "revoke_token"]
+__all__ = ["SCOPES", "AdminUsers", "EngineUsers", "TokenAdmin", "UserStore", "create_token", "get_or_create_user",
+           "hash_token", "list_tokens", "lookup_token", "principal_for", "record_last_used", "revoke_token"]
 
 SCOPES = ("submit", "read", "admin")
 TOKEN_PREFIX = "cpd_"
@@ -90,3 +98,97 @@ def record_last_used(engine: Engine, used: dict[str, datetime]) -> None:
             .values(last_used_at=bindparam("at")))
     with outage_as_error(), engine.begin() as conn:
         conn.execute(stmt, [{"tid": tid, "at": at} for tid, at in used.items()])
+
+
+def principal_for(engine: Engine, token: str) -> Principal | None:
+    """The principal of a live (not revoked) token, else None."""
+    with outage_as_error(), Session(engine, expire_on_commit=False) as s:
+        found = s.exec(select(ApiToken, User.name).join(User, col(User.id) == col(ApiToken.user_id))
+                       .where(ApiToken.token_hash == hash_token(token))).first()
+    if found is None or found[0].revoked_at is not None:
+        return None
+    row, name = found
+    return check_token(token, (row.token_hash, Principal(
+        user_id=row.user_id, user_name=name, scopes=frozenset(x for x in row.scopes.split(",") if x),
+        token_id=row.id)))
+
+
+class UserStore(abc.ABC):
+    """Users and tokens as a request needs them. Every method is a coroutine that never
+    blocks the event loop."""
+
+    @abc.abstractmethod
+    async def principal_for_token(self, token: str) -> Principal | None:
+        """The principal of a live (unrevoked) token, or None."""
+
+    @abc.abstractmethod
+    async def record_token_use(self, used: dict[str, datetime]) -> None:
+        """Write each token's last use (token id -> when) at once; a later time already
+        stored is kept."""
+
+    @abc.abstractmethod
+    async def user_named(self, name: str) -> User:
+        """The user of this name, created if new (UserInputError for a bad name)."""
+
+
+class TokenAdmin(abc.ABC):
+    """Tokens as an operator manages them. Synchronous; the token itself is returned
+    once, on creation, and never stored."""
+
+    @abc.abstractmethod
+    def create_token(self, user_name: str, scopes: list[str] | None = None) -> tuple[ApiToken, str]:
+        """A new token for the user (created if new): the row and the token.
+        UserInputError for a bad user name or scope."""
+
+    @abc.abstractmethod
+    def list_tokens(self) -> list[tuple[ApiToken, str]]:
+        """Every token with its user's name, oldest first."""
+
+    @abc.abstractmethod
+    def revoke_token(self, token_id: str) -> ApiToken:
+        """Revoke a token (again changes nothing); NotFound for an unknown id."""
+
+    @abc.abstractmethod
+    def token_user_id(self, token: str) -> str | None:
+        """The user id of a live token, else None."""
+
+
+class EngineUsers(UserStore, TokenAdmin):
+    """Both interfaces over a synchronous SQLAlchemy engine; a request's calls each on
+    a worker thread."""
+
+    @property
+    @abc.abstractmethod
+    def engine(self) -> Engine: ...
+
+    async def principal_for_token(self, token: str) -> Principal | None:
+        return await asyncio.to_thread(principal_for, self.engine, token)
+
+    async def record_token_use(self, used: dict[str, datetime]) -> None:
+        await asyncio.to_thread(record_last_used, self.engine, used)
+
+    async def user_named(self, name: str) -> User:
+        return await asyncio.to_thread(get_or_create_user, self.engine, name)
+
+    def create_token(self, user_name: str, scopes: list[str] | None = None) -> tuple[ApiToken, str]:
+        return create_token(self.engine, user_name, scopes)
+
+    def list_tokens(self) -> list[tuple[ApiToken, str]]:
+        return list_tokens(self.engine)
+
+    def revoke_token(self, token_id: str) -> ApiToken:
+        return revoke_token(self.engine, token_id)
+
+    def token_user_id(self, token: str) -> str | None:
+        return lookup_token(self.engine, token)
+
+
+class AdminUsers(EngineUsers):
+    """The users and tokens of a database, without a RunStore (the CLI's admin commands)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine

@@ -33,6 +33,7 @@ from compound.planner.validate import is_clean_text, validate_plan
 from compound.prompts import render
 from compound.store.base import RunStore
 from compound.store.models import TERMINAL_TASK, EndReason, TaskStatus
+from compound.store.users import UserStore
 from compound.store.values import Principal
 
 # Who is calling could not be told (401) or may not do this (403): each door maps it
@@ -126,6 +127,10 @@ class Door:
     def store(self) -> RunStore:
         return self.state.store
 
+    @property
+    def users(self) -> UserStore:
+        return self.state.store
+
     # who is calling ------------------------------------------------------------------
 
     async def authenticate(self, token: str | None) -> Principal:
@@ -134,9 +139,7 @@ class Door:
 
     async def local_principal(self, name: str = "local") -> Principal:
         """The user of a desktop host on the local store (`compound mcp` without a token)."""
-        from compound.store.users import get_or_create_user
-
-        user = await asyncio.to_thread(get_or_create_user, self.store.engine, name)
+        user = await self.users.user_named(name)
         return Principal(user_id=user.id, user_name=user.name, scopes=frozenset({"submit", "read"}),
                          token_id=f"local:{name}")
 
