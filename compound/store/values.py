@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from compound.store.models import TERMINAL_TASK
+from compound.core.status import TERMINAL_TASK
 
 
 @dataclass(frozen=True, slots=True)
