@@ -10,10 +10,13 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy.engine import Engine
 
+from compound.api.doors.engine import Door
+from compound.api.state import app_state
 from compound.core.errors import NotFound, UserInputError
 from compound.store import Store
 from compound.store.base import RunStore
 from compound.store.users import AdminUsers, TokenAdmin, UserStore
+from tests.fixtures.api import Api
 
 
 def abstract_names(cls: type) -> set[str]:
@@ -67,3 +70,12 @@ async def test_admin_users_refuse_bad_input(engine: Engine) -> None:
         await users.user_named("   ")
     with pytest.raises(NotFound):
         users.revoke_token("no-such-token")
+
+
+async def test_a_desktop_host_is_its_local_user(api: Api) -> None:
+    door = Door(app_state(api.app))
+    principal = await door.local_principal("dee")
+    again = await door.local_principal("dee")
+    assert principal.user_name == "dee" and principal.scopes == frozenset({"submit", "read"})
+    assert again.user_id == principal.user_id == (await door.users.user_named("dee")).id
+    assert principal.token_id == "local:dee" and not principal.is_admin

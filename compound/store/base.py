@@ -7,8 +7,9 @@ world about it together; the store then publishes the event to subscribers. The 
 never mutates the caller's objects: a write returns the new state instead.
 
 The values the methods take and return are in store/values.py; the in-process event
-hub and subscriptions in store/hub.py. Users and API tokens are a separate, smaller
-interface (store/users.py's UserStore) that the same implementations also provide.
+hub and subscriptions in store/hub.py. Users and API tokens are separate, smaller
+interfaces (store/users.py: UserStore, TokenAdmin) that the same implementations also
+provide (store.Store).
 """
 
 from __future__ import annotations
