@@ -4,6 +4,7 @@ the offending field named, and none reaches the store or answers 5xx."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -159,7 +160,7 @@ async def test_errors_from_outside_the_chat_door_are_in_openai_shape(served) -> 
     too_big = openai_error(await post_chat(served, chat(json.dumps("x" * limit))), 413)
     assert too_big["code"] == "payload_too_large" and str(limit) in too_big["message"]
 
-    async def chunks():  # type: ignore[no-untyped-def]  # no Content-Length: the limit is met as it streams
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the limit is met as it streams
         yield b'{"model": "compound", "messages": [{"role": "user", "content": "'
         for _ in range(limit // 65_536 + 2):
             yield b"x" * 65_536

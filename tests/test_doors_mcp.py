@@ -38,7 +38,8 @@ async def mcp_http(served, token: str | None) -> AsyncIterator[ClientSession]:  
 async def call(session: ClientSession, tool: str, args: dict[str, Any], **kw: Any) -> dict[str, Any]:
     result = await session.call_tool(tool, args, **kw)
     assert not result.is_error, result.content
-    return result.structured_content or json.loads(result.content[0].text)  # type: ignore[union-attr,no-any-return]
+    out: dict[str, Any] = result.structured_content or json.loads(result.content[0].text)
+    return out
 
 
 async def error_of(session: ClientSession, tool: str, args: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from compound.api.doors import mcp as mcp_door
+from tests.fixtures.served import Served
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "doors.md"
 READ_TIMEOUT_S = 1.0
@@ -22,7 +23,8 @@ PROMPT = "Compare SQLite and PostgreSQL"  # the prompt the documented script sub
 def documented_script() -> str:
     """The Python block of docs/doors.md that talks MCP over HTTP."""
     blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S)
-    return next(b for b in blocks if "streamable_http_client(" in b)
+    block: str = next(b for b in blocks if "streamable_http_client(" in b)
+    return block
 
 
 def runnable(script: str, url: str, token: str, mode: str = "auto") -> dict[str, Any]:
@@ -42,9 +44,10 @@ def runnable(script: str, url: str, token: str, mode: str = "auto") -> dict[str,
     return namespace
 
 
-def keepalive(served) -> mcp_door.KeepAlive | None:  # type: ignore[no-untyped-def]
+def keepalive(served: Served) -> mcp_door.KeepAlive | None:
     handler = served.app.state.mcp_endpoint.handler
-    return None if handler is None else handler.app  # type: ignore[no-any-return]
+    app: mcp_door.KeepAlive | None = None if handler is None else handler.app
+    return app
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
@@ -123,10 +126,10 @@ async def test_progress_reaches_a_client_that_asks_for_it(served, mode: str) -> 
     from mcp.client import Client
     from mcp.client.streamable_http import streamable_http_client
 
-    progress: list[tuple[float, float | None, str | None]] = []
+    reports: list[tuple[float, float | None, str | None]] = []
 
-    async def on_progress(p: float, total: float | None, message: str | None) -> None:
-        progress.append((p, total, message))
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        reports.append((progress, total, message))
 
     async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {served.alice}"}, timeout=60) as http, \
             Client(streamable_http_client(served.url + "/mcp", http_client=http), mode=mode) as client:
@@ -136,5 +139,5 @@ async def test_progress_reaches_a_client_that_asks_for_it(served, mode: str) -> 
     snap = done.structured_content
     assert not done.is_error and snap is not None and snap["status"] == "completed"
     n = len(snap["subtasks"])
-    finished = [p for p in progress if p[2] and p[2].startswith("subtask")]
+    finished = [p for p in reports if p[2] and p[2].startswith("subtask")]
     assert n > 1 and len(finished) == n and finished[-1][:2] == (n, n)

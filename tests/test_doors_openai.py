@@ -43,7 +43,8 @@ async def test_completion_answers_with_usage_cost_and_task_id(served, sim) -> No
     snap = await _snapshot(served, task_id)
     assert snap["status"] == TaskStatus.completed
     assert done.choices[0].message.content == snap["result"]
-    assert done.choices[0].message.content.startswith("Final answer built from")
+    content = done.choices[0].message.content
+    assert content is not None and content.startswith("Final answer built from")
     assert snap["budget_usd"] == 0.5 and snap["priority"] == 1
     extra = done.model_extra["compound"]  # type: ignore[index]
     assert extra["cost_usd"] == pytest.approx(snap["total_cost_usd"]) and extra["cost_usd"] > 0

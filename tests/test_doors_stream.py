@@ -66,7 +66,7 @@ def cutting(sim_settings: Settings) -> CutStreams:
 
 @pytest.fixture
 def sim_client(cutting: CutStreams) -> LLMClient:  # the served app's client
-    return cutting  # type: ignore[return-value]
+    return cutting
 
 
 @contextlib.contextmanager
@@ -105,7 +105,8 @@ async def streamed(served, sim: Simulator) -> tuple[str, list[str], str | None]:
             if ch.choices and ch.choices[0].delta.content:
                 deltas.append(ch.choices[0].delta.content)
     except openai.APIError as exc:
-        return task_id, deltas, str((exc.body or {}).get("code"))  # type: ignore[union-attr]
+        body = exc.body if isinstance(exc.body, dict) else {}
+        return task_id, deltas, str(body.get("code"))
     return task_id, deltas, None
 
 
