@@ -148,7 +148,10 @@ async def test_the_summary_counts_fixes_by_kind_fallbacks_joins_and_parallelism_
     items = [i for i in load(OWN, "own") if i.shape in ("parallel", "fan-in", "chain")][:6]
     shapes = [i.shape for i in items]
     assert sorted(shapes) == ["chain", "chain", "fan-in", "fan-in", "parallel", "parallel"]
-    sub = lambda d, deps, tier=1: {"description": d, "tier_hint": tier, "depends_on": deps}  # noqa: E731
+
+    def sub(d: str, deps: list[Any], tier: int = 1) -> dict[str, Any]:
+        return {"description": d, "tier_hint": tier, "depends_on": deps}
+
     plans: dict[str, Any] = {
         items[shapes.index("parallel")].id: {"subtasks": [sub("a", []), sub("b", ["", 5]), sub("c", [], 4)]},
         items[shapes.index("fan-in")].id: {"subtasks": [sub("x", []), sub("y", []), sub("z", []), sub("pick", [0])]},

@@ -146,7 +146,7 @@ async def test_a_refused_connection_is_transient(sim_settings: Settings, model: 
     from compound.simulator import free_port
 
     base = f"http://127.0.0.1:{free_port()}" + ("/v1" if model.startswith("openai") else "")
-    models = {**sim_settings.models, model: ModelConfig(api_base=base, adapter=adapter)}  # type: ignore[arg-type]
+    models = {**sim_settings.models, model: ModelConfig(api_base=base, adapter=adapter)}
     client = build_client(sim_settings.model_copy(update={"models": models}))
     with pytest.raises(ProviderError) as info:
         await client.complete(model=model, messages=msgs("worker", "x"), max_tokens=10)

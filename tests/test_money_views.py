@@ -51,7 +51,8 @@ def _table_rows(text: str, title: str) -> dict[str, float]:
 
 
 def _parts_total(snap: dict[str, Any]) -> float:
-    return sum(p["cost_usd"] for _, _, p in cost_parts(snap))
+    total: float = sum(p["cost_usd"] for _, _, p in cost_parts(snap))
+    return total
 
 
 # -- pure ---------------------------------------------------------------------------------

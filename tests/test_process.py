@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -40,7 +41,7 @@ class Calls:
 
     def __init__(self) -> None:
         self.started = 0
-        self.finished: list[dict[str, object]] = []
+        self.finished: list[dict[str, Any]] = []
 
     def call_started(self, *, model: str, kind: str) -> None:
         self.started += 1
@@ -89,7 +90,8 @@ async def test_a_task_runs_in_the_child_and_its_events_and_calls_reach_this_proc
         await until(lambda: len(calls.finished) == len(sim.requests), "the calls' observations")
         assert calls.started == len(sim.requests) > 3
         assert {f["status"] for f in calls.finished} == {"ok"}
-        assert sum(float(f["cost_usd"]) for f in calls.finished) == pytest.approx(snap["total_cost_usd"])  # type: ignore[arg-type]
+        spent = sum(float(f["cost_usd"]) for f in calls.finished)
+        assert spent == pytest.approx(snap["total_cost_usd"])
 
 
 async def test_cancel_approve_and_their_errors_cross_to_the_child(

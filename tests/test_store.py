@@ -4,6 +4,7 @@ PostgreSQL where a server answers on loopback."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import pytest
 from sqlalchemy import inspect, text
@@ -258,7 +259,12 @@ async def test_a_listener_hears_every_tasks_events(any_store: RunStore) -> None:
 async def test_a_listener_hears_another_processes_events(pg_url: str) -> None:
     async with open_store(pg_url) as writer, open_store(pg_url) as watcher:
         got: asyncio.Queue[Event] = asyncio.Queue()
-        watcher.hub.listen(lambda events: [got.put_nowait(e) for e in events])
+
+        def hear(events: Sequence[Event]) -> None:
+            for e in events:
+                got.put_nowait(e)
+
+        watcher.hub.listen(hear)
         task = await writer.create_task(prompt="p", budget_usd=1.0)
         ev = await asyncio.wait_for(got.get(), 10)
         assert (ev.task_id, ev.seq, ev.data["status"]) == (task.id, 1, "queued")

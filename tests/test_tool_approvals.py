@@ -439,8 +439,12 @@ def test_on_queue_workers_a_decision_reaches_the_held_call(fixture_server: HttpS
             {"description": "bump", "kind": "tool", "tool": "fx.count"},
             {"description": "delete", "kind": "tool", "tool": "fx.delete", "arguments": {"item": "a"}}]}})
         url = f"http://127.0.0.1:{port}/v1/tasks/{task['id']}"
-        held = wait_until(lambda: len(got := _awaiting(c.get(port, f"/v1/tasks/{task['id']}"))) == 2 and got,
-                          timeout=120, what="two held calls")
+
+        def two_held() -> list[dict[str, Any]]:
+            got = _awaiting(c.get(port, f"/v1/tasks/{task['id']}"))
+            return got if len(got) == 2 else []
+
+        held = wait_until(two_held, timeout=120, what="two held calls")
         calls = {h["index"]: h["id"] for h in held}
         ok = httpx.post(f"{url}/tool-calls/{calls[0]}/approve", json={}, headers=c.headers(), timeout=60)
         no = httpx.post(f"{url}/tool-calls/{calls[1]}/deny", json={"message": "keep a"}, headers=c.headers(),
