@@ -8,6 +8,7 @@ import pytest
 from sqlmodel import Session, select
 from structlog.testing import capture_logs
 
+from compound.simulator import Simulator
 from compound.store.models import ApiToken
 from compound.store.users import hash_token, revoke_token
 from tests.fixtures.api import Api
@@ -210,7 +211,7 @@ async def test_cancel_and_approve(api: Api) -> None:
     assert (await api.http.post(f"/v1/tasks/{task_id}/approve", headers=api.auth(api.alice))).status_code == 409
 
 
-async def test_cancel_a_running_task(api: Api, sim) -> None:  # type: ignore[no-untyped-def]
+async def test_cancel_a_running_task(api: Api, sim: Simulator) -> None:
     sim.script.latency = lambda _m, kind, _t: 0.5 if kind == "worker" else 0.0
     r = await api.http.post("/v1/tasks", json={"prompt": "x", "plan": PLAN}, headers=api.auth(api.alice))
     task_id = r.json()["id"]

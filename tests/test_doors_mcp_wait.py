@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from compound.api.doors import mcp as mcp_door
+from compound.simulator import Simulator
 from tests.fixtures.served import Served
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "doors.md"
@@ -72,7 +73,7 @@ async def test_the_documented_client_outwaits_its_read_timeout(served, sim, monk
     assert printed.startswith("completed ") and "Final answer built from" in printed
 
 
-async def test_without_keepalives_the_same_client_times_out(served, sim, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+async def test_without_keepalives_the_same_client_times_out(served: Served, sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
     """The premise of the test above: the script's client does give up on a quiet stream."""
     monkeypatch.setattr(mcp_door, "KEEPALIVE_S", 3600.0)
     release = threading.Event()
@@ -121,7 +122,7 @@ async def test_a_task_that_was_created_is_named_when_waiting_for_it_fails() -> N
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
-async def test_progress_reaches_a_client_that_asks_for_it(served, mode: str) -> None:  # type: ignore[no-untyped-def]
+async def test_progress_reaches_a_client_that_asks_for_it(served: Served, mode: str) -> None:
     import httpx2
     from mcp.client import Client
     from mcp.client.streamable_http import streamable_http_client
