@@ -4,6 +4,7 @@ clear failure. With a fake at the seam and over HTTP through the simulator."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -11,7 +12,7 @@ from compound.core.errors import PlanInvalid
 from compound.core.settings import Settings
 from compound.llm.base import Completion, Message
 from compound.llm.litellm_client import LiteLLMClient
-from compound.planner.decompose import FALLBACK_DESCRIPTION, decompose, plan_schema
+from compound.planner.decompose import FALLBACK_DESCRIPTION, CallFn, decompose, plan_schema
 from compound.planner.estimate import estimate_cost
 from compound.planner.router import route
 from compound.prompts import escape, render, versions
@@ -25,8 +26,8 @@ CYCLE = json.dumps({"subtasks": [{"description": "a", "tier_hint": 1, "depends_o
                                  {"description": "b", "tier_hint": 1, "depends_on": [0]}]})
 
 
-def caller(fake: FakeLLM, model: str = "m"):  # type: ignore[no-untyped-def]
-    async def call(messages: list[Message], schema: dict | None) -> Completion:  # type: ignore[type-arg]
+def caller(fake: FakeLLM, model: str = "m") -> CallFn:
+    async def call(messages: list[Message], schema: dict[str, Any] | None) -> Completion:
         return await fake.complete(model=model, messages=messages, max_tokens=500, json_schema=schema)
     return call
 

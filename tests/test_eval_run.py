@@ -5,6 +5,7 @@ then `compound eval` replaying the shipped recording, and recording against the 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def test_two_orders_combine(first: str, second: str, want: str) -> None:
 
 # the runner with a fake ---------------------------------------------------------------
 
-def planner_for(plans: dict[str, dict[str, Any]]):  # type: ignore[no-untyped-def]
+def planner_for(plans: dict[str, dict[str, Any]]) -> Callable[[str, list[Message]], str]:
     """Planner answers by request; workers and the synthesizer as the simulator does; the
     judge prefers compound (answer A first, B second); a direct call answers briefly."""
     def answer(model: str, messages: list[Message]) -> str:

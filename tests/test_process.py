@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,7 @@ async def running(store: RunStore, settings: Settings, **kw: object) -> AsyncIte
     assert executor.proc is None or executor.proc.returncode is not None
 
 
-async def until(check, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+async def until(check: Callable[[], object], what: str, timeout: float = 30.0) -> None:
     """Until check() is truthy (a deadline, never a fixed sleep)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
