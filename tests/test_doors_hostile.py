@@ -87,7 +87,7 @@ def test_checked_priority(value: object, ok: object) -> None:
 # the OpenAI door -----------------------------------------------------------------------
 
 
-async def post_chat(served, body: bytes, token: str | None = None,  # type: ignore[no-untyped-def]
+async def post_chat(served: Served, body: bytes, token: str | None = None,
                     content_type: str = "application/json") -> httpx.Response:
     async with httpx.AsyncClient(base_url=served.url, timeout=60) as http:
         return await http.post("/v1/chat/completions", content=body, headers={
@@ -139,7 +139,7 @@ def openai_error(r: httpx.Response, status: int = 400) -> dict[str, Any]:
     (b"", None, "not valid JSON"),
     (b"\xc3\x28", None, "not UTF-8"),
 ])
-async def test_chat_refuses_hostile_bodies_in_openai_shape(served, body: bytes, param: str | None,  # type: ignore[no-untyped-def]
+async def test_chat_refuses_hostile_bodies_in_openai_shape(served: Served, body: bytes, param: str | None,
                                                            words: str) -> None:
     err = openai_error(await post_chat(served, body))
     if param is None:
@@ -282,7 +282,7 @@ async def test_mcp_submit_says_what_was_wrong(served: Served, args: str, words: 
     (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list", "extra": ' + b'{"a": ' * 100_000 + b"1"
      + b"}" * 100_001, -32600, "invalid extra.a.a"),
 ])
-async def test_mcp_answers_requests_it_cannot_take_with_a_jsonrpc_error(served, body: bytes, code: int,  # type: ignore[no-untyped-def]
+async def test_mcp_answers_requests_it_cannot_take_with_a_jsonrpc_error(served: Served, body: bytes, code: int,
                                                                         words: str) -> None:
     r = await post_mcp(served, body)
     assert r.status_code == 400, r.text

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,9 @@ def keepalive(served: Served) -> mcp_door.KeepAlive | None:
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
-async def test_the_documented_client_outwaits_its_read_timeout(served, sim, monkeypatch, capsys,  # type: ignore[no-untyped-def]
+async def test_the_documented_client_outwaits_its_read_timeout(served: Served, sim: Simulator,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str],
                                                                mode: str) -> None:
     monkeypatch.setattr(mcp_door, "KEEPALIVE_S", READ_TIMEOUT_S / 10)
     release = threading.Event()
@@ -102,7 +105,7 @@ class FollowFails:
         self.submitted.append("t_made")
         return {"id": "t_made", "status": "queued"}
 
-    async def events(self, task_id: str):  # type: ignore[no-untyped-def]
+    async def events(self, task_id: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         from mcp.server.mcpserver.exceptions import ToolError
 
         yield "task", {"status": "planning"}

@@ -66,10 +66,11 @@ async def test_completion_answers_with_usage_cost_and_task_id(served: Served, si
     assert synth["body"].get("max_tokens") == 300
 
 
-async def _snapshot(served, task_id: str) -> dict:  # type: ignore[no-untyped-def,type-arg]
+async def _snapshot(served: Served, task_id: str) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=served.url) as http:
         r = await http.get(f"/v1/tasks/{task_id}", headers={"Authorization": f"Bearer {served.alice}"})
-        return r.json()  # type: ignore[no-any-return]
+        snap: dict[str, Any] = r.json()
+        return snap
 
 
 async def test_context_cannot_close_its_tags(served: Served, sim: Simulator) -> None:

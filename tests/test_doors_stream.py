@@ -128,7 +128,7 @@ async def test_a_model_nul_is_cleaned_in_the_deltas_as_in_the_result(served: Ser
     assert "".join(deltas) == snap["result"] and len(deltas) > 1
 
 
-async def test_a_retried_answer_that_repeats_itself_streams_whole(served, cutting: CutStreams,  # type: ignore[no-untyped-def]
+async def test_a_retried_answer_that_repeats_itself_streams_whole(served: Served, cutting: CutStreams,
                                                                   sim: Simulator) -> None:
     cutting.cuts.append((2, True))  # the first attempt dies after 2 pieces; the retry says the same
     task_id, deltas, error = await streamed(served, sim)
@@ -139,8 +139,8 @@ async def test_a_retried_answer_that_repeats_itself_streams_whole(served, cuttin
     assert len(deltas) > 2
 
 
-async def test_a_retried_answer_that_differs_ends_the_chat_stream_in_an_error(  # type: ignore[no-untyped-def]
-        served, cutting: CutStreams, sim: Simulator) -> None:
+async def test_a_retried_answer_that_differs_ends_the_chat_stream_in_an_error(
+        served: Served, cutting: CutStreams, sim: Simulator) -> None:
     first, second = "First attempt: " + "a" * 80, "Second attempt: " + "b" * 80
     sim.answer("synthesizer", first, second)
     cutting.cuts.append((2, True))
@@ -152,8 +152,8 @@ async def test_a_retried_answer_that_differs_ends_the_chat_stream_in_an_error(  
     assert error == "stream_interrupted"
 
 
-async def test_a_synthesis_that_fails_midway_ends_the_chat_stream_in_an_error(  # type: ignore[no-untyped-def]
-        served, cutting: CutStreams, sim: Simulator) -> None:
+async def test_a_synthesis_that_fails_midway_ends_the_chat_stream_in_an_error(
+        served: Served, cutting: CutStreams, sim: Simulator) -> None:
     cutting.cuts.append((2, False))  # permanent: no retry; the task is partial, the subtasks joined
     task_id, deltas, error = await streamed(served, sim)
     snap = await snapshot(served, task_id)
@@ -186,7 +186,7 @@ def artifact_text(events: list[Any]) -> str:
     return text
 
 
-async def test_a2a_replaces_the_artifact_when_a_retry_differs(served, cutting: CutStreams,  # type: ignore[no-untyped-def]
+async def test_a2a_replaces_the_artifact_when_a_retry_differs(served: Served, cutting: CutStreams,
                                                               sim: Simulator) -> None:
     first, second = "First attempt: " + "a" * 80, "Second attempt: " + "b" * 80
     sim.answer("synthesizer", first, second)

@@ -34,7 +34,7 @@ from compound.store.models import TaskStatus
     ([{"role": 'user" onload="x', "content": "a & b"}],
      '<context>\n<message role="useronloadx">\na &amp; b\n</message>\n</context>'),
 ])
-def test_context_block(context, expected) -> None:  # type: ignore[no-untyped-def]
+def test_context_block(context: list[dict[str, str]] | None, expected: str) -> None:
     assert context_block(context) == expected
 
 
@@ -58,7 +58,8 @@ def msgs(*pairs: tuple[str, str]) -> ChatRequest:
      [("system", "s"), ("user", "a"), ("assistant", "b")]),
     ([("user", "q"), ("assistant", "partial answer")], "q", [("assistant", "partial answer")]),
 ])
-def test_the_last_user_message_is_the_request(pairs, prompt, context) -> None:  # type: ignore[no-untyped-def]
+def test_the_last_user_message_is_the_request(pairs: list[tuple[str, str]], prompt: str,
+                                              context: list[tuple[str, str]]) -> None:
     got_prompt, got_context = split_messages(msgs(*pairs).messages)
     assert got_prompt == prompt
     assert [(m["role"], m["content"]) for m in got_context] == context
@@ -101,7 +102,7 @@ def test_bad_metadata_is_a_400(meta: dict[str, str]) -> None:
     (TaskStatus.failed, "failed_provider", "could not plan: the planner model failed: 500", "failed"),
     (TaskStatus.failed, "failed_subtasks", "subtask 0: the budget model refused", "failed"),
 ])
-def test_failure(status, reason, error, expected) -> None:  # type: ignore[no-untyped-def]
+def test_failure(status: TaskStatus, reason: str, error: str | None, expected: str | None) -> None:
     assert failure({"id": "t", "status": status, "end_reason": reason, "error": error}) == expected
 
 
@@ -112,7 +113,7 @@ def test_failure(status, reason, error, expected) -> None:  # type: ignore[no-un
     (Conflict("done"), 409, "conflict"),
     (RuntimeError("secret detail"), 500, "internal_error"),
 ])
-def test_openai_error_table(exc, status, code) -> None:  # type: ignore[no-untyped-def]
+def test_openai_error_table(exc: Exception, status: int, code: str) -> None:
     err = openai_error(exc)
     assert (err.status, err.code) == (status, code)
     assert "secret detail" not in err.body()["error"]["message"]
@@ -127,7 +128,7 @@ def test_every_task_status_has_an_a2a_state() -> None:
 @pytest.mark.parametrize(("header", "token"), [
     (None, None), ("", None), ("Bearer abc", "abc"), ("bearer  abc ", "abc"), ("Basic abc", None), ("Bearer", None),
 ])
-def test_bearer_token_of(header, token) -> None:  # type: ignore[no-untyped-def]
+def test_bearer_token_of(header: str | None, token: str | None) -> None:
     assert bearer_token_of(header) == token
 
 
@@ -147,7 +148,8 @@ def test_bearer_token_of(header, token) -> None:  # type: ignore[no-untyped-def]
     # the synthesis failed after its text began: the result is something else
     ([(1, "Final ans")], "[0] joined results", ["Final ans"], None),
 ])
-def test_answer_text_sends_only_what_extends_what_was_sent(pieces, answer, sent, rest) -> None:  # type: ignore[no-untyped-def]
+def test_answer_text_sends_only_what_extends_what_was_sent(pieces: list[tuple[int, str]], answer: str,
+                                                           sent: list[str], rest: str | None) -> None:
     text = AnswerText()
     out = [new for attempt, piece in pieces if (new := text.piece(AnswerPiece(attempt, piece)))]
     assert out == sent

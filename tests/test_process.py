@@ -28,6 +28,7 @@ from compound.executor.answers import AnswerPiece
 from compound.executor.process import ProcessExecutor
 from compound.simulator import Simulator
 from compound.store.base import RunStore
+from tests.fixtures.api import Api
 from tests.fixtures.served import free_port, serving
 from tests.test_doors_stream import held, streamed
 from tests.test_hosts import events_until_end
@@ -233,7 +234,7 @@ async def test_a_served_chat_client_gets_the_answer_as_the_child_streams_it(
             assert kinds[-1] == "task" and last is not None and last["status"] == "completed", (kinds, last)
 
 
-async def test_an_executor_that_is_restarting_answers_503_in_the_error_shape(api, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+async def test_an_executor_that_is_restarting_answers_503_in_the_error_shape(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     r = await api.http.post("/v1/tasks", json={"prompt": PROMPT}, headers=api.auth(api.alice))
     task_id = r.json()["id"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, text
@@ -229,7 +230,7 @@ async def test_writes_arriving_together_share_one_commit(store: RunStore) -> Non
     assert [(await store.head(t.id)).event_seq for t in tasks] == [11, 11, 11]
 
 
-def test_sqlite_runs_in_wal_mode(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
     eng = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
     with eng.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
@@ -270,7 +271,7 @@ async def test_a_listener_hears_another_processes_events(pg_url: str) -> None:
         assert (ev.task_id, ev.seq, ev.data["status"]) == (task.id, 1, "queued")
 
 
-async def test_a_sqlite_store_that_cannot_be_written_says_so(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_sqlite_store_that_cannot_be_written_says_so(tmp_path: Path) -> None:
     from compound.store.db import StoreUnavailable
 
     store = open_store(f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}")
