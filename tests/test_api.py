@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from sqlmodel import Session, select
@@ -127,7 +128,7 @@ async def test_revoked_tokens_stop_working_and_scopes_are_enforced(api: Api) -> 
         ({"prompt": "x", "plan": {"subtasks": [{"description": "a", "depends_on": [0]}]}}, "depends on itself"),
     ],
 )
-async def test_bad_fields_are_422_naming_the_field(api: Api, body: dict, field: str) -> None:  # type: ignore[type-arg]
+async def test_bad_fields_are_422_naming_the_field(api: Api, body: dict[str, Any], field: str) -> None:
     # json.dumps escapes lone surrogates as \ud800, as a hostile client would send them
     r = await api.http.post("/v1/tasks", content=json.dumps(body),
                             headers={**api.auth(api.alice), "Content-Type": "application/json"})

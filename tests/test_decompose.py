@@ -76,7 +76,7 @@ async def test_too_many_subtasks_is_an_error_the_repair_names() -> None:
 
 @pytest.mark.parametrize("model", ["anthropic/claude-haiku-4-5", "openai/gpt-4.1-mini"])
 async def test_decompose_over_http(sim: Simulator, sim_client: LiteLLMClient, model: str) -> None:
-    async def call(messages: list[Message], schema: dict | None) -> Completion:  # type: ignore[type-arg]
+    async def call(messages: list[Message], schema: dict[str, Any] | None) -> Completion:
         return await sim_client.complete(model=model, messages=messages, max_tokens=2000, json_schema=schema)
 
     plan = await decompose(call, "list the options and compare them and pick one", max_subtasks=10)

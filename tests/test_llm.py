@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from compound.core.errors import ConfigError, NetworkRefused, ProviderError, ProviderTimeout
 from compound.core.settings import ModelConfig, Settings
 from compound.llm import Completion, Delta, LLMClient, build_client, collect
-from compound.llm.base import Usage
+from compound.llm.base import Message, Usage
 from compound.llm.litellm_client import LiteLLMClient
 from compound.llm.pricing import check_prices, price_of
 from compound.planner.validate import validate_plan
@@ -22,7 +22,7 @@ from compound.simulator import Failure, Simulator
 WIRES = ["anthropic/claude-haiku-4-5", "openai/gpt-4.1-mini"]
 
 
-def msgs(kind: str, body: str) -> list:  # type: ignore[type-arg]
+def msgs(kind: str, body: str) -> list[Message]:
     return [{"role": "system", "content": f"You are compound's {kind}.\nrules"},
             {"role": "user", "content": body}]
 
