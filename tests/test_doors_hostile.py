@@ -99,7 +99,8 @@ def openai_error(r: httpx.Response, status: int = 400) -> dict[str, Any]:
     body = r.json()
     assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
     assert body["error"]["type"] == "invalid_request_error" and body["error"]["message"]
-    return body["error"]  # type: ignore[no-any-return]
+    got: dict[str, Any] = body["error"]
+    return got
 
 
 @pytest.mark.parametrize(("body", "param", "words"), [
@@ -226,8 +227,10 @@ def mcp_message(r: httpx.Response) -> dict[str, Any]:
     """The JSON-RPC answer of an /mcp POST (a JSON body, or the SSE stream's message)."""
     if r.headers.get("content-type", "").startswith("text/event-stream"):
         data = [line[5:].strip() for line in r.text.splitlines() if line.startswith("data:")]
-        return json.loads(data[-1])  # type: ignore[no-any-return]
-    return r.json()  # type: ignore[no-any-return]
+        streamed: dict[str, Any] = json.loads(data[-1])
+        return streamed
+    got: dict[str, Any] = r.json()
+    return got
 
 
 def tool_error(r: httpx.Response) -> str:
@@ -329,7 +332,8 @@ async def post_a2a(served: Served, body: bytes, token: str | None = None) -> dic
         r = await http.post("/a2a", content=body, headers={
             "Authorization": f"Bearer {token or served.alice}", "Content-Type": "application/json", **version})
     assert r.status_code < 500, r.text
-    return r.json()  # type: ignore[no-any-return]
+    got: dict[str, Any] = r.json()
+    return got
 
 
 def send(meta: str = "{}", text: str = '"Explain quicksort"', more: str = "", method: str = "SendMessage") -> bytes:

@@ -87,7 +87,8 @@ def chat(served: Served, token: str) -> openai.AsyncOpenAI:
 
 
 async def snapshot(served: Served, task_id: str) -> dict[str, Any]:
-    return await served.app.state.store.snapshot(task_id)  # type: ignore[no-any-return]
+    got: dict[str, Any] = await served.app.state.store.snapshot(task_id)
+    return got
 
 
 async def streamed(served: Served, sim: Simulator) -> tuple[str, list[str], str | None]:
@@ -206,7 +207,8 @@ async def wait_status(served: Served, task_id: str, status: str) -> None:
     store = served.app.state.store
 
     async def reached() -> bool:
-        return (await store.head(task_id)).status == status  # type: ignore[no-any-return]
+        got: bool = (await store.head(task_id)).status == status
+        return got
 
     await served.wait_for(reached, f"task {task_id} {status}")
 

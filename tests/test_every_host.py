@@ -42,7 +42,8 @@ class Host:
     def submit(self, body: dict[str, Any], token: str | None = None) -> dict[str, Any]:
         r = httpx.post(f"{self.url}/v1/tasks", json=body, headers=self.h(token or self.alice), timeout=60)
         assert r.status_code == 202, r.text
-        return r.json()  # type: ignore[no-any-return]
+        got: dict[str, Any] = r.json()
+        return got
 
     def get(self, path: str, token: str | None = None) -> httpx.Response:
         return httpx.get(f"{self.url}{path}", headers=self.h(token or self.alice), timeout=60)

@@ -78,7 +78,8 @@ def start_server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
 def get(port: int, env: dict[str, str], path: str) -> dict[str, Any]:
     r = httpx.get(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {env['COMPOUND_TOKEN']}"},
                   timeout=30)
-    return r.json()  # type: ignore[no-any-return]
+    got: dict[str, Any] = r.json()
+    return got
 
 
 def wait_status(port: int, env: dict[str, str], task_id: str, timeout: float = 90) -> dict[str, Any]:

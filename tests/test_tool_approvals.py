@@ -65,7 +65,8 @@ class Api:
     async def snap(self, task_id: str) -> dict[str, Any]:
         r = await self.http.get(f"/v1/tasks/{task_id}", headers=self.alice)
         assert r.status_code == 200, r.text
-        return r.json()  # type: ignore[no-any-return]
+        got: dict[str, Any] = r.json()
+        return got
 
     async def until(self, task_id: str, check: Any, what: str, timeout: float = 60.0) -> dict[str, Any]:
         """The snapshot once check(snapshot) holds (a deadline, never a fixed sleep)."""
