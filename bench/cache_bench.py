@@ -18,7 +18,7 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -29,12 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compound.core.settings import ModelConfig, Settings
 from compound.llm import LLMClient, build_client
-from compound.llm.base import Completion, Message, StreamEvent
+from compound.llm.base import Completion, Message, StreamEvent, ToolChoice, ToolSpec
 from compound.llm.pricing import price_of
 from compound.simulator import Script, SimulatorThread
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from client_bench import replace_section
+from bench.client_bench import replace_section
 
 MODEL = "anthropic/claude-sonnet-4-5"  # its minimum cacheable prompt is 1,024 tokens
 MARKER = "<!-- cache_bench -->"
@@ -58,14 +58,19 @@ class NoCache:
         await self.inner.aclose()
 
     async def complete(self, *, model: str, messages: list[Message], max_tokens: int,
-                       json_schema: dict[str, Any] | None = None, timeout_s: float | None = None) -> Completion:
+                       json_schema: dict[str, Any] | None = None, timeout_s: float | None = None,
+                       tools: Sequence[ToolSpec] | None = None, tool_choice: ToolChoice = "auto") -> Completion:
         return await self.inner.complete(model=model, messages=self._strip(messages), max_tokens=max_tokens,
-                                         json_schema=json_schema, timeout_s=timeout_s)
+                                         json_schema=json_schema, timeout_s=timeout_s,
+                                         tools=tools, tool_choice=tool_choice)
 
     def stream(self, *, model: str, messages: list[Message], max_tokens: int,
-               json_schema: dict[str, Any] | None = None, timeout_s: float | None = None) -> AsyncIterator[StreamEvent]:
+               json_schema: dict[str, Any] | None = None, timeout_s: float | None = None,
+               tools: Sequence[ToolSpec] | None = None,
+               tool_choice: ToolChoice = "auto") -> AsyncIterator[StreamEvent]:
         return self.inner.stream(model=model, messages=self._strip(messages), max_tokens=max_tokens,
-                                 json_schema=json_schema, timeout_s=timeout_s)
+                                 json_schema=json_schema, timeout_s=timeout_s,
+                                 tools=tools, tool_choice=tool_choice)
 
 
 def request_text(tokens: int) -> str:
@@ -111,7 +116,7 @@ async def run_task(url: str, db: Path, deps: list[list[int]], cached: bool) -> d
 
 async def main_async(write: Path | None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="compound-cache-bench-"))
-    shapes = {
+    shapes: dict[str, list[list[int]]] = {
         "10 independent subtasks (one wave)": [[] for _ in range(10)],
         "9 independent + 1 joining": [[] for _ in range(9)] + [list(range(9))],
         "a chain of 10": [[]] + [[i] for i in range(9)],

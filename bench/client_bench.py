@@ -90,7 +90,6 @@ async def run(call: Call, calls: int, concurrency: int, name: str = "") -> tuple
 def variants(url: str, concurrency: int) -> tuple[dict[str, Call], list[Any]]:
     """The calls to time, and the clients to close at the end."""
     import anthropic
-    import httpx
     import openai
     from anthropic._constants import DEFAULT_CONNECTION_LIMITS
 
@@ -103,13 +102,12 @@ def variants(url: str, concurrency: int) -> tuple[dict[str, Call], list[Any]]:
     forced = {m: c.model_copy(update={"adapter": "litellm"}) for m, c in settings.models.items()}
     via_litellm = build_client(settings.model_copy(update={"models": forced}))
     limits = type(DEFAULT_CONNECTION_LIMITS)(max_connections=concurrency, max_keepalive_connections=concurrency)
-    olimits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     bare_a = {http: anthropic.AsyncAnthropic(api_key="sim", base_url=url, max_retries=0, timeout=120,
                                              http_client=make(limits=limits))
               for http, make in (("httpx", anthropic.DefaultAsyncHttpxClient),
                                  ("aiohttp", anthropic.DefaultAioHttpClient))}
     bare_o = {http: openai.AsyncOpenAI(api_key="sim", base_url=url + "/v1", max_retries=0, timeout=120,
-                                       http_client=make(limits=olimits))
+                                       http_client=make(limits=limits))
               for http, make in (("httpx", openai.DefaultAsyncHttpxClient),
                                  ("aiohttp", openai.DefaultAioHttpClient))}
     user = [{"role": "user", "content": USER}]

@@ -23,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
@@ -31,7 +32,15 @@ os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compound.core.settings import Settings
-from compound.llm.base import Completion, Message, Price, Usage
+from compound.llm.base import (
+    Completion,
+    Message,
+    Price,
+    StreamEvent,
+    ToolChoice,
+    ToolSpec,
+    Usage,
+)
 from compound.planner.plan import PlanIn, waves
 from compound.store import open_store
 from compound.store.models import TaskStatus
@@ -61,6 +70,8 @@ class SleepLLM:
         max_tokens: int,
         json_schema: dict[str, Any] | None = None,
         timeout_s: float | None = None,
+        tools: Sequence[ToolSpec] | None = None,
+        tool_choice: ToolChoice = "auto",
     ) -> Completion:
         self.calls += 1
         text = messages[-1]["content"]
@@ -73,6 +84,21 @@ class SleepLLM:
             await asyncio.sleep(ms / 1000)
         usage = Usage(input_tokens=10, output_tokens=5)
         return Completion(text="ok", model=model, usage=usage, cost_usd=PRICE.cost(usage))
+
+    async def stream(
+        self,
+        *,
+        model: str,
+        messages: list[Message],
+        max_tokens: int,
+        json_schema: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+        tools: Sequence[ToolSpec] | None = None,
+        tool_choice: ToolChoice = "auto",
+    ) -> AsyncIterator[StreamEvent]:
+        """The same answer as `complete()`, in one piece."""
+        yield await self.complete(model=model, messages=messages, max_tokens=max_tokens,
+                                  json_schema=json_schema, timeout_s=timeout_s)
 
 
 def make_plan(latencies_ms: list[int], deps: list[list[int]]) -> dict[str, Any]:
@@ -103,7 +129,7 @@ def fanout_dag(width: int = 50, seed: int = 7) -> tuple[list[int], list[list[int
     """A root, `width` parallel steps of 20..300 ms, then a join."""
     rng = random.Random(seed)
     lat = [50] + [rng.randint(20, 300) for _ in range(width)] + [50]
-    deps = [[]] + [[0] for _ in range(width)] + [list(range(1, width + 1))]
+    deps: list[list[int]] = [[]] + [[0] for _ in range(width)] + [list(range(1, width + 1))]
     return lat, deps
 
 

@@ -11,11 +11,14 @@ whole pipeline (compound's eval runner, the executor, litellm over HTTP to the s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
@@ -58,6 +61,11 @@ SCRIPT: list[tuple[str | None, str | None]] = (
 )
 
 
+def no_repair(data: Any, *, tools: Collection[str] | None = None) -> tuple[Any, list[str]]:  # noqa: ARG001
+    """The planner's repair turned off: the plan as the model gave it, no fixes."""
+    return data, []
+
+
 async def one_run(items: list[Any], *, deterministic: bool) -> dict[str, Any]:
     import compound.planner.decompose as decompose_module
 
@@ -68,11 +76,10 @@ async def one_run(items: list[Any], *, deterministic: bool) -> dict[str, Any]:
                             retry_initial_wait_s=0.0, retry_max_wait_s=0.0)
         run = EvalRun(settings=settings, client=LiteLLMClient(settings), matcher=LexicalMatcher(),
                       price_of=lambda m: price_of(m, settings), concurrency=1)
-        saved = decompose_module.repair_plan
-        if not deterministic:
-            decompose_module.repair_plan = lambda data: (data, [])  # type: ignore[assignment]
+        repair = contextlib.nullcontext() if deterministic else \
+            mock.patch.object(decompose_module, "repair_plan", no_repair)
         results = []
-        try:
+        with repair:
             for item, (first, second) in zip(items, SCRIPT, strict=True):
                 # one item at a time, each with its own two scripted planner answers: the
                 # second is what the model answers if (and only if) it is asked to repair
@@ -80,8 +87,6 @@ async def one_run(items: list[Any], *, deterministic: bool) -> dict[str, Any]:
                 server.sim.script.answers["planner"] = [broken(plan, first) if first else json.dumps(plan),
                                                         broken(plan, second) if second else json.dumps(plan)]
                 results += await run.run([item])
-        finally:
-            decompose_module.repair_plan = saved
         return summarize(results, matcher="lexical-dice", dataset="own[20]", fmt="own", settings=settings,
                          judge_model=None)
     finally:

@@ -202,9 +202,8 @@ async def sdk_floor(sim_url: str, *, calls: int, concurrency: int, http: str) ->
     the CPU seconds this process spent on them."""
     import anthropic
 
-    client = anthropic.AsyncAnthropic(
-        base_url=sim_url, api_key="sim", max_retries=0,
-        **({"http_client": anthropic.DefaultAioHttpClient()} if http == "aiohttp" else {}))
+    http_client = anthropic.DefaultAioHttpClient() if http == "aiohttp" else None  # None: the SDK's httpx
+    client = anthropic.AsyncAnthropic(base_url=sim_url, api_key="sim", max_retries=0, http_client=http_client)
     gate = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> None:

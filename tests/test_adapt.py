@@ -120,7 +120,7 @@ async def test_an_optional_dependency_that_failed_still_lets_its_dependent_run(a
 
 # re-run with reuse ----------------------------------------------------------------------
 
-PLAN = {"reasoning": "two lookups, a check of the first, a summary", "subtasks": [
+PLAN: dict[str, Any] = {"reasoning": "two lookups, a check of the first, a summary", "subtasks": [
     {"description": "Find the population of Oslo", "tier_hint": 1, "depends_on": []},
     {"description": "Find the population of Lima", "tier_hint": 1, "depends_on": []},
     {"description": "Check the Oslo figure against a second source", "tier_hint": 1, "depends_on": [0]},

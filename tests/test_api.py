@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from sqlmodel import Session, select
 from structlog.testing import capture_logs
 
+from compound.simulator import Simulator
 from compound.store.models import ApiToken
 from compound.store.users import hash_token, revoke_token
 from tests.fixtures.api import Api
@@ -126,7 +128,7 @@ async def test_revoked_tokens_stop_working_and_scopes_are_enforced(api: Api) -> 
         ({"prompt": "x", "plan": {"subtasks": [{"description": "a", "depends_on": [0]}]}}, "depends on itself"),
     ],
 )
-async def test_bad_fields_are_422_naming_the_field(api: Api, body: dict, field: str) -> None:  # type: ignore[type-arg]
+async def test_bad_fields_are_422_naming_the_field(api: Api, body: dict[str, Any], field: str) -> None:
     # json.dumps escapes lone surrogates as \ud800, as a hostile client would send them
     r = await api.http.post("/v1/tasks", content=json.dumps(body),
                             headers={**api.auth(api.alice), "Content-Type": "application/json"})
@@ -210,7 +212,7 @@ async def test_cancel_and_approve(api: Api) -> None:
     assert (await api.http.post(f"/v1/tasks/{task_id}/approve", headers=api.auth(api.alice))).status_code == 409
 
 
-async def test_cancel_a_running_task(api: Api, sim) -> None:  # type: ignore[no-untyped-def]
+async def test_cancel_a_running_task(api: Api, sim: Simulator) -> None:
     sim.script.latency = lambda _m, kind, _t: 0.5 if kind == "worker" else 0.0
     r = await api.http.post("/v1/tasks", json={"prompt": "x", "plan": PLAN}, headers=api.auth(api.alice))
     task_id = r.json()["id"]

@@ -78,7 +78,8 @@ async def test_a_last_event_id_outside_its_pattern_is_a_described_422(api: Api, 
                             headers=api.auth(api.alice))
     task_id = r.json()["id"]
     r = await api.http.get(f"/v1/tasks/{task_id}/events",
-                           headers={**api.auth(api.alice), "Last-Event-ID": value.encode()})
+                           headers=[(k.encode(), v.encode()) for k, v in
+                                    {**api.auth(api.alice), "Last-Event-ID": value}.items()])
     assert r.status_code == 422 and "Last-Event-ID" in r.json()["error"]["message"], r.text
     schema = _param(await _spec(api), "/v1/tasks/{task_id}/events", "get", "Last-Event-ID")["schema"]
     assert "pattern" in schema["anyOf"][0]

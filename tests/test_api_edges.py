@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from compound.simulator import Simulator
 from tests.fixtures.api import Api
 
 PLAN = {"reasoning": "two then one", "subtasks": [
@@ -129,7 +130,7 @@ async def test_docs_load_no_third_party_asset(api: Api, page: str, assets: tuple
         assert r.status_code == 200 and len(r.content) > 1000
 
 
-async def test_one_log_line_per_task_state_change(api: Api, sim) -> None:  # type: ignore[no-untyped-def]
+async def test_one_log_line_per_task_state_change(api: Api, sim: Simulator) -> None:
     from structlog.testing import capture_logs
 
     from compound.simulator import Failure

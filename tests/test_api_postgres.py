@@ -9,12 +9,13 @@ import pytest
 from compound.api.app import create_app
 from compound.core.settings import Settings
 from compound.llm.litellm_client import LiteLLMClient
+from compound.simulator import Simulator
 from compound.store.users import create_token
 
 pytestmark = pytest.mark.postgres
 
 
-async def test_submit_stream_and_costs_on_postgres(pg_url: str, sim_settings: Settings, sim) -> None:  # type: ignore[no-untyped-def]
+async def test_submit_stream_and_costs_on_postgres(pg_url: str, sim_settings: Settings, sim: Simulator) -> None:
     settings = sim_settings.model_copy(update={"database_url": pg_url})
     app = create_app(settings, client=LiteLLMClient(settings))
     async with app.router.lifespan_context(app):

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from compound.api.auth import TokenCache
 from compound.core.errors import ConfigError
 from compound.core.settings import load_settings
-from compound.store.base import RunStore
+from compound.store import Store
 from compound.store.users import create_token, list_tokens, record_last_used, revoke_token
 from tests.fixtures.api import Api
 
@@ -45,7 +45,7 @@ def statements(engine: Engine) -> Iterator[list[str]]:
         event.remove(engine, "before_cursor_execute", record)
 
 
-async def test_a_revoked_token_stops_working_once_its_entry_expires(any_store: RunStore) -> None:
+async def test_a_revoked_token_stops_working_once_its_entry_expires(any_store: Store) -> None:
     clock = FakeClock()
     cache = TokenCache(any_store, ttl_s=1.0, clock=clock)
     row, token = create_token(any_store.engine, "ann")
@@ -57,7 +57,7 @@ async def test_a_revoked_token_stops_working_once_its_entry_expires(any_store: R
     assert await cache.lookup(token) is None
 
 
-async def test_hits_read_nothing_and_bad_tokens_are_remembered(store: RunStore) -> None:
+async def test_hits_read_nothing_and_bad_tokens_are_remembered(store: Store) -> None:
     clock = FakeClock()
     cache = TokenCache(store, ttl_s=1.0, clock=clock)
     _, token = create_token(store.engine, "ann", ["read"])
@@ -72,7 +72,7 @@ async def test_hits_read_nothing_and_bad_tokens_are_remembered(store: RunStore) 
     assert store.stats.reads - reads == 3
 
 
-async def test_requests_that_miss_together_share_one_read(store: RunStore) -> None:
+async def test_requests_that_miss_together_share_one_read(store: Store) -> None:
     clock = FakeClock()
     cache = TokenCache(store, ttl_s=1.0, clock=clock)
     _, token = create_token(store.engine, "ann")
@@ -82,7 +82,7 @@ async def test_requests_that_miss_together_share_one_read(store: RunStore) -> No
     assert store.stats.reads - reads == 1 and not cache._reads
 
 
-async def test_a_busy_token_is_read_again_before_its_entry_expires(store: RunStore) -> None:
+async def test_a_busy_token_is_read_again_before_its_entry_expires(store: Store) -> None:
     clock = FakeClock()
     cache = TokenCache(store, ttl_s=1.0, clock=clock)
     row, token = create_token(store.engine, "ann")
@@ -102,14 +102,14 @@ async def test_a_busy_token_is_read_again_before_its_entry_expires(store: RunSto
     assert await cache.lookup(token) is None
 
 
-async def test_the_cache_stays_bounded(store: RunStore) -> None:
+async def test_the_cache_stays_bounded(store: Store) -> None:
     cache = TokenCache(store, ttl_s=1.0, clock=FakeClock(), max_entries=10)
     for i in range(100):
         await cache.lookup(f"cpd_bad{i}")
     assert len(cache._entries) <= 10
 
 
-async def test_last_use_is_written_in_one_batch_on_flush(any_store: RunStore) -> None:
+async def test_last_use_is_written_in_one_batch_on_flush(any_store: Store) -> None:
     engine = any_store.engine
     cache = TokenCache(any_store, clock=FakeClock())
     (ann, a), (bea, b), (cid, _) = (create_token(engine, n) for n in ("ann", "bea", "cid"))

@@ -16,7 +16,7 @@ import pytest
 from compound.core.errors import Conflict
 from compound.core.status import task_path
 from compound.executor.answers import AnswerPiece
-from compound.llm.base import Completion, Delta, Message, StreamEvent, Usage
+from compound.llm.base import Completion, Delta, Message, StreamEvent, ToolChoice, ToolSpec, Usage
 from compound.simulator import prompt_kind
 from compound.store.base import RunStore
 from compound.store.models import TERMINAL_TASK
@@ -98,7 +98,8 @@ class Held(FakeLLM):
 
     async def stream(self, *, model: str, messages: list[Message], max_tokens: int,
                      json_schema: dict[str, Any] | None = None,
-                     timeout_s: float | None = None) -> AsyncIterator[StreamEvent]:
+                     timeout_s: float | None = None, tools: Sequence[ToolSpec] | None = None,
+                     tool_choice: ToolChoice = "auto") -> AsyncIterator[StreamEvent]:
         for p in self.pieces:
             yield Delta(p)
         self.waiting.set()
@@ -106,12 +107,14 @@ class Held(FakeLLM):
         yield Completion(text="never", model=model, usage=Usage(), cost_usd=0.0)  # pragma: no cover
 
     async def complete(self, *, model: str, messages: list[Message], max_tokens: int,
-                       json_schema: dict[str, Any] | None = None, timeout_s: float | None = None) -> Completion:
+                       json_schema: dict[str, Any] | None = None, timeout_s: float | None = None,
+                       tools: Sequence[ToolSpec] | None = None, tool_choice: ToolChoice = "auto") -> Completion:
         if prompt_kind(messages[0]["content"]) == "synthesizer":
             self.waiting.set()
             await asyncio.Event().wait()  # a synthesis not streamed: nothing comes until canceled
         return await super().complete(model=model, messages=messages, max_tokens=max_tokens,
-                                      json_schema=json_schema, timeout_s=timeout_s)
+                                      json_schema=json_schema, timeout_s=timeout_s,
+                                      tools=tools, tool_choice=tool_choice)
 
 
 @pytest.mark.parametrize("streamed", [True, False], ids=["mid-stream", "nothing-known"])

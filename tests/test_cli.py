@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import Engine, inspect
 from sqlmodel import Session, select
 from typer.testing import CliRunner
 
@@ -92,7 +92,7 @@ def test_db_upgrade_builds_the_same_tables_as_the_models(cli_env: str, tmp_path:
     migrated = make_engine(url)
     direct = make_engine(f"sqlite:///{tmp_path / 'direct.db'}")
     create_all(direct)
-    def shape(e):  # type: ignore[no-untyped-def]
+    def shape(e: Engine) -> dict[str, list[str]]:
         insp = inspect(e)
         return {t: sorted(c["name"] for c in insp.get_columns(t)) for t in insp.get_table_names() if t != "alembic_version"}
     assert shape(migrated) == shape(direct)

@@ -5,6 +5,7 @@ checked before any work; prompts from a file or stdin; the server's prompt limit
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -226,7 +227,7 @@ def test_the_install_hint_works_for_a_package_and_a_checkout() -> None:
 
 
 def _without(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
-    real = extras.find_spec
+    real = importlib.util.find_spec
 
     def find_spec(name: str) -> object:
         return None if name in modules else real(name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -73,7 +74,7 @@ def test_a_missing_psycopg_is_a_clear_message(monkeypatch: pytest.MonkeyPatch, t
     (0.5, 0, {"latency_s": 2.0}, 0.5),
     (None, 0, {}, 0.0),
 ])
-def test_sim_latency_options(latency: float | None, latency_ms: int, data: dict, want: float) -> None:  # type: ignore[type-arg]
+def test_sim_latency_options(latency: float | None, latency_ms: int, data: dict[str, Any], want: float) -> None:
     from compound.cli.sim import script_for
 
     assert script_for(latency=latency, latency_ms=latency_ms, data=data).latency_s == want

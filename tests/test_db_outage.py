@@ -304,12 +304,15 @@ async def test_a_repaired_plan_is_rebuilt_from_both_paid_answers(any_store: RunS
 async def test_a_stored_task_whose_enqueue_found_the_database_gone_is_enqueued_when_it_is_back(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from compound.core.settings import Settings
+    from compound.llm.base import Price
     from compound.worker import backend as backend_mod
     from compound.worker.backend import QueueBackend
 
     monkeypatch.setattr(backend_mod, "ENQUEUE_RETRY_S", 0.01)
     settings = Settings(database_url="postgresql://nobody@127.0.0.1:1/x", execution="queue")
-    qb = QueueBackend(settings=settings, store=None, price_of=lambda _m: None)  # type: ignore[arg-type]
+    free = Price(input=0.0, output=0.0)
+    # no store: enqueueing a stored task never reads it
+    qb = QueueBackend(settings=settings, store=None, price_of=lambda _m: free)  # type: ignore[arg-type]
     tries: list[str] = []
     enqueued = asyncio.Event()
 

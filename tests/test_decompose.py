@@ -4,6 +4,7 @@ clear failure. With a fake at the seam and over HTTP through the simulator."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -11,7 +12,7 @@ from compound.core.errors import PlanInvalid
 from compound.core.settings import Settings
 from compound.llm.base import Completion, Message
 from compound.llm.litellm_client import LiteLLMClient
-from compound.planner.decompose import FALLBACK_DESCRIPTION, decompose, plan_schema
+from compound.planner.decompose import FALLBACK_DESCRIPTION, CallFn, decompose, plan_schema
 from compound.planner.estimate import estimate_cost
 from compound.planner.router import route
 from compound.prompts import escape, render, versions
@@ -25,8 +26,8 @@ CYCLE = json.dumps({"subtasks": [{"description": "a", "tier_hint": 1, "depends_o
                                  {"description": "b", "tier_hint": 1, "depends_on": [0]}]})
 
 
-def caller(fake: FakeLLM, model: str = "m"):  # type: ignore[no-untyped-def]
-    async def call(messages: list[Message], schema: dict | None) -> Completion:  # type: ignore[type-arg]
+def caller(fake: FakeLLM, model: str = "m") -> CallFn:
+    async def call(messages: list[Message], schema: dict[str, Any] | None) -> Completion:
         return await fake.complete(model=model, messages=messages, max_tokens=500, json_schema=schema)
     return call
 
@@ -75,7 +76,7 @@ async def test_too_many_subtasks_is_an_error_the_repair_names() -> None:
 
 @pytest.mark.parametrize("model", ["anthropic/claude-haiku-4-5", "openai/gpt-4.1-mini"])
 async def test_decompose_over_http(sim: Simulator, sim_client: LiteLLMClient, model: str) -> None:
-    async def call(messages: list[Message], schema: dict | None) -> Completion:  # type: ignore[type-arg]
+    async def call(messages: list[Message], schema: dict[str, Any] | None) -> Completion:
         return await sim_client.complete(model=model, messages=messages, max_tokens=2000, json_schema=schema)
 
     plan = await decompose(call, "list the options and compare them and pick one", max_subtasks=10)

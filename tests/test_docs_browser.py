@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -14,6 +15,9 @@ from compound.api.app import create_app
 from compound.core.settings import Settings
 from tests.fixtures.fakes import FakeLLM
 from tests.fixtures.served import serving_in_thread
+
+if TYPE_CHECKING:  # playwright is optional at run time: the tests skip without it
+    from playwright.sync_api import Page, Route
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]  # Chromium on a loaded machine
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -32,7 +36,7 @@ def server(sim_settings: Settings) -> Iterator[str]:
 
 
 @pytest.fixture
-def browser_page(server: str) -> Iterator[tuple[object, list[str]]]:
+def browser_page(server: str) -> Iterator[tuple[Page, list[str]]]:
     """A page, and the URLs of every request it sends to the network (each one passes
     through a route: a request the page's Content-Security-Policy refuses is never sent,
     and one to another host is recorded and refused)."""
@@ -41,7 +45,7 @@ def browser_page(server: str) -> Iterator[tuple[object, list[str]]]:
     sync_api = pytest.importorskip("playwright.sync_api", reason="SKIPPED: playwright is not installed")
     sent: list[str] = []
 
-    def route(r) -> None:  # type: ignore[no-untyped-def]
+    def route(r: Route) -> None:
         sent.append(r.request.url)
         if r.request.url.startswith(server + "/"):
             r.continue_()
@@ -63,7 +67,7 @@ def _all_local(sent: list[str], url: str) -> None:
     assert f"{url}/openapi.json" in sent, "the page never read the API's definition"
 
 
-def test_swagger_ui_lists_the_operations(server: str, browser_page) -> None:  # type: ignore[no-untyped-def]
+def test_swagger_ui_lists_the_operations(server: str, browser_page: tuple[Page, list[str]]) -> None:
     page, sent = browser_page
     page.goto(f"{server}/docs")
     page.wait_for_selector(".opblock-summary-path", state="attached")
@@ -76,7 +80,7 @@ def test_swagger_ui_lists_the_operations(server: str, browser_page) -> None:  # 
     _all_local(sent, server)
 
 
-def test_redoc_lists_the_operations(server: str, browser_page) -> None:  # type: ignore[no-untyped-def]
+def test_redoc_lists_the_operations(server: str, browser_page: tuple[Page, list[str]]) -> None:
     page, sent = browser_page
     page.goto(f"{server}/redoc")
     # ReDoc draws each operation with its method and path in the endpoint box of the right panel

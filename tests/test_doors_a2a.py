@@ -13,14 +13,16 @@ from a2a.client import A2AClientError, Client, ClientConfig, create_client
 from a2a.types import a2a_pb2 as pb
 from a2a.utils.errors import A2AError
 
+from compound.simulator import Simulator
 from compound.store.models import TaskStatus
+from tests.fixtures.served import Served
 
 PROMPT = "Compare SQLite and PostgreSQL for a small team and recommend one"
 ONE_STEP = "Explain quicksort"  # the simulator plans it as one subtask
 
 
 @asynccontextmanager
-async def a2a(served, token: str | None, *, streaming: bool = False) -> AsyncIterator[Client]:  # type: ignore[no-untyped-def]
+async def a2a(served: Served, token: str | None, *, streaming: bool = False) -> AsyncIterator[Client]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with httpx.AsyncClient(headers=headers, timeout=120) as http:
         client = await create_client(served.url, ClientConfig(httpx_client=http, streaming=streaming))
@@ -34,7 +36,7 @@ def message(text: str, **meta: float) -> pb.SendMessageRequest:
     return pb.SendMessageRequest(message=msg)
 
 
-async def test_agent_card_describes_the_skill_and_bearer_auth(served) -> None:  # type: ignore[no-untyped-def]
+async def test_agent_card_describes_the_skill_and_bearer_auth(served: Served) -> None:
     async with httpx.AsyncClient(base_url=served.url) as http:
         card = (await http.get("/.well-known/agent-card.json")).json()
     assert card["name"] == "compound" and card["capabilities"]["streaming"] is True
@@ -44,7 +46,7 @@ async def test_agent_card_describes_the_skill_and_bearer_auth(served) -> None:  
     assert card["securityRequirements"] == [{"schemes": {"bearer": {}}}]
 
 
-async def test_send_waits_for_the_answer_artifact(served) -> None:  # type: ignore[no-untyped-def]
+async def test_send_waits_for_the_answer_artifact(served: Served) -> None:
     async with a2a(served, served.alice) as client:
         got = [r async for r in client.send_message(message(PROMPT, budget_usd=0.5, priority=1))]
         task = got[-1].task
@@ -60,7 +62,7 @@ async def test_send_waits_for_the_answer_artifact(served) -> None:  # type: igno
     assert snap["result"] == answer and snap["priority"] == 1
 
 
-async def test_stream_sends_status_updates_then_the_artifact(served, sim) -> None:  # type: ignore[no-untyped-def]
+async def test_stream_sends_status_updates_then_the_artifact(served: Served, sim: Simulator) -> None:
     release = sim.script.holds[PROMPT] = threading.Event()  # the calls wait for the first event
     events = []
     async with a2a(served, served.alice, streaming=True) as client:
@@ -91,7 +93,7 @@ async def test_stream_sends_status_updates_then_the_artifact(served, sim) -> Non
     assert kinds[-1] == "status_update" and updates[-1].status.state == pb.TASK_STATE_COMPLETED
 
 
-async def test_v03_method_names_answer_too(served) -> None:  # type: ignore[no-untyped-def]
+async def test_v03_method_names_answer_too(served: Served) -> None:
     async with httpx.AsyncClient(base_url=served.url, timeout=120,
                                  headers={"Authorization": f"Bearer {served.alice}"}) as http:
         r = await http.post("/a2a", json={"jsonrpc": "2.0", "id": 1, "method": "message/send", "params": {
@@ -105,7 +107,7 @@ async def test_v03_method_names_answer_too(served) -> None:  # type: ignore[no-u
 
 
 @pytest.mark.parametrize("token", [None, "cpd_wrong"])
-async def test_missing_or_wrong_token_is_401(served, token: str | None) -> None:  # type: ignore[no-untyped-def]
+async def test_missing_or_wrong_token_is_401(served: Served, token: str | None) -> None:
     async with httpx.AsyncClient(base_url=served.url) as http:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         r = await http.post("/a2a", headers=headers, json={"jsonrpc": "2.0", "id": 7, "method": "GetTask",
@@ -118,7 +120,7 @@ async def test_missing_or_wrong_token_is_401(served, token: str | None) -> None:
             await client.get_task(pb.GetTaskRequest(id="t_x"))
 
 
-async def test_another_users_task_is_not_found(served) -> None:  # type: ignore[no-untyped-def]
+async def test_another_users_task_is_not_found(served: Served) -> None:
     async with a2a(served, served.alice) as client:
         task = [r async for r in client.send_message(message(ONE_STEP))][-1].task
     async with a2a(served, served.bob) as client:
@@ -129,7 +131,7 @@ async def test_another_users_task_is_not_found(served) -> None:  # type: ignore[
             await client.cancel_task(pb.CancelTaskRequest(id=task.id))
 
 
-async def test_budget_too_small_is_an_invalid_params_error(served) -> None:  # type: ignore[no-untyped-def]
+async def test_budget_too_small_is_an_invalid_params_error(served: Served) -> None:
     async with httpx.AsyncClient(base_url=served.url, headers={"Authorization": f"Bearer {served.alice}"}) as http:
         r = await http.post("/a2a", headers={"A2A-Version": "1.0"}, json={
             "jsonrpc": "2.0", "id": 3, "method": "SendMessage", "params": {"message": {
@@ -142,7 +144,7 @@ async def test_budget_too_small_is_an_invalid_params_error(served) -> None:  # t
             [r async for r in client.send_message(message(PROMPT, budget_usd=0.000001))]
 
 
-async def test_cancel_reports_canceled(served, sim) -> None:  # type: ignore[no-untyped-def]
+async def test_cancel_reports_canceled(served: Served, sim: Simulator) -> None:
     sim.script.latency = lambda _m, kind, _t: 60.0 if kind == "worker" else 0.0
     async with a2a(served, served.alice) as client:
         req = message(ONE_STEP)
@@ -159,7 +161,7 @@ async def test_cancel_reports_canceled(served, sim) -> None:  # type: ignore[no-
             await client.cancel_task(pb.CancelTaskRequest(id=task.id))
 
 
-async def test_v03_message_stream_sends_sse_events(served, sim) -> None:  # type: ignore[no-untyped-def]
+async def test_v03_message_stream_sends_sse_events(served: Served, sim: Simulator) -> None:
     body = {"jsonrpc": "2.0", "id": 9, "method": "message/stream", "params": {
         "message": {"kind": "message", "messageId": "m9", "role": "user", "parts": [{"kind": "text", "text": ONE_STEP}]}}}
     release = sim.script.holds[ONE_STEP] = threading.Event()  # the calls wait for the first event

@@ -4,12 +4,16 @@ the offending field named, and none reaches the store or answers 5xx."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
 from compound.api.doors.inputs import MAX_DEPTH, BadField, checked_budget, checked_priority, load_json, too_deep
+from compound.core.settings import Settings
+from compound.simulator import Simulator
+from tests.fixtures.served import Served
 
 ONE_STEP = "Explain quicksort"  # the simulator plans it as one subtask
 PROMPT = "Compare SQLite and PostgreSQL for a small team and recommend one"
@@ -83,7 +87,7 @@ def test_checked_priority(value: object, ok: object) -> None:
 # the OpenAI door -----------------------------------------------------------------------
 
 
-async def post_chat(served, body: bytes, token: str | None = None,  # type: ignore[no-untyped-def]
+async def post_chat(served: Served, body: bytes, token: str | None = None,
                     content_type: str = "application/json") -> httpx.Response:
     async with httpx.AsyncClient(base_url=served.url, timeout=60) as http:
         return await http.post("/v1/chat/completions", content=body, headers={
@@ -95,7 +99,8 @@ def openai_error(r: httpx.Response, status: int = 400) -> dict[str, Any]:
     body = r.json()
     assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
     assert body["error"]["type"] == "invalid_request_error" and body["error"]["message"]
-    return body["error"]  # type: ignore[no-any-return]
+    got: dict[str, Any] = body["error"]
+    return got
 
 
 @pytest.mark.parametrize(("body", "param", "words"), [
@@ -135,7 +140,7 @@ def openai_error(r: httpx.Response, status: int = 400) -> dict[str, Any]:
     (b"", None, "not valid JSON"),
     (b"\xc3\x28", None, "not UTF-8"),
 ])
-async def test_chat_refuses_hostile_bodies_in_openai_shape(served, body: bytes, param: str | None,  # type: ignore[no-untyped-def]
+async def test_chat_refuses_hostile_bodies_in_openai_shape(served: Served, body: bytes, param: str | None,
                                                            words: str) -> None:
     err = openai_error(await post_chat(served, body))
     if param is None:
@@ -148,18 +153,18 @@ async def test_chat_refuses_hostile_bodies_in_openai_shape(served, body: bytes, 
     assert (await store.list_tasks(user_id=principal.user_id))[0] == []  # nothing was stored
 
 
-async def test_chat_refuses_a_form_body(served) -> None:  # type: ignore[no-untyped-def]
+async def test_chat_refuses_a_form_body(served: Served) -> None:
     err = openai_error(await post_chat(served, b"model=compound&messages=hi",
                                        content_type="application/x-www-form-urlencoded"))
     assert "not valid JSON" in err["message"]
 
 
-async def test_errors_from_outside_the_chat_door_are_in_openai_shape(served) -> None:  # type: ignore[no-untyped-def]
+async def test_errors_from_outside_the_chat_door_are_in_openai_shape(served: Served) -> None:
     limit = served.app.state.settings.max_body_bytes
     too_big = openai_error(await post_chat(served, chat(json.dumps("x" * limit))), 413)
     assert too_big["code"] == "payload_too_large" and str(limit) in too_big["message"]
 
-    async def chunks():  # type: ignore[no-untyped-def]  # no Content-Length: the limit is met as it streams
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the limit is met as it streams
         yield b'{"model": "compound", "messages": [{"role": "user", "content": "'
         for _ in range(limit // 65_536 + 2):
             yield b"x" * 65_536
@@ -173,7 +178,7 @@ async def test_errors_from_outside_the_chat_door_are_in_openai_shape(served) -> 
     assert openai_error(wrong_method, 405)["param"] is None
 
 
-async def test_huge_max_tokens_is_bounded_before_the_store(served, sim) -> None:  # type: ignore[no-untyped-def]
+async def test_huge_max_tokens_is_bounded_before_the_store(served: Served, sim: Simulator) -> None:
     r = await post_chat(served, chat(json.dumps(PROMPT), max_tokens=str(10**30), temperature="0.2",
                                      tools='[{"type": "function", "function": {"name": "f"}}]'))
     assert r.status_code == 200, r.text
@@ -184,7 +189,7 @@ async def test_huge_max_tokens_is_bounded_before_the_store(served, sim) -> None:
     assert synth and all(c["body"].get("max_tokens") == cap for c in synth)
 
 
-async def test_assistant_tool_calls_without_content_are_no_context(served, sim) -> None:  # type: ignore[no-untyped-def]
+async def test_assistant_tool_calls_without_content_are_no_context(served: Served, sim: Simulator) -> None:
     body = {"model": "compound", "messages": [
         {"role": "user", "content": "What is the weather?"},
         {"role": "assistant", "content": None, "tool_calls": [
@@ -211,7 +216,7 @@ def submit(args: str) -> bytes:
     return rpc("tools/call", f'{{"name": "submit_task", "arguments": {args}}}')
 
 
-async def post_mcp(served, body: bytes, token: str | None = None) -> httpx.Response:  # type: ignore[no-untyped-def]
+async def post_mcp(served: Served, body: bytes, token: str | None = None) -> httpx.Response:
     async with httpx.AsyncClient(base_url=served.url, timeout=60) as http:
         return await http.post("/mcp", content=body, headers={
             "Authorization": f"Bearer {token or served.alice}", "Content-Type": "application/json",
@@ -222,8 +227,10 @@ def mcp_message(r: httpx.Response) -> dict[str, Any]:
     """The JSON-RPC answer of an /mcp POST (a JSON body, or the SSE stream's message)."""
     if r.headers.get("content-type", "").startswith("text/event-stream"):
         data = [line[5:].strip() for line in r.text.splitlines() if line.startswith("data:")]
-        return json.loads(data[-1])  # type: ignore[no-any-return]
-    return r.json()  # type: ignore[no-any-return]
+        streamed: dict[str, Any] = json.loads(data[-1])
+        return streamed
+    got: dict[str, Any] = r.json()
+    return got
 
 
 def tool_error(r: httpx.Response) -> str:
@@ -253,7 +260,7 @@ BUDGET_ERROR = "invalid_request: invalid budget_usd: must be a finite number > 0
     ('{"prompt": 5}', "1 validation error"),
     ('{}', "1 validation error"),
 ])
-async def test_mcp_submit_says_what_was_wrong(served, args: str, words: str) -> None:  # type: ignore[no-untyped-def]
+async def test_mcp_submit_says_what_was_wrong(served: Served, args: str, words: str) -> None:
     assert tool_error(await post_mcp(served, submit(args))).startswith(words)
     store = served.app.state.store
     principal = await store.principal_for_token(served.alice)
@@ -278,7 +285,7 @@ async def test_mcp_submit_says_what_was_wrong(served, args: str, words: str) -> 
     (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list", "extra": ' + b'{"a": ' * 100_000 + b"1"
      + b"}" * 100_001, -32600, "invalid extra.a.a"),
 ])
-async def test_mcp_answers_requests_it_cannot_take_with_a_jsonrpc_error(served, body: bytes, code: int,  # type: ignore[no-untyped-def]
+async def test_mcp_answers_requests_it_cannot_take_with_a_jsonrpc_error(served: Served, body: bytes, code: int,
                                                                         words: str) -> None:
     r = await post_mcp(served, body)
     assert r.status_code == 400, r.text
@@ -294,7 +301,7 @@ async def test_mcp_answers_requests_it_cannot_take_with_a_jsonrpc_error(served, 
     ("list_tasks", '{"cursor": "\\u0000"}', "invalid_request: invalid cursor"),
     ("list_tasks", '{"limit": 1e400}', "1 validation error"),
 ])
-async def test_mcp_reading_tools_refuse_ids_no_task_has(served, tool: str, args: str, words: str) -> None:  # type: ignore[no-untyped-def]
+async def test_mcp_reading_tools_refuse_ids_no_task_has(served: Served, tool: str, args: str, words: str) -> None:
     r = await post_mcp(served, rpc("tools/call", f'{{"name": "{tool}", "arguments": {args}}}'))
     assert r.status_code == 200, r.text
     result = mcp_message(r)["result"]
@@ -302,7 +309,7 @@ async def test_mcp_reading_tools_refuse_ids_no_task_has(served, tool: str, args:
     assert result["content"][0]["text"].removeprefix(f"Error executing tool {tool}: ").startswith(words), result
 
 
-async def test_mcp_wait_with_a_submit_only_token_is_refused_before_a_task_exists(served) -> None:  # type: ignore[no-untyped-def]
+async def test_mcp_wait_with_a_submit_only_token_is_refused_before_a_task_exists(served: Served) -> None:
     from compound.store.users import create_token
 
     store = served.app.state.store
@@ -319,13 +326,14 @@ async def test_mcp_wait_with_a_submit_only_token_is_refused_before_a_task_exists
 # the A2A door --------------------------------------------------------------------------
 
 
-async def post_a2a(served, body: bytes, token: str | None = None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+async def post_a2a(served: Served, body: bytes, token: str | None = None) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=served.url, timeout=60) as http:
         version = {} if b'"method": "message/' in body else {"A2A-Version": "1.0"}
         r = await http.post("/a2a", content=body, headers={
             "Authorization": f"Bearer {token or served.alice}", "Content-Type": "application/json", **version})
     assert r.status_code < 500, r.text
-    return r.json()  # type: ignore[no-any-return]
+    got: dict[str, Any] = r.json()
+    return got
 
 
 def send(meta: str = "{}", text: str = '"Explain quicksort"', more: str = "", method: str = "SendMessage") -> bytes:
@@ -356,7 +364,7 @@ def send(meta: str = "{}", text: str = '"Explain quicksort"', more: str = "", me
     (rpc("GetTask", '{"id": "t_\\u0000"}'), -32001, ""),
     (rpc("GetTask", '{"id": 1e400}'), -32602, "invalid params.id"),
 ])
-async def test_a2a_refuses_hostile_params_naming_the_field(served, body: bytes, code: int, words: str) -> None:  # type: ignore[no-untyped-def]
+async def test_a2a_refuses_hostile_params_naming_the_field(served: Served, body: bytes, code: int, words: str) -> None:
     answer = await post_a2a(served, body)
     assert answer["jsonrpc"] == "2.0" and "result" not in answer, answer
     assert answer["error"]["code"] == code and answer["error"]["message"].startswith(words), answer
@@ -365,7 +373,7 @@ async def test_a2a_refuses_hostile_params_naming_the_field(served, body: bytes, 
     assert (await store.list_tasks(user_id=principal.user_id))[0] == []
 
 
-async def test_a2a_a_03_method_sent_as_10_is_an_invalid_request(served) -> None:  # type: ignore[no-untyped-def]
+async def test_a2a_a_03_method_sent_as_10_is_an_invalid_request(served: Served) -> None:
     async with httpx.AsyncClient(base_url=served.url, timeout=60) as http:
         r = await http.post("/a2a", content=send(method="message/send"), headers={
             "Authorization": f"Bearer {served.alice}", "A2A-Version": "1.0"})
@@ -374,7 +382,7 @@ async def test_a2a_a_03_method_sent_as_10_is_an_invalid_request(served) -> None:
 
 
 @pytest.mark.parametrize("method", ["SendMessage", "message/send"])
-async def test_a2a_message_naming_another_users_task_is_task_not_found(served, method: str) -> None:  # type: ignore[no-untyped-def]
+async def test_a2a_message_naming_another_users_task_is_task_not_found(served: Served, method: str) -> None:
     mine = (await post_a2a(served, send(), token=served.bob))["result"]
     theirs = (mine.get("task") or mine)["id"]
     for field in ("taskId", "contextId"):
@@ -436,12 +444,12 @@ A2A_SEND = {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {
     "configuration": {"returnImmediately": True}}}
 
 
-async def test_no_hostile_body_gets_a_server_error_at_any_door(served) -> None:  # type: ignore[no-untyped-def]
+async def test_no_hostile_body_gets_a_server_error_at_any_door(served: Served) -> None:
     await sweep(served)
 
 
 @pytest.mark.postgres
-async def test_no_hostile_body_gets_a_server_error_on_postgresql(pg_url: str, sim_settings, sim) -> None:  # type: ignore[no-untyped-def]
+async def test_no_hostile_body_gets_a_server_error_on_postgresql(pg_url: str, sim_settings: Settings, sim: Simulator) -> None:
     """The same on PostgreSQL, which refuses a NUL in text and holds 32-bit INTEGERs."""
     from compound.api.app import create_app
     from compound.llm import build_client
@@ -456,7 +464,7 @@ async def test_no_hostile_body_gets_a_server_error_on_postgresql(pg_url: str, si
         assert task is not None and task.answer_max_tokens == settings.synthesis_max_tokens
 
 
-async def sweep(served) -> None:  # type: ignore[no-untyped-def]
+async def sweep(served: Served) -> None:
     """Every hostile value in every field of each door's request, as JSON and as text:
     never a 5xx, never JSON-RPC's internal error, the chat door always in OpenAI's shape."""
     seen: dict[str, int] = {}

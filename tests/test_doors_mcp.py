@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,6 +16,10 @@ import httpx2
 import pytest
 from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
+
+from compound.core.settings import Settings
+from compound.simulator import Simulator
+from tests.fixtures.served import Served
 
 PROMPT = "Compare SQLite and PostgreSQL for a small team and recommend one"
 ONE_STEP = "Explain quicksort"  # the simulator plans it as one subtask
@@ -26,7 +31,7 @@ TOOLS = {"submit_task", "get_task", "list_tasks", "cancel_task", "approve_task",
 
 
 @asynccontextmanager
-async def mcp_http(served, token: str | None) -> AsyncIterator[ClientSession]:  # type: ignore[no-untyped-def]
+async def mcp_http(served: Served, token: str | None) -> AsyncIterator[ClientSession]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=120)) as http, \
             streamable_http_client(served.url + "/mcp", http_client=http) as (read, write), \
@@ -38,7 +43,8 @@ async def mcp_http(served, token: str | None) -> AsyncIterator[ClientSession]:  
 async def call(session: ClientSession, tool: str, args: dict[str, Any], **kw: Any) -> dict[str, Any]:
     result = await session.call_tool(tool, args, **kw)
     assert not result.is_error, result.content
-    return result.structured_content or json.loads(result.content[0].text)  # type: ignore[union-attr,no-any-return]
+    out: dict[str, Any] = result.structured_content or json.loads(result.content[0].text)
+    return out
 
 
 async def error_of(session: ClientSession, tool: str, args: dict[str, Any]) -> str:
@@ -51,7 +57,7 @@ async def error_of(session: ClientSession, tool: str, args: dict[str, Any]) -> s
     return text[len(prefix):]
 
 
-async def test_tools_over_http_submit_wait_with_progress(served) -> None:  # type: ignore[no-untyped-def]
+async def test_tools_over_http_submit_wait_with_progress(served: Served) -> None:
     progress: list[tuple[float, float | None, str | None]] = []
 
     async def on_progress(p: float, total: float | None, message: str | None) -> None:
@@ -72,7 +78,7 @@ async def test_tools_over_http_submit_wait_with_progress(served) -> None:  # typ
         assert [t["id"] for t in listed["tasks"]] == [done["id"]]
 
 
-async def test_plans_approval_and_estimates(served) -> None:  # type: ignore[no-untyped-def]
+async def test_plans_approval_and_estimates(served: Served) -> None:
     async with mcp_http(served, served.alice) as session:
         checked = await call(session, "validate_plan", {"plan": PLAN})
         assert checked["valid"] and checked["waves"] == [[0, 1], [2]]
@@ -89,12 +95,12 @@ async def test_plans_approval_and_estimates(served) -> None:  # type: ignore[no-
         assert (await error_of(session, "approve_task", {"task_id": held["id"]})).startswith("conflict:")
 
 
-async def _is(served, task_id: str, status: str) -> bool:  # type: ignore[no-untyped-def]
+async def _is(served: Served, task_id: str, status: str) -> bool:
     return bool((await served.app.state.store.head(task_id)).status == status)
 
 
 @pytest.mark.parametrize("token", [None, "cpd_wrong"])
-async def test_http_refuses_a_missing_or_wrong_token(served, token: str | None) -> None:  # type: ignore[no-untyped-def]
+async def test_http_refuses_a_missing_or_wrong_token(served: Served, token: str | None) -> None:
     async with httpx.AsyncClient(base_url=served.url) as http:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         r = await http.post("/mcp", headers={**headers, "Accept": "application/json, text/event-stream"},
@@ -108,7 +114,7 @@ async def test_http_refuses_a_missing_or_wrong_token(served, token: str | None) 
     assert exc.group_contains(MCPError, match="error response")
 
 
-async def test_another_users_task_is_not_found(served) -> None:  # type: ignore[no-untyped-def]
+async def test_another_users_task_is_not_found(served: Served) -> None:
     async with mcp_http(served, served.alice) as session:
         mine = await call(session, "submit_task", {"prompt": ONE_STEP, "wait": True})
     async with mcp_http(served, served.bob) as session:
@@ -117,7 +123,7 @@ async def test_another_users_task_is_not_found(served) -> None:  # type: ignore[
         assert (await call(session, "list_tasks", {}))["tasks"] == []
 
 
-async def test_budget_too_small_and_read_only_tokens_are_tool_errors(served) -> None:  # type: ignore[no-untyped-def]
+async def test_budget_too_small_and_read_only_tokens_are_tool_errors(served: Served) -> None:
     async with mcp_http(served, served.alice) as session:
         msg = await error_of(session, "submit_task", {"prompt": PROMPT, "budget_usd": 0.000001})
         assert msg.startswith("budget_too_small:") and "raise the budget" in msg
@@ -125,7 +131,7 @@ async def test_budget_too_small_and_read_only_tokens_are_tool_errors(served) -> 
         assert (await error_of(session, "submit_task", {"prompt": PROMPT})).startswith("forbidden:")
 
 
-async def test_cancel_reports_canceled(served, sim) -> None:  # type: ignore[no-untyped-def]
+async def test_cancel_reports_canceled(served: Served, sim: Simulator) -> None:
     sim.script.latency = lambda _m, kind, _t: 60.0 if kind == "worker" else 0.0
     async with mcp_http(served, served.alice) as session:
         task = await call(session, "submit_task", {"prompt": ONE_STEP})
@@ -138,7 +144,7 @@ async def test_cancel_reports_canceled(served, sim) -> None:  # type: ignore[no-
 # stdio: `compound mcp` as a desktop host would start it ------------------------------
 
 
-def stdio_params(served, *args: str, env: dict[str, str]) -> StdioServerParameters:  # type: ignore[no-untyped-def]
+def stdio_params(served: Served, *args: str, env: dict[str, str]) -> StdioServerParameters:
     keep = {k: v for k, v in os.environ.items() if k.startswith(("LITELLM_", "COMPOUND_", "DISABLE_"))}
     return StdioServerParameters(command=sys.executable, args=["-m", "compound.cli", "mcp", *args],
                                  env={**keep, **env})
@@ -153,7 +159,7 @@ async def mcp_stdio(params: StdioServerParameters) -> AsyncIterator[ClientSessio
 
 
 @pytest.mark.slow
-async def test_stdio_talks_to_a_server_by_url(served) -> None:  # type: ignore[no-untyped-def]
+async def test_stdio_talks_to_a_server_by_url(served: Served) -> None:
     params = stdio_params(served, "--url", served.url, env={"COMPOUND_TOKEN": served.alice})
     async with mcp_stdio(params) as session:
         assert {t.name for t in (await session.list_tools()).tools} >= TOOLS
@@ -166,7 +172,7 @@ async def test_stdio_talks_to_a_server_by_url(served) -> None:  # type: ignore[n
 
 
 @pytest.mark.slow
-async def test_stdio_runs_in_process_on_the_local_store(served, sim_settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_stdio_runs_in_process_on_the_local_store(served: Served, sim_settings: Settings, tmp_path: Path) -> None:
     config = tmp_path / "compound.toml"
     lines = [f'database_url = "sqlite:///{tmp_path / "local.db"}"',
              f'planner_model = "{sim_settings.planner_model}"']

@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from compound.api.doors import mcp as mcp_door
+from compound.simulator import Simulator
+from tests.fixtures.served import Served
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "doors.md"
 READ_TIMEOUT_S = 1.0
@@ -22,7 +25,8 @@ PROMPT = "Compare SQLite and PostgreSQL"  # the prompt the documented script sub
 def documented_script() -> str:
     """The Python block of docs/doors.md that talks MCP over HTTP."""
     blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S)
-    return next(b for b in blocks if "streamable_http_client(" in b)
+    block: str = next(b for b in blocks if "streamable_http_client(" in b)
+    return block
 
 
 def runnable(script: str, url: str, token: str, mode: str = "auto") -> dict[str, Any]:
@@ -42,13 +46,16 @@ def runnable(script: str, url: str, token: str, mode: str = "auto") -> dict[str,
     return namespace
 
 
-def keepalive(served) -> mcp_door.KeepAlive | None:  # type: ignore[no-untyped-def]
+def keepalive(served: Served) -> mcp_door.KeepAlive | None:
     handler = served.app.state.mcp_endpoint.handler
-    return None if handler is None else handler.app  # type: ignore[no-any-return]
+    app: mcp_door.KeepAlive | None = None if handler is None else handler.app
+    return app
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
-async def test_the_documented_client_outwaits_its_read_timeout(served, sim, monkeypatch, capsys,  # type: ignore[no-untyped-def]
+async def test_the_documented_client_outwaits_its_read_timeout(served: Served, sim: Simulator,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str],
                                                                mode: str) -> None:
     monkeypatch.setattr(mcp_door, "KEEPALIVE_S", READ_TIMEOUT_S / 10)
     release = threading.Event()
@@ -69,7 +76,7 @@ async def test_the_documented_client_outwaits_its_read_timeout(served, sim, monk
     assert printed.startswith("completed ") and "Final answer built from" in printed
 
 
-async def test_without_keepalives_the_same_client_times_out(served, sim, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+async def test_without_keepalives_the_same_client_times_out(served: Served, sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
     """The premise of the test above: the script's client does give up on a quiet stream."""
     monkeypatch.setattr(mcp_door, "KEEPALIVE_S", 3600.0)
     release = threading.Event()
@@ -98,7 +105,7 @@ class FollowFails:
         self.submitted.append("t_made")
         return {"id": "t_made", "status": "queued"}
 
-    async def events(self, task_id: str):  # type: ignore[no-untyped-def]
+    async def events(self, task_id: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         from mcp.server.mcpserver.exceptions import ToolError
 
         yield "task", {"status": "planning"}
@@ -118,15 +125,15 @@ async def test_a_task_that_was_created_is_named_when_waiting_for_it_fails() -> N
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
-async def test_progress_reaches_a_client_that_asks_for_it(served, mode: str) -> None:  # type: ignore[no-untyped-def]
+async def test_progress_reaches_a_client_that_asks_for_it(served: Served, mode: str) -> None:
     import httpx2
     from mcp.client import Client
     from mcp.client.streamable_http import streamable_http_client
 
-    progress: list[tuple[float, float | None, str | None]] = []
+    reports: list[tuple[float, float | None, str | None]] = []
 
-    async def on_progress(p: float, total: float | None, message: str | None) -> None:
-        progress.append((p, total, message))
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        reports.append((progress, total, message))
 
     async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {served.alice}"}, timeout=60) as http, \
             Client(streamable_http_client(served.url + "/mcp", http_client=http), mode=mode) as client:
@@ -136,5 +143,5 @@ async def test_progress_reaches_a_client_that_asks_for_it(served, mode: str) -> 
     snap = done.structured_content
     assert not done.is_error and snap is not None and snap["status"] == "completed"
     n = len(snap["subtasks"])
-    finished = [p for p in progress if p[2] and p[2].startswith("subtask")]
+    finished = [p for p in reports if p[2] and p[2].startswith("subtask")]
     assert n > 1 and len(finished) == n and finished[-1][:2] == (n, n)

@@ -23,6 +23,7 @@ from compound.llm import LLMClient, build_client
 from compound.llm.base import Completion, Delta, StreamEvent
 from compound.simulator import Simulator, prompt_kind
 from compound.store.models import TaskStatus
+from tests.fixtures.served import Served
 
 PROMPT = "Compare SQLite and PostgreSQL for a small team and recommend one"
 ONE_STEP = "Explain quicksort"  # the simulator plans it as one subtask
@@ -66,7 +67,7 @@ def cutting(sim_settings: Settings) -> CutStreams:
 
 @pytest.fixture
 def sim_client(cutting: CutStreams) -> LLMClient:  # the served app's client
-    return cutting  # type: ignore[return-value]
+    return cutting
 
 
 @contextlib.contextmanager
@@ -81,15 +82,16 @@ def held(sim: Simulator, needle: str) -> Iterator[threading.Event]:
         release.set()
 
 
-def chat(served, token: str) -> openai.AsyncOpenAI:  # type: ignore[no-untyped-def]
+def chat(served: Served, token: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=served.url + "/v1", api_key=token, max_retries=0)
 
 
-async def snapshot(served, task_id: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    return await served.app.state.store.snapshot(task_id)  # type: ignore[no-any-return]
+async def snapshot(served: Served, task_id: str) -> dict[str, Any]:
+    got: dict[str, Any] = await served.app.state.store.snapshot(task_id)
+    return got
 
 
-async def streamed(served, sim: Simulator) -> tuple[str, list[str], str | None]:  # type: ignore[no-untyped-def]
+async def streamed(served: Served, sim: Simulator) -> tuple[str, list[str], str | None]:
     """(task id, the content deltas, the error's code if the stream ended in one). The
     task's calls wait at the simulator until the first chunk is here: the door listens
     to the answer before it sends that, so no piece can come before."""
@@ -105,11 +107,12 @@ async def streamed(served, sim: Simulator) -> tuple[str, list[str], str | None]:
             if ch.choices and ch.choices[0].delta.content:
                 deltas.append(ch.choices[0].delta.content)
     except openai.APIError as exc:
-        return task_id, deltas, str((exc.body or {}).get("code"))  # type: ignore[union-attr]
+        body = exc.body if isinstance(exc.body, dict) else {}
+        return task_id, deltas, str(body.get("code"))
     return task_id, deltas, None
 
 
-async def test_the_answer_streams_as_many_content_deltas(served, sim: Simulator) -> None:  # type: ignore[no-untyped-def]
+async def test_the_answer_streams_as_many_content_deltas(served: Served, sim: Simulator) -> None:
     task_id, deltas, error = await streamed(served, sim)
     snap = await snapshot(served, task_id)
     assert error is None and snap["status"] == TaskStatus.completed
@@ -118,7 +121,7 @@ async def test_the_answer_streams_as_many_content_deltas(served, sim: Simulator)
     assert sim.calls("synthesizer")[0]["body"]["stream"] is True
 
 
-async def test_a_model_nul_is_cleaned_in_the_deltas_as_in_the_result(served, sim: Simulator) -> None:  # type: ignore[no-untyped-def]
+async def test_a_model_nul_is_cleaned_in_the_deltas_as_in_the_result(served: Served, sim: Simulator) -> None:
     sim.answer("synthesizer", "before\x00after " + "x" * 60)
     task_id, deltas, error = await streamed(served, sim)
     snap = await snapshot(served, task_id)
@@ -126,7 +129,7 @@ async def test_a_model_nul_is_cleaned_in_the_deltas_as_in_the_result(served, sim
     assert "".join(deltas) == snap["result"] and len(deltas) > 1
 
 
-async def test_a_retried_answer_that_repeats_itself_streams_whole(served, cutting: CutStreams,  # type: ignore[no-untyped-def]
+async def test_a_retried_answer_that_repeats_itself_streams_whole(served: Served, cutting: CutStreams,
                                                                   sim: Simulator) -> None:
     cutting.cuts.append((2, True))  # the first attempt dies after 2 pieces; the retry says the same
     task_id, deltas, error = await streamed(served, sim)
@@ -137,8 +140,8 @@ async def test_a_retried_answer_that_repeats_itself_streams_whole(served, cuttin
     assert len(deltas) > 2
 
 
-async def test_a_retried_answer_that_differs_ends_the_chat_stream_in_an_error(  # type: ignore[no-untyped-def]
-        served, cutting: CutStreams, sim: Simulator) -> None:
+async def test_a_retried_answer_that_differs_ends_the_chat_stream_in_an_error(
+        served: Served, cutting: CutStreams, sim: Simulator) -> None:
     first, second = "First attempt: " + "a" * 80, "Second attempt: " + "b" * 80
     sim.answer("synthesizer", first, second)
     cutting.cuts.append((2, True))
@@ -150,8 +153,8 @@ async def test_a_retried_answer_that_differs_ends_the_chat_stream_in_an_error(  
     assert error == "stream_interrupted"
 
 
-async def test_a_synthesis_that_fails_midway_ends_the_chat_stream_in_an_error(  # type: ignore[no-untyped-def]
-        served, cutting: CutStreams, sim: Simulator) -> None:
+async def test_a_synthesis_that_fails_midway_ends_the_chat_stream_in_an_error(
+        served: Served, cutting: CutStreams, sim: Simulator) -> None:
     cutting.cuts.append((2, False))  # permanent: no retry; the task is partial, the subtasks joined
     task_id, deltas, error = await streamed(served, sim)
     snap = await snapshot(served, task_id)
@@ -160,7 +163,7 @@ async def test_a_synthesis_that_fails_midway_ends_the_chat_stream_in_an_error(  
     assert error == "stream_interrupted"
 
 
-async def a2a_stream(served, sim: Simulator) -> list[Any]:  # type: ignore[no-untyped-def]
+async def a2a_stream(served: Served, sim: Simulator) -> list[Any]:
     """The events of an A2A stream; the task's calls wait until its first event is here."""
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {served.alice}"}, timeout=120) as http:
         client = await create_client(served.url, ClientConfig(httpx_client=http, streaming=True))
@@ -184,7 +187,7 @@ def artifact_text(events: list[Any]) -> str:
     return text
 
 
-async def test_a2a_replaces_the_artifact_when_a_retry_differs(served, cutting: CutStreams,  # type: ignore[no-untyped-def]
+async def test_a2a_replaces_the_artifact_when_a_retry_differs(served: Served, cutting: CutStreams,
                                                               sim: Simulator) -> None:
     first, second = "First attempt: " + "a" * 80, "Second attempt: " + "b" * 80
     sim.answer("synthesizer", first, second)
@@ -200,16 +203,17 @@ async def test_a2a_replaces_the_artifact_when_a_retry_differs(served, cutting: C
 
 
 
-async def wait_status(served, task_id: str, status: str) -> None:  # type: ignore[no-untyped-def]
+async def wait_status(served: Served, task_id: str, status: str) -> None:
     store = served.app.state.store
 
     async def reached() -> bool:
-        return (await store.head(task_id)).status == status  # type: ignore[no-any-return]
+        got: bool = (await store.head(task_id)).status == status
+        return got
 
     await served.wait_for(reached, f"task {task_id} {status}")
 
 
-async def test_a_stream_client_that_disconnects_cancels_its_task(served, sim: Simulator) -> None:  # type: ignore[no-untyped-def]
+async def test_a_stream_client_that_disconnects_cancels_its_task(served: Served, sim: Simulator) -> None:
     with held(sim, "Work out: Explain quicksort"):
         async with httpx.AsyncClient(base_url=served.url, timeout=60) as http, http.stream(
                 "POST", "/v1/chat/completions", headers={"Authorization": f"Bearer {served.alice}"},
@@ -227,7 +231,7 @@ async def test_a_stream_client_that_disconnects_cancels_its_task(served, sim: Si
         assert snap["subtasks"][0]["status"] != TaskStatus.completed
 
 
-async def test_a_waiting_client_that_disconnects_cancels_its_task(served, sim: Simulator) -> None:  # type: ignore[no-untyped-def]
+async def test_a_waiting_client_that_disconnects_cancels_its_task(served: Served, sim: Simulator) -> None:
     store = served.app.state.store
     principal = await store.principal_for_token(served.alice)
     with held(sim, "Work out: Explain quicksort"):

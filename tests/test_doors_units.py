@@ -3,21 +3,25 @@ and priority, task outcomes, state and error mappings."""
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pytest
+from a2a.types import a2a_pb2 as pb
 
 from compound.api.doors import a2a
 from compound.api.doors.engine import AnswerText, Door, Event, bearer_token_of, failure
 from compound.api.doors.openai import (
     ChatRequest,
-    OpenAIError,
     budget_and_priority,
     openai_error,
     split_messages,
 )
+from compound.api.doors.openai_errors import OpenAIError
 from compound.core.errors import BudgetExceeded, Conflict, NotFound, PlanInvalid
 from compound.core.status import task_path
 from compound.executor.answers import AnswerPiece, AnswerStreams
 from compound.prompts import context_block, render
+from compound.store.base import RunStore
 from compound.store.models import TaskStatus
 
 
@@ -30,7 +34,7 @@ from compound.store.models import TaskStatus
     ([{"role": 'user" onload="x', "content": "a & b"}],
      '<context>\n<message role="useronloadx">\na &amp; b\n</message>\n</context>'),
 ])
-def test_context_block(context, expected) -> None:  # type: ignore[no-untyped-def]
+def test_context_block(context: list[dict[str, str]] | None, expected: str) -> None:
     assert context_block(context) == expected
 
 
@@ -45,7 +49,7 @@ def test_context_reaches_planner_and_synthesis_prompts_only_when_given() -> None
 
 
 def msgs(*pairs: tuple[str, str]) -> ChatRequest:
-    return ChatRequest(model="compound", messages=[{"role": r, "content": c} for r, c in pairs])  # type: ignore[misc]
+    return ChatRequest.model_validate({"model": "compound", "messages": [{"role": r, "content": c} for r, c in pairs]})
 
 
 @pytest.mark.parametrize(("pairs", "prompt", "context"), [
@@ -54,7 +58,8 @@ def msgs(*pairs: tuple[str, str]) -> ChatRequest:
      [("system", "s"), ("user", "a"), ("assistant", "b")]),
     ([("user", "q"), ("assistant", "partial answer")], "q", [("assistant", "partial answer")]),
 ])
-def test_the_last_user_message_is_the_request(pairs, prompt, context) -> None:  # type: ignore[no-untyped-def]
+def test_the_last_user_message_is_the_request(pairs: list[tuple[str, str]], prompt: str,
+                                              context: list[tuple[str, str]]) -> None:
     got_prompt, got_context = split_messages(msgs(*pairs).messages)
     assert got_prompt == prompt
     assert [(m["role"], m["content"]) for m in got_context] == context
@@ -73,15 +78,16 @@ def test_no_user_message_is_a_400() -> None:
     ({"priority": 3, "metadata": {"priority": "1"}}, (None, 3)),
     ({"metadata": {"other": "x"}}, (None, None)),
 ])
-def test_budget_and_priority(extra, expected) -> None:  # type: ignore[no-untyped-def]
-    body = ChatRequest(model="compound", messages=[{"role": "user", "content": "q"}], **extra)  # type: ignore[list-item]
+def test_budget_and_priority(extra: dict[str, Any], expected: tuple[float | None, int | None]) -> None:
+    body = ChatRequest.model_validate({"model": "compound", "messages": [{"role": "user", "content": "q"}], **extra})
     assert budget_and_priority(body) == expected
 
 
 @pytest.mark.parametrize("meta", [{"budget_usd": "0"}, {"budget_usd": "-1"}, {"budget_usd": "nan"},
                                   {"budget_usd": "1e9"}, {"priority": "4"}, {"priority": "high"}])
-def test_bad_metadata_is_a_400(meta) -> None:  # type: ignore[no-untyped-def]
-    body = ChatRequest(model="compound", messages=[{"role": "user", "content": "q"}], metadata=meta)  # type: ignore[list-item]
+def test_bad_metadata_is_a_400(meta: dict[str, str]) -> None:
+    body = ChatRequest.model_validate({"model": "compound", "messages": [{"role": "user", "content": "q"}],
+                                       "metadata": meta})
     with pytest.raises(OpenAIError) as exc:
         budget_and_priority(body)
     assert exc.value.status == 400 and exc.value.param == f"metadata.{next(iter(meta))}"
@@ -96,7 +102,7 @@ def test_bad_metadata_is_a_400(meta) -> None:  # type: ignore[no-untyped-def]
     (TaskStatus.failed, "failed_provider", "could not plan: the planner model failed: 500", "failed"),
     (TaskStatus.failed, "failed_subtasks", "subtask 0: the budget model refused", "failed"),
 ])
-def test_failure(status, reason, error, expected) -> None:  # type: ignore[no-untyped-def]
+def test_failure(status: TaskStatus, reason: str, error: str | None, expected: str | None) -> None:
     assert failure({"id": "t", "status": status, "end_reason": reason, "error": error}) == expected
 
 
@@ -107,7 +113,7 @@ def test_failure(status, reason, error, expected) -> None:  # type: ignore[no-un
     (Conflict("done"), 409, "conflict"),
     (RuntimeError("secret detail"), 500, "internal_error"),
 ])
-def test_openai_error_table(exc, status, code) -> None:  # type: ignore[no-untyped-def]
+def test_openai_error_table(exc: Exception, status: int, code: str) -> None:
     err = openai_error(exc)
     assert (err.status, err.code) == (status, code)
     assert "secret detail" not in err.body()["error"]["message"]
@@ -115,14 +121,14 @@ def test_openai_error_table(exc, status, code) -> None:  # type: ignore[no-untyp
 
 def test_every_task_status_has_an_a2a_state() -> None:
     assert set(a2a.STATES) == set(TaskStatus)
-    assert a2a.STATES[TaskStatus.canceled] == a2a.pb.TASK_STATE_CANCELED
-    assert a2a.STATES[TaskStatus.failed] == a2a.pb.TASK_STATE_FAILED
+    assert a2a.STATES[TaskStatus.canceled] == pb.TASK_STATE_CANCELED
+    assert a2a.STATES[TaskStatus.failed] == pb.TASK_STATE_FAILED
 
 
 @pytest.mark.parametrize(("header", "token"), [
     (None, None), ("", None), ("Bearer abc", "abc"), ("bearer  abc ", "abc"), ("Basic abc", None), ("Bearer", None),
 ])
-def test_bearer_token_of(header, token) -> None:  # type: ignore[no-untyped-def]
+def test_bearer_token_of(header: str | None, token: str | None) -> None:
     assert bearer_token_of(header) == token
 
 
@@ -142,7 +148,8 @@ def test_bearer_token_of(header, token) -> None:  # type: ignore[no-untyped-def]
     # the synthesis failed after its text began: the result is something else
     ([(1, "Final ans")], "[0] joined results", ["Final ans"], None),
 ])
-def test_answer_text_sends_only_what_extends_what_was_sent(pieces, answer, sent, rest) -> None:  # type: ignore[no-untyped-def]
+def test_answer_text_sends_only_what_extends_what_was_sent(pieces: list[tuple[int, str]], answer: str,
+                                                           sent: list[str], rest: str | None) -> None:
     text = AnswerText()
     out = [new for attempt, piece in pieces if (new := text.piece(AnswerPiece(attempt, piece)))]
     assert out == sent
@@ -183,16 +190,20 @@ def test_answer_streams_fan_out_and_catch_up() -> None:
     assert caught == [AnswerPiece(2, "xy")]
 
 
-async def test_follow_with_no_piece_streamed_gives_events_only(store) -> None:  # type: ignore[no-untyped-def]
+async def test_follow_with_no_piece_streamed_gives_events_only(store: RunStore) -> None:
     """A host whose answer was not streamed (it ended before anyone listened): no
     pieces; the answer is read from the store at the end and sent in one piece."""
     from types import SimpleNamespace
 
+    from compound.api.state import AppState
     from compound.executor.answers import AnswerStreams
 
     task = await store.create_task(prompt="p", budget_usd=1.0)
     for step in task_path(TaskStatus.completed):  # the way the status table lets it get there
         assert await store.set_status(task.id, step, result="the answer" if step == TaskStatus.completed else None)
-    door = Door(SimpleNamespace(executor=SimpleNamespace(answers=AnswerStreams()), store=store))
-    items = [item async for item in door.follow(task.id)]
-    assert items and all(isinstance(item, Event) for item in items) and items[-1].terminal
+    # the parts of the app's state that follow() reads: the executor's answers and the store
+    state = cast("AppState", SimpleNamespace(executor=SimpleNamespace(answers=AnswerStreams()), store=store))
+    items = [item async for item in Door(state).follow(task.id)]
+    assert items and all(isinstance(item, Event) for item in items)
+    last = items[-1]
+    assert isinstance(last, Event) and last.terminal

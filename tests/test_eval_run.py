@@ -5,6 +5,7 @@ then `compound eval` replaying the shipped recording, and recording against the 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def test_two_orders_combine(first: str, second: str, want: str) -> None:
 
 # the runner with a fake ---------------------------------------------------------------
 
-def planner_for(plans: dict[str, dict[str, Any]]):  # type: ignore[no-untyped-def]
+def planner_for(plans: dict[str, dict[str, Any]]) -> Callable[[str, list[Message]], str]:
     """Planner answers by request; workers and the synthesizer as the simulator does; the
     judge prefers compound (answer A first, B second); a direct call answers briefly."""
     def answer(model: str, messages: list[Message]) -> str:
@@ -148,7 +149,10 @@ async def test_the_summary_counts_fixes_by_kind_fallbacks_joins_and_parallelism_
     items = [i for i in load(OWN, "own") if i.shape in ("parallel", "fan-in", "chain")][:6]
     shapes = [i.shape for i in items]
     assert sorted(shapes) == ["chain", "chain", "fan-in", "fan-in", "parallel", "parallel"]
-    sub = lambda d, deps, tier=1: {"description": d, "tier_hint": tier, "depends_on": deps}  # noqa: E731
+
+    def sub(d: str, deps: list[Any], tier: int = 1) -> dict[str, Any]:
+        return {"description": d, "tier_hint": tier, "depends_on": deps}
+
     plans: dict[str, Any] = {
         items[shapes.index("parallel")].id: {"subtasks": [sub("a", []), sub("b", ["", 5]), sub("c", [], 4)]},
         items[shapes.index("fan-in")].id: {"subtasks": [sub("x", []), sub("y", []), sub("z", []), sub("pick", [0])]},

@@ -5,6 +5,7 @@ names are scored against the gold plan's."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,7 @@ def test_the_readers_keep_the_tools() -> None:
     assert all(t.available for t in bench[0].tools)
 
 
-def scripted(plans: dict[str, list[list[str]]]):  # type: ignore[no-untyped-def]
+def scripted(plans: dict[str, list[list[str]]]) -> Callable[[str, list[Message]], str]:
     """Planner answers by request naming the given tools per subtask; anything else as
     the simulator answers it."""
     def answer(_model: str, messages: list[Message]) -> str:

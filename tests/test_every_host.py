@@ -42,7 +42,8 @@ class Host:
     def submit(self, body: dict[str, Any], token: str | None = None) -> dict[str, Any]:
         r = httpx.post(f"{self.url}/v1/tasks", json=body, headers=self.h(token or self.alice), timeout=60)
         assert r.status_code == 202, r.text
-        return r.json()  # type: ignore[no-any-return]
+        got: dict[str, Any] = r.json()
+        return got
 
     def get(self, path: str, token: str | None = None) -> httpx.Response:
         return httpx.get(f"{self.url}{path}", headers=self.h(token or self.alice), timeout=60)
@@ -51,8 +52,11 @@ class Host:
         return httpx.post(f"{self.url}{path}", headers=self.h(token or self.alice), timeout=120, **kw)
 
     def ended(self, task_id: str) -> dict[str, Any]:
-        return wait_until(lambda: (s := self.get(f"/v1/tasks/{task_id}").json())["status"] in TERMINAL and s,
-                          timeout=120, what=f"task {task_id} to end", every=0.05)
+        def done() -> dict[str, Any] | None:
+            snap: dict[str, Any] = self.get(f"/v1/tasks/{task_id}").json()
+            return snap if snap["status"] in TERMINAL else None
+
+        return wait_until(done, timeout=120, what=f"task {task_id} to end", every=0.05)
 
     def until(self, task_id: str, status: str) -> None:
         wait_until(lambda: self.get(f"/v1/tasks/{task_id}").json()["status"] == status, timeout=120,

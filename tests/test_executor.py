@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from compound.core.money import worst_case_usd
 from compound.core.settings import Settings
@@ -56,7 +56,7 @@ def executor(store: RunStore, fake: FakeLLM, sleep: Recorder | None = None, **kw
 
 def ledger(store: RunStore, task_id: str) -> list[LedgerEntry]:
     with Session(store.engine) as s:
-        return list(s.exec(select(LedgerEntry).where(LedgerEntry.task_id == task_id)).scalars())  # type: ignore[call-overload]
+        return list(s.scalars(select(LedgerEntry).where(col(LedgerEntry.task_id) == task_id)))
 
 
 def worker_calls(fake: FakeLLM) -> dict[str, Any]:
@@ -251,7 +251,7 @@ async def test_resume_never_calls_a_completed_subtask_again(any_store: RunStore)
     # The state a crash leaves: A completed, B in flight with an open reservation, C pending.
     await ex.run_task(task.id)  # run it, then rewind it by hand to a crashed state
     with Session(any_store.engine) as s:
-        subs = {x.index: x for x in s.exec(select(Subtask).where(Subtask.task_id == task.id)).scalars()}  # type: ignore[call-overload]
+        subs = {x.index: x for x in s.scalars(select(Subtask).where(col(Subtask.task_id) == task.id))}
         subs[1].status, subs[1].result = "running", None
         subs[2].status, subs[2].result = "pending", None
         t = s.get(Task, task.id)
@@ -295,9 +295,10 @@ async def test_events_record_every_transition_in_order(store: RunStore) -> None:
     task = await store.create_task(prompt="p", budget_usd=1.0, plan_in=plan(("A", []), ("B", [0])))
     await ex.run_task(task.id)
     with Session(store.engine) as s:
-        events = list(s.exec(select(TaskEvent).where(TaskEvent.task_id == task.id).order_by(TaskEvent.seq)).scalars())  # type: ignore[call-overload]
-        count = s.exec(select(func.count()).select_from(TaskEvent)).one()  # type: ignore[call-overload]
-    assert [e.seq for e in events] == list(range(1, len(events) + 1)) and count[0] == len(events)
+        events = list(s.scalars(select(TaskEvent).where(col(TaskEvent.task_id) == task.id)
+                                 .order_by(col(TaskEvent.seq))))
+        count = s.scalars(select(func.count()).select_from(TaskEvent)).one()
+    assert [e.seq for e in events] == list(range(1, len(events) + 1)) and count == len(events)
     task_states = [e.data["status"] for e in events if e.kind == "task"]
     assert task_states == ["queued", "planning", "planned", "executing", "completed"]
     sub_a = [e.data["status"] for e in events if e.kind == "subtask" and e.data["index"] == 0]

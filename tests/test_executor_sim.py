@@ -7,7 +7,7 @@ import time
 
 import pytest
 from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from compound.core.settings import Settings
 from compound.executor.service import Executor
@@ -39,7 +39,7 @@ async def test_a_task_runs_over_http_with_exact_costs(sim: Simulator, sim_settin
     assert all(f'<dependency index="{i}">' in workers[-1]["text"] for i in range(3))
     assert "Final answer built from 4 results" in snap["result"]
     with Session(engine) as s:
-        rows = list(s.exec(select(LedgerEntry).where(LedgerEntry.task_id == task.id)).scalars())  # type: ignore[call-overload]
+        rows = list(s.scalars(select(LedgerEntry).where(col(LedgerEntry.task_id) == task.id)))
     assert len(rows) == 1 + 4 + 1 and {r.status for r in rows} == {"ok"}
     for r in rows:
         p = price_of(r.model, sim_settings)

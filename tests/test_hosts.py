@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -22,7 +22,7 @@ from compound.executor.host import ExecutorHost
 from compound.executor.process import ProcessExecutor
 from compound.executor.service import Executor
 from compound.llm import build_client
-from compound.llm.base import Completion, LLMClient, Message, StreamEvent
+from compound.llm.base import Completion, LLMClient, Message, StreamEvent, ToolChoice, ToolSpec
 from compound.store.base import RunStore
 from compound.store.values import Event
 
@@ -54,19 +54,25 @@ class Threads:
         await self.inner.warm()
 
     async def complete(self, *, model: str, messages: list[Message], max_tokens: int,
-                       json_schema: dict[str, Any] | None = None, timeout_s: float | None = None) -> Completion:
+                       json_schema: dict[str, Any] | None = None, timeout_s: float | None = None,
+                       tools: Sequence[ToolSpec] | None = None,
+                       tool_choice: ToolChoice = "auto") -> Completion:
         self.threads.add(threading.get_ident())
         if self.hold:
             await self._held()
         return await self.inner.complete(model=model, messages=messages, max_tokens=max_tokens,
-                                         json_schema=json_schema, timeout_s=timeout_s)
+                                         json_schema=json_schema, timeout_s=timeout_s,
+                                         tools=tools, tool_choice=tool_choice)
 
     async def stream(self, *, model: str, messages: list[Message], max_tokens: int,
                      json_schema: dict[str, Any] | None = None,
-                     timeout_s: float | None = None) -> AsyncIterator[StreamEvent]:
+                     timeout_s: float | None = None,
+                     tools: Sequence[ToolSpec] | None = None,
+                     tool_choice: ToolChoice = "auto") -> AsyncIterator[StreamEvent]:
         self.threads.add(threading.get_ident())
         async for event in self.inner.stream(model=model, messages=messages, max_tokens=max_tokens,
-                                             json_schema=json_schema, timeout_s=timeout_s):
+                                             json_schema=json_schema, timeout_s=timeout_s,
+                                             tools=tools, tool_choice=tool_choice):
             yield event
 
     async def aclose(self) -> None:

@@ -29,7 +29,7 @@ async def test_both_http_stacks_speak_both_wires(sim: Simulator, sim_settings: S
             transports = {type(t).__name__ for t in [http._transport, *http._mounts.values()] if t is not None}
             assert ("AiohttpTransport" in transports) == (transport == "aiohttp"), transports
     finally:
-        await client.aclose()  # type: ignore[attr-defined]
+        await client.aclose()
 
 
 def test_auto_transport_is_aiohttp_unless_a_proxy_is_set(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -98,7 +98,7 @@ def _groups(out: dict[str, Any]) -> dict[str, tuple[float, int, int, int]]:
 async def test_costs_group_in_sql(any_store: RunStore) -> None:
     u1, _ = await _ledger(any_store)
     since, until = datetime(2026, 11, 1, tzinfo=utcnow().tzinfo), datetime(2026, 12, 1, tzinfo=utcnow().tzinfo)
-    everyone = {"since": since, "until": until, "user_id": None}
+    everyone: dict[str, Any] = {"since": since, "until": until, "user_id": None}
     assert _groups(await any_store.costs(group_by="day", **everyone)) == {
         "2026-11-20": (0.003, 2, 300, 30), "2026-11-21": (0.030, 2, 700, 70), "2026-11-22": (0.005, 1, 50, 5)}
     assert _groups(await any_store.costs(group_by="model", **everyone)) == {

@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from compound.core.errors import ConfigError, NetworkRefused, ProviderError, ProviderTimeout
 from compound.core.settings import ModelConfig, Settings
 from compound.llm import Completion, Delta, LLMClient, build_client, collect
-from compound.llm.base import Usage
+from compound.llm.base import Message, Usage
 from compound.llm.litellm_client import LiteLLMClient
 from compound.llm.pricing import check_prices, price_of
 from compound.planner.validate import validate_plan
@@ -22,7 +22,7 @@ from compound.simulator import Failure, Simulator
 WIRES = ["anthropic/claude-haiku-4-5", "openai/gpt-4.1-mini"]
 
 
-def msgs(kind: str, body: str) -> list:  # type: ignore[type-arg]
+def msgs(kind: str, body: str) -> list[Message]:
     return [{"role": "system", "content": f"You are compound's {kind}.\nrules"},
             {"role": "user", "content": body}]
 
@@ -146,7 +146,7 @@ async def test_a_refused_connection_is_transient(sim_settings: Settings, model: 
     from compound.simulator import free_port
 
     base = f"http://127.0.0.1:{free_port()}" + ("/v1" if model.startswith("openai") else "")
-    models = {**sim_settings.models, model: ModelConfig(api_base=base, adapter=adapter)}  # type: ignore[arg-type]
+    models = {**sim_settings.models, model: ModelConfig(api_base=base, adapter=adapter)}
     client = build_client(sim_settings.model_copy(update={"models": models}))
     with pytest.raises(ProviderError) as info:
         await client.complete(model=model, messages=msgs("worker", "x"), max_tokens=10)

@@ -135,7 +135,7 @@ async def test_the_simulator_misses_a_prefix_still_being_written(sim: Simulator)
 
     sim.script.latency_s = 0.2
     client = anthropic.AsyncAnthropic(api_key="sim", base_url=sim.url, max_retries=0)  # type: ignore[attr-defined]
-    block = {"type": "text", "text": LONG, "cache_control": {"type": "ephemeral"}}
+    block: anthropic.types.TextBlockParam = {"type": "text", "text": LONG, "cache_control": {"type": "ephemeral"}}
 
     async def one(i: int) -> anthropic.types.Usage:
         msg = await client.messages.create(model="claude-haiku-4-5", max_tokens=20, messages=[

@@ -69,7 +69,7 @@ async def call(client: LLMClient, model: str, messages: list[Message], *, stream
 
 def followed(messages: list[Message], turn: Completion, results: list[tuple[str, bool]]) -> list[Message]:
     """The conversation after a turn that asked for tools, with each call's result."""
-    out = [*messages, {"role": "assistant", "content": turn.text, "tool_calls": list(turn.tool_calls)}]
+    out: list[Message] = [*messages, {"role": "assistant", "content": turn.text, "tool_calls": list(turn.tool_calls)}]
     for c, (text, error) in zip(turn.tool_calls, results, strict=True):
         out.append({"role": "tool", "content": text, "tool_call_id": c.id, "is_error": error})
     return out

@@ -39,7 +39,7 @@ async def stream_until_it_fails(settings: Settings, model: str) -> tuple[int, Pr
     except ProviderError as exc:
         return pieces, exc
     finally:
-        await client.aclose()  # type: ignore[attr-defined]
+        await client.aclose()
     raise AssertionError("the stream did not fail")
 
 

@@ -22,6 +22,7 @@ from compound.simulator import Simulator
 from compound.store.base import RunStore
 from compound.store.models import TaskStatus
 from compound.store.values import Reservation, Settlement
+from tests.fixtures.served import Served
 from tests.fixtures.sim import sim_model_configs
 from tests.test_doors_stream import chat, held
 from tests.test_store import planned, req
@@ -52,7 +53,8 @@ def _table_rows(text: str, title: str) -> dict[str, float]:
 
 
 def _parts_total(snap: dict[str, Any]) -> float:
-    return sum(p["cost_usd"] for _, _, p in cost_parts(snap))
+    total: float = sum(p["cost_usd"] for _, _, p in cost_parts(snap))
+    return total
 
 
 # -- pure ---------------------------------------------------------------------------------
@@ -125,7 +127,7 @@ async def test_a_snapshot_without_worst_case_bookings_says_none(any_store: RunSt
 
 # -- a task end to end --------------------------------------------------------------------
 
-async def test_every_breakdown_sums_to_the_tasks_total(served, sim: Simulator) -> None:  # type: ignore[no-untyped-def]
+async def test_every_breakdown_sums_to_the_tasks_total(served: Served, sim: Simulator) -> None:
     auth = {"Authorization": f"Bearer {served.alice}"}
     async with httpx.AsyncClient(base_url=served.url, headers=auth, timeout=60) as http:
         task_id = (await http.post("/v1/tasks", json={"prompt": PROMPT})).json()["id"]
@@ -156,7 +158,7 @@ async def test_every_breakdown_sums_to_the_tasks_total(served, sim: Simulator) -
         assert tiers["planner"]["cost_usd"] == snap["planner"]["cost_usd"]
 
 
-async def test_a_one_subtask_plan_answers_with_its_subtasks_result(served, sim: Simulator) -> None:  # type: ignore[no-untyped-def]
+async def test_a_one_subtask_plan_answers_with_its_subtasks_result(served: Served, sim: Simulator) -> None:
     auth = {"Authorization": f"Bearer {served.alice}"}
     plan = {"subtasks": [{"description": "Explain quicksort in three sentences", "tier_hint": 1,
                           "depends_on": []}]}
@@ -171,7 +173,7 @@ async def test_a_one_subtask_plan_answers_with_its_subtasks_result(served, sim: 
     assert snap["total_cost_usd"] == snap["subtasks"][0]["cost_usd"]
 
 
-async def test_a_streamed_one_subtask_answer_reaches_the_chat_client(served, sim: Simulator) -> None:  # type: ignore[no-untyped-def]
+async def test_a_streamed_one_subtask_answer_reaches_the_chat_client(served: Served, sim: Simulator) -> None:
     with held(sim, ONE_STEP) as release:
         stream = await chat(served, served.alice).chat.completions.create(
             model="compound", messages=[{"role": "user", "content": ONE_STEP}], stream=True)
@@ -214,7 +216,7 @@ def sim_settings(sim: Simulator, sqlite_url: str) -> Settings:
                     retry_max_wait_s=0.0, call_timeout_s=10.0)
 
 
-async def test_money_on_every_door_has_at_most_six_decimals(served, sim: Simulator) -> None:  # type: ignore[no-untyped-def]
+async def test_money_on_every_door_has_at_most_six_decimals(served: Served, sim: Simulator) -> None:
     from mcp import ClientSession
 
     from tests.test_doors_mcp import call, mcp_http

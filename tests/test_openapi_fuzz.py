@@ -19,6 +19,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
+from schemathesis.checks import CheckFunction
+from schemathesis.core.result import Err, Ok
 from schemathesis.python import asgi
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
@@ -50,7 +52,7 @@ def fuzzed(sim_settings: Settings, tmp_path: Path) -> Iterator[tuple[Any, str]]:
         asgi.shutdown_lifespans()  # the app's lifespan, which schemathesis started
 
 
-def _plan_refused(case: schemathesis.Case, response: Any) -> bool:
+def _plan_refused(case: schemathesis.Case[Any], response: Any) -> bool:
     """A plan that fits the description but is not a DAG the planner accepts (an index
     out of range, a cycle, too many subtasks): the documented 422 `plan_invalid`,
     which JSON Schema cannot express."""
@@ -59,7 +61,7 @@ def _plan_refused(case: schemathesis.Case, response: Any) -> bool:
     return bool(response.json()["error"]["code"] == "plan_invalid")
 
 
-def _mutates_auth(case: schemathesis.Case) -> bool:
+def _mutates_auth(case: schemathesis.Case[Any]) -> bool:
     """Is the Authorization header what a negative case made invalid (left out, say)?"""
     data = getattr(getattr(case.meta, "phase", None), "data", None)
     if getattr(data, "parameter", None) in ("Authorization", "authorization"):
@@ -75,7 +77,9 @@ def test_the_api_answers_what_its_description_says(fuzzed: tuple[Any, str]) -> N
     auth = {"Authorization": f"Bearer {token}"}
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     failures: list[str] = []
-    operations = [result.ok() for result in schema.get_all_operations()]
+    results = list(schema.get_all_operations())
+    operations = [result.ok() for result in results if isinstance(result, Ok)]
+    assert len(operations) == len(results), [result.err() for result in results if isinstance(result, Err)]
     fuzzed_paths = {op.path for op in operations}
     assert {"/v1/tasks", "/v1/tasks/{task_id}", "/v1/costs", "/v1/tasks/{task_id}/events", "/task/compound",
             "/v1/chat/completions", "/v1/models/{model}", "/a2a"} <= fuzzed_paths
@@ -85,10 +89,10 @@ def test_the_api_answers_what_its_description_says(fuzzed: tuple[Any, str]) -> N
             @given(case=op.as_strategy(mode))
             @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=DERANDOMIZE,
                       suppress_health_check=list(HealthCheck))
-            def check(case: schemathesis.Case) -> None:
+            def check(case: schemathesis.Case[Any]) -> None:
                 # the token, unless the invalid part of the request is the Authorization header itself
                 response = case.call(headers=None if _mutates_auth(case) else auth)
-                excluded = [positive_data_acceptance] if _plan_refused(case, response) else []
+                excluded: list[CheckFunction] = [positive_data_acceptance] if _plan_refused(case, response) else []
                 case.validate_response(response, excluded_checks=excluded, headers=auth)
 
             try:

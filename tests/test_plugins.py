@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -190,7 +190,9 @@ async def test_a_plan_the_planner_writes_may_use_a_step_kind(api: Api, sim: Simu
 class Boom:
     name = "boom"
     description = "Fails, or reports what it was told."
-    arguments_schema: ClassVar[dict[str, Any]] = {"type": "object", "properties": {"how": {"type": "string"}}}
+
+    def __init__(self) -> None:
+        self.arguments_schema: dict[str, Any] = {"type": "object", "properties": {"how": {"type": "string"}}}
 
     def worst_case_usd(self, arguments: dict[str, Any]) -> float:
         return 0.01

@@ -14,8 +14,9 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -27,6 +28,7 @@ from compound.executor.answers import AnswerPiece
 from compound.executor.process import ProcessExecutor
 from compound.simulator import Simulator
 from compound.store.base import RunStore
+from tests.fixtures.api import Api
 from tests.fixtures.served import free_port, serving
 from tests.test_doors_stream import held, streamed
 from tests.test_hosts import events_until_end
@@ -40,7 +42,7 @@ class Calls:
 
     def __init__(self) -> None:
         self.started = 0
-        self.finished: list[dict[str, object]] = []
+        self.finished: list[dict[str, Any]] = []
 
     def call_started(self, *, model: str, kind: str) -> None:
         self.started += 1
@@ -61,7 +63,7 @@ async def running(store: RunStore, settings: Settings, **kw: object) -> AsyncIte
     assert executor.proc is None or executor.proc.returncode is not None
 
 
-async def until(check, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+async def until(check: Callable[[], object], what: str, timeout: float = 30.0) -> None:
     """Until check() is truthy (a deadline, never a fixed sleep)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -89,7 +91,8 @@ async def test_a_task_runs_in_the_child_and_its_events_and_calls_reach_this_proc
         await until(lambda: len(calls.finished) == len(sim.requests), "the calls' observations")
         assert calls.started == len(sim.requests) > 3
         assert {f["status"] for f in calls.finished} == {"ok"}
-        assert sum(float(f["cost_usd"]) for f in calls.finished) == pytest.approx(snap["total_cost_usd"])  # type: ignore[arg-type]
+        spent = sum(float(f["cost_usd"]) for f in calls.finished)
+        assert spent == pytest.approx(snap["total_cost_usd"])
 
 
 async def test_cancel_approve_and_their_errors_cross_to_the_child(
@@ -231,7 +234,7 @@ async def test_a_served_chat_client_gets_the_answer_as_the_child_streams_it(
             assert kinds[-1] == "task" and last is not None and last["status"] == "completed", (kinds, last)
 
 
-async def test_an_executor_that_is_restarting_answers_503_in_the_error_shape(api, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+async def test_an_executor_that_is_restarting_answers_503_in_the_error_shape(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     r = await api.http.post("/v1/tasks", json={"prompt": PROMPT}, headers=api.auth(api.alice))
     task_id = r.json()["id"]
 

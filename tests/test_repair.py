@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from compound.core.errors import PlanInvalid
 from compound.llm.base import Completion, Message
-from compound.planner.decompose import FALLBACK_DESCRIPTION, FALLBACK_TIER, decompose
+from compound.planner.decompose import FALLBACK_DESCRIPTION, FALLBACK_TIER, CallFn, decompose
 from compound.planner.plan import missing_join
 from compound.planner.repair import KINDS, kind_of, repair_plan
 from compound.planner.validate import validate_plan
@@ -210,8 +210,8 @@ def test_missing_join(deps: list[list[int]], flagged: Any) -> None:
     assert missing_join(deps) == flagged
 
 
-def caller(fake: FakeLLM):  # type: ignore[no-untyped-def]
-    async def call(messages: list[Message], schema: dict | None) -> Completion:  # type: ignore[type-arg]
+def caller(fake: FakeLLM) -> CallFn:
+    async def call(messages: list[Message], schema: dict[str, Any] | None) -> Completion:
         return await fake.complete(model="m", messages=messages, max_tokens=500, json_schema=schema)
     return call
 

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -74,13 +75,14 @@ def start_server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-def get(port: int, env: dict[str, str], path: str) -> dict:  # type: ignore[type-arg]
+def get(port: int, env: dict[str, str], path: str) -> dict[str, Any]:
     r = httpx.get(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {env['COMPOUND_TOKEN']}"},
                   timeout=30)
-    return r.json()  # type: ignore[no-any-return]
+    got: dict[str, Any] = r.json()
+    return got
 
 
-def wait_status(port: int, env: dict[str, str], task_id: str, timeout: float = 90) -> dict:  # type: ignore[type-arg]
+def wait_status(port: int, env: dict[str, str], task_id: str, timeout: float = 90) -> dict[str, Any]:
     deadline = time.time() + timeout
     while time.time() < deadline:
         snap = get(port, env, f"/v1/tasks/{task_id}")

@@ -303,7 +303,7 @@ def test_migration_0009_fills_the_end_reason_of_rows_that_ended_before(tmp_path:
                          {"id": f"s_{i}", "i": i, "st": status, "err": error})
     upgrade(url)
     with engine.connect() as conn:
-        got = dict(conn.execute(text("SELECT id, end_reason FROM task")).all())
+        got = {r[0]: r[1] for r in conn.execute(text("SELECT id, end_reason FROM task")).all()}
         subs = [r[0] for r in conn.execute(text('SELECT end_reason FROM subtask ORDER BY "index"')).all()]
     engine.dispose()
     assert got == {tid: reason for tid, (_, _, reason) in tasks.items()}

@@ -4,13 +4,15 @@ PostgreSQL where a server answers on loopback."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, text
 from sqlmodel import Session, select
 
 from compound.core.errors import NotFound
-from compound.store import open_store
+from compound.store import Store, open_store
 from compound.store.base import RunStore
 from compound.store.db import make_engine
 from compound.store.models import LedgerEntry, Task, TaskEvent, TaskStatus, User
@@ -182,7 +184,7 @@ async def test_a_subscription_with_nothing_new_reads_nothing(any_store: RunStore
     assert ev.seq == 2 and any_store.stats.reads == reads
 
 
-async def test_principal_for_token(any_store: RunStore) -> None:
+async def test_principal_for_token(any_store: Store) -> None:
     from compound.store.users import create_token, revoke_token
 
     row, token = create_token(any_store.engine, "erin", ["read"])
@@ -220,7 +222,7 @@ async def test_writes_arriving_together_share_one_commit(store: RunStore) -> Non
     assert [(await store.head(t.id)).event_seq for t in tasks] == [11, 11, 11]
 
 
-def test_sqlite_runs_in_wal_mode(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
     eng = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
     with eng.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
@@ -250,13 +252,18 @@ async def test_a_listener_hears_every_tasks_events(any_store: RunStore) -> None:
 async def test_a_listener_hears_another_processes_events(pg_url: str) -> None:
     async with open_store(pg_url) as writer, open_store(pg_url) as watcher:
         got: asyncio.Queue[Event] = asyncio.Queue()
-        watcher.hub.listen(lambda events: [got.put_nowait(e) for e in events])
+
+        def hear(events: Sequence[Event]) -> None:
+            for e in events:
+                got.put_nowait(e)
+
+        watcher.hub.listen(hear)
         task = await writer.create_task(prompt="p", budget_usd=1.0)
         ev = await asyncio.wait_for(got.get(), 10)
         assert (ev.task_id, ev.seq, ev.data["status"]) == (task.id, 1, "queued")
 
 
-async def test_a_sqlite_store_that_cannot_be_written_says_so(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_sqlite_store_that_cannot_be_written_says_so(tmp_path: Path) -> None:
     from compound.store.db import StoreUnavailable
 
     store = open_store(f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}")

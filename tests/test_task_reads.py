@@ -7,6 +7,7 @@ import asyncio
 import json
 
 import pytest
+from starlette.types import Receive, Scope, Send
 
 from compound.api.routes_tasks import read_wait
 from compound.api.schemas import TaskOut
@@ -235,7 +236,7 @@ async def test_polls_are_answered_ahead_of_the_framework_and_errors_by_the_route
     behind = layer.app
     reached: list[str] = []
 
-    async def recording(scope, receive, send):  # type: ignore[no-untyped-def]
+    async def recording(scope: Scope, receive: Receive, send: Send) -> None:
         reached.append(scope["path"])
         await behind(scope, receive, send)
 

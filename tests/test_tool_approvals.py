@@ -65,7 +65,8 @@ class Api:
     async def snap(self, task_id: str) -> dict[str, Any]:
         r = await self.http.get(f"/v1/tasks/{task_id}", headers=self.alice)
         assert r.status_code == 200, r.text
-        return r.json()  # type: ignore[no-any-return]
+        got: dict[str, Any] = r.json()
+        return got
 
     async def until(self, task_id: str, check: Any, what: str, timeout: float = 60.0) -> dict[str, Any]:
         """The snapshot once check(snapshot) holds (a deadline, never a fixed sleep)."""
@@ -439,8 +440,12 @@ def test_on_queue_workers_a_decision_reaches_the_held_call(fixture_server: HttpS
             {"description": "bump", "kind": "tool", "tool": "fx.count"},
             {"description": "delete", "kind": "tool", "tool": "fx.delete", "arguments": {"item": "a"}}]}})
         url = f"http://127.0.0.1:{port}/v1/tasks/{task['id']}"
-        held = wait_until(lambda: len(got := _awaiting(c.get(port, f"/v1/tasks/{task['id']}"))) == 2 and got,
-                          timeout=120, what="two held calls")
+
+        def two_held() -> list[dict[str, Any]]:
+            got = _awaiting(c.get(port, f"/v1/tasks/{task['id']}"))
+            return got if len(got) == 2 else []
+
+        held = wait_until(two_held, timeout=120, what="two held calls")
         calls = {h["index"]: h["id"] for h in held}
         ok = httpx.post(f"{url}/tool-calls/{calls[0]}/approve", json={}, headers=c.headers(), timeout=60)
         no = httpx.post(f"{url}/tool-calls/{calls[1]}/deny", json={"message": "keep a"}, headers=c.headers(),

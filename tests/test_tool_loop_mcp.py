@@ -50,7 +50,8 @@ class Served:
         assert r.status_code == 202, r.text
         await self.app.state.executor.wait(r.json()["id"], timeout=60)
         snap = await self.http.get(f"/v1/tasks/{r.json()['id']}", headers=self.auth)
-        return snap.json()  # type: ignore[no-any-return]
+        got: dict[str, Any] = snap.json()
+        return got
 
 
 @contextlib.asynccontextmanager

@@ -177,5 +177,5 @@ def test_read_only_and_idempotent(config: dict[str, Any], hints: tuple[bool | No
     ("unless_read_only", False, True), ("unless_read_only", True, False),
 ])
 def test_needs_approval(approval: str, read_only: bool, needed: bool) -> None:
-    config = McpServerConfig(url="http://h/mcp", approval=approval)  # type: ignore[arg-type]
+    config = McpServerConfig(url="http://h/mcp", approval=approval)
     assert config.needs_approval(read_only=read_only) is needed

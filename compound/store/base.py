@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import Collection, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from compound.store.hub import EventHub, Subscription
 from compound.store.values import (
@@ -79,7 +79,7 @@ class RunStore(abc.ABC):
         to wake and hand it back. By default nothing changes. close() undoes it."""
         return
 
-    async def __aenter__(self) -> RunStore:
+    async def __aenter__(self) -> Self:
         await self.open()
         return self
 
