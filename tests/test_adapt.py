@@ -248,6 +248,16 @@ def test_cli_tasks_rerun_with_an_edited_plan_file(sim: Simulator, sim_settings: 
         assert f"a re-run of {first_id}" in out.stderr
         assert f"reused from {first_id}" in out.stdout  # the tree says where a result came from
         assert _worker_subtasks(sim) == ["Summarise both populations in one line"]
+        sim.requests.clear()
+        other = runner.invoke(app, ["tasks", "rerun", first_id, "--models", "2=openai/gpt-4.1", "--watch"])
+        assert other.exit_code == 0, other.output
+        assert [c["model"] for c in sim.calls("synthesizer")] == ["gpt-4.1"]  # the tier-2 synthesis
+        assert {c["model"] for c in sim.calls("worker")} == {"gpt-4.1"}  # only tier 2 runs again
+        for given in ("2", "2=", "=openai/gpt-4.1"):
+            malformed = runner.invoke(app, ["tasks", "rerun", first_id, "--models", given])
+            assert malformed.exit_code == 2 and "TIER=MODEL" in malformed.stderr, malformed.output
+        unknown = runner.invoke(app, ["tasks", "rerun", first_id, "--models", "2=openai/gpt-5"])
+        assert unknown.exit_code == 1 and "not a model this server is configured with" in unknown.output
         bad = runner.invoke(app, ["tasks", "rerun", first_id, "--budget", "0"])
         assert bad.exit_code == 2 and "--budget" in bad.stderr
         missing = runner.invoke(app, ["tasks", "rerun", "t_0000000000000000"])

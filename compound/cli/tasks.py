@@ -250,6 +250,10 @@ def register(app: typer.Typer) -> None:
         url: str = URL,
         plan: Path | None = typer.Option(None, "--plan", help="an edited PlanIn JSON file (default: the same plan)"),
         budget: float | None = typer.Option(None, "--budget", help="hard cap in USD (default: the earlier budget)"),
+        models: list[str] = typer.Option(
+            [], "--models", metavar="TIER=MODEL[,MODEL...]",
+            help="a tier's models for the new task, primary first (repeat for each tier changed), "
+                 "e.g. 2=openai/gpt-4.1-mini"),
         watch: bool = typer.Option(False, "--watch", help="follow it live, then print the answer"),
     ) -> None:
         """Run a task again; subtasks whose inputs are unchanged reuse the earlier results
@@ -258,6 +262,8 @@ def register(app: typer.Typer) -> None:
 
         body: dict[str, Any] = {}
         body.update(_budget_and_plan(budget, plan))
+        if models:
+            body["models"] = _tier_models(models)
         data = api_request("POST", url, f"/v1/tasks/{task_id}/rerun", json=body)
         if not watch:
             typer.echo(data["id"])
@@ -272,6 +278,20 @@ def register(app: typer.Typer) -> None:
         """A live tree of the task's subtasks until it ends, then its costs, error and answer."""
         final = _watch(url, task_id)
         raise typer.Exit(0 if final["status"] in ("completed", "planned") else 1)
+
+
+def _tier_models(given: list[str]) -> dict[str, list[str]]:
+    """`--models 2=a,b` as the request's {"2": ["a", "b"]}; the server checks the tiers
+    and that it is configured with the models."""
+    out: dict[str, list[str]] = {}
+    for item in given:
+        tier, sep, names = item.partition("=")
+        listed = [n.strip() for n in names.split(",") if n.strip()]
+        if not sep or not tier.strip() or not listed:
+            raise typer.BadParameter(f"{item!r}: expected TIER=MODEL[,MODEL...], e.g. 2=openai/gpt-4.1-mini",
+                                     param_hint="--models")
+        out[tier.strip()] = listed
+    return out
 
 
 def _budget_and_plan(budget: float | None, plan: Path | None) -> dict[str, Any]:
