@@ -3,7 +3,6 @@ re-runs that reuse unchanged results, and per-tier cascades."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from compound.executor.scheduler import Cause, Ended, run_dag
 from compound.planner.repair import repair_plan
 from compound.planner.validate import validate_plan
 from compound.simulator import Failure, Simulator
-from tests.fixtures.api import Api
+from tests.fixtures.api import Api, serving
 
 
 @pytest.fixture
@@ -267,21 +266,7 @@ def test_cli_tasks_rerun_with_an_edited_plan_file(sim: Simulator, sim_settings: 
 # cascades -------------------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def _serving(settings: Settings) -> AsyncIterator[Api]:
-    """The api fixture's app and users, on the given settings."""
-    import httpx
 
-    from compound.api.app import create_app
-    from compound.store.users import create_token
-
-    app = create_app(settings.model_copy(update={"rate_limit_per_minute": 1000, "executor_process": False}))
-    async with app.router.lifespan_context(app):
-        engine = app.state.store.engine
-        tokens = [create_token(engine, n, s)[1] for n, s in
-                  (("alice", None), ("bob", None), ("root", ["admin"]), ("carol", ["read"]))]
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
-            yield Api(app, http, *tokens)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -289,7 +274,7 @@ async def cascade_api(request: pytest.FixtureRequest, sim_settings: Settings) ->
     """The app with tier 1's cascade on (tier 1: haiku, then gpt-4.1-mini), on SQLite
     and on PostgreSQL where a server answers (the store's migrations run at start)."""
     url = sim_settings.database_url if request.param == "sqlite" else request.getfixturevalue("pg_url")
-    async with _serving(sim_settings.model_copy(update={"tier1_cascade": True, "database_url": url})) as api:
+    async with serving(sim_settings.model_copy(update={"tier1_cascade": True, "database_url": url})) as api:
         yield api
 
 

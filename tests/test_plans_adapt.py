@@ -21,9 +21,8 @@ from compound.planner.replan import additions
 from compound.planner.stream import PlanStream, entry_errors
 from compound.simulator import Failure, Simulator
 from compound.store.base import RunStore
-from compound.store.users import create_token
 from compound.store.values import SubState
-from tests.fixtures.api import Api
+from tests.fixtures.api import Api, serving
 from tests.test_live import parse_sse
 
 
@@ -164,17 +163,8 @@ async def test_a_growing_dag_waits_for_a_forward_reference_and_strands_what_neve
 
 
 async def _api(settings: Settings) -> AsyncIterator[Api]:
-    import httpx
-
-    from compound.api.app import create_app
-
-    app = create_app(settings.model_copy(update={"rate_limit_per_minute": 1000, "executor_process": False}))
-    async with app.router.lifespan_context(app):
-        engine = app.state.store.engine
-        tokens = [create_token(engine, n, s)[1] for n, s in
-                  (("alice", None), ("bob", None), ("root", ["admin"]), ("carol", ["read"]))]
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
-            yield Api(app, http, *tokens)
+    async with serving(settings) as api:
+        yield api
 
 
 @pytest.fixture
