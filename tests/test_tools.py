@@ -102,6 +102,7 @@ async def test_catalogue_over_http_and_stdio_applies_allow_deny_and_trust(
         assert tools["local.delete"]["read_only"] is False and tools["local.count"]["read_only"] is False
         assert {s["name"]: (s["transport"], s["available"], s["tools"]) for s in r.json()["servers"]} == {
             "local": ("stdio", True, 3), "web": ("http", True, 4)}
+        assert r.json()["steps"] == []  # no step kind is registered unless COMPOUND_PLUGINS names it
         assert (await http.get("/v1/tools")).status_code == 401
         spec = (await http.get("/openapi.json")).json()
         assert spec["components"]["schemas"]["ToolCatalogue"].get("examples")
@@ -310,7 +311,8 @@ def served_app(sqlite_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     """The app, with a stdio server and one that is down, served by uvicorn in a thread."""
     servers = {"local": stdio(allow=["echo", "count", "brackets"], read_only=["echo"]),
                "gone": McpServerConfig(url=f"http://127.0.0.1:{free_port()}/mcp", allow=["lookup"])}
-    app = create_app(Settings(database_url=sqlite_url, executor_process=False, mcp_servers=servers))
+    app = create_app(Settings(database_url=sqlite_url, executor_process=False, mcp_servers=servers,
+                              plugins=["word_count"]))  # the example package's step kind
     with serving_in_thread(app, start_timeout_s=120) as url:
         monkeypatch.setenv("COMPOUND_URL", url)
         monkeypatch.setenv("COMPOUND_TOKEN", create_token(app.state.store.engine, "dana", ["read"])[1])
@@ -328,5 +330,11 @@ def test_tools_list_prints_the_table(served_app: str) -> None:
     assert "Echo the text back." in out.stdout
     assert "[bold]Not bold[/bold], [red]not red, a[i] and [x](y) as written." in out.stdout  # never markup
     assert "gone: unavailable (ConnectError" in out.stdout
+    # the registered step kinds follow, as the planner sees them
+    assert rows["word_count"][:3] == ["word_count", "text,", "label"]
+    assert out.stdout.index("gone: unavailable") < out.stdout.index("step kind")
     as_json = json.loads(runner.invoke(cli, ["tools", "list", "--json"]).stdout)
+    [step] = as_json["steps"]
+    assert step["name"] == "word_count" and step["arguments"] == ["text", "label"]
+    assert step["arguments_schema"]["properties"]["text"] == {"type": "string"}
     assert [t["name"] for t in as_json["tools"]] == ["gone.lookup", "local.brackets", "local.count", "local.echo"]

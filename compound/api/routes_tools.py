@@ -1,4 +1,5 @@
-"""/v1/tools: the catalogue of tools from the configured MCP servers; and the decisions
+"""/v1/tools: the catalogue the planner sees (tools from the configured MCP servers and
+the registered step kinds); and the decisions
 on tool calls held for approval (/v1/tasks/{id}/tool-calls/{call_id}/approve | deny)."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from compound.api.errors import COMMON_RESPONSES, _err
 from compound.api.schemas import ToolCallApproveIn, ToolCallDecided, ToolCallDenyIn
 from compound.api.state import app_state
 from compound.core.secrets import redact_data
+from compound.plugins import load_plugins
 from compound.store.ops import tool_shown
 from compound.tools.servers import ToolServers
 
@@ -36,6 +38,13 @@ class ServerOut(BaseModel):
     error: str | None = Field(description="why it is unavailable")
 
 
+class StepKindOut(BaseModel):
+    name: str = Field(description="how a plan names it (`kind`)")
+    description: str = Field(description="its description, first line")
+    arguments: list[str] = Field(description="the argument names, required ones first")
+    arguments_schema: dict[str, Any] = Field(description="the JSON schema a plan's `arguments` must meet")
+
+
 class ToolCatalogue(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "tools": [{"name": "facts.lookup", "server": "facts", "description": "Look up a fact.",
@@ -44,16 +53,23 @@ class ToolCatalogue(BaseModel):
                    "read_only": False, "available": False}],
         "servers": [{"name": "facts", "transport": "http", "available": True, "tools": 1, "error": None},
                     {"name": "files", "transport": "stdio", "available": False, "tools": 0,
-                     "error": "FileNotFoundError: [Errno 2] No such file or directory: 'files-server'"}]}]})
+                     "error": "FileNotFoundError: [Errno 2] No such file or directory: 'files-server'"}],
+        "steps": [{"name": "word_count", "description": "Count the words of a text.", "arguments": ["text"],
+                   "arguments_schema": {"type": "object", "properties": {"text": {"type": "string"}}}}]}]})
 
     tools: list[ToolOut]
     servers: list[ServerOut]
+    steps: list[StepKindOut] = Field(description="the registered step kinds (COMPOUND_PLUGINS) a plan may name")
 
 
-@router.get("/tools", response_model=ToolCatalogue, summary="The tools of the configured MCP servers")
+@router.get("/tools", response_model=ToolCatalogue,
+           summary="The catalogue the planner sees: MCP tools and registered step kinds")
 async def list_tools(request: Request, _principal: ReadPrincipal) -> ToolCatalogue:
     servers: ToolServers = request.app.state.tool_servers
+    plugins = load_plugins(app_state(request.app).settings.plugins)
     return ToolCatalogue(
+        steps=[StepKindOut(name=c.name, description=c.description, arguments=list(c.arguments),
+                           arguments_schema=dict(plugins.steps[c.name].arguments_schema)) for c in plugins.cards()],
         tools=[ToolOut(name=t.name, server=t.server, description=t.description, arguments=list(t.arguments),
                        read_only=t.read_only, available=t.available) for t in servers.catalogue()],
         servers=[ServerOut(name=s.name, transport=s.transport, available=s.available, tools=s.tools,

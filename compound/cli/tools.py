@@ -4,11 +4,33 @@ COMPOUND_TOKEN); `compound tools demo-server`: the tour's offline MCP server."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 URL = typer.Option("http://127.0.0.1:8000", "--url", envvar="COMPOUND_URL", help="the server")
+
+
+def print_steps(console: Console, steps: list[dict[str, Any]]) -> None:
+    """The step kinds a plan may name (`kind`), after the tools."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    from compound.cli.output import clip
+
+    if not steps:
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=False)
+    table.add_column("step kind", no_wrap=True)
+    table.add_column("arguments", overflow="fold")
+    table.add_column("description", no_wrap=True, overflow="ellipsis")
+    for s in steps:
+        table.add_row(Text(s["name"]), Text(", ".join(s.get("arguments") or [])), Text(clip(s["description"], 100)))
+    console.print(table)
 
 
 def register(app: typer.Typer) -> None:
@@ -18,7 +40,7 @@ def register(app: typer.Typer) -> None:
     @tools.command("list")
     def list_(url: str = URL, as_json: bool = typer.Option(False, "--json")) -> None:
         """The tools subtasks may use: name, read-only, up or down, arguments, description;
-        then each server unavailable and why."""
+        then each server unavailable and why; then the registered step kinds."""
         from rich import box
         from rich.console import Console
         from rich.table import Table
@@ -32,8 +54,10 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(data, indent=2))
             return
         console = Console()
+        steps = data.get("steps") or []
         if not data["tools"] and not data.get("servers"):
             console.print("no MCP servers configured (docs/tools.md)", markup=False)
+            print_steps(console, steps)
             return
         table = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=False)
         table.add_column("tool", no_wrap=True)  # plans name tools by this: never cut
@@ -49,6 +73,7 @@ def register(app: typer.Typer) -> None:
             if not server["available"]:
                 console.print(Text(f"{server['name']}: unavailable ({server.get('error') or 'not connected'})",
                                    style="yellow"))
+        print_steps(console, steps)
 
     @tools.command("demo-server")
     def demo_server(port: int = typer.Option(9100, "--port", help="the port on 127.0.0.1 (0: any free one)")) -> None:
