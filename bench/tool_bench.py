@@ -13,8 +13,13 @@ each on one long-lived session:
                     ToolSteps.run_direct (the idempotency key, the intent row and its
                     event, the call with the key in `_meta`, then the outcome row and
                     the subtask's completion, with their events, in one transaction),
-                    on a SQLite file (WAL); a call of a subtask's tool loop writes the
-                    same two transactions (intent, outcome)
+                    on a SQLite file (WAL), written from this loop as the executor's own
+                    process writes (the default: `compound serve` runs it in a child
+                    process); a call of a subtask's tool loop writes the same two
+                    transactions (intent, outcome)
+  ..., writer thread  the same with every write handed to the store's writer thread
+                    and back, as when the executor runs on the server's loop
+                    (COMPOUND_EXECUTOR_PROCESS=false)
 Wall per call (median, p95) is timed around each call; CPU per call is this process's
 CPU time over the N calls / N. Variants run interleaved, `--rounds` times each, and each
 figure is the median over rounds. Goal: compound adds at most 30% wall time and at most
@@ -120,8 +125,10 @@ async def compound_servers(url: str) -> AsyncIterator[Call]:
 
 
 @asynccontextmanager
-async def planned_task(calls: int, db: Path) -> AsyncIterator[tuple[RunStore, TaskState]]:
-    """A task on a SQLite file (WAL) whose plan is `calls` direct calls, and the warm-up's."""
+async def planned_task(calls: int, db: Path, *, loop_writer: bool = True) -> AsyncIterator[tuple[RunStore, TaskState]]:
+    """A task on a SQLite file (WAL) whose plan is `calls` direct calls, and the warm-up's;
+    written from this loop as the executor's own process writes (`loop_writer`), or
+    handed to the store's writer thread as the API's process does."""
     settings = Settings(database_url=f"sqlite:///{db}", max_subtasks=calls + WARM)
     subs = [SubState(index=i, description=f"look up {i}", tier_hint=1, tier_assigned=1, models=["none"],
                      depends_on=[], status=SubtaskStatus.pending, kind="tool", tool="demo.lookup",
@@ -129,16 +136,18 @@ async def planned_task(calls: int, db: Path) -> AsyncIterator[tuple[RunStore, Ta
     async with open_store(settings.database_url, **store_options(settings)) as store:
         st = await store.create_task(prompt="bench", budget_usd=1.0)
         await store.save_plan(st.id, reasoning=None, subtasks=subs, prompt_versions={}, status=TaskStatus.planned)
+        if loop_writer:
+            await store.write_from_here()
         yield store, replace(st, subtasks=subs)  # as the executor holds it: a fresh task's first run
 
 
 @asynccontextmanager
-async def compound_step(url: str, calls: int, db: Path) -> AsyncIterator[Call]:
+async def compound_step(url: str, calls: int, db: Path, *, loop_writer: bool = True) -> AsyncIterator[Call]:
     """Each call a direct subtask run as the executor runs one, in turn."""
     servers = ToolServers({"demo": McpServerConfig(url=url, trusted=True)})
     await servers.start()
     try:
-        async with planned_task(calls, db) as (store, st):
+        async with planned_task(calls, db, loop_writer=loop_writer) as (store, st):
             steps = ToolSteps(settings=Settings(database_url=store.url), store=store,
                               calls=None,  # type: ignore[arg-type]  # a direct call makes no model call
                               tools=lambda: servers)
@@ -155,10 +164,10 @@ async def compound_step(url: str, calls: int, db: Path) -> AsyncIterator[Call]:
 
 
 @asynccontextmanager
-async def records_only(calls: int, db: Path) -> AsyncIterator[Call]:
+async def records_only(calls: int, db: Path, *, loop_writer: bool = True) -> AsyncIterator[Call]:
     """What the step writes, without the call: the intent, then the outcome with the
     subtask's completion."""
-    async with planned_task(calls, db) as (store, st):
+    async with planned_task(calls, db, loop_writer=loop_writer) as (store, st):
         turn = itertools.count()
 
         async def call(_i: int) -> str:
@@ -180,6 +189,8 @@ async def one_round(url: str, calls: int, tmp: Path, k: int) -> dict[str, Measur
         ("compound servers", lambda: compound_servers(url)),
         ("compound step", lambda: compound_step(url, calls, tmp / f"step-{k}.db")),
         ("(its records alone, no call)", lambda: records_only(calls, tmp / f"records-{k}.db")),
+        ("compound step, writer thread", lambda: compound_step(url, calls, tmp / f"stept-{k}.db", loop_writer=False)),
+        ("(records alone, writer thread)", lambda: records_only(calls, tmp / f"recordst-{k}.db", loop_writer=False)),
     ]
     if k % 2:  # interleave: alternate which variant runs first
         variants.reverse()
