@@ -99,10 +99,11 @@ def main() -> None:
     for label, deterministic in (("before (model repair only)", False), ("after (deterministic first)", True)):
         s = asyncio.run(one_run(items, deterministic=deterministic))
         rows.append((label, s))
-    print(f"{'run':<30} {'valid':>6} {'valid_rate':>10} {'repair calls':>12} {'fixes':>6} {'cost $':>9}")
+    print(f"{'run':<30} {'valid':>6} {'valid_rate':>10} {'fallback_rate':>13} {'repair calls':>12} {'fixes':>6} "
+          f"{'cost $':>9}")
     for label, s in rows:
         print(f"{label:<30} {round(s['valid_rate'] * s['n']):>3}/{s['n']:<2} {s['valid_rate']:>10.2f} "
-              f"{s['repairs']:>12} {s['fixes']:>6} {s['cost_usd']:>9.5f}")
+              f"{s['fallback_rate']:>13.2f} {s['repairs']:>12} {s['fixes']:>6} {s['cost_usd']:>9.5f}")
 
 
 if __name__ == "__main__":

@@ -310,3 +310,29 @@ def test_the_small_local_models_recording_replays_with_every_item_planned(monkey
     assert s["valid_rate"] + s["fallback_rate"] == pytest.approx(1.0)
     assert s["structured_output"] == {"openai/smollm2-135m": "json_object_schema"}
     assert {"parallel", "fan-in", "fan-out-join"} <= set(s["parallelism_by_shape"])
+
+
+async def test_a_streamed_plan_cut_to_its_started_entries_is_not_a_valid_plan(monkeypatch: pytest.MonkeyPatch,
+                                                                             sim: Simulator) -> None:
+    # entries 0 and 1 start while the plan streams; the whole answer has a cycle (2 -> 3
+    # -> 2) and so has the repair's: the plan is cut to what was handed out, keeping entry
+    # 2's dependency on an entry that never came (it is skipped)
+    from compound.llm import build_client
+    from compound.llm.pricing import price_of as priced
+
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", sim.url)  # type: ignore[attr-defined]
+    sim.script.token_s = {"planner": 0.01}
+    cyclic = json.dumps({"reasoning": "r", "subtasks": [
+        {"description": d, "tier_hint": 1, "depends_on": deps}
+        for d, deps in (("Look up fact 0", []), ("Use fact 0", [0]), ("Cycle a", [3]), ("Cycle b", [2]))]})
+    sim.answer("planner", cyclic, cyclic)
+    s = settings()
+    run = EvalRun(settings=s, client=build_client(s), matcher=LexicalMatcher(), price_of=lambda m: priced(m, s))
+    [item] = await run.run(load(OWN, "own")[:1])
+    assert any(w.startswith("streamed plan cut:") for w in item.warnings)
+    assert [sub["description"] for sub in item.subtasks] == ["Look up fact 0", "Use fact 0", "Cycle a"]
+    assert [sub["depends_on"] for sub in item.subtasks] == [[], [0], []]  # the shape is what is in the plan
+    assert item.width == 2 and item.status == "partial"  # waves (0, 2), (1)
+    assert (item.valid, item.fallback, item.fixes) == (False, False, 0)
+    summary = summarize([item], matcher="lexical-dice", dataset="x", fmt="own", settings=s, judge_model=None)
+    assert (summary["valid_rate"], summary["fallback_rate"]) == (0.0, 0.0)

@@ -23,7 +23,7 @@ from compound.planner.plan import critical_path_length, waves
 from compound.planner.repair import kind_of
 
 # Warning kinds that are not fixes: the fallback, and a flag on a plan left as it was.
-NOT_FIXES = ("fallback", "missing join")
+NOT_FIXES = ("fallback", "missing join", "streamed plan cut")
 
 
 @dataclass
@@ -202,7 +202,10 @@ class EvalRun:
         snap = await store.snapshot(task.id)
         subs = snap["subtasks"]
         descriptions = [s["description"] for s in subs]
-        deps = [list(s["depends_on"]) for s in subs]
+        # a streamed plan cut after an invalid answer may keep a dependency on an entry
+        # that never came (its subtask was skipped): the plan's shape is what is in it
+        deps = [[d for d in s["depends_on"] if isinstance(d, int) and 0 <= d < len(subs) and d != i]
+                for i, s in enumerate(subs)]
         tiers = [int(s["tier_assigned"] or s["tier_hint"]) for s in subs]
         warnings = list(snap.get("warnings") or [])
         kinds = [kind_of(w) for w in warnings]
@@ -214,7 +217,8 @@ class EvalRun:
         rows = await store.ledger_rows(task.id)
         planner_answers = sum(1 for r in rows if r["kind"] == "planner" and r["status"] == "ok")
         strong = self.price_of(self.strong_model)
-        valid = bool(subs) and not fallback
+        # a streamed plan cut to the entries that had started did not validate as a whole
+        valid = bool(subs) and not fallback and "streamed plan cut" not in kinds
         result = ItemResult(
             id=item.id, shape=item.shape, request=item.request, status=snap["status"], valid=valid,
             repairs=max(0, planner_answers - 1), fixes=sum(fix_kinds.values()),

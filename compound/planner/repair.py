@@ -35,6 +35,7 @@ KINDS = (
     "arguments missing",
     "missing join",
     "fallback",
+    "streamed plan cut",
 )
 # A tier the model gave as something that is no number: balanced, not assumed cheap.
 UNKNOWN_TIER = 2
