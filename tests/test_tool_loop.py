@@ -187,15 +187,16 @@ async def test_a_loop_calls_tools_and_completes_with_every_call_recorded(any_sto
     assert sub["status"] == "completed" and sub["partial_reason"] is None
     assert sub["result"] == "the status page says status: ok; 2 results" == snap["result"]
     assert sub["kind"] == "llm" and sub["tools"] == ["fx.echo", "fx.count"]
-    assert [(c["tool"], c["arguments"], c["status"], c["result"]) for c in sub["tool_calls"]] == [
-        ("fx.echo", {"text": "status: ok"}, "ok", "status: ok"), ("fx.count", {}, "ok", "1")]
+    # the turn's two calls ran at once: the snapshot lists them in the order they started
+    assert sorted((c["tool"], c["arguments"], c["status"], c["result"]) for c in sub["tool_calls"]) == [
+        ("fx.count", {}, "ok", "1"), ("fx.echo", {"text": "status: ok"}, "ok", "status: ok")]
     assert all(c["started_at"] and c["completed_at"] and c["error"] is None for c in sub["tool_calls"])
     # the model saw the tools, and each result went back under its call's id
     assert llm.turns[0].tools == ["fx.echo", "fx.count"] and len(llm.turns) == 2
     assert [(m["tool_call_id"], m["content"]) for m in tool_messages(llm.turns[1].messages)] == [
         ("call_0_fx.echo", "status: ok"), ("call_1_fx.count", "1")]
     # each call carried its idempotency key in _meta, the id the snapshot shows
-    assert [m[IDEMPOTENCY_META_KEY] for _, _, m in tools.calls if m] == [c["id"] for c in sub["tool_calls"]]
+    assert sorted(m[IDEMPOTENCY_META_KEY] for _, _, m in tools.calls if m) == sorted(c["id"] for c in sub["tool_calls"])
     # both turns are in the ledger, and nothing else
     rows = await any_store.ledger_rows(snap["id"])
     assert [(r["kind"], r["status"]) for r in rows] == [("subtask", "ok"), ("subtask", "ok")]
@@ -203,7 +204,44 @@ async def test_a_loop_calls_tools_and_completes_with_every_call_recorded(any_sto
     # every tool call is an event: its intent, then its outcome
     events = await any_store.events_after(snap["id"], 0)
     shown = [(e.data["tool"], e.data["status"]) for e in events if e.kind == "tool_call"]
-    assert shown == [("fx.echo", "running"), ("fx.echo", "ok"), ("fx.count", "running"), ("fx.count", "ok")]
+    assert len(shown) == 4  # the two calls of the turn ran at once: each its intent, then its outcome
+    assert [s for s in shown if s[0] == "fx.echo"] == [("fx.echo", "running"), ("fx.echo", "ok")]
+    assert [s for s in shown if s[0] == "fx.count"] == [("fx.count", "running"), ("fx.count", "ok")]
+
+
+async def test_the_calls_of_one_turn_run_at_once_and_answer_in_the_order_asked(store: RunStore) -> None:
+    class Gathering(FakeTools):
+        """fx.wait holds every call until both of the turn's calls are in flight."""
+
+        both_in = asyncio.Event()
+
+        async def call(self, server: str, tool: str, arguments: Mapping[str, Any] | None = None, *,
+                       timeout_s: float | None = None, meta: Mapping[str, Any] | None = None) -> ToolResult:
+            if tool == "wait":
+                self.calls.append((f"{server}.{tool}", dict(arguments or {}), meta))
+                if sum(1 for c in self.calls if c[0] == "fx.wait") == 2:
+                    self.both_in.set()
+                await self.both_in.wait()  # called one after the other, the first would wait for ever
+                return ToolResult("fx.wait", f"waited {dict(arguments or {})['text']}", False)
+            return await super().call(server, tool, arguments, timeout_s=timeout_s, meta=meta)
+
+    def script(messages: list[Message], _choice: ToolChoice) -> Completion | str:
+        done = tool_messages(messages)
+        if not done:
+            return asks(("fx.wait", {"text": "a"}), ("fx.wait", {"text": "b"}), ("fx.echo", {"text": "c"}))
+        return "; ".join(m["content"] for m in done)
+
+    llm, tools = ScriptedLLM(script), Gathering()
+    snap = await asyncio.wait_for(run(store, llm, tools, plan({"tools": ["fx.wait", "fx.echo"]})), 30)
+    assert snap["status"] == "completed", snap
+    assert snap["subtasks"][0]["result"] == "waited a; waited b; c"  # in the order the model asked
+    assert [(m["tool_call_id"], m["content"]) for m in tool_messages(llm.turns[1].messages)] == [
+        ("call_0_fx.wait", "waited a"), ("call_1_fx.wait", "waited b"), ("call_2_fx.echo", "c")]
+    calls = snap["subtasks"][0]["tool_calls"]
+    assert sorted((c["arguments"]["text"], c["status"]) for c in calls) == [("a", "ok"), ("b", "ok"), ("c", "ok")]
+    # each call kept its own record and key
+    assert sorted(m[IDEMPOTENCY_META_KEY] for _, _, m in tools.calls if m) == sorted(c["id"] for c in calls)
+    assert len({c["id"] for c in calls}) == 3
 
 
 @pytest.mark.parametrize(("bounds", "asked", "reason", "ran"), [

@@ -17,6 +17,7 @@ denied, the model reads the refusal as the call's result.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections import Counter
@@ -177,6 +178,9 @@ class ToolSteps:
             if not out.tool_calls:
                 return LoopResult(out.text, None)
             msgs.append({"role": "assistant", "content": out.text, "tool_calls": list(out.tool_calls)})
+            # the turn's calls are admitted in order against the bounds, then run at once;
+            # their answers go back in the order the model asked for them
+            answers: list[Message | ToolCall] = []
             for tc in out.tool_calls:
                 sig = _signature(tc.name, tc.arguments)
                 run = streak + 1 if sig == last_sig else 1
@@ -190,16 +194,21 @@ class ToolSteps:
                 if stop is not None:
                     reason = stop
                     # every call the model asked for gets an answer (providers require one)
-                    msgs.append({"role": "tool", "content": f"not run: {stop}", "tool_call_id": tc.id,
-                                 "is_error": True})
+                    answers.append({"role": "tool", "content": f"not run: {stop}", "tool_call_id": tc.id,
+                                    "is_error": True})
                     continue
                 last_sig, streak = sig, run
                 made += 1
                 per_tool[tc.name] += 1
-                text, is_error = await calls.run(turn=turns, model_call_id=tc.id, name=tc.name,
-                                                 arguments=tc.arguments)
-                seen.append((tc.name, text))
-                msgs.append({"role": "tool", "content": text, "tool_call_id": tc.id, "is_error": is_error})
+                answers.append(tc)
+            ran = await _at_once(calls, turns, [a for a in answers if isinstance(a, ToolCall)])
+            for a in answers:
+                if isinstance(a, ToolCall):
+                    text, is_error = ran.pop(0)
+                    seen.append((a.name, text))
+                    msgs.append({"role": "tool", "content": text, "tool_call_id": a.id, "is_error": is_error})
+                else:
+                    msgs.append(a)
         assert reason is not None
         log.info("tool loop stopped early", task_id=st.id, subtask=sub.index, reason=reason, turns=turns,
                  tool_calls=made)
@@ -268,6 +277,23 @@ def _taken_up(rec: ToolCallRecord) -> bool:
     not written after the decision): it was never sent."""
     return (rec.status == ToolCallStatus.running and rec.decision == "approved" and rec.decided_at is not None
             and rec.started_at is not None and rec.started_at <= rec.decided_at)
+
+
+async def _at_once(calls: _Calls, turn: int, asked: list[ToolCall]) -> list[tuple[str, bool]]:
+    """The calls of one turn, all at once (each recorded and bounded on its own); their
+    outcomes in the order asked. Their keys follow that order too: each call takes its
+    key before its first wait. One failing otherwise than by an error result cancels
+    the others."""
+    if len(asked) == 1:
+        tc = asked[0]
+        return [await calls.run(turn=turn, model_call_id=tc.id, name=tc.name, arguments=tc.arguments)]
+    try:
+        async with asyncio.TaskGroup() as group:
+            running = [group.create_task(calls.run(turn=turn, model_call_id=tc.id, name=tc.name,
+                                                   arguments=tc.arguments)) for tc in asked]
+    except ExceptionGroup as failed:  # as if the calls had run one by one: the first failure
+        raise failed.exceptions[0] from None
+    return [t.result() for t in running]
 
 
 class _Calls:
