@@ -27,7 +27,8 @@ PLAN = {"reasoning": "two facts, then a comparison", "subtasks": [
     {"description": "Facts on SQLite", "tier_hint": 1, "depends_on": []},
     {"description": "Facts on PostgreSQL", "tier_hint": 1, "depends_on": []},
     {"description": "Compare them", "tier_hint": 2, "depends_on": [0, 1]}]}
-TOOLS = {"submit_task", "get_task", "list_tasks", "cancel_task", "approve_task", "validate_plan", "estimate_cost"}
+TOOLS = {"submit_task", "get_task", "list_tasks", "cancel_task", "approve_task", "approve_tool_call", "deny_tool_call",
+         "validate_plan", "estimate_cost"}
 
 
 @asynccontextmanager

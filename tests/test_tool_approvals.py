@@ -475,3 +475,72 @@ def test_the_live_view_names_a_held_call_and_the_commands_that_decide_it() -> No
     out = console.export_text()
     assert "awaiting_approval" in out
     assert 'awaiting approval: fx.count {"n": 1} (compound tasks approve-call | deny-call t_1 tc_1)' in out
+
+
+# the MCP door ------------------------------------------------------------------------------
+
+
+async def test_the_mcp_door_approves_with_edited_arguments_and_denies_with_a_message(
+        sim_settings: Settings, fixture_server: HttpServer, tmp_path: Path) -> None:
+    import httpx2
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    settings = sim_settings.model_copy(update={"rate_limit_per_minute": 1000, "mcp_servers": fx(fixture_server),
+                                                "max_replans": 0})
+    api = create_app(settings, client=ScriptedLLM(lambda _m, _c: "summary"))
+    with serving_in_thread(api) as url:
+        dana, erin = (create_token(api.state.store.engine, name)[1] for name in ("dana", "erin"))
+
+        @contextlib.asynccontextmanager
+        async def session(token: str) -> AsyncIterator[ClientSession]:
+            async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
+                                          timeout=httpx2.Timeout(30, read=60)) as http, \
+                    streamable_http_client(url + "/mcp", http_client=http) as (read, write), \
+                    ClientSession(read, write) as s:
+                await s.initialize()
+                yield s
+
+        async def call(s: ClientSession, tool: str, args: dict[str, Any]) -> tuple[bool, Any]:
+            out = await s.call_tool(tool, args)
+            text = out.content[0].text  # type: ignore[union-attr]
+            return bool(out.is_error), text if out.is_error else json.loads(text)
+
+        the_plan = {"subtasks": [{"description": "echo", "kind": "tool", "tool": "fx.echo",
+                                  "arguments": {"text": "original"}},
+                                 {"description": "delete", "kind": "tool", "tool": "fx.delete",
+                                  "arguments": {"item": "a"}}]}
+        async with session(dana) as s:
+            failed, task = await call(s, "submit_task", {"prompt": "p", "plan": the_plan})
+            assert not failed, task
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while len(held := _awaiting((await call(s, "get_task", {"task_id": task["id"]}))[1])) < 2:
+                assert loop.time() < deadline, "timed out waiting for two held calls"
+                await asyncio.sleep(0.02)
+            calls = {c["index"]: c["id"] for c in held}
+            async with session(erin) as other:  # someone else's task: not found, nothing decided
+                failed, text = await call(other, "approve_tool_call", {"task_id": task["id"], "call_id": calls[0]})
+                assert failed and "not_found:" in text
+            failed, text = await call(s, "deny_tool_call", {"task_id": task["id"], "call_id": calls[1],
+                                                            "message": "bad\u0000"})
+            assert failed and "invalid_request: invalid message: contains a NUL" in text
+            failed, text = await call(s, "approve_tool_call", {"task_id": task["id"], "call_id": "tc_nope"})
+            assert failed and "not_found:" in text
+            failed, approved = await call(s, "approve_tool_call", {"task_id": task["id"], "call_id": calls[0],
+                                                                   "arguments": {"text": "edited"}})
+            assert not failed and approved["approval"]["decision"] == "approved", approved
+            assert approved["approval"]["by"] == "dana" and approved["index"] == 0
+            failed, text = await call(s, "approve_tool_call", {"task_id": task["id"], "call_id": calls[0]})
+            assert failed and "conflict:" in text
+            failed, denied = await call(s, "deny_tool_call", {"task_id": task["id"], "call_id": calls[1],
+                                                              "message": "keep a"})
+            assert not failed and denied["status"] == "denied", denied
+        end = loop.time() + 60
+        while (snap := await api.state.store.snapshot(task["id"]))["status"] not in ("completed", "partial", "failed"):
+            assert loop.time() < end, f"timed out waiting for the task's end: {snap['status']}"
+            await asyncio.sleep(0.02)
+        echo, delete = snap["subtasks"]
+        assert (echo["status"], echo["result"]) == ("completed", "edited")
+        assert delete["error"] == "fx.delete: the call was not run: denied by dana: keep a"
+        assert delete["tool_calls"][0]["status"] == "denied" and delete["tool_calls"][0]["completed_at"]

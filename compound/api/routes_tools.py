@@ -9,13 +9,12 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from compound.api.auth import Principal, ReadPrincipal, SubmitPrincipal, owner_filter
+from compound.api.auth import Principal, ReadPrincipal, SubmitPrincipal
+from compound.api.doors.engine import Door
 from compound.api.errors import COMMON_RESPONSES, _err
 from compound.api.schemas import ToolCallApproveIn, ToolCallDecided, ToolCallDenyIn
 from compound.api.state import app_state
-from compound.core.secrets import redact_data
 from compound.plugins import load_plugins
-from compound.store.ops import tool_shown
 from compound.tools.servers import ToolServers
 
 router = APIRouter(prefix="/v1", tags=["tools"], responses=COMMON_RESPONSES)
@@ -87,12 +86,8 @@ _DECIDE_RESPONSES: dict[int | str, dict[str, Any]] = {
 async def _decide(request: Request, principal: Principal, task_id: str, call_id: str, *, approve: bool,
                   arguments: dict[str, Any] | None = None, message: str | None = None) -> dict[str, Any]:
     """Write the decision (only while the call awaits it), then wake the run holding it."""
-    state = app_state(request.app)
-    await state.store.head(task_id, user_id=owner_filter(principal))
-    rec = await state.store.decide_tool_call(task_id, call_id, approve=approve, by=principal.user_name,
-                                             arguments=arguments, message=message)
-    await state.executor.wake(task_id)
-    return redact_data({"index": rec.subtask, **tool_shown(rec)})  # type: ignore[no-any-return]
+    return await Door(app_state(request.app)).decide_call(principal, task_id, call_id, approve=approve,
+                                                          arguments=arguments, message=message)
 
 
 @router.post("/tasks/{task_id}/tool-calls/{call_id}/approve", response_model=ToolCallDecided,

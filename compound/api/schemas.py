@@ -158,10 +158,13 @@ class ToolCallApproveIn(BaseModel):
                                                                        "model's (a JSON object); default: the model's")
 
 
+MAX_DENY_MESSAGE_CHARS = 2000  # a refusal's message, which the model reads
+
+
 class ToolCallDenyIn(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{}, {"message": "not on a Friday"}]})
 
-    message: str | None = Field(default=None, max_length=2000, description="why; the model reads it")
+    message: str | None = Field(default=None, max_length=MAX_DENY_MESSAGE_CHARS, description="why; the model reads it")
 
 
 class ToolCallDecided(ToolCallOut):

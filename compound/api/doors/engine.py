@@ -21,10 +21,11 @@ from compound.api.doors.inputs import (
     shown,
 )
 from compound.api.routes_tasks import submit_to
-from compound.api.schemas import TaskCreate
+from compound.api.schemas import MAX_DENY_MESSAGE_CHARS, TaskCreate
 from compound.api.state import AppState
 from compound.core.errors import BudgetExceeded, Conflict, NotFound
 from compound.core.money import shown_usd, worst_case_usd
+from compound.core.secrets import redact_data
 from compound.core.settings import Settings
 from compound.executor.answers import AnswerPiece
 from compound.planner.estimate import estimate_cost
@@ -33,6 +34,7 @@ from compound.planner.validate import is_clean_text, validate_plan
 from compound.prompts import render
 from compound.store.base import RunStore
 from compound.store.models import TERMINAL_TASK, EndReason, TaskStatus
+from compound.store.ops import tool_shown
 from compound.store.users import UserStore
 from compound.store.values import Principal
 
@@ -240,6 +242,25 @@ class Door:
         await self.store.head(self.task_id(task_id), user_id=self.owner(principal))
         await self.state.executor.approve(task_id)
         return await self.read(task_id)
+
+    async def decide_call(self, principal: Principal, task_id: str, call_id: str, *, approve: bool,
+                          arguments: dict[str, Any] | None = None, message: str | None = None) -> dict[str, Any]:
+        """Approve (with `arguments` when given, edited) or deny (with `message`) a tool
+        call held for approval, then wake the run holding it; the call as decided, with
+        its subtask's index. NotFound for no such task or call (or not the caller's),
+        Conflict when the call does not await a decision."""
+        self.require(principal, "submit")
+        if not isinstance(call_id, str) or len(call_id) > 200 or not is_clean_text(call_id):
+            raise NotFound(f"no tool call with id {shown(call_id)}")
+        if arguments is not None:
+            check_json(arguments, ("arguments",))
+        if message is not None:
+            checked_text(message, "message", limit=MAX_DENY_MESSAGE_CHARS)
+        await self.store.head(self.task_id(task_id), user_id=self.owner(principal))
+        rec = await self.store.decide_tool_call(task_id, call_id, approve=approve, by=principal.user_name,
+                                                arguments=arguments, message=message)
+        await self.state.executor.wake(task_id)
+        return redact_data({"index": rec.subtask, **tool_shown(rec)})  # type: ignore[no-any-return]
 
     async def wait(self, task_id: str) -> dict[str, Any]:
         """Until the task is terminal; its snapshot then."""

@@ -29,7 +29,8 @@ from compound.store.values import Principal
 KEEPALIVE_S = 2.0
 INSTRUCTIONS = """compound plans a natural-language request as a DAG of subtasks on cheap to strong
 models, runs it under a hard budget (USD) and synthesizes one answer. submit_task starts a
-task (wait=true waits for the answer, with progress notifications); get_task reads it."""
+task (wait=true waits for the answer, with progress notifications); get_task reads it;
+approve_tool_call and deny_tool_call decide the tool calls a task holds for approval."""
 
 # compound's errors as a tool error's leading code; the first match wins
 ERROR_CODES: list[tuple[type[Exception], str]] = [
@@ -54,6 +55,7 @@ def build_server(tasks_for: Callable[[Context], Tasks]) -> MCPServer:
     # WARNING: the SDK calls logging.basicConfig with this level (INFO would chatter on stderr)
     server: MCPServer = MCPServer(name="compound", instructions=INSTRUCTIONS, version="0.1.0", log_level="WARNING")
     _add_task_tools(server, tasks_for)
+    _add_call_tools(server, tasks_for)
     _add_plan_tools(server, tasks_for)
     return server
 
@@ -111,6 +113,26 @@ def _add_task_tools(server: MCPServer, tasks_for: Callable[[Context], Tasks]) ->
     async def approve_task(ctx: Context, task_id: str) -> dict[str, Any]:
         """Start a task submitted with approve=false once it is `planned`."""
         return await guarded(tasks_for(ctx).approve(task_id))  # type: ignore[no-any-return]
+
+
+def _add_call_tools(server: MCPServer, tasks_for: Callable[[Context], Tasks]) -> None:
+    """approve_tool_call and deny_tool_call: decisions on tool calls held for approval
+    (a task's snapshot shows them: status `awaiting_approval`, with their ids)."""
+
+    @server.tool()
+    async def approve_tool_call(ctx: Context, task_id: str, call_id: str,
+                                arguments: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run a tool call held for approval, once: with `arguments` when given (edited),
+        else with the model's. Returns the call as decided."""
+        return await guarded(tasks_for(ctx).decide(  # type: ignore[no-any-return]
+            task_id, call_id, approve=True, arguments=arguments, message=None))
+
+    @server.tool()
+    async def deny_tool_call(ctx: Context, task_id: str, call_id: str, message: str | None = None) -> dict[str, Any]:
+        """Refuse a tool call held for approval: it is never sent, and the model reads the
+        refusal (with `message`) as its result. Returns the call as decided."""
+        return await guarded(tasks_for(ctx).decide(  # type: ignore[no-any-return]
+            task_id, call_id, approve=False, arguments=None, message=message))
 
 
 def _add_plan_tools(server: MCPServer, tasks_for: Callable[[Context], Tasks]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from mcp.server.mcpserver.exceptions import ToolError
 
@@ -22,6 +23,8 @@ class Tasks(Protocol):
     async def list(self, *, limit: int, status: str | None, cursor: str | None) -> dict[str, Any]: ...
     async def cancel(self, task_id: str) -> dict[str, Any]: ...
     async def approve(self, task_id: str) -> dict[str, Any]: ...
+    async def decide(self, task_id: str, call_id: str, *, approve: bool, arguments: dict[str, Any] | None,
+                     message: str | None) -> dict[str, Any]: ...
     async def validate(self, plan: dict[str, Any]) -> dict[str, Any]: ...
     async def may_read(self) -> None: ...
     def events(self, task_id: str) -> AsyncIterator[tuple[str, dict[str, Any]]]: ...
@@ -50,6 +53,11 @@ class LocalTasks:
 
     async def approve(self, task_id: str) -> dict[str, Any]:
         return await self.door.approve(self.principal, task_id)
+
+    async def decide(self, task_id: str, call_id: str, *, approve: bool, arguments: dict[str, Any] | None,
+                     message: str | None) -> dict[str, Any]:
+        return await self.door.decide_call(self.principal, task_id, call_id, approve=approve, arguments=arguments,
+                                           message=message)
 
     async def validate(self, plan: dict[str, Any]) -> dict[str, Any]:
         self.door.require(self.principal, "read")
@@ -111,6 +119,16 @@ class RemoteTasks:
 
     async def approve(self, task_id: str) -> dict[str, Any]:
         return await self._call("POST", f"/v1/tasks/{task_id}/approve")
+
+    async def decide(self, task_id: str, call_id: str, *, approve: bool, arguments: dict[str, Any] | None,
+                     message: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        if approve and arguments is not None:
+            body["arguments"] = arguments
+        if not approve and message is not None:
+            body["message"] = message
+        path = f"/v1/tasks/{quote(task_id, safe='')}/tool-calls/{quote(call_id, safe='')}/"
+        return await self._call("POST", path + ("approve" if approve else "deny"), json=body)
 
     async def validate(self, plan: dict[str, Any]) -> dict[str, Any]:
         return await self._call("POST", "/v1/plans/validate", json={"plan": plan})
