@@ -139,6 +139,9 @@ class PostgresFlavor(Flavor):
         return status != all_(p("terminal"))
 
 
+# A token's row and its user's name by the token's hash (also users.py's, on an engine).
+TOKEN_LOOKUP = (select(K.c.id, K.c.user_id, K.c.token_hash, K.c.scopes, K.c.revoked_at, U.c.name)
+                .join_from(K, U, U.c.id == K.c.user_id).where(K.c.token_hash == p("h")))
 SQLITE = SqliteFlavor()
 POSTGRES = PostgresFlavor()
 SUB = cols(S, ops.SUB_COLS)
@@ -309,8 +312,7 @@ def _reads(f: Flavor) -> dict[str, ClauseElement]:
             func.coalesce(func.sum(L.c.output_tokens), num(0)), func.count(), func.max(L.c.id))
         .where(L.c.task_id == p("t")).group_by(L.c.kind, L.c.subtask_index, L.c.model, worst),
         "TASK_COUNTS": select(T.c.status, func.count()).group_by(T.c.status),
-        "TOKEN": select(K.c.id, K.c.user_id, K.c.token_hash, K.c.scopes, K.c.revoked_at, U.c.name)
-        .join_from(K, U, U.c.id == K.c.user_id).where(K.c.token_hash == p("h")),
+        "TOKEN": TOKEN_LOOKUP,
     }
 
 
