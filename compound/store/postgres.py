@@ -19,7 +19,6 @@ from typing import Any
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.types.json import Json
 from psycopg_pool import AsyncConnectionPool
-from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg
 from sqlalchemy.engine import Engine
 
 from compound.core.logging import get_logger
@@ -116,9 +115,9 @@ class PostgresRunStore(OpsRunStore):
         self._listening = asyncio.Event()
         self.listener_pid: int | None = None  # the LISTEN session's backend (diagnostics, tests)
         self._engine: Engine | None = None
-        self._pg = pg_psycopg.dialect()  # type: ignore[no-untyped-call]
+        self._pg = statements.POSTGRES.dialect()  # the listing and cost reads are compiled per call
         self._opened = False
-        self.queries = ReadQueries("postgresql")
+        self.queries = ReadQueries(statements.POSTGRES)
 
     @property
     def engine(self) -> Engine:

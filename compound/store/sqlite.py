@@ -296,7 +296,7 @@ class SqliteRunStore(OpsRunStore):
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
-        self.queries = ReadQueries("sqlite")
+        self.queries = ReadQueries(statements.SQLITE)
 
     @property
     def in_memory(self) -> bool:

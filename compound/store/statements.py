@@ -105,6 +105,10 @@ class Flavor:
         """A task status that is not terminal (ops passes them as `terminal`)."""
         raise NotImplementedError
 
+    def day(self, at: ColumnElement[Any]) -> ColumnElement[str]:
+        """A timestamp column's UTC day as YYYY-MM-DD (the cost view's groups)."""
+        raise NotImplementedError
+
 
 class SqliteFlavor(Flavor):
     name = "sqlite"
@@ -119,6 +123,9 @@ class SqliteFlavor(Flavor):
 
     def not_ended(self, status: ColumnElement[str]) -> ColumnElement[bool]:
         return status.not_in([word(s) for s in sorted(TERMINAL_TASK)])  # sqlite3 binds no list
+
+    def day(self, at: ColumnElement[Any]) -> ColumnElement[str]:
+        return func.substr(at, num(1), num(10))  # stored as text, in SQLAlchemy's format
 
 
 class PostgresFlavor(Flavor):
@@ -137,6 +144,9 @@ class PostgresFlavor(Flavor):
 
     def not_ended(self, status: ColumnElement[str]) -> ColumnElement[bool]:
         return status != all_(p("terminal"))
+
+    def day(self, at: ColumnElement[Any]) -> ColumnElement[str]:
+        return func.to_char(at, literal_column("'YYYY-MM-DD'"))
 
 
 # A token's row and its user's name by the token's hash (also users.py's, on an engine).
