@@ -3,11 +3,11 @@ tables, compiled once per database into the plain text its driver runs.
 
 Each parameter is a `bindparam` named as ops.py names it. A `Flavor` holds the few
 things the two databases do differently: the status test of a conditional write, the
-test for a task not ended, and the INSERT that knows ON CONFLICT. SQLAlchemy's
-compilers handle the rest (`FOR UPDATE`, which SQLite has no use for, booleans,
-quoting). The drivers pass parameters to sqlite3 and psycopg as they are, so what a
-parameter holds (JSON text or psycopg's Json, a time as SQLite's text or a naive UTC
-datetime) is the driver's Dialect's business, not a statement's.
+test for a task not ended, the INSERT that knows ON CONFLICT, and a timestamp's day
+(the cost reads of sqlrun.py). SQLAlchemy's compilers handle the rest (`FOR UPDATE`,
+which SQLite has no use for, booleans, quoting). The drivers pass parameters to sqlite3
+and psycopg as they are, so what a parameter holds (JSON text or psycopg's Json, a time
+as SQLite's text or a naive UTC datetime) is the driver's Dialect's business.
 """
 
 from __future__ import annotations
