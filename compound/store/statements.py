@@ -32,6 +32,7 @@ from sqlalchemy import (
     cast,
     false,
     func,
+    insert,
     literal_column,
     null,
     select,
@@ -165,9 +166,9 @@ def _task_writes(f: Flavor) -> dict[str, ClauseElement]:
     return {
         "NEXT_SEQ": update(T).where(by_id).values(event_seq=T.c.event_seq + p("n"), updated_at=NOW)
         .returning(T.c.event_seq, T.c.total_cost_usd),
-        "INSERT_EVENT": f.insert(E).values(task_id=p("t"), seq=p("seq"), kind=p("kind"), data=p("data"),
+        "INSERT_EVENT": insert(E).values(task_id=p("t"), seq=p("seq"), kind=p("kind"), data=p("data"),
                                            created_at=NOW),
-        "INSERT_TASK": f.insert(T).values(
+        "INSERT_TASK": insert(T).values(
             id=p("id"), user_id=p("u"), prompt=p("p"), status=p("st"), priority=p("pr"), approve=p("ap"),
             budget_usd=p("b"), plan_in=p("plan"), context=p("ctx"), answer_max_tokens=p("amt"), rerun_of=p("ro"),
             tier_models=p("tm"), total_cost_usd=num(0), reserved_usd=num(0), cancel_requested=false(),
@@ -246,9 +247,9 @@ def _subtask_writes(f: Flavor) -> dict[str, ClauseElement]:
     }
 
 
-def _ledger_writes(f: Flavor) -> dict[str, ClauseElement]:
+def _ledger_writes() -> dict[str, ClauseElement]:
     return {
-        "INSERT_RESERVED": f.insert(L).values(
+        "INSERT_RESERVED": insert(L).values(
             task_id=p("t"), user_id=p("u"), kind=p("kind"), subtask_index=p("si"), tier=p("tier"),
             model=p("model"), attempt=p("att"), status=word(CallStatus.reserved), reserved_usd=p("r"),
             cost_usd=num(0), input_tokens=num(0), output_tokens=num(0), cache_read_tokens=num(0),
@@ -328,7 +329,7 @@ def _reads(f: Flavor) -> dict[str, ClauseElement]:
 
 def statements(f: Flavor) -> dict[str, ClauseElement]:
     """Every named statement, as a construct for this database."""
-    return {**_task_writes(f), **_subtask_writes(f), **_ledger_writes(f), **_tool_writes(f), **_reads(f)}
+    return {**_task_writes(f), **_subtask_writes(f), **_ledger_writes(), **_tool_writes(f), **_reads(f)}
 
 
 @cache
