@@ -3,8 +3,8 @@
 Each operation is a generator: it yields statements by name (("one" | "all" | "many" |
 "exec", name, params)) and Events to publish, and is sent each statement's rows back.
 A driver runs it inside one transaction: store/sqlite.py on its writer thread,
-store/postgres.py on a pooled async connection. The SQL text of each name lives in
-the driver's module, written for its database (`Dialect.sql`); no text is rewritten.
+store/postgres.py on a pooled async connection. Each name's statement is written once
+in store/statements.py and compiled for the driver's database (`Dialect.sql`).
 The event sequence is advanced in one place: `_events`.
 """
 

@@ -19,11 +19,10 @@ from typing import Any
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.types.json import Json
 from psycopg_pool import AsyncConnectionPool
-from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg
 from sqlalchemy.engine import Engine
 
 from compound.core.logging import get_logger
-from compound.store import ops, outage
+from compound.store import ops, outage, statements
 from compound.store.opsstore import OpsRunStore
 from compound.store.sqlrun import ReadQueries
 from compound.store.values import Event
@@ -34,137 +33,7 @@ log = get_logger("compound.store")
 # while the server restarts).
 POOL_WAIT_S = 5.0
 CHANNEL = "compound_events"
-SUB = ops.SUB_COLS
-# A status write applies only from the statuses core/status.py allows (`from`: a,b,...).
-ALLOWED = "status = ANY(string_to_array(%(from)s, ','))"
-SQL: dict[str, str] = {
-    "NEXT_SEQ": "UPDATE task SET event_seq=event_seq+%(n)s, updated_at=%(now)s WHERE id=%(t)s "
-                "RETURNING event_seq, total_cost_usd",
-    "INSERT_EVENT": "INSERT INTO task_event (task_id, seq, kind, data, created_at) "
-                    "VALUES (%(t)s, %(seq)s, %(kind)s, %(data)s, %(now)s)",
-    "INSERT_TASK": "INSERT INTO task (id, user_id, prompt, status, priority, approve, budget_usd, plan_in, "
-                   "context, answer_max_tokens, rerun_of, tier_models, "
-                   "total_cost_usd, reserved_usd, cancel_requested, event_seq, created_at, updated_at) VALUES "
-                   "(%(id)s, %(u)s, %(p)s, %(st)s, %(pr)s, %(ap)s, %(b)s, %(plan)s, %(ctx)s, %(amt)s, %(ro)s, %(tm)s, "
-                   "0, 0, false, 0, %(now)s, %(now)s)",
-    "SET_STATUS_IF": "UPDATE task SET status=%(st)s, error=COALESCE(%(err)s, error), "
-                     "result=COALESCE(%(res)s, result), end_reason=%(why)s, "
-                     "started_at=CASE WHEN %(exec)s THEN COALESCE(started_at, %(now)s) ELSE started_at END, "
-                     "completed_at=CASE WHEN %(term)s THEN %(now)s ELSE completed_at END, updated_at=%(now)s "
-                     f"WHERE id=%(t)s AND {ALLOWED} RETURNING id",
-    "SET_PLANNER_MODEL": "UPDATE task SET planner_model=%(m)s WHERE id=%(t)s",
-    "INSERT_SUBTASK": 'INSERT INTO subtask (id, task_id, "index", description, tier_hint, tier_assigned, models, '
-                      "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens, kind, tools, tool, "
-                      "arguments, optional_deps, reused_from, result, completed_at, round, end_reason) VALUES "
-                      "(%(id)s, %(t)s, %(i)s, %(d)s, %(th)s, %(ta)s, %(ms)s, %(m)s, %(deps)s, %(st)s, 0, 0, 0, 0, "
-                      "%(k)s, %(tl)s, %(tn)s, %(args)s, %(od)s, %(rf)s, %(res)s, %(ca)s, %(rd)s, %(why)s) "
-                      "ON CONFLICT (id) DO NOTHING",  # a retry after a lost commit adds nothing
-    "TASK_REPLANS": "SELECT status, replans FROM task WHERE id=%(t)s FOR UPDATE",
-    "REPLACE_PENDING": "UPDATE subtask SET description=%(d)s, tier_hint=%(th)s, tier_assigned=%(ta)s, models=%(ms)s, "
-                       "model=%(m)s, depends_on=%(deps)s "
-                       f"WHERE task_id=%(t)s AND \"index\"=%(i)s AND status='pending' RETURNING {SUB}",
-    "SET_REPLANS": "UPDATE task SET replans=%(rp)s, updated_at=%(now)s WHERE id=%(t)s",
-    "SAVE_PLAN": "UPDATE task SET reasoning=%(r)s, plan_in=NULL, prompt_versions=%(pv)s, warnings=%(wn)s, "
-                 "status=%(st)s, "
-                 f"planned_at=%(now)s, updated_at=%(now)s WHERE id=%(t)s AND {ALLOWED} RETURNING id",
-    "END_SUBTASK": "UPDATE subtask SET status=%(st)s, error=%(err)s, end_reason=%(why)s, completed_at=%(now)s "
-                   f'WHERE task_id=%(t)s AND "index"=%(i)s AND {ALLOWED} RETURNING {SUB}',
-    "SUBTASK": f'SELECT {SUB} FROM subtask WHERE task_id=%(t)s AND "index"=%(i)s',
-    "LOCK_USER": 'SELECT id FROM "user" WHERE id=%(u)s FOR UPDATE',
-    "DAILY_SPENT": "SELECT COALESCE(SUM(CASE WHEN status='reserved' THEN reserved_usd ELSE cost_usd END), 0) "
-                   "FROM ledger WHERE user_id=%(u)s AND created_at >= %(day)s",
-    # The budget check and the reservation are one UPDATE: no row changes when it does not fit.
-    "RESERVE_ON_TASK": "UPDATE task SET reserved_usd=reserved_usd+%(r)s, updated_at=%(now)s "
-                       "WHERE id=%(t)s AND total_cost_usd+reserved_usd+%(r)s <= budget_usd+%(eps)s RETURNING id",
-    "BUDGET_LEFT": "SELECT budget_usd-total_cost_usd-reserved_usd FROM task WHERE id=%(t)s",
-    "INSERT_RESERVED": "INSERT INTO ledger (task_id, user_id, kind, subtask_index, tier, model, attempt, status, "
-                       "reserved_usd, cost_usd, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
-                       "created_at) VALUES (%(t)s, %(u)s, %(kind)s, %(si)s, %(tier)s, %(model)s, %(att)s, 'reserved', "
-                       "%(r)s, 0, 0, 0, 0, 0, %(now)s) RETURNING id",
-    "MARK_RUNNING": "UPDATE subtask SET status='running', attempts=%(att)s, model=%(model)s, "
-                    f'started_at=COALESCE(started_at, %(now)s) WHERE task_id=%(t)s AND "index"=%(i)s AND {ALLOWED} '
-                    f"RETURNING {SUB}",
-    "SETTLE_LEDGER": "UPDATE ledger SET status=%(st)s, cost_usd=%(c)s, input_tokens=%(i)s, output_tokens=%(o)s, "
-                     "cache_read_tokens=%(cr)s, cache_write_tokens=%(cw)s, latency_ms=%(lat)s, error=%(err)s, "
-                     "answer=%(ans)s, settled_at=%(now)s WHERE id=%(id)s AND status=%(open)s RETURNING id",
-    "SETTLE_TASK": "UPDATE task SET reserved_usd=reserved_usd-%(r)s, total_cost_usd=total_cost_usd+%(c)s, "
-                   "updated_at=%(now)s WHERE id=%(t)s",
-    "SETTLE_SUBTASK": "UPDATE subtask SET cost_usd=cost_usd+%(c)s, input_tokens=input_tokens+%(i)s, "
-                      "output_tokens=output_tokens+%(o)s, "
-                      f"status=CASE WHEN %(done)s AND {ALLOWED} THEN 'completed' ELSE status END, "
-                      f"result=CASE WHEN %(done)s AND {ALLOWED} THEN %(res)s::text ELSE result END, "
-                      f"error=CASE WHEN %(done)s AND {ALLOWED} THEN NULL ELSE error END, "
-                      f"end_reason=CASE WHEN %(done)s AND {ALLOWED} THEN %(why)s::text ELSE end_reason END, "
-                      f"completed_at=CASE WHEN %(done)s AND {ALLOWED} THEN %(now)s ELSE completed_at END "
-                      f'WHERE task_id=%(t)s AND "index"=%(idx)s RETURNING {SUB}',
-    "OPEN_ROWS": "SELECT id, reserved_usd FROM ledger WHERE task_id=%(t)s AND status=%(st)s",
-    "CLOSE_ROW": "UPDATE ledger SET status=%(st)s, cost_usd=reserved_usd, settled_at=%(now)s, error=%(err)s "
-                 "WHERE id=%(id)s",
-    "MOVE_RESERVED": "UPDATE task SET reserved_usd=0, total_cost_usd=total_cost_usd+%(spent)s, updated_at=%(now)s "
-                     "WHERE id=%(t)s",
-    "RESET_RUNNING": "UPDATE subtask SET status=%(pending)s WHERE task_id=%(t)s AND status=%(running)s",
-    "REQUEST_CANCEL": "UPDATE task SET cancel_requested=true WHERE id=%(t)s RETURNING status",
-    "CANCEL_SUBTASKS": "UPDATE subtask SET status=%(st)s, error=%(err)s, end_reason=%(why)s, completed_at=%(now)s "
-                       f"WHERE task_id=%(t)s AND {ALLOWED} RETURNING {SUB}",
-    "SET_APPROVED": "UPDATE task SET approve=true WHERE id=%(t)s",
-    # tool calls (design.md section 11): the intent, written before the call is sent; a
-    # call sent again after a crash (same id: its idempotency key) starts over
-    "TOOL_INTENT": "INSERT INTO tool_call (id, task_id, subtask_index, turn, model_call_id, tool, arguments, status, "
-                   "started_at) VALUES (%(id)s, %(t)s, %(i)s, %(turn)s, %(mid)s, %(tool)s, %(args)s, %(st)s, %(now)s) "
-                   "ON CONFLICT (id) DO UPDATE SET status=excluded.status, started_at=excluded.started_at, "
-                   "result=NULL, error=NULL, completed_at=NULL "
-                   f"RETURNING {ops.TOOL_COLS}",
-    "MARK_ACTING": "UPDATE subtask SET status='running', started_at=COALESCE(started_at, %(now)s) "
-                   f'WHERE task_id=%(t)s AND "index"=%(i)s AND status IN (%(pending)s, %(aw)s) RETURNING {SUB}',
-    "TOOL_END": "UPDATE tool_call SET status=%(st)s, result=%(res)s, error=%(err)s, completed_at=%(now)s "
-                f"WHERE id=%(id)s AND task_id=%(t)s RETURNING {ops.TOOL_COLS}",
-    "TOOL_CALLS": f"SELECT {ops.TOOL_COLS} FROM tool_call WHERE task_id=%(t)s AND subtask_index=%(i)s "
-                  "ORDER BY started_at, id",
-    "SNAP_TOOL_CALLS": f"SELECT {ops.TOOL_COLS} FROM tool_call WHERE task_id=%(t)s "
-                       "ORDER BY subtask_index, started_at, id",
-    "TOOL_CALLS_UNKNOWN": "UPDATE tool_call SET status=%(unknown)s, error=%(err)s, completed_at=%(now)s "
-                          f"WHERE task_id=%(t)s AND status=%(running)s RETURNING {ops.TOOL_COLS}",
-    # calls held for approval (design.md section 11): a decision applies only while the
-    # call awaits it
-    "TOOL_HOLD": "INSERT INTO tool_call (id, task_id, subtask_index, turn, model_call_id, tool, arguments, status, "
-                 "started_at) VALUES (%(id)s, %(t)s, %(i)s, %(turn)s, %(mid)s, %(tool)s, %(args)s, %(st)s, %(now)s) "
-                 "ON CONFLICT (id) DO UPDATE SET status=excluded.status, started_at=excluded.started_at, "
-                 "result=NULL, error=NULL, completed_at=NULL, decision=NULL, decided_by=NULL, decided_at=NULL, "
-                 "decided_arguments=NULL, decision_message=NULL "
-                 f"RETURNING {ops.TOOL_COLS}",
-    "MARK_AWAITING": "UPDATE subtask SET status=%(aw)s, started_at=COALESCE(started_at, %(now)s) "
-                     f'WHERE task_id=%(t)s AND "index"=%(i)s AND status IN (%(pending)s, %(running)s) '
-                     f"RETURNING {SUB}",
-    "UNMARK_AWAITING": "UPDATE subtask SET status=%(running)s "
-                       f'WHERE task_id=%(t)s AND "index"=%(i)s AND status=%(aw)s RETURNING {SUB}',
-    "TOOL_DECIDE": "UPDATE tool_call SET status=%(st)s, decision=%(dec)s, decided_by=%(by)s, decided_at=%(now)s, "
-                   "decided_arguments=%(da)s, decision_message=%(msg)s, error=%(err)s, completed_at=%(ca)s "
-                   f"WHERE id=%(id)s AND task_id=%(t)s AND status=%(aw)s RETURNING {ops.TOOL_COLS}",
-    # the task row first, as a status write and a reservation take it: one lock order
-    "LOCK_TASK": "SELECT status FROM task WHERE id=%(t)s FOR UPDATE",
-    "TOOL_CALL_STATUS": "SELECT status FROM tool_call WHERE id=%(id)s AND task_id=%(t)s",
-    "COMPLETE_SUBTASK": "UPDATE subtask SET status='completed', result=%(res)s, partial_reason=%(pr)s, error=NULL, "
-                        f'end_reason=%(why)s, completed_at=%(now)s WHERE task_id=%(t)s AND "index"=%(i)s '
-                        f"AND {ALLOWED} RETURNING {SUB}",
-    "LOAD_TASK": f"SELECT {ops.TASK_COLS} FROM task WHERE id=%(t)s",
-    "LOAD_SUBTASKS": f'SELECT {SUB} FROM subtask WHERE task_id=%(t)s ORDER BY "index"',
-    "UNFINISHED": "SELECT id FROM task WHERE status <> ALL(%(terminal)s) ORDER BY priority, created_at",
-    "USER_DAILY_BUDGET": 'SELECT daily_budget_usd FROM "user" WHERE id=%(u)s',
-    "EVENTS_AFTER": "SELECT seq, kind, data FROM task_event WHERE task_id=%(t)s AND seq>%(s)s ORDER BY seq "
-                    "LIMIT %(n)s",
-    "HEAD": "SELECT id, user_id, status, event_seq FROM task WHERE id=%(t)s",
-    "SNAP_TASK": f"SELECT {ops.SNAP_TASK_COLS} FROM task WHERE id=%(t)s",
-    "SNAP_SUBTASKS": f'SELECT {ops.SNAP_SUB_COLS} FROM subtask WHERE task_id=%(t)s ORDER BY "index"',
-    # a task's calls by part (kind, subtask), model and whether booked at the worst case
-    "SNAP_LEDGER": "SELECT kind, subtask_index, model, CASE WHEN status IN (%(lost)s, %(canceled)s) "
-                   "THEN 1 ELSE 0 END, COALESCE(SUM(cost_usd), 0), "
-                   "COALESCE(SUM(input_tokens + cache_read_tokens + cache_write_tokens), 0), "
-                   "COALESCE(SUM(output_tokens), 0), COUNT(*), MAX(id) FROM ledger WHERE task_id=%(t)s "
-                   "GROUP BY 1, 2, 3, 4",
-    "TASK_COUNTS": "SELECT status, COUNT(*) FROM task GROUP BY status",
-    "TOKEN": 'SELECT k.id, k.user_id, k.token_hash, k.scopes, k.revoked_at, u.name FROM api_token k '
-             'JOIN "user" u ON u.id = k.user_id WHERE k.token_hash=%(h)s',
-}
+SQL: dict[str, str] = statements.compiled(statements.POSTGRES)  # the driver's text of each statement
 
 
 class PostgresDialect:
@@ -246,9 +115,9 @@ class PostgresRunStore(OpsRunStore):
         self._listening = asyncio.Event()
         self.listener_pid: int | None = None  # the LISTEN session's backend (diagnostics, tests)
         self._engine: Engine | None = None
-        self._pg = pg_psycopg.dialect()  # type: ignore[no-untyped-call]
+        self._pg = statements.POSTGRES.dialect()  # the listing and cost reads are compiled per call
         self._opened = False
-        self.queries = ReadQueries("postgresql")
+        self.queries = ReadQueries(statements.POSTGRES)
 
     @property
     def engine(self) -> Engine:

@@ -25,137 +25,13 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from compound.core.logging import get_logger
-from compound.store import ops
+from compound.store import ops, statements
 from compound.store.opsstore import OpsRunStore
 from compound.store.sqlrun import ReadQueries
 from compound.store.values import Event
 
 log = get_logger("compound.store")
-TERMINAL = "('completed','partial','failed','canceled')"
-# A status write applies only from the statuses core/status.py allows (`from`: a,b,...).
-ALLOWED = "instr(',' || :from || ',', ',' || status || ',') > 0"
-SQL: dict[str, str] = {
-    "NEXT_SEQ": "UPDATE task SET event_seq=event_seq+:n, updated_at=:now WHERE id=:t "
-                "RETURNING event_seq, total_cost_usd",
-    "INSERT_EVENT": "INSERT INTO task_event (task_id, seq, kind, data, created_at) "
-                    "VALUES (:t, :seq, :kind, :data, :now)",
-    "INSERT_TASK": "INSERT INTO task (id, user_id, prompt, status, priority, approve, budget_usd, plan_in, "
-                   "context, answer_max_tokens, rerun_of, tier_models, "
-                   "total_cost_usd, reserved_usd, cancel_requested, event_seq, created_at, updated_at) VALUES "
-                   "(:id, :u, :p, :st, :pr, :ap, :b, :plan, :ctx, :amt, :ro, :tm, 0, 0, 0, 0, :now, :now)",
-    "SET_STATUS_IF": "UPDATE task SET status=:st, error=COALESCE(:err, error), result=COALESCE(:res, result), "
-                     "end_reason=:why, started_at=CASE WHEN :exec THEN COALESCE(started_at, :now) ELSE started_at END, "
-                     "completed_at=CASE WHEN :term THEN :now ELSE completed_at END, updated_at=:now "
-                     f"WHERE id=:t AND {ALLOWED} RETURNING id",
-    "SET_PLANNER_MODEL": "UPDATE task SET planner_model=:m WHERE id=:t",
-    "INSERT_SUBTASK": 'INSERT INTO subtask (id, task_id, "index", description, tier_hint, tier_assigned, models, '
-                      "model, depends_on, status, attempts, cost_usd, input_tokens, output_tokens, kind, tools, tool, "
-                      "arguments, optional_deps, reused_from, result, completed_at, round, end_reason) VALUES "
-                      "(:id, :t, :i, :d, :th, :ta, :ms, :m, :deps, :st, 0, 0, 0, 0, :k, :tl, :tn, :args, :od, :rf, "
-                      ":res, :ca, :rd, :why) ON CONFLICT (id) DO NOTHING",  # a retry after a lost commit adds nothing
-    "TASK_REPLANS": "SELECT status, replans FROM task WHERE id=:t",
-    "REPLACE_PENDING": "UPDATE subtask SET description=:d, tier_hint=:th, tier_assigned=:ta, models=:ms, model=:m, "
-                       "depends_on=:deps WHERE task_id=:t AND \"index\"=:i AND status='pending' "
-                       f"RETURNING {ops.SUB_COLS}",
-    "SET_REPLANS": "UPDATE task SET replans=:rp, updated_at=:now WHERE id=:t",
-    "SAVE_PLAN": "UPDATE task SET reasoning=:r, plan_in=NULL, prompt_versions=:pv, warnings=:wn, status=:st, "
-                 "planned_at=:now, "
-                 f"updated_at=:now WHERE id=:t AND {ALLOWED} RETURNING id",
-    "END_SUBTASK": "UPDATE subtask SET status=:st, error=:err, end_reason=:why, completed_at=:now "
-                   f'WHERE task_id=:t AND "index"=:i AND {ALLOWED} RETURNING {ops.SUB_COLS}',
-    "SUBTASK": f'SELECT {ops.SUB_COLS} FROM subtask WHERE task_id=:t AND "index"=:i',
-    "LOCK_USER": "SELECT 1",
-    "DAILY_SPENT": "SELECT COALESCE(SUM(CASE WHEN status='reserved' THEN reserved_usd ELSE cost_usd END), 0) "
-                   "FROM ledger WHERE user_id=:u AND created_at >= :day",
-    # The budget check and the reservation are one UPDATE: no row changes when it does not fit.
-    "RESERVE_ON_TASK": "UPDATE task SET reserved_usd=reserved_usd+:r, updated_at=:now "
-                       "WHERE id=:t AND total_cost_usd+reserved_usd+:r <= budget_usd+:eps RETURNING id",
-    "BUDGET_LEFT": "SELECT budget_usd-total_cost_usd-reserved_usd FROM task WHERE id=:t",
-    "INSERT_RESERVED": "INSERT INTO ledger (task_id, user_id, kind, subtask_index, tier, model, attempt, status, "
-                       "reserved_usd, cost_usd, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
-                       "created_at) VALUES (:t, :u, :kind, :si, :tier, :model, :att, 'reserved', :r, 0, 0, 0, 0, 0, "
-                       ":now) RETURNING id",
-    "MARK_RUNNING": "UPDATE subtask SET status='running', attempts=:att, model=:model, "
-                    f'started_at=COALESCE(started_at, :now) WHERE task_id=:t AND "index"=:i AND {ALLOWED} '
-                    f"RETURNING {ops.SUB_COLS}",
-    "SETTLE_LEDGER": "UPDATE ledger SET status=:st, cost_usd=:c, input_tokens=:i, output_tokens=:o, "
-                     "cache_read_tokens=:cr, cache_write_tokens=:cw, latency_ms=:lat, error=:err, answer=:ans, "
-                     "settled_at=:now WHERE id=:id AND status=:open RETURNING id",
-    "SETTLE_TASK": "UPDATE task SET reserved_usd=reserved_usd-:r, total_cost_usd=total_cost_usd+:c, "
-                   "updated_at=:now WHERE id=:t",
-    "SETTLE_SUBTASK": "UPDATE subtask SET cost_usd=cost_usd+:c, input_tokens=input_tokens+:i, "
-                      f"output_tokens=output_tokens+:o, status=CASE WHEN :done AND {ALLOWED} THEN 'completed' "
-                      f"ELSE status END, result=CASE WHEN :done AND {ALLOWED} THEN :res ELSE result END, "
-                      f"error=CASE WHEN :done AND {ALLOWED} THEN NULL ELSE error END, "
-                      f"end_reason=CASE WHEN :done AND {ALLOWED} THEN :why ELSE end_reason END, "
-                      f"completed_at=CASE WHEN :done AND {ALLOWED} THEN :now ELSE completed_at END "
-                      f'WHERE task_id=:t AND "index"=:idx RETURNING {ops.SUB_COLS}',
-    "OPEN_ROWS": "SELECT id, reserved_usd FROM ledger WHERE task_id=:t AND status=:st",
-    "CLOSE_ROW": "UPDATE ledger SET status=:st, cost_usd=reserved_usd, settled_at=:now, error=:err WHERE id=:id",
-    "MOVE_RESERVED": "UPDATE task SET reserved_usd=0, total_cost_usd=total_cost_usd+:spent, updated_at=:now "
-                     "WHERE id=:t",
-    "RESET_RUNNING": "UPDATE subtask SET status=:pending WHERE task_id=:t AND status=:running",
-    "REQUEST_CANCEL": "UPDATE task SET cancel_requested=1 WHERE id=:t RETURNING status",
-    "CANCEL_SUBTASKS": "UPDATE subtask SET status=:st, error=:err, end_reason=:why, completed_at=:now "
-                       f"WHERE task_id=:t AND {ALLOWED} RETURNING {ops.SUB_COLS}",
-    "SET_APPROVED": "UPDATE task SET approve=1 WHERE id=:t",
-    # tool calls (design.md section 11): the intent, written before the call is sent; a
-    # call sent again after a crash (same id: its idempotency key) starts over
-    "TOOL_INTENT": "INSERT INTO tool_call (id, task_id, subtask_index, turn, model_call_id, tool, arguments, status, "
-                   "started_at) VALUES (:id, :t, :i, :turn, :mid, :tool, :args, :st, :now) "
-                   "ON CONFLICT (id) DO UPDATE SET status=excluded.status, started_at=excluded.started_at, "
-                   "result=NULL, error=NULL, completed_at=NULL "
-                   f"RETURNING {ops.TOOL_COLS}",
-    "MARK_ACTING": "UPDATE subtask SET status='running', started_at=COALESCE(started_at, :now) "
-                   f'WHERE task_id=:t AND "index"=:i AND status IN (:pending, :aw) RETURNING {ops.SUB_COLS}',
-    "TOOL_END": "UPDATE tool_call SET status=:st, result=:res, error=:err, completed_at=:now "
-                f"WHERE id=:id AND task_id=:t RETURNING {ops.TOOL_COLS}",
-    "TOOL_CALLS": f"SELECT {ops.TOOL_COLS} FROM tool_call WHERE task_id=:t AND subtask_index=:i "
-                  "ORDER BY started_at, id",
-    "SNAP_TOOL_CALLS": f"SELECT {ops.TOOL_COLS} FROM tool_call WHERE task_id=:t "
-                       "ORDER BY subtask_index, started_at, id",
-    "TOOL_CALLS_UNKNOWN": "UPDATE tool_call SET status=:unknown, error=:err, completed_at=:now "
-                          f"WHERE task_id=:t AND status=:running RETURNING {ops.TOOL_COLS}",
-    # calls held for approval (design.md section 11): a decision applies only while the
-    # call awaits it
-    "TOOL_HOLD": "INSERT INTO tool_call (id, task_id, subtask_index, turn, model_call_id, tool, arguments, status, "
-                 "started_at) VALUES (:id, :t, :i, :turn, :mid, :tool, :args, :st, :now) "
-                 "ON CONFLICT (id) DO UPDATE SET status=excluded.status, started_at=excluded.started_at, "
-                 "result=NULL, error=NULL, completed_at=NULL, decision=NULL, decided_by=NULL, decided_at=NULL, "
-                 "decided_arguments=NULL, decision_message=NULL "
-                 f"RETURNING {ops.TOOL_COLS}",
-    "MARK_AWAITING": "UPDATE subtask SET status=:aw, started_at=COALESCE(started_at, :now) "
-                     f'WHERE task_id=:t AND "index"=:i AND status IN (:pending, :running) '
-                     f"RETURNING {ops.SUB_COLS}",
-    "UNMARK_AWAITING": "UPDATE subtask SET status=:running "
-                       f'WHERE task_id=:t AND "index"=:i AND status=:aw RETURNING {ops.SUB_COLS}',
-    "TOOL_DECIDE": "UPDATE tool_call SET status=:st, decision=:dec, decided_by=:by, decided_at=:now, "
-                   "decided_arguments=:da, decision_message=:msg, error=:err, completed_at=:ca "
-                   f"WHERE id=:id AND task_id=:t AND status=:aw RETURNING {ops.TOOL_COLS}",
-    # the task row first, as a status write and a reservation take it: one lock order
-    "LOCK_TASK": "SELECT status FROM task WHERE id=:t",
-    "TOOL_CALL_STATUS": "SELECT status FROM tool_call WHERE id=:id AND task_id=:t",
-    "COMPLETE_SUBTASK": "UPDATE subtask SET status='completed', result=:res, partial_reason=:pr, error=NULL, "
-                        f'end_reason=:why, completed_at=:now WHERE task_id=:t AND "index"=:i AND {ALLOWED} '
-                        f"RETURNING {ops.SUB_COLS}",
-    "LOAD_TASK": f"SELECT {ops.TASK_COLS} FROM task WHERE id=:t",
-    "LOAD_SUBTASKS": f'SELECT {ops.SUB_COLS} FROM subtask WHERE task_id=:t ORDER BY "index"',
-    "UNFINISHED": f"SELECT id FROM task WHERE status NOT IN {TERMINAL} ORDER BY priority, created_at",
-    "USER_DAILY_BUDGET": 'SELECT daily_budget_usd FROM "user" WHERE id=:u',
-    "EVENTS_AFTER": "SELECT seq, kind, data FROM task_event WHERE task_id=:t AND seq>:s ORDER BY seq LIMIT :n",
-    "HEAD": "SELECT id, user_id, status, event_seq FROM task WHERE id=:t",
-    "SNAP_TASK": f"SELECT {ops.SNAP_TASK_COLS} FROM task WHERE id=:t",
-    "SNAP_SUBTASKS": f'SELECT {ops.SNAP_SUB_COLS} FROM subtask WHERE task_id=:t ORDER BY "index"',
-    # a task's calls by part (kind, subtask), model and whether booked at the worst case
-    "SNAP_LEDGER": "SELECT kind, subtask_index, model, CASE WHEN status IN (:lost, :canceled) "
-                   "THEN 1 ELSE 0 END, COALESCE(SUM(cost_usd), 0), "
-                   "COALESCE(SUM(input_tokens + cache_read_tokens + cache_write_tokens), 0), "
-                   "COALESCE(SUM(output_tokens), 0), COUNT(*), MAX(id) FROM ledger WHERE task_id=:t "
-                   "GROUP BY 1, 2, 3, 4",
-    "TASK_COUNTS": "SELECT status, COUNT(*) FROM task GROUP BY status",
-    "TOKEN": 'SELECT k.id, k.user_id, k.token_hash, k.scopes, k.revoked_at, u.name FROM api_token k '
-             'JOIN "user" u ON u.id = k.user_id WHERE k.token_hash=:h',
-}
+SQL: dict[str, str] = statements.compiled(statements.SQLITE)  # the driver's text of each statement
 
 
 class SqliteDialect:
@@ -420,7 +296,7 @@ class SqliteRunStore(OpsRunStore):
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
-        self.queries = ReadQueries("sqlite")
+        self.queries = ReadQueries(statements.SQLITE)
 
     @property
     def in_memory(self) -> bool:

@@ -18,6 +18,7 @@ from compound.core.errors import UserInputError
 from compound.core.money import shown_usd
 from compound.store.models import CallKind, LedgerEntry, Subtask, SubtaskStatus, Task, User, new_id, utcnow
 from compound.store.ops import iso, parse_dt, period_starts
+from compound.store.statements import Flavor
 from compound.store.values import Principal
 
 if TYPE_CHECKING:
@@ -61,13 +62,13 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 class ReadQueries:
-    """Listing and cost statements for one dialect ("sqlite" | "postgresql")."""
+    """Listing and cost statements for one database (its statements.Flavor)."""
 
-    def __init__(self, dialect: str) -> None:
-        self.dialect = dialect
+    def __init__(self, flavor: Flavor) -> None:
+        self.flavor = flavor
 
     def _at(self, value: datetime) -> Any:
-        if self.dialect == "sqlite":  # run through SQLAlchemy, whose type converts it
+        if self.flavor.name == "sqlite":  # run through SQLAlchemy, whose type converts it
             return value
         return value.astimezone(UTC).replace(tzinfo=None)  # naive UTC, as stored
 
@@ -103,11 +104,6 @@ class ReadQueries:
         next_cursor = encode_cursor(last, rows[-1][0]) if more and last is not None else None
         return out, next_cursor
 
-    def _day(self) -> Any:
-        if self.dialect == "sqlite":
-            return func.substr(L.c.created_at, 1, 10)
-        return func.to_char(L.c.created_at, "YYYY-MM-DD")
-
     def costs(self, *, since: datetime, until: datetime, group_by: str | None,
               user_id: str | None) -> tuple[Select[Any], Select[Any] | None]:
         """The total statement, and the groups' (user_id None: every user's calls)."""
@@ -121,7 +117,7 @@ class ReadQueries:
         if group_by is None:
             return total, None
         if group_by == "day":
-            key: Any = self._day()
+            key: Any = self.flavor.day(L.c.created_at)
             q = select(key.label("k"), *metrics).where(*where)
         elif group_by == "model":
             key = L.c.model

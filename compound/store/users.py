@@ -12,15 +12,16 @@ import abc
 import asyncio
 import secrets
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import bindparam, or_, update
+from sqlalchemy import Row, Table, bindparam, insert, or_, select, update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
 
 from compound.core.errors import NotFound, UserInputError
 from compound.store.models import ApiToken, User, utcnow
 from compound.store.outage import outage_as_error
 from compound.store.sqlrun import check_token, hash_token
+from compound.store.statements import TOKEN_LOOKUP
 from compound.store.values import Principal
 
 __all__ = ["SCOPES", "AdminUsers", "EngineUsers", "TokenAdmin", "UserStore", "create_token", "get_or_create_user",
@@ -28,18 +29,25 @@ __all__ = ["SCOPES", "AdminUsers", "EngineUsers", "TokenAdmin", "UserStore", "cr
 
 SCOPES = ("submit", "read", "admin")
 TOKEN_PREFIX = "cpd_"
+U: Table = User.__table__  # type: ignore[attr-defined]
+K: Table = ApiToken.__table__  # type: ignore[attr-defined]
+
+
+def _token(row: Row[Any]) -> ApiToken:
+    """An api_token row (selected with its columns first) as the model."""
+    return ApiToken(**{c.name: row._mapping[c] for c in K.c})
 
 
 def get_or_create_user(engine: Engine, name: str) -> User:
     name = name.strip()
     if not name or len(name) > 200:
         raise UserInputError("a user name needs 1 to 200 characters")
-    with outage_as_error(), Session(engine, expire_on_commit=False) as s:
-        user = s.exec(select(User).where(User.name == name)).first()
-        if user is None:
-            user = User(name=name)
-            s.add(user)
-            s.commit()
+    with outage_as_error(), engine.begin() as conn:
+        row = conn.execute(select(U).where(U.c.name == name)).first()
+        if row is not None:
+            return User(**row._mapping)
+        user = User(name=name)
+        conn.execute(insert(U).values(user.model_dump()))
         return user
 
 
@@ -53,38 +61,36 @@ def create_token(engine: Engine, user_name: str, scopes: list[str] | None = None
     user = get_or_create_user(engine, user_name)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     row = ApiToken(user_id=user.id, token_hash=hash_token(token), scopes=",".join(wanted))
-    with Session(engine, expire_on_commit=False) as s:
-        s.add(row)
-        s.commit()
+    with engine.begin() as conn:
+        conn.execute(insert(K).values(row.model_dump()))
     return row, token
 
 
 def list_tokens(engine: Engine) -> list[tuple[ApiToken, str]]:
-    with Session(engine, expire_on_commit=False) as s:
-        rows = s.exec(select(ApiToken, User.name).join(User, col(User.id) == col(ApiToken.user_id))
-                      .order_by(col(ApiToken.created_at))).all()
-        return [(t, n) for t, n in rows]
+    with engine.connect() as conn:
+        rows = conn.execute(select(K, U.c.name).join_from(K, U, U.c.id == K.c.user_id).order_by(K.c.created_at))
+        return [(_token(r), r._mapping[U.c.name]) for r in rows]
 
 
 def revoke_token(engine: Engine, token_id: str) -> ApiToken:
-    with Session(engine, expire_on_commit=False) as s:
-        row = s.get(ApiToken, token_id)
+    with engine.begin() as conn:
+        row = conn.execute(select(K).where(K.c.id == token_id)).first()
         if row is None:
             raise NotFound(f"no token with id {token_id!r}")
-        if row.revoked_at is None:
-            row.revoked_at = utcnow()
-            s.add(row)
-            s.commit()
-        return row
+        token = _token(row)
+        if token.revoked_at is None:
+            token.revoked_at = utcnow()
+            conn.execute(update(K).where(K.c.id == token_id).values(revoked_at=token.revoked_at))
+        return token
 
 
 def lookup_token(engine: Engine, token: str) -> str | None:
     """The user id of a live (not revoked) token, else None (`compound run`'s owner)."""
-    with Session(engine, expire_on_commit=False) as s:
-        row = s.exec(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).first()
-        if row is None or row.revoked_at is not None:
-            return None
-        return row.user_id
+    with engine.connect() as conn:
+        row = conn.execute(select(K.c.user_id, K.c.revoked_at).where(K.c.token_hash == hash_token(token))).first()
+    if row is None or row.revoked_at is not None:
+        return None
+    return str(row.user_id)
 
 
 def record_last_used(engine: Engine, used: dict[str, datetime]) -> None:
@@ -92,25 +98,23 @@ def record_last_used(engine: Engine, used: dict[str, datetime]) -> None:
     already stored (by another process) is kept."""
     if not used:
         return
-    t = ApiToken.__table__  # type: ignore[attr-defined]
-    stmt = (update(t).where(t.c.id == bindparam("tid"))
-            .where(or_(t.c.last_used_at.is_(None), t.c.last_used_at < bindparam("at")))
+    stmt = (update(K).where(K.c.id == bindparam("tid"))
+            .where(or_(K.c.last_used_at.is_(None), K.c.last_used_at < bindparam("at")))
             .values(last_used_at=bindparam("at")))
     with outage_as_error(), engine.begin() as conn:
         conn.execute(stmt, [{"tid": tid, "at": at} for tid, at in used.items()])
 
 
 def principal_for(engine: Engine, token: str) -> Principal | None:
-    """The principal of a live (not revoked) token, else None."""
-    with outage_as_error(), Session(engine, expire_on_commit=False) as s:
-        found = s.exec(select(ApiToken, User.name).join(User, col(User.id) == col(ApiToken.user_id))
-                       .where(ApiToken.token_hash == hash_token(token))).first()
-    if found is None or found[0].revoked_at is not None:
+    """The principal of a live (not revoked) token, else None: the statement the
+    stores' own token lookup runs (statements.py TOKEN), on the engine."""
+    with outage_as_error(), engine.connect() as conn:
+        found = conn.execute(TOKEN_LOOKUP, {"h": hash_token(token)}).first()
+    if found is None or found.revoked_at is not None:
         return None
-    row, name = found
-    return check_token(token, (row.token_hash, Principal(
-        user_id=row.user_id, user_name=name, scopes=frozenset(x for x in row.scopes.split(",") if x),
-        token_id=row.id)))
+    token_id, user_id, stored, scopes, _, name = found
+    return check_token(token, (stored, Principal(
+        user_id=user_id, user_name=name, scopes=frozenset(x for x in scopes.split(",") if x), token_id=token_id)))
 
 
 class UserStore(abc.ABC):
