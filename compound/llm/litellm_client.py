@@ -7,6 +7,7 @@ import asyncio
 import importlib
 import os
 import time
+import warnings
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -24,6 +25,12 @@ from compound.llm.pricing import price_of
 from compound.llm.toolwire import StreamedCalls, ToolNames, names_of, openai_calls, openai_messages, openai_tools
 
 __all__ = ["LiteLLMClient", "provider_of", "remote_allowed", "to_provider_error", "usage_of"]
+
+# litellm's acompletion builds the provider's coroutine on a worker thread, then awaits
+# it: a call canceled in between (a task's cancel) leaves that coroutine never awaited.
+# Nothing was sent; the warning would only be noise on the server's stderr.
+UNAWAITED_DISPATCH = r"coroutine '.*acompletion_dispatch' was never awaited"
+warnings.filterwarnings("ignore", message=UNAWAITED_DISPATCH, category=RuntimeWarning)
 
 
 _litellm: Any = None
