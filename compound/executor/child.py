@@ -34,7 +34,7 @@ from typing import Any
 from compound.core.errors import CompoundError
 from compound.core.logging import get_logger
 from compound.executor.answers import ForwardedAnswers
-from compound.executor.signals import Answer, Call, Dispatch, Events, Listen, Observation, Reply, Stop, Wake
+from compound.executor.signals import Call, Dispatch, Events, Listen, Observation, Reply, Stop, Wake
 from compound.executor.socket_signals import SocketSignals, frame, read_frame
 
 log = get_logger("compound.executor")
@@ -90,7 +90,7 @@ async def serve(fd: int) -> int:
     try:
         await store.write_from_here()
         await client.warm()
-        answers = ForwardedAnswers(lambda m: signals.publish(Answer(*m[1:])))
+        answers = ForwardedAnswers(signals.publish)
         observers = [ForwardedObservations(signals)] if hello["observe"] else []
         executor = Executor(settings=settings, store=store, client=client, observers=observers,
                             stream_answers=hello["stream_answers"], answers=answers)

@@ -22,7 +22,7 @@ from compound.core.money import Price
 from compound.core.settings import Settings
 from compound.executor.answers import RemoteAnswers
 from compound.executor.service import TaskWaits
-from compound.executor.signals import Answer, Events, Listen, Signals, Wake
+from compound.executor.signals import Answer, Events, Signals, Wake
 from compound.store.base import RunStore
 from compound.store.models import TaskStatus
 
@@ -58,8 +58,8 @@ class RemoteHost(TaskWaits):
             self.price_of: Callable[[str], Price] = lambda m: _price_of(m, settings)
         else:
             self.price_of = price_of
-        self.answers = RemoteAnswers(lambda m: signals.publish(Listen(m[1], m[0] == "listen")))
-        signals.subscribe(Answer, lambda a: self.answers.relay(a.op, a.task_id, a.attempt, a.text))
+        self.answers = RemoteAnswers(signals.publish)
+        signals.subscribe(Answer, self.answers.relay)
         signals.subscribe(Events, lambda e: self.store.hub.publish(e.events))
 
     async def start(self) -> list[str]:

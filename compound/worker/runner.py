@@ -21,7 +21,7 @@ from compound.core.settings import Settings
 from compound.executor.answers import ForwardedAnswers
 from compound.executor.pg_signals import PgSignals
 from compound.executor.service import Executor
-from compound.executor.signals import Answer, Cancel, Listen, QueueWake, SlotFree
+from compound.executor.signals import Cancel, Listen, QueueWake, SlotFree
 from compound.llm.base import LLMClient
 from compound.store.base import RunStore
 from compound.store.pg_slots import PgModelSlots
@@ -73,7 +73,7 @@ class Worker:
         # pieces of a streamed answer go out, by NOTIFY (executor/pg_signals.py): the
         # synthesis streams while an API process's door has a client listening to it.
         self.signals = PgSignals(settings.database_url, engine=lambda: store.engine)
-        self.answers = ForwardedAnswers(lambda m: self.signals.publish(Answer(*m[1:])))
+        self.answers = ForwardedAnswers(self.signals.publish)
         self.executor = Executor(settings=settings, store=store, client=client,
                                  observers=observers or (), model_slots=self.slots,
                                  stream_answers=True, answers=self.answers)
