@@ -161,3 +161,9 @@ async def test_pg_signals_reach_a_listening_process_once_in_order(pg_url: str) -
         await teller.stop()
         await hearer.stop()
         engine.dispose()
+
+
+async def test_pg_signals_not_started_drop_what_is_published() -> None:
+    bus = PgSignals("postgresql+psycopg://nobody@127.0.0.1:1/x")
+    bus.publish(Listen("t_1", False))  # a door's listener leaving after the host stopped
+    await bus.stop()

@@ -85,8 +85,7 @@ class PgSignals(Subscribers):
         self._listener: pg_notify.Listener | None = None
 
     def publish(self, signal: Signal) -> None:
-        if self._notifier is None:
-            log.warning("a signal published before the transport started is dropped", signal=type(signal).__name__)
+        if self._notifier is None:  # not started, or stopped: nobody is there to hear it
             return
         for channel, payload in payloads(signal):
             self._notifier.send(channel, payload)
