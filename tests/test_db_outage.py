@@ -322,7 +322,7 @@ async def test_a_stored_task_whose_enqueue_found_the_database_gone_is_enqueued_w
             raise DatabaseUnavailable("AdminShutdown")
         enqueued.set()
 
-    monkeypatch.setattr(qb, "_enqueue", enqueue)
+    monkeypatch.setattr(qb.queue, "_enqueue", enqueue)
     await qb.dispatch("t_stored", priority=2)  # the POST that stored it answers 202, not 503
     await asyncio.wait_for(enqueued.wait(), timeout=30)
     assert tries == ["t_stored"] * 4

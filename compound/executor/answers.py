@@ -13,9 +13,9 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 from compound.core.logging import get_logger
+from compound.executor.signals import Answer, Listen, Signal
 
 log = get_logger("compound.executor")
 
@@ -93,22 +93,21 @@ class AnswerStreams:
                 del self._current[task_id]
 
 
-# Across processes (the executor's own process, executor/process.py; queue-mode workers,
-# compound/worker): the process that runs the task streams its synthesis only while a
-# process with listeners wants it, and relays the pieces as messages
-# ("ans", op, task_id, attempt, text), op one of begin, delta, end.
-Relay = Callable[[tuple[Any, ...]], None]
+# Across processes (executor/remote.py): the process that runs the task streams its
+# synthesis only while a process with listeners wants it (a Listen signal), and
+# publishes the pieces as Answer signals (op one of begin, delta, end).
+Publish = Callable[[Signal], None]
 
 
 class ForwardedAnswers(AnswerStreams):
-    """The running side: answers streamed here and relayed (`send`) for the tasks some
-    other process wants. Several may want one task (API processes in queue mode): each
-    want counts, each unwant uncounts."""
+    """The running side: answers streamed here and published for the tasks some other
+    process wants. Several may want one task (API processes in queue mode): each want
+    counts, each unwant uncounts."""
 
-    def __init__(self, send: Relay) -> None:
+    def __init__(self, publish: Publish) -> None:
         super().__init__()
         self._wanted: dict[str, int] = {}
-        self._send = send
+        self._send = publish
 
     def listening(self, task_id: str) -> int:
         return super().listening(task_id) + (task_id in self._wanted)
@@ -123,46 +122,46 @@ class ForwardedAnswers(AnswerStreams):
             with self._lock:  # mid-answer: what the attempt has said so far, as one piece
                 current = self._current.get(task_id)
                 if current is not None:
-                    self._send(("ans", "begin", task_id, current[0], ""))
+                    self._send(Answer("begin", task_id, current[0]))
                     if current[1]:
-                        self._send(("ans", "delta", task_id, current[0], "".join(current[1])))
+                        self._send(Answer("delta", task_id, current[0], "".join(current[1])))
 
     def begin(self, task_id: str, attempt: int) -> None:
         super().begin(task_id, attempt)
         if task_id in self._wanted:
-            self._send(("ans", "begin", task_id, attempt, ""))
+            self._send(Answer("begin", task_id, attempt))
 
     def delta(self, task_id: str, attempt: int, text: str) -> None:
         super().delta(task_id, attempt, text)
         if task_id in self._wanted:
-            self._send(("ans", "delta", task_id, attempt, text))
+            self._send(Answer("delta", task_id, attempt, text))
 
     def end(self, task_id: str, attempt: int) -> None:
         super().end(task_id, attempt)
         if task_id in self._wanted:
-            self._send(("ans", "end", task_id, attempt, ""))
+            self._send(Answer("end", task_id, attempt))
 
 
 class RemoteAnswers(AnswerStreams):
     """The listening side: listeners here, pieces relayed from the process that runs the
-    task. The first listener of a task tells that side (`send(("listen", task_id))`),
-    and the last one leaving tells it too (`("unlisten", task_id)`)."""
+    task. The first listener of a task tells that side (Listen), and the last one
+    leaving tells it too (Listen, wanted False)."""
 
-    def __init__(self, send: Relay) -> None:
+    def __init__(self, publish: Publish) -> None:
         super().__init__()
-        self._send = send
+        self._send = publish
 
     @contextmanager
     def listen(self, task_id: str, listener: Listener) -> Iterator[None]:
         first = self.listening(task_id) == 0
         with super().listen(task_id, listener):
             if first:
-                self._send(("listen", task_id))
+                self._send(Listen(task_id))
             try:
                 yield
             finally:
                 if self.listening(task_id) == 1:
-                    self._send(("unlisten", task_id))
+                    self._send(Listen(task_id, wanted=False))
                     with self._lock:
                         self._current.pop(task_id, None)
 
@@ -171,14 +170,14 @@ class RemoteAnswers(AnswerStreams):
         with self._lock:
             return list(self._listeners)
 
-    def relay(self, op: str, task_id: str, attempt: int, text: str) -> None:
-        """A piece from the running side (op: begin, delta or end); none is kept for a
-        task nobody here listens to (pieces reach every API process in queue mode)."""
-        if not self.listening(task_id):
+    def relay(self, piece: Answer) -> None:
+        """A piece from the running side; none is kept for a task nobody here listens
+        to (pieces reach every API process in queue mode)."""
+        if not self.listening(piece.task_id):
             return
-        if op == "begin":
-            self.begin(task_id, attempt)
-        elif op == "delta":
-            self.delta(task_id, attempt, text)
+        if piece.op == "begin":
+            self.begin(piece.task_id, piece.attempt)
+        elif piece.op == "delta":
+            self.delta(piece.task_id, piece.attempt, piece.text)
         else:
-            self.end(task_id, attempt)
+            self.end(piece.task_id, piece.attempt)

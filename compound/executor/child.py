@@ -3,17 +3,17 @@ executor/process.py with one end of a socket pair as FD.
 
 It reads a hello (the settings, and what the server wants relayed), opens its own
 store handle and SDK clients, resumes every unfinished task, answers ("started",
-[resumed ids]) and then serves these messages until "stop" or the end of the socket:
+[resumed ids]) and then serves the server's signals (executor/socket_signals.py) until
+Stop or the end of the socket:
 
   from the server                     to the server
-  ("dispatch", task_id)               ("events", [Event ...])  SQLite only: its commits
-  ("cancel", id, task_id)             ("ans", op, task_id, attempt, text)  a streamed answer
-  ("approve", id, task_id)            ("obs", method, fields)  a model call's observation
-  ("listen" | "unlisten", task_id)    ("ok", id, value) | ("error", id, type name, message)
-  ("wake", task_id)  a held tool call's decision is in the store
-  ("stop",)
-
-Messages written in one turn of the loop leave as one frame. Ctrl-C in a terminal,
+  Dispatch(task_id)                   Events  SQLite only: its commits
+  Call(id, cancel | approve, task_id) Answer  a piece of a streamed answer
+  Listen(task_id, wanted)             Observation  a model call's (metrics)
+  Wake(task_id)  a held tool call's   Reply(id, value | error)
+    decision is in the store
+  Stop()
+ Ctrl-C in a terminal,
 `kill %1` and systemd's stop signal the whole process group (or control group): they
 are meant for the server, so the child ignores SIGINT and SIGTERM and stops when the
 server says so, in order (a clean stop, not a death to report), or when the server's
@@ -28,13 +28,14 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 from compound.core.errors import CompoundError
 from compound.core.logging import get_logger
 from compound.executor.answers import ForwardedAnswers
-from compound.executor.process import Message, Outbox, frame, read_frame
+from compound.executor.signals import Call, Dispatch, Events, Listen, Observation, Reply, Stop, Wake
+from compound.executor.socket_signals import SocketSignals, frame, read_frame
 
 log = get_logger("compound.executor")
 
@@ -42,14 +43,14 @@ log = get_logger("compound.executor")
 class ForwardedObservations:
     """A CallObserver that relays each observation to the server's observers (metrics)."""
 
-    def __init__(self, send: Callable[[Message], None]) -> None:
-        self._send = send
+    def __init__(self, signals: SocketSignals) -> None:
+        self._signals = signals
 
     def call_started(self, **fields: Any) -> None:
-        self._send(("obs", "call_started", fields))
+        self._signals.publish(Observation("call_started", fields))
 
     def call_finished(self, **fields: Any) -> None:
-        self._send(("obs", "call_finished", fields))
+        self._signals.publish(Observation("call_finished", fields))
 
 
 def die_with(parent: int) -> None:
@@ -71,7 +72,8 @@ async def serve(fd: int) -> int:
     from compound.core.logging import configure_logging
 
     configure_logging(hello.get("log_level", settings.log_level), settings.log_json)  # the server's (-v)
-    out = Outbox(writer)
+    signals = SocketSignals()
+    signals.attach(writer)
     try:
         from compound.executor.service import Executor
         from compound.llm import build_client
@@ -88,73 +90,68 @@ async def serve(fd: int) -> int:
     try:
         await store.write_from_here()
         await client.warm()
-        answers = ForwardedAnswers(out.send)
-        observers = [ForwardedObservations(out.send)] if hello["observe"] else []
+        answers = ForwardedAnswers(signals.publish)
+        observers = [ForwardedObservations(signals)] if hello["observe"] else []
         executor = Executor(settings=settings, store=store, client=client, observers=observers,
                             stream_answers=hello["stream_answers"], answers=answers)
         if hello["relay_events"]:
-            store.hub.listen(lambda events: out.send(("events", list(events))))
+            store.hub.listen(lambda events: signals.publish(Events(list(events))))
         resumed = await executor.start()
-        out.send(("started", resumed))
+        writer.write(frame([("started", resumed)]))
         from compound.core.heap import settle_heap
 
         settle_heap()
-        await _serve_messages(reader, executor, answers, out)
+        await _serve_signals(reader, executor, answers, signals)
         return 0
     except Exception as exc:
         log.exception("the executor process failed")
-        out.send(("failed", f"{type(exc).__name__}: {exc}"))
+        signals.flush()
+        writer.write(frame([("failed", f"{type(exc).__name__}: {exc}")]))
         return 1
     finally:
         if executor is not None:
             await executor.stop()
         await client.aclose()
         await store.close()
-        out.flush()
+        signals.flush()
         with contextlib.suppress(ConnectionError):
             await writer.drain()
         writer.close()
 
 
-async def _serve_messages(reader: asyncio.StreamReader, executor: Any, answers: ForwardedAnswers,
-                          out: Outbox) -> None:
+async def _serve_signals(reader: asyncio.StreamReader, executor: Any, answers: ForwardedAnswers,
+                         signals: SocketSignals) -> None:
     loop = asyncio.get_running_loop()
     replies: set[asyncio.Task[None]] = set()
+    stopped = asyncio.Event()
 
-    async def reply(call_id: int, coro: Coroutine[Any, Any, Any]) -> None:
+    async def reply(call: Call) -> None:
         try:
-            out.send(("ok", call_id, await coro))
+            signals.publish(Reply(call.call_id, await getattr(executor, call.op)(call.task_id)))
         except CompoundError as exc:
-            out.send(("error", call_id, type(exc).__name__, exc.message))
+            signals.publish(Reply(call.call_id, error=type(exc).__name__, message=exc.message))
         except Exception as exc:
             log.exception("executor call failed")
-            out.send(("error", call_id, type(exc).__name__, str(exc)))
+            signals.publish(Reply(call.call_id, error=type(exc).__name__, message=str(exc)))
 
-    async def read() -> bool:
-        """Serve the server's messages; True when it said stop, False when it is gone."""
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            while True:
-                for message in await read_frame(reader):
-                    kind = message[0]
-                    if kind == "dispatch":
-                        executor.submit(message[1])
-                    elif kind == "wake":
-                        await executor.wake(message[1])
-                    elif kind in ("cancel", "approve"):
-                        t = loop.create_task(reply(message[1], getattr(executor, kind)(message[2])))
-                        replies.add(t)
-                        t.add_done_callback(replies.discard)
-                    elif kind in ("listen", "unlisten"):
-                        answers.want(message[1], kind == "listen")
-                    elif kind == "stop":
-                        return True
-        return False
+    def called(call: Call) -> None:
+        t = loop.create_task(reply(call))
+        replies.add(t)
+        t.add_done_callback(replies.discard)
 
-    if not await read():
+    signals.subscribe(Dispatch, lambda d: executor.submit(d.task_id))
+    signals.subscribe(Wake, lambda w: executor.workflow.steps.approvals.wake(w.task_id))
+    signals.subscribe(Call, called)
+    signals.subscribe(Listen, lambda li: answers.want(li.task_id, li.wanted))
+    signals.subscribe(Stop, lambda _: stopped.set())
+    serving = loop.create_task(signals.serve(reader))
+    await asyncio.wait([serving, loop.create_task(stopped.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if not stopped.is_set():
         # The server died (its socket closed without a stop): go as it went, booking
         # nothing, so the next server finds the calls in flight and books them lost, as
         # the parent-death signal would have (it can arrive after the socket closes).
         os._exit(1)
+    serving.cancel()
     if replies:
         await asyncio.wait(replies, timeout=5)
 

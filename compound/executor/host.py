@@ -1,11 +1,12 @@
 """Where tasks run, as every route and door sees it: one typed protocol, whatever
 hosts the engine. Two hosts implement it:
 
-  Executor (executor/service.py)         the engine on this process's own loop
-                                          (the CLI's `compound run`, tests, an in-memory store)
-  remote hosts                           the engine in another process; they differ only in
-    ProcessExecutor (executor/process.py)  how a task is started: a child process over a socket
-    QueueBackend (worker/backend.py)       DBOS workers on PostgreSQL
+  Executor (executor/service.py)          the engine on this process's own loop
+                                           (the CLI's `compound run`, tests, an in-memory store)
+  RemoteHost (executor/remote.py)         the engine in another process, over a signal bus
+                                           (executor/signals.py); only its Starter differs:
+    ProcessExecutor (executor/process.py)   a child process, signals on its socket pair
+    QueueBackend (worker/backend.py)        DBOS workers on PostgreSQL, signals by NOTIFY
 
 Every host reads and waits through the same store; cancel and approve say what really
 happened (NotFound, Conflict), and a host that is restarting raises ExecutorUnavailable."""

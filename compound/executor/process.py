@@ -9,14 +9,11 @@ the mostly idle HTTP process at once.
 
 The child (`python -m compound.executor.child FD PID`) opens its own store handle on the
 same database, builds its own SDK clients and runs a plain Executor; the server's
-process keeps the routes, the waits and the streams. They talk over a socket pair,
-frames of pickled messages (executor/child.py lists them):
-- to the child: dispatch (a task id), cancel and approve (answered, with their errors),
-  wake (a decision on a held tool call is in the store),
-  listen/unlisten (a door's client wants a task's answer as it is written), stop;
-- to the server: the child's committed events on SQLite (PostgreSQL's LISTEN/NOTIFY
-  carries them already), the pieces of a streamed answer, the model calls' observations
-  (metrics), and replies.
+process keeps the routes, the waits and the streams (executor/remote.py). They talk
+over a socket pair (executor/socket_signals.py): to the child Dispatch, Call (cancel),
+Wake, Listen and Stop; to the server the child's committed events on SQLite
+(PostgreSQL's LISTEN/NOTIFY carries them already), Answer pieces, the model calls'
+Observations (metrics), and Replies.
 
 If the child dies, the server starts another, which resumes every unfinished task as a
 restart does; a call it was waiting for answers 503. If the server dies, the child is
@@ -28,9 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import pickle
 import socket
-import struct
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,17 +33,15 @@ from typing import Any
 from compound.core import errors
 from compound.core.errors import CompoundError, ExecutorUnavailable
 from compound.core.logging import get_logger
-from compound.core.money import Price
 from compound.core.settings import Settings
-from compound.executor.answers import RemoteAnswers
 from compound.executor.hooks import CallObserver
-from compound.executor.service import TaskWaits
+from compound.executor.remote import RemoteHost
+from compound.executor.signals import Call, Dispatch, Listen, Observation, Reply, Stop
+from compound.executor.socket_signals import SocketSignals, frame, read_frame
 from compound.store.base import RunStore
 
 log = get_logger("compound.executor")
 
-Message = tuple[Any, ...]
-_HEADER = struct.Struct("!I")
 # How long a start waits for the child to open the store and resume its tasks.
 START_WAIT_S = 120.0
 # How long a stop waits for the child to put its tasks down before it is killed.
@@ -57,65 +50,29 @@ STOP_WAIT_S = 15.0
 RESTART_WAITS_S = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
-def frame(messages: Sequence[Message]) -> bytes:
-    body = pickle.dumps(list(messages), protocol=pickle.HIGHEST_PROTOCOL)
-    return _HEADER.pack(len(body)) + body
+class ChildStarter:
+    """Starts tasks by telling the child process (Dispatch), keeps one child alive
+    (another when it dies), and asks it to cancel (a Call it answers)."""
 
-
-async def read_frame(reader: asyncio.StreamReader) -> list[Message]:
-    """The next frame's messages; IncompleteReadError at the end of the stream."""
-    size = _HEADER.unpack(await reader.readexactly(_HEADER.size))[0]
-    messages: list[Message] = pickle.loads(await reader.readexactly(size))
-    return messages
-
-
-class Outbox:
-    """Messages written in one turn of the loop go out as one frame at its end."""
-
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
-        self.pending: list[Message] = []
-
-    def send(self, message: Message) -> None:
-        if self.writer.is_closing():
-            return
-        self.pending.append(message)
-        if len(self.pending) == 1:
-            asyncio.get_running_loop().call_soon(self.flush)
-
-    def flush(self) -> None:
-        if self.pending and not self.writer.is_closing():
-            self.writer.write(frame(self.pending))
-        self.pending = []
-
-
-class ProcessExecutor(TaskWaits):
-    """An Executor (executor/service.py) in a child process: the same methods for the
-    routes, awaited from the server's loop."""
-
-    def __init__(self, *, settings: Settings, store: RunStore, observers: Sequence[CallObserver] = (),
-                 stream_answers: bool = False) -> None:
+    def __init__(self, *, settings: Settings, signals: SocketSignals, relay_events: bool,
+                 observers: Sequence[CallObserver], stream_answers: bool, wanted: Callable[[], list[str]]) -> None:
         self.settings = settings
-        self.store = store  # this process's: waits subscribe here
-        self.answers = RemoteAnswers(self._send)
+        self.signals = signals
+        self._relay_events = relay_events
         self._observers = list(observers)
         self._stream_answers = stream_answers
-        from compound.llm.pricing import price_of
-
-        self.price_of: Callable[[str], Price] = lambda m: price_of(m, settings)
-        # SQLite tells no other process of a commit: the child sends its events here.
-        self._relay_events = store.url.startswith("sqlite")
+        self._wanted = wanted  # the tasks listened to here, to tell a new child
         self.proc: asyncio.subprocess.Process | None = None
-        self._outbox: Outbox | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self.reader: asyncio.Task[None] | None = None
         self._replies: dict[int, asyncio.Future[Any]] = {}
         self._next_id = 0
         self._stopping = False
         self._restarts = 0
-        self._held: list[Message] = []  # sent while no child runs: for the next one
         self._open_calls: dict[tuple[str, str], list[float]] = {}  # (model, kind): when each began
         self._born = 0.0
         self.starts = 0  # children started (tests)
+        signals.subscribe(Reply, self._replied)
+        signals.subscribe(Observation, self._observed)
 
     # life -------------------------------------------------------------------------------
 
@@ -132,6 +89,19 @@ class ProcessExecutor(TaskWaits):
         finally:
             theirs.close()
         reader, writer = await asyncio.open_unix_connection(sock=mine)
+        resumed = await self._handshake(proc, reader, writer)
+        self.proc = proc
+        self.starts += 1
+        self._born = asyncio.get_running_loop().time()
+        self.signals.attach(writer)  # the dispatches held meanwhile go first
+        for task_id in self._wanted():
+            self.signals.publish(Listen(task_id))
+        self.reader = asyncio.get_running_loop().create_task(self._read(reader, writer, proc),
+                                                             name="executor-process")
+        return resumed
+
+    async def _handshake(self, proc: asyncio.subprocess.Process, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> list[str]:
         from compound.core.logging import effective_level
 
         writer.write(frame([("hello", {
@@ -160,31 +130,21 @@ class ProcessExecutor(TaskWaits):
             writer.close()
             await proc.wait()
             raise ExecutorUnavailable(f"the executor process could not start: {value}")
-        self.proc = proc
-        self.starts += 1
-        self._born = asyncio.get_running_loop().time()
-        self._outbox = Outbox(writer)
-        self._reader = asyncio.get_running_loop().create_task(self._read(reader, proc), name="executor-process")
-        for task_id in self.answers.wanted():
-            self._outbox.send(("listen", task_id))
-        held, self._held = self._held, []
-        for message in held:
-            self._outbox.send(message)
         resumed: list[str] = value
         return resumed
 
     async def stop(self) -> None:
         """Ask the child to stop its tasks (the next start resumes them) and exit."""
         self._stopping = True
-        proc, outbox = self.proc, self._outbox
-        if proc is None and self._reader is not None and not self._reader.done():
+        proc = self.proc
+        if proc is None and self.reader is not None and not self.reader.done():
             # between a dead child and the next: no other is started (one starting is killed)
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-            proc, outbox = self.proc, self._outbox
-        if proc is None or outbox is None:
+            self.reader.cancel()
+            await asyncio.gather(self.reader, return_exceptions=True)
+            proc = self.proc
+        if proc is None or not self.signals.attached:
             return
-        outbox.send(("stop",))
+        self.signals.publish(Stop())
         try:
             async with asyncio.timeout(STOP_WAIT_S):
                 await proc.wait()
@@ -193,33 +153,30 @@ class ProcessExecutor(TaskWaits):
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
-        if self._reader is not None:
-            await asyncio.gather(self._reader, return_exceptions=True)
-        outbox.writer.close()
+        if self.reader is not None:
+            await asyncio.gather(self.reader, return_exceptions=True)
 
-    async def _read(self, reader: asyncio.StreamReader, proc: asyncio.subprocess.Process) -> None:
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    proc: asyncio.subprocess.Process) -> None:
         try:
-            while True:
-                for message in await read_frame(reader):
-                    try:
-                        self._handle(message)
-                    except Exception:  # one message's handler (a hub listener) must not stop the rest
-                        log.exception("a message from the executor process failed", kind=str(message[0]))
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+            await self.signals.serve(reader)
         except Exception:
             log.exception("the executor process's message could not be read")
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
         code = await proc.wait()
-        self.proc, self._outbox = None, None
+        self.signals.detach()
+        writer.close()
+        self.proc = None
         self._calls_lost()
         for fut in self._replies.values():
             if not fut.done():
                 fut.set_exception(ExecutorUnavailable("the executor process stopped; try again"))
         self._replies.clear()
-        if self._stopping:
-            return
+        if not self._stopping:
+            await self._restart(code)
+
+    async def _restart(self, code: int) -> None:
         if asyncio.get_running_loop().time() - self._born > 60:
             self._restarts = 0  # it ran a while: not a child that dies at start
         wait = RESTART_WAITS_S[min(self._restarts, len(RESTART_WAITS_S) - 1)]
@@ -237,27 +194,23 @@ class ProcessExecutor(TaskWaits):
                 wait = RESTART_WAITS_S[-1]
                 log.error("the executor process could not start again", error=str(exc), retry_in_s=wait)
 
-    def _handle(self, message: Message) -> None:
-        kind = message[0]
-        if kind == "events":
-            self.store.hub.publish(message[1])
-        elif kind == "ans":
-            self.answers.relay(*message[1:])
-        elif kind == "obs":
-            _, method, fields = message
-            key = (str(fields.get("model")), str(fields.get("kind")))
-            if method == "call_started":
-                self._open_calls.setdefault(key, []).append(asyncio.get_running_loop().time())
-            elif self._open_calls.get(key):
-                self._open_calls[key].pop(0)
-            self._observe(method, fields)
-        elif kind in ("ok", "error"):
-            fut = self._replies.pop(message[1], None)
-            if fut is not None and not fut.done():
-                if kind == "ok":
-                    fut.set_result(message[2])
-                else:
-                    fut.set_exception(_error(message[2], message[3]))
+    # what the child says ----------------------------------------------------------------
+
+    def _replied(self, reply: Reply) -> None:
+        fut = self._replies.pop(reply.call_id, None)
+        if fut is not None and not fut.done():
+            if reply.error is None:
+                fut.set_result(reply.value)
+            else:
+                fut.set_exception(_error(reply.error, reply.message))
+
+    def _observed(self, obs: Observation) -> None:
+        key = (str(obs.fields.get("model")), str(obs.fields.get("kind")))
+        if obs.method == "call_started":
+            self._open_calls.setdefault(key, []).append(asyncio.get_running_loop().time())
+        elif self._open_calls.get(key):
+            self._open_calls[key].pop(0)
+        self._observe(obs.method, obs.fields)
 
     def _observe(self, method: str, fields: dict[str, Any]) -> None:
         for o in self._observers:
@@ -277,37 +230,48 @@ class ProcessExecutor(TaskWaits):
                     "output_tokens": 0, "cost_usd": 0.0, "latency_s": now - started})
         self._open_calls.clear()
 
-    # the routes' surface ----------------------------------------------------------------
+    # what the host asks -----------------------------------------------------------------
 
-    def _send(self, message: Message) -> None:
-        if self._outbox is None:
-            if message[0] == "dispatch":
-                self._held.append(message)
-            return
-        self._outbox.send(message)
+    async def start_task(self, task_id: str, priority: int, *, approved: bool = False) -> None:  # noqa: ARG002
+        """Tell the child (the next one, while none runs); the task's priority is in the
+        store, where it orders the task's calls."""
+        self.signals.publish(Dispatch(task_id))
 
-    async def _call(self, op: str, task_id: str) -> Any:
-        if self._outbox is None:
+    async def cancel(self, task_id: str) -> None:
+        if not self.signals.attached:
             raise ExecutorUnavailable("the executor process is restarting; try again")
         self._next_id += 1
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._replies[self._next_id] = fut
-        self._outbox.send((op, self._next_id, task_id))
-        return await fut
+        self.signals.publish(Call(self._next_id, "cancel", task_id))
+        await fut
 
-    async def dispatch(self, task_id: str, *, priority: int) -> None:  # noqa: ARG002 (the queue backend uses it)
-        """Start a task the API has just stored; returns at once."""
-        self._send(("dispatch", task_id))
 
-    async def cancel(self, task_id: str) -> None:
-        await self._call("cancel", task_id)
+class ProcessExecutor(RemoteHost):
+    """An Executor (executor/service.py) in a child process: the same methods for the
+    routes, awaited from the server's loop."""
 
-    async def approve(self, task_id: str) -> None:
-        await self._call("approve", task_id)
+    def __init__(self, *, settings: Settings, store: RunStore, observers: Sequence[CallObserver] = (),
+                 stream_answers: bool = False) -> None:
+        signals = SocketSignals(hold=(Dispatch,))
+        # SQLite tells no other process of a commit: the child relays its events here.
+        self.child = ChildStarter(settings=settings, signals=signals, relay_events=store.url.startswith("sqlite"),
+                                  observers=observers, stream_answers=stream_answers,
+                                  wanted=lambda: self.answers.wanted())
+        super().__init__(settings=settings, store=store, signals=signals, starter=self.child)
 
-    async def wake(self, task_id: str) -> None:
-        """The child's store does not see this process's events on SQLite: tell it."""
-        self._send(("wake", task_id))
+    @property
+    def proc(self) -> asyncio.subprocess.Process | None:
+        return self.child.proc
+
+    @property
+    def starts(self) -> int:
+        """Children started (tests)."""
+        return self.child.starts
+
+    @property
+    def _reader(self) -> asyncio.Task[None] | None:
+        return self.child.reader
 
 
 def _error(name: str, message: str) -> Exception:
@@ -319,4 +283,4 @@ def _error(name: str, message: str) -> Exception:
     return ExecutorUnavailable(f"the executor failed: {name}: {message}")
 
 
-__all__ = ["ProcessExecutor", "frame", "read_frame"]
+__all__ = ["ChildStarter", "ProcessExecutor"]

@@ -1,6 +1,6 @@
-"""Cross-process signals on PostgreSQL LISTEN/NOTIFY: `publish` a payload on a channel,
-a `Listener` calls back on it in every process that listens. Narrow on purpose: it
-is meant to fold into the async RunStore's own subscribe() later."""
+"""PostgreSQL LISTEN/NOTIFY, narrow: `publish` a payload on a channel, a `Listener`
+calls back on it in every process that listens, a `Notifier` sends from synchronous
+code. The typed signals travel over it as executor/pg_signals.py says."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
-"""The API process's side of queue mode: it stores tasks (the routes do), enqueues them
-with DBOS's client and reads the store; cancel and approve reach a task wherever it
-runs. Same surface as the Executor's that the routes use (dispatch, cancel, approve,
-wait_planned, price_of). Each enqueue NOTIFYs the workers in its own transaction
-(worker/wake.py), so a task starts without waiting for a worker's poll."""
+"""The API process's side of queue mode: a RemoteHost (executor/remote.py) whose
+tasks start by DBOS enqueue, over PostgreSQL's LISTEN/NOTIFY (executor/pg_signals.py).
+The routes store tasks; each enqueue NOTIFYs the workers in its own transaction
+(worker/wake.py), so a task starts without waiting for a worker's poll; a cancel
+reaches the task wherever it is, and a door's listener hears the answer the worker
+running the task streams."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ from compound.core.errors import Conflict, DatabaseUnavailable, NotFound
 from compound.core.logging import get_logger
 from compound.core.money import Price
 from compound.core.settings import Settings
-from compound.executor.answers import RemoteAnswers
-from compound.executor.service import TaskWaits
+from compound.executor.pg_signals import PgSignals, payloads
+from compound.executor.remote import RemoteHost
+from compound.executor.signals import Cancel, QueueWake
 from compound.store import pg_notify
 from compound.store.base import RunStore
 from compound.store.models import TERMINAL_TASK, TaskStatus
 from compound.store.outage import outage_as_error
-from compound.worker import answers, names
+from compound.worker import names
 
 log = get_logger("compound.worker.backend")
 
@@ -32,25 +34,16 @@ ENQUEUE_RETRY_S = 0.2
 ENQUEUE_RETRY_MAX_S = 5.0
 
 
-class QueueBackend(TaskWaits):
-    def __init__(self, *, settings: Settings, store: RunStore,
-                 price_of: Callable[[str], Price] | None = None) -> None:
-        names.check_queue_settings(settings)
+class QueueStarter:
+    """Starts a task by enqueueing it with DBOS's client (the workflow id is the task's,
+    or its approval's: DBOS ignores a second enqueue of one id)."""
+
+    def __init__(self, *, settings: Settings, store: RunStore, signals: PgSignals) -> None:
         self.settings = settings
         self.store = store
-        if price_of is None:
-            from compound.llm.pricing import price_of as _price_of
-
-            self.price_of: Callable[[str], Price] = lambda m: _price_of(m, settings)
-        else:
-            self.price_of = price_of
+        self.signals = signals
         self.client: Any = None
         self.sys_engine: Any = None  # DBOS's database: enqueues and their NOTIFYs
-        # A door's client listening to a task's answer: the worker running it streams it
-        # and NOTIFYs the pieces (worker/answers.py).
-        self.answers = RemoteAnswers(self._want)
-        self._notifier: pg_notify.Notifier | None = None
-        self._listener: pg_notify.Listener | None = None
         self._retries: set[asyncio.Task[None]] = set()  # enqueues waiting for the database
 
     async def start(self) -> list[str]:
@@ -60,11 +53,6 @@ class QueueBackend(TaskWaits):
 
         from compound.store.db import make_engine
 
-        self._notifier = pg_notify.Notifier(self.settings.database_url)
-        self._notifier.start()
-        self._listener = pg_notify.Listener(self.settings.database_url,
-                                            {pg_notify.ANSWER: answers.relay_to(self.answers)})
-        await self._listener.start()
         url = self.settings.system_database_url()
         await asyncio.to_thread(DBOS.migrate, url)
         self.sys_engine = make_engine(url)
@@ -74,23 +62,14 @@ class QueueBackend(TaskWaits):
         for task_id in await self.store.unfinished_task_ids():
             st = await self.store.load(task_id)
             if st is not None and st.status == TaskStatus.queued:
-                # the workflow id is the task id: DBOS ignores a second enqueue
                 await asyncio.to_thread(self._enqueue, task_id, st.priority)
                 queued.append(task_id)
         return queued
-
-    def _want(self, message: tuple[Any, ...]) -> None:
-        if self._notifier is not None:
-            self._notifier.send(pg_notify.ANSWER_WANT, answers.want_payload(message))
 
     async def stop(self) -> None:
         for task in self._retries:  # a stored task left queued is enqueued by the next start
             task.cancel()
         await asyncio.gather(*self._retries, return_exceptions=True)
-        if self._listener is not None:
-            await self._listener.stop()
-        if self._notifier is not None:
-            await self._notifier.stop()
         if self.client is not None:
             await asyncio.to_thread(self.client.destroy)
             self.client = None
@@ -104,14 +83,16 @@ class QueueBackend(TaskWaits):
         task_id = task_id or workflow_id
         with outage_as_error(), self.sys_engine.begin() as conn:
             self.client.enqueue_in_transaction(conn, names.enqueue_options(workflow_id, priority), task_id)
-            pg_notify.notify(conn, pg_notify.QUEUE_WAKE, task_id)
+            for channel, payload in payloads(QueueWake(task_id)):
+                pg_notify.notify(conn, channel, payload)
 
-    async def dispatch(self, task_id: str, *, priority: int) -> None:
+    async def start_task(self, task_id: str, priority: int, *, approved: bool = False) -> None:
         """Enqueue a stored task at its priority (blocking I/O, so in a thread: the event
-        loop serves on meanwhile)."""
-        await self._enqueue_or_later(task_id, priority)
+        loop serves on meanwhile); an approved one under its approval's workflow id."""
+        workflow_id = names.approve_workflow_id(task_id) if approved else task_id
+        await self._enqueue_or_later(workflow_id, priority, task_id)
 
-    async def _enqueue_or_later(self, workflow_id: str, priority: int, task_id: str | None = None) -> None:
+    async def _enqueue_or_later(self, workflow_id: str, priority: int, task_id: str) -> None:
         """Enqueue now, or, when the database went away after the task was stored, keep
         trying in the background: the request that stored it succeeded (answering 503
         would make its client store a second task, or find an approval already given)."""
@@ -124,7 +105,7 @@ class QueueBackend(TaskWaits):
             self._retries.add(retry)
             retry.add_done_callback(self._retries.discard)
 
-    async def _enqueue_when_back(self, workflow_id: str, priority: int, task_id: str | None) -> None:
+    async def _enqueue_when_back(self, workflow_id: str, priority: int, task_id: str) -> None:
         delay = ENQUEUE_RETRY_S
         while True:
             await asyncio.sleep(delay)
@@ -133,19 +114,6 @@ class QueueBackend(TaskWaits):
                 return
             except DatabaseUnavailable:
                 delay = min(delay * 2, ENQUEUE_RETRY_MAX_S)
-
-    async def approve(self, task_id: str) -> None:
-        st = await self.store.load(task_id)
-        if st is None:
-            raise NotFound(f"no task with id {task_id!r}")
-        if st.status != TaskStatus.planned or st.approve:
-            raise Conflict(f"task {task_id} is {st.status}; only a planned task waiting for approval can be approved")
-        await self.store.set_approved(task_id)
-        await self._enqueue_or_later(names.approve_workflow_id(task_id), st.priority, task_id)
-
-    async def wake(self, task_id: str) -> None:
-        """Nothing to do: the decision's events reach the worker holding the call through
-        PostgreSQL's NOTIFY, as every event does."""
 
     async def cancel(self, task_id: str) -> None:
         """End the task as canceled wherever it is; Conflict when it ended otherwise
@@ -160,7 +128,7 @@ class QueueBackend(TaskWaits):
         ended_here = await self.store.set_status_unless_ended(
             task_id, TaskStatus.canceled, error="canceled by request",
             only_from=(TaskStatus.queued, TaskStatus.planned))
-        await asyncio.to_thread(pg_notify.publish, self.store.engine, pg_notify.CANCEL, task_id)
+        await self.signals.send(Cancel(task_id))
         if ended_here:
             return
         try:
@@ -170,3 +138,14 @@ class QueueBackend(TaskWaits):
             return
         if final != TaskStatus.canceled:
             raise Conflict(f"task {task_id} {final} before the cancel reached it; its result stands")
+
+
+class QueueBackend(RemoteHost):
+    """Queue mode's host: tasks start by DBOS enqueue; signals go by NOTIFY."""
+
+    def __init__(self, *, settings: Settings, store: RunStore,
+                 price_of: Callable[[str], Price] | None = None) -> None:
+        names.check_queue_settings(settings)
+        signals = PgSignals(settings.database_url, engine=lambda: store.engine)
+        self.queue = QueueStarter(settings=settings, store=store, signals=signals)
+        super().__init__(settings=settings, store=store, signals=signals, starter=self.queue, price_of=price_of)

@@ -19,12 +19,13 @@ from compound.core.errors import Conflict, NotFound
 from compound.core.logging import get_logger
 from compound.core.settings import Settings
 from compound.executor.answers import ForwardedAnswers
+from compound.executor.pg_signals import PgSignals
 from compound.executor.service import Executor
+from compound.executor.signals import Cancel, Listen, QueueWake, SlotFree
 from compound.llm.base import LLMClient
-from compound.store import pg_notify
 from compound.store.base import RunStore
 from compound.store.pg_slots import PgModelSlots
-from compound.worker import answers, dbos_private, names, wake
+from compound.worker import dbos_private, names, wake
 from compound.worker.liveness import Liveness
 
 log = get_logger("compound.worker")
@@ -68,10 +69,11 @@ class Worker:
 
         self.slots = PgModelSlots(settings.database_url, limits) if any(
             settings.model_config_for(m).max_concurrency for m in settings.all_models()) else None
-        # The synthesis streams while an API process's door has a client listening to it
-        # (worker/answers.py): the pieces go out by NOTIFY.
-        self.notifier = pg_notify.Notifier(settings.database_url)
-        self.answers = ForwardedAnswers(self._relay_piece)
+        # Cancels, wake-ups, freed slots and the answers' listeners are heard, and the
+        # pieces of a streamed answer go out, by NOTIFY (executor/pg_signals.py): the
+        # synthesis streams while an API process's door has a client listening to it.
+        self.signals = PgSignals(settings.database_url, engine=lambda: store.engine)
+        self.answers = ForwardedAnswers(self.signals.publish)
         self.executor = Executor(settings=settings, store=store, client=client,
                                  observers=observers or (), model_slots=self.slots,
                                  stream_answers=True, answers=self.answers)
@@ -79,15 +81,17 @@ class Worker:
         # Woken at once when a task is enqueued (or, with a global cap, a task ends on
         # another worker); DBOS's own poll is only the fallback (wake.py).
         self.bell = wake.Doorbell()
-        handlers: dict[str, Any] = {pg_notify.CANCEL: self._on_cancel,
-                                    pg_notify.QUEUE_WAKE: lambda _: self.bell.ring(),
-                                    pg_notify.ANSWER_WANT: answers.wants_of(self.answers)}
+        self.signals.subscribe(Cancel, lambda c: self._on_cancel(c.task_id))
+        self.signals.subscribe(QueueWake, lambda _: self.bell.ring())
+        self.signals.subscribe(Listen, lambda li: self.answers.want(li.task_id, li.wanted))
         if self.slots is not None:
-            handlers[pg_notify.SLOT_FREE] = self.slots.released
-        self.listener = pg_notify.Listener(settings.database_url, handlers)
+            slots = self.slots
+            self.signals.subscribe(SlotFree, lambda f: slots.released(f.model))
         # Enqueues NOTIFY on DBOS's database (in their own transaction): listen there too.
-        self.sys_listener = None if settings.system_database_url() == settings.database_url else \
-            pg_notify.Listener(settings.system_database_url(), {pg_notify.QUEUE_WAKE: lambda _: self.bell.ring()})
+        self.sys_signals: PgSignals | None = None
+        if settings.system_database_url() != settings.database_url:
+            self.sys_signals = PgSignals(settings.system_database_url())
+            self.sys_signals.subscribe(QueueWake, lambda _: self.bell.ring())
         self.executor_id = ""
         self._background: set[asyncio.Task[None]] = set()
         self._workflows: set[asyncio.Task[Any]] = set()  # DBOS's tasks running our workflow here
@@ -99,11 +103,10 @@ class Worker:
         global _worker
         from dbos import DBOS
 
-        self.notifier.start()
         await self.executor.open_tools()  # the MCP servers' sessions, before a task can run here
-        await self.listener.start()
-        if self.sys_listener is not None:
-            await self.sys_listener.start()
+        await self.signals.start()
+        if self.sys_signals is not None:
+            await self.sys_signals.start()
         for _ in range(5):  # a clash of lock keys is all but impossible; a new id settles it
             self.executor_id = f"worker-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             if await self.liveness.claim(self.executor_id):
@@ -180,7 +183,7 @@ class Worker:
         self.bell.ring()
         if self.settings.queue_concurrency is not None:
             # A cap on all workers together: any of them may have room now.
-            self._spawn(asyncio.to_thread(pg_notify.publish, self.store.engine, pg_notify.QUEUE_WAKE, ""))
+            self._spawn(self.signals.send(QueueWake()))
 
     async def drain(self, grace_s: float, hurry: asyncio.Event | None = None) -> int:
         """Take no more tasks and wait up to `grace_s` (or until `hurry` is set) for the
@@ -206,19 +209,14 @@ class Worker:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.executor.stop()  # running tasks stay PENDING in DBOS, for another worker
-        await self.notifier.stop()
         await asyncio.to_thread(DBOS.destroy, destroy_registry=False)
         wake.uninstall(names.QUEUE)
-        await self.listener.stop()
-        if self.sys_listener is not None:
-            await self.sys_listener.stop()
+        await self.signals.stop()
+        if self.sys_signals is not None:
+            await self.sys_signals.stop()
         if self.slots is not None:
             await self.slots.close()
         await self.liveness.close()
-
-    def _relay_piece(self, message: tuple[Any, ...]) -> None:
-        for payload in answers.payloads(message):
-            self.notifier.send(pg_notify.ANSWER, payload)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -322,7 +320,7 @@ class Worker:
                     return
                 await asyncio.to_thread(dbos_private.recover_pending_workflows, [self.executor_id])
                 log.warning("our tasks are back in the queue", tasks=len(mine))
-                await asyncio.to_thread(pg_notify.publish, self.store.engine, pg_notify.QUEUE_WAKE, "")
+                await self.signals.send(QueueWake())
                 await asyncio.sleep(RECONNECT_FIRST_S)  # then make sure none was left
             except Exception as exc:
                 log.warning("could not requeue our tasks yet", error=type(exc).__name__, retry_in_s=delay)
@@ -346,7 +344,7 @@ class Worker:
             log.warning("resuming the tasks of dead workers", workers=dead, tasks=len(handles))
             if handles:  # back in the queue: whoever has room takes them now
                 self.bell.ring()
-                await asyncio.to_thread(pg_notify.publish, self.store.engine, pg_notify.QUEUE_WAKE, "")
+                await self.signals.send(QueueWake())
         return dead
 
 
