@@ -25,27 +25,27 @@ pytest_plugins = [
     "tests.fixtures.served",
 ]
 
-# Modules whose tests run together on one xdist worker, one after the other: a
-# module-scoped fixture is then started once (a host per engine host, one of them a
-# queue-mode cluster; MCP servers; the race cluster), and the queue-mode scale tests
-# keep the CPU share their deadlines were set for.
-WHOLE_MODULES = frozenset({
-    "tests/test_every_host.py",
-    "tests/test_tools.py",
-    "tests/test_tool_demo.py",
-    "tests/test_queue_race.py",
-    "tests/test_scale.py",
-})
+# Modules that go whole to one xdist worker, one test after the other, by the scope they
+# share: a module-scoped fixture is then started once (a host per engine host, one of them
+# a queue-mode cluster; MCP servers), and the heaviest queue-mode clusters (the scale
+# tests, whose deadlines count on their CPU share, and the 200-task races) never run at
+# the same time.
+WHOLE_MODULES = {
+    "tests/test_every_host.py": "every_host",
+    "tests/test_tools.py": "tools",
+    "tests/test_tool_demo.py": "tool_demo",
+    "tests/test_scale.py": "clusters",
+    "tests/test_queue_race.py": "clusters",
+}
 
 
 class ModulesTogether(LoadScopeScheduling):  # type: ignore[misc]
     """xdist's `load` (each test to the next free worker), except that the modules in
-    WHOLE_MODULES go whole to one worker, and first, the largest first. (xdist's own
-    `loadgroup` renames node ids in a way pytest 9 no longer reads.)"""
+    WHOLE_MODULES go to one worker by their scope, and first, the largest first. (xdist's
+    own `loadgroup` renames node ids in a way pytest 9 no longer reads.)"""
 
     def _split_scope(self, nodeid: str) -> str:
-        module = nodeid.split("::", 1)[0]
-        return module if module in WHOLE_MODULES else nodeid
+        return WHOLE_MODULES.get(nodeid.split("::", 1)[0], nodeid)
 
 
 def pytest_xdist_make_scheduler(config: Any, log: Any) -> Any:
