@@ -18,7 +18,7 @@ from compound.simulator import Simulator
 from tests.fixtures.served import Served
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "doors.md"
-READ_TIMEOUT_S = 1.0
+READ_TIMEOUT_S = 3.0  # keep-alives every 0.3 s: ten chances before it, on a loaded machine too
 PROMPT = "Compare SQLite and PostgreSQL"  # the prompt the documented script submits
 
 

@@ -12,7 +12,6 @@ import json
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,11 +26,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(600)]
 N = 200
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One cluster for both races: each checks its own tasks, and what it asks of the
+    whole database (no ledger row over its reservation, none left reserved) holds for
+    every task that has ended, the other race's too."""
     if not postgres_available():
         pytest.skip("SKIPPED: no PostgreSQL server answers on 127.0.0.1:5432")
-    c = Cluster(tmp_path, script={"latency_rules": [["race", 0.02]]},
+    c = Cluster(tmp_path_factory.mktemp("race"), script={"latency_rules": [["race", 0.02]]},
                 env={"COMPOUND_WORKER_CONCURRENCY": "16"})
     try:
         c.start()
