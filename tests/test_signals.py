@@ -35,7 +35,7 @@ from compound.store.values import Event
 EVENT = Event(task_id="t_1", seq=3, kind="task", data={"status": "executing"})
 
 SOCKET_SIGNALS: list[Signal] = [
-    Events([EVENT]), Dispatch("t_1"), Call(7, "cancel", "t_1"), Call(8, "approve", "t_2"), Reply(7, None),
+    Events([EVENT]), Dispatch("t_1"), Call(7, "cancel", "t_1"), Reply(7, None),
     Reply(8, error="Conflict", message="task t_2 is completed"), Wake("t_1"), Listen("t_1"), Listen("t_1", False),
     Answer("delta", "t_1", 2, "héllo"), Observation("call_started", {"model": "m", "kind": "worker"}), Stop(),
 ]

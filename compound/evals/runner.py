@@ -204,8 +204,7 @@ class EvalRun:
         descriptions = [s["description"] for s in subs]
         # a streamed plan cut after an invalid answer may keep a dependency on an entry
         # that never came (its subtask was skipped): the plan's shape is what is in it
-        deps = [[d for d in s["depends_on"] if isinstance(d, int) and 0 <= d < len(subs) and d != i]
-                for i, s in enumerate(subs)]
+        deps = [[d for d in s["depends_on"] if d < len(subs)] for s in subs]
         tiers = [int(s["tier_assigned"] or s["tier_hint"]) for s in subs]
         warnings = list(snap.get("warnings") or [])
         kinds = [kind_of(w) for w in warnings]

@@ -8,7 +8,7 @@ Stop or the end of the socket:
 
   from the server                     to the server
   Dispatch(task_id)                   Events  SQLite only: its commits
-  Call(id, cancel | approve, task_id) Answer  a piece of a streamed answer
+  Call(id, cancel, task_id)           Answer  a piece of a streamed answer
   Listen(task_id, wanted)             Observation  a model call's (metrics)
   Wake(task_id)  a held tool call's   Reply(id, value | error)
     decision is in the store

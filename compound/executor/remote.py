@@ -53,11 +53,10 @@ class RemoteHost(TaskWaits):
         self.signals = signals
         self.starter = starter
         if price_of is None:
-            from compound.llm.pricing import price_of as _price_of
+            from compound.llm.pricing import pricer
 
-            self.price_of: Callable[[str], Price] = lambda m: _price_of(m, settings)
-        else:
-            self.price_of = price_of
+            price_of = pricer(settings)
+        self.price_of: Callable[[str], Price] = price_of
         self.answers = RemoteAnswers(signals.publish)
         signals.subscribe(Answer, self.answers.relay)
         signals.subscribe(Events, lambda e: self.store.hub.publish(e.events))

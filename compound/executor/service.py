@@ -76,11 +76,10 @@ class Executor(TaskWaits):
         self.store = store
         self.client = client
         if price_of is None:
-            from compound.llm.pricing import price_of as _price_of
+            from compound.llm.pricing import pricer
 
-            self.price_of: Callable[[str], Price] = lambda m: _price_of(m, settings)
-        else:
-            self.price_of = price_of
+            price_of = pricer(settings)
+        self.price_of: Callable[[str], Price] = price_of
         self.calls = ModelCalls(settings=settings, store=store, client=client, price_of=self.price_of,
                                 observers=observers, sleep=sleep, model_slots=model_slots)
         self._answers = answers if answers is not None else AnswerStreams()

@@ -98,7 +98,8 @@ class Observation:
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """A request that is answered (a Reply with the same id): op is cancel or approve."""
+    """A request that is answered (a Reply with the same id): op is cancel (an approval
+    is written to the store and its task dispatched again)."""
 
     call_id: int
     op: str

@@ -5,7 +5,7 @@ The wire messages, one per signal (executor/signals.py):
 
   Events(events)            ("events", [Event ...])
   Dispatch(task_id)         ("dispatch", task_id)
-  Call(id, op, task_id)     (op, id, task_id)              op: cancel | approve
+  Call(id, op, task_id)     (op, id, task_id)              op: cancel
   Reply(id, value)          ("ok", id, value)
   Reply(id, error=, message=)  ("error", id, type name, message)
   Wake(task_id)             ("wake", task_id)
@@ -86,7 +86,7 @@ def decode(message: Message) -> Signal:
         return Events(message[1])
     if kind == "dispatch":
         return Dispatch(message[1])
-    if kind in ("cancel", "approve"):
+    if kind == "cancel":
         return Call(message[1], kind, message[2])
     if kind == "ok":
         return Reply(message[1], message[2])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,11 @@ def _bundled(model: str) -> dict[str, Any] | None:
     if entry is None and "/" in model:
         entry = table.get(model.split("/", 1)[1])
     return entry
+
+
+def pricer(settings: Settings) -> Callable[[str], Price]:
+    """`price_of` with these settings: what an executor prices its calls with by default."""
+    return lambda model: price_of(model, settings)
 
 
 def price_of(model: str, settings: Settings) -> Price:
