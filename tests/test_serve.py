@@ -45,7 +45,10 @@ def wait_http(url: str, timeout: float = 180) -> None:
 def env(tmp_path: Path) -> Iterator[dict[str, str]]:
     sim_port = free_port()
     script = tmp_path / "script.json"
-    script.write_text(json.dumps({"latency_rules": [["quick", 0.2], ["slow", 2.5]]}))
+    # the first send of each of test_crash_resume's slow subtasks hangs: its crash point is
+    # "both sent and unanswered", a state the test can wait for on any machine's load
+    hold = [{"status": 0, "hang_s": 600, "text": f"<subtask>\n{d}\n", "times": 1} for d in ("slow three", "slow four")]
+    script.write_text(json.dumps({"latency_rules": [["quick", 0.2], ["slow", 2.5]], "failures": hold}))
     base = f"http://127.0.0.1:{sim_port}"
     e = {**os.environ, "COMPOUND_DATABASE_URL": f"sqlite:///{tmp_path / 'c.db'}",
          "ANTHROPIC_BASE_URL": base, "OPENAI_BASE_URL": base + "/v1", "ANTHROPIC_API_KEY": "sim-key",
