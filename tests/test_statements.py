@@ -36,3 +36,25 @@ def test_a_status_write_applies_only_from_the_statuses_it_is_given(flavor: state
 def test_a_row_lock_is_postgres_only() -> None:
     assert statements.compiled(statements.POSTGRES)["LOCK_TASK"].endswith("FOR UPDATE")
     assert "FOR UPDATE" not in statements.compiled(statements.SQLITE)["LOCK_TASK"]
+
+
+ROWS = [  # subtask rows as SUB_COLS reads them: every field the event shows, set and unset
+    (3, "look up", 1, 2, '["m"]', "[0]", "running", "claude-x", None, None, 1, 0.00123456, 10, 20, "llm", "[]",
+     None, None, None, "[]", None, 0, None),
+    (0, "write", 2, None, "[]", "[]", "completed", None, "the answer", "was slow", 0, 0.0, 0, 0, "tool", "[]",
+     "demo.lookup", '{"topic":"x"}', "the turn limit", None, "t_1", 1, "completed"),
+]
+
+
+@pytest.mark.parametrize("row", ROWS)
+def test_a_transition_event_read_straight_from_its_row_is_the_subtask_event(row: tuple[object, ...]) -> None:
+    from compound.store.sqlite import D
+    assert ops.row_event(row) == ops.sub_event(ops.sub_state(D, row))
+
+
+def test_sqlite_json_reads_give_fresh_values() -> None:
+    from compound.store.sqlite import D
+    a, b = D.loads("[]"), D.loads("[]")
+    a.append(1)
+    assert b == [] and D.loads("{}") == {} and D.loads("null") is None and D.loads('{"k":[1]}') == {"k": [1]}
+    assert D.loads(b'[2]') == [2] and D.loads(None) is None

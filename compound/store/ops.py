@@ -133,6 +133,19 @@ def tool_shown(c: ToolCallRecord) -> dict[str, Any]:
             "approval": approval}
 
 
+def row_event(row: Sequence[Any]) -> dict[str, Any]:
+    """sub_event of a subtask's row (SUB_COLS) read straight from it: no JSON parsed,
+    no SubState built, for the writes that only announce a transition."""
+    data: dict[str, Any] = {
+        "index": row[0], "status": row[6], "model": row[7], "tier_assigned": row[3] or row[2],
+        "attempts": row[10], "cost_usd": shown_usd(row[11]), "input_tokens": row[12],
+        "output_tokens": row[13], "error": row[9],
+    }
+    if row[18] is not None:
+        data["partial_reason"] = row[18]
+    return data
+
+
 def sub_event(s: SubState, *, with_result: bool = False) -> dict[str, Any]:
     data: dict[str, Any] = {
         "index": s.index, "status": s.status, "model": s.model, "tier_assigned": s.tier_assigned,
@@ -222,7 +235,7 @@ def _cancel_subtasks(d: Dialect, task_id: str, now: Any) -> Op:
     rows = yield ("all", "CANCEL_SUBTASKS", {"t": task_id, "st": SubtaskStatus.canceled.value, "err": "canceled",
                                              "why": end_reason(SubtaskStatus.canceled), "now": now,
                                              "from": csv(subtask_sources(SubtaskStatus.canceled))})
-    return [("subtask", sub_event(s)) for s in sorted((sub_state(d, r) for r in rows), key=lambda s: s.index)]
+    return [("subtask", row_event(r)) for r in sorted(rows, key=lambda r: int(r[0]))]
 
 
 def set_planner_model(d: Dialect, task_id: str, model: str) -> Op:
@@ -365,7 +378,7 @@ def _book(d: Dialect, rs: Sequence[ReserveRequest], now: Any) -> Op:
             row = yield ("one", "MARK_RUNNING", {"att": r.attempt, "model": r.model, "now": now, "t": r.task_id,
                                                  "i": r.subtask, "from": csv(subtask_sources(SubtaskStatus.running))})
             if row is not None:  # else it ended meanwhile (canceled): the call is closed with the task
-                events.append(("subtask", sub_event(sub_state(d, row))))
+                events.append(("subtask", row_event(row)))
     if events:
         yield from _events(d, rs[0].task_id, events, now)
     return out
@@ -454,7 +467,7 @@ def tool_call_started(d: Dialect, task_id: str, c: ToolCallRecord) -> Op:
                                         "pending": SubtaskStatus.pending.value,
                                         "aw": SubtaskStatus.awaiting_approval.value})
     if sub is not None:
-        items.append(("subtask", sub_event(sub_state(d, sub))))
+        items.append(("subtask", row_event(sub)))
     items.append(("tool_call", {"index": rec.subtask, **tool_shown(rec)}))
     yield from _events(d, task_id, items, now)
     return rec
@@ -518,7 +531,7 @@ def tool_call_held(d: Dialect, task_id: str, c: ToolCallRecord, *, write: bool) 
                                           "pending": SubtaskStatus.pending.value,
                                           "running": SubtaskStatus.running.value})
     if sub is not None:
-        items.append(("subtask", sub_event(sub_state(d, sub))))
+        items.append(("subtask", row_event(sub)))
     if write:
         items.append(("tool_call", {"index": rec.subtask, **tool_shown(rec)}))
     if items:
@@ -556,7 +569,7 @@ def decide_tool_call(d: Dialect, task_id: str, call_id: str, *, approve: bool, b
                                             "aw": SubtaskStatus.awaiting_approval.value,
                                             "running": SubtaskStatus.running.value})
     if sub is not None:
-        items.insert(0, ("subtask", sub_event(sub_state(d, sub))))
+        items.insert(0, ("subtask", row_event(sub)))
     yield from _events(d, task_id, items, now)
     return rec
 
