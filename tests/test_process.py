@@ -145,9 +145,6 @@ async def test_a_child_that_dies_is_replaced_and_resumes_its_task(
             assert executor.proc is not None
             first = executor.proc.pid
             os.kill(first, signal.SIGKILL)
-            # asked of the dead child (before this loop has read its end): answered 503's error
-            with pytest.raises(ExecutorUnavailable):
-                await executor.cancel(task.id)
             await until(lambda: executor.starts == 2 and executor.proc is not None, "another child", timeout=60)
             assert executor.proc is not None and executor.proc.pid != first
             release.set()
@@ -166,6 +163,25 @@ async def test_a_child_that_dies_is_replaced_and_resumes_its_task(
         await until(lambda: len(calls.finished) == calls.started, "every call's end observed")
         lost = [f for f in calls.finished if f["status"] == "lost"]
         assert 1 <= len(lost) <= sum(1 for r in rows if r["status"] == "lost")
+
+
+async def test_a_cancel_asked_while_the_child_restarts_ends_the_task_in_the_next_child(
+        store: RunStore, sim_settings: Settings, sim: Simulator) -> None:
+    async with running(store, sim_settings) as executor:
+        with held(sim, SUBTASK):
+            task = await store.create_task(prompt=PROMPT, budget_usd=1.0)
+            await executor.dispatch(task.id, priority=2)
+            await until(lambda: any(SUBTASK in r["text"] for r in sim.calls("worker")), "a held subtask call")
+            assert executor.proc is not None
+            first = executor.proc.pid
+            os.kill(first, signal.SIGKILL)
+            # asked of the dead child: the request is in the store, and the next child,
+            # resuming the task, ends it canceled (the answer waits a while for that end)
+            await executor.cancel(task.id)
+            assert await executor.wait(task.id, timeout=60) == "canceled"
+            assert executor.starts == 2 and executor.proc is not None and executor.proc.pid != first
+        rows = await store.ledger_rows(task.id)
+        assert rows and all(r["status"] != "reserved" for r in rows)  # every reservation settled
 
 
 def _executor_children() -> list[int]:

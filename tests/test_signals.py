@@ -14,7 +14,6 @@ from compound.executor import pg_signals, socket_signals
 from compound.executor.pg_signals import PgSignals
 from compound.executor.signals import (
     Answer,
-    Call,
     Cancel,
     Dispatch,
     Events,
@@ -22,7 +21,6 @@ from compound.executor.signals import (
     LocalSignals,
     Observation,
     QueueWake,
-    Reply,
     Signal,
     SlotFree,
     Stop,
@@ -35,8 +33,7 @@ from compound.store.values import Event
 EVENT = Event(task_id="t_1", seq=3, kind="task", data={"status": "executing"})
 
 SOCKET_SIGNALS: list[Signal] = [
-    Events([EVENT]), Dispatch("t_1"), Call(7, "cancel", "t_1"), Reply(7, None),
-    Reply(8, error="Conflict", message="task t_2 is completed"), Wake("t_1"), Listen("t_1"), Listen("t_1", False),
+    Events([EVENT]), Dispatch("t_1"), Cancel("t_1"), Wake("t_1"), Listen("t_1"), Listen("t_1", False),
     Answer("delta", "t_1", 2, "héllo"), Observation("call_started", {"model": "m", "kind": "worker"}), Stop(),
 ]
 

@@ -8,12 +8,14 @@ Stop or the end of the socket:
 
   from the server                     to the server
   Dispatch(task_id)                   Events  SQLite only: its commits
-  Call(id, cancel, task_id)           Answer  a piece of a streamed answer
-  Listen(task_id, wanted)             Observation  a model call's (metrics)
-  Wake(task_id)  a held tool call's   Reply(id, value | error)
+  Cancel(task_id)  its request is     Answer  a piece of a streamed answer
+    in the store                      Observation  a model call's (metrics)
+  Listen(task_id, wanted)
+  Wake(task_id)  a held tool call's
     decision is in the store
   Stop()
- Ctrl-C in a terminal,
+
+Ctrl-C in a terminal,
 `kill %1` and systemd's stop signal the whole process group (or control group): they
 are meant for the server, so the child ignores SIGINT and SIGTERM and stops when the
 server says so, in order (a clean stop, not a death to report), or when the server's
@@ -31,10 +33,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from compound.core.errors import CompoundError
 from compound.core.logging import get_logger
 from compound.executor.answers import ForwardedAnswers
-from compound.executor.signals import Call, Dispatch, Events, Listen, Observation, Reply, Stop, Wake
+from compound.executor.signals import Cancel, Dispatch, Events, Listen, Observation, Stop, Wake
 from compound.executor.socket_signals import SocketSignals, frame, read_frame
 
 log = get_logger("compound.executor")
@@ -122,26 +123,10 @@ async def serve(fd: int) -> int:
 async def _serve_signals(reader: asyncio.StreamReader, executor: Any, answers: ForwardedAnswers,
                          signals: SocketSignals) -> None:
     loop = asyncio.get_running_loop()
-    replies: set[asyncio.Task[None]] = set()
     stopped = asyncio.Event()
-
-    async def reply(call: Call) -> None:
-        try:
-            signals.publish(Reply(call.call_id, await getattr(executor, call.op)(call.task_id)))
-        except CompoundError as exc:
-            signals.publish(Reply(call.call_id, error=type(exc).__name__, message=exc.message))
-        except Exception as exc:
-            log.exception("executor call failed")
-            signals.publish(Reply(call.call_id, error=type(exc).__name__, message=str(exc)))
-
-    def called(call: Call) -> None:
-        t = loop.create_task(reply(call))
-        replies.add(t)
-        t.add_done_callback(replies.discard)
-
     signals.subscribe(Dispatch, lambda d: executor.submit(d.task_id))
+    signals.subscribe(Cancel, lambda c: executor.cancel_heard(c.task_id))
     signals.subscribe(Wake, lambda w: executor.workflow.steps.approvals.wake(w.task_id))
-    signals.subscribe(Call, called)
     signals.subscribe(Listen, lambda li: answers.want(li.task_id, li.wanted))
     signals.subscribe(Stop, lambda _: stopped.set())
     serving = loop.create_task(signals.serve(reader))
@@ -152,8 +137,6 @@ async def _serve_signals(reader: asyncio.StreamReader, executor: Any, answers: F
         # the parent-death signal would have (it can arrive after the socket closes).
         os._exit(1)
     serving.cancel()
-    if replies:
-        await asyncio.wait(replies, timeout=5)
 
 
 def main(argv: list[str]) -> int:

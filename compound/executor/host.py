@@ -9,7 +9,7 @@ hosts the engine. Two hosts implement it:
     QueueBackend (worker/backend.py)        DBOS workers on PostgreSQL, signals by NOTIFY
 
 Every host reads and waits through the same store; cancel and approve say what really
-happened (NotFound, Conflict), and a host that is restarting raises ExecutorUnavailable."""
+happened (NotFound, Conflict); a host that cannot start raises ExecutorUnavailable."""
 
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ class ExecutorHost(Protocol):
 
     async def cancel(self, task_id: str) -> None:
         """End the task as canceled; NotFound for no such task, Conflict when it ended
-        otherwise first (its answer already existed)."""
+        otherwise first (its answer already existed). A remote host waits a while for
+        the task's end and returns with the request stored when it has not ended yet."""
 
     async def approve(self, task_id: str) -> None:
         """Start a task held at `planned`; Conflict unless it waits for approval."""

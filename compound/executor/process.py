@@ -10,14 +10,16 @@ the mostly idle HTTP process at once.
 The child (`python -m compound.executor.child FD PID`) opens its own store handle on the
 same database, builds its own SDK clients and runs a plain Executor; the server's
 process keeps the routes, the waits and the streams (executor/remote.py). They talk
-over a socket pair (executor/socket_signals.py): to the child Dispatch, Call (cancel),
-Wake, Listen and Stop; to the server the child's committed events on SQLite
-(PostgreSQL's LISTEN/NOTIFY carries them already), Answer pieces, the model calls'
-Observations (metrics), and Replies.
+over a socket pair (executor/socket_signals.py): to the child Dispatch, Cancel, Wake,
+Listen and Stop; to the server the child's committed events on SQLite (PostgreSQL's
+LISTEN/NOTIFY carries them already), Answer pieces and the model calls' Observations
+(metrics).
 
 If the child dies, the server starts another, which resumes every unfinished task as a
-restart does; a call it was waiting for answers 503. If the server dies, the child is
-killed with it (Linux's parent-death signal) or, elsewhere, stops when its socket closes.
+restart does; the dispatches and cancels published meanwhile go to it (a cancel is in
+the store as well: the resumed run ends the task canceled). If the server dies, the
+child is killed with it (Linux's parent-death signal) or, elsewhere, stops when its
+socket closes.
 """
 
 from __future__ import annotations
@@ -30,13 +32,12 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from compound.core import errors
-from compound.core.errors import CompoundError, ExecutorUnavailable
+from compound.core.errors import ExecutorUnavailable
 from compound.core.logging import get_logger
 from compound.core.settings import Settings
 from compound.executor.hooks import CallObserver
 from compound.executor.remote import RemoteHost
-from compound.executor.signals import Call, Dispatch, Listen, Observation, Reply, Stop
+from compound.executor.signals import Cancel, Dispatch, Listen, Observation, Stop
 from compound.executor.socket_signals import SocketSignals, frame, read_frame
 from compound.store.base import RunStore
 
@@ -51,8 +52,8 @@ RESTART_WAITS_S = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 class ChildStarter:
-    """Starts tasks by telling the child process (Dispatch), keeps one child alive
-    (another when it dies), and asks it to cancel (a Call it answers)."""
+    """Starts tasks by telling the child process (Dispatch) and keeps one child alive
+    (another when it dies)."""
 
     def __init__(self, *, settings: Settings, signals: SocketSignals, relay_events: bool,
                  observers: Sequence[CallObserver], stream_answers: bool, wanted: Callable[[], list[str]]) -> None:
@@ -64,14 +65,11 @@ class ChildStarter:
         self._wanted = wanted  # the tasks listened to here, to tell a new child
         self.proc: asyncio.subprocess.Process | None = None
         self.reader: asyncio.Task[None] | None = None
-        self._replies: dict[int, asyncio.Future[Any]] = {}
-        self._next_id = 0
         self._stopping = False
         self._restarts = 0
         self._open_calls: dict[tuple[str, str], list[float]] = {}  # (model, kind): when each began
         self._born = 0.0
         self.starts = 0  # children started (tests)
-        signals.subscribe(Reply, self._replied)
         signals.subscribe(Observation, self._observed)
 
     # life -------------------------------------------------------------------------------
@@ -169,10 +167,6 @@ class ChildStarter:
         writer.close()
         self.proc = None
         self._calls_lost()
-        for fut in self._replies.values():
-            if not fut.done():
-                fut.set_exception(ExecutorUnavailable("the executor process stopped; try again"))
-        self._replies.clear()
         if not self._stopping:
             await self._restart(code)
 
@@ -195,14 +189,6 @@ class ChildStarter:
                 log.error("the executor process could not start again", error=str(exc), retry_in_s=wait)
 
     # what the child says ----------------------------------------------------------------
-
-    def _replied(self, reply: Reply) -> None:
-        fut = self._replies.pop(reply.call_id, None)
-        if fut is not None and not fut.done():
-            if reply.error is None:
-                fut.set_result(reply.value)
-            else:
-                fut.set_exception(_error(reply.error, reply.message))
 
     def _observed(self, obs: Observation) -> None:
         key = (str(obs.fields.get("model")), str(obs.fields.get("kind")))
@@ -237,15 +223,6 @@ class ChildStarter:
         store, where it orders the task's calls."""
         self.signals.publish(Dispatch(task_id))
 
-    async def cancel(self, task_id: str) -> None:
-        if not self.signals.attached:
-            raise ExecutorUnavailable("the executor process is restarting; try again")
-        self._next_id += 1
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._replies[self._next_id] = fut
-        self.signals.publish(Call(self._next_id, "cancel", task_id))
-        await fut
-
 
 class ProcessExecutor(RemoteHost):
     """An Executor (executor/service.py) in a child process: the same methods for the
@@ -253,7 +230,7 @@ class ProcessExecutor(RemoteHost):
 
     def __init__(self, *, settings: Settings, store: RunStore, observers: Sequence[CallObserver] = (),
                  stream_answers: bool = False) -> None:
-        signals = SocketSignals(hold=(Dispatch,))
+        signals = SocketSignals(hold=(Dispatch, Cancel))
         # SQLite tells no other process of a commit: the child relays its events here.
         self.child = ChildStarter(settings=settings, signals=signals, relay_events=store.url.startswith("sqlite"),
                                   observers=observers, stream_answers=stream_answers,
@@ -272,15 +249,6 @@ class ProcessExecutor(RemoteHost):
     @property
     def _reader(self) -> asyncio.Task[None] | None:
         return self.child.reader
-
-
-def _error(name: str, message: str) -> Exception:
-    """The child's error as the routes know it (NotFound, Conflict ...)."""
-    cls = getattr(errors, name, None)
-    if isinstance(cls, type) and issubclass(cls, CompoundError):
-        with contextlib.suppress(TypeError):
-            return cls(message)
-    return ExecutorUnavailable(f"the executor failed: {name}: {message}")
 
 
 __all__ = ["ChildStarter", "ProcessExecutor"]

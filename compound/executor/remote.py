@@ -7,10 +7,12 @@ What the host does itself, whatever the Starter:
   handed to the listeners here (executor/answers.py's RemoteAnswers);
 - Events heard (SQLite's commits, relayed by the child) reach this store's hub;
 - approve checks and records the approval in the store, then starts the task again;
-- wake publishes Wake; the waits subscribe to the store's events (TaskWaits).
-What the Starter does: start and stop hosting, start a task, and end one as canceled
-(where the task runs decides how it is stopped: in the child, its executor answers;
-in the queue, the task may sit in no process at all)."""
+- wake publishes Wake; the waits subscribe to the store's events (TaskWaits);
+- cancel records the request in the store, ends there a task that runs nowhere yet
+  (queued, or held at planned), publishes Cancel for the process running it (its
+  executor stops the run: Executor.cancel_heard) and waits for the task's end, so the
+  answer says what happened.
+What the Starter does: start and stop hosting, and start a task."""
 
 from __future__ import annotations
 
@@ -18,13 +20,21 @@ from collections.abc import Callable
 from typing import Protocol
 
 from compound.core.errors import Conflict, NotFound
+from compound.core.logging import get_logger
 from compound.core.money import Price
 from compound.core.settings import Settings
 from compound.executor.answers import RemoteAnswers
 from compound.executor.service import TaskWaits
-from compound.executor.signals import Answer, Events, Signals, Wake
+from compound.executor.signals import Answer, Cancel, Events, Signals, Wake
 from compound.store.base import RunStore
-from compound.store.models import TaskStatus
+from compound.store.models import TERMINAL_TASK, TaskStatus
+
+log = get_logger("compound.executor.remote")
+
+# How long a cancel waits for the process running the task to stop it, so the answer
+# usually shows `canceled`; past it the answer shows the task as it is (the flag stays,
+# and a run resumed later ends the task canceled).
+CANCEL_WAIT_S = 10.0
 
 
 class Starter(Protocol):
@@ -38,9 +48,6 @@ class Starter(Protocol):
 
     async def start_task(self, task_id: str, priority: int, *, approved: bool = False) -> None:
         """Run a stored task (again, once `approved`); returns without waiting for it."""
-
-    async def cancel(self, task_id: str) -> None:
-        """End the task as canceled: NotFound, Conflict as ExecutorHost.cancel says."""
 
 
 class RemoteHost(TaskWaits):
@@ -74,7 +81,28 @@ class RemoteHost(TaskWaits):
         await self.starter.start_task(task_id, priority)
 
     async def cancel(self, task_id: str) -> None:
-        await self.starter.cancel(task_id)
+        """End the task as canceled wherever it is; Conflict when it ended otherwise
+        first (its answer existed before the cancel reached the process running it)."""
+        status = await self.store.request_cancel(task_id)
+        if status is None:
+            raise NotFound(f"no task with id {task_id!r}")
+        if status in TERMINAL_TASK:
+            raise Conflict(f"task {task_id} is already {status}; only a running task can be canceled")
+        # Not started, or held at `planned`: it runs nowhere, so it ends here. A run
+        # taking it this moment finds its next status write refused and stops there.
+        ended_here = await self.store.set_status_unless_ended(
+            task_id, TaskStatus.canceled, error="canceled by request",
+            only_from=(TaskStatus.queued, TaskStatus.planned))
+        await self.signals.send(Cancel(task_id))
+        if ended_here:
+            return
+        try:
+            final = await self.store.wait_for_status(task_id, TERMINAL_TASK, CANCEL_WAIT_S)
+        except TimeoutError:
+            log.warning("cancel requested; the task has not stopped yet", task_id=task_id)
+            return
+        if final != TaskStatus.canceled:
+            raise Conflict(f"task {task_id} {final} before the cancel reached it; its result stands")
 
     async def approve(self, task_id: str) -> None:
         st = await self.store.load(task_id)
@@ -90,4 +118,4 @@ class RemoteHost(TaskWaits):
         self.signals.publish(Wake(task_id))
 
 
-__all__ = ["RemoteHost", "Starter"]
+__all__ = ["CANCEL_WAIT_S", "RemoteHost", "Starter"]

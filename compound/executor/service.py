@@ -93,6 +93,7 @@ class Executor(TaskWaits):
                           in_doubt=in_doubt)
         self.workflow = Workflow(settings=settings, store=store, calls=self.calls, versions=versions(), steps=steps)
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._cancels: set[asyncio.Task[None]] = set()  # cancels heard from another process
         self._stopping = False
 
     @property
@@ -131,7 +132,7 @@ class Executor(TaskWaits):
         by what is known of them before the store is let go."""
         self._stopping = True
         ids = list(self._running)
-        tasks = list(self._running.values())
+        tasks = [*self._cancels, *self._running.values()]  # a cancel heard stays requested in the store
         for t in tasks:
             t.cancel()
         if tasks:
@@ -221,6 +222,23 @@ class Executor(TaskWaits):
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
 
+
+    def cancel_heard(self, task_id: str) -> None:
+        """A host in another process asked for the task's cancel (a Cancel signal, after
+        recording the request in the store): stop the run here, if it runs here. The
+        host learns the outcome from the task's end in the store."""
+        if self.is_running(task_id):
+            heard = asyncio.get_running_loop().create_task(self._cancel_here(task_id))
+            self._cancels.add(heard)
+            heard.add_done_callback(self._cancels.discard)
+
+    async def _cancel_here(self, task_id: str) -> None:
+        try:
+            await self.cancel(task_id)
+        except (Conflict, NotFound):
+            # it ended otherwise first, or the host ended it canceled (it ran nowhere
+            # yet when the host looked): stop this run, which would be refused anyway
+            await self.abandon(task_id)
 
     async def cancel(self, task_id: str) -> None:
         """End the task as canceled. Conflict when it ended otherwise first, also when

@@ -42,7 +42,8 @@ class Dispatch:
 
 @dataclass(frozen=True, slots=True)
 class Cancel:
-    """End this task as canceled, wherever it runs (queue mode: the worker running it)."""
+    """The task's cancel is requested in the store: the process running it stops it
+    (Executor.cancel_heard) and ends it canceled."""
 
     task_id: str
 
@@ -97,31 +98,11 @@ class Observation:
 
 
 @dataclass(frozen=True, slots=True)
-class Call:
-    """A request that is answered (a Reply with the same id): op is cancel (an approval
-    is written to the store and its task dispatched again)."""
-
-    call_id: int
-    op: str
-    task_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A Call's answer: its value, or the error's class name and message."""
-
-    call_id: int
-    value: Any = None
-    error: str | None = None
-    message: str = ""
-
-
-@dataclass(frozen=True, slots=True)
 class Stop:
     """Put the running tasks down (the next start resumes them) and exit."""
 
 
-Signal = Events | Dispatch | Cancel | Wake | QueueWake | SlotFree | Listen | Answer | Observation | Call | Reply | Stop
+Signal = Events | Dispatch | Cancel | Wake | QueueWake | SlotFree | Listen | Answer | Observation | Stop
 S = TypeVar("S", bound=Signal)
 Handler = Callable[[Any], object]
 
@@ -180,5 +161,5 @@ class LocalSignals(Subscribers):
         return
 
 
-__all__ = ["Answer", "Call", "Cancel", "Dispatch", "Events", "Listen", "LocalSignals", "Observation", "QueueWake",
-           "Reply", "Signal", "Signals", "SlotFree", "Stop", "Subscribers", "Wake"]
+__all__ = ["Answer", "Cancel", "Dispatch", "Events", "Listen", "LocalSignals", "Observation", "QueueWake", "Signal",
+           "Signals", "SlotFree", "Stop", "Subscribers", "Wake"]

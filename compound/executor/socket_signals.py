@@ -5,9 +5,7 @@ The wire messages, one per signal (executor/signals.py):
 
   Events(events)            ("events", [Event ...])
   Dispatch(task_id)         ("dispatch", task_id)
-  Call(id, op, task_id)     (op, id, task_id)              op: cancel
-  Reply(id, value)          ("ok", id, value)
-  Reply(id, error=, message=)  ("error", id, type name, message)
+  Cancel(task_id)           ("cancel", task_id)
   Wake(task_id)             ("wake", task_id)
   Listen(task_id, wanted)   ("listen" | "unlisten", task_id)
   Answer(op, t, a, text)    ("ans", op, task_id, attempt, text)
@@ -27,12 +25,11 @@ from typing import Any
 
 from compound.executor.signals import (
     Answer,
-    Call,
+    Cancel,
     Dispatch,
     Events,
     Listen,
     Observation,
-    Reply,
     Signal,
     Stop,
     Subscribers,
@@ -61,12 +58,8 @@ def encode(signal: Signal) -> Message:
             return ("events", list(events))
         case Dispatch(task_id):
             return ("dispatch", task_id)
-        case Call(call_id, op, task_id):
-            return (op, call_id, task_id)
-        case Reply(call_id, value, None):
-            return ("ok", call_id, value)
-        case Reply(call_id, _, error, message):
-            return ("error", call_id, error, message)
+        case Cancel(task_id):
+            return ("cancel", task_id)
         case Wake(task_id):
             return ("wake", task_id)
         case Listen(task_id, wanted):
@@ -87,11 +80,7 @@ def decode(message: Message) -> Signal:
     if kind == "dispatch":
         return Dispatch(message[1])
     if kind == "cancel":
-        return Call(message[1], kind, message[2])
-    if kind == "ok":
-        return Reply(message[1], message[2])
-    if kind == "error":
-        return Reply(message[1], error=message[2], message=message[3])
+        return Cancel(message[1])
     if kind == "wake":
         return Wake(message[1])
     if kind in ("listen", "unlisten"):

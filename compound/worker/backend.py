@@ -11,24 +11,21 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from compound.core.errors import Conflict, DatabaseUnavailable, NotFound
+from compound.core.errors import DatabaseUnavailable
 from compound.core.logging import get_logger
 from compound.core.money import Price
 from compound.core.settings import Settings
 from compound.executor.pg_signals import PgSignals, payloads
 from compound.executor.remote import RemoteHost
-from compound.executor.signals import Cancel, QueueWake
+from compound.executor.signals import QueueWake
 from compound.store import pg_notify
 from compound.store.base import RunStore
-from compound.store.models import TERMINAL_TASK, TaskStatus
+from compound.store.models import TaskStatus
 from compound.store.outage import outage_as_error
 from compound.worker import names
 
 log = get_logger("compound.worker.backend")
 
-# How long a cancel waits for the worker running the task to stop it, so the answer
-# usually shows `canceled`; past it the answer shows the task as it is (the flag stays).
-CANCEL_WAIT_S = 10.0
 # An enqueue that found the database gone is tried again after this, doubling up to the max.
 ENQUEUE_RETRY_S = 0.2
 ENQUEUE_RETRY_MAX_S = 5.0
@@ -114,30 +111,6 @@ class QueueStarter:
                 return
             except DatabaseUnavailable:
                 delay = min(delay * 2, ENQUEUE_RETRY_MAX_S)
-
-    async def cancel(self, task_id: str) -> None:
-        """End the task as canceled wherever it is; Conflict when it ended otherwise
-        first (its answer existed before the cancel reached the worker running it)."""
-        status = await self.store.request_cancel(task_id)
-        if status is None:
-            raise NotFound(f"no task with id {task_id!r}")
-        if status in TERMINAL_TASK:
-            raise Conflict(f"task {task_id} is already {status}; only a running task can be canceled")
-        # Not started, or held at `planned`: it runs nowhere, so it ends here. A worker
-        # taking it this moment finds its next status write refused and stops there.
-        ended_here = await self.store.set_status_unless_ended(
-            task_id, TaskStatus.canceled, error="canceled by request",
-            only_from=(TaskStatus.queued, TaskStatus.planned))
-        await self.signals.send(Cancel(task_id))
-        if ended_here:
-            return
-        try:
-            final = await self.store.wait_for_status(task_id, TERMINAL_TASK, CANCEL_WAIT_S)
-        except TimeoutError:
-            log.warning("cancel requested; the task has not stopped yet", task_id=task_id)
-            return
-        if final != TaskStatus.canceled:
-            raise Conflict(f"task {task_id} {final} before the cancel reached it; its result stands")
 
 
 class QueueBackend(RemoteHost):

@@ -15,7 +15,6 @@ import os
 import uuid
 from typing import Any
 
-from compound.core.errors import Conflict, NotFound
 from compound.core.logging import get_logger
 from compound.core.settings import Settings
 from compound.executor.answers import ForwardedAnswers
@@ -81,7 +80,7 @@ class Worker:
         # Woken at once when a task is enqueued (or, with a global cap, a task ends on
         # another worker); DBOS's own poll is only the fallback (wake.py).
         self.bell = wake.Doorbell()
-        self.signals.subscribe(Cancel, lambda c: self._on_cancel(c.task_id))
+        self.signals.subscribe(Cancel, lambda c: self.executor.cancel_heard(c.task_id))
         self.signals.subscribe(QueueWake, lambda _: self.bell.ring())
         self.signals.subscribe(Listen, lambda li: self.answers.want(li.task_id, li.wanted))
         if self.slots is not None:
@@ -222,19 +221,6 @@ class Worker:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    # cancels ------------------------------------------------------------------------
-
-    def _on_cancel(self, task_id: str) -> None:
-        if self.executor.is_running(task_id):
-            self._spawn(self._cancel_here(task_id))
-
-    async def _cancel_here(self, task_id: str) -> None:
-        try:
-            await self.executor.cancel(task_id)
-        except (Conflict, NotFound):
-            # An API process finished it as canceled while we were taking it: stop our run.
-            await self.executor.abandon(task_id)
 
     async def _reap_loop(self) -> None:
         while True:
