@@ -180,3 +180,69 @@ def test_dashboard_shows_costs_and_live_task(server: tuple[str, str, str], sim: 
             page.click("#csv-user")
         assert f"dana,{dana['calls']}," in Path(got.value.path()).read_text()
         browser.close()
+
+
+def test_dashboard_approves_and_denies_held_tool_calls(sim: Simulator, sim_settings: Settings,
+                                                       tmp_path: Path) -> None:
+    if CHROMIUM is None:
+        pytest.skip("SKIPPED: no chromium on this machine (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="SKIPPED: playwright is not installed")
+    from compound.tools.config import McpServerConfig
+    from tests.fixtures.mcp_tools import http_server
+
+    count_file = tmp_path / "count"
+    with http_server(env={"MCP_TOOLS_COUNT_FILE": str(count_file)}) as tools:
+        # neither tool is read-only: under the default policy each call waits for a person
+        settings = sim_settings.model_copy(update={
+            "rate_limit_per_minute": 1000, "call_timeout_s": 120.0, "max_replans": 0,
+            "mcp_servers": {"fx": McpServerConfig(url=tools.url)}})
+        app = create_app(settings, client=LiteLLMClient(settings))
+        with serving_in_thread(app) as url:
+            token = create_token(app.state.store.engine, "dana")[1]
+            auth = {"Authorization": f"Bearer {token}"}
+            plan = {"subtasks": [
+                {"description": "count the incident", "tier_hint": 1, "depends_on": [], "kind": "tool",
+                 "tool": "fx.count", "arguments": {}},
+                {"description": "delete item b", "tier_hint": 1, "depends_on": [], "kind": "tool",
+                 "tool": "fx.delete", "arguments": {"item": "b"}}]}
+            task = httpx.post(f"{url}/v1/tasks", headers=auth, json={"prompt": "<b>act</b>", "plan": plan}).json()
+            with sync_api.sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                page.set_default_timeout(WAIT_MS)
+                page.goto(f"{url}/dashboard#{task['id']}")
+                page.fill("#token", token)
+                page.click("#login-form button")
+                # both calls held, each shown with its tool and arguments, before anything ran
+                page.wait_for_function("() => document.querySelectorAll('#held-calls .call').length === 2")
+                assert page.is_visible("#held")
+                held = page.inner_text("#held-calls")
+                assert "fx.count" in held and "fx.delete" in held and '{"item":"b"}' in held
+                assert lines_of(count_file) == []
+                page.wait_for_selector('#dag g.node[data-index="0"][data-status="awaiting_approval"]', state="attached")
+                snap = httpx.get(f"{url}/v1/tasks/{task['id']}", headers=auth).json()
+                ids = {c["tool"]: c["id"] for s in snap["subtasks"] for c in s["tool_calls"]}
+                page.click(f'#held-calls .call[data-call-id="{ids["fx.count"]}"] .approve-call')
+                page.fill(f'#held-calls .call[data-call-id="{ids["fx.delete"]}"] .deny-message', "not <b>b</b>, keep it")
+                page.click(f'#held-calls .call[data-call-id="{ids["fx.delete"]}"] .deny-call')
+                page.wait_for_function("() => ['completed', 'partial', 'failed'].includes("
+                                       "document.querySelector('#task-status').dataset.status)")
+                assert page.is_hidden("#held")
+                page.click('#dag g.node[data-index="0"]')
+                page.wait_for_selector(f'#node-detail li[data-call-id="{ids["fx.count"]}"][data-status="ok"]',
+                                       state="attached")
+                page.click('#dag g.node[data-index="1"]')
+                page.wait_for_selector(f'#node-detail li[data-call-id="{ids["fx.delete"]}"][data-status="denied"]',
+                                       state="attached")
+                assert "not <b>b</b>, keep it" in page.inner_text("#node-detail")  # as text, never markup
+                browser.close()
+            ended = httpx.get(f"{url}/v1/tasks/{task['id']}", headers=auth).json()
+            calls = {c["tool"]: c for s in ended["subtasks"] for c in s["tool_calls"]}
+            assert calls["fx.count"]["status"] == "ok" and calls["fx.count"]["approval"]["decision"] == "approved"
+            assert calls["fx.delete"]["status"] == "denied"
+            assert calls["fx.delete"]["approval"]["message"] == "not <b>b</b>, keep it"
+            assert len(lines_of(count_file)) == 1  # the approved call ran once
+
+
+def lines_of(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines() if path.exists() else []
