@@ -184,6 +184,50 @@ async def test_a_cancel_asked_while_the_child_restarts_ends_the_task_in_the_next
         assert rows and all(r["status"] != "reserved" for r in rows)  # every reservation settled
 
 
+async def test_a_cancel_meeting_the_end_of_a_task_in_the_child_says_what_happened(
+        any_store: RunStore, sim_settings: Settings, sim: Simulator) -> None:
+    """The child's cancel is the remote host's (stored, Cancel to the child, its end
+    awaited): 40 tasks, each canceled on hearing its n-th event, from before it starts
+    to after its end. Each answer says what happened, each task has one terminal event,
+    and its books are closed."""
+    from tests.test_executor import plan
+
+    sim.script.latency_rules = [("race", 0.02)]
+    said: dict[str, str] = {}
+    async with running(any_store, sim_settings.model_copy(update={"max_replans": 0})) as executor:
+        async def one(i: int) -> None:
+            p = plan((f"race part a {i}", [])) if i % 2 else plan((f"race part a {i}", []), (f"race part b {i}", [0]))
+            task = await any_store.create_task(prompt=f"race {i}", budget_usd=1.0, plan_in=p)
+            heard = 0
+            async with any_store.subscribe(task.id, after=0) as sub:
+                await executor.dispatch(task.id, priority=2)
+                async for ev in sub:
+                    heard += 1
+                    if heard > i % 9 or ev.terminal:
+                        break
+            try:
+                await executor.cancel(task.id)
+                said[task.id] = "canceled"
+            except Conflict:
+                said[task.id] = "conflict"
+
+        await asyncio.gather(*(one(i) for i in range(40)))
+        for task_id in said:  # a cancel's answer may come before the task's end (it waits a while)
+            await executor.wait(task_id, timeout=60)
+    assert set(said.values()) == {"canceled", "conflict"}  # both sides of the race were run
+    for task_id, answer in said.items():
+        snap = await any_store.snapshot(task_id)
+        assert (snap["status"] == "canceled") == (answer == "canceled"), (task_id, answer, snap["status"])
+        events = await any_store.events_after(task_id, 0)
+        assert sum(1 for e in events if e.terminal) == 1, task_id
+        rows = await any_store.ledger_rows(task_id)
+        assert [r["status"] for r in rows if r["status"] == "reserved"] == []
+        # the snapshot shows dollars to six places
+        assert snap["total_cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in rows), abs=5e-7)
+        if answer == "conflict":
+            assert snap["status"] == "completed" and snap["result"]
+
+
 def _executor_children() -> list[int]:
     return [pid for pid in _children(os.getpid())
             if "compound.executor.child" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
