@@ -16,6 +16,7 @@ import pytest
 from compound.core.errors import Conflict
 from compound.core.status import task_path
 from compound.executor.answers import AnswerPiece
+from compound.executor.host import ExecutorHost
 from compound.llm.base import Completion, Delta, Message, StreamEvent, ToolChoice, ToolSpec, Usage
 from compound.simulator import prompt_kind
 from compound.store.base import RunStore
@@ -47,44 +48,59 @@ async def test_a_status_write_applies_only_while_the_task_has_not_ended(
     assert len(await any_store.events_after(task.id, 0)) == events + applies  # an event only when it applied
 
 
-async def test_a_cancel_at_every_moment_of_a_task_says_what_happened(any_store: RunStore) -> None:
-    """60 tasks (one subtask, or two and a synthesis), each canceled on hearing its n-th
-    event: from before it starts to after its end."""
-    fake = FakeLLM(answer=kind_answer, latency=lambda _m, _msgs: 0.001)
-    ex = executor(any_store, fake, max_attempts=1)
+async def cancel_race(store: RunStore, host: ExecutorHost, n: int, name: str = "task") -> dict[str, str]:
+    """n tasks (one subtask, or two and a synthesis), each canceled on hearing its k-th
+    event, from before it starts to after its end: what each cancel answered ("canceled",
+    or "conflict" when the task ended otherwise first)."""
     said: dict[str, str] = {}
 
     async def one(i: int) -> None:
-        p = plan(("part a", [])) if i % 2 else plan(("part a", []), ("part b", [0]))
-        task = await any_store.create_task(prompt=f"task {i}", budget_usd=1.0, plan_in=p)
+        p = plan((f"{name} part a {i}", [])) if i % 2 else plan((f"{name} part a {i}", []),
+                                                                  (f"{name} part b {i}", [0]))
+        task = await store.create_task(prompt=f"{name} {i}", budget_usd=1.0, plan_in=p)
         heard = 0
-        async with any_store.subscribe(task.id, after=0) as sub:
-            await ex.dispatch(task.id, priority=2)
+        async with store.subscribe(task.id, after=0) as sub:
+            await host.dispatch(task.id, priority=2)
             async for ev in sub:
                 heard += 1
                 if heard > i % 9 or ev.terminal:
                     break
         try:
-            await ex.cancel(task.id)
+            await host.cancel(task.id)
             said[task.id] = "canceled"
         except Conflict:
             said[task.id] = "conflict"
 
-    try:
-        await asyncio.gather(*(one(i) for i in range(60)))
-    finally:
-        await ex.stop()
-    assert set(said.values()) == {"canceled", "conflict"}  # both sides of the race were run
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return said
+
+
+async def check_race(store: RunStore, said: dict[str, str], *, cost_abs: float = 1e-9) -> None:
+    """Both sides of the race were run; each answer matches the task's end; each task
+    has one terminal event, no ledger row left reserved, and a total equal to its ledger
+    (within `cost_abs`: the snapshot shows dollars to six places)."""
+    assert set(said.values()) == {"canceled", "conflict"}
     for task_id, answer in said.items():
-        snap = await any_store.snapshot(task_id)
+        snap = await store.snapshot(task_id)
         assert (snap["status"] == "canceled") == (answer == "canceled"), (task_id, answer, snap["status"])
-        events = await any_store.events_after(task_id, 0)
+        events = await store.events_after(task_id, 0)
         assert sum(1 for e in events if e.terminal) == 1, task_id
-        rows = ledger(any_store, task_id)
-        assert [r.status for r in rows if r.status == "reserved"] == []
-        assert snap["total_cost_usd"] == pytest.approx(sum(r.cost_usd for r in rows), abs=1e-9)
+        rows = await store.ledger_rows(task_id)
+        assert [r["status"] for r in rows if r["status"] == "reserved"] == []
+        assert snap["total_cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in rows), abs=cost_abs)
         if answer == "conflict":
             assert snap["status"] == "completed" and snap["result"]
+
+
+async def test_a_cancel_at_every_moment_of_a_task_says_what_happened(any_store: RunStore) -> None:
+    """60 tasks, each canceled on hearing its n-th event, on the plain Executor."""
+    fake = FakeLLM(answer=kind_answer, latency=lambda _m, _msgs: 0.001)
+    ex = executor(any_store, fake, max_attempts=1)
+    try:
+        said = await cancel_race(any_store, ex, 60)
+    finally:
+        await ex.stop()
+    await check_race(any_store, said)
 
 
 class Held(FakeLLM):

@@ -76,7 +76,10 @@ async def until(check: Callable[[], object], what: str, timeout: float = 30.0) -
 async def test_a_task_runs_in_the_child_and_its_events_and_calls_reach_this_process(
         any_store: RunStore, sim_settings: Settings, sim: Simulator) -> None:
     calls = Calls()
-    async with running(any_store, sim_settings, observers=[calls]) as executor:
+    # a generous call timeout: on a loaded machine a slow first call must not be retried
+    # (an attempt that timed out is observed as an error)
+    settings = sim_settings.model_copy(update={"call_timeout_s": 120.0})
+    async with running(any_store, settings, observers=[calls]) as executor:
         assert executor.proc is not None and executor.proc.pid != os.getpid()
         task = await any_store.create_task(prompt=PROMPT, budget_usd=1.0)
         seen = await events_until_end(any_store, task.id, executor)
@@ -90,7 +93,7 @@ async def test_a_task_runs_in_the_child_and_its_events_and_calls_reach_this_proc
         # each model call observed here, as the child made it
         await until(lambda: len(calls.finished) == len(sim.requests), "the calls' observations")
         assert calls.started == len(sim.requests) > 3
-        assert {f["status"] for f in calls.finished} == {"ok"}
+        assert {f["status"] for f in calls.finished} == {"ok"}, [f for f in calls.finished if f["status"] != "ok"]
         spent = sum(float(f["cost_usd"]) for f in calls.finished)
         assert spent == pytest.approx(snap["total_cost_usd"])
 
@@ -117,8 +120,8 @@ async def test_cancel_approve_and_their_errors_cross_to_the_child(
             await executor.dispatch(task.id, priority=2)
             await until(lambda: len([r for r in sim.calls("worker") if SUBTASK in r["text"]]) > before,
                         "a held subtask call")
-            await executor.cancel(task.id)
-            assert (await store.head(task.id)).status == "canceled"
+            await executor.cancel(task.id)  # it waits a while for the end: a loaded machine may take longer
+            assert await executor.wait(task.id, timeout=60) == "canceled"
 
 
 async def test_the_streamed_answer_reaches_a_listener_here(store: RunStore, sim_settings: Settings) -> None:
@@ -134,27 +137,34 @@ async def test_the_streamed_answer_reaches_a_listener_here(store: RunStore, sim_
         assert executor.answers.listening(task.id) == 0
 
 
+async def killed_mid_call(store: RunStore, executor: ProcessExecutor, sim: Simulator) -> tuple[str, int]:
+    """A task whose held subtask call is in flight when its child is killed (SIGKILL):
+    the task's id and the dead child's pid."""
+    task = await store.create_task(prompt=PROMPT, budget_usd=1.0)
+    await executor.dispatch(task.id, priority=2)
+    await until(lambda: any(SUBTASK in r["text"] for r in sim.calls("worker")), "a held subtask call")
+    assert executor.proc is not None
+    first = executor.proc.pid
+    os.kill(first, signal.SIGKILL)
+    return task.id, first
+
+
 async def test_a_child_that_dies_is_replaced_and_resumes_its_task(
         store: RunStore, sim_settings: Settings, sim: Simulator) -> None:
     calls = Calls()
     async with running(store, sim_settings, observers=[calls]) as executor:
         with held(sim, SUBTASK) as release:
-            task = await store.create_task(prompt=PROMPT, budget_usd=1.0)
-            await executor.dispatch(task.id, priority=2)
-            await until(lambda: any(SUBTASK in r["text"] for r in sim.calls("worker")), "a held subtask call")
-            assert executor.proc is not None
-            first = executor.proc.pid
-            os.kill(first, signal.SIGKILL)
+            task_id, first = await killed_mid_call(store, executor, sim)
             await until(lambda: executor.starts == 2 and executor.proc is not None, "another child", timeout=60)
             assert executor.proc is not None and executor.proc.pid != first
             release.set()
-            assert await executor.wait(task.id, timeout=60) == "completed"
+            assert await executor.wait(task_id, timeout=60) == "completed"
         # the killed child's open calls were booked lost, at their worst case, on resume
-        rows = await store.ledger_rows(task.id)
+        rows = await store.ledger_rows(task_id)
         assert any(r["status"] == "lost" for r in rows) and any(r["status"] == "ok" for r in rows)
         # and the snapshot says which, and how much of the total they are
         lost_rows = [r for r in rows if r["status"] == "lost"]
-        snap = await store.snapshot(task.id)
+        snap = await store.snapshot(task_id)
         assert snap["worst_case"]["calls"] == len(lost_rows)
         assert snap["worst_case"]["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in lost_rows), abs=1e-6)
         parts = [snap["planner"], snap["synthesis"], *snap["subtasks"]]
@@ -169,63 +179,28 @@ async def test_a_cancel_asked_while_the_child_restarts_ends_the_task_in_the_next
         store: RunStore, sim_settings: Settings, sim: Simulator) -> None:
     async with running(store, sim_settings) as executor:
         with held(sim, SUBTASK):
-            task = await store.create_task(prompt=PROMPT, budget_usd=1.0)
-            await executor.dispatch(task.id, priority=2)
-            await until(lambda: any(SUBTASK in r["text"] for r in sim.calls("worker")), "a held subtask call")
-            assert executor.proc is not None
-            first = executor.proc.pid
-            os.kill(first, signal.SIGKILL)
+            task_id, first = await killed_mid_call(store, executor, sim)
             # asked of the dead child: the request is in the store, and the next child,
             # resuming the task, ends it canceled (the answer waits a while for that end)
-            await executor.cancel(task.id)
-            assert await executor.wait(task.id, timeout=60) == "canceled"
+            await executor.cancel(task_id)
+            assert await executor.wait(task_id, timeout=60) == "canceled"
             assert executor.starts == 2 and executor.proc is not None and executor.proc.pid != first
-        rows = await store.ledger_rows(task.id)
+        rows = await store.ledger_rows(task_id)
         assert rows and all(r["status"] != "reserved" for r in rows)  # every reservation settled
 
 
 async def test_a_cancel_meeting_the_end_of_a_task_in_the_child_says_what_happened(
         any_store: RunStore, sim_settings: Settings, sim: Simulator) -> None:
     """The child's cancel is the remote host's (stored, Cancel to the child, its end
-    awaited): 40 tasks, each canceled on hearing its n-th event, from before it starts
-    to after its end. Each answer says what happened, each task has one terminal event,
-    and its books are closed."""
-    from tests.test_executor import plan
+    awaited): the race of tests/test_cancel_race.py, 40 tasks through the child."""
+    from tests.test_cancel_race import cancel_race, check_race
 
     sim.script.latency_rules = [("race", 0.02)]
-    said: dict[str, str] = {}
     async with running(any_store, sim_settings.model_copy(update={"max_replans": 0})) as executor:
-        async def one(i: int) -> None:
-            p = plan((f"race part a {i}", [])) if i % 2 else plan((f"race part a {i}", []), (f"race part b {i}", [0]))
-            task = await any_store.create_task(prompt=f"race {i}", budget_usd=1.0, plan_in=p)
-            heard = 0
-            async with any_store.subscribe(task.id, after=0) as sub:
-                await executor.dispatch(task.id, priority=2)
-                async for ev in sub:
-                    heard += 1
-                    if heard > i % 9 or ev.terminal:
-                        break
-            try:
-                await executor.cancel(task.id)
-                said[task.id] = "canceled"
-            except Conflict:
-                said[task.id] = "conflict"
-
-        await asyncio.gather(*(one(i) for i in range(40)))
+        said = await cancel_race(any_store, executor, 40, name="race")
         for task_id in said:  # a cancel's answer may come before the task's end (it waits a while)
             await executor.wait(task_id, timeout=60)
-    assert set(said.values()) == {"canceled", "conflict"}  # both sides of the race were run
-    for task_id, answer in said.items():
-        snap = await any_store.snapshot(task_id)
-        assert (snap["status"] == "canceled") == (answer == "canceled"), (task_id, answer, snap["status"])
-        events = await any_store.events_after(task_id, 0)
-        assert sum(1 for e in events if e.terminal) == 1, task_id
-        rows = await any_store.ledger_rows(task_id)
-        assert [r["status"] for r in rows if r["status"] == "reserved"] == []
-        # the snapshot shows dollars to six places
-        assert snap["total_cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in rows), abs=5e-7)
-        if answer == "conflict":
-            assert snap["status"] == "completed" and snap["result"]
+    await check_race(any_store, said, cost_abs=5e-7)
 
 
 def _executor_children() -> list[int]:
