@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -33,10 +34,7 @@ WAIT_MS = 60_000  # a generous deadline for a state, never a pause
 @pytest.fixture
 def server(sim: Simulator, sim_settings: Settings) -> Iterator[tuple[str, str, str]]:
     sim.script.holds = {"hold step two": threading.Event(), "hold forever": threading.Event()}
-    # the simulator answers at once (holds aside): a long call timeout only keeps a loaded
-    # machine's slow first call from failing the warm-up task
-    settings = sim_settings.model_copy(update={"rate_limit_per_minute": 1000, "call_timeout_s": 120.0})
-    app = create_app(settings, client=LiteLLMClient(settings))
+    app = _app(sim_settings)
     with serving_in_thread(app) as url:
         token = create_token(app.state.store.engine, "dana")[1]
         admin = create_token(app.state.store.engine, "root", ["admin"])[1]
@@ -45,6 +43,25 @@ def server(sim: Simulator, sim_settings: Settings) -> Iterator[tuple[str, str, s
         finally:
             for released in sim.script.holds.values():
                 released.set()
+
+
+def _signed_in(pw: Any, url: str, token: str, fragment: str = "") -> tuple[Any, Any]:
+    """Chromium on the dashboard (`#fragment`: a task to open), signed in with `token`:
+    (browser, page)."""
+    browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(WAIT_MS)
+    page.goto(f"{url}/dashboard" + (f"#{fragment}" if fragment else ""))
+    page.fill("#token", token)
+    page.click("#login-form button")
+    return browser, page
+
+
+def _app(settings: Settings, **update: Any) -> Any:
+    # the simulator answers at once (holds aside): a long call timeout only keeps a loaded
+    # machine's slow first call from failing
+    settings = settings.model_copy(update={"rate_limit_per_minute": 1000, "call_timeout_s": 120.0, **update})
+    return create_app(settings, client=LiteLLMClient(settings))
 
 
 def _wait_status(url: str, auth: dict[str, str], task_id: str, status: str) -> None:
@@ -73,12 +90,7 @@ def test_dashboard_shows_costs_and_live_task(server: tuple[str, str, str], sim: 
                          json={"prompt": "watch me [red]<b>x</b>", "plan": plan}).json()
 
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.set_default_timeout(WAIT_MS)
-        page.goto(f"{url}/dashboard")
-        page.fill("#token", token)
-        page.click("#login-form button")
+        browser, page = _signed_in(pw, url, token)
         page.wait_for_selector("#cost-chart rect.day", state="attached")
         spent_days = page.eval_on_selector_all("#cost-chart rect.day", "els => els.filter(e => +e.dataset.cost > 0).length")
         assert spent_days >= 1
@@ -189,14 +201,12 @@ def test_dashboard_approves_and_denies_held_tool_calls(sim: Simulator, sim_setti
     sync_api = pytest.importorskip("playwright.sync_api", reason="SKIPPED: playwright is not installed")
     from compound.tools.config import McpServerConfig
     from tests.fixtures.mcp_tools import http_server
+    from tests.test_tool_approvals import lines
 
     count_file = tmp_path / "count"
     with http_server(env={"MCP_TOOLS_COUNT_FILE": str(count_file)}) as tools:
         # neither tool is read-only: under the default policy each call waits for a person
-        settings = sim_settings.model_copy(update={
-            "rate_limit_per_minute": 1000, "call_timeout_s": 120.0, "max_replans": 0,
-            "mcp_servers": {"fx": McpServerConfig(url=tools.url)}})
-        app = create_app(settings, client=LiteLLMClient(settings))
+        app = _app(sim_settings, max_replans=0, mcp_servers={"fx": McpServerConfig(url=tools.url)})
         with serving_in_thread(app) as url:
             token = create_token(app.state.store.engine, "dana")[1]
             auth = {"Authorization": f"Bearer {token}"}
@@ -207,18 +217,13 @@ def test_dashboard_approves_and_denies_held_tool_calls(sim: Simulator, sim_setti
                  "tool": "fx.delete", "arguments": {"item": "b"}}]}
             task = httpx.post(f"{url}/v1/tasks", headers=auth, json={"prompt": "<b>act</b>", "plan": plan}).json()
             with sync_api.sync_playwright() as pw:
-                browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-                page = browser.new_page(viewport={"width": 1280, "height": 900})
-                page.set_default_timeout(WAIT_MS)
-                page.goto(f"{url}/dashboard#{task['id']}")
-                page.fill("#token", token)
-                page.click("#login-form button")
+                browser, page = _signed_in(pw, url, token, task["id"])
                 # both calls held, each shown with its tool and arguments, before anything ran
                 page.wait_for_function("() => document.querySelectorAll('#held-calls .call').length === 2")
                 assert page.is_visible("#held")
                 held = page.inner_text("#held-calls")
                 assert "fx.count" in held and "fx.delete" in held and '{"item":"b"}' in held
-                assert lines_of(count_file) == []
+                assert lines(count_file) == []
                 page.wait_for_selector('#dag g.node[data-index="0"][data-status="awaiting_approval"]', state="attached")
                 snap = httpx.get(f"{url}/v1/tasks/{task['id']}", headers=auth).json()
                 ids = {c["tool"]: c["id"] for s in snap["subtasks"] for c in s["tool_calls"]}
@@ -241,8 +246,5 @@ def test_dashboard_approves_and_denies_held_tool_calls(sim: Simulator, sim_setti
             assert calls["fx.count"]["status"] == "ok" and calls["fx.count"]["approval"]["decision"] == "approved"
             assert calls["fx.delete"]["status"] == "denied"
             assert calls["fx.delete"]["approval"]["message"] == "not <b>b</b>, keep it"
-            assert len(lines_of(count_file)) == 1  # the approved call ran once
+            assert len(lines(count_file)) == 1  # the approved call ran once
 
-
-def lines_of(path: Path) -> list[str]:
-    return path.read_text(encoding="utf-8").splitlines() if path.exists() else []

@@ -118,4 +118,4 @@ class RemoteHost(TaskWaits):
         self.signals.publish(Wake(task_id))
 
 
-__all__ = ["CANCEL_WAIT_S", "RemoteHost", "Starter"]
+__all__ = ["RemoteHost", "Starter"]

@@ -222,7 +222,6 @@ class Executor(TaskWaits):
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
 
-
     def cancel_heard(self, task_id: str) -> None:
         """A host in another process asked for the task's cancel (a Cancel signal, after
         recording the request in the store): stop the run here, if it runs here. The
