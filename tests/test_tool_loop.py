@@ -21,6 +21,8 @@ from compound.executor.steps import IDEMPOTENCY_META_KEY, IN_DOUBT, call_key
 from compound.llm.base import Completion, Message, Price, ToolCall, ToolChoice, ToolSpec
 from compound.planner.validate import validate_plan
 from compound.store.base import RunStore
+from compound.store.models import SubtaskStatus, TaskStatus, ToolCallStatus
+from compound.store.values import SubState, ToolCallRecord
 from compound.tools.catalogue import Tool, ToolResult
 
 PRICE = Price(input=1e-6, output=5e-6)
@@ -207,6 +209,77 @@ async def test_a_loop_calls_tools_and_completes_with_every_call_recorded(any_sto
     assert len(shown) == 4  # the two calls of the turn ran at once: each its intent, then its outcome
     assert [s for s in shown if s[0] == "fx.echo"] == [("fx.echo", "running"), ("fx.echo", "ok")]
     assert [s for s in shown if s[0] == "fx.count"] == [("fx.count", "running"), ("fx.count", "ok")]
+
+
+async def test_a_calls_intent_starts_its_subtask_only_when_asked_to(any_store: RunStore) -> None:
+    """A direct or decided call's intent has its subtask running; a loop call's leaves
+    the subtask as its model turn left it (the reservation has it running)."""
+    st = await any_store.create_task(prompt="p", budget_usd=1.0)
+    subs = [SubState(index=i, description=f"step {i}", tier_hint=1, tier_assigned=1, models=["m"], depends_on=[],
+                     status=SubtaskStatus.pending, kind="tool", tool="fx.echo", arguments={}) for i in range(2)]
+    await any_store.save_plan(st.id, reasoning=None, subtasks=subs, prompt_versions={}, status=TaskStatus.planned)
+    for i, acting in ((0, True), (1, False)):
+        await any_store.tool_call_started(st.id, ToolCallRecord(
+            id=f"tc_{i}", subtask=i, turn=0, model_call_id=None, tool="fx.echo", arguments={"text": str(i)},
+            status=ToolCallStatus.running), acting=acting)
+    snap = await any_store.snapshot(st.id)
+    assert [s["status"] for s in snap["subtasks"]] == ["running", "pending"]
+    assert [[c["status"] for c in s["tool_calls"]] for s in snap["subtasks"]] == [["running"], ["running"]]
+    events = await any_store.events_after(st.id, 0)
+    assert [(e.data["index"], e.data["status"]) for e in events if e.kind == "subtask"] == [(0, "running")]
+    assert [e.data["index"] for e in events if e.kind == "tool_call"] == [0, 1]
+
+
+def echo_once(messages: list[Message], _choice: ToolChoice) -> Completion | str:
+    done = tool_messages(messages)
+    return f"echoed {done[0]['content']}" if done else asks(("fx.echo", {"text": "hi"}))
+
+
+async def test_a_calls_outcome_commits_while_the_loop_goes_on_and_the_task_ends_after_it(
+        store: RunStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store that commits in order lets the loop ask for the model's next turn before
+    a call's outcome has committed; the task ends only once it has."""
+    held = asyncio.Event()
+    real = store.tool_call_ended
+
+    async def held_outcome(*args: Any, **kw: Any) -> Any:
+        await held.wait()
+        return await real(*args, **kw)
+
+    monkeypatch.setattr(store, "tool_call_ended", held_outcome)
+    llm, tools = ScriptedLLM(echo_once), FakeTools()
+    second = llm.gate(1)
+    ex = executor(store, llm, tools)
+    st = await store.create_task(prompt="p", budget_usd=1.0, plan_in=plan({"tools": ["fx.echo"]}))
+    await ex.start()
+    try:
+        ex.submit(st.id)
+        await asyncio.wait_for(llm.entered[1].wait(), 20)  # the next turn is asked for ...
+        during = await store.snapshot(st.id)
+        assert [c["status"] for c in during["subtasks"][0]["tool_calls"]] == ["running"]  # ... before the outcome
+        second.set()
+        async with asyncio.timeout(20):
+            while (await store.snapshot(st.id))["subtasks"][0]["status"] != "completed":
+                await asyncio.sleep(0.01)
+        assert (await store.snapshot(st.id))["status"] == "executing"  # the task's end waits for the outcome
+        held.set()
+        await ex.wait(st.id, timeout=20)
+    finally:
+        await ex.stop()
+    snap = await store.snapshot(st.id)
+    assert snap["status"] == "completed" and snap["result"] == "echoed hi"
+    assert [c["status"] for c in snap["subtasks"][0]["tool_calls"]] == ["ok"]
+
+
+async def test_an_outcome_that_cannot_be_written_fails_the_task(store: RunStore,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(*_args: Any, **_kw: Any) -> Any:
+        raise OSError("disk I/O error")
+
+    monkeypatch.setattr(store, "tool_call_ended", broken)
+    snap = await run(store, ScriptedLLM(echo_once), FakeTools(), plan({"tools": ["fx.echo"]}))
+    assert snap["status"] == "failed" and snap["error"] == "internal error: OSError", snap
+    assert snap["end_reason"] == "internal"
 
 
 async def test_the_calls_of_one_turn_run_at_once_and_answer_in_the_order_asked(store: RunStore) -> None:

@@ -202,7 +202,7 @@ class ModelCalls:
                                           timeout=timeout, received=received)
         except asyncio.CancelledError:
             # Booked by what is known (booking.cut_short); the task's end waits for it (quiesce).
-            self._settling(st.id, self.store.settle(st.id, res, spec.subtask, booking.cut_short(
+            self.pipeline(st.id, self.store.settle(st.id, res, spec.subtask, booking.cut_short(
                 spec, res, self.price_of(model), received=received, elapsed_s=time.perf_counter() - started)))
             raise
         except (ProviderError, TimeoutError) as exc:
@@ -270,7 +270,7 @@ class ModelCalls:
             # Pipelined: the store commits writes in the order asked, so a dependent's
             # reservation (awaited before its call is sent) commits after this; the
             # task's end waits for it in drain().
-            self._settling(st.id, settle)
+            self.pipeline(st.id, settle)
         else:
             await settle
         self._observe(model, spec, "ok", u.input_tokens, u.output_tokens, out.cost_usd, elapsed)
@@ -287,7 +287,10 @@ class ModelCalls:
             await asyncio.gather(*list(pending), return_exceptions=True)
         self._failed.pop(task_id, None)
 
-    def _settling(self, task_id: str, settle: Awaitable[Any]) -> None:
+    def pipeline(self, task_id: str, settle: Awaitable[Any]) -> None:
+        """Commit a write of the task's without waiting for it (a store with ordered
+        writes commits every later write after it); the task's end waits for it
+        (drain), a cancel too (quiesce), and a failure fails the task there."""
         fut = asyncio.ensure_future(settle)
         pending = self._unsettled.setdefault(task_id, set())
         pending.add(fut)
@@ -367,5 +370,5 @@ class ModelCalls:
     def _unsent(self, r: ReserveRequest, got: ReserveOutcome) -> None:
         """A reservation whose call was canceled before it was sent: booked at nothing."""
         if isinstance(got, Reservation):
-            self._settling(r.task_id, self.store.settle(r.task_id, got, r.subtask, Settlement(
+            self.pipeline(r.task_id, self.store.settle(r.task_id, got, r.subtask, Settlement(
                 status=CallStatus.canceled, cost_usd=0.0, error="canceled before it was sent")))

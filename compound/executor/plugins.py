@@ -122,7 +122,7 @@ class PluginSteps:
         try:
             got = await step.run(ctx)
         except asyncio.CancelledError:  # booked at its worst case; the task's end waits for it
-            self.calls._settling(st.id, self.store.settle(st.id, res, sub.index, booked(
+            self.calls.pipeline(st.id, self.store.settle(st.id, res, sub.index, booked(
                 CallStatus.canceled, amount, "canceled while it ran; counted at its worst case")))
             raise
         except Exception as exc:

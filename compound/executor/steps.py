@@ -342,8 +342,12 @@ class _Calls:
                 return _replayed(rec)
         if rec is not None:
             arguments = rec.sent_arguments  # the arguments approved, else the model's
+        # A fresh task's loop call: its model turn's reservation has the subtask running
+        # (a resumed run may replay that turn from the record instead).
+        acting = self.completes or rec is not None or st.status != "queued"
         await steps.store.tool_call_started(st.id, replace(fresh, arguments=arguments, status=ToolCallStatus.running)
-                                            if rec is None else replace(rec, status=ToolCallStatus.running))
+                                            if rec is None else replace(rec, status=ToolCallStatus.running),
+                                            acting=acting)
         limit = steps.settings.tool_result_max_chars
         status, result, error = ToolCallStatus.ok, None, None
         if tools is None:
@@ -364,7 +368,15 @@ class _Calls:
         if status == ToolCallStatus.ok and self.completes:
             self.completed = await steps.store.tool_call_completed(st.id, key, result=result or "")
             return result or "", False
-        await steps.store.tool_call_ended(st.id, key, status=status, result=result, error=error)
+        ended = steps.store.tool_call_ended(st.id, key, status=status, result=result, error=error)
+        if steps.store.ordered_writes:
+            # Pipelined, as a subtask's settlement is: the loop's next write (the next
+            # call's intent, the next turn's reservation) commits after it, and the task's
+            # end waits for it. A crash before it commits leaves the call in flight: the
+            # rules for a call found in flight apply.
+            steps.calls.pipeline(st.id, ended)
+        else:
+            await ended
         if status == ToolCallStatus.ok:
             return result or "", False
         return error or "", True

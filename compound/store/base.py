@@ -195,9 +195,11 @@ class RunStore(abc.ABC):
     # tool calls (design.md section 11) -------------------------------------------------
 
     @abc.abstractmethod
-    async def tool_call_started(self, task_id: str, call: ToolCallRecord) -> ToolCallRecord:
+    async def tool_call_started(self, task_id: str, call: ToolCallRecord, *, acting: bool = True) -> ToolCallRecord:
         """Write a call's intent (`running`) before it is sent, with its event; a call
-        sent again (same id) starts over."""
+        sent again (same id) starts over. `acting`: its subtask runs from this call on
+        (pending or awaiting approval before it: a direct call's, a held call's once
+        decided); False for a call of a loop whose model turn has it running already."""
 
     @abc.abstractmethod
     async def tool_call_ended(self, task_id: str, call_id: str, *, status: str, result: str | None,

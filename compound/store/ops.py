@@ -454,7 +454,7 @@ def set_approved(d: Dialect, task_id: str) -> Op:
     yield ("exec", "SET_APPROVED", {"t": task_id})
 
 
-def tool_call_started(d: Dialect, task_id: str, c: ToolCallRecord) -> Op:
+def tool_call_started(d: Dialect, task_id: str, c: ToolCallRecord, *, acting: bool = True) -> Op:
     now = d.now()
     row = yield ("one", "TOOL_INTENT", {"id": c.id, "t": task_id, "i": c.subtask, "turn": c.turn,
                                         "mid": c.model_call_id, "tool": c.tool, "args": d.json(c.arguments),
@@ -463,9 +463,9 @@ def tool_call_started(d: Dialect, task_id: str, c: ToolCallRecord) -> Op:
     items: list[tuple[str, dict[str, Any]]] = []
     # a direct call's subtask (no model call reserved for it) is running from its call's
     # intent, as is one whose held call is sent now
-    sub = yield ("one", "MARK_ACTING", {"now": now, "t": task_id, "i": c.subtask,
-                                        "pending": SubtaskStatus.pending.value,
-                                        "aw": SubtaskStatus.awaiting_approval.value})
+    sub = None if not acting else (yield ("one", "MARK_ACTING", {
+        "now": now, "t": task_id, "i": c.subtask, "pending": SubtaskStatus.pending.value,
+        "aw": SubtaskStatus.awaiting_approval.value}))
     if sub is not None:
         items.append(("subtask", row_event(sub)))
     items.append(("tool_call", {"index": rec.subtask, **tool_shown(rec)}))

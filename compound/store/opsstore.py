@@ -142,8 +142,9 @@ class OpsRunStore(Store, EngineUsers):
     async def set_approved(self, task_id: str) -> None:
         await self._write(lambda: ops.set_approved(self.dialect, task_id))
 
-    async def tool_call_started(self, task_id: str, call: ToolCallRecord) -> ToolCallRecord:
-        rec: ToolCallRecord = await self._write(lambda: ops.tool_call_started(self.dialect, task_id, call))
+    async def tool_call_started(self, task_id: str, call: ToolCallRecord, *, acting: bool = True) -> ToolCallRecord:
+        rec: ToolCallRecord = await self._write(lambda: ops.tool_call_started(self.dialect, task_id, call,
+                                                                              acting=acting))
         return rec
 
     async def tool_call_ended(self, task_id: str, call_id: str, *, status: str, result: str | None,

@@ -323,7 +323,8 @@ class _Server:
                 _settle(job, result=ToolResult(f"{self.name}.{job.tool}", content_text(result),
                                                bool(result.is_error)))
             finally:
-                _settle(job, exc=self._lost(job.tool))  # cancelled with the session
+                if not job.future.done():  # cancelled with the session
+                    _settle(job, exc=self._lost(job.tool))
 
     async def call(self, tool: str, arguments: dict[str, Any], timeout_s: float,
                    meta: dict[str, Any] | None = None) -> ToolResult:
@@ -334,7 +335,8 @@ class _Server:
         job = _Job(tool, arguments, asyncio.get_running_loop().create_future(), meta)
         self._jobs.put_nowait(job)
         try:
-            return await asyncio.wait_for(job.future, timeout_s)
+            async with asyncio.timeout(timeout_s):  # cancels the future: its callback ends the call
+                return await job.future
         except TimeoutError:
             raise ToolTimedOut(f"{name} gave no result within {timeout_s:g} s; the call was cancelled",
                                tool=name, timeout_s=timeout_s) from None
