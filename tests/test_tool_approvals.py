@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from compound.cli import _register
 from compound.cli import app as cli_app
 from compound.core.errors import Conflict, NotFound
 from compound.core.settings import Settings
+from compound.executor.steps import IN_DOUBT
 from compound.llm.base import Completion, Message, ToolChoice
 from compound.simulator import Simulator
 from compound.store.base import RunStore
@@ -458,6 +461,48 @@ def test_on_queue_workers_a_decision_reaches_the_held_call(fixture_server: HttpS
         assert delete["status"] == "failed" and delete["error"].endswith("denied by u: keep a"), snap
     finally:
         c.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_queue_worker_killed_between_intent_and_result_never_runs_the_call_twice(
+        fixture_server: HttpServer, tmp_path: Path) -> None:
+    """The worker running a task dies with a non-idempotent call in flight; another
+    worker resumes the task: the finished call is replayed, the one in flight is shown
+    unknown and not sent again."""
+    from tests.fixtures.cluster import Cluster, wait_until
+    from tests.fixtures.db import postgres_available
+
+    if not postgres_available():
+        pytest.skip("SKIPPED: queue mode needs PostgreSQL, and no server answers on 127.0.0.1:5432")
+    servers = {"fx": {"url": fixture_server.url, "approval": "never"}}
+    c = Cluster(tmp_path / "cluster", separate_system_db=True,
+                env={"COMPOUND_MCP_SERVERS": json.dumps(servers), "COMPOUND_MAX_REPLANS": "0"})
+    (tmp_path / "cluster").mkdir()
+    try:
+        c.start()
+        victim = c.start_worker()
+        port = c.start_api()
+        c.wait_workers_ready(1)
+        task = c.submit(port, {"prompt": "bump and wait", "plan": {"subtasks": [
+            {"description": "bump the counter", "kind": "tool", "tool": "fx.count"},
+            {"description": "wait for the page", "kind": "tool", "tool": "fx.sleep", "arguments": {"seconds": 600},
+             "depends_on": [0]}]}})
+        wait_until(lambda: "sleep started" in lines(tmp_path / "notes"), timeout=120, what="the sleep call in flight")
+        survivor = c.start_worker()
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait()
+        snap = c.wait_terminal(port, [task["id"]], timeout=240)[task["id"]]
+        assert survivor.poll() is None
+    finally:
+        c.stop()
+    assert snap["status"] == "partial", snap
+    count, wait = snap["subtasks"]
+    assert lines(tmp_path / "count") == [f"call {count['tool_calls'][0]['id']}"]  # ran exactly once
+    assert count["status"] == "completed" and count["result"] == "1"
+    assert lines(tmp_path / "notes").count("sleep started") == 1  # not sent again
+    assert [call["status"] for call in wait["tool_calls"]] == ["unknown"]
+    assert wait["status"] == "failed" and IN_DOUBT in wait["error"]
 
 
 def test_the_live_view_names_a_held_call_and_the_commands_that_decide_it() -> None:
