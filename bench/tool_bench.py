@@ -1,29 +1,34 @@
 """Benchmark of a tool call: compound's path against a bare MCP client making the same
 call on the same server, side by side in one run.
 
-    .venv/bin/python bench/tool_bench.py [--calls 300] [--rounds 3] [--write docs/benchmarks.md]
+    .venv/bin/python bench/tool_bench.py [--calls 3000] [--block 10] [--write docs/benchmarks.md]
 
 The demo MCP server (`compound tools demo-server`) runs in another process (its CPU is
 not counted); this process makes `lookup(topic="openai")` calls one after the other,
-each on one long-lived session:
+each variant on its own long-lived session:
   bare MCP client   mcp.client.Client.call_tool over streamable HTTP (httpx2), nothing else
   compound servers  ToolServers.call: the call handed to the session's owning task
                     through its queue, the result back through a future
+  compound loop call  one call of a subtask's tool loop as the executor makes it
+                    (`_Calls.run`, run for each call the model asks for): the
+                    idempotency key, the intent row and its event committed before the
+                    send, the call with the key in `_meta`, the outcome row and its event
+                    (pipelined: a block waits for its last one); the model's turns
+                    around it are not part of the call
   compound step     a direct call (kind "tool") as the executor makes it:
-                    ToolSteps.run_direct (the idempotency key, the intent row and its
-                    event, the call with the key in `_meta`, then the outcome row and
-                    the subtask's completion, with their events, in one transaction),
-                    on a SQLite file (WAL), written from this loop as the executor's own
-                    process writes (the default: `compound serve` runs it in a child
-                    process); a call of a subtask's tool loop writes the same two
-                    transactions (intent, outcome)
-  ..., writer thread  the same with every write handed to the store's writer thread
-                    and back, as when the executor runs on the server's loop
-                    (COMPOUND_EXECUTOR_PROCESS=false)
-Wall per call (median, p95) is timed around each call; CPU per call is this process's
-CPU time over the N calls / N. Variants run interleaved, `--rounds` times each, and each
-figure is the median over rounds. Goal: compound adds at most 30% wall time and at most
-1 ms of CPU per call to the bare client's.
+                    ToolSteps.run_direct: the call's records as above, its subtask's
+                    start with the intent and its completion with the outcome (awaited)
+  (records ...)     the direct call's two writes alone, no call
+  ..., writer thread  every write handed to the store's writer thread and back, as when
+                    the executor runs on the server's loop (COMPOUND_EXECUTOR_PROCESS=false)
+The stores are SQLite files (WAL), written from this loop as the executor's own process
+writes them (the default: `compound serve` runs the executor in a child process).
+Every variant is open at once; the calls run in blocks of `--block`, one block of each
+variant per round, the order rotating, so a faster or slower stretch of the machine
+falls on every variant alike. Wall and CPU (this process's, every thread's) per call are
+taken per block; each figure is the median over blocks, each comparison the median over
+rounds of a block against the bare client's block of the same round. Goal: a call
+through compound's loop adds at most 30% wall time and at most 1 ms of CPU per call.
 """
 
 from __future__ import annotations
@@ -38,8 +43,8 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,7 +53,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.servers import machine, write_section
 from compound.core.settings import Settings
-from compound.executor.steps import ToolSteps
+from compound.executor.calls import ModelCalls
+from compound.executor.steps import ToolSteps, _Calls
+from compound.llm.pricing import price_of
 from compound.store import open_store, store_options
 from compound.store.base import RunStore
 from compound.store.models import SubtaskStatus, TaskStatus, ToolCallStatus
@@ -66,11 +73,20 @@ WARM = 20  # calls before the measured ones
 Call = Callable[[int], Awaitable[str]]
 
 
+async def _nothing() -> None:
+    return None
+
+
 @dataclass
-class Measured:
-    wall_median_ms: float
-    wall_p95_ms: float
-    cpu_ms: float
+class Variant:
+    call: Call
+    settle: Callable[[], Awaitable[None]] = _nothing  # what a block waits for after its calls
+
+
+@dataclass
+class Samples:
+    walls: list[float] = field(default_factory=list)  # each call's, s
+    blocks: list[tuple[float, float]] = field(default_factory=list)  # each block's (wall, CPU) per call, ms
 
 
 def start_demo_server() -> tuple[subprocess.Popen[str], str]:
@@ -84,21 +100,20 @@ def start_demo_server() -> tuple[subprocess.Popen[str], str]:
     return proc, url
 
 
-async def measure(call: Call, calls: int) -> Measured:
-    walls: list[float] = []
-    cpu0 = time.process_time()
+async def block(v: Variant, calls: int, into: Samples) -> None:
+    """`calls` calls one after the other, then what they leave to settle; their wall
+    and CPU per call (this process's, every thread's)."""
+    cpu0, w0 = time.process_time(), time.perf_counter()
     for i in range(calls):
         t0 = time.perf_counter()
-        await call(i)
-        walls.append(time.perf_counter() - t0)
-    cpu = time.process_time() - cpu0
-    walls.sort()
-    return Measured(statistics.median(walls) * 1000, walls[int(0.95 * (len(walls) - 1))] * 1000,
-                    cpu / calls * 1000)
+        await v.call(i)
+        into.walls.append(time.perf_counter() - t0)
+    await v.settle()
+    into.blocks.append(((time.perf_counter() - w0) / calls * 1000, (time.process_time() - cpu0) / calls * 1000))
 
 
 @asynccontextmanager
-async def bare_client(url: str) -> AsyncIterator[Call]:
+async def bare_client(url: str) -> AsyncIterator[Variant]:
     import httpx2
     from mcp.client import Client
     from mcp.client.streamable_http import streamable_http_client
@@ -108,18 +123,18 @@ async def bare_client(url: str) -> AsyncIterator[Call]:
         async def call(_i: int) -> str:
             return content_text(await client.call_tool("lookup", ARGUMENTS))
 
-        yield call
+        yield Variant(call)
 
 
 @asynccontextmanager
-async def compound_servers(url: str) -> AsyncIterator[Call]:
+async def compound_servers(url: str) -> AsyncIterator[Variant]:
     servers = ToolServers({"demo": McpServerConfig(url=url, trusted=True)})
     await servers.start()
     try:
         async def call(_i: int) -> str:
             return (await servers.call("demo", "lookup", ARGUMENTS)).text
 
-        yield call
+        yield Variant(call)
     finally:
         await servers.stop()
 
@@ -142,7 +157,7 @@ async def planned_task(calls: int, db: Path, *, loop_writer: bool = True) -> Asy
 
 
 @asynccontextmanager
-async def compound_step(url: str, calls: int, db: Path, *, loop_writer: bool = True) -> AsyncIterator[Call]:
+async def compound_step(url: str, calls: int, db: Path, *, loop_writer: bool = True) -> AsyncIterator[Variant]:
     """Each call a direct subtask run as the executor runs one, in turn."""
     servers = ToolServers({"demo": McpServerConfig(url=url, trusted=True)})
     await servers.start()
@@ -158,13 +173,43 @@ async def compound_step(url: str, calls: int, db: Path, *, loop_writer: bool = T
                 done = await steps.run_direct(st, st.subtasks[i])
                 return done.result or ""
 
-            yield call
+            yield Variant(call)
     finally:
         await servers.stop()
 
 
 @asynccontextmanager
-async def records_only(calls: int, db: Path, *, loop_writer: bool = True) -> AsyncIterator[Call]:
+async def loop_call(url: str, db: Path) -> AsyncIterator[Variant]:
+    """Each call one more call of a running subtask's tool loop, as the loop makes it
+    for a tool call the model asked for (turn k, the provider's call id)."""
+    servers = ToolServers({"demo": McpServerConfig(url=url, trusted=True)})
+    await servers.start()
+    try:
+        async with planned_task(1, db) as (store, st):
+            settings = Settings(database_url=store.url)
+            calls = ModelCalls(settings=settings, store=store,
+                               client=None,  # type: ignore[arg-type]  # the model's turns are not measured
+                               price_of=lambda m: price_of(m, settings), observers=(), sleep=asyncio.sleep)
+            steps = ToolSteps(settings=settings, store=store, calls=calls, tools=lambda: servers)
+            sub = replace(st.subtasks[0], kind="llm", tool=None, arguments=None, tools=["demo.lookup"],
+                          status=SubtaskStatus.running)
+            made = _Calls(steps, st, sub, {})
+            turn = itertools.count()
+
+            async def call(_i: int) -> str:
+                k = next(turn)
+                text, is_error = await made.run(turn=k, model_call_id=f"toolu_{k}", name="demo.lookup",
+                                                arguments=ARGUMENTS)
+                assert not is_error, text
+                return text
+
+            yield Variant(call, lambda: calls.drain(st.id))  # the block's last outcome is pipelined
+    finally:
+        await servers.stop()
+
+
+@asynccontextmanager
+async def records_only(calls: int, db: Path, *, loop_writer: bool = True) -> AsyncIterator[Variant]:
     """What the step writes, without the call: the intent, then the outcome with the
     subtask's completion."""
     async with planned_task(calls, db, loop_writer=loop_writer) as (store, st):
@@ -179,78 +224,78 @@ async def records_only(calls: int, db: Path, *, loop_writer: bool = True) -> Asy
             await store.tool_call_completed(st.id, key, result=FACT)
             return FACT
 
-        yield call
+        yield Variant(call)
 
 
-async def one_round(url: str, calls: int, tmp: Path, k: int) -> dict[str, Measured]:
-    out: dict[str, Measured] = {}
-    variants: list[tuple[str, Callable[[], Any]]] = [
+async def run_all(url: str, calls: int, size: int, tmp: Path) -> dict[str, Samples]:
+    """Every variant open at once and warmed, then measured in rounds of one block each."""
+    makers: list[tuple[str, Callable[[], Any]]] = [
         ("bare MCP client", lambda: bare_client(url)),
         ("compound servers", lambda: compound_servers(url)),
-        ("compound step", lambda: compound_step(url, calls, tmp / f"step-{k}.db")),
-        ("(its records alone, no call)", lambda: records_only(calls, tmp / f"records-{k}.db")),
-        ("compound step, writer thread", lambda: compound_step(url, calls, tmp / f"stept-{k}.db", loop_writer=False)),
-        ("(records alone, writer thread)", lambda: records_only(calls, tmp / f"recordst-{k}.db", loop_writer=False)),
+        ("compound loop call", lambda: loop_call(url, tmp / "loop.db")),
+        ("compound step", lambda: compound_step(url, calls, tmp / "step.db")),
+        ("(its records alone, no call)", lambda: records_only(calls, tmp / "records.db")),
+        ("compound step, writer thread", lambda: compound_step(url, calls, tmp / "stept.db", loop_writer=False)),
+        ("(records alone, writer thread)", lambda: records_only(calls, tmp / "recordst.db", loop_writer=False)),
     ]
-    if k % 2:  # interleave: alternate which variant runs first
-        variants.reverse()
-    for name, make in variants:
-        async with make() as call:
-            for i in range(WARM):  # warm the session, the pools and the caches
-                await call(i)
-            out[name] = await measure(call, calls)
+    out = {name: Samples() for name, _ in makers}
+    async with AsyncExitStack() as stack:
+        variants = [(name, await stack.enter_async_context(make())) for name, make in makers]
+        for _name, v in variants:  # warm the sessions, the pools and the caches
+            await block(v, WARM, Samples())
+        for k in range(calls // size):
+            turn = k % len(variants)
+            for name, v in variants[turn:] + variants[:turn]:
+                await block(v, size, out[name])
     return out
 
 
-def median_of(rounds: list[dict[str, Measured]], name: str) -> Measured:
-    return Measured(*(statistics.median(getattr(r[name], f) for r in rounds)
-                      for f in ("wall_median_ms", "wall_p95_ms", "cpu_ms")))
-
-
-def table(rounds: list[dict[str, Measured]]) -> str:
-    """Each variant's medians, and its comparison with the bare client paired by round
-    (the median of the rounds' ratios and differences: a slower or faster stretch of the
-    machine moves both sides of a pair alike)."""
-    bare = "bare MCP client"
+def table(samples: dict[str, Samples]) -> str:
+    """Each variant's medians, and its comparison with the bare client paired by round."""
+    bare = samples["bare MCP client"].blocks
     rows = ["| variant | wall ms per call (median) | wall ms (p95) | CPU ms per call | wall / bare | "
             "CPU ms added | goal met |", "|---|---|---|---|---|---|---|"]
-    for name in rounds[0]:
-        m = median_of(rounds, name)
-        ratio = statistics.median(r[name].wall_median_ms / r[bare].wall_median_ms for r in rounds)
-        added = statistics.median(r[name].cpu_ms - r[bare].cpu_ms for r in rounds)
+    for name, got in samples.items():
+        walls = sorted(got.walls)
+        wall = statistics.median(w for w, _ in got.blocks)
+        cpu = statistics.median(c for _, c in got.blocks)
+        ratio = statistics.median(w / b[0] for (w, _), b in zip(got.blocks, bare, strict=True))
+        added = statistics.median(c - b[1] for (_, c), b in zip(got.blocks, bare, strict=True))
         compared = f"{ratio:.2f} | {added:+.3f}"
         if name.startswith("("):  # a part of a variant, not a way to make the call
             compared, met = "— | —", "—"
+        elif name == "compound loop call":  # the goal's
+            met = "yes" if ratio <= GOAL_WALL and added <= GOAL_CPU_MS else "no"
         else:
-            met = "—" if name == bare else ("yes" if ratio <= GOAL_WALL and added <= GOAL_CPU_MS else "no")
-        rows.append(f"| {name} | {m.wall_median_ms:.3f} | {m.wall_p95_ms:.3f} | {m.cpu_ms:.3f} | {compared} | "
-                    f"{met} |")
+            met = "—"
+        rows.append(f"| {name} | {wall:.3f} | {walls[int(0.95 * (len(walls) - 1))] * 1000:.3f} | {cpu:.3f} | "
+                    f"{compared} | {met} |")
     return "\n".join(rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--calls", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=3000, help="calls per variant")
+    parser.add_argument("--block", type=int, default=10, help="calls per block; one block of each variant a round")
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
     load = os.getloadavg()[0]
     proc, url = start_demo_server()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            rounds = [asyncio.run(one_round(url, args.calls, Path(tmp), k)) for k in range(args.rounds)]
+            samples = asyncio.run(run_all(url, args.calls, args.block, Path(tmp)))
     finally:
         proc.kill()
         proc.wait()
-    text = table(rounds)
+    text = table(samples)
     print(text)
     if args.write:
         when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-        command = " ".join(["bench/tool_bench.py", f"--calls {args.calls}", f"--rounds {args.rounds}",
-                            f"--write {args.write}"])
-        body = (f"Measured {when} on {machine()}, load average {load:.1f} at the start: {args.calls} calls "
-                f"one after the other per variant, variants interleaved, median of {args.rounds} rounds (the "
-                f"comparisons: of each round's own), the demo MCP server in another process, with:\n\n    .venv/bin/python {command}\n\n{text}\n")
+        command = f"bench/tool_bench.py --calls {args.calls} --block {args.block} --write {args.write}"
+        body = (f"Measured {when} on {machine()}, load average {load:.1f} at the start: {args.calls} calls per "
+                f"variant in blocks of {args.block}, one block of each variant per round (the order rotating), "
+                f"every variant open at once, the demo MCP server in another process, with:\n\n"
+                f"    .venv/bin/python {command}\n\n{text}\n")
         write_section(args.write, "tool_bench", "Tool calls: compound against a bare MCP client", body)
 
 
