@@ -266,11 +266,9 @@ class ModelCalls:
         u = out.usage
         elapsed = time.perf_counter() - started
         settle = self.store.settle(st.id, res, spec.subtask, booking.answered(spec, out, elapsed_s=elapsed))
-        if self.store.ordered_writes and spec.kind == CallKind.subtask and not spec.turn:
-            # Pipelined: the store commits writes in the order asked, so a dependent's
-            # reservation (awaited before its call is sent) commits after this; the
-            # task's end waits for it in drain().
-            self.pipeline(st.id, settle)
+        if spec.kind == CallKind.subtask and not spec.turn:
+            # a dependent's reservation (awaited before its call is sent) commits after this
+            await self.write_behind(st.id, settle)
         else:
             await settle
         self._observe(model, spec, "ok", u.input_tokens, u.output_tokens, out.cost_usd, elapsed)
@@ -286,6 +284,14 @@ class ModelCalls:
         if pending:
             await asyncio.gather(*list(pending), return_exceptions=True)
         self._failed.pop(task_id, None)
+
+    async def write_behind(self, task_id: str, write: Awaitable[Any]) -> None:
+        """Pipeline the write where the store commits writes in the order asked (every
+        later write of this process commits after it); await it where it does not."""
+        if self.store.ordered_writes:
+            self.pipeline(task_id, write)
+        else:
+            await write
 
     def pipeline(self, task_id: str, settle: Awaitable[Any]) -> None:
         """Commit a write of the task's without waiting for it (a store with ordered

@@ -368,15 +368,11 @@ class _Calls:
         if status == ToolCallStatus.ok and self.completes:
             self.completed = await steps.store.tool_call_completed(st.id, key, result=result or "")
             return result or "", False
-        ended = steps.store.tool_call_ended(st.id, key, status=status, result=result, error=error)
-        if steps.store.ordered_writes:
-            # Pipelined, as a subtask's settlement is: the loop's next write (the next
-            # call's intent, the next turn's reservation) commits after it, and the task's
-            # end waits for it. A crash before it commits leaves the call in flight: the
-            # rules for a call found in flight apply.
-            steps.calls.pipeline(st.id, ended)
-        else:
-            await ended
+        # The loop's next write (the next call's intent, the next turn's reservation)
+        # commits after it. A crash before it commits leaves the call in flight: the
+        # rules for a call found in flight apply.
+        await steps.calls.write_behind(st.id, steps.store.tool_call_ended(st.id, key, status=status, result=result,
+                                                                          error=error))
         if status == ToolCallStatus.ok:
             return result or "", False
         return error or "", True

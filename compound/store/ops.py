@@ -463,11 +463,12 @@ def tool_call_started(d: Dialect, task_id: str, c: ToolCallRecord, *, acting: bo
     items: list[tuple[str, dict[str, Any]]] = []
     # a direct call's subtask (no model call reserved for it) is running from its call's
     # intent, as is one whose held call is sent now
-    sub = None if not acting else (yield ("one", "MARK_ACTING", {
-        "now": now, "t": task_id, "i": c.subtask, "pending": SubtaskStatus.pending.value,
-        "aw": SubtaskStatus.awaiting_approval.value}))
-    if sub is not None:
-        items.append(("subtask", row_event(sub)))
+    if acting:
+        sub = yield ("one", "MARK_ACTING", {"now": now, "t": task_id, "i": c.subtask,
+                                            "pending": SubtaskStatus.pending.value,
+                                            "aw": SubtaskStatus.awaiting_approval.value})
+        if sub is not None:
+            items.append(("subtask", row_event(sub)))
     items.append(("tool_call", {"index": rec.subtask, **tool_shown(rec)}))
     yield from _events(d, task_id, items, now)
     return rec
