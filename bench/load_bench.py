@@ -127,7 +127,9 @@ class LoadResult:
 
 async def drive(url: str, token: str, *, tasks: int, subtasks: int, poll_s: float,
                 timeout_s: float) -> tuple[float, dict[str, int], list[str], int]:
-    """Submit every task, then poll each about every `poll_s` until it ends. The client
+    """Submit every task, then poll each about every `poll_s` until it ends. The wall
+    time runs from the first submission to the last task's end as the server recorded
+    it (its `completed_at`; the poll that sees it comes up to `poll_s` later). The client
     is aiohttp's: httpx's pool costs this process ~5 ms of CPU a request at 64
     connections, and the client shares the machine's two cores with the server."""
     import aiohttp
@@ -136,12 +138,13 @@ async def drive(url: str, token: str, *, tasks: int, subtasks: int, poll_s: floa
     errors: list[str] = []
     statuses: dict[str, int] = {}
     polls = 0
+    ended: list[float] = []  # each task's completed_at (epoch seconds)
     # Idle connections are dropped before uvicorn's 5 s keep-alive closes them: with equal
     # timeouts a request can go out on a connection the server is closing.
     connector = aiohttp.TCPConnector(limit=64, keepalive_timeout=2.0)
     async with aiohttp.ClientSession(base_url=url, headers=auth, connector=connector,
                                      timeout=aiohttp.ClientTimeout(total=60)) as http:
-        start = time.monotonic()
+        start, start_epoch = time.monotonic(), time.time()
         gate = asyncio.Semaphore(32)
 
         async def call(method: str, path: str, **kw: Any) -> tuple[int, Any] | None:
@@ -179,13 +182,15 @@ async def drive(url: str, token: str, *, tasks: int, subtasks: int, poll_s: floa
                 status = r[1]["status"]
                 if status in TERMINAL:
                     statuses[status] = statuses.get(status, 0) + 1
+                    if r[1].get("completed_at"):
+                        ended.append(datetime.fromisoformat(r[1]["completed_at"].replace("Z", "+00:00")).timestamp())
                     return
                 await asyncio.sleep(poll_s)
             statuses["unfinished"] = statuses.get("unfinished", 0) + 1
 
         ids = await asyncio.gather(*(submit(i) for i in range(tasks)))
         await asyncio.gather(*(follow(t) for t in ids if t is not None))
-        wall = time.monotonic() - start
+        wall = max(ended) - start_epoch if len(ended) == tasks else time.monotonic() - start
     return wall, statuses, errors, polls
 
 
@@ -303,7 +308,8 @@ def report(results: list[LoadResult], *, latency_ms: int, concurrency: int, poll
             + " / ".join(f"{r.cpu_ms_per_call(c):.2f}" for c in [r.server_cpu_s, *(f.cpu_s for f in floors if f)])
             + " |")
     lines += ["", "calls/s is the server's model calls (planner, subtasks, synthesis: from its /metrics) "
-              "over the wall time from the first submission to the last task seen finished; the SDK floor is "
+              "over the wall time from the first submission to the last task's end (its `completed_at`, as the "
+              "server recorded it; the poll that sees it comes up to a second later); the SDK floor is "
               "AsyncAnthropic making as many calls, as many at a time, to the same simulator right after, on "
               "the SDK's default HTTP client (httpx) and on its aiohttp client (the one compound uses). CPU "
               "per call is the server's CPU over the run (its process and the executor's child process, "

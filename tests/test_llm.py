@@ -5,6 +5,7 @@ formats; pricing against litellm's own arithmetic; the offline guard."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import litellm
 import pytest
@@ -323,3 +324,51 @@ def test_the_error_table_by_status(status: int | None, transient: bool) -> None:
     from compound.llm.errors import transient_status
 
     assert transient_status(status) is transient
+
+
+@pytest.fixture
+async def anthropic_body(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A loopback server answering every Messages API call 200 with the body set on it."""
+    from aiohttp import web
+
+    answer: dict[str, bytes] = {"body": b"{}"}
+
+    async def messages(_request: web.Request) -> web.Response:
+        return web.Response(body=answer["body"], content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", messages)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", f"http://127.0.0.1:{port}")
+    client = build_client(Settings(anthropic_api_key=SecretStr("k")))
+    yield answer, client
+    await client.aclose()
+    await runner.cleanup()
+
+
+async def test_an_anthropic_answer_is_read_from_its_json(anthropic_body: Any) -> None:
+    answer, client = anthropic_body
+    answer["body"] = json.dumps({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5", "stop_reason": "tool_use",
+        "content": [{"type": "text", "text": "looking "}, {"type": "text", "text": "it up"},
+                    {"type": "tool_use", "id": "toolu_1", "name": "search", "input": {"q": "x"}}],
+        "usage": {"input_tokens": 7, "output_tokens": 5, "cache_read_input_tokens": 100,
+                  "cache_creation_input_tokens": 3}}).encode()
+    out = await client.complete(model="anthropic/claude-haiku-4-5", messages=msgs("worker", "x"), max_tokens=50)
+    assert out.text == "looking it up" and out.finish_reason == "tool_use"
+    assert out.usage == Usage(input_tokens=7, output_tokens=5, cache_read_tokens=100, cache_write_tokens=3)
+    assert [(c.id, c.name, c.arguments) for c in out.tool_calls] == [("toolu_1", "search", {"q": "x"})]
+
+
+@pytest.mark.parametrize("body", [b'{"type": "message", "usage": {}}', b'{"content": "text"}', b"[1, 2]",
+                                  b'{"content": [1]}', b"not json"])
+async def test_an_anthropic_200_that_is_not_a_message_is_a_provider_error(anthropic_body: Any, body: bytes) -> None:
+    answer, client = anthropic_body
+    answer["body"] = body
+    with pytest.raises(ProviderError) as info:
+        await client.complete(model="anthropic/claude-haiku-4-5", messages=msgs("worker", "x"), max_tokens=50)
+    assert info.value.transient is False and "anthropic/claude-haiku-4-5" in info.value.message

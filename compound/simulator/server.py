@@ -50,6 +50,13 @@ class SimulatorThread:
 
 
 def run_simulator(host: str, port: int, script: Script | None = None) -> None:
+    import importlib
+
     import uvicorn
+
+    # Answers are built with the SDKs' own types: imported before the first request, which
+    # would otherwise hold every request of the simulator's loop for the seconds they take.
+    for module in ("anthropic.types", "openai.types.chat"):
+        importlib.import_module(module)
 
     uvicorn.run(Simulator(script).app, host=host, port=port, log_level="warning", timeout_keep_alive=KEEP_ALIVE_S)
