@@ -2,7 +2,8 @@
 every task completes with no HTTP error while each is polled about once a second,
 GET /healthz stays fast, peak memory stays bounded, and model calls/s is set beside
 the provider SDK's floor (AsyncAnthropic making as many calls at the same
-concurrency against the same simulator, in the same run).
+concurrency against the same simulator, in the same run, right after compound's; in
+rounds, --rounds of them, so a drift of the machine's speed falls on both alike).
 
     .venv/bin/python bench/load_bench.py [--write docs/benchmarks.md]
 
@@ -26,6 +27,7 @@ import json
 import multiprocessing
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -94,28 +96,65 @@ class Floor:
 
 
 @dataclass
-class LoadResult:
-    tasks: int
-    subtasks: int
+class Round:
+    """One round: compound's run, then the bare SDK's floors, one right after the other."""
+
     wall_s: float
     calls: int
-    statuses: dict[str, int]
-    http_errors: list[str]
-    polls: int
-    health_ms: list[float]
-    peak_rss_mb: float
-    idle_health_ms: list[float] = field(default_factory=list)
-    server_cpu_s: float = 0.0  # the server's CPU over the run (start-up excluded)
-    sim_cpu_s: float = 0.0  # the simulator's CPU while compound ran
     floors: dict[str, Floor] = field(default_factory=dict)  # by the SDK's HTTP stack
-    executor: str = "process"  # where the server ran its executor: its own process, or its own loop
-
-    def cpu_ms_per_call(self, cpu_s: float) -> float:
-        return cpu_s * 1000 / self.calls if self.calls else float("nan")
 
     @property
     def calls_per_s(self) -> float:
         return self.calls / self.wall_s if self.wall_s else 0.0
+
+    def ratio(self, http: str) -> float:
+        floor = self.floors.get(http)
+        return self.calls_per_s / floor.calls_per_s if floor and floor.calls_per_s else float("nan")
+
+
+@dataclass
+class LoadResult:
+    tasks: int
+    subtasks: int
+    rounds: list[Round]
+    statuses: dict[str, int]  # over every round
+    http_errors: list[str]
+    polls: int
+    health_ms: list[float]  # every round's probes
+    peak_rss_mb: float
+    idle_health_ms: list[float] = field(default_factory=list)
+    server_cpu_s: float = 0.0  # the server's CPU over compound's runs (start-up excluded)
+    sim_cpu_s: float = 0.0  # the simulator's CPU while compound ran
+    executor: str = "process"  # where the server ran its executor: its own process, or its own loop
+
+    @property
+    def calls(self) -> int:
+        return sum(r.calls for r in self.rounds)
+
+    def cpu_ms_per_call(self, cpu_s: float, calls: int | None = None) -> float:
+        calls = self.calls if calls is None else calls
+        return cpu_s * 1000 / calls if calls else float("nan")
+
+    def median(self, values: list[float]) -> float:
+        return statistics.median(values) if values else float("nan")
+
+    @property
+    def wall_s(self) -> float:
+        return self.median([r.wall_s for r in self.rounds])
+
+    @property
+    def calls_per_s(self) -> float:
+        return self.median([r.calls_per_s for r in self.rounds])
+
+    def floor_per_s(self, http: str) -> float:
+        return self.median([r.floors[http].calls_per_s for r in self.rounds if http in r.floors])
+
+    def floor_cpu_ms(self, http: str) -> float:
+        floors = [r.floors[http] for r in self.rounds if http in r.floors]
+        return self.cpu_ms_per_call(sum(f.cpu_s for f in floors), sum(r.calls for r in self.rounds))
+
+    def ratios(self, http: str) -> list[float]:
+        return [r.ratio(http) for r in self.rounds if http in r.floors]
 
     def health(self, q: float, *, idle: bool = False) -> float:
         seen = self.idle_health_ms if idle else self.health_ms
@@ -126,7 +165,7 @@ class LoadResult:
 
 
 async def drive(url: str, token: str, *, tasks: int, subtasks: int, poll_s: float,
-                timeout_s: float) -> tuple[float, dict[str, int], list[str], int]:
+                timeout_s: float, first: int = 0) -> tuple[float, dict[str, int], list[str], int]:
     """Submit every task, then poll each about every `poll_s` until it ends. The wall
     time runs from the first submission to the last task's end as the server recorded
     it (its `completed_at`; the poll that sees it comes up to `poll_s` later). The client
@@ -188,7 +227,7 @@ async def drive(url: str, token: str, *, tasks: int, subtasks: int, poll_s: floa
                 await asyncio.sleep(poll_s)
             statuses["unfinished"] = statuses.get("unfinished", 0) + 1
 
-        ids = await asyncio.gather(*(submit(i) for i in range(tasks)))
+        ids = await asyncio.gather(*(submit(i) for i in range(first, first + tasks)))
         await asyncio.gather(*(follow(t) for t in ids if t is not None))
         wall = max(ended) - start_epoch if len(ended) == tasks else time.monotonic() - start
     return wall, statuses, errors, polls
@@ -225,7 +264,9 @@ async def sdk_floor(sim_url: str, *, calls: int, concurrency: int, http: str) ->
 
 
 def run(*, tasks: int, subtasks: int, latency_ms: int, concurrency: int, poll_s: float,
-        timeout_s: float, executor: str = "process") -> LoadResult:
+        timeout_s: float, executor: str = "process", rounds: int = 3) -> LoadResult:
+    """`rounds` rounds on one server: compound's run of `tasks` tasks, then the bare
+    SDK's floors on as many calls, so a drift of the machine's speed falls on both."""
     with tempfile.TemporaryDirectory(prefix="load_bench_") as tmp_name:
         tmp = Path(tmp_name)
         with simulator(tmp, latency_ms=latency_ms, script={"max_subtasks": subtasks}) as sim:
@@ -237,82 +278,110 @@ def run(*, tasks: int, subtasks: int, latency_ms: int, concurrency: int, poll_s:
             with compound_server(tmp, env) as server, running(
                     [str(BIN / "python"), "-m", "uvicorn", "--log-level", "warning", "--port", str(bare_port),
                      "bench.bare_app:app"], url=f"http://127.0.0.1:{bare_port}", env=env) as idle:
-                ctx = multiprocessing.get_context("fork")
-                stop = ctx.Event()
-                probes = []
-                for url in (server.url, idle.url):
-                    mine, theirs = ctx.Pipe()
-                    prober = ctx.Process(target=probe, args=(url, stop, theirs), daemon=True)
-                    prober.start()
-                    probes.append((prober, mine))
-                server_cpu, sim_cpu = server.cpu_s(), sim.cpu_s()
-                try:
-                    wall, statuses, errors, polls = asyncio.run(
-                        drive(server.url, token, tasks=tasks, subtasks=subtasks, poll_s=poll_s,
-                              timeout_s=timeout_s))
-                finally:
-                    stop.set()
-                    health, idle_health = ([] if not mine.poll(30) else mine.recv() for _, mine in probes)
-                    for prober, _ in probes:
-                        prober.join(10)
-                server_cpu, sim_cpu = server.cpu_s() - server_cpu, sim.cpu_s() - sim_cpu
-                calls = model_calls(server.url)
-                rss = server.peak_rss_mb()
-            result = LoadResult(tasks, subtasks, wall, calls, statuses, errors, polls, health, rss,
-                                idle_health_ms=idle_health, server_cpu_s=server_cpu, sim_cpu_s=sim_cpu,
-                                executor=executor)
+                result = LoadResult(tasks, subtasks, [], {}, [], 0, [], 0.0, executor=executor)
+                for n in range(rounds):
+                    one_round(result, server, idle, sim, token, first=n * tasks, poll_s=poll_s,
+                              timeout_s=timeout_s, concurrency=concurrency)
+                result.peak_rss_mb = server.peak_rss_mb()
             if os.environ.get("LOAD_BENCH_DUMP"):
-                Path(os.environ["LOAD_BENCH_DUMP"]).write_text(json.dumps({"health": health, "idle": idle_health}))
-            if errors:
+                Path(os.environ["LOAD_BENCH_DUMP"]).write_text(json.dumps(
+                    {"health": result.health_ms, "idle": result.idle_health_ms}))
+            if result.http_errors:
                 log = (tmp / "serve.log").read_text(errors="replace")[-3000:]
                 print(f"server log tail:\n{log}", file=sys.stderr)
-            print(f"{tasks} tasks ({executor}): {wall:.1f} s, {calls} calls, {statuses}, {len(errors)} errors, "
-                  f"healthz p99 {result.health(0.99):.1f} ms, peak RSS {rss:.0f} MB", file=sys.stderr)
-            for http in ("httpx", "aiohttp"):
-                sim_cpu = sim.cpu_s()
-                rate, cpu = asyncio.run(sdk_floor(sim.url, calls=calls, concurrency=concurrency, http=http))
-                result.floors[http] = Floor(rate, cpu, sim.cpu_s() - sim_cpu)
-            print("SDK floor calls/s: " + ", ".join(f"{k} {f.calls_per_s:.0f}" for k, f in result.floors.items())
-                  + f"; CPU ms per call: server {result.cpu_ms_per_call(result.server_cpu_s):.2f}, bare SDK "
-                  + ", ".join(f"{k} {result.cpu_ms_per_call(f.cpu_s):.2f}" for k, f in result.floors.items()),
-                  file=sys.stderr)
         return result
+
+
+def one_round(result: LoadResult, server: Any, idle: Any, sim: Any, token: str, *, first: int, poll_s: float,
+              timeout_s: float, concurrency: int) -> None:
+    """compound's run (probed), then the floors: added to `result`."""
+    ctx = multiprocessing.get_context("fork")
+    stop = ctx.Event()
+    probes = []
+    for url in (server.url, idle.url):
+        mine, theirs = ctx.Pipe()
+        prober = ctx.Process(target=probe, args=(url, stop, theirs), daemon=True)
+        prober.start()
+        probes.append((prober, mine))
+    calls_before = model_calls(server.url)
+    server_cpu, sim_cpu = server.cpu_s(), sim.cpu_s()
+    try:
+        wall, statuses, errors, polls = asyncio.run(
+            drive(server.url, token, tasks=result.tasks, subtasks=result.subtasks, poll_s=poll_s,
+                  timeout_s=timeout_s, first=first))
+    finally:
+        stop.set()
+        health, idle_health = ([] if not mine.poll(30) else mine.recv() for _, mine in probes)
+        for prober, _ in probes:
+            prober.join(10)
+    result.server_cpu_s += server.cpu_s() - server_cpu
+    result.sim_cpu_s += sim.cpu_s() - sim_cpu
+    calls = model_calls(server.url) - calls_before
+    result.health_ms += health
+    result.idle_health_ms += idle_health
+    result.http_errors += errors
+    result.polls += polls
+    for k, v in statuses.items():
+        result.statuses[k] = result.statuses.get(k, 0) + v
+    this = Round(wall, calls)
+    for stack in ("httpx", "aiohttp"):
+        before = sim.cpu_s()
+        rate, cpu = asyncio.run(sdk_floor(sim.url, calls=calls, concurrency=concurrency, http=stack))
+        this.floors[stack] = Floor(rate, cpu, sim.cpu_s() - before)
+    result.rounds.append(this)
+    print(f"{result.tasks} tasks ({result.executor}), round {len(result.rounds)}: {wall:.1f} s, {calls} calls, "
+          f"{statuses}, {len(errors)} errors, healthz p99 so far {result.health(0.99):.1f} ms "
+          f"(bare {result.health(0.99, idle=True):.1f}); calls/s {this.calls_per_s:.0f}, SDK floor "
+          + ", ".join(f"{k} {f.calls_per_s:.0f}" for k, f in this.floors.items())
+          + f"; aiohttp ratio {this.ratio('aiohttp'):.2f}", file=sys.stderr)
+
+
+def span(values: list[float]) -> str:
+    """median (min-max) of per-round figures."""
+    if not values:
+        return "-"
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 def report(results: list[LoadResult], *, latency_ms: int, concurrency: int, poll_s: float,
            command: str) -> str:
+    rounds = max((len(r.rounds) for r in results), default=0)
     lines = [
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}: one `compound serve` (SQLite file) "
         f"and the simulator (`compound sim`, {latency_ms} ms a call) in their own processes, "
         f"COMPOUND_MAX_CONCURRENCY={concurrency}, each task polled every {poll_s:g} s "
-        "(GET /v1/tasks/{id}), /healthz probed every 50 ms from another process, with:",
+        f"(GET /v1/tasks/{{id}}), /healthz probed every 50 ms from another process, {rounds} rounds a row, with:",
         "",
         f"    {command}",
         "",
         "| tasks x subtasks | executor | wall (s) | statuses | HTTP errors | polls | /healthz p50 / p99 / max (ms) "
         "| idle bare app's /healthz p50 / p99 (ms) | peak RSS (MB) | model calls | calls/s "
-        "| SDK floor calls/s: httpx / aiohttp | compound / floor: httpx / aiohttp "
+        "| SDK floor calls/s: httpx / aiohttp | compound / floor: httpx | compound / floor: aiohttp "
         "| CPU ms per call: server / SDK httpx / SDK aiohttp |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(r.statuses.items()))
-        floors = [r.floors.get(k) for k in ("httpx", "aiohttp")]
         lines.append(
-            f"| {r.tasks} x {r.subtasks} | {r.executor} | {r.wall_s:.1f} | {statuses} | {len(r.http_errors)} | {r.polls} | "
-            f"{r.health(0.5):.1f} / {r.health(0.99):.1f} / {max(r.health_ms or [float('nan')]):.1f} | "
+            f"| {r.tasks} x {r.subtasks} | {r.executor} | {r.wall_s:.1f} | {statuses} | {len(r.http_errors)} | "
+            f"{r.polls} | {r.health(0.5):.1f} / {r.health(0.99):.1f} / {max(r.health_ms or [float('nan')]):.1f} | "
             f"{r.health(0.5, idle=True):.1f} / {r.health(0.99, idle=True):.1f} | "
             f"{r.peak_rss_mb:.0f} | {r.calls} | {r.calls_per_s:.0f} | "
-            + " / ".join(f"{f.calls_per_s:.0f}" if f else "-" for f in floors) + " | "
-            + " / ".join(f"{r.calls_per_s / f.calls_per_s:.2f}" if f else "-" for f in floors) + " | "
-            + " / ".join(f"{r.cpu_ms_per_call(c):.2f}" for c in [r.server_cpu_s, *(f.cpu_s for f in floors if f)])
-            + " |")
-    lines += ["", "calls/s is the server's model calls (planner, subtasks, synthesis: from its /metrics) "
-              "over the wall time from the first submission to the last task's end (its `completed_at`, as the "
-              "server recorded it; the poll that sees it comes up to a second later); the SDK floor is "
-              "AsyncAnthropic making as many calls, as many at a time, to the same simulator right after, on "
+            f"{r.floor_per_s('httpx'):.0f} / {r.floor_per_s('aiohttp'):.0f} | "
+            f"{span(r.ratios('httpx'))} | {span(r.ratios('aiohttp'))} | "
+            f"{r.cpu_ms_per_call(r.server_cpu_s):.2f} / {r.floor_cpu_ms('httpx'):.2f} / "
+            f"{r.floor_cpu_ms('aiohttp'):.2f} |")
+    lines += ["", "Each row is one server run through the rounds: in each, every task is submitted at once and "
+              "followed to its end, then the bare SDK makes as many calls right after, so a drift of the "
+              "machine's speed falls on both. wall and calls/s are medians over the rounds; compound / floor "
+              "is each round's ratio, as median (min-max); /healthz and the idle bare app's /healthz pool "
+              "every round's probes; statuses, polls and model calls add the rounds up. calls/s is the "
+              "server's model calls (planner, subtasks, synthesis: from its /metrics) over the wall time from "
+              "the first submission to the last task's end (its `completed_at`, as the server recorded it; "
+              "the poll that sees it comes up to a second later); the SDK floor is "
+              "AsyncAnthropic making as many calls, as many at a time, to the same simulator, on "
               "the SDK's default HTTP client (httpx) and on its aiohttp client (the one compound uses). CPU "
-              "per call is the server's CPU over the run (its process and the executor's child process, "
+              "per call is the server's CPU over its runs (its process and the executor's child process, "
               "serving the polls and probes included; peak RSS adds theirs up too) and "
               "the bare SDK's process CPU, over the calls. "
               "The idle bare app's /healthz shows what the machine's own scheduling adds to any probe "
@@ -321,8 +390,8 @@ def report(results: list[LoadResult], *, latency_ms: int, concurrency: int, poll
               "process); `loop` is COMPOUND_EXECUTOR_PROCESS=false (on the server's own event loop), "
               "run right after it for the comparison.", ""]
     for r in results:
-        done = r.statuses.get("completed", 0) == r.tasks and not r.http_errors
-        checks = [f"all {r.tasks} completed with no HTTP error: {'yes' if done else 'NO'}"]
+        done = r.statuses.get("completed", 0) == r.tasks * len(r.rounds) and not r.http_errors
+        checks = [f"all {r.tasks * len(r.rounds)} completed with no HTTP error: {'yes' if done else 'NO'}"]
         if r.tasks <= 300:
             checks.append(f"/healthz p99 <= 20 ms: {'yes' if r.health(0.99) <= 20 else 'NO'}")
             bare = r.health(0.99, idle=True)
@@ -330,10 +399,11 @@ def report(results: list[LoadResult], *, latency_ms: int, concurrency: int, poll
                           f"{'yes' if r.health(0.99) <= 2 * bare else 'NO'}")
         else:
             checks.append(f"peak RSS <= 500 MB: {'yes' if r.peak_rss_mb <= 500 else 'NO'}")
-        floor = r.floors.get("aiohttp")
-        if floor is not None and floor.calls_per_s:
-            ratio = r.calls_per_s / floor.calls_per_s
-            checks.append(f"throughput >= 0.6x the bare SDK on aiohttp ({ratio:.2f}x): {'yes' if ratio >= 0.6 else 'NO'}")
+        ratios = r.ratios("aiohttp")
+        if ratios:
+            ratio = statistics.median(ratios)
+            checks.append(f"throughput >= 0.6x the bare SDK on aiohttp (median {ratio:.2f}x): "
+                          f"{'yes' if ratio >= 0.6 else 'NO'}")
         lines.append(f"- {r.tasks} x {r.subtasks}, {r.executor}: " + "; ".join(checks) + ".")
         for err in r.http_errors[:3]:
             lines.append(f"  - e.g. {err}")
@@ -351,9 +421,11 @@ def main() -> None:
     parser.add_argument("--timeout-s", type=float, default=900.0)
     parser.add_argument("--executor", nargs="+", choices=["process", "loop"], default=["process", "loop"],
                         help="where the server runs its executor; each size runs with each, in this order")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds per size and executor, each compound's run then the bare SDK's")
     args = parser.parse_args()
     results = [run(tasks=n, subtasks=args.subtasks, latency_ms=args.latency_ms, concurrency=args.concurrency,
-                   poll_s=args.poll_s, timeout_s=args.timeout_s, executor=e)
+                   poll_s=args.poll_s, timeout_s=args.timeout_s, executor=e, rounds=args.rounds)
                for n in args.tasks for e in args.executor]
     command = ".venv/bin/python bench/load_bench.py" + "".join(
         f" {a}" for a in sys.argv[1:] if a != "--write" and not a.endswith(".md")) + " --write docs/benchmarks.md"
