@@ -72,8 +72,8 @@ def start_latency(c: Cluster, api: int, n: int) -> list[float]:
     import httpx
     import psycopg
 
+    from compound.store.pg_notify import EVENTS as CHANNEL
     from compound.store.pg_notify import libpq_url
-    from compound.store.postgres import CHANNEL
 
     out = []
     with httpx.Client(headers=c.headers(), timeout=120) as http, \

@@ -303,7 +303,7 @@ def test_sigterm_drains_a_worker(cluster_factory: Any) -> None:
 
 def test_a_chat_client_gets_the_answer_as_the_worker_streams_it(cluster_factory: Any) -> None:
     """Queue mode: the API's door listens, tells the workers (NOTIFY), and the worker
-    running the task streams its synthesis to it piece by piece (executor/pg_signals.py). The
+    running the task streams its synthesis to it piece by piece (signals/postgres.py). The
     subtasks take 1.5 s at the simulator, so the door's word is there long before."""
     import openai
 

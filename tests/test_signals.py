@@ -1,4 +1,4 @@
-"""The signal bus (executor/signals.py): every transport delivers each signal published
+"""The signal bus (signals/bus.py): every transport delivers each signal published
 once, in publish order, to a subscriber of its kind; the wire formats read back as sent."""
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 
-from compound.executor import pg_signals, socket_signals
-from compound.executor.pg_signals import PgSignals
-from compound.executor.signals import (
+from compound.signals import postgres as pg_signals
+from compound.signals import socket_pair as socket_signals
+from compound.signals.bus import (
     Answer,
     Cancel,
+    Committed,
     Dispatch,
     Events,
     Listen,
@@ -26,8 +27,10 @@ from compound.executor.signals import (
     Stop,
     Wake,
 )
-from compound.executor.socket_signals import SocketSignals
+from compound.signals.postgres import PgSignals
+from compound.signals.socket_pair import SocketSignals
 from compound.store.db import make_engine
+from compound.store.postgres import PostgresRunStore
 from compound.store.values import Event
 
 EVENT = Event(task_id="t_1", seq=3, kind="task", data={"status": "executing"})
@@ -44,6 +47,7 @@ def test_a_socket_message_reads_back_as_the_signal_sent(signal: Signal) -> None:
 
 
 @pytest.mark.parametrize(("signal", "wire"), [
+    (Committed("0a1b2c", "t_1", 4, 7), [("compound_events", "0a1b2c:t_1:4:7")]),
     (Cancel("t_1"), [("compound_cancel", "t_1")]),
     (QueueWake(), [("compound_queue_wake", "")]),
     (SlotFree("gpt"), [("compound_slot_free", "gpt")]),
@@ -69,6 +73,8 @@ def test_a_long_answer_piece_is_cut_and_each_part_reads_back_in_order() -> None:
 def test_a_payload_that_cannot_be_read_is_no_signal() -> None:
     assert pg_signals.parse(Answer, "{not json") is None
     assert pg_signals.parse(Listen, "t_1") is None
+    assert pg_signals.parse(Committed, "origin:t_1:4") is None
+    assert pg_signals.parse(Committed, "origin:t_1:four:7") is None
 
 
 async def test_local_signals_reach_each_subscriber_once_in_order() -> None:
@@ -164,3 +170,31 @@ async def test_pg_signals_not_started_drop_what_is_published() -> None:
     bus = PgSignals("postgresql+psycopg://nobody@127.0.0.1:1/x")
     bus.publish(Listen("t_1", False))  # a door's listener leaving after the host stopped
     await bus.stop()
+
+
+@pytest.mark.postgres
+async def test_a_stores_commit_is_a_committed_signal_heard_on_the_bus(pg_url: str) -> None:
+    """The PostgreSQL store's change notifications are signals like the others: a
+    PgSignals subscriber of another process hears each commit's event range, once the
+    write has committed, and another store given that signal publishes those events."""
+    writer = PostgresRunStore(pg_url, listen=False)
+    reader = PostgresRunStore(pg_url)
+    bus = PgSignals(pg_url)
+    heard: asyncio.Queue[Committed] = asyncio.Queue()
+    await writer.open()
+    await reader.open()
+    task = await writer.create_task(prompt="p", budget_usd=1.0)
+    bus.subscribe(Committed, lambda c: heard.put_nowait(c) if c.task_id == task.id else None)
+    await bus.start()
+    try:
+        async with reader.subscribe(task.id, after=task.event_seq) as sub:
+            await writer.set_status(task.id, "planning")
+            committed = await asyncio.wait_for(heard.get(), timeout=30)
+            assert committed == Committed(writer.origin, task.id, task.event_seq + 1, task.event_seq + 1)
+            ev = await asyncio.wait_for(anext(sub), timeout=30)
+        assert (ev.seq, ev.data["status"]) == (task.event_seq + 1, "planning")
+        assert reader.listener_pid is not None
+    finally:
+        await bus.stop()
+        await reader.close()
+        await writer.close()

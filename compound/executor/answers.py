@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from compound.core.logging import get_logger
-from compound.executor.signals import Answer, Listen, Signal
+from compound.signals.bus import Answer, Listen, Signal
 
 log = get_logger("compound.executor")
 

@@ -3,7 +3,7 @@ executor/process.py with one end of a socket pair as FD.
 
 It reads a hello (the settings, and what the server wants relayed), opens its own
 store handle and SDK clients, resumes every unfinished task, answers ("started",
-[resumed ids]) and then serves the server's signals (executor/socket_signals.py) until
+[resumed ids]) and then serves the server's signals (signals/socket_pair.py) until
 Stop or the end of the socket:
 
   from the server                     to the server
@@ -35,8 +35,8 @@ from typing import Any
 
 from compound.core.logging import get_logger
 from compound.executor.answers import ForwardedAnswers
-from compound.executor.signals import Cancel, Dispatch, Events, Listen, Observation, Stop, Wake
-from compound.executor.socket_signals import SocketSignals, frame, read_frame
+from compound.signals.bus import Cancel, Dispatch, Events, Listen, Observation, Stop, Wake
+from compound.signals.socket_pair import SocketSignals, frame, read_frame
 
 log = get_logger("compound.executor")
 

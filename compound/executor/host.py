@@ -4,7 +4,7 @@ hosts the engine. Two hosts implement it:
   Executor (executor/service.py)          the engine on this process's own loop
                                            (the CLI's `compound run`, tests, an in-memory store)
   RemoteHost (executor/remote.py)         the engine in another process, over a signal bus
-                                           (executor/signals.py); only its Starter differs:
+                                           (signals/bus.py); only its Starter differs:
     ProcessExecutor (executor/process.py)   a child process, signals on its socket pair
     QueueBackend (worker/backend.py)        DBOS workers on PostgreSQL, signals by NOTIFY
 

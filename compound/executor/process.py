@@ -10,7 +10,7 @@ the mostly idle HTTP process at once.
 The child (`python -m compound.executor.child FD PID`) opens its own store handle on the
 same database, builds its own SDK clients and runs a plain Executor; the server's
 process keeps the routes, the waits and the streams (executor/remote.py). They talk
-over a socket pair (executor/socket_signals.py): to the child Dispatch, Cancel, Wake,
+over a socket pair (signals/socket_pair.py): to the child Dispatch, Cancel, Wake,
 Listen and Stop; to the server the child's committed events on SQLite (PostgreSQL's
 LISTEN/NOTIFY carries them already), Answer pieces and the model calls' Observations
 (metrics).
@@ -37,8 +37,8 @@ from compound.core.logging import get_logger
 from compound.core.settings import Settings
 from compound.executor.hooks import CallObserver
 from compound.executor.remote import RemoteHost
-from compound.executor.signals import Cancel, Dispatch, Listen, Observation, Stop
-from compound.executor.socket_signals import SocketSignals, frame, read_frame
+from compound.signals.bus import Cancel, Dispatch, Listen, Observation, Stop
+from compound.signals.socket_pair import SocketSignals, frame, read_frame
 from compound.store.base import RunStore
 
 log = get_logger("compound.executor")

@@ -1,5 +1,5 @@
 """The engine in another process, as the routes see it: one host over a signal bus
-(executor/signals.py) and a Starter, the one thing that differs between a child process
+(signals/bus.py) and a Starter, the one thing that differs between a child process
 (executor/process.py) and DBOS's queue workers (worker/backend.py).
 
 What the host does itself, whatever the Starter:
@@ -25,7 +25,7 @@ from compound.core.money import Price
 from compound.core.settings import Settings
 from compound.executor.answers import RemoteAnswers
 from compound.executor.service import TaskWaits
-from compound.executor.signals import Answer, Cancel, Events, Signals, Wake
+from compound.signals.bus import Answer, Cancel, Events, Signals, Wake
 from compound.store.base import RunStore
 from compound.store.models import TERMINAL_TASK, TaskStatus
 

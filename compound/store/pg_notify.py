@@ -1,6 +1,6 @@
 """PostgreSQL LISTEN/NOTIFY, narrow: `publish` a payload on a channel, a `Listener`
 calls back on it in every process that listens, a `Notifier` sends from synchronous
-code. The typed signals travel over it as executor/pg_signals.py says."""
+code. The typed signals travel over it as signals/postgres.py says."""
 
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ QUEUE_WAKE = "compound_queue_wake"
 # leaves); the worker running it NOTIFYs the pieces as JSON {"op", "t", "a", "x"}.
 ANSWER_WANT = "compound_answer_want"
 ANSWER = "compound_answer"
+# payload: "<origin>:<task id>:<first seq>:<last seq>", sent by the PostgreSQL store in
+# the transaction of each write that appended events (delivered when it commits)
+EVENTS = "compound_events"
 
 
 def libpq_url(url: str) -> str:
@@ -49,17 +52,23 @@ def notify(conn: Connection, channel: str, payload: str) -> None:
 class Listener:
     """One connection LISTENing on some channels, calling `handlers[channel](payload)` on
     this event loop; it reconnects after a lost connection (signals sent meanwhile are
-    lost, so every user also has a slower fallback: the store flag, a retry timer)."""
+    lost, so every user also has a slower fallback: the store flag, a retry timer, the
+    store's catch-up). `on_state` hears the LISTEN session's backend pid each time it is
+    listening, and None each time its connection is lost."""
 
-    def __init__(self, url: str, handlers: Mapping[str, Callable[[str], Any]]) -> None:
+    def __init__(self, url: str, handlers: Mapping[str, Callable[[str], Any]], *,
+                 on_state: Callable[[int | None], None] | None = None) -> None:
         self.url = libpq_url(url)
         self.handlers = dict(handlers)
+        self.on_state = on_state
         self._task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
 
-    async def start(self) -> None:
+    async def start(self, *, wait: bool = True) -> None:
+        """Start listening; `wait`: until the first LISTEN is in place (30 s at most)."""
         self._task = asyncio.get_running_loop().create_task(self._run())
-        await asyncio.wait_for(self.ready.wait(), timeout=30)
+        if wait:
+            await asyncio.wait_for(self.ready.wait(), timeout=30)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -78,6 +87,8 @@ class Listener:
                     for channel in self.handlers:
                         await conn.execute(f'LISTEN "{channel}"')
                     self.ready.set()
+                    if self.on_state is not None:
+                        self.on_state(conn.info.backend_pid)
                     delay = 0.1
                     async for note in conn.notifies():
                         handler = self.handlers.get(note.channel)
@@ -91,6 +102,8 @@ class Listener:
                 raise
             except Exception as exc:
                 log.warning("listener connection lost; reconnecting", error=type(exc).__name__)
+                if self.on_state is not None:
+                    self.on_state(None)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

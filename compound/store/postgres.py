@@ -1,10 +1,11 @@
-"""The RunStore on PostgreSQL: psycopg's async pool, and LISTEN/NOTIFY across processes.
+"""The RunStore on PostgreSQL: psycopg's async pool, and the signal bus across processes.
 
-Each write is one transaction on a pooled connection; it sends `pg_notify` with the
-task id and the range of event seqs it wrote, delivered at commit. A dedicated
-connection LISTENs, and for a task someone here subscribes to, reads the new events
-and publishes them (a write of this process is published directly, and its own
-notification is ignored).
+Each write is one transaction on a pooled connection; a write that appended events
+sends, in that transaction (delivered at commit), the `Committed` signal of each task
+it wrote to: the range of event seqs, and this store's origin (signals/postgres.py). A
+PgSignals of the store's own hears the others' and, for a task someone here subscribes
+to, reads the new events and publishes them to the hub (a write of this process is
+published directly, and its own signal ignored).
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from psycopg import AsyncConnection, AsyncCursor
+from psycopg import AsyncCursor
 from psycopg.types.json import Json
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.engine import Engine
 
 from compound.core.logging import get_logger
+from compound.signals.bus import Committed
+from compound.signals.postgres import PgSignals, payloads
 from compound.store import ops, outage, statements
 from compound.store.opsstore import OpsRunStore
 from compound.store.sqlrun import ReadQueries
@@ -32,7 +35,6 @@ log = get_logger("compound.store")
 # database is unavailable (psycopg's default, 30 s, would hold every request that long
 # while the server restarts).
 POOL_WAIT_S = 5.0
-CHANNEL = "compound_events"
 SQL: dict[str, str] = statements.compiled(statements.POSTGRES)  # the driver's text of each statement
 
 
@@ -110,9 +112,12 @@ class PostgresRunStore(OpsRunStore):
         self.pool = AsyncConnectionPool(conninfo(url), min_size=1, max_size=pool_size, open=False,
                                         timeout=POOL_WAIT_S)
         self.listen = listen
-        self.origin = uuid.uuid4().hex[:12]  # this store's notifications, ignored by its own listener
-        self._listener: asyncio.Task[None] | None = None
+        self.origin = uuid.uuid4().hex[:12]  # this store's signals, ignored by its own listener
+        self.signals: PgSignals | None = None  # hears the other stores' Committed (when `listen`)
+        self._heard: asyncio.Queue[Committed | None] = asyncio.Queue()  # None: catch up
+        self._reader: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
+        self._lost = False
         self.listener_pid: int | None = None  # the LISTEN session's backend (diagnostics, tests)
         self._engine: Engine | None = None
         self._pg = statements.POSTGRES.dialect()  # the listing and cost reads are compiled per call
@@ -137,41 +142,51 @@ class PostgresRunStore(OpsRunStore):
         self.hub.home = asyncio.get_running_loop()
         await self.pool.open(wait=True)
         if self.listen:
-            self._listener = asyncio.get_running_loop().create_task(self._listen())
-            await self._listening.wait()
+            self._reader = asyncio.get_running_loop().create_task(self._read_heard())
+            self.signals = PgSignals(self.url, on_state=self._listener_state)
+            self.signals.subscribe(Committed, self._heard.put_nowait)
+            await self.signals.start(wait=False)
+            await self._listening.wait()  # listening, or its first attempt failed (it keeps trying)
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
+        if self.signals is not None:
+            await self.signals.stop()
+            self.signals = None
+        if self._reader is not None:
+            self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+                await self._reader
+            self._reader = None
         await self.pool.close()
         if self._engine is not None:
             self._engine.dispose()
 
-    async def _listen(self) -> None:
-        """LISTEN on a dedicated connection; when it drops, reconnect and publish what
-        the tasks watched here committed meanwhile (`_catch_up`)."""
-        lost = False
+    def _listener_state(self, pid: int | None) -> None:
+        """The listener is listening (its session's pid) or lost its connection (None):
+        once it listens again, what was committed meanwhile is caught up."""
+        if pid is None:
+            self._lost = True
+        else:
+            self.listener_pid = pid
+            if self._lost:
+                self._lost = False
+                self._heard.put_nowait(None)
+        self._listening.set()
+
+    async def _read_heard(self) -> None:
+        """The signals heard, in order: each read and published, or a catch-up. A read
+        that fails (the database away) is followed by a catch-up."""
         while True:
+            heard = await self._heard.get()
             try:
-                async with await AsyncConnection.connect(conninfo(self.url), autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
-                    self.listener_pid = conn.info.backend_pid
-                    self._listening.set()
-                    if lost:
-                        await self._catch_up()
-                        lost = False
-                    async for note in conn.notifies():
-                        await self._notified(note.payload)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("event listener lost its connection; reconnecting")
-                lost = True
-                self._listening.set()
+                if heard is None:
+                    await self._catch_up()
+                else:
+                    await self._notified(heard)
+            except Exception as exc:
+                log.warning("could not read the events of a commit heard; catching up", error=type(exc).__name__)
                 await asyncio.sleep(0.5)
+                self._heard.put_nowait(None)
 
     async def _catch_up(self) -> None:
         """Once LISTENing again: the notifications sent while nobody listened are lost,
@@ -185,15 +200,10 @@ class PostgresRunStore(OpsRunStore):
             except Exception as exc:  # the task is gone, or the database again: next one
                 log.warning("could not catch up a task's events", task_id=task_id, error=type(exc).__name__)
 
-    async def _notified(self, payload: str) -> None:
-        try:
-            origin, task_id, first, last = payload.rsplit(":", 3)
-            lo, hi = int(first), int(last)
-        except ValueError:
+    async def _notified(self, c: Committed) -> None:
+        if c.origin == self.origin or not self.hub.watched(c.task_id):
             return
-        if origin == self.origin or not self.hub.watched(task_id):
-            return
-        self.hub.publish(await self.events_after(task_id, lo - 1, limit=hi - lo + 1))
+        self.hub.publish(await self.events_after(c.task_id, c.first - 1, limit=c.last - c.first + 1))
 
     # running operations --------------------------------------------------------------
 
@@ -207,8 +217,8 @@ class PostgresRunStore(OpsRunStore):
             async with conn.transaction(), conn.cursor() as cur:
                 value = await run(cur, factory(), events)
                 for task_id, (lo, hi) in _ranges(events).items():
-                    await cur.execute("SELECT pg_notify(%(c)s, %(p)s)",
-                                      {"c": CHANNEL, "p": f"{self.origin}:{task_id}:{lo}:{hi}"})
+                    for channel, payload in payloads(Committed(self.origin, task_id, lo, hi)):
+                        await cur.execute("SELECT pg_notify(%(c)s, %(p)s)", {"c": channel, "p": payload})
                 sent[0] = True  # the COMMIT goes out as the block ends
             self.stats.commits += 1
         self.hub.publish(events)

@@ -1,5 +1,5 @@
 """The API process's side of queue mode: a RemoteHost (executor/remote.py) whose
-tasks start by DBOS enqueue, over PostgreSQL's LISTEN/NOTIFY (executor/pg_signals.py).
+tasks start by DBOS enqueue, over PostgreSQL's LISTEN/NOTIFY (signals/postgres.py).
 The routes store tasks; each enqueue NOTIFYs the workers in its own transaction
 (worker/wake.py), so a task starts without waiting for a worker's poll; a cancel
 reaches the task wherever it is, and a door's listener hears the answer the worker
@@ -15,9 +15,9 @@ from compound.core.errors import DatabaseUnavailable
 from compound.core.logging import get_logger
 from compound.core.money import Price
 from compound.core.settings import Settings
-from compound.executor.pg_signals import PgSignals, payloads
 from compound.executor.remote import RemoteHost
-from compound.executor.signals import QueueWake
+from compound.signals.bus import QueueWake
+from compound.signals.postgres import PgSignals, payloads
 from compound.store import pg_notify
 from compound.store.base import RunStore
 from compound.store.models import TaskStatus

@@ -18,10 +18,10 @@ from typing import Any
 from compound.core.logging import get_logger
 from compound.core.settings import Settings
 from compound.executor.answers import ForwardedAnswers
-from compound.executor.pg_signals import PgSignals
 from compound.executor.service import Executor
-from compound.executor.signals import Cancel, Listen, QueueWake, SlotFree
 from compound.llm.base import LLMClient
+from compound.signals.bus import Cancel, Listen, QueueWake, SlotFree
+from compound.signals.postgres import PgSignals
 from compound.store.base import RunStore
 from compound.store.pg_slots import PgModelSlots
 from compound.worker import dbos_private, names, wake
@@ -69,7 +69,7 @@ class Worker:
         self.slots = PgModelSlots(settings.database_url, limits) if any(
             settings.model_config_for(m).max_concurrency for m in settings.all_models()) else None
         # Cancels, wake-ups, freed slots and the answers' listeners are heard, and the
-        # pieces of a streamed answer go out, by NOTIFY (executor/pg_signals.py): the
+        # pieces of a streamed answer go out, by NOTIFY (signals/postgres.py): the
         # synthesis streams while an API process's door has a client listening to it.
         self.signals = PgSignals(settings.database_url, engine=lambda: store.engine)
         self.answers = ForwardedAnswers(self.signals.publish)

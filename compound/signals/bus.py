@@ -4,9 +4,9 @@ The engine may run in another process than the routes (executor/remote.py): what
 one side must tell the other travels as one of the signals below, through a `Signals`
 transport. One implementation per transport:
 
-  LocalSignals   (here)                       one process: direct calls, on the loop
-  SocketSignals  (executor/socket_signals.py) the child process's socket pair: frames
-  PgSignals      (executor/pg_signals.py)     PostgreSQL LISTEN/NOTIFY (queue mode)
+  LocalSignals   (here)                    one process: direct calls, on the loop
+  SocketSignals  (signals/socket_pair.py)  the child process's socket pair: frames
+  PgSignals      (signals/postgres.py)     PostgreSQL LISTEN/NOTIFY (queue mode, the store)
 
 A subscriber is called once per signal, in publish order, on the loop it runs on; it
 must be cheap and must not block (put on a queue, start a task). A transport that
@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeVar
 from compound.core.logging import get_logger
 from compound.store.values import Event
 
-log = get_logger("compound.executor.signals")
+log = get_logger("compound.signals.bus")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +31,18 @@ class Events:
     database (SQLite): the child relays its commits to the server."""
 
     events: Sequence[Event]
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """The store `origin` committed task `task_id`'s events `first`..`last` on a shared
+    database (PostgreSQL): the store of every other process reads them and gives them to
+    its hub (each store gives its own commits to its hub as it makes them)."""
+
+    origin: str
+    task_id: str
+    first: int
+    last: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +114,7 @@ class Stop:
     """Put the running tasks down (the next start resumes them) and exit."""
 
 
-Signal = Events | Dispatch | Cancel | Wake | QueueWake | SlotFree | Listen | Answer | Observation | Stop
+Signal = Events | Committed | Dispatch | Cancel | Wake | QueueWake | SlotFree | Listen | Answer | Observation | Stop
 S = TypeVar("S", bound=Signal)
 Handler = Callable[[Any], object]
 
@@ -161,5 +173,5 @@ class LocalSignals(Subscribers):
         return
 
 
-__all__ = ["Answer", "Cancel", "Dispatch", "Events", "Listen", "LocalSignals", "Observation", "QueueWake", "Signal",
-           "Signals", "SlotFree", "Stop", "Subscribers", "Wake"]
+__all__ = ["Answer", "Cancel", "Committed", "Dispatch", "Events", "Listen", "LocalSignals", "Observation", "QueueWake",
+           "Signal", "Signals", "SlotFree", "Stop", "Subscribers", "Wake"]

@@ -1,6 +1,8 @@
 """Signals over PostgreSQL LISTEN/NOTIFY (store/pg_notify.py), between the API
-processes and the workers of queue mode. One channel a kind, the payloads as before:
+processes and the workers of queue mode, and between the PostgreSQL stores of every
+process. One channel a kind:
 
+  Committed(o, t, lo, hi)   compound_events         "<origin>:<task id>:<lo>:<hi>"
   Cancel(task_id)           compound_cancel         task id
   QueueWake(task_id)        compound_queue_wake     task id, or ""
   SlotFree(model)           compound_slot_free      model name
@@ -8,10 +10,11 @@ processes and the workers of queue mode. One channel a kind, the payloads as bef
   Answer(op, t, a, text)    compound_answer         JSON {"op", "t", "a", "x"}, text cut in
                                                     pieces of CHUNK characters
 
-Wake is not sent: the decision's events reach the worker holding the call through the
-store's own NOTIFY (compound_events, store/postgres.py), as every event does; Events
-are that NOTIFY's, heard by the store's hub, never by a subscriber here. A process
-hears the kinds it subscribed to before `start`."""
+Committed is the store's own: store/postgres.py sends its `payloads` inside the write's
+transaction (delivered exactly when the write commits, never without it) and hears
+them through a PgSignals of its own. Wake is not sent: the decision's events reach the
+worker holding the call as every event does, Committed. A process hears the kinds it
+subscribed to before `start`."""
 
 from __future__ import annotations
 
@@ -21,16 +24,16 @@ from collections.abc import Callable
 from typing import Any
 
 from compound.core.logging import get_logger
-from compound.executor.signals import Answer, Cancel, Listen, QueueWake, Signal, SlotFree, Subscribers, Wake
+from compound.signals.bus import Answer, Cancel, Committed, Listen, QueueWake, Signal, SlotFree, Subscribers, Wake
 from compound.store import pg_notify
 
-log = get_logger("compound.executor.pg_signals")
+log = get_logger("compound.signals.postgres")
 
 # Characters of text per NOTIFY: a payload holds at most 8,000 bytes, and a character
 # may take six in JSON (a control character's escape).
 CHUNK = 1000
 
-CHANNELS: dict[type, str] = {Cancel: pg_notify.CANCEL, QueueWake: pg_notify.QUEUE_WAKE,
+CHANNELS: dict[type, str] = {Committed: pg_notify.EVENTS, Cancel: pg_notify.CANCEL, QueueWake: pg_notify.QUEUE_WAKE,
                              SlotFree: pg_notify.SLOT_FREE, Listen: pg_notify.ANSWER_WANT,
                              Answer: pg_notify.ANSWER}
 
@@ -38,6 +41,8 @@ CHANNELS: dict[type, str] = {Cancel: pg_notify.CANCEL, QueueWake: pg_notify.QUEU
 def payloads(signal: Signal) -> list[tuple[str, str]]:
     """The (channel, payload) NOTIFYs of one signal, in order."""
     match signal:
+        case Committed(origin, task_id, first, last):
+            return [(pg_notify.EVENTS, f"{origin}:{task_id}:{first}:{last}")]
         case Cancel(task_id) | QueueWake(task_id):
             return [(CHANNELS[type(signal)], task_id)]
         case SlotFree(model):
@@ -56,6 +61,9 @@ def payloads(signal: Signal) -> list[tuple[str, str]]:
 def parse(kind: type, payload: str) -> Signal | None:
     """The signal of a payload heard on `kind`'s channel; None when it cannot be read."""
     try:
+        if kind is Committed:
+            origin, task_id, first, last = payload.rsplit(":", 3)
+            return Committed(origin, task_id, int(first), int(last))
         if kind is Cancel:
             return Cancel(payload)
         if kind is QueueWake:
@@ -77,10 +85,12 @@ class PgSignals(Subscribers):
     is away); `send` commits its NOTIFY on `engine()` (the store's SQLAlchemy engine)
     before returning."""
 
-    def __init__(self, url: str, *, engine: Callable[[], Any] | None = None) -> None:
+    def __init__(self, url: str, *, engine: Callable[[], Any] | None = None,
+                 on_state: Callable[[int | None], None] | None = None) -> None:
         super().__init__()
         self.url = url
         self.engine = engine
+        self.on_state = on_state  # the listener's state (pg_notify.Listener)
         self._notifier: pg_notify.Notifier | None = None
         self._listener: pg_notify.Listener | None = None
 
@@ -105,14 +115,14 @@ class PgSignals(Subscribers):
 
         return heard
 
-    async def start(self) -> None:
+    async def start(self, *, wait: bool = True) -> None:
+        """`wait`: until the LISTEN is in place (else `on_state` tells when it is)."""
         self._notifier = pg_notify.Notifier(self.url)
         self._notifier.start()
-        # Events are the store's own NOTIFY (its hub hears them): no channel here.
         heard = {CHANNELS[k]: self._handler(k) for k in self.handlers if k in CHANNELS}
         if heard:
-            self._listener = pg_notify.Listener(self.url, heard)
-            await self._listener.start()
+            self._listener = pg_notify.Listener(self.url, heard, on_state=self.on_state)
+            await self._listener.start(wait=wait)
 
     async def stop(self) -> None:
         if self._listener is not None:

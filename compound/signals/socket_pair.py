@@ -1,7 +1,7 @@
 """Signals over the child process's socket pair (executor/process.py, child.py): frames
 of pickled messages, those published in one turn of the loop as one frame.
 
-The wire messages, one per signal (executor/signals.py):
+The wire messages, one per signal (signals/bus.py):
 
   Events(events)            ("events", [Event ...])
   Dispatch(task_id)         ("dispatch", task_id)
@@ -23,7 +23,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-from compound.executor.signals import (
+from compound.signals.bus import (
     Answer,
     Cancel,
     Dispatch,
