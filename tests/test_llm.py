@@ -344,7 +344,7 @@ async def anthropic_body(monkeypatch: pytest.MonkeyPatch) -> Any:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     monkeypatch.setenv("ANTHROPIC_BASE_URL", f"http://127.0.0.1:{port}")
-    client = build_client(Settings(anthropic_api_key=SecretStr("k")))
+    client = build_client(Settings(anthropic_api_key=SecretStr("k-0123456789abcdef")))
     yield answer, client
     await client.aclose()
     await runner.cleanup()
@@ -372,3 +372,12 @@ async def test_an_anthropic_200_that_is_not_a_message_is_a_provider_error(anthro
     with pytest.raises(ProviderError) as info:
         await client.complete(model="anthropic/claude-haiku-4-5", messages=msgs("worker", "x"), max_tokens=50)
     assert info.value.transient is False and "anthropic/claude-haiku-4-5" in info.value.message
+
+
+async def test_a_200_that_is_not_a_message_never_shows_the_key(anthropic_body: Any) -> None:
+    answer, client = anthropic_body
+    answer["body"] = b'{"echo": "your key is k-0123456789abcdef"}'
+    with pytest.raises(ProviderError) as info:
+        await client.complete(model="anthropic/claude-haiku-4-5", messages=msgs("worker", "x"), max_tokens=50)
+    assert "echo" in (info.value.body or "")
+    assert "k-0123456789abcdef" not in (info.value.body or "") + str(info.value)

@@ -13,7 +13,7 @@ from compound.core.errors import ProviderError
 from compound.core.settings import Settings
 from compound.llm.adapter import SDKAdapter
 from compound.llm.base import Completion, Delta, Message, StreamEvent, ToolCall, ToolChoice, ToolSpec, Usage
-from compound.llm.errors import sdk_error
+from compound.llm.errors import scrub, sdk_error
 from compound.llm.toolwire import StreamedCalls, ToolNames, arguments_text, names_of, parse_arguments
 
 _EPHEMERAL = {"type": "ephemeral"}
@@ -99,13 +99,13 @@ def usage_of(u: Any) -> Usage:
     )
 
 
-def content_of(data: Any, model: str) -> list[dict[str, Any]]:
+def content_of(data: Any, model: str, secrets: tuple[str | None, ...] = ()) -> list[dict[str, Any]]:
     """The content blocks of a Messages API answer's JSON; a ProviderError when the
-    body is not a message."""
+    body is not a message (its body shown with the secrets scrubbed)."""
     content = data.get("content") if isinstance(data, dict) else None
     if not isinstance(content, list) or not all(isinstance(b, dict) for b in content):
         raise ProviderError(f"{model}: the answer is not a Messages API message (no list of content blocks)",
-                            status=200, body=str(data)[:2000], model=model, transient=False)
+                            status=200, body=scrub(str(data), secrets), model=model, transient=False)
     return content
 
 
@@ -219,7 +219,7 @@ class AnthropicClient(SDKAdapter[Any]):
             data = await raw.json()
         except Exception as exc:
             raise sdk_error(exc, model, secrets=(key,)) from None
-        content = content_of(data, model)
+        content = content_of(data, model, secrets=(key,))
         usage = usage_of(data.get("usage"))
         text = "".join(str(b.get("text", "")) for b in content if b.get("type") == "text")
         stop = data.get("stop_reason")
