@@ -400,6 +400,81 @@ async def test_free_slots_go_to_the_most_urgent_task_first(store: RunStore) -> N
     assert counter.order == ["block", "high", "low"]
 
 
+async def _until(check: Any, what: str, timeout: float = 10.0) -> None:
+    """Wait on a state (checked every few ms), failing with what was awaited."""
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.005)
+    assert check(), what
+
+
+async def test_a_call_waiting_for_a_slot_is_reserved_and_costs_nothing_when_canceled(store: RunStore) -> None:
+    release = asyncio.Event()
+    sent: list[str] = []
+
+    async def answer(model: str, messages: list[Message]) -> str:
+        if "worker" not in messages[0]["content"]:
+            return kind_answer(model, messages)
+        name = messages[-1]["content"].split("<subtask>\n", 1)[1].split("\n", 1)[0]
+        sent.append(name)
+        if name == "block":
+            await release.wait()
+        return "ok"
+
+    ex = executor(store, FakeLLM(answer=answer), max_concurrency=1)
+    blocker = await store.create_task(prompt="p", budget_usd=5.0, plan_in=plan(("block", [])))
+    waiting = await store.create_task(prompt="p", budget_usd=5.0, plan_in=plan(("waits", [])))
+    try:
+        ex.submit(blocker.id)
+        await _until(lambda: sent == ["block"], "the blocker holds the only slot")
+        ex.submit(waiting.id)
+        await _until(lambda: [r.status for r in ledger(store, waiting.id)] == ["reserved"],
+                     "the waiting call is reserved while it waits for the slot")
+        assert sent == ["block"]
+        await ex.cancel(waiting.id)
+        release.set()
+        assert await ex.wait(blocker.id, timeout=10) == "completed"
+    finally:
+        release.set()
+        await ex.stop()
+    assert "waits" not in sent
+    (row,) = ledger(store, waiting.id)
+    assert (row.status, row.cost_usd, row.error) == ("canceled", 0.0, "canceled before it was sent")
+    snap = await store.snapshot(waiting.id)
+    assert snap["status"] == "canceled" and snap["total_cost_usd"] == 0.0
+
+
+async def test_a_slot_is_given_back_before_the_answer_is_settled(store: RunStore) -> None:
+    fake = FakeLLM(answer=kind_answer)
+    ex = executor(store, fake, max_concurrency=1)
+    settle = store.settle
+    second_sent = asyncio.Event()
+    held: list[bool] = []
+
+    async def slow_first_settle(*args: Any) -> Any:
+        if not held:  # the first answer's settlement waits until another call was sent
+            held.append(True)
+            await asyncio.wait_for(second_sent.wait(), 10)
+        return await settle(*args)
+
+    async def answer(model: str, messages: list[Message]) -> str:
+        if len(fake.calls) >= 2:
+            second_sent.set()
+        return kind_answer(model, messages)
+
+    fake.answer = answer
+    store.settle = slow_first_settle  # type: ignore[method-assign]
+    tasks = [await store.create_task(prompt=f"p{i}", budget_usd=5.0) for i in range(2)]  # planned: a planner call each
+    for t in tasks:
+        ex.submit(t.id)
+    try:
+        for t in tasks:
+            assert await ex.wait(t.id, timeout=20) == "completed"
+    finally:
+        await ex.stop()
+    assert held and second_sent.is_set()
+
+
 async def test_a_fan_out_reserves_in_one_commit(store: RunStore) -> None:
     batches: list[int] = []
     reserve = store.reserve

@@ -5,7 +5,7 @@ settles at):
   a provider's error answer (any status, 408 included)  error, $0 (not billed)
   our own timeout (CallTimedOut, ProviderTimeout)       lost, its worst case (may be billed)
   canceled before it was sent (its reservation was       canceled, $0
-    committing as the cancel came)
+    committing as the cancel came, or it waited for a slot)
   canceled mid-stream                                   canceled, at what was received: its input and
                                                         the text so far (bounds, as its reservation's)
   canceled in flight, nothing received or not streamed  canceled, its worst case (nothing is known)
@@ -43,6 +43,11 @@ def failed(err: ProviderError, res: Reservation, *, elapsed_s: float) -> Settlem
     return Settlement(
         status=CallStatus.lost if lost else CallStatus.error, cost_usd=res.amount if lost else 0.0,
         latency_ms=elapsed_s * 1000, error=err.message[:500])
+
+
+def unsent() -> Settlement:
+    """A reserved call canceled before it was sent: nothing was asked, nothing is owed."""
+    return Settlement(status=CallStatus.canceled, cost_usd=0.0, error="canceled before it was sent")
 
 
 def cut_short(spec: CallSpec, res: Reservation, price: Price, *, received: list[str] | None,

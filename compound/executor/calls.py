@@ -33,14 +33,13 @@ from compound.llm import collect
 from compound.llm.base import Completion, LLMClient
 from compound.planner.validate import is_clean_text
 from compound.store.base import RunStore
-from compound.store.models import CallKind, CallStatus
+from compound.store.models import CallKind
 from compound.store.values import (
     BudgetRefusal,
     DailyRefusal,
     Reservation,
     ReserveOutcome,
     ReserveRequest,
-    Settlement,
     TaskState,
 )
 
@@ -176,34 +175,41 @@ class ModelCalls:
 
     async def _attempt(self, st: TaskState, spec: CallSpec, *, model: str, attempt: int, amount: float,
                        daily: float | None, max_tokens: int) -> Completion:
-        sem = self._model_limit(model)
-        async with self.limiter.slot(st.priority):
-            if sem is not None:
-                await sem.acquire()
-            try:
-                res = await self._reserve(ReserveRequest(
-                    task_id=st.id, user_id=st.user_id, kind=spec.kind, subtask=spec.subtask, tier=spec.tier,
-                    model=model, attempt=attempt, amount=amount, daily_budget=daily))
-                return await self._send(st, spec, res, model=model, max_tokens=max_tokens, attempt=attempt)
-            finally:
-                if sem is not None:
-                    sem.release()
+        # Reserved before the call waits for a slot: the reservation's commit overlaps
+        # the wait, and a slot is held only while the provider answers.
+        res = await self._reserve(ReserveRequest(
+            task_id=st.id, user_id=st.user_id, kind=spec.kind, subtask=spec.subtask, tier=spec.tier,
+            model=model, attempt=attempt, amount=amount, daily_budget=daily))
+        return await self._send(st, spec, res, model=model, max_tokens=max_tokens, attempt=attempt)
 
     async def _send(self, st: TaskState, spec: CallSpec, res: Reservation, *, model: str,
                     max_tokens: int, attempt: int = 1) -> Completion:
-        for o in self.observers:
-            o.call_started(model=model, kind=spec.kind)
-        started = time.perf_counter()
+        """The reserved call sent once a slot is free (the process-wide limiter by the
+        task's priority, then the model's own cap), and settled after its slot is given back."""
         timeout = self.settings.call_timeout_s
         received: list[str] = []  # a streamed answer's text so far
+        started = time.perf_counter()
+        sent = False
+        sem = self._model_limit(model)
         try:
-            async with asyncio.timeout(timeout):
-                out = await self._receive(st, spec, model=model, max_tokens=max_tokens, attempt=attempt,
-                                          timeout=timeout, received=received)
+            async with self.limiter.slot(st.priority):
+                if sem is not None:
+                    await sem.acquire()
+                try:
+                    for o in self.observers:
+                        o.call_started(model=model, kind=spec.kind)
+                    sent, started = True, time.perf_counter()
+                    async with asyncio.timeout(timeout):
+                        out = await self._receive(st, spec, model=model, max_tokens=max_tokens, attempt=attempt,
+                                                  timeout=timeout, received=received)
+                finally:
+                    if sem is not None:
+                        sem.release()
         except asyncio.CancelledError:
             # Booked by what is known (booking.cut_short); the task's end waits for it (quiesce).
-            self.pipeline(st.id, self.store.settle(st.id, res, spec.subtask, booking.cut_short(
-                spec, res, self.price_of(model), received=received, elapsed_s=time.perf_counter() - started)))
+            booked = booking.cut_short(spec, res, self.price_of(model), received=received,
+                                       elapsed_s=time.perf_counter() - started) if sent else booking.unsent()
+            self.pipeline(st.id, self.store.settle(st.id, res, spec.subtask, booked))
             raise
         except (ProviderError, TimeoutError) as exc:
             err = await self._settle_failed(st, spec, res, exc, model=model, timeout=timeout, started=started)
@@ -376,5 +382,4 @@ class ModelCalls:
     def _unsent(self, r: ReserveRequest, got: ReserveOutcome) -> None:
         """A reservation whose call was canceled before it was sent: booked at nothing."""
         if isinstance(got, Reservation):
-            self.pipeline(r.task_id, self.store.settle(r.task_id, got, r.subtask, Settlement(
-                status=CallStatus.canceled, cost_usd=0.0, error="canceled before it was sent")))
+            self.pipeline(r.task_id, self.store.settle(r.task_id, got, r.subtask, booking.unsent()))
