@@ -314,8 +314,9 @@ def one_round(result: LoadResult, server: Any, idle: Any, sim: Any, token: str, 
         health, idle_health = ([] if not mine.poll(30) else mine.recv() for _, mine in probes)
         for prober, _ in probes:
             prober.join(10)
-    result.server_cpu_s += server.cpu_s() - server_cpu
-    result.sim_cpu_s += sim.cpu_s() - sim_cpu
+    server_used, sim_used = server.cpu_s() - server_cpu, sim.cpu_s() - sim_cpu
+    result.server_cpu_s += server_used
+    result.sim_cpu_s += sim_used
     calls = model_calls(server.url) - calls_before
     result.health_ms += health
     result.idle_health_ms += idle_health
@@ -333,7 +334,9 @@ def one_round(result: LoadResult, server: Any, idle: Any, sim: Any, token: str, 
           f"{statuses}, {len(errors)} errors, healthz p99 so far {result.health(0.99):.1f} ms "
           f"(bare {result.health(0.99, idle=True):.1f}); calls/s {this.calls_per_s:.0f}, SDK floor "
           + ", ".join(f"{k} {f.calls_per_s:.0f}" for k, f in this.floors.items())
-          + f"; aiohttp ratio {this.ratio('aiohttp'):.2f}", file=sys.stderr)
+          + f"; aiohttp ratio {this.ratio('aiohttp'):.2f}; CPU ms a call: server {server_used / calls * 1000:.2f}, "
+          f"simulator {sim_used / calls * 1000:.2f} (under the floor on aiohttp "
+          f"{this.floors['aiohttp'].sim_cpu_s / calls * 1000:.2f})", file=sys.stderr)
 
 
 def span(values: list[float]) -> str:

@@ -381,3 +381,17 @@ async def test_a_200_that_is_not_a_message_never_shows_the_key(anthropic_body: A
         await client.complete(model="anthropic/claude-haiku-4-5", messages=msgs("worker", "x"), max_tokens=50)
     assert "echo" in (info.value.body or "")
     assert "k-0123456789abcdef" not in (info.value.body or "") + str(info.value)
+
+
+@pytest.mark.parametrize("provider_set", [False, True])
+def test_the_anthropic_sdks_spans_are_on_only_when_a_tracer_provider_is_set(
+        sim_settings: Settings, monkeypatch: pytest.MonkeyPatch, provider_set: bool) -> None:
+    from opentelemetry import trace
+
+    if provider_set:
+        monkeypatch.setattr(trace, "get_tracer_provider", lambda: trace.NoOpTracerProvider())
+    registry = build_client(sim_settings)
+    adapter = registry.adapters["anthropic"]  # type: ignore[attr-defined]
+    model = next(m for m in sim_settings.all_models() if m.startswith("anthropic/"))
+    _endpoint, sdk = adapter.prepare(model)
+    assert sdk.open_telemetry["traces"]["enabled"] is provider_set

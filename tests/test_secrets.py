@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 import structlog
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from compound.api.app import create_app
@@ -296,3 +299,36 @@ output_cost_per_token = 0.0
     secrets.configure(load_settings(), environ={})
     for secret in (TOML_KEY, "db-pass-4417", URL_PASSWORD, QUERY_KEY):
         assert secrets.redact(f"<{secret}>") == "<[redacted]>", secret
+
+
+# JSON views redacted ---------------------------------------------------------------
+
+_PIECES = ["ok", "naïve ☃", 'a "quoted" \\ back\nslash', "\x00\x1f", "Sk-", "api_KEY: ", "bearer ", "://u:p@h",
+           "?key=", "=", "\u212a", "ſ", *KEYS, GATEWAY.upper(), json.dumps(ANTHROPIC)]
+_TEXT = st.lists(st.sampled_from(_PIECES) | st.text(max_size=6), max_size=5).map("".join)
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+                     | _TEXT,
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TEXT, inner, max_size=4),
+                     max_leaves=12)
+
+
+@given(value=_JSON)
+@hsettings(max_examples=300, deadline=None)
+def test_a_json_view_is_redacted_as_each_of_its_strings_is(value: object) -> None:
+    secrets.configure(environ={"ANTHROPIC_API_KEY": ANTHROPIC, "MY_GATEWAY_PASSWORD": GATEWAY,
+                               "DATABASE_URL": f"postgresql://u:{URL_PASSWORD}@h/db"})
+    walked = json.dumps(secrets.redact_data(value), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    assert secrets.json_redacted(value) == walked
+
+
+def test_a_json_view_with_nothing_to_redact_is_not_walked(monkeypatch: pytest.MonkeyPatch) -> None:
+    secrets.configure(environ={"ANTHROPIC_API_KEY": ANTHROPIC})
+    clean = {"status": "running", "subtasks": [{"description": "find the prices", "cost_usd": 0.25}]}
+
+    def walked(_value: object) -> object:
+        raise AssertionError("walked a view that holds nothing to redact")
+
+    monkeypatch.setattr(secrets, "redact_data", walked)
+    assert json.loads(secrets.json_redacted(clean)) == clean
+    with pytest.raises(AssertionError, match="walked"):
+        secrets.json_redacted({"error": f"key {ANTHROPIC} refused"})

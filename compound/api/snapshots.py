@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from compound.core.money import money_shown
-from compound.core.secrets import redact_data
+from compound.core.secrets import json_redacted
 from compound.store.base import RunStore
 from compound.store.hub import Subscription
 from compound.store.models import TERMINAL_TASK
@@ -38,8 +37,7 @@ class Snapshot:
 def encode(data: dict[str, Any]) -> bytes:
     """JSON as FastAPI's JSONResponse writes it (compact, UTF-8), money rounded as every
     view shows it (core/money.py money_shown), and every configured secret redacted."""
-    return json.dumps(money_shown(redact_data(data)), ensure_ascii=False, allow_nan=False,
-                      separators=(",", ":")).encode("utf-8")
+    return json_redacted(money_shown(data)).encode("utf-8")
 
 
 def etag_matches(if_none_match: str, etag: str) -> bool:

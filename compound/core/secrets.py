@@ -210,6 +210,28 @@ def redact_data(value: Any) -> Any:
     return value
 
 
+def may_redact(text: str) -> bool:
+    """Whether `redact` could change `text` or any string whose JSON form (UTF-8 as
+    is) is inside it: a configured secret in one of its forms, or a shape's trigger."""
+    pattern = registry().pattern
+    if pattern is not None and pattern.search(text):
+        return True
+    lower = text.lower()
+    return any(trigger in lower if isinstance(trigger, str) else any(t in lower for t in trigger)
+               for trigger, _ in PATTERNS)
+
+
+def json_redacted(value: Any) -> str:
+    """Compact JSON (UTF-8 as is) of `redact_data(value)`. JSON escapes a string
+    character by character, so a secret inside one shows in the text in its
+    JSON-escaped form (a variant the registry holds) and a shape's trigger as is: the
+    strings are walked only when the text holds one of them (most snapshots hold none)."""
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    if not may_redact(text):
+        return text
+    return json.dumps(redact_data(value), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
 def _redact_arg(value: Any) -> Any:
     if isinstance(value, str):
         return redact(value)

@@ -109,6 +109,16 @@ def content_of(data: Any, model: str, secrets: tuple[str | None, ...] = ()) -> l
     return content
 
 
+def tracing_configured() -> bool:
+    """Whether this process records OpenTelemetry spans: a tracer provider is set (or
+    named by OTEL_PYTHON_TRACER_PROVIDER). Without one, the SDK's spans (on by default)
+    record nothing and still cost ~0.03 ms a call, so the client is made without them;
+    with one, the SDK's own option and ANTHROPIC_OPEN_TELEMETRY* variables apply."""
+    from opentelemetry import trace
+
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 def prefix_key(model: str, messages: list[Message]) -> str | None:
     """A digest of the prompt up to its last cache marker; None when there is none or
     it is too short to be cached."""
@@ -172,7 +182,8 @@ class AnthropicClient(SDKAdapter[Any]):
 
         http = self.http_client(anthropic, type(DEFAULT_CONNECTION_LIMITS))
         return anthropic.AsyncAnthropic(api_key=key, base_url=base, max_retries=0,
-                                        timeout=self.settings.call_timeout_s, http_client=http)
+                                        timeout=self.settings.call_timeout_s, http_client=http,
+                                        open_telemetry=None if tracing_configured() else False)
 
     def _request(self, model: str, messages: list[Message], max_tokens: int, timeout_s: float | None,
                  tools: Sequence[ToolSpec] | None, tool_choice: ToolChoice,
