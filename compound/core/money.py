@@ -79,14 +79,20 @@ def is_money_key(key: str) -> bool:
     return key.endswith("_usd") or key in MONEY_KEYS
 
 
+_WALKED = (dict, list, float)
+
+
 def money_shown(value: Any, key: str = "") -> Any:
     """`value` (JSON-like: dicts, lists, numbers) with every money field rounded by
     shown_usd: the values under keys ending in `_usd` (and `cost`, `total_cost`, the
     Symbiont shapes' names), at any depth."""
+    # (strings, ints and the like are kept as they are without a call each: a task's
+    # snapshot is mostly those)
     if isinstance(value, dict):
-        return {k: money_shown(v, k if isinstance(k, str) else "") for k, v in value.items()}
+        return {k: money_shown(v, k if isinstance(k, str) else "") if isinstance(v, _WALKED) else v
+                for k, v in value.items()}
     if isinstance(value, list):
-        return [money_shown(v, key) for v in value]
+        return [money_shown(v, key) if isinstance(v, _WALKED) else v for v in value]
     if isinstance(value, float) and is_money_key(key):
         return shown_usd(value)
     return value
