@@ -463,7 +463,7 @@ async def test_a_slot_is_given_back_before_the_answer_is_settled(store: RunStore
         return kind_answer(model, messages)
 
     fake.answer = answer
-    store.settle = slow_first_settle  # type: ignore[method-assign]
+    store.settle = slow_first_settle  # type: ignore[method-assign,assignment]
     tasks = [await store.create_task(prompt=f"p{i}", budget_usd=5.0) for i in range(2)]  # planned: a planner call each
     for t in tasks:
         ex.submit(t.id)

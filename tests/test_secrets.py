@@ -304,7 +304,7 @@ output_cost_per_token = 0.0
 # JSON views redacted ---------------------------------------------------------------
 
 _PIECES = ["ok", "naïve ☃", 'a "quoted" \\ back\nslash', "\x00\x1f", "Sk-", "api_KEY: ", "bearer ", "://u:p@h",
-           "?key=", "=", "\u212a", "ſ", *KEYS, GATEWAY.upper(), json.dumps(ANTHROPIC)]
+           "?key=", "=", "\u212a", "\u017f", *KEYS, GATEWAY.upper(), json.dumps(ANTHROPIC)]
 _TEXT = st.lists(st.sampled_from(_PIECES) | st.text(max_size=6), max_size=5).map("".join)
 _JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
                      | _TEXT,

@@ -1,4 +1,4 @@
-"""store/statements.py: every statement ops.py names, compiled for both databases."""
+"""store/statements.py: every statement the ops modules name, compiled for both databases."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import re
 
 import pytest
 
-from compound.store import ops, statements
+from compound.store import ops, ops_calls, ops_reads, ops_tools, statements
 
 
 def named_in_ops() -> set[str]:
-    return set(re.findall(r'"(?:one|all|many|exec)", "([A-Z_]+)"', inspect.getsource(ops)))
+    source = "".join(inspect.getsource(m) for m in (ops, ops_calls, ops_reads, ops_tools))
+    return set(re.findall(r'"(?:one|all|many|exec)", "([A-Z_]+)"', source))
 
 
 @pytest.mark.parametrize("flavor", [statements.SQLITE, statements.POSTGRES], ids=lambda f: f.name)

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from compound.core.logging import get_logger
-from compound.store import Store, ops
+from compound.store import Store, ops, ops_calls, ops_reads, ops_tools
 from compound.store.sqlrun import ReadQueries, check_token, hash_token, new_task_id
 from compound.store.users import EngineUsers
 from compound.store.values import (
@@ -110,13 +110,13 @@ class OpsRunStore(Store, EngineUsers):
 
     async def reserve(self, requests: Sequence[ReserveRequest]) -> list[ReserveOutcome]:
         out: list[ReserveOutcome] = await self._write(
-            lambda: ops.reserve(self.dialect, requests, lock_users=self.lock_users))
+            lambda: ops_calls.reserve(self.dialect, requests, lock_users=self.lock_users))
         return out
 
     async def settle(self, task_id: str, reservation: Reservation, subtask: int | None,
                      outcome: Settlement) -> SubState | None:
         out: SubState | None = await self._write(
-            lambda: ops.settle(self.dialect, task_id, reservation, subtask, outcome))
+            lambda: ops_calls.settle(self.dialect, task_id, reservation, subtask, outcome))
         return out
 
     async def recover(self, task_id: str) -> int:
@@ -143,34 +143,35 @@ class OpsRunStore(Store, EngineUsers):
         await self._write(lambda: ops.set_approved(self.dialect, task_id))
 
     async def tool_call_started(self, task_id: str, call: ToolCallRecord, *, acting: bool = True) -> ToolCallRecord:
-        rec: ToolCallRecord = await self._write(lambda: ops.tool_call_started(self.dialect, task_id, call,
+        rec: ToolCallRecord = await self._write(lambda: ops_tools.tool_call_started(self.dialect, task_id, call,
                                                                               acting=acting))
         return rec
 
     async def tool_call_ended(self, task_id: str, call_id: str, *, status: str, result: str | None,
                               error: str | None) -> ToolCallRecord:
-        rec: ToolCallRecord = await self._write(lambda: ops.tool_call_ended(
+        rec: ToolCallRecord = await self._write(lambda: ops_tools.tool_call_ended(
             self.dialect, task_id, call_id, status=status, result=result, error=error))
         return rec
 
     async def tool_call_completed(self, task_id: str, call_id: str, *, result: str) -> SubState:
-        sub: SubState = await self._write(lambda: ops.tool_call_completed(self.dialect, task_id, call_id,
+        sub: SubState = await self._write(lambda: ops_tools.tool_call_completed(self.dialect, task_id, call_id,
                                                                           result=result))
         return sub
 
     async def tool_call_held(self, task_id: str, call: ToolCallRecord, *, write: bool = True) -> ToolCallRecord:
-        rec: ToolCallRecord = await self._write(lambda: ops.tool_call_held(self.dialect, task_id, call, write=write))
+        rec: ToolCallRecord = await self._write(
+            lambda: ops_tools.tool_call_held(self.dialect, task_id, call, write=write))
         return rec
 
     async def decide_tool_call(self, task_id: str, call_id: str, *, approve: bool, by: str,
                                arguments: dict[str, Any] | None = None,
                                message: str | None = None) -> ToolCallRecord:
-        rec: ToolCallRecord = await self._write(lambda: ops.decide_tool_call(
+        rec: ToolCallRecord = await self._write(lambda: ops_tools.decide_tool_call(
             self.dialect, task_id, call_id, approve=approve, by=by, arguments=arguments, message=message))
         return rec
 
     async def tool_calls(self, task_id: str, subtask: int) -> list[ToolCallRecord]:
-        recs: list[ToolCallRecord] = await self._read(lambda: ops.tool_calls(self.dialect, task_id, subtask))
+        recs: list[ToolCallRecord] = await self._read(lambda: ops_tools.tool_calls(self.dialect, task_id, subtask))
         return recs
 
     async def complete_subtask(self, task_id: str, index: int, *, result: str,
@@ -182,35 +183,35 @@ class OpsRunStore(Store, EngineUsers):
     # reads ----------------------------------------------------------------------------
 
     async def load(self, task_id: str) -> TaskState | None:
-        out: TaskState | None = await self._read(lambda: ops.load(self.dialect, task_id))
+        out: TaskState | None = await self._read(lambda: ops_reads.load(self.dialect, task_id))
         return out
 
     async def unfinished_task_ids(self) -> list[str]:
-        out: list[str] = await self._read(lambda: ops.unfinished_task_ids(self.dialect))
+        out: list[str] = await self._read(lambda: ops_reads.unfinished_task_ids(self.dialect))
         return out
 
     async def budget_left(self, task_id: str) -> float:
-        return float(await self._read(lambda: ops.budget_left(self.dialect, task_id)))
+        return float(await self._read(lambda: ops_reads.budget_left(self.dialect, task_id)))
 
     async def user_daily_budget(self, user_id: str | None, default: float | None) -> float | None:
-        out: float | None = await self._read(lambda: ops.user_daily_budget(self.dialect, user_id, default))
+        out: float | None = await self._read(lambda: ops_reads.user_daily_budget(self.dialect, user_id, default))
         return out
 
     async def events_after(self, task_id: str, seq: int, limit: int = 500) -> list[Event]:
-        out: list[Event] = await self._read(lambda: ops.events_after(self.dialect, task_id, seq, limit))
+        out: list[Event] = await self._read(lambda: ops_reads.events_after(self.dialect, task_id, seq, limit))
         return out
 
     async def head(self, task_id: str, *, user_id: str | None = None) -> TaskHead:
-        out: TaskHead = await self._read(lambda: ops.head(self.dialect, task_id, user_id))
+        out: TaskHead = await self._read(lambda: ops_reads.head(self.dialect, task_id, user_id))
         return out
 
     async def snapshot(self, task_id: str, *, user_id: str | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = await self._read(lambda: ops.snapshot(self.dialect, task_id, user_id))
+        out: dict[str, Any] = await self._read(lambda: ops_reads.snapshot(self.dialect, task_id, user_id))
         return out
 
     async def versioned_snapshot(self, task_id: str) -> tuple[TaskHead, dict[str, Any]]:
         out: tuple[TaskHead, dict[str, Any]] = await self._read(
-            lambda: ops.versioned_snapshot(self.dialect, task_id, None))
+            lambda: ops_reads.versioned_snapshot(self.dialect, task_id, None))
         return out
 
     async def task_tokens(self, task_id: str) -> tuple[int, int]:
@@ -236,8 +237,9 @@ class OpsRunStore(Store, EngineUsers):
         return await self.queries.spend_summary(self, user_id=user_id)
 
     async def task_counts(self) -> dict[str, int]:
-        out: dict[str, int] = await self._read(lambda: ops.task_counts(self.dialect))
+        out: dict[str, int] = await self._read(lambda: ops_reads.task_counts(self.dialect))
         return out
 
     async def principal_for_token(self, token: str) -> Principal | None:
-        return check_token(token, await self._read(lambda: ops.principal_for_token(self.dialect, hash_token(token))))
+        digest = hash_token(token)
+        return check_token(token, await self._read(lambda: ops_reads.principal_for_token(self.dialect, digest)))

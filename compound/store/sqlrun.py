@@ -17,7 +17,8 @@ from sqlalchemy.sql import Select
 from compound.core.errors import UserInputError
 from compound.core.money import shown_usd
 from compound.store.models import CallKind, LedgerEntry, Subtask, SubtaskStatus, Task, User, new_id, utcnow
-from compound.store.ops import iso, parse_dt, period_starts
+from compound.store.ops import iso, parse_dt
+from compound.store.ops_reads import period_starts
 from compound.store.statements import Flavor
 from compound.store.values import Principal
 

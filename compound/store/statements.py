@@ -1,7 +1,8 @@
-"""Every statement ops.py names, written once in SQLAlchemy Core over models.py's
-tables, compiled once per database into the plain text its driver runs.
+"""Every statement the ops modules (ops.py, ops_calls.py, ops_tools.py, ops_reads.py)
+name, written once in SQLAlchemy Core over models.py's tables, compiled once per
+database into the plain text its driver runs.
 
-Each parameter is a `bindparam` named as ops.py names it. A `Flavor` holds the few
+Each parameter is a `bindparam` named as they name it. A `Flavor` holds the few
 things the two databases do differently: the status test of a conditional write, the
 test for a task not ended, the INSERT that knows ON CONFLICT, and a timestamp's day
 (the cost reads of sqlrun.py). SQLAlchemy's compilers handle the rest (`FOR UPDATE`,
