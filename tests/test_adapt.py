@@ -354,7 +354,7 @@ async def test_a_cascade_passes_its_answer_to_dependents_and_leaves_other_tiers_
     ("NO", False), ("no", False), ("", False), ("I think yes", False), ("Maybe", False),
 ])
 def test_what_a_check_answer_means(said: str, stands: bool) -> None:
-    from compound.executor.workflow import passes
+    from compound.executor.taskrun import passes
 
     assert passes(said) is stands
 

@@ -16,15 +16,16 @@ from compound.executor.calls import CallSpec, ModelCalls
 from compound.executor.growing import HELD, GrowingDag
 from compound.executor.plugins import PluginSteps
 from compound.executor.reuse import reusable
-from compound.executor.scheduler import Cause, Ended, run_dag
-from compound.executor.steps import StepFailed, ToolSteps
+from compound.executor.scheduler import Cause
+from compound.executor.steps import ToolSteps
+from compound.executor.taskrun import TaskRun
 from compound.llm.base import Completion, Message, Usage
 from compound.planner.plan import Dependency, PlanIn, SubtaskIn
 from compound.planner.replan import Failed, Finished, replan
 from compound.planner.router import route
 from compound.planner.stream import same
 from compound.planner.validate import validate_plan
-from compound.plugins import Outcome, Plugins, load_plugins
+from compound.plugins import Plugins, load_plugins
 from compound.prompts import render
 from compound.store.base import RunStore
 from compound.store.models import CallKind, CallStatus, EndReason, SubtaskStatus, TaskStatus
@@ -37,136 +38,54 @@ def _why(status: str, error: str | None) -> str:
     return error or status
 
 
-class _Run:
-    """A task's subtasks as they run: the results so far and how each one ended."""
+class _Arrivals:
+    """A streamed plan's entries on their way to the DAG: one writer stores them in index
+    order (a subtask is stored before it can start) and hands each to the DAG; once the
+    plan is whole, an entry held back (it may still change) takes the plan's version or
+    goes unchanged."""
 
-    def __init__(self, wf: Workflow, st: TaskState, subs: list[SubState], daily: float | None) -> None:
-        self.wf = wf
-        self.st = st
-        self.daily = daily
-        self.subs = list(subs)
-        self.results = {s.index: s.result or "" for s in subs if s.status == SubtaskStatus.completed}
-        self.final = {s.index: s for s in subs}
-        self.ended: dict[int, Ended] = {}
-        self.sole = len(subs) == 1  # its result is the task's answer (_synthesize)
-        self.answered: set[int] = set()  # failed or skipped, but a replanning round did their work
+    def __init__(self, wf: Workflow, st: TaskState, run: TaskRun, dag: GrowingDag) -> None:
+        self.wf, self.st, self.run, self.dag = wf, st, run, dag
+        self.handed: list[SubtaskIn] = []
+        # What the writer does, in order: add an entry; give a held one the whole plan's
+        # version (or let it go unchanged: None); None alone: the plan is whole.
+        self.queue: asyncio.Queue[SubtaskIn | tuple[int, SubtaskIn | None] | None] = asyncio.Queue()
 
-    def add(self, sub: SubState) -> None:
-        self.subs.append(sub)
-        self.final[sub.index] = sub
+    def entry(self, _index: int, got: SubtaskIn) -> None:
+        self.handed.append(got)
+        self.queue.put_nowait(got)
 
-    def status(self, i: int) -> str:
-        return SubtaskStatus.completed if i in self.results else self.final[i].status
+    def done(self) -> None:
+        self.queue.put_nowait(None)
 
-    async def end(self, i: int, how: Ended, status: str, error: str, reason: EndReason) -> Ended:
-        self.ended[i] = how
-        self.final[i] = await self.wf.store.end_subtask(self.st.id, i, status=status, error=error, reason=reason)
-        return how
+    def whole(self, subtasks: list[SubtaskIn]) -> None:
+        """The whole plan: the held entries settled, the rest added, then the end."""
+        for index in range(len(self.handed)):  # what the whole plan changed had not started: it was held
+            if self.dag.state.get(index) == HELD:
+                changed = not same(subtasks[index], self.handed[index])
+                self.queue.put_nowait((index, subtasks[index] if changed else None))
+        for rest in subtasks[len(self.handed):]:
+            self.queue.put_nowait(rest)
+        self.done()
 
-    async def act(self, i: int) -> Ended | None:
-        """A direct tool call (kind "tool"): its result is the subtask's."""
-        sub = self.final[i]
-        try:
-            done = await self.wf.steps.run_direct(self.st, sub)
-        except StepFailed as exc:
-            return await self.end(i, Ended(Cause.failed, i, skipped=False), SubtaskStatus.failed, exc.message,
-                                  EndReason.failed_tool)
-        self.final[i] = done
-        if done.status == SubtaskStatus.completed:  # not when it was canceled meanwhile
-            self.results[i] = done.result or ""
-        return None
-
-    async def step(self, i: int) -> Ended | None:
-        """A subtask of a registered step kind (executor/plugins.py)."""
-        sub = self.final[i]
-        deps = {d: self.results[d] for d in sub.depends_on if d in self.results}
-        try:
-            text = await self.wf.plugins.run(self.st, sub, deps, daily=self.daily)
-        except BudgetExceeded as exc:
-            return await self.end(i, Ended(Cause.budget, i, skipped=True), SubtaskStatus.skipped,
-                                  f"skipped: budget exhausted ({exc.message})", EndReason.budget)
-        except StepFailed as exc:
-            return await self.end(i, Ended(Cause.failed, i, skipped=False), SubtaskStatus.failed, exc.message,
-                                  EndReason.failed_step)
-        self.results[i] = text
-        return None
-
-    async def run_one(self, i: int) -> Ended | None:
-        """The pre hooks (a veto skips the subtask), the subtask, then the post hooks."""
-        plugins = self.wf.plugins
-        if plugins.plugins.hooks:
-            vetoed = await plugins.before(self.st, self.final[i])
-            if vetoed is not None:
-                ended: Ended | None = await self.end(i, Ended(Cause.vetoed, i, skipped=True), SubtaskStatus.skipped,
-                                                     vetoed.error, EndReason.vetoed)
-            else:
-                ended = await self.run_kind(i)
-            done = i in self.results
-            await plugins.after(self.st, self.final[i], Outcome(
-                status=SubtaskStatus.completed if done else self.final[i].status,
-                result=self.results[i] if done else None, error=None if done else self.final[i].error))
-            return ended
-        return await self.run_kind(i)
-
-    async def run_kind(self, i: int) -> Ended | None:
-        st, sub, settings = self.st, self.final[i], self.wf.settings
-        if sub.kind == "tool":
-            return await self.act(i)
-        if sub.kind != "llm":
-            if self.wf.plugins.knows(sub.kind):
-                return await self.step(i)
-            loaded = ", ".join(self.wf.plugins.plugins.steps) or "none"
-            return await self.end(i, Ended(Cause.failed, i, skipped=False), SubtaskStatus.failed,
-                                  f"step kind {sub.kind!r} is not loaded here (loaded: {loaded}); "
-                                  "COMPOUND_PLUGINS names the plugins to load", EndReason.failed_plan)
-        # an optional dependency without a result is named, with why, in the prompt
-        messages = render("subtask", request=st.prompt, description=sub.description,
-                          dependencies=[(d, self.results[d]) for d in sub.depends_on if d in self.results],
-                          missing=[(d, self.final[d].description, self.final[d].error or self.final[d].status)
-                                   for d in sub.depends_on if d not in self.results and d in self.final])
-        max_tokens = settings.max_tokens
-        if self.sole and st.answer_max_tokens is not None:  # a chat client's max_tokens bounds the answer
-            max_tokens = min(max_tokens, st.answer_max_tokens)
-        spec = CallSpec(kind=CallKind.subtask, subtask=i, tier=sub.tier_assigned,
-                        models=sub.models or settings.tier_models(sub.tier_assigned), messages=messages,
-                        max_tokens=max_tokens, attempts_before=sub.attempts, answer=self.sole)
-        try:
-            if sub.tools:
-                loop = await self.wf.steps.run_loop(st, sub, messages, models=spec.models, max_tokens=max_tokens,
-                                                    daily=self.daily)
-                self.final[i] = await self.wf.store.complete_subtask(st.id, i, result=loop.text,
-                                                                     partial_reason=loop.partial_reason)
-                self.results[i] = loop.text
-                return None
-            if settings.cascade(sub.tier_assigned) and len(spec.models) > 1:
-                out = await self.wf._cascade(st, spec, sub, self.daily)
-            else:
-                out = await self.wf.calls.call(st, spec, daily=self.daily)
-        except BudgetExceeded as exc:
-            return await self.end(i, Ended(Cause.budget, i, skipped=True), SubtaskStatus.skipped,
-                                  f"skipped: budget exhausted ({exc.message})", EndReason.budget)
-        except ProviderError as exc:
-            return await self.end(i, Ended(Cause.failed, i, skipped=False), SubtaskStatus.failed, exc.message,
-                                  EndReason.failed_provider)
-        self.results[i] = out.text
-        return None
-
-    async def skip(self, i: int, how: Ended, reason: str) -> None:
-        # a chain that began with a budget refusal is the budget's doing, all the way down
-        await self.end(i, how, SubtaskStatus.skipped, reason,
-                       EndReason.budget if how.cause is Cause.budget else EndReason.skipped_dependency)
-
-    async def run_dag(self) -> None:
-        # A plan interrupted while it streamed may name entries that never arrived.
-        n = len(self.subs)
-        for s in self.subs:
-            missing = [d for d in s.depends_on if not 0 <= d < n]
-            if missing and self.status(s.index) == SubtaskStatus.pending:
-                await self.end(s.index, Ended(Cause.failed, missing[0], skipped=True), SubtaskStatus.skipped,
-                               f"skipped: dependency {missing[0]} is not in the plan", EndReason.failed_plan)
-        await run_dag([[d for d in s.depends_on if 0 <= d < n] for s in self.subs],
-                      [self.status(s.index) for s in self.subs], self.run_one, self.skip,
-                      optional=[s.optional for s in self.subs])
+    async def write(self) -> None:
+        run, dag, store = self.run, self.dag, self.wf.store
+        while (got := await self.queue.get()) is not None:
+            if isinstance(got, SubtaskIn):
+                (sub,) = self.wf.subs([got], len(run.subs), 0)
+                await store.add_subtasks(self.st.id, [sub])
+                run.add(sub)
+                dag.add(sub.index, sub.depends_on)
+                continue
+            index, version = got
+            if version is None:
+                dag.release(index)
+                continue
+            (sub,) = self.wf.subs([version], index, 0)
+            run.final[index] = await store.replace_pending(self.st.id, sub)
+            run.subs[index] = run.final[index]
+            dag.replace(index, sub.depends_on)
+        dag.close()
 
 
 class Workflow:
@@ -213,7 +132,7 @@ class Workflow:
         if status != TaskStatus.executing and not await self.store.set_status_unless_ended(
                 st.id, TaskStatus.executing):
             return  # it ended meanwhile (canceled while held at planned): nothing is reserved
-        run = _Run(self, st, subs, daily)
+        run = TaskRun(self, st, subs, daily)
         await run.run_dag()
         await self._finish(run)
 
@@ -223,7 +142,7 @@ class Workflow:
         return (self.settings.stream_plans and st.plan_in is None and st.approve
                 and st.status == TaskStatus.queued)
 
-    def _subs(self, plan_subtasks: list[SubtaskIn], first: int, round_: int,
+    def subs(self, plan_subtasks: list[SubtaskIn], first: int, round_: int,
               chosen: dict[str, list[str]] | None = None) -> list[SubState]:
         """The plan's entries as subtasks from index `first` (`chosen`: a re-run's models
         for a tier, replacing the settings')."""
@@ -249,38 +168,17 @@ class Workflow:
         catalogue = [t for t in servers.catalogue() if t.available] if servers is not None else None
         return catalogue or None
 
-    async def _plan_streamed(self, st: TaskState, daily: float | None) -> _Run | None:
+    async def _plan_streamed(self, st: TaskState, daily: float | None) -> TaskRun | None:
         """Plan and run together: each entry that arrives complete and valid is stored
         and handed to the DAG at once (docs/design.md, "Streamed plans")."""
         from compound.planner.decompose import decompose_streamed
 
         model = self.settings.planner_model
         await self.store.set_planner_model(st.id, model)
-        run = _Run(self, st, [], daily)
+        run = TaskRun(self, st, [], daily)
         run.sole = False  # not known until the plan is whole
         dag = GrowingDag(run.run_one, run.skip)
-        # What the writer does, in order: add an entry; give a held one the whole plan's
-        # version (or let it go unchanged: None); None alone: the plan is whole.
-        arrivals: asyncio.Queue[SubtaskIn | tuple[int, SubtaskIn | None] | None] = asyncio.Queue()
-
-        async def store_arrivals() -> None:
-            # One writer, in index order: a subtask is stored before it can start.
-            while (got := await arrivals.get()) is not None:
-                if isinstance(got, SubtaskIn):
-                    (sub,) = self._subs([got], len(run.subs), 0)
-                    await self.store.add_subtasks(st.id, [sub])
-                    run.add(sub)
-                    dag.add(sub.index, sub.depends_on)
-                    continue
-                index, version = got
-                if version is None:
-                    dag.release(index)
-                    continue
-                (sub,) = self._subs([version], index, 0)
-                run.final[index] = await self.store.replace_pending(st.id, sub)
-                run.subs[index] = run.final[index]
-                dag.replace(index, sub.depends_on)
-            dag.close()
+        arrivals = _Arrivals(self, st, run, dag)
 
         async def call(messages: list[Message], schema: dict[str, Any] | None,
                        on_delta: Any = None) -> Completion:
@@ -289,37 +187,22 @@ class Workflow:
                 max_tokens=self.settings.planner_max_tokens, json_schema=schema, on_delta=on_delta), daily=daily)
 
         warnings: list[str] = []
-        streamed = [0]
-
-        handed: list[SubtaskIn] = []
-
-        def on_entry(_index: int, got: SubtaskIn) -> None:
-            streamed[0] += 1
-            handed.append(got)
-            arrivals.put_nowait(got)
-
         runner = asyncio.ensure_future(dag.run())
-        writer = asyncio.ensure_future(store_arrivals())
+        writer = asyncio.ensure_future(arrivals.write())
         try:
             try:
                 plan = await decompose_streamed(call, st.prompt, max_subtasks=self.settings.max_subtasks,
-                                                on_entry=on_entry, hold=dag.hold, context=st.context,
+                                                on_entry=arrivals.entry, hold=dag.hold, context=st.context,
                                                 warnings=warnings, tools=self._catalogue(),
                                                 steps=self.plugins.plugins.cards(),
                                                 kinds=self.plugins.plugins.kinds())
             except (BudgetExceeded, PlanInvalid, ProviderError) as exc:
-                arrivals.put_nowait(None)  # nothing was handed out: nothing runs
+                arrivals.done()  # nothing was handed out: nothing runs
                 await asyncio.gather(writer, runner)
                 await self._plan_failed(st, exc)
                 return None
             run.sole = len(plan.subtasks) == 1
-            for index in range(streamed[0]):  # what the whole plan changed had not started: it was held
-                if dag.state.get(index) == HELD:
-                    changed = not same(plan.subtasks[index], handed[index])
-                    arrivals.put_nowait((index, plan.subtasks[index] if changed else None))
-            for rest in plan.subtasks[streamed[0]:]:
-                arrivals.put_nowait(rest)
-            arrivals.put_nowait(None)
+            arrivals.whole(plan.subtasks)
             await writer
             await self.store.save_plan(st.id, reasoning=plan.reasoning, subtasks=[], prompt_versions=self.versions,
                                        status=TaskStatus.planned, warnings=warnings)
@@ -363,7 +246,7 @@ class Workflow:
         except (BudgetExceeded, PlanInvalid, ProviderError) as exc:
             await self._plan_failed(st, exc)
             return None
-        subs = self._subs(list(plan.subtasks), 0, 0, st.tier_models)
+        subs = self.subs(list(plan.subtasks), 0, 0, st.tier_models)
         if st.rerun_of is not None:
             subs = await self._reuse(st.rerun_of, subs)
         await self.store.save_plan(st.id, reasoning=plan.reasoning, subtasks=subs, prompt_versions=self.versions,
@@ -405,9 +288,9 @@ class Workflow:
         out = list(subs)
         for i, got in enumerate(plan.subtasks[:len(subs)]):
             if not same(got, kept[i]):
-                (sub,) = self._subs([got], i, 0)
+                (sub,) = self.subs([got], i, 0)
                 out[i] = await self.store.replace_pending(st.id, sub)
-        rest = self._subs(list(plan.subtasks[len(subs):]), len(subs), 0)
+        rest = self.subs(list(plan.subtasks[len(subs):]), len(subs), 0)
         await self.store.save_plan(st.id, reasoning=plan.reasoning, subtasks=rest, prompt_versions=self.versions,
                                    status=TaskStatus.planned, warnings=warnings)
         return out + rest
@@ -428,7 +311,7 @@ class Workflow:
         return [Completion(text=r["answer"], model=r["model"], usage=Usage(), cost_usd=0.0) for r in rows
                 if r["kind"] == CallKind.planner and r["status"] == CallStatus.ok and r["answer"] is not None]
 
-    async def _finish(self, run: _Run) -> None:
+    async def _finish(self, run: TaskRun) -> None:
         """Replanning rounds while they help, then the synthesis."""
         await self._replan(run)
         await self.calls.drain(run.st.id)  # every subtask's settlement committed before the task ends
@@ -437,47 +320,7 @@ class Workflow:
                        if roots else None)
         await self._synthesize(run, budget_note)
 
-    async def _cascade(self, st: TaskState, spec: CallSpec, sub: SubState, daily: float | None) -> Completion:
-        """The tier's first model answers; the same model checks the answer (a short
-        YES/NO call, reserved like any other); the subtask completes with that answer in
-        the check's settlement when it passes. A failed check, a check that could not
-        be made (its model failed) or a first model that failed for good on transient
-        errors calls the rest of the tier's chain; a permanent error fails the subtask,
-        as it would without the cascade. Raises as ModelCalls.call does."""
-        attempts = [spec.attempts_before]
-
-        def counted(n: int) -> None:
-            attempts[0] = n
-
-        first, rest = spec.models[:1], spec.models[1:]
-        try:
-            draft = await self.calls.call(st, dataclasses.replace(
-                spec, models=first, answer=False, result_of=lambda _text: None), daily=daily, on_attempt=counted)
-        except ProviderError as exc:
-            if not exc.transient:
-                raise
-            draft = None
-        if draft is not None:
-            check = render("check", request=st.prompt, description=sub.description, answer=draft.text)
-            verdict: list[bool] = []
-
-            def stands(text: str, answer: str = draft.text) -> str | None:
-                verdict.append(passes(text))
-                return answer if verdict[-1] else None
-
-            try:
-                await self.calls.call(st, CallSpec(
-                    kind=CallKind.check, subtask=spec.subtask, tier=spec.tier, models=first, messages=check,
-                    max_tokens=self.settings.check_max_tokens, attempts_before=attempts[0], result_of=stands),
-                    daily=daily, on_attempt=counted)
-            except ProviderError:
-                verdict.append(False)
-            if verdict[-1]:
-                return draft
-        return await self.calls.call(st, dataclasses.replace(spec, models=rest, attempts_before=attempts[0]),
-                                     daily=daily)
-
-    async def _replan(self, run: _Run) -> None:
+    async def _replan(self, run: TaskRun) -> None:
         """At most COMPOUND_MAX_REPLANS rounds. A round runs when a subtask of the round
         before failed for good; it asks the planner for subtasks to add (finished ones
         are kept and never run again). A round none of whose additions completes ends
@@ -510,7 +353,7 @@ class Workflow:
                 return  # the round adds nothing: replanning ends
             if not added:
                 return
-            subs = self._subs(added, len(run.subs), round_)
+            subs = self.subs(added, len(run.subs), round_)
             await self.store.add_subtasks(st.id, subs)
             for sub in subs:
                 run.add(sub)
@@ -522,7 +365,7 @@ class Workflow:
                 return
             done_round = round_
 
-    async def _synthesize(self, run: _Run, budget_note: str | None) -> None:
+    async def _synthesize(self, run: TaskRun, budget_note: str | None) -> None:
         st, subs, results, final = run.st, run.subs, run.results, run.final
         daily = run.daily
         done = [s for s in subs if s.index in results]
@@ -572,10 +415,3 @@ def _entry(sub: SubState) -> SubtaskIn:
                                     for d in sub.depends_on]
     return SubtaskIn(description=sub.description, tier_hint=sub.tier_hint, depends_on=deps, kind=sub.kind,
                      tools=list(sub.tools), tool=sub.tool, arguments=sub.arguments)
-
-
-def passes(verdict: str) -> bool:
-    """A check's answer: it passes only on a clear yes (its first word), so an answer
-    the check could not read is not taken on trust."""
-    words = verdict.strip().split()
-    return bool(words) and words[0].strip(".,!:;*\"'").lower() in ("yes", "pass", "passes")
