@@ -21,7 +21,7 @@ import asyncio
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
@@ -142,9 +142,8 @@ class ToolSteps:
         paid = [] if st.status == "queued" else await self._paid_turns(st.id, sub.index)
         counter = AttemptCounter(sub.attempts)
         msgs: list[Message] = list(messages)
-        per_tool: Counter[str] = Counter()
-        made = turns = streak = 0
-        last_sig: str | None = None
+        bounds = _Bounds(s.tool_max_calls, s.tool_max_calls_per_tool)
+        turns = 0
         reason: str | None = None
         last_text = ""
         seen: list[tuple[str, str]] = []  # (tool, result) of every call, for an answer without a last turn
@@ -182,24 +181,12 @@ class ToolSteps:
             # their answers go back in the order the model asked for them
             answers: list[Message | ToolCall] = []
             for tc in out.tool_calls:
-                sig = _signature(tc.name, tc.arguments)
-                run = streak + 1 if sig == last_sig else 1
-                stop = reason
-                if stop is None and made >= s.tool_max_calls:
-                    stop = f"the limit of {s.tool_max_calls} tool calls was reached"
-                elif stop is None and per_tool[tc.name] >= s.tool_max_calls_per_tool:
-                    stop = f"the limit of {s.tool_max_calls_per_tool} calls of {tc.name} was reached"
-                elif stop is None and run >= 3:
-                    stop = f"the same call of {tc.name} was asked for three times in a row"
-                if stop is not None:
-                    reason = stop
+                reason = reason or bounds.refuses(tc)
+                if reason is not None:
                     # every call the model asked for gets an answer (providers require one)
-                    answers.append({"role": "tool", "content": f"not run: {stop}", "tool_call_id": tc.id,
+                    answers.append({"role": "tool", "content": f"not run: {reason}", "tool_call_id": tc.id,
                                     "is_error": True})
                     continue
-                last_sig, streak = sig, run
-                made += 1
-                per_tool[tc.name] += 1
                 answers.append(tc)
             ran = await _at_once(calls, turns, [a for a in answers if isinstance(a, ToolCall)])
             for a in answers:
@@ -211,17 +198,10 @@ class ToolSteps:
                     msgs.append(a)
         assert reason is not None
         log.info("tool loop stopped early", task_id=st.id, subtask=sub.index, reason=reason, turns=turns,
-                 tool_calls=made)
-        if not budget_out:
-            try:
-                out = await turn("none")
-                if out.text.strip():
-                    return LoopResult(out.text, reason)
-            except BudgetExceeded as exc:
-                reason = f"{reason}; the last turn without tools did not fit the budget ({exc.message})"
-            except ProviderError as exc:
-                reason = f"{reason}; the last turn without tools failed ({exc.message})"
-        return LoopResult(_kept(last_text, seen), reason)
+                 tool_calls=bounds.made)
+        if budget_out:
+            return LoopResult(_kept(last_text, seen), reason)
+        return await _last_turn(turn, reason, _kept(last_text, seen))
 
     # helpers ---------------------------------------------------------------------------
 
@@ -376,3 +356,44 @@ class _Calls:
         if status == ToolCallStatus.ok:
             return result or "", False
         return error or "", True
+
+
+class _Bounds:
+    """A tool loop's bounds on its calls, admitted one at a time in the order asked:
+    in all, per tool, and the same call three times in a row."""
+
+    def __init__(self, max_calls: int, max_per_tool: int) -> None:
+        self.max_calls, self.max_per_tool = max_calls, max_per_tool
+        self.made = self.streak = 0
+        self.per_tool: Counter[str] = Counter()
+        self.last: str | None = None
+
+    def refuses(self, tc: ToolCall) -> str | None:
+        """Why this call may not run (None: it is admitted, and counted)."""
+        sig = _signature(tc.name, tc.arguments)
+        run = self.streak + 1 if sig == self.last else 1
+        if self.made >= self.max_calls:
+            return f"the limit of {self.max_calls} tool calls was reached"
+        if self.per_tool[tc.name] >= self.max_per_tool:
+            return f"the limit of {self.max_per_tool} calls of {tc.name} was reached"
+        if run >= 3:
+            return f"the same call of {tc.name} was asked for three times in a row"
+        self.last, self.streak = sig, run
+        self.made += 1
+        self.per_tool[tc.name] += 1
+        return None
+
+
+async def _last_turn(turn: Callable[[ToolChoice], Awaitable[Completion]], reason: str,
+                     kept: str) -> LoopResult:
+    """A loop stopped early: one last turn without tools writes the answer; when it does
+    not fit the budget or fails, the answer is what was kept (`kept`)."""
+    try:
+        out = await turn("none")
+        if out.text.strip():
+            return LoopResult(out.text, reason)
+    except BudgetExceeded as exc:
+        reason = f"{reason}; the last turn without tools did not fit the budget ({exc.message})"
+    except ProviderError as exc:
+        reason = f"{reason}; the last turn without tools failed ({exc.message})"
+    return LoopResult(kept, reason)
