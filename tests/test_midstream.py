@@ -100,3 +100,18 @@ async def test_a_synthesis_cut_midway_is_retried_and_the_chat_client_gets_it_who
         assert cut["cost_usd"] == pytest.approx(cut["reserved_usd"]) and cut["cost_usd"] > 0
     else:  # the provider said it failed: not billed
         assert cut["cost_usd"] == 0
+
+
+@pytest.mark.parametrize(("data", "status", "transient"), [
+    ('{"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}', 529, True),
+    ('{"type": "error", "error": {"type": "invalid_request_error", "message": "no"}}', 400, False),
+    ("the server fell over", 500, True),  # not JSON: the server's failure, as an unnamed one
+])
+def test_an_error_event_read_raw_says_its_status_and_never_the_key(data: str, status: int, transient: bool) -> None:
+    from compound.llm.errors import stream_error
+
+    key = "sk-ant-api03-0123456789abcdefXYZ"
+    err = stream_error(data.replace("}}", f', "echo": "{key}"}}}}') if data.startswith("{") else f"{data} {key}",
+                       "anthropic/claude-haiku-4-5", secrets=(key,))
+    assert (err.status, err.transient) == (status, transient)
+    assert "in the stream" in err.message and key not in err.message and key not in (err.body or "")

@@ -3,6 +3,7 @@ the SDKs' exception classes first, then HTTP statuses; Retry-After parsed; keys 
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Mapping
@@ -129,6 +130,20 @@ def sdk_error(exc: BaseException, model: str, *, secrets: tuple[str | None, ...]
         retry_after_s=retry_after(getattr(getattr(exc, "response", None), "headers", None)),
         transient=transient,
     )
+
+
+def stream_error(data: str, model: str, *, secrets: tuple[str | None, ...] = ()) -> ProviderError:
+    """The ProviderError of an `error` event in a streamed answer (its data, JSON or
+    not), read from the raw events: the status its body stands for decides whether it
+    is transient, as for an error answer."""
+    try:
+        body: Any = json.loads(data)
+    except ValueError:
+        body = data
+    status = stream_error_status(body)
+    shown = scrub(str(data), secrets)
+    return ProviderError(f"{model}: an error event in the stream ({status}): {shown}", status=status, body=shown,
+                         model=model, transient=transient_status(status))
 
 
 def body_text(exc: BaseException, secrets: tuple[str | None, ...]) -> str | None:
