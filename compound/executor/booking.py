@@ -5,7 +5,7 @@ settles at):
   a provider's error answer (any status, 408 included)  error, $0 (not billed)
   our own timeout (CallTimedOut, ProviderTimeout)       lost, its worst case (may be billed)
   canceled before it was sent (its reservation was       canceled, $0
-    committing as the cancel came, or it waited for a slot)
+    committing as the cancel came)
   canceled mid-stream                                   canceled, at what was received: its input and
                                                         the text so far (bounds, as its reservation's)
   canceled in flight, nothing received or not streamed  canceled, its worst case (nothing is known)

@@ -175,45 +175,43 @@ class ModelCalls:
 
     async def _attempt(self, st: TaskState, spec: CallSpec, *, model: str, attempt: int, amount: float,
                        daily: float | None, max_tokens: int) -> Completion:
-        # Reserved before the call waits for a slot: the reservation's commit overlaps
-        # the wait, and a slot is held only while the provider answers.
-        res = await self._reserve(ReserveRequest(
-            task_id=st.id, user_id=st.user_id, kind=spec.kind, subtask=spec.subtask, tier=spec.tier,
-            model=model, attempt=attempt, amount=amount, daily_budget=daily))
-        return await self._send(st, spec, res, model=model, max_tokens=max_tokens, attempt=attempt)
+        """A slot (the process-wide limiter by the task's priority, then the model's own
+        cap), the reservation, the call; the slot is given back as soon as the provider
+        has answered or failed, before the settlement commits."""
+        slot = _Slot(self.limiter, self._model_limit(model))
+        try:
+            await slot.take(st.priority)
+            res = await self._reserve(ReserveRequest(
+                task_id=st.id, user_id=st.user_id, kind=spec.kind, subtask=spec.subtask, tier=spec.tier,
+                model=model, attempt=attempt, amount=amount, daily_budget=daily))
+            return await self._send(st, spec, res, model=model, max_tokens=max_tokens, attempt=attempt,
+                                    slot=slot)
+        finally:
+            slot.give_back()
 
     async def _send(self, st: TaskState, spec: CallSpec, res: Reservation, *, model: str,
-                    max_tokens: int, attempt: int = 1) -> Completion:
-        """The reserved call sent once a slot is free (the process-wide limiter by the
-        task's priority, then the model's own cap), and settled after its slot is given back."""
+                    max_tokens: int, attempt: int = 1, slot: _Slot | None = None) -> Completion:
+        for o in self.observers:
+            o.call_started(model=model, kind=spec.kind)
+        started = time.perf_counter()
         timeout = self.settings.call_timeout_s
         received: list[str] = []  # a streamed answer's text so far
-        started = time.perf_counter()
-        sent = False
-        sem = self._model_limit(model)
         try:
-            async with self.limiter.slot(st.priority):
-                if sem is not None:
-                    await sem.acquire()
-                try:
-                    for o in self.observers:
-                        o.call_started(model=model, kind=spec.kind)
-                    sent, started = True, time.perf_counter()
-                    async with asyncio.timeout(timeout):
-                        out = await self._receive(st, spec, model=model, max_tokens=max_tokens, attempt=attempt,
-                                                  timeout=timeout, received=received)
-                finally:
-                    if sem is not None:
-                        sem.release()
+            async with asyncio.timeout(timeout):
+                out = await self._receive(st, spec, model=model, max_tokens=max_tokens, attempt=attempt,
+                                          timeout=timeout, received=received)
         except asyncio.CancelledError:
             # Booked by what is known (booking.cut_short); the task's end waits for it (quiesce).
-            booked = booking.cut_short(spec, res, self.price_of(model), received=received,
-                                       elapsed_s=time.perf_counter() - started) if sent else booking.unsent()
-            self.pipeline(st.id, self.store.settle(st.id, res, spec.subtask, booked))
+            self.pipeline(st.id, self.store.settle(st.id, res, spec.subtask, booking.cut_short(
+                spec, res, self.price_of(model), received=received, elapsed_s=time.perf_counter() - started)))
             raise
         except (ProviderError, TimeoutError) as exc:
+            if slot is not None:
+                slot.give_back()
             err = await self._settle_failed(st, spec, res, exc, model=model, timeout=timeout, started=started)
             raise err from None
+        if slot is not None:
+            slot.give_back()
         return await self._settle_ok(st, spec, res, out, model=model, started=started)
 
     async def _receive(self, st: TaskState, spec: CallSpec, *, model: str, max_tokens: int, attempt: int,
@@ -383,3 +381,23 @@ class ModelCalls:
         """A reservation whose call was canceled before it was sent: booked at nothing."""
         if isinstance(got, Reservation):
             self.pipeline(r.task_id, self.store.settle(r.task_id, got, r.subtask, booking.unsent()))
+
+
+class _Slot:
+    """One call's place under the limiters, given back once: as soon as its provider has
+    answered, so the settlement's commit never keeps a provider call waiting."""
+
+    def __init__(self, limiter: PriorityLimiter, model_limit: ModelLimit | None) -> None:
+        self.limiter, self.model_limit = limiter, model_limit
+        self.held: list[Callable[[], None]] = []
+
+    async def take(self, priority: int) -> None:
+        await self.limiter.acquire(priority)
+        self.held.append(self.limiter.release)
+        if self.model_limit is not None:
+            await self.model_limit.acquire()
+            self.held.append(self.model_limit.release)
+
+    def give_back(self) -> None:
+        while self.held:
+            self.held.pop()()

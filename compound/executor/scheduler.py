@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -50,14 +49,6 @@ class PriorityLimiter:
                 fut.set_result(None)
                 return
         self._free += 1
-
-    @asynccontextmanager
-    async def slot(self, priority: int = 2) -> AsyncIterator[None]:
-        await self.acquire(priority)
-        try:
-            yield
-        finally:
-            self.release()
 
 
 class Cause(StrEnum):
