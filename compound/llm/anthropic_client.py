@@ -117,7 +117,11 @@ def tracing_configured() -> bool:
     with one, the SDK's own option and ANTHROPIC_OPEN_TELEMETRY* variables apply."""
     from opentelemetry import trace
 
-    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    try:
+        provider = trace.get_tracer_provider()
+    except Exception:  # a provider named but not loadable: the SDK's own handling decides
+        return True
+    return not isinstance(provider, trace.ProxyTracerProvider)
 
 
 def prefix_key(model: str, messages: list[Message]) -> str | None:
