@@ -9,7 +9,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from compound.core.money import money_shown
 from compound.core.secrets import json_redacted
 from compound.store.base import RunStore
 from compound.store.hub import Subscription
@@ -35,9 +34,10 @@ class Snapshot:
 
 
 def encode(data: dict[str, Any]) -> bytes:
-    """JSON as FastAPI's JSONResponse writes it (compact, UTF-8), money rounded as every
-    view shows it (core/money.py money_shown), and every configured secret redacted."""
-    return json_redacted(money_shown(data)).encode("utf-8")
+    """JSON as FastAPI's JSONResponse writes it (compact, UTF-8), every configured secret
+    redacted. The data is a snapshot as the store reads it, its money already rounded as
+    every view shows it (store/ops_reads.py `versioned_snapshot`)."""
+    return json_redacted(data).encode("utf-8")
 
 
 def etag_matches(if_none_match: str, etag: str) -> bool:

@@ -190,7 +190,7 @@ class ModelCalls:
             slot.give_back()
 
     async def _send(self, st: TaskState, spec: CallSpec, res: Reservation, *, model: str,
-                    max_tokens: int, attempt: int = 1, slot: _Slot | None = None) -> Completion:
+                    max_tokens: int, attempt: int, slot: _Slot) -> Completion:
         for o in self.observers:
             o.call_started(model=model, kind=spec.kind)
         started = time.perf_counter()
@@ -206,12 +206,10 @@ class ModelCalls:
                 spec, res, self.price_of(model), received=received, elapsed_s=time.perf_counter() - started)))
             raise
         except (ProviderError, TimeoutError) as exc:
-            if slot is not None:
-                slot.give_back()
+            slot.give_back()
             err = await self._settle_failed(st, spec, res, exc, model=model, timeout=timeout, started=started)
             raise err from None
-        if slot is not None:
-            slot.give_back()
+        slot.give_back()
         return await self._settle_ok(st, spec, res, out, model=model, started=started)
 
     async def _receive(self, st: TaskState, spec: CallSpec, *, model: str, max_tokens: int, attempt: int,

@@ -58,14 +58,21 @@ class TaskRun:
         self.final[i] = await self.wf.store.end_subtask(self.st.id, i, status=status, error=error, reason=reason)
         return how
 
+    async def over_budget(self, i: int, exc: BudgetExceeded) -> Ended:
+        """Its call did not fit what was left of the budget: skipped, the budget's doing."""
+        return await self.end(i, Ended(Cause.budget, i, skipped=True), SubtaskStatus.skipped,
+                              f"skipped: budget exhausted ({exc.message})", EndReason.budget)
+
+    async def failed(self, i: int, error: str, reason: EndReason) -> Ended:
+        return await self.end(i, Ended(Cause.failed, i, skipped=False), SubtaskStatus.failed, error, reason)
+
     async def act(self, i: int) -> Ended | None:
         """A direct tool call (kind "tool"): its result is the subtask's."""
         sub = self.final[i]
         try:
             done = await self.wf.steps.run_direct(self.st, sub)
         except StepFailed as exc:
-            return await self.end(i, Ended(Cause.failed, i, skipped=False), SubtaskStatus.failed, exc.message,
-                                  EndReason.failed_tool)
+            return await self.failed(i, exc.message, EndReason.failed_tool)
         self.final[i] = done
         if done.status == SubtaskStatus.completed:  # not when it was canceled meanwhile
             self.results[i] = done.result or ""
@@ -78,11 +85,9 @@ class TaskRun:
         try:
             text = await self.wf.plugins.run(self.st, sub, deps, daily=self.daily)
         except BudgetExceeded as exc:
-            return await self.end(i, Ended(Cause.budget, i, skipped=True), SubtaskStatus.skipped,
-                                  f"skipped: budget exhausted ({exc.message})", EndReason.budget)
+            return await self.over_budget(i, exc)
         except StepFailed as exc:
-            return await self.end(i, Ended(Cause.failed, i, skipped=False), SubtaskStatus.failed, exc.message,
-                                  EndReason.failed_step)
+            return await self.failed(i, exc.message, EndReason.failed_step)
         self.results[i] = text
         return None
 
@@ -111,9 +116,8 @@ class TaskRun:
             if self.wf.plugins.knows(sub.kind):
                 return await self.step(i)
             loaded = ", ".join(self.wf.plugins.plugins.steps) or "none"
-            return await self.end(i, Ended(Cause.failed, i, skipped=False), SubtaskStatus.failed,
-                                  f"step kind {sub.kind!r} is not loaded here (loaded: {loaded}); "
-                                  "COMPOUND_PLUGINS names the plugins to load", EndReason.failed_plan)
+            return await self.failed(i, f"step kind {sub.kind!r} is not loaded here (loaded: {loaded}); "
+                                     "COMPOUND_PLUGINS names the plugins to load", EndReason.failed_plan)
         # an optional dependency without a result is named, with why, in the prompt
         messages = render("subtask", request=st.prompt, description=sub.description,
                           dependencies=[(d, self.results[d]) for d in sub.depends_on if d in self.results],
@@ -138,11 +142,9 @@ class TaskRun:
             else:
                 out = await self.wf.calls.call(st, spec, daily=self.daily)
         except BudgetExceeded as exc:
-            return await self.end(i, Ended(Cause.budget, i, skipped=True), SubtaskStatus.skipped,
-                                  f"skipped: budget exhausted ({exc.message})", EndReason.budget)
+            return await self.over_budget(i, exc)
         except ProviderError as exc:
-            return await self.end(i, Ended(Cause.failed, i, skipped=False), SubtaskStatus.failed, exc.message,
-                                  EndReason.failed_provider)
+            return await self.failed(i, exc.message, EndReason.failed_provider)
         self.results[i] = out.text
         return None
 

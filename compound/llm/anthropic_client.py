@@ -87,16 +87,15 @@ def tool_calls_of(content: list[dict[str, Any]], names: ToolNames) -> tuple[Tool
 
 
 def usage_of(u: Any) -> Usage:
-    """Anthropic's usage (the SDK's object, or the answer's JSON) is already split:
-    input_tokens excludes cache reads and writes."""
-    if u is None:
+    """Anthropic's usage (the answer's JSON) is already split: input_tokens excludes
+    cache reads and writes."""
+    if not isinstance(u, dict):
         return Usage()
-    get = u.get if isinstance(u, dict) else lambda name: getattr(u, name, 0)
     return Usage(
-        input_tokens=int(get("input_tokens") or 0),
-        output_tokens=int(get("output_tokens") or 0),
-        cache_read_tokens=int(get("cache_read_input_tokens") or 0),
-        cache_write_tokens=int(get("cache_creation_input_tokens") or 0),
+        input_tokens=int(u.get("input_tokens") or 0),
+        output_tokens=int(u.get("output_tokens") or 0),
+        cache_read_tokens=int(u.get("cache_read_input_tokens") or 0),
+        cache_write_tokens=int(u.get("cache_creation_input_tokens") or 0),
     )
 
 
@@ -344,14 +343,14 @@ class _Streamed:
         return None
 
     def usage(self) -> Usage:
-        usage = usage_of(self.start_usage)
-        final = self.final_usage
-        if isinstance(final, dict):  # message_delta's counts are cumulative and final
-            out = final.get("output_tokens")
-            usage = Usage(
-                input_tokens=final.get("input_tokens") or usage.input_tokens,
-                output_tokens=out if out is not None else usage.output_tokens,
-                cache_read_tokens=final.get("cache_read_input_tokens") or usage.cache_read_tokens,
-                cache_write_tokens=final.get("cache_creation_input_tokens") or usage.cache_write_tokens,
-            )
-        return usage
+        start = usage_of(self.start_usage)
+        if not isinstance(self.final_usage, dict):
+            return start
+        final = usage_of(self.final_usage)  # message_delta's counts are cumulative and final
+        return Usage(
+            input_tokens=final.input_tokens or start.input_tokens,
+            output_tokens=(final.output_tokens if self.final_usage.get("output_tokens") is not None
+                           else start.output_tokens),
+            cache_read_tokens=final.cache_read_tokens or start.cache_read_tokens,
+            cache_write_tokens=final.cache_write_tokens or start.cache_write_tokens,
+        )
