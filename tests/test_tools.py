@@ -269,6 +269,40 @@ async def test_a_stdio_server_that_exits_is_started_again() -> None:
         await servers.stop()
 
 
+async def test_a_server_silent_past_its_connect_timeout_is_ended_and_started_again(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    silent = [*STDIO_COMMAND[:1], "-c", "import os, sys, time\n"
+              "with open(sys.argv[1], 'a') as f: f.write(f'{os.getpid()}\\n')\ntime.sleep(600)", str(pids)]
+    servers = ToolServers({"mute": McpServerConfig(command=silent, connect_timeout_s=0.5)}, backoff_initial_s=0.05)
+    began = time.monotonic()
+    await servers.start()
+    try:
+        assert time.monotonic() - began < 30  # start waited for the first attempt only
+        state = servers.states()[0]
+        assert not state.available and state.error == "TimeoutError: no answer within 0.5 s"
+
+        async def started(n: int) -> list[int]:
+            got = [int(p) for p in pids.read_text().split()] if pids.exists() else []
+            return got if len(got) >= n else []
+
+        first = (await until(lambda: started(2), "a second process"))[0]  # tried again after the backoff
+
+        async def ended(pid: int) -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            return False
+
+        await until(lambda: ended(first), "the silent process to be ended")
+        with pytest.raises(ToolUnavailable, match=r"no answer within 0\.5 s"):
+            await servers.call("mute", "anything")
+    finally:
+        await servers.stop()
+    for pid in [int(p) for p in pids.read_text().split()]:
+        await until(lambda pid=pid: ended(pid), f"process {pid} to be ended")
+
+
 async def test_a_call_from_another_event_loop_is_handed_to_the_owner(tool_servers: ToolServers) -> None:
     got: list[str] = []
 

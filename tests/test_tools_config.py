@@ -47,8 +47,8 @@ def test_toml_tables_are_read_with_their_defaults(tmp_path: Path, monkeypatch: p
         "http", "http://127.0.0.1:9100/mcp", ["lookup", "bump"], None, 5.0, "always", True)
     assert facts.headers == {"Authorization": "env:FACTS_TOKEN"}
     assert (local.transport, local.command, local.timeout_s, local.approval, local.read_only, local.trusted,
-            local.ping_interval_s) == ("stdio", ["python", "-m", "my_server"], 60.0, "unless_read_only", [], False,
-                                       30.0)
+            local.ping_interval_s, local.connect_timeout_s) == ("stdio", ["python", "-m", "my_server"], 60.0,
+                                                                "unless_read_only", [], False, 30.0, 30.0)
 
 
 def test_the_environment_carries_the_same_table_as_json(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -49,6 +49,7 @@ class McpServerConfig(BaseModel):
     idempotent: list[str] = Field(default_factory=list)
     trusted: bool = False
     ping_interval_s: float = Field(default=30.0, gt=0)
+    connect_timeout_s: float = Field(default=30.0, gt=0)
 
     @field_validator("command", mode="before")
     @classmethod

@@ -67,9 +67,9 @@ class ToolServers:
     """
 
     def __init__(self, configs: Mapping[str, McpServerConfig], *, environ: Mapping[str, str] | None = None,
-                 connect_timeout_s: float = 10.0, backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0,
+                 backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0,
                  stop_timeout_s: float = 5.0) -> None:
-        self._servers = {name: _Server(name, config, environ=environ, connect_timeout_s=connect_timeout_s,
+        self._servers = {name: _Server(name, config, environ=environ,
                                        backoff=_Backoff(backoff_initial_s, backoff_max_s))
                          for name, config in configs.items()}
         self._stop_timeout_s = stop_timeout_s
@@ -77,7 +77,7 @@ class ToolServers:
 
     async def start(self) -> None:
         """Open every server's session, each in its own task, and wait until each has
-        connected or failed once (at most the connect timeout); with no server, nothing."""
+        connected or failed once (at most its `connect_timeout_s`); with no server, nothing."""
         if not self._servers:
             return
         self._loop = asyncio.get_running_loop()
@@ -129,10 +129,10 @@ class _Server:
     """One server's session, owned by the task `run`."""
 
     def __init__(self, name: str, config: McpServerConfig, *, environ: Mapping[str, str] | None,
-                 connect_timeout_s: float, backoff: _Backoff) -> None:
+                 backoff: _Backoff) -> None:
         self.name, self.config = name, config
         self._environ = environ
-        self._connect_timeout_s = connect_timeout_s
+        self._connect_timeout_s = config.connect_timeout_s
         self._backoff = backoff
         self.tools: dict[str, Tool] = {}  # the last listing, kept after allow/deny
         self.available = False
