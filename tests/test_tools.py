@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import threading
@@ -300,7 +301,7 @@ async def test_a_server_silent_past_its_connect_timeout_is_ended_and_started_aga
     finally:
         await servers.stop()
     for pid in [int(p) for p in pids.read_text().split()]:
-        await until(lambda pid=pid: ended(pid), f"process {pid} to be ended")
+        await until(functools.partial(ended, pid), f"process {pid} to be ended")
 
 
 async def test_a_call_from_another_event_loop_is_handed_to_the_owner(tool_servers: ToolServers) -> None:
