@@ -210,9 +210,9 @@ def redact_data(value: Any) -> Any:
     return value
 
 
-# Every shape's trigger in one pattern: one pass over a long text finds whether any is in it.
-TRIGGERS = re.compile("|".join(re.escape(t) for trigger, _ in PATTERNS
-                               for t in ((trigger,) if isinstance(trigger, str) else trigger)))
+# Every shape's trigger, each looked for with `in` (a substring search in C: over a
+# snapshot's JSON, a few times faster than one regular expression of them all).
+TRIGGERS = tuple(sorted({t for trigger, _ in PATTERNS for t in ((trigger,) if isinstance(trigger, str) else trigger)}))
 
 
 def may_redact(text: str) -> bool:
@@ -221,7 +221,8 @@ def may_redact(text: str) -> bool:
     pattern = registry().pattern
     if pattern is not None and pattern.search(text):
         return True
-    return TRIGGERS.search(text.lower()) is not None
+    lower = text.lower()
+    return any(t in lower for t in TRIGGERS)
 
 
 def json_redacted(value: Any) -> str:

@@ -32,7 +32,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 class ModelConfig(BaseModel):
     """Per-model overrides from the config file."""
 
-    model_config = {"extra": "forbid"}
+    model_config = {"extra": "forbid", "frozen": True}
 
     api_base: str | None = None
     # Which adapter serves the model; None: by provider (docs/design.md, "LLM seam").
@@ -44,6 +44,9 @@ class ModelConfig(BaseModel):
     cache_creation_input_token_cost: float | None = Field(default=None, ge=0)
     max_concurrency: int | None = Field(default=None, ge=1)
     max_tokens: int | None = Field(default=None, ge=1)
+
+
+NO_OVERRIDES = ModelConfig()  # a model the config file says nothing of (asked for on every call)
 
 
 def _config_path() -> Path | None:
@@ -219,7 +222,7 @@ class Settings(BaseSettings):
         return self.dbos_system_database_url or self.database_url
 
     def model_config_for(self, model: str) -> ModelConfig:
-        return self.models.get(model) or ModelConfig()
+        return self.models.get(model) or NO_OVERRIDES
 
     def models_without_access(self) -> list[tuple[str, str]]:
         """(model, variable) for each configured model with neither a provider key nor a

@@ -32,13 +32,39 @@ def _source(name: str) -> bytes:
 _HEAD = re.compile(r"^---(system|user|assistant)( cache)?---$", re.M)
 
 
+class Filler:
+    """A template split once into its text and its placeholders: `fill(values)` is
+    `string.Template(text).safe_substitute(values)` (a placeholder with no value stays
+    as written, `$$` is `$`) without a regular expression's callback per placeholder."""
+
+    __slots__ = ("_pieces",)
+
+    def __init__(self, text: str) -> None:
+        pieces: list[tuple[str, str | None]] = []  # (literal, None) or (as written, name)
+        at = 0
+        for m in Template.pattern.finditer(text):
+            pieces.append((text[at : m.start()], None))
+            name = m.group("named") or m.group("braced")
+            if name is not None:
+                pieces.append((m.group(0), name))
+            else:  # `$$`, or a `$` that starts no placeholder: kept as safe_substitute keeps it
+                pieces.append(("$" if m.group("escaped") is not None else m.group(0), None))
+            at = m.end()
+        pieces.append((text[at:], None))
+        self._pieces = tuple(p for p in pieces if p[0] or p[1] is not None)
+
+    def fill(self, values: dict[str, str]) -> str:
+        return "".join(text if name is None else str(values[name]) if name in values else text
+                       for text, name in self._pieces)
+
+
 @cache
-def _parts(name: str) -> tuple[tuple[str, bool, Template], ...]:
+def _parts(name: str) -> tuple[tuple[str, bool, Filler], ...]:
     """(role, cache marker, template) of each part, in order."""
     text = _source(name).decode("utf-8")
     heads = list(_HEAD.finditer(text))
     ends = [h.start() for h in heads[1:]] + [len(text)]
-    return tuple((h.group(1), bool(h.group(2)), Template(text[h.end() : end].strip()))
+    return tuple((h.group(1), bool(h.group(2)), Filler(text[h.end() : end].strip()))
                  for h, end in zip(heads, ends, strict=True))
 
 
@@ -177,7 +203,7 @@ def render(name: str, **values: Any) -> list[Message]:
     fill = fill_of(values)
     messages: list[Message] = []
     for role, marked, template in _parts(name):
-        content = template.safe_substitute(fill).strip()
+        content = template.fill(fill).strip()
         if not content:
             continue
         message: Message = {"role": role, "content": content}  # type: ignore[typeddict-item]
