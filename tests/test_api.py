@@ -49,7 +49,7 @@ async def test_symbiont_routes_answer_their_shapes(api: Api) -> None:
     assert r.status_code == 200
     created = r.json()
     assert set(created) == {"id", "status", "subtask_count"} and created["subtask_count"] == 3
-    await api.app.state.executor.wait(created["id"], timeout=20)
+    await api.app.state.executor.wait(created["id"], timeout=60)
     prog = (await api.http.get(f"/task/{created['id']}/progress", headers=api.auth(api.alice))).json()
     assert set(prog) == {"id", "prompt", "status", "reasoning", "subtasks", "created_at", "planned_at",
                          "completed_at", "total_cost", "result", "error"}
@@ -201,7 +201,7 @@ async def test_cancel_and_approve(api: Api) -> None:
     r = await api.http.post("/v1/tasks", json={"prompt": "x", "plan": PLAN, "approve": False},
                             headers=api.auth(api.alice))
     task_id = r.json()["id"]
-    await api.app.state.executor.wait_planned(task_id, timeout=10)
+    await api.app.state.executor.wait_planned(task_id, timeout=60)
     assert (await api.http.get(f"/v1/tasks/{task_id}", headers=api.auth(api.alice))).json()["status"] == "planned"
     a = await api.http.post(f"/v1/tasks/{task_id}/approve", headers=api.auth(api.alice))
     assert a.status_code == 200

@@ -264,7 +264,7 @@ async def test_resume_never_calls_a_completed_subtask_again(any_store: RunStore)
     before = len(fake.calls)
     ex2 = executor(any_store, fake)
     assert task.id in await ex2.start()
-    await ex2.wait(task.id, timeout=10)
+    await ex2.wait(task.id, timeout=60)
     new = list(fake.calls[before:])
     subjects = [c.messages[-1]["content"] for c in new if "worker" in c.messages[0]["content"]]
     assert len(subjects) == 2 and not any("<subtask>\nA\n" in x for x in subjects)
@@ -284,7 +284,7 @@ async def test_held_for_approval_then_approved(store: RunStore) -> None:
     assert (await store.snapshot(task.id))["status"] == "planned"
     assert len(fake.calls) == 1
     await ex.approve(task.id)
-    assert await ex.wait(task.id, timeout=10) == "completed"
+    assert await ex.wait(task.id, timeout=60) == "completed"
 
 
 async def test_events_record_every_transition_in_order(store: RunStore) -> None:
@@ -376,7 +376,7 @@ async def test_calls_in_flight_are_bounded_across_tasks_and_per_model(store: Run
     for t in tasks:
         ex.submit(t.id)
     for t in tasks:
-        assert await ex.wait(t.id, timeout=20) == "completed"
+        assert await ex.wait(t.id, timeout=60) == "completed"
     assert counter.peak_total == 3
     assert counter.peak["anthropic/claude-sonnet-4-5"] == 1
 
@@ -396,7 +396,7 @@ async def test_free_slots_go_to_the_most_urgent_task_first(store: RunStore) -> N
     await asyncio.sleep(0.05)
     ex.submit(high.id)
     for t in (blocker, low, high):
-        await ex.wait(t.id, timeout=10)
+        await ex.wait(t.id, timeout=60)
     assert counter.order == ["block", "high", "low"]
 
 
@@ -434,7 +434,7 @@ async def test_a_call_waiting_for_a_slot_holds_no_reservation(store: RunStore) -
         assert (await store.snapshot(waiting.id))["subtasks"][0]["status"] == "pending"
         await ex.cancel(waiting.id)
         release.set()
-        assert await ex.wait(blocker.id, timeout=10) == "completed"
+        assert await ex.wait(blocker.id, timeout=60) == "completed"
     finally:
         release.set()
         await ex.stop()
@@ -468,7 +468,7 @@ async def test_a_slot_is_given_back_before_the_answer_is_settled(store: RunStore
         ex.submit(t.id)
     try:
         for t in tasks:
-            assert await ex.wait(t.id, timeout=20) == "completed"
+            assert await ex.wait(t.id, timeout=60) == "completed"
     finally:
         await ex.stop()
     assert held and second_sent.is_set()

@@ -83,7 +83,7 @@ async def test_an_idle_sse_stream_reads_nothing_then_follows_to_the_end(gated: G
     gated.gate.set()
     r = await gated.http.post("/v1/tasks", json={"prompt": "p", "plan": PLAN, "approve": False}, headers=gated.auth)
     task_id = r.json()["id"]
-    await gated.app.state.executor.wait_planned(task_id, timeout=10)
+    await gated.app.state.executor.wait_planned(task_id, timeout=60)
     stream = asyncio.ensure_future(gated.http.get(f"/v1/tasks/{task_id}/events", headers=gated.auth))
     await until(lambda: gated.store.hub.idle() == 1)
     reads = gated.store.stats.reads
@@ -101,7 +101,7 @@ async def test_a_reconnect_at_or_past_the_terminal_event_is_closed_at_once(gated
     gated.gate.set()
     r = await gated.http.post("/v1/tasks", json={"prompt": "p", "plan": PLAN}, headers=gated.auth)
     task_id = r.json()["id"]
-    await gated.app.state.executor.wait(task_id, timeout=20)
+    await gated.app.state.executor.wait(task_id, timeout=60)
     last = (await gated.store.head(task_id)).event_seq
     for seen in (last, last + 5):
         resp = await asyncio.wait_for(gated.http.get(f"/v1/tasks/{task_id}/events",

@@ -220,7 +220,7 @@ async def test_a_provider_error_echoing_keys_of_every_shape_leaks_nowhere(
                 r = await http.post("/v1/tasks", json={"prompt": "go", "plan": plan}, headers=auth)
                 assert r.status_code == 202, r.text
                 task_id = r.json()["id"]
-                await app.state.executor.wait(task_id, timeout=20)
+                await app.state.executor.wait(task_id, timeout=60)
                 snapshot = (await http.get(f"/v1/tasks/{task_id}", headers=auth)).text
                 listed = (await http.get("/v1/tasks", headers=auth)).text
                 progress = (await http.get(f"/task/{task_id}/progress", headers=auth)).text

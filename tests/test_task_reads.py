@@ -67,7 +67,7 @@ def test_bad_wait_and_since_are_refused(query: dict[str, str], name: str) -> Non
 async def finished(api: Api) -> str:
     r = await api.http.post("/v1/tasks", json={"prompt": "p", "plan": PLAN}, headers=api.auth(api.alice))
     task_id = str(r.json()["id"])
-    await api.app.state.executor.wait(task_id, timeout=20)
+    await api.app.state.executor.wait(task_id, timeout=60)
     return task_id
 
 
@@ -171,7 +171,7 @@ async def test_a_long_poll_answers_when_the_task_changes(api: Api) -> None:
         r = await poll
     assert r.status_code == 200 and int(r.headers["etag"].strip('"')) > int(etag.strip('"'))
     assert r.json()["status"] != "planned"
-    await api.app.state.executor.wait(task_id, timeout=20)  # let it end before the app stops
+    await api.app.state.executor.wait(task_id, timeout=60)  # let it end before the app stops
 
 
 async def test_a_long_poll_that_times_out_answers_unchanged(api: Api) -> None:

@@ -381,7 +381,7 @@ async def test_after_a_crash_a_held_call_still_waits_and_is_sent_once_approved(a
         await ex2.wake(st.id)
         with pytest.raises(Conflict):
             await any_store.decide_tool_call(st.id, rec.id, approve=False, by="bob")
-        assert await ex2.wait(st.id, timeout=20) == "completed"
+        assert await ex2.wait(st.id, timeout=60) == "completed"
     finally:
         await ex2.stop()
     assert [name for name, _a, _m in tools.calls] == ["fx.count"]
@@ -412,7 +412,7 @@ async def test_a_call_in_flight_at_a_crash_goes_to_approval_where_a_policy_appli
         assert again.id == rec.id and again.decision is None
         await any_store.decide_tool_call(st.id, rec.id, approve=False, by="ann", message="it ran already")
         await ex2.wake(st.id)
-        assert await ex2.wait(st.id, timeout=20) == "completed"
+        assert await ex2.wait(st.id, timeout=60) == "completed"
     finally:
         await ex2.stop()
     assert len(tools.calls) == 1  # never sent again

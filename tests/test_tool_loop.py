@@ -162,7 +162,7 @@ async def run(store: RunStore, llm: ScriptedLLM, tools: FakeTools | None, the_pl
     await ex.start()
     try:
         ex.submit(st.id)
-        await ex.wait(st.id, timeout=20)
+        await ex.wait(st.id, timeout=60)
     finally:
         await ex.stop()
     return await store.snapshot(st.id)
@@ -263,7 +263,7 @@ async def test_a_calls_outcome_commits_while_the_loop_goes_on_and_the_task_ends_
                 await asyncio.sleep(0.01)
         assert (await store.snapshot(st.id))["status"] == "executing"  # the task's end waits for the outcome
         held.set()
-        await ex.wait(st.id, timeout=20)
+        await ex.wait(st.id, timeout=60)
     finally:
         await ex.stop()
     snap = await store.snapshot(st.id)
@@ -509,7 +509,7 @@ async def resume(store: RunStore, llm: ScriptedLLM, tools: FakeTools, task_id: s
     ex = executor(store, llm, tools)
     try:
         assert await ex.start() == [task_id]
-        await ex.wait(task_id, timeout=20)
+        await ex.wait(task_id, timeout=60)
     finally:
         await ex.stop()
     return await store.snapshot(task_id)
