@@ -78,15 +78,7 @@ def _bundled(model: str) -> dict[str, Any] | None:
 def pricer(settings: Settings) -> Callable[[str], Price]:
     """`price_of` with these settings: what an executor prices its calls with by default.
     A model's price is looked up once (settings and the bundled map do not change)."""
-    known: dict[str, Price] = {}
-
-    def of(model: str) -> Price:
-        price = known.get(model)
-        if price is None:
-            price = known[model] = price_of(model, settings)
-        return price
-
-    return of
+    return cache(lambda model: price_of(model, settings))
 
 
 def price_of(model: str, settings: Settings) -> Price:

@@ -54,8 +54,7 @@ class Filler:
         self._pieces = tuple(p for p in pieces if p[0] or p[1] is not None)
 
     def fill(self, values: dict[str, str]) -> str:
-        return "".join(text if name is None else str(values[name]) if name in values else text
-                       for text, name in self._pieces)
+        return "".join(text if name is None else str(values.get(name, text)) for text, name in self._pieces)
 
 
 @cache

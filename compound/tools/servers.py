@@ -132,7 +132,6 @@ class _Server:
                  backoff: _Backoff) -> None:
         self.name, self.config = name, config
         self._environ = environ
-        self._connect_timeout_s = config.connect_timeout_s
         self._backoff = backoff
         self.tools: dict[str, Tool] = {}  # the last listing, kept after allow/deny
         self.available = False
@@ -203,7 +202,7 @@ class _Server:
     async def _session(self) -> None:
         # Reads env: values now, so a secret lives only in the session's objects.
         client, http = self._client()
-        with anyio.CancelScope(deadline=anyio.current_time() + self._connect_timeout_s) as connecting:
+        with anyio.CancelScope(deadline=anyio.current_time() + self.config.connect_timeout_s) as connecting:
             async with http or contextlib.nullcontext(), client:
                 tools = await self._list(client)
                 connecting.deadline = math.inf
@@ -215,7 +214,7 @@ class _Server:
                         group.start_soon(self._run, client, job)
                     group.cancel_scope.cancel()
         if connecting.cancelled_caught:
-            raise TimeoutError(f"no answer within {self._connect_timeout_s:g} s")
+            raise TimeoutError(f"no answer within {self.config.connect_timeout_s:g} s")
 
     def _client(self) -> tuple[Client, httpx2.AsyncClient | None]:
         import httpx2
@@ -228,7 +227,7 @@ class _Server:
         if self.config.url:
             headers = self.config.resolved_headers(self._environ)
             self._secrets = [v for v in headers.values() if len(v) >= 4]
-            http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(self._connect_timeout_s, read=None))
+            http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(self.config.connect_timeout_s, read=None))
             transport = streamable_http_client(self.config.url, http_client=http)
             return Client(transport, cache=None, client_info=info), http
         assert self.config.command is not None
@@ -289,7 +288,7 @@ class _Server:
         catalogue follows the server. A failure ends the session (the caller reconnects)."""
         while True:
             await anyio.sleep(self.config.ping_interval_s)
-            with anyio.fail_after(self._connect_timeout_s):
+            with anyio.fail_after(self.config.connect_timeout_s):
                 tools = await self._list(client)
             self._up(tools)
 
