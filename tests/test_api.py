@@ -252,6 +252,16 @@ async def test_healthz_and_docs(api: Api) -> None:
         assert schemas[name].get("examples"), name
 
 
+async def test_the_planned_log_line_counts_a_streamed_plans_subtasks(api: Api) -> None:
+    assert api.app.state.settings.stream_plans  # subtasks are stored as the plan streams in
+    with capture_logs() as logs:
+        r = await api.http.post("/v1/tasks", json={"prompt": "find a and find b"}, headers=api.auth(api.alice))
+        done = await api.wait(r.json()["id"], api.alice)
+    planned = [e for e in logs if e["event"] == "task status" and e["status"] == "planned"]
+    assert len(done["subtasks"]) == 3
+    assert [(e["task_id"], e["subtasks"]) for e in planned] == [(done["id"], 3)]
+
+
 async def test_no_secret_reaches_a_response_or_a_log(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     key = "sk-ant-api03-" + "S" * 40
     api.app.state.executor.client.settings = api.app.state.executor.client.settings.model_copy(

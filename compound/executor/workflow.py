@@ -205,7 +205,7 @@ class Workflow:
             arrivals.whole(plan.subtasks)
             await writer
             await self.store.save_plan(st.id, reasoning=plan.reasoning, subtasks=[], prompt_versions=self.versions,
-                                       status=TaskStatus.planned, warnings=warnings)
+                                       status=TaskStatus.planned, warnings=warnings, size=len(plan.subtasks))
             await self.store.set_status_unless_ended(st.id, TaskStatus.executing)
             await runner
         finally:

@@ -132,9 +132,12 @@ class RunStore(abc.ABC):
 
     @abc.abstractmethod
     async def save_plan(self, task_id: str, *, reasoning: str | None, subtasks: Sequence[SubState],
-                        prompt_versions: dict[str, str], status: str, warnings: Sequence[str] = ()) -> bool:
+                        prompt_versions: dict[str, str], status: str, warnings: Sequence[str] = (),
+                        size: int | None = None) -> bool:
         """Insert the subtasks and move the task to `status` (planned), together; nothing
-        when the task may not move there (it ended meanwhile). Says whether it applied."""
+        when the task may not move there (it ended meanwhile). Says whether it applied.
+        `size`: the plan's number of subtasks when they were added as the plan streamed
+        (add_subtasks) and `subtasks` is empty; the status log line tells it."""
 
     @abc.abstractmethod
     async def add_subtasks(self, task_id: str, subtasks: Sequence[SubState], *,

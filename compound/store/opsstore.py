@@ -85,13 +85,14 @@ class OpsRunStore(Store, EngineUsers):
         await self._write(lambda: ops.set_planner_model(self.dialect, task_id, model))
 
     async def save_plan(self, task_id: str, *, reasoning: str | None, subtasks: Sequence[SubState],
-                        prompt_versions: dict[str, str], status: str, warnings: Sequence[str] = ()) -> bool:
+                        prompt_versions: dict[str, str], status: str, warnings: Sequence[str] = (),
+                        size: int | None = None) -> bool:
         total = await self._write(lambda: ops.save_plan(self.dialect, task_id, reasoning=reasoning, subtasks=subtasks,
                                                         prompt_versions=prompt_versions, status=status,
                                                         warnings=warnings))
         if total is None:
             return False
-        log_status(task_id, status, total=total, subtasks=len(subtasks))
+        log_status(task_id, status, total=total, subtasks=len(subtasks) if size is None else size)
         return True
 
     async def add_subtasks(self, task_id: str, subtasks: Sequence[SubState], *,
