@@ -56,6 +56,7 @@ from bench.servers import (
 )
 
 TERMINAL = {"completed", "partial", "failed", "canceled"}
+PROBE_MS = 20.0  # /healthz probes' default period
 PARTS = ["the history of {i}", "the costs of {i}", "the risks of {i}", "the people behind {i}",
          "the tools for {i}", "the rules about {i}", "the data on {i}", "the future of {i}",
          "the critics of {i}", "the alternatives to {i}", "the numbers of {i}"]
@@ -66,7 +67,7 @@ def prompt(i: int, subtasks: int) -> str:
     return "Look into " + " and ".join(p.format(i=f"topic {i}") for p in PARTS[: subtasks - 1])
 
 
-def probe(url: str, stop: MpEvent, out: Connection, every_s: float = 0.02) -> None:
+def probe(url: str, stop: MpEvent, out: Connection, every_s: float) -> None:
     """GET /healthz every `every_s` on one keep-alive connection; send back each
     latency in ms (inf for a failure)."""
     host, port = url.removeprefix("http://").split(":")
@@ -265,7 +266,7 @@ async def sdk_floor(sim_url: str, *, calls: int, concurrency: int, http: str) ->
 
 
 def run(*, tasks: int, subtasks: int, latency_ms: int, concurrency: int, poll_s: float,
-        timeout_s: float, executor: str = "process", rounds: int = 3, probe_s: float = 0.02) -> LoadResult:
+        timeout_s: float, executor: str = "process", rounds: int = 3, probe_s: float = PROBE_MS / 1000) -> LoadResult:
     """`rounds` rounds on one server: compound's run of `tasks` tasks, then the bare
     SDK's floors on as many calls, so a drift of the machine's speed falls on both."""
     with tempfile.TemporaryDirectory(prefix="load_bench_") as tmp_name:
@@ -424,7 +425,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--poll-s", type=float, default=1.0)
     parser.add_argument("--timeout-s", type=float, default=900.0)
-    parser.add_argument("--probe-ms", type=float, default=20.0, help="the /healthz probes' period")
+    parser.add_argument("--probe-ms", type=float, default=PROBE_MS, help="the /healthz probes' period")
     parser.add_argument("--executor", nargs="+", choices=["process", "loop"], default=["process", "loop"],
                         help="where the server runs its executor; each size runs with each, in this order")
     parser.add_argument("--rounds", type=int, default=3,
