@@ -35,6 +35,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.servers import write_section
 from compound.core.settings import Settings
 from compound.llm.base import (
     Completion,
@@ -312,10 +313,7 @@ async def main_async(write: Path | None, repeats: int) -> None:
     report = header + "\n" + "\n".join(lines) + "\n"
     print(report)
     if write is not None:
-        text = write.read_text() if write.exists() else "# Benchmarks\n"
-        marker = "<!-- dag_bench -->"
-        head = text.split(marker)[0].rstrip() + "\n\n"
-        write.write_text(head + marker + "\n## Executor: makespan and overhead\n\n" + report + marker + "\n" + (text.split(marker)[2] if text.count(marker) >= 2 else ""))
+        write_section(write, "dag_bench", "Executor: makespan and overhead", report)
 
 
 def main() -> None:
