@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.servers import (
     BIN,
+    MachineCpu,
     base_env,
     compound_server,
     create_token,
@@ -128,6 +129,7 @@ class LoadResult:
     server_cpu_s: float = 0.0  # the server's CPU over compound's runs (start-up excluded)
     sim_cpu_s: float = 0.0  # the simulator's CPU while compound ran
     executor: str = "process"  # where the server ran its executor: its own process, or its own loop
+    cpu: MachineCpu = field(default_factory=lambda: MachineCpu(0.0, 0.0, 0.0))  # the machine, over compound's runs
 
     @property
     def calls(self) -> int:
@@ -306,7 +308,7 @@ def one_round(result: LoadResult, server: Any, idle: Any, sim: Any, token: str, 
         prober.start()
         probes.append((prober, mine))
     calls_before = model_calls(server.url)
-    server_cpu, sim_cpu = server.cpu_s(), sim.cpu_s()
+    server_cpu, sim_cpu, machine_cpu = server.cpu_s(), sim.cpu_s(), MachineCpu.now()
     try:
         wall, statuses, errors, polls = asyncio.run(
             drive(server.url, token, tasks=result.tasks, subtasks=result.subtasks, poll_s=poll_s,
@@ -317,6 +319,9 @@ def one_round(result: LoadResult, server: Any, idle: Any, sim: Any, token: str, 
         for prober, _ in probes:
             prober.join(10)
     server_used, sim_used = server.cpu_s() - server_cpu, sim.cpu_s() - sim_cpu
+    machine_used = MachineCpu.now() - machine_cpu
+    result.cpu = MachineCpu(result.cpu.busy_s + machine_used.busy_s, result.cpu.stolen_s + machine_used.stolen_s,
+                            result.cpu.total_s + machine_used.total_s)
     result.server_cpu_s += server_used
     result.sim_cpu_s += sim_used
     calls = model_calls(server.url) - calls_before
@@ -338,7 +343,9 @@ def one_round(result: LoadResult, server: Any, idle: Any, sim: Any, token: str, 
           + ", ".join(f"{k} {f.calls_per_s:.0f}" for k, f in this.floors.items())
           + f"; aiohttp ratio {this.ratio('aiohttp'):.2f}; CPU ms a call: server {server_used / calls * 1000:.2f}, "
           f"simulator {sim_used / calls * 1000:.2f} (under the floor on aiohttp "
-          f"{this.floors['aiohttp'].sim_cpu_s / calls * 1000:.2f})", file=sys.stderr)
+          f"{this.floors['aiohttp'].sim_cpu_s / calls * 1000:.2f}); machine busy "
+          f"{machine_used.share(machine_used.busy_s):.0f}%, stolen {machine_used.share(machine_used.stolen_s):.1f}%",
+          file=sys.stderr)
 
 
 def span(values: list[float]) -> str:
@@ -363,8 +370,8 @@ def report(results: list[LoadResult], *, latency_ms: int, concurrency: int, poll
         "| tasks x subtasks | executor | wall (s) | statuses | HTTP errors | polls | /healthz p50 / p99 / max (ms) "
         "| idle bare app's /healthz p50 / p99 (ms) | peak RSS (MB) | model calls | calls/s "
         "| SDK floor calls/s: httpx / aiohttp | compound / floor: httpx | compound / floor: aiohttp "
-        "| CPU ms per call: server / SDK httpx / SDK aiohttp |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| CPU ms per call: server / SDK httpx / SDK aiohttp | machine busy / stolen (%) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(r.statuses.items()))
@@ -376,7 +383,7 @@ def report(results: list[LoadResult], *, latency_ms: int, concurrency: int, poll
             f"{r.floor_per_s('httpx'):.0f} / {r.floor_per_s('aiohttp'):.0f} | "
             f"{span(r.ratios('httpx'))} | {span(r.ratios('aiohttp'))} | "
             f"{r.cpu_ms_per_call(r.server_cpu_s):.2f} / {r.floor_cpu_ms('httpx'):.2f} / "
-            f"{r.floor_cpu_ms('aiohttp'):.2f} |")
+            f"{r.floor_cpu_ms('aiohttp'):.2f} | {r.cpu.share(r.cpu.busy_s):.0f} / {r.cpu.share(r.cpu.stolen_s):.1f} |")
     lines += ["", "Each row is one server run through the rounds: in each, every task is submitted at once and "
               "followed to its end, then the bare SDK makes as many calls right after, so a drift of the "
               "machine's speed falls on both. wall and calls/s are medians over the rounds; compound / floor "
@@ -389,7 +396,10 @@ def report(results: list[LoadResult], *, latency_ms: int, concurrency: int, poll
               "the SDK's default HTTP client (httpx) and on its aiohttp client (the one compound uses). CPU "
               "per call is the server's CPU over its runs (its process and the executor's child process, "
               "serving the polls and probes included; peak RSS adds theirs up too) and "
-              "the bare SDK's process CPU, over the calls. "
+              "the bare SDK's process CPU, over the calls. Machine busy and stolen are shares of every "
+              "core's time from each round's first submission to its last poll (/proc/stat): busy is any "
+              "process's user and system time, "
+              "stolen the time a virtual core was ready while its host ran other guests. "
               "The idle bare app's /healthz shows what the machine's own scheduling adds to any probe "
               "(it shares 2 cores with the server, the simulator, the client and other work). "
               "executor: `process` is `compound serve` as it runs by default (the executor in a child "

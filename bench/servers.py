@@ -185,6 +185,34 @@ def wrk(url: str, *, connections: int, seconds: int, threads: int = 2,
     return parse_wrk(out)
 
 
+@dataclass(frozen=True)
+class MachineCpu:
+    """The machine's CPU time so far (Linux /proc/stat, every core, in seconds): busy is
+    user, system and interrupts; stolen is time a virtual core was ready to run while
+    the hypervisor ran something else on its host (the "steal" field)."""
+
+    busy_s: float
+    stolen_s: float
+    total_s: float
+
+    @classmethod
+    def now(cls) -> MachineCpu:
+        try:
+            fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        except (OSError, ValueError):
+            return cls(0.0, 0.0, 0.0)
+        user, nice, system, _idle, _iowait, irq, softirq, steal = fields + [0] * (8 - len(fields))
+        tick = os.sysconf("SC_CLK_TCK")
+        return cls((user + nice + system + irq + softirq) / tick, steal / tick, sum(fields) / tick)
+
+    def __sub__(self, before: MachineCpu) -> MachineCpu:
+        return MachineCpu(self.busy_s - before.busy_s, self.stolen_s - before.stolen_s, self.total_s - before.total_s)
+
+    def share(self, part: float) -> float:
+        """`part` as a percentage of every core's time in the interval."""
+        return 100 * part / self.total_s if self.total_s else float("nan")
+
+
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
