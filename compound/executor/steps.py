@@ -29,6 +29,7 @@ from compound.core.errors import BudgetExceeded, ProviderError, ToolError, ToolT
 from compound.core.logging import get_logger
 from compound.core.settings import Settings
 from compound.executor.approvals import Approvals
+from compound.executor.bounds import CallBounds, call_signature
 from compound.executor.calls import AttemptCounter, CallSpec, ModelCalls, clean_text
 from compound.llm.base import Completion, Message, ToolCall, ToolChoice, ToolSpec, Usage
 from compound.store.base import RunStore
@@ -80,10 +81,6 @@ def call_key(task_id: str, index: int, tool: str, arguments: dict[str, Any], occ
     sits in a run, so a replay derives the same key."""
     canon = json.dumps([task_id, index, tool, arguments, occurrence], sort_keys=True, separators=(",", ":"))
     return "tc_" + hashlib.sha256(canon.encode("utf-8", "surrogatepass")).hexdigest()[:40]
-
-
-def _signature(tool: str, arguments: dict[str, Any]) -> str:
-    return json.dumps([tool, arguments], sort_keys=True, separators=(",", ":"))
 
 
 def cut(text: str, limit: int) -> str:
@@ -142,7 +139,7 @@ class ToolSteps:
         paid = [] if st.status == "queued" else await self._paid_turns(st.id, sub.index)
         counter = AttemptCounter(sub.attempts)
         msgs: list[Message] = list(messages)
-        bounds = _Bounds(s.tool_max_calls, s.tool_max_calls_per_tool)
+        bounds = CallBounds(s.tool_max_calls, s.tool_max_calls_per_tool)
         turns = 0
         reason: str | None = None
         last_text = ""
@@ -177,25 +174,7 @@ class ToolSteps:
             if not out.tool_calls:
                 return LoopResult(out.text, None)
             msgs.append({"role": "assistant", "content": out.text, "tool_calls": list(out.tool_calls)})
-            # the turn's calls are admitted in order against the bounds, then run at once;
-            # their answers go back in the order the model asked for them
-            answers: list[Message | ToolCall] = []
-            for tc in out.tool_calls:
-                reason = reason or bounds.refuses(tc)
-                if reason is not None:
-                    # every call the model asked for gets an answer (providers require one)
-                    answers.append({"role": "tool", "content": f"not run: {reason}", "tool_call_id": tc.id,
-                                    "is_error": True})
-                    continue
-                answers.append(tc)
-            ran = await _at_once(calls, turns, [a for a in answers if isinstance(a, ToolCall)])
-            for a in answers:
-                if isinstance(a, ToolCall):
-                    text, is_error = ran.pop(0)
-                    seen.append((a.name, text))
-                    msgs.append({"role": "tool", "content": text, "tool_call_id": a.id, "is_error": is_error})
-                else:
-                    msgs.append(a)
+            reason = await _answer_calls(calls, turns, out.tool_calls, bounds, msgs, seen)
         assert reason is not None
         log.info("tool loop stopped early", task_id=st.id, subtask=sub.index, reason=reason, turns=turns,
                  tool_calls=bounds.made)
@@ -276,6 +255,32 @@ async def _at_once(calls: _Calls, turn: int, asked: list[ToolCall]) -> list[tupl
     return [t.result() for t in running]
 
 
+async def _answer_calls(calls: _Calls, turn: int, asked: Sequence[ToolCall], bounds: CallBounds,
+                        msgs: list[Message], seen: list[tuple[str, str]]) -> str | None:
+    """One turn's calls: admitted in order against the bounds, then run at once; their
+    answers go into `msgs` in the order the model asked for them, and what each call
+    returned into `seen`. The bound that refused a call (which stops the loop), else None."""
+    reason: str | None = None
+    answers: list[Message | ToolCall] = []
+    for tc in asked:
+        reason = reason or bounds.refuses(tc)
+        if reason is not None:
+            # every call the model asked for gets an answer (providers require one)
+            answers.append({"role": "tool", "content": f"not run: {reason}", "tool_call_id": tc.id,
+                            "is_error": True})
+            continue
+        answers.append(tc)
+    ran = await _at_once(calls, turn, [a for a in answers if isinstance(a, ToolCall)])
+    for a in answers:
+        if isinstance(a, ToolCall):
+            text, is_error = ran.pop(0)
+            seen.append((a.name, text))
+            msgs.append({"role": "tool", "content": text, "tool_call_id": a.id, "is_error": is_error})
+        else:
+            msgs.append(a)
+    return reason
+
+
 class _Calls:
     """The tool calls of one subtask's run: recorded, replayed, or sent."""
 
@@ -291,7 +296,7 @@ class _Calls:
                   arguments: dict[str, Any]) -> tuple[str, bool]:
         """(the text the model reads, whether it is an error result)."""
         steps, st, sub = self.steps, self.st, self.sub
-        sig = _signature(name, arguments)
+        sig = call_signature(name, arguments)
         key = call_key(st.id, sub.index, name, arguments, self.occurrences[sig])
         self.occurrences[sig] += 1
         tools = steps.tools()
@@ -328,23 +333,7 @@ class _Calls:
         await steps.store.tool_call_started(st.id, replace(fresh, arguments=arguments, status=ToolCallStatus.running)
                                             if rec is None else replace(rec, status=ToolCallStatus.running),
                                             acting=acting)
-        limit = steps.settings.tool_result_max_chars
-        status, result, error = ToolCallStatus.ok, None, None
-        if tools is None:
-            status, error = ToolCallStatus.error, f"no MCP server is configured: {name} cannot be called"
-        else:
-            server, _, tool_name = name.partition(".")
-            try:
-                got = await tools.call(server, tool_name, arguments, meta={IDEMPOTENCY_META_KEY: key})
-            except ToolTimedOut as exc:
-                status, error = ToolCallStatus.timeout, clean_text(exc.message)
-            except ToolError as exc:  # unknown, or its server unavailable: the call did not happen
-                status, error = ToolCallStatus.error, clean_text(exc.message)
-            else:
-                if got.is_error:
-                    status, error = ToolCallStatus.error, cut(got.text, limit) or "the tool reported an error"
-                else:
-                    result = cut(got.text, limit)
+        status, result, error = await self._send(tools, name, arguments, key)
         if status == ToolCallStatus.ok and self.completes:
             self.completed = await steps.store.tool_call_completed(st.id, key, result=result or "")
             return result or "", False
@@ -357,31 +346,24 @@ class _Calls:
             return result or "", False
         return error or "", True
 
-
-class _Bounds:
-    """A tool loop's bounds on its calls, admitted one at a time in the order asked:
-    in all, per tool, and the same call three times in a row."""
-
-    def __init__(self, max_calls: int, max_per_tool: int) -> None:
-        self.max_calls, self.max_per_tool = max_calls, max_per_tool
-        self.made = self.streak = 0
-        self.per_tool: Counter[str] = Counter()
-        self.last: str | None = None
-
-    def refuses(self, tc: ToolCall) -> str | None:
-        """Why this call may not run (None: it is admitted, and counted)."""
-        sig = _signature(tc.name, tc.arguments)
-        run = self.streak + 1 if sig == self.last else 1
-        if self.made >= self.max_calls:
-            return f"the limit of {self.max_calls} tool calls was reached"
-        if self.per_tool[tc.name] >= self.max_per_tool:
-            return f"the limit of {self.max_per_tool} calls of {tc.name} was reached"
-        if run >= 3:
-            return f"the same call of {tc.name} was asked for three times in a row"
-        self.last, self.streak = sig, run
-        self.made += 1
-        self.per_tool[tc.name] += 1
-        return None
+    async def _send(self, tools: Tools | None, name: str, arguments: dict[str, Any],
+                    key: str) -> tuple[ToolCallStatus, str | None, str | None]:
+        """Sends the call under `key` (an error when no server is configured): (its status,
+        its result, its error); a result or a tool's error text is cut to
+        `tool_result_max_chars`."""
+        limit = self.steps.settings.tool_result_max_chars
+        if tools is None:
+            return ToolCallStatus.error, None, f"no MCP server is configured: {name} cannot be called"
+        server, _, tool_name = name.partition(".")
+        try:
+            got = await tools.call(server, tool_name, arguments, meta={IDEMPOTENCY_META_KEY: key})
+        except ToolTimedOut as exc:
+            return ToolCallStatus.timeout, None, clean_text(exc.message)
+        except ToolError as exc:  # unknown, or its server unavailable: the call did not happen
+            return ToolCallStatus.error, None, clean_text(exc.message)
+        if got.is_error:
+            return ToolCallStatus.error, None, cut(got.text, limit) or "the tool reported an error"
+        return ToolCallStatus.ok, cut(got.text, limit), None
 
 
 async def _last_turn(turn: Callable[[ToolChoice], Awaitable[Completion]], reason: str,

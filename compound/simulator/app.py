@@ -96,16 +96,7 @@ class Simulator:
             record: dict[str, Any] = {"wire": wire, "model": model, "kind": kind, "system": system, "text": text,
                                       "body": body, "at": time.time(), "ended_at": None}
             self.requests.append(record)
-            failure = refusal
-            for i, f in enumerate(self.script.failures):
-                if failure is not None:
-                    break
-                if (f.model in (None, model)) and (f.kind in (None, kind)) and (f.text is None or f.text in text):
-                    failure = f
-                    f.times -= 1
-                    if f.times <= 0:
-                        self.script.failures.pop(i)
-                    break
+            failure = refusal if refusal is not None else self._take_failure(model, kind, text)
             queued = self.script.answers.get(kind) if failure is None else None
             forced = queued.pop(0) if queued else None
             self.in_flight[model] = self.in_flight.get(model, 0) + 1
@@ -134,16 +125,31 @@ class Simulator:
             name, schema = offered.tools[0]
             forced = ToolUse([(name, example_arguments(schema))])
         if isinstance(forced, ToolUse):
-            reply = Reply(forced.text, [(f"{'toolu' if wire == 'anthropic' else 'call'}_{uuid.uuid4().hex[:20]}",
-                                         offered.wire(name), args if isinstance(args, str) else json.dumps(args))
-                                        for name, args in forced.calls])
-            out_tok = min(max_tokens, tokens(reply.text + "".join(c[1] + c[2] for c in reply.calls)))
-            token_s = self.script.token_delay(kind)
-            if not body.get("stream"):
-                if token_s > 0:
-                    await asyncio.sleep(out_tok * token_s)
-                record["ended_at"] = time.time()
-            return reply, in_tok, out_tok, cached, failure, token_s, record
+            reply, out_tok = _tool_reply(wire, forced, offered, max_tokens)
+        else:
+            reply, out_tok = self._text_reply(kind, system, text, forced, offered, max_tokens)
+        token_s = self.script.token_delay(kind)
+        if not body.get("stream"):
+            if token_s > 0:  # written at the same pace, sent whole at the end
+                await asyncio.sleep(out_tok * token_s)
+            record["ended_at"] = time.time()
+        return reply, in_tok, out_tok, cached, failure, token_s, record
+
+    def _take_failure(self, model: str, kind: str, text: str) -> Failure | None:
+        """The first scripted failure that matches the call, counted down (dropped from
+        the script when used up); None when none matches. The caller holds the lock."""
+        for i, f in enumerate(self.script.failures):
+            if (f.model in (None, model)) and (f.kind in (None, kind)) and (f.text is None or f.text in text):
+                f.times -= 1
+                if f.times <= 0:
+                    self.script.failures.pop(i)
+                return f
+        return None
+
+    def _text_reply(self, kind: str, system: str, text: str, forced: str | None, offered: Offered,
+                    max_tokens: int) -> tuple[Reply, int]:
+        """A text answer and its output tokens: the queued text, else the prompt kind's
+        answer (quoting the conversation's tool results), cut to `max_tokens`."""
         out = forced if forced is not None else answer_for(kind, text, self.script.max_subtasks, system)
         if forced is None and offered.results:
             out += " [tool results: " + " | ".join(r[:200] for r in offered.results) + "]"
@@ -151,12 +157,7 @@ class Simulator:
         if out_tok > max_tokens:
             out = out.encode("utf-8")[: max_tokens * 4].decode("utf-8", "ignore")
             out_tok = max_tokens
-        token_s = self.script.token_delay(kind)
-        if not body.get("stream"):
-            if token_s > 0:  # written at the same pace, sent whole at the end
-                await asyncio.sleep(out_tok * token_s)
-            record["ended_at"] = time.time()
-        return Reply(out), in_tok, out_tok, cached, failure, token_s, record
+        return Reply(out), out_tok
 
     def _cached(self, model: str, prefixes: list[str], in_tok: int, delay: float) -> tuple[int, int]:
         """(cache_read, cache_write) tokens for the breakpoints' prefixes, Anthropic's way:
@@ -190,3 +191,13 @@ class Simulator:
 
     async def _openai(self, request: Request) -> Response:
         return await chat_completions(self, request)
+
+
+def _tool_reply(wire: str, use: ToolUse, offered: Offered, max_tokens: int) -> tuple[Reply, int]:
+    """An answer that asks for `use`'s calls, each under a fresh id in the wire's style
+    and the wire name the request gave its tool, and its output tokens (at most
+    `max_tokens`)."""
+    reply = Reply(use.text, [(f"{'toolu' if wire == 'anthropic' else 'call'}_{uuid.uuid4().hex[:20]}",
+                              offered.wire(name), args if isinstance(args, str) else json.dumps(args))
+                             for name, args in use.calls])
+    return reply, min(max_tokens, tokens(reply.text + "".join(c[1] + c[2] for c in reply.calls)))
