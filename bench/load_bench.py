@@ -129,7 +129,7 @@ class LoadResult:
     server_cpu_s: float = 0.0  # the server's CPU over compound's runs (start-up excluded)
     sim_cpu_s: float = 0.0  # the simulator's CPU while compound ran
     executor: str = "process"  # where the server ran its executor: its own process, or its own loop
-    cpu: MachineCpu = field(default_factory=lambda: MachineCpu(0.0, 0.0, 0.0))  # the machine, over compound's runs
+    cpu: MachineCpu = field(default_factory=MachineCpu)  # the machine, over compound's runs
 
     @property
     def calls(self) -> int:
@@ -320,8 +320,7 @@ def one_round(result: LoadResult, server: Any, idle: Any, sim: Any, token: str, 
             prober.join(10)
     server_used, sim_used = server.cpu_s() - server_cpu, sim.cpu_s() - sim_cpu
     machine_used = MachineCpu.now() - machine_cpu
-    result.cpu = MachineCpu(result.cpu.busy_s + machine_used.busy_s, result.cpu.stolen_s + machine_used.stolen_s,
-                            result.cpu.total_s + machine_used.total_s)
+    result.cpu += machine_used
     result.server_cpu_s += server_used
     result.sim_cpu_s += sim_used
     calls = model_calls(server.url) - calls_before
@@ -344,7 +343,7 @@ def one_round(result: LoadResult, server: Any, idle: Any, sim: Any, token: str, 
           + f"; aiohttp ratio {this.ratio('aiohttp'):.2f}; CPU ms a call: server {server_used / calls * 1000:.2f}, "
           f"simulator {sim_used / calls * 1000:.2f} (under the floor on aiohttp "
           f"{this.floors['aiohttp'].sim_cpu_s / calls * 1000:.2f}); machine busy "
-          f"{machine_used.share(machine_used.busy_s):.0f}%, stolen {machine_used.share(machine_used.stolen_s):.1f}%",
+          f"{machine_used.busy_pct:.0f}%, stolen {machine_used.stolen_pct:.1f}%",
           file=sys.stderr)
 
 
@@ -383,7 +382,7 @@ def report(results: list[LoadResult], *, latency_ms: int, concurrency: int, poll
             f"{r.floor_per_s('httpx'):.0f} / {r.floor_per_s('aiohttp'):.0f} | "
             f"{span(r.ratios('httpx'))} | {span(r.ratios('aiohttp'))} | "
             f"{r.cpu_ms_per_call(r.server_cpu_s):.2f} / {r.floor_cpu_ms('httpx'):.2f} / "
-            f"{r.floor_cpu_ms('aiohttp'):.2f} | {r.cpu.share(r.cpu.busy_s):.0f} / {r.cpu.share(r.cpu.stolen_s):.1f} |")
+            f"{r.floor_cpu_ms('aiohttp'):.2f} | {r.cpu.busy_pct:.0f} / {r.cpu.stolen_pct:.1f} |")
     lines += ["", "Each row is one server run through the rounds: in each, every task is submitted at once and "
               "followed to its end, then the bare SDK makes as many calls right after, so a drift of the "
               "machine's speed falls on both. wall and calls/s are medians over the rounds; compound / floor "

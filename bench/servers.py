@@ -191,16 +191,16 @@ class MachineCpu:
     user, system and interrupts; stolen is time a virtual core was ready to run while
     the hypervisor ran something else on its host (the "steal" field)."""
 
-    busy_s: float
-    stolen_s: float
-    total_s: float
+    busy_s: float = 0.0
+    stolen_s: float = 0.0
+    total_s: float = 0.0
 
     @classmethod
     def now(cls) -> MachineCpu:
         try:
             fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
         except (OSError, ValueError):
-            return cls(0.0, 0.0, 0.0)
+            return cls()
         user, nice, system, _idle, _iowait, irq, softirq, steal = fields + [0] * (8 - len(fields))
         tick = os.sysconf("SC_CLK_TCK")
         return cls((user + nice + system + irq + softirq) / tick, steal / tick, sum(fields) / tick)
@@ -208,9 +208,18 @@ class MachineCpu:
     def __sub__(self, before: MachineCpu) -> MachineCpu:
         return MachineCpu(self.busy_s - before.busy_s, self.stolen_s - before.stolen_s, self.total_s - before.total_s)
 
-    def share(self, part: float) -> float:
-        """`part` as a percentage of every core's time in the interval."""
-        return 100 * part / self.total_s if self.total_s else float("nan")
+    def __add__(self, other: MachineCpu) -> MachineCpu:
+        return MachineCpu(self.busy_s + other.busy_s, self.stolen_s + other.stolen_s, self.total_s + other.total_s)
+
+    @property
+    def busy_pct(self) -> float:
+        """Busy time as a percentage of every core's time in the interval."""
+        return 100 * self.busy_s / self.total_s if self.total_s else float("nan")
+
+    @property
+    def stolen_pct(self) -> float:
+        """Stolen time as a percentage of every core's time in the interval."""
+        return 100 * self.stolen_s / self.total_s if self.total_s else float("nan")
 
 
 def machine() -> str:
