@@ -155,6 +155,7 @@ async def test_server_down_at_start_is_a_warning_and_the_app_serves(
         with pytest.raises(ToolUnavailable, match="'facts' is unavailable"):
             await app.state.tool_servers.call("facts", "lookup", {})
         assert app.state.tool_servers.tool("facts.lookup").available is False
+        assert [app.state.tool_servers.tool("facts.lookup")] == app.state.tool_servers.catalogue()
     err = capfd.readouterr().err
     assert "MCP server unreachable at start" in err and "facts" in err
 
@@ -173,6 +174,7 @@ async def test_a_killed_server_is_reconnected(sqlite_url: str, monkeypatch: pyte
             await until(lambda: _not(echo_available()), "the catalogue to mark web.echo unavailable")
             with pytest.raises(ToolUnavailable):
                 await app.state.tool_servers.call("web", "echo", {"text": "x"})
+            assert app.state.tool_servers.tool("web.echo").available is False  # as the catalogue shows it
             server.start()  # the same port again
             await until(echo_available, "web.echo to be available again")
             result = await app.state.tool_servers.call("web", "echo", {"text": "back"})
@@ -221,6 +223,7 @@ async def test_calls_return_results_errors_and_time_out(tool_servers: ToolServer
     with pytest.raises(UnknownTool, match="known: "):
         tool_servers.tool("local.sleep")  # not allowed
     assert tool_servers.tool("local.count").idempotent is False
+    assert [tool_servers.tool(t.name) for t in tool_servers.catalogue()] == tool_servers.catalogue()
 
 
 @pytest.mark.parametrize("transport", ["http", "stdio"])

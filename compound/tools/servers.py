@@ -100,8 +100,7 @@ class ToolServers:
     def tool(self, name: str) -> Tool:
         """The catalogue's entry for `server.tool`; UnknownTool when there is none."""
         server, _, tool = name.partition(".")
-        found = next((t for t in self._servers[server].catalogue() if t.tool == tool), None) \
-            if server in self._servers else None
+        found = self._servers[server].find(tool) if server in self._servers else None
         if found is None:
             known = ", ".join(t.name for t in self.catalogue()) or "none"
             raise UnknownTool(f"no tool {name!r} in the catalogue (known: {known})", tool=name)
@@ -153,6 +152,13 @@ class _Server:
         if self.tools:
             return [self.tools[t] if self.available else _unavailable(self.tools[t]) for t in sorted(self.tools)]
         return [declared_tool(self.name, self.config, t) for t in sorted(self.config.allow or ())]
+
+    def find(self, tool: str) -> Tool | None:
+        """The catalogue's entry for `tool` (as `catalogue()` shows it), looked up alone."""
+        if self.tools:
+            found = self.tools.get(tool)
+            return found if found is None or self.available else _unavailable(found)
+        return declared_tool(self.name, self.config, tool) if tool in (self.config.allow or ()) else None
 
     def state(self) -> ServerState:
         return ServerState(name=self.name, transport=self.config.transport, available=self.available,
